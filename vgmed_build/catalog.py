@@ -1,0 +1,243 @@
+"""The build catalog: one SQLite file per build directory.
+
+Every stage writes one unit of work (a source item, a draft, a review event) inside one
+transaction, so a crash never leaves half an item and a rerun skips what is done. The schema is
+versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` upgrades old catalogs in place.
+Nothing here may hold patient identifiers or secrets: callers store pseudonymous, relative data only.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+CATALOG_NAME = "catalog.sqlite"
+IMAGES_DIR = "images"
+
+# Each entry upgrades the schema from version i to i + 1. Append only; never edit a shipped entry.
+MIGRATIONS: list[str] = [
+    # v1: ingest, drafting, review.
+    """
+    CREATE TABLE sources (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        spec_json TEXT NOT NULL
+    );
+    -- One unit of ingest work (a volume pair, a DICOM series, a 2D image + masks).
+    CREATE TABLE items (
+        source TEXT NOT NULL REFERENCES sources(name),
+        item_key TEXT NOT NULL,             -- path relative to the source root
+        fingerprint TEXT NOT NULL,          -- hash of inputs + options; a change re-ingests
+        status TEXT NOT NULL CHECK (status IN ('done', 'error')),
+        n_images INTEGER NOT NULL DEFAULT 0,
+        n_regions INTEGER NOT NULL DEFAULT 0,
+        finished_at TEXT NOT NULL,
+        PRIMARY KEY (source, item_key)
+    );
+    CREATE TABLE images (
+        id TEXT PRIMARY KEY,                -- stable: hash of source, item and slice
+        source TEXT NOT NULL,
+        item_key TEXT NOT NULL,
+        path TEXT NOT NULL UNIQUE,          -- relative to the build directory
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        record_json TEXT NOT NULL,
+        FOREIGN KEY (source, item_key) REFERENCES items(source, item_key) ON DELETE CASCADE
+    );
+    CREATE TABLE regions (
+        id TEXT PRIMARY KEY,                -- stable: hash of image id and label
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        source TEXT NOT NULL,
+        label TEXT NOT NULL,
+        modality TEXT NOT NULL,
+        record_json TEXT NOT NULL           -- validates against schemas/region.schema.json
+    );
+    CREATE INDEX regions_image ON regions(image_id);
+    CREATE TABLE errors (
+        id INTEGER PRIMARY KEY,
+        stage TEXT NOT NULL,
+        source TEXT NOT NULL DEFAULT '',
+        item TEXT NOT NULL,                 -- file or item the problem is about
+        message TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (stage, source, item, message)
+    );
+    CREATE TABLE drafts (
+        id TEXT PRIMARY KEY,                -- stable: hash of region, question type and slot
+        region_id TEXT NOT NULL REFERENCES regions(id) ON DELETE CASCADE,
+        q_type TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('ok', 'rejected', 'error')),
+        reason TEXT,
+        record_json TEXT NOT NULL,          -- validates against schemas/draft.schema.json
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX drafts_region ON drafts(region_id);
+    CREATE TABLE llm_cache (
+        key TEXT PRIMARY KEY,               -- hash of model, messages and parameters
+        response_json TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE review_tasks (
+        draft_id TEXT NOT NULL REFERENCES drafts(id) ON DELETE CASCADE,
+        project TEXT NOT NULL,              -- 'review' or 'adjudication'
+        project_id INTEGER NOT NULL,
+        task_id INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,         -- what was pushed; a change updates the task
+        pushed_at TEXT NOT NULL,
+        PRIMARY KEY (draft_id, project)
+    );
+    CREATE TABLE review_events (
+        id INTEGER PRIMARY KEY,
+        draft_id TEXT NOT NULL,
+        project TEXT NOT NULL,
+        annotation_id INTEGER NOT NULL,
+        revision TEXT NOT NULL,             -- annotation's updated_at: each edit is a new event
+        reviewer TEXT NOT NULL,             -- pseudonymous reviewer id
+        verdict TEXT NOT NULL,
+        record_json TEXT NOT NULL,          -- validates against schemas/review.schema.json
+        pulled_at TEXT NOT NULL,
+        UNIQUE (annotation_id, revision)
+    );
+    CREATE INDEX review_events_draft ON review_events(draft_id);
+    CREATE TABLE state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class CatalogError(RuntimeError):
+    """The build directory or its catalog cannot be used."""
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass
+class Catalog:
+    """An open build catalog. Use :func:`open_catalog`."""
+
+    build_dir: Path
+    conn: sqlite3.Connection
+
+    @property
+    def images_dir(self) -> Path:
+        return self.build_dir / IMAGES_DIR
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit of work: committed on success, rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.rollback()
+            raise
+        self.conn.commit()
+
+    def record_error(self, stage: str, item: str, message: str, source: str = "") -> None:
+        """Store a problem with one item; the same problem is stored once however often it recurs."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO errors (stage, source, item, message, created_at) VALUES (?,?,?,?,?)",
+                (stage, source, item, message, now_iso()),
+            )
+
+    def clear_errors(self, stage: str, source: str, item: str) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM errors WHERE stage=? AND source=? AND item=?", (stage, source, item))
+
+    def get_state(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_state(self, key: str, value: str, conn: sqlite3.Connection | None = None) -> None:
+        (conn or self.conn).execute(
+            "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+        )
+        if conn is None:
+            self.conn.commit()
+
+    def regions(self, source: str | None = None) -> Iterator[dict]:
+        """Region records in a stable order (by id)."""
+        sql = "SELECT record_json FROM regions"
+        args: tuple = ()
+        if source is not None:
+            sql += " WHERE source=?"
+            args = (source,)
+        for (rec,) in self.conn.execute(sql + " ORDER BY id", args):
+            yield json.loads(rec)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_catalog(build_dir: str | Path, create: bool = True) -> Catalog:
+    """Open (and create or migrate) the catalog of ``build_dir``."""
+    build_dir = Path(build_dir)
+    path = build_dir / CATALOG_NAME
+    if not path.exists() and not create:
+        raise CatalogError(f"{build_dir}: no build catalog ({CATALOG_NAME}) here; run `vgmed-build ingest` first")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / IMAGES_DIR).mkdir(exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        _migrate(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise CatalogError(f"{path}: not a usable vgmed catalog ({exc})") from exc
+    return Catalog(build_dir=build_dir, conn=conn)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise CatalogError(
+            f"{path}: catalog schema version {version} is newer than this vgmed ({SCHEMA_VERSION}); upgrade vgmed"
+        )
+    for target in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split_sql(MIGRATIONS[target]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target + 1}")
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit mid-migration)."""
+    statements, current = [], []
+    for line in script.splitlines():
+        stripped = line.split("--", 1)[0]
+        current.append(stripped)
+        if stripped.rstrip().endswith(";"):
+            stmt = "\n".join(current).strip()
+            if stmt.strip(";").strip():
+                statements.append(stmt)
+            current = []
+    tail = "\n".join(current).strip()
+    if tail:
+        statements.append(tail)
+    return statements

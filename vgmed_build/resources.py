@@ -1,0 +1,44 @@
+"""Locate the repository's editable resource folders (`schemas/`, `prompts/`, `sample/`).
+
+They live at the top level of the repository so users can edit them without touching code; an
+installed wheel carries copies under ``vgmed_build/_data``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def resource_dir(name: str) -> Path:
+    """Return the folder holding resource kind ``name`` (e.g. ``"schemas"``)."""
+    for candidate in (_PACKAGE_DIR.parent / name, _PACKAGE_DIR / "_data" / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"resource folder {name!r} not found next to {_PACKAGE_DIR}")
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict:
+    """Load ``schemas/<name>.schema.json``."""
+    path = resource_dir("schemas") / f"{name}.schema.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=None)
+def _validator(name: str):
+    import jsonschema
+
+    schema = load_schema(name)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def schema_errors(name: str, record: object) -> list[str]:
+    """All validation problems of ``record`` against schema ``name``, as readable strings."""
+    errors = sorted(_validator(name).iter_errors(record), key=lambda e: list(e.path))
+    return [f"{'/'.join(map(str, e.path)) or '<record>'}: {e.message}" for e in errors]

@@ -1,0 +1,167 @@
+"""Scoring of VQA responses (pure functions, no I/O).
+
+Closed questions (yes/no, option letters, short closed answers) score 0 or 1 and must survive the ways
+models actually phrase answers: case, punctuation, "The answer is ...", "(B)", "B.", or the option's
+text instead of its letter. Open questions score the token recall of the gold answer in the response
+(the LLaVA-Med protocol the published numbers follow).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+YES_NO = {"yes", "no"}
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+# Lead-ins models put before the actual answer; stripped repeatedly from the start of a response.
+_LEAD_INS = re.compile(
+    r"^\s*(?:the\s+)?(?:correct\s+|final\s+|best\s+)?(?:answer|option|choice)\s*(?:is|:)?\s*"
+    r"|^\s*(?:answer|option|choice)\s*[:\-]\s*"
+    r"|^\s*(?:assistant|gpt)\s*:\s*",
+    re.IGNORECASE,
+)
+# A bare option letter at the start: "B", "B.", "B)", "(B)", "[B]", "B:", "**B**".
+_LEADING_LETTER = re.compile(r"^[\s*(\[]*([A-Za-z])(?:[\s*)\].:,]|$)")
+# An explicit letter anywhere: "(B)" or "option B" / "answer is B".
+_PAREN_LETTER = re.compile(r"\(([A-Za-z])\)")
+_NAMED_LETTER = re.compile(r"\b(?:option|choice|answer(?:\s+is)?)\s*:?\s*\(?([A-Za-z])\b(?![\w'])", re.I)
+
+
+def normalize(text: str) -> str:
+    """Lower-case, punctuation to spaces, collapse whitespace."""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+def tokens(text: str) -> list[str]:
+    return normalize(text).split()
+
+
+def strip_lead_in(text: str) -> str:
+    """Remove "The answer is", "Answer:", "Option" ... from the start of a response."""
+    previous = None
+    text = text.strip()
+    while previous != text:
+        previous = text
+        text = _LEAD_INS.sub("", text, count=1).strip()
+    return text
+
+
+def extract_yes_no(response: str) -> str | None:
+    """The yes/no a response commits to, or None when it says neither (or both without a lead)."""
+    words = tokens(strip_lead_in(response))
+    if not words:
+        return None
+    if words[0] in YES_NO:
+        return words[0]
+    present = [w for w in words if w in YES_NO]
+    return present[0] if present and len(set(present)) == 1 else None
+
+
+def extract_option(response: str, options: Sequence[str]) -> str | None:
+    """The option letter a response picks ("A", "B", ...), or None when it cannot be told.
+
+    Accepts a leading letter in any common dress, an explicit "(B)" / "option B" anywhere, or the
+    text of exactly one option (exact after normalisation, else the only option contained in it).
+    """
+    letters = [chr(ord("A") + i) for i in range(len(options))]
+    body = strip_lead_in(response)
+    m = _LEADING_LETTER.match(body)
+    # "A mass in ..." starts with the article, not with option A: then only the text can decide.
+    article = m is not None and body.startswith("A ") and bool(body[2:].strip())
+    if m and m.group(1).upper() in letters and not article:
+        return m.group(1).upper()
+    for pattern in (_PAREN_LETTER, _NAMED_LETTER):
+        found = {g.upper() for g in pattern.findall(response)} & set(letters)
+        if len(found) == 1:
+            return found.pop()
+    return _option_by_text(body, options, letters)
+
+
+def _option_by_text(body: str, options: Sequence[str], letters: list[str]) -> str | None:
+    norm = normalize(body)
+    normed = [normalize(o) for o in options]
+    for letter, opt in zip(letters, normed, strict=True):
+        if opt and norm == opt:
+            return letter
+    padded = f" {norm} "
+    hits = [letter for letter, opt in zip(letters, normed, strict=True) if opt and f" {opt} " in padded]
+    if len(hits) > 1:  # prefer the longest when one option is part of another ("CT" vs "CT scan")
+        longest = max(hits, key=lambda letter: len(normed[letters.index(letter)]))
+        others = [h for h in hits if h != longest]
+        if all(normed[letters.index(h)] in normed[letters.index(longest)] for h in others):
+            return longest
+        return None
+    return hits[0] if hits else None
+
+
+def token_recall(response: str, gold: str) -> float:
+    """Fraction of the gold answer's tokens (with multiplicity) found in the response."""
+    gold_tokens = Counter(tokens(gold))
+    if not gold_tokens:
+        return 0.0
+    resp = Counter(tokens(response))
+    common = sum(min(n, resp[t]) for t, n in gold_tokens.items())
+    return common / sum(gold_tokens.values())
+
+
+def closed_correct(response: str, gold: str) -> bool:
+    """A closed short answer: yes/no compared as such; others exact or as a whole phrase in the response."""
+    g = normalize(gold)
+    if g in YES_NO:
+        return extract_yes_no(response) == g
+    r = normalize(strip_lead_in(response))
+    return bool(g) and (r == g or f" {g} " in f" {r} ")
+
+
+@dataclass(frozen=True)
+class Score:
+    score: float  # 0/1 for closed questions, token recall for open ones
+    correct: bool  # closed: score == 1; open: every gold token recalled (used for paired tests)
+    parsed: str | None  # the yes/no or letter read from the response (closed), None otherwise
+
+
+def score_response(response: str, gold: str, kind: str, options: Sequence[str] = ()) -> Score:
+    """Score one response. ``kind`` is "closed" or "open"; with ``options`` gold is the letter."""
+    if kind not in ("closed", "open"):
+        raise ValueError(f"unknown question kind {kind!r} (expected 'closed' or 'open')")
+    if options:
+        picked = extract_option(response, options)
+        ok = picked is not None and picked == gold.strip().upper()
+        return Score(float(ok), ok, picked)
+    if kind == "closed":
+        ok = closed_correct(response, gold)
+        yn = extract_yes_no(response) if normalize(gold) in YES_NO else None
+        return Score(float(ok), ok, yn)
+    recall = token_recall(response, gold)
+    return Score(recall, recall >= 1.0, None)
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    n: int
+    mean_score: float
+    accuracy: float  # fraction with correct == True
+
+
+def summarize(rows: Iterable[dict], keys: Sequence[str] = ("kind", "modality")) -> dict:
+    """Overall and per-``key`` means of ``score`` and ``correct`` over prediction rows."""
+    rows = list(rows)
+
+    def group(sel: list[dict]) -> dict:
+        n = len(sel)
+        return GroupSummary(
+            n=n,
+            mean_score=sum(r["score"] for r in sel) / n if n else float("nan"),
+            accuracy=sum(bool(r["correct"]) for r in sel) / n if n else float("nan"),
+        ).__dict__
+
+    out: dict = {"overall": group(rows)}
+    for key in keys:
+        buckets: dict[str, list[dict]] = {}
+        for r in rows:
+            buckets.setdefault(str(r.get(key) or "unknown"), []).append(r)
+        out[f"by_{key}"] = {k: group(v) for k, v in sorted(buckets.items())}
+    return out

@@ -1,0 +1,280 @@
+"""2D images (PNG/JPG/BMP/TIFF) with mask files: X-ray, ultrasound, endoscopy, dermoscopy, fundus.
+
+Masks come either as one binary file per class, found by a file-name pattern (default
+``masks/{stem}_{label}.png``), or as one index mask per image whose values are named by the
+sources file's ``labels`` (``mask_type = "index"``, default pattern ``masks/{stem}.png``). Patterns
+are relative to the source root; ``{stem}`` is the image file name without extension and
+``{label}`` the class tag in the mask's file name. The mask helpers here are shared with the
+DICOM adapter (single-file X-ray / ultrasound DICOM images pair with masks the same way).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, register
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DEFAULT_PATTERNS = {"binary": "masks/{stem}_{label}.png", "index": "masks/{stem}.png"}
+
+
+def rel(path: Path, root: Path) -> str:
+    """A path as shown in messages and keys: relative to the source root, never absolute."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+
+
+@dataclass(frozen=True)
+class MaskLayout:
+    """Where an image's masks live and how to read them (from the source's ``options``)."""
+
+    pattern: str                 # relative to the source root; {stem}, and {label} for binary masks
+    mode: str = "binary"         # "binary": one file per class; "index": one label map per image
+    threshold: int | None = None  # binary masks: values above it are foreground (lossy JPEG masks)
+    skip_empty: bool = False     # drop empty binary masks instead of failing the item
+    ignore_values: tuple[int, ...] = ()  # index masks: values that are neither background nor a label
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> MaskLayout:
+        mode = str(options.get("mask_type", "binary"))
+        if mode not in DEFAULT_PATTERNS:
+            raise SourceError(f"options.mask_type must be 'binary' or 'index', not {mode!r}")
+        pattern = str(options.get("masks", DEFAULT_PATTERNS[mode]))
+        if "{stem}" not in pattern:
+            raise SourceError(f"options.masks pattern {pattern!r} needs a {{stem}} placeholder")
+        if mode == "binary" and "{label}" not in pattern:
+            raise SourceError(f"binary mask pattern {pattern!r} needs a {{label}} placeholder")
+        if mode == "index" and "{label}" in pattern:
+            raise SourceError(f"index mask pattern {pattern!r} must not contain {{label}}")
+        threshold = options.get("binary_threshold")
+        return cls(
+            pattern=pattern,
+            mode=mode,
+            threshold=None if threshold is None else int(threshold),
+            skip_empty=bool(options.get("skip_empty", False)),
+            ignore_values=tuple(int(v) for v in options.get("ignore_values", ())),
+        )
+
+    def regex(self) -> re.Pattern[str]:
+        """Matches a root-relative mask path, capturing stem and label (to tell masks from images)."""
+        parts = re.split(r"(\{stem\}|\{label\})", self.pattern)
+        body = "".join(
+            "(?P<stem>.+?)" if p == "{stem}" else "(?P<label>[^/]+)" if p == "{label}" else re.escape(p)
+            for p in parts
+        )
+        return re.compile(body + "$")
+
+    def find(self, root: Path, stem: str, tags: list[str]) -> dict[str, Path]:
+        """Mask files of one image: ``{tag: path}`` (binary) or ``{"": path}`` (index)."""
+        if self.mode == "index":
+            path = root / self.pattern.replace("{stem}", stem)
+            return {"": path} if path.is_file() else {}
+        if tags:  # labels given: look each one up, no guessing from ambiguous names
+            found = {t: root / self.pattern.replace("{stem}", stem).replace("{label}", t) for t in tags}
+            return {t: p for t, p in found.items() if p.is_file()}
+        glob = self.pattern.replace("{stem}", _glob_escape(stem)).replace("{label}", "*")
+        rx, out = self.regex(), {}
+        for path in sorted(root.glob(glob)):
+            m = rx.match(rel(path, root))
+            if m and m["stem"] == stem and path.is_file():
+                out[m["label"]] = path
+        return out
+
+    def describe(self, stem: str) -> str:
+        return self.pattern.replace("{stem}", stem)
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def read_image(path: Path, name: str) -> np.ndarray:
+    """Pixels as uint8, (H, W) or (H, W, 3). Alpha is dropped; >8-bit grey is scaled min..max."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+                img = img.convert("RGB")
+            elif mode in ("1", "LA"):
+                img = img.convert("L")
+            arr = np.asarray(img)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise SourceError(f"{name}: cannot read image ({exc})") from None
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise SourceError(f"{name}: unsupported image layout {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = to_uint8(arr.astype(np.float64))
+    return np.ascontiguousarray(arr)
+
+
+def to_uint8(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Linear map of [lo, hi] (default: min..max) to 0..255."""
+    lo = float(np.min(values)) if lo is None else lo
+    hi = float(np.max(values)) if hi is None else hi
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def read_mask(path: Path, name: str) -> np.ndarray:
+    """A mask file as a 2D integer array. RGB masks are refused unless all channels are equal."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = np.asarray(img)  # palette images give their indices, as label maps should
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise SourceError(f"{name}: cannot read mask ({exc})") from None
+    if arr.ndim == 3:
+        channels = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]
+        if not all(np.array_equal(channels[..., 0], channels[..., c]) for c in range(channels.shape[2])):
+            raise SourceError(f"{name}: RGB mask with differing channels; save masks as one grey channel")
+        arr = channels[..., 0]
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+            raise SourceError(f"{name}: mask holds non-integer values")
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise SourceError(f"{name}: unsupported mask type {arr.dtype}")
+    if arr.size and arr.min() < 0:
+        raise SourceError(f"{name}: mask holds negative values")
+    return arr
+
+
+def binary_mask(arr: np.ndarray, name: str, threshold: int | None) -> np.ndarray:
+    """0 / one other value (1 or 255 usually) -> bool; anything else is refused unless thresholded."""
+    if threshold is not None:
+        return arr > threshold
+    values = np.unique(arr)
+    nonzero = values[values != 0]
+    if nonzero.size > 1:
+        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
+        raise SourceError(
+            f"{name}: binary mask holds {values.size} values ({shown}); "
+            "set options.binary_threshold for lossy masks or use mask_type = 'index'"
+        )
+    return arr != 0
+
+
+def load_masks(
+    layout: MaskLayout,
+    files: dict[str, Path],
+    shape: tuple[int, int],
+    spec: SourceSpec,
+    root: Path,
+    item: str,
+) -> dict[str, Any]:
+    """Read and check an image's masks; returns Image2D keyword arguments (masks or label map)."""
+    if layout.mode == "index":
+        path = files[""]
+        arr = _sized(read_mask(path, rel(path, root)), shape, rel(path, root))
+        names: dict[int, str] = {}
+        for value in np.unique(arr):
+            v = int(value)
+            if v == 0 or v in layout.ignore_values:
+                continue
+            if str(v) not in spec.labels:
+                raise SourceError(
+                    f"{rel(path, root)}: mask value {v} has no name in the source's labels "
+                    "(map it, or list it in options.ignore_values)"
+                )
+            names[v] = spec.labels[str(v)]
+        label_map = np.where(np.isin(arr, layout.ignore_values), 0, arr).astype(np.int32)
+        return {"label_map": label_map, "label_names": names}
+    masks: dict[str, np.ndarray] = {}
+    for tag, path in sorted(files.items()):
+        name = rel(path, root)
+        mask = binary_mask(_sized(read_mask(path, name), shape, name), name, layout.threshold)
+        if not mask.any():
+            if layout.skip_empty:
+                continue
+            raise SourceError(f"{name}: mask is empty (set options.skip_empty to drop empty masks)")
+        label = spec.labels.get(tag, tag)
+        masks[label] = masks[label] | mask if label in masks else mask
+    if not masks:
+        raise SourceError(f"{item}: every mask of this image is empty")
+    return {"masks": masks}
+
+
+def _sized(arr: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
+    if arr.shape != shape:
+        raise SourceError(
+            f"{name}: mask size {arr.shape[1]}x{arr.shape[0]} differs from the image's {shape[1]}x{shape[0]}"
+        )
+    return arr
+
+
+def require_modality(spec: SourceSpec) -> str:
+    if not spec.modality:
+        raise SourceError(
+            f"source {spec.name!r}: 2D sources need a modality in the sources file "
+            "(X-ray, Ultrasound, Endoscopy, Dermoscopy, Fundus, ...)"
+        )
+    return spec.modality
+
+
+class Images2DAdapter:
+    """``kind = "images2d"``: every image under ``options.images`` (default ``images/`` or the root)."""
+
+    kind = "images2d"
+
+    def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
+        root = Path(spec.path)
+        try:
+            modality = require_modality(spec)
+            layout = MaskLayout.from_options(spec.options)
+        except SourceError as exc:
+            yield exc
+            return
+        if not root.is_dir():
+            yield SourceError(f"{root.name}: source folder not found or not a folder")
+            return
+        default_dir = "images" if (root / "images").is_dir() else "."
+        image_dir = root / str(spec.options.get("images", default_dir))
+        mask_rx = layout.regex()
+        tags = sorted(spec.labels) if layout.mode == "binary" else []
+        for path in sorted(image_dir.rglob("*")):
+            name = rel(path, root)
+            if (
+                not path.is_file()
+                or path.suffix.lower() not in IMAGE_EXTS
+                or any(part.startswith(".") for part in Path(name).parts)
+                or mask_rx.match(name)
+            ):
+                continue
+            files = layout.find(root, path.stem, tags)
+            if not files:
+                yield SourceError(f"{name}: no mask file found (looked for {layout.describe(path.stem)})")
+                continue
+            yield SourceItem(
+                key=name,
+                files=[path, *sorted(files.values())],
+                load=partial(_load_image_item, path, files, layout, spec, root, modality),
+            )
+
+
+def _load_image_item(
+    path: Path, files: dict[str, Path], layout: MaskLayout, spec: SourceSpec, root: Path, modality: str
+) -> Image2D:
+    name = rel(path, root)
+    pixels = read_image(path, name)
+    labels = load_masks(layout, files, pixels.shape[:2], spec, root, name)
+    return Image2D(pixels=pixels, modality=modality, **labels)
+
+
+register(Images2DAdapter())

@@ -1,0 +1,484 @@
+"""Medical VQA benchmarks: the registry and one loader per public file layout.
+
+Adding a benchmark touches this file only: write a loader ``(root: Path) -> Loaded`` and decorate it
+with ``@benchmark(name, layout=...)``. Loaders read local copies in the layout the benchmark is
+published in (documented in docs/vqa.md). A missing annotation file raises ``BenchmarkError``; a bad
+record is reported as ``"file:line: what is wrong"`` in ``Loaded.errors`` and skipped, so one bad
+record never aborts a run.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import pickle
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+YES_NO = {"yes", "no"}
+LETTERS = "ABCDEFGHIJ"
+
+
+class BenchmarkError(ValueError):
+    """A benchmark cannot be read at all (missing or unparsable annotation file, unknown name)."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image on disk or embedded (parquet bytes); ``key`` identifies it for per-image caches."""
+
+    key: str
+    path: Path | None = None
+    data: bytes | None = field(default=None, repr=False)
+
+    def open(self) -> Image.Image:
+        src = self.path if self.path is not None else io.BytesIO(self.data or b"")
+        with Image.open(src) as im:
+            return im.convert("RGB")
+
+
+@dataclass(frozen=True)
+class VQAItem:
+    id: str
+    question: str
+    answer: str  # gold answer; the option letter for multiple-choice questions
+    kind: str  # "closed" (yes/no, option letter, closed short answer) | "open"
+    image: ImageRef
+    options: tuple[str, ...] = ()
+    modality: str | None = None
+    category: str | None = None  # organ / question type / subfield, per benchmark
+    where: str = ""  # "file:line" of the record, for messages
+
+
+@dataclass
+class Loaded:
+    items: list[VQAItem]
+    errors: list[str]  # "file:line: what is wrong" for each skipped record
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    layout: str  # one line: the files the loader expects under --data
+    loader: Callable[[Path], Loaded]
+
+    def load(self, root: Path) -> Loaded:
+        root = Path(root)
+        if not root.exists():
+            raise BenchmarkError(f"{root}: data directory not found (expected {self.layout})")
+        return self.loader(root)
+
+
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def benchmark(name: str, layout: str) -> Callable[[Callable[[Path], Loaded]], Callable[[Path], Loaded]]:
+    def register(fn: Callable[[Path], Loaded]) -> Callable[[Path], Loaded]:
+        BENCHMARKS[name] = Benchmark(name, layout, fn)
+        return fn
+
+    return register
+
+
+def get_benchmark(name: str) -> Benchmark:
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise BenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}") from None
+
+
+# ----------------------------------------------------------------------------------------- readers
+class BadRecord(ValueError):
+    """One record is malformed; the loader reports it with its file and line and goes on."""
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise BenchmarkError(f"{path}: {what} not found")
+    return path
+
+
+def _first_existing(root: Path, names: list[str], what: str) -> Path:
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    raise BenchmarkError(f"{root}: {what} not found (looked for {', '.join(names)})")
+
+
+def _json_array(path: Path) -> Iterator[tuple[int, object]]:
+    """Elements of a top-level JSON array with the line each starts on."""
+    text = path.read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    pos = _skip_ws(text, 0)
+    if pos >= len(text) or text[pos] != "[":
+        raise BenchmarkError(f"{path}:{text.count(chr(10), 0, pos) + 1}: expected a JSON array of records")
+    pos = _skip_ws(text, pos + 1)
+    while pos < len(text) and text[pos] != "]":
+        line = text.count("\n", 0, pos) + 1
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise BenchmarkError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        yield line, value
+        pos = _skip_ws(text, pos)
+        if pos < len(text) and text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+    if pos >= len(text):
+        raise BenchmarkError(f"{path}:{text.count(chr(10)) + 1}: unterminated JSON array")
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, object]]:
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield line_no, BadRecord(f"invalid JSON ({exc.msg})")
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise BenchmarkError(f"{path}: cannot read parquet ({exc})") from None
+    for i, row in enumerate(table.to_pylist()):
+        yield i + 1, row  # "line" = 1-based row number
+
+
+def _collect(
+    records: Iterator[tuple[int, object]], path: Path, make: Callable[[dict, str], VQAItem | None]
+) -> Loaded:
+    items, errors = [], []
+    for line, rec in records:
+        where = f"{path}:{line}"
+        try:
+            if isinstance(rec, BadRecord):
+                raise rec
+            if not isinstance(rec, dict):
+                raise BadRecord(f"expected an object, got {type(rec).__name__}")
+            item = make(rec, where)
+        except BadRecord as exc:
+            errors.append(f"{where}: {exc}")
+            continue
+        if item is not None:
+            items.append(item)
+    return Loaded(items, errors)
+
+
+def _field(rec: dict, *names: str) -> str:
+    for name in names:
+        value = rec.get(name)
+        if value is not None and str(value).strip() != "":
+            return str(value).strip()
+    raise BadRecord(f"missing field {names[0]!r}")
+
+
+def _image_file(root: Path, rel: str, folders: tuple[str, ...] = ("",)) -> ImageRef:
+    for folder in folders:
+        path = root / folder / rel
+        if path.is_file():
+            return ImageRef(key=str(path), path=path)
+    raise BadRecord(f"image {rel!r} not found under {', '.join(str(root / f) for f in folders)}")
+
+
+def _image_bytes(value: object, key: str) -> ImageRef:
+    if isinstance(value, dict) and value.get("bytes"):
+        return ImageRef(key=key, data=value["bytes"])
+    if isinstance(value, (bytes, bytearray)) and value:
+        return ImageRef(key=key, data=bytes(value))
+    raise BadRecord("no embedded image bytes")
+
+
+def _kind_of(answer: str, answer_type: str | None = None) -> str:
+    if answer_type:
+        t = answer_type.strip().upper()
+        if t in ("CLOSED", "YES/NO"):
+            return "closed"
+        if t in ("OPEN", "OTHER"):
+            return "open"
+    return "closed" if answer.strip().lower().rstrip(".") in YES_NO else "open"
+
+
+def _hf_vqa_parquet(root: Path) -> Loaded:
+    """The Hugging Face copies of VQA-RAD and PathVQA: data/test-*.parquet with image/question/answer."""
+    files = sorted((root / "data").glob("test-*.parquet")) or sorted(root.glob("test-*.parquet"))
+    if not files:
+        raise BenchmarkError(f"{root}: no data/test-*.parquet found")
+    items, errors = [], []
+    for path in files:
+        def make(rec: dict, where: str, path: Path = path) -> VQAItem:
+            answer = _field(rec, "answer")
+            return VQAItem(
+                id=f"{path.stem}:{where.rsplit(':', 1)[1]}",
+                question=_field(rec, "question"),
+                answer=answer,
+                kind=_kind_of(answer),
+                image=_image_bytes(rec.get("image"), key=where),
+                where=where,
+            )
+
+        got = _collect(_parquet_rows(path), path, make)
+        items += got.items
+        errors += got.errors
+    return Loaded(items, errors)
+
+
+# ---------------------------------------------------------------------------------------- loaders
+@benchmark(
+    "vqa-rad",
+    layout="'VQA_RAD Dataset Public.json' + 'VQA_RAD Image Folder/' (OSF release; test = phrase_type "
+    "test_freeform/test_para), or the Hugging Face copy data/test-*.parquet",
+)
+def load_vqa_rad(root: Path) -> Loaded:
+    ann = root / "VQA_RAD Dataset Public.json"
+    if not ann.is_file():
+        if list((root / "data").glob("test-*.parquet")):
+            return _hf_vqa_parquet(root)
+        raise BenchmarkError(f"{ann}: annotation file not found (nor a Hugging Face data/test-*.parquet)")
+
+    def make(rec: dict, where: str) -> VQAItem | None:
+        if not str(rec.get("phrase_type", "")).startswith("test"):
+            return None
+        answer = _field(rec, "answer")
+        return VQAItem(
+            id=str(rec.get("qid", where)),
+            question=_field(rec, "question"),
+            answer=answer,
+            kind=_kind_of(answer, rec.get("answer_type")),
+            image=_image_file(root, _field(rec, "image_name"), ("VQA_RAD Image Folder", "images", "")),
+            category=rec.get("image_organ"),
+            where=where,
+        )
+
+    return _collect(_json_array(ann), ann, make)
+
+
+@benchmark("slake", layout="test.json + imgs/<img_name> (SLAKE 1.0 release; English questions, q_lang == 'en')")
+def load_slake(root: Path) -> Loaded:
+    ann = _require(root / "test.json", "SLAKE test.json")
+
+    def make(rec: dict, where: str) -> VQAItem | None:
+        if rec.get("q_lang", "en") != "en":
+            return None
+        answer = _field(rec, "answer")
+        return VQAItem(
+            id=str(rec.get("qid", where)),
+            question=_field(rec, "question"),
+            answer=answer,
+            kind=_kind_of(answer, rec.get("answer_type")),
+            image=_image_file(root, _field(rec, "img_name"), ("imgs", "")),
+            modality=rec.get("modality"),
+            category=rec.get("location"),
+            where=where,
+        )
+
+    return _collect(_json_array(ann), ann, make)
+
+
+@benchmark(
+    "pathvqa",
+    layout="qas/test/test_qa.pkl + images/test/<image>.jpg (PathVQA release), or the Hugging Face copy "
+    "data/test-*.parquet",
+)
+def load_pathvqa(root: Path) -> Loaded:
+    ann = root / "qas" / "test" / "test_qa.pkl"
+    if not ann.is_file():
+        if list((root / "data").glob("test-*.parquet")) or list(root.glob("test-*.parquet")):
+            return _hf_vqa_parquet(root)
+        raise BenchmarkError(f"{ann}: annotation file not found (nor a Hugging Face data/test-*.parquet)")
+    try:
+        with ann.open("rb") as fh:
+            records = pickle.load(fh)  # the release's own format; only load copies you trust
+    except Exception as exc:
+        raise BenchmarkError(f"{ann}: cannot unpickle ({exc})") from None
+    if not isinstance(records, list):
+        raise BenchmarkError(f"{ann}: expected a list of records, got {type(records).__name__}")
+
+    def make(rec: dict, where: str) -> VQAItem:
+        answer = _field(rec, "answer")
+        name = _field(rec, "image")
+        return VQAItem(
+            id=str(rec.get("question_id", where.rsplit(":", 1)[1])),
+            question=_field(rec, "question"),
+            answer=answer,
+            kind=_kind_of(answer),
+            image=_image_file(root / "images" / "test", name if "." in name else f"{name}.jpg"),
+            modality="pathology",
+            where=where,
+        )
+
+    return _collect(enumerate(records, 1), ann, make)
+
+
+def _option_text(value: str, letter: str) -> str:
+    """PMC-VQA choices carry their letter ("A:CT scan "); strip it."""
+    return re.sub(rf"^\s*{letter}\s*[:.)]\s*", "", value).strip()
+
+
+@benchmark(
+    "pmc-vqa",
+    layout="test_clean.csv | test_2.csv | test.csv (columns Figure_path, Question, Choice A..D, Answer, "
+    "Answer_label) + images/<Figure_path>",
+)
+def load_pmc_vqa(root: Path) -> Loaded:
+    ann = _first_existing(root, ["test_clean.csv", "test_2.csv", "test.csv"], "PMC-VQA test CSV")
+    with ann.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"Figure_path", "Question", "Choice A", "Choice B"} - set(reader.fieldnames or [])
+        if missing:
+            raise BenchmarkError(f"{ann}:1: header lacks column(s) {', '.join(sorted(missing))}")
+        rows = [(reader.line_num, row) for row in reader]
+
+    def make(rec: dict, where: str) -> VQAItem:
+        options = []
+        for letter in "ABCD":
+            value = rec.get(f"Choice {letter}")
+            if value is not None and value.strip():
+                options.append(_option_text(value, letter))
+        gold = (rec.get("Answer_label") or "").strip().upper()
+        if gold not in LETTERS[: len(options)]:
+            answer = (rec.get("Answer") or "").strip()
+            matches = [LETTERS[i] for i, o in enumerate(options) if o.lower() == answer.lower()]
+            if len(matches) != 1:
+                raise BadRecord(f"answer {answer!r} is neither an option letter nor one option's text")
+            gold = matches[0]
+        return VQAItem(
+            id=str(rec.get("index") or where.rsplit(":", 1)[1]),
+            question=_field(rec, "Question"),
+            answer=gold,
+            kind="closed",
+            image=_image_file(root, _field(rec, "Figure_path"), ("images", "figures", "")),
+            options=tuple(options),
+            where=where,
+        )
+
+    return _collect(iter(rows), ann, make)
+
+
+@benchmark(
+    "omnimedvqa",
+    layout="QA_information/Open-access/*.json (question, gt_answer, option_A.., image_path, "
+    "modality_type) + the image_path files under the root",
+)
+def load_omnimedvqa(root: Path) -> Loaded:
+    folder = root / "QA_information" / "Open-access"
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise BenchmarkError(f"{folder}: no QA json files found")
+    items, errors = [], []
+    for ann in files:
+        def make(rec: dict, where: str) -> VQAItem:
+            options = [str(rec[f"option_{c}"]).strip() for c in "ABCDEF" if rec.get(f"option_{c}") is not None]
+            if len(options) < 2:
+                raise BadRecord("fewer than two options")
+            gt = _field(rec, "gt_answer")
+            matches = [LETTERS[i] for i, o in enumerate(options) if o == gt]
+            if len(matches) != 1:
+                raise BadRecord(f"gt_answer {gt!r} matches {len(matches)} options")
+            return VQAItem(
+                id=str(rec.get("question_id", where)),
+                question=_field(rec, "question"),
+                answer=matches[0],
+                kind="closed",
+                image=_image_file(root, _field(rec, "image_path")),
+                options=tuple(options),
+                modality=rec.get("modality_type") or rec.get("modality"),
+                category=rec.get("question_type"),
+                where=where,
+            )
+
+        got = _collect(_json_array(ann), ann, make)
+        items += got.items
+        errors += got.errors
+    return Loaded(items, errors)
+
+
+MMMU_HEALTH = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
+               "Pharmacy", "Public_Health")
+
+
+@benchmark(
+    "mmmu-med",
+    layout="<Subject>/validation-*.parquet for the five Health & Medicine subjects (MMMU release; "
+    "single-image questions)",
+)
+def load_mmmu_med(root: Path) -> Loaded:
+    files = [f for s in MMMU_HEALTH for f in sorted((root / s).glob("validation-*.parquet"))]
+    if not files:
+        raise BenchmarkError(f"{root}: no <Subject>/validation-*.parquet for {', '.join(MMMU_HEALTH)}")
+    items, errors = [], []
+    for path in files:
+        def make(rec: dict, where: str, subject: str = path.parent.name) -> VQAItem:
+            images = [k for k in sorted(rec) if k.startswith("image_") and rec[k]]
+            if len(images) != 1:
+                raise BadRecord(f"{len(images)} images; only single-image questions are evaluated")
+            is_mc = rec.get("question_type", "multiple-choice") == "multiple-choice"
+            options: tuple[str, ...] = ()
+            if is_mc:
+                try:
+                    options = tuple(str(o) for o in ast.literal_eval(_field(rec, "options")))
+                except (ValueError, SyntaxError):
+                    raise BadRecord("options is not a list literal") from None
+            answer = _field(rec, "answer")
+            if is_mc and answer not in LETTERS[: len(options)]:
+                raise BadRecord(f"answer {answer!r} is not one of the {len(options)} option letters")
+            return VQAItem(
+                id=_field(rec, "id"),
+                question=re.sub(r"<image \d+>", "the image", _field(rec, "question")),
+                answer=answer,
+                kind="closed" if is_mc else "open",
+                image=_image_bytes(rec[images[0]], key=f"{where}:{images[0]}"),
+                options=options,
+                modality=rec.get("img_type"),
+                category=subject,
+                where=where,
+            )
+
+        got = _collect(_parquet_rows(path), path, make)
+        items += got.items
+        errors += got.errors
+    return Loaded(items, errors)
+
+
+def _vgmed(root: Path, filename: str) -> Loaded:
+    ann = _require(root / filename, "VGMED release file")
+
+    def make(rec: dict, where: str) -> VQAItem:
+        answer = _field(rec, "answer")
+        return VQAItem(
+            id=_field(rec, "id"),
+            question=_field(rec, "question"),
+            answer=answer,
+            kind=_kind_of(answer),
+            image=_image_file(root, _field(rec, "image")),
+            modality=rec.get("modality"),
+            category=rec.get("body_part"),
+            where=where,
+        )
+
+    return _collect(_jsonl(ann), ann, make)
+
+
+@benchmark("vgmed-attribute", layout="VGMED_attribute.jsonl + images/ (a vgmed-build release)")
+def load_vgmed_attribute(root: Path) -> Loaded:
+    return _vgmed(root, "VGMED_attribute.jsonl")
+
+
+@benchmark("vgmed-localization", layout="VGMED_localization.jsonl + images/ (a vgmed-build release)")
+def load_vgmed_localization(root: Path) -> Loaded:
+    return _vgmed(root, "VGMED_localization.jsonl")

@@ -60,7 +60,8 @@ def test_slake_english_only_with_modality():
 
 def test_pathvqa_release_pickle():
     got = load("pathvqa", "pathvqa")
-    assert [(i.answer, i.kind) for i in got.items] == [("yes", "closed"), ("hepatocellular carcinoma", "open")]
+    expected = [("yes", "closed"), ("hepatocellular carcinoma", "open")]
+    assert [(i.answer, i.kind) for i in got.items] == expected
     assert got.items[0].image.path.name == "test_0000.jpg"
 
 
@@ -93,7 +94,8 @@ def test_mmmu_single_image_questions():
 
 def test_vgmed_release():
     got = load("vgmed-attribute", "vgmed")
-    assert [(i.answer, i.kind, i.modality) for i in got.items] == [("round", "open", "CT"), ("yes", "closed", "Fundus")]
+    expected = [("round", "open", "CT"), ("yes", "closed", "Fundus")]
+    assert [(i.answer, i.kind, i.modality) for i in got.items] == expected
 
 
 def test_prompts_follow_protocol():
@@ -151,7 +153,8 @@ def test_jsonl_bad_line_skipped(tmp_path):
     path = root / "VGMED_attribute.jsonl"
     path.write_text(path.read_text() + "{not json\n")
     got = get_benchmark("vgmed-attribute").load(root)
-    assert len(got.items) == 2 and got.errors == [f"{path}:3: invalid JSON (Expecting property name enclosed in double quotes)"]
+    assert len(got.items) == 2
+    assert got.errors == [f"{path}:3: invalid JSON (Expecting property name enclosed in double quotes)"]
 
 
 def test_pmc_vqa_bad_header_and_answer(tmp_path):

@@ -268,7 +268,7 @@ def load_vqa_rad(root: Path) -> Loaded:
     return _collect(_json_array(ann), ann, make)
 
 
-@benchmark("slake", layout="test.json + imgs/<img_name> (SLAKE 1.0 release; English questions, q_lang == 'en')")
+@benchmark("slake", layout="test.json + imgs/<img_name> (SLAKE 1.0 release; English questions only)")
 def load_slake(root: Path) -> Loaded:
     ann = _require(root / "test.json", "SLAKE test.json")
 
@@ -383,7 +383,8 @@ def load_omnimedvqa(root: Path) -> Loaded:
     items, errors = [], []
     for ann in files:
         def make(rec: dict, where: str) -> VQAItem:
-            options = [str(rec[f"option_{c}"]).strip() for c in "ABCDEF" if rec.get(f"option_{c}") is not None]
+            keys = [f"option_{c}" for c in "ABCDEF" if rec.get(f"option_{c}") is not None]
+            options = [str(rec[k]).strip() for k in keys]
             if len(options) < 2:
                 raise BadRecord("fewer than two options")
             gt = _field(rec, "gt_answer")

@@ -1,0 +1,241 @@
+"""Subcommands `generate` (draft questions per region) and `drafts` (export them as JSONL)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from vgmed_build.catalog import CatalogError, open_catalog
+from vgmed_build.drafting.generate import GenerateOptions, export_drafts, run_generate
+from vgmed_build.drafting.lint import LintLimits
+from vgmed_build.drafting.llm import LlmConfig, install_log_redaction
+from vgmed_build.drafting.templates import TemplateError
+
+log = logging.getLogger(__name__)
+
+EXIT_DRAFT_ERRORS = 1
+EXIT_BUDGET = 3
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = subparsers.add_parser(
+        "generate",
+        formatter_class=fmt,
+        help="draft localization/attribute/position questions for every region",
+        description="Draft the questions clinicians will review, for every region of the build catalog. "
+        "Offline templates by default; any OpenAI-compatible LLM with --drafter llm (API key from the "
+        "OPENAI_API_KEY environment variable only). Reruns redo nothing already drafted and make no LLM "
+        "request for replies already cached. Exit code 0: done; 1: some drafts ended in error (stored, "
+        "retried by the next run); 3: the request/cost budget was reached (rerun to continue).",
+    )
+    p.add_argument("--build", required=True, type=Path, help="build directory (holds catalog.sqlite)")
+    p.add_argument(
+        "--drafter",
+        choices=["templates", "llm"],
+        default="templates",
+        help="who drafts attribute questions: offline deterministic templates, or the LLM",
+    )
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help="folder with the question templates and LLM prompts (default: the bundled prompts/)",
+    )
+    p.add_argument(
+        "--localization-per-region",
+        type=int,
+        default=1,
+        metavar="N",
+        help="localization questions per region (distinct templates, rotated per region; 0 = none)",
+    )
+    p.add_argument(
+        "--attributes-per-region",
+        type=int,
+        default=1,
+        metavar="N",
+        help="attribute questions per region (0 = none)",
+    )
+    p.add_argument(
+        "--position-questions",
+        action="store_true",
+        help="also draft 'Which side of the patient ...?' questions, answered from geometry, "
+        "for regions on the patient's left or right",
+    )
+    p.add_argument(
+        "--paraphrase",
+        action="store_true",
+        help="have the LLM paraphrase each localization question (needs --model)",
+    )
+    p.add_argument(
+        "--with-image",
+        action="store_true",
+        help="send the image with the box drawn on it in LLM attribute requests (multimodal model)",
+    )
+    p.add_argument(
+        "--regenerate-rejected",
+        action="store_true",
+        help="ask the LLM again (new seed, rejection reason in the prompt) for drafts lint rejected",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="redraft every slot, also those already stored (cached LLM replies are still reused)",
+    )
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N regions (by id)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="base seed sent to the LLM (slot and attempt are added)"
+    )
+    p.add_argument(
+        "--max-question-chars",
+        type=int,
+        default=LintLimits.max_chars,
+        help="lint: longest accepted question, in characters",
+    )
+    p.add_argument(
+        "--max-answer-words",
+        type=int,
+        default=LintLimits.max_answer_words,
+        help="lint: longest accepted answer, in words",
+    )
+    llm = p.add_argument_group("LLM (OpenAI-compatible server)")
+    llm.add_argument(
+        "--model", default=None, help="model name as the server knows it (needed for --drafter llm)"
+    )
+    llm.add_argument(
+        "--base-url",
+        default=None,
+        help="server URL, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL or OpenAI)",
+    )
+    llm.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    llm.add_argument("--max-tokens", type=int, default=300, help="maximum completion tokens per reply")
+    llm.add_argument("--concurrency", type=int, default=8, help="requests in flight at most")
+    llm.add_argument(
+        "--max-retries",
+        type=int,
+        default=4,
+        help="retries per request on 429, 5xx, timeouts and connection errors",
+    )
+    llm.add_argument(
+        "--retry-backoff",
+        type=float,
+        default=1.0,
+        help="first retry delay in seconds (doubles per retry, with jitter; Retry-After wins)",
+    )
+    llm.add_argument("--timeout", type=float, default=60.0, help="seconds before one request times out")
+    llm.add_argument(
+        "--no-json-schema",
+        action="store_true",
+        help="do not send response_format json_schema; parse JSON from the reply text "
+        "(chosen automatically when the server answers 400 to it)",
+    )
+    llm.add_argument(
+        "--max-requests",
+        type=int,
+        default=None,
+        help="budget: stop cleanly after this many requests (retries included)",
+    )
+    llm.add_argument(
+        "--max-cost-usd",
+        type=float,
+        default=None,
+        help="budget: stop cleanly once the estimated cost reaches this (needs the prices)",
+    )
+    llm.add_argument("--price-in", type=float, default=0.0, help="USD per 1M prompt tokens, for the estimate")
+    llm.add_argument(
+        "--price-out", type=float, default=0.0, help="USD per 1M completion tokens, for the estimate"
+    )
+    p.set_defaults(func=cmd_generate)
+
+    d = subparsers.add_parser(
+        "drafts",
+        formatter_class=fmt,
+        help="export drafts as JSONL (schemas/draft.schema.json)",
+        description="Write the stored drafts, one JSON record per line, valid against "
+        "schemas/draft.schema.json.",
+    )
+    d.add_argument("--build", required=True, type=Path, help="build directory (holds catalog.sqlite)")
+    d.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
+    d.add_argument(
+        "--status", choices=["ok", "rejected", "error", "all"], default="all", help="which drafts to export"
+    )
+    d.add_argument(
+        "--q-type",
+        choices=["localization", "attribute", "position"],
+        default=None,
+        help="only this question type (default: all)",
+    )
+    d.set_defaults(func=cmd_drafts)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    install_log_redaction()
+    if args.price_in == 0 and args.price_out == 0 and args.max_cost_usd is not None:
+        log.warning("--max-cost-usd without --price-in/--price-out: the cost estimate stays 0")
+    llm = None
+    if args.model:
+        llm = LlmConfig(
+            model=args.model,
+            base_url=args.base_url,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            timeout_s=args.timeout,
+            max_retries=args.max_retries,
+            backoff_s=args.retry_backoff,
+            concurrency=max(1, args.concurrency),
+            json_schema=not args.no_json_schema,
+            max_requests=args.max_requests,
+            max_cost_usd=args.max_cost_usd,
+            price_in=args.price_in,
+            price_out=args.price_out,
+        )
+    options = GenerateOptions(
+        drafter=args.drafter,
+        localization_per_region=args.localization_per_region,
+        attributes_per_region=args.attributes_per_region,
+        position_questions=args.position_questions,
+        paraphrase=args.paraphrase,
+        with_image=args.with_image,
+        regenerate_rejected=args.regenerate_rejected,
+        force=args.force,
+        limit=args.limit,
+        seed=args.seed,
+        prompts_dir=args.prompts,
+        lint_limits=LintLimits(max_chars=args.max_question_chars, max_answer_words=args.max_answer_words),
+        llm=llm,
+    )
+    if options.needs_llm and llm is None:
+        log.error("--drafter llm and --paraphrase need --model (and --base-url or OPENAI_BASE_URL)")
+        return 2
+    try:
+        with open_catalog(args.build, create=False) as catalog:
+            stats = run_generate(catalog, options)
+    except (CatalogError, TemplateError) as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("generate: %s", stats.summary())
+    if stats.budget_reached:
+        log.warning("budget reached: everything drafted so far is stored; rerun to continue")
+        return EXIT_BUDGET
+    return EXIT_DRAFT_ERRORS if stats.errors else 0
+
+
+def cmd_drafts(args: argparse.Namespace) -> int:
+    try:
+        with open_catalog(args.build, create=False) as catalog:
+            lines = [
+                json.dumps(r, ensure_ascii=False) for r in export_drafts(catalog, args.status, args.q_type)
+            ]
+    except CatalogError as exc:
+        log.error("%s", exc)
+        return 2
+    text = "".join(line + "\n" for line in lines)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+        log.info("drafts: %d records -> %s", len(lines), args.out)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,182 @@
+"""Automatic checks every draft passes before a clinician sees it.
+
+Each rule is a pure function ``rule(draft, ctx) -> reason | None``; the first failing rule's reason is
+stored with the rejected draft, so reviewers and users can see why it never reached review.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vgmed_build.resources import schema_errors
+
+
+@dataclass(frozen=True)
+class LintLimits:
+    min_chars: int = 10
+    max_chars: int = 200
+    max_words: int = 40
+    max_answer_chars: int = 60
+    max_answer_words: int = 8
+
+
+@dataclass
+class LintContext:
+    """What the rules need beyond the draft itself."""
+
+    names: list[str]  # target display name, synonyms, label
+    others: set[str] = field(default_factory=set)  # normalized questions of the region's other drafts
+    limits: LintLimits = field(default_factory=LintLimits)
+
+
+def normalize(text: str) -> str:
+    """Case, punctuation and spacing folded away: the key for duplicate detection."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _without_names(question: str, names: list[str]) -> str:
+    """The question with every target name replaced, so words inside a name ('small bowel',
+    'left kidney', 'head and neck') are not mistaken for the question's own words."""
+    text = question
+    for name in sorted(names, key=len, reverse=True):
+        text = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", " <obj> ", text, flags=re.IGNORECASE)
+    return text
+
+
+def _contains_phrase(text: str, phrase: str) -> bool:
+    phrase = normalize(phrase)
+    return bool(phrase) and re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", normalize(text)) is not None
+
+
+def rule_schema(draft: dict, ctx: LintContext) -> str | None:
+    errors = schema_errors("draft", draft)
+    return f"schema: {errors[0]}" if errors else None
+
+
+def rule_names_target(draft: dict, ctx: LintContext) -> str | None:
+    question = draft["question"].lower()
+    if any(re.search(rf"(?<!\w){re.escape(n.lower())}", question) for n in ctx.names):
+        return None
+    return f"names_target: the question does not name the target ({' / '.join(ctx.names)})"
+
+
+_CONJUNCTION = re.compile(r"(?<!\w)(and|or|and/or)(?!\w)|/", re.IGNORECASE)
+
+
+def rule_single_question(draft: dict, ctx: LintContext) -> str | None:
+    q = draft["question"].strip()
+    if q.count("?") != 1 or not q.endswith("?"):
+        return "single_question: must be exactly one question ending with a single '?'"
+    match = _CONJUNCTION.search(_without_names(q, ctx.names).replace("<obj>", ""))
+    if match:
+        return f"single_question: compound question ('{match.group(0)}')"
+    return None
+
+
+def rule_length(draft: dict, ctx: LintContext) -> str | None:
+    lim, q, a = ctx.limits, draft["question"].strip(), draft["answer"].strip()
+    if not lim.min_chars <= len(q) <= lim.max_chars:
+        return f"length: question has {len(q)} characters (allowed {lim.min_chars}-{lim.max_chars})"
+    if len(q.split()) > lim.max_words:
+        return f"length: question has {len(q.split())} words (max {lim.max_words})"
+    if not a or len(a) > lim.max_answer_chars or len(a.split()) > lim.max_answer_words:
+        return (
+            f"length: answer must be 1-{lim.max_answer_chars} characters and at most "
+            f"{lim.max_answer_words} words"
+        )
+    return None
+
+
+def rule_answer_hidden(draft: dict, ctx: LintContext) -> str | None:
+    """Attribute answers must not be spelled out in the question; for position questions even the
+    target's name counts ('Which side ... is the left kidney on?')."""
+    if draft["q_type"] == "attribute":
+        text = _without_names(draft["question"], ctx.names)
+    elif draft["q_type"] == "position":
+        text = draft["question"]
+    else:
+        return None
+    if _contains_phrase(text, draft["answer"]):
+        return f"answer_hidden: the question gives the answer away ({draft['answer']!r})"
+    return None
+
+
+_SIDE_WORD = re.compile(r"(?<!\w)(left|right)(?:[- ]?(?:sided|side|hand))?(?!\w)", re.IGNORECASE)
+
+
+def rule_side(draft: dict, ctx: LintContext) -> str | None:
+    """Side words must agree with the side computed from world geometry. Words inside the target's
+    name count too (a 'left kidney' found on the patient's right is a conflict a reviewer must not
+    get); for regions that are not lateral or whose side is unknown, only the name may carry a side."""
+    side = draft["side"]
+    if side in ("left", "right"):
+        opposite = "right" if side == "left" else "left"
+        for m in _SIDE_WORD.finditer(draft["question"]):
+            if m.group(1).lower() == opposite:
+                return f"side: the question says '{m.group(0)}' but the region lies on the patient's {side}"
+        return None
+    own = _SIDE_WORD.search(_without_names(draft["question"], ctx.names))
+    if own:
+        return f"side: the question says '{own.group(0)}' but the region's side is {side}"
+    return None
+
+
+_IDENTIFIERS = [
+    (re.compile(r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b|\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b"), "a date"),
+    (
+        re.compile(
+            r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\s+\d{1,2}(st|nd|rd|th)?,?"
+            r"\s+\d{4}\b|\b\d{1,2}\s+(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\s+\d{4}\b",
+            re.IGNORECASE,
+        ),
+        "a date",
+    ),
+    (re.compile(r"\d{5,}"), "a long digit run"),
+    (re.compile(r"\b\d+(\.\d+){3,}\b"), "a UID"),
+    (re.compile(r"\b(MRN|DOB|SSN|accession|medical record)\b", re.IGNORECASE), "a record identifier"),
+    (
+        re.compile(r"\b(patient|subject|case)\s*(id|no\.?|number|#|:)?\s*#?\d", re.IGNORECASE),
+        "a patient number",
+    ),
+    (re.compile(r"\b(patient|subject)\s*(id|no\.|number)\b", re.IGNORECASE), "a patient number"),
+    (re.compile(r"\b(Patient|Subject|Mr|Mrs|Ms|Miss|Dr)\.?\s+[A-Z][a-z]+"), "a name"),
+    (re.compile(r"\b[A-Za-z]+\^[A-Za-z]+"), "a DICOM person name"),
+]
+
+
+def rule_no_identifiers(draft: dict, ctx: LintContext) -> str | None:
+    for field_name in ("question", "answer"):
+        for pattern, what in _IDENTIFIERS:
+            m = pattern.search(draft[field_name])
+            if m:
+                return f"identifier: the {field_name} contains {what} ({m.group(0)!r})"
+    return None
+
+
+def rule_not_duplicate(draft: dict, ctx: LintContext) -> str | None:
+    if normalize(draft["question"]) in ctx.others:
+        return "duplicate: another draft of this region asks the same question"
+    return None
+
+
+RULES: list[Callable[[dict, LintContext], str | None]] = [
+    rule_schema,
+    rule_names_target,
+    rule_single_question,
+    rule_length,
+    rule_answer_hidden,
+    rule_side,
+    rule_no_identifiers,
+    rule_not_duplicate,
+]
+
+
+def lint(draft: dict, ctx: LintContext) -> str | None:
+    """The first failing rule's reason, or None when the draft passes every rule."""
+    for rule in RULES:
+        reason = rule(draft, ctx)
+        if reason:
+            return reason
+    return None

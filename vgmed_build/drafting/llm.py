@@ -1,0 +1,329 @@
+"""The LLM client: any OpenAI-compatible server through the `openai` package.
+
+Why our own layer over ``AsyncOpenAI``: every reply is cached in the catalog (a rerun or a resume
+costs zero requests), requests are bounded (concurrency, retries we count ourselves, a budget), and
+every reply is validated against the JSON schema it was asked to follow. The API key comes from
+``OPENAI_API_KEY`` only; it is never put into the cache key, the catalog, a log line or a stored error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+import openai
+
+from vgmed_build.catalog import Catalog, now_iso
+from vgmed_build.resources import load_schema, schema_errors
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "OPENAI_API_KEY"
+_RETRY_STATUS = {408, 409, 429}
+_MAX_BACKOFF_S = 60.0
+
+
+class BudgetExhausted(Exception):
+    """The run's request or cost budget is spent; no further request is sent."""
+
+
+class LlmError(Exception):
+    """A request failed for good, or its reply is unusable. The message is already redacted."""
+
+    def __init__(
+        self, message: str, prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0
+    ):
+        super().__init__(redact(message))
+        self.prompt_tokens, self.completion_tokens, self.cost_usd = prompt_tokens, completion_tokens, cost_usd
+
+
+def redact(text: str) -> str:
+    """Remove the API key from any text that could be stored or logged."""
+    key = os.environ.get(API_KEY_ENV, "")
+    return text.replace(key, "[redacted]") if len(key) >= 4 else text
+
+
+class RedactingFilter(logging.Filter):
+    """Belt and braces: a log record never carries the API key, whoever logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = ()
+        return True
+
+
+def install_log_redaction() -> None:
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+    # httpx/openai log every request at INFO/DEBUG; one line per request drowns the progress output.
+    for name in ("httpx", "httpcore", "openai"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@dataclass
+class LlmConfig:
+    model: str
+    base_url: str | None = None
+    temperature: float = 0.7
+    max_tokens: int = 300
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    backoff_s: float = 1.0  # first retry waits about this long, doubling each time (plus jitter)
+    concurrency: int = 8
+    json_schema: bool = True  # response_format json_schema; False = parse JSON out of the text
+    max_requests: int | None = None
+    max_cost_usd: float | None = None
+    price_in: float = 0.0  # USD per 1M prompt tokens
+    price_out: float = 0.0  # USD per 1M completion tokens
+
+
+@dataclass
+class LlmReply:
+    data: dict
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    cache_hit: bool
+
+
+@dataclass
+class Budget:
+    """Counts requests sent (retries included) and the estimated cost, against the run's limits."""
+
+    max_requests: int | None
+    max_cost_usd: float | None
+    requests: int = 0
+    cost_usd: float = 0.0
+    exhausted: bool = False
+
+    def take_request(self) -> None:
+        if (self.max_requests is not None and self.requests >= self.max_requests) or (
+            self.max_cost_usd is not None and self.cost_usd >= self.max_cost_usd
+        ):
+            self.exhausted = True
+            raise BudgetExhausted(
+                f"budget reached ({self.requests} requests, estimated ${self.cost_usd:.4f})"
+            )
+        self.requests += 1
+
+
+def cache_key(model: str, messages: list[dict], params: dict) -> str:
+    """sha256 over what determines the reply: model, messages and sampling/format parameters."""
+    blob = json.dumps(
+        {"model": model, "messages": messages, "params": params},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """The catalog's ``llm_cache`` table: only replies that passed validation are stored."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+
+    def get(self, key: str) -> dict | None:
+        row = self.catalog.conn.execute("SELECT response_json FROM llm_cache WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, response: dict, conn: sqlite3.Connection | None = None) -> None:
+        sql = "INSERT OR REPLACE INTO llm_cache (key, response_json, created_at) VALUES (?,?,?)"
+        args = (key, json.dumps(response, ensure_ascii=False), now_iso())
+        if conn is not None:
+            conn.execute(sql, args)
+        else:
+            with self.catalog.transaction() as c:
+                c.execute(sql, args)
+
+
+def parse_json_reply(text: str) -> dict:
+    """The JSON object in a reply, also when wrapped in prose or a ```json fence."""
+    text = text.strip()
+    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
+    if fence:
+        text = fence.group(1).strip()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        start, end = text.find("{"), text.rfind("}")
+        if start < 0 or end <= start:
+            raise ValueError("reply contains no JSON object") from None
+        try:
+            value = json.loads(text[start : end + 1])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"reply is not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError("reply JSON is not an object")
+    return value
+
+
+def retry_after_s(exc: Exception) -> float | None:
+    """Seconds the server asked us to wait (Retry-After as seconds or HTTP date, or retry-after-ms)."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    if headers.get("retry-after-ms"):
+        try:
+            return float(headers["retry-after-ms"]) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        return True
+    return isinstance(exc, openai.APIStatusError) and (
+        exc.status_code in _RETRY_STATUS or exc.status_code >= 500
+    )
+
+
+@dataclass
+class LlmClient:
+    """Schema-validated, cached, bounded chat completions. Create inside the running event loop."""
+
+    config: LlmConfig
+    cache: ResponseCache
+    budget: Budget = field(init=False)
+    cache_hits: int = 0
+    retries: int = 0
+
+    def __post_init__(self) -> None:
+        key = os.environ.get(API_KEY_ENV) or "not-set"  # local servers often need none
+        self._client = openai.AsyncOpenAI(
+            api_key=key, base_url=self.config.base_url, max_retries=0, timeout=self.config.timeout_s
+        )
+        self._sem = asyncio.Semaphore(self.config.concurrency)
+        self._json_schema = self.config.json_schema
+        self.budget = Budget(self.config.max_requests, self.config.max_cost_usd)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.config.price_in + completion_tokens * self.config.price_out) / 1e6
+
+    async def complete(self, messages: list[dict], schema_name: str, params: dict) -> LlmReply:
+        """One structured reply following ``schemas/<schema_name>.schema.json``.
+
+        ``params`` (seed, ...) join temperature and max_tokens in the cache key; the transport (json
+        schema mode or text) does not, so a fallback run still reuses the cache.
+        """
+        params = {
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+            "schema": schema_name,
+            **params,
+        }
+        key = cache_key(self.config.model, messages, params)
+        cached = self.cache.get(key)
+        if cached is not None and not schema_errors(schema_name, cached.get("data")):
+            self.cache_hits += 1
+            return LlmReply(
+                cached["data"],
+                cached["prompt_tokens"],
+                cached["completion_tokens"],
+                self.cost(cached["prompt_tokens"], cached["completion_tokens"]),
+                cache_hit=True,
+            )
+        async with self._sem:
+            response = await self._send(messages, schema_name, params)
+        usage = response.usage
+        p_tok = int(getattr(usage, "prompt_tokens", 0) or 0)
+        c_tok = int(getattr(usage, "completion_tokens", 0) or 0)
+        cost = self.cost(p_tok, c_tok)
+        self.budget.cost_usd += cost
+        data = self._validated(response, schema_name, p_tok, c_tok, cost)
+        self.cache.put(
+            key,
+            {"data": data, "prompt_tokens": p_tok, "completion_tokens": c_tok, "model": self.config.model},
+        )
+        return LlmReply(data, p_tok, c_tok, cost, cache_hit=False)
+
+    def _validated(self, response, schema_name: str, p_tok: int, c_tok: int, cost: float) -> dict:
+        def fail(msg: str) -> LlmError:
+            return LlmError(msg, p_tok, c_tok, cost)
+
+        if not response.choices:
+            raise fail("reply has no choices")
+        message = response.choices[0].message
+        refusal = getattr(message, "refusal", None)
+        if refusal:
+            raise fail(f"model refused: {refusal[:200]}")
+        if not message.content:
+            raise fail("reply is empty")
+        try:
+            data = parse_json_reply(message.content)
+        except ValueError as exc:
+            raise fail(f"{exc}: {message.content[:120]!r}") from None
+        errors = schema_errors(schema_name, data)
+        if errors:
+            raise fail(f"reply does not follow {schema_name}.schema.json: {'; '.join(errors[:3])}")
+        return data
+
+    async def _send(self, messages: list[dict], schema_name: str, params: dict):
+        attempt = 0
+        while True:
+            self.budget.take_request()
+            kwargs = {k: v for k, v in params.items() if k in ("temperature", "max_tokens", "seed")}
+            if self._json_schema:
+                kwargs["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": schema_name,
+                        "schema": _strict_schema(schema_name),
+                        "strict": True,
+                    },
+                }
+            try:
+                return await self._client.chat.completions.create(
+                    model=self.config.model, messages=messages, **kwargs
+                )
+            except openai.BadRequestError as exc:
+                if self._json_schema:
+                    log.warning(
+                        "server rejected response_format json_schema (HTTP 400); "
+                        "parsing JSON from plain text replies from now on"
+                    )
+                    self._json_schema = False
+                    continue
+                raise LlmError(f"request rejected: {exc}") from None
+            except openai.OpenAIError as exc:
+                if not _retryable(exc) or attempt >= self.config.max_retries:
+                    tries = f" after {attempt + 1} attempts" if _retryable(exc) else ""
+                    raise LlmError(f"request failed{tries}: {type(exc).__name__}: {exc}") from None
+                wait = retry_after_s(exc)
+                if wait is None:
+                    wait = self.config.backoff_s * (2**attempt) * (0.5 + random.random())
+                wait = min(wait, _MAX_BACKOFF_S)
+                log.debug("retrying in %.2fs after %s", wait, type(exc).__name__)
+                attempt += 1
+                self.retries += 1
+                await asyncio.sleep(wait)
+
+
+def _strict_schema(name: str) -> dict:
+    """The schema as OpenAI's strict mode wants it (no $schema/$id/descriptions needed)."""
+    schema = load_schema(name)
+    return {k: v for k, v in schema.items() if k not in ("$schema", "$id", "title", "description")}

@@ -1,0 +1,233 @@
+"""Editable question templates (`prompts/`) and the offline, deterministic drafter built on them.
+
+Templates are plain text / YAML files so that a user can change phrasings without touching code; each
+draft records the template's name and the sha256 of its text, so a changed template is traceable.
+Placeholders are ``{name}`` with a lowercase identifier; other braces (JSON examples) are left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from vgmed_build.resources import resource_dir
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five"]
+
+
+class TemplateError(ValueError):
+    """A prompt/template file is missing, malformed or uses an unknown placeholder."""
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str  # e.g. "localization[3]", "attribute:size", "llm_attribute"
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return sha256_text(self.text)
+
+    def fill(self, values: dict[str, object]) -> str:
+        """Replace ``{name}`` placeholders; an unknown placeholder is an error naming the template."""
+
+        def sub(match: re.Match) -> str:
+            key = match.group(1)
+            if key not in values:
+                raise TemplateError(f"template {self.name}: unknown placeholder {{{key}}}")
+            return str(values[key])
+
+        return _PLACEHOLDER.sub(sub, self.text)
+
+
+@dataclass(frozen=True)
+class AttributeRule:
+    name: str
+    question: Template
+    answer: str  # which geometry rule computes the answer (see ATTRIBUTE_ANSWERS)
+
+
+@dataclass
+class Prompts:
+    """Every template the generate stage uses, loaded from one prompts folder."""
+
+    localization: list[Template]
+    position: list[Template]
+    attributes: dict[str, AttributeRule]
+    profiles: list[tuple[str, str, list[str]]]  # (modality, category, attribute names); "*" = any
+    thresholds: dict[str, float]
+    llm_attribute: tuple[Template, Template]  # (system, user)
+    llm_paraphrase: tuple[Template, Template]
+    folder: Path = field(default_factory=Path)
+
+    def attribute_profile(self, region: dict) -> list[str]:
+        modality = str(region.get("modality", "")).lower()
+        category = str(region.get("category", "")).lower()
+        for mod, cat, names in self.profiles:
+            if mod in ("*", modality) and cat in ("*", category):
+                return names
+        return []
+
+
+def load_prompts(folder: Path | None = None) -> Prompts:
+    """Load all templates from ``folder`` (default: the repository's ``prompts/``)."""
+    folder = Path(folder) if folder else resource_dir("prompts")
+    loc_lines = _read(folder / "localization.txt").splitlines()
+    loc_texts = [ln.strip() for ln in loc_lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not loc_texts:
+        raise TemplateError(f"{folder / 'localization.txt'}: no templates")
+    position = _yaml(folder / "position.yaml").get("templates") or []
+    attr_doc = _yaml(folder / "attribute_templates.yaml")
+    attributes = {}
+    for name, spec in (attr_doc.get("attributes") or {}).items():
+        if (
+            not isinstance(spec, dict)
+            or "question" not in spec
+            or spec.get("answer") not in ATTRIBUTE_ANSWERS
+        ):
+            raise TemplateError(
+                f"{folder / 'attribute_templates.yaml'}: attribute {name!r} needs a question and an "
+                f"answer rule out of {sorted(ATTRIBUTE_ANSWERS)}"
+            )
+        attributes[name] = AttributeRule(
+            name, Template(f"attribute:{name}", spec["question"]), spec["answer"]
+        )
+    profiles = []
+    for entry in attr_doc.get("profiles") or []:
+        match = entry.get("match") or {}
+        names = list(entry.get("attributes") or [])
+        unknown = [n for n in names if n not in attributes]
+        if unknown:
+            raise TemplateError(
+                f"{folder / 'attribute_templates.yaml'}: profile {match} uses unknown {unknown}"
+            )
+        profiles.append(
+            (str(match.get("modality", "*")).lower(), str(match.get("category", "*")).lower(), names)
+        )
+    prompts = Prompts(
+        localization=[Template(f"localization[{i}]", t) for i, t in enumerate(loc_texts)],
+        position=[Template(f"position[{i}]", t) for i, t in enumerate(position)],
+        attributes=attributes,
+        profiles=profiles,
+        thresholds={**DEFAULT_THRESHOLDS, **(attr_doc.get("thresholds") or {})},
+        llm_attribute=(_template(folder, "llm_attribute_system"), _template(folder, "llm_attribute_user")),
+        llm_paraphrase=(_template(folder, "llm_paraphrase_system"), _template(folder, "llm_paraphrase_user")),
+        folder=folder,
+    )
+    for tpl in prompts.localization + prompts.position + [a.question for a in attributes.values()]:
+        if "{obj}" not in tpl.text:
+            raise TemplateError(f"{folder}: template {tpl.name} ({tpl.text!r}) does not contain {{obj}}")
+    return prompts
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TemplateError(f"{path}: cannot read template file ({exc.strerror})") from exc
+
+
+def _yaml(path: Path) -> dict:
+    try:
+        doc = yaml.safe_load(_read(path)) or {}
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"{path}: invalid YAML ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise TemplateError(f"{path}: expected a mapping at the top level")
+    return doc
+
+
+def _template(folder: Path, name: str) -> Template:
+    return Template(name, _read(folder / f"{name}.txt").strip())
+
+
+# --- target names -------------------------------------------------------------------------------
+
+
+def target_name(region: dict) -> str:
+    """The name questions use for the target (the sources file's display name, e.g. gm -> grey matter)."""
+    return region["display_name"]
+
+
+def target_names(region: dict) -> list[str]:
+    """Every accepted way to name the target: display name, synonyms, and the raw label."""
+    names = [region["display_name"], *region.get("synonyms", []), region["label"].replace("_", " ")]
+    seen: list[str] = []
+    for name in names:
+        name = " ".join(name.split())
+        if name and name.lower() not in (s.lower() for s in seen):
+            seen.append(name)
+    return seen
+
+
+# --- deterministic selection and geometry answers -----------------------------------------------
+
+
+def region_offset(region_id: str, n: int) -> int:
+    """A stable per-region rotation so that templates are spread evenly over regions."""
+    return int(region_id[:8], 16) % n if n else 0
+
+
+def pick_slots(region_id: str, n_available: int, n_wanted: int) -> list[int]:
+    start = region_offset(region_id, n_available)
+    return [(start + i) % n_available for i in range(min(n_wanted, n_available))]
+
+
+DEFAULT_THRESHOLDS = {"small_max": 0.01, "large_min": 0.10, "elongated_min": 2.0, "middle_band": 0.1}
+
+
+def size_answer(region: dict, t: dict[str, float]) -> str:
+    ratio = float(region["area_ratio"])
+    return "small" if ratio < t["small_max"] else "large" if ratio > t["large_min"] else "medium"
+
+
+def count_answer(region: dict, t: dict[str, float]) -> str:
+    n = int(region["n_components"])
+    return _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else "more than five"
+
+
+def shape_answer(region: dict, t: dict[str, float]) -> str:
+    x0, y0, x1, y1 = max(region["boxes"], key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+    w, h = x1 - x0, y1 - y0
+    return "elongated" if max(w, h) / max(1, min(w, h)) >= t["elongated_min"] else "compact"
+
+
+def vertical_answer(region: dict, t: dict[str, float]) -> str:
+    y = float(region["centroid"][1]) / float(region["height"])
+    return "upper" if y < 0.5 - t["middle_band"] else "lower" if y > 0.5 + t["middle_band"] else "middle"
+
+
+ATTRIBUTE_ANSWERS = {
+    "size": size_answer,
+    "count": count_answer,
+    "shape": shape_answer,
+    "vertical": vertical_answer,
+}
+
+
+def attribute_from_template(prompts: Prompts, region: dict, slot: int) -> tuple[Template, str, str] | None:
+    """The slot-th offline attribute question of ``region``: (template, question, answer)."""
+    profile = prompts.attribute_profile(region)
+    if not profile:
+        return None
+    rule = prompts.attributes[profile[(region_offset(region["id"], len(profile)) + slot) % len(profile)]]
+    question = rule.question.fill({"obj": target_name(region)})
+    return rule.question, question, ATTRIBUTE_ANSWERS[rule.answer](region, prompts.thresholds)
+
+
+def location_text(region: dict) -> str:
+    """Where the centroid lies, in image terms (not patient sides, which the LLM must not guess)."""
+    x, y = region["centroid"]
+    return (
+        f"centroid at {100 * x / region['width']:.0f}% of the width and {100 * y / region['height']:.0f}% "
+        "of the height from the image's top-left corner"
+    )

@@ -1,0 +1,271 @@
+"""`vgmed-build release`: record building, selection by review, reproducibility, atomic writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from release_fixtures import PLANTED_PNG_TEXT, find_draft, make_build
+
+from vgmed_build.catalog import open_catalog
+from vgmed_build.cli import build_parser
+from vgmed_build.identifiers import Forbidden
+from vgmed_build.pngmeta import metadata_chunks
+from vgmed_build.release import (
+    ATTRIBUTE_FILE,
+    LOCALIZATION_FILE,
+    ReleaseError,
+    ReleaseOptions,
+    build_release,
+    convert_boxes,
+    review_facts,
+)
+from vgmed_build.resources import schema_errors
+from vgmed_build.validate import validate_release
+
+CREATED = "2026-02-03T04:05:06Z"
+
+
+@pytest.fixture()
+def build(tmp_path):
+    return make_build(tmp_path)
+
+
+def release(build_dir: Path, out: Path, decisions, **options) -> Path:
+    options.setdefault("created", CREATED)
+    with open_catalog(build_dir, create=False) as catalog:
+        build_release(catalog, out, decisions, ReleaseOptions(**options))
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_box_conventions_match_mask_extremes():
+    """A mask whose only pixels are columns 5..7, rows 2..3: exclusive edges vs published max indices."""
+    mask = np.zeros((10, 12), bool)
+    mask[2:4, 5:8] = True
+    ys, xs = np.nonzero(mask)
+    published = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]  # the published recipe
+    exclusive = [[5, 2, 8, 4]]
+    assert convert_boxes(exclusive, "exclusive") == exclusive
+    assert convert_boxes(exclusive, "published") == [published]
+    with pytest.raises(ValueError):
+        convert_boxes(exclusive, "xywh")
+
+
+def test_review_selection(build):
+    _, decisions, drafts = build
+    decision = next(iter(decisions.values()))
+    accepted = review_facts(decision, include_unreviewed=False)
+    assert accepted == {"status": "accepted", "n_reviewers": 2, "agreement": 1.0, "edited": False}
+    rejected = dataclasses.replace(decision, status="rejected", agreement=0.5)
+    pending = dataclasses.replace(decision, status="pending", n_reviewers=1)
+    assert review_facts(rejected, False) is None
+    assert review_facts(rejected, True) is None  # previews never contain rejected items
+    assert review_facts(pending, False) is None
+    assert review_facts(None, False) is None
+    assert review_facts(pending, True)["status"] == "pending"
+    assert review_facts(None, True) == {
+        "status": "unreviewed",
+        "n_reviewers": 0,
+        "agreement": 0.0,
+        "edited": False,
+    }
+
+
+# ---------------------------------------------------------------- the release directory
+
+
+def test_release_contents(build, tmp_path):
+    build_dir, decisions, drafts = build
+    liver_attr = find_draft(drafts, "liver", "attribute")
+    spleen_loc = find_draft(drafts, "spleen", "localization")
+    tumour_attr = find_draft(drafts, "tumour", "attribute")
+    decisions[liver_attr["id"]] = dataclasses.replace(
+        decisions[liver_attr["id"]],
+        question="Is the liver's margin smooth?",
+        answer="smooth",
+        boxes=[[11, 21, 49, 59]],
+        edited=True,
+        agreement=0.5,
+    )
+    decisions[spleen_loc["id"]] = dataclasses.replace(decisions[spleen_loc["id"]], status="rejected")
+    decisions[tumour_attr["id"]] = dataclasses.replace(decisions[tumour_attr["id"]], status="disputed")
+    out = release(build_dir, tmp_path / "rel", decisions)
+
+    loc, attr = read_jsonl(out / LOCALIZATION_FILE), read_jsonl(out / ATTRIBUTE_FILE)
+    ids = [r["id"] for r in loc + attr]
+    assert spleen_loc["id"] not in ids and tumour_attr["id"] not in ids
+    assert len(ids) == len(drafts) - 2
+    assert [r["id"] for r in loc] == sorted(r["id"] for r in loc)
+    assert {r["q_type"] for r in loc} == {"localization"}
+    assert {r["q_type"] for r in attr} == {"attribute", "position"}
+    for record in loc + attr:
+        assert schema_errors("release_record", record) == []
+        assert record["review"]["status"] == "accepted"
+    edited = next(r for r in attr if r["id"] == liver_attr["id"])
+    assert (edited["question"], edited["answer"], edited["bbox"]) == (
+        "Is the liver's margin smooth?",
+        "smooth",
+        [[11, 21, 49, 59]],
+    )
+    assert edited["review"] == {"status": "accepted", "n_reviewers": 2, "agreement": 0.5, "edited": True}
+    position = next(r for r in attr if r["q_type"] == "position" and r["label"] == "spleen")
+    assert position["answer"] == "left" and position["side"] == "left"
+
+    # images: only referenced ones, named by image id, metadata stripped, pixels unchanged
+    images = sorted(p.name for p in (out / "images").iterdir())
+    assert images == sorted({Path(r["image"]).name for r in loc + attr})
+    with open_catalog(build_dir, create=False) as catalog:
+        for image_id, path in catalog.conn.execute("SELECT id, path FROM images"):
+            released = out / "images" / f"{image_id}.png"
+            assert metadata_chunks(released.read_bytes()) == []
+            assert PLANTED_PNG_TEXT.encode() not in released.read_bytes()
+            from PIL import Image
+
+            assert np.array_equal(np.asarray(Image.open(released)), np.asarray(Image.open(build_dir / path)))
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert schema_errors("manifest", manifest) == []
+    assert manifest["created"] == CREATED and manifest["preview"] is False
+    assert manifest["counts"]["by_q_type"] == {"attribute": 2, "localization": 2, "position": 2}
+    assert manifest["counts"]["by_modality"] == {"CT": 5, "MRI": 1}
+    assert manifest["counts"]["by_source"] == {"ct-sample": 5, "mr-sample": 1}
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(manifest["files"]) == on_disk
+    for rel, entry in manifest["files"].items():
+        assert entry["sha256"] == hashlib.sha256((out / rel).read_bytes()).hexdigest()
+
+    card = (out / "README.md").read_text()
+    assert card.splitlines()[0] == "---"
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["license"] == "cc-by-4.0"
+    assert {c["config_name"]: c["data_files"][0]["path"] for c in meta["configs"]} == {
+        "localization": LOCALIZATION_FILE,
+        "attribute": ATTRIBUTE_FILE,
+    }
+    assert "exclusive" in card and "x1 = 6" in card
+    assert validate_release(out).problems == []
+
+
+def test_published_convention(build, tmp_path):
+    build_dir, decisions, drafts = build
+    out = release(build_dir, tmp_path / "rel", decisions, bbox_convention="published")
+    liver = next(r for r in read_jsonl(out / LOCALIZATION_FILE) if r["label"] == "liver")
+    assert liver["bbox"] == [[10, 20, 49, 59]] and liver["bbox_convention"] == "xyxy_inclusive"
+    assert json.loads((out / "manifest.json").read_text())["bbox_convention"] == "xyxy_inclusive"
+    assert "inclusive" in (out / "README.md").read_text()
+    assert validate_release(out).problems == []
+
+
+def test_preview_release_says_so(build, tmp_path):
+    build_dir, decisions, drafts = build
+    del decisions[find_draft(drafts, "liver", "localization")["id"]]
+    tumour = find_draft(drafts, "tumour", "attribute")["id"]
+    decisions[tumour] = dataclasses.replace(decisions[tumour], status="rejected")
+    out = release(build_dir, tmp_path / "rel", decisions, include_unreviewed=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["preview"] is True and manifest["review_policy"]["include_unreviewed"] is True
+    assert manifest["counts"]["by_review_status"] == {"accepted": len(drafts) - 2, "unreviewed": 1}
+    first = (out / "README.md").read_text().splitlines()[0]
+    assert "PREVIEW" in first and "1 of" in first
+    assert validate_release(out).problems == []
+
+
+def test_byte_identical_rebuild(build, tmp_path):
+    build_dir, decisions, _ = build
+    a = tree_bytes(release(build_dir, tmp_path / "a", decisions))
+    b = tree_bytes(release(build_dir, tmp_path / "b", decisions))
+    assert a == b
+    c = tree_bytes(release(build_dir, tmp_path / "c", decisions, created="2027-01-01T00:00:00+00:00"))
+    assert {k for k in a if a[k] != c[k]} == {"manifest.json"}
+    assert json.loads(c["manifest.json"])["created"] == "2027-01-01T00:00:00Z"
+
+
+def test_failed_release_keeps_existing_one(build, tmp_path):
+    build_dir, decisions, _ = build
+    out = release(build_dir, tmp_path / "rel", decisions)
+    before = tree_bytes(out)
+    # "spleen" occurs in the records: the forbid list refuses the new release after it was built.
+    with pytest.raises(ReleaseError, match="failed validation"):
+        release(
+            build_dir, out, decisions, created="2030-01-01T00:00:00Z", forbid=(Forbidden("Spleen", "test:1"),)
+        )
+    assert tree_bytes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "rel"]  # no temp dirs left behind
+    # a successful rerun replaces it
+    release(build_dir, out, decisions, created="2030-01-01T00:00:00Z")
+    assert json.loads((out / "manifest.json").read_text())["created"] == "2030-01-01T00:00:00Z"
+
+
+def test_refuses_to_replace_a_non_release(build, tmp_path):
+    build_dir, decisions, _ = build
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    with pytest.raises(ReleaseError, match="not a vgmed release"):
+        release(build_dir, precious, decisions)
+    assert (precious / "thesis.tex").read_text() == "do not delete"
+
+
+def test_bad_item_is_skipped_and_recorded(build, tmp_path):
+    build_dir, decisions, drafts = build
+    bad = find_draft(drafts, "spleen", "attribute")["id"]
+    decisions[bad] = dataclasses.replace(decisions[bad], boxes=[[80, 30, 140, 70]], edited=True)
+    with open_catalog(build_dir, create=False) as catalog:
+        report = build_release(catalog, tmp_path / "rel", decisions, ReleaseOptions(created=CREATED))
+        errors = catalog.conn.execute("SELECT item, message FROM errors WHERE stage='release'").fetchall()
+    assert len(report.skipped) == 1 and bad in report.skipped[0] and "128x128" in report.skipped[0]
+    assert errors == [(bad, report.skipped[0])]
+    assert report.counts["records"] == len(drafts) - 1
+
+
+def test_nothing_accepted_is_an_error(build, tmp_path):
+    build_dir, _, _ = build
+    with pytest.raises(ReleaseError, match="no drafts are accepted"):
+        release(build_dir, tmp_path / "rel", {})
+    assert not (tmp_path / "rel").exists()
+
+
+def test_hf_datasets_loads_both_files(build, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    build_dir, decisions, drafts = build
+    pending = find_draft(drafts, "tumour", "localization")["id"]
+    del decisions[pending]  # a preview mixes accepted and unreviewed rows: types must still agree
+    out = release(build_dir, tmp_path / "rel", decisions, include_unreviewed=True)
+    ds = datasets.load_dataset(
+        "json",
+        data_files={"localization": str(out / LOCALIZATION_FILE), "attribute": str(out / ATTRIBUTE_FILE)},
+        cache_dir=str(tmp_path / "hf-cache"),
+    )
+    assert ds["localization"].num_rows == len(read_jsonl(out / LOCALIZATION_FILE))
+    assert ds["attribute"].num_rows == len(read_jsonl(out / ATTRIBUTE_FILE))
+    features = ds["attribute"].features
+    assert features["bbox"].feature.feature.dtype == "int64"
+    assert features["review"]["agreement"].dtype == "float64"
+    assert features["side"].dtype == "string"
+    row = next(r for r in ds["localization"] if r["id"] == pending)
+    assert row["review"]["status"] == "unreviewed"
+
+
+def test_release_help_explains_every_option():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for command in ("release", "validate", "export"):
+        for action in sub.choices[command]._actions:
+            if action.dest != "help":
+                assert action.help, f"{command} {action.dest} has no help"

@@ -1,0 +1,187 @@
+"""The dataset card (README.md) of a release: Hugging Face YAML front matter plus the sections a
+reader needs to use the data correctly (how it was made, how it was reviewed, the box convention).
+
+Rendered only from the manifest (minus its file list and creation time), so the card is
+byte-identical whenever the release content is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+# Licence identifiers the Hugging Face Hub accepts in `license:`; anything else becomes `other`.
+HF_LICENCES = frozenset(
+    {
+        "apache-2.0",
+        "mit",
+        "cc0-1.0",
+        "cc-by-2.0",
+        "cc-by-3.0",
+        "cc-by-4.0",
+        "cc-by-sa-3.0",
+        "cc-by-sa-4.0",
+        "cc-by-nc-2.0",
+        "cc-by-nc-3.0",
+        "cc-by-nc-4.0",
+        "cc-by-nc-sa-3.0",
+        "cc-by-nc-sa-4.0",
+        "cc-by-nc-nd-3.0",
+        "cc-by-nc-nd-4.0",
+        "cc-by-nd-4.0",
+        "odc-by",
+        "odbl",
+        "pddl",
+        "bsd-3-clause",
+        "gpl-3.0",
+        "openrail",
+    }
+)
+REQUIRED_SECTIONS = (
+    "Dataset description",
+    "Construction",
+    "Review",
+    "Statistics",
+    "Intended use",
+    "Limitations",
+)
+PREVIEW_MARK = "PREVIEW"
+
+
+def hub_licence(licences: list[tuple[str, str]]) -> str:
+    """One Hub licence id when every source shares a known one, else 'other'."""
+    ids = {lic.strip().lower() for _, lic in licences}
+    return ids.pop() if len(ids) == 1 and ids <= HF_LICENCES else "other"
+
+
+def size_category(n: int) -> str:
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+def front_matter(manifest: dict[str, Any], licences: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "pretty_name": manifest["name"],
+        "license": hub_licence(licences),
+        "language": ["en"],
+        "task_categories": ["visual-question-answering", "object-detection"],
+        "tags": ["medical", "visual-grounding", "vgmed"],
+        "size_categories": [size_category(manifest["counts"]["records"])],
+        "configs": [
+            {"config_name": config, "data_files": [{"split": "test", "path": path}]}
+            for config, path in manifest["configs"].items()
+        ],
+    }
+
+
+def _table(title: str, counts: dict[str, int]) -> str:
+    rows = "\n".join(f"| {key} | {value} |" for key, value in counts.items())
+    return f"| {title} | questions |\n|---|---|\n{rows}\n"
+
+
+def render_card(manifest: dict[str, Any], licences: list[tuple[str, str]]) -> str:
+    """The README.md text for a release described by ``manifest`` (files and created are not used)."""
+    counts = manifest["counts"]
+    policy = manifest["review_policy"]
+    inclusive = manifest["bbox_convention"] == "xyxy_inclusive"
+    name = manifest["name"]
+    lines = []
+    if manifest["preview"]:
+        unreviewed = counts["records"] - counts["by_review_status"].get("accepted", 0)
+        lines.append(
+            f"**{PREVIEW_MARK}: NOT A VALIDATED RELEASE.** Built with --include-unreviewed: {unreviewed} of "
+            f"{counts['records']} questions have not been accepted by clinical review. Do not evaluate or "
+            "publish with it."
+        )
+    lines.append("---")
+    lines.append(
+        yaml.safe_dump(front_matter(manifest, licences), sort_keys=False, allow_unicode=True).rstrip()
+    )
+    lines.append("---")
+    box_text = (
+        "`[x0, y0, x1, y1]` with **inclusive** maximum pixel indices (`bbox_convention: xyxy_inclusive`, the "
+        "convention of the published VGMED files): a target that covers only pixel column 5 has "
+        "x0 = 5, x1 = 5."
+        if inclusive
+        else "`[x0, y0, x1, y1]` in pixel-edge coordinates with **exclusive** x1/y1 (`bbox_convention: "
+        "xyxy_exclusive`): a target that covers only pixel column 5 has x0 = 5, x1 = 6, so the box width is "
+        "x1 - x0. For the published VGMED convention (inclusive maxima) rebuild with `--bbox-convention "
+        "published`, or subtract 1 from x1 and y1."
+    )
+    licence_rows = "\n".join(f"| {dataset} | {licence} |" for dataset, licence in licences)
+    adjudicator = f", adjudicator {policy['adjudicator']}" if policy["adjudicator"] else ""
+    lines.append(
+        f"""
+# {name} {manifest["version"]}
+
+## Dataset description
+A visual grounding benchmark for medical multimodal LLMs, built like VGMED ("How Do Medical MLLMs
+Fail? A Study on Visual Grounding in Medical Images") with the vgmed toolkit. Every question is tied to the
+annotated region(s) of its target, so a model's attention can be compared with where the target is.
+It has {counts["records"]} questions on {counts["images"]} images in two configurations:
+
+- `localization` (`{manifest["configs"]["localization"]}`): "is there a ... in the image?" questions
+  whose answer is "yes".
+- `attribute` (`{manifest["configs"]["attribute"]}`): one simple question about a visual attribute of
+  the boxed target (`q_type: attribute`), and position questions whose answer is the patient side
+  computed from the image geometry (`q_type: position`).
+
+Each record has `id`, `image` (path relative to this folder), `question`, `answer`, `bbox` (one box per
+connected component of the target), `bbox_convention`, `q_type`, `modality`, `body_part`, `label`,
+`side`, `area_ratio` (mask area / image area), `width`, `height`, `source` (dataset and licence) and
+`review` (status, number of reviewers, agreement, whether review edited the item). The JSON Schemas in
+`schemas/` describe the records and `manifest.json`.
+
+**Box convention.** `bbox` holds pixel coordinates of the released image, {box_text}
+
+## Construction
+Built with vgmed {manifest["tool"]["version"]}: source segmentation datasets were rendered into 2D images
+(3D volumes reoriented, resampled to square pixels, windowed per modality, shown in radiological
+convention), each labelled structure became a region with boxes from its mask's connected components,
+localization questions came from fixed templates and attribute questions from templates or an LLM, and
+automatic checks rejected unusable drafts before review. Images are named by stable ids and carry no
+metadata; nothing from the source files' headers is part of this release.
+
+## Review
+Clinicians reviewed every draft in Label Studio (accept, edit or reject; edits of the question, answer
+and boxes are applied). Decision policy: `{policy["policy"]}`{adjudicator}.
+{
+            "Only accepted questions are included."
+            if not manifest["preview"]
+            else "This preview ALSO contains questions that review has not accepted (see `review.status`)."
+        }
+
+## Statistics
+{_table("question type", counts["by_q_type"])}
+{_table("modality", counts["by_modality"])}
+{_table("source", counts["by_source"])}
+{_table("review status", counts["by_review_status"])}
+| source | licence |
+|---|---|
+{licence_rows}
+
+## Intended use
+Evaluation only: measuring whether medical multimodal LLMs attend to the queried structure (attention
+ratio, KL and JS divergence against the boxes) and testing inference-time methods such as VGRefine.
+Load it with `datasets.load_dataset("json", data_files={{"localization": "{
+            manifest["configs"]["localization"]
+        }",
+"attribute": "{manifest["configs"]["attribute"]}"}})` or validate it with `vgmed-build validate`.
+
+## Limitations
+- Boxes come from segmentation masks; they bound the mask, not the clinical finding's full extent.
+- 2D slices of 3D volumes lose context; patient side is `unknown` for 2D sources without geometry.
+- Attribute answers are short reference answers agreed by a small number of reviewers; they are not
+  diagnoses and must not be used for clinical decisions or to train clinical systems.
+- The source datasets' licences apply (see the table above).
+"""
+    )
+    return "\n".join(lines)

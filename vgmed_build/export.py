@@ -1,0 +1,171 @@
+"""`vgmed-build export`: a release in the formats other tools read.
+
+- ``parquet``: one Parquet file per config (VGMED_localization.parquet, VGMED_attribute.parquet) with
+  an explicit Arrow schema (nested boxes, source and review structs); ``--embed-images`` adds the
+  PNG bytes so the files stand alone.
+- ``vqa-json``: the questions with reference answers (the attribute file: attribute and position
+  questions) as a JSON list of ``{id, question, answer, images: [path], ...}``, the shape evaluation
+  harnesses take for open VQA; image paths are relative to the JSON file.
+
+Exports go next to the release, never into it (its manifest lists every file it contains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vgmed_build.release import ATTRIBUTE_FILE, CONFIGS, MANIFEST_FILE
+from vgmed_build.resources import schema_errors
+
+FORMATS = ("parquet", "vqa-json")
+
+ARROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("bbox", pa.list_(pa.list_(pa.int32(), 4))),
+        ("bbox_convention", pa.string()),
+        ("q_type", pa.string()),
+        ("modality", pa.string()),
+        ("body_part", pa.string()),
+        ("label", pa.string()),
+        ("side", pa.string()),
+        ("area_ratio", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("source", pa.struct([("dataset", pa.string()), ("licence", pa.string())])),
+        (
+            "review",
+            pa.struct(
+                [
+                    ("status", pa.string()),
+                    ("n_reviewers", pa.int32()),
+                    ("agreement", pa.float64()),
+                    ("edited", pa.bool_()),
+                ]
+            ),
+        ),
+    ]
+)
+
+
+class ExportError(ValueError):
+    """The release cannot be exported (the message names the file and line)."""
+
+
+def read_records(release_dir: Path, name: str) -> list[dict]:
+    """Records of one question file, each checked against the release record schema."""
+    if not (release_dir / MANIFEST_FILE).is_file():
+        raise ExportError(
+            f"{release_dir}: no {MANIFEST_FILE}; export works on releases made by `vgmed-build release`"
+        )
+    path = release_dir / name
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ExportError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            errors = schema_errors("release_record", record)
+            if errors:
+                raise ExportError(f"{path}:{number}: {errors[0]} (run `vgmed-build validate`)")
+            records.append(record)
+    return records
+
+
+def export_parquet(release_dir: str | Path, out_dir: str | Path, embed_images: bool = False) -> list[Path]:
+    """Write one Parquet file per config into ``out_dir``; return their paths."""
+    release_dir, out_dir = Path(release_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    schema = ARROW_SCHEMA.append(pa.field("image_bytes", pa.binary())) if embed_images else ARROW_SCHEMA
+    written = []
+    for name in CONFIGS.values():
+        records = read_records(release_dir, name)
+        if embed_images:
+            records = [{**r, "image_bytes": (release_dir / r["image"]).read_bytes()} for r in records]
+        table = pa.Table.from_pylist(records, schema=schema)
+        target = out_dir / (Path(name).stem + ".parquet")
+        pq.write_table(table, target)
+        written.append(target)
+    return written
+
+
+def vqa_items(records: list[dict], image_prefix: str) -> list[dict]:
+    """VQA items (question, answer, image list) for records with a reference answer."""
+    return [
+        {
+            "id": r["id"],
+            "question": r["question"],
+            "answer": r["answer"],
+            "images": [f"{image_prefix}{r['image']}"],
+            "q_type": r["q_type"],
+            "modality": r["modality"],
+            "label": r["label"],
+        }
+        for r in records
+    ]
+
+
+def export_vqa_json(release_dir: str | Path, out_file: str | Path) -> Path:
+    """Write the attribute file's questions as a VQA JSON list; image paths relative to ``out_file``."""
+    release_dir, out_file = Path(release_dir), Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    prefix = os.path.relpath(release_dir.resolve(), out_file.parent.resolve()).replace(os.sep, "/")
+    prefix = "" if prefix == "." else prefix + "/"
+    items = vqa_items(read_records(release_dir, ATTRIBUTE_FILE), prefix)
+    out_file.write_text(json.dumps(items, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out_file
+
+
+def register_export(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a release as Parquet or as a VQA JSON for evaluation harnesses",
+        description="Export a release made by `vgmed-build release`. parquet: one file per config with "
+        "nested boxes/source/review columns. vqa-json: the attribute and position questions with their "
+        "answers as [{id, question, answer, images: [path], q_type, modality, label}], image paths "
+        "relative to the JSON file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("dir", type=Path, help="release directory")
+    p.add_argument("--format", choices=FORMATS, required=True, help="output format")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output: a folder for parquet (default DIR-parquet), a file for vqa-json "
+        "(default DIR-vqa.json); "
+        "never inside DIR, whose manifest lists every file",
+    )
+    p.add_argument(
+        "--embed-images", action="store_true", help="parquet: add an image_bytes column with the PNG data"
+    )
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    release_dir = args.dir.resolve()
+    suffix = "-parquet" if args.format == "parquet" else "-vqa.json"
+    out = (args.out or release_dir.with_name(release_dir.name + suffix)).resolve()
+    if out.is_relative_to(release_dir):
+        print(f"--out {out} lies inside the release; choose a path outside it")
+        return 2
+    try:
+        if args.format == "parquet":
+            for path in export_parquet(release_dir, out, embed_images=args.embed_images):
+                print(f"wrote {path}")
+        else:
+            print(f"wrote {export_vqa_json(release_dir, out)}")
+    except (ExportError, OSError) as exc:
+        print(exc)
+        return 1
+    return 0

@@ -1,0 +1,96 @@
+"""Detect patient identifiers in text that is about to be (or has been) released.
+
+Two kinds of check: patterns that DICOM identifying data takes (UIDs, DA dates, PN person names,
+the keywords and tags of identifying attributes), and exact strings a maintainer forbids (a forbid
+file, e.g. the names and IDs of the patients in the source data). Messages never repeat the match,
+so the report itself cannot leak what it found.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MIN_FORBIDDEN_LENGTH = 3
+
+# (description, pattern). Boundaries exclude hex ids, hashes and decimals (".20190412" in a float).
+PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("a DICOM UID", re.compile(r"(?<![\w.])[012](?:\.(?:0|[1-9]\d*)){4,}(?!\w)(?!\.\d)")),
+    (
+        "a DICOM date (YYYYMMDD)",
+        re.compile(r"(?<![\w.])(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\w)(?!\.\d)"),
+    ),
+    ("a DICOM person name (FAMILY^GIVEN)", re.compile(r"[A-Za-z][A-Za-z' -]*\^[A-Za-z^]")),
+    (
+        "the keyword of an identifying DICOM attribute",
+        re.compile(
+            r"\b(?:PatientName|PatientID|PatientBirthDate|PatientAddress|OtherPatientIDs|OtherPatientNames|"
+            r"AccessionNumber|InstitutionName|InstitutionAddress|ReferringPhysicianName|StudyDate|"
+            r"StudyInstanceUID|SeriesInstanceUID|SOPInstanceUID|StudyID)\b"
+        ),
+    ),
+    ("a DICOM patient-module tag (0010,xxxx)", re.compile(r"\(0010,\s*[0-9A-Fa-f]{4}\)")),
+]
+
+
+@dataclass(frozen=True)
+class Forbidden:
+    """A forbidden string and where it was defined (for messages that do not echo it)."""
+
+    text: str
+    origin: str
+
+
+class ForbidFileError(ValueError):
+    """The forbid file cannot be used."""
+
+
+def load_forbid_file(path: str | Path) -> list[Forbidden]:
+    """One forbidden string per line; blank lines and lines starting with '#' are ignored."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ForbidFileError(f"{path}: cannot read forbid file ({exc})") from exc
+    out = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if len(text) < MIN_FORBIDDEN_LENGTH:
+            raise ForbidFileError(
+                f"{path}:{number}: forbidden strings need at least {MIN_FORBIDDEN_LENGTH} characters "
+                "(shorter ones would match almost any text)"
+            )
+        out.append(Forbidden(text, f"{path.name}:{number}"))
+    return out
+
+
+def find_patterns(text: str) -> list[str]:
+    """Descriptions of the identifier patterns found in ``text`` (with the column, not the match)."""
+    found = []
+    for description, pattern in PATTERNS:
+        match = pattern.search(text)
+        if match:
+            found.append(f"looks like {description} at column {match.start() + 1}")
+    return found
+
+
+def find_forbidden(text: str, forbidden: list[Forbidden]) -> list[str]:
+    """Messages for each forbidden string occurring in ``text`` (case-insensitive)."""
+    lowered = text.casefold()
+    return [
+        f"contains the forbidden string from {f.origin}" for f in forbidden if f.text.casefold() in lowered
+    ]
+
+
+def find_forbidden_bytes(data: bytes, forbidden: list[Forbidden]) -> list[str]:
+    """Like :func:`find_forbidden` on raw bytes (UTF-8 and Latin-1 spellings, ASCII case-insensitive)."""
+    lowered = data.lower()
+    found = []
+    for f in forbidden:
+        spellings = {f.text.encode("utf-8").lower(), f.text.encode("latin-1", errors="ignore").lower()}
+        if any(s and s in lowered for s in spellings):
+            found.append(f"contains the forbidden string from {f.origin}")
+    return found

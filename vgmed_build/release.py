@@ -1,0 +1,506 @@
+"""`vgmed-build release`: turn accepted drafts into a validated, reproducible VGMED release.
+
+Record building is pure (a draft, its region and its review decision in, one release record out);
+the I/O edge writes everything into a temporary directory next to the target, validates it with the
+same checks as `vgmed-build validate`, and only then swaps it into place, so a failed run never
+destroys an existing release. Output is a function of the catalog and the options only: stable
+ordering, ids derived from hashes, and no timestamp except the manifest's ``created``.
+
+Position questions go into ``VGMED_attribute.jsonl`` with ``q_type: "position"``: the published set
+has exactly two files (one per config), and a position question is an attribute question whose
+answer comes from geometry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from vgmed_build import __version__
+from vgmed_build.card import render_card
+from vgmed_build.catalog import Catalog, CatalogError, open_catalog
+from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
+from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
+from vgmed_build.resources import resource_dir
+
+log = logging.getLogger(__name__)
+
+LOCALIZATION_FILE = "VGMED_localization.jsonl"
+ATTRIBUTE_FILE = "VGMED_attribute.jsonl"
+MANIFEST_FILE = "manifest.json"
+CARD_FILE = "README.md"
+RELEASE_IMAGES = "images"
+CONFIGS = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE}
+FILE_OF_QTYPE = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE, "position": ATTRIBUTE_FILE}
+RELEASE_SCHEMAS = ("release_record", "manifest")
+CONVENTIONS = {"exclusive": "xyxy_exclusive", "published": "xyxy_inclusive"}
+POLICY_CHOICES = ("unanimous", "majority", "adjudicator")
+
+
+class ReleaseError(RuntimeError):
+    """The release could not be built; any existing release at the target is left untouched."""
+
+
+class ItemError(ValueError):
+    """One draft cannot go into the release (the message names the draft and the problem)."""
+
+
+class DecisionLike(Protocol):
+    """The review stage's Decision (vgmed_build.review.decision); only these fields are read."""
+
+    status: str
+    question: str
+    answer: str
+    boxes: list[list[int]]
+    n_reviewers: int
+    agreement: float
+    edited: bool
+
+
+@dataclass(frozen=True)
+class ReleaseOptions:
+    name: str = "VGMED"
+    version: str = "0.1.0"
+    created: str | None = None  # ISO-8601; None = now (or SOURCE_DATE_EPOCH when set)
+    policy: str = "majority"
+    adjudicator: str | None = None
+    include_unreviewed: bool = False
+    bbox_convention: str = "exclusive"  # key of CONVENTIONS
+    forbid: tuple[Forbidden, ...] = ()
+
+
+@dataclass
+class ReleaseReport:
+    out_dir: Path
+    counts: dict[str, Any]
+    skipped: list[str] = field(default_factory=list)  # one message per draft left out because of an error
+
+
+# ---------------------------------------------------------------- pure record building
+
+
+def convert_boxes(boxes: Iterable[Iterable[int]], convention: str) -> list[list[int]]:
+    """Boxes from the catalog's exclusive pixel edges to ``convention`` ('exclusive' | 'published')."""
+    if convention == "exclusive":
+        return [[int(v) for v in box] for box in boxes]
+    if convention == "published":
+        return [[int(x0), int(y0), int(x1) - 1, int(y1) - 1] for x0, y0, x1, y1 in boxes]
+    raise ValueError(f"unknown bbox convention {convention!r}; choose one of {sorted(CONVENTIONS)}")
+
+
+def check_boxes(boxes: list[list[int]], width: int, height: int) -> str | None:
+    """Why exclusive xyxy ``boxes`` do not fit a ``width`` x ``height`` image, or None when they do."""
+    if not boxes:
+        return "no boxes"
+    for box in boxes:
+        if len(box) != 4 or not all(isinstance(v, int) for v in box):
+            return f"box {box} is not four integers"
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            return f"box {box} is empty or outside the {width}x{height} image"
+    return None
+
+
+def review_facts(decision: DecisionLike | None, include_unreviewed: bool) -> dict | None:
+    """The review block of a record, or None when the draft stays out of the release.
+
+    Accepted drafts always go in with their reviewed text and boxes; rejected ones never do; the rest
+    (no events yet, pending, disputed) only in previews, with their drafted text.
+    """
+    if decision is not None and decision.status == "accepted":
+        status = "accepted"
+    elif include_unreviewed and (decision is None or decision.status != "rejected"):
+        status = "unreviewed" if decision is None else decision.status
+    else:
+        return None
+    return {
+        "status": status,
+        "n_reviewers": int(decision.n_reviewers) if decision is not None else 0,
+        "agreement": float(decision.agreement) if decision is not None else 0.0,
+        "edited": bool(decision.edited) if status == "accepted" else False,
+    }
+
+
+def build_record(
+    draft: dict, region: dict, decision: DecisionLike | None, review: dict, convention: str
+) -> dict:
+    """One release record (field order fixed, every field one JSON type) or :class:`ItemError`."""
+    accepted = review["status"] == "accepted"
+    question = (decision.question if accepted else draft["question"]).strip()
+    answer = (decision.answer if accepted else draft["answer"]).strip()
+    boxes = [list(b) for b in (decision.boxes if accepted else draft["boxes"])]
+    width, height = int(region["width"]), int(region["height"])
+    if not question or not answer:
+        raise ItemError(f"draft {draft['id']}: empty question or answer after review")
+    problem = check_boxes(boxes, width, height)
+    if problem:
+        raise ItemError(f"draft {draft['id']}: {problem}")
+    source = region.get("source", {})
+    return {
+        "id": draft["id"],
+        "image": f"{RELEASE_IMAGES}/{region['image_id']}.png",
+        "question": question,
+        "answer": answer,
+        "bbox": convert_boxes(boxes, convention),
+        "bbox_convention": CONVENTIONS[convention],
+        "q_type": draft["q_type"],
+        "modality": region["modality"],
+        "body_part": region.get("body_part") or "",
+        "label": region["label"],
+        "side": region.get("side") or "unknown",
+        "area_ratio": float(region["area_ratio"]),
+        "width": width,
+        "height": height,
+        "source": {
+            "dataset": source.get("dataset") or source.get("name") or "unknown",
+            "licence": source.get("licence") or "unknown",
+        },
+        "review": review,
+    }
+
+
+def count_records(records_by_file: Mapping[str, list[dict]]) -> dict[str, Any]:
+    """The manifest's counts (every mapping sorted by key, so the JSON is stable)."""
+    records = [r for recs in records_by_file.values() for r in recs]
+
+    def tally(key) -> dict[str, int]:
+        return dict(sorted(Counter(key(r) for r in records).items()))
+
+    return {
+        "records": len(records),
+        "images": len({r["image"] for r in records}),
+        "by_file": {name: len(records_by_file.get(name, [])) for name in sorted(CONFIGS.values())},
+        "by_q_type": tally(lambda r: r["q_type"]),
+        "by_modality": tally(lambda r: r["modality"]),
+        "by_source": tally(lambda r: r["source"]["dataset"]),
+        "by_review_status": tally(lambda r: r["review"]["status"]),
+    }
+
+
+def pseudonym(reviewer: str | None) -> str | None:
+    """A stable pseudonym for a reviewer id, so the manifest never names a person."""
+    if reviewer is None:
+        return None
+    return "reviewer-" + hashlib.sha256(reviewer.encode("utf-8")).hexdigest()[:12]
+
+
+def resolve_created(created: str | None) -> str:
+    """Normalise ``--created`` (or SOURCE_DATE_EPOCH, or now) to UTC ISO-8601 seconds."""
+    if created is None:
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        moment = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    else:
+        try:
+            moment = datetime.fromisoformat(created.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ReleaseError(f"--created {created!r}: not an ISO-8601 date/time ({exc})") from exc
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def jsonl_bytes(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- I/O edge
+
+
+def ok_drafts(catalog: Catalog) -> list[dict]:
+    """Drafts that passed the automatic checks, in id order."""
+    rows = catalog.conn.execute("SELECT record_json FROM drafts WHERE status='ok' ORDER BY id")
+    return [json.loads(rec) for (rec,) in rows]
+
+
+def build_release(
+    catalog: Catalog,
+    out_dir: str | Path,
+    decisions: Mapping[str, DecisionLike],
+    options: ReleaseOptions = ReleaseOptions(),
+) -> ReleaseReport:
+    """Write the release for ``decisions`` (draft id -> Decision) to ``out_dir`` atomically."""
+    from vgmed_build.validate import validate_release  # validate imports this module's constants
+
+    if options.bbox_convention not in CONVENTIONS:
+        raise ReleaseError(f"unknown bbox convention {options.bbox_convention!r}")
+    if options.policy == "adjudicator" and not options.adjudicator:
+        raise ReleaseError("--policy adjudicator needs --adjudicator REVIEWER")
+    out_dir = Path(out_dir).resolve()
+    _check_target(out_dir)
+    created = resolve_created(options.created)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        records_by_file, skipped = _write_records_and_images(catalog, tmp, decisions, options)
+        counts = count_records(records_by_file)
+        if counts["records"] == 0:
+            raise ReleaseError(
+                "no drafts are accepted under the review policy "
+                f"'{options.policy}' (pull reviews first, or use --include-unreviewed for a preview)"
+            )
+        _write_text_files(tmp, records_by_file, counts, created, options)
+        report = validate_release(tmp, forbid=list(options.forbid))
+        if report.problems:
+            shown = "\n".join(p.format() for p in report.problems[:50])
+            raise ReleaseError(f"the new release failed validation; nothing was replaced:\n{shown}")
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ReleaseReport(out_dir=out_dir, counts=counts, skipped=skipped)
+
+
+def _check_target(out_dir: Path) -> None:
+    """Refuse to replace a directory that is not a release (it could be anything of the user's)."""
+    if out_dir.exists() and (
+        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).exists())
+    ):
+        raise ReleaseError(
+            f"{out_dir}: exists and is not a vgmed release (no {MANIFEST_FILE}); choose another --out"
+        )
+
+
+def _write_records_and_images(
+    catalog: Catalog, tmp: Path, decisions: Mapping[str, DecisionLike], options: ReleaseOptions
+) -> tuple[dict[str, list[dict]], list[str]]:
+    regions = {r["id"]: r for r in catalog.regions()}
+    records_by_file: dict[str, list[dict]] = {name: [] for name in CONFIGS.values()}
+    copied: dict[str, str | None] = {}  # release image path -> None when copied, else why not
+    skipped: list[str] = []
+    (tmp / RELEASE_IMAGES).mkdir()
+    with catalog.transaction() as c:
+        c.execute("DELETE FROM errors WHERE stage='release'")
+    for draft in tqdm(ok_drafts(catalog), desc="release", unit="draft", disable=None):
+        decision = decisions.get(draft["id"])
+        review = review_facts(decision, options.include_unreviewed)
+        if review is None:
+            continue
+        try:
+            region = regions.get(draft["region_id"])
+            if region is None:
+                raise ItemError(f"draft {draft['id']}: region {draft['region_id']} is not in the catalog")
+            if draft["q_type"] not in FILE_OF_QTYPE:
+                raise ItemError(f"draft {draft['id']}: unknown question type {draft['q_type']!r}")
+            record = build_record(draft, region, decision, review, options.bbox_convention)
+            if record["image"] not in copied:
+                copied[record["image"]] = _copy_image(catalog.build_dir, region, tmp / record["image"])
+            if copied[record["image"]]:
+                raise ItemError(f"draft {draft['id']}: {copied[record['image']]}")
+        except ItemError as exc:
+            skipped.append(str(exc))
+            log.warning("%s", exc)
+            catalog.record_error("release", draft["id"], str(exc))
+            continue
+        records_by_file[FILE_OF_QTYPE[draft["q_type"]]].append(record)
+    for recs in records_by_file.values():
+        recs.sort(key=lambda r: r["id"])
+    return records_by_file, skipped
+
+
+def _copy_image(build_dir: Path, region: dict, dest: Path) -> str | None:
+    """Copy a region's image without metadata; return why it cannot be used, or None."""
+    src = (build_dir / region["image"]).resolve()
+    if not src.is_relative_to(build_dir.resolve()):
+        return f"image path {region['image']!r} leaves the build directory"
+    try:
+        data = strip_metadata(src.read_bytes())
+        size = image_size(data)
+    except (OSError, PNGError) as exc:
+        return f"image {region['image']}: cannot be used ({exc})"
+    if size != (int(region["width"]), int(region["height"])):
+        expected = f"{region['width']}x{region['height']}"
+        return f"image {region['image']}: is {size[0]}x{size[1]}, the region says {expected}"
+    dest.write_bytes(data)
+    return None
+
+
+def _write_text_files(
+    tmp: Path, records_by_file: dict[str, list[dict]], counts: dict, created: str, options: ReleaseOptions
+) -> None:
+    for name, records in records_by_file.items():
+        (tmp / name).write_bytes(jsonl_bytes(records))
+    (tmp / "schemas").mkdir()
+    for schema in RELEASE_SCHEMAS:
+        shutil.copyfile(
+            resource_dir("schemas") / f"{schema}.schema.json", tmp / "schemas" / f"{schema}.schema.json"
+        )
+    licences = sorted(
+        {(r["source"]["dataset"], r["source"]["licence"]) for recs in records_by_file.values() for r in recs}
+    )
+    manifest: dict[str, Any] = {
+        "format": "vgmed-release",
+        "format_version": 1,
+        "name": options.name,
+        "version": options.version,
+        "created": created,
+        "preview": options.include_unreviewed,
+        "tool": {"name": "vgmed", "version": __version__},
+        "review_policy": {
+            "policy": options.policy,
+            "adjudicator": pseudonym(options.adjudicator) if options.policy == "adjudicator" else None,
+            "include_unreviewed": options.include_unreviewed,
+        },
+        "bbox_convention": CONVENTIONS[options.bbox_convention],
+        "configs": dict(CONFIGS),
+        "counts": counts,
+    }
+    (tmp / CARD_FILE).write_text(render_card(manifest, licences), encoding="utf-8")
+    manifest["files"] = {
+        rel: {"kind": _file_kind(rel), "bytes": (tmp / rel).stat().st_size, "sha256": sha256_file(tmp / rel)}
+        for rel in sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    }
+    (tmp / MANIFEST_FILE).write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+
+
+def _file_kind(rel: str) -> str:
+    if rel.endswith(".jsonl"):
+        return "records"
+    if rel.startswith(f"{RELEASE_IMAGES}/"):
+        return "image"
+    if rel.startswith("schemas/"):
+        return "schema"
+    return "card"
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished release over the target; restore the old one if the rename fails."""
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    old.rmdir()
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = subparsers.add_parser(
+        "release",
+        help="write the validated release (JSONL, images, manifest, dataset card) from a reviewed build",
+        description="Write a VGMED release from the build catalog: only drafts accepted under the review "
+        "policy, images renamed by stable id and stripped of metadata, manifest with counts and SHA-256, "
+        "a Hugging Face dataset card. The release is built next to --out, validated, then swapped in.",
+        formatter_class=fmt,
+    )
+    p.add_argument("--build", required=True, type=Path, help="build directory holding catalog.sqlite")
+    p.add_argument(
+        "--out", type=Path, default=None, help="release directory to write (default: BUILD/release)"
+    )
+    p.add_argument("--name", default="VGMED", help="release name written into the manifest and the card")
+    p.add_argument("--release-version", default="0.1.0", help="release version written into the manifest")
+    p.add_argument(
+        "--created",
+        default=None,
+        help="creation time for the manifest (ISO-8601, e.g. 2026-01-01T00:00:00Z); fixes it for "
+        "byte-identical "
+        "rebuilds (default: $SOURCE_DATE_EPOCH if set, else now)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=POLICY_CHOICES,
+        default="majority",
+        help="review decision policy: unanimous = every reviewer accepts, majority = most verdicts, "
+        "adjudicator = the --adjudicator's verdict wins",
+    )
+    p.add_argument(
+        "--adjudicator", default=None, help="reviewer id whose verdict wins under --policy adjudicator"
+    )
+    p.add_argument(
+        "--include-unreviewed",
+        action="store_true",
+        help="preview: also include drafts that review has not accepted yet (never rejected ones); "
+        "the manifest "
+        "and the card's first line say so",
+    )
+    p.add_argument(
+        "--bbox-convention",
+        choices=sorted(CONVENTIONS),
+        default="exclusive",
+        help="exclusive: x1/y1 are pixel edges one past the box; published: inclusive max pixel indices "
+        "(x1-1, y1-1) as in the published VGMED files",
+    )
+    p.add_argument(
+        "--forbid-file",
+        type=Path,
+        default=None,
+        help="text file with strings that must not occur anywhere in the release (one per line, e.g. patient "
+        "names and IDs of the source data); the release is refused if any occurs",
+    )
+    p.set_defaults(func=_cmd_release)
+
+    from vgmed_build.export import register_export
+    from vgmed_build.validate import register_validate
+
+    register_validate(subparsers)
+    register_export(subparsers)
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from vgmed_build.review.decision import decide
+
+    try:
+        forbid = tuple(load_forbid_file(args.forbid_file)) if args.forbid_file else ()
+        catalog = open_catalog(args.build, create=False)
+    except (ForbidFileError, CatalogError) as exc:
+        log.error("%s", exc)
+        return 2
+    options = ReleaseOptions(
+        name=args.name,
+        version=args.release_version,
+        created=args.created,
+        policy=args.policy,
+        adjudicator=args.adjudicator,
+        include_unreviewed=args.include_unreviewed,
+        bbox_convention=args.bbox_convention,
+        forbid=forbid,
+    )
+    with catalog:
+        try:
+            decisions = decide(catalog, policy=args.policy, adjudicator=args.adjudicator)
+            report = build_release(catalog, args.out or args.build / "release", decisions, options)
+        except (ReleaseError, ValueError) as exc:
+            log.error("%s", exc)
+            return 1
+    counts = report.counts
+    kind = "PREVIEW release (includes unreviewed items)" if options.include_unreviewed else "release"
+    print(f"wrote {kind} {report.out_dir}: {counts['records']} questions on {counts['images']} images")
+    for name, n in counts["by_file"].items():
+        print(f"  {name}: {n}")
+    if report.skipped:
+        print(f"{len(report.skipped)} accepted drafts left out because of errors (see `vgmed-build stats`):")
+        for message in report.skipped:
+            print(f"  {message}")
+        return 1
+    return 0

@@ -1,0 +1,423 @@
+"""`vgmed-build validate DIR`: check a release (ours, or a published VGMED download).
+
+Checks: every record against its schema, every image present and readable, boxes inside their
+image, no duplicate ids, checksums and counts against the manifest, the dataset card, and no patient
+identifiers anywhere (record text, card, manifest, file names, image metadata; plus the strings of a
+forbid file in every byte). A published download has no manifest, no ids and no card: what cannot
+be checked is listed as skipped. Problems come out as ``file:line: message`` (line 0 = whole file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+from vgmed_build.card import PREVIEW_MARK, REQUIRED_SECTIONS
+from vgmed_build.identifiers import (
+    Forbidden,
+    ForbidFileError,
+    find_forbidden,
+    find_forbidden_bytes,
+    find_patterns,
+    load_forbid_file,
+)
+from vgmed_build.pngmeta import PNG_SIGNATURE, PNGError, metadata_chunks
+from vgmed_build.release import CARD_FILE, CONFIGS, FILE_OF_QTYPE, MANIFEST_FILE, count_records, sha256_file
+from vgmed_build.resources import schema_errors
+
+TEXT_SUFFIXES = {".jsonl", ".json", ".md", ".txt", ".csv", ".yaml", ".yml"}
+JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    message: str
+
+    def format(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    root: Path
+    kind: str  # "vgmed" (has manifest.json) or "published"
+    problems: list[Problem] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    n_records: int = 0
+    n_images: int = 0
+
+    def add(self, file: str, line: int, message: str) -> None:
+        self.problems.append(Problem(file, line, message))
+
+
+@dataclass
+class _ImageInfo:
+    size: tuple[int, int] | None  # None when unreadable
+    error: str | None
+
+
+# ---------------------------------------------------------------- pure box checks
+
+
+def published_boxes(record: dict) -> tuple[list[list[float]], str]:
+    """Boxes of a published record as given, and their format ('xyxy' inclusive or 'xywh')."""
+    raw = record.get("bbox")
+    if raw is None:
+        raw = record.get("original_bboxes")
+    boxes = [raw] if raw and not isinstance(raw[0], list) else list(raw or [])
+    fmt = record.get("bbox_format")
+    if fmt is None:
+        hint = f"{record.get('image', '')} {record.get('source', '')}".lower()
+        fmt = "xywh" if "slake" in hint else "xyxy"
+    return boxes, fmt
+
+
+def box_problem(box: list[float], fmt: str, width: int, height: int) -> str | None:
+    """Why ``box`` is empty or outside a ``width`` x ``height`` image under ``fmt``, else None.
+
+    fmt: 'xyxy_exclusive' (pixel edges), 'xyxy_inclusive' / 'xyxy' (max pixel indices), 'xywh'.
+    """
+    if fmt == "xywh":
+        x, y, w, h = box
+        ok = x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= width and y + h <= height
+    elif fmt == "xyxy_exclusive":
+        x0, y0, x1, y1 = box
+        ok = 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    else:
+        x0, y0, x1, y1 = box
+        ok = 0 <= x0 <= x1 <= width - 1 and 0 <= y0 <= y1 <= height - 1
+    return None if ok else f"box {box} ({fmt}) is empty or outside the {width}x{height} image"
+
+
+# ---------------------------------------------------------------- the validator
+
+
+def validate_release(root: str | Path, forbid: list[Forbidden] | None = None) -> ValidationReport:
+    """Validate the release directory ``root``; see the module docstring for what is checked."""
+    root = Path(root)
+    forbid = forbid or []
+    manifest_path = root / MANIFEST_FILE
+    report = ValidationReport(root=root, kind="vgmed" if manifest_path.is_file() else "published")
+    if not root.is_dir():
+        report.add(str(root), 0, "not a directory")
+        return report
+    record_files = sorted(p.name for p in root.glob("*.jsonl"))
+    if not record_files:
+        report.add(".", 0, f"no question files ({', '.join(sorted(CONFIGS.values()))}) here")
+    manifest = _load_manifest(report) if report.kind == "vgmed" else None
+    images: dict[str, _ImageInfo] = {}
+    records_by_file: dict[str, list[dict]] = {}
+    all_valid = True
+    seen_ids: dict[str, str] = {}
+    for name in record_files:
+        records, valid = _check_record_file(report, name, images, seen_ids, forbid)
+        records_by_file[name] = records
+        all_valid &= valid
+    report.n_records = sum(len(r) for r in records_by_file.values())
+    report.n_images = len(images)
+    _scan_tree(report, forbid, referenced=set(images))
+    if report.kind == "vgmed":
+        if manifest is not None:
+            _check_manifest(report, manifest, records_by_file, all_valid)
+            _check_card(report, manifest)
+    else:
+        report.skipped.append("checksums, file list and counts: no manifest.json (published download)")
+        report.skipped.append(
+            "record schema: only the fields the public evaluator reads (schemas/published_record.schema.json)"
+        )
+        if not seen_ids:
+            report.skipped.append("duplicate ids: the records carry no id field")
+        if not (root / CARD_FILE).is_file():
+            report.skipped.append("dataset card: no README.md")
+    return report
+
+
+def _load_manifest(report: ValidationReport) -> dict | None:
+    try:
+        manifest = json.loads((report.root / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        report.add(MANIFEST_FILE, getattr(exc, "lineno", 0), f"cannot be read as JSON ({exc})")
+        return None
+    for error in schema_errors("manifest", manifest):
+        report.add(MANIFEST_FILE, 0, f"schema: {error}")
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _check_record_file(
+    report: ValidationReport, name: str, images: dict[str, _ImageInfo], seen_ids: dict[str, str], forbid
+) -> tuple[list[dict], bool]:
+    """Check one JSONL file line by line; return its records and whether all were schema-valid."""
+    ours = report.kind == "vgmed"
+    records: list[dict] = []
+    all_valid = True
+    try:
+        text = (report.root / name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        report.add(name, 0, f"cannot be read as UTF-8 text ({exc})")
+        return records, False
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            report.add(name, number, "empty line")
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            report.add(name, number, f"not valid JSON ({exc.msg} at column {exc.colno})")
+            all_valid = False
+            continue
+        errors = schema_errors("release_record" if ours else "published_record", record)
+        for error in errors:
+            report.add(name, number, f"schema: {error}")
+        if errors or not isinstance(record, dict):
+            all_valid = False
+            continue
+        records.append(record)
+        rid = record.get("id")
+        if rid is not None:
+            if rid in seen_ids:
+                report.add(name, number, f"duplicate id {rid} (first seen at {seen_ids[rid]})")
+            else:
+                seen_ids[rid] = f"{name}:{number}"
+        if ours and FILE_OF_QTYPE.get(record["q_type"]) != name:
+            report.add(
+                name, number, f"q_type {record['q_type']!r} belongs in {FILE_OF_QTYPE.get(record['q_type'])}"
+            )
+        _check_record_image(report, name, number, record, images, ours)
+    return records, all_valid
+
+
+def _check_record_image(
+    report: ValidationReport, name: str, number: int, record: dict, images: dict[str, _ImageInfo], ours: bool
+) -> None:
+    rel = record["image"]
+    if rel not in images:
+        images[rel] = _read_image(report.root, rel, ours)
+    info = images[rel]
+    if info.error:
+        report.add(name, number, f"image {rel}: {info.error}")
+        return
+    width, height = info.size
+    if ours:
+        if (record["width"], record["height"]) != (width, height):
+            report.add(
+                name,
+                number,
+                f"width/height {record['width']}x{record['height']} but image {rel} is {width}x{height}",
+            )
+        fmt = "xyxy_exclusive" if record["bbox_convention"] == "xyxy_exclusive" else "xyxy_inclusive"
+        boxes = record["bbox"]
+    else:
+        boxes, fmt = published_boxes(record)
+    for box in boxes:
+        problem = box_problem(box, fmt, width, height)
+        if problem:
+            report.add(name, number, problem)
+
+
+def _read_image(root: Path, rel: str, ours: bool) -> _ImageInfo:
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        return _ImageInfo(None, "path leaves the release directory")
+    if not path.is_file():
+        return _ImageInfo(None, "missing")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _ImageInfo(im.size, None)
+    except Exception as exc:  # PIL raises many types for broken files
+        return _ImageInfo(None, f"cannot be read as an image ({type(exc).__name__}: {exc})")
+
+
+def _scan_tree(report: ValidationReport, forbid: list[Forbidden], referenced: set[str]) -> None:
+    """Identifier scan of every file name and file; for ours also: no unreferenced images."""
+    ours = report.kind == "vgmed"
+    for path in sorted(report.root.rglob("*")):
+        rel = path.relative_to(report.root).as_posix()
+        for message in find_patterns(rel) + find_forbidden(rel, forbid):
+            report.add(rel, 0, f"file name {message}")
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if path.suffix.lower() in TEXT_SUFFIXES:
+            _scan_text(report, rel, data, forbid)
+            continue
+        for message in find_forbidden_bytes(data, forbid):
+            report.add(rel, 0, message)
+        for chunk, text in _image_metadata(path, data):
+            if ours:
+                report.add(rel, 0, f"image carries a {chunk} metadata chunk (released images must have none)")
+            for message in find_patterns(text) + find_forbidden(text, forbid):
+                report.add(rel, 0, f"image metadata ({chunk}) {message}")
+        if ours and rel.startswith("images/") and rel not in referenced:
+            report.add(rel, 0, "image is not referenced by any record")
+
+
+def _scan_text(report: ValidationReport, rel: str, data: bytes, forbid: list[Forbidden]) -> None:
+    text = data.decode("utf-8", errors="replace")
+    is_json = rel.endswith((".json", ".jsonl"))
+    for number, line in enumerate(text.splitlines(), 1):
+        # In JSON only string values can hold header data; numbers (byte counts) are not dates.
+        scanned = " | ".join(JSON_STRING.findall(line)) if is_json else line
+        for message in find_patterns(scanned) + find_forbidden(line, forbid):
+            report.add(rel, number, message)
+
+
+def _image_metadata(path: Path, data: bytes) -> list[tuple[str, str]]:
+    """(kind, text) of the metadata an image file carries (PNG chunks, or PIL info / EXIF)."""
+    if data.startswith(PNG_SIGNATURE):
+        try:
+            return metadata_chunks(data)
+        except PNGError:
+            return []  # unreadable images are reported by the record check
+    try:
+        with Image.open(path) as im:
+            found = [(str(k), str(v)) for k, v in im.info.items() if isinstance(v, (str, bytes))]
+            found += [(f"EXIF {k}", str(v)) for k, v in im.getexif().items()]
+            return found
+    except Exception:  # not an image at all: nothing to read
+        return []
+
+
+def _check_manifest(report: ValidationReport, manifest: dict, records_by_file: dict, all_valid: bool) -> None:
+    manifest_text = (report.root / MANIFEST_FILE).read_text(encoding="utf-8")
+
+    def line_of(needle: str) -> int:
+        for number, line in enumerate(manifest_text.splitlines(), 1):
+            if needle in line:
+                return number
+        return 0
+
+    listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    for rel, entry in sorted(listed.items()):
+        path = report.root / rel
+        where = line_of(json.dumps(rel))
+        if not path.is_file():
+            report.add(MANIFEST_FILE, where, f"lists {rel}, which is missing")
+            continue
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("bytes") != path.stat().st_size:
+            report.add(
+                MANIFEST_FILE,
+                where,
+                f"{rel}: size {path.stat().st_size} differs from the manifest's {entry.get('bytes')}",
+            )
+        if entry.get("sha256") != sha256_file(path):
+            report.add(
+                MANIFEST_FILE, where, f"{rel}: SHA-256 differs from the manifest (file changed or corrupt)"
+            )
+    for path in sorted(report.root.rglob("*")):
+        rel = path.relative_to(report.root).as_posix()
+        if path.is_file() and rel != MANIFEST_FILE and rel not in listed:
+            report.add(rel, 0, "not listed in manifest.json")
+    for name in CONFIGS.values():
+        if not (report.root / name).is_file():
+            report.add(name, 0, "missing (every release has both question files, possibly empty)")
+    if not all_valid:
+        report.skipped.append("counts against the manifest: some records are invalid")
+        return
+    counts = manifest.get("counts")
+    actual = count_records(records_by_file)
+    if isinstance(counts, dict):
+        for key, value in actual.items():
+            if counts.get(key) != value:
+                report.add(
+                    MANIFEST_FILE,
+                    line_of(f'"{key}"'),
+                    f"counts.{key} is {counts.get(key)}, the files give {value}",
+                )
+
+
+def _check_card(report: ValidationReport, manifest: dict) -> None:
+    path = report.root / CARD_FILE
+    if not path.is_file():
+        report.add(CARD_FILE, 0, "missing dataset card")
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    preview = bool(manifest.get("preview"))
+    first = lines[0] if lines else ""
+    if preview != (PREVIEW_MARK in first):
+        want = "say it is a PREVIEW" if preview else "not claim to be a preview"
+        report.add(CARD_FILE, 1, f"first line must {want} (manifest preview = {str(preview).lower()})")
+    start = 1 if preview else 0
+    try:
+        end = lines.index("---", start + 1)
+        if lines[start] != "---":
+            raise ValueError
+        meta = yaml.safe_load("\n".join(lines[start + 1 : end]))
+    except (ValueError, IndexError, yaml.YAMLError):
+        report.add(CARD_FILE, start + 1, "no YAML front matter (--- ... ---)")
+        return
+    if not isinstance(meta, dict):
+        report.add(CARD_FILE, start + 1, "YAML front matter is not a mapping")
+        return
+    for key in ("license", "task_categories", "configs"):
+        if not meta.get(key):
+            report.add(CARD_FILE, start + 1, f"front matter has no {key}")
+    files = {
+        f.get("path")
+        for c in meta.get("configs") or []
+        for f in c.get("data_files") or []
+        if isinstance(f, dict)
+    }
+    for name in CONFIGS.values():
+        if name not in files:
+            report.add(CARD_FILE, start + 1, f"front matter configs do not list {name}")
+    headings = {line[3:].strip() for line in lines if line.startswith("## ")}
+    for section in REQUIRED_SECTIONS:
+        if section not in headings:
+            report.add(CARD_FILE, 0, f"no '## {section}' section")
+
+
+# ---------------------------------------------------------------- command line
+
+
+def register_validate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "validate",
+        help="check a release (or a published VGMED download) and print every problem as file:line: message",
+        description="Validate a release directory: record schemas, images present and readable, boxes inside "
+        "their image, unique ids, checksums and counts against manifest.json, the dataset card, and no "
+        "patient "
+        "identifiers in records, card, manifest, file names or image metadata. A published VGMED download "
+        "(no manifest) is checked as far as it can be; the rest is reported as skipped. Exit status 1 when "
+        "any problem is found. Line 0 in a message means the file as a whole.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "dir", type=Path, help="release directory (holds VGMED_localization.jsonl / VGMED_attribute.jsonl)"
+    )
+    p.add_argument(
+        "--forbid-file",
+        type=Path,
+        default=None,
+        help="text file with strings that must not occur anywhere (one per line, '#' comments); every file's "
+        "bytes and every file name are searched, case-insensitively",
+    )
+    p.set_defaults(func=_cmd_validate)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        forbid = load_forbid_file(args.forbid_file) if args.forbid_file else []
+    except ForbidFileError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    report = validate_release(args.dir, forbid)
+    for problem in report.problems:
+        print(problem.format())
+    for note in report.skipped:
+        print(f"skipped: {note}")
+    kind = "vgmed release" if report.kind == "vgmed" else "published VGMED download (no manifest.json)"
+    verdict = f"{len(report.problems)} problem(s)" if report.problems else "OK"
+    print(f"{args.dir}: {kind}, {report.n_records} records, {report.n_images} images: {verdict}")
+    return 1 if report.problems else 0

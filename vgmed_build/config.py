@@ -1,0 +1,266 @@
+"""Read the sources file (TOML, YAML or JSON) and ``--source KIND:PATH`` flags into SourceSpecs.
+
+Every key is checked: a typo in a sources file must fail loudly (naming the file, the source and the
+key) instead of silently rendering with defaults. Rendering options get their defaults filled in here,
+so the resume fingerprint of an item covers the options that were really used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from vgmed_build.sources import SourceError, SourceSpec, get_adapter
+
+PLANES = ("axial", "coronal", "sagittal")
+SLICE_POLICIES = ("largest", "all", "every_n")
+# CT windows as (level, width) in Hounsfield units.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "abdomen": (40.0, 400.0),
+    "liver": (80.0, 150.0),
+    "bone": (400.0, 1800.0),
+    "soft_tissue": (50.0, 400.0),
+}
+
+# Rendering / selection options shared by every source kind, with their defaults (see docs/ingest.md).
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "plane": "axial",  # slice plane of 3D sources
+    "slice_policy": "largest",  # largest | all | every_n
+    "every_n": 5,  # every_n policy: slices whose index is a multiple of n
+    "min_area_px": 64,  # a structure must cover this many pixels on a slice to be selected
+    "min_component_px": 16,  # connected components smaller than this are dropped (specks)
+    "max_area_ratio": 0.4,  # a region covering more of the image than this is dropped (huge targets)
+    "connectivity": 2,  # 1: 4-neighbourhood, 2: 8-neighbourhood
+    "window": "auto",  # auto | CT preset name | [level, width] | percentile
+    "percentiles": [0.5, 99.5],  # intensity clip of MR / PET / percentile windowing
+    "spacing_mm": None,  # in-plane pixel size of rendered slices (default: finest in-plane spacing)
+    "midline_mm": None,  # world x (RAS mm) of the patient midline (default: x-centre of the volume)
+    "midline_margin_mm": 5.0,  # a component straddling the midline within this margin is 'midline'
+    "channel": None,  # which channel of a 4D / multi-channel image to use
+}
+
+SOURCE_KEYS = {
+    "name",
+    "kind",
+    "path",
+    "modality",
+    "body_part",
+    "labels",
+    "display_names",
+    "synonyms",
+    "categories",
+    "dataset",
+    "licence",
+    "options",
+}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ConfigError(ValueError):
+    """The sources file or a --source flag is wrong; the message names the file, source and key."""
+
+
+def load_sources_file(path: str | Path) -> list[SourceSpec]:
+    """Parse a sources file; paths inside it are relative to the file's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read sources file ({exc.strerror or exc})") from exc
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(
+                f"{path}: unknown sources file type {suffix!r} (use .toml, .yaml, .yml or .json)"
+            )
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{path}: cannot parse ({exc})") from exc
+    except Exception as exc:  # yaml.YAMLError has no common base with the others
+        raise ConfigError(f"{path}: cannot parse ({exc})") from exc
+    if isinstance(data, dict):
+        extra = set(data) - {"source", "sources"}
+        if extra:
+            raise ConfigError(
+                f"{path}: unknown top-level key(s) {sorted(extra)}; expected 'source' "
+                "(a list of source entries, e.g. TOML [[source]])"
+            )
+        entries = data.get("source", data.get("sources"))
+    else:
+        entries = data
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: no sources; expected a non-empty list under 'source'")
+    specs = [_spec_from_entry(entry, path, i) for i, entry in enumerate(entries)]
+    _check_unique(specs, str(path))
+    return specs
+
+
+def parse_source_flag(flag: str, modality: str | None = None, body_part: str = "") -> SourceSpec:
+    """``--source KIND:PATH`` -> a SourceSpec named after the path (relative to the working dir)."""
+    kind, sep, raw_path = flag.partition(":")
+    if not sep or not kind or not raw_path:
+        raise ConfigError(f"--source {flag!r}: expected KIND:PATH, e.g. msd:/data/Task03_Liver")
+    path = Path(raw_path).expanduser()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.resolve().name).strip("._-") or kind
+    entry = {"name": name, "kind": kind, "path": str(path), "body_part": body_part}
+    if modality:
+        entry["modality"] = modality
+    return _spec_from_entry(entry, None, 0, where=f"--source {flag!r}")
+
+
+def _spec_from_entry(entry: Any, file: Path | None, index: int, where: str | None = None) -> SourceSpec:
+    where = where or f"{file}: source #{index + 1}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a table/mapping, got {type(entry).__name__}")
+    if "name" in entry:
+        where = f"{file}: source {entry['name']!r}" if file else where
+    _reject_unknown(entry, SOURCE_KEYS, where)
+    for key in ("kind", "path"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise ConfigError(f"{where}: key {key!r} is required (a non-empty string)")
+    kind = entry["kind"]
+    try:
+        adapter = get_adapter(kind)
+    except SourceError as exc:
+        raise ConfigError(f"{where}: key 'kind': {exc}") from exc
+    path = Path(entry["path"]).expanduser()
+    if file is not None and not path.is_absolute():
+        path = file.parent / path
+    name = entry.get("name") or re.sub(r"[^A-Za-z0-9._-]+", "_", path.name)
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(f"{where}: key 'name': {name!r} must be letters, digits, '.', '_' or '-'")
+    adapter_keys = set(getattr(adapter, "option_keys", ()))
+    return SourceSpec(
+        name=name,
+        kind=kind,
+        path=path,
+        modality=_opt_str(entry, "modality", where) or None,
+        body_part=_opt_str(entry, "body_part", where),
+        labels=_str_map(entry, "labels", where),
+        display_names=_str_map(entry, "display_names", where),
+        synonyms=_synonyms(entry, where),
+        categories=_str_map(entry, "categories", where),
+        dataset=_opt_str(entry, "dataset", where),
+        licence=_opt_str(entry, "licence", where),
+        options=normalise_options(entry.get("options") or {}, where, adapter_keys),
+    )
+
+
+def normalise_options(options: Any, where: str, extra_keys: set[str] | frozenset[str] = frozenset()) -> dict:
+    """Check option names and values and fill in defaults (adapter-specific keys pass through)."""
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: key 'options' must be a table/mapping")
+    _reject_unknown(options, set(DEFAULT_OPTIONS) | set(extra_keys), f"{where}: options")
+    out = dict(DEFAULT_OPTIONS)
+    out.update(options)
+
+    def bad(key: str, expected: str) -> ConfigError:
+        return ConfigError(f"{where}: option {key!r} = {out[key]!r}: expected {expected}")
+
+    if out["plane"] not in PLANES:
+        raise bad("plane", " | ".join(PLANES))
+    if out["slice_policy"] not in SLICE_POLICIES:
+        raise bad("slice_policy", " | ".join(SLICE_POLICIES))
+    for key in ("every_n", "min_area_px", "min_component_px"):
+        if (
+            not isinstance(out[key], int)
+            or isinstance(out[key], bool)
+            or out[key] < (1 if key == "every_n" else 0)
+        ):
+            raise bad(key, "a non-negative integer" if key != "every_n" else "a positive integer")
+    if out["connectivity"] not in (1, 2):
+        raise bad("connectivity", "1 or 2")
+    if not _is_number(out["max_area_ratio"]) or not 0 < out["max_area_ratio"] <= 1:
+        raise bad("max_area_ratio", "a number in (0, 1]")
+    window = out["window"]
+    if isinstance(window, list):
+        if len(window) != 2 or not all(_is_number(v) for v in window) or window[1] <= 0:
+            raise bad("window", "[level, width] with width > 0")
+        out["window"] = [float(v) for v in window]
+    elif window not in ("auto", "percentile", *CT_WINDOWS):
+        raise bad("window", f"auto | percentile | [level, width] | one of {', '.join(CT_WINDOWS)}")
+    pct = out["percentiles"]
+    if (
+        not isinstance(pct, list)
+        or len(pct) != 2
+        or not all(_is_number(v) for v in pct)
+        or not 0 <= pct[0] < pct[1] <= 100
+    ):
+        raise bad("percentiles", "[low, high] with 0 <= low < high <= 100")
+    out["percentiles"] = [float(v) for v in pct]
+    for key in ("spacing_mm",):
+        if out[key] is not None and (not _is_number(out[key]) or out[key] <= 0):
+            raise bad(key, "a positive number of millimetres")
+    for key in ("midline_mm", "midline_margin_mm"):
+        if out[key] is not None and not _is_number(out[key]):
+            raise bad(key, "a number of millimetres")
+    if out["channel"] is not None and (not isinstance(out["channel"], int) or out["channel"] < 0):
+        raise bad("channel", "a non-negative integer")
+    return out
+
+
+def _reject_unknown(mapping: dict, known: set[str], where: str) -> None:
+    for key in mapping:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _check_unique(specs: list[SourceSpec], where: str) -> None:
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise ConfigError(f"{where}: two sources are named {spec.name!r}; give each a unique 'name'")
+        seen.add(spec.name)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _opt_str(entry: dict, key: str, where: str) -> str:
+    value = entry.get(key, "")
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: key {key!r} must be a string")
+    return value
+
+
+def _str_map(entry: dict, key: str, where: str) -> dict[str, str]:
+    value = entry.get(key) or {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(f"{where}: key {key!r} must map names to strings")
+    return {str(k): v for k, v in value.items()}
+
+
+def _synonyms(entry: dict, where: str) -> dict[str, list[str]]:
+    value = entry.get("synonyms") or {}
+    ok = isinstance(value, dict) and all(
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in value.values()
+    )
+    if not ok:
+        raise ConfigError(f"{where}: key 'synonyms' must map label names to lists of strings")
+    return {str(k): list(v) for k, v in value.items()}
+
+
+def merge_specs(specs: list[SourceSpec], where: str = "sources") -> list[SourceSpec]:
+    """Check the union of sources-file entries and --source flags for name clashes."""
+    _check_unique(specs, where)
+    return specs

@@ -1,0 +1,191 @@
+"""Geometry and rendering of 3D volumes: canonical orientation, slicing, square pixels, windowing, PNG.
+
+Display convention (radiological, the one every rendered slice follows):
+
+* axial:    patient left on the image right, anterior at the top (viewed from the feet);
+* coronal:  patient left on the image right, superior at the top (viewed from the front);
+* sagittal: anterior on the image left, superior at the top (viewed from the patient's left).
+
+Volumes are first reoriented to canonical RAS+ voxel axes (nibabel ``as_closest_canonical``
+semantics: axes permuted/flipped, no interpolation), so the same anatomy stored with a flipped
+affine renders to the same pixels. Every rendered slice carries a ``pixel -> world`` map so that
+laterality is computed from RAS world x, never from image columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import nibabel.orientations as nio
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from vgmed_build.config import CT_WINDOWS
+from vgmed_build.sources.base import Volume
+
+SLICE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+# In-plane voxel axes (row axis, column axis) of each plane; both are displayed reversed (see above).
+PLANE_AXES = {"sagittal": (2, 1), "coronal": (2, 0), "axial": (1, 0)}
+
+
+def canonical(volume: Volume) -> Volume:
+    """Reorient a volume (image, labels, masks) to the closest canonical RAS+ voxel order."""
+    ornt = nio.io_orientation(volume.affine)
+    if np.array_equal(ornt, nio.axcodes2ornt("RAS")):
+        return volume
+    shape = volume.image.shape[:3]
+    affine = volume.affine @ nio.inv_ornt_aff(ornt, shape)
+
+    def apply(arr: np.ndarray | None) -> np.ndarray | None:
+        return None if arr is None else np.ascontiguousarray(nio.apply_orientation(arr, ornt))
+
+    masks = None if volume.masks is None else {k: apply(m) for k, m in volume.masks.items()}
+    return replace(
+        volume, image=apply(volume.image), affine=affine, label_map=apply(volume.label_map), masks=masks
+    )
+
+
+def voxel_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel size along each voxel axis in mm."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def display_slice(vol: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """One slice of a canonical volume in the radiological display orientation (rows, cols)."""
+    sl = np.take(vol, index, axis=SLICE_AXIS[plane])  # remaining axes: (column axis, row axis)
+    return sl.T[::-1, ::-1]
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """Where a rendered slice lies in the world and how its pixels map there."""
+
+    plane: str
+    index: int
+    shape: tuple[int, int]  # rendered (rows, cols)
+    spacing_mm: tuple[float, float]  # rendered (row, col) pixel size
+    pixel_to_world: np.ndarray  # (3, 3): RAS mm = M @ [row, col, 1] at pixel centres
+    position_mm: float  # world coordinate along the plane normal
+
+    def world_x(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """RAS x (mm) of pixel centres; x > 0 side of the midline is the patient's right."""
+        m = self.pixel_to_world[0]
+        return m[0] * rows + m[1] * cols + m[2]
+
+
+def slice_geometry(
+    affine: np.ndarray, shape: tuple[int, ...], plane: str, index: int, spacing_mm: float | None = None
+) -> SliceGeometry:
+    """Geometry of slice ``index`` of a canonical volume, resampled to square pixels.
+
+    The target pixel size is ``spacing_mm`` or the finer of the two in-plane voxel sizes.
+    """
+    s_axis = SLICE_AXIS[plane]
+    r_axis, c_axis = PLANE_AXES[plane]
+    spacing = voxel_spacing(affine)
+    target = float(spacing_mm or min(spacing[r_axis], spacing[c_axis]))
+    n_r, n_c = shape[r_axis], shape[c_axis]
+    out = (max(1, round(n_r * spacing[r_axis] / target)), max(1, round(n_c * spacing[c_axis] / target)))
+    # Rendered pixel centre (r', c') -> display pixel index -> voxel index -> world.
+    scale_r, scale_c = n_r / out[0], n_c / out[1]
+    to_display = np.array([[scale_r, 0, 0.5 * scale_r - 0.5], [0, scale_c, 0.5 * scale_c - 0.5], [0, 0, 1]])
+    to_voxel = np.zeros((4, 3))
+    to_voxel[r_axis] = [-1, 0, n_r - 1]  # rows run against the row axis
+    to_voxel[c_axis] = [0, -1, n_c - 1]  # columns run against the column axis
+    to_voxel[s_axis] = [0, 0, index]
+    to_voxel[3] = [0, 0, 1]
+    pixel_to_world = (np.asarray(affine) @ to_voxel @ to_display)[:3]
+    centre = pixel_to_world @ np.array([(out[0] - 1) / 2, (out[1] - 1) / 2, 1.0])
+    return SliceGeometry(
+        plane=plane,
+        index=int(index),
+        shape=out,
+        spacing_mm=(float(spacing[r_axis] * scale_r), float(spacing[c_axis] * scale_c)),
+        pixel_to_world=pixel_to_world,
+        position_mm=float(centre[s_axis]),
+    )
+
+
+def resample(arr: np.ndarray, shape: tuple[int, int], labels: bool) -> np.ndarray:
+    """Resize a 2D slice to ``shape``, pixel edges aligned: linear for images, nearest for labels."""
+    if arr.shape == tuple(shape):
+        return arr
+    zoom = (shape[0] / arr.shape[0], shape[1] / arr.shape[1])
+    if labels:
+        return ndimage.zoom(arr, zoom, order=0, mode="nearest", grid_mode=True)
+    return ndimage.zoom(arr.astype(np.float32), zoom, order=1, mode="nearest", grid_mode=True)
+
+
+def ct_window(name: str) -> tuple[float, float]:
+    """(low, high) intensity bounds of a named CT window."""
+    level, width = CT_WINDOWS[name]
+    return level - width / 2, level + width / 2
+
+
+def auto_ct_preset(body_part: str) -> str:
+    """Pick the CT window for a body region named in the sources file."""
+    part = body_part.lower()
+    for keys, preset in (
+        (("brain", "head"), "brain"),
+        (("lung", "chest", "thorax"), "lung"),
+        (("liver",), "liver"),
+        (("bone", "spine", "skeleton"), "bone"),
+        (("mediastin", "heart"), "mediastinum"),
+        (("abdom", "pelvi", "kidney", "pancrea", "spleen"), "abdomen"),
+    ):
+        if any(k in part for k in keys):
+            return preset
+    return "soft_tissue"
+
+
+def window_bounds(
+    image: np.ndarray, modality: str, body_part: str, window: str | list[float], percentiles: list[float]
+) -> tuple[float, float]:
+    """Intensity bounds for one volume: CT presets by body region, percentile clipping otherwise."""
+    if isinstance(window, list):
+        level, width = window
+        return level - width / 2, level + width / 2
+    if window in CT_WINDOWS:
+        return ct_window(window)
+    if window == "auto" and modality == "CT":
+        return ct_window(auto_ct_preset(body_part))
+    # Percentiles over a regular subsample: deterministic, and fast on 100M-voxel volumes.
+    step = max(1, round((image.size / 2_000_000) ** (1 / 3))) if image.ndim == 3 else 1
+    sample = image[::step, ::step, ::step] if image.ndim == 3 else image
+    lo, hi = np.percentile(sample, percentiles)
+    return float(lo), (float(hi) if hi > lo else float(lo) + 1.0)
+
+
+def to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map [lo, hi] linearly to 0..255 (clipped, rounded)."""
+    scaled = (arr.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """8-bit grey or RGB PNG with no metadata chunks (no text, time, or ICC profile)."""
+    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
+        raise ValueError(f"PNG pixels must be uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` via a temp file + os.replace (never a half file); return its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(data).hexdigest()

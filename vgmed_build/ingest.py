@@ -1,0 +1,751 @@
+"""`vgmed-build ingest | regions | stats`: source datasets -> rendered slices + regions in the catalog.
+
+Each source item (a volume + labels, a DICOM series + SEG, a 2D image + masks) is one unit of work:
+its PNGs are written atomically first, then its item, image and region rows go into the catalog in
+ONE transaction, so a kill -9 never leaves half an item. An item whose fingerprint (input files'
+sizes, mtimes and content + the source's options) is already stored as done is skipped; a changed
+item is re-ingested in place (stable ids, upserts), so reruns never duplicate. A bad item becomes an
+error record naming the file and the problem, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import multiprocessing
+import sys
+import traceback
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from vgmed_build import imaging
+from vgmed_build.catalog import Catalog, CatalogError, now_iso, open_catalog
+from vgmed_build.config import ConfigError, load_sources_file, merge_specs, parse_source_flag
+from vgmed_build.regions import (
+    RegionGeometry,
+    extract_regions,
+    mask_slice_areas,
+    select_slices,
+    slice_label_areas,
+)
+from vgmed_build.resources import schema_errors
+from vgmed_build.sources import SourceError, SourceSpec, get_adapter
+from vgmed_build.sources.base import Image2D, SourceItem, Volume
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest"
+# Bump when rendering or region extraction changes, so every item is re-ingested once.
+INGEST_VERSION = "1"
+_MODALITIES = {
+    "CT": "CT",
+    "MR": "MRI",
+    "MRI": "MRI",
+    "PT": "PET",
+    "PET": "PET",
+    "US": "Ultrasound",
+    "ULTRASOUND": "Ultrasound",
+    "CR": "X-ray",
+    "DX": "X-ray",
+    "XR": "X-ray",
+    "X-RAY": "X-ray",
+    "XRAY": "X-ray",
+    "ES": "Endoscopy",
+    "ENDOSCOPY": "Endoscopy",
+    "DERMOSCOPY": "Dermoscopy",
+    "FUNDUS": "Fundus",
+    "OP": "Fundus",
+}
+
+
+def normalise_modality(name: str | None) -> str:
+    """Map DICOM codes and spellings (MR, PT, CR, ...) to the benchmark's modality names."""
+    if not name:
+        return ""
+    return _MODALITIES.get(name.strip().upper(), name.strip())
+
+
+def stable_id(*parts: object) -> str:
+    return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
+def fingerprint(spec: SourceSpec, item: SourceItem) -> str:
+    """Hash of the item's input files (relative name, size, mtime, content) and the source's options."""
+    h = hashlib.sha256()
+    settings = {k: v for k, v in asdict(spec).items() if k not in ("name", "path")}
+    h.update(json.dumps([INGEST_VERSION, item.key, settings], sort_keys=True, default=str).encode())
+    for path in item.files:
+        st = path.stat()
+        h.update(f"|{path.name}|{st.st_size}|{st.st_mtime_ns}|".encode())
+        with open(path, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
+
+
+@dataclass
+class RenderedImage:
+    """One PNG written for an item, with its catalog record and its region records."""
+
+    record: dict
+    regions: list[dict] = field(default_factory=list)
+
+
+def label_name(spec: SourceSpec, value: int | None, raw_name: str | None) -> str:
+    """Name of a label value or mask after the sources file's mapping ('' means: skip it)."""
+    for key in (str(value) if value is not None else None, raw_name):
+        if key is not None and key in spec.labels:
+            return spec.labels[key]
+    return raw_name or f"label_{value}"
+
+
+def render_item(spec: SourceSpec, key: str, data: Volume | Image2D, build_dir: Path) -> list[RenderedImage]:
+    """Render one loaded item to PNGs under ``build_dir`` and build its image + region records."""
+    modality = normalise_modality(spec.modality or data.modality)
+    if not modality:
+        raise SourceError(f"{key}: modality unknown; set 'modality' for source {spec.name!r}")
+    if isinstance(data, Volume):
+        return _render_volume(spec, key, data, modality, build_dir)
+    if isinstance(data, Image2D):
+        return _render_2d(spec, key, data, modality, build_dir)
+    raise TypeError(f"adapter {spec.kind!r} returned {type(data).__name__}, not Volume or Image2D")
+
+
+def _check_labels(
+    key: str, shape: tuple[int, ...], label_map: np.ndarray | None, masks: dict[str, np.ndarray] | None
+) -> None:
+    """The checks every adapter's output must pass, whatever its format."""
+    if (label_map is None) == (masks is None):
+        raise SourceError(f"{key}: adapter must give exactly one of label_map or masks")
+    if label_map is not None:
+        if label_map.shape != shape:
+            raise SourceError(f"{key}: label map shape {label_map.shape} differs from image shape {shape}")
+        if not (np.issubdtype(label_map.dtype, np.integer) or label_map.dtype == bool):
+            raise SourceError(f"{key}: label map must hold integers, got {label_map.dtype}")
+        if label_map.size and label_map.min() < 0:
+            raise SourceError(f"{key}: label map has negative values")
+        if not label_map.any():
+            raise SourceError(f"{key}: label map is empty (no labelled pixels)")
+    else:
+        if not masks:
+            raise SourceError(f"{key}: no masks")
+        for name, mask in masks.items():
+            if mask.shape != shape:
+                raise SourceError(f"{key}: mask {name!r} shape {mask.shape} differs from image shape {shape}")
+        if not any(m.any() for m in masks.values()):
+            raise SourceError(f"{key}: all masks are empty")
+
+
+def _render_volume(
+    spec: SourceSpec, key: str, vol: Volume, modality: str, build_dir: Path
+) -> list[RenderedImage]:
+    if vol.image.ndim != 3:
+        raise SourceError(f"{key}: image must be 3D, got shape {vol.image.shape}")
+    _check_labels(key, vol.image.shape, vol.label_map, vol.masks)
+    vol = imaging.canonical(vol)
+    opts = spec.options
+    plane, shape = opts["plane"], vol.image.shape
+    axis = imaging.SLICE_AXIS[plane]
+    if vol.label_map is not None:
+        values, areas = slice_label_areas(vol.label_map, axis)
+        structures = [(int(v), label_name(spec, int(v), vol.label_names.get(int(v)))) for v in values]
+    else:
+        masks = list(vol.masks.items())
+        areas = mask_slice_areas([m for _, m in masks], axis)
+        structures = [(None, label_name(spec, None, n)) for n, _ in masks]
+    keep = [i for i, (_, name) in enumerate(structures) if name]
+    first = imaging.slice_geometry(vol.affine, shape, plane, 0, opts["spacing_mm"])
+    r_axis, c_axis = imaging.PLANE_AXES[plane]
+    px_per_voxel = first.shape[0] * first.shape[1] / (shape[r_axis] * shape[c_axis])
+    chosen = select_slices(
+        areas[:, keep] * px_per_voxel, opts["slice_policy"], opts["min_area_px"], opts["every_n"]
+    )
+    lo, hi = imaging.window_bounds(vol.image, modality, spec.body_part, opts["window"], opts["percentiles"])
+    centre = vol.affine @ np.array([(n - 1) / 2 for n in shape] + [1.0])
+    midline = float(opts["midline_mm"] if opts["midline_mm"] is not None else centre[0])
+    out: list[RenderedImage] = []
+    for s, cols in sorted(chosen.items()):
+        geom = imaging.slice_geometry(vol.affine, shape, plane, s, opts["spacing_mm"])
+        found: list[tuple[int | None, str, RegionGeometry]] = []
+        wanted = [structures[keep[c]] for c in cols]
+        if vol.label_map is not None:
+            lab = imaging.resample(imaging.display_slice(vol.label_map, plane, s), geom.shape, labels=True)
+            regs = _extract(lab, [v for v, _ in wanted], opts, geom, midline)
+            found = [(v, name, regs[v]) for v, name in wanted if v in regs]
+        else:
+            for c in cols:
+                mask = vol.masks[masks[keep[c]][0]]
+                lab = imaging.resample(
+                    imaging.display_slice(mask, plane, s).astype(np.uint8), geom.shape, True
+                )
+                regs = _extract(lab, [1], opts, geom, midline)
+                if 1 in regs:
+                    found.append((None, structures[keep[c]][1], regs[1]))
+        if not found:
+            continue
+        grey = imaging.resample(imaging.display_slice(vol.image, plane, s), geom.shape, labels=False)
+        image_meta = {
+            "plane": plane,
+            "slice_index": int(s),
+            "slice_position_mm": round(geom.position_mm, 3),
+            "pixel_spacing_mm": [round(v, 6) for v in geom.spacing_mm],
+            "window": [lo, hi],
+        }
+        out.append(
+            _write_image(spec, key, imaging.to_uint8(grey, lo, hi), image_meta, modality, found, build_dir)
+        )
+    return out
+
+
+def _extract(
+    lab: np.ndarray, values: list[int], opts: dict, geom: imaging.SliceGeometry | None, midline: float
+) -> dict[int, RegionGeometry]:
+    return extract_regions(
+        lab,
+        values,
+        min_component_px=opts["min_component_px"],
+        max_area_ratio=opts["max_area_ratio"],
+        connectivity=opts["connectivity"],
+        geometry=geom,
+        midline_mm=midline,
+        margin_mm=opts["midline_margin_mm"],
+    )
+
+
+def _render_2d(
+    spec: SourceSpec, key: str, img: Image2D, modality: str, build_dir: Path
+) -> list[RenderedImage]:
+    pixels = img.pixels
+    if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
+        raise SourceError(
+            f"{key}: image must be uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}"
+        )
+    _check_labels(key, pixels.shape[:2], img.label_map, img.masks)
+    opts = spec.options
+    found: list[tuple[int | None, str, RegionGeometry]] = []
+    if img.label_map is not None:
+        values = [int(v) for v in np.unique(img.label_map) if v != 0]
+        named = [(v, label_name(spec, v, img.label_names.get(v))) for v in values]
+        regs = _extract(img.label_map, values, opts, None, 0.0)
+        found = [(v, n, regs[v]) for v, n in named if n and v in regs]
+    else:
+        for raw, mask in img.masks.items():
+            name = label_name(spec, None, raw)
+            regs = _extract(mask.astype(np.uint8), [1], opts, None, 0.0) if name else {}
+            if 1 in regs:
+                found.append((None, name, regs[1]))
+    found = [f for f in found if f[2].area_px >= opts["min_area_px"]]
+    if not found:
+        raise SourceError(
+            f"{key}: no structure left after the size filters (min_component_px="
+            f"{opts['min_component_px']}, min_area_px={opts['min_area_px']}, "
+            f"max_area_ratio={opts['max_area_ratio']})"
+        )
+    meta = {
+        "plane": "2d",
+        "slice_index": None,
+        "slice_position_mm": None,
+        "pixel_spacing_mm": None,
+        "window": None,
+    }
+    return [_write_image(spec, key, pixels, meta, modality, found, build_dir)]
+
+
+def _write_image(
+    spec: SourceSpec,
+    key: str,
+    pixels: np.ndarray,
+    meta: dict,
+    modality: str,
+    found: list[tuple[int | None, str, RegionGeometry]],
+    build_dir: Path,
+) -> RenderedImage:
+    """Write one PNG atomically and build its image record and region records."""
+    slice_part = "" if meta["slice_index"] is None else meta["slice_index"]
+    image_id = stable_id(spec.name, key, meta["plane"], slice_part)
+    rel_path = f"images/{spec.name}/{image_id}.png"
+    sha = imaging.write_atomic(build_dir / rel_path, imaging.encode_png(pixels))
+    height, width = pixels.shape[:2]
+    source = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "item": key,
+        "dataset": spec.dataset,
+        "licence": spec.licence,
+    }
+    record = {
+        "id": image_id,
+        "path": rel_path,
+        "width": width,
+        "height": height,
+        "sha256": sha,
+        "modality": modality,
+        "body_part": spec.body_part,
+        **meta,
+        "source": source,
+    }
+    regions = []
+    for value, name, geo in found:
+        region = {
+            "id": stable_id(image_id, name),
+            "image_id": image_id,
+            "image": rel_path,
+            "width": width,
+            "height": height,
+            "label": name,
+            "label_value": value,
+            "display_name": spec.display_names.get(name, name),
+            "synonyms": spec.synonyms.get(name, []),
+            "boxes": geo.boxes,
+            "area_ratio": round(geo.area_ratio, 6),
+            "centroid": [round(geo.centroid[0], 3), round(geo.centroid[1], 3)],
+            "side": geo.side,
+            "modality": modality,
+            "body_part": spec.body_part,
+            "plane": meta["plane"],
+            "slice_index": meta["slice_index"],
+            "slice_position_mm": meta["slice_position_mm"],
+            "pixel_spacing_mm": meta["pixel_spacing_mm"],
+            "n_components": len(geo.boxes),
+            "source": source,
+        }
+        if name in spec.categories:
+            region["category"] = spec.categories[name]
+        problems = schema_errors("region", region)
+        if problems:
+            raise SourceError(f"{key}: region {name!r} does not validate: {'; '.join(problems)}")
+        regions.append(region)
+    return RenderedImage(record=record, regions=regions)
+
+
+# ---------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class Job:
+    spec: SourceSpec
+    item: SourceItem
+    done_fingerprint: str | None  # fingerprint stored as done, None if not done
+
+
+@dataclass
+class JobResult:
+    status: str  # done | skipped | error
+    fingerprint: str = ""
+    images: list[RenderedImage] = field(default_factory=list)
+    error: str = ""
+
+
+_JOBS: list[Job] = []  # filled before forking the worker pool; workers get indices
+_BUILD_DIR: Path = Path(".")
+
+
+def run_job(job: Job, build_dir: Path, force: bool) -> JobResult:
+    """Fingerprint, skip if unchanged, else load and render one item; never raises."""
+    key = job.item.key
+    try:
+        fp = fingerprint(job.spec, job.item)
+    except OSError as exc:
+        return JobResult("error", error=f"{key}: cannot read input ({exc.strerror or exc}: {exc.filename})")
+    if not force and fp == job.done_fingerprint:
+        return JobResult("skipped", fingerprint=fp)
+    try:
+        data = job.item.load()
+        images = render_item(job.spec, key, data, build_dir)
+    except SourceError as exc:
+        return JobResult("error", fingerprint=fp, error=str(exc))
+    except MemoryError:
+        return JobResult("error", fingerprint=fp, error=f"{key}: out of memory")
+    except Exception as exc:  # a bug or an unforeseen file problem: keep the run going, keep the trace
+        log.debug("item %s failed:\n%s", key, traceback.format_exc())
+        return JobResult("error", fingerprint=fp, error=f"{key}: internal error {type(exc).__name__}: {exc}")
+    if not images:
+        return JobResult(
+            "error",
+            fingerprint=fp,
+            error=f"{key}: no slice has a structure that passes the "
+            "size filters (see min_area_px, min_component_px, max_area_ratio)",
+        )
+    return JobResult("done", fingerprint=fp, images=images)
+
+
+def _run_index(index: int, force: bool) -> JobResult:
+    return run_job(_JOBS[index], _BUILD_DIR, force)
+
+
+def store_result(catalog: Catalog, spec: SourceSpec, key: str, result: JobResult) -> None:
+    """Write one item's outcome in one transaction (images already on disk); drop stale images."""
+    stale_files: list[str] = []
+    with catalog.transaction() as c:
+        n_regions = sum(len(img.regions) for img in result.images)
+        if result.status == "error":
+            c.execute(
+                "INSERT INTO items (source, item_key, fingerprint, status, finished_at) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(source, item_key) DO UPDATE SET fingerprint=excluded.fingerprint, "
+                "status='error', finished_at=excluded.finished_at",
+                (spec.name, key, result.fingerprint, "error", now_iso()),
+            )
+            c.execute(
+                "INSERT OR IGNORE INTO errors (stage, source, item, message, created_at) VALUES (?,?,?,?,?)",
+                (STAGE, spec.name, key, result.error, now_iso()),
+            )
+            return
+        c.execute(
+            "INSERT INTO items (source, item_key, fingerprint, status, n_images, n_regions, finished_at) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(source, item_key) DO UPDATE SET "
+            "fingerprint=excluded.fingerprint, status='done', n_images=excluded.n_images, "
+            "n_regions=excluded.n_regions, finished_at=excluded.finished_at",
+            (spec.name, key, result.fingerprint, "done", len(result.images), n_regions, now_iso()),
+        )
+        new_images = {img.record["id"] for img in result.images}
+        new_regions = {r["id"] for img in result.images for r in img.regions}
+        for image_id, path in c.execute(
+            "SELECT id, path FROM images WHERE source=? AND item_key=?", (spec.name, key)
+        ).fetchall():
+            if image_id not in new_images:
+                stale_files.append(path)
+                c.execute("DELETE FROM images WHERE id=?", (image_id,))
+        for (region_id,) in c.execute(
+            "SELECT r.id FROM regions r JOIN images i ON r.image_id = i.id WHERE i.source=? AND i.item_key=?",
+            (spec.name, key),
+        ).fetchall():
+            if region_id not in new_regions:
+                c.execute("DELETE FROM regions WHERE id=?", (region_id,))
+        for img in result.images:
+            rec = img.record
+            c.execute(
+                "INSERT INTO images (id, source, item_key, path, width, height, sha256, record_json) "
+                "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET path=excluded.path, "
+                "width=excluded.width, height=excluded.height, sha256=excluded.sha256, "
+                "record_json=excluded.record_json",
+                (
+                    rec["id"],
+                    spec.name,
+                    key,
+                    rec["path"],
+                    rec["width"],
+                    rec["height"],
+                    rec["sha256"],
+                    json.dumps(rec, sort_keys=True),
+                ),
+            )
+            for reg in img.regions:
+                c.execute(
+                    "INSERT INTO regions (id, image_id, source, label, modality, record_json) "
+                    "VALUES (?,?,?,?,?,?) "
+                    "ON CONFLICT(id) DO UPDATE SET image_id=excluded.image_id, label=excluded.label, "
+                    "modality=excluded.modality, record_json=excluded.record_json",
+                    (
+                        reg["id"],
+                        rec["id"],
+                        spec.name,
+                        reg["label"],
+                        reg["modality"],
+                        json.dumps(reg, sort_keys=True),
+                    ),
+                )
+        c.execute("DELETE FROM errors WHERE stage=? AND source=? AND item=?", (STAGE, spec.name, key))
+    for path in stale_files:
+        (catalog.build_dir / path).unlink(missing_ok=True)
+
+
+@dataclass
+class IngestReport:
+    items: int = 0
+    done: int = 0
+    skipped: int = 0
+    errors: list[tuple[str, str, str]] = field(default_factory=list)  # (source, item, message)
+
+
+def _list_jobs(catalog: Catalog, specs: list[SourceSpec], report: IngestReport) -> list[Job]:
+    """List every source's items; register the sources; listing problems become errors."""
+    done = {
+        (s, k): fp
+        for s, k, fp in catalog.conn.execute(
+            "SELECT source, item_key, fingerprint FROM items WHERE status='done'"
+        )
+    }
+    jobs: list[Job] = []
+    for spec in specs:
+        with catalog.transaction() as c:
+            spec_json = json.dumps(asdict(spec), sort_keys=True, default=str)
+            c.execute(
+                "INSERT INTO sources (name, kind, spec_json) VALUES (?,?,?) ON CONFLICT(name) DO UPDATE "
+                "SET kind=excluded.kind, spec_json=excluded.spec_json",
+                (spec.name, spec.kind, spec_json),
+            )
+        try:
+            entries = list(get_adapter(spec.kind).items(spec))
+        except Exception as exc:  # the adapter could not even list the source
+            entries = [SourceError(f"{spec.path}: cannot list source ({type(exc).__name__}: {exc})")]
+        for entry in entries:
+            if isinstance(entry, SourceError):
+                message = str(entry)
+                item = message.split(": ", 1)[0] if ": " in message else spec.path.name
+                report.errors.append((spec.name, item, message))
+                catalog.record_error(STAGE, item, message, source=spec.name)
+            else:
+                jobs.append(Job(spec, entry, done.get((spec.name, entry.key))))
+    return jobs
+
+
+def run_ingest(
+    build_dir: str | Path,
+    specs: list[SourceSpec],
+    workers: int = 1,
+    force: bool = False,
+    progress: bool | None = None,
+) -> IngestReport:
+    """Ingest every item of ``specs`` into ``build_dir``; see the module docstring."""
+    global _JOBS, _BUILD_DIR
+    report = IngestReport()
+    with open_catalog(build_dir) as catalog:
+        jobs = _list_jobs(catalog, specs, report)
+        report.items = len(jobs)
+        bar = tqdm(
+            total=len(jobs), desc="ingest", unit="item", disable=None if progress is None else not progress
+        )
+
+        def handle(job: Job, result: JobResult) -> None:
+            if result.status != "skipped":
+                store_result(catalog, job.spec, job.item.key, result)
+            if result.status == "error":
+                report.errors.append((job.spec.name, job.item.key, result.error))
+            elif result.status == "done":
+                report.done += 1
+            else:
+                report.skipped += 1
+            bar.update(1)
+
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                handle(job, run_job(job, catalog.build_dir, force))
+        else:
+            # Fork: workers inherit the listed items (their loaders need not be picklable).
+            _JOBS, _BUILD_DIR = jobs, catalog.build_dir
+            try:
+                ctx = multiprocessing.get_context("fork")
+                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                    futures = {pool.submit(_run_index, i, force): jobs[i] for i in range(len(jobs))}
+                    for fut in as_completed(futures):
+                        handle(futures[fut], fut.result())
+            finally:
+                _JOBS = []
+        bar.close()
+    return report
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = subparsers.add_parser(
+        "ingest",
+        formatter_class=fmt,
+        help="render source datasets to PNG slices + regions in a build catalog",
+        description="Read segmentation sources (NIfTI / MSD / nnU-Net, DICOM + SEG / RTSTRUCT, 2D images + "
+        "masks, SLAKE, SA-Med2D), render 8-bit PNG slices in the radiological convention and store one "
+        "region (component boxes, area, side, ...) per (image, structure). Resumable: unchanged items are "
+        "skipped, a crash never leaves half an item. Exit code 1 if any item failed. See docs/ingest.md.",
+    )
+    p.add_argument(
+        "--build",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="build directory (created if missing) holding catalog.sqlite and images/",
+    )
+    p.add_argument(
+        "--sources",
+        type=Path,
+        metavar="FILE",
+        help="sources file (.toml, .yaml/.yml or .json) with one entry per source; paths in it "
+        "are relative to the file",
+    )
+    p.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="KIND:PATH",
+        help="quick source without a sources file, e.g. msd:/data/Task03_Liver (repeatable); "
+        "default options, named after the path's last component",
+    )
+    p.add_argument(
+        "--modality",
+        help="modality of the --source flags (CT, MRI, PET, X-ray, Ultrasound, "
+        "Endoscopy, Dermoscopy, Fundus); default: from the files where they say it",
+    )
+    p.add_argument(
+        "--body-part",
+        default="",
+        help="body part of the --source flags (also picks the CT "
+        "window: brain, lung/chest, liver, abdomen, bone, ...)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="process items in N worker processes (catalog writes stay in the main process)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="re-ingest every item even if its fingerprint (inputs + options) is unchanged",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_ingest)
+
+    p = subparsers.add_parser(
+        "regions",
+        formatter_class=fmt,
+        help="export the catalog's regions as JSONL",
+        description="Write every region record (validated against "
+        "schemas/region.schema.json) as one JSON object per line, ordered by id.",
+    )
+    p.add_argument("--build", required=True, type=Path, metavar="DIR", help="build directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("-"),
+        metavar="FILE",
+        help="output JSONL file ('-' writes to standard output)",
+    )
+    p.add_argument("--source", metavar="NAME", help="only regions of this source")
+    p.set_defaults(func=cmd_regions)
+
+    p = subparsers.add_parser(
+        "stats",
+        formatter_class=fmt,
+        help="counts by source, modality, label; errors",
+        description="Print item, image and region counts by source, modality and "
+        "label, and every stored ingest error. Exit code 1 if there are errors.",
+    )
+    p.add_argument("--build", required=True, type=Path, metavar="DIR", help="build directory")
+    p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+    p.set_defaults(func=cmd_stats)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    try:
+        specs = load_sources_file(args.sources) if args.sources else []
+        specs += [parse_source_flag(f, args.modality, args.body_part) for f in args.source]
+        merge_specs(specs)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not specs:
+        print("error: nothing to ingest; give --sources FILE or --source KIND:PATH", file=sys.stderr)
+        return 2
+    try:
+        report = run_ingest(
+            args.build,
+            specs,
+            workers=args.workers,
+            force=args.force,
+            progress=False if args.no_progress else None,
+        )
+    except CatalogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with open_catalog(args.build) as catalog:
+        n_images, n_regions = (
+            catalog.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("images", "regions")
+        )
+    print(
+        f"ingest: {report.items} items: {report.done} ingested, {report.skipped} unchanged, "
+        f"{len(report.errors)} errors; catalog holds {n_images} images, {n_regions} regions"
+    )
+    for source, item, message in report.errors:
+        print(
+            f"  error [{source}] {message if message.startswith(item) else f'{item}: {message}'}",
+            file=sys.stderr,
+        )
+    return 1 if report.errors else 0
+
+
+def cmd_regions(args: argparse.Namespace) -> int:
+    try:
+        catalog = open_catalog(args.build, create=False)
+    except CatalogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    lines, bad = [], 0
+    with catalog:
+        for region in catalog.regions(args.source):
+            problems = schema_errors("region", region)
+            if problems:
+                bad += 1
+                print(f"error: region {region.get('id')}: {'; '.join(problems)}", file=sys.stderr)
+                continue
+            lines.append(json.dumps(region, sort_keys=True))
+    text = "".join(line + "\n" for line in lines)
+    if str(args.out) == "-":
+        sys.stdout.write(text)
+    else:
+        imaging.write_atomic(args.out, text.encode())
+        print(f"regions: wrote {len(lines)} records to {args.out}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def collect_stats(catalog: Catalog) -> dict[str, Any]:
+    """Counts by source, modality and label, and the ingest errors."""
+    q = catalog.conn.execute
+    by_source: dict[str, dict[str, int]] = {}
+    for source, status, n in q("SELECT source, status, COUNT(*) FROM items GROUP BY source, status"):
+        by_source.setdefault(source, {"items_done": 0, "items_error": 0, "images": 0, "regions": 0})
+        by_source[source][f"items_{status}"] = n
+    for table in ("images", "regions"):
+        for source, n in q(f"SELECT source, COUNT(*) FROM {table} GROUP BY source"):
+            by_source.setdefault(source, {"items_done": 0, "items_error": 0, "images": 0, "regions": 0})
+            by_source[source][table] = n
+    sides: Counter[str] = Counter()
+    for (rec,) in q("SELECT record_json FROM regions"):
+        sides[json.loads(rec)["side"]] += 1
+    return {
+        "sources": by_source,
+        "modalities": dict(q("SELECT modality, COUNT(*) FROM regions GROUP BY modality ORDER BY modality")),
+        "labels": dict(q("SELECT label, COUNT(*) FROM regions GROUP BY label ORDER BY label")),
+        "sides": dict(sorted(sides.items())),
+        "errors": [
+            {"source": s, "item": i, "message": m}
+            for s, i, m in q(
+                "SELECT source, item, message FROM errors WHERE stage=? ORDER BY source, item", (STAGE,)
+            )
+        ],
+    }
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    try:
+        catalog = open_catalog(args.build, create=False)
+    except CatalogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with catalog:
+        stats = collect_stats(catalog)
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+    else:
+        print("by source:")
+        for name, counts in sorted(stats["sources"].items()):
+            print(
+                f"  {name}: {counts['items_done']} items done, {counts['items_error']} failed, "
+                f"{counts['images']} images, {counts['regions']} regions"
+            )
+        for title in ("modalities", "labels", "sides"):
+            print(f"regions by {title.rstrip('s') if title != 'modalities' else 'modality'}:")
+            for name, n in stats[title].items():
+                print(f"  {name}: {n}")
+        print(f"errors: {len(stats['errors'])}")
+        for err in stats["errors"]:
+            print(f"  [{err['source']}] {err['item']}: {err['message']}")
+    return 1 if stats["errors"] else 0

@@ -1,0 +1,400 @@
+"""`vgmed-build labelstudio start|stop|status|invite` and `vgmed-build review push|pull|status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from vgmed_build.catalog import CatalogError, open_catalog
+from vgmed_build.review import agreement
+from vgmed_build.review.decision import POLICIES, decide, review_events
+from vgmed_build.review.push import ADJUDICATION, BATCH_SIZE, REVIEW, project_state, push
+from vgmed_build.review.server import (
+    LabelStudioError,
+    invite_url,
+    resolve_server,
+    server_status,
+    start_server,
+    state_dir,
+    stop_server,
+)
+
+FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
+def register(subparsers) -> None:
+    _register_labelstudio(subparsers)
+    _register_review(subparsers)
+
+
+def _add_build(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--build", required=True, metavar="DIR", help="build directory (holds catalog.sqlite)")
+
+
+def _add_server(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        default=None,
+        help="URL of your own Label Studio (else $LABEL_STUDIO_URL, else the build's local server "
+        "from `labelstudio start`); its token comes from $LABEL_STUDIO_API_KEY, never from the "
+        "command line",
+    )
+    p.add_argument(
+        "--document-root",
+        default=None,
+        metavar="DIR",
+        help="with --url on this machine: the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, so images "
+        "are served from disk instead of uploaded",
+    )
+
+
+def _register_labelstudio(subparsers) -> None:
+    p = subparsers.add_parser(
+        "labelstudio",
+        formatter_class=FMT,
+        help="run a local Label Studio server for this build (install on first use, loopback only)",
+        description="Manage the build's local Label Studio: its own virtual environment (installed on first "
+        "use; $VGMED_LABELSTUDIO_VENV picks where), SQLite and credentials under <build>/labelstudio/, "
+        "bound to 127.0.0.1 on a free port.",
+    )
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    s = sub.add_parser(
+        "start",
+        formatter_class=FMT,
+        help="start the server (or report the running one)",
+        description="Start the build's Label Studio and print where to log in.",
+    )
+    _add_build(s)
+    s.add_argument(
+        "--document-root",
+        default=None,
+        metavar="DIR",
+        help="folder the server may serve local image files from (default: the build directory)",
+    )
+    s.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to use when free (default: the previous port, else any free one)",
+    )
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the server to answer /health (a first start migrates its database)",
+    )
+    s.set_defaults(func=_cmd_ls_start)
+    for name, func, text in (
+        ("stop", _cmd_ls_stop, "stop the build's server"),
+        ("status", _cmd_ls_status, "say whether the build's server runs, and where"),
+    ):
+        s = sub.add_parser(name, formatter_class=FMT, help=text, description=text[0].upper() + text[1:] + ".")
+        _add_build(s)
+        s.set_defaults(func=func)
+    s = sub.add_parser(
+        "invite",
+        formatter_class=FMT,
+        help="print a sign-up link for a new reviewer",
+        description="Print a link that lets a clinician create a reviewer account on the server "
+        "(open sign-up is disabled).",
+    )
+    _add_build(s)
+    _add_server(s)
+    s.set_defaults(func=_cmd_ls_invite)
+
+
+def _register_review(subparsers) -> None:
+    p = subparsers.add_parser(
+        "review",
+        formatter_class=FMT,
+        help="clinician review in Label Studio: push drafts, pull verdicts, agreement",
+        description="Push drafts to Label Studio as pre-filled tasks, pull the reviewers' verdicts and edits "
+        "back into the catalog, and follow progress and agreement.",
+    )
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    s = sub.add_parser(
+        "push",
+        formatter_class=FMT,
+        help="create or update review tasks from the ok drafts",
+        description="Create one task per ok draft (idempotent: only new drafts are added, drafts "
+        "not yet reviewed are updated, and an interrupted push resumes without duplicates).",
+    )
+    _add_build(s)
+    _add_server(s)
+    s.add_argument(
+        "--reviewers-per-item",
+        type=int,
+        default=1,
+        metavar="N",
+        help="how many different reviewers see each task (Label Studio's overlap)",
+    )
+    s.add_argument(
+        "--images",
+        choices=("auto", "local", "upload"),
+        default="auto",
+        help="how images reach the server: local files (server on this machine, images under its "
+        "document root), upload, or auto (local when possible)",
+    )
+    s.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="tasks per import request")
+    s.add_argument(
+        "--title", default=None, help="project title when creating it (default: 'vgmed review (<build>)')"
+    )
+    s.add_argument(
+        "--adjudication",
+        action="store_true",
+        help="push the drafts disputed under --policy to a separate adjudication project instead",
+    )
+    _add_policy(s)
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    s.set_defaults(func=_cmd_push)
+
+    s = sub.add_parser(
+        "pull",
+        formatter_class=FMT,
+        help="bring new annotations into the catalog",
+        description="Store every annotation revision made since the last pull as a review event.",
+    )
+    _add_build(s)
+    _add_server(s)
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    s.set_defaults(func=_cmd_pull)
+
+    s = sub.add_parser(
+        "status",
+        formatter_class=FMT,
+        help="progress, agreement and disputed drafts (offline)",
+        description="Summarise the review from the catalog (run `review pull` first): progress, "
+        "decisions under the policy, percent agreement, Cohen's and Fleiss' kappa, disputed drafts.",
+    )
+    _add_build(s)
+    _add_policy(s)
+    s.add_argument("--limit", type=int, default=20, help="disputed drafts to list (0 = all)")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=_cmd_status)
+
+
+def _add_policy(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="majority",
+        help="how reviewers' verdicts decide a draft (see docs/review.md)",
+    )
+    p.add_argument(
+        "--adjudicator",
+        default=None,
+        metavar="REVIEWER",
+        help="pseudonymous reviewer id (r-xxxxxxxx, see `review status`) whose verdict wins under "
+        "--policy adjudicator",
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+# ---------------------------------------------------------------- labelstudio
+
+
+def _print_login(info, build: str) -> None:
+    print(f"Label Studio: {info.url}")
+    print(f"  login:    {info.username}")
+    print(f"  password: {info.password}")
+    print(f"  (login and API token kept owner-only in {state_dir(build) / 'credentials.json'})")
+
+
+def _cmd_ls_start(args) -> int:
+    try:
+        info = start_server(
+            args.build, document_root=args.document_root, port=args.port, timeout=args.timeout
+        )
+    except LabelStudioError as exc:
+        return _fail(str(exc))
+    _print_login(info, args.build)
+    return 0
+
+
+def _cmd_ls_stop(args) -> int:
+    print("stopped" if stop_server(args.build) else f"no Label Studio running for {args.build}")
+    return 0
+
+
+def _cmd_ls_status(args) -> int:
+    info = server_status(args.build)
+    if info is None:
+        print(f"not running (start it with `vgmed-build labelstudio start --build {args.build}`)")
+        return 3
+    print(f"running (pid {info.pid}), serving files under {info.document_root}")
+    _print_login(info, args.build)
+    return 0
+
+
+def _cmd_ls_invite(args) -> int:
+    try:
+        print(invite_url(resolve_server(args.build, args.url, document_root=args.document_root)))
+    except LabelStudioError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+# ---------------------------------------------------------------- review
+
+
+def _adjudication_notes(catalog, decisions) -> dict[str, str]:
+    """Per disputed draft: each reviewer's verdict and comment, shown to the adjudicator."""
+    events = review_events(catalog)
+    notes = {}
+    for draft_id, d in decisions.items():
+        if d.status != "disputed":
+            continue
+        latest = {}
+        for ev in events[draft_id][REVIEW]:
+            latest[ev["reviewer"]] = ev
+        parts = [
+            f"{r}: {ev['verdict']}" + (f" ({ev['comment']})" if ev["comment"] else "")
+            for r, ev in sorted(latest.items())
+        ]
+        notes[draft_id] = "disputed: " + "; ".join(parts)
+    return notes
+
+
+def _cmd_push(args) -> int:
+    try:
+        with open_catalog(args.build, create=False) as catalog:
+            server = resolve_server(args.build, args.url, document_root=args.document_root)
+            if args.adjudication:
+                notes = _adjudication_notes(catalog, decide(catalog, args.policy, args.adjudicator))
+                if not notes:
+                    print(f"no disputed drafts under policy '{args.policy}' (pull first?)")
+                    return 0
+                report = push(
+                    catalog,
+                    server,
+                    project=ADJUDICATION,
+                    title=args.title,
+                    reviewers_per_item=1,
+                    images=args.images,
+                    draft_ids=notes,
+                    notes=notes,
+                    batch_size=args.batch_size,
+                    progress=not args.no_progress,
+                )
+            else:
+                report = push(
+                    catalog,
+                    server,
+                    project=REVIEW,
+                    title=args.title,
+                    reviewers_per_item=args.reviewers_per_item,
+                    images=args.images,
+                    batch_size=args.batch_size,
+                    progress=not args.no_progress,
+                )
+    except (LabelStudioError, CatalogError, ValueError) as exc:
+        return _fail(str(exc))
+    print(
+        f"{report.project} project {report.project_id} at {server.url}/projects/{report.project_id}/data: "
+        f"{report.created} new, {report.updated} updated, {report.unchanged} unchanged, "
+        f"{report.kept_reviewed} kept (already reviewed), {report.adopted} recovered; images: {report.images}"
+    )
+    return 0
+
+
+def _cmd_pull(args) -> int:
+    try:
+        with open_catalog(args.build, create=False) as catalog:
+            server = resolve_server(args.build, args.url, document_root=args.document_root)
+            from vgmed_build.review.pull import pull
+
+            report = pull(catalog, server, progress=not args.no_progress)
+    except (LabelStudioError, CatalogError) as exc:
+        return _fail(str(exc))
+    print(
+        f"pulled {report.new_events} new review event(s); {report.known_events} already stored, "
+        f"{report.skipped} skipped annotation(s), {len(report.errors)} problem(s)"
+    )
+    for line in report.errors[:20]:
+        print(f"  {line}", file=sys.stderr)
+    return 0
+
+
+def summary(catalog, policy: str = "majority", adjudicator: str | None = None, limit: int = 20) -> dict:
+    """Progress, decisions and agreement of the build's review, from the catalog alone."""
+    decisions = decide(catalog, policy, adjudicator)
+    n_ok = catalog.conn.execute("SELECT COUNT(*) FROM drafts WHERE status='ok'").fetchone()[0]
+    pushed = dict(
+        catalog.conn.execute("SELECT project, COUNT(*) FROM review_tasks GROUP BY project").fetchall()
+    )
+    counts = {s: 0 for s in ("accepted", "rejected", "disputed", "pending")}
+    for d in decisions.values():
+        counts[d.status] += 1
+    verdicts = {k: d.verdicts for k, d in decisions.items() if d.verdicts}
+    binary = {
+        k: {r: ("reject" if v == "reject" else "accept") for r, v in vs.items()} for k, vs in verdicts.items()
+    }
+    disputed = [
+        {"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "disputed"
+    ]
+    state = project_state(catalog, REVIEW) or {}
+    return {
+        "policy": policy,
+        "adjudicator": adjudicator,
+        "ok_drafts": n_ok,
+        "pushed": pushed,
+        "reviewers_per_item": state.get("reviewers_per_item"),
+        "reviewed_drafts": len(decisions),
+        "decisions": counts,
+        "reviewers": sorted({r for vs in verdicts.values() for r in vs}),
+        "agreement_verdict": agreement.summarize(verdicts),
+        "agreement_accept_reject": agreement.summarize(binary),
+        "disputed": disputed[:limit] if limit else disputed,
+        "last_pull": catalog.get_state("review.last_pull.review"),
+    }
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.3f}"
+
+
+def _cmd_status(args) -> int:
+    try:
+        with open_catalog(args.build, create=False) as catalog:
+            s = summary(catalog, args.policy, args.adjudicator, args.limit)
+    except (CatalogError, ValueError) as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(
+            json.dumps(s, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x)
+        )
+        return 0
+    print(
+        f"drafts ok: {s['ok_drafts']}; tasks pushed: {s['pushed'] or 0}; reviewers per item: "
+        f"{s['reviewers_per_item']}; last pull: {s['last_pull']}"
+    )
+    print(
+        f"reviewed: {s['reviewed_drafts']} by {len(s['reviewers'])} reviewer(s) {', '.join(s['reviewers'])}"
+    )
+    print(f"decisions ({s['policy']}): " + ", ".join(f"{k} {v}" for k, v in s["decisions"].items()))
+    for key, label in (
+        ("agreement_verdict", "accept/edit/reject"),
+        ("agreement_accept_reject", "accept vs reject"),
+    ):
+        a = s[key]
+        print(
+            f"agreement on {label} over {a['items_multi']} drafts with 2+ reviewers: "
+            f"percent {_fmt(a['percent_agreement'])}, Fleiss' kappa {_fmt(a['fleiss'])} "
+            f"({a['fleiss_items']} drafts x {a['fleiss_raters']} reviewers)"
+        )
+        for c in a["cohen"]:
+            print(
+                f"  Cohen's kappa {c['raters'][0]} vs {c['raters'][1]}: "
+                f"{_fmt(c['kappa'])} on {c['items']} drafts"
+            )
+    print(f"disputed: {s['decisions']['disputed']}")
+    for d in s["disputed"]:
+        print(f"  {d['draft_id']}: " + ", ".join(f"{r} {v}" for r, v in sorted(d["verdicts"].items())))
+    return 0

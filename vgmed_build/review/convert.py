@@ -1,0 +1,113 @@
+"""Convert between catalog drafts and Label Studio results (pure functions, no I/O).
+
+Label Studio stores rectangles in percent of the image with the rotation (degrees, clockwise) about
+the top-left corner; the catalog uses pixel-edge xyxy boxes with x1/y1 exclusive. Pushing a pixel
+box and reading it back gives the same integers (the percent values are exact enough for rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Names in config.xml; pushing, reading and the config must agree on them.
+IMAGE, BOXES, QUESTION, ANSWER, VERDICT, COMMENT = "image", "bbox", "question", "answer", "verdict", "comment"
+BOX_LABEL = "target"
+VERDICTS = ("accept", "edit", "reject")
+
+
+def boxes_to_results(boxes: list[list[int]], width: int, height: int) -> list[dict]:
+    """Pixel xyxy boxes -> Label Studio rectangle results (percent of the image)."""
+    return [
+        {
+            "id": f"box{i}",
+            "from_name": BOXES,
+            "to_name": IMAGE,
+            "type": "rectanglelabels",
+            "original_width": width,
+            "original_height": height,
+            "value": {
+                "x": 100.0 * x0 / width,
+                "y": 100.0 * y0 / height,
+                "width": 100.0 * (x1 - x0) / width,
+                "height": 100.0 * (y1 - y0) / height,
+                "rotation": 0,
+                "rectanglelabels": [BOX_LABEL],
+            },
+        }
+        for i, (x0, y0, x1, y1) in enumerate(boxes)
+    ]
+
+
+def text_result(name: str, text: str) -> dict:
+    return {"id": name, "from_name": name, "to_name": IMAGE, "type": "textarea", "value": {"text": [text]}}
+
+
+def draft_prediction(
+    question: str, answer: str, boxes: list[list[int]], width: int, height: int
+) -> list[dict]:
+    """The pre-filled result a reviewer starts from: the drafted boxes, question and answer."""
+    return boxes_to_results(boxes, width, height) + [
+        text_result(QUESTION, question),
+        text_result(ANSWER, answer),
+    ]
+
+
+def rectangle_to_box(value: dict, width: int, height: int) -> list[int] | None:
+    """One Label Studio rectangle -> pixel xyxy box clamped to the image; None when nothing is left.
+
+    A rotated rectangle becomes the axis-aligned box around its corners. Edges are rounded to the
+    nearest pixel edge, so x1/y1 stay exclusive.
+    """
+    x, y = value["x"] * width / 100.0, value["y"] * height / 100.0
+    w, h = value["width"] * width / 100.0, value["height"] * height / 100.0
+    theta = math.radians(value.get("rotation") or 0.0)
+    cos, sin = math.cos(theta), math.sin(theta)
+    corners = [
+        (x + dx * cos - dy * sin, y + dx * sin + dy * cos) for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))
+    ]
+    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+    x0, x1 = (min(max(round(v), 0), width) for v in (min(xs), max(xs)))
+    y0, y1 = (min(max(round(v), 0), height) for v in (min(ys), max(ys)))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return [x0, y0, x1, y1]
+
+
+@dataclass
+class AnnotationContent:
+    """What one reviewer submitted, in catalog terms."""
+
+    verdict: str | None
+    question: str | None  # None when the reviewer removed the text field entirely
+    answer: str | None
+    boxes: list[list[int]]
+    comment: str | None
+    dropped_boxes: int  # rectangles entirely outside the image
+
+
+def _text(result: dict) -> str:
+    return "\n".join(str(t) for t in result.get("value", {}).get("text", [])).strip()
+
+
+def read_annotation(results: list[dict], width: int, height: int) -> AnnotationContent:
+    """Read a Label Studio annotation result list back into verdict, text, boxes and comment."""
+    content = AnnotationContent(None, None, None, [], None, 0)
+    for r in results:
+        name = r.get("from_name")
+        if name == VERDICT:
+            choices = r.get("value", {}).get("choices") or []
+            content.verdict = choices[0] if choices else None
+        elif name == QUESTION:
+            content.question = _text(r)
+        elif name == ANSWER:
+            content.answer = _text(r)
+        elif name == COMMENT:
+            content.comment = _text(r) or None
+        elif name == BOXES and r.get("type") == "rectanglelabels":
+            box = rectangle_to_box(r["value"], width, height)
+            if box is None:
+                content.dropped_boxes += 1
+            else:
+                content.boxes.append(box)
+    return content

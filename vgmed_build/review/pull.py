@@ -1,0 +1,145 @@
+"""Pull reviews from Label Studio into the catalog as review events.
+
+One JSON export per project brings every annotation (much faster than paging tasks). Each saved
+revision of each annotation becomes one row of ``review_events`` (UNIQUE(annotation_id, revision)),
+so pulling again adds only what changed since and never overwrites an earlier event. Reviewers are
+stored as pseudonyms; nothing that names a person (e-mail, user name) reaches the catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from vgmed_build.catalog import Catalog, now_iso
+from vgmed_build.resources import schema_errors
+from vgmed_build.review import api
+from vgmed_build.review.convert import VERDICTS, read_annotation
+from vgmed_build.review.push import PROJECTS, DraftRow, load_drafts, project_state
+from vgmed_build.review.server import LabelStudioError, ServerInfo, connect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PullReport:
+    new_events: int = 0
+    known_events: int = 0  # already in the catalog from an earlier pull
+    skipped: int = 0  # annotations cancelled (skipped) in Label Studio: no verdict to keep
+    errors: list[str] = field(default_factory=list)
+
+
+def reviewer_id(server_identity: str, user_id: int) -> str:
+    """A pseudonymous, stable reviewer id: the same person on the same server always maps to it."""
+    return "r-" + hashlib.sha256(f"{server_identity}|{user_id}".encode()).hexdigest()[:8]
+
+
+def event_record(
+    task: dict, annotation: dict, row: DraftRow, project: str, project_id: int, server_identity: str
+) -> dict:
+    """One annotation revision as a review event record; ValueError names what is wrong."""
+    content = read_annotation(annotation.get("result") or [], row.width, row.height)
+    if content.verdict not in VERDICTS:
+        raise ValueError(f"annotation {annotation['id']} has no verdict (got {content.verdict!r})")
+    draft = row.draft
+    question = draft["question"] if content.question is None else content.question
+    answer = draft["answer"] if content.answer is None else content.answer
+    user = annotation.get("completed_by")
+    user_id = user.get("id") if isinstance(user, dict) else user
+    if user_id is None:
+        raise ValueError(f"annotation {annotation['id']} has no completed_by user")
+    lead = annotation.get("lead_time")
+    return {
+        "draft_id": draft["id"],
+        "project": project,
+        "project_id": project_id,
+        "task_id": task["id"],
+        "annotation_id": annotation["id"],
+        "revision": annotation["updated_at"],
+        "reviewer": reviewer_id(server_identity, int(user_id)),
+        "verdict": content.verdict,
+        "question": question,
+        "answer": answer,
+        "boxes": content.boxes,
+        "comment": content.comment,
+        "edited": (question, answer, content.boxes) != (draft["question"], draft["answer"], draft["boxes"]),
+        "dropped_boxes": content.dropped_boxes,
+        "created_at": annotation["created_at"],
+        "updated_at": annotation["updated_at"],
+        "lead_time_s": float(lead) if lead is not None else None,
+    }
+
+
+def pull(catalog: Catalog, server: ServerInfo, progress: bool = True) -> PullReport:
+    """Bring every new annotation revision of the build's review and adjudication projects home."""
+    client = connect(server)
+    drafts = {r.id: r for r in load_drafts(catalog)}
+    report = PullReport()
+    states = {name: project_state(catalog, name) for name in PROJECTS}
+    if not any(states.values()):
+        raise LabelStudioError("nothing pushed yet from this build: run `vgmed-build review push` first")
+    for project, state in states.items():
+        if state is None:
+            continue
+        if state["server"] != server.identity:
+            raise LabelStudioError(
+                f"this build's {project} project lives on {state['url']}; pass --url {state['url']}"
+            )
+        tasks = api.export_tasks(client, state["id"])
+        events, problems = [], []
+        for task in tqdm(tasks, desc=f"pull {project}", unit="task", disable=not progress):
+            draft_id = (task.get("data") or {}).get("draft_id")
+            row = drafts.get(draft_id)
+            if row is None:
+                problems.append(
+                    (f"task {task['id']}", f"draft {draft_id!r} is not an ok draft of this build")
+                )
+                continue
+            for annotation in task.get("annotations") or []:
+                if annotation.get("was_cancelled"):
+                    report.skipped += 1
+                    continue
+                try:
+                    rec = event_record(task, annotation, row, project, state["id"], server.identity)
+                except (ValueError, KeyError, TypeError) as exc:
+                    problems.append((f"draft {draft_id}", f"task {task['id']}: {exc}"))
+                    continue
+                errors = schema_errors("review", rec)
+                if errors:
+                    problems.append(
+                        (f"draft {draft_id}", f"annotation {annotation['id']}: " + "; ".join(errors))
+                    )
+                    continue
+                events.append(rec)
+        pulled_at = now_iso()
+        with catalog.transaction() as c:
+            for rec in events:
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO review_events (draft_id, project, annotation_id, revision, "
+                    "reviewer, "
+                    "verdict, record_json, pulled_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (
+                        rec["draft_id"],
+                        project,
+                        rec["annotation_id"],
+                        rec["revision"],
+                        rec["reviewer"],
+                        rec["verdict"],
+                        json.dumps(rec, sort_keys=True),
+                        pulled_at,
+                    ),
+                )
+                if cur.rowcount:
+                    report.new_events += 1
+                else:
+                    report.known_events += 1
+            catalog.set_state(f"review.last_pull.{project}", pulled_at, conn=c)
+        for item, message in problems:
+            log.warning("review pull: %s: %s", item, message)
+            catalog.record_error("review", item, message)
+            report.errors.append(f"{item}: {message}")
+    return report

@@ -1,0 +1,385 @@
+"""Push drafts to Label Studio: one task per draft, the draft pre-filled as a prediction.
+
+Idempotent and resumable. ``review_tasks`` records (draft, project) -> task id and the hash of what
+was pushed; a push creates tasks only for drafts without a row, and updates a task whose draft
+changed only while nobody has annotated it. Tasks go in batches, and each batch's task ids are
+written in one transaction right after the server answers. A crash between the two leaves tasks the
+catalog does not know; the next push notices that the project holds more tasks than the catalog
+and adopts them by the draft id in their data, so nothing is imported twice.
+
+Set ``VGMED_REVIEW_FAIL_AFTER_IMPORTS=N`` to simulate that crash after the N-th import request
+(tests use it to prove the resume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from tqdm import tqdm
+
+from vgmed_build.catalog import Catalog, now_iso
+from vgmed_build.review import api
+from vgmed_build.review.convert import draft_prediction
+from vgmed_build.review.server import LabelStudioError, ServerInfo, connect
+
+log = logging.getLogger(__name__)
+
+REVIEW, ADJUDICATION = "review", "adjudication"
+PROJECTS = (REVIEW, ADJUDICATION)
+MODEL_VERSION = "vgmed-draft"
+BATCH_SIZE = 500
+FAIL_AFTER_ENV = "VGMED_REVIEW_FAIL_AFTER_IMPORTS"
+CONFIG_PATH = Path(__file__).with_name("config.xml")
+
+
+def label_config() -> str:
+    """The labeling config kept in the repository (vgmed_build/review/config.xml)."""
+    return CONFIG_PATH.read_text(encoding="utf-8")
+
+
+@dataclass
+class DraftRow:
+    """A draft ready to push: its record and the size of its image."""
+
+    draft: dict
+    width: int
+    height: int
+
+    @property
+    def id(self) -> str:
+        return self.draft["id"]
+
+
+@dataclass
+class PushReport:
+    project: str
+    project_id: int
+    images: str  # "local" or "upload"
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    kept_reviewed: int = 0  # changed drafts whose task already has annotations: left as reviewed
+    adopted: int = 0  # tasks found on the server after an interrupted push
+
+
+def load_drafts(catalog: Catalog, ids: Iterable[str] | None = None) -> list[DraftRow]:
+    """Drafts with status ok (optionally only ``ids``), with their image size, ordered by id."""
+    rows = catalog.conn.execute(
+        "SELECT d.record_json, i.width, i.height FROM drafts d "
+        "JOIN regions r ON r.id = d.region_id JOIN images i ON i.id = r.image_id "
+        "WHERE d.status = 'ok' ORDER BY d.id"
+    ).fetchall()
+    wanted = set(ids) if ids is not None else None
+    out = []
+    for rec, w, h in rows:
+        draft = json.loads(rec)
+        if wanted is None or draft["id"] in wanted:
+            out.append(DraftRow(draft, int(draft.get("width") or w), int(draft.get("height") or h)))
+    return out
+
+
+def context_line(draft: dict) -> str:
+    """Region facts shown above the image so the reviewer knows what the draft claims."""
+    return (
+        f"{draft['q_type']} question · structure: {draft['display_name']} ({draft['label']}) · "
+        f"modality: {draft['modality']} · body part: {draft.get('body_part') or '-'} · side: {draft['side']}"
+    )
+
+
+def task_data(row: DraftRow, image_url: str, note: str = "") -> dict:
+    d = row.draft
+    context = context_line(d) + (f" · {note}" if note else "")
+    return {
+        "image": image_url,
+        "draft_id": d["id"],
+        "region_id": d["region_id"],
+        "q_type": d["q_type"],
+        "modality": d["modality"],
+        "label": d["label"],
+        "side": d["side"],
+        "context": context,
+    }
+
+
+def content_hash(row: DraftRow, note: str = "") -> str:
+    """Hash of everything a task shows, independent of where the image is served from."""
+    d = row.draft
+    payload = [
+        task_data(row, d["image"], note),
+        d["question"],
+        d["answer"],
+        d["boxes"],
+        row.width,
+        row.height,
+    ]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def task_payload(row: DraftRow, image_url: str, note: str = "") -> dict:
+    d = row.draft
+    return {
+        "data": task_data(row, image_url, note),
+        "predictions": [
+            {
+                "model_version": MODEL_VERSION,
+                "result": draft_prediction(d["question"], d["answer"], d["boxes"], row.width, row.height),
+            }
+        ],
+    }
+
+
+# ---------------------------------------------------------------- project
+
+
+def project_state(catalog: Catalog, name: str) -> dict | None:
+    """Where the build's project ``name`` lives: {"server", "url", "id", "reviewers_per_item"}."""
+    raw = catalog.get_state(f"review.project.{name}")
+    return json.loads(raw) if raw else None
+
+
+def ensure_project(
+    catalog: Catalog, client, server: ServerInfo, name: str, title: str, reviewers_per_item: int
+) -> int:
+    """Create the project on first push; later keep its config and overlap settings current."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    config = label_config()
+    settings = {"maximum_annotations": reviewers_per_item, "overlap_cohort_percentage": 100}
+    state = project_state(catalog, name)
+    if state and state["server"] != server.identity:
+        raise LabelStudioError(
+            f"this build's {name} project lives on another Label Studio "
+            f"({state['url']}, project {state['id']}); "
+            f"pass --url {state['url']} to keep working there"
+        )
+    project_id = None
+    if state:
+        try:
+            current = client.projects.get(state["id"])
+            project_id = state["id"]
+        except ApiError as exc:
+            if exc.status_code != 404:
+                raise
+            log.warning("project %s (%s) is gone from %s; creating a new one", state["id"], name, server.url)
+            with catalog.transaction() as c:
+                c.execute("DELETE FROM review_tasks WHERE project=?", (name,))
+    if project_id is None:
+        project_id = client.projects.create(title=title, label_config=config, **settings).id
+    else:
+        changes = {k: v for k, v in settings.items() if getattr(current, k) != v}
+        if current.label_config != config:
+            changes["label_config"] = config
+        if changes:
+            client.projects.update(project_id, **changes)
+    state = {
+        "server": server.identity,
+        "url": server.url,
+        "id": project_id,
+        "reviewers_per_item": reviewers_per_item,
+    }
+    catalog.set_state(f"review.project.{name}", json.dumps(state))
+    return project_id
+
+
+# ---------------------------------------------------------------- images
+
+
+def _image_mode(catalog: Catalog, server: ServerInfo, images: str) -> str:
+    root = server.document_root
+    inside = root is not None and catalog.images_dir.resolve().is_relative_to(root.resolve())
+    if images == "auto":
+        return "local" if server.is_local and inside else "upload"
+    if images == "local" and not inside:
+        raise LabelStudioError(
+            f"--images local: {catalog.images_dir.resolve()} is not under the server's document root "
+            f"({root or 'unknown: pass --document-root'})"
+        )
+    return images
+
+
+def _local_resolver(
+    catalog: Catalog, client, server: ServerInfo, project_id: int
+) -> Callable[[list[DraftRow]], dict]:
+    """Serve images from disk: a Local Files storage on the images folder, created without syncing
+    (a sync would add one task per file)."""
+    images = catalog.images_dir.resolve()
+    if not any(
+        Path(s.path).resolve() == images for s in client.import_storage.local.list(project=project_id)
+    ):
+        client.import_storage.local.create(
+            project=project_id, path=str(images), use_blob_urls=True, title="vgmed images"
+        )
+    prefix = catalog.build_dir.resolve().relative_to(server.document_root.resolve())
+
+    def resolve(rows: list[DraftRow]) -> dict:
+        return {
+            r.draft["image"]: "/data/local-files/?d=" + quote((prefix / r.draft["image"]).as_posix())
+            for r in rows
+        }
+
+    return resolve
+
+
+def _upload_resolver(
+    catalog: Catalog, client, server: ServerInfo, project_id: int
+) -> Callable[[list[DraftRow]], dict]:
+    """Upload each image once per project; remember its URL in the catalog so a rerun reuses it."""
+    scope = hashlib.sha256(f"{server.identity}|{project_id}".encode()).hexdigest()[:12]
+
+    def resolve(rows: list[DraftRow]) -> dict:
+        paths = sorted({r.draft["image"] for r in rows})
+        known = {p: catalog.get_state(f"review.upload.{scope}.{p}") for p in paths}
+        missing = [p for p, url in known.items() if url is None]
+        if missing:
+            urls = api.upload_images(client, project_id, [catalog.build_dir / p for p in missing])
+            with catalog.transaction() as c:
+                for p, url in zip(missing, urls, strict=True):
+                    catalog.set_state(f"review.upload.{scope}.{p}", url, conn=c)
+                    known[p] = url
+        return known
+
+    return resolve
+
+
+# ---------------------------------------------------------------- push
+
+
+def _adopt_orphans(
+    catalog: Catalog, client, name: str, project_id: int, known: dict[str, tuple[int, str]]
+) -> int:
+    """Record tasks that reached the server but not the catalog (interrupted push); drop their twins."""
+    server_tasks: dict[str, list[dict]] = {}
+    for task in api.export_tasks(client, project_id, all_tasks=True):
+        draft_id = (task.get("data") or {}).get("draft_id")
+        if draft_id:
+            server_tasks.setdefault(draft_id, []).append(task)
+    adopted = 0
+    with catalog.transaction() as c:
+        for draft_id, tasks in server_tasks.items():
+            keep_id = known[draft_id][0] if draft_id in known else min(t["id"] for t in tasks)
+            for t in tasks:
+                if t["id"] != keep_id and not t.get("annotations"):
+                    client.tasks.delete(t["id"])
+            if draft_id not in known:
+                # Empty hash: the next step compares it with the draft and refreshes the task if needed.
+                c.execute(
+                    "INSERT INTO review_tasks (draft_id, project, project_id, task_id, content_hash, "
+                    "pushed_at) "
+                    "SELECT ?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM drafts WHERE id=?)",
+                    (draft_id, name, project_id, keep_id, "", now_iso(), draft_id),
+                )
+                known[draft_id] = (keep_id, "")
+                adopted += 1
+    if adopted:
+        log.info("adopted %d task(s) left on the server by an interrupted push", adopted)
+    return adopted
+
+
+def _update_task(client, task_id: int, payload: dict) -> bool:
+    """Replace an unannotated task's data and prediction; False when a reviewer got there first."""
+    task = client.tasks.get(task_id)
+    if (task.total_annotations or 0) + (task.cancelled_annotations or 0) > 0:
+        return False
+    client.tasks.update(task_id, data=payload["data"])
+    for pred in client.predictions.list(task=task_id):
+        client.predictions.delete(pred.id)
+    pred = payload["predictions"][0]
+    client.predictions.create(task=task_id, result=pred["result"], model_version=pred["model_version"])
+    return True
+
+
+def push(
+    catalog: Catalog,
+    server: ServerInfo,
+    *,
+    project: str = REVIEW,
+    title: str | None = None,
+    reviewers_per_item: int = 1,
+    images: str = "auto",
+    draft_ids: Iterable[str] | None = None,
+    notes: dict[str, str] | None = None,
+    batch_size: int = BATCH_SIZE,
+    progress: bool = True,
+) -> PushReport:
+    """Push the build's ok drafts (or only ``draft_ids``) to the project ``project`` on ``server``.
+
+    ``notes`` adds a per-draft line to the task's context (the adjudication project shows the
+    reviewers' verdicts there). ``images`` is "auto", "local" or "upload".
+    """
+    if project not in PROJECTS:
+        raise ValueError(f"unknown review project {project!r}; expected one of {PROJECTS}")
+    if reviewers_per_item < 1:
+        raise ValueError("reviewers_per_item must be at least 1")
+    client = connect(server)
+    notes = notes or {}
+    title = title or f"vgmed {project} ({catalog.build_dir.resolve().name})"
+    project_id = ensure_project(catalog, client, server, project, title, reviewers_per_item)
+    mode = _image_mode(catalog, server, images)
+    resolver = (_local_resolver if mode == "local" else _upload_resolver)(catalog, client, server, project_id)
+    report = PushReport(project=project, project_id=project_id, images=mode)
+
+    known = {
+        d: (t, h)
+        for d, t, h in catalog.conn.execute(
+            "SELECT draft_id, task_id, content_hash FROM review_tasks WHERE project=?", (project,)
+        )
+    }
+    if client.projects.get(project_id).task_number > len(known):
+        report.adopted = _adopt_orphans(catalog, client, project, project_id, known)
+
+    rows = load_drafts(catalog, draft_ids)
+    new = [r for r in rows if r.id not in known]
+    changed = [r for r in rows if r.id in known and known[r.id][1] != content_hash(r, notes.get(r.id, ""))]
+    report.unchanged = len(rows) - len(new) - len(changed)
+    fail_after = int(os.environ.get(FAIL_AFTER_ENV) or 0)
+
+    with tqdm(
+        total=len(new) + len(changed), desc=f"push {project}", unit="task", disable=not progress
+    ) as bar:
+        for n, start in enumerate(range(0, len(new), batch_size), start=1):
+            batch = new[start : start + batch_size]
+            urls = resolver(batch)
+            payload = [task_payload(r, urls[r.draft["image"]], notes.get(r.id, "")) for r in batch]
+            answer = client.projects.import_tasks(id=project_id, request=payload, return_task_ids=True)
+            task_ids = list(answer.task_ids or [])
+            if len(task_ids) != len(batch):
+                raise LabelStudioError(
+                    f"import into project {project_id}: sent {len(batch)} tasks, got {len(task_ids)} ids"
+                )
+            if fail_after and n >= fail_after:
+                raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: simulated crash after import request {n}")
+            pushed_at = now_iso()
+            with catalog.transaction() as c:
+                c.executemany(
+                    "INSERT INTO review_tasks (draft_id, project, project_id, task_id, content_hash, "
+                    "pushed_at) "
+                    "VALUES (?,?,?,?,?,?)",
+                    [
+                        (r.id, project, project_id, t, content_hash(r, notes.get(r.id, "")), pushed_at)
+                        for r, t in zip(batch, task_ids, strict=True)
+                    ],
+                )
+            report.created += len(batch)
+            bar.update(len(batch))
+        for row in changed:
+            note = notes.get(row.id, "")
+            if _update_task(
+                client, known[row.id][0], task_payload(row, resolver([row])[row.draft["image"]], note)
+            ):
+                with catalog.transaction() as c:
+                    c.execute(
+                        "UPDATE review_tasks SET content_hash=?, pushed_at=? WHERE draft_id=? AND project=?",
+                        (content_hash(row, note), now_iso(), row.id, project),
+                    )
+                report.updated += 1
+            else:
+                report.kept_reviewed += 1
+            bar.update(1)
+    return report

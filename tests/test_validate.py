@@ -1,0 +1,232 @@
+"""`vgmed-build validate`: each check must catch its fault, on our releases and on published downloads."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from release_fixtures import make_build
+
+from vgmed_build.catalog import open_catalog
+from vgmed_build.cli import main
+from vgmed_build.identifiers import ForbidFileError, find_patterns, load_forbid_file
+from vgmed_build.release import ATTRIBUTE_FILE, LOCALIZATION_FILE, ReleaseOptions, build_release
+from vgmed_build.validate import box_problem, published_boxes, validate_release
+
+LINE = re.compile(r"^[^:\s]+:\d+: .+$")
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("validate")
+    build, decisions, _ = make_build(root)
+    with open_catalog(build, create=False) as catalog:
+        build_release(catalog, root / "rel", decisions, ReleaseOptions(created="2026-01-01T00:00:00Z"))
+    return root / "rel"
+
+
+@pytest.fixture()
+def rel(pristine, tmp_path) -> Path:
+    return Path(shutil.copytree(pristine, tmp_path / "rel"))
+
+
+def problems(root: Path, forbid=None) -> list[str]:
+    return [p.format() for p in validate_release(root, forbid).problems]
+
+
+def edit_line(path: Path, number: int, change) -> None:
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[number - 1])
+    change(record)
+    lines[number - 1] = json.dumps(record)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_clean_release_passes_cli(pristine, capsys):
+    assert main(["validate", str(pristine)]) == 0
+    out = capsys.readouterr().out
+    assert "vgmed release" in out and out.strip().endswith("OK")
+
+
+def test_bad_box_and_checksum_reported_with_file_and_line(rel, capsys):
+    edit_line(rel / ATTRIBUTE_FILE, 2, lambda r: r.update(bbox=[[0, 0, r["width"] + 1, 5]]))
+    assert main(["validate", str(rel)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    found = [line for line in out if not line.startswith("skipped") and " OK" not in line][:-1]
+    assert all(LINE.match(line) for line in found), found
+    assert any(line.startswith(f"{ATTRIBUTE_FILE}:2: box") and "outside" in line for line in found)
+    assert any(
+        line.startswith("manifest.json:") and f"{ATTRIBUTE_FILE}: SHA-256 differs" in line for line in found
+    )
+
+
+def test_schema_violation_and_duplicate_id(rel):
+    path = rel / LOCALIZATION_FILE
+    lines = path.read_text().splitlines()
+    first = json.loads(lines[0])
+    dup = dict(json.loads(lines[1]), id=first["id"])
+    broken = dict(first, side=None)
+    path.write_text(
+        "\n".join([lines[0], json.dumps(dup), json.dumps(broken), "{not json"] + lines[2:]) + "\n"
+    )
+    found = problems(rel)
+    assert any(p.startswith(f"{LOCALIZATION_FILE}:2: duplicate id {first['id']}") for p in found)
+    assert any(p.startswith(f"{LOCALIZATION_FILE}:3: schema: side") for p in found)
+    assert any(p.startswith(f"{LOCALIZATION_FILE}:4: not valid JSON") for p in found)
+
+
+def test_missing_corrupt_and_unlisted_images(rel):
+    images = sorted((rel / "images").iterdir())
+    images[0].unlink()
+    images[1].write_bytes(images[1].read_bytes()[:100])
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(rel / "images" / "extra.png")
+    found = "\n".join(problems(rel))
+    assert f"image images/{images[0].name}: missing" in found
+    assert f"image images/{images[1].name}: cannot be read" in found
+    assert f"lists images/{images[0].name}, which is missing" in found
+    assert "images/extra.png:0: not listed in manifest.json" in found
+    assert "images/extra.png:0: image is not referenced by any record" in found
+
+
+def test_wrong_image_size_and_counts(rel):
+    edit_line(rel / LOCALIZATION_FILE, 1, lambda r: r.update(width=r["width"] * 2))
+    manifest = json.loads((rel / "manifest.json").read_text())
+    manifest["counts"]["by_modality"]["CT"] += 1
+    (rel / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    found = "\n".join(problems(rel))
+    assert f"{LOCALIZATION_FILE}:1: width/height" in found
+    assert "counts.by_modality is" in found
+
+
+def test_missing_file_and_card_sections(rel):
+    (rel / ATTRIBUTE_FILE).unlink()
+    card = (rel / "README.md").read_text().replace("## Limitations", "## Other")
+    (rel / "README.md").write_text(card)
+    found = "\n".join(problems(rel))
+    assert f"{ATTRIBUTE_FILE}:0: missing" in found
+    assert "README.md:0: no '## Limitations' section" in found
+
+
+def test_preview_flag_must_match_card(rel):
+    manifest = json.loads((rel / "manifest.json").read_text())
+    manifest["preview"] = True
+    (rel / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    assert any(p.startswith("README.md:1: first line must say it is a PREVIEW") for p in problems(rel))
+
+
+def test_identifiers_in_text_names_and_png_metadata(rel, tmp_path):
+    card = rel / "README.md"
+    card.write_text(card.read_text() + "\nScanned by DOE^JANE on 20190412.\n")
+    image = sorted((rel / "images").iterdir())[0]
+    info = PngInfo()
+    info.add_text("Comment", "StudyInstanceUID 1.2.840.113619.2.55.3")
+    Image.open(image).save(image, pnginfo=info)
+    renamed = rel / "images" / "Smith_John.png"
+    shutil.copyfile(sorted((rel / "images").iterdir())[1], renamed)
+    forbid_file = tmp_path / "forbid.txt"
+    forbid_file.write_text("# patients\nsmith_john\n")
+    found = "\n".join(problems(rel, load_forbid_file(forbid_file)))
+    assert "looks like a DICOM person name" in found and "looks like a DICOM date" in found
+    assert f"images/{image.name}:0: image carries a tEXt metadata chunk" in found
+    assert f"images/{image.name}:0: image metadata (tEXt) looks like a DICOM UID" in found
+    assert "images/Smith_John.png:0: file name contains the forbidden string from forbid.txt:2" in found
+    # the report never repeats what it found
+    for secret in ("DOE^JANE", "20190412", "1.2.840.113619", "smith_john"):
+        assert secret not in found.replace("Smith_John.png", "")
+
+
+def test_forbidden_string_in_image_bytes(rel, tmp_path):
+    image = sorted((rel / "images").iterdir())[0]
+    image.write_bytes(image.read_bytes() + b"trailing ACC-998877 bytes")
+    forbid_file = tmp_path / "forbid.txt"
+    forbid_file.write_text("acc-998877\n")
+    assert f"images/{image.name}:0: contains the forbidden string from forbid.txt:1" in problems(
+        rel, load_forbid_file(forbid_file)
+    )
+
+
+def test_identifier_patterns():
+    positives = ["DOE^JOHN", "1.2.840.10008.5.1.4", "born 19561103", "PatientID", "(0010,0020)"]
+    for text in positives:
+        assert find_patterns(text), text
+    negatives = [
+        "a3f1c9e07b2d4e19",  # a 16-hex id
+        "9d1416c3c72ca56720190412aa",  # a date-like run inside a hash
+        '"area_ratio": 0.20190412',  # decimals
+        "vgmed 0.1.0 on 127.0.0.1",  # versions and addresses
+        "2026-01-01T00:00:00Z",  # the manifest's ISO time
+        "Is the liver round or elongated?",
+    ]
+    for text in negatives:
+        assert not find_patterns(text), text
+
+
+def test_forbid_file_rejects_short_strings(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("ok-string\nab\n")
+    with pytest.raises(ForbidFileError, match="f.txt:2"):
+        load_forbid_file(path)
+
+
+# ---------------------------------------------------------------- published downloads
+
+
+def make_published(root: Path) -> Path:
+    """A download in the published layout: no manifest, inclusive xyxy, a SLAKE item in xywh."""
+    (root / "images" / "slake").mkdir(parents=True)
+    Image.fromarray(np.full((40, 50), 90, np.uint8)).save(root / "images" / "ct_1.png")
+    Image.fromarray(np.full((30, 30, 3), 90, np.uint8)).save(root / "images" / "slake" / "xmlab1.jpg")
+    loc = [
+        {
+            "image": "images/ct_1.png",
+            "question": "Is there a liver in the image?",
+            "bbox": [0, 0, 49, 39],
+            "label": "liver",
+            "modality": "CT",
+            "ratio": 0.2,
+        },
+        {
+            "image": "images/slake/xmlab1.jpg",
+            "question": "Is there a lung in the image?",
+            "original_bboxes": [[10, 10, 20, 20]],
+        },
+    ]
+    (root / LOCALIZATION_FILE).write_text("".join(json.dumps(r) + "\n" for r in loc))
+    (root / ATTRIBUTE_FILE).write_text(
+        json.dumps({"image": "images/ct_1.png", "question": "Is the liver large?", "bbox": [[5, 5, 10, 10]]})
+        + "\n"
+    )
+    return root
+
+
+def test_published_download(tmp_path, capsys):
+    root = make_published(tmp_path / "pub")
+    assert main(["validate", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "published VGMED download" in out and "skipped: checksums" in out and "skipped: duplicate ids" in out
+    )
+    # the inclusive max index W-1 is fine, W is not; SLAKE xywh must fit as x + w <= W
+    edit_line(root / LOCALIZATION_FILE, 1, lambda r: r.update(bbox=[0, 0, 50, 39]))
+    edit_line(root / LOCALIZATION_FILE, 2, lambda r: r.update(original_bboxes=[[10, 10, 25, 5]]))
+    found = problems(root)
+    assert len(found) == 2
+    assert found[0].startswith(f"{LOCALIZATION_FILE}:1: box [0, 0, 50, 39] (xyxy)")
+    assert found[1].startswith(f"{LOCALIZATION_FILE}:2: box [10, 10, 25, 5] (xywh)")
+
+
+def test_box_helpers():
+    assert published_boxes({"image": "a/SLAKE/x.jpg", "bbox": [1, 2, 3, 4]}) == ([[1, 2, 3, 4]], "xywh")
+    assert published_boxes({"image": "a.png", "original_bboxes": [[1, 2, 3, 4]]}) == ([[1, 2, 3, 4]], "xyxy")
+    assert published_boxes({"image": "a.png", "bbox": [1, 2, 3, 4], "bbox_format": "xywh"})[1] == "xywh"
+    assert box_problem([0, 0, 10, 10], "xyxy_exclusive", 10, 10) is None
+    assert box_problem([0, 0, 10, 10], "xyxy_inclusive", 10, 10) is not None
+    assert box_problem([3, 3, 3, 3], "xyxy_inclusive", 10, 10) is None  # one pixel
+    assert box_problem([3, 3, 3, 3], "xyxy_exclusive", 10, 10) is not None  # empty
+    assert box_problem([0, 0, 10, 10], "xywh", 10, 10) is None

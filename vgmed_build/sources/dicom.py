@@ -30,7 +30,15 @@ from pydicom.errors import InvalidDicomError
 from skimage.draw import polygon
 
 from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, Volume, register
-from vgmed_build.sources.images2d import IMAGE_EXTS, MaskLayout, load_masks, rel, to_uint8
+from vgmed_build.sources.images2d import (
+    IMAGE_EXTS,
+    MASK_OPTION_KEYS,
+    MaskLayout,
+    load_masks,
+    rel,
+    to_uint8,
+    wanted_tags,
+)
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -208,6 +216,7 @@ class DicomAdapter:
     """``kind = "dicom"``: one item per annotated series (and per 2D DICOM image with masks)."""
 
     kind = "dicom"
+    option_keys = MASK_OPTION_KEYS
 
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root = Path(spec.path)
@@ -258,7 +267,7 @@ class DicomAdapter:
         except SourceError as exc:
             yield exc
             return
-        tags = sorted(spec.labels) if layout.mode == "binary" else []
+        tags = wanted_tags(spec, layout)
         for s in planar:
             name = rel(s.path, root)
             files = layout.find(root, s.path.stem, tags)
@@ -373,6 +382,9 @@ def _load_series(
     for ann in anns:
         reader, what = (_seg_masks, "segment") if ann.kind == "seg" else (_rtstruct_masks, "ROI")
         for raw_name, mask in reader(root, ann.path, stack):
+            name = spec.labels.get(raw_name, raw_name)
+            if not name:  # mapped to "": dropped
+                continue
             if not mask.any():
                 if spec.options.get("skip_empty", False):
                     continue
@@ -380,7 +392,6 @@ def _load_series(
                     f"{rel(ann.path, root)}: {what} {raw_name!r} is empty on this series "
                     "(set options.skip_empty to drop empty structures)"
                 )
-            name = spec.labels.get(raw_name, raw_name)
             masks[name] = masks[name] | mask if name in masks else mask
     if not masks:
         raise SourceError(f"{key}: no non-empty segment or ROI")

@@ -24,6 +24,7 @@ from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpe
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_PATTERNS = {"binary": "masks/{stem}_{label}.png", "index": "masks/{stem}.png"}
+MASK_OPTION_KEYS = ("masks", "mask_type", "binary_threshold", "skip_empty", "ignore_values")
 
 
 def rel(path: Path, root: Path) -> str:
@@ -80,7 +81,8 @@ class MaskLayout:
             path = root / self.pattern.replace("{stem}", stem)
             return {"": path} if path.is_file() else {}
         if tags:  # labels given: look each one up, no guessing from ambiguous names
-            found = {t: root / self.pattern.replace("{stem}", stem).replace("{label}", t) for t in tags}
+            pattern = self.pattern.replace("{stem}", stem)
+            found = {t: root / pattern.replace("{label}", t) for t in tags}
             return {t: p for t, p in found.items() if p.is_file()}
         glob = self.pattern.replace("{stem}", _glob_escape(stem)).replace("{label}", "*")
         rx, out = self.regex(), {}
@@ -193,8 +195,10 @@ def load_masks(
                     f"{rel(path, root)}: mask value {v} has no name in the source's labels "
                     "(map it, or list it in options.ignore_values)"
                 )
-            names[v] = spec.labels[str(v)]
-        label_map = np.where(np.isin(arr, layout.ignore_values), 0, arr).astype(np.int32)
+            if spec.labels[str(v)]:  # a label mapped to "" is dropped
+                names[v] = spec.labels[str(v)]
+        dropped = [*layout.ignore_values, *(v for v in np.unique(arr) if v and int(v) not in names)]
+        label_map = np.where(np.isin(arr, dropped), 0, arr).astype(np.int32)
         return {"label_map": label_map, "label_names": names}
     masks: dict[str, np.ndarray] = {}
     for tag, path in sorted(files.items()):
@@ -219,6 +223,11 @@ def _sized(arr: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
     return arr
 
 
+def wanted_tags(spec: SourceSpec, layout: MaskLayout) -> list[str]:
+    """Binary masks to look up by name: the labels' keys, minus those mapped to "" (dropped)."""
+    return sorted(t for t, name in spec.labels.items() if name) if layout.mode == "binary" else []
+
+
 def require_modality(spec: SourceSpec) -> str:
     if not spec.modality:
         raise SourceError(
@@ -232,6 +241,7 @@ class Images2DAdapter:
     """``kind = "images2d"``: every image under ``options.images`` (default ``images/`` or the root)."""
 
     kind = "images2d"
+    option_keys = ("images", *MASK_OPTION_KEYS)
 
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root = Path(spec.path)
@@ -247,7 +257,7 @@ class Images2DAdapter:
         default_dir = "images" if (root / "images").is_dir() else "."
         image_dir = root / str(spec.options.get("images", default_dir))
         mask_rx = layout.regex()
-        tags = sorted(spec.labels) if layout.mode == "binary" else []
+        tags = wanted_tags(spec, layout)
         for path in sorted(image_dir.rglob("*")):
             name = rel(path, root)
             if (

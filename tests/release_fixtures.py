@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +17,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from vgmed_build.catalog import open_catalog
+from vgmed_build.review.decision import Decision
 
 # A DICOM-style person name planted in a PNG text chunk: the release must strip it.
 PLANTED_PNG_TEXT = "PLANTED^PATIENT"
-
-
-@dataclass
-class Decision:
-    """Mirror of vgmed_build.review.decision.Decision (the contract's fields)."""
-
-    draft_id: str
-    status: str
-    question: str
-    answer: str
-    boxes: list[list[int]]
-    n_reviewers: int
-    agreement: float
-    edited: bool
 
 
 def _hash(*parts: str) -> str:

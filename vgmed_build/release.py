@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tqdm import tqdm
 
@@ -35,6 +35,7 @@ from vgmed_build.catalog import Catalog, CatalogError, open_catalog
 from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
 from vgmed_build.resources import resource_dir
+from vgmed_build.review.decision import POLICIES, Decision, check_policy, decide
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ CONFIGS = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE}
 FILE_OF_QTYPE = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE, "position": ATTRIBUTE_FILE}
 RELEASE_SCHEMAS = ("release_record", "manifest")
 CONVENTIONS = {"exclusive": "xyxy_exclusive", "published": "xyxy_inclusive"}
-POLICY_CHOICES = ("unanimous", "majority", "adjudicator")
 
 
 class ReleaseError(RuntimeError):
@@ -56,18 +56,6 @@ class ReleaseError(RuntimeError):
 
 class ItemError(ValueError):
     """One draft cannot go into the release (the message names the draft and the problem)."""
-
-
-class DecisionLike(Protocol):
-    """The review stage's Decision (vgmed_build.review.decision); only these fields are read."""
-
-    status: str
-    question: str
-    answer: str
-    boxes: list[list[int]]
-    n_reviewers: int
-    agreement: float
-    edited: bool
 
 
 @dataclass(frozen=True)
@@ -114,7 +102,7 @@ def check_boxes(boxes: list[list[int]], width: int, height: int) -> str | None:
     return None
 
 
-def review_facts(decision: DecisionLike | None, include_unreviewed: bool) -> dict | None:
+def review_facts(decision: Decision | None, include_unreviewed: bool) -> dict | None:
     """The review block of a record, or None when the draft stays out of the release.
 
     Accepted drafts always go in with their reviewed text and boxes; rejected ones never do; the rest
@@ -134,9 +122,7 @@ def review_facts(decision: DecisionLike | None, include_unreviewed: bool) -> dic
     }
 
 
-def build_record(
-    draft: dict, region: dict, decision: DecisionLike | None, review: dict, convention: str
-) -> dict:
+def build_record(draft: dict, region: dict, decision: Decision | None, review: dict, convention: str) -> dict:
     """One release record (field order fixed, every field one JSON type) or :class:`ItemError`."""
     accepted = review["status"] == "accepted"
     question = (decision.question if accepted else draft["question"]).strip()
@@ -190,13 +176,6 @@ def count_records(records_by_file: Mapping[str, list[dict]]) -> dict[str, Any]:
     }
 
 
-def pseudonym(reviewer: str | None) -> str | None:
-    """A stable pseudonym for a reviewer id, so the manifest never names a person."""
-    if reviewer is None:
-        return None
-    return "reviewer-" + hashlib.sha256(reviewer.encode("utf-8")).hexdigest()[:12]
-
-
 def resolve_created(created: str | None) -> str:
     """Normalise ``--created`` (or SOURCE_DATE_EPOCH, or now) to UTC ISO-8601 seconds."""
     if created is None:
@@ -236,7 +215,7 @@ def ok_drafts(catalog: Catalog) -> list[dict]:
 def build_release(
     catalog: Catalog,
     out_dir: str | Path,
-    decisions: Mapping[str, DecisionLike],
+    decisions: Mapping[str, Decision],
     options: ReleaseOptions = ReleaseOptions(),
 ) -> ReleaseReport:
     """Write the release for ``decisions`` (draft id -> Decision) to ``out_dir`` atomically."""
@@ -244,8 +223,10 @@ def build_release(
 
     if options.bbox_convention not in CONVENTIONS:
         raise ReleaseError(f"unknown bbox convention {options.bbox_convention!r}")
-    if options.policy == "adjudicator" and not options.adjudicator:
-        raise ReleaseError("--policy adjudicator needs --adjudicator REVIEWER")
+    try:
+        check_policy(options.policy, options.adjudicator)
+    except ValueError as exc:
+        raise ReleaseError(str(exc)) from exc
     out_dir = Path(out_dir).resolve()
     _check_target(out_dir)
     created = resolve_created(options.created)
@@ -282,7 +263,7 @@ def _check_target(out_dir: Path) -> None:
 
 
 def _write_records_and_images(
-    catalog: Catalog, tmp: Path, decisions: Mapping[str, DecisionLike], options: ReleaseOptions
+    catalog: Catalog, tmp: Path, decisions: Mapping[str, Decision], options: ReleaseOptions
 ) -> tuple[dict[str, list[dict]], list[str]]:
     regions = {r["id"]: r for r in catalog.regions()}
     records_by_file: dict[str, list[dict]] = {name: [] for name in CONFIGS.values()}
@@ -358,7 +339,7 @@ def _write_text_files(
         "tool": {"name": "vgmed", "version": __version__},
         "review_policy": {
             "policy": options.policy,
-            "adjudicator": pseudonym(options.adjudicator) if options.policy == "adjudicator" else None,
+            "adjudicator": options.adjudicator if options.policy == "adjudicator" else None,
             "include_unreviewed": options.include_unreviewed,
         },
         "bbox_convention": CONVENTIONS[options.bbox_convention],
@@ -429,13 +410,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--policy",
-        choices=POLICY_CHOICES,
+        choices=POLICIES,
         default="majority",
         help="review decision policy: unanimous = every reviewer accepts, majority = most verdicts, "
         "adjudicator = the --adjudicator's verdict wins",
     )
     p.add_argument(
-        "--adjudicator", default=None, help="reviewer id whose verdict wins under --policy adjudicator"
+        "--adjudicator",
+        default=None,
+        help="pseudonymous reviewer id (r-xxxxxxxx, as `vgmed-build review status` shows) whose verdict wins "
+        "under --policy adjudicator",
     )
     p.add_argument(
         "--include-unreviewed",
@@ -468,8 +452,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_release(args: argparse.Namespace) -> int:
-    from vgmed_build.review.decision import decide
-
     try:
         forbid = tuple(load_forbid_file(args.forbid_file)) if args.forbid_file else ()
         catalog = open_catalog(args.build, create=False)

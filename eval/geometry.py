@@ -1,0 +1,190 @@
+"""Exact mapping from original-image pixels to a model's visual token grid (pure functions).
+
+Every supported family preprocesses an image with a chain of axis-aligned steps (pad to square,
+resize, centre crop). Each step is an affine map per axis, so the whole chain is
+``canvas = scale * original + offset``: the canvas is the pixel array the vision tower sees, and
+the LLM's token grid tiles it with cells of ``cell_w x cell_h`` canvas pixels (patch size times
+patch merging). Boxes are pixel-edge ``[x0, y0, x1, y1]`` with x1/y1 exclusive.
+
+The published VGMED code rescales boxes straight onto the square input and ignores the
+pad-to-square step; the chain here follows the processor's real steps instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# Tolerance for floating-point edges that land exactly on a cell boundary.
+_EPS = 1e-9
+
+
+class GeometryError(ValueError):
+    """A box that cannot be placed on the token grid (outside the image or on no cell)."""
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """Original pixel edges -> canvas pixels -> token-grid cells, for one image size."""
+
+    image_w: int
+    image_h: int
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+    canvas_w: int
+    canvas_h: int
+    cell_w: float
+    cell_h: float
+    rows: int
+    cols: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.cols
+
+    def to_canvas(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        """Map a pixel-edge box to canvas coordinates (not clipped)."""
+        x0, y0, x1, y1 = box
+        return (
+            x0 * self.scale_x + self.offset_x,
+            y0 * self.scale_y + self.offset_y,
+            x1 * self.scale_x + self.offset_x,
+            y1 * self.scale_y + self.offset_y,
+        )
+
+    def cell_span(self, box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+        """Cell index range ``(r0, c0, r1, c1)`` (r1/c1 exclusive) the box touches; empty when r1<=r0."""
+        cx0, cy0, cx1, cy1 = self.to_canvas(clip_box(box, self.image_w, self.image_h))
+        cx0, cx1 = max(cx0, 0.0), min(cx1, float(self.canvas_w))
+        cy0, cy1 = max(cy0, 0.0), min(cy1, float(self.canvas_h))
+        c0 = max(0, math.floor(cx0 / self.cell_w + _EPS))
+        c1 = min(self.cols, math.ceil(cx1 / self.cell_w - _EPS))
+        r0 = max(0, math.floor(cy0 / self.cell_h + _EPS))
+        r1 = min(self.rows, math.ceil(cy1 / self.cell_h - _EPS))
+        if cx1 <= cx0 or cy1 <= cy0:
+            return r0, c0, r0, c0
+        return r0, c0, r1, c1
+
+    def box_to_cells(self, box: tuple[float, float, float, float]) -> np.ndarray:
+        """Boolean ``(rows, cols)`` mask of the cells whose canvas footprint overlaps the box."""
+        mask = np.zeros((self.rows, self.cols), dtype=bool)
+        r0, c0, r1, c1 = self.cell_span(box)
+        if r1 > r0 and c1 > c0:
+            mask[r0:r1, c0:c1] = True
+        return mask
+
+    def boxes_to_cells(self, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
+        """Union of :meth:`box_to_cells`; raises :class:`GeometryError` when the result is empty."""
+        mask = np.zeros((self.rows, self.cols), dtype=bool)
+        for box in boxes:
+            if box_outside(box, self.image_w, self.image_h):
+                raise GeometryError(f"box {list(box)} lies outside the {self.image_w}x{self.image_h} image")
+            mask |= self.box_to_cells(box)
+        if not mask.any():
+            raise GeometryError(
+                f"boxes {[list(b) for b in boxes]} cover no cell of the {self.rows}x{self.cols} grid "
+                "(cropped away by the preprocessing or empty)"
+            )
+        return mask
+
+    def cell_to_image(self, row: int, col: int) -> tuple[float, float, float, float]:
+        """Pixel-edge footprint of one cell in the original image (for overlays)."""
+        x0 = (col * self.cell_w - self.offset_x) / self.scale_x
+        x1 = ((col + 1) * self.cell_w - self.offset_x) / self.scale_x
+        y0 = (row * self.cell_h - self.offset_y) / self.scale_y
+        y1 = ((row + 1) * self.cell_h - self.offset_y) / self.scale_y
+        return x0, y0, x1, y1
+
+
+def clip_box(box, width: int, height: int) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
+
+
+def box_outside(box, width: int, height: int) -> bool:
+    """True when the box has no area inside the image."""
+    x0, y0, x1, y1 = clip_box(box, width, height)
+    return x1 <= x0 or y1 <= y0
+
+
+def shortest_edge_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
+    """Output (h, w) of transformers' ``shortest_edge`` resize (the long side is truncated)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = shortest_edge, int(shortest_edge * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def smart_resize(
+    height: int, width: int, factor: int, min_pixels: int, max_pixels: int
+) -> tuple[int, int]:
+    """Qwen-VL dynamic resolution: both sides multiples of ``factor``, area within bounds."""
+    if max(height, width) / min(height, width) > 200:
+        raise GeometryError(f"aspect ratio of {width}x{height} exceeds 200, which Qwen-VL rejects")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def stretch_geometry(width: int, height: int, out_h: int, out_w: int, rows: int, cols: int) -> GridGeometry:
+    """Resize straight to ``out_h x out_w`` (aspect not kept), grid tiles the whole canvas."""
+    return GridGeometry(
+        image_w=width, image_h=height,
+        scale_x=out_w / width, scale_y=out_h / height, offset_x=0.0, offset_y=0.0,
+        canvas_w=out_w, canvas_h=out_h, cell_w=out_w / cols, cell_h=out_h / rows, rows=rows, cols=cols,
+    )
+
+
+def clip_geometry(
+    width: int,
+    height: int,
+    *,
+    resize: int | tuple[int, int],
+    crop: tuple[int, int] | None,
+    patch: int,
+    pad_to_square: bool,
+) -> GridGeometry:
+    """CLIP/LLaVA preprocessing: optional pad-to-square, resize, optional centre crop.
+
+    ``resize`` is a shortest-edge length (int) or an exact ``(h, w)``; ``crop`` is ``(h, w)``.
+    Padding mirrors ``LlavaImageProcessor.pad_to_square`` (image centred, offset floored); the crop
+    mirrors transformers' ``center_crop`` (offset ``(size - crop) // 2``).
+    """
+    off_x = off_y = 0.0
+    pad_w, pad_h = width, height
+    if pad_to_square and width != height:
+        side = max(width, height)
+        off_x, off_y = float((side - width) // 2), float((side - height) // 2)
+        pad_w = pad_h = side
+    new_h, new_w = shortest_edge_size(pad_h, pad_w, resize) if isinstance(resize, int) else resize
+    crop_h, crop_w = crop if crop is not None else (new_h, new_w)
+    if crop_h > new_h or crop_w > new_w:
+        raise GeometryError(f"crop {crop_w}x{crop_h} larger than the resized {new_w}x{new_h} image")
+    sx, sy = new_w / pad_w, new_h / pad_h
+    top, left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
+    return GridGeometry(
+        image_w=width, image_h=height,
+        scale_x=sx, scale_y=sy, offset_x=off_x * sx - left, offset_y=off_y * sy - top,
+        canvas_w=crop_w, canvas_h=crop_h, cell_w=float(patch), cell_h=float(patch),
+        rows=crop_h // patch, cols=crop_w // patch,
+    )
+
+
+def qwen_geometry(
+    width: int, height: int, *, patch: int, merge: int, min_pixels: int, max_pixels: int
+) -> GridGeometry:
+    """Qwen2-VL / 2.5-VL / 3-VL: smart_resize, then ``merge x merge`` patches form one LLM token."""
+    factor = patch * merge
+    out_h, out_w = smart_resize(height, width, factor, min_pixels, max_pixels)
+    return stretch_geometry(width, height, out_h, out_w, out_h // factor, out_w // factor)

@@ -17,6 +17,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from vgmed_build.catalog import open_catalog
+from vgmed_build.resources import schema_errors
 from vgmed_build.review.decision import Decision
 
 # A DICOM-style person name planted in a PNG text chunk: the release must strip it.
@@ -163,3 +164,35 @@ def make_build(root: Path) -> tuple[Path, dict[str, Decision], dict[str, dict]]:
 
 def find_draft(drafts: dict[str, dict], label: str, q_type: str) -> dict:
     return next(d for d in drafts.values() if d["label"] == label and d["q_type"] == q_type)
+
+
+def add_review_event(
+    catalog, draft: dict, reviewer: str, verdict: str, annotation_id: int, **changes
+) -> None:
+    """Store one review event as `review pull` does (the record validates against review.schema.json)."""
+    stamp = f"2026-01-01T00:00:{annotation_id % 60:02d}+00:00"
+    content = {k: changes.get(k, draft[k]) for k in ("question", "answer", "boxes")}
+    record = {
+        "draft_id": draft["id"],
+        "project": "review",
+        "project_id": 1,
+        "task_id": annotation_id,
+        "annotation_id": annotation_id,
+        "revision": stamp,
+        "reviewer": reviewer,
+        "verdict": verdict,
+        **content,
+        "comment": None,
+        "edited": content != {k: draft[k] for k in content},
+        "dropped_boxes": 0,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "lead_time_s": 3.0,
+    }
+    assert schema_errors("review", record) == [], schema_errors("review", record)
+    with catalog.transaction() as c:
+        c.execute(
+            "INSERT INTO review_events (draft_id, project, annotation_id, revision, reviewer, verdict,"
+            " record_json, pulled_at) VALUES (?,?,?,?,?,?,?,?)",
+            (draft["id"], "review", annotation_id, stamp, reviewer, verdict, json.dumps(record), stamp),
+        )

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from release_fixtures import PLANTED_PNG_TEXT, find_draft, make_build
+from release_fixtures import PLANTED_PNG_TEXT, add_review_event, find_draft, make_build
 
 from vgmed_build.catalog import open_catalog
-from vgmed_build.cli import build_parser
+from vgmed_build.cli import build_parser, main
 from vgmed_build.identifiers import Forbidden
 from vgmed_build.pngmeta import metadata_chunks
 from vgmed_build.release import (
@@ -269,3 +269,50 @@ def test_release_help_explains_every_option():
         for action in sub.choices[command]._actions:
             if action.dest != "help":
                 assert action.help, f"{command} {action.dest} has no help"
+
+
+def test_cli_release_from_review_events(build, tmp_path, capsys, caplog):
+    """The command decides from the stored review events under each policy."""
+    build_dir, _, drafts = build
+    split = find_draft(drafts, "liver", "attribute")
+    edited = find_draft(drafts, "spleen", "localization")
+    with open_catalog(build_dir, create=False) as catalog:
+        n = 0
+        for draft in sorted(drafts.values(), key=lambda d: d["id"]):
+            for reviewer in ("r-aaaaaaaa", "r-bbbbbbbb"):
+                n += 1
+                if draft is split:
+                    add_review_event(
+                        catalog, draft, reviewer, "reject" if reviewer == "r-aaaaaaaa" else "accept", n
+                    )
+                elif draft is edited and reviewer == "r-bbbbbbbb":
+                    add_review_event(catalog, draft, reviewer, "edit", n, question="Is a spleen visible?")
+                else:
+                    add_review_event(catalog, draft, reviewer, "accept", n)
+    base = ["release", "--build", str(build_dir), "--created", CREATED]
+    assert main([*base, "--out", str(tmp_path / "majority")]) == 0
+    assert "wrote release" in capsys.readouterr().out
+    records = {r["id"]: r for r in read_jsonl(tmp_path / "majority" / ATTRIBUTE_FILE)}
+    records |= {r["id"]: r for r in read_jsonl(tmp_path / "majority" / LOCALIZATION_FILE)}
+    assert split["id"] not in records and len(records) == len(drafts) - 1  # 1 accept vs 1 reject: disputed
+    assert records[edited["id"]]["question"] == "Is a spleen visible?"
+    assert records[edited["id"]]["review"] == {
+        "status": "accepted",
+        "n_reviewers": 2,
+        "agreement": 1.0,
+        "edited": True,
+    }
+
+    out = tmp_path / "adjudicated"
+    assert main([*base, "--out", str(out), "--policy", "adjudicator", "--adjudicator", "r-bbbbbbbb"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["review_policy"] == {
+        "policy": "adjudicator",
+        "adjudicator": "r-bbbbbbbb",
+        "include_unreviewed": False,
+    }
+    assert manifest["counts"]["records"] == len(drafts)
+    assert main(["validate", str(out)]) == 0
+
+    assert main([*base, "--out", str(tmp_path / "x"), "--policy", "adjudicator"]) == 1
+    assert "needs the adjudicator" in caplog.text and not (tmp_path / "x").exists()

@@ -64,7 +64,8 @@ def write_msd(folder: Path, cases: dict[str, tuple[np.ndarray, np.ndarray, np.nd
     """An MSD (``{"1": "name"}``, same file names) or nnU-Net v2 (``{"name": 1}``, ``_0000``) dataset."""
     if nnunet:
         labels = {"background": 0, **{name: value for value, name in LABELS.items()}}
-        meta = {"channel_names": {"0": "T1"}, "labels": labels, "numTraining": len(cases), "file_ending": ".nii.gz"}
+        meta = {"channel_names": {"0": "T1"}, "labels": labels, "numTraining": len(cases),
+                "file_ending": ".nii.gz"}
     else:
         labels = {"0": "background", **{str(value): name for value, name in LABELS.items()}}
         training = [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in cases]

@@ -14,7 +14,8 @@ counts from the server side. Script (JSON):
 A request matching a rule's substring (in its messages) takes that rule's next reply; once a rule's
 replies are used up the default applies. SPEC kinds: auto (a valid reply built from the prompt; varies
 with the seed), json (``content`` object, "{obj}" filled in), text (raw ``content``), refusal,
-status (``status``, optional ``retry_after``), plus ``delay_ms`` on any of them (a slow reply).
+status (``status``, optional ``retry_after``; ``echo_auth`` echoes the API key in the error),
+plus ``delay_ms`` on any of them (a slow reply).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class State:
             "max_in_flight": 0,
             "bearer_tokens": [],
             "json_schema_requests": 0,
+            "image_requests": 0,
+            "recent_prompts": [],
             "seeds": [],
         }
 
@@ -135,7 +138,9 @@ def make_handler(state: State):
                 s["in_flight"] += 1
                 s["max_in_flight"] = max(s["max_in_flight"], s["in_flight"])
                 s["json_schema_requests"] += int(json_schema)
+                s["image_requests"] += int('"image_url"' in json.dumps(body.get("messages", [])))
                 s["seeds"].append(seed)
+                s["recent_prompts"] = (s["recent_prompts"] + [text])[-100:]
                 token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
                 if token and token not in s["bearer_tokens"]:
                     s["bearer_tokens"].append(token)
@@ -154,9 +159,10 @@ def make_handler(state: State):
                     )
                 elif kind == "status":
                     headers = {"Retry-After": str(spec["retry_after"])} if "retry_after" in spec else {}
-                    self._send(
-                        spec["status"], {"error": {"message": spec.get("message", "scripted error")}}, headers
-                    )
+                    message = spec.get("message", "scripted error")
+                    if spec.get("echo_auth"):  # a careless server echoing the credentials back
+                        message += f" (Authorization: {self.headers.get('Authorization')})"
+                    self._send(spec["status"], {"error": {"message": message}}, headers)
                 else:
                     self._complete(body, text, seed, spec, kind)
             finally:

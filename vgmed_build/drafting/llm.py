@@ -20,8 +20,6 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
-import openai
-
 from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.resources import load_schema, schema_errors
 
@@ -192,6 +190,8 @@ def retry_after_s(exc: Exception) -> float | None:
 
 
 def _retryable(exc: Exception) -> bool:
+    import openai
+
     if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
         return True
     return isinstance(exc, openai.APIStatusError) and (
@@ -210,6 +210,8 @@ class LlmClient:
     retries: int = 0
 
     def __post_init__(self) -> None:
+        import openai  # imported here: it takes seconds, and every other vgmed-build command skips it
+
         key = os.environ.get(API_KEY_ENV) or "not-set"  # local servers often need none
         self._client = openai.AsyncOpenAI(
             api_key=key, base_url=self.config.base_url, max_retries=0, timeout=self.config.timeout_s
@@ -283,6 +285,8 @@ class LlmClient:
         return data
 
     async def _send(self, messages: list[dict], schema_name: str, params: dict):
+        import openai
+
         attempt = 0
         while True:
             self.budget.take_request()

@@ -1,0 +1,191 @@
+"""The SA-Med2D-20M layout (Ye et al. 2023, the ``SAMed2Dv1`` folder of the released archive).
+
+    <root>/SAMed2D_v1.json                   {"images/<stem>.png": ["masks/<stem>--<cls>_<inst>.png", ...]}
+    <root>/SAMed2D_v1_class_mapping_id.json  {"<dataset>": {"<class name>": <class id>, ...}, ...}
+    <root>/images/<modality>--<dataset>--<case>--<axis>_<slice>.png
+    <root>/masks/<image stem>--<class:04d>_<instance:03d>.png     one binary (0/255) mask per instance
+
+(the two JSON files may also sit in ``<root>/annotations/``). An image name has four ``--`` parts:
+modality (``ct_00``, ``mr_t1``, ``pet_00``, ``ultrasound_00``, ``x_ray``, ``endoscopy_00``,
+``dermoscopy_00``, ``fundus_photography``, ...), source dataset, case, and slice axis + index. A
+mask adds the class id (the value in the class mapping of that dataset) and the instance number.
+All instances of one class are merged into one structure (several boxes per question, as VGMED).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, register
+from vgmed_build.sources.images2d import binary_mask, read_image, read_mask, rel
+
+INDEX_FILE = "SAMed2D_v1.json"
+CLASS_FILE = "SAMed2D_v1_class_mapping_id.json"
+MODALITY_PREFIX = {
+    "ct": "CT", "mr": "MRI", "pet": "PET", "ultrasound": "Ultrasound", "x": "X-ray",
+    "endoscopy": "Endoscopy", "dermoscopy": "Dermoscopy", "fundus": "Fundus",
+}
+
+
+@dataclass(frozen=True)
+class ImageName:
+    modality: str      # e.g. "mr_t1"
+    dataset: str
+    case: str
+    slice: str         # e.g. "x_0040"
+
+
+def parse_image_name(stem: str) -> ImageName:
+    parts = stem.split("--")
+    if len(parts) != 4:
+        raise ValueError(f"expected <modality>--<dataset>--<case>--<axis>_<slice>, got {len(parts)} parts")
+    return ImageName(*parts)
+
+
+def parse_mask_name(stem: str) -> tuple[str, int, int]:
+    """-> (image stem, class id, instance number)."""
+    image_stem, sep, tail = stem.rpartition("--")
+    cls, sep2, inst = tail.partition("_")
+    if not sep or not sep2 or not cls.isdigit() or not inst.isdigit():
+        raise ValueError("expected <image stem>--<class>_<instance>")
+    return image_stem, int(cls), int(inst)
+
+
+def modality_name(code: str) -> str:
+    return MODALITY_PREFIX.get(code.split("_")[0].lower(), code)
+
+
+def class_names(mapping: Any) -> dict[str, dict[int, str]]:
+    """dataset -> {class id: class name}; accepts name -> id and id -> name tables."""
+    out: dict[str, dict[int, str]] = {}
+    for dataset, table in (mapping or {}).items():
+        if not isinstance(table, dict):
+            continue
+        names: dict[int, str] = {}
+        for k, v in table.items():
+            if str(v).lstrip("-").isdigit() and not str(k).isdigit():
+                names[int(v)] = str(k)
+            elif str(k).isdigit():
+                names[int(k)] = str(v)
+        out[str(dataset)] = names
+    return out
+
+
+def _find(root: Path, name: str) -> Path | None:
+    for candidate in (root / name, root / "annotations" / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_json(path: Path, root: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{rel(path, root)}: cannot read JSON ({exc})") from None
+
+
+class SAMed2DAdapter:
+    """``kind = "samed2d"``: one item per image listed in ``SAMed2D_v1.json``."""
+
+    kind = "samed2d"
+    option_keys = ("datasets", "modalities", "skip_empty")
+
+    def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
+        root = Path(spec.path)
+        index_path = _find(root, INDEX_FILE)
+        if index_path is None:
+            yield SourceError(f"{root.name}: not an SA-Med2D folder ({INDEX_FILE} not found)")
+            return
+        try:
+            index = _read_json(index_path, root)
+            class_path = _find(root, CLASS_FILE)
+            names = class_names(_read_json(class_path, root)) if class_path else {}
+        except SourceError as exc:
+            yield exc
+            return
+        if not isinstance(index, dict):
+            yield SourceError(f"{rel(index_path, root)}: expected an object mapping images to mask lists")
+            return
+        datasets = {str(d) for d in spec.options.get("datasets") or []}
+        modalities = {str(m) for m in spec.options.get("modalities") or []}
+        for image_rel, mask_rels in sorted(index.items()):
+            image = root / image_rel
+            try:
+                info = parse_image_name(Path(image_rel).stem)
+            except ValueError as exc:
+                yield SourceError(f"{image_rel}: {exc}")
+                continue
+            if datasets and info.dataset not in datasets or modalities and info.modality not in modalities:
+                continue
+            if not image.is_file():
+                yield SourceError(f"{image_rel}: image listed in {INDEX_FILE} but not found")
+                continue
+            masks = [root / m for m in (mask_rels or [])]
+            missing = [rel(m, root) for m in masks if not m.is_file()]
+            if missing or not masks:
+                yield SourceError(f"{missing[0] if missing else image_rel}: mask file not found")
+                continue
+            yield SourceItem(
+                key=image_rel,
+                files=[image, *masks],
+                load=partial(_load, spec, root, image, masks, info, names.get(info.dataset, {})),
+            )
+
+
+def _label(spec: SourceSpec, cls: int, raw: str | None) -> str | None:
+    """The sources file's labels may name a class by id ("3" or "0003") or rename its class name."""
+    for key in (str(cls), f"{cls:04d}", raw):
+        if key is not None and key in spec.labels:
+            return spec.labels[key]
+    return raw
+
+
+def _load(
+    spec: SourceSpec, root: Path, image: Path, masks: list[Path], info: ImageName, classes: dict[int, str]
+) -> Image2D:
+    pixels = read_image(image, rel(image, root))
+    shape = pixels.shape[:2]
+    merged: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(shape, dtype=bool))
+    for path in masks:
+        name = rel(path, root)
+        try:
+            stem, cls, _ = parse_mask_name(path.stem)
+        except ValueError as exc:
+            raise SourceError(f"{name}: {exc}") from None
+        if stem != image.stem:
+            raise SourceError(f"{name}: mask name does not start with its image's name {image.stem!r}")
+        arr = read_mask(path, name)
+        if arr.shape != shape:
+            raise SourceError(
+                f"{name}: mask size {arr.shape[1]}x{arr.shape[0]} differs from the image's "
+                f"{shape[1]}x{shape[0]}"
+            )
+        mask = binary_mask(arr, name, None)
+        if not mask.any():
+            if spec.options.get("skip_empty", False):
+                continue
+            raise SourceError(f"{name}: mask is empty (set options.skip_empty to drop empty masks)")
+        label = _label(spec, cls, classes.get(cls))
+        if label is None:
+            raise SourceError(
+                f"{name}: class {cls:04d} of dataset {info.dataset!r} has no name in {CLASS_FILE} "
+                "or the source's labels"
+            )
+        if label:  # mapped to "": dropped
+            merged[label] |= mask
+    if not merged:
+        raise SourceError(f"{rel(image, root)}: every mask of this image is empty or dropped")
+    modality = spec.modality or modality_name(info.modality)
+    return Image2D(pixels=pixels, modality=modality, masks=dict(merged))
+
+
+register(SAMed2DAdapter())

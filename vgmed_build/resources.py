@@ -7,7 +7,7 @@ installed wheel carries copies under ``vgmed_build/_data``.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -21,14 +21,14 @@ def resource_dir(name: str) -> Path:
     raise FileNotFoundError(f"resource folder {name!r} not found next to {_PACKAGE_DIR}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict:
     """Load ``schemas/<name>.schema.json``."""
     path = resource_dir("schemas") / f"{name}.schema.json"
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(name: str):
     import jsonschema
 

@@ -22,7 +22,17 @@ _EPS = 1e-9
 
 
 class GeometryError(ValueError):
-    """A box that cannot be placed on the token grid (outside the image or on no cell)."""
+    """A box that cannot be placed on the token grid; ``kind`` names the reason for summaries."""
+
+    kind = "geometry"
+
+
+class BoxOutsideError(GeometryError):
+    kind = "box_outside_image"
+
+
+class NoCellError(GeometryError):
+    kind = "box_covers_no_cell"
 
 
 @dataclass(frozen=True)
@@ -82,10 +92,10 @@ class GridGeometry:
         mask = np.zeros((self.rows, self.cols), dtype=bool)
         for box in boxes:
             if box_outside(box, self.image_w, self.image_h):
-                raise GeometryError(f"box {list(box)} lies outside the {self.image_w}x{self.image_h} image")
+                raise BoxOutsideError(f"box {list(box)} lies outside the {self.image_w}x{self.image_h} image")
             mask |= self.box_to_cells(box)
         if not mask.any():
-            raise GeometryError(
+            raise NoCellError(
                 f"boxes {[list(b) for b in boxes]} cover no cell of the {self.rows}x{self.cols} grid "
                 "(cropped away by the preprocessing or empty)"
             )

@@ -1,0 +1,288 @@
+"""`vgmed-eval grounding`: where does the model look, per question, layer and head.
+
+For every question: the attention of the last prompt token over the image tokens (SDPA + last-row
+capture, batched), divided by the same map for the general-description prompt on the same image
+(computed once per image and reused for all its questions), scored against the cells the boxes
+touch through the model's real preprocessing geometry. Per-question problems (missing image, box
+outside the image, box on no cell, a malformed line) are recorded and the run goes on.
+
+Outputs in ``--out``: ``per_layer.parquet`` (question x layer, heads averaged), ``per_head.parquet``
+(question x layer x head), ``errors.jsonl``, ``summary.json`` (by layer, question type, modality and
+source, 95% bootstrap CIs) and, with ``--save-maps``, ``maps/<id>.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+from vgmed_eval.geometry import GeometryError, GridGeometry
+from vgmed_eval.metrics import grounding_metrics
+from vgmed_eval.release_io import FILES, Question, read_release
+from vgmed_eval.summary import summarise
+from vgmed_eval.vqa.prompts import GENERAL_PROMPT, SHORT_ANSWER
+
+log = logging.getLogger(__name__)
+
+
+def question_prompt(question: str) -> str:
+    """The published grounding prompt."""
+    return f"{question} {SHORT_ANSWER}"
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """``all`` or a comma list of indices and ranges (``0,4,10-20``; negatives count from the end)."""
+    if spec.strip().lower() == "all":
+        return list(range(n_layers))
+    layers: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(-?\d+)-(-?\d+)", part)
+        values = range(int(match[1]), int(match[2]) + 1) if match else [int(part)]
+        for v in values:
+            v = v + n_layers if v < 0 else v
+            if not 0 <= v < n_layers:
+                raise ValueError(f"layer {v} out of range: the model has {n_layers} LLM layers")
+            layers.append(v)
+    return sorted(set(layers))
+
+
+@dataclass
+class _Item:
+    question: Question
+    geometry: GridGeometry
+    gt: np.ndarray  # (rows, cols) bool
+
+
+def _capture_maps(adapter, images: list[Image.Image], texts: list[str], layers: list[int], rows: str
+                  ) -> list[np.ndarray]:
+    """Per input, a float32 (layers, heads, cells) map of the grid's image tokens."""
+    import torch
+    from vgmed_eval.attention import capture
+
+    batch = adapter.build_inputs(images, texts)
+    with torch.inference_mode(), capture(adapter.model, layers, batch.grid_positions, rows=rows,
+                                         question_from=batch.question_start) as cap:
+        adapter.model(**batch.inputs, use_cache=False)
+    stacked = torch.stack([cap.maps[layer] for layer in layers], 1).cpu().numpy()  # (B, L, H, N)
+    return [stacked[b, :, :, : len(pos)] for b, pos in enumerate(batch.grid_positions)]
+
+
+def _chunks(seq: list, size: int) -> Iterator[list]:
+    for start in range(0, len(seq), size):
+        yield seq[start:start + size]
+
+
+def _safe_name(qid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", qid)
+
+
+class GroundingRun:
+    """Evaluate one set of questions with one adapter; results accumulate in memory."""
+
+    def __init__(self, adapter, layers: list[int], batch_size: int, rows: str = "last",
+                 maps_dir: Path | None = None):
+        self.adapter, self.layers, self.batch_size, self.rows = adapter, layers, batch_size, rows
+        self.maps_dir = maps_dir
+        self.layer_rows: list[dict] = []
+        self.head_blocks: list[tuple[str, np.ndarray]] = []  # (id, metrics (3, L, H))
+        self.errors: list[dict] = []
+
+    def error(self, q: Question, kind: str, message: str) -> None:
+        log.warning("%s (%s): %s", q.id, q.image_rel, message)
+        self.errors.append({"id": q.id, "image": q.image_rel, "kind": kind, "error": message})
+
+    def run(self, questions: list[Question], progress: bool = True) -> None:
+        by_image: dict[Path, list[Question]] = {}
+        for q in questions:
+            by_image.setdefault(q.image, []).append(q)
+        bar = tqdm(total=len(questions), desc="grounding", unit="q", disable=not progress)
+        for paths in _chunks(list(by_image), self.batch_size):
+            images, items = {}, []
+            for path in paths:
+                image = self._open(path, by_image[path])
+                if image is None:
+                    bar.update(len(by_image[path]))
+                    continue
+                images[path] = image
+                items += self._prepare(image, by_image[path])
+            if items:
+                self._evaluate(images, items)
+            bar.update(sum(len(by_image[p]) for p in images))
+        bar.close()
+
+    def _open(self, path: Path, qs: list[Question]) -> Image.Image | None:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return im.convert("RGB")
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+            kind = "missing_image" if isinstance(exc, FileNotFoundError) else "unreadable_image"
+            for q in qs:
+                self.error(q, kind, f"cannot read image {path}: {exc}")
+            return None
+
+    def _prepare(self, image: Image.Image, qs: list[Question]) -> list[_Item]:
+        items = []
+        geometry = self.adapter.geometry(image.width, image.height)
+        for q in qs:
+            try:
+                items.append(_Item(q, geometry, geometry.boxes_to_cells(q.boxes)))
+            except GeometryError as exc:
+                self.error(q, exc.kind, str(exc))
+        return items
+
+    def _evaluate(self, images: dict[Path, Image.Image], items: list[_Item]) -> None:
+        used = [p for p in images if any(it.question.image == p for it in items)]
+        general = {}
+        for paths in _chunks(used, self.batch_size):
+            maps = _capture_maps(self.adapter, [images[p] for p in paths], [GENERAL_PROMPT] * len(paths),
+                                 self.layers, self.rows)
+            general.update(zip(paths, maps, strict=True))
+        for chunk in _chunks(items, self.batch_size):
+            maps = _capture_maps(self.adapter, [images[it.question.image] for it in chunk],
+                                 [question_prompt(it.question.question) for it in chunk], self.layers, self.rows)
+            for item, a in zip(chunk, maps, strict=True):
+                self._score(item, a, general[item.question.image])
+
+    def _score(self, item: _Item, a: np.ndarray, g: np.ndarray) -> None:
+        q, gt = item.question, item.gt.reshape(-1)
+        layer_level = grounding_metrics(a.mean(1), g.mean(1), gt)  # heads averaged: (L,)
+        head_level = grounding_metrics(a, g, gt)  # (L, H)
+        base = {"id": q.id, "q_type": q.q_type, "modality": q.modality, "source": q.source, "label": q.label,
+                "image": q.image_rel, "grid_rows": item.geometry.rows, "grid_cols": item.geometry.cols,
+                "gt_cells": int(gt.sum())}
+        for i, layer in enumerate(self.layers):
+            self.layer_rows.append({**base, "layer": layer, **{k: float(v[i]) for k, v in layer_level.items()}})
+        self.head_blocks.append((q.id, np.stack([head_level[k] for k in ("attention_ratio", "kl", "js")])))
+        if self.maps_dir is not None:
+            shape = (len(self.layers), item.geometry.rows, item.geometry.cols)
+            np.savez_compressed(
+                self.maps_dir / f"{_safe_name(q.id)}.npz", attn=a.mean(1).reshape(shape),
+                general=g.mean(1).reshape(shape), gt=item.gt, layers=np.array(self.layers),
+                boxes=np.array(q.boxes, dtype=np.float64), image=q.image_rel, question=q.question,
+            )
+
+    def per_layer(self) -> pd.DataFrame:
+        return pd.DataFrame(self.layer_rows)
+
+    def per_head(self) -> pd.DataFrame:
+        if not self.head_blocks:
+            return pd.DataFrame(columns=["id", "layer", "head", "attention_ratio", "kl", "js"])
+        ids = [qid for qid, _ in self.head_blocks]
+        arr = np.stack([m for _, m in self.head_blocks])  # (Q, 3, L, H)
+        n_q, _, n_l, n_h = arr.shape
+        return pd.DataFrame({
+            "id": np.repeat(ids, n_l * n_h),
+            "layer": np.tile(np.repeat(self.layers, n_h), n_q),
+            "head": np.tile(np.arange(n_h), n_q * n_l),
+            "attention_ratio": arr[:, 0].reshape(-1), "kl": arr[:, 1].reshape(-1), "js": arr[:, 2].reshape(-1),
+        })
+
+
+def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], batch_size: int, rows: str,
+                     save_maps: bool, limit: int | None, q_types: tuple[str, ...], n_boot: int,
+                     progress: bool = True) -> dict:
+    """Run one release end to end and write every output; returns the summary."""
+    questions, read_errors = read_release(release, q_types)
+    if limit is not None:
+        questions = questions[:limit]
+    out.mkdir(parents=True, exist_ok=True)
+    maps_dir = out / "maps" if save_maps else None
+    if maps_dir:
+        maps_dir.mkdir(exist_ok=True)
+    run = GroundingRun(adapter, layers, batch_size, rows, maps_dir)
+    run.errors += [{"id": e.id, "image": None, "kind": "bad_record", "error": f"{e.file}:{e.line}: {e.error}"}
+                   for e in read_errors]
+    started = time.perf_counter()
+    run.run(questions, progress=progress)
+    elapsed = time.perf_counter() - started
+    per_layer = run.per_layer()
+    per_layer.to_parquet(out / "per_layer.parquet", index=False)
+    run.per_head().to_parquet(out / "per_head.parquet", index=False)
+    with (out / "errors.jsonl").open("w", encoding="utf-8") as fh:
+        for e in run.errors:
+            fh.write(json.dumps(e) + "\n")
+    summary = {
+        "model": adapter.name, "family": adapter.family, "release": str(release),
+        "layers": layers, "n_llm_layers": adapter.n_layers, "n_heads": adapter.n_heads, "rows": rows,
+        "prompt": question_prompt("{question}"), "general_prompt": GENERAL_PROMPT,
+        "seconds": round(elapsed, 3),
+        "questions_per_second": round(len(questions) / elapsed, 3) if elapsed > 0 else None,
+        **summarise(per_layer, run.errors, len(questions) + len(read_errors), n_boot=n_boot),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "grounding", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="attention ratio, KL and JS of a model on a VGMED-style release, per layer and head",
+        description=__doc__,
+    )
+    p.add_argument("--release", required=True, type=Path,
+                   help=f"release directory holding {' and/or '.join(FILES.values())} and images/ "
+                        "(ours or the published VGMED files)")
+    p.add_argument("--model", required=True,
+                   help="hub id or local checkpoint (LLaVA-1.5/NeXT, Qwen2/2.5/3-VL, Gemma 3 families), or "
+                        "builtin:tiny-<family> for a tiny random model that runs offline")
+    p.add_argument("--out", required=True, type=Path, help="output directory (created)")
+    p.add_argument("--layers", default="all",
+                   help="LLM layers to measure: 'all' or a list like '0,8,14-20' (negatives from the end)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="prompts per forward pass (and images per general-prompt pass)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="model weights dtype; auto = the checkpoint's own (float32 for tiny models)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    p.add_argument("--rows", default="last", choices=["last", "question"],
+                   help="query rows: the last prompt token (published) or the mean over the question tokens")
+    p.add_argument("--q-types", default="localization,attribute",
+                   help="comma list of question types to read (localization, attribute)")
+    p.add_argument("--save-maps", action="store_true",
+                   help="also write maps/<id>.npz: head-averaged question and general maps per layer on the "
+                        "grid, GT cells, boxes (needed for the report's overlays)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
+    p.add_argument("--control-release", type=Path, default=None,
+                   help="a natural-image control release (e.g. COCO-built) evaluated the same way into "
+                        "OUT/control, for the report's medical-vs-natural comparison")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    from vgmed_eval.adapters import load_adapter
+
+    q_types = tuple(t.strip() for t in args.q_types.split(",") if t.strip())
+    unknown = [t for t in q_types if t not in FILES]
+    if unknown:
+        raise SystemExit(f"unknown question type(s) {unknown}; choose from {', '.join(FILES)}")
+    if args.batch_size < 1:
+        raise SystemExit("--batch-size must be at least 1")
+    adapter = load_adapter(args.model, dtype=args.dtype, device=args.device)
+    try:
+        layers = parse_layers(args.layers, adapter.n_layers)
+    except ValueError as exc:
+        raise SystemExit(f"--layers: {exc}") from exc
+    common = dict(layers=layers, batch_size=args.batch_size, rows=args.rows, save_maps=args.save_maps,
+                  limit=args.limit, q_types=q_types, n_boot=args.bootstrap, progress=not args.no_progress)
+    targets = [(args.release, args.out)]
+    if args.control_release is not None:
+        targets.append((args.control_release, args.out / "control"))
+    for release, out in targets:
+        summary = evaluate_release(adapter, release, out, **common)
+        best = summary.get("most_sensitive_layer")
+        log.info("%s: %d questions, %d ok, %d errors, most visually sensitive layer %s -> %s",
+                 release, summary["n_questions"], summary["n_ok"], summary["n_errors"], best, out)
+    return 0

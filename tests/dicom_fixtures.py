@@ -15,6 +15,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.sr.codedict import Code, codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
@@ -24,8 +25,8 @@ SLICE_STEP = 5.0
 FILE_ORDER = [4, 2, 0, 3, 1]
 
 
-def ct_series(folder: Path, n: int = 5, step: float = SLICE_STEP) -> list[Dataset]:
-    """n copies of CT_small stacked along z (slice k brighter by 100 HU * k), saved under shuffled names.
+def ct_series(folder: Path, n: int = 5, step: float = SLICE_STEP, brighten_hu: int = 100) -> list[Dataset]:
+    """n copies of CT_small stacked along z (slice k brighter by brighten_hu * k), under shuffled names.
 
     Returns the datasets in z order (index k = position k).
     """
@@ -43,7 +44,7 @@ def ct_series(folder: Path, n: int = 5, step: float = SLICE_STEP) -> list[Datase
         x, y, z = (float(v) for v in base.ImagePositionPatient)
         ds.ImagePositionPatient = [x, y, z + k * step]
         ds.SliceLocation = z + k * step
-        ds.PixelData = (base.pixel_array + 100 * k).astype(base.pixel_array.dtype).tobytes()
+        ds.PixelData = (base.pixel_array + brighten_hu * k).astype(base.pixel_array.dtype).tobytes()
         name = f"IM{FILE_ORDER[k % len(FILE_ORDER)] + 10 * (k // len(FILE_ORDER)):04d}.dcm"
         ds.save_as(folder / name, enforce_file_format=True)
         ds.filename = str(folder / name)
@@ -61,24 +62,29 @@ def body_and_bone(series: list[Dataset]) -> np.ndarray:
     return np.stack([h > -300, h > 600], axis=-1)
 
 
-def _segment(number: int, label: str, kind: tuple[str, str]) -> hd.seg.SegmentDescription:
+def _segment(number: int, label: str, kind: Code) -> hd.seg.SegmentDescription:
     return hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=label,
-        segmented_property_category=hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure"),
-        segmented_property_type=hd.sr.CodedConcept(kind[0], "SCT", kind[1]),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=kind,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="HU threshold", version="1", family=codes.cid7162.HistogramAnalysis
+        ),
     )
 
 
-def make_seg(series: list[Dataset], masks: np.ndarray, labels: list[str], path: Path) -> hd.seg.Segmentation:
+def make_seg(
+    series: list[Dataset], masks: np.ndarray, labels: list[str], path: Path, kinds: list[Code] | None = None
+) -> hd.seg.Segmentation:
     """A real DICOM SEG (highdicom) over ``series`` with one segment per last-axis channel of ``masks``."""
-    kinds = [("123037004", "Body structure"), ("272673000", "Bone")]
+    kinds = kinds or [codes.SCT.BodyStructure, codes.SCT.Bone]
     seg = hd.seg.Segmentation(
         source_images=series,
         pixel_array=masks.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[_segment(n + 1, label, kinds[n % 2]) for n, label in enumerate(labels)],
+        segment_descriptions=[_segment(n + 1, label, kinds[n % len(kinds)]) for n, label in enumerate(labels)],
         series_instance_uid=generate_uid(),
         series_number=100,
         sop_instance_uid=generate_uid(),

@@ -146,3 +146,19 @@ def test_missing_masks_unreadable_image_and_missing_modality(tmp_path):
     assert len(errors) == 1 and "need a modality" in str(errors[0])
     _, errors = listed(spec(tmp_path, options={"masks": "masks/{stem}.png"}))
     assert "needs a {label} placeholder" in str(errors[0])
+
+
+def test_one_binary_jpeg_mask_per_image(tmp_path):
+    """Kvasir-SEG style: masks/<stem>.jpg with the image's name, one class, lossy JPEG values."""
+    retina(tmp_path, "images/cju0qkwl35piu0993l0dewei2.jpg")
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(disc_mask()).save(tmp_path / "masks" / "cju0qkwl35piu0993l0dewei2.jpg", quality=75)
+    opts = {"masks": "masks/{stem}.jpg", "class_name": "polyp"}
+    items, errors = listed(spec(tmp_path, modality="Endoscopy", options=opts))
+    assert errors == [] and len(items) == 1
+    with pytest.raises(SourceError, match="binary mask holds"):
+        items[0].load()  # JPEG artefacts: not a clean 0/255 mask
+    items, _ = listed(spec(tmp_path, modality="Endoscopy", options={**opts, "binary_threshold": 127}))
+    mask = items[0].load().masks["polyp"]
+    ys, xs = np.nonzero(mask)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (40, 69, 120, 149)

@@ -24,7 +24,7 @@ from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpe
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_PATTERNS = {"binary": "masks/{stem}_{label}.png", "index": "masks/{stem}.png"}
-MASK_OPTION_KEYS = ("masks", "mask_type", "binary_threshold", "skip_empty", "ignore_values")
+MASK_OPTION_KEYS = ("masks", "mask_type", "class_name", "binary_threshold", "skip_empty", "ignore_values")
 
 
 def rel(path: Path, root: Path) -> str:
@@ -44,6 +44,7 @@ class MaskLayout:
     threshold: int | None = None  # binary masks: values above it are foreground (lossy JPEG masks)
     skip_empty: bool = False     # drop empty binary masks instead of failing the item
     ignore_values: tuple[int, ...] = ()  # index masks: values that are neither background nor a label
+    class_name: str = ""         # binary pattern without {label}: one mask per image, of this class
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> MaskLayout:
@@ -53,8 +54,12 @@ class MaskLayout:
         pattern = str(options.get("masks", DEFAULT_PATTERNS[mode]))
         if "{stem}" not in pattern:
             raise SourceError(f"options.masks pattern {pattern!r} needs a {{stem}} placeholder")
-        if mode == "binary" and "{label}" not in pattern:
-            raise SourceError(f"binary mask pattern {pattern!r} needs a {{label}} placeholder")
+        class_name = str(options.get("class_name") or "")
+        if mode == "binary" and ("{label}" in pattern) == bool(class_name):
+            raise SourceError(
+                f"binary mask pattern {pattern!r} needs a {{label}} placeholder, or (one mask per image) "
+                "no placeholder and options.class_name"
+            )
         if mode == "index" and "{label}" in pattern:
             raise SourceError(f"index mask pattern {pattern!r} must not contain {{label}}")
         threshold = options.get("binary_threshold")
@@ -64,6 +69,7 @@ class MaskLayout:
             threshold=None if threshold is None else int(threshold),
             skip_empty=bool(options.get("skip_empty", False)),
             ignore_values=tuple(int(v) for v in options.get("ignore_values", ())),
+            class_name=class_name,
         )
 
     def regex(self) -> re.Pattern[str]:
@@ -76,10 +82,10 @@ class MaskLayout:
         return re.compile(body + "$")
 
     def find(self, root: Path, stem: str, tags: list[str]) -> dict[str, Path]:
-        """Mask files of one image: ``{tag: path}`` (binary) or ``{"": path}`` (index)."""
-        if self.mode == "index":
+        """Mask files of one image: ``{tag: path}`` (binary), ``{class_name: path}`` or ``{"": path}`` (index)."""
+        if self.mode == "index" or self.class_name:
             path = root / self.pattern.replace("{stem}", stem)
-            return {"": path} if path.is_file() else {}
+            return {self.class_name: path} if path.is_file() else {}
         if tags:  # labels given: look each one up, no guessing from ambiguous names
             pattern = self.pattern.replace("{stem}", stem)
             found = {t: root / pattern.replace("{label}", t) for t in tags}
@@ -183,7 +189,7 @@ def load_masks(
 ) -> dict[str, Any]:
     """Read and check an image's masks; returns Image2D keyword arguments (masks or label map)."""
     if layout.mode == "index":
-        path = files[""]
+        (path,) = files.values()
         arr = _sized(read_mask(path, rel(path, root)), shape, rel(path, root))
         names: dict[int, str] = {}
         for value in np.unique(arr):
@@ -225,7 +231,9 @@ def _sized(arr: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
 
 def wanted_tags(spec: SourceSpec, layout: MaskLayout) -> list[str]:
     """Binary masks to look up by name: the labels' keys, minus those mapped to "" (dropped)."""
-    return sorted(t for t, name in spec.labels.items() if name) if layout.mode == "binary" else []
+    if layout.mode == "index" or layout.class_name:
+        return []
+    return sorted(t for t, name in spec.labels.items() if name)
 
 
 def require_modality(spec: SourceSpec) -> str:

@@ -58,7 +58,8 @@ def voxel_spacing(affine: np.ndarray) -> np.ndarray:
 
 def display_slice(vol: np.ndarray, plane: str, index: int) -> np.ndarray:
     """One slice of a canonical volume in the radiological display orientation (rows, cols)."""
-    sl = np.take(vol, index, axis=SLICE_AXIS[plane])  # remaining axes: (column axis, row axis)
+    axis = SLICE_AXIS[plane]
+    sl = vol[(slice(None),) * axis + (index,)]  # a view; remaining axes: (column axis, row axis)
     return sl.T[::-1, ::-1]
 
 

@@ -122,3 +122,13 @@ def test_slake_end_to_end(tmp_path):
     assert found["Brain Tumor"]["boxes"] == [[40, 10, 55, 30]] and found["Brain Tumor"]["modality"] == "MRI"
     assert found["Liver"]["source"]["item"] == "imgs/xmlab0" and found["Liver"]["side"] == "unknown"
     assert errors == ["imgs/xmlab2: neither mask.png nor detection.json; nothing to ground"]
+
+
+def test_hugging_face_copy_names(tmp_path):
+    """The Hugging Face copy: images/ instead of imgs/, validation.json instead of validate.json."""
+    make_slake(tmp_path)
+    (tmp_path / "imgs").rename(tmp_path / "images")
+    (tmp_path / "test.json").rename(tmp_path / "validation.json")
+    items, errors = listed(tmp_path, options={"splits": ["validate"]})
+    assert [i.key for i in items] == ["images/xmlab1"] and len(errors) == 1
+    assert items[0].load().modality == "MRI"

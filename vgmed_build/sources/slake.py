@@ -27,7 +27,9 @@ from PIL import Image, UnidentifiedImageError
 from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, register
 from vgmed_build.sources.images2d import read_image, rel
 
-SPLIT_FILES = {"train": "train.json", "validate": "validate.json", "test": "test.json"}
+# Split -> file names (the Hugging Face copy renamed validate.json to validation.json).
+SPLIT_FILES = {"train": ("train.json",), "validate": ("validate.json", "validation.json"), "test": ("test.json",)}
+IMAGE_FOLDERS = ("imgs", "images")
 IMAGE_NAME = "source.jpg"
 
 
@@ -42,9 +44,9 @@ def _question_index(root: Path, splits: list[str]) -> tuple[dict[str, dict], lis
     """img folder name -> {"modality", "location", "splits"} from the split files that exist."""
     index: dict[str, dict] = {}
     errors = []
-    for split, name in SPLIT_FILES.items():
-        path = root / name
-        if not path.is_file():
+    for split in SPLIT_FILES:
+        path = _split_file(root, split)
+        if path is None:
             continue
         try:
             records = _read_json(path, root)
@@ -59,11 +61,18 @@ def _question_index(root: Path, splits: list[str]) -> tuple[dict[str, dict], lis
                 entry.setdefault("modality", rec.get("modality"))
                 entry.setdefault("location", rec.get("location"))
     if splits:
-        missing = [s for s in splits if not (root / SPLIT_FILES.get(s, f"{s}.json")).is_file()]
+        missing = [s for s in splits if _split_file(root, s) is None]
         if missing:
-            names = ", ".join(SPLIT_FILES.get(s, s) for s in missing)
+            names = ", ".join(SPLIT_FILES.get(s, (f"{s}.json",))[0] for s in missing)
             errors.append(SourceError(f"{names}: split file not found"))
     return index, errors
+
+
+def _split_file(root: Path, split: str) -> Path | None:
+    for name in SPLIT_FILES.get(split, (f"{split}.json",)):
+        if (root / name).is_file():
+            return root / name
+    return None
 
 
 def read_detections(path: Path, root: Path) -> list[tuple[str, list[float]]]:
@@ -166,8 +175,8 @@ class SlakeAdapter:
 
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root = Path(spec.path)
-        imgs = root / "imgs"
-        if not imgs.is_dir():
+        imgs = next((root / f for f in IMAGE_FOLDERS if (root / f).is_dir()), None)
+        if imgs is None:
             yield SourceError(f"{root.name}: not a SLAKE folder (no imgs/ inside)")
             return
         splits = [str(s) for s in spec.options.get("splits") or []]

@@ -120,7 +120,7 @@ def test_duplicate_is_case_and_punctuation_insensitive():
 def test_schema_rule_reports_the_field():
     bad = draft("Is there a liver in the image?")
     bad["side"] = "up"
-    assert lint(bad, LintContext(LIVER)).startswith("schema: side")
+    assert lint(bad, LintContext(LIVER)).startswith("schema: data.side")
 
 
 def test_limits_are_configurable():

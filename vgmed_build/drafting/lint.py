@@ -9,8 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
-from vgmed_build.resources import schema_errors
+import fastjsonschema
+
+from vgmed_build.resources import load_schema
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,18 @@ def _contains_phrase(text: str, phrase: str) -> bool:
     return bool(phrase) and re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", normalize(text)) is not None
 
 
+@cache
+def _compiled(name: str) -> Callable[[dict], object]:
+    """The schema compiled to Python: ~20x faster than jsonschema, which matters at 100+ drafts/s."""
+    return fastjsonschema.compile(load_schema(name))
+
+
 def rule_schema(draft: dict, ctx: LintContext) -> str | None:
-    errors = schema_errors("draft", draft)
-    return f"schema: {errors[0]}" if errors else None
+    try:
+        _compiled("draft")(draft)
+    except fastjsonschema.JsonSchemaException as exc:
+        return f"schema: {exc.message}"
+    return None
 
 
 def rule_names_target(draft: dict, ctx: LintContext) -> str | None:

@@ -19,6 +19,7 @@ import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from functools import cache
 
 from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.resources import load_schema, schema_errors
@@ -65,7 +66,7 @@ def install_log_redaction() -> None:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
     # httpx/openai log every request at INFO/DEBUG; one line per request drowns the progress output.
-    for name in ("httpx", "httpcore", "openai"):
+    for name in ("httpx", "httpcore", "httpx2", "httpcore2", "openai"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -292,14 +293,9 @@ class LlmClient:
             self.budget.take_request()
             kwargs = {k: v for k, v in params.items() if k in ("temperature", "max_tokens", "seed")}
             if self._json_schema:
-                kwargs["response_format"] = {
-                    "type": "json_schema",
-                    "json_schema": {
-                        "name": schema_name,
-                        "schema": _strict_schema(schema_name),
-                        "strict": True,
-                    },
-                }
+                # Sent as extra_body: the same JSON on the wire, without the SDK's per-request typed
+                # transform of the whole schema (measured at several ms of CPU per request).
+                kwargs["extra_body"] = {"response_format": _response_format(schema_name)}
             try:
                 return await self._client.chat.completions.create(
                     model=self.config.model, messages=messages, **kwargs
@@ -327,7 +323,8 @@ class LlmClient:
                 await asyncio.sleep(wait)
 
 
-def _strict_schema(name: str) -> dict:
-    """The schema as OpenAI's strict mode wants it (no $schema/$id/descriptions needed)."""
-    schema = load_schema(name)
-    return {k: v for k, v in schema.items() if k not in ("$schema", "$id", "title", "description")}
+@cache
+def _response_format(name: str) -> dict:
+    """response_format json_schema for ``schemas/<name>.schema.json`` (strict mode; no $schema/$id)."""
+    schema = {k: v for k, v in load_schema(name).items() if k not in ("$schema", "$id", "title", "description")}
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}

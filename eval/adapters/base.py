@@ -147,8 +147,13 @@ class Adapter:
         return spans
 
     # ----- geometry ----------------------------------------------------------------------------
-    def geometry(self, width: int, height: int) -> GridGeometry:
+    @staticmethod
+    def grid_geometry(image_processor, config, width: int, height: int) -> GridGeometry:
+        """The family's preprocessing geometry from its image processor and model config (no model)."""
         raise NotImplementedError
+
+    def geometry(self, width: int, height: int) -> GridGeometry:
+        return self.grid_geometry(self.image_processor, self.model.config, width, height)
 
     def grid_shape(self, width: int, height: int) -> tuple[int, int]:
         return self.geometry(width, height).shape

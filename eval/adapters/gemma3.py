@@ -30,13 +30,14 @@ class Gemma3Adapter(Adapter):
     model_types = ("gemma3",)
     model_class = "Gemma3ForConditionalGeneration"
 
-    def geometry(self, width: int, height: int) -> GridGeometry:
-        ip = self.image_processor
-        side = math.isqrt(int(self.model.config.mm_tokens_per_image))
+    @staticmethod
+    def grid_geometry(ip, config, width: int, height: int) -> GridGeometry:
+        side = math.isqrt(int(config.mm_tokens_per_image))
         return stretch_geometry(width, height, size_value(ip.size, "height"), size_value(ip.size, "width"),
                                 side, side)
 
     def encode(self, images, prompts, add_special_tokens):
+        """Gemma3Processor with pan & scan forced off (its crops have no single grid geometry)."""
         enc = self.processor(images=[[im] for im in images], text=prompts, padding=True, return_tensors="pt",
                              add_special_tokens=add_special_tokens, do_pan_and_scan=False)
         if "token_type_ids" not in enc:

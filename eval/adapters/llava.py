@@ -47,18 +47,15 @@ class LlavaAdapter(Adapter):
     model_types = ("llava",)
     model_class = "LlavaForConditionalGeneration"
 
-    @property
-    def patch(self) -> int:
-        return int(self.model.config.vision_config.patch_size)
-
-    def geometry(self, width: int, height: int) -> GridGeometry:
-        ip = self.image_processor
+    @staticmethod
+    def grid_geometry(ip, config, width: int, height: int) -> GridGeometry:
+        patch = int(config.vision_config.patch_size)
         shortest = size_value(ip.size, "shortest_edge")
         resize = shortest if shortest else (size_value(ip.size, "height"), size_value(ip.size, "width"))
         crop = None
         if getattr(ip, "do_center_crop", False):
             crop = (size_value(ip.crop_size, "height"), size_value(ip.crop_size, "width"))
-        return clip_geometry(width, height, resize=resize, crop=crop, patch=self.patch,
+        return clip_geometry(width, height, resize=resize, crop=crop, patch=patch,
                              pad_to_square=bool(getattr(ip, "do_pad", False)))
 
     @classmethod
@@ -93,11 +90,11 @@ class LlavaNextAdapter(LlavaAdapter):
     model_types = ("llava_next",)
     model_class = "LlavaNextForConditionalGeneration"
 
-    def geometry(self, width: int, height: int) -> GridGeometry:
+    @staticmethod
+    def grid_geometry(ip, config, width: int, height: int) -> GridGeometry:
         """The base grid: the whole image resized to the square vision input."""
-        ip = self.image_processor
         side = size_value(ip.size, "height") or size_value(ip.size, "shortest_edge")
-        n = side // self.patch
+        n = side // int(config.vision_config.patch_size)
         return stretch_geometry(width, height, side, side, n, n)
 
     def grid_positions(self, input_ids, geometries):

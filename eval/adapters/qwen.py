@@ -68,9 +68,9 @@ class QwenVLAdapter(Adapter):
     def merge(self) -> int:
         return int(self.image_processor.merge_size)
 
-    def geometry(self, width: int, height: int) -> GridGeometry:
-        ip = self.image_processor
-        return qwen_geometry(width, height, patch=int(ip.patch_size), merge=self.merge,
+    @staticmethod
+    def grid_geometry(ip, config, width: int, height: int) -> GridGeometry:
+        return qwen_geometry(width, height, patch=int(ip.patch_size), merge=int(ip.merge_size),
                              min_pixels=size_value(ip.size, "shortest_edge"),
                              max_pixels=size_value(ip.size, "longest_edge"))
 

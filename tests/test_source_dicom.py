@@ -248,3 +248,32 @@ def test_no_header_values_in_keys_or_messages(tmp_path):
     text = " ".join(errors + [i.key for i in items] + [repr(i) for i in items])
     for value in (*uids, str(series[0].PatientName), series[0].PatientID, "JANCT", generate_uid()[:20]):
         assert value not in text
+
+
+def test_sagittal_series_geometry_and_contours(tmp_path):
+    """A sagittal stack (IOP rows along +y, columns along -z, normal -x): the affine must send every
+    voxel to its patient position, and contours drawn in patient mm must land on the right pixels."""
+    series = ct_series(tmp_path / "sag", n=4)
+    for k, ds in enumerate(series):
+        ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        ds.ImagePositionPatient = [30.0 - 3.0 * k, -60.0, 40.0]   # slices step along the normal (-x)
+        ds.save_as(ds.filename)
+    make_rtstruct(series, {"box": [(1, contour_sagittal(series[1], square(10, 20, 30, 25)))]}, tmp_path / "rt.dcm")
+    vol = listed(tmp_path)[0][0].load()
+    spacing = float(series[0].PixelSpacing[0])
+    for k, ds in enumerate(series):
+        lps = np.array([float(v) for v in ds.ImagePositionPatient])
+        assert np.allclose(vol.affine @ [0, 0, k, 1], [-lps[0], -lps[1], lps[2], 1])
+        assert np.allclose(vol.image[:, :, k], hu(ds).T)
+    i, j = 7, 11  # column 7 is 7 steps along +y (RAS y = -LPS y); row 11 is 11 steps along -z
+    x, y, z = (float(v) for v in series[2].ImagePositionPatient)
+    assert np.allclose(vol.affine @ [i, j, 2, 1], [-x, -(y + i * spacing), z - j * spacing, 1])
+    cols, rows, ks = np.nonzero(vol.masks["box"])
+    assert set(ks) == {1} and (cols.min(), cols.max(), rows.min(), rows.max()) == (10, 29, 20, 24)
+
+
+def contour_sagittal(ds, corners):
+    """Voxel (column i, row j) corners on a sagittal slice -> LPS ContourData (mm)."""
+    x0, y0, z0 = (float(v) for v in ds.ImagePositionPatient)
+    step = float(ds.PixelSpacing[0])
+    return [v for i, j in corners for v in (x0, y0 + i * step, z0 - j * step)]

@@ -28,6 +28,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from skimage.draw import polygon
+from tqdm import tqdm
 
 from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, Volume, register
 from vgmed_build.sources.images2d import (
@@ -141,7 +142,8 @@ def _scan(root: Path) -> tuple[list[_Slice], list[_Annotation], list[SourceError
     annotations: list[_Annotation] = []
     errors: list[SourceError] = []
     paths = [p for p in sorted(root.rglob("*")) if p.is_file()]
-    for path in paths:
+    # Opening every file is the slow part of listing a large DICOM tree: show it (TTY only).
+    for path in tqdm(paths, desc=f"scan {root.name}", unit="file", disable=None, leave=False):
         name = rel(path, root)
         if any(part.startswith(".") for part in Path(name).parts) or path.suffix.lower() in NOT_DICOM:
             continue

@@ -25,14 +25,21 @@ from PIL import Image
 
 from vgmed_build.catalog import Catalog, now_iso, open_catalog
 from vgmed_build.resources import schema_errors
-from vgmed_build.review.server import ServerInfo, invite_url, start_server, stop_server
+from vgmed_build.review.server import ServerInfo, connect, invite_url, start_server, stop_server
 
 
 @pytest.fixture(scope="session")
-def labelstudio(tmp_path_factory) -> ServerInfo:
+def labelstudio_home(tmp_path_factory) -> Path:
+    """The 'build directory' that owns the session's server (its state lies in <home>/labelstudio/)."""
+    return tmp_path_factory.mktemp("labelstudio-home")
+
+
+@pytest.fixture(scope="session")
+def labelstudio(labelstudio_home, tmp_path_factory) -> ServerInfo:
     """The session's Label Studio server (started once, stopped at the end)."""
-    home = tmp_path_factory.mktemp("labelstudio-home")
+    home = labelstudio_home
     info = start_server(home, document_root=tmp_path_factory.getbasetemp(), timeout=900)
+    connect(info)  # fills in the server identity (its organisation) used for reviewer pseudonyms
     yield info
     stop_server(home)
 
@@ -58,15 +65,20 @@ def add_reviewer(admin: ServerInfo, email: str, password: str = "Review-pass-202
     with httpx.Client(follow_redirects=True, trust_env=False, timeout=60) as web:
         web.get(link)
         csrf = web.cookies.get("csrftoken")
-        resp = web.post(link, data={"email": email, "password": password, "csrfmiddlewaretoken": csrf},
-                        headers={"Referer": link})
+        resp = web.post(
+            link,
+            data={"email": email, "password": password, "csrfmiddlewaretoken": csrf},
+            headers={"Referer": link},
+        )
         resp.raise_for_status()
         token = web.get(f"{admin.url}/api/current-user/token")
         if token.status_code != 200:
             raise RuntimeError(f"sign-up of {email} failed: {token.status_code} {token.text[:200]}")
     key = token.json()["token"]
-    return Reviewer(email, ServerInfo(url=admin.url, api_key=key, identity=admin.identity,
-                                      document_root=admin.document_root))
+    return Reviewer(
+        email,
+        ServerInfo(url=admin.url, api_key=key, identity=admin.identity, document_root=admin.document_root),
+    )
 
 
 # ---------------------------------------------------------------- builds
@@ -86,7 +98,9 @@ def _ct_pixels() -> np.ndarray:
 LABELS = [("liver", "right"), ("spleen", "left"), ("aorta", "midline")]
 
 
-def make_build(root: Path, n_images: int = 2, q_types: tuple[str, ...] = ("localization", "position")) -> Catalog:
+def make_build(
+    root: Path, n_images: int = 2, q_types: tuple[str, ...] = ("localization", "position")
+) -> Catalog:
     """A build with real PNGs (cropped CT, not square), one region per label and one draft per q_type.
 
     Rows are inserted as ingest and generate store them (draft records validate against the schema).
@@ -103,39 +117,82 @@ def make_build(root: Path, n_images: int = 2, q_types: tuple[str, ...] = ("local
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(root / rel)
             image_id = _hid("ct", item, 0)
-            c.execute("INSERT INTO items VALUES ('ct', ?, 'f', 'done', 1, ?, ?)", (item, len(LABELS), now_iso()))
-            c.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?)",
-                      (image_id, "ct", item, rel, w, h, hashlib.sha256((root / rel).read_bytes()).hexdigest(), "{}"))
+            c.execute(
+                "INSERT INTO items VALUES ('ct', ?, 'f', 'done', 1, ?, ?)", (item, len(LABELS), now_iso())
+            )
+            c.execute(
+                "INSERT INTO images VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    image_id,
+                    "ct",
+                    item,
+                    rel,
+                    w,
+                    h,
+                    hashlib.sha256((root / rel).read_bytes()).hexdigest(),
+                    "{}",
+                ),
+            )
             for k, (label, side) in enumerate(LABELS):
                 region_id = _hid(image_id, label)
                 box = [5 + 30 * k, 10 + 5 * i, 25 + 30 * k + i, 40 + 5 * i]
-                c.execute("INSERT INTO regions VALUES (?,?,?,?,?,?)", (region_id, image_id, "ct", label, "CT", "{}"))
+                c.execute(
+                    "INSERT INTO regions VALUES (?,?,?,?,?,?)", (region_id, image_id, "ct", label, "CT", "{}")
+                )
                 for slot, q_type in enumerate(q_types):
                     draft = {
-                        "id": _hid(region_id, q_type, 0), "region_id": region_id, "q_type": q_type, "slot": 0,
-                        "question": (f"Where is the {label} in this CT image?" if q_type == "localization"
-                                     else f"On which side of the body is the {label}?"),
+                        "id": _hid(region_id, q_type, 0),
+                        "region_id": region_id,
+                        "q_type": q_type,
+                        "slot": 0,
+                        "question": (
+                            f"Where is the {label} in this CT image?"
+                            if q_type == "localization"
+                            else f"On which side of the body is the {label}?"
+                        ),
                         "answer": "yes" if q_type == "localization" else side,
-                        "image": rel, "width": w, "height": h, "boxes": [box], "label": label,
-                        "display_name": label, "modality": "CT", "body_part": "abdomen", "side": side,
-                        "status": "ok", "reason": None,
-                        "provenance": {"drafter": "templates", "model": None, "template": f"{q_type}[{slot}]",
-                                       "template_hash": "0" * 64, "params": {}, "prompt_tokens": 0,
-                                       "completion_tokens": 0, "cost_usd": 0.0, "created_at": now_iso()},
+                        "image": rel,
+                        "width": w,
+                        "height": h,
+                        "boxes": [box],
+                        "label": label,
+                        "display_name": label,
+                        "modality": "CT",
+                        "body_part": "abdomen",
+                        "side": side,
+                        "status": "ok",
+                        "reason": None,
+                        "provenance": {
+                            "drafter": "templates",
+                            "model": None,
+                            "template": f"{q_type}[{slot}]",
+                            "template_hash": "0" * 64,
+                            "params": {},
+                            "prompt_tokens": 0,
+                            "completion_tokens": 0,
+                            "cost_usd": 0.0,
+                            "created_at": now_iso(),
+                        },
                     }
                     assert not schema_errors("draft", draft), schema_errors("draft", draft)
-                    c.execute("INSERT INTO drafts VALUES (?,?,?,?,?,?,?)",
-                              (draft["id"], region_id, q_type, "ok", None, json.dumps(draft), now_iso()))
+                    c.execute(
+                        "INSERT INTO drafts VALUES (?,?,?,?,?,?,?)",
+                        (draft["id"], region_id, q_type, "ok", None, json.dumps(draft), now_iso()),
+                    )
     return catalog
 
 
 def drafts_of(catalog: Catalog) -> dict[str, dict]:
-    return {d: json.loads(r) for d, r in catalog.conn.execute("SELECT id, record_json FROM drafts ORDER BY id")}
+    return {
+        d: json.loads(r) for d, r in catalog.conn.execute("SELECT id, record_json FROM drafts ORDER BY id")
+    }
 
 
 def dump(catalog: Catalog) -> dict[str, list]:
     """Every row of the catalog, to prove a failed command changed nothing."""
-    tables = [r[0] for r in catalog.conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+    tables = [
+        r[0] for r in catalog.conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+    ]
     return {t: catalog.conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in tables}
 
 

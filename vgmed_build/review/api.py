@@ -41,9 +41,7 @@ def upload_images(client, project_id: int, paths: list[Path]) -> list[str]:
     for start in range(0, len(paths), MAX_FILES_PER_UPLOAD):
         chunk = paths[start : start + MAX_FILES_PER_UPLOAD]
         # Names carry the index, so each stored file maps back to its path whatever order the server keeps.
-        files = [
-            (f"file{i}", (f"{i:03d}_{p.name}", p.read_bytes(), "image/png")) for i, p in enumerate(chunk)
-        ]
+        files = {f"file{i}": (f"{i:03d}_{p.name}", p.read_bytes(), "image/png") for i, p in enumerate(chunk)}
         answer = request(
             client,
             "POST",

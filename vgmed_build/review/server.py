@@ -21,7 +21,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -47,7 +46,9 @@ class ServerInfo:
 
     url: str
     api_key: str = field(repr=False)
-    identity: str  # stable name of the server, used for pseudonymous reviewer ids and project keys
+    # Stable name of the server's organisation (filled in by connect): keys reviewer pseudonyms and
+    # projects, so a changed port or a different URL to the same server changes nothing.
+    identity: str | None = None
     document_root: Path | None = None  # set when the server serves local files from this machine
     username: str | None = None
     password: str | None = field(default=None, repr=False)
@@ -137,7 +138,6 @@ def credentials(build_dir: str | Path) -> dict:
         "username": ADMIN_USER,
         "password": secrets.token_urlsafe(18),
         "api_key": secrets.token_hex(20),
-        "instance": uuid.uuid4().hex,
     }
     _write_private(path, creds)
     return creds
@@ -177,7 +177,6 @@ def _managed_info(build_dir: str | Path, state: dict) -> ServerInfo:
     return ServerInfo(
         url=state["url"],
         api_key=creds["api_key"],
-        identity=f"vgmed-local:{creds['instance']}",
         document_root=Path(state["document_root"]),
         username=creds["username"],
         password=creds["password"],
@@ -328,12 +327,8 @@ def resolve_server(
             raise LabelStudioError(
                 f"no API token for {url}: set LABEL_STUDIO_API_KEY (never pass it on the command line)"
             )
-        return ServerInfo(
-            url=url.rstrip("/"),
-            api_key=key,
-            identity=url.rstrip("/"),
-            document_root=Path(document_root).resolve() if document_root else None,
-        )
+        root = Path(document_root).resolve() if document_root else None
+        return ServerInfo(url=url.rstrip("/"), api_key=key, document_root=root)
     if build_dir is None:
         raise LabelStudioError("no Label Studio server: pass --url (or set LABEL_STUDIO_URL) or --build")
     info = server_status(build_dir)
@@ -356,7 +351,7 @@ def connect(server: ServerInfo):
         )
     client = LabelStudio(base_url=server.url, api_key=server.api_key, timeout=300)
     try:
-        client.users.whoami()
+        me = client.users.whoami()
     except ApiError as exc:
         if exc.status_code in (401, 403):
             raise LabelStudioError(
@@ -367,6 +362,12 @@ def connect(server: ServerInfo):
         raise LabelStudioError(
             f"Label Studio at {server.url} answered HTTP {exc.status_code} to whoami"
         ) from None
+    if server.identity is None:
+        from vgmed_build.review import api
+
+        orgs = api.request(client, "GET", "api/organizations/")
+        org = next((o for o in orgs if o["id"] == me.active_organization), orgs[0])
+        server.identity = f"label-studio-org:{org['id']}:{org['created_at']}"
     return client
 
 

@@ -1,0 +1,181 @@
+"""Benchmark `review push` and `review pull` against a real local Label Studio.
+
+Targets (issue 4): push 5,000 drafts in < 15 s and pull 5,000 reviewed tasks in < 15 s.
+Baselines in the same run: one task per import request (on --baseline-n tasks, extrapolated) and
+listing the reviewed tasks through the paged task API instead of one JSON export.
+
+    .venv/bin/python benchmarks/bench_review.py                 # starts its own server in a temp dir
+    LABEL_STUDIO_API_KEY=... .venv/bin/python benchmarks/bench_review.py --url http://127.0.0.1:8080 \
+        --document-root /   # an existing server on this machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vgmed_build.catalog import Catalog, now_iso, open_catalog
+from vgmed_build.review.convert import draft_prediction
+from vgmed_build.review.pull import pull
+from vgmed_build.review.push import REVIEW, label_config, load_drafts, push, task_payload
+from vgmed_build.review.server import ServerInfo, connect, resolve_server, start_server, stop_server
+
+REGIONS_PER_IMAGE = 10
+Q_TYPES = ("localization", "position")
+
+
+def _hid(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def make_build(root: Path, n_drafts: int) -> Catalog:
+    """A synthetic build: small real PNGs, 10 regions per image, 2 drafts per region."""
+    catalog = open_catalog(root)
+    rng = np.random.default_rng(0)
+    per_image = REGIONS_PER_IMAGE * len(Q_TYPES)
+    with catalog.transaction() as c:
+        c.execute("INSERT INTO sources VALUES ('bench', 'images2d', '{}')")
+        for i in range((n_drafts + per_image - 1) // per_image):
+            item, rel, w, h = f"img{i}", f"images/bench/img{i}.png", 96, 80
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(root / rel)
+            image_id = _hid(item)
+            c.execute(
+                "INSERT INTO items VALUES ('bench', ?, 'f', 'done', 1, ?, ?)", (item, REGIONS_PER_IMAGE, now_iso())
+            )
+            c.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?)", (image_id, "bench", item, rel, w, h, "0", "{}"))
+            for k in range(REGIONS_PER_IMAGE):
+                region_id, label = _hid(image_id, k), f"structure{k}"
+                c.execute("INSERT INTO regions VALUES (?,?,?,?,?,?)", (region_id, image_id, "bench", label, "CT", "{}"))
+                for q_type in Q_TYPES:
+                    draft_id = _hid(region_id, q_type, 0)
+                    rec = {
+                        "id": draft_id,
+                        "region_id": region_id,
+                        "q_type": q_type,
+                        "question": f"Where is the {label}?",
+                        "answer": "yes",
+                        "image": rel,
+                        "width": w,
+                        "height": h,
+                        "boxes": [[k, k, 40 + k, 30 + k]],
+                        "label": label,
+                        "display_name": label,
+                        "modality": "CT",
+                        "body_part": "abdomen",
+                        "side": "unknown",
+                        "status": "ok",
+                        "reason": None,
+                    }
+                    c.execute(
+                        "INSERT INTO drafts VALUES (?,?,?,?,?,?,?)",
+                        (draft_id, region_id, q_type, "ok", None, json.dumps(rec), now_iso()),
+                    )
+    return catalog
+
+
+def reviewed_project(catalog: Catalog, server: ServerInfo, client, batch: int = 1000) -> int:
+    """Import every draft as a task that already carries one accepting annotation (setup, not timed),
+    and point the catalog's review project at it so `pull` reads it."""
+    me = client.users.whoami().id
+    project_id = client.projects.create(title="bench pull", label_config=label_config()).id
+    tasks = []
+    for row in load_drafts(catalog):
+        d = row.draft
+        t = task_payload(row, "/data/local-files/?d=" + d["image"])
+        result = draft_prediction(d["question"], d["answer"], d["boxes"], row.width, row.height) + [
+            {"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": ["accept"]}}
+        ]
+        t["annotations"] = [{"result": result, "completed_by": me}]
+        tasks.append(t)
+    for start in range(0, len(tasks), batch):
+        client.projects.import_tasks(id=project_id, request=tasks[start : start + batch])
+    state = {"server": server.identity, "url": server.url, "id": project_id, "reviewers_per_item": 1}
+    catalog.set_state(f"review.project.{REVIEW}", json.dumps(state))
+    return project_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=5000, help="drafts to push and reviewed tasks to pull")
+    p.add_argument("--baseline-n", type=int, default=200, help="tasks for the one-task-per-request baseline")
+    p.add_argument("--url", default=None, help="existing server (token from $LABEL_STUDIO_API_KEY); default: start one")
+    p.add_argument("--document-root", default=None, help="with --url: the server's local-files document root")
+    args = p.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="vgmed-bench-review-"))
+    own = args.url is None
+    try:
+        if own:
+            t0 = time.perf_counter()
+            server = start_server(work / "server", document_root=work)
+            print(f"started Label Studio at {server.url} in {time.perf_counter() - t0:.1f} s")
+        else:
+            server = resolve_server(None, args.url, document_root=args.document_root)
+        client = connect(server)
+
+        catalog = make_build(work / "build", args.n)
+        n = len(load_drafts(catalog))
+        t0 = time.perf_counter()
+        report = push(catalog, server, progress=False)
+        t_push = time.perf_counter() - t0
+        assert report.created == n, report
+        print(
+            f"push (batched, {report.images} images): {n} drafts in {t_push:.2f} s = {n / t_push:.0f} tasks/s "
+            f"(target < 15 s: {'met' if t_push < 15 else 'MISSED'})"
+        )
+
+        rows = load_drafts(catalog)[: args.baseline_n]
+        base_id = client.projects.create(
+            title="bench baseline",
+            label_config=label_config(),
+        ).id
+        t0 = time.perf_counter()
+        for row in rows:
+            client.projects.import_tasks(id=base_id, request=[task_payload(row, "/data/local-files/?d=x.png")])
+        t_one = time.perf_counter() - t0
+        rate = len(rows) / t_one
+        print(
+            f"baseline, one task per request: {len(rows)} tasks in {t_one:.2f} s = {rate:.1f} tasks/s "
+            f"-> {n} would take {n / rate:.0f} s"
+        )
+
+        pull_cat = make_build(work / "build-pull", args.n)
+        pid = reviewed_project(pull_cat, server, client)
+        t0 = time.perf_counter()
+        got = pull(pull_cat, server, progress=False)
+        t_pull = time.perf_counter() - t0
+        assert got.new_events == n and not got.errors, got
+        print(
+            f"pull (JSON export): {n} reviewed tasks in {t_pull:.2f} s = {n / t_pull:.0f} tasks/s "
+            f"(target < 15 s: {'met' if t_pull < 15 else 'MISSED'})"
+        )
+
+        t0 = time.perf_counter()
+        listed = sum(1 for _ in client.tasks.list(project=pid, fields="all", page_size=100))
+        t_list = time.perf_counter() - t0
+        assert listed == n
+        print(
+            f"baseline, paged task listing (100 per page): {listed} tasks in {t_list:.2f} s "
+            f"(fetch only; the export path also parses and stores)"
+        )
+    finally:
+        if own:
+            stop_server(work / "server")
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

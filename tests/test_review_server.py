@@ -1,0 +1,61 @@
+"""`vgmed-build labelstudio start|status|stop` on a real server of its own (a second one: ~1-2 min)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vgmed_build.review.server import VENV_ENV, health, venv_dir
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}
+    return subprocess.run(
+        [sys.executable, "-m", "vgmed_build.cli", *args], env=env, capture_output=True, text=True, timeout=1200
+    )
+
+
+def test_venv_location_is_configurable(monkeypatch, tmp_path):
+    monkeypatch.setenv(VENV_ENV, str(tmp_path / "ls"))
+    assert venv_dir() == tmp_path / "ls"
+    monkeypatch.delenv(VENV_ENV)
+    assert venv_dir().name == "labelstudio-1.23.2"
+
+
+@pytest.mark.labelstudio
+@pytest.mark.slow
+def test_start_status_stop_restart(tmp_path):
+    build = tmp_path / "build"
+    started = cli("labelstudio", "start", "--build", str(build))
+    assert started.returncode == 0, started.stderr
+    state = json.loads((build / "labelstudio" / "server.json").read_text())
+    creds = json.loads((build / "labelstudio" / "credentials.json").read_text())
+    try:
+        assert state["url"].startswith("http://127.0.0.1:") and health(state["url"])
+        assert f"Label Studio: {state['url']}" in started.stdout and creds["password"] in started.stdout
+        assert creds["api_key"] not in started.stdout + started.stderr
+        assert (build / "labelstudio" / "data" / "label_studio.sqlite3").exists()
+        for name in ("credentials.json", "server.json"):
+            assert oct((build / "labelstudio" / name).stat().st_mode & 0o777) == "0o600"
+        again = cli("labelstudio", "start", "--build", str(build))  # already running: same server
+        assert again.returncode == 0 and state["url"] in again.stdout
+        assert json.loads((build / "labelstudio" / "server.json").read_text())["pid"] == state["pid"]
+        assert cli("labelstudio", "status", "--build", str(build)).returncode == 0
+    finally:
+        stopped = cli("labelstudio", "stop", "--build", str(build))
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not health(state["url"])
+    status = cli("labelstudio", "status", "--build", str(build))
+    assert status.returncode == 3 and "not running" in status.stdout
+    # A restart keeps the port, the database and the credentials (warm start).
+    restarted = cli("labelstudio", "start", "--build", str(build))
+    try:
+        assert restarted.returncode == 0, restarted.stderr
+        assert state["url"] in restarted.stdout
+        assert json.loads((build / "labelstudio" / "credentials.json").read_text()) == creds
+    finally:
+        assert cli("labelstudio", "stop", "--build", str(build)).returncode == 0

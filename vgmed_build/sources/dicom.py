@@ -69,11 +69,8 @@ class _Slice:
     series: str = field(repr=False)
     instance: str = field(repr=False)
     modality: str
-    rows: int
-    cols: int
     orientation: np.ndarray | None
     position: np.ndarray | None
-    spacing: tuple[float, float] | None
 
     @property
     def planar_2d(self) -> bool:
@@ -171,18 +168,14 @@ def _scan(root: Path) -> tuple[list[_Slice], list[_Annotation], list[SourceError
             _check_pixel_length(ds)
             if int(ds.get("NumberOfFrames", 1) or 1) > 1:
                 raise ValueError("multi-frame images are not supported; store one slice per file")
-            spacing = _floats(ds, "PixelSpacing", 2)
             slices.append(
                 _Slice(
                     path=path,
                     series=str(ds.get("SeriesInstanceUID", "")),
                     instance=str(ds.get("SOPInstanceUID", "")),
                     modality=modality,
-                    rows=int(ds.Rows),
-                    cols=int(ds.Columns),
                     orientation=_floats(ds, "ImageOrientationPatient", 6),
                     position=_floats(ds, "ImagePositionPatient", 3),
-                    spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
                 )
             )
         except (ValueError, AttributeError, TypeError) as exc:

@@ -1,0 +1,387 @@
+"""VGRefine: attention triage on visually sensitive heads, then knockout of low-attention image tokens.
+
+Step I (triage): with the question prompt, each top-k head's attention from the last prompt token
+over the image grid is divided by its layer's head-averaged map for the general-description prompt
+and the ratios are averaged over the heads; cells below the 80th percentile of that map (or below a
+min-max-normalised cutoff) are "low attention". Step II (knockout): on the knockout layer(s), every
+position after the image may not attend to those image tokens; the answer is decoded greedily.
+
+Why it is fast: the chat templates put the image before the text, so every position up to the last
+image token is identical in the question pass, the general-prompt pass and the knockout pass.
+Those keys and values are computed once per image (a "prefix" KV cache) and copied for each use;
+the general-prompt map is computed once per image; questions (of any images) run as one batch with
+their text suffixes left-padded *after* the prefix, so every row keeps its prefix in the same cache
+columns. Decoding is greedy with the cache.
+
+Modes: ``consistent`` (default) blocks the image tokens in the prompt pass and in every decoding
+step, which equals recomputing the whole sequence with the block (a well-defined model: every
+answer token sees the same refined image). ``prefill`` blocks the prompt pass only, as the public
+code does; the two agree on the first answer token (the public protocol answers with one letter).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from vgmed_eval.attention import blocked_positions, capture, knockout
+from vgmed_eval.vqa.prompts import GENERAL_PROMPT
+
+MODES = ("consistent", "prefill")
+THRESHOLDS = ("percentile", "minmax")
+SEQ_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+_EPS = 1e-12
+
+
+# ------------------------------------------------------------------------------------- configuration
+class HeadsFileError(ValueError):
+    """heads.json is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class VGRefineConfig:
+    heads: tuple[tuple[int, int], ...]  # (layer, head) triage heads
+    knockout_layers: tuple[int, ...]
+    percentile: float = 80.0  # cells below this percentile of the triage map are knocked out
+    threshold: str = "percentile"  # or "minmax": knock out cells whose min-max-normalised score < cutoff
+    minmax_cutoff: float = 0.5
+    rows: str = "last"  # "last" prompt token (published) or the average over all "question" tokens
+    mode: str = "consistent"
+
+    def __post_init__(self) -> None:
+        if not self.heads:
+            raise ValueError("VGRefine needs at least one triage head")
+        if not self.knockout_layers:
+            raise ValueError("VGRefine needs at least one knockout layer")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.threshold not in THRESHOLDS:
+            raise ValueError(f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
+        if not 0 <= self.percentile <= 100:
+            raise ValueError(f"percentile must be in [0, 100], got {self.percentile}")
+        if self.rows not in ("last", "question"):
+            raise ValueError(f"rows must be 'last' or 'question', got {self.rows!r}")
+
+    @property
+    def triage_layers(self) -> list[int]:
+        return sorted({layer for layer, _ in self.heads})
+
+
+def load_heads(path: str | Path) -> tuple[tuple[tuple[int, int], ...], int, str | None]:
+    """(heads, knockout_layer, model) from a ``vgmed-eval heads`` JSON file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HeadsFileError(f"{path}: heads file not found") from None
+    except json.JSONDecodeError as exc:
+        raise HeadsFileError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    try:
+        heads = tuple((int(layer), int(head)) for layer, head in data["heads"])
+        layer = int(data["knockout_layer"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HeadsFileError(
+            f"{path}: expected {{'knockout_layer': int, 'heads': [[layer, head], ...]}} ({exc!r})"
+        ) from None
+    if not heads:
+        raise HeadsFileError(f"{path}: 'heads' is empty")
+    return heads, layer, data.get("model")
+
+
+# --------------------------------------------------------------------------------------- triage (pure)
+def triage_scores(
+    question_maps: dict[int, torch.Tensor], general_maps: dict[int, torch.Tensor], heads: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """Mean over ``heads`` of question map / head-averaged general map of the head's layer.
+
+    ``question_maps[layer]``: (B, H, N); ``general_maps[layer]``: (B, H, N) or (H, N). Returns (B, N).
+    """
+    ratios = []
+    for layer, head in heads:
+        general = general_maps[layer].float().mean(dim=-2)  # head average, (B, N) or (N,)
+        ratios.append(question_maps[layer][:, head].float() / general.clamp_min(_EPS))
+    return torch.stack(ratios).mean(dim=0)
+
+
+def low_attention(scores: torch.Tensor, config: VGRefineConfig) -> torch.Tensor:
+    """Boolean (N,) mask of the cells to knock out, for one row of valid (non-NaN) scores."""
+    if config.threshold == "percentile":
+        cut = torch.quantile(scores.double(), config.percentile / 100.0)
+        return scores.double() < cut
+    lo, hi = scores.min(), scores.max()
+    span = (hi - lo).clamp_min(_EPS)
+    return (scores - lo) / span < config.minmax_cutoff
+
+
+# -------------------------------------------------------------------------------------------- engine
+@dataclass
+class Prefix:
+    """Keys and values of one image's shared prompt prefix (everything up to the last image token)."""
+
+    ids: torch.Tensor  # (P,) token ids
+    cache: object  # transformers DynamicCache, batch 1
+    next_position: int  # position id of the first token after the prefix (mrope-aware)
+    grid: torch.Tensor  # (N,) positions of the grid's image tokens (< P)
+    general_suffix: torch.Tensor | None = None  # (S,) the general prompt's tokens after the prefix
+    general: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (H, N) general-prompt map
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: list[int]
+    knocked_out: int | None = None  # number of grid cells knocked out (VGRefine answers)
+    grid_cells: int | None = None
+    step_logits: list[torch.Tensor] | None = None  # per generated token, kept when keep_logits (tests)
+
+
+@dataclass
+class Query:
+    """One question on one image, already split into the shared prefix and its own suffix."""
+
+    prefix: Prefix
+    suffix: torch.Tensor  # (S,) token ids after the prefix
+
+
+class PrefixMismatch(RuntimeError):
+    """The chat template does not put the image before the text, so no prefix can be shared."""
+
+
+class VGRefiner:
+    """Baseline and VGRefine answers for a model adapter (any family), with shared prefix caches."""
+
+    def __init__(self, adapter, config: VGRefineConfig | None, max_new_tokens: int = 16,
+                 keep_logits: bool = False):
+        self.adapter = adapter
+        self.keep_logits = keep_logits
+        self.model = adapter.model
+        self.config = config
+        self.max_new_tokens = max_new_tokens
+        tok = adapter.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.eos = set(eos) | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
+        self.device = self.model.device
+
+    # ----- prefixes --------------------------------------------------------------------------------
+    def _encode(self, image: Image.Image, text: str):
+        batch = self.adapter.build_inputs([image], [text])
+        ids = batch.inputs["input_ids"][0]
+        last_image = int(self.adapter.image_token_spans(batch.inputs["input_ids"])[0].max())
+        return batch, ids, last_image + 1
+
+    @torch.no_grad()
+    def prefix(self, image: Image.Image) -> Prefix:
+        """Run the shared prefix once (batch 1) and keep its cache; the general map comes later."""
+        batch, ids, p = self._encode(image, GENERAL_PROMPT)
+        inputs = {k: (v[:, :p] if k in SEQ_KEYS else v) for k, v in batch.inputs.items()}
+        out = self.model(**inputs, use_cache=True)
+        deltas = getattr(getattr(self.model, "model", None), "rope_deltas", None)
+        next_position = p + (int(deltas.reshape(-1)[0]) if isinstance(deltas, torch.Tensor) else 0)
+        grid = batch.grid_positions[0].cpu()
+        return Prefix(ids=ids[:p].cpu(), cache=out.cache, next_position=next_position, grid=grid,
+                      general_suffix=ids[p:].cpu())
+
+    def query(self, prefix: Prefix, image: Image.Image, text: str) -> Query:
+        _, ids, p = self._encode(image, text)
+        if p != prefix.length or not torch.equal(ids[:p].cpu(), prefix.ids):
+            raise PrefixMismatch(
+                f"{self.adapter.name}: the prompt's tokens up to the image differ between questions; "
+                "the chat template must put the image before the text"
+            )
+        return Query(prefix=prefix, suffix=ids[p:].cpu())
+
+    # ----- batched passes --------------------------------------------------------------------------
+    def _assemble(self, rows: list[tuple[Prefix, torch.Tensor]]):
+        """Cache, input ids, 2-D mask and position ids for rows laid out as [prefix | pad | suffix]."""
+        pmax = max(pre.length for pre, _ in rows)
+        smax = max(len(suf) for _, suf in rows)
+        b = len(rows)
+        ids = torch.full((b, smax), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(b, pmax + smax, dtype=torch.long)
+        pos = torch.zeros(b, smax, dtype=torch.long)
+        for i, (pre, suf) in enumerate(rows):
+            n = len(suf)
+            ids[i, smax - n:] = suf
+            mask[i, : pre.length] = 1
+            mask[i, pmax + smax - n:] = 1
+            pos[i] = pre.next_position + torch.arange(smax) - (smax - n)
+            pos[i, : smax - n] = pre.next_position  # padding: any valid position, it is masked
+        cache = _stack_caches([pre.cache for pre, _ in rows], [pre.length for pre, _ in rows], pmax)
+        dev = self.device
+        return cache, ids.to(dev), mask.to(dev), pos.to(dev), pmax
+
+    def _forward(self, cache, ids, mask, pos):
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+
+    @torch.no_grad()
+    def _greedy(self, cache, logits, mask, next_pos) -> list[Answer]:
+        """Greedy decoding from the last prompt logits; rows stop at their first end-of-sequence token."""
+        b = logits.shape[0]
+        outs: list[list[int]] = [[] for _ in range(b)]
+        kept: list[list[torch.Tensor]] = [[] for _ in range(b)]
+        done = torch.zeros(b, dtype=torch.bool)
+        token = logits.argmax(-1)
+        for step in range(self.max_new_tokens):
+            for i, t in enumerate(token.tolist()):
+                if not done[i]:
+                    if self.keep_logits:
+                        kept[i].append(logits[i].float().cpu())
+                    if t in self.eos:
+                        done[i] = True
+                    else:
+                        outs[i].append(t)
+            if bool(done.all()) or step == self.max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+            out = self._forward(cache, token[:, None], mask, next_pos[:, None])
+            next_pos = next_pos + 1
+            logits = out.logits[:, -1]
+            token = logits.argmax(-1)
+        return [Answer(self._text(t), t, step_logits=k if self.keep_logits else None) for t, k in zip(outs, kept, strict=True)]
+
+    def _text(self, tokens: list[int]) -> str:
+        return self.adapter.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    def answer(self, queries: list[Query], baseline: bool = True, refined: bool = True):
+        """(baseline answers or None, VGRefine answers or None) for one batch of queries, in order.
+
+        Padding sits between prefix and suffix, so a sliding-window layer (Gemma 3) whose window is
+        shorter than the batch's columns would see fewer keys in padded rows: then rows are grouped
+        by suffix length (no padding) and the general prompts run in their own pass.
+        """
+        if not self._window_limited(queries):
+            return self._answer(queries, baseline, refined)
+        if refined:
+            self._general_pass([q.prefix for q in queries])
+        groups: dict[int, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(len(q.suffix), []).append(i)
+        base: list = [None] * len(queries)
+        ref: list = [None] * len(queries)
+        for idx in groups.values():
+            b, r = self._answer([queries[i] for i in idx], baseline, refined)
+            for j, i in enumerate(idx):
+                base[i] = b[j] if b else None
+                ref[i] = r[j] if r else None
+        return (base if baseline else None), (ref if refined else None)
+
+    def _window_limited(self, queries: list[Query]) -> bool:
+        windows = [w for layer in queries[0].prefix.cache.layers if (w := getattr(layer, "sliding_window", None))]
+        if not windows:
+            return False
+        suffixes = [len(q.suffix) for q in queries] + [len(q.prefix.general_suffix) for q in queries]
+        columns = max(q.prefix.length for q in queries) + max(suffixes) + self.max_new_tokens
+        return columns > min(windows)
+
+    @torch.no_grad()
+    def _general_pass(self, prefixes: list[Prefix]) -> None:
+        """General-prompt maps for the prefixes that lack them, in a pass of their own."""
+        todo = list({id(p): p for p in prefixes if not p.general}.values())
+        if not todo:
+            return
+        cache, ids, mask, pos, pmax = self._assemble([(p, p.general_suffix) for p in todo])
+        with capture(self.model, self.config.triage_layers, [p.grid for p in todo], rows=self.config.rows) as cap:
+            _start_at(cap, pmax)
+            self._forward(cache, ids, mask, pos)
+        for j, pre in enumerate(todo):
+            pre.general = {layer: m[j, :, : len(pre.grid)].clone() for layer, m in cap.maps.items()}
+
+    @torch.no_grad()
+    def _answer(self, queries: list[Query], baseline: bool, refined: bool):
+        """One batched question pass (plus missing general prompts), then greedy decoding."""
+        if refined and self.config is None:
+            raise ValueError("VGRefine answers need a VGRefineConfig (heads and knockout layers)")
+        general_rows = []
+        if refined:
+            seen = set()
+            for q in queries:
+                if not q.prefix.general and id(q.prefix) not in seen:
+                    seen.add(id(q.prefix))
+                    general_rows.append(q.prefix)
+        rows = [(q.prefix, q.suffix) for q in queries] + [(p, p.general_suffix) for p in general_rows]
+        nq = len(queries)
+        cache, ids, mask, pos, pmax = self._assemble(rows)
+        grids = [pre.grid for pre, _ in rows]
+        if refined:
+            cfg = self.config
+            with capture(self.model, cfg.triage_layers, grids, rows=cfg.rows) as cap:
+                _start_at(cap, pmax)
+                out = self._forward(cache, ids, mask, pos)
+            for j, pre in enumerate(general_rows):
+                pre.general = {layer: m[nq + j, :, : len(pre.grid)].clone() for layer, m in cap.maps.items()}
+        elif baseline:
+            out = self._forward(cache, ids, mask, pos)
+        else:
+            return None, None
+        if general_rows:
+            keep = torch.arange(nq, device=ids.device)
+            cache.batch_select_indices(keep)
+            mask, pos = mask[:nq], pos[:nq]
+        next_pos = pos[:, -1] + 1
+        base = None
+        if baseline:
+            base = self._greedy(cache, out.logits[:nq, -1], mask, next_pos)
+        if not refined:
+            return base, None
+        low = self._triage(queries, {layer: m[:nq] for layer, m in cap.maps.items()})
+        cache, ids, mask, pos, pmax = self._assemble([(q.prefix, q.suffix) for q in queries])
+        total = pmax + ids.shape[1] + self.max_new_tokens
+        blocked = blocked_positions([q.prefix.grid for q in queries], [torch.nonzero(m).flatten() for m in low],
+                                    total)
+        starts = torch.tensor([q.prefix.length for q in queries])
+        with knockout(self.model, cfg.knockout_layers, blocked, starts, decode=cfg.mode == "consistent") as ko:
+            _start_at(ko, pmax)
+            out = self._forward(cache, ids, mask, pos)
+            answers = self._greedy(cache, out.logits[:, -1], mask, pos[:, -1] + 1)
+        for a, m in zip(answers, low, strict=True):
+            a.knocked_out, a.grid_cells = int(m.sum()), len(m)
+        return base, answers
+
+    def _triage(self, queries: list[Query], maps: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for i, q in enumerate(queries):
+            n = len(q.prefix.grid)
+            qmaps = {layer: m[i : i + 1, :, :n] for layer, m in maps.items()}
+            scores = triage_scores(qmaps, q.prefix.general, self.config.heads)[0]
+            out.append(low_attention(scores.cpu(), self.config))
+        return out
+
+
+def _start_at(ctx, position: int) -> None:
+    """Tell an attention context that its first call's queries start at cache column ``position``.
+
+    The context infers this from the key length otherwise, which is wrong for sliding-window layers
+    (Gemma 3) whose prefix cache keeps only the last window of keys.
+    """
+    ctx.seen.update({layer: position for layer in ctx.layers})
+
+
+def _stack_caches(caches: list, lengths: list[int], length: int):
+    """One batch cache from batch-1 prefix caches, each right-padded with zeros to ``length`` columns.
+
+    Zero columns sit under a 0 in the attention mask, so they are never attended to. A sliding-window
+    layer (Gemma 3) keeps only its last window of keys, which cannot be padded consistently: there
+    all prefixes of a batch must have the same length (Gemma 3's fixed 256 image tokens ensure it).
+    """
+    out = copy.deepcopy(caches[0])
+    sliding = any(getattr(layer, "sliding_window", None) for layer in out.layers)
+    if sliding and len(set(lengths)) > 1:
+        raise PrefixMismatch(f"prefixes of lengths {sorted(set(lengths))} in one batch of a sliding-window "
+                             "model; batch questions whose prompts have equal prefix lengths")
+    for i, layer in enumerate(out.layers):
+        keys = [torch.nn.functional.pad(c.layers[i].keys, (0, 0, 0, length - n)) for c, n in zip(caches, lengths, strict=True)]
+        values = [torch.nn.functional.pad(c.layers[i].values, (0, 0, 0, length - n))
+                  for c, n in zip(caches, lengths, strict=True)]
+        layer.keys, layer.values = torch.cat(keys), torch.cat(values)
+    return out

@@ -248,7 +248,8 @@ class VGRefiner:
             next_pos = next_pos + 1
             logits = out.logits[:, -1]
             token = logits.argmax(-1)
-        return [Answer(self._text(t), t, step_logits=k if self.keep_logits else None) for t, k in zip(outs, kept, strict=True)]
+        return [Answer(self._text(t), t, step_logits=k if self.keep_logits else None)
+                for t, k in zip(outs, kept, strict=True)]
 
     def _text(self, tokens: list[int]) -> str:
         return self.adapter.tokenizer.decode(tokens, skip_special_tokens=True).strip()
@@ -380,8 +381,8 @@ def _stack_caches(caches: list, lengths: list[int], length: int):
         raise PrefixMismatch(f"prefixes of lengths {sorted(set(lengths))} in one batch of a sliding-window "
                              "model; batch questions whose prompts have equal prefix lengths")
     for i, layer in enumerate(out.layers):
-        keys = [torch.nn.functional.pad(c.layers[i].keys, (0, 0, 0, length - n)) for c, n in zip(caches, lengths, strict=True)]
-        values = [torch.nn.functional.pad(c.layers[i].values, (0, 0, 0, length - n))
-                  for c, n in zip(caches, lengths, strict=True)]
+        pairs = list(zip(caches, lengths, strict=True))
+        keys = [torch.nn.functional.pad(c.layers[i].keys, (0, 0, 0, length - n)) for c, n in pairs]
+        values = [torch.nn.functional.pad(c.layers[i].values, (0, 0, 0, length - n)) for c, n in pairs]
         layer.keys, layer.values = torch.cat(keys), torch.cat(values)
     return out

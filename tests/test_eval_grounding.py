@@ -1,0 +1,160 @@
+"""`vgmed-eval grounding` end to end on a tiny model: outputs, per-question errors, the general map
+computed once per image, agreement with the published recipe, and both release formats."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from eval_fixtures import QUESTIONS, make_release
+from PIL import Image
+from vgmed_eval.adapters import load_adapter
+from vgmed_eval.attention import install
+from vgmed_eval.cli import main as cli_main
+from vgmed_eval.grounding import evaluate_release, parse_layers, question_prompt
+from vgmed_eval.metrics import grounding_metrics
+from vgmed_eval.release_io import convert_boxes, read_release
+from vgmed_eval.vqa.prompts import GENERAL_PROMPT
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return load_adapter("builtin:tiny-llava")
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return make_release(tmp_path_factory.mktemp("rel") / "release")
+
+
+@pytest.fixture(scope="module")
+def run(adapter, release, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    calls = []
+    original = adapter.build_inputs
+
+    def spy(images, texts):
+        calls.append(list(texts))
+        return original(images, texts)
+
+    adapter.build_inputs = spy
+    try:
+        summary = evaluate_release(adapter, release, out, layers=[0, 2, 3], batch_size=3, rows="last",
+                                   save_maps=True, limit=None, q_types=("localization", "attribute"), n_boot=200,
+                                   progress=False)
+    finally:
+        del adapter.build_inputs
+    return out, summary, calls
+
+
+def test_outputs_and_error_counts(run):
+    out, summary, _ = run
+    per_layer = pd.read_parquet(out / "per_layer.parquet")
+    per_head = pd.read_parquet(out / "per_head.parquet")
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    kinds = {e["id"]: e["kind"] for e in errors}
+    assert kinds["q-missing"] == "missing_image"
+    assert kinds["q-outside"] == "box_outside_image"
+    assert kinds["q-wide-2"] == "box_covers_no_cell"  # the right edge of a wide image is cropped by CLIP
+    assert kinds["VGMED_attribute:4"] == "bad_record"
+    assert summary["n_errors"] == 4 and summary["errors_by_kind"]["missing_image"] == 1
+    ok = {q[0] for q in QUESTIONS} - {"q-wide-2"}
+    assert set(per_layer["id"]) == ok and summary["n_ok"] == len(ok)
+    assert summary["n_questions"] == len(QUESTIONS) + 3
+    assert len(per_layer) == len(ok) * 3 and sorted(per_layer["layer"].unique()) == [0, 2, 3]
+    assert len(per_head) == len(ok) * 3 * 4
+    assert np.isfinite(per_layer[["attention_ratio", "kl", "js"]].to_numpy()).all()
+    # summary tables: every group, every layer, a CI around the mean
+    for group in ("by_q_type", "by_modality", "by_source"):
+        assert summary[group]
+    cell = summary["overall"]["attention_ratio"]["2"]
+    assert cell["ci_low"] <= cell["mean"] <= cell["ci_high"] and cell["n"] == len(ok)
+    assert summary["by_source"]["camera-set"]["n"] == 2
+    assert set(summary["by_q_type"]) == {"localization", "attribute"}
+    assert (out / "maps" / "q-square-1.npz").exists()
+
+
+def test_general_map_computed_once_per_image(run):
+    _, _, calls = run
+    general = [t for call in calls for t in call if t == GENERAL_PROMPT]
+    assert len(general) == 4  # square, wide, tall, tiny (missing image never reaches the model)
+    asked = [t for call in calls for t in call if t != GENERAL_PROMPT]
+    assert len(asked) == 6 and max(len(c) for c in calls) == 3
+
+
+def test_matches_published_recipe(adapter, release, run):
+    """Eager attention with all attentions returned, batch 1, general prompt recomputed: same numbers."""
+    out, _, _ = run
+    per_layer = pd.read_parquet(out / "per_layer.parquet").set_index(["id", "layer"])
+    per_head = pd.read_parquet(out / "per_head.parquet").set_index(["id", "layer", "head"])
+    questions = {q.id: q for q in read_release(release)[0]}
+    adapter.model.set_attn_implementation("eager")
+    try:
+        for qid in ("q-square-2", "q-tall-1", "q-tiny-1"):
+            q = questions[qid]
+            image = Image.open(q.image).convert("RGB")
+            maps = []
+            for text in (question_prompt(q.question), GENERAL_PROMPT):
+                batch = adapter.build_inputs([image], [text])
+                with torch.no_grad():
+                    att = adapter.model(**batch.inputs, output_attentions=True).attentions
+                pos = batch.grid_positions[0]
+                maps.append(np.stack([att[layer][0, :, -1, pos].numpy() for layer in (0, 2, 3)]))
+            gt = adapter.geometry(image.width, image.height).boxes_to_cells(q.boxes).reshape(-1)
+            layer_level = grounding_metrics(maps[0].mean(1), maps[1].mean(1), gt)
+            head_level = grounding_metrics(maps[0], maps[1], gt)
+            for i, layer in enumerate((0, 2, 3)):
+                row = per_layer.loc[(qid, layer)]
+                for metric in ("attention_ratio", "kl", "js"):
+                    assert row[metric] == pytest.approx(layer_level[metric][i], rel=1e-4, abs=1e-6)
+                    for head in range(4):
+                        assert per_head.loc[(qid, layer, head), metric] == pytest.approx(
+                            head_level[metric][i, head], rel=1e-4, abs=1e-6)
+    finally:
+        install(adapter.model)
+
+
+def test_published_format_reads_the_same_boxes(tmp_path, release):
+    published = make_release(tmp_path / "pub", errors=False, published=True)
+    ours = {q.image_rel + q.question: q.boxes for q in read_release(release)[0]}
+    theirs = read_release(published)[0]
+    assert len(theirs) == len(QUESTIONS)
+    for q in theirs:
+        assert q.boxes == ours[q.image_rel + q.question]
+    assert {q.source for q in theirs} >= {"SLAKE", "camera-set"}
+
+
+def test_box_conventions():
+    assert convert_boxes({"bbox": [1, 2, 3, 4]}) == [(1, 2, 4, 5)]  # published: inclusive
+    assert convert_boxes({"original_bboxes": [[1, 2, 3, 4]]}) == [(1, 2, 4, 5)]
+    assert convert_boxes({"bbox": [[1, 2, 3, 4]], "image": "SLAKE/xmlab1/source.jpg"}) == [(1, 2, 4, 6)]
+    assert convert_boxes({"bbox": [1, 2, 3, 4], "bbox_format": "xywh"}) == [(1, 2, 4, 6)]
+    assert convert_boxes({"bbox": [[1, 2, 3, 4]], "bbox_convention": "xyxy_exclusive"}) == [(1, 2, 3, 4)]
+    assert convert_boxes({"bbox": [[1, 2, 3, 4]], "bbox_convention": "xyxy_inclusive"}) == [(1, 2, 4, 5)]
+    with pytest.raises(ValueError, match="empty box"):
+        convert_boxes({"bbox": [[5, 2, 3, 4]], "bbox_convention": "xyxy_exclusive"})
+    with pytest.raises(ValueError, match="no 'bbox'"):
+        convert_boxes({})
+
+
+def test_parse_layers():
+    assert parse_layers("all", 4) == [0, 1, 2, 3]
+    assert parse_layers("0,2-3,-1", 4) == [0, 2, 3]
+    with pytest.raises(ValueError, match="out of range"):
+        parse_layers("7", 4)
+
+
+def test_cli_runs_with_control(tmp_path, release):
+    control = make_release(tmp_path / "control", errors=False, published=True)
+    out = tmp_path / "out"
+    code = cli_main(["grounding", "--release", str(release), "--model", "builtin:tiny-qwen2_vl", "--out", str(out),
+                     "--layers", "1-2", "--batch-size", "4", "--limit", "5", "--control-release", str(control),
+                     "--bootstrap", "50", "--no-progress"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["layers"] == [1, 2] and summary["n_questions"] == 5 + 1  # + the bad line
+    control_summary = json.loads((out / "control" / "summary.json").read_text())
+    assert control_summary["n_errors"] == 0 and control_summary["n_ok"] == 5  # --limit applies to both

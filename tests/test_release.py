@@ -202,9 +202,7 @@ def test_failed_release_keeps_existing_one(build, tmp_path):
     before = tree_bytes(out)
     # "spleen" occurs in the records: the forbid list refuses the new release after it was built.
     with pytest.raises(ReleaseError, match="failed validation"):
-        release(
-            build_dir, out, decisions, created="2030-01-01T00:00:00Z", forbid=(Forbidden("Spleen", "test:1"),)
-        )
+        release(build_dir, out, decisions, created="2030-01-01T00:00:00Z", forbid=(Forbidden("Spleen", "test:1"),))
     assert tree_bytes(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "rel"]  # no temp dirs left behind
     # a successful rerun replaces it
@@ -282,9 +280,7 @@ def test_cli_release_from_review_events(build, tmp_path, capsys, caplog):
             for reviewer in ("r-aaaaaaaa", "r-bbbbbbbb"):
                 n += 1
                 if draft is split:
-                    add_review_event(
-                        catalog, draft, reviewer, "reject" if reviewer == "r-aaaaaaaa" else "accept", n
-                    )
+                    add_review_event(catalog, draft, reviewer, "reject" if reviewer == "r-aaaaaaaa" else "accept", n)
                 elif draft is edited and reviewer == "r-bbbbbbbb":
                     add_review_event(catalog, draft, reviewer, "edit", n, question="Is a spleen visible?")
                 else:
@@ -316,3 +312,16 @@ def test_cli_release_from_review_events(build, tmp_path, capsys, caplog):
 
     assert main([*base, "--out", str(tmp_path / "x"), "--policy", "adjudicator"]) == 1
     assert "needs the adjudicator" in caplog.text and not (tmp_path / "x").exists()
+
+
+def test_interrupted_swap_is_recovered(build, tmp_path):
+    """A run killed between the two renames leaves the old release aside: the next run restores it."""
+    build_dir, decisions, _ = build
+    out = release(build_dir, tmp_path / "rel", decisions)
+    before = tree_bytes(out)
+    out.rename(tmp_path / ".rel.old-killed")
+    (tmp_path / ".rel.tmp-killed").mkdir()
+    with pytest.raises(ReleaseError, match="no drafts are accepted"):
+        release(build_dir, out, {})  # fails after recovery: the restored release must survive
+    assert tree_bytes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "rel"]

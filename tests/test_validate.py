@@ -61,9 +61,7 @@ def test_bad_box_and_checksum_reported_with_file_and_line(rel, capsys):
     found = [line for line in out if not line.startswith("skipped") and " OK" not in line][:-1]
     assert all(LINE.match(line) for line in found), found
     assert any(line.startswith(f"{ATTRIBUTE_FILE}:2: box") and "outside" in line for line in found)
-    assert any(
-        line.startswith("manifest.json:") and f"{ATTRIBUTE_FILE}: SHA-256 differs" in line for line in found
-    )
+    assert any(line.startswith("manifest.json:") and f"{ATTRIBUTE_FILE}: SHA-256 differs" in line for line in found)
 
 
 def test_schema_violation_and_duplicate_id(rel):
@@ -72,9 +70,7 @@ def test_schema_violation_and_duplicate_id(rel):
     first = json.loads(lines[0])
     dup = dict(json.loads(lines[1]), id=first["id"])
     broken = dict(first, side=None)
-    path.write_text(
-        "\n".join([lines[0], json.dumps(dup), json.dumps(broken), "{not json"] + lines[2:]) + "\n"
-    )
+    path.write_text("\n".join([lines[0], json.dumps(dup), json.dumps(broken), "{not json"] + lines[2:]) + "\n")
     found = problems(rel)
     assert any(p.startswith(f"{LOCALIZATION_FILE}:2: duplicate id {first['id']}") for p in found)
     assert any(p.startswith(f"{LOCALIZATION_FILE}:3: schema: side") for p in found)
@@ -94,14 +90,16 @@ def test_missing_corrupt_and_unlisted_images(rel):
     assert "images/extra.png:0: image is not referenced by any record" in found
 
 
-def test_wrong_image_size_and_counts(rel):
+def test_wrong_image_size_counts_and_convention(rel):
     edit_line(rel / LOCALIZATION_FILE, 1, lambda r: r.update(width=r["width"] * 2))
+    edit_line(rel / LOCALIZATION_FILE, 2, lambda r: r.update(bbox_convention="xyxy_inclusive"))
     manifest = json.loads((rel / "manifest.json").read_text())
     manifest["counts"]["by_modality"]["CT"] += 1
     (rel / "manifest.json").write_text(json.dumps(manifest, indent=2))
     found = "\n".join(problems(rel))
     assert f"{LOCALIZATION_FILE}:1: width/height" in found
     assert "counts.by_modality is" in found
+    assert f"{LOCALIZATION_FILE}:2: bbox_convention xyxy_inclusive but the manifest says xyxy_exclusive" in found
 
 
 def test_missing_file_and_card_sections(rel):
@@ -199,8 +197,7 @@ def make_published(root: Path) -> Path:
     ]
     (root / LOCALIZATION_FILE).write_text("".join(json.dumps(r) + "\n" for r in loc))
     (root / ATTRIBUTE_FILE).write_text(
-        json.dumps({"image": "images/ct_1.png", "question": "Is the liver large?", "bbox": [[5, 5, 10, 10]]})
-        + "\n"
+        json.dumps({"image": "images/ct_1.png", "question": "Is the liver large?", "bbox": [[5, 5, 10, 10]]}) + "\n"
     )
     return root
 
@@ -209,9 +206,7 @@ def test_published_download(tmp_path, capsys):
     root = make_published(tmp_path / "pub")
     assert main(["validate", str(root)]) == 0
     out = capsys.readouterr().out
-    assert (
-        "published VGMED download" in out and "skipped: checksums" in out and "skipped: duplicate ids" in out
-    )
+    assert "published VGMED download" in out and "skipped: checksums" in out and "skipped: duplicate ids" in out
     # the inclusive max index W-1 is fine, W is not; SLAKE xywh must fit as x + w <= W
     edit_line(root / LOCALIZATION_FILE, 1, lambda r: r.update(bbox=[0, 0, 50, 39]))
     edit_line(root / LOCALIZATION_FILE, 2, lambda r: r.update(original_bboxes=[[10, 10, 25, 5]]))

@@ -228,9 +228,10 @@ def build_release(
     except ValueError as exc:
         raise ReleaseError(str(exc)) from exc
     out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _recover_interrupted(out_dir)
     _check_target(out_dir)
     created = resolve_created(options.created)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         records_by_file, skipped = _write_records_and_images(catalog, tmp, decisions, options)
@@ -252,14 +253,24 @@ def build_release(
     return ReleaseReport(out_dir=out_dir, counts=counts, skipped=skipped)
 
 
+def _recover_interrupted(out_dir: Path) -> None:
+    """Undo what a killed run left next to the target: restore a release moved aside, drop temp dirs."""
+    for old in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
+        if not out_dir.exists():
+            log.warning("restoring %s from %s (an earlier release run was interrupted)", out_dir, old.name)
+            os.rename(old, out_dir)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _check_target(out_dir: Path) -> None:
     """Refuse to replace a directory that is not a release (it could be anything of the user's)."""
     if out_dir.exists() and (
         not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).exists())
     ):
-        raise ReleaseError(
-            f"{out_dir}: exists and is not a vgmed release (no {MANIFEST_FILE}); choose another --out"
-        )
+        raise ReleaseError(f"{out_dir}: exists and is not a vgmed release (no {MANIFEST_FILE}); choose another --out")
 
 
 def _write_records_and_images(
@@ -323,9 +334,7 @@ def _write_text_files(
         (tmp / name).write_bytes(jsonl_bytes(records))
     (tmp / "schemas").mkdir()
     for schema in RELEASE_SCHEMAS:
-        shutil.copyfile(
-            resource_dir("schemas") / f"{schema}.schema.json", tmp / "schemas" / f"{schema}.schema.json"
-        )
+        shutil.copyfile(resource_dir("schemas") / f"{schema}.schema.json", tmp / "schemas" / f"{schema}.schema.json")
     licences = sorted(
         {(r["source"]["dataset"], r["source"]["licence"]) for recs in records_by_file.values() for r in recs}
     )
@@ -351,9 +360,7 @@ def _write_text_files(
         rel: {"kind": _file_kind(rel), "bytes": (tmp / rel).stat().st_size, "sha256": sha256_file(tmp / rel)}
         for rel in sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     }
-    (tmp / MANIFEST_FILE).write_text(
-        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _file_kind(rel: str) -> str:
@@ -396,9 +403,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )
     p.add_argument("--build", required=True, type=Path, help="build directory holding catalog.sqlite")
-    p.add_argument(
-        "--out", type=Path, default=None, help="release directory to write (default: BUILD/release)"
-    )
+    p.add_argument("--out", type=Path, default=None, help="release directory to write (default: BUILD/release)")
     p.add_argument("--name", default="VGMED", help="release name written into the manifest and the card")
     p.add_argument("--release-version", default="0.1.0", help="release version written into the manifest")
     p.add_argument(

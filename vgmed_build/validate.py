@@ -119,7 +119,8 @@ def validate_release(root: str | Path, forbid: list[Forbidden] | None = None) ->
     all_valid = True
     seen_ids: dict[str, str] = {}
     for name in record_files:
-        records, valid = _check_record_file(report, name, images, seen_ids, forbid)
+        convention = manifest.get("bbox_convention") if manifest else None
+        records, valid = _check_record_file(report, name, images, seen_ids, convention)
         records_by_file[name] = records
         all_valid &= valid
     report.n_records = sum(len(r) for r in records_by_file.values())
@@ -153,9 +154,16 @@ def _load_manifest(report: ValidationReport) -> dict | None:
 
 
 def _check_record_file(
-    report: ValidationReport, name: str, images: dict[str, _ImageInfo], seen_ids: dict[str, str], forbid
+    report: ValidationReport,
+    name: str,
+    images: dict[str, _ImageInfo],
+    seen_ids: dict[str, str],
+    convention: str | None,
 ) -> tuple[list[dict], bool]:
-    """Check one JSONL file line by line; return its records and whether all were schema-valid."""
+    """Check one JSONL file line by line; return its records and whether all were schema-valid.
+
+    ``convention`` is the manifest's bbox convention, which every record of ours must state.
+    """
     ours = report.kind == "vgmed"
     records: list[dict] = []
     all_valid = True
@@ -188,9 +196,9 @@ def _check_record_file(
             else:
                 seen_ids[rid] = f"{name}:{number}"
         if ours and FILE_OF_QTYPE.get(record["q_type"]) != name:
-            report.add(
-                name, number, f"q_type {record['q_type']!r} belongs in {FILE_OF_QTYPE.get(record['q_type'])}"
-            )
+            report.add(name, number, f"q_type {record['q_type']!r} belongs in {FILE_OF_QTYPE.get(record['q_type'])}")
+        if convention and record.get("bbox_convention") != convention:
+            report.add(name, number, f"bbox_convention {record['bbox_convention']} but the manifest says {convention}")
         _check_record_image(report, name, number, record, images, ours)
     return records, all_valid
 
@@ -312,9 +320,7 @@ def _check_manifest(report: ValidationReport, manifest: dict, records_by_file: d
                 f"{rel}: size {path.stat().st_size} differs from the manifest's {entry.get('bytes')}",
             )
         if entry.get("sha256") != sha256_file(path):
-            report.add(
-                MANIFEST_FILE, where, f"{rel}: SHA-256 differs from the manifest (file changed or corrupt)"
-            )
+            report.add(MANIFEST_FILE, where, f"{rel}: SHA-256 differs from the manifest (file changed or corrupt)")
     for path in sorted(report.root.rglob("*")):
         rel = path.relative_to(report.root).as_posix()
         if path.is_file() and rel != MANIFEST_FILE and rel not in listed:
@@ -363,12 +369,7 @@ def _check_card(report: ValidationReport, manifest: dict) -> None:
     for key in ("license", "task_categories", "configs"):
         if not meta.get(key):
             report.add(CARD_FILE, start + 1, f"front matter has no {key}")
-    files = {
-        f.get("path")
-        for c in meta.get("configs") or []
-        for f in c.get("data_files") or []
-        if isinstance(f, dict)
-    }
+    files = {f.get("path") for c in meta.get("configs") or [] for f in c.get("data_files") or [] if isinstance(f, dict)}
     for name in CONFIGS.values():
         if name not in files:
             report.add(CARD_FILE, start + 1, f"front matter configs do not list {name}")
@@ -393,9 +394,7 @@ def register_validate(subparsers: argparse._SubParsersAction) -> None:
         "any problem is found. Line 0 in a message means the file as a whole.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "dir", type=Path, help="release directory (holds VGMED_localization.jsonl / VGMED_attribute.jsonl)"
-    )
+    p.add_argument("dir", type=Path, help="release directory (holds VGMED_localization.jsonl / VGMED_attribute.jsonl)")
     p.add_argument(
         "--forbid-file",
         type=Path,

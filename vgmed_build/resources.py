@@ -1,7 +1,6 @@
-"""Locate the repository's editable resource folders (`schemas/`, `prompts/`, `sample/`).
-
-They live at the top level of the repository so users can edit them without touching code; an
-installed wheel carries copies under ``vgmed_build/_data``.
+"""Locate the resource folders: `schemas/` and `prompts/` (top level of the repository, so users can
+edit them without touching code; a wheel carries copies under ``vgmed_build/_data``) and the bundled
+`sample/` (inside the package).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 def resource_dir(name: str) -> Path:
     """Return the folder holding resource kind ``name`` (e.g. ``"schemas"``)."""
-    for candidate in (_PACKAGE_DIR.parent / name, _PACKAGE_DIR / "_data" / name):
+    for candidate in (_PACKAGE_DIR.parent / name, _PACKAGE_DIR / name, _PACKAGE_DIR / "_data" / name):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"resource folder {name!r} not found next to {_PACKAGE_DIR}")

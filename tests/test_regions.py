@@ -85,7 +85,7 @@ def test_slice_label_areas_one_pass_matches_per_label_counts():
 def test_slice_label_areas_with_huge_label_values(monkeypatch):
     import vgmed_build.regions as regions
 
-    monkeypatch.setattr(regions, "_MAX_BINS", 1000)   # force the renumbering path
+    monkeypatch.setattr(regions, "_MAX_DENSE_VALUE", 1000)   # force the sorting path
     vol = np.zeros((4, 5, 6), np.int64)
     vol[0, 0, :3] = 70000
     vol[1, 2, 5] = 3

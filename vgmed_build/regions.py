@@ -16,9 +16,8 @@ from skimage import measure
 
 from vgmed_build.imaging import SliceGeometry
 
-# Bins of one bincount call over (label value, slice); above this, label values are renumbered first.
-_MAX_BINS = 50_000_000
-_CHUNK_VOXELS = 8_000_000
+# Largest label value counted with a dense per-slice bincount; above it a slice is counted by sorting.
+_MAX_DENSE_VALUE = 1 << 20
 
 
 @dataclass
@@ -37,29 +36,26 @@ def slice_label_areas(label_map: np.ndarray, axis: int) -> tuple[np.ndarray, np.
     """Voxel count of every label value on every slice along ``axis``, in one pass over the volume.
 
     Returns ``(values, areas)``: the label values present (background 0 excluded) and an
-    ``(n_slices, len(values))`` count array. One ``bincount`` on ``value * n_slices + slice`` per
-    chunk of the volume, instead of one pass per label.
+    ``(n_slices, len(values))`` count array. One ``bincount`` per slice counts all labels at once
+    (the slice is in cache for its max and its bincount), instead of one pass per label.
     """
     n_slices = label_map.shape[axis]
-    vol = np.moveaxis(label_map, axis, -1)
-    top = int(vol.max()) if vol.size else 0
-    lut = None
-    if (top + 1) * n_slices > _MAX_BINS:  # sparse huge label values: renumber (a sort, rarely needed)
-        lut = np.unique(vol)
-        top = lut.size - 1
-    counts = np.zeros((top + 1) * n_slices, dtype=np.int64)
-    slice_idx = np.arange(n_slices, dtype=np.int64)
-    rows = max(1, _CHUNK_VOXELS // max(1, vol[0].size)) if vol.ndim > 1 and vol.shape[0] else 1
-    for start in range(0, vol.shape[0], rows):
-        block = vol[start : start + rows]
-        if lut is not None:
-            block = np.searchsorted(lut, block)
-        keys = block.astype(np.int64) * n_slices + slice_idx
-        counts += np.bincount(keys.ravel(), minlength=counts.size)
-    areas = counts.reshape(top + 1, n_slices).T
-    values = np.arange(top + 1) if lut is None else lut.astype(np.int64)
-    present = areas.any(axis=0) & (values != 0)
-    return values[present], areas[:, present]
+    per_slice: list[tuple[np.ndarray, np.ndarray]] = []
+    for k in range(n_slices):
+        sl = np.ravel(label_map[(slice(None),) * axis + (k,)], order="K")
+        if sl.size and int(sl.max()) > _MAX_DENSE_VALUE:   # sparse huge values: sort instead
+            per_slice.append(np.unique(sl, return_counts=True))
+            continue
+        counts = np.bincount(sl) if sl.size else np.zeros(1, np.int64)
+        present = np.flatnonzero(counts)
+        per_slice.append((present, counts[present]))
+    values = np.unique(np.concatenate([v for v, _ in per_slice] + [np.zeros(0, np.int64)]))
+    values = values[values != 0].astype(np.int64)
+    areas = np.zeros((n_slices, values.size), dtype=np.int64)
+    for k, (vals, counts) in enumerate(per_slice):
+        nonzero = vals != 0
+        areas[k, np.searchsorted(values, vals[nonzero])] = counts[nonzero]
+    return values, areas
 
 
 def select_slices(areas: np.ndarray, policy: str, min_area: float, every_n: int = 1) -> dict[int, list[int]]:
@@ -111,32 +107,32 @@ def extract_regions(
         return {}
     r0, r1 = np.flatnonzero(rows_any)[[0, -1]]
     c0, c1 = np.flatnonzero(cols_any)[[0, -1]]
-    crop = lab[r0 : r1 + 1, c0 : c1 + 1]
+    crop = np.ascontiguousarray(lab[r0 : r1 + 1, c0 : c1 + 1])
     cc, n = measure.label(crop, background=0, connectivity=connectivity, return_num=True)
-    flat = cc.ravel()
-    sizes = np.bincount(flat, minlength=n + 1)[1:]
-    comp_value = np.zeros(n + 1, dtype=np.int64)
-    comp_value[flat] = crop.ravel()
-    comp_value = comp_value[1:]
-    h, w = crop.shape
-    row_sum = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w), minlength=n + 1)[1:]
-    col_sum = np.bincount(flat, weights=np.tile(np.arange(w, dtype=np.float64), h), minlength=n + 1)[1:]
+    all_sizes = np.bincount(cc.ravel(), minlength=n + 1)[1:]
     objs = ndimage.find_objects(cc)
-    boxes = np.array([[o[1].start, o[0].start, o[1].stop, o[0].stop] for o in objs], dtype=np.int64)
-    boxes += [c0, r0, c0, r0]
-    cy = row_sum / sizes + r0  # pixel-centre (index) coordinates
-    cx = col_sum / sizes + c0
-
-    keep = sizes >= min_component_px
+    kept = np.flatnonzero(all_sizes >= min_component_px)
+    # Per kept component, work only inside its own bounding box (value, centroid).
+    comp_value = np.empty(kept.size, dtype=np.int64)
+    cy, cx = np.empty(kept.size), np.empty(kept.size)   # pixel-centre (index) coordinates
+    boxes = np.empty((kept.size, 4), dtype=np.int64)
+    for j, i in enumerate(kept.tolist()):
+        rs, cs = objs[i]
+        rr, cols = np.nonzero(cc[rs, cs] == i + 1)
+        comp_value[j] = crop[rs.start + rr[0], cs.start + cols[0]]
+        cy[j] = rr.mean() + rs.start + r0
+        cx[j] = cols.mean() + cs.start + c0
+        boxes[j] = (cs.start + c0, rs.start + r0, cs.stop + c0, rs.stop + r0)
+    sizes = all_sizes[kept]
     sides = (
         _component_sides(geometry, boxes, cy, cx, midline_mm, margin_mm)
         if geometry is not None
-        else np.full(n, "unknown")
+        else np.full(kept.size, "unknown")
     )
     regions: dict[int, RegionGeometry] = {}
     total = height * width
-    for value in np.unique(comp_value[keep]).tolist():
-        idx = np.flatnonzero(keep & (comp_value == value))
+    for value in np.unique(comp_value).tolist():
+        idx = np.flatnonzero(comp_value == value)
         area = int(sizes[idx].sum())
         if area / total > max_area_ratio:
             continue

@@ -171,6 +171,8 @@ class GroundingRun:
                 self.maps_dir / f"{_safe_name(q.id)}.npz", attn=a.mean(1).reshape(shape),
                 general=g.mean(1).reshape(shape), gt=item.gt, layers=np.array(self.layers),
                 boxes=np.array(q.boxes, dtype=np.float64), image=q.image_rel, question=q.question,
+                cells=np.array([[item.geometry.cell_to_image(r, c) for c in range(item.geometry.cols)]
+                                for r in range(item.geometry.rows)]),
             )
 
     def per_layer(self) -> pd.DataFrame:
@@ -251,7 +253,7 @@ def register(subparsers) -> None:
                    help="comma list of question types to read (localization, attribute)")
     p.add_argument("--save-maps", action="store_true",
                    help="also write maps/<id>.npz: head-averaged question and general maps per layer on the "
-                        "grid, GT cells, boxes (needed for the report's overlays)")
+                        "grid, GT cells, boxes, cell footprints in image pixels (for the report's overlays)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     p.add_argument("--control-release", type=Path, default=None,
                    help="a natural-image control release (e.g. COCO-built) evaluated the same way into "

@@ -15,8 +15,10 @@ from vgmed_eval.adapters import load_adapter
 from vgmed_eval.attention import install
 from vgmed_eval.cli import main as cli_main
 from vgmed_eval.grounding import evaluate_release, parse_layers, question_prompt
+from vgmed_eval.heads import select_heads
 from vgmed_eval.metrics import grounding_metrics
 from vgmed_eval.release_io import convert_boxes, read_release
+from vgmed_eval.report import paint_cells
 from vgmed_eval.vqa.prompts import GENERAL_PROMPT
 
 
@@ -158,3 +160,58 @@ def test_cli_runs_with_control(tmp_path, release):
     assert summary["layers"] == [1, 2] and summary["n_questions"] == 5 + 1  # + the bad line
     control_summary = json.loads((out / "control" / "summary.json").read_text())
     assert control_summary["n_errors"] == 0 and control_summary["n_ok"] == 5  # --limit applies to both
+
+
+def test_select_heads_known_answer():
+    rng = np.random.default_rng(0)
+    rows, head_rows = [], []
+    for q in range(30):
+        for layer in range(4):
+            rows.append({"id": f"q{q}", "layer": layer, "attention_ratio": 1 + (layer == 2) + rng.normal(0, 0.1)})
+            for head in range(3):
+                score = 1 + 2 * ((layer, head) in ((1, 2), (3, 0))) + rng.normal(0, 0.05)
+                head_rows.append({"id": f"q{q}", "layer": layer, "head": head, "attention_ratio": score,
+                                  "kl": -score, "js": 0.0})
+    chosen = select_heads(pd.DataFrame(rows), pd.DataFrame(head_rows), k=2)
+    assert chosen["knockout_layer"] == 2
+    assert sorted(map(tuple, chosen["heads"])) == [(1, 2), (3, 0)]
+    assert chosen["n_questions"] == 30
+    by_kl = select_heads(pd.DataFrame(rows).assign(kl=0.0), pd.DataFrame(head_rows), k=2, metric="kl")
+    assert sorted(map(tuple, by_kl["heads"])) == [(1, 2), (3, 0)]  # lowest KL wins
+
+
+def test_heads_and_report_cli(run, tmp_path):
+    out, summary, _ = run
+    heads = tmp_path / "heads.json"
+    assert cli_main(["heads", "--results", str(out), "--top-k", "5", "--out", str(heads)]) == 0
+    body = json.loads(heads.read_text())
+    assert body["model"] == "builtin:tiny-llava" and body["metric"] == "attention_ratio"
+    assert len(body["heads"]) == 5 and body["knockout_layer"] in (0, 2, 3)
+    per_head = pd.read_parquet(out / "per_head.parquet")
+    best = per_head.groupby(["layer", "head"])["attention_ratio"].mean().idxmax()
+    assert body["heads"][0] == list(best)
+    vgrefine = pytest.importorskip("vgmed_eval.vgrefine")
+    loaded_heads, layer, _ = vgrefine.load_heads(heads)
+    assert layer == body["knockout_layer"] and [list(h) for h in loaded_heads] == body["heads"]
+
+    report = tmp_path / "report"
+    assert cli_main(["report", "--results", str(out), "--out", str(report), "--samples", "3"]) == 0
+    for name in ("attention_ratio_by_layer.png", "attention_ratio_by_modality.png", "head_heatmap.png"):
+        with Image.open(report / name) as im:
+            assert im.width > 200 and np.asarray(im.convert("L")).std() > 5
+    assert len(list((report / "overlays").glob("*.png"))) == 3
+    assert "Most visually sensitive layer" in (report / "index.md").read_text()
+
+
+def test_paint_cells_follows_geometry():
+    """Overlay cells land on the cells' real footprints: padding rows of a wide image stay empty."""
+    from vgmed_eval.geometry import clip_geometry
+
+    geom = clip_geometry(300, 120, resize=336, crop=(336, 336), patch=14, pad_to_square=True)
+    cells = np.array([[geom.cell_to_image(r, c) for c in range(geom.cols)] for r in range(geom.rows)])
+    values = np.arange(geom.rows * geom.cols, dtype=float).reshape(geom.rows, geom.cols)
+    canvas = paint_cells(values, cells, 300, 120)
+    assert not np.isnan(canvas).any()
+    # pixel (x=0, y=0) of the image lies in the first row of cells below the padding (offset 90 px of 300)
+    r = int(90 * 336 / 300 // 14)
+    assert canvas[0, 0] == values[r, 0] and canvas[119, 299] == values[geom.rows - 1 - r, geom.cols - 1]

@@ -1,0 +1,77 @@
+"""`vgmed-eval heads`: the most visually sensitive layer and the top-k heads, for VGRefine.
+
+From a grounding run's per-question results: the knockout layer is the layer with the best mean
+metric (highest attention ratio, as published), the triage heads are the k (layer, head) pairs with
+the best mean metric over all questions. The JSON written here is what VGRefine reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# metric -> True when higher is better
+DIRECTION = {"attention_ratio": True, "kl": False, "js": False}
+
+
+def select_heads(per_layer: pd.DataFrame, per_head: pd.DataFrame, k: int, metric: str = "attention_ratio"
+                 ) -> dict:
+    """Knockout layer and top-k heads by mean ``metric`` over questions (ties: lower index first)."""
+    if per_layer.empty or per_head.empty:
+        raise ValueError("no per-question results: every question failed or none was evaluated")
+    higher = DIRECTION[metric]
+    layer_means = per_layer.groupby("layer")[metric].mean()
+    ranked_layers = layer_means.sort_values(ascending=not higher, kind="stable")
+    head_means = per_head.groupby(["layer", "head"])[metric].mean().sort_values(ascending=not higher, kind="stable")
+    top = head_means.head(k)
+    return {
+        "knockout_layer": int(ranked_layers.index[0]),
+        "heads": [[int(layer), int(head)] for layer, head in top.index],
+        "metric": metric,
+        "k": len(top),
+        "n_questions": int(per_layer["id"].nunique()),
+        "layer_scores": {str(int(layer)): round(float(v), 6) for layer, v in layer_means.items()},
+        "head_scores": [[int(layer), int(head), round(float(v), 6)] for (layer, head), v in top.items()],
+    }
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "heads", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="pick the most visually sensitive layer and top-k heads from a grounding run (for VGRefine)",
+        description=__doc__,
+    )
+    p.add_argument("--results", required=True, type=Path,
+                   help="output directory of `vgmed-eval grounding` (per_layer.parquet, per_head.parquet)")
+    p.add_argument("--top-k", type=int, default=20, help="number of heads to keep")
+    p.add_argument("--metric", default="attention_ratio", choices=sorted(DIRECTION),
+                   help="ranking metric (attention_ratio: higher is better; kl, js: lower is better)")
+    p.add_argument("--out", required=True, type=Path, help="heads JSON file to write")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    if args.top_k < 1:
+        raise SystemExit("--top-k must be at least 1")
+    files = [args.results / name for name in ("per_layer.parquet", "per_head.parquet")]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise SystemExit(f"missing grounding results: {', '.join(missing)} (run `vgmed-eval grounding` first)")
+    summary_path = args.results / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    try:
+        chosen = select_heads(pd.read_parquet(files[0]), pd.read_parquet(files[1]), args.top_k, args.metric)
+    except ValueError as exc:
+        raise SystemExit(f"{args.results}: {exc}") from exc
+    body = {"model": summary.get("model"), "family": summary.get("family"), **chosen,
+            "results": str(args.results)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    log.info("knockout layer %d, %d heads -> %s", body["knockout_layer"], body["k"], args.out)
+    return 0

@@ -31,9 +31,7 @@ def server_tasks(server: ServerInfo, project_id: int) -> list[dict]:
     return api.export_tasks(connect(server), project_id, all_tasks=True)
 
 
-def annotate(
-    client, task_id: int, verdict: str, draft: dict, question=None, answer=None, boxes=None, comment=None
-):
+def annotate(client, task_id: int, verdict: str, draft: dict, question=None, answer=None, boxes=None, comment=None):
     """Submit what a reviewer would: the pre-filled result, maybe edited, plus the verdict."""
     result = draft_prediction(
         question or draft["question"],
@@ -44,20 +42,14 @@ def annotate(
     )
     if boxes is not None:
         result = [r for r in result if r["from_name"] != "bbox"] + boxes
-    result.append(
-        {"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": [verdict]}}
-    )
+    result.append({"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": [verdict]}})
     if comment:
-        result.append(
-            {"from_name": "comment", "to_name": "image", "type": "textarea", "value": {"text": [comment]}}
-        )
+        result.append({"from_name": "comment", "to_name": "image", "type": "textarea", "value": {"text": [comment]}})
     return client.annotations.create(id=task_id, result=result)
 
 
 def task_ids(catalog, project="review") -> dict[str, int]:
-    return dict(
-        catalog.conn.execute("SELECT draft_id, task_id FROM review_tasks WHERE project=?", (project,))
-    )
+    return dict(catalog.conn.execute("SELECT draft_id, task_id FROM review_tasks WHERE project=?", (project,)))
 
 
 def test_push_review_pull_two_reviewers(labelstudio, second_reviewer, tmp_path):
@@ -113,9 +105,7 @@ def test_push_review_pull_two_reviewers(labelstudio, second_reviewer, tmp_path):
     before = dump(catalog)
     pulled = pull(catalog, labelstudio, progress=False)
     assert (pulled.new_events, pulled.known_events, pulled.errors) == (8, 0, [])
-    rows = catalog.conn.execute(
-        "SELECT draft_id, reviewer, verdict, record_json FROM review_events"
-    ).fetchall()
+    rows = catalog.conn.execute("SELECT draft_id, reviewer, verdict, record_json FROM review_events").fetchall()
     assert len(rows) == 8
     ra = reviewer_id(labelstudio.identity, a.users.whoami().id)
     rb = reviewer_id(labelstudio.identity, second_reviewer.user_id)
@@ -146,30 +136,21 @@ def test_push_review_pull_two_reviewers(labelstudio, second_reviewer, tmp_path):
 
     # Nothing names a person or holds a secret in the catalog.
     catalog.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    assert secrets_absent(
-        catalog.build_dir / "catalog.sqlite", labelstudio.api_key, second_reviewer.server.api_key
-    )
+    assert secrets_absent(catalog.build_dir / "catalog.sqlite", labelstudio.api_key, second_reviewer.server.api_key)
 
     # Pulling again adds nothing; a revised annotation adds an event and keeps the old one.
     assert pull(catalog, labelstudio, progress=False).new_events == 0
-    ann = next(x for x in server_tasks(labelstudio, report.project_id) if x["id"] == ids[split["id"]])[
-        "annotations"
-    ]
+    ann = next(x for x in server_tasks(labelstudio, report.project_id) if x["id"] == ids[split["id"]])["annotations"]
     mine = next(x for x in ann if x["completed_by"] == second_reviewer.user_id)
     second_reviewer.client().annotations.update(
         mine["id"],
-        result=[
-            r if r["from_name"] != "verdict" else {**r, "value": {"choices": ["accept"]}}
-            for r in mine["result"]
-        ],
+        result=[r if r["from_name"] != "verdict" else {**r, "value": {"choices": ["accept"]}} for r in mine["result"]],
     )
     again = pull(catalog, labelstudio, progress=False)
     # The export shows each annotation's latest revision: the revised one is new, 7 others known.
     assert (again.new_events, again.known_events) == (1, 7)
     assert (
-        catalog.conn.execute(
-            "SELECT COUNT(*) FROM review_events WHERE annotation_id=?", (mine["id"],)
-        ).fetchone()[0]
+        catalog.conn.execute("SELECT COUNT(*) FROM review_events WHERE annotation_id=?", (mine["id"],)).fetchone()[0]
         == 2
     )
     assert decide(catalog, "unanimous")[split["id"]].status == "accepted"
@@ -198,6 +179,14 @@ def test_push_twice_updates_only_unreviewed_drafts(labelstudio, tmp_path):
     assert q["value"]["text"] == [d[waiting]["question"] + " (reworded)"]
     q = next(r for r in client.predictions.list(task=ids[reviewed])[0].result if r["from_name"] == "question")
     assert q["value"]["text"] == [d[reviewed]["question"]]  # a reviewed task is left as the reviewer saw it
+
+    # A stray twin of a known task (e.g. two pushes racing) is removed by the next push.
+    twin = {"data": {**tasks[0]["data"]}}
+    client.projects.import_tasks(id=first.project_id, request=[twin])
+    assert len(server_tasks(labelstudio, first.project_id)) == len(d) + 1
+    fourth = push(catalog, labelstudio, progress=False)
+    assert (fourth.created, fourth.adopted) == (0, 0)
+    assert sorted(t["id"] for t in server_tasks(labelstudio, first.project_id)) == sorted(ids.values())
 
 
 def _cli(args: list[str], server: ServerInfo, extra_env: dict | None = None) -> subprocess.CompletedProcess:

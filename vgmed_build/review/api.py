@@ -14,9 +14,7 @@ def request(client, method: str, path: str, **kwargs) -> object:
     """Call ``path`` with the client's authentication; the JSON answer, or a clear error."""
     resp = client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
     if resp.status_code >= 400:
-        raise LabelStudioError(
-            f"Label Studio answered HTTP {resp.status_code} to {method} /{path}: {resp.text[:300]}"
-        )
+        raise LabelStudioError(f"Label Studio answered HTTP {resp.status_code} to {method} /{path}: {resp.text[:300]}")
     return resp.json() if resp.content else None
 
 
@@ -51,9 +49,7 @@ def upload_images(client, project_id: int, paths: list[Path]) -> list[str]:
             request_options={"timeout_in_seconds": 600},
         )
         ids = answer["file_upload_ids"]
-        listing = request(
-            client, "GET", f"api/projects/{project_id}/file-uploads", params={"ids": json.dumps(ids)}
-        )
+        listing = request(client, "GET", f"api/projects/{project_id}/file-uploads", params={"ids": json.dumps(ids)})
         stored = {}
         for f in listing:
             name = f["file"].rsplit("/", 1)[-1].split("-", 1)[-1]  # upload/<project>/<uuid8>-<our name>

@@ -139,9 +139,7 @@ def _register_review(subparsers) -> None:
         "document root), upload, or auto (local when possible)",
     )
     s.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="tasks per import request")
-    s.add_argument(
-        "--title", default=None, help="project title when creating it (default: 'vgmed review (<build>)')"
-    )
+    s.add_argument("--title", default=None, help="project title when creating it (default: 'vgmed review (<build>)')")
     s.add_argument(
         "--adjudication",
         action="store_true",
@@ -187,8 +185,7 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
         "--adjudicator",
         default=None,
         metavar="REVIEWER",
-        help="pseudonymous reviewer id (r-xxxxxxxx, see `review status`) whose verdict wins under "
-        "--policy adjudicator",
+        help="pseudonymous reviewer id (r-xxxxxxxx, see `review status`) whose verdict wins under --policy adjudicator",
     )
 
 
@@ -209,9 +206,7 @@ def _print_login(info, build: str) -> None:
 
 def _cmd_ls_start(args) -> int:
     try:
-        info = start_server(
-            args.build, document_root=args.document_root, port=args.port, timeout=args.timeout
-        )
+        info = start_server(args.build, document_root=args.document_root, port=args.port, timeout=args.timeout)
     except LabelStudioError as exc:
         return _fail(str(exc))
     _print_login(info, args.build)
@@ -326,19 +321,13 @@ def summary(catalog, policy: str = "majority", adjudicator: str | None = None, l
     """Progress, decisions and agreement of the build's review, from the catalog alone."""
     decisions = decide(catalog, policy, adjudicator)
     n_ok = catalog.conn.execute("SELECT COUNT(*) FROM drafts WHERE status='ok'").fetchone()[0]
-    pushed = dict(
-        catalog.conn.execute("SELECT project, COUNT(*) FROM review_tasks GROUP BY project").fetchall()
-    )
+    pushed = dict(catalog.conn.execute("SELECT project, COUNT(*) FROM review_tasks GROUP BY project").fetchall())
     counts = {s: 0 for s in ("accepted", "rejected", "disputed", "pending")}
     for d in decisions.values():
         counts[d.status] += 1
     verdicts = {k: d.verdicts for k, d in decisions.items() if d.verdicts}
-    binary = {
-        k: {r: ("reject" if v == "reject" else "accept") for r, v in vs.items()} for k, vs in verdicts.items()
-    }
-    disputed = [
-        {"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "disputed"
-    ]
+    binary = {k: {r: ("reject" if v == "reject" else "accept") for r, v in vs.items()} for k, vs in verdicts.items()}
+    disputed = [{"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "disputed"]
     state = project_state(catalog, REVIEW) or {}
     return {
         "policy": policy,
@@ -367,17 +356,13 @@ def _cmd_status(args) -> int:
     except (CatalogError, ValueError) as exc:
         return _fail(str(exc))
     if args.json:
-        print(
-            json.dumps(s, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x)
-        )
+        print(json.dumps(s, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
         return 0
     print(
         f"drafts ok: {s['ok_drafts']}; tasks pushed: {s['pushed'] or 0}; reviewers per item: "
         f"{s['reviewers_per_item']}; last pull: {s['last_pull']}"
     )
-    print(
-        f"reviewed: {s['reviewed_drafts']} by {len(s['reviewers'])} reviewer(s) {', '.join(s['reviewers'])}"
-    )
+    print(f"reviewed: {s['reviewed_drafts']} by {len(s['reviewers'])} reviewer(s) {', '.join(s['reviewers'])}")
     print(f"decisions ({s['policy']}): " + ", ".join(f"{k} {v}" for k, v in s["decisions"].items()))
     for key, label in (
         ("agreement_verdict", "accept/edit/reject"),
@@ -390,10 +375,7 @@ def _cmd_status(args) -> int:
             f"({a['fleiss_items']} drafts x {a['fleiss_raters']} reviewers)"
         )
         for c in a["cohen"]:
-            print(
-                f"  Cohen's kappa {c['raters'][0]} vs {c['raters'][1]}: "
-                f"{_fmt(c['kappa'])} on {c['items']} drafts"
-            )
+            print(f"  Cohen's kappa {c['raters'][0]} vs {c['raters'][1]}: {_fmt(c['kappa'])} on {c['items']} drafts")
     print(f"disputed: {s['decisions']['disputed']}")
     for d in s["disputed"]:
         print(f"  {d['draft_id']}: " + ", ".join(f"{r} {v}" for r, v in sorted(d["verdicts"].items())))

@@ -43,9 +43,7 @@ def text_result(name: str, text: str) -> dict:
     return {"id": name, "from_name": name, "to_name": IMAGE, "type": "textarea", "value": {"text": [text]}}
 
 
-def draft_prediction(
-    question: str, answer: str, boxes: list[list[int]], width: int, height: int
-) -> list[dict]:
+def draft_prediction(question: str, answer: str, boxes: list[list[int]], width: int, height: int) -> list[dict]:
     """The pre-filled result a reviewer starts from: the drafted boxes, question and answer."""
     return boxes_to_results(boxes, width, height) + [
         text_result(QUESTION, question),
@@ -63,9 +61,7 @@ def rectangle_to_box(value: dict, width: int, height: int) -> list[int] | None:
     w, h = value["width"] * width / 100.0, value["height"] * height / 100.0
     theta = math.radians(value.get("rotation") or 0.0)
     cos, sin = math.cos(theta), math.sin(theta)
-    corners = [
-        (x + dx * cos - dy * sin, y + dx * sin + dy * cos) for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))
-    ]
+    corners = [(x + dx * cos - dy * sin, y + dx * sin + dy * cos) for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
     xs, ys = [c[0] for c in corners], [c[1] for c in corners]
     x0, x1 = (min(max(round(v), 0), width) for v in (min(xs), max(xs)))
     y0, y1 = (min(max(round(v), 0), height) for v in (min(ys), max(ys)))

@@ -96,13 +96,7 @@ def decide_draft(
             else "disputed"
         )
     else:  # unanimous, and adjudicator without the adjudicator's verdict
-        status = (
-            "disputed"
-            if n_acc and n_rej
-            else "pending"
-            if n < required
-            else ("accepted" if n_acc else "rejected")
-        )
+        status = "disputed" if n_acc and n_rej else "pending" if n < required else ("accepted" if n_acc else "rejected")
 
     question, answer, boxes = draft["question"], draft["answer"], draft["boxes"]
     if status == "accepted":
@@ -138,9 +132,7 @@ def review_events(catalog: Catalog) -> dict[str, dict[str, list[dict]]]:
     for draft_id, project, rec in catalog.conn.execute(
         "SELECT draft_id, project, record_json FROM review_events ORDER BY id"
     ):
-        out.setdefault(draft_id, {REVIEW: [], ADJUDICATION: []}).setdefault(project, []).append(
-            json.loads(rec)
-        )
+        out.setdefault(draft_id, {REVIEW: [], ADJUDICATION: []}).setdefault(project, []).append(json.loads(rec))
     return out
 
 

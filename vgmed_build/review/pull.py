@@ -86,18 +86,14 @@ def pull(catalog: Catalog, server: ServerInfo, progress: bool = True) -> PullRep
         if state is None:
             continue
         if state["server"] != server.identity:
-            raise LabelStudioError(
-                f"this build's {project} project lives on {state['url']}; pass --url {state['url']}"
-            )
+            raise LabelStudioError(f"this build's {project} project lives on {state['url']}; pass --url {state['url']}")
         tasks = api.export_tasks(client, state["id"])
         events, problems = [], []
         for task in tqdm(tasks, desc=f"pull {project}", unit="task", disable=not progress):
             draft_id = (task.get("data") or {}).get("draft_id")
             row = drafts.get(draft_id)
             if row is None:
-                problems.append(
-                    (f"task {task['id']}", f"draft {draft_id!r} is not an ok draft of this build")
-                )
+                problems.append((f"task {task['id']}", f"draft {draft_id!r} is not an ok draft of this build"))
                 continue
             for annotation in task.get("annotations") or []:
                 if annotation.get("was_cancelled"):
@@ -110,9 +106,7 @@ def pull(catalog: Catalog, server: ServerInfo, progress: bool = True) -> PullRep
                     continue
                 errors = schema_errors("review", rec)
                 if errors:
-                    problems.append(
-                        (f"draft {draft_id}", f"annotation {annotation['id']}: " + "; ".join(errors))
-                    )
+                    problems.append((f"draft {draft_id}", f"annotation {annotation['id']}: " + "; ".join(errors)))
                     continue
                 events.append(rec)
         pulled_at = now_iso()

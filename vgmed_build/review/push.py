@@ -37,6 +37,7 @@ MODEL_VERSION = "vgmed-draft"
 BATCH_SIZE = 500
 FAIL_AFTER_ENV = "VGMED_REVIEW_FAIL_AFTER_IMPORTS"
 CONFIG_PATH = Path(__file__).with_name("config.xml")
+HASH_KEY = "vgmed_hash"  # task data field holding the content hash, so an adopted task needs no refresh
 
 
 def label_config() -> str:
@@ -125,7 +126,7 @@ def content_hash(row: DraftRow, note: str = "") -> str:
 def task_payload(row: DraftRow, image_url: str, note: str = "") -> dict:
     d = row.draft
     return {
-        "data": task_data(row, image_url, note),
+        "data": {**task_data(row, image_url, note), HASH_KEY: content_hash(row, note)},
         "predictions": [
             {
                 "model_version": MODEL_VERSION,
@@ -144,9 +145,7 @@ def project_state(catalog: Catalog, name: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def ensure_project(
-    catalog: Catalog, client, server: ServerInfo, name: str, title: str, reviewers_per_item: int
-) -> int:
+def ensure_project(catalog: Catalog, client, server: ServerInfo, name: str, title: str, reviewers_per_item: int) -> int:
     """Create the project on first push; later keep its config and overlap settings current."""
     from label_studio_sdk.core.api_error import ApiError
 
@@ -204,32 +203,23 @@ def _image_mode(catalog: Catalog, server: ServerInfo, images: str) -> str:
     return images
 
 
-def _local_resolver(
-    catalog: Catalog, client, server: ServerInfo, project_id: int
-) -> Callable[[list[DraftRow]], dict]:
+def _local_resolver(catalog: Catalog, client, server: ServerInfo, project_id: int) -> Callable[[list[DraftRow]], dict]:
     """Serve images from disk: a Local Files storage on the images folder, created without syncing
     (a sync would add one task per file)."""
     images = catalog.images_dir.resolve()
-    if not any(
-        Path(s.path).resolve() == images for s in client.import_storage.local.list(project=project_id)
-    ):
+    if not any(Path(s.path).resolve() == images for s in client.import_storage.local.list(project=project_id)):
         client.import_storage.local.create(
             project=project_id, path=str(images), use_blob_urls=True, title="vgmed images"
         )
     prefix = catalog.build_dir.resolve().relative_to(server.document_root.resolve())
 
     def resolve(rows: list[DraftRow]) -> dict:
-        return {
-            r.draft["image"]: "/data/local-files/?d=" + quote((prefix / r.draft["image"]).as_posix())
-            for r in rows
-        }
+        return {r.draft["image"]: "/data/local-files/?d=" + quote((prefix / r.draft["image"]).as_posix()) for r in rows}
 
     return resolve
 
 
-def _upload_resolver(
-    catalog: Catalog, client, server: ServerInfo, project_id: int
-) -> Callable[[list[DraftRow]], dict]:
+def _upload_resolver(catalog: Catalog, client, server: ServerInfo, project_id: int) -> Callable[[list[DraftRow]], dict]:
     """Upload each image once per project; remember its URL in the catalog so a rerun reuses it."""
     scope = hashlib.sha256(f"{server.identity}|{project_id}".encode()).hexdigest()[:12]
 
@@ -251,31 +241,31 @@ def _upload_resolver(
 # ---------------------------------------------------------------- push
 
 
-def _adopt_orphans(
-    catalog: Catalog, client, name: str, project_id: int, known: dict[str, tuple[int, str]]
-) -> int:
+def _adopt_orphans(catalog: Catalog, client, name: str, project_id: int, known: dict[str, tuple[int, str]]) -> int:
     """Record tasks that reached the server but not the catalog (interrupted push); drop their twins."""
     server_tasks: dict[str, list[dict]] = {}
     for task in api.export_tasks(client, project_id, all_tasks=True):
         draft_id = (task.get("data") or {}).get("draft_id")
         if draft_id:
             server_tasks.setdefault(draft_id, []).append(task)
+    ours = {d for (d,) in catalog.conn.execute("SELECT id FROM drafts")}
     adopted = 0
     with catalog.transaction() as c:
         for draft_id, tasks in server_tasks.items():
-            keep_id = known[draft_id][0] if draft_id in known else min(t["id"] for t in tasks)
+            keep = next((t for t in tasks if t["id"] == known.get(draft_id, (None,))[0]), None)
+            keep = keep or min(tasks, key=lambda t: t["id"])
             for t in tasks:
-                if t["id"] != keep_id and not t.get("annotations"):
-                    client.tasks.delete(t["id"])
-            if draft_id not in known:
-                # Empty hash: the next step compares it with the draft and refreshes the task if needed.
+                if t is not keep and not t.get("annotations"):
+                    client.tasks.delete(str(t["id"]))
+            if draft_id not in known and draft_id in ours:
+                # The hash pushed with the task: the next step refreshes the task if the draft changed since.
+                pushed_hash = keep["data"].get(HASH_KEY, "")
                 c.execute(
                     "INSERT INTO review_tasks (draft_id, project, project_id, task_id, content_hash, "
-                    "pushed_at) "
-                    "SELECT ?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM drafts WHERE id=?)",
-                    (draft_id, name, project_id, keep_id, "", now_iso(), draft_id),
+                    "pushed_at) VALUES (?,?,?,?,?,?)",
+                    (draft_id, name, project_id, keep["id"], pushed_hash, now_iso()),
                 )
-                known[draft_id] = (keep_id, "")
+                known[draft_id] = (keep["id"], pushed_hash)
                 adopted += 1
     if adopted:
         log.info("adopted %d task(s) left on the server by an interrupted push", adopted)
@@ -284,10 +274,10 @@ def _adopt_orphans(
 
 def _update_task(client, task_id: int, payload: dict) -> bool:
     """Replace an unannotated task's data and prediction; False when a reviewer got there first."""
-    task = client.tasks.get(task_id)
+    task = client.tasks.get(str(task_id))
     if (task.total_annotations or 0) + (task.cancelled_annotations or 0) > 0:
         return False
-    client.tasks.update(task_id, data=payload["data"])
+    client.tasks.update(str(task_id), data=payload["data"])
     for pred in client.predictions.list(task=task_id):
         client.predictions.delete(pred.id)
     pred = payload["predictions"][0]
@@ -340,9 +330,7 @@ def push(
     report.unchanged = len(rows) - len(new) - len(changed)
     fail_after = int(os.environ.get(FAIL_AFTER_ENV) or 0)
 
-    with tqdm(
-        total=len(new) + len(changed), desc=f"push {project}", unit="task", disable=not progress
-    ) as bar:
+    with tqdm(total=len(new) + len(changed), desc=f"push {project}", unit="task", disable=not progress) as bar:
         for n, start in enumerate(range(0, len(new), batch_size), start=1):
             batch = new[start : start + batch_size]
             urls = resolver(batch)
@@ -370,9 +358,7 @@ def push(
             bar.update(len(batch))
         for row in changed:
             note = notes.get(row.id, "")
-            if _update_task(
-                client, known[row.id][0], task_payload(row, resolver([row])[row.draft["image"]], note)
-            ):
+            if _update_task(client, known[row.id][0], task_payload(row, resolver([row])[row.draft["image"]], note)):
                 with catalog.transaction() as c:
                     c.execute(
                         "UPDATE review_tasks SET content_hash=?, pushed_at=? WHERE draft_id=? AND project=?",

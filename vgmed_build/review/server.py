@@ -85,9 +85,7 @@ def ensure_installed(venv: Path | None = None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel install (another test session) waits here
         if _installed(venv):
             return exe
-        log.info(
-            "installing label-studio %s into %s (first use; takes a few minutes)", LABEL_STUDIO_VERSION, venv
-        )
+        log.info("installing label-studio %s into %s (first use; takes a few minutes)", LABEL_STUDIO_VERSION, venv)
         try:
             if not (venv / "bin" / "python").exists():
                 subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -346,9 +344,7 @@ def connect(server: ServerInfo):
     from label_studio_sdk.core.api_error import ApiError
 
     if not health(server.url):
-        raise LabelStudioError(
-            f"Label Studio at {server.url} does not answer (GET /health failed): is it running?"
-        )
+        raise LabelStudioError(f"Label Studio at {server.url} does not answer (GET /health failed): is it running?")
     client = LabelStudio(base_url=server.url, api_key=server.api_key, timeout=300)
     try:
         me = client.users.whoami()
@@ -359,9 +355,7 @@ def connect(server: ServerInfo):
                 "LABEL_STUDIO_API_KEY (a personal access token or, with legacy tokens enabled, "
                 "the user token)"
             ) from None
-        raise LabelStudioError(
-            f"Label Studio at {server.url} answered HTTP {exc.status_code} to whoami"
-        ) from None
+        raise LabelStudioError(f"Label Studio at {server.url} answered HTTP {exc.status_code} to whoami") from None
     if server.identity is None:
         from vgmed_build.review import api
 
@@ -376,7 +370,5 @@ def invite_url(server: ServerInfo) -> str:
     client = connect(server)
     resp = client._client_wrapper.httpx_client.request("api/invite", method="GET")
     if resp.status_code != 200:
-        raise LabelStudioError(
-            f"Label Studio at {server.url} answered HTTP {resp.status_code} to GET /api/invite"
-        )
+        raise LabelStudioError(f"Label Studio at {server.url} answered HTTP {resp.status_code} to GET /api/invite")
     return server.url + resp.json()["invite_url"]

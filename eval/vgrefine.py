@@ -203,7 +203,8 @@ class VGRefiner:
 
     # ----- batched passes --------------------------------------------------------------------------
     def _assemble(self, rows: list[tuple[Prefix, torch.Tensor]]):
-        """Cache, input ids, 2-D mask and position ids for rows laid out as [prefix | pad | suffix]."""
+        """Cache, input ids, 2-D mask, position ids and prefix columns for rows laid out as
+        [prefix | pad | suffix]; every suffix ends in the last column."""
         pmax = max(pre.length for pre, _ in rows)
         smax = max(len(suf) for _, suf in rows)
         b = len(rows)
@@ -220,6 +221,13 @@ class VGRefiner:
         cache = _stack_caches([pre.cache for pre, _ in rows], [pre.length for pre, _ in rows], pmax)
         dev = self.device
         return cache, ids.to(dev), mask.to(dev), pos.to(dev), pmax
+
+    def _capture(self, rows: list[tuple[Prefix, torch.Tensor]], pmax: int):
+        """Capture context on the triage layers; "question" rows start at each row's own suffix."""
+        smax = max(len(suf) for _, suf in rows)
+        starts = torch.tensor([pmax + smax - len(suf) for _, suf in rows])
+        return capture(self.model, self.config.triage_layers, [pre.grid for pre, _ in rows], rows=self.config.rows,
+                       question_from=starts)
 
     def _forward(self, cache, ids, mask, pos):
         return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
@@ -291,8 +299,9 @@ class VGRefiner:
         todo = list({id(p): p for p in prefixes if not p.general}.values())
         if not todo:
             return
-        cache, ids, mask, pos, pmax = self._assemble([(p, p.general_suffix) for p in todo])
-        with capture(self.model, self.config.triage_layers, [p.grid for p in todo], rows=self.config.rows) as cap:
+        rows = [(p, p.general_suffix) for p in todo]
+        cache, ids, mask, pos, pmax = self._assemble(rows)
+        with self._capture(rows, pmax) as cap:
             _start_at(cap, pmax)
             self._forward(cache, ids, mask, pos)
         for j, pre in enumerate(todo):
@@ -313,10 +322,9 @@ class VGRefiner:
         rows = [(q.prefix, q.suffix) for q in queries] + [(p, p.general_suffix) for p in general_rows]
         nq = len(queries)
         cache, ids, mask, pos, pmax = self._assemble(rows)
-        grids = [pre.grid for pre, _ in rows]
         if refined:
             cfg = self.config
-            with capture(self.model, cfg.triage_layers, grids, rows=cfg.rows) as cap:
+            with self._capture(rows, pmax) as cap:
                 _start_at(cap, pmax)
                 out = self._forward(cache, ids, mask, pos)
             for j, pre in enumerate(general_rows):

@@ -229,6 +229,7 @@ def _capture(ctx: Capture, module, query, key, allowed, q_pos, k_pos, scaling, s
     device = query.device
     index, valid = ctx.index.to(device), ctx.valid.to(device)
     cols = (index - k_pos[0]).clamp(min=0, max=key.shape[2] - 1)
+    dropped = (index < k_pos[0]) | (index > k_pos[-1])  # not in this layer's (sliding-window) keys: weight 0
     if ctx.rows == "last":
         weights = _row_weights(module, query[:, :, -1:], key, allowed[:, :, -1:], scaling, softcap)[:, :, 0]
     else:
@@ -238,6 +239,7 @@ def _capture(ctx: Capture, module, query, key, allowed, q_pos, k_pos, scaling, s
         use = (q_pos[first:][None, :] >= starts[:, None]).float()  # (B, r)
         weights = (w * use[:, None, :, None]).sum(2) / use.sum(1).clamp(min=1)[:, None, None]
     out = torch.gather(weights, 2, cols[:, None, :].expand(-1, weights.shape[1], -1))
+    out = out.masked_fill(dropped[:, None, :], 0.0)
     ctx.maps[layer] = out.masked_fill(~valid[:, None, :], float("nan"))
 
 

@@ -131,7 +131,7 @@ def test_bad_replies_become_error_records_and_are_retried_next_run(tmp_path, ser
     att = drafts_by_label(cat)
     assert att["spleen"]["status"] == "error" and "no JSON object" in att["spleen"]["reason"]
     assert att["liver"]["status"] == "error" and "llm_attribute.schema.json" in att["liver"]["reason"]
-    assert "'answer' is a required property" in att["liver"]["reason"]
+    assert "must contain" in att["liver"]["reason"] and "answer" in att["liver"]["reason"]
     assert att["tumor"]["status"] == "error" and "model refused: I cannot assist." in att["tumor"]["reason"]
     assert att["kidney_left"]["status"] == "ok" and att["gm"]["status"] == "ok"
     for d in att.values():

@@ -86,9 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="redraft every slot, also those already stored (cached LLM replies are still reused)",
     )
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N regions (by id)")
-    p.add_argument(
-        "--seed", type=int, default=0, help="base seed sent to the LLM (slot and attempt are added)"
-    )
+    p.add_argument("--seed", type=int, default=0, help="base seed sent to the LLM (slot and attempt are added)")
     p.add_argument(
         "--max-question-chars",
         type=int,
@@ -102,9 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="lint: longest accepted answer, in words",
     )
     llm = p.add_argument_group("LLM (OpenAI-compatible server)")
-    llm.add_argument(
-        "--model", default=None, help="model name as the server knows it (needed for --drafter llm)"
-    )
+    llm.add_argument("--model", default=None, help="model name as the server knows it (needed for --drafter llm)")
     llm.add_argument(
         "--base-url",
         default=None,
@@ -145,23 +141,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="budget: stop cleanly once the estimated cost reaches this (needs the prices)",
     )
     llm.add_argument("--price-in", type=float, default=0.0, help="USD per 1M prompt tokens, for the estimate")
-    llm.add_argument(
-        "--price-out", type=float, default=0.0, help="USD per 1M completion tokens, for the estimate"
-    )
+    llm.add_argument("--price-out", type=float, default=0.0, help="USD per 1M completion tokens, for the estimate")
     p.set_defaults(func=cmd_generate)
 
     d = subparsers.add_parser(
         "drafts",
         formatter_class=fmt,
         help="export drafts as JSONL (schemas/draft.schema.json)",
-        description="Write the stored drafts, one JSON record per line, valid against "
-        "schemas/draft.schema.json.",
+        description="Write the stored drafts, one JSON record per line, valid against schemas/draft.schema.json.",
     )
     d.add_argument("--build", required=True, type=Path, help="build directory (holds catalog.sqlite)")
     d.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
-    d.add_argument(
-        "--status", choices=["ok", "rejected", "error", "all"], default="all", help="which drafts to export"
-    )
+    d.add_argument("--status", choices=["ok", "rejected", "error", "all"], default="all", help="which drafts to export")
     d.add_argument(
         "--q-type",
         choices=["localization", "attribute", "position"],
@@ -226,9 +217,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_drafts(args: argparse.Namespace) -> int:
     try:
         with open_catalog(args.build, create=False) as catalog:
-            lines = [
-                json.dumps(r, ensure_ascii=False) for r in export_drafts(catalog, args.status, args.q_type)
-            ]
+            lines = [json.dumps(r, ensure_ascii=False) for r in export_drafts(catalog, args.status, args.q_type)]
     except CatalogError as exc:
         log.error("%s", exc)
         return 2

@@ -39,37 +39,57 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
+def _word_starts(text: str, phrase: str, whole: bool = True) -> list[int]:
+    """Case-insensitive positions where ``phrase`` starts on a word boundary (and, with ``whole``,
+    also ends on one). Plain string search: per-region names would defeat the regex cache."""
+    text, phrase = text.lower(), phrase.lower()
+    found, i = [], text.find(phrase) if phrase else -1
+    while i >= 0:
+        end = i + len(phrase)
+        before_ok = i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")
+        after_ok = not whole or end == len(text) or not (text[end].isalnum() or text[end] == "_")
+        if before_ok and after_ok:
+            found.append(i)
+        i = text.find(phrase, i + 1)
+    return found
+
+
 def _without_names(question: str, names: list[str]) -> str:
     """The question with every target name replaced, so words inside a name ('small bowel',
     'left kidney', 'head and neck') are not mistaken for the question's own words."""
     text = question
     for name in sorted(names, key=len, reverse=True):
-        text = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", " <obj> ", text, flags=re.IGNORECASE)
+        for i in reversed(_word_starts(text, name)):
+            text = text[:i] + " <obj> " + text[i + len(name) :]
     return text
 
 
 def _contains_phrase(text: str, phrase: str) -> bool:
-    phrase = normalize(phrase)
-    return bool(phrase) and re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", normalize(text)) is not None
+    return bool(_word_starts(normalize(text), normalize(phrase)))
 
 
 @cache
-def _compiled(name: str) -> Callable[[dict], object]:
+def _compiled(name: str) -> Callable[[object], object]:
     """The schema compiled to Python: ~20x faster than jsonschema, which matters at 100+ drafts/s."""
     return fastjsonschema.compile(load_schema(name))
 
 
-def rule_schema(draft: dict, ctx: LintContext) -> str | None:
+def schema_problems(name: str, record: object) -> list[str]:
+    """What makes ``record`` invalid against ``schemas/<name>.schema.json`` (empty when valid)."""
     try:
-        _compiled("draft")(draft)
+        _compiled(name)(record)
     except fastjsonschema.JsonSchemaException as exc:
-        return f"schema: {exc.message}"
-    return None
+        return [exc.message]
+    return []
+
+
+def rule_schema(draft: dict, ctx: LintContext) -> str | None:
+    problems = schema_problems("draft", draft)
+    return f"schema: {problems[0]}" if problems else None
 
 
 def rule_names_target(draft: dict, ctx: LintContext) -> str | None:
-    question = draft["question"].lower()
-    if any(re.search(rf"(?<!\w){re.escape(n.lower())}", question) for n in ctx.names):
+    if any(_word_starts(draft["question"], n, whole=False) for n in ctx.names):  # plurals count
         return None
     return f"names_target: the question does not name the target ({' / '.join(ctx.names)})"
 
@@ -94,10 +114,7 @@ def rule_length(draft: dict, ctx: LintContext) -> str | None:
     if len(q.split()) > lim.max_words:
         return f"length: question has {len(q.split())} words (max {lim.max_words})"
     if not a or len(a) > lim.max_answer_chars or len(a.split()) > lim.max_answer_words:
-        return (
-            f"length: answer must be 1-{lim.max_answer_chars} characters and at most "
-            f"{lim.max_answer_words} words"
-        )
+        return f"length: answer must be 1-{lim.max_answer_chars} characters and at most {lim.max_answer_words} words"
     return None
 
 

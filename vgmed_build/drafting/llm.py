@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from vgmed_build.catalog import Catalog, now_iso
-from vgmed_build.resources import load_schema, schema_errors
+from vgmed_build.drafting.lint import schema_problems
+from vgmed_build.resources import load_schema
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,7 @@ class BudgetExhausted(Exception):
 class LlmError(Exception):
     """A request failed for good, or its reply is unusable. The message is already redacted."""
 
-    def __init__(
-        self, message: str, prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0
-    ):
+    def __init__(self, message: str, prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0):
         super().__init__(redact(message))
         self.prompt_tokens, self.completion_tokens, self.cost_usd = prompt_tokens, completion_tokens, cost_usd
 
@@ -111,9 +110,7 @@ class Budget:
             self.max_cost_usd is not None and self.cost_usd >= self.max_cost_usd
         ):
             self.exhausted = True
-            raise BudgetExhausted(
-                f"budget reached ({self.requests} requests, estimated ${self.cost_usd:.4f})"
-            )
+            raise BudgetExhausted(f"budget reached ({self.requests} requests, estimated ${self.cost_usd:.4f})")
         self.requests += 1
 
 
@@ -129,23 +126,38 @@ def cache_key(model: str, messages: list[dict], params: dict) -> str:
 
 
 class ResponseCache:
-    """The catalog's ``llm_cache`` table: only replies that passed validation are stored."""
+    """The catalog's ``llm_cache`` table: only replies that passed validation are stored.
+
+    New replies wait in memory until the generate stage's next batch commit (:meth:`flush`), which
+    writes them together with the drafts they produced; lookups see them immediately.
+    """
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
+        self.pending: dict[str, dict] = {}
+        # Keys only (64 bytes each): a miss, the common case in a first run, then costs no query.
+        self.keys = {k for (k,) in catalog.conn.execute("SELECT key FROM llm_cache")}
 
     def get(self, key: str) -> dict | None:
+        if key in self.pending:
+            return self.pending[key]
+        if key not in self.keys:
+            return None
         row = self.catalog.conn.execute("SELECT response_json FROM llm_cache WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def put(self, key: str, response: dict, conn: sqlite3.Connection | None = None) -> None:
-        sql = "INSERT OR REPLACE INTO llm_cache (key, response_json, created_at) VALUES (?,?,?)"
-        args = (key, json.dumps(response, ensure_ascii=False), now_iso())
-        if conn is not None:
-            conn.execute(sql, args)
-        else:
-            with self.catalog.transaction() as c:
-                c.execute(sql, args)
+    def put(self, key: str, response: dict) -> None:
+        self.pending[key] = response
+        self.keys.add(key)
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        """Write the pending replies inside the caller's transaction."""
+        created = now_iso()
+        conn.executemany(
+            "INSERT OR REPLACE INTO llm_cache (key, response_json, created_at) VALUES (?,?,?)",
+            [(k, json.dumps(v, ensure_ascii=False), created) for k, v in self.pending.items()],
+        )
+        self.pending = {}
 
 
 def parse_json_reply(text: str) -> dict:
@@ -195,9 +207,7 @@ def _retryable(exc: Exception) -> bool:
 
     if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
         return True
-    return isinstance(exc, openai.APIStatusError) and (
-        exc.status_code in _RETRY_STATUS or exc.status_code >= 500
-    )
+    return isinstance(exc, openai.APIStatusError) and (exc.status_code in _RETRY_STATUS or exc.status_code >= 500)
 
 
 @dataclass
@@ -241,7 +251,7 @@ class LlmClient:
         }
         key = cache_key(self.config.model, messages, params)
         cached = self.cache.get(key)
-        if cached is not None and not schema_errors(schema_name, cached.get("data")):
+        if cached is not None and not schema_problems(schema_name, cached.get("data")):
             self.cache_hits += 1
             return LlmReply(
                 cached["data"],
@@ -280,7 +290,7 @@ class LlmClient:
             data = parse_json_reply(message.content)
         except ValueError as exc:
             raise fail(f"{exc}: {message.content[:120]!r}") from None
-        errors = schema_errors(schema_name, data)
+        errors = schema_problems(schema_name, data)
         if errors:
             raise fail(f"reply does not follow {schema_name}.schema.json: {'; '.join(errors[:3])}")
         return data
@@ -297,9 +307,7 @@ class LlmClient:
                 # transform of the whole schema (measured at several ms of CPU per request).
                 kwargs["extra_body"] = {"response_format": _response_format(schema_name)}
             try:
-                return await self._client.chat.completions.create(
-                    model=self.config.model, messages=messages, **kwargs
-                )
+                return await self._client.chat.completions.create(model=self.config.model, messages=messages, **kwargs)
             except openai.BadRequestError as exc:
                 if self._json_schema:
                     log.warning(

@@ -89,30 +89,20 @@ def load_prompts(folder: Path | None = None) -> Prompts:
     attr_doc = _yaml(folder / "attribute_templates.yaml")
     attributes = {}
     for name, spec in (attr_doc.get("attributes") or {}).items():
-        if (
-            not isinstance(spec, dict)
-            or "question" not in spec
-            or spec.get("answer") not in ATTRIBUTE_ANSWERS
-        ):
+        if not isinstance(spec, dict) or "question" not in spec or spec.get("answer") not in ATTRIBUTE_ANSWERS:
             raise TemplateError(
                 f"{folder / 'attribute_templates.yaml'}: attribute {name!r} needs a question and an "
                 f"answer rule out of {sorted(ATTRIBUTE_ANSWERS)}"
             )
-        attributes[name] = AttributeRule(
-            name, Template(f"attribute:{name}", spec["question"]), spec["answer"]
-        )
+        attributes[name] = AttributeRule(name, Template(f"attribute:{name}", spec["question"]), spec["answer"])
     profiles = []
     for entry in attr_doc.get("profiles") or []:
         match = entry.get("match") or {}
         names = list(entry.get("attributes") or [])
         unknown = [n for n in names if n not in attributes]
         if unknown:
-            raise TemplateError(
-                f"{folder / 'attribute_templates.yaml'}: profile {match} uses unknown {unknown}"
-            )
-        profiles.append(
-            (str(match.get("modality", "*")).lower(), str(match.get("category", "*")).lower(), names)
-        )
+            raise TemplateError(f"{folder / 'attribute_templates.yaml'}: profile {match} uses unknown {unknown}")
+        profiles.append((str(match.get("modality", "*")).lower(), str(match.get("category", "*")).lower(), names))
     prompts = Prompts(
         localization=[Template(f"localization[{i}]", t) for i, t in enumerate(loc_texts)],
         position=[Template(f"position[{i}]", t) for i, t in enumerate(position)],

@@ -1,0 +1,127 @@
+"""Throughput of `generate --drafter llm` against the scripted server with added latency.
+
+    .venv/bin/python benchmarks/bench_generate.py [--drafts 2000] [--concurrency 32] [--latency-ms 200]
+
+Measures, against the same server process in the same run:
+  1. the baseline: a bare AsyncOpenAI loop sending the same requests (semaphore only: no cache,
+     parsing, validation, lint or catalog);
+  2. generate: cache lookups, schema validation, lint, one catalog transaction per region;
+  3. the rerun: must finish in < 5 s with zero requests (server's own count).
+Ideal rate = concurrency / latency (160 drafts/s for 32 and 200 ms); target >= 80% of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from drafting_fixtures import LlmServer, make_catalog  # noqa: E402
+
+from vgmed_build.drafting.generate import GenerateOptions, attribute_messages, run_generate  # noqa: E402
+from vgmed_build.drafting.llm import LlmConfig  # noqa: E402
+from vgmed_build.drafting.templates import load_prompts  # noqa: E402
+from vgmed_build.resources import load_schema  # noqa: E402
+
+
+async def bare_loop(base_url: str, requests: list[dict], concurrency: int) -> float:
+    """The same chat requests with nothing around them (no cache, validation, lint, catalog);
+    returns requests/s."""
+    import openai
+
+    client = openai.AsyncOpenAI(api_key="bench", base_url=base_url, max_retries=0)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(kwargs: dict) -> None:
+        async with sem:
+            await client.chat.completions.create(**kwargs)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(kw) for kw in requests))
+    elapsed = time.perf_counter() - t0
+    await client.close()
+    return len(requests) / elapsed
+
+
+def baseline_requests(cat, n: int) -> list[dict]:
+    """Exactly what generate sends for these regions (messages, sampling, response_format)."""
+    prompts = load_prompts()
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {"name": "llm_attribute", "strict": True, "schema": load_schema("llm_attribute")},
+    }
+    return [
+        {
+            "model": "bench",
+            "messages": attribute_messages(prompts, region, None),
+            "temperature": 0.7,
+            "max_tokens": 300,
+            "seed": 0,
+            "extra_body": {"response_format": fmt},
+        }
+        for region in list(cat.regions())[:n]
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--drafts", type=int, default=2000, help="attribute drafts (= LLM requests)")
+    ap.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    ap.add_argument("--latency-ms", type=float, default=200.0, help="server latency added to every reply")
+    args = ap.parse_args()
+    ideal = args.concurrency / (args.latency_ms / 1000.0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        server = LlmServer({"latency_ms": args.latency_ms}, tmp_path)
+        try:
+            targets = [
+                (f"t{i}", f"structure {i}", [], "unknown", "organ", [i % 100, i % 90, i % 100 + 20, i % 90 + 30])
+                for i in range(args.drafts)
+            ]
+            cat = make_catalog(tmp_path / "build", targets=targets)
+            baseline = asyncio.run(bare_loop(server.base_url, baseline_requests(cat, args.drafts), args.concurrency))
+            sent = server.stats()["requests"]
+
+            options = GenerateOptions(
+                drafter="llm",
+                localization_per_region=0,
+                progress=False,
+                llm=LlmConfig(model="bench", base_url=server.base_url, concurrency=args.concurrency),
+            )
+            t0 = time.perf_counter()
+            stats = run_generate(cat, options)
+            elapsed = time.perf_counter() - t0
+            requests = server.stats()["requests"] - sent
+            assert stats.ok == args.drafts, stats.summary()
+            rate = stats.ok / elapsed
+
+            sent = server.stats()["requests"]
+            t0 = time.perf_counter()
+            rerun = run_generate(cat, options)
+            rerun_s = time.perf_counter() - t0
+            rerun_requests = server.stats()["requests"] - sent
+            assert rerun.drafts_skipped == args.drafts
+        finally:
+            server.close()
+
+    print(f"drafts={args.drafts} concurrency={args.concurrency} latency={args.latency_ms:.0f}ms ideal={ideal:.1f}/s")
+    print(f"baseline bare AsyncOpenAI loop: {baseline:.1f} requests/s ({100 * baseline / ideal:.0f}% of ideal)")
+    print(
+        f"generate: {rate:.1f} drafts/s, {requests} requests, {elapsed:.2f}s "
+        f"({100 * rate / ideal:.0f}% of ideal, {100 * rate / baseline:.0f}% of baseline) "
+        f"-> target >= 80% of ideal: {'PASS' if rate >= 0.8 * ideal else 'FAIL'}"
+    )
+    print(
+        f"rerun: {rerun_s:.2f}s, {rerun_requests} requests "
+        f"-> target < 5 s and 0 requests: {'PASS' if rerun_s < 5 and rerun_requests == 0 else 'FAIL'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -26,7 +26,7 @@ from vgmed_eval.vqa.reference import greedy, published_vgrefine, reference_atten
 
 FAMILIES = sorted(ADAPTERS)
 QUESTIONS = ["is there a mass in the liver ?", "what organ is shown ?", "is the lung normal ? answer yes or no ."]
-MAX_NEW = 5
+MAX_NEW = 4
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -64,7 +64,8 @@ def test_triage_scores_match_loop():
     got = triage_scores(q, g, heads)
     for b in range(3):
         for n in range(10):
-            ref = np.mean([q[l][b, h, n].item() / np.mean([g[l][k, n].item() for k in range(4)]) for l, h in heads])
+            ratios = [q[lay][b, h, n].item() / np.mean([g[lay][k, n].item() for k in range(4)]) for lay, h in heads]
+            ref = np.mean(ratios)
             assert got[b, n].item() == pytest.approx(ref, rel=1e-5)
 
 
@@ -120,8 +121,7 @@ def test_shared_prefix_equals_full_recompute(adapter):
         assert got.tokens == ref.tokens
 
 
-@pytest.mark.parametrize("mode", ["consistent", "prefill"])
-@pytest.mark.parametrize("rows", ["last", "question"])
+@pytest.mark.parametrize("mode,rows", [("consistent", "last"), ("prefill", "last"), ("consistent", "question")])
 def test_knockout_equals_eager_additive_mask(adapter, mode, rows):
     img_a, img_b = _images()
     pairs = [(img_a, QUESTIONS[0]), (img_b, QUESTIONS[1]), (img_a, QUESTIONS[2])]

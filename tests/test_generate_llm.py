@@ -137,9 +137,7 @@ def test_bad_replies_become_error_records_and_are_retried_next_run(tmp_path, ser
     for d in att.values():
         assert not schema_errors("draft", d)
     errors = cat.conn.execute("SELECT item, message FROM errors WHERE stage='generate'").fetchall()
-    assert len(errors) == 3 and all(
-        att["spleen"]["id"] in i or "refused" in m or "schema" in m for i, m in errors
-    )
+    assert len(errors) == 3 and all(att["spleen"]["id"] in i or "refused" in m or "schema" in m for i, m in errors)
     assert count(cat, "llm_cache") == 2  # only valid replies are cached
 
     # The rerun asks again only for the three errors (the server now answers validly).
@@ -200,9 +198,7 @@ def test_cost_budget(tmp_path, server_factory):
     server = server_factory()
     cat = make_catalog(tmp_path / "b", targets=EIGHT)
     # ~250 prompt tokens at $2000 per 1M tokens: ~$0.5 per request; the budget of $0.9 allows two.
-    stats = run_generate(
-        cat, opts(server, concurrency=1, price_in=2000.0, max_cost_usd=0.9, localization_per_region=0)
-    )
+    stats = run_generate(cat, opts(server, concurrency=1, price_in=2000.0, max_cost_usd=0.9, localization_per_region=0))
     assert stats.budget_reached and "budget reached" in stats.budget_reached
     assert server.stats()["requests"] == 2 and count(cat, "drafts") == 2
 
@@ -250,9 +246,7 @@ def test_duplicates_and_regenerate_rejected(tmp_path, server_factory):
     run_generate(cat, opts(server, attributes_per_region=2, localization_per_region=0))
     assert server.stats()["requests"] == 4  # rejected drafts are kept unless asked
 
-    run_generate(
-        cat, opts(server, attributes_per_region=2, localization_per_region=0, regenerate_rejected=True)
-    )
+    run_generate(cat, opts(server, attributes_per_region=2, localization_per_region=0, regenerate_rejected=True))
     s = server.stats()
     assert s["requests"] == 6
     assert sum("rejected by the automatic checks (answer_hidden" in p for p in s["recent_prompts"]) == 1
@@ -274,9 +268,7 @@ def test_with_image_sends_multimodal_requests(tmp_path, server_factory):
 
 
 def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vgmed_build.cli", *args], capture_output=True, text=True, env=env
-    )
+    return subprocess.run([sys.executable, "-m", "vgmed_build.cli", *args], capture_output=True, text=True, env=env)
 
 
 def test_api_key_never_reaches_catalog_or_logs(tmp_path, server_factory):
@@ -389,3 +381,45 @@ def test_drafts_export_is_valid_jsonl(tmp_path, server_factory):
     assert statuses == {"ok", "rejected", "error"}
     for line in lines:
         assert not schema_errors("draft", json.loads(line))
+
+
+def test_generate_on_a_real_ingest_of_the_bundled_sample(tmp_path, server_factory):
+    from ingest_fixtures import SAMPLE_SOURCES
+
+    from vgmed_build.config import load_sources_file
+    from vgmed_build.ingest import run_ingest
+
+    build = tmp_path / "build"
+    report = run_ingest(build, load_sources_file(SAMPLE_SOURCES), progress=False)
+    assert report.errors == []
+    cat = open_catalog(build, create=False)
+    regions = {r["id"]: r for r in cat.regions()}
+    run_generate(cat, GenerateOptions(position_questions=True, progress=False))
+    drafts = list(export_drafts(cat))
+    for d in drafts:
+        assert not schema_errors("draft", d)
+        region = regions[d["region_id"]]
+        assert d["boxes"] == region["boxes"] and d["image"] == region["image"]
+        assert (build / d["image"]).is_file()
+    loc = [d for d in drafts if d["q_type"] == "localization"]
+    att = [d for d in drafts if d["q_type"] == "attribute"]
+    assert len(loc) == len(att) == len(regions)
+    # Display names from the sources file, side words in them agree with the computed sides.
+    assert all(d["status"] == "ok" and d["display_name"] in d["question"] for d in loc)
+    assert any("cerebral hemisphere" in d["question"] for d in loc)
+    pos = {d["display_name"]: d for d in drafts if d["q_type"] == "position"}
+    assert pos["descending aorta"]["status"] == "ok"
+    assert pos["descending aorta"]["answer"] == regions[pos["descending aorta"]["region_id"]]["side"]
+    hemis = [d for d in drafts if d["q_type"] == "position" and "left" in d["display_name"]]
+    assert hemis and all(d["reason"].startswith("answer_hidden:") for d in hemis)
+    n_drafts = count(cat, "drafts")
+
+    # The LLM drafter on the first 8 regions: it replaces their template attribute drafts, nothing else.
+    server = server_factory()
+    run_generate(cat, opts(server, limit=8))
+    assert server.stats()["requests"] == 8 and count(cat, "drafts") == n_drafts
+    llm = [d for d in export_drafts(cat, q_type="attribute") if d["provenance"]["drafter"] == "llm"]
+    assert len(llm) == 8 and all(d["status"] == "ok" for d in llm)
+    run_generate(cat, opts(server, limit=8))
+    assert server.stats()["requests"] == 8
+    cat.close()

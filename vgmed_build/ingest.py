@@ -753,5 +753,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
                 print(f"  {name}: {n}")
         print(f"errors: {len(stats['errors'])}")
         for err in stats["errors"]:
-            print(f"  [{err['source']}] {err['item']}: {err['message']}")
+            text = err["message"] if err["message"].startswith(err["item"]) else f"{err['item']}: {err['message']}"
+            print(f"  [{err['source']}] {text}")
     return 1 if stats["errors"] else 0

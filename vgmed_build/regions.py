@@ -43,7 +43,7 @@ def slice_label_areas(label_map: np.ndarray, axis: int) -> tuple[np.ndarray, np.
     per_slice: list[tuple[np.ndarray, np.ndarray]] = []
     for k in range(n_slices):
         sl = np.ravel(label_map[(slice(None),) * axis + (k,)], order="K")
-        if sl.size and int(sl.max()) > _MAX_DENSE_VALUE:   # sparse huge values: sort instead
+        if sl.size and int(sl.max()) > _MAX_DENSE_VALUE:  # sparse huge values: sort instead
             per_slice.append(np.unique(sl, return_counts=True))
             continue
         counts = np.bincount(sl) if sl.size else np.zeros(1, np.int64)
@@ -101,7 +101,11 @@ def extract_regions(
     ``max_area_ratio`` of the image. Without ``geometry`` the side is 'unknown'.
     """
     height, width = label_slice.shape
-    lab = label_slice if values is None else np.where(np.isin(label_slice, values), label_slice, 0)
+    lab = label_slice
+    if values is not None:  # keep only the wanted labels: one lookup-table gather, not one pass per value
+        lut = np.zeros(max(int(label_slice.max()), max(values, default=0)) + 1, dtype=bool)
+        lut[list(values)] = True
+        lab = np.where(lut[label_slice], label_slice, 0)
     rows_any, cols_any = lab.any(axis=1), lab.any(axis=0)
     if not rows_any.any():
         return {}
@@ -109,21 +113,22 @@ def extract_regions(
     c0, c1 = np.flatnonzero(cols_any)[[0, -1]]
     crop = np.ascontiguousarray(lab[r0 : r1 + 1, c0 : c1 + 1])
     cc, n = measure.label(crop, background=0, connectivity=connectivity, return_num=True)
-    all_sizes = np.bincount(cc.ravel(), minlength=n + 1)[1:]
-    objs = ndimage.find_objects(cc)
+    # Statistics from the foreground pixels only (one nonzero, a few bincounts), boxes from find_objects.
+    rr, cols = np.nonzero(cc)
+    comp = cc[rr, cols]
+    all_sizes = np.bincount(comp, minlength=n + 1)[1:]
     kept = np.flatnonzero(all_sizes >= min_component_px)
-    # Per kept component, work only inside its own bounding box (value, centroid).
-    comp_value = np.empty(kept.size, dtype=np.int64)
-    cy, cx = np.empty(kept.size), np.empty(kept.size)   # pixel-centre (index) coordinates
-    boxes = np.empty((kept.size, 4), dtype=np.int64)
-    for j, i in enumerate(kept.tolist()):
-        rs, cs = objs[i]
-        rr, cols = np.nonzero(cc[rs, cs] == i + 1)
-        comp_value[j] = crop[rs.start + rr[0], cs.start + cols[0]]
-        cy[j] = rr.mean() + rs.start + r0
-        cx[j] = cols.mean() + cs.start + c0
-        boxes[j] = (cs.start + c0, rs.start + r0, cs.stop + c0, rs.stop + r0)
     sizes = all_sizes[kept]
+    comp_value = np.zeros(n + 1, dtype=np.int64)
+    comp_value[comp] = crop[rr, cols]
+    comp_value = comp_value[1:][kept]
+    # pixel-centre (index) coordinates of the component centroids
+    cy = np.bincount(comp, weights=rr, minlength=n + 1)[1:][kept] / sizes + r0
+    cx = np.bincount(comp, weights=cols, minlength=n + 1)[1:][kept] / sizes + c0
+    objs = ndimage.find_objects(cc)
+    boxes = np.array(
+        [[objs[i][1].start, objs[i][0].start, objs[i][1].stop, objs[i][0].stop] for i in kept.tolist()], dtype=np.int64
+    ).reshape(-1, 4) + [c0, r0, c0, r0]
     sides = (
         _component_sides(geometry, boxes, cy, cx, midline_mm, margin_mm)
         if geometry is not None

@@ -315,6 +315,9 @@ def test_adjudication_project_settles_disputes(labelstudio, second_reviewer, tmp
     assert final[agreed].status == "accepted"
     status = _cli(["review", "status", "--build", str(catalog.build_dir), "--json"], labelstudio)
     assert json.loads(status.stdout)["decisions"]["disputed"] == 0
+    text = _cli(["review", "status", "--build", str(catalog.build_dir)], labelstudio)
+    assert "decisions (majority): accepted 1, rejected 1, disputed 0, pending 0" in text.stdout
+    assert "Cohen's kappa r-" in text.stdout and "percent 0.500" in text.stdout
 
 
 def test_labelstudio_cli_status_and_credentials(labelstudio, labelstudio_home):

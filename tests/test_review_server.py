@@ -39,6 +39,7 @@ def test_start_status_stop_restart(tmp_path):
         assert f"Label Studio: {state['url']}" in started.stdout and creds["password"] in started.stdout
         assert creds["api_key"] not in started.stdout + started.stderr
         assert (build / "labelstudio" / "data" / "label_studio.sqlite3").exists()
+        assert oct((build / "labelstudio").stat().st_mode & 0o777) == "0o700"
         for name in ("credentials.json", "server.json"):
             assert oct((build / "labelstudio" / name).stat().st_mode & 0o777) == "0o600"
         again = cli("labelstudio", "start", "--build", str(build))  # already running: same server

@@ -336,6 +336,7 @@ def summary(catalog, policy: str = "majority", adjudicator: str | None = None, l
         "pushed": pushed,
         "reviewers_per_item": state.get("reviewers_per_item"),
         "reviewed_drafts": len(decisions),
+        "fully_reviewed_drafts": sum(len(d.verdicts) >= state.get("reviewers_per_item", 1) for d in decisions.values()),
         "decisions": counts,
         "reviewers": sorted({r for vs in verdicts.values() for r in vs}),
         "agreement_verdict": agreement.summarize(verdicts),
@@ -362,7 +363,10 @@ def _cmd_status(args) -> int:
         f"drafts ok: {s['ok_drafts']}; tasks pushed: {s['pushed'] or 0}; reviewers per item: "
         f"{s['reviewers_per_item']}; last pull: {s['last_pull']}"
     )
-    print(f"reviewed: {s['reviewed_drafts']} by {len(s['reviewers'])} reviewer(s) {', '.join(s['reviewers'])}")
+    print(
+        f"reviewed: {s['reviewed_drafts']} drafts ({s['fully_reviewed_drafts']} by all required reviewers) "
+        f"by {len(s['reviewers'])} reviewer(s) {', '.join(s['reviewers'])}"
+    )
     print(f"decisions ({s['policy']}): " + ", ".join(f"{k} {v}" for k, v in s["decisions"].items()))
     for key, label in (
         ("agreement_verdict", "accept/edit/reject"),

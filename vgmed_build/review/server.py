@@ -117,8 +117,10 @@ def state_dir(build_dir: str | Path) -> Path:
 
 
 def _write_private(path: Path, payload: dict) -> None:
-    """Write JSON readable by the owner only (created 0600, never briefly world-readable)."""
+    """Write JSON readable by the owner only (created 0600, never briefly world-readable), in a folder
+    only the owner may enter (it also holds the server's database of users and tokens)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -194,6 +196,8 @@ def _free_port(preferred: int | None) -> int:
     """A free loopback port, the preferred one when it is free (keeps the URL stable across restarts)."""
     for candidate in ([preferred] if preferred else []) + [0]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As the server itself does: a port left in TIME_WAIT by our previous run is free to reuse.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((LOOPBACK, candidate))
             except OSError:

@@ -140,6 +140,7 @@ class Answer:
     text: str
     tokens: list[int]
     knocked_out: int | None = None  # number of grid cells knocked out (VGRefine answers)
+    cells: list[int] | None = None  # their row-major grid indices
     grid_cells: int | None = None
     step_logits: list[torch.Tensor] | None = None  # per generated token, kept when keep_logits (tests)
 
@@ -354,7 +355,7 @@ class VGRefiner:
             out = self._forward(cache, ids, mask, pos)
             answers = self._greedy(cache, out.logits[:, -1], mask, pos[:, -1] + 1)
         for a, m in zip(answers, low, strict=True):
-            a.knocked_out, a.grid_cells = int(m.sum()), len(m)
+            a.knocked_out, a.grid_cells, a.cells = int(m.sum()), len(m), m.nonzero().flatten().tolist()
         return base, answers
 
     def _triage(self, queries: list[Query], maps: dict[int, torch.Tensor]) -> list[torch.Tensor]:

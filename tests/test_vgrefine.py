@@ -26,7 +26,7 @@ from vgmed_eval.vqa.reference import greedy, published_vgrefine, reference_atten
 
 FAMILIES = sorted(ADAPTERS)
 QUESTIONS = ["is there a mass in the liver ?", "what organ is shown ?", "is the lung normal ? answer yes or no ."]
-MAX_NEW = 4
+MAX_NEW = 3
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -124,7 +124,7 @@ def test_shared_prefix_equals_full_recompute(adapter):
 @pytest.mark.parametrize("mode,rows", [("consistent", "last"), ("prefill", "last"), ("consistent", "question")])
 def test_knockout_equals_eager_additive_mask(adapter, mode, rows):
     img_a, img_b = _images()
-    pairs = [(img_a, QUESTIONS[0]), (img_b, QUESTIONS[1]), (img_a, QUESTIONS[2])]
+    pairs = [(img_a, QUESTIONS[0]), (img_b, QUESTIONS[2])]  # two images, two prompt lengths, one batch
     cfg = _config(adapter, mode, percentile=50.0, rows=rows)
     refiner = VGRefiner(adapter, cfg, max_new_tokens=MAX_NEW, keep_logits=True)
     _, answers = refiner.answer(_queries(refiner, pairs), baseline=False)

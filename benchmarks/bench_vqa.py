@@ -1,0 +1,140 @@
+"""VGRefine throughput: the published recipe versus vgmed-eval, same model, same questions, one run.
+
+(a) published: per question at batch 1, a question pass and a general-prompt pass with eager attention
+    and ``output_attentions=True`` on every layer, triage from those matrices, then greedy generation
+    with eager attention and the knockout as an additive -inf mask (the model's own KV cache);
+(b) ours (``VGRefiner``, the code path of ``vgmed-eval vqa --vgrefine``): SDPA everywhere, the
+    keys/values up to the image computed once per image, the general map once per image (as extra
+    rows of the question pass), question and knockout passes batched, greedy decoding with the cache.
+Both triage with the same heads and percentile and knock out at the same layer in the same mode
+(``prefill``, the public code's, by default). The script prints questions/s and peak memory (CUDA: max
+allocated; CPU: peak RSS growth) of each, the fraction of questions whose greedy answers are
+identical, and of those whose knocked-out cells are identical. Exit status 1 below 99% agreement.
+
+CPU, tiny model (the default):
+    .venv/bin/python benchmarks/bench_vqa.py --shape tiny-llava
+GPU, random-weight model of real size (weights cannot be downloaded; shapes only):
+    python benchmarks/bench_vqa.py --device cuda --dtype float16 --shape llava-7b --batch-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_grounding import QUESTION_TEXTS, real_size_adapter, timed
+from PIL import Image
+from vgmed_eval.adapters import load_adapter
+from vgmed_eval.attention import install
+from vgmed_eval.vgrefine import VGRefineConfig, VGRefiner
+from vgmed_eval.vqa.prompts import SHORT_ANSWER
+from vgmed_eval.vqa.reference import published_vgrefine, reference_attention
+
+
+def make_questions(root: Path, n_images: int, per_image: int, side: int) -> list[tuple[Path, str]]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n_images):
+        w, h = side + 37 * (i % 3), side - 23 * (i % 2)
+        path = root / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+        out += [(path, f"{QUESTION_TEXTS[(i + j) % len(QUESTION_TEXTS)]} {SHORT_ANSWER}") for j in range(per_image)]
+    return out
+
+
+def triage_heads(n_layers: int, n_heads: int, k: int) -> tuple[tuple[int, int], ...]:
+    """k heads, half of them around the middle layer (the published shape of the top-k set)."""
+    rng = np.random.default_rng(1)
+    mid = [(layer, h) for layer in range(max(0, n_layers // 2 - 2), min(n_layers, n_layers // 2 + 3))
+           for h in range(n_heads)]
+    rest = [(layer, h) for layer in range(n_layers) for h in range(n_heads) if (layer, h) not in mid]
+    pick = [mid[i] for i in rng.choice(len(mid), min(len(mid), k // 2), replace=False)]
+    pick += [rest[i] for i in rng.choice(len(rest), min(len(rest), k - len(pick)), replace=False)]
+    return tuple(sorted(pick))
+
+
+def published(adapter, questions, cfg, max_new, eos):
+    with reference_attention(adapter.model, vision="eager"):
+        results = [published_vgrefine(adapter, Image.open(p).convert("RGB"), t, cfg, max_new, eos, recompute=False)
+                   for p, t in questions]
+    return [(r.tokens, r.low.nonzero().flatten().tolist()) for r in results]
+
+
+def ours(adapter, questions, cfg, max_new, batch_size):
+    refiner = VGRefiner(adapter, cfg, max_new_tokens=max_new)
+    prefixes, out = {}, []
+    for start in range(0, len(questions), batch_size):
+        queries = []
+        for path, text in questions[start : start + batch_size]:
+            image = Image.open(path).convert("RGB")
+            if path not in prefixes:
+                prefixes[path] = refiner.prefix(image)
+            queries.append(refiner.query(prefixes[path], image, text))
+        _, answers = refiner.answer(queries, baseline=False)
+        out += [(a.tokens, a.cells) for a in answers]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="tiny-llava",
+                        help="tiny-<family> (a builtin tiny model) or llava-7b / qwen2vl-7b (random real-size)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--images", type=int, default=8, help="number of images")
+    parser.add_argument("--questions-per-image", type=int, default=2, help="questions per image")
+    parser.add_argument("--batch-size", type=int, default=8, help="questions per batch in (b)")
+    parser.add_argument("--max-new-tokens", type=int, default=10, help="greedy answer length (random weights "
+                        "rarely stop early, so every answer has this length)")
+    parser.add_argument("--top-k", type=int, default=20, help="triage heads")
+    parser.add_argument("--percentile", type=float, default=80.0, help="triage percentile")
+    parser.add_argument("--mode", default="prefill", choices=["prefill", "consistent"], help="knockout mode")
+    parser.add_argument("--image-side", type=int, default=224, help="approximate image side in pixels")
+    parser.add_argument("--max-layers", type=int, default=None,
+                        help="cap the LLM and vision depth of llava-7b / qwen2vl-7b (smoke test on a small machine)")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    if args.shape.startswith("tiny-"):
+        adapter = load_adapter(f"builtin:{args.shape}", dtype=args.dtype, device=args.device)
+    else:
+        torch.set_default_dtype(dtype)
+        with torch.device(args.device):
+            adapter = real_size_adapter(args.shape, args.max_layers)
+        torch.set_default_dtype(torch.float32)
+        install(adapter.model)
+    cfg = VGRefineConfig(heads=triage_heads(adapter.n_layers, adapter.n_heads, args.top_k),
+                         knockout_layers=(adapter.n_layers // 2,), percentile=args.percentile, mode=args.mode)
+    eos = VGRefiner(adapter, cfg).eos
+    with tempfile.TemporaryDirectory() as tmp:
+        questions = make_questions(Path(tmp), args.images, args.questions_per_image, args.image_side)
+        published(adapter, questions[:1], cfg, 2, eos)  # warm-up of both paths
+        ours(adapter, questions[:2], cfg, 2, args.batch_size)
+        ref, t_pub, m_pub = timed(lambda: published(adapter, questions, cfg, args.max_new_tokens, eos), args.device)
+        got, t_ours, m_ours = timed(lambda: ours(adapter, questions, cfg, args.max_new_tokens, args.batch_size),
+                                    args.device)
+    n = len(questions)
+    same_answer = sum(a[0] == b[0] for a, b in zip(ref, got, strict=True)) / n
+    same_cells = sum(a[1] == b[1] for a, b in zip(ref, got, strict=True)) / n
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    mem = "CUDA max allocated" if args.device.startswith("cuda") else "peak RSS growth"
+    print(f"model: {adapter.name} ({adapter.n_layers} layers x {adapter.n_heads} heads), {args.dtype}, "
+          f"{args.device} [{device_name}], torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"inputs: {n} questions on {args.images} images; {len(cfg.heads)} triage heads, knockout layer "
+          f"{cfg.knockout_layers[0]}, percentile {cfg.percentile:g}, mode {cfg.mode}, "
+          f"{args.max_new_tokens} new tokens max")
+    print(f"(a) published recipe : {n / t_pub:8.2f} q/s  ({1000 * t_pub / n:7.1f} ms/q)  "
+          f"peak {m_pub.peak / 2**20:9.1f} MiB ({mem} {m_pub.extra / 2**20:8.1f} MiB)")
+    print(f"(b) vgmed-eval (b={args.batch_size}): {n / t_ours:8.2f} q/s  ({1000 * t_ours / n:7.1f} ms/q)  "
+          f"peak {m_ours.peak / 2**20:9.1f} MiB ({mem} {m_ours.extra / 2**20:8.1f} MiB)")
+    print(f"speed-up: {t_pub / t_ours:.2f}x;  identical greedy answers: {100 * same_answer:.1f}% of questions; "
+          f"identical knocked-out cells: {100 * same_cells:.1f}%")
+    return 0 if same_answer >= 0.99 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

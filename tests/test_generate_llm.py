@@ -423,3 +423,26 @@ def test_generate_on_a_real_ingest_of_the_bundled_sample(tmp_path, server_factor
     run_generate(cat, opts(server, limit=8))
     assert server.stats()["requests"] == 8
     cat.close()
+
+
+def test_one_unreadable_region_never_aborts_the_run(tmp_path, server_factory):
+    server = server_factory()
+    targets = EIGHT[:3]
+    cat = make_catalog(tmp_path / "b", targets=targets, n_images=2)
+    regions = list(cat.regions())
+    broken = regions[0]
+    (cat.build_dir / broken["image"]).unlink()  # its image is gone: --with-image cannot attach it
+    stats = run_generate(cat, opts(server, with_image=True, localization_per_region=0))
+    siblings = [r for r in regions if r["image"] == broken["image"]]
+    assert stats.regions_failed == len(siblings) == 3
+    assert stats.ok == len(regions) - 3 and server.stats()["requests"] == len(regions) - 3
+    errors = cat.conn.execute("SELECT item, message FROM errors WHERE stage='generate'").fetchall()
+    assert {i for i, _ in errors} == {f"region {r['id']}" for r in siblings}
+    assert all("FileNotFoundError" in m and broken["image"] in m for _, m in errors)
+    # Image restored: the next run drafts exactly the failed regions and clears their errors.
+    from PIL import Image
+
+    Image.new("L", (128, 128), 80).save(cat.build_dir / broken["image"])
+    stats = run_generate(cat, opts(server, with_image=True, localization_per_region=0))
+    assert stats.ok == 3 and stats.regions_failed == 0 and count(cat, "errors") == 0
+    assert server.stats()["requests"] == len(regions)

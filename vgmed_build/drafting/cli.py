@@ -29,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Draft the questions clinicians will review, for every region of the build catalog. "
         "Offline templates by default; any OpenAI-compatible LLM with --drafter llm (API key from the "
         "OPENAI_API_KEY environment variable only). Reruns redo nothing already drafted and make no LLM "
-        "request for replies already cached. Exit code 0: done; 1: some drafts ended in error (stored, "
-        "retried by the next run); 3: the request/cost budget was reached (rerun to continue).",
+        "request for replies already cached. Exit code 0: done; 1: some drafts or regions ended in error "
+        "(stored, retried by the next run); 3: the request/cost budget was reached (rerun to continue).",
     )
     p.add_argument("--build", required=True, type=Path, help="build directory (holds catalog.sqlite)")
     p.add_argument(
@@ -211,7 +211,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if stats.budget_reached:
         log.warning("budget reached: everything drafted so far is stored; rerun to continue")
         return EXIT_BUDGET
-    return EXIT_DRAFT_ERRORS if stats.errors else 0
+    return EXIT_DRAFT_ERRORS if stats.errors or stats.regions_failed else 0
 
 
 def cmd_drafts(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.drafting.lint import LintContext, LintLimits, lint, normalize
-from vgmed_build.drafting.llm import BudgetExhausted, LlmClient, LlmConfig, LlmError, ResponseCache
+from vgmed_build.drafting.llm import BudgetExhausted, LlmClient, LlmConfig, LlmError, ResponseCache, redact
 from vgmed_build.drafting.templates import (
     Prompts,
     Template,
@@ -120,6 +120,7 @@ class GenerateStats:
     ok: int = 0
     rejected: int = 0
     errors: int = 0
+    regions_failed: int = 0
     requests: int = 0
     cache_hits: int = 0
     retries: int = 0
@@ -129,7 +130,8 @@ class GenerateStats:
     def summary(self) -> str:
         text = (
             f"{self.regions} regions ({self.regions_drafted} drafted), drafts: {self.ok} ok, "
-            f"{self.rejected} rejected, {self.errors} errors, {self.drafts_skipped} already done; "
+            f"{self.rejected} rejected, {self.errors} errors, {self.drafts_skipped} already done, "
+            f"{self.regions_failed} regions failed; "
             f"LLM: {self.requests} requests, {self.cache_hits} cache hits, {self.retries} retries, "
             f"estimated ${self.cost_usd:.4f}"
         )
@@ -183,7 +185,10 @@ class _Generator:
         async def work() -> None:
             while (item := await queue.get()) is not None:
                 if not self.stop:
-                    await self._region(*item)
+                    try:
+                        await self._region(*item)
+                    except Exception as exc:  # noqa: BLE001 - one bad region never aborts the run
+                        self._region_failed(item[0], exc)
                 bar.update(1)
 
         async def flush_periodically() -> None:
@@ -357,6 +362,14 @@ class _Generator:
             reply.cache_hit,
         )
 
+    def _region_failed(self, region: dict, exc: Exception) -> None:
+        """A region that cannot be drafted at all (e.g. its image is missing for --with-image): stored
+        in the errors table, the run goes on, and the next run tries the region again."""
+        self.stats.regions_failed += 1
+        message = redact(f"cannot draft: {type(exc).__name__}: {exc}")
+        log.error("region %s (%s): %s", region["id"], region.get("image", "?"), message)
+        self.catalog.record_error(STAGE, f"region {region['id']}", message, source=region["source"]["name"])
+
     # --- lint and store -----------------------------------------------------------------------
 
     def _store(self, region: dict, done: list[tuple[DraftSpec, Proposal]]) -> None:
@@ -398,6 +411,9 @@ class _Generator:
             if cache:
                 cache.flush(conn)
             for source, records in self.pending:
+                conn.execute(
+                    "DELETE FROM errors WHERE stage=? AND item=?", (STAGE, f"region {records[0]['region_id']}")
+                )
                 for rec in records:
                     _write_draft(conn, source, rec)
         self.pending, self.pending_drafts = [], 0

@@ -216,15 +216,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_drafts(args: argparse.Namespace) -> int:
     try:
-        with open_catalog(args.build, create=False) as catalog:
-            lines = [json.dumps(r, ensure_ascii=False) for r in export_drafts(catalog, args.status, args.q_type)]
+        catalog = open_catalog(args.build, create=False)
     except CatalogError as exc:
         log.error("%s", exc)
         return 2
-    text = "".join(line + "\n" for line in lines)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
-        log.info("drafts: %d records -> %s", len(lines), args.out)
-    else:
-        sys.stdout.write(text)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    n = 0
+    with catalog:
+        try:
+            for record in export_drafts(catalog, args.status, args.q_type):
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                n += 1
+        finally:
+            if args.out:
+                out.close()
+    log.info("drafts: %d records -> %s", n, args.out or "stdout")
     return 0

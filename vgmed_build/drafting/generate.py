@@ -560,5 +560,5 @@ def export_drafts(catalog: Catalog, status: str = "all", q_type: str | None = No
     if q_type:
         sql += " AND q_type=?"
         args.append(q_type)
-    for (rec,) in catalog.conn.execute(sql + " ORDER BY region_id, q_type, id", args).fetchall():
+    for (rec,) in catalog.conn.execute(sql + " ORDER BY region_id, q_type, id", args):
         yield json.loads(rec)

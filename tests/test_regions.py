@@ -65,8 +65,15 @@ def test_boxes_match_per_label_regionprops_on_real_slices():
     _, labels, _ = mni(2)
     for k in range(10, labels.shape[2] - 10, 7):
         lab = imaging.display_slice(labels, "axial", k)
+        # grey matter touches white matter: the equal-value relabelling path
         ours = {v: r.boxes for v, r in extract_regions(lab).items()}
         assert ours == _baseline_boxes(lab)
+        # left grey and right white matter never touch (the x = 0 gap): the binary fast path
+        apart = np.where(np.isin(lab, [1, 4]), lab, 0)
+        assert {v: r.boxes for v, r in extract_regions(lab, [1, 4]).items()} == _baseline_boxes(apart)
+        for connectivity in (1, 2):
+            sizes = {v: r.area_px for v, r in extract_regions(lab, connectivity=connectivity).items()}
+            assert sizes == {int(v): int((lab == v).sum()) for v in np.unique(lab) if v}
 
 
 def test_slice_label_areas_one_pass_matches_per_label_counts():

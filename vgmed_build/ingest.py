@@ -177,7 +177,9 @@ def _render_volume(
         wanted = [structures[keep[c]] for c in cols]
         if vol.label_map is not None:
             lab = imaging.resample(imaging.display_slice(vol.label_map, plane, s), geom.shape, labels=True)
-            regs = _extract(lab, [v for v, _ in wanted], opts, geom, midline)
+            # All labels of the slice wanted (common with policy 'all'): no filtering pass needed.
+            everything = len(wanted) == int(np.count_nonzero(areas[s]))
+            regs = _extract(lab, None if everything else [v for v, _ in wanted], opts, geom, midline)
             found = [(v, name, regs[v]) for v, name in wanted if v in regs]
         else:
             for c in cols:
@@ -205,7 +207,7 @@ def _render_volume(
 
 
 def _extract(
-    lab: np.ndarray, values: list[int], opts: dict, geom: imaging.SliceGeometry | None, midline: float
+    lab: np.ndarray, values: list[int] | None, opts: dict, geom: imaging.SliceGeometry | None, midline: float
 ) -> dict[int, RegionGeometry]:
     return extract_regions(
         lab,

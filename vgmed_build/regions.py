@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cc3d
 import numpy as np
-from scipy import ndimage
-from skimage import measure
 
 from vgmed_build.imaging import SliceGeometry
 
@@ -95,40 +94,43 @@ def extract_regions(
 ) -> dict[int, RegionGeometry]:
     """Regions of ``values`` (default: all non-zero) on one rendered label slice.
 
-    All labels are split into connected components in one ``skimage.measure.label`` call (pixels
-    connect only to equal values), then sizes, centroids and boxes come from bincount/find_objects.
+    All labels are split into connected components at once (pixels connect only to equal values),
+    then sizes, centroids and boxes come from bincounts over the foreground and find_objects.
     Components under ``min_component_px`` are dropped, then labels covering more than
     ``max_area_ratio`` of the image. Without ``geometry`` the side is 'unknown'.
     """
     height, width = label_slice.shape
     lab = label_slice
     if values is not None:  # keep only the wanted labels: one lookup-table gather, not one pass per value
-        lut = np.zeros(max(int(label_slice.max()), max(values, default=0)) + 1, dtype=bool)
-        lut[list(values)] = True
-        lab = np.where(lut[label_slice], label_slice, 0)
+        top = max(int(label_slice.max()), max(values, default=0))
+        if top > _MAX_DENSE_VALUE:
+            lab = np.where(np.isin(label_slice, values), label_slice, 0)
+        else:
+            lut = np.zeros(top + 1, dtype=label_slice.dtype)
+            lut[list(values)] = list(values)
+            lab = lut[label_slice]
     rows_any, cols_any = lab.any(axis=1), lab.any(axis=0)
     if not rows_any.any():
         return {}
     r0, r1 = np.flatnonzero(rows_any)[[0, -1]]
     c0, c1 = np.flatnonzero(cols_any)[[0, -1]]
     crop = np.ascontiguousarray(lab[r0 : r1 + 1, c0 : c1 + 1])
-    cc, n = measure.label(crop, background=0, connectivity=connectivity, return_num=True)
-    # Statistics from the foreground pixels only (one nonzero, a few bincounts), boxes from find_objects.
-    rr, cols = np.nonzero(cc)
-    comp = cc[rr, cols]
-    all_sizes = np.bincount(comp, minlength=n + 1)[1:]
-    kept = np.flatnonzero(all_sizes >= min_component_px)
+    # One multi-label labelling (pixels connect only to equal values) with sizes, boxes and centroids
+    # from the same compiled library; background is component 0.
+    cc = cc3d.connected_components(crop, connectivity=4 if connectivity == 1 else 8)
+    stats = cc3d.statistics(cc, no_slice_conversion=True)
+    all_sizes = stats["voxel_counts"].astype(np.int64)
+    kept = np.flatnonzero(all_sizes[1:] >= min_component_px) + 1
     sizes = all_sizes[kept]
-    comp_value = np.zeros(n + 1, dtype=np.int64)
-    comp_value[comp] = crop[rr, cols]
-    comp_value = comp_value[1:][kept]
-    # pixel-centre (index) coordinates of the component centroids
-    cy = np.bincount(comp, weights=rr, minlength=n + 1)[1:][kept] / sizes + r0
-    cx = np.bincount(comp, weights=cols, minlength=n + 1)[1:][kept] / sizes + c0
-    objs = ndimage.find_objects(cc)
-    boxes = np.array(
-        [[objs[i][1].start, objs[i][0].start, objs[i][1].stop, objs[i][0].stop] for i in kept.tolist()], dtype=np.int64
-    ).reshape(-1, 4) + [c0, r0, c0, r0]
+    bounds = stats["bounding_boxes"][kept].astype(np.int64)      # row0, row1, col0, col1 (inclusive)
+    boxes = np.stack([bounds[:, 2] + c0, bounds[:, 0] + r0, bounds[:, 3] + 1 + c0, bounds[:, 1] + 1 + r0], axis=1)
+    cy = stats["centroids"][kept, 0] + r0                        # pixel-centre (index) coordinates
+    cx = stats["centroids"][kept, 1] + c0
+    # A component's label value: its first pixel on its top row.
+    comp_value = np.empty(kept.size, dtype=np.int64)
+    for j, (i, (top, _, left, right)) in enumerate(zip(kept.tolist(), bounds.tolist(), strict=True)):
+        row = cc[top, left : right + 1]
+        comp_value[j] = crop[top, left + int(np.argmax(row == i))]
     sides = (
         _component_sides(geometry, boxes, cy, cx, midline_mm, margin_mm)
         if geometry is not None

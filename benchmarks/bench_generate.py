@@ -24,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from drafting_fixtures import LlmServer, make_catalog  # noqa: E402
 
 from vgmed_build.drafting.generate import GenerateOptions, attribute_messages, run_generate  # noqa: E402
-from vgmed_build.drafting.llm import LlmConfig  # noqa: E402
+from vgmed_build.drafting.llm import LlmConfig, response_format  # noqa: E402
 from vgmed_build.drafting.templates import load_prompts  # noqa: E402
-from vgmed_build.resources import load_schema  # noqa: E402
 
 
 async def bare_loop(base_url: str, requests: list[dict], concurrency: int) -> float:
@@ -51,10 +50,7 @@ async def bare_loop(base_url: str, requests: list[dict], concurrency: int) -> fl
 def baseline_requests(cat, n: int) -> list[dict]:
     """Exactly what generate sends for these regions (messages, sampling, response_format)."""
     prompts = load_prompts()
-    fmt = {
-        "type": "json_schema",
-        "json_schema": {"name": "llm_attribute", "strict": True, "schema": load_schema("llm_attribute")},
-    }
+    fmt = response_format("llm_attribute")
     return [
         {
             "model": "bench",

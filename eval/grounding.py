@@ -64,7 +64,7 @@ class _Item:
     gt: np.ndarray  # (rows, cols) bool
 
 
-def _capture_maps(adapter, images: list[Image.Image], texts: list[str], layers: list[int], rows: str
+def capture_maps(adapter, images: list[Image.Image], texts: list[str], layers: list[int], rows: str
                   ) -> list[np.ndarray]:
     """Per input, a float32 (layers, heads, cells) map of the grid's image tokens."""
     import torch
@@ -73,7 +73,7 @@ def _capture_maps(adapter, images: list[Image.Image], texts: list[str], layers: 
     batch = adapter.build_inputs(images, texts)
     with torch.inference_mode(), capture(adapter.model, layers, batch.grid_positions, rows=rows,
                                          question_from=batch.question_start) as cap:
-        adapter.model(**batch.inputs, use_cache=False)
+        adapter.model(**batch.inputs, use_cache=False, logits_to_keep=1)  # only attention is needed
     stacked = torch.stack([cap.maps[layer] for layer in layers], 1).cpu().numpy()  # (B, L, H, N)
     return [stacked[b, :, :, : len(pos)] for b, pos in enumerate(batch.grid_positions)]
 
@@ -146,11 +146,11 @@ class GroundingRun:
         used = [p for p in images if any(it.question.image == p for it in items)]
         general = {}
         for paths in _chunks(used, self.batch_size):
-            maps = _capture_maps(self.adapter, [images[p] for p in paths], [GENERAL_PROMPT] * len(paths),
+            maps = capture_maps(self.adapter, [images[p] for p in paths], [GENERAL_PROMPT] * len(paths),
                                  self.layers, self.rows)
             general.update(zip(paths, maps, strict=True))
         for chunk in _chunks(items, self.batch_size):
-            maps = _capture_maps(self.adapter, [images[it.question.image] for it in chunk],
+            maps = capture_maps(self.adapter, [images[it.question.image] for it in chunk],
                                  [question_prompt(it.question.question) for it in chunk], self.layers, self.rows)
             for item, a in zip(chunk, maps, strict=True):
                 self._score(item, a, general[item.question.image])

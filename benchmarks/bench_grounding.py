@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-
 from vgmed_eval.adapters import ADAPTERS, load_adapter
 from vgmed_eval.attention import install
 from vgmed_eval.grounding import GroundingRun, capture_maps, question_prompt

@@ -397,3 +397,20 @@ def test_help_explains_every_option(command, capsys):
     for option in options:
         assert option in text
     assert text.count("\n  --") >= len(options)
+
+
+def test_regions_export_refuses_records_that_do_not_validate(tmp_path, capsys):
+    t1, labels, affine = mni(2)
+    write_pair(tmp_path / "pairs", "a", t1, labels, affine)
+    build = tmp_path / "b"
+    assert ingest(build, "--source", f"nifti:{tmp_path / 'pairs'}", "--modality", "MRI") == 0
+    with sqlite3.connect(build / "catalog.sqlite") as conn:
+        region_id, rec = conn.execute("SELECT id, record_json FROM regions ORDER BY id LIMIT 1").fetchone()
+        broken = {**json.loads(rec), "side": "upstairs"}
+        conn.execute("UPDATE regions SET record_json=? WHERE id=?", (json.dumps(broken), region_id))
+    capsys.readouterr()
+    assert main(["regions", "--build", str(build), "--out", str(tmp_path / "r.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert region_id in err and "side" in err
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == len(regions_of(build)) - 1
+    assert main(["regions", "--build", str(tmp_path / "missing")]) == 2

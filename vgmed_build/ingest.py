@@ -29,6 +29,7 @@ from tqdm import tqdm
 from vgmed_build import imaging
 from vgmed_build.catalog import Catalog, CatalogError, now_iso, open_catalog
 from vgmed_build.config import ConfigError, load_sources_file, merge_specs, parse_source_flag
+from vgmed_build.drafting.lint import schema_problems
 from vgmed_build.regions import (
     RegionGeometry,
     extract_regions,
@@ -36,7 +37,6 @@ from vgmed_build.regions import (
     select_slices,
     slice_label_areas,
 )
-from vgmed_build.resources import schema_errors
 from vgmed_build.sources import SourceError, SourceSpec, get_adapter
 from vgmed_build.sources.base import Image2D, SourceItem, Volume
 
@@ -372,12 +372,12 @@ def run_job(job: Job, build_dir: Path, force: bool) -> JobResult:
             error=f"{key}: no slice has a structure that passes the "
             "size filters (see min_area_px, min_component_px, max_area_ratio)",
         )
-    # All records of an item come from one code path: validating one per item catches a bad adapter
-    # output (e.g. an empty label name) at ~1/100 of the cost; `regions` validates every record.
-    problems = schema_errors("region", images[0].regions[0])
-    if problems:
-        return JobResult("error", fingerprint=fp, error=f"{key}: region record does not validate: "
-                         f"{'; '.join(problems)}")
+    # Every record is checked before it is stored (compiled validator: ~0.2 ms per region).
+    for region in (r for img in images for r in img.regions):
+        problems = schema_problems("region", region)
+        if problems:
+            return JobResult("error", fingerprint=fp, error=f"{key}: region {region['label']!r} does not "
+                             f"validate against region.schema.json: {'; '.join(problems)}")
     return JobResult("done", fingerprint=fp, images=images)
 
 
@@ -689,7 +689,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
     lines, bad = [], 0
     with catalog:
         for region in catalog.regions(args.source):
-            problems = schema_errors("region", region)
+            problems = schema_problems("region", region)
             if problems:
                 bad += 1
                 print(f"error: region {region.get('id')}: {'; '.join(problems)}", file=sys.stderr)

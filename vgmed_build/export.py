@@ -64,9 +64,7 @@ class ExportError(ValueError):
 def read_records(release_dir: Path, name: str) -> list[dict]:
     """Records of one question file, each checked against the release record schema."""
     if not (release_dir / MANIFEST_FILE).is_file():
-        raise ExportError(
-            f"{release_dir}: no {MANIFEST_FILE}; export works on releases made by `vgmed-build release`"
-        )
+        raise ExportError(f"{release_dir}: no {MANIFEST_FILE}; export works on releases made by `vgmed-build release`")
     path = release_dir / name
     records = []
     with open(path, encoding="utf-8") as fh:
@@ -144,11 +142,9 @@ def register_export(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="output: a folder for parquet (default DIR-parquet), a file for vqa-json "
         "(default DIR-vqa.json); "
-        "never inside DIR, whose manifest lists every file",
+        "never inside DIR, whose manifest lists every file%(default).0s",
     )
-    p.add_argument(
-        "--embed-images", action="store_true", help="parquet: add an image_bytes column with the PNG data"
-    )
+    p.add_argument("--embed-images", action="store_true", help="parquet: add an image_bytes column with the PNG data")
     p.set_defaults(func=_cmd_export)
 
 

@@ -403,7 +403,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=fmt,
     )
     p.add_argument("--build", required=True, type=Path, help="build directory holding catalog.sqlite")
-    p.add_argument("--out", type=Path, default=None, help="release directory to write (default: BUILD/release)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="release directory to write (default: BUILD/release)%(default).0s"
+    )
     p.add_argument("--name", default="VGMED", help="release name written into the manifest and the card")
     p.add_argument("--release-version", default="0.1.0", help="release version written into the manifest")
     p.add_argument(
@@ -411,7 +413,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="creation time for the manifest (ISO-8601, e.g. 2026-01-01T00:00:00Z); fixes it for "
         "byte-identical "
-        "rebuilds (default: $SOURCE_DATE_EPOCH if set, else now)",
+        "rebuilds (default: $SOURCE_DATE_EPOCH if set, else now)%(default).0s",
     )
     p.add_argument(
         "--policy",

@@ -240,6 +240,13 @@ def test_bad_inputs_become_errors_naming_the_file_and_the_run_goes_on(tmp_path, 
     assert {r["source"]["item"] for r in regions_of(build)} == {"good.nii.gz"}
     check_consistent(build)
 
+    # Fixing a file clears its error on the next run; the others stay listed, the good item is skipped.
+    save(folder / "empty_seg.nii.gz", labels, affine)
+    assert ingest(build, "--source", f"nifti:{folder}", "--modality", "MRI") == 1
+    _, data = stats(build, capsys)
+    assert {e["item"] for e in data["errors"]} == set(expected) - {"empty.nii.gz"}
+    assert {r["source"]["item"] for r in regions_of(build)} == {"good.nii.gz", "empty.nii.gz"}
+
     # The 4D volume works once a channel is chosen (single image + label form, options in a file).
     cfg = sources_toml(tmp_path / "s.toml", [{"name": "fourd", "kind": "nifti", "path": "pairs/fourd.nii.gz",
                                                "modality": "MRI", "options": {"label": "fourd_seg.nii.gz",
@@ -377,12 +384,18 @@ def test_sources_file_formats_agree_and_typos_fail_loudly(tmp_path):
     assert main(["ingest", "--build", str(tmp_path / "b"), "--sources", str(tmp_path / "bad.json")]) == 2
 
 
-def test_unknown_or_missing_source_paths_are_errors(tmp_path, capsys):
+def test_unknown_or_missing_source_paths_are_errors_until_fixed(tmp_path, capsys):
     build = tmp_path / "b"
     assert ingest(build, "--source", f"msd:{tmp_path / 'nowhere'}") == 1
     rc, data = stats(build, capsys)
     assert rc == 1 and "not an MSD / nnU-Net dataset folder" in data["errors"][0]["message"]
     assert main(["ingest", "--build", str(build), "--source", "nifti"]) == 2
+    # once the dataset is there, the stale listing error disappears
+    t1, labels, affine = mni(2)
+    write_msd(tmp_path / "nowhere", {"a": (t1, labels, affine)})
+    assert ingest(build, "--source", f"msd:{tmp_path / 'nowhere'}") == 0
+    rc, data = stats(build, capsys)
+    assert rc == 0 and data["errors"] == [] and data["sources"]["nowhere"]["items_done"] == 1
 
 
 @pytest.mark.parametrize("command", ["ingest", "regions", "stats"])

@@ -397,6 +397,9 @@ def store_result(catalog: Catalog, spec: SourceSpec, key: str, result: JobResult
                 "status='error', finished_at=excluded.finished_at",
                 (spec.name, key, result.fingerprint, "error", now_iso()),
             )
+            # An item has one current problem: the previous run's message is replaced.
+            c.execute("DELETE FROM errors WHERE stage=? AND source=? AND item=? AND message<>?",
+                      (STAGE, spec.name, key, result.error))
             c.execute(
                 "INSERT OR IGNORE INTO errors (stage, source, item, message, created_at) VALUES (?,?,?,?,?)",
                 (STAGE, spec.name, key, result.error, now_iso()),
@@ -488,6 +491,12 @@ def _list_jobs(catalog: Catalog, specs: list[SourceSpec], report: IngestReport) 
                 "INSERT INTO sources (name, kind, spec_json) VALUES (?,?,?) ON CONFLICT(name) DO UPDATE "
                 "SET kind=excluded.kind, spec_json=excluded.spec_json",
                 (spec.name, spec.kind, spec_json),
+            )
+            # Listing problems (not tied to an item) are found again below if they still exist.
+            c.execute(
+                "DELETE FROM errors WHERE stage=? AND source=? AND item NOT IN "
+                "(SELECT item_key FROM items WHERE source=?)",
+                (STAGE, spec.name, spec.name),
             )
         try:
             entries = list(get_adapter(spec.kind).items(spec))

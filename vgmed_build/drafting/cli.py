@@ -20,8 +20,17 @@ EXIT_DRAFT_ERRORS = 1
 EXIT_BUDGET = 3
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the uninformative None/False ones (unset options, off switches)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Formatter
     p = subparsers.add_parser(
         "generate",
         formatter_class=fmt,
@@ -85,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="redraft every slot, also those already stored (cached LLM replies are still reused)",
     )
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N regions (by id)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N regions by id (default: all)")
     p.add_argument("--seed", type=int, default=0, help="base seed sent to the LLM (slot and attempt are added)")
     p.add_argument(
         "--max-question-chars",
@@ -132,13 +141,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-requests",
         type=int,
         default=None,
-        help="budget: stop cleanly after this many requests (retries included)",
+        help="budget: stop cleanly after this many requests, retries included (default: no limit)",
     )
     llm.add_argument(
         "--max-cost-usd",
         type=float,
         default=None,
-        help="budget: stop cleanly once the estimated cost reaches this (needs the prices)",
+        help="budget: stop cleanly once the estimated cost reaches this; needs the prices (default: no limit)",
     )
     llm.add_argument("--price-in", type=float, default=0.0, help="USD per 1M prompt tokens, for the estimate")
     llm.add_argument("--price-out", type=float, default=0.0, help="USD per 1M completion tokens, for the estimate")

@@ -68,14 +68,13 @@ def ours(adapter, questions, cfg, max_new, batch_size):
     refiner = VGRefiner(adapter, cfg, max_new_tokens=max_new)
     prefixes, out = {}, []
     for start in range(0, len(questions), batch_size):
-        queries = []
-        for path, text in questions[start : start + batch_size]:
-            image = Image.open(path).convert("RGB")
-            if path not in prefixes:
-                prefixes[path] = refiner.prefix(image)
-            queries.append(refiner.query(prefixes[path], image, text))
+        chunk = [(path, Image.open(path).convert("RGB"), text) for path, text in questions[start : start + batch_size]]
+        new = list({path: image for path, image, _ in chunk if path not in prefixes}.items())
+        prefixes.update(zip([p for p, _ in new], refiner.prefixes([im for _, im in new]), strict=True))
+        queries = [refiner.query(prefixes[path], image, text) for path, image, text in chunk]
         _, answers = refiner.answer(queries, baseline=False)
         out += [(a.tokens, a.cells) for a in answers]
+        prefixes = {path: prefixes[path] for path, _, _ in chunk}  # questions come grouped by image
     return out
 
 

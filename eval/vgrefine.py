@@ -181,17 +181,33 @@ class VGRefiner:
         last_image = int(self.adapter.image_token_spans(batch.inputs["input_ids"])[0].max())
         return batch, ids, last_image + 1
 
-    @torch.no_grad()
     def prefix(self, image: Image.Image) -> Prefix:
-        """Run the shared prefix once (batch 1) and keep its cache; the general map comes later."""
-        batch, ids, p = self._encode(image, GENERAL_PROMPT)
-        inputs = {k: (v[:, :p] if k in SEQ_KEYS else v) for k, v in batch.inputs.items()}
-        out = self.model(**inputs, use_cache=True)
-        deltas = getattr(getattr(self.model, "model", None), "rope_deltas", None)
-        next_position = p + (int(deltas.reshape(-1)[0]) if isinstance(deltas, torch.Tensor) else 0)
-        grid = batch.grid_positions[0].cpu()
-        return Prefix(ids=ids[:p].cpu(), cache=out.cache, next_position=next_position, grid=grid,
-                      general_suffix=ids[p:].cpu())
+        return self.prefixes([image])[0]
+
+    @torch.no_grad()
+    def prefixes(self, images: list[Image.Image]) -> list[Prefix]:
+        """Run the shared prefixes once and keep their caches; the general maps come later.
+
+        Images whose prefix inputs have the same shapes (every image, for fixed-grid families) run as
+        one batch; each keeps a batch-1 view of the batch's cache.
+        """
+        encoded = [self._encode(image, GENERAL_PROMPT) for image in images]
+        groups: dict[tuple, list[int]] = {}
+        for i, (batch, _, p) in enumerate(encoded):
+            shapes = tuple((k, tuple(v.shape[1:])) for k, v in sorted(batch.inputs.items()) if k not in SEQ_KEYS)
+            groups.setdefault((p, shapes), []).append(i)
+        out: list = [None] * len(images)
+        for (p, _), idx in groups.items():
+            inputs = {k: torch.cat([encoded[i][0].inputs[k] for i in idx]) for k in encoded[idx[0]][0].inputs}
+            inputs = {k: (v[:, :p] if k in SEQ_KEYS else v) for k, v in inputs.items()}
+            result = self.model(**inputs, use_cache=True)
+            deltas = getattr(getattr(self.model, "model", None), "rope_deltas", None)
+            for j, i in enumerate(idx):
+                batch, ids, _ = encoded[i]
+                shift = int(deltas.reshape(-1)[j]) if isinstance(deltas, torch.Tensor) else 0
+                out[i] = Prefix(ids=ids[:p].cpu(), cache=_select(result.cache, j), next_position=p + shift,
+                                grid=batch.grid_positions[0].cpu(), general_suffix=ids[p:].cpu())
+        return out
 
     def query(self, prefix: Prefix, image: Image.Image, text: str) -> Query:
         _, ids, p = self._encode(image, text)
@@ -384,7 +400,7 @@ def _stack_caches(caches: list, lengths: list[int], length: int):
     layer (Gemma 3) keeps only its last window of keys, which cannot be padded consistently: there
     all prefixes of a batch must have the same length (Gemma 3's fixed 256 image tokens ensure it).
     """
-    out = copy.deepcopy(caches[0])
+    out = _select(caches[0], 0)
     sliding = any(getattr(layer, "sliding_window", None) for layer in out.layers)
     if sliding and len(set(lengths)) > 1:
         raise PrefixMismatch(f"prefixes of lengths {sorted(set(lengths))} in one batch of a sliding-window "
@@ -394,4 +410,15 @@ def _stack_caches(caches: list, lengths: list[int], length: int):
         keys = [torch.nn.functional.pad(c.layers[i].keys, (0, 0, 0, length - n)) for c, n in pairs]
         values = [torch.nn.functional.pad(c.layers[i].values, (0, 0, 0, length - n)) for c, n in pairs]
         layer.keys, layer.values = torch.cat(keys), torch.cat(values)
+    return out
+
+
+def _select(cache, row: int):
+    """A batch-1 cache holding one row of ``cache`` (views of its tensors; updates never write in place)."""
+    out = copy.copy(cache)
+    out.layers = []
+    for layer in cache.layers:
+        new = copy.copy(layer)
+        new.keys, new.values = layer.keys[row : row + 1], layer.values[row : row + 1]
+        out.layers.append(new)
     return out

@@ -46,13 +46,10 @@ def _config(adapter, mode: str, **kw) -> VGRefineConfig:
 
 
 def _queries(refiner, pairs):
-    prefixes = {}
-    out = []
-    for image, text in pairs:
-        if id(image) not in prefixes:
-            prefixes[id(image)] = refiner.prefix(image)
-        out.append(refiner.query(prefixes[id(image)], image, text))
-    return out
+    """Queries with every image's prefix computed in one batched call."""
+    images = list({id(image): image for image, _ in pairs}.values())
+    prefixes = dict(zip([id(im) for im in images], refiner.prefixes(images), strict=True))
+    return [refiner.query(prefixes[id(image)], image, text) for image, text in pairs]
 
 
 # ---------------------------------------------------------------------------------- triage (pure)

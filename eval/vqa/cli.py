@@ -107,6 +107,39 @@ def _by_image(items: list[VQAItem]) -> list[VQAItem]:
     return [item for group in groups.values() for item in group]
 
 
+def _prepare(chunk: list[VQAItem], refiner, prefixes: dict, errors: list[str]):
+    """Open the images, compute the missing prefixes (batched), split each prompt into prefix + suffix.
+
+    A bad image or prompt costs its own question only (recorded in ``errors``)."""
+    images, failed = {}, set()
+    for it in chunk:
+        try:
+            images.setdefault(it.image.key, it.image.open())
+        except Exception as exc:
+            errors.append(f"{it.where or it.id}: {type(exc).__name__}: {exc}")
+            failed.add(it.id)
+    new = [k for k in images if k not in prefixes]
+    try:
+        prefixes.update(zip(new, refiner.prefixes([images[k] for k in new]), strict=True))
+    except Exception:  # find the culprit(s) one image at a time
+        for k in new:
+            try:
+                prefixes[k] = refiner.prefix(images[k])
+            except Exception as exc:
+                errors += [f"{it.where or it.id}: {type(exc).__name__}: {exc}" for it in chunk if it.image.key == k]
+                failed.update(it.id for it in chunk if it.image.key == k)
+    ready, queries = [], []
+    for it in chunk:
+        if it.id in failed:
+            continue
+        try:
+            queries.append(refiner.query(prefixes[it.image.key], images[it.image.key], question_prompt(it)))
+            ready.append(it)
+        except Exception as exc:
+            errors.append(f"{it.where or it.id}: {type(exc).__name__}: {exc}")
+    return ready, queries
+
+
 def run(args) -> int:
     from vgmed_eval.adapters import load_adapter
     from vgmed_eval.vgrefine import VGRefiner
@@ -145,16 +178,7 @@ def run(args) -> int:
         with tqdm(total=len(todo), desc=f"vqa {args.benchmark}", unit="q") as bar:
             for start in range(0, len(todo), args.batch_size):
                 chunk = todo[start : start + args.batch_size]
-                ready, queries = [], []
-                for it in chunk:
-                    try:
-                        image = it.image.open()
-                        if it.image.key not in prefixes:
-                            prefixes[it.image.key] = refiner.prefix(image)
-                        queries.append(refiner.query(prefixes[it.image.key], image, question_prompt(it)))
-                        ready.append(it)
-                    except Exception as exc:  # one bad image or prompt never stops the run
-                        errors.append(f"{it.where or it.id}: {type(exc).__name__}: {exc}")
+                ready, queries = _prepare(chunk, refiner, prefixes, errors)
                 if queries:
                     base, refined = refiner.answer(queries, baseline="baseline" in systems,
                                                    refined="vgrefine" in systems)

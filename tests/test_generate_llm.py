@@ -157,7 +157,10 @@ def test_timeouts_and_5xx_exhaust_retries(tmp_path, server_factory):
 
     broken = server_factory({"default": {"kind": "status", "status": 502}})
     cat2 = make_catalog(tmp_path / "c", targets=EIGHT[:1])
-    run_generate(cat2, opts(broken, max_retries=2, localization_per_region=0))
+    t0 = time.monotonic()
+    run_generate(cat2, opts(broken, max_retries=2, backoff_s=0.2, localization_per_region=0))
+    # Exponential backoff with jitter in [0.5, 1.5): 0.2 s then 0.4 s nominal, at least 0.3 s in all.
+    assert time.monotonic() - t0 >= 0.3
     assert broken.stats()["requests"] == 3
     assert "502" in next(export_drafts(cat2))["reason"]
 

@@ -427,3 +427,49 @@ def test_regions_export_refuses_records_that_do_not_validate(tmp_path, capsys):
     assert region_id in err and "side" in err
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == len(regions_of(build)) - 1
     assert main(["regions", "--build", str(tmp_path / "missing")]) == 2
+
+
+def test_label_mapping_merges_values_and_skips_empty_names(tmp_path):
+    """Left + right grey matter mapped to one name: one bilateral region per image; '' drops a label."""
+    t1, labels, affine = mni(2)
+    write_pair(tmp_path / "pairs", "a", t1, labels, affine)
+    cfg = sources_toml(tmp_path / "s.toml", [{
+        "name": "mni", "kind": "nifti", "path": "pairs", "modality": "MRI",
+        "labels": {"1": "grey matter", "2": "grey matter", "3": "", "4": "right white matter"},
+        "options": {"slice_policy": "every_n", "every_n": 10}}])
+    build = tmp_path / "b"
+    assert ingest(build, "--sources", str(cfg)) == 0
+    regions = regions_of(build)
+    assert {r["label"] for r in regions} == {"grey matter", "right white matter"}
+    per_image = [(r["image_id"], r["label"]) for r in regions]
+    assert len(per_image) == len(set(per_image))                       # one region per (image, name)
+    grey = [r for r in regions if r["label"] == "grey matter"]
+    assert all(r["label_value"] is None for r in grey)
+    assert {r["side"] for r in grey} == {"bilateral"}
+    assert all(r["n_components"] >= 2 for r in grey)
+    assert {(r["label_value"], r["side"]) for r in regions if r["label"] == "right white matter"} == {(4, "right")}
+    check_consistent(build)
+
+
+def test_overlapping_masks_from_an_adapter_give_one_region_each(tmp_path):
+    """Volumes with masks (DICOM SEG / RTSTRUCT style) may overlap; same-named masks are united."""
+    from vgmed_build.config import normalise_options
+    from vgmed_build.ingest import render_item
+    from vgmed_build.sources.base import SourceSpec, Volume
+
+    t1, labels, affine = mni(2)
+    masks = {"tissue": labels > 0, "left gm": labels == 1, "right gm": labels == 2}
+    spec = SourceSpec(name="m", kind="dicom", path=tmp_path, modality="MRI",
+                      labels={"left gm": "grey matter", "right gm": "grey matter"},
+                      options=normalise_options({"slice_policy": "every_n", "every_n": 15,
+                                                 "max_area_ratio": 1.0}, "test"))
+    vol = Volume(image=t1.astype(np.float32), affine=affine, modality="MR", masks=masks)
+    images = render_item(spec, "series1", vol, tmp_path)
+    regions = [r for img in images for r in img.regions]
+    assert {r["label"] for r in regions} == {"tissue", "grey matter"}
+    both = [img for img in images if {r["label"] for r in img.regions} == {"tissue", "grey matter"}]
+    assert both, "overlapping masks must both give regions on the same image"
+    for img in both:
+        tissue, grey = sorted(img.regions, key=lambda r: r["label"] != "tissue")
+        assert tissue["area_ratio"] > grey["area_ratio"]              # grey matter lies inside the tissue
+        assert grey["side"] == "bilateral" and tissue["modality"] == "MRI"

@@ -43,6 +43,8 @@ from vgmed_build.sources.base import Image2D, SourceItem, Volume
 log = logging.getLogger(__name__)
 
 STAGE = "ingest"
+# Label values up to this are mapped to structures with a lookup table; larger ones by binary search.
+_MAX_LUT_VALUE = 1 << 20
 # Bump when rendering or region extraction changes, so every item is re-ingested once.
 INGEST_VERSION = "1"
 _MODALITIES = {
@@ -143,9 +145,65 @@ def _check_labels(
             raise SourceError(f"{key}: all masks are empty")
 
 
-def _render_volume(
-    spec: SourceSpec, key: str, vol: Volume, modality: str, build_dir: Path
-) -> list[RenderedImage]:
+@dataclass
+class Structures:
+    """The target structures of one item after the sources file's name mapping.
+
+    Several label values or masks may map to one name (e.g. "1" and "2" -> "kidney"): they become one
+    structure, so every (image, name) gives exactly one region. Structure ids are 1-based.
+    """
+
+    names: list[str]
+    raw_values: list[int | None]  # the label value when exactly one maps to the name
+    values: np.ndarray | None = None  # label maps: sorted label values present
+    ids: np.ndarray | None = None  # label maps: structure id of each value (0 = skipped)
+    masks: list[np.ndarray] | None = None  # mask sources: one (union) mask per structure
+
+    @classmethod
+    def from_label_values(cls, spec: SourceSpec, values: np.ndarray, label_names: dict[int, str]) -> Structures:
+        names: list[str] = []
+        members: dict[str, list[int]] = {}
+        ids = np.zeros(len(values), dtype=np.int64)
+        for i, value in enumerate(values.tolist()):
+            name = label_name(spec, value, label_names.get(value))
+            if not name:
+                continue
+            if name not in members:
+                names.append(name)
+                members[name] = []
+            members[name].append(value)
+            ids[i] = names.index(name) + 1
+        raw = [members[n][0] if len(members[n]) == 1 else None for n in names]
+        return cls(names=names, raw_values=raw, values=np.asarray(values), ids=ids)
+
+    @classmethod
+    def from_masks(cls, spec: SourceSpec, masks: dict[str, np.ndarray]) -> Structures:
+        groups: dict[str, list[np.ndarray]] = {}
+        for raw, mask in masks.items():
+            name = label_name(spec, None, raw)
+            if name:
+                groups.setdefault(name, []).append(mask)
+        unions = [g[0] if len(g) == 1 else np.logical_or.reduce(g) for g in groups.values()]
+        return cls(names=list(groups), raw_values=[None] * len(groups), masks=unions)
+
+    def id_map(self, label_slice: np.ndarray) -> np.ndarray:
+        """A label-map slice with values replaced by structure ids (0: background or skipped)."""
+        if self.values.size and int(self.values[-1]) <= _MAX_LUT_VALUE:
+            lut = np.zeros(int(self.values[-1]) + 1, dtype=np.int32)
+            lut[self.values] = self.ids
+            return lut[label_slice]  # every value of the item is in self.values
+        pos = np.minimum(np.searchsorted(self.values, label_slice), max(self.values.size - 1, 0))
+        return np.where(self.values[pos] == label_slice, self.ids[pos], 0).astype(np.int32)
+
+    def onehot(self) -> np.ndarray:
+        """(n_values, n_structures) 0/1 matrix summing per-value areas into per-structure areas."""
+        m = np.zeros((self.ids.size, len(self.names)), dtype=np.int64)
+        rows = np.flatnonzero(self.ids)
+        m[rows, self.ids[rows] - 1] = 1
+        return m
+
+
+def _render_volume(spec: SourceSpec, key: str, vol: Volume, modality: str, build_dir: Path) -> list[RenderedImage]:
     if vol.image.ndim != 3:
         raise SourceError(f"{key}: image must be 3D, got shape {vol.image.shape}")
     _check_labels(key, vol.image.shape, vol.label_map, vol.masks)
@@ -154,42 +212,36 @@ def _render_volume(
     plane, shape = opts["plane"], vol.image.shape
     axis = imaging.SLICE_AXIS[plane]
     if vol.label_map is not None:
-        values, areas = slice_label_areas(vol.label_map, axis)
-        structures = [(int(v), label_name(spec, int(v), vol.label_names.get(int(v)))) for v in values]
+        values, value_areas = slice_label_areas(vol.label_map, axis)
+        structs = Structures.from_label_values(spec, values, vol.label_names)
+        areas = value_areas @ structs.onehot()
     else:
-        masks = list(vol.masks.items())
-        areas = mask_slice_areas([m for _, m in masks], axis)
-        structures = [(None, label_name(spec, None, n)) for n, _ in masks]
-    keep = [i for i, (_, name) in enumerate(structures) if name]
+        structs = Structures.from_masks(spec, vol.masks)
+        areas = mask_slice_areas(structs.masks, axis) if structs.masks else np.zeros((shape[axis], 0), np.int64)
     first = imaging.slice_geometry(vol.affine, shape, plane, 0, opts["spacing_mm"])
     r_axis, c_axis = imaging.PLANE_AXES[plane]
     px_per_voxel = first.shape[0] * first.shape[1] / (shape[r_axis] * shape[c_axis])
-    chosen = select_slices(
-        areas[:, keep] * px_per_voxel, opts["slice_policy"], opts["min_area_px"], opts["every_n"]
-    )
+    chosen = select_slices(areas * px_per_voxel, opts["slice_policy"], opts["min_area_px"], opts["every_n"])
     lo, hi = imaging.window_bounds(vol.image, modality, spec.body_part, opts["window"], opts["percentiles"])
     centre = vol.affine @ np.array([(n - 1) / 2 for n in shape] + [1.0])
     midline = float(opts["midline_mm"] if opts["midline_mm"] is not None else centre[0])
     out: list[RenderedImage] = []
     for s, cols in sorted(chosen.items()):
         geom = imaging.slice_geometry(vol.affine, shape, plane, s, opts["spacing_mm"])
-        found: list[tuple[int | None, str, RegionGeometry]] = []
-        wanted = [structures[keep[c]] for c in cols]
         if vol.label_map is not None:
-            lab = imaging.resample(imaging.display_slice(vol.label_map, plane, s), geom.shape, labels=True)
-            # All labels of the slice wanted (common with policy 'all'): no filtering pass needed.
-            everything = len(wanted) == int(np.count_nonzero(areas[s]))
-            regs = _extract(lab, None if everything else [v for v, _ in wanted], opts, geom, midline)
-            found = [(v, name, regs[v]) for v, name in wanted if v in regs]
+            ids = structs.id_map(imaging.display_slice(vol.label_map, plane, s))
+            lab = imaging.resample(ids, geom.shape, labels=True)
+            # All structures of the slice wanted (common with policy 'all'): no filtering pass needed.
+            everything = len(cols) == int(np.count_nonzero(areas[s]))
+            regs = _extract(lab, None if everything else [c + 1 for c in cols], opts, geom, midline)
+            found = [(c, regs[c + 1]) for c in cols if c + 1 in regs]
         else:
+            found = []
             for c in cols:
-                mask = vol.masks[masks[keep[c]][0]]
-                lab = imaging.resample(
-                    imaging.display_slice(mask, plane, s).astype(np.uint8), geom.shape, True
-                )
-                regs = _extract(lab, [1], opts, geom, midline)
+                mask = imaging.display_slice(structs.masks[c], plane, s).astype(np.uint8)
+                regs = _extract(imaging.resample(mask, geom.shape, labels=True), [1], opts, geom, midline)
                 if 1 in regs:
-                    found.append((None, structures[keep[c]][1], regs[1]))
+                    found.append((c, regs[1]))
         if not found:
             continue
         grey = imaging.resample(imaging.display_slice(vol.image, plane, s), geom.shape, labels=False)
@@ -200,9 +252,8 @@ def _render_volume(
             "pixel_spacing_mm": [round(v, 6) for v in geom.spacing_mm],
             "window": [lo, hi],
         }
-        out.append(
-            _write_image(spec, key, imaging.to_uint8(grey, lo, hi), image_meta, modality, found, build_dir)
-        )
+        named = [(structs.raw_values[c], structs.names[c], reg) for c, reg in found]
+        out.append(_write_image(spec, key, imaging.to_uint8(grey, lo, hi), image_meta, modality, named, build_dir))
     return out
 
 
@@ -221,30 +272,26 @@ def _extract(
     )
 
 
-def _render_2d(
-    spec: SourceSpec, key: str, img: Image2D, modality: str, build_dir: Path
-) -> list[RenderedImage]:
+def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_dir: Path) -> list[RenderedImage]:
     pixels = img.pixels
     if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
-        raise SourceError(
-            f"{key}: image must be uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}"
-        )
+        raise SourceError(f"{key}: image must be uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}")
     _check_labels(key, pixels.shape[:2], img.label_map, img.masks)
     opts = spec.options
-    found: list[tuple[int | None, str, RegionGeometry]] = []
+    found: list[tuple[int, RegionGeometry]] = []
     if img.label_map is not None:
-        values = [int(v) for v in np.unique(img.label_map) if v != 0]
-        named = [(v, label_name(spec, v, img.label_names.get(v))) for v in values]
-        regs = _extract(img.label_map, values, opts, None, 0.0)
-        found = [(v, n, regs[v]) for v, n in named if n and v in regs]
+        values = np.unique(img.label_map)
+        structs = Structures.from_label_values(spec, values[values != 0].astype(np.int64), img.label_names)
+        regs = _extract(structs.id_map(img.label_map), None, opts, None, 0.0)
+        found = [(sid - 1, reg) for sid, reg in sorted(regs.items())]
     else:
-        for raw, mask in img.masks.items():
-            name = label_name(spec, None, raw)
-            regs = _extract(mask.astype(np.uint8), [1], opts, None, 0.0) if name else {}
+        structs = Structures.from_masks(spec, img.masks)
+        for c, mask in enumerate(structs.masks):
+            regs = _extract(mask.astype(np.uint8), [1], opts, None, 0.0)
             if 1 in regs:
-                found.append((None, name, regs[1]))
-    found = [f for f in found if f[2].area_px >= opts["min_area_px"]]
-    if not found:
+                found.append((c, regs[1]))
+    named = [(structs.raw_values[c], structs.names[c], reg) for c, reg in found if reg.area_px >= opts["min_area_px"]]
+    if not named:
         raise SourceError(
             f"{key}: no structure left after the size filters (min_component_px="
             f"{opts['min_component_px']}, min_area_px={opts['min_area_px']}, "
@@ -257,7 +304,7 @@ def _render_2d(
         "pixel_spacing_mm": None,
         "window": None,
     }
-    return [_write_image(spec, key, pixels, meta, modality, found, build_dir)]
+    return [_write_image(spec, key, pixels, meta, modality, named, build_dir)]
 
 
 def _write_image(
@@ -376,8 +423,12 @@ def run_job(job: Job, build_dir: Path, force: bool) -> JobResult:
     for region in (r for img in images for r in img.regions):
         problems = schema_problems("region", region)
         if problems:
-            return JobResult("error", fingerprint=fp, error=f"{key}: region {region['label']!r} does not "
-                             f"validate against region.schema.json: {'; '.join(problems)}")
+            return JobResult(
+                "error",
+                fingerprint=fp,
+                error=f"{key}: region {region['label']!r} does not "
+                f"validate against region.schema.json: {'; '.join(problems)}",
+            )
     return JobResult("done", fingerprint=fp, images=images)
 
 
@@ -398,8 +449,10 @@ def store_result(catalog: Catalog, spec: SourceSpec, key: str, result: JobResult
                 (spec.name, key, result.fingerprint, "error", now_iso()),
             )
             # An item has one current problem: the previous run's message is replaced.
-            c.execute("DELETE FROM errors WHERE stage=? AND source=? AND item=? AND message<>?",
-                      (STAGE, spec.name, key, result.error))
+            c.execute(
+                "DELETE FROM errors WHERE stage=? AND source=? AND item=? AND message<>?",
+                (STAGE, spec.name, key, result.error),
+            )
             c.execute(
                 "INSERT OR IGNORE INTO errors (stage, source, item, message, created_at) VALUES (?,?,?,?,?)",
                 (STAGE, spec.name, key, result.error, now_iso()),
@@ -476,9 +529,7 @@ def _list_jobs(catalog: Catalog, specs: list[SourceSpec], report: IngestReport) 
     """List every source's items; register the sources; listing problems become errors."""
     done = {
         (s, k): fp
-        for s, k, fp in catalog.conn.execute(
-            "SELECT source, item_key, fingerprint FROM items WHERE status='done'"
-        )
+        for s, k, fp in catalog.conn.execute("SELECT source, item_key, fingerprint FROM items WHERE status='done'")
     }
     jobs: list[Job] = []
     for spec in specs:
@@ -526,9 +577,7 @@ def run_ingest(
     with open_catalog(build_dir) as catalog:
         jobs = _list_jobs(catalog, specs, report)
         report.items = len(jobs)
-        bar = tqdm(
-            total=len(jobs), desc="ingest", unit="item", disable=None if progress is None else not progress
-        )
+        bar = tqdm(total=len(jobs), desc="ingest", unit="item", disable=None if progress is None else not progress)
 
         def handle(job: Job, result: JobResult) -> None:
             if result.status != "skipped":
@@ -603,8 +652,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--body-part",
         default="",
-        help="body part of the --source flags (also picks the CT "
-        "window: brain, lung/chest, liver, abdomen, bone, ...)",
+        help="body part of the --source flags (also picks the CT window: brain, lung/chest, liver, abdomen, bone, ...)",
     )
     p.add_argument(
         "--workers",
@@ -734,9 +782,7 @@ def collect_stats(catalog: Catalog) -> dict[str, Any]:
         "sides": dict(sorted(sides.items())),
         "errors": [
             {"source": s, "item": i, "message": m}
-            for s, i, m in q(
-                "SELECT source, item, message FROM errors WHERE stage=? ORDER BY source, item", (STAGE,)
-            )
+            for s, i, m in q("SELECT source, item, message FROM errors WHERE stage=? ORDER BY source, item", (STAGE,))
         ],
     }
 

@@ -108,7 +108,7 @@ def load_sources_file(path: str | Path) -> list[SourceSpec]:
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: no sources; expected a non-empty list under 'source'")
     specs = [_spec_from_entry(entry, path, i) for i, entry in enumerate(entries)]
-    _check_unique(specs, str(path))
+    check_unique_names(specs, str(path))
     return specs
 
 
@@ -224,7 +224,8 @@ def _reject_unknown(mapping: dict, known: set[str], where: str) -> None:
             raise ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
-def _check_unique(specs: list[SourceSpec], where: str) -> None:
+def check_unique_names(specs: list[SourceSpec], where: str) -> None:
+    """Source names key the catalog: two sources (file entries or --source flags) may not share one."""
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:
@@ -258,9 +259,3 @@ def _synonyms(entry: dict, where: str) -> dict[str, list[str]]:
     if not ok:
         raise ConfigError(f"{where}: key 'synonyms' must map label names to lists of strings")
     return {str(k): list(v) for k, v in value.items()}
-
-
-def merge_specs(specs: list[SourceSpec], where: str = "sources") -> list[SourceSpec]:
-    """Check the union of sources-file entries and --source flags for name clashes."""
-    _check_unique(specs, where)
-    return specs

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from vgmed_build import imaging
 from vgmed_build.catalog import Catalog, CatalogError, now_iso, open_catalog
-from vgmed_build.config import ConfigError, load_sources_file, merge_specs, parse_source_flag
+from vgmed_build.config import ConfigError, check_unique_names, load_sources_file, parse_source_flag
 from vgmed_build.drafting.lint import schema_problems
 from vgmed_build.regions import (
     RegionGeometry,
@@ -703,7 +703,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         specs = load_sources_file(args.sources) if args.sources else []
         specs += [parse_source_flag(f, args.modality, args.body_part) for f in args.source]
-        merge_specs(specs)
+        check_unique_names(specs, "--sources / --source")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

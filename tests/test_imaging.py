@@ -126,8 +126,12 @@ def test_ct_windows_and_percentile_clipping():
     assert imaging.window_bounds(hu, "CT", "x", [40, 400], [1, 99]) == (-160.0, 240.0)
     lo, hi = imaging.window_bounds(hu, "MRI", "brain", "auto", [1, 99])
     assert lo == pytest.approx(-980.0) and hi == pytest.approx(980.0)
-    out = imaging.to_uint8(np.array([-5.0, 0.0, 40.0, 80.0, 1e4]), 0.0, 80.0)
-    assert out.tolist() == [0, 0, 128, 255, 255]
+    out = imaging.to_uint8(np.array([-5.0, 0.0, 40.0, 80.0, 1e4, np.nan]), 0.0, 80.0)
+    assert out.tolist() == [0, 0, 128, 255, 255, 0]
+    with_nan = hu.astype(np.float32).copy()
+    with_nan[0, 0, :100] = np.nan
+    lo, hi = imaging.window_bounds(with_nan, "PET", "", "auto", [0, 100])
+    assert (lo, hi) == (-900.0, 1000.0)
 
 
 def _png_chunks(data: bytes) -> list[str]:

@@ -159,14 +159,14 @@ def window_bounds(
     # Percentiles over a regular subsample: deterministic, and fast on 100M-voxel volumes.
     step = max(1, round((image.size / 2_000_000) ** (1 / 3))) if image.ndim == 3 else 1
     sample = image[::step, ::step, ::step] if image.ndim == 3 else image
-    lo, hi = np.percentile(sample, percentiles)
+    lo, hi = np.nanpercentile(sample, percentiles)  # NaN voxels (some float NIfTIs) are ignored
     return float(lo), (float(hi) if hi > lo else float(lo) + 1.0)
 
 
 def to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Map [lo, hi] linearly to 0..255 (clipped, rounded)."""
     scaled = (arr.astype(np.float32) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(np.nan_to_num(scaled, nan=0.0)), 0, 255).astype(np.uint8)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

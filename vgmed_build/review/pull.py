@@ -88,6 +88,9 @@ def pull(catalog: Catalog, server: ServerInfo, progress: bool = True) -> PullRep
         if state["server"] != server.identity:
             raise LabelStudioError(f"this build's {project} project lives on {state['url']}; pass --url {state['url']}")
         tasks = api.export_tasks(client, state["id"])
+        stored = set(
+            catalog.conn.execute("SELECT annotation_id, revision FROM review_events WHERE project=?", (project,))
+        )
         events, problems = [], []
         for task in tqdm(tasks, desc=f"pull {project}", unit="task", disable=not progress):
             draft_id = (task.get("data") or {}).get("draft_id")
@@ -98,6 +101,9 @@ def pull(catalog: Catalog, server: ServerInfo, progress: bool = True) -> PullRep
             for annotation in task.get("annotations") or []:
                 if annotation.get("was_cancelled"):
                     report.skipped += 1
+                    continue
+                if (annotation["id"], annotation["updated_at"]) in stored:
+                    report.known_events += 1  # pulled before: nothing to build or validate
                     continue
                 try:
                     rec = event_record(task, annotation, row, project, state["id"], server.identity)

@@ -55,12 +55,10 @@ def test_templates_offline_draft_every_region(tmp_path):
     gm = [d for d in drafts if d["label"] == "gm"]
     assert gm and all("grey matter" in d["question"] and " gm " not in d["question"] for d in gm)
     # Position questions only for left/right regions, answered from geometry; a name holding the
-    # side ("left kidney") gives the answer away and is rejected with the reason.
+    # side ("left kidney") would make the question trivial, so none is drafted for it.
     positions = {regions[d["region_id"]]["label"]: d for d in by_type["position"]}
-    assert set(positions) == {"liver", "spleen", "kidney_left"}
+    assert set(positions) == {"liver", "spleen"}
     assert positions["liver"]["answer"] == "right" and positions["spleen"]["answer"] == "left"
-    assert positions["kidney_left"]["status"] == "rejected"
-    assert positions["kidney_left"]["reason"].startswith("answer_hidden:")
     # Localization templates rotate over regions (not always the first phrasing).
     assert len({d["slot"] for d in by_type["localization"]}) > 1
 
@@ -150,16 +148,16 @@ def test_cli_generate_and_drafts_export(tmp_path):
     res = cli("drafts", "--build", str(build), "--out", str(out), "--status", "all")
     assert res.returncode == 0, res.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == 26  # 10 localization + 10 attribute + 6 position (3 lateral targets x 2)
+    assert len(records) == 24  # 10 localization + 10 attribute + 4 position (2 lateral targets x 2)
     for rec in records:
         assert not schema_errors("draft", rec)
     ok = cli("drafts", "--build", str(build), "--status", "ok")
     rejected = cli("drafts", "--build", str(build), "--status", "rejected")
     n_ok, n_rej = len(ok.stdout.splitlines()), len(rejected.stdout.splitlines())
-    assert n_ok + n_rej == 26 and n_rej >= 2  # the two 'left kidney' position questions
+    assert n_ok + n_rej == 24
     assert all(json.loads(line)["status"] == "rejected" for line in rejected.stdout.splitlines())
     with open_catalog(build) as cat:
-        assert cat.conn.execute("SELECT COUNT(*) FROM drafts").fetchone()[0] == 26
+        assert cat.conn.execute("SELECT COUNT(*) FROM drafts").fetchone()[0] == 24
     missing = cli("generate", "--build", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "no build catalog" in missing.stderr
     no_model = cli("generate", "--build", str(build), "--drafter", "llm")

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from vgmed_build.catalog import Catalog, now_iso
-from vgmed_build.drafting.lint import LintContext, LintLimits, lint, normalize
+from vgmed_build.drafting.lint import LintContext, LintLimits, lint, names_a_side, normalize
 from vgmed_build.drafting.llm import BudgetExhausted, LlmClient, LlmConfig, LlmError, ResponseCache, redact
 from vgmed_build.drafting.templates import (
     Prompts,
@@ -232,7 +232,8 @@ class _Generator:
             else min(o.attributes_per_region, len(p.attribute_profile(region)))
         )
         specs += [DraftSpec("attribute", s, o.drafter) for s in range(n_attr)]
-        if o.position_questions and region.get("side") in ("left", "right") and p.position:
+        lateral = region.get("side") in ("left", "right")
+        if o.position_questions and lateral and p.position and not names_a_side(target_name(region)):
             specs.append(DraftSpec("position", 0, "templates"))
         return specs
 

@@ -135,6 +135,11 @@ def rule_answer_hidden(draft: dict, ctx: LintContext) -> str | None:
 _SIDE_WORD = re.compile(r"(?<!\w)(left|right)(?:[- ]?(?:sided|side|hand))?(?!\w)", re.IGNORECASE)
 
 
+def names_a_side(text: str) -> bool:
+    """Whether ``text`` carries a side word ('left kidney'): a position question about it is trivial."""
+    return _SIDE_WORD.search(text) is not None
+
+
 def rule_side(draft: dict, ctx: LintContext) -> str | None:
     """Side words must agree with the side computed from world geometry. Words inside the target's
     name count too (a 'left kidney' found on the patient's right is a conflict a reviewer must not

@@ -25,12 +25,21 @@ from vgmed_eval.vqa.stats import compare
 log = logging.getLogger(__name__)
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the uninformative None/False of unset options and off switches."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "vqa",
         help="answer a medical VQA benchmark (baseline and/or VGRefine) and score it",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS),
                    help="which benchmark layout to read from --data (see docs/vqa.md)")
@@ -45,7 +54,7 @@ def register(subparsers) -> None:
                         "(needs --vgrefine)")
     p.add_argument("--knockout-layers", type=int, nargs="+", metavar="L",
                    help="knockout layer(s); default: the knockout_layer of the heads file")
-    p.add_argument("--top-k", type=int, help="use only the first K heads of the heads file (default: all)")
+    p.add_argument("--top-k", type=int, metavar="K", help="use only the first K heads of the heads file (default: all)")
     p.add_argument("--percentile", type=float, default=80.0,
                    help="knock out image cells below this percentile of the triage map (the top 100-P%% stay)")
     p.add_argument("--threshold", choices=["percentile", "minmax"], default="percentile",
@@ -56,7 +65,7 @@ def register(subparsers) -> None:
     p.add_argument("--mode", choices=["consistent", "prefill"], default="consistent",
                    help="consistent: knockout in the prompt pass and every decoding step; prefill: prompt pass "
                         "only (the public code)")
-    p.add_argument("--limit", type=int, help="answer only the first N questions")
+    p.add_argument("--limit", type=int, metavar="N", help="answer only the first N questions (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy decoding length limit")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")

@@ -21,7 +21,14 @@ from vgmed_build.review.server import (
     stop_server,
 )
 
-FMT = argparse.ArgumentDefaultsHelpFormatter
+
+class FMT(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the empty ones (None, False) whose meaning the help text already gives."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def register(subparsers) -> None:

@@ -114,7 +114,7 @@ def extract_regions(
         return {}
     r0, r1 = np.flatnonzero(rows_any)[[0, -1]]
     c0, c1 = np.flatnonzero(cols_any)[[0, -1]]
-    crop = np.ascontiguousarray(lab[r0 : r1 + 1, c0 : c1 + 1])
+    crop = lab[r0 : r1 + 1, c0 : c1 + 1].copy(order="K")  # contiguous in the layout of the source
     # One multi-label labelling (pixels connect only to equal values) with sizes, boxes and centroids
     # from the same compiled library; background is component 0.
     cc = cc3d.connected_components(crop, connectivity=4 if connectivity == 1 else 8)

@@ -200,7 +200,7 @@ class VGRefiner:
         for (p, _), idx in groups.items():
             inputs = {k: torch.cat([encoded[i][0].inputs[k] for i in idx]) for k in encoded[idx[0]][0].inputs}
             inputs = {k: (v[:, :p] if k in SEQ_KEYS else v) for k, v in inputs.items()}
-            result = self.model(**inputs, use_cache=True)
+            result = self.model(**inputs, use_cache=True, logits_to_keep=1)
             deltas = getattr(getattr(self.model, "model", None), "rope_deltas", None)
             for j, i in enumerate(idx):
                 batch, ids, _ = encoded[i]
@@ -247,7 +247,8 @@ class VGRefiner:
                        question_from=starts)
 
     def _forward(self, cache, ids, mask, pos):
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                          logits_to_keep=1)
 
     @torch.no_grad()
     def _greedy(self, cache, logits, mask, next_pos) -> list[Answer]:

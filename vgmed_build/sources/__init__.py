@@ -19,11 +19,7 @@ ADAPTER_MODULES = [
 def get_adapter(kind: str) -> SourceAdapter:
     """The adapter for a source kind, with a clear error listing the known kinds."""
     for name in ADAPTER_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # TODO(lead): drop once every adapter module exists
-            if exc.name != name:
-                raise
+        importlib.import_module(name)
     if kind not in ADAPTERS:
         raise SourceError(f"unknown source kind {kind!r}; known kinds: {', '.join(sorted(ADAPTERS))}")
     return ADAPTERS[kind]

@@ -1,0 +1,33 @@
+"""The shape both command lines share: subcommands contributed by modules, handlers returning exit codes.
+
+Each listed module exposes ``register(subparsers)`` and sets ``func`` on its parsers, so adding a
+command touches its own module and one list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+
+
+def build_parser(prog: str, description: str, version: str, modules: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"{prog} {version}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in modules:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv``, set up logging, and return the chosen handler's exit code."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args) or 0)

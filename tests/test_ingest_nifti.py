@@ -473,3 +473,20 @@ def test_overlapping_masks_from_an_adapter_give_one_region_each(tmp_path):
         tissue, grey = sorted(img.regions, key=lambda r: r["label"] != "tissue")
         assert tissue["area_ratio"] > grey["area_ratio"]              # grey matter lies inside the tissue
         assert grey["side"] == "bilateral" and tissue["modality"] == "MRI"
+
+
+def test_sagittal_slices_lie_in_their_hemisphere(tmp_path):
+    t1, labels, affine = mni(2)
+    write_pair(tmp_path / "pairs", "a", t1, labels, affine)
+    cfg = sources_toml(tmp_path / "s.toml", [{"name": "mni", "kind": "nifti", "path": "pairs", "modality": "MRI",
+                                               "labels": {str(v): n for v, n in LABELS.items()},
+                                               "options": {"plane": "sagittal"}}])
+    assert ingest(tmp_path / "b", "--sources", str(cfg)) == 0
+    regions = regions_of(tmp_path / "b")
+    assert len(regions) == 4 and {r["plane"] for r in regions} == {"sagittal"}
+    for r in regions:
+        hemisphere = r["label"].split()[0]
+        assert r["side"] == hemisphere
+        # the slice's world x is its position: negative = patient left
+        assert (r["slice_position_mm"] < 0) == (hemisphere == "left")
+        assert r["width"] == labels.shape[1] and r["height"] == labels.shape[2]   # cols: y, rows: z

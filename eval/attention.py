@@ -203,13 +203,14 @@ def _allowed(mask: torch.Tensor | None, batch: int, q_pos: torch.Tensor, k_pos: 
     return allowed.expand(batch, 1, len(q_pos), len(k_pos))
 
 
-def _block(ctx: Knockout, q_pos: torch.Tensor, k_pos: torch.Tensor, device) -> torch.Tensor:
-    """(B, 1, q, kv) True where the knockout forbids attention."""
+def _block(ctx: Knockout, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """(B, 1, q, kv) True where the knockout forbids attention (built on the model's device)."""
+    ctx.blocked, ctx.from_position = ctx.blocked.to(q_pos.device), ctx.from_position.to(q_pos.device)
     k_in = (k_pos >= 0) & (k_pos < ctx.blocked.shape[1])
-    cols = torch.zeros(ctx.blocked.shape[0], len(k_pos), dtype=torch.bool)
-    cols[:, k_in.cpu()] = ctx.blocked[:, k_pos[k_in].cpu()]
-    rows = q_pos.cpu()[None, :] >= ctx.from_position[:, None]
-    return (rows[:, :, None] & cols[:, None, :])[:, None].to(device)
+    cols = torch.zeros(ctx.blocked.shape[0], len(k_pos), dtype=torch.bool, device=q_pos.device)
+    cols[:, k_in] = ctx.blocked[:, k_pos[k_in]]
+    rows = q_pos[None, :] >= ctx.from_position[:, None]
+    return (rows[:, :, None] & cols[:, None, :])[:, None]
 
 
 def _row_weights(
@@ -263,7 +264,7 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
             first_call = c.calls.get(layer, 0) == 0
             c.calls[layer] = c.calls.get(layer, 0) + 1
             if first_call or c.decode:
-                mask = _allowed(mask, batch, q_pos, k_pos) & ~_block(c, q_pos, k_pos, query.device)
+                mask = _allowed(mask, batch, q_pos, k_pos) & ~_block(c, q_pos, k_pos)
     softcap = kwargs.get("softcap")
     for c, layer in contexts:
         if isinstance(c, Capture) and q_len > 1:

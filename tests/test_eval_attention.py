@@ -87,22 +87,27 @@ def test_capture_rejects_bad_layers(adapter):
 
 
 def test_knockout_blocks_and_leaves_earlier_positions(adapter):
-    """Blocked image tokens get zero weight from rows after the image; earlier rows are untouched."""
-    batch = adapter.build_inputs(_images()[:1], QUESTIONS[:1])
-    pos = batch.grid_positions[0]
+    """Blocked image tokens get zero weight from rows after the image; earlier rows are untouched.
+    Batched with left padding, a different block per row."""
+    batch = adapter.build_inputs(_images(), QUESTIONS)
     n_pos = batch.inputs["input_ids"].shape[1]
-    start = int(batch.question_start[0])
-    block = blocked_positions(batch.grid_positions, [torch.arange(0, len(pos), 2)], n_pos)
+    picks = [torch.arange(0, len(batch.grid_positions[0]), 2), torch.arange(1, len(batch.grid_positions[1]), 3)]
+    block = blocked_positions(batch.grid_positions, picks, n_pos)
     layer = adapter.n_layers - 1  # a full-attention layer in every tiny family (Gemma 3 slides elsewhere)
     with torch.no_grad():
         base = adapter.model(**batch.inputs, output_hidden_states=True)
-        with knockout(adapter.model, [layer], block, from_position=start), \
+        with knockout(adapter.model, [layer], block, from_position=batch.question_start), \
                 capture(adapter.model, [layer], batch.grid_positions) as cap:
             ko = adapter.model(**batch.inputs, output_hidden_states=True)
-    weights = cap.maps[layer][0]
-    assert torch.all(weights[:, ::2] == 0) and torch.all(weights[:, 1::2] > 0)
-    assert torch.allclose(ko.hidden_states[-1][0, :start], base.hidden_states[-1][0, :start], atol=1e-6)
-    assert not torch.allclose(ko.logits[0, -1], base.logits[0, -1], atol=1e-6)
+    for b, pick in enumerate(picks):
+        n = len(batch.grid_positions[b])
+        weights = cap.maps[layer][b, :, :n]
+        kept = torch.ones(n, dtype=torch.bool)
+        kept[pick] = False
+        assert torch.all(weights[:, pick] == 0) and torch.all(weights[:, kept] > 0)
+        start = int(batch.question_start[b])
+        assert torch.allclose(ko.hidden_states[-1][b, :start], base.hidden_states[-1][b, :start], atol=1e-6)
+        assert not torch.allclose(ko.logits[b, -1], base.logits[b, -1], atol=1e-6)
 
 
 def test_knockout_decode_with_cache_equals_recomputation(adapter):

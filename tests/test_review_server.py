@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from vgmed_build.review.server import VENV_ENV, health, venv_dir
+from vgmed_build.review.server import VENV_ENV, LabelStudioError, _installed, health, resolve_server, venv_dir
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -60,3 +60,24 @@ def test_start_status_stop_restart(tmp_path):
         assert json.loads((build / "labelstudio" / "credentials.json").read_text()) == creds
     finally:
         assert cli("labelstudio", "stop", "--build", str(build)).returncode == 0
+
+
+def test_install_counts_as_done_only_once_label_studio_itself_is_installed(tmp_path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "label-studio").write_text("#!/bin/sh\n")
+    assert not _installed(tmp_path)  # an interrupted pip run leaves the script without the metadata
+    (tmp_path / "lib" / "python3.11" / "site-packages" / "label_studio-1.23.2.dist-info").mkdir(parents=True)
+    assert _installed(tmp_path)
+
+
+def test_resolve_server_errors_name_the_fix(monkeypatch, tmp_path):
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    with pytest.raises(LabelStudioError, match="LABEL_STUDIO_API_KEY"):
+        resolve_server(tmp_path, url="http://127.0.0.1:9")
+    with pytest.raises(LabelStudioError, match="labelstudio start --build"):
+        resolve_server(tmp_path)
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://example.invalid:8080/")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "k" * 40)
+    info = resolve_server(tmp_path)
+    assert info.url == "http://example.invalid:8080" and not info.is_local and "k" * 40 not in repr(info)

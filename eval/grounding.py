@@ -272,7 +272,13 @@ def _main(args) -> int:
         raise SystemExit(f"unknown question type(s) {unknown}; choose from {', '.join(FILES)}")
     if args.batch_size < 1:
         raise SystemExit("--batch-size must be at least 1")
-    adapter = load_adapter(args.model, dtype=args.dtype, device=args.device)
+    for release in filter(None, (args.release, args.control_release)):
+        if not release.is_dir():
+            raise SystemExit(f"release directory {release} does not exist")
+    try:
+        adapter = load_adapter(args.model, dtype=args.dtype, device=args.device)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--model {args.model}: cannot load: {exc}") from exc
     try:
         layers = parse_layers(args.layers, adapter.n_layers)
     except ValueError as exc:
@@ -283,7 +289,10 @@ def _main(args) -> int:
     if args.control_release is not None:
         targets.append((args.control_release, args.out / "control"))
     for release, out in targets:
-        summary = evaluate_release(adapter, release, out, **common)
+        try:
+            summary = evaluate_release(adapter, release, out, **common)
+        except FileNotFoundError as exc:  # no question file in the release
+            raise SystemExit(str(exc)) from exc
         best = summary.get("most_sensitive_layer")
         log.info("%s: %d questions, %d ok, %d errors, most visually sensitive layer %s -> %s",
                  release, summary["n_questions"], summary["n_ok"], summary["n_errors"], best, out)

@@ -154,10 +154,11 @@ def test_cli_runs_with_control(tmp_path, release):
     out = tmp_path / "out"
     code = cli_main(["grounding", "--release", str(release), "--model", "builtin:tiny-qwen2_vl", "--out", str(out),
                      "--layers", "1-2", "--batch-size", "4", "--limit", "5", "--control-release", str(control),
-                     "--bootstrap", "50", "--no-progress"])
+                     "--bootstrap", "50", "--no-progress", "--rows", "question"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["layers"] == [1, 2] and summary["n_questions"] == 5 + 1  # + the bad line
+    assert summary["rows"] == "question" and summary["family"] == "qwen2_vl"
     control_summary = json.loads((out / "control" / "summary.json").read_text())
     assert control_summary["n_errors"] == 0 and control_summary["n_ok"] == 5  # --limit applies to both
 
@@ -215,3 +216,17 @@ def test_paint_cells_follows_geometry():
     # pixel (x=0, y=0) of the image lies in the first row of cells below the padding (offset 90 px of 300)
     r = int(90 * 336 / 300 // 14)
     assert canvas[0, 0] == values[r, 0] and canvas[119, 299] == values[geom.rows - 1 - r, geom.cols - 1]
+
+
+def test_cli_bad_inputs_are_named(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli_main(["grounding", "--release", str(tmp_path / "nope"), "--model", "builtin:tiny-llava",
+                  "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="nomodel: cannot load"):
+        cli_main(["grounding", "--release", str(tmp_path), "--model", str(tmp_path / "nomodel"),
+                  "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="none of VGMED_localization.jsonl"):
+        cli_main(["grounding", "--release", str(tmp_path), "--model", "builtin:tiny-llava",
+                  "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="run `vgmed-eval grounding` first"):
+        cli_main(["heads", "--results", str(tmp_path), "--out", str(tmp_path / "h.json")])

@@ -29,7 +29,6 @@ from tqdm import tqdm
 from vgmed_build import imaging
 from vgmed_build.catalog import Catalog, CatalogError, now_iso, open_catalog
 from vgmed_build.config import ConfigError, check_unique_names, load_sources_file, parse_source_flag
-from vgmed_build.drafting.lint import schema_problems
 from vgmed_build.regions import (
     RegionGeometry,
     extract_regions,
@@ -37,6 +36,7 @@ from vgmed_build.regions import (
     select_slices,
     slice_label_areas,
 )
+from vgmed_build.resources import schema_problems
 from vgmed_build.sources import SourceError, SourceSpec, get_adapter
 from vgmed_build.sources.base import Image2D, SourceItem, Volume
 

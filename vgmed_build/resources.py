@@ -6,8 +6,11 @@ edit them without touching code; a wheel carries copies under ``vgmed_build/_dat
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+
+import fastjsonschema
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -37,7 +40,22 @@ def _validator(name: str):
     return cls(schema)
 
 
+@cache
+def _compiled(name: str) -> Callable[[object], object]:
+    """The schema compiled to Python: ~20x faster than jsonschema, which matters at 100+ records/s."""
+    return fastjsonschema.compile(load_schema(name))
+
+
+def schema_problems(name: str, record: object) -> list[str]:
+    """The first problem making ``record`` invalid (empty when valid): the fast check for hot paths."""
+    try:
+        _compiled(name)(record)
+    except fastjsonschema.JsonSchemaException as exc:
+        return [exc.message]
+    return []
+
+
 def schema_errors(name: str, record: object) -> list[str]:
-    """All validation problems of ``record`` against schema ``name``, as readable strings."""
+    """All validation problems of ``record`` against schema ``name``, as readable strings (slower)."""
     errors = sorted(_validator(name).iter_errors(record), key=lambda e: list(e.path))
     return [f"{'/'.join(map(str, e.path)) or '<record>'}: {e.message}" for e in errors]

@@ -9,11 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 
-import fastjsonschema
-
-from vgmed_build.resources import load_schema
+from vgmed_build.resources import schema_problems
 
 
 @dataclass(frozen=True)
@@ -66,21 +63,6 @@ def _without_names(question: str, names: list[str]) -> str:
 
 def _contains_phrase(text: str, phrase: str) -> bool:
     return bool(_word_starts(normalize(text), normalize(phrase)))
-
-
-@cache
-def _compiled(name: str) -> Callable[[object], object]:
-    """The schema compiled to Python: ~20x faster than jsonschema, which matters at 100+ drafts/s."""
-    return fastjsonschema.compile(load_schema(name))
-
-
-def schema_problems(name: str, record: object) -> list[str]:
-    """What makes ``record`` invalid against ``schemas/<name>.schema.json`` (empty when valid)."""
-    try:
-        _compiled(name)(record)
-    except fastjsonschema.JsonSchemaException as exc:
-        return [exc.message]
-    return []
 
 
 def rule_schema(draft: dict, ctx: LintContext) -> str | None:

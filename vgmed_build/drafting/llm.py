@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from vgmed_build.catalog import Catalog, now_iso
-from vgmed_build.drafting.lint import schema_problems
-from vgmed_build.resources import load_schema
+from vgmed_build.resources import load_schema, schema_problems
 
 log = logging.getLogger(__name__)
 

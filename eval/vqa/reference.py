@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from transformers import AttentionInterface, AttentionMaskInterface
+from transformers import AttentionInterface, AttentionMaskInterface, GenerationConfig
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import eager_mask
 from vgmed_eval.attention import install
@@ -108,25 +108,26 @@ def _extend(inputs: dict, token: int) -> dict:
 
 @torch.no_grad()
 def greedy(adapter, inputs: dict, max_new_tokens: int, eos: set[int], recompute: bool) -> ReferenceResult:
-    """Greedy decoding at batch 1: a full recomputation per token, or the model's own KV cache."""
+    """Plain greedy decoding at batch 1: a full recomputation per token, or ``model.generate`` with
+    the model's own KV cache (what the public code runs)."""
     model = adapter.model
+    if not recompute:
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(eos),
+                                  pad_token_id=adapter.tokenizer.pad_token_id, output_logits=True,
+                                  return_dict_in_generate=True)
+        out = model.generate(**inputs, generation_config=config)
+        new = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        tokens = new[: next((i for i, t in enumerate(new) if t in eos), len(new))]
+        return ReferenceResult(tokens, None, [step[0].float().cpu() for step in out.logits[: len(tokens) + 1]])
     tokens, logits_seen = [], []
-    out = model(**inputs, use_cache=not recompute)
-    mask = inputs["attention_mask"]
     for _ in range(max_new_tokens):
-        logits = out.logits[0, -1].float().cpu()
+        logits = model(**inputs, use_cache=False).logits[0, -1].float().cpu()
         logits_seen.append(logits)
         token = int(logits.argmax())
         if token in eos:
             break
         tokens.append(token)
-        if recompute:
-            inputs = _extend(inputs, token)
-            out = model(**inputs, use_cache=False)
-        else:
-            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
-            ids = torch.tensor([[token]], device=model.device)
-            out = model(input_ids=ids, attention_mask=mask, cache=out.cache, use_cache=True)
+        inputs = _extend(inputs, token)
     return ReferenceResult(tokens, None, logits_seen)
 
 

@@ -118,7 +118,7 @@ def plot_overlay(npz_path: Path, release: Path, layer: int, path: Path) -> bool:
     ax.axis("off")
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
 

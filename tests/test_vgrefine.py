@@ -37,7 +37,8 @@ def adapter(request):
 def _images():
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)),
-            Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8))]
+            Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)),
+            Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))]  # same size as the first
 
 
 def _config(adapter, mode: str, **kw) -> VGRefineConfig:
@@ -106,9 +107,10 @@ def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
 
 
 def test_shared_prefix_equals_full_recompute(adapter):
-    """Baseline answers from copied prefix caches (batched, two images) == full recomputation per question."""
-    img_a, img_b = _images()
-    pairs = [(img_a, QUESTIONS[0]), (img_a, QUESTIONS[1]), (img_b, QUESTIONS[2])]
+    """Baseline answers from prefix caches (images of equal size share one prefix pass; rows of three images
+    and three prompt lengths in one batch) == full recomputation per question."""
+    img_a, img_b, img_c = _images()
+    pairs = [(img_a, QUESTIONS[0]), (img_a, QUESTIONS[1]), (img_b, QUESTIONS[2]), (img_c, QUESTIONS[1])]
     refiner = VGRefiner(adapter, None, max_new_tokens=MAX_NEW, keep_logits=True)
     base, refined = refiner.answer(_queries(refiner, pairs), baseline=True, refined=False)
     assert refined is None
@@ -120,7 +122,7 @@ def test_shared_prefix_equals_full_recompute(adapter):
 
 @pytest.mark.parametrize("mode,rows", [("consistent", "last"), ("prefill", "last"), ("consistent", "question")])
 def test_knockout_equals_eager_additive_mask(adapter, mode, rows):
-    img_a, img_b = _images()
+    img_a, img_b, _ = _images()
     pairs = [(img_a, QUESTIONS[0]), (img_b, QUESTIONS[2])]  # two images, two prompt lengths, one batch
     cfg = _config(adapter, mode, percentile=50.0, rows=rows)
     refiner = VGRefiner(adapter, cfg, max_new_tokens=MAX_NEW, keep_logits=True)
@@ -134,7 +136,7 @@ def test_knockout_equals_eager_additive_mask(adapter, mode, rows):
 
 
 def test_prefill_and_consistent_agree_on_first_token_then_differ(adapter):
-    img_a, _ = _images()
+    img_a = _images()[0]
     got = {}
     for mode in ("prefill", "consistent"):
         refiner = VGRefiner(adapter, _config(adapter, mode), max_new_tokens=MAX_NEW, keep_logits=True)
@@ -147,7 +149,7 @@ def test_prefill_and_consistent_agree_on_first_token_then_differ(adapter):
 
 
 def test_general_map_cached_per_image(adapter):
-    img_a, _ = _images()
+    img_a = _images()[0]
     refiner = VGRefiner(adapter, _config(adapter, "consistent"), max_new_tokens=2)
     queries = _queries(refiner, [(img_a, QUESTIONS[0])])
     refiner.answer(queries)

@@ -194,8 +194,11 @@ class VGRefiner:
         encoded = [self._encode(image, GENERAL_PROMPT) for image in images]
         groups: dict[tuple, list[int]] = {}
         for i, (batch, _, p) in enumerate(encoded):
-            shapes = tuple((k, tuple(v.shape[1:])) for k, v in sorted(batch.inputs.items()) if k not in SEQ_KEYS)
-            groups.setdefault((p, shapes), []).append(i)
+            if all(isinstance(v, torch.Tensor) for v in batch.inputs.values()):
+                key = tuple((k, tuple(v.shape[1:])) for k, v in sorted(batch.inputs.items()) if k not in SEQ_KEYS)
+            else:  # inputs that cannot be concatenated: a batch of its own
+                key = ("single", i)
+            groups.setdefault((p, key), []).append(i)
         out: list = [None] * len(images)
         for (p, _), idx in groups.items():
             inputs = {k: torch.cat([encoded[i][0].inputs[k] for i in idx]) for k in encoded[idx[0]][0].inputs}

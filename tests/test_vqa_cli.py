@@ -80,3 +80,18 @@ def test_usage_errors(tmp_path, caplog):
     assert "data directory not found" in caplog.text
     with pytest.raises(SystemExit):
         main(["vqa", "--help"])
+
+
+def test_vgrefine_options_reach_the_run(tmp_path):
+    out = tmp_path / "out"
+    assert main(["vqa", "--benchmark", "vgmed-attribute", "--data", str(FIX / "vgmed"), "--model",
+                 "builtin:tiny-llava", "--vgrefine", str(_heads(tmp_path)), "--top-k", "2", "--knockout-layers", "1",
+                 "3", "--threshold", "minmax", "--minmax-cutoff", "0.3", "--rows", "question", "--mode", "prefill",
+                 "--max-new-tokens", "2", "--out", str(out)]) == 0
+    cfg = json.loads((out / "results.json").read_text())["vgrefine"]
+    assert cfg["heads"] == [[1, 0], [2, 1]] and cfg["knockout_layers"] == [1, 3]
+    assert (cfg["threshold"], cfg["minmax_cutoff"], cfg["rows"], cfg["mode"]) == ("minmax", 0.3, "question", "prefill")
+    rows = _rows(out / "predictions_vgrefine.jsonl")
+    assert [r["modality"] for r in rows] == ["CT", "Fundus"]
+    assert all(0 < r["knocked_out"] < 64 for r in rows)
+    assert not (out / "predictions_baseline.jsonl").exists()

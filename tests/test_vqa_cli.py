@@ -54,6 +54,13 @@ def test_compare_writes_predictions_results_and_stats(tmp_path):
     assert len(_rows(alone / "predictions_baseline.jsonl")) == 2
     assert json.loads((alone / "results.json").read_text())["timing"]["answered"] == 0
 
+    # Adding VGRefine to a baseline-only run answers the missing system only, no duplicate lines.
+    assert main(["vqa", "--benchmark", "pmc-vqa", "--data", str(FIX / "pmc-vqa"), "--model", "builtin:tiny-llava",
+                 "--vgrefine", str(_heads(tmp_path)), "--compare", "--max-new-tokens", "3", "--bootstrap", "100",
+                 "--out", str(alone)]) == 0
+    assert len(_rows(alone / "predictions_baseline.jsonl")) == 2
+    assert [r["response"] for r in _rows(alone / "predictions_vgrefine.jsonl")] == [r["response"] for r in refined]
+
 
 def test_bad_records_and_images_are_reported_not_fatal(tmp_path):
     data = tmp_path / "slake"

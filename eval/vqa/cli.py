@@ -194,7 +194,7 @@ def run(args) -> int:
                     for i, it in enumerate(ready):
                         prompt = adapter.prompt(question_prompt(it))
                         for system, answers in (("baseline", base), ("vgrefine", refined)):
-                            if answers is not None:
+                            if answers is not None and it.id not in done[system]:
                                 row = _row(it, system, prompt, answers[i], args.benchmark)
                                 handles[system].write(json.dumps(row, ensure_ascii=False) + "\n")
                                 done[system][it.id] = row

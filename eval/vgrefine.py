@@ -21,6 +21,7 @@ code does; the two agree on the first answer token (the public protocol answers 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from collections.abc import Sequence
@@ -222,11 +223,14 @@ class VGRefiner:
         return Query(prefix=prefix, suffix=ids[p:].cpu())
 
     # ----- batched passes --------------------------------------------------------------------------
-    def _assemble(self, rows: list[tuple[Prefix, torch.Tensor]]):
+    def _assemble(self, rows: list[tuple[Prefix, torch.Tensor]], layout: tuple[int, int] | None = None):
         """Cache, input ids, 2-D mask, position ids and prefix columns for rows laid out as
-        [prefix | pad | suffix]; every suffix ends in the last column."""
+        [prefix | pad | suffix]; every suffix ends in the last column. ``layout`` = (prefix columns,
+        suffix columns) forces another pass's layout (at least as wide as these rows need)."""
         pmax = max(pre.length for pre, _ in rows)
         smax = max(len(suf) for _, suf in rows)
+        if layout is not None:
+            pmax, smax = max(pmax, layout[0]), max(smax, layout[1])
         b = len(rows)
         ids = torch.full((b, smax), self.pad_id, dtype=torch.long)
         mask = torch.zeros(b, pmax + smax, dtype=torch.long)
@@ -358,22 +362,33 @@ class VGRefiner:
             keep = torch.arange(nq, device=ids.device)
             cache.batch_select_indices(keep)
             mask, pos = mask[:nq], pos[:nq]
-        next_pos = pos[:, -1] + 1
-        base = None
-        if baseline:
-            base = self._greedy(cache, out.logits[:nq, -1], mask, next_pos)
         if not refined:
-            return base, None
+            return self._greedy(cache, out.logits[:nq, -1], mask, pos[:, -1] + 1), None
         low = self._triage(queries, {layer: m[:nq] for layer, m in cap.maps.items()})
-        cache, ids, mask, pos, pmax = self._assemble([(q.prefix, q.suffix) for q in queries])
+        layout = (pmax, ids.shape[1])
+        k_cache, k_ids, k_mask, k_pos, _ = self._assemble([(q.prefix, q.suffix) for q in queries], layout)
         total = pmax + ids.shape[1] + self.max_new_tokens
         blocked = blocked_positions([q.prefix.grid for q in queries], [torch.nonzero(m).flatten() for m in low],
                                     total)
         starts = torch.tensor([q.prefix.length for q in queries])
-        with knockout(self.model, cfg.knockout_layers, blocked, starts, decode=cfg.mode == "consistent") as ko:
+        with knockout(self.model, cfg.knockout_layers, blocked, starts, decode=False) as ko:
             _start_at(ko, pmax)
-            out = self._forward(cache, ids, mask, pos)
-            answers = self._greedy(cache, out.logits[:, -1], mask, pos[:, -1] + 1)
+            k_out = self._forward(k_cache, k_ids, k_mask, k_pos)
+        # Decode baseline and VGRefine rows as one batch (same column layout): half the decoding steps.
+        logits, blocked_rows = k_out.logits[:, -1], blocked
+        if baseline:
+            k_cache = _concat_caches(cache, k_cache)
+            k_mask, k_pos = torch.cat([mask, k_mask]), torch.cat([pos, k_pos])
+            logits = torch.cat([out.logits[:nq, -1], logits])
+            blocked_rows, starts = torch.cat([torch.zeros_like(blocked), blocked]), torch.cat([starts, starts])
+        decoding = contextlib.nullcontext()
+        if cfg.mode == "consistent":
+            decoding = knockout(self.model, cfg.knockout_layers, blocked_rows, starts, decode=True)
+        with decoding as ko:
+            if ko is not None:
+                _start_at(ko, k_mask.shape[1])
+            answers = self._greedy(k_cache, logits, k_mask, k_pos[:, -1] + 1)
+        base, answers = (answers[:nq], answers[nq:]) if baseline else (None, answers)
         for a, m in zip(answers, low, strict=True):
             a.knocked_out, a.grid_cells, a.cells = int(m.sum()), len(m), m.nonzero().flatten().tolist()
         return base, answers
@@ -425,4 +440,12 @@ def _select(cache, row: int):
         new = copy.copy(layer)
         new.keys, new.values = layer.keys[row : row + 1], layer.values[row : row + 1]
         out.layers.append(new)
+    return out
+
+
+def _concat_caches(first, second):
+    """Rows of ``first`` then rows of ``second`` (same column layout) in one cache."""
+    out = _select(first, 0)
+    for layer, a, b in zip(out.layers, first.layers, second.layers, strict=True):
+        layer.keys, layer.values = torch.cat([a.keys, b.keys]), torch.cat([a.values, b.values])
     return out

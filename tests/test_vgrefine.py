@@ -126,13 +126,16 @@ def test_knockout_equals_eager_additive_mask(adapter, mode, rows):
     pairs = [(img_a, QUESTIONS[0]), (img_b, QUESTIONS[2])]  # two images, two prompt lengths, one batch
     cfg = _config(adapter, mode, percentile=50.0, rows=rows)
     refiner = VGRefiner(adapter, cfg, max_new_tokens=MAX_NEW, keep_logits=True)
-    _, answers = refiner.answer(_queries(refiner, pairs), baseline=False)
+    base, answers = refiner.answer(_queries(refiner, pairs))  # baseline and VGRefine rows decode together
     with reference_attention(adapter.model):
         refs = [published_vgrefine(adapter, image, text, cfg, MAX_NEW, refiner.eos) for image, text in pairs]
     for got, ref in zip(answers, refs, strict=True):
         assert got.knocked_out == int(ref.low.sum()) > 0
         _close(got.step_logits, ref.step_logits)
         assert got.tokens == ref.tokens
+    for got, (image, text) in zip(base, pairs, strict=True):
+        ref = greedy(adapter, adapter.build_inputs([image], [text]).inputs, MAX_NEW, refiner.eos, recompute=True)
+        _close(got.step_logits, ref.step_logits)
 
 
 def test_prefill_and_consistent_agree_on_first_token_then_differ(adapter):

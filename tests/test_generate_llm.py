@@ -371,7 +371,16 @@ def test_budget_exit_code_and_crash_resume(tmp_path, server_factory):
 
 
 def test_drafts_export_is_valid_jsonl(tmp_path, server_factory):
-    server = server_factory({"rules": [{"match": "Target name: spleen", "replies": [{"kind": "refusal"}]}]})
+    compound = {"question": "Is the {obj} enlarged and irregular?", "answer": "no", "attribute": "size"}
+    server = server_factory(
+        {
+            "rules": [
+                {"match": "Target name: spleen", "replies": [{"kind": "refusal"}]},
+                # Only the attribute prompt states the structure category.
+                {"match": "Structure category", "replies": [{"kind": "json", "content": compound}]},
+            ]
+        }
+    )
     build = tmp_path / "b"
     cat = make_catalog(build)
     run_generate(cat, opts(server, paraphrase=True, position_questions=True))

@@ -11,9 +11,18 @@ import importlib
 import logging
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the uninformative None/False of unset options and off switches."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(prog: str, description: str, version: str, modules: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=prog, description=description, formatter_class=HelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"{prog} {version}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from vgmed_build import cli
+from vgmed_build.commands import HelpFormatter
 
 DEFAULT_BUILD = Path("build/demo")
 TINY_MODEL = "builtin:tiny-llava"
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run ingest -> generate -> Label Studio push -> preview release -> validate -> "
         "grounding evaluation with a tiny built-in model -> report, on the bundled real sample data. "
         "Everything runs offline; the local Label Studio server keeps running so you can log in and review.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--build", type=Path, default=DEFAULT_BUILD, help="build directory to create or reuse")
     p.add_argument(

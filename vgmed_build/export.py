@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vgmed_build.commands import HelpFormatter
 from vgmed_build.release import ATTRIBUTE_FILE, CONFIGS, MANIFEST_FILE
 from vgmed_build.resources import schema_errors
 
@@ -132,7 +133,7 @@ def register_export(subparsers: argparse._SubParsersAction) -> None:
         "nested boxes/source/review columns. vqa-json: the attribute and position questions with their "
         "answers as [{id, question, answer, images: [path], q_type, modality, label}], image paths "
         "relative to the JSON file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("dir", type=Path, help="release directory")
     p.add_argument("--format", choices=FORMATS, required=True, help="output format")

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from vgmed_build import imaging
 from vgmed_build.catalog import Catalog, CatalogError, now_iso, open_catalog
+from vgmed_build.commands import HelpFormatter
 from vgmed_build.config import ConfigError, check_unique_names, load_sources_file, parse_source_flag
 from vgmed_build.regions import (
     RegionGeometry,
@@ -612,7 +613,7 @@ def run_ingest(
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     p = subparsers.add_parser(
         "ingest",
         formatter_class=fmt,

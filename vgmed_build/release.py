@@ -32,6 +32,7 @@ from tqdm import tqdm
 from vgmed_build import __version__
 from vgmed_build.card import render_card
 from vgmed_build.catalog import Catalog, CatalogError, open_catalog
+from vgmed_build.commands import HelpFormatter
 from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
 from vgmed_build.resources import resource_dir
@@ -393,7 +394,7 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     p = subparsers.add_parser(
         "release",
         help="write the validated release (JSONL, images, manifest, dataset card) from a reviewed build",

@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from vgmed_build.card import PREVIEW_MARK, REQUIRED_SECTIONS
+from vgmed_build.commands import HelpFormatter
 from vgmed_build.identifiers import (
     Forbidden,
     ForbidFileError,
@@ -392,7 +393,7 @@ def register_validate(subparsers: argparse._SubParsersAction) -> None:
         "identifiers in records, card, manifest, file names or image metadata. A published VGMED download "
         "(no manifest) is checked as far as it can be; the rest is reported as skipped. Exit status 1 when "
         "any problem is found. Line 0 in a message means the file as a whole.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("dir", type=Path, help="release directory (holds VGMED_localization.jsonl / VGMED_attribute.jsonl)")
     p.add_argument(

@@ -8,7 +8,6 @@ with the same ``--out`` skips the questions already answered there.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -22,16 +21,9 @@ from vgmed_eval.vqa.prompts import question_prompt
 from vgmed_eval.vqa.scoring import score_response, summarize
 from vgmed_eval.vqa.stats import compare
 
+from vgmed_build.commands import HelpFormatter
+
 log = logging.getLogger(__name__)
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the uninformative None/False of unset options and off switches."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def register(subparsers) -> None:
@@ -39,7 +31,7 @@ def register(subparsers) -> None:
         "vqa",
         help="answer a medical VQA benchmark (baseline and/or VGRefine) and score it",
         description=__doc__,
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS),
                    help="which benchmark layout to read from --data (see docs/vqa.md)")

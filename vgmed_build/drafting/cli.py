@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from vgmed_build.catalog import CatalogError, open_catalog
+from vgmed_build.commands import HelpFormatter
 from vgmed_build.drafting.generate import GenerateOptions, export_drafts, run_generate
 from vgmed_build.drafting.lint import LintLimits
 from vgmed_build.drafting.llm import LlmConfig, install_log_redaction
@@ -20,17 +21,8 @@ EXIT_DRAFT_ERRORS = 1
 EXIT_BUDGET = 3
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the uninformative None/False ones (unset options, off switches)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    fmt = _Formatter
+    fmt = HelpFormatter
     p = subparsers.add_parser(
         "generate",
         formatter_class=fmt,

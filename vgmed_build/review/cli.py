@@ -8,6 +8,7 @@ import math
 import sys
 
 from vgmed_build.catalog import CatalogError, open_catalog
+from vgmed_build.commands import HelpFormatter
 from vgmed_build.review import agreement
 from vgmed_build.review.decision import POLICIES, decide, review_events
 from vgmed_build.review.push import ADJUDICATION, BATCH_SIZE, REVIEW, project_state, push
@@ -20,15 +21,6 @@ from vgmed_build.review.server import (
     state_dir,
     stop_server,
 )
-
-
-class FMT(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the empty ones (None, False) whose meaning the help text already gives."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def register(subparsers) -> None:
@@ -60,7 +52,7 @@ def _add_server(p: argparse.ArgumentParser) -> None:
 def _register_labelstudio(subparsers) -> None:
     p = subparsers.add_parser(
         "labelstudio",
-        formatter_class=FMT,
+        formatter_class=HelpFormatter,
         help="run a local Label Studio server for this build (install on first use, loopback only)",
         description="Manage the build's local Label Studio: its own virtual environment (installed on first "
         "use; $VGMED_LABELSTUDIO_VENV picks where), SQLite and credentials under <build>/labelstudio/, "
@@ -69,7 +61,7 @@ def _register_labelstudio(subparsers) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     s = sub.add_parser(
         "start",
-        formatter_class=FMT,
+        formatter_class=HelpFormatter,
         help="start the server (or report the running one)",
         description="Start the build's Label Studio and print where to log in.",
     )
@@ -97,12 +89,12 @@ def _register_labelstudio(subparsers) -> None:
         ("stop", _cmd_ls_stop, "stop the build's server"),
         ("status", _cmd_ls_status, "say whether the build's server runs, and where"),
     ):
-        s = sub.add_parser(name, formatter_class=FMT, help=text, description=text[0].upper() + text[1:] + ".")
+        s = sub.add_parser(name, formatter_class=HelpFormatter, help=text, description=text[0].upper() + text[1:] + ".")
         _add_build(s)
         s.set_defaults(func=func)
     s = sub.add_parser(
         "invite",
-        formatter_class=FMT,
+        formatter_class=HelpFormatter,
         help="print a sign-up link for a new reviewer",
         description="Print a link that lets a clinician create a reviewer account on the server "
         "(open sign-up is disabled).",
@@ -115,7 +107,7 @@ def _register_labelstudio(subparsers) -> None:
 def _register_review(subparsers) -> None:
     p = subparsers.add_parser(
         "review",
-        formatter_class=FMT,
+        formatter_class=HelpFormatter,
         help="clinician review in Label Studio: push drafts, pull verdicts, agreement",
         description="Push drafts to Label Studio as pre-filled tasks, pull the reviewers' verdicts and edits "
         "back into the catalog, and follow progress and agreement.",
@@ -124,7 +116,7 @@ def _register_review(subparsers) -> None:
 
     s = sub.add_parser(
         "push",
-        formatter_class=FMT,
+        formatter_class=HelpFormatter,
         help="create or update review tasks from the ok drafts",
         description="Create one task per ok draft (idempotent: only new drafts are added, drafts "
         "not yet reviewed are updated, and an interrupted push resumes without duplicates).",
@@ -158,7 +150,7 @@ def _register_review(subparsers) -> None:
 
     s = sub.add_parser(
         "pull",
-        formatter_class=FMT,
+        formatter_class=HelpFormatter,
         help="bring new annotations into the catalog",
         description="Store every annotation revision made since the last pull as a review event.",
     )
@@ -169,7 +161,7 @@ def _register_review(subparsers) -> None:
 
     s = sub.add_parser(
         "status",
-        formatter_class=FMT,
+        formatter_class=HelpFormatter,
         help="progress, agreement and disputed drafts (offline)",
         description="Summarise the review from the catalog (run `review pull` first): progress, "
         "decisions under the policy, percent agreement, Cohen's and Fleiss' kappa, disputed drafts.",

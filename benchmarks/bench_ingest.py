@@ -140,7 +140,24 @@ def main() -> int:
         assert rep.done == args.volumes and not rep.errors, rep.errors
         print(f"{args.volumes} volumes: 1 process {t_serial:.2f} s, --workers {args.workers} {t_par:.2f} s "
               f"(speed-up {t_serial / t_par:.2f}x)")
+    ceiling = machine_scaling(args.workers)
+    print(f"this machine's own ceiling: pure CPU work in {args.workers} processes runs {ceiling:.2f}x "
+          f"one process (the most --workers can show here)")
     return 0
+
+
+def _burn(n: int) -> int:
+    return sum(i * i for i in range(n))
+
+
+def machine_scaling(workers: int, n: int = 5_000_000) -> float:
+    """Speed-up of ``workers`` processes on pure CPU work: shared or throttled cores show up here."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    t_serial, _ = timed(lambda: [_burn(n) for _ in range(workers)])
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        t_par, _ = timed(lambda: list(pool.map(_burn, [n] * workers)))
+    return t_serial / t_par
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 ingest (bundled MNI152 + CT/SEG sample) -> generate (templates) -> local Label Studio + review push
 -> preview release (unreviewed items, clearly marked) -> validate -> vgmed-eval grounding with a
-built-in tiny random model -> heads -> report plots. Each step is the same CLI a user runs, so the
+built-in tiny random model -> heads -> report plots -> VQA on the attribute questions, baseline vs
+VGRefine. Each step is the same CLI a user runs, so the
 demo doubles as a worked example; every step is idempotent, so running the demo twice is cheap.
 """
 
@@ -76,10 +77,13 @@ def run(args: argparse.Namespace) -> int:
             results = build / "eval" / "grounding"
             _step("grounding", ["grounding", "--release", str(release), "--model", args.model,
                                 "--out", str(results), "--save-maps"], eval_cli.main)
-            _step("heads", ["heads", "--results", str(results), "--out", str(build / "eval" / "heads.json")],
-                  eval_cli.main)
+            heads = build / "eval" / "heads.json"
+            _step("heads", ["heads", "--results", str(results), "--out", str(heads)], eval_cli.main)
             _step("report", ["report", "--results", str(results), "--out", str(build / "eval" / "report")],
                   eval_cli.main)
+            _step("VQA, baseline vs VGRefine", ["vqa", "--benchmark", "vgmed-attribute", "--data", str(release),
+                                                "--model", args.model, "--vgrefine", str(heads), "--compare",
+                                                "--out", str(build / "eval" / "vqa")], eval_cli.main)
     print(f"\nDone. Build directory: {build.resolve()}")
     if not args.no_labelstudio:
         print(f"Drafts wait for review in Label Studio; login: `vgmed-build labelstudio status --build {build}`")

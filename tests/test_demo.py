@@ -1,0 +1,33 @@
+"""The README's main command, minus the Label Studio server (covered by test_full_chain.py)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from vgmed_build import cli
+
+
+def _counts(build):
+    with sqlite3.connect(build / "catalog.sqlite") as c:
+        return {t: c.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("images", "regions", "drafts")}
+
+
+def test_demo_runs_the_chain_on_the_bundled_sample_and_reruns_idempotently(tmp_path, capsys):
+    build = tmp_path / "demo"
+    assert cli.main(["demo", "--build", str(build), "--no-labelstudio"]) == 0
+    first = _counts(build)
+    assert first["regions"] > 0 and first["drafts"] >= first["regions"]
+    release = build / "release-preview"
+    manifest = json.loads((release / "manifest.json").read_text())
+    assert manifest["preview"] is True
+    assert "PREVIEW" in (release / "README.md").read_text().splitlines()[0]
+    assert (build / "eval" / "report" / "attention_ratio_by_layer.png").stat().st_size > 0
+    heads = json.loads((build / "eval" / "heads.json").read_text())
+    assert heads["heads"] and isinstance(heads["knockout_layer"], int)
+    vqa = json.loads((build / "eval" / "vqa" / "results.json").read_text())
+    assert set(vqa["systems"]) == {"baseline", "vgrefine"}
+    # A second run reuses everything: nothing is ingested or drafted twice.
+    assert cli.main(["demo", "--build", str(build), "--no-labelstudio"]) == 0
+    assert _counts(build) == first
+    assert "0 ingested" in capsys.readouterr().out

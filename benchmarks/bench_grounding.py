@@ -37,6 +37,18 @@ QUESTION_TEXTS = ["Is there a liver in the image?", "What is the shape of the le
                   "Where is the nodule located?", "Is there a mass in the left lung?"]
 
 
+def bench_adapter(shape: str, dtype: str, device: str, max_layers: int | None = None):
+    """``tiny-<family>`` (the built-in tiny model) or a random-weight real-size shape (llava-7b, qwen2vl-7b)."""
+    if shape.startswith("tiny-"):
+        return load_adapter(f"builtin:{shape}", dtype=dtype, device=device)
+    torch.set_default_dtype(getattr(torch, dtype))
+    with torch.device(device):
+        adapter = real_size_adapter(shape, max_layers)
+    torch.set_default_dtype(torch.float32)
+    install(adapter.model)
+    return adapter
+
+
 def real_size_adapter(shape: str, max_layers: int | None = None):
     """A random-weight model with a real checkpoint's shapes, built directly in the default device/dtype.
 
@@ -200,14 +212,7 @@ def main() -> int:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    if args.shape.startswith("tiny-"):
-        adapter = load_adapter(f"builtin:{args.shape}", dtype=args.dtype, device=args.device)
-    else:
-        torch.set_default_dtype(dtype)
-        with torch.device(args.device):
-            adapter = real_size_adapter(args.shape, args.max_layers)
-        torch.set_default_dtype(torch.float32)
-        install(adapter.model)
+    adapter = bench_adapter(args.shape, args.dtype, args.device, args.max_layers)
     layers = list(range(adapter.n_layers))
     tol = args.rtol or (1e-4 if dtype == torch.float32 else 2e-2)
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,10 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_grounding import QUESTION_TEXTS, real_size_adapter, timed
+from bench_grounding import QUESTION_TEXTS, bench_adapter, timed
 from PIL import Image
-from vgmed_eval.adapters import load_adapter
-from vgmed_eval.attention import install
 from vgmed_eval.vgrefine import VGRefineConfig, VGRefiner
 from vgmed_eval.vqa.prompts import SHORT_ANSWER
 from vgmed_eval.vqa.reference import published_vgrefine, reference_attention
@@ -96,16 +94,8 @@ def main() -> int:
     parser.add_argument("--max-layers", type=int, default=None,
                         help="cap the LLM and vision depth of llava-7b / qwen2vl-7b (smoke test on a small machine)")
     args = parser.parse_args()
-    dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    if args.shape.startswith("tiny-"):
-        adapter = load_adapter(f"builtin:{args.shape}", dtype=args.dtype, device=args.device)
-    else:
-        torch.set_default_dtype(dtype)
-        with torch.device(args.device):
-            adapter = real_size_adapter(args.shape, args.max_layers)
-        torch.set_default_dtype(torch.float32)
-        install(adapter.model)
+    adapter = bench_adapter(args.shape, args.dtype, args.device, args.max_layers)
     cfg = VGRefineConfig(heads=triage_heads(adapter.n_layers, adapter.n_heads, args.top_k),
                          knockout_layers=(adapter.n_layers // 2,), percentile=args.percentile, mode=args.mode)
     eos = VGRefiner(adapter, cfg).eos

@@ -98,6 +98,9 @@ def _fill(value, obj: str):
 def make_handler(state: State):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: with Nagle's algorithm on, the body waits for the
+        # client's delayed ACK (~40 ms), which real servers do not add.
+        disable_nagle_algorithm = True
 
         def log_message(self, *args) -> None:  # quiet
             pass

@@ -172,3 +172,17 @@ def test_bundled_dicom_sample(tmp_path):
     blob = build_bytes(build)
     for value in HEADER_STRINGS:
         assert value.encode() not in blob
+
+
+def test_quick_dicom_source_is_not_named_after_its_folder(tmp_path):
+    """DICOM folders often carry the patient's name; a quick --source must not turn it into the dataset name."""
+    from vgmed_build.config import parse_source_flag
+
+    folder = tmp_path / "DOE^JOHN_12345"
+    folder.mkdir()
+    spec = parse_source_flag(f"dicom:{folder}")
+    assert "DOE" in str(spec.path) and "DOE" not in spec.name and spec.name.startswith("dicom-")
+    assert parse_source_flag(f"dicom:{folder}").name == spec.name  # stable across runs (resume)
+    nifti = tmp_path / "Task03_Liver"
+    nifti.mkdir()
+    assert parse_source_flag(f"msd:{nifti}").name == "Task03_Liver"

@@ -8,6 +8,7 @@ so the resume fingerprint of an item covers the options that were really used.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -113,12 +114,19 @@ def load_sources_file(path: str | Path) -> list[SourceSpec]:
 
 
 def parse_source_flag(flag: str, modality: str | None = None, body_part: str = "") -> SourceSpec:
-    """``--source KIND:PATH`` -> a SourceSpec named after the path (relative to the working dir)."""
+    """``--source KIND:PATH`` -> a SourceSpec named after the path's folder (``Task03_Liver``).
+
+    DICOM folders are often named after the patient or the accession, and a source's name reaches the
+    release as its dataset name, so a DICOM source is named ``dicom-<hash of the path>`` instead.
+    """
     kind, sep, raw_path = flag.partition(":")
     if not sep or not kind or not raw_path:
         raise ConfigError(f"--source {flag!r}: expected KIND:PATH, e.g. msd:/data/Task03_Liver")
     path = Path(raw_path).expanduser()
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.resolve().name).strip("._-") or kind
+    if kind == "dicom":
+        name = f"dicom-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+    else:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.resolve().name).strip("._-") or kind
     entry = {"name": name, "kind": kind, "path": str(path), "body_part": body_part}
     if modality:
         entry["modality"] = modality

@@ -138,3 +138,8 @@ class LlmServer:
         self.proc.wait(timeout=10)
         for stream in (self.proc.stdout, self.proc.stderr):
             stream.close()
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``vgmed-build ARGS`` in a subprocess (its own logging and exit code, as a user sees them)."""
+    return subprocess.run([sys.executable, "-m", "vgmed_build.cli", *args], capture_output=True, text=True, env=env)

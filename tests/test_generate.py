@@ -7,22 +7,16 @@ import hashlib
 import io
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from drafting_fixtures import make_catalog
+from drafting_fixtures import make_catalog, run_cli
 from PIL import Image
 
 from vgmed_build.catalog import open_catalog
 from vgmed_build.drafting.generate import GenerateOptions, boxed_image_data_url, export_drafts, run_generate
 from vgmed_build.drafting.templates import TemplateError, load_prompts, sha256_text
 from vgmed_build.resources import resource_dir, schema_errors
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vgmed_build.cli", *args], capture_output=True, text=True)
 
 
 def rows(cat) -> list[tuple]:
@@ -141,31 +135,31 @@ def test_boxed_image_has_the_box_drawn_in_red(tmp_path):
 def test_cli_generate_and_drafts_export(tmp_path):
     build = tmp_path / "b"
     make_catalog(build, n_images=2).close()
-    res = cli("generate", "--build", str(build), "--position-questions")
+    res = run_cli("generate", "--build", str(build), "--position-questions")
     assert res.returncode == 0, res.stderr
     assert "drafts:" in res.stderr
     out = tmp_path / "drafts.jsonl"
-    res = cli("drafts", "--build", str(build), "--out", str(out), "--status", "all")
+    res = run_cli("drafts", "--build", str(build), "--out", str(out), "--status", "all")
     assert res.returncode == 0, res.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 24  # 10 localization + 10 attribute + 4 position (2 lateral targets x 2)
     for rec in records:
         assert not schema_errors("draft", rec)
-    ok = cli("drafts", "--build", str(build), "--status", "ok")
-    rejected = cli("drafts", "--build", str(build), "--status", "rejected")
+    ok = run_cli("drafts", "--build", str(build), "--status", "ok")
+    rejected = run_cli("drafts", "--build", str(build), "--status", "rejected")
     n_ok, n_rej = len(ok.stdout.splitlines()), len(rejected.stdout.splitlines())
     assert n_ok + n_rej == 24
     assert all(json.loads(line)["status"] == "rejected" for line in rejected.stdout.splitlines())
     with open_catalog(build) as cat:
         assert cat.conn.execute("SELECT COUNT(*) FROM drafts").fetchone()[0] == 24
-    missing = cli("generate", "--build", str(tmp_path / "nope"))
+    missing = run_cli("generate", "--build", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "no build catalog" in missing.stderr
-    no_model = cli("generate", "--build", str(build), "--drafter", "llm")
+    no_model = run_cli("generate", "--build", str(build), "--drafter", "llm")
     assert no_model.returncode == 2 and "--model" in no_model.stderr
 
 
 def test_help_explains_every_option():
-    res = cli("generate", "--help")
+    res = run_cli("generate", "--help")
     assert res.returncode == 0
     for opt in (
         "--drafter",

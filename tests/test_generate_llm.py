@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from drafting_fixtures import LlmServer, make_catalog
+from drafting_fixtures import LlmServer, make_catalog, run_cli
 
 from vgmed_build.catalog import open_catalog
 from vgmed_build.drafting.generate import GenerateOptions, export_drafts, run_generate
@@ -270,8 +270,9 @@ def test_with_image_sends_multimodal_requests(tmp_path, server_factory):
     assert all(d["provenance"]["params"]["with_image"] for d in export_drafts(cat))
 
 
-def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vgmed_build.cli", *args], capture_output=True, text=True, env=env)
+def llm_args(build: Path, server: LlmServer) -> list[str]:
+    """`generate` arguments for the LLM drafter against the scripted server."""
+    return ["generate", "--build", str(build), "--drafter", "llm", "--model", MODEL, "--base-url", server.base_url]
 
 
 def test_api_key_never_reaches_catalog_or_logs(tmp_path, server_factory):
@@ -295,25 +296,17 @@ def test_api_key_never_reaches_catalog_or_logs(tmp_path, server_factory):
     env = {**os.environ, "OPENAI_API_KEY": marker}
     args = [
         "-v",
-        "generate",
-        "--build",
-        str(build),
-        "--drafter",
-        "llm",
-        "--model",
-        MODEL,
-        "--base-url",
-        server.base_url,
+        *llm_args(build, server),
         "--paraphrase",
         "--max-retries",
         "1",
         "--retry-backoff",
         "0.01",
     ]
-    res = _cli(args, env)
+    res = run_cli(*args, env=env)
     assert res.returncode == 1, res.stderr  # drafts ended in error: exit 1, all stored
     assert marker in server.stats()["bearer_tokens"]  # the key was really sent to the server
-    export = _cli(["drafts", "--build", str(build), "--status", "all"], env)
+    export = run_cli("drafts", "--build", str(build), "--status", "all", env=env)
     logs = res.stdout + res.stderr + export.stdout + export.stderr
     assert "[redacted]" in export.stdout  # the server's echo was stored, without the key
     assert marker not in logs
@@ -331,21 +324,13 @@ def test_budget_exit_code_and_crash_resume(tmp_path, server_factory):
     build = tmp_path / "b"
     make_catalog(build, targets=targets).close()
     base = [
-        "generate",
-        "--build",
-        str(build),
-        "--drafter",
-        "llm",
-        "--model",
-        MODEL,
-        "--base-url",
-        server.base_url,
+        *llm_args(build, server),
         "--localization-per-region",
         "0",
         "--concurrency",
         "2",
     ]
-    res = _cli(base + ["--max-requests", "4"], dict(os.environ))
+    res = run_cli(*base, "--max-requests", "4", env=dict(os.environ))
     assert res.returncode == 3 and "budget reached" in res.stderr
     assert server.stats()["requests"] == 4
 
@@ -362,7 +347,7 @@ def test_budget_exit_code_and_crash_resume(tmp_path, server_factory):
         stored = count(cat, "drafts")
     assert 4 <= stored <= cached < 40
     sent_before = server.stats()["requests"]
-    res = _cli(base, dict(os.environ))
+    res = run_cli(*base, env=dict(os.environ))
     assert res.returncode == 0, res.stderr
     # Only replies that never reached the cache are asked for again.
     assert server.stats()["requests"] - sent_before == 40 - cached
@@ -386,7 +371,7 @@ def test_drafts_export_is_valid_jsonl(tmp_path, server_factory):
     run_generate(cat, opts(server, paraphrase=True, position_questions=True))
     cat.close()
     out = tmp_path / "d.jsonl"
-    res = _cli(["drafts", "--build", str(build), "--out", str(out)], dict(os.environ))
+    res = run_cli("drafts", "--build", str(build), "--out", str(out), env=dict(os.environ))
     assert res.returncode == 0, res.stderr
     lines = Path(out).read_text().splitlines()
     statuses = {json.loads(line)["status"] for line in lines}

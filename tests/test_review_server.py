@@ -6,10 +6,20 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from vgmed_build.review.server import VENV_ENV, LabelStudioError, _installed, health, resolve_server, venv_dir
+from vgmed_build.review.server import (
+    GUNICORN_VERSION,
+    LABEL_STUDIO_VERSION,
+    VENV_ENV,
+    LabelStudioError,
+    _installed,
+    health,
+    resolve_server,
+    venv_dir,
+)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -28,9 +38,22 @@ def test_venv_location_is_configurable(monkeypatch, tmp_path):
 
 @pytest.mark.labelstudio
 @pytest.mark.slow
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (the server's gunicorn workers)."""
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            kids.add(int(stat.parent.name))
+    return kids
+
+
 def test_start_status_stop_restart(tmp_path):
     build = tmp_path / "build"
-    started = cli("labelstudio", "start", "--build", str(build))
+    started = cli("labelstudio", "start", "--build", str(build), "--workers", "3")
     assert started.returncode == 0, started.stderr
     state = json.loads((build / "labelstudio" / "server.json").read_text())
     creds = json.loads((build / "labelstudio" / "credentials.json").read_text())
@@ -39,6 +62,8 @@ def test_start_status_stop_restart(tmp_path):
         assert f"Label Studio: {state['url']}" in started.stdout and creds["password"] in started.stdout
         assert creds["api_key"] not in started.stdout + started.stderr
         assert (build / "labelstudio" / "data" / "label_studio.sqlite3").exists()
+        workers = _children(state["pid"])
+        assert state["workers"] == 3 and len(workers) == 3  # gunicorn master + 3 worker processes
         assert oct((build / "labelstudio").stat().st_mode & 0o777) == "0o700"
         for name in ("credentials.json", "server.json"):
             assert oct((build / "labelstudio" / name).stat().st_mode & 0o777) == "0o600"
@@ -50,6 +75,7 @@ def test_start_status_stop_restart(tmp_path):
         stopped = cli("labelstudio", "stop", "--build", str(build))
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not health(state["url"])
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # no worker outlives the server
     status = cli("labelstudio", "status", "--build", str(build))
     assert status.returncode == 3 and "not running" in status.stdout
     # A restart keeps the port, the database and the credentials (warm start).
@@ -62,11 +88,15 @@ def test_start_status_stop_restart(tmp_path):
         assert cli("labelstudio", "stop", "--build", str(build)).returncode == 0
 
 
-def test_install_counts_as_done_only_once_label_studio_itself_is_installed(tmp_path):
+def test_install_counts_as_done_only_once_label_studio_and_gunicorn_are_installed(tmp_path):
     (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text("#!/bin/sh\n")
     (tmp_path / "bin" / "label-studio").write_text("#!/bin/sh\n")
     assert not _installed(tmp_path)  # an interrupted pip run leaves the script without the metadata
-    (tmp_path / "lib" / "python3.11" / "site-packages" / "label_studio-1.23.2.dist-info").mkdir(parents=True)
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    (site / f"label_studio-{LABEL_STUDIO_VERSION}.dist-info").mkdir(parents=True)
+    assert not _installed(tmp_path)  # a venv from before the gunicorn launcher gets gunicorn added
+    (site / f"gunicorn-{GUNICORN_VERSION}.dist-info").mkdir()
     assert _installed(tmp_path)
 
 

@@ -10,6 +10,7 @@ import sys
 from vgmed_build.catalog import CatalogError, open_catalog
 from vgmed_build.commands import HelpFormatter
 from vgmed_build.review import agreement
+from vgmed_build.review.api import EXPORT_CONCURRENCY
 from vgmed_build.review.decision import POLICIES, decide, review_events
 from vgmed_build.review.push import ADJUDICATION, BATCH_SIZE, REVIEW, project_state, push
 from vgmed_build.review.server import (
@@ -84,6 +85,13 @@ def _register_labelstudio(subparsers) -> None:
         default=600.0,
         help="seconds to wait for the server to answer /health (a first start migrates its database)",
     )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server processes (gunicorn workers, ~350 MB each); `review pull` exports slices of a project "
+        "in parallel across them (default: 2 per CPU core, at least 2, at most 4)",
+    )
     s.set_defaults(func=_cmd_ls_start)
     for name, func, text in (
         ("stop", _cmd_ls_stop, "stop the build's server"),
@@ -156,6 +164,13 @@ def _register_review(subparsers) -> None:
     )
     _add_build(s)
     _add_server(s)
+    s.add_argument(
+        "--concurrency",
+        type=int,
+        default=EXPORT_CONCURRENCY,
+        help="export requests in flight at once; each exports a slice of the project, so a server with "
+        "several worker processes (as `labelstudio start` runs) serialises them in parallel",
+    )
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s.set_defaults(func=_cmd_pull)
 
@@ -205,7 +220,9 @@ def _print_login(info, build: str) -> None:
 
 def _cmd_ls_start(args) -> int:
     try:
-        info = start_server(args.build, document_root=args.document_root, port=args.port, timeout=args.timeout)
+        info = start_server(
+            args.build, document_root=args.document_root, port=args.port, timeout=args.timeout, workers=args.workers
+        )
     except LabelStudioError as exc:
         return _fail(str(exc))
     _print_login(info, args.build)
@@ -304,7 +321,7 @@ def _cmd_pull(args) -> int:
             server = resolve_server(args.build, args.url, document_root=args.document_root)
             from vgmed_build.review.pull import pull
 
-            report = pull(catalog, server, progress=not args.no_progress)
+            report = pull(catalog, server, progress=not args.no_progress, concurrency=args.concurrency)
     except (LabelStudioError, CatalogError) as exc:
         return _fail(str(exc))
     print(

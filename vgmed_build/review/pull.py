@@ -1,6 +1,8 @@
 """Pull reviews from Label Studio into the catalog as review events.
 
-One JSON export per project brings every annotation (much faster than paging tasks). Each saved
+JSON exports bring every annotation (much faster than paging tasks): sliced by the task ids this
+build pushed and fetched in parallel, so a server with several worker processes serialises them on
+all its cores; a project holding tasks the catalog does not know is exported whole. Each saved
 revision of each annotation becomes one row of ``review_events`` (UNIQUE(annotation_id, revision)),
 so pulling again adds only what changed since and never overwrites an earlier event. Reviewers are
 stored as pseudonyms; nothing that names a person (e-mail, user name) reaches the catalog.
@@ -74,8 +76,64 @@ def event_record(
     }
 
 
-def pull(catalog: Catalog, server: ServerInfo, progress: bool = True) -> PullReport:
-    """Bring every new annotation revision of the build's review and adjudication projects home."""
+@dataclass
+class _Collector:
+    """Turns one project's exported tasks into new, valid review events; problems are kept per item."""
+
+    drafts: dict[str, DraftRow]
+    stored: set[tuple[int, str]]  # (annotation id, revision) already in the catalog
+    project: str
+    project_id: int
+    server_identity: str
+    report: PullReport
+    events: list[dict] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, task: dict) -> None:
+        draft_id = (task.get("data") or {}).get("draft_id")
+        row = self.drafts.get(draft_id)
+        if row is None:
+            self.problems.append((f"task {task['id']}", f"draft {draft_id!r} is not an ok draft of this build"))
+            return
+        for annotation in task.get("annotations") or []:
+            if annotation.get("was_cancelled"):
+                self.report.skipped += 1
+            elif (annotation["id"], annotation["updated_at"]) in self.stored:
+                self.report.known_events += 1  # pulled before: nothing to build or validate
+            else:
+                self._add_annotation(task, annotation, row)
+
+    def _add_annotation(self, task: dict, annotation: dict, row: DraftRow) -> None:
+        try:
+            rec = event_record(task, annotation, row, self.project, self.project_id, self.server_identity)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.problems.append((f"draft {row.id}", f"task {task['id']}: {exc}"))
+            return
+        errors = schema_errors("review", rec)
+        if errors:
+            self.problems.append((f"draft {row.id}", f"annotation {annotation['id']}: " + "; ".join(errors)))
+            return
+        self.events.append(rec)
+
+
+def _exports(catalog: Catalog, client, project: str, project_id: int, concurrency: int):
+    """(tasks asked for, exported tasks) batches of the project's annotated tasks, and their total."""
+    known = [t for (t,) in catalog.conn.execute("SELECT task_id FROM review_tasks WHERE project=?", (project,))]
+    if known and client.projects.get(project_id).task_number <= len(known):
+        return api.export_annotated(client, project_id, sorted(known), concurrency), len(known)
+    # Tasks this catalog never recorded (an interrupted push not yet resumed): one whole export sees them.
+    log.info("review pull: %s project %d has tasks this build never recorded: one whole export", project, project_id)
+    whole = api.export_tasks(client, project_id)
+    return iter([(len(whole), whole)]), len(whole)
+
+
+def pull(
+    catalog: Catalog, server: ServerInfo, progress: bool = True, concurrency: int = api.EXPORT_CONCURRENCY
+) -> PullReport:
+    """Bring every new annotation revision of the build's review and adjudication projects home.
+
+    ``concurrency``: export requests in flight at once (see ``api.export_annotated``).
+    """
     client = connect(server)
     drafts = {r.id: r for r in load_drafts(catalog)}
     report = PullReport()
@@ -87,34 +145,17 @@ def pull(catalog: Catalog, server: ServerInfo, progress: bool = True) -> PullRep
             continue
         if state["server"] != server.identity:
             raise LabelStudioError(f"this build's {project} project lives on {state['url']}; pass --url {state['url']}")
-        tasks = api.export_tasks(client, state["id"])
         stored = set(
             catalog.conn.execute("SELECT annotation_id, revision FROM review_events WHERE project=?", (project,))
         )
-        events, problems = [], []
-        for task in tqdm(tasks, desc=f"pull {project}", unit="task", disable=not progress):
-            draft_id = (task.get("data") or {}).get("draft_id")
-            row = drafts.get(draft_id)
-            if row is None:
-                problems.append((f"task {task['id']}", f"draft {draft_id!r} is not an ok draft of this build"))
-                continue
-            for annotation in task.get("annotations") or []:
-                if annotation.get("was_cancelled"):
-                    report.skipped += 1
-                    continue
-                if (annotation["id"], annotation["updated_at"]) in stored:
-                    report.known_events += 1  # pulled before: nothing to build or validate
-                    continue
-                try:
-                    rec = event_record(task, annotation, row, project, state["id"], server.identity)
-                except (ValueError, KeyError, TypeError) as exc:
-                    problems.append((f"draft {draft_id}", f"task {task['id']}: {exc}"))
-                    continue
-                errors = schema_errors("review", rec)
-                if errors:
-                    problems.append((f"draft {draft_id}", f"annotation {annotation['id']}: " + "; ".join(errors)))
-                    continue
-                events.append(rec)
+        batches, total = _exports(catalog, client, project, state["id"], concurrency)
+        collector = _Collector(drafts, stored, project, state["id"], server.identity, report)
+        with tqdm(total=total, desc=f"pull {project}", unit="task", disable=not progress) as bar:
+            for asked, tasks in batches:
+                for task in tasks:
+                    collector.add(task)
+                bar.update(asked)
+        events, problems = collector.events, collector.problems
         pulled_at = now_iso()
         with catalog.transaction() as c:
             for rec in events:

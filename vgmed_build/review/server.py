@@ -1,7 +1,8 @@
 """Run and reach a Label Studio server.
 
 A build may own a local server (``vgmed-build labelstudio start``): Label Studio in its own
-virtual environment (its pins fight ours), bound to loopback, SQLite under ``<build>/labelstudio/``,
+virtual environment (its pins fight ours), served by several gunicorn worker processes
+(``ls_serve.py``; exports then run in parallel), bound to loopback, SQLite under ``<build>/labelstudio/``,
 an admin password and API token generated once and kept in an owner-only ``credentials.json``.
 Users with their own server pass its URL and token instead (``--url`` / ``LABEL_STUDIO_URL``,
 ``LABEL_STUDIO_API_KEY``). Tokens are never logged and never written to the catalog.
@@ -28,6 +29,9 @@ from urllib.parse import urlparse
 log = logging.getLogger(__name__)
 
 LABEL_STUDIO_VERSION = "1.23.2"
+GUNICORN_VERSION = "27.0.1"
+WORKERS_ENV = "VGMED_LABELSTUDIO_WORKERS"  # read by ls_serve.py
+LAUNCHER = Path(__file__).with_name("ls_serve.py")
 VENV_ENV = "VGMED_LABELSTUDIO_VENV"
 DEFAULT_VENV = Path.home() / ".cache" / "vgmed" / f"labelstudio-{LABEL_STUDIO_VERSION}"
 STATE_DIR = "labelstudio"
@@ -66,47 +70,45 @@ def venv_dir() -> Path:
     return Path(os.environ.get(VENV_ENV) or DEFAULT_VENV).expanduser()
 
 
+def _has(venv: Path, dist: str) -> bool:
+    """True once pip finished installing ``dist`` (its dist-info is written after its dependencies)."""
+    return any(venv.glob(f"lib/python*/site-packages/{dist}.dist-info"))
+
+
 def _installed(venv: Path) -> bool:
-    """True once pip finished: Label Studio's own dist-info is written after its dependencies."""
-    dist = f"label_studio-{LABEL_STUDIO_VERSION}.dist-info"
-    return (venv / "bin" / "label-studio").exists() and any(venv.glob(f"lib/python*/site-packages/{dist}"))
+    return (
+        (venv / "bin" / "python").exists()
+        and _has(venv, f"label_studio-{LABEL_STUDIO_VERSION}")
+        and _has(venv, f"gunicorn-{GUNICORN_VERSION}")
+    )
 
 
 def ensure_installed(venv: Path | None = None) -> Path:
-    """Install label-studio into its own venv on first use (~2 min, ~1 GB); return its executable."""
+    """Install label-studio and gunicorn into their own venv on first use (~2 min, ~1 GB); its python."""
     venv = venv or venv_dir()
-    exe = venv / "bin" / "label-studio"
+    python = venv / "bin" / "python"
     if _installed(venv):
-        return exe
+        return python
     venv.parent.mkdir(parents=True, exist_ok=True)
     import fcntl
 
     with open(venv.parent / f".{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel install (another test session) waits here
         if _installed(venv):
-            return exe
+            return python
         log.info("installing label-studio %s into %s (first use; takes a few minutes)", LABEL_STUDIO_VERSION, venv)
+        pins = [f"label-studio=={LABEL_STUDIO_VERSION}", f"gunicorn=={GUNICORN_VERSION}"]
         try:
-            if not (venv / "bin" / "python").exists():
+            if not python.exists():
                 subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            subprocess.run(
-                [
-                    str(venv / "bin" / "python"),
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    f"label-studio=={LABEL_STUDIO_VERSION}",
-                ],
-                check=True,
-            )
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *pins], check=True)
         except (OSError, subprocess.CalledProcessError) as exc:
             raise LabelStudioError(
-                f"could not install label-studio {LABEL_STUDIO_VERSION} into {venv}: {exc}. "
-                f"Install it yourself (python -m venv {venv} && {venv}/bin/pip install "
-                f"label-studio=={LABEL_STUDIO_VERSION}) or point {VENV_ENV} at an existing one."
+                f"could not install {' '.join(pins)} into {venv}: {exc}. Install them yourself "
+                f"(python -m venv {venv} && {venv}/bin/pip install {' '.join(pins)}) or point {VENV_ENV} "
+                "at an existing one."
             ) from exc
-    return exe
+    return python
 
 
 # ---------------------------------------------------------------- managed server state
@@ -168,7 +170,7 @@ def _alive(pid: int) -> bool:
         return False
     cmdline = Path(f"/proc/{pid}/cmdline")
     if cmdline.exists():
-        return b"label-studio" in cmdline.read_bytes()
+        return LAUNCHER.name.encode() in cmdline.read_bytes()
     return True
 
 
@@ -206,21 +208,31 @@ def _free_port(preferred: int | None) -> int:
     raise LabelStudioError("no free loopback port")
 
 
+def default_workers() -> int:
+    """Two server processes per core up to 4: enough for parallel export slices and the reviewers' UI."""
+    return max(2, min(4, 2 * (os.cpu_count() or 1)))
+
+
 def start_server(
     build_dir: str | Path,
     document_root: str | Path | None = None,
     port: int | None = None,
     timeout: float = 600.0,
+    workers: int | None = None,
 ) -> ServerInfo:
     """Start (or find running) the build's Label Studio; wait until ``/health`` answers on its port.
 
     ``document_root`` is the folder Label Studio may serve local files from (default: the build
-    directory); every image pushed as a local file must lie under it.
+    directory); every image pushed as a local file must lie under it. ``workers``: server processes
+    (default: ``default_workers()``); each holds ~350 MB.
     """
     running = server_status(build_dir)
     if running:
         return running
-    exe = ensure_installed()
+    python = ensure_installed()
+    workers = workers or default_workers()
+    if workers < 1:
+        raise LabelStudioError(f"--workers must be at least 1 (got {workers})")
     sdir = state_dir(build_dir)
     creds = credentials(build_dir)
     previous = _read_json(sdir / "server.json") or {}
@@ -244,10 +256,11 @@ def start_server(
         FRONTEND_SENTRY_DSN="",
         LATEST_VERSION_CHECK="false",
         COLLECT_ANALYTICS="false",
+        **{WORKERS_ENV: str(workers)},
     )
     (sdir / "data").mkdir(parents=True, exist_ok=True)
     logfile = open(sdir / "server.log", "ab")
-    cmd = [str(exe), "start", "--no-browser", "--internal-host", LOOPBACK, "--port", str(port)]
+    cmd = [str(python), str(LAUNCHER), "start", "--no-browser", "--internal-host", LOOPBACK, "--port", str(port)]
     with logfile:
         proc = subprocess.Popen(
             cmd,
@@ -257,7 +270,14 @@ def start_server(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    state = {"pid": proc.pid, "port": port, "url": url, "document_root": str(root), "started_at": time.time()}
+    state = {
+        "pid": proc.pid,
+        "port": port,
+        "url": url,
+        "document_root": str(root),
+        "workers": workers,
+        "started_at": time.time(),
+    }
     _write_private(sdir / "server.json", state)
     log.info("starting Label Studio on %s (log: %s)", url, sdir / "server.log")
     deadline = time.monotonic() + timeout

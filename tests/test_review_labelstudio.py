@@ -220,7 +220,13 @@ def test_push_resumes_after_a_crash_without_duplicates(labelstudio, tmp_path):
     assert crashed.returncode != 0 and "simulated crash" in crashed.stderr
     assert len(task_ids(catalog)) == 5
     project_id = project_state(catalog, "review")["id"]
-    assert len(server_tasks(labelstudio, project_id)) == 10
+    on_server = server_tasks(labelstudio, project_id)
+    assert len(on_server) == 10
+    # A reviewer already answered a task the catalog never recorded: a pull before the resume sees it.
+    orphan = next(t for t in on_server if t["id"] not in task_ids(catalog).values())
+    annotate(connect(labelstudio), orphan["id"], "accept", drafts_of(catalog)[orphan["data"]["draft_id"]])
+    early = pull(catalog, labelstudio, progress=False)
+    assert (early.new_events, early.errors) == (1, [])
     resumed = _cli(args, labelstudio)
     assert resumed.returncode == 0, resumed.stderr
     assert "2 new" in resumed.stdout and "5 recovered" in resumed.stdout and "images: local" in resumed.stdout
@@ -228,6 +234,24 @@ def test_push_resumes_after_a_crash_without_duplicates(labelstudio, tmp_path):
     assert len(tasks) == 12 and len({t["data"]["draft_id"] for t in tasks}) == 12
     assert task_ids(catalog) == {t["data"]["draft_id"]: t["id"] for t in tasks}
     assert labelstudio.api_key not in crashed.stderr + resumed.stdout + resumed.stderr
+    assert pull(catalog, labelstudio, progress=False).known_events == 1  # now by slices of recorded tasks
+
+
+def test_pull_by_parallel_slices_gets_every_annotation_once(labelstudio, tmp_path, monkeypatch):
+    catalog = make_build(tmp_path / "build", n_images=2)
+    drafts = drafts_of(catalog)
+    report = push(catalog, labelstudio, progress=False)
+    client = connect(labelstudio)
+    ids = task_ids(catalog)
+    reviewed = sorted(drafts)[1:]  # one task stays unreviewed: the export leaves it out
+    created = {annotate(client, ids[d], "accept", drafts[d]).id for d in reviewed}
+    monkeypatch.setattr(api, "EXPORT_SLICE", 2)  # many slices, several in flight, arriving in any order
+    sliced = pull(catalog, labelstudio, progress=False, concurrency=3)
+    assert (sliced.new_events, sliced.errors) == (len(reviewed), [])
+    rows = catalog.conn.execute("SELECT draft_id, annotation_id FROM review_events").fetchall()
+    assert sorted(d for d, _ in rows) == reviewed and {a for _, a in rows} == created
+    whole = [a["id"] for t in api.export_tasks(client, report.project_id) for a in t["annotations"]]
+    assert sorted(whole) == sorted(created)
 
 
 def test_server_down_and_wrong_token_leave_the_catalog_unchanged(labelstudio, tmp_path):

@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from PIL import Image
 
 from vgmed_build.catalog import Catalog, now_iso, open_catalog
 from vgmed_build.review import api
+from vgmed_build.review import pull as pull_module
 from vgmed_build.review.convert import draft_prediction
 from vgmed_build.review.pull import pull
 from vgmed_build.review.push import REVIEW, content_hash, label_config, load_drafts, push, task_payload
@@ -85,6 +87,14 @@ def make_build(root: Path, n_drafts: int) -> Catalog:
     return catalog
 
 
+def verdict_result(row, verdict: str) -> list[dict]:
+    """A reviewer's annotation result: the pre-filled draft plus ``verdict``."""
+    d = row.draft
+    return draft_prediction(d["question"], d["answer"], d["boxes"], row.width, row.height) + [
+        {"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": [verdict]}}
+    ]
+
+
 def reviewed_project(catalog: Catalog, server: ServerInfo, client, batch: int = 1000) -> int:
     """Import every draft as a task that already carries one accepting annotation (setup, not timed),
     and record project and tasks in the catalog as `push` would, so `pull` reads them."""
@@ -95,10 +105,7 @@ def reviewed_project(catalog: Catalog, server: ServerInfo, client, batch: int = 
     for row in rows:
         d = row.draft
         t = task_payload(row, "/data/local-files/?d=" + d["image"])
-        result = draft_prediction(d["question"], d["answer"], d["boxes"], row.width, row.height) + [
-            {"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": ["accept"]}}
-        ]
-        t["annotations"] = [{"result": result, "completed_by": me}]
+        t["annotations"] = [{"result": verdict_result(row, "accept"), "completed_by": me}]
         tasks.append(t)
     task_ids: list[int] = []
     for start in range(0, len(tasks), batch):
@@ -126,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--document-root", default=None, help="with --url: the server's local-files document root")
     p.add_argument("--workers", type=int, default=None, help="server processes of the started server (default: 2/core)")
     p.add_argument("--concurrency", type=int, default=api.EXPORT_CONCURRENCY, help="pull's export requests in flight")
+    p.add_argument("--revised", type=int, default=50, help="tasks that get a new annotation before the later pull")
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="vgmed-bench-review-"))
@@ -173,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             pull_cat.conn.execute("DELETE FROM review_events")  # every run pulls all n events afresh
             pull_cat.conn.commit()
             t0 = time.perf_counter()
-            got = pull(pull_cat, server, progress=False, concurrency=concurrency)
+            got = pull(pull_cat, server, progress=False, concurrency=concurrency, full=True)
             elapsed = time.perf_counter() - t0
             assert got.new_events == n and not got.errors, got
             return elapsed
@@ -189,11 +197,29 @@ def main(argv: list[str] | None = None) -> int:
         exported = len(api.export_tasks(client, pid))
         t_export = time.perf_counter() - t0
         print(f"baseline, the whole project in one export request (fetch only): {exported} tasks in {t_export:.2f} s")
+
+        # Later pulls export only tasks saved since the previous pull. The 5-minute overlap would make
+        # every task of this fresh project "recent": drop it, as for pulls more than 5 minutes apart.
+        pull_module.SINCE_MARGIN = timedelta(0)
+        time.sleep(1.1)  # the server's clock (HTTP Date) counts whole seconds
+        pull(pull_cat, server, progress=False, full=True)  # sets the mark
+        time.sleep(1.1)
         t0 = time.perf_counter()
-        repeat = pull(pull_cat, server, progress=False, concurrency=args.concurrency)
+        repeat = pull(pull_cat, server, progress=False)
         t_repeat = time.perf_counter() - t0
-        assert repeat.new_events == 0 and repeat.known_events == n
-        print(f"a repeat pull with nothing new: {t_repeat:.2f} s")
+        assert repeat.new_events == 0, repeat
+        revised = load_drafts(pull_cat)[: args.revised]
+        ids = dict(pull_cat.conn.execute("SELECT draft_id, task_id FROM review_tasks"))
+        for row in revised:
+            client.annotations.create(id=ids[row.id], result=verdict_result(row, "edit"))
+        t0 = time.perf_counter()
+        later = pull(pull_cat, server, progress=False)
+        t_later = time.perf_counter() - t0
+        assert (later.new_events, later.known_events) == (len(revised), len(revised)), later
+        print(
+            f"a later pull with nothing new: {t_repeat:.2f} s; after {len(revised)} tasks got a new annotation: "
+            f"{t_later:.2f} s (both export only the tasks saved since the previous pull)"
+        )
 
         t0 = time.perf_counter()
         listed = sum(1 for _ in client.tasks.list(project=pid, fields="all", page_size=100))

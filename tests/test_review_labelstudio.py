@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import sys
+import time
+from datetime import timedelta
 
 import httpx
 import pytest
 from labelstudio_fixture import add_reviewer, drafts_of, dump, make_build, secrets_absent
 
 from vgmed_build.review import api
+from vgmed_build.review import pull as pull_module
 from vgmed_build.review.cli import summary
 from vgmed_build.review.convert import boxes_to_results, draft_prediction
 from vgmed_build.review.decision import decide
@@ -252,6 +255,17 @@ def test_pull_by_parallel_slices_gets_every_annotation_once(labelstudio, tmp_pat
     assert sorted(d for d, _ in rows) == reviewed and {a for _, a in rows} == created
     whole = [a["id"] for t in api.export_tasks(client, report.project_id) for a in t["annotations"]]
     assert sorted(whole) == sorted(created)
+
+    # Later pulls export only the tasks saved since the previous one (on the server's clock).
+    monkeypatch.setattr(pull_module, "SINCE_MARGIN", timedelta(0))  # default 5 min would re-export all here
+    time.sleep(1.1)  # the server's Date header counts whole seconds: the mark falls after the annotations
+    assert pull(catalog, labelstudio, progress=False).known_events == len(reviewed)  # sets the mark
+    time.sleep(1.1)
+    late = sorted(drafts)[0]
+    annotate(client, ids[late], "reject", drafts[late])
+    incremental = pull(catalog, labelstudio, progress=False)
+    assert (incremental.new_events, incremental.known_events) == (1, 0)  # the other tasks were not exported
+    assert pull(catalog, labelstudio, progress=False, full=True).known_events == len(drafts)
 
 
 def test_server_down_and_wrong_token_leave_the_catalog_unchanged(labelstudio, tmp_path):

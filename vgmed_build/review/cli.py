@@ -160,7 +160,9 @@ def _register_review(subparsers) -> None:
         "pull",
         formatter_class=HelpFormatter,
         help="bring new annotations into the catalog",
-        description="Store every annotation revision made since the last pull as a review event.",
+        description="Store every annotation revision made since the last pull as a review event. The first "
+        "pull exports every task this build pushed; later pulls only the tasks saved since (on the server's clock, "
+        "with a 5-minute overlap).",
     )
     _add_build(s)
     _add_server(s)
@@ -170,6 +172,12 @@ def _register_review(subparsers) -> None:
         default=EXPORT_CONCURRENCY,
         help="export requests in flight at once; each exports a slice of the project, so a server with "
         "several worker processes (as `labelstudio start` runs) serialises them in parallel",
+    )
+    s.add_argument(
+        "--full",
+        action="store_true",
+        help="export every task of the projects, not only those saved since the previous pull (revisions "
+        "already stored are still kept once)",
     )
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s.set_defaults(func=_cmd_pull)
@@ -321,7 +329,9 @@ def _cmd_pull(args) -> int:
             server = resolve_server(args.build, args.url, document_root=args.document_root)
             from vgmed_build.review.pull import pull
 
-            report = pull(catalog, server, progress=not args.no_progress, concurrency=args.concurrency)
+            report = pull(
+                catalog, server, progress=not args.no_progress, concurrency=args.concurrency, full=args.full
+            )
     except (LabelStudioError, CatalogError) as exc:
         return _fail(str(exc))
     print(

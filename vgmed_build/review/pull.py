@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from tqdm import tqdm
 
@@ -21,10 +22,15 @@ from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.resources import schema_errors
 from vgmed_build.review import api
 from vgmed_build.review.convert import VERDICTS, read_annotation
-from vgmed_build.review.push import PROJECTS, DraftRow, load_drafts, project_state
+from vgmed_build.review.push import PROJECTS, DraftRow, load_drafts, project_state, pull_since_key
 from vgmed_build.review.server import LabelStudioError, ServerInfo, connect
 
 log = logging.getLogger(__name__)
+
+# Tasks saved up to this long before a pull started are exported again by the next pull: an
+# annotation stamped just before the export but committed after it is never missed (known revisions
+# are skipped at no cost).
+SINCE_MARGIN = timedelta(minutes=5)
 
 
 @dataclass
@@ -116,23 +122,37 @@ class _Collector:
         self.events.append(rec)
 
 
-def _exports(catalog: Catalog, client, project: str, project_id: int, concurrency: int):
-    """(tasks asked for, exported tasks) batches of the project's annotated tasks, and their total."""
-    known = [t for (t,) in catalog.conn.execute("SELECT task_id FROM review_tasks WHERE project=?", (project,))]
-    if known and client.projects.get(project_id).task_number <= len(known):
-        return api.export_annotated(client, project_id, sorted(known), concurrency), len(known)
-    # Tasks this catalog never recorded (an interrupted push not yet resumed): one whole export sees them.
-    log.info("review pull: %s project %d has tasks this build never recorded: one whole export", project, project_id)
-    whole = api.export_tasks(client, project_id)
-    return iter([(len(whole), whole)]), len(whole)
+def _exports(catalog: Catalog, client, project: str, project_id: int, concurrency: int, full: bool):
+    """What to pull from one project: (tasks asked for, exported tasks) batches, their total, and the
+    mark to store once they are in: the server's clock before the export, less a safety margin."""
+    known = sorted(t for (t,) in catalog.conn.execute("SELECT task_id FROM review_tasks WHERE project=?", (project,)))
+    n_tasks, server_now = api.task_count_and_clock(client, project_id)
+    mark = (server_now - SINCE_MARGIN).isoformat()
+    since = None if full else catalog.get_state(pull_since_key(project))
+    changed = None
+    if known and since:
+        changed = api.changed_task_ids(client, project_id, datetime.fromisoformat(since), limit=len(known) // 2)
+    if not known or n_tasks > len(known) or not set(changed or ()) <= set(known):
+        # Tasks this catalog never recorded (an interrupted push not yet resumed, or added by hand):
+        # one whole export sees them all.
+        log.info("review pull: %s project %d has tasks this build did not record: whole export", project, project_id)
+        whole = api.export_tasks(client, project_id)
+        return iter([(len(whole), whole)]), len(whole), mark
+    ids = known if changed is None else sorted(changed)
+    return api.export_annotated(client, project_id, ids, concurrency), len(ids), mark
 
 
 def pull(
-    catalog: Catalog, server: ServerInfo, progress: bool = True, concurrency: int = api.EXPORT_CONCURRENCY
+    catalog: Catalog,
+    server: ServerInfo,
+    progress: bool = True,
+    concurrency: int = api.EXPORT_CONCURRENCY,
+    full: bool = False,
 ) -> PullReport:
     """Bring every new annotation revision of the build's review and adjudication projects home.
 
-    ``concurrency``: export requests in flight at once (see ``api.export_annotated``).
+    ``concurrency``: export requests in flight at once (see ``api.export_annotated``). After the
+    first pull only tasks saved since the previous pull are exported; ``full`` exports every task.
     """
     client = connect(server)
     drafts = {r.id: r for r in load_drafts(catalog)}
@@ -148,7 +168,7 @@ def pull(
         stored = set(
             catalog.conn.execute("SELECT annotation_id, revision FROM review_events WHERE project=?", (project,))
         )
-        batches, total = _exports(catalog, client, project, state["id"], concurrency)
+        batches, total, mark = _exports(catalog, client, project, state["id"], concurrency, full)
         collector = _Collector(drafts, stored, project, state["id"], server.identity, report)
         with tqdm(total=total, desc=f"pull {project}", unit="task", disable=not progress) as bar:
             for asked, tasks in batches:
@@ -179,6 +199,7 @@ def pull(
                 else:
                     report.known_events += 1
             catalog.set_state(f"review.last_pull.{project}", pulled_at, conn=c)
+            catalog.set_state(pull_since_key(project), mark, conn=c)
         for item, message in problems:
             log.warning("review pull: %s: %s", item, message)
             catalog.record_error("review", item, message)

@@ -139,6 +139,11 @@ def task_payload(row: DraftRow, image_url: str, note: str = "") -> dict:
 # ---------------------------------------------------------------- project
 
 
+def pull_since_key(name: str) -> str:
+    """Catalog state key: the server time up to which ``review pull`` has seen project ``name``."""
+    return f"review.pull_since.{name}"
+
+
 def project_state(catalog: Catalog, name: str) -> dict | None:
     """Where the build's project ``name`` lives: {"server", "url", "id", "reviewers_per_item"}."""
     raw = catalog.get_state(f"review.project.{name}")
@@ -269,6 +274,9 @@ def _adopt_orphans(catalog: Catalog, client, name: str, project_id: int, known: 
                 adopted += 1
     if adopted:
         log.info("adopted %d task(s) left on the server by an interrupted push", adopted)
+        # They may hold annotations older than the last pull's mark: the next pull looks at every task.
+        catalog.conn.execute("DELETE FROM state WHERE key=?", (pull_since_key(name),))
+        catalog.conn.commit()
     return adopted
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from vgmed_build.review.convert import boxes_to_results, draft_prediction
 from vgmed_build.review.decision import decide
 from vgmed_build.review.pull import pull, reviewer_id
 from vgmed_build.review.push import FAIL_AFTER_ENV, project_state, push
-from vgmed_build.review.server import LabelStudioError, ServerInfo, connect
+from vgmed_build.review.server import LabelStudioError, ServerInfo, connect, credentials
 
 pytestmark = pytest.mark.labelstudio
 
@@ -369,3 +370,29 @@ def test_labelstudio_cli_status_and_credentials(labelstudio, labelstudio_home):
     assert labelstudio.api_key not in (state / "server.log").read_text(errors="replace")
     invite = _cli(["labelstudio", "invite", "--build", str(state.parent)], labelstudio)
     assert invite.returncode == 0 and "/user/signup/?token=" in invite.stdout
+
+
+def test_reviewers_web_app_loads_from_the_worker_processes(labelstudio, labelstudio_home, tmp_path):
+    """The browser side clinicians use: log in, open a project's task list, every script and style loads."""
+    catalog = make_build(tmp_path / "build", n_images=1)
+    project_id = push(catalog, labelstudio, progress=False).project_id
+    creds = credentials(labelstudio_home)
+    with httpx.Client(base_url=labelstudio.url, follow_redirects=True, trust_env=False, timeout=60) as web:
+        web.get("/user/login/")
+        login = web.post(
+            "/user/login/",
+            data={
+                "email": creds["username"],
+                "password": creds["password"],
+                "csrfmiddlewaretoken": web.cookies["csrftoken"],
+            },
+            headers={"Referer": labelstudio.url + "/user/login/"},
+        )
+        assert login.status_code == 200 and "/user/login" not in str(login.url)
+        page = web.get(f"/projects/{project_id}/data")
+        assert page.status_code == 200
+        assets = re.findall(r"""(?:src|href)=["']?([^"' >]+\.(?:js|css)[^"' >]*)""", page.text)
+        assert any("main.js" in a for a in assets), assets
+        for asset in assets:
+            got = web.get(asset)
+            assert got.status_code == 200 and got.content, asset

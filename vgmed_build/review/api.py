@@ -62,9 +62,7 @@ def changed_task_ids(client, project_id: int, since: datetime, limit: int) -> li
     return [t["id"] for t in request(client, "GET", "api/tasks/", params={**params, "page_size": total})["tasks"]]
 
 
-def export_tasks(
-    client, project_id: int, all_tasks: bool = False, ids: Sequence[int] | None = None
-) -> list[dict]:
+def export_tasks(client, project_id: int, all_tasks: bool = False, ids: Sequence[int] | None = None) -> list[dict]:
     """The project's tasks with their annotations in one JSON export (far faster than paging tasks).
 
     ``all_tasks=False`` returns only tasks that have at least one annotation; ``ids`` only those tasks.

@@ -37,6 +37,18 @@ QUESTION_TEXTS = ["Is there a liver in the image?", "What is the shape of the le
                   "Where is the nodule located?", "Is there a mass in the left lung?"]
 
 
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The model and workload options this benchmark shares with bench_vqa.py (read by ``bench_adapter``)."""
+    parser.add_argument("--shape", default="tiny-llava",
+                        help="tiny-<family> (a builtin tiny model) or llava-7b / qwen2vl-7b (random real-size)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--max-layers", type=int, default=None,
+                        help="cap the LLM and vision depth of llava-7b / qwen2vl-7b (smoke test on a small machine)")
+    parser.add_argument("--images", type=int, default=8, help="number of images")
+    parser.add_argument("--image-side", type=int, default=224, help="approximate image side in pixels")
+
+
 def bench_adapter(shape: str, dtype: str, device: str, max_layers: int | None = None):
     """``tiny-<family>`` (the built-in tiny model) or a random-weight real-size shape (llava-7b, qwen2vl-7b)."""
     if shape.startswith("tiny-"):
@@ -196,17 +208,10 @@ def timed(fn, device: str):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="tiny-llava",
-                        help="tiny-<family> (a builtin tiny model) or llava-7b / qwen2vl-7b (random real-size)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--images", type=int, default=8, help="number of images")
+    add_model_args(parser)
     parser.add_argument("--questions-per-image", type=int, default=2,
                         help="questions per image (VGMED has a localization and an attribute question per region)")
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of (b)")
-    parser.add_argument("--image-side", type=int, default=224, help="approximate image side in pixels")
-    parser.add_argument("--max-layers", type=int, default=None,
-                        help="cap the LLM and vision depth of llava-7b / qwen2vl-7b (smoke test on a small machine)")
     parser.add_argument("--rtol", type=float, default=None,
                         help="tolerance on maps and ratios (default 1e-4 in float32, 2e-2 in half precision)")
     args = parser.parse_args()

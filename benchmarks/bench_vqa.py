@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_grounding import QUESTION_TEXTS, bench_adapter, timed
+from bench_grounding import QUESTION_TEXTS, add_model_args, bench_adapter, timed
 from PIL import Image
 from vgmed_eval.vgrefine import VGRefineConfig, VGRefiner
 from vgmed_eval.vqa.prompts import SHORT_ANSWER
@@ -78,11 +78,7 @@ def ours(adapter, questions, cfg, max_new, batch_size):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="tiny-llava",
-                        help="tiny-<family> (a builtin tiny model) or llava-7b / qwen2vl-7b (random real-size)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--images", type=int, default=8, help="number of images")
+    add_model_args(parser)
     parser.add_argument("--questions-per-image", type=int, default=2, help="questions per image")
     parser.add_argument("--batch-size", type=int, default=8, help="questions per batch in (b)")
     parser.add_argument("--max-new-tokens", type=int, default=10, help="greedy answer length (random weights "
@@ -90,9 +86,6 @@ def main() -> int:
     parser.add_argument("--top-k", type=int, default=20, help="triage heads")
     parser.add_argument("--percentile", type=float, default=80.0, help="triage percentile")
     parser.add_argument("--mode", default="prefill", choices=["prefill", "consistent"], help="knockout mode")
-    parser.add_argument("--image-side", type=int, default=224, help="approximate image side in pixels")
-    parser.add_argument("--max-layers", type=int, default=None,
-                        help="cap the LLM and vision depth of llava-7b / qwen2vl-7b (smoke test on a small machine)")
     args = parser.parse_args()
     torch.manual_seed(0)
     adapter = bench_adapter(args.shape, args.dtype, args.device, args.max_layers)

@@ -100,6 +100,13 @@ def test_install_counts_as_done_only_once_label_studio_and_gunicorn_are_installe
     assert _installed(tmp_path)
 
 
+def test_start_refuses_a_bad_worker_count_before_touching_anything(tmp_path):
+    build = tmp_path / "build"
+    res = cli("labelstudio", "start", "--build", str(build), "--workers", "0")
+    assert res.returncode != 0 and "--workers must be at least 1 (got 0)" in res.stderr
+    assert not build.exists()  # no state, no credentials, no install, no server
+
+
 def test_resolve_server_errors_name_the_fix(monkeypatch, tmp_path):
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)

@@ -128,17 +128,18 @@ def _exports(catalog: Catalog, client, project: str, project_id: int, concurrenc
     known = sorted(t for (t,) in catalog.conn.execute("SELECT task_id FROM review_tasks WHERE project=?", (project,)))
     n_tasks, server_now = api.task_count_and_clock(client, project_id)
     mark = (server_now - SINCE_MARGIN).isoformat()
+    ids: list[int] | None = known if known and n_tasks <= len(known) else None
     since = None if full else catalog.get_state(pull_since_key(project))
-    changed = None
-    if known and since:
+    if ids and since:
         changed = api.changed_task_ids(client, project_id, datetime.fromisoformat(since), limit=len(known) // 2)
-    if not known or n_tasks > len(known) or not set(changed or ()) <= set(known):
+        if changed is not None:
+            ids = sorted(changed) if set(changed) <= set(known) else None
+    if ids is None:
         # Tasks this catalog never recorded (an interrupted push not yet resumed, or added by hand):
         # one whole export sees them all.
         log.info("review pull: %s project %d has tasks this build did not record: whole export", project, project_id)
         whole = api.export_tasks(client, project_id)
         return iter([(len(whole), whole)]), len(whole), mark
-    ids = known if changed is None else sorted(changed)
     return api.export_annotated(client, project_id, ids, concurrency), len(ids), mark
 
 

@@ -272,11 +272,11 @@ def _adopt_orphans(catalog: Catalog, client, name: str, project_id: int, known: 
                 )
                 known[draft_id] = (keep["id"], pushed_hash)
                 adopted += 1
+        if adopted:
+            # They may hold annotations older than the last pull's mark: the next pull looks at every task.
+            c.execute("DELETE FROM state WHERE key=?", (pull_since_key(name),))
     if adopted:
         log.info("adopted %d task(s) left on the server by an interrupted push", adopted)
-        # They may hold annotations older than the last pull's mark: the next pull looks at every task.
-        catalog.conn.execute("DELETE FROM state WHERE key=?", (pull_since_key(name),))
-        catalog.conn.commit()
     return adopted
 
 

@@ -226,13 +226,13 @@ def start_server(
     directory); every image pushed as a local file must lie under it. ``workers``: server processes
     (default: ``default_workers()``); each holds ~350 MB.
     """
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise LabelStudioError(f"--workers must be at least 1 (got {workers})")
     running = server_status(build_dir)
     if running:
         return running
     python = ensure_installed()
-    workers = workers or default_workers()
-    if workers < 1:
-        raise LabelStudioError(f"--workers must be at least 1 (got {workers})")
     sdir = state_dir(build_dir)
     creds = credentials(build_dir)
     previous = _read_json(sdir / "server.json") or {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+from pathlib import Path
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -18,6 +19,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
+
+
+def add_build_arg(p: argparse.ArgumentParser, help: str = "build directory (holds catalog.sqlite)") -> None:
+    """The ``--build DIR`` option every build command takes."""
+    p.add_argument("--build", required=True, type=Path, metavar="DIR", help=help)
 
 
 def build_parser(prog: str, description: str, version: str, modules: list[str]) -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from vgmed_build import imaging
 from vgmed_build.catalog import Catalog, CatalogError, now_iso, open_catalog
-from vgmed_build.commands import HelpFormatter
+from vgmed_build.commands import HelpFormatter, add_build_arg
 from vgmed_build.config import ConfigError, check_unique_names, load_sources_file, parse_source_flag
 from vgmed_build.regions import (
     RegionGeometry,
@@ -623,13 +623,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "region (component boxes, area, side, ...) per (image, structure). Resumable: unchanged items are "
         "skipped, a crash never leaves half an item. Exit code 1 if any item failed. See docs/ingest.md.",
     )
-    p.add_argument(
-        "--build",
-        required=True,
-        type=Path,
-        metavar="DIR",
-        help="build directory (created if missing) holding catalog.sqlite and images/",
-    )
+    add_build_arg(p, help="build directory (created if missing) holding catalog.sqlite and images/")
     p.add_argument(
         "--sources",
         type=Path,
@@ -677,7 +671,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write every region record (validated against "
         "schemas/region.schema.json) as one JSON object per line, ordered by id.",
     )
-    p.add_argument("--build", required=True, type=Path, metavar="DIR", help="build directory")
+    add_build_arg(p)
     p.add_argument(
         "--out",
         type=Path,
@@ -695,7 +689,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Print item, image and region counts by source, modality and "
         "label, and every stored ingest error. Exit code 1 if there are errors.",
     )
-    p.add_argument("--build", required=True, type=Path, metavar="DIR", help="build directory")
+    add_build_arg(p)
     p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
     p.set_defaults(func=cmd_stats)
 

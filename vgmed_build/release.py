@@ -32,7 +32,7 @@ from tqdm import tqdm
 from vgmed_build import __version__
 from vgmed_build.card import render_card
 from vgmed_build.catalog import Catalog, CatalogError, open_catalog
-from vgmed_build.commands import HelpFormatter
+from vgmed_build.commands import HelpFormatter, add_build_arg
 from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
 from vgmed_build.resources import resource_dir
@@ -403,7 +403,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a Hugging Face dataset card. The release is built next to --out, validated, then swapped in.",
         formatter_class=fmt,
     )
-    p.add_argument("--build", required=True, type=Path, help="build directory holding catalog.sqlite")
+    add_build_arg(p)
     p.add_argument(
         "--out", type=Path, default=None, help="release directory to write (default: BUILD/release)%(default).0s"
     )

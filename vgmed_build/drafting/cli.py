@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from vgmed_build.catalog import CatalogError, open_catalog
-from vgmed_build.commands import HelpFormatter
+from vgmed_build.commands import HelpFormatter, add_build_arg
 from vgmed_build.drafting.generate import GenerateOptions, export_drafts, run_generate
 from vgmed_build.drafting.lint import LintLimits
 from vgmed_build.drafting.llm import LlmConfig, install_log_redaction
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "request for replies already cached. Exit code 0: done; 1: some drafts or regions ended in error "
         "(stored, retried by the next run); 3: the request/cost budget was reached (rerun to continue).",
     )
-    p.add_argument("--build", required=True, type=Path, help="build directory (holds catalog.sqlite)")
+    add_build_arg(p)
     p.add_argument(
         "--drafter",
         choices=["templates", "llm"],
@@ -151,7 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export drafts as JSONL (schemas/draft.schema.json)",
         description="Write the stored drafts, one JSON record per line, valid against schemas/draft.schema.json.",
     )
-    d.add_argument("--build", required=True, type=Path, help="build directory (holds catalog.sqlite)")
+    add_build_arg(d)
     d.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
     d.add_argument("--status", choices=["ok", "rejected", "error", "all"], default="all", help="which drafts to export")
     d.add_argument(

@@ -8,7 +8,7 @@ import math
 import sys
 
 from vgmed_build.catalog import CatalogError, open_catalog
-from vgmed_build.commands import HelpFormatter
+from vgmed_build.commands import HelpFormatter, add_build_arg
 from vgmed_build.review import agreement
 from vgmed_build.review.api import EXPORT_CONCURRENCY
 from vgmed_build.review.decision import POLICIES, decide, review_events
@@ -27,10 +27,6 @@ from vgmed_build.review.server import (
 def register(subparsers) -> None:
     _register_labelstudio(subparsers)
     _register_review(subparsers)
-
-
-def _add_build(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--build", required=True, metavar="DIR", help="build directory (holds catalog.sqlite)")
 
 
 def _add_server(p: argparse.ArgumentParser) -> None:
@@ -66,7 +62,7 @@ def _register_labelstudio(subparsers) -> None:
         help="start the server (or report the running one)",
         description="Start the build's Label Studio and print where to log in.",
     )
-    _add_build(s)
+    add_build_arg(s)
     s.add_argument(
         "--document-root",
         default=None,
@@ -98,7 +94,7 @@ def _register_labelstudio(subparsers) -> None:
         ("status", _cmd_ls_status, "say whether the build's server runs, and where"),
     ):
         s = sub.add_parser(name, formatter_class=HelpFormatter, help=text, description=text[0].upper() + text[1:] + ".")
-        _add_build(s)
+        add_build_arg(s)
         s.set_defaults(func=func)
     s = sub.add_parser(
         "invite",
@@ -107,7 +103,7 @@ def _register_labelstudio(subparsers) -> None:
         description="Print a link that lets a clinician create a reviewer account on the server "
         "(open sign-up is disabled).",
     )
-    _add_build(s)
+    add_build_arg(s)
     _add_server(s)
     s.set_defaults(func=_cmd_ls_invite)
 
@@ -129,7 +125,7 @@ def _register_review(subparsers) -> None:
         description="Create one task per ok draft (idempotent: only new drafts are added, drafts "
         "not yet reviewed are updated, and an interrupted push resumes without duplicates).",
     )
-    _add_build(s)
+    add_build_arg(s)
     _add_server(s)
     s.add_argument(
         "--reviewers-per-item",
@@ -164,7 +160,7 @@ def _register_review(subparsers) -> None:
         "pull exports every task this build pushed; later pulls only the tasks saved since (on the server's clock, "
         "with a 5-minute overlap).",
     )
-    _add_build(s)
+    add_build_arg(s)
     _add_server(s)
     s.add_argument(
         "--concurrency",
@@ -189,7 +185,7 @@ def _register_review(subparsers) -> None:
         description="Summarise the review from the catalog (run `review pull` first): progress, "
         "decisions under the policy, percent agreement, Cohen's and Fleiss' kappa, disputed drafts.",
     )
-    _add_build(s)
+    add_build_arg(s)
     _add_policy(s)
     s.add_argument("--limit", type=int, default=20, help="disputed drafts to list (0 = all)")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -36,8 +36,6 @@ def test_venv_location_is_configurable(monkeypatch, tmp_path):
     assert venv_dir().name == "labelstudio-1.23.2"
 
 
-@pytest.mark.labelstudio
-@pytest.mark.slow
 def _children(pid: int) -> set[int]:
     """The processes whose parent is ``pid`` (the server's gunicorn workers)."""
     kids = set()
@@ -51,6 +49,8 @@ def _children(pid: int) -> set[int]:
     return kids
 
 
+@pytest.mark.labelstudio
+@pytest.mark.slow
 def test_start_status_stop_restart(tmp_path):
     build = tmp_path / "build"
     started = cli("labelstudio", "start", "--build", str(build), "--workers", "3")

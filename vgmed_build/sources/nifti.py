@@ -1,4 +1,7 @@
-"""NIfTI image + label map pairs: single pairs, folders of pairs, and the MSD / nnU-Net layouts.
+"""Volume + label map pairs: single pairs, folders of pairs, and the MSD / nnU-Net layouts.
+
+Every volume may be NIfTI or an ITK format (``.mha``, ``.mhd``, ``.nrrd``; see :mod:`.volumes`), and a
+3D Slicer ``<case>.seg.nrrd`` next to ``<case>.nrrd`` (or in ``labels/``) is a label map too.
 
 Kinds:
 
@@ -22,42 +25,21 @@ from pathlib import Path
 import numpy as np
 
 from vgmed_build.sources.base import SourceError, SourceItem, SourceSpec, Volume, register
+from vgmed_build.sources.volumes import (
+    SLICER_SEG,
+    VOLUME_EXTS,
+    VolumeFile,
+    case_of,
+    companion_files,
+    on_grid,
+    read_volume,
+    rel,
+    volume_files,
+)
 
-_NII = re.compile(r"^(?P<case>.+?)\.nii(\.gz)?$")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _MODALITY_ALIASES = {"CT": "CT", "PET": "PET", "PT": "PET", "US": "Ultrasound"}
-
-
-def _case(path: Path) -> str | None:
-    m = _NII.match(path.name)
-    return m.group("case") if m else None
-
-
-def _nii_files(folder: Path) -> list[Path]:
-    # Hidden files are skipped: MSD archives carry macOS '._case.nii.gz' resource forks.
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _case(p))
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
-
-
-def _read(path: Path, root: Path, what: str):
-    """Load a NIfTI header and data, turning every low-level failure into a SourceError."""
-    import nibabel as nib
-
-    rel = _rel(path, root)
-    if not path.is_file():
-        raise SourceError(f"{rel}: {what} file not found")
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for truncated / foreign files
-        raise SourceError(f"{rel}: cannot read {what} as NIfTI ({type(exc).__name__}: {exc})") from exc
-    return img.affine, data
+_ANY_EXT = "(.nii[.gz], .mha, .mhd or .nrrd)"
 
 
 def _squeeze_to_3d(data: np.ndarray, rel: str, what: str, channel: int | None) -> np.ndarray:
@@ -79,49 +61,80 @@ def _squeeze_to_3d(data: np.ndarray, rel: str, what: str, channel: int | None) -
 def load_pair(
     image: Path, label: Path, root: Path, label_names: dict[int, str], modality: str, channel: int | None
 ) -> Volume:
-    """Read and check one image + label map pair (same grid, integer non-negative labels)."""
-    rel_i, rel_l = _rel(image, root), _rel(label, root)
-    img_affine, img = _read(image, root, "image")
-    lab_affine, lab = _read(label, root, "label map")
-    img = _squeeze_to_3d(img, rel_i, "image", channel)
-    lab = _squeeze_to_3d(lab, rel_l, "label map", None)
-    if img.shape != lab.shape:
+    """Read and check one image + label map pair (same grid, integer non-negative labels).
+
+    A 3D Slicer segmentation (``.seg.nrrd``) names its segments in its header and may be cropped to
+    their extent; it is placed back on the image's grid. Its layers (overlapping segments) give masks.
+    """
+    rel_i, rel_l = rel(image, root), rel(label, root)
+    img = read_volume(image, root, "image")
+    lab = read_volume(label, root, "label map")
+    data = _squeeze_to_3d(img.data, rel_i, "image", channel)
+    volume = Volume(image=data.astype(np.float32, copy=False), affine=img.affine, modality=modality)
+    if lab.segments:
+        return _with_segments(volume, lab, rel_l, rel_i)
+    labels = _squeeze_to_3d(lab.data, rel_l, "label map", None)
+    if data.shape != labels.shape:
         raise SourceError(
-            f"{rel_l}: label map shape {lab.shape} differs from image {rel_i} shape {img.shape}"
+            f"{rel_l}: label map shape {labels.shape} differs from image {rel_i} shape {data.shape}"
         )
-    if not np.allclose(img_affine, lab_affine, atol=1e-3):
+    if not np.allclose(img.affine, lab.affine, atol=1e-3):
         raise SourceError(
             f"{rel_l}: label map affine differs from image {rel_i} affine "
             "(they are not on the same voxel grid)"
         )
+    volume.label_map = checked_label_map(labels, rel_l)
+    volume.label_names = {**lab.label_names, **label_names}
+    return volume
+
+
+def checked_label_map(lab: np.ndarray, name: str) -> np.ndarray:
+    """An integer, non-negative, non-empty label map (integral floats are accepted), else a SourceError."""
     if not np.issubdtype(lab.dtype, np.integer) and lab.dtype != bool:
         if (
             not np.issubdtype(lab.dtype, np.floating)
             or not np.all(np.isfinite(lab))
             or np.any(lab != np.rint(lab))
         ):
-            raise SourceError(f"{rel_l}: label map has non-integer values (dtype {lab.dtype})")
+            raise SourceError(f"{name}: label map has non-integer values (dtype {lab.dtype})")
         lab = lab.astype(np.int64)
     if lab.size and lab.min() < 0:
-        raise SourceError(f"{rel_l}: label map has negative values (min {lab.min()})")
+        raise SourceError(f"{name}: label map has negative values (min {lab.min()})")
     if not lab.any():
-        raise SourceError(f"{rel_l}: label map is empty (no labelled voxels)")
-    if lab.dtype == bool:
-        lab = lab.astype(np.uint8)
-    return Volume(
-        image=img.astype(np.float32, copy=False),
-        affine=np.asarray(img_affine, dtype=np.float64),
-        modality=modality,
-        label_map=lab,
-        label_names=dict(label_names),
-    )
+        raise SourceError(f"{name}: label map is empty (no labelled voxels)")
+    return lab.astype(np.uint8) if lab.dtype == bool else lab
+
+
+def _with_segments(volume: Volume, lab: VolumeFile, rel_l: str, rel_i: str) -> Volume:
+    """A Slicer segmentation on the image's grid: one layer -> label map, several -> one mask per segment."""
+    data = lab.data
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim not in (3, 4):
+        raise SourceError(f"{rel_l}: segmentation must be 3D (or 4D with layers), got shape {data.shape}")
+    data = on_grid(data, lab.affine, volume.image.shape, volume.affine, rel_l, rel_i)
+    if data.ndim == 3:
+        volume.label_map = checked_label_map(data, rel_l)
+        volume.label_names = {s.value: s.name for s in lab.segments}
+        return volume
+    masks: dict[str, np.ndarray] = {}
+    for seg in lab.segments:
+        if seg.layer >= data.shape[3]:
+            raise SourceError(f"{rel_l}: segment {seg.name!r} is in layer {seg.layer}; the file has {data.shape[3]}")
+        mask = data[..., seg.layer] == seg.value
+        if mask.any():
+            masks[seg.name] = masks[seg.name] | mask if seg.name in masks else mask
+    if not masks:
+        raise SourceError(f"{rel_l}: every segment is empty")
+    volume.masks = masks
+    return volume
 
 
 def _item(
     spec: SourceSpec, root: Path, image: Path, label: Path, names: dict[int, str], modality: str
 ) -> SourceItem:
     load = partial(load_pair, image, label, root, names, modality, spec.options.get("channel"))
-    return SourceItem(key=_rel(image, root), files=[image, label], load=load)
+    return SourceItem(key=rel(image, root), files=[*companion_files(image), *companion_files(label)], load=load)
 
 
 class NiftiAdapter:
@@ -135,7 +148,7 @@ class NiftiAdapter:
         modality = spec.modality or ""
         if path.is_file():
             if not opts.get("label"):
-                yield SourceError(f"{path.name}: a single NIfTI image needs option 'label' (its label map)")
+                yield SourceError(f"{path.name}: a single image file needs option 'label' (its label map)")
                 return
             yield _item(spec, path.parent, path, path.parent / opts["label"], {}, modality)
             return
@@ -146,21 +159,30 @@ class NiftiAdapter:
             yield from _paired_folders(spec, path, path / "images", path / "labels", {}, modality, None)
             return
         suffix = opts.get("label_suffix") or "_seg"
-        files = _nii_files(path)
-        cases = {_case(p): p for p in files}
-        labels = {c for c in cases if c.endswith(suffix) and c[: -len(suffix)] in cases}
+        cases = {case_of(p): p for p in volume_files(path)}
+        labels = {
+            c: base for c in cases for sfx in (suffix, SLICER_SEG)
+            if c.endswith(sfx) and (base := c[: -len(sfx)]) in cases
+        }
         if not labels:
             yield SourceError(
-                f"{path.name}: no image/label pairs (expected images/ + labels/ folders "
-                f"or <case>.nii.gz next to <case>{suffix}.nii.gz)"
+                f"{path.name}: no image/label pairs (expected images/ + labels/ folders, "
+                f"or <case>.nii.gz next to <case>{suffix}.nii.gz, or <case>.nrrd next to <case>.seg.nrrd)"
             )
             return
+        label_of: dict[str, Path] = {}
+        for c, base in labels.items():  # <case><label_suffix> wins over a Slicer <case>.seg next to it
+            if c.endswith(suffix) or base not in label_of:
+                label_of[base] = cases[c]
         for case, image in cases.items():
             if case in labels:
                 continue
-            label = cases.get(case + suffix)
+            label = label_of.get(case)
             if label is None:
-                yield SourceError(f"{_rel(image, path)}: no label map {case}{suffix}.nii[.gz] next to it")
+                yield SourceError(
+                    f"{rel(image, path)}: no label map {case}{suffix}.nii[.gz] {_ANY_EXT} or "
+                    f"{case}.seg.nrrd next to it"
+                )
             else:
                 yield _item(spec, path, image, label, {}, modality)
 
@@ -173,12 +195,17 @@ def _paired_folders(
     names: dict[int, str],
     modality: str,
     channel: int | None,
+    exts: tuple[str, ...] = VOLUME_EXTS,
 ) -> Iterator[SourceItem | SourceError]:
-    """Pair ``images/<case>[_CCCC].nii.gz`` with ``labels/<case>.nii.gz`` (nnU-Net channel suffix)."""
-    label_files = {_case(p): p for p in _nii_files(labels)}
+    """Pair ``images/<case>[_CCCC].<ext>`` with ``labels/<case>.<ext>`` (nnU-Net channel suffix).
+
+    ``exts``: the file endings taken (nnU-Net v2's ``file_ending``); a Slicer ``<case>.seg.nrrd``
+    counts as the label map of ``<case>``.
+    """
+    label_files = {case_of(p, exts).removesuffix(SLICER_SEG): p for p in volume_files(labels, exts)}
     by_case: dict[str, dict[int, Path]] = {}
-    for image in _nii_files(images):
-        case = _case(image)
+    for image in volume_files(images, exts):
+        case = case_of(image, exts)
         m = _CHANNEL.match(case)
         if m and m.group("case") in label_files:
             by_case.setdefault(m.group("case"), {})[int(m.group("channel"))] = image
@@ -192,13 +219,13 @@ def _paired_folders(
             image = channels[want]
         else:
             yield SourceError(
-                f"{_rel(images, root)}/{case}: no channel file _{want:04d} "
+                f"{rel(images, root)}/{case}: no channel file _{want:04d} "
                 f"(have {sorted(channels)}); set option 'channel'"
             )
             continue
         label = label_files.get(case)
         if label is None:
-            yield SourceError(f"{_rel(image, root)}: no label map {case}.nii[.gz] in {_rel(labels, root)}/")
+            yield SourceError(f"{rel(image, root)}: no label map {case}{'|'.join(exts)} in {rel(labels, root)}/")
             continue
         # A channel file already is the chosen channel; only a 4D image needs the channel option.
         item = _item(spec, root, image, label, names, modality)
@@ -207,8 +234,12 @@ def _paired_folders(
         yield item
 
 
-def parse_dataset_json(path: Path) -> tuple[dict[int, str], str]:
-    """Label names and modality from an MSD or nnU-Net ``dataset.json``."""
+def parse_dataset_json(path: Path) -> tuple[dict[int, str], str, tuple[str, ...]]:
+    """Label names, modality and the file endings taken from an MSD or nnU-Net ``dataset.json``.
+
+    nnU-Net v2's ``file_ending`` (``.nii.gz``, ``.mha``, ``.nrrd``, ...) restricts the files taken to
+    that ending, as nnU-Net itself does; without it every readable volume format is taken.
+    """
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -231,7 +262,14 @@ def parse_dataset_json(path: Path) -> tuple[dict[int, str], str]:
     channels = meta.get("channel_names") or meta.get("modality") or {}
     first = str(next(iter(channels.values()), "")) if isinstance(channels, dict) else ""
     modality = _MODALITY_ALIASES.get(first.upper(), "MRI" if first else "")
-    return names, modality
+    ending = meta.get("file_ending")
+    if ending is None:
+        return names, modality, VOLUME_EXTS
+    if not isinstance(ending, str) or ending.lower() not in VOLUME_EXTS:
+        raise SourceError(
+            f"{path.name}: file_ending {ending!r} is not a volume format vgmed reads ({', '.join(VOLUME_EXTS)})"
+        )
+    return names, modality, (ending.lower(),)
 
 
 class MsdAdapter:
@@ -246,7 +284,7 @@ class MsdAdapter:
             yield SourceError(f"{root}: not an MSD / nnU-Net dataset folder (no dataset.json)")
             return
         try:
-            names, modality = parse_dataset_json(root / "dataset.json")
+            names, modality, exts = parse_dataset_json(root / "dataset.json")
         except SourceError as exc:
             yield exc
             return
@@ -255,7 +293,7 @@ class MsdAdapter:
         if not images.is_dir() or not labels.is_dir():
             yield SourceError(f"{root.name}: imagesTr/ or labelsTr/ folder missing")
             return
-        yield from _paired_folders(spec, root, images, labels, names, modality, spec.options.get("channel"))
+        yield from _paired_folders(spec, root, images, labels, names, modality, spec.options.get("channel"), exts)
 
 
 register(NiftiAdapter())

@@ -1,4 +1,4 @@
-"""`vgmed-eval`: the evaluator's command line (grounding, heads, report, vqa)."""
+"""`vgmed-eval`: the evaluator's command line (grounding, heads, report, vqa, convert)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "vgmed_eval.heads",
     "vgmed_eval.report",
     "vgmed_eval.vqa.cli",
+    "vgmed_eval.convert",
 ]
 
 

@@ -1,0 +1,498 @@
+"""`vgmed-eval convert`: an original LLaVA-format checkpoint -> transformers' LlavaForConditionalGeneration.
+
+HuatuoGPT-Vision (``llava_qwen2``), LLaVA-Med v1.5 (``llava_mistral``) and the LLaVA-1.5 originals
+(``llava`` / ``llava_llama``) ship as LLaVA's own code's checkpoints: the text model's weights under
+``model.*``, the projector under ``model.mm_projector``, sometimes the CLIP tower under
+``model.vision_tower.vision_tower``, and the tower's own folder (config, preprocessor, weights) at
+``mm_vision_tower``. The evaluator runs transformers-native models only, so they are converted once:
+
+- weights renamed to transformers' layout, one source shard -> one output shard (a 7B conversion
+  holds about one shard in memory); the tower from the checkpoint when it carries one (it may be
+  fine-tuned), else from the tower folder;
+- the tokenizer gains an ``<image>`` token; when its id falls outside the embedding matrix, the
+  embedding and output rows grow (to a multiple of 64) with rows drawn from the existing rows' mean
+  and 1e-5 times their covariance, as transformers' own LLaVA conversion does;
+- the processor pads to a square with the CLIP mean colour when the checkpoint says
+  ``image_aspect_ratio: pad`` (LLaVA's ``expand2square``), then CLIP's resize and centre crop;
+- the family's prompt becomes the chat template; ``image_seq_length``, ``vision_feature_layer`` and
+  ``vision_feature_select_strategy`` come from the tower and ``mm_vision_select_layer`` / ``_feature``.
+
+Everything is checked against the target model's parameter names and shapes before anything is
+written, and the result is assembled in a sibling folder and renamed into place at the end, so an
+interrupted or refused conversion leaves no half checkpoint at DST.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from vgmed_eval.chat_templates import HUATUO, LLAVA_MED, PROMPTS, VICUNA, FamilyPrompt, read_template, recognise
+
+from vgmed_build.commands import HelpFormatter
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+GROW_MULTIPLE = 64  # grown vocabularies are padded to a multiple of this (as transformers' script does)
+GROW_SCALE = 1e-5  # covariance scale of the new rows
+EMBED, LM_HEAD = "model.language_model.embed_tokens.weight", "lm_head.weight"
+PROJ_1, PROJ_2 = "model.multi_modal_projector.linear_1", "model.multi_modal_projector.linear_2"
+# Config keys of LLaVA's own code that are not text-model settings.
+_LLAVA_KEYS = {"architectures", "model_type", "_name_or_path", "transformers_version", "image_aspect_ratio",
+               "image_grid_pinpoints", "tokenizer_model_max_length", "tokenizer_padding_side", "use_mm_proj",
+               "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower"}
+_PIXEL_KEYS = ("do_resize", "resample", "do_center_crop", "do_rescale", "rescale_factor", "do_normalize",
+               "image_mean", "image_std", "do_convert_rgb")
+
+
+class ConvertError(ValueError):
+    """A checkpoint that cannot be converted; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    text_type: str  # transformers model_type of the text model
+    prompt: FamilyPrompt
+    example: str
+
+
+FAMILIES = {f.model_type: f for f in (
+    Family("llava_qwen2", "qwen2", HUATUO, "HuatuoGPT-Vision-7B"),
+    Family("llava_mistral", "mistral", LLAVA_MED, "LLaVA-Med v1.5"),
+    Family("llava", "llama", VICUNA, "LLaVA-1.5"),
+    Family("llava_llama", "llama", VICUNA, "LLaVA-1.5, HuatuoGPT-Vision-34B"),
+)}
+
+
+# ------------------------------------------------------------------------------------ weight files
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files in shard order: safetensors when present, else PyTorch .bin."""
+    for index_name, single, pattern in (("model.safetensors.index.json", "model.safetensors", "*.safetensors"),
+                                        ("pytorch_model.bin.index.json", "pytorch_model.bin", "pytorch_model*.bin")):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                names = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+            except (ValueError, KeyError, AttributeError) as exc:
+                raise ConvertError(f"{index}: not a weight index ({exc})") from exc
+            files = [folder / n for n in dict.fromkeys(names)]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise ConvertError(f"{index}: lists missing shard(s) {', '.join(missing)}")
+            return files
+        if (folder / single).is_file():
+            return [folder / single]
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found
+    return []
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of one weight file (``.bin`` memory-mapped, never unpickling code)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # corrupt, truncated, or a pickle with code in it
+        raise ConvertError(f"{path}: cannot read weights: {type(exc).__name__}: {exc}") from exc
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of one weight file, without loading safetensors data."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as fh:
+                return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+        except Exception as exc:
+            raise ConvertError(f"{path}: cannot read weights: {type(exc).__name__}: {exc}") from exc
+    return {k: tuple(v.shape) for k, v in read_weights(path).items()}
+
+
+# ----------------------------------------------------------------------------------- name mapping
+_TOWER_IN_CHECKPOINT = "model.vision_tower.vision_tower."
+_PROJECTOR = re.compile(r"model\.mm_projector\.(?:(\d+)\.)?(weight|bias)")
+
+
+def checkpoint_key(key: str, projector: str) -> str | None:
+    """Original LLaVA name -> transformers name; None for buffers that are not weights."""
+    if key.endswith(".rotary_emb.inv_freq"):
+        return None
+    if key.startswith(_TOWER_IN_CHECKPOINT):
+        return tower_key(key[len(_TOWER_IN_CHECKPOINT):])
+    match = _PROJECTOR.fullmatch(key)
+    if match:
+        index, kind = match[1], match[2]
+        layer = {"linear": {None: PROJ_1}, "mlp2x_gelu": {"0": PROJ_1, "2": PROJ_2}}[projector].get(index)
+        if layer is None:
+            raise ConvertError(f"projector weight {key} does not fit mm_projector_type {projector!r}")
+        return f"{layer}.{kind}"
+    if key.startswith("model."):
+        return "model.language_model." + key[len("model."):]
+    if key == "lm_head.weight":
+        return LM_HEAD
+    raise ConvertError(f"unexpected weight {key!r}")
+
+
+def tower_key(key: str) -> str | None:
+    """A CLIP checkpoint's name -> the converted tower's; None for CLIP's text half and projections."""
+    if key.startswith("vision_model."):
+        key = key[len("vision_model."):]
+    elif key.startswith(("text_model.", "text_projection", "visual_projection", "logit_scale")):
+        return None
+    if key.endswith("position_ids"):
+        return None
+    return "model.vision_tower." + key
+
+
+# ---------------------------------------------------------------------------------- vocabulary growth
+def grown_rows(n_tokens: int, rows: int) -> int:
+    """Embedding rows needed for ``n_tokens`` tokens: unchanged when they fit, else the next multiple of 64."""
+    return rows if n_tokens <= rows else math.ceil(n_tokens / GROW_MULTIPLE) * GROW_MULTIPLE
+
+
+def grow(weight: torch.Tensor, rows: int, seed: int = 0) -> torch.Tensor:
+    """``weight`` with rows appended, drawn from N(mean, 1e-5 * covariance) of its existing rows.
+
+    Sampled as mean + sqrt(1e-5 / n) * (W - mean)^T z with z ~ N(0, I_n): exactly that distribution,
+    with no Cholesky factor (the covariance of a large vocabulary is often singular)."""
+    n, _ = weight.shape
+    if rows <= n:
+        return weight
+    w = weight.float()
+    mean = w.mean(0)
+    z = torch.randn(rows - n, n, generator=torch.Generator().manual_seed(seed))
+    new = mean + math.sqrt(GROW_SCALE / n) * (z @ (w - mean))
+    return torch.cat([weight, new.to(weight.dtype)])
+
+
+# ------------------------------------------------------------------------------------------ planning
+@dataclass
+class Plan:
+    """Everything read and checked before writing: configs, sources, processor, target shapes."""
+
+    src: Path
+    family: Family
+    files: list[Path]
+    tower: Path
+    tower_files: list[Path]  # empty when the checkpoint carries the tower itself
+    projector: str
+    config: object  # LlavaConfig
+    processor: object  # LlavaProcessor
+    rows: int  # embedding rows after growth
+    template_name: str
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # target name -> shape
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConvertError(f"{path}: not found") from exc
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"{path}: cannot read JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConvertError(f"{path}: expected a JSON object")
+    return data
+
+
+def _projector(cfg: dict, path: Path) -> str:
+    kind = cfg.get("mm_projector_type", "linear")
+    if kind == "linear" or kind == "mlp2x_gelu":
+        return kind
+    if re.fullmatch(r"mlp(\d+)x_gelu", str(kind)):
+        raise ConvertError(f"{path}: mm_projector_type {kind!r} has more layers than transformers' LLaVA "
+                           "projector (two linear layers); only linear and mlp2x_gelu convert")
+    raise ConvertError(f"{path}: unsupported mm_projector_type {kind!r} (supported: linear, mlp2x_gelu)")
+
+
+def _resolve_tower(src: Path, cfg: dict, vision_tower: Path | None) -> Path:
+    if vision_tower is not None:
+        if not (vision_tower / "config.json").is_file():
+            raise ConvertError(f"--vision-tower {vision_tower}: no config.json there (expected a CLIP checkpoint)")
+        return vision_tower
+    name = cfg.get("mm_vision_tower") or cfg.get("vision_tower")
+    if not name:
+        raise ConvertError(f"{src / 'config.json'}: no mm_vision_tower; give the CLIP tower with --vision-tower DIR")
+    for candidate in (src / name, Path(name)):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ConvertError(f"{src / 'config.json'}: vision tower {name!r} is neither a folder in the checkpoint nor a "
+                       "local path; give a local copy of it with --vision-tower DIR")
+
+
+def _vision_config(tower: Path):
+    from transformers import CLIPVisionConfig
+
+    data = _read_json(tower / "config.json")
+    if "vision_config" in data:  # a whole CLIPModel checkpoint
+        data = data["vision_config"]
+    data = {k: v for k, v in data.items() if k not in ("model_type", "architectures", "transformers_version")}
+    try:
+        return CLIPVisionConfig(**data)
+    except (TypeError, ValueError) as exc:
+        raise ConvertError(f"{tower / 'config.json'}: not a CLIP vision config: {exc}") from exc
+
+
+def _image_processor(tower: Path, image_size: int, pad: bool):
+    """CLIP's preprocessing from the tower's preprocessor_config.json, padded to square when asked."""
+    from transformers import LlavaImageProcessorPil
+
+    path = tower / "preprocessor_config.json"
+    data = _read_json(path) if path.is_file() else {}
+    if not data:
+        log.warning("%s: not found; using CLIP's defaults at %d px", path, image_size)
+    size, crop = data.get("size", image_size), data.get("crop_size", image_size)
+    size = {"shortest_edge": size} if isinstance(size, int) else size
+    crop = {"height": crop, "width": crop} if isinstance(crop, int) else crop
+    kwargs = {k: data[k] for k in _PIXEL_KEYS if k in data}
+    return LlavaImageProcessorPil(size=size, crop_size=crop, do_pad=pad, **kwargs)
+
+
+def _tokenizer(src: Path, template: str):
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # it reads config.json and warns that llava_* is not a tokenizer's model
+    try:
+        tok = AutoTokenizer.from_pretrained(src)
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"{src}: cannot load the tokenizer: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(level)
+    if IMAGE_TOKEN not in tok.get_vocab():
+        tok.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+    if tok.pad_token is None:  # LLaVA pads with unk (LLaMA) or eos (Qwen2)
+        tok.pad_token = tok.unk_token or tok.eos_token
+    tok.chat_template = template
+    return tok
+
+
+def _text_config(cfg: dict, family: Family, rows: int):
+    from transformers import AutoConfig
+
+    kwargs = {k: v for k, v in cfg.items() if k not in _LLAVA_KEYS and not k.startswith("mm_")}
+    kwargs.pop("vision_tower", None)
+    kwargs["vocab_size"] = rows
+    if "torch_dtype" in kwargs:
+        kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
+    try:
+        return AutoConfig.for_model(family.text_type, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConvertError(f"{family.model_type} text config: {exc}") from exc
+
+
+def plan(src: Path, *, vision_tower: Path | None = None, chat_template: Path | None = None,
+         prompt: str | None = None) -> Plan:
+    """Read and check everything; raise :class:`ConvertError` before anything is written."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    src = Path(src)
+    cfg_path = src / "config.json"
+    cfg = _read_json(cfg_path)
+    model_type = cfg.get("model_type")
+    if model_type not in FAMILIES:
+        raise ConvertError(f"{cfg_path}: model_type {model_type!r} is not an original LLaVA-format checkpoint this "
+                           f"converts; supported: {', '.join(f'{k} ({f.example})' for k, f in FAMILIES.items())}")
+    family = FAMILIES[model_type]
+    if cfg.get("mm_use_im_start_end"):
+        raise ConvertError(f"{cfg_path}: mm_use_im_start_end is set (image start/end tokens); transformers' LLaVA "
+                           "has no such tokens")
+    aspect = cfg.get("image_aspect_ratio") or "square"
+    if aspect not in ("pad", "square"):
+        raise ConvertError(f"{cfg_path}: image_aspect_ratio {aspect!r} (LLaVA-NeXT tiling) does not convert to "
+                           "LLaVA-1.5's single image; supported: pad, square")
+    select = cfg.get("mm_vision_select_feature", "patch")
+    strategies = {"patch": "default", "cls_patch": "full"}
+    if select not in strategies:
+        raise ConvertError(f"{cfg_path}: mm_vision_select_feature {select!r}; supported: patch, cls_patch")
+    projector = _projector(cfg, cfg_path)
+    files = weight_files(src)
+    if not files:
+        raise ConvertError(f"{src}: no weight files (model*.safetensors or pytorch_model*.bin)")
+    tower = _resolve_tower(src, cfg, vision_tower)
+    vision = _vision_config(tower)
+
+    if chat_template is not None:
+        template, template_name = read_template(chat_template), str(chat_template)
+    else:
+        chosen = PROMPTS[prompt] if prompt else recognise(src.resolve().name) or family.prompt
+        template, template_name = chosen.template, chosen.name
+    tok = _tokenizer(src, template)
+
+    source: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        for key, shape in weight_shapes(path).items():
+            try:
+                new = checkpoint_key(key, projector)
+            except ConvertError as exc:
+                raise ConvertError(f"{path}: {exc}") from exc
+            if new is not None:
+                source[new] = shape
+    tower_files: list[Path] = []
+    if not any(k.startswith("model.vision_tower.") for k in source):
+        tower_files = weight_files(tower)
+        if not tower_files:
+            raise ConvertError(f"{src} carries no vision tower weights and {tower} has no weight files")
+        for path in tower_files:
+            source.update({k2: s for k, s in weight_shapes(path).items() if (k2 := tower_key(k))})
+    if EMBED not in source:
+        raise ConvertError(f"{src}: no model.embed_tokens.weight in the checkpoint")
+    old_rows = source[EMBED][0]
+    rows = grown_rows(len(tok), old_rows)
+    for key in (EMBED, LM_HEAD):
+        if key in source:
+            source[key] = (rows, *source[key][1:])
+    if projector == "linear":
+        hidden = source[f"{PROJ_1}.weight"][0]
+        source[f"{PROJ_2}.weight"], source[f"{PROJ_2}.bias"] = (hidden, hidden), (hidden,)
+
+    text = _text_config(cfg, family, rows)
+    patch, side = int(vision.patch_size), int(vision.image_size)
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=(side // patch) ** 2, vision_feature_layer=int(cfg.get("mm_vision_select_layer", -2)),
+        vision_feature_select_strategy=strategies[select],
+        projector_hidden_act="gelu" if projector == "mlp2x_gelu" else "linear", multimodal_projector_bias=True,
+        tie_word_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
+    )
+    if getattr(text, "dtype", None) is not None:
+        config.dtype = text.dtype
+    with torch.device("meta"):
+        target = {k: tuple(v.shape) for k, v in LlavaForConditionalGeneration(config).state_dict().items()}
+    if config.tie_word_embeddings:
+        target.pop(LM_HEAD, None)
+        source.pop(LM_HEAD, None)
+    missing = sorted(set(target) - set(source))
+    extra = sorted(set(source) - set(target))
+    wrong = sorted(k for k in set(target) & set(source) if target[k] != source[k])
+    problems = ([f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"] if missing else []) + \
+               ([f"unexpected {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}"] if extra else []) + \
+               [f"{k} has shape {source[k]}, the model needs {target[k]}" for k in wrong[:5]]
+    if problems:
+        raise ConvertError(f"{src}: the weights do not fit a {family.text_type} LLaVA model: " + "; ".join(problems))
+    processor = LlavaProcessor(
+        image_processor=_image_processor(tower, side, aspect == "pad"), tokenizer=tok, patch_size=patch,
+        vision_feature_select_strategy=strategies[select], chat_template=template, num_additional_image_tokens=1,
+    )
+    return Plan(src=src, family=family, files=files, tower=tower, tower_files=tower_files, projector=projector,
+                config=config, processor=processor, rows=rows, template_name=template_name, shapes=target)
+
+
+# ------------------------------------------------------------------------------------------- writing
+def _converted(tensors: dict[str, torch.Tensor], rename, p: Plan) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in tensors.items():
+        new = rename(key)
+        if new is None or new not in p.shapes:
+            continue
+        if new in (EMBED, LM_HEAD):
+            value = grow(value, p.rows, seed=0 if new == EMBED else 1)
+        value = value.contiguous()
+        if value.data_ptr() in seen:  # tied tensors in a .bin share storage; safetensors wants copies
+            value = value.clone()
+        seen.add(value.data_ptr())
+        out[new] = value
+    return out
+
+
+def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_template: Path | None = None,
+            prompt: str | None = None, progress: bool = True) -> Plan:
+    """Convert ``src`` into a new transformers checkpoint at ``dst`` (which must not hold files yet)."""
+    from safetensors.torch import save_file
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ConvertError(f"{dst}: already exists and is not an empty folder; choose a new destination")
+    p = plan(src, vision_tower=vision_tower, chat_template=chat_template, prompt=prompt)
+    work = dst.with_name(dst.name + ".converting")
+    if work.exists():  # our own leftover from an interrupted conversion
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    jobs = [(f, lambda k: checkpoint_key(k, p.projector)) for f in p.files] + [(f, tower_key) for f in p.tower_files]
+    n_out = len(jobs) + (p.projector == "linear")
+    weight_map: dict[str, str] = {}
+    total = 0
+
+    def write(tensors: dict[str, torch.Tensor]) -> None:
+        nonlocal total
+        name = f"model-{len(set(weight_map.values())) + 1:05d}-of-{n_out:05d}.safetensors"
+        save_file(tensors, work / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+
+    dtype = torch.float32
+    for path, rename in tqdm(jobs, desc="convert", unit="shard", disable=not progress):
+        tensors = _converted(read_weights(path), rename, p)
+        dtype = tensors[f"{PROJ_1}.weight"].dtype if f"{PROJ_1}.weight" in tensors else dtype
+        write(tensors)
+        del tensors
+    if p.projector == "linear":  # one linear layer = linear_1, then identity (activation "linear")
+        w = p.shapes[f"{PROJ_2}.weight"][0]
+        write({f"{PROJ_2}.weight": torch.eye(w, dtype=dtype), f"{PROJ_2}.bias": torch.zeros(w, dtype=dtype)})
+    (work / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
+        + "\n", encoding="utf-8")
+    p.config.save_pretrained(work)
+    p.processor.save_pretrained(work)
+    if (src / "generation_config.json").is_file():
+        shutil.copy2(src / "generation_config.json", work / "generation_config.json")
+    (work / "vgmed_convert.json").write_text(json.dumps({
+        "source_model_type": p.family.model_type, "source": str(src), "vision_tower": str(p.tower),
+        "vision_tower_weights": "checkpoint" if not p.tower_files else "tower folder", "projector": p.projector,
+        "chat_template": p.template_name, "embedding_rows": p.rows,
+        "image_token_index": p.config.image_token_index}, indent=2) + "\n", encoding="utf-8")
+    if dst.exists():
+        dst.rmdir()
+    work.rename(dst)
+    return p
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert", formatter_class=HelpFormatter,
+        help="convert an original LLaVA-format checkpoint (HuatuoGPT-Vision, LLaVA-Med, LLaVA-1.5) to transformers",
+        description=__doc__,
+    )
+    p.add_argument("src", type=Path, metavar="SRC",
+                   help="local original checkpoint folder (config.json with model_type llava_qwen2, llava_mistral, "
+                        "llava or llava_llama; safetensors or .bin shards; tokenizer)")
+    p.add_argument("dst", type=Path, metavar="DST", help="new folder for the transformers checkpoint (must not exist "
+                   "or be empty)")
+    p.add_argument("--vision-tower", type=Path, metavar="DIR",
+                   help="local CLIP checkpoint to use as the vision tower (default: mm_vision_tower of the config, "
+                        "relative to SRC, as HuatuoGPT-Vision bundles it)")
+    p.add_argument("--chat-template", type=Path, metavar="FILE",
+                   help="chat template (Jinja, or JSON with 'chat_template') to write instead of the family's prompt")
+    p.add_argument("--prompt", choices=sorted(PROMPTS),
+                   help="use this known prompt instead of the one recognised from the model type and folder name "
+                        "(huatuo: HuatuoGPT-Vision, llava-med: mistral_instruct, vicuna: LLaVA-1.5)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    try:
+        p = convert(args.src, args.dst, vision_tower=args.vision_tower, chat_template=args.chat_template,
+                    prompt=args.prompt, progress=not args.no_progress)
+    except ConvertError as exc:
+        raise SystemExit(f"convert: {exc}") from exc
+    log.info("%s (%s, %s projector, prompt %s, tower from %s) -> %s", args.src, p.family.model_type, p.projector,
+             p.template_name, "the checkpoint" if not p.tower_files else p.tower, args.dst)
+    return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sqlite3
 from functools import lru_cache
 from pathlib import Path
 
@@ -92,3 +93,21 @@ def sources_toml(path: Path, entries: list[dict]) -> Path:
             lines.extend(f"{json.dumps(str(k))} = {json.dumps(v)}" for k, v in table.items())
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def ingest(build: Path, *args: str) -> int:
+    from vgmed_build.cli import main
+
+    return main(["ingest", "--build", str(build), "--no-progress", *args])
+
+
+def facts(build: Path) -> dict[str, dict[tuple, tuple]]:
+    """Per item: (label, plane, slice) -> (side, boxes, centroid, area ratio, slice position, PNG sha256)."""
+    with sqlite3.connect(build / "catalog.sqlite") as conn:
+        sha = dict(conn.execute("SELECT id, sha256 FROM images"))
+        rows = [json.loads(r) for (r,) in conn.execute("SELECT record_json FROM regions")]
+    out: dict[str, dict[tuple, tuple]] = {}
+    for r in rows:
+        out.setdefault(r["source"]["item"], {})[(r["label"], r["plane"], r["slice_index"])] = (
+            r["side"], r["boxes"], r["centroid"], r["area_ratio"], r["slice_position_mm"], sha[r["image_id"]])
+    return out

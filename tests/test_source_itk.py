@@ -8,32 +8,15 @@ SimpleITK's own, not against a copy of our code.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from ingest_fixtures import LABELS, flip_x, mni, save, write_pair
+from ingest_fixtures import LABELS, facts, flip_x, ingest, mni, save, write_pair
 
 from vgmed_build.cli import main
 from vgmed_build.sources.volumes import read_volume
-
-
-def ingest(build: Path, *args: str) -> int:
-    return main(["ingest", "--build", str(build), "--no-progress", *args])
-
-
-def facts(build: Path) -> dict[str, dict[tuple, tuple]]:
-    """Per item: (label, plane, slice) -> (side, boxes, centroid, area ratio, slice position, PNG sha256)."""
-    with sqlite3.connect(build / "catalog.sqlite") as conn:
-        sha = dict(conn.execute("SELECT id, sha256 FROM images"))
-        rows = [json.loads(r) for (r,) in conn.execute("SELECT record_json FROM regions")]
-    out: dict[str, dict[tuple, tuple]] = {}
-    for r in rows:
-        out.setdefault(r["source"]["item"], {})[(r["label"], r["plane"], r["slice_index"])] = (
-            r["side"], r["boxes"], r["centroid"], r["area_ratio"], r["slice_position_mm"], sha[r["image_id"]])
-    return out
 
 
 def convert(nifti: Path, target: Path) -> Path:

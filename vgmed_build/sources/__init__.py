@@ -13,6 +13,7 @@ ADAPTER_MODULES = [
     "vgmed_build.sources.images2d",
     "vgmed_build.sources.slake",
     "vgmed_build.sources.samed2d",
+    "vgmed_build.sources.totalsegmentator",
 ]
 
 

@@ -1,0 +1,215 @@
+"""TotalSegmentator output (and its public training set, which ships the same way).
+
+Layout: ``<root>/<case>/<image>`` (``ct.nii.gz`` in the training set) plus either
+``<root>/<case>/segmentations/<structure>.nii.gz`` (one binary mask per structure, most of them
+empty in any one scan) or the single multi-label file written with ``--ml``
+(``<root>/<case>/segmentations.nii.gz``, label names in its NIfTI header extension). Volumes may be
+in any format of :mod:`.volumes`.
+
+Empty masks are skipped without an error. Structure names such as ``kidney_left`` become readable
+labels (``left kidney``) and carry a side; that side must agree with the side of the mask's centre
+in world coordinates, else the item fails with an error naming the file (a flipped affine or a wrong
+name would otherwise put wrong sides into every question).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from vgmed_build.sources.base import SourceError, SourceItem, SourceSpec, Volume, register
+from vgmed_build.sources.nifti import checked_label_map
+from vgmed_build.sources.volumes import (
+    case_of,
+    companion_files,
+    read_volume,
+    rel,
+    volume_files,
+)
+
+_SIDES = ("left", "right")
+DEFAULT_IMAGE = "ct.nii.gz"
+DEFAULT_SEGMENTATIONS = "segmentations"
+
+
+def readable_name(tag: str) -> tuple[str, str | None]:
+    """``kidney_left`` -> (``left kidney``, ``left``); ``vertebrae_L1`` -> (``vertebrae L1``, None).
+
+    Only whole ``left`` / ``right`` words give a side (``L1`` is a lumbar vertebra, not a side).
+    """
+    words = [w for w in tag.replace("-", "_").split("_") if w]
+    sides = [w.lower() for w in words if w.lower() in _SIDES]
+    rest = [w for w in words if w.lower() not in _SIDES]
+    side = sides[0] if len(set(sides)) == 1 else None
+    return " ".join(([side] if side else []) + rest), side
+
+
+def world_side(mask: np.ndarray, affine: np.ndarray, midline_mm: float, margin_mm: float) -> str:
+    """Side of a mask's centre of mass in RAS world x: x > midline is the patient's right."""
+    centre = np.array([*(idx.mean() for idx in np.nonzero(mask)), 1.0])
+    x = float((affine @ centre)[0])
+    if abs(x - midline_mm) <= margin_mm:
+        return "midline"
+    return "right" if x > midline_mm else "left"
+
+
+def check_side(name: str, side: str | None, mask: np.ndarray, affine: np.ndarray, midline: float,
+               margin: float, where: str) -> None:
+    """A structure named left/right must lie on that side of the midline (a centre within margin passes)."""
+    if side is None:
+        return
+    found = world_side(mask, affine, midline, margin)
+    if found != "midline" and found != side:
+        raise SourceError(
+            f"{where}: structure {name!r} is named {side} but lies on the patient's {found} in world "
+            "coordinates (a flipped affine or a wrong name)"
+        )
+
+
+def _midline(spec: SourceSpec, shape: tuple[int, ...], affine: np.ndarray) -> tuple[float, float]:
+    """The midline and margin ingest itself uses (options midline_mm / midline_margin_mm)."""
+    opts = spec.options
+    centre = affine @ np.array([(n - 1) / 2 for n in shape[:3]] + [1.0])
+    midline = opts.get("midline_mm")
+    return float(centre[0] if midline is None else midline), float(opts.get("midline_margin_mm", 5.0))
+
+
+def _load_case(spec: SourceSpec, root: Path, image: Path, masks: list[Path], ml: Path | None,
+               modality: str) -> Volume:
+    img = read_volume(image, root, "image")
+    data = img.data
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise SourceError(f"{rel(image, root)}: image must be a 3D volume, got shape {data.shape}")
+    midline, margin = _midline(spec, data.shape, img.affine)
+    if ml is not None:
+        label_map, names = _multilabel(spec, root, ml, data.shape, img.affine, midline, margin)
+    else:
+        label_map, names = _structures(spec, root, masks, data.shape, img.affine, midline, margin)
+    return Volume(image=data.astype(np.float32, copy=False), affine=img.affine, modality=modality,
+                  label_map=label_map, label_names=names)
+
+
+def _same_grid(path: Path, root: Path, shape: tuple[int, ...], affine: np.ndarray, got) -> np.ndarray:
+    name = rel(path, root)
+    data = got.data
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.shape != shape:
+        raise SourceError(f"{name}: mask shape {data.shape} differs from the image's {shape}")
+    if not np.allclose(got.affine, affine, atol=1e-3):
+        raise SourceError(f"{name}: mask affine differs from the image's (not on the same voxel grid)")
+    return data
+
+
+def _structures(spec: SourceSpec, root: Path, masks: list[Path], shape: tuple[int, ...], affine: np.ndarray,
+                midline: float, margin: float) -> tuple[np.ndarray, dict[int, str]]:
+    """One binary mask file per structure -> one label map (structures must not overlap)."""
+    label_map = np.zeros(shape, dtype=np.uint16)
+    names: dict[int, str] = {}
+    owner: dict[int, str] = {}
+    for path in masks:
+        name = rel(path, root)
+        data = _same_grid(path, root, shape, affine, read_volume(path, root, "mask"))
+        values = np.unique(data)
+        if values.size > 2 or (values.size == 2 and values[0] != 0):
+            shown = ", ".join(str(v) for v in values[:5])
+            raise SourceError(f"{name}: a structure mask must hold 0 and one other value, got {shown}")
+        mask = data != 0
+        if not mask.any():
+            continue  # most structures are absent from any one scan
+        tag = case_of(path) or path.stem
+        label, side = readable_name(tag)
+        label = spec.labels.get(tag, label)
+        if not label:
+            continue  # mapped to "" in the sources file: dropped
+        check_side(label, side, mask, affine, midline, margin, name)
+        value = len(names) + 1
+        taken = label_map[mask]
+        if taken.any():
+            other = owner[int(taken[taken != 0][0])]
+            raise SourceError(f"{name}: overlaps {other} in {int(np.count_nonzero(taken))} voxels")
+        label_map[mask] = value
+        names[value], owner[value] = label, name
+    if not names:
+        raise SourceError(f"{rel(masks[0].parent, root) if masks else '?'}: every structure mask is empty")
+    return label_map, names
+
+
+def _multilabel(spec: SourceSpec, root: Path, ml: Path, shape: tuple[int, ...], affine: np.ndarray,
+                midline: float, margin: float) -> tuple[np.ndarray, dict[int, str]]:
+    """The ``--ml`` file: one label map, its names from the header (sources-file labels win)."""
+    name = rel(ml, root)
+    got = read_volume(ml, root, "label map")
+    label_map = checked_label_map(_same_grid(ml, root, shape, affine, got), name)
+    names: dict[int, str] = {}
+    for value in np.unique(label_map).tolist():
+        if value == 0:
+            continue
+        tag = got.label_names.get(value)
+        if tag is None and str(value) not in spec.labels:
+            raise SourceError(f"{name}: label value {value} has no name in the file's header or the source's labels")
+        label, side = readable_name(tag) if tag else (spec.labels[str(value)], None)
+        label = spec.labels.get(str(value), spec.labels.get(tag or "", label))
+        if label:
+            check_side(label, side, label_map == value, affine, midline, margin, f"{name} (label {value})")
+            names[value] = label
+    return label_map, names
+
+
+class TotalSegmentatorAdapter:
+    """``kind = "totalsegmentator"``: one item per case folder (see the module docstring)."""
+
+    kind = "totalsegmentator"
+    option_keys = ("image", "segmentations", "cases")
+
+    def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
+        root = Path(spec.path)
+        if not root.is_dir():
+            yield SourceError(f"{root.name}: source folder not found or not a folder")
+            return
+        opts = spec.options
+        seg_name = str(opts.get("segmentations", DEFAULT_SEGMENTATIONS))
+        wanted = set(opts.get("cases") or [])
+        cases = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not cases:
+            yield SourceError(f"{root.name}: no case folders (expected <case>/{DEFAULT_IMAGE} + <case>/{seg_name}/)")
+        for case in cases:
+            if wanted and case.name not in wanted:
+                continue
+            yield self._case(spec, root, case, seg_name)
+
+    def _case(self, spec: SourceSpec, root: Path, case: Path, seg_name: str) -> SourceItem | SourceError:
+        key = rel(case, root)
+        seg_dir = case / seg_name
+        volumes = [p for p in volume_files(case) if case_of(p) != seg_name]
+        ml = next((p for p in volume_files(case) if case_of(p) == seg_name), None)
+        image_opt = spec.options.get("image")
+        if image_opt:
+            image = case / str(image_opt)
+        elif (case / DEFAULT_IMAGE).is_file():
+            image = case / DEFAULT_IMAGE
+        elif len(volumes) == 1:
+            image = volumes[0]
+        else:
+            found = ", ".join(p.name for p in volumes) or "none"
+            return SourceError(f"{key}: cannot tell the image among the volume files ({found}); set options.image")
+        if not image.is_file():
+            return SourceError(f"{rel(image, root)}: image file not found")
+        masks = volume_files(seg_dir) if seg_dir.is_dir() else []
+        if not masks and ml is None:
+            return SourceError(f"{key}: no {seg_name}/ folder of structure masks and no {seg_name}.nii.gz (--ml) file")
+        modality = spec.modality or ("MRI" if image.name.lower().startswith("mr") else "CT")
+        inputs = [ml] if masks == [] else masks
+        return SourceItem(
+            key=key,
+            files=[*companion_files(image), *(f for p in inputs for f in companion_files(p))],
+            load=partial(_load_case, spec, root, image, masks, None if masks else ml, modality),
+        )
+
+
+register(TotalSegmentatorAdapter())

@@ -618,8 +618,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ingest",
         formatter_class=fmt,
         help="render source datasets to PNG slices + regions in a build catalog",
-        description="Read segmentation sources (NIfTI / MSD / nnU-Net, DICOM + SEG / RTSTRUCT, 2D images + "
-        "masks, SLAKE, SA-Med2D), render 8-bit PNG slices in the radiological convention and store one "
+        description="Read segmentation sources (NIfTI / MHA / NRRD / 3D Slicer, MSD / nnU-Net, "
+        "TotalSegmentator, DICOM + SEG / RTSTRUCT, 2D images + masks, SLAKE, SA-Med2D), render 8-bit PNG "
+        "slices in the radiological convention and store one "
         "region (component boxes, area, side, ...) per (image, structure). Resumable: unchanged items are "
         "skipped, a crash never leaves half an item. Exit code 1 if any item failed. See docs/ingest.md.",
     )

@@ -24,6 +24,7 @@ from skimage import measure
 from vgmed_build.config import normalise_options
 from vgmed_build.ingest import run_ingest
 from vgmed_build.regions import extract_regions, slice_label_areas
+from vgmed_build.sources import get_adapter
 from vgmed_build.sources.base import SourceSpec
 
 
@@ -91,7 +92,7 @@ def write_case(folder: Path, case: str, labels: np.ndarray, image: np.ndarray) -
 
 def spec_for(folder: Path) -> SourceSpec:
     return SourceSpec(name="bench", kind="nifti", path=folder, modality="CT", body_part="abdomen",
-                      options=normalise_options({}, "bench", {"label", "label_suffix"}))
+                      options=normalise_options({}, "bench", get_adapter("nifti").option_types))
 
 
 def main() -> int:

@@ -325,3 +325,54 @@ def test_interrupted_swap_is_recovered(build, tmp_path):
         release(build_dir, out, {})  # fails after recovery: the restored release must survive
     assert tree_bytes(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "rel"]
+
+
+def test_refuses_a_users_folder_that_holds_a_manifest_json(build, tmp_path, caplog):
+    """Issue 12.1: a project folder with its own manifest.json is not a release: nothing deleted."""
+    build_dir, _, _ = build
+    project = tmp_path / "X"
+    (project / "src").mkdir(parents=True)
+    (project / "manifest.json").write_text('{"name":"app"}')
+    (project / "src" / "main.js").write_text("work")
+    before = tree_bytes(project)
+    code = main(["release", "--build", str(build_dir), "--out", str(project), "--include-unreviewed"])
+    assert code == 1
+    assert tree_bytes(project) == before
+    assert 'no "format": "vgmed-release"' in caplog.text and "nothing was changed" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X", "build"]  # no temp dirs left behind
+
+
+def test_replacing_a_release_never_deletes_files_its_manifest_does_not_list(build, tmp_path):
+    build_dir, decisions, _ = build
+    out = release(build_dir, tmp_path / "rel", decisions)
+    (out / "notes").mkdir()
+    (out / "notes" / "my-analysis.txt").write_text("mine")
+    (out / "images" / "extra.png").write_bytes(b"not listed")
+    before = tree_bytes(out)
+    unlisted = r"3 path\(s\) its manifest does not list \('images/extra.png', 'notes', 'notes/my-analysis.txt'\)"
+    with pytest.raises(ReleaseError, match=unlisted):
+        release(build_dir, out, decisions, created="2030-01-01T00:00:00Z")
+    assert tree_bytes(out) == before
+    # a release with only its listed files (some of them missing) is replaced as before
+    for extra in ("notes/my-analysis.txt", "notes", "images/extra.png"):
+        (out / extra).rmdir() if (out / extra).is_dir() else (out / extra).unlink()
+    (out / "README.md").unlink()
+    release(build_dir, out, decisions, created="2030-01-01T00:00:00Z")
+    assert json.loads((out / "manifest.json").read_text())["created"] == "2030-01-01T00:00:00Z"
+
+
+def test_a_folder_moved_aside_is_only_deleted_when_it_is_a_release(build, tmp_path):
+    """Recovery after a kill deletes `.NAME.old-*` leftovers only when they are provably ours."""
+    build_dir, decisions, _ = build
+    out = release(build_dir, tmp_path / "rel", decisions)
+    leftover = tmp_path / ".rel.old-abc"
+    leftover.mkdir()
+    (leftover / "data.csv").write_text("someone's")
+    killed_mid_swap = tmp_path / ".rel.old-def"
+    killed_mid_swap.mkdir()
+    for rel, data in tree_bytes(out).items():
+        (killed_mid_swap / rel).parent.mkdir(parents=True, exist_ok=True)
+        (killed_mid_swap / rel).write_bytes(data)
+    release(build_dir, out, decisions, created="2030-01-01T00:00:00Z")
+    assert (leftover / "data.csv").read_text() == "someone's"
+    assert not killed_mid_swap.exists()

@@ -36,8 +36,8 @@ def rel(pristine, tmp_path) -> Path:
     return Path(shutil.copytree(pristine, tmp_path / "rel"))
 
 
-def problems(root: Path, forbid=None) -> list[str]:
-    return [p.format() for p in validate_release(root, forbid).problems]
+def problems(root: Path, forbid=None, layout: str = "vgmed") -> list[str]:
+    return [p.format() for p in validate_release(root, forbid, layout).problems]
 
 
 def edit_line(path: Path, number: int, change) -> None:
@@ -178,8 +178,9 @@ def test_forbid_file_rejects_short_strings(tmp_path):
 def make_published(root: Path) -> Path:
     """A download in the published layout: no manifest, inclusive xyxy, a SLAKE item in xywh."""
     (root / "images" / "slake").mkdir(parents=True)
-    Image.fromarray(np.full((40, 50), 90, np.uint8)).save(root / "images" / "ct_1.png")
-    Image.fromarray(np.full((30, 30, 3), 90, np.uint8)).save(root / "images" / "slake" / "xmlab1.jpg")
+    grey = np.add.outer(np.arange(40), np.arange(50)).astype(np.uint8)
+    Image.fromarray(grey).save(root / "images" / "ct_1.png")
+    Image.fromarray(np.stack([grey[:30, :30]] * 3, axis=-1)).save(root / "images" / "slake" / "xmlab1.jpg")
     loc = [
         {
             "image": "images/ct_1.png",
@@ -204,13 +205,14 @@ def make_published(root: Path) -> Path:
 
 def test_published_download(tmp_path, capsys):
     root = make_published(tmp_path / "pub")
-    assert main(["validate", str(root)]) == 0
+    assert main(["validate", "--published", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "published VGMED download" in out and "skipped: checksums" in out and "skipped: duplicate ids" in out
+    assert "published VGMED layout" in out and "skipped: checksums" in out and "skipped: duplicate ids" in out
+    assert "no checksums checked" in out and "SHA" not in out
     # the inclusive max index W-1 is fine, W is not; SLAKE xywh must fit as x + w <= W
     edit_line(root / LOCALIZATION_FILE, 1, lambda r: r.update(bbox=[0, 0, 50, 39]))
     edit_line(root / LOCALIZATION_FILE, 2, lambda r: r.update(original_bboxes=[[10, 10, 25, 5]]))
-    found = problems(root)
+    found = problems(root, layout="published")
     assert len(found) == 2
     assert found[0].startswith(f"{LOCALIZATION_FILE}:1: box [0, 0, 50, 39] (xyxy)")
     assert found[1].startswith(f"{LOCALIZATION_FILE}:2: box [10, 10, 25, 5] (xywh)")
@@ -225,3 +227,41 @@ def test_box_helpers():
     assert box_problem([3, 3, 3, 3], "xyxy_inclusive", 10, 10) is None  # one pixel
     assert box_problem([3, 3, 3, 3], "xyxy_exclusive", 10, 10) is not None  # empty
     assert box_problem([0, 0, 10, 10], "xywh", 10, 10) is None
+
+
+def test_deleting_the_manifest_does_not_make_a_changed_release_pass(rel, capsys):
+    """Issue 12.5: answers and an image changed, manifest.json deleted: still refused, in both modes."""
+    edit_line(rel / ATTRIBUTE_FILE, 1, lambda r: r.update(answer="changed"))
+    image = sorted((rel / "images").iterdir())[0]
+    pixels = np.asarray(Image.open(image)).copy()
+    pixels[:5, :5] = 255 - pixels[:5, :5]
+    Image.fromarray(pixels).save(image)
+    (rel / "manifest.json").unlink()
+    assert main(["validate", str(rel)]) == 1
+    out = capsys.readouterr().out
+    assert "manifest.json:0: missing" in out and out.rstrip().endswith("problem(s)")
+    assert main(["validate", "--published", str(rel)]) == 1
+    out = capsys.readouterr().out
+    assert "vgmed's dataset card (README.md), vgmed's schemas/, record ids" in out
+    assert "this is a vgmed release, not a published download" in out
+    # even the card alone (schemas and ids gone) marks the folder as ours
+    shutil.rmtree(rel / "schemas")
+    for name in (ATTRIBUTE_FILE, LOCALIZATION_FILE):
+        lines = [json.loads(line) for line in (rel / name).read_text().splitlines()]
+        (rel / name).write_text("".join(json.dumps({k: v for k, v in r.items() if k != "id"}) + "\n" for r in lines))
+    assert any("vgmed's dataset card" in p for p in problems(rel, layout="published"))
+
+
+def test_a_published_download_is_not_taken_for_a_release(tmp_path):
+    root = make_published(tmp_path / "pub")
+    assert problems(root)[0].startswith("manifest.json:0: missing") and "--published" in problems(root)[0]
+
+
+def test_blank_images_are_flagged(rel):
+    """Issue 12.3: a black (all-NaN volume) or constant image is not a valid release image."""
+    images = sorted((rel / "images").iterdir())
+    width, height = Image.open(images[0]).size
+    Image.fromarray(np.zeros((height, width), np.uint8)).save(images[0])
+    found = problems(rel)
+    blank = f"image {images[0].relative_to(rel).as_posix()}: is blank: every pixel has the value 0"
+    assert any(blank in p for p in found)

@@ -47,6 +47,8 @@ REQUIRED_SECTIONS = (
     "Limitations",
 )
 PREVIEW_MARK = "PREVIEW"
+# The card's own words that mark a folder as a vgmed release (validate needs its manifest then).
+CARD_MARK = "Built with vgmed"
 
 
 def hub_licence(licences: list[tuple[str, str]]) -> str:
@@ -143,7 +145,7 @@ connected component of the target), `bbox_convention`, `q_type`, `modality`, `bo
 **Box convention.** `bbox` holds pixel coordinates of the released image, {box_text}
 
 ## Construction
-Built with vgmed {manifest["tool"]["version"]}: source segmentation datasets were rendered into 2D images
+{CARD_MARK} {manifest["tool"]["version"]}: source segmentation datasets were rendered into 2D images
 (3D volumes reoriented, resampled to square pixels, windowed per modality, shown in radiological
 convention), each labelled structure became a region with boxes from its mask's connected components,
 localization questions came from fixed templates and attribute questions from templates or an LLM, and

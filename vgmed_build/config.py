@@ -17,6 +17,7 @@ from typing import Any
 import tomllib
 
 from vgmed_build.sources import SourceError, SourceSpec, get_adapter
+from vgmed_build.sources.base import OPTION_TYPES
 
 PLANES = ("axial", "coronal", "sagittal")
 SLICE_POLICIES = ("largest", "all", "every_n")
@@ -154,7 +155,7 @@ def _spec_from_entry(entry: Any, file: Path | None, index: int, where: str | Non
     name = entry.get("name") or re.sub(r"[^A-Za-z0-9._-]+", "_", path.name)
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(f"{where}: key 'name': {name!r} must be letters, digits, '.', '_' or '-'")
-    adapter_keys = set(getattr(adapter, "option_keys", ()))
+    adapter_types = dict(getattr(adapter, "option_types", {}))
     return SourceSpec(
         name=name,
         kind=kind,
@@ -167,20 +168,31 @@ def _spec_from_entry(entry: Any, file: Path | None, index: int, where: str | Non
         categories=_str_map(entry, "categories", where),
         dataset=_opt_str(entry, "dataset", where),
         licence=_opt_str(entry, "licence", where),
-        options=normalise_options(entry.get("options") or {}, where, adapter_keys),
+        options=normalise_options(entry.get("options") or {}, where, adapter_types),
     )
 
 
-def normalise_options(options: Any, where: str, extra_keys: set[str] | frozenset[str] = frozenset()) -> dict:
-    """Check option names and values and fill in defaults (adapter-specific keys pass through)."""
+def normalise_options(options: Any, where: str, adapter_types: dict[str, str] | None = None) -> dict:
+    """Check option names and values and fill in defaults.
+
+    ``adapter_types``: the source kind's own options, name -> a key of ``OPTION_TYPES``; each value
+    given is type-checked (a quoted "false" is a string, never a boolean).
+    """
+    adapter_types = adapter_types or {}
     if not isinstance(options, dict):
         raise ConfigError(f"{where}: key 'options' must be a table/mapping")
-    _reject_unknown(options, set(DEFAULT_OPTIONS) | set(extra_keys), f"{where}: options")
+    _reject_unknown(options, set(DEFAULT_OPTIONS) | set(adapter_types), f"{where}: options")
     out = dict(DEFAULT_OPTIONS)
     out.update(options)
 
     def bad(key: str, expected: str) -> ConfigError:
-        return ConfigError(f"{where}: option {key!r} = {out[key]!r}: expected {expected}")
+        return ConfigError(
+            f"{where}: option {key!r} = {out[key]!r} ({type(out[key]).__name__}): expected {expected}"
+        )
+
+    for key, expected in adapter_types.items():
+        if key in options and not OPTION_TYPES[expected](options[key]):
+            raise bad(key, expected)
 
     if out["plane"] not in PLANES:
         raise bad("plane", " | ".join(PLANES))

@@ -145,10 +145,25 @@ def auto_ct_preset(body_part: str) -> str:
     return "soft_tissue"
 
 
+def contrast_problem(pixels: np.ndarray) -> str | None:
+    """Why ``pixels`` can render nothing (no finite value, or one value everywhere), else None."""
+    finite = pixels[np.isfinite(pixels)] if np.issubdtype(pixels.dtype, np.floating) else pixels.ravel()
+    if finite.size == 0:
+        return "no finite intensity (every value is NaN or infinite)"
+    lo, hi = finite.min(), finite.max()
+    if lo == hi:
+        return f"no contrast (every finite value is {lo.item():g})"
+    return None
+
+
 def window_bounds(
     image: np.ndarray, modality: str, body_part: str, window: str | list[float], percentiles: list[float]
 ) -> tuple[float, float]:
-    """Intensity bounds for one volume: CT presets by body region, percentile clipping otherwise."""
+    """Intensity bounds for one volume: CT presets by body region, percentile clipping otherwise.
+
+    Percentiles are taken over the finite voxels only (NaN and +-Inf, found in some float NIfTIs,
+    are ignored); callers check :func:`contrast_problem` first, so some voxel is finite.
+    """
     if isinstance(window, list):
         level, width = window
         return level - width / 2, level + width / 2
@@ -159,12 +174,15 @@ def window_bounds(
     # Percentiles over a regular subsample: deterministic, and fast on 100M-voxel volumes.
     step = max(1, round((image.size / 2_000_000) ** (1 / 3))) if image.ndim == 3 else 1
     sample = image[::step, ::step, ::step] if image.ndim == 3 else image
-    lo, hi = np.nanpercentile(sample, percentiles)  # NaN voxels (some float NIfTIs) are ignored
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0:  # the subsample missed the few finite voxels
+        finite = image[np.isfinite(image)]
+    lo, hi = np.percentile(finite, percentiles)
     return float(lo), (float(hi) if hi > lo else float(lo) + 1.0)
 
 
 def to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Map [lo, hi] linearly to 0..255 (clipped, rounded)."""
+    """Map [lo, hi] linearly to 0..255 (clipped, rounded; NaN -> 0, +-Inf -> 255 / 0)."""
     scaled = (arr.astype(np.float32) - lo) * (255.0 / (hi - lo))
     return np.clip(np.rint(np.nan_to_num(scaled, nan=0.0)), 0, 255).astype(np.uint8)
 

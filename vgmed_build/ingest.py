@@ -39,7 +39,7 @@ from vgmed_build.regions import (
 )
 from vgmed_build.resources import schema_problems
 from vgmed_build.sources import SourceError, SourceSpec, get_adapter
-from vgmed_build.sources.base import Image2D, SourceItem, Volume
+from vgmed_build.sources.base import Image2D, SourceItem, Volume, escaped_name, name_problem
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,9 @@ def _render_volume(spec: SourceSpec, key: str, vol: Volume, modality: str, build
     if vol.image.ndim != 3:
         raise SourceError(f"{key}: image must be 3D, got shape {vol.image.shape}")
     _check_labels(key, vol.image.shape, vol.label_map, vol.masks)
+    problem = imaging.contrast_problem(vol.image)
+    if problem:
+        raise SourceError(f"{key}: image has {problem}; nothing to render")
     vol = imaging.canonical(vol)
     opts = spec.options
     plane, shape = opts["plane"], vol.image.shape
@@ -278,6 +281,9 @@ def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_di
     if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
         raise SourceError(f"{key}: image must be uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}")
     _check_labels(key, pixels.shape[:2], img.label_map, img.masks)
+    problem = imaging.contrast_problem(pixels)
+    if problem:
+        raise SourceError(f"{key}: image has {problem}; nothing to render")
     opts = spec.options
     found: list[tuple[int, RegionGeometry]] = []
     if img.label_map is not None:
@@ -555,8 +561,10 @@ def _list_jobs(catalog: Catalog, specs: list[SourceSpec], report: IngestReport) 
         except Exception as exc:  # the adapter could not even list the source
             entries = [SourceError(f"{spec.path}: cannot list source ({type(exc).__name__}: {exc})")]
         for entry in entries:
+            if isinstance(entry, SourceItem):
+                entry = name_problem(entry) or entry
             if isinstance(entry, SourceError):
-                message = str(entry)
+                message = escaped_name(str(entry))
                 item = message.split(": ", 1)[0] if ": " in message else spec.path.name
                 report.errors.append((spec.name, item, message))
                 catalog.record_error(STAGE, item, message, source=spec.name)

@@ -44,6 +44,7 @@ LOCALIZATION_FILE = "VGMED_localization.jsonl"
 ATTRIBUTE_FILE = "VGMED_attribute.jsonl"
 MANIFEST_FILE = "manifest.json"
 CARD_FILE = "README.md"
+RELEASE_FORMAT = "vgmed-release"  # the manifest's "format": how a release proves it is ours
 RELEASE_IMAGES = "images"
 CONFIGS = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE}
 FILE_OF_QTYPE = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE, "position": ATTRIBUTE_FILE}
@@ -255,23 +256,62 @@ def build_release(
 
 
 def _recover_interrupted(out_dir: Path) -> None:
-    """Undo what a killed run left next to the target: restore a release moved aside, drop temp dirs."""
+    """Undo what a killed run left next to the target: restore a release moved aside, drop temp dirs.
+
+    A folder moved aside is only ever deleted when it is provably a release of ours (see
+    :func:`not_ours`); anything else under such a name is left where it is, with a warning.
+    """
     for old in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
         if not out_dir.exists():
             log.warning("restoring %s from %s (an earlier release run was interrupted)", out_dir, old.name)
             os.rename(old, out_dir)
+        elif not_ours(old):
+            log.warning("leaving %s in place: %s", old, not_ours(old))
         else:
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old)
     for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def not_ours(directory: Path) -> str | None:
+    """Why ``directory`` may not be replaced by a release, or None when it is provably one of ours.
+
+    Provably ours: its manifest says ``"format": "vgmed-release"`` and every file and folder in it
+    is the manifest itself, a file the manifest lists, or a folder above one. A user's folder that
+    merely holds some ``manifest.json`` fails the first test; a release the user added files to fails
+    the second, so replacing a release never deletes a file the manifest does not list.
+    """
+    if not directory.is_dir():
+        return "exists and is not a directory"
+    try:
+        manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"is not a vgmed release (no {MANIFEST_FILE})"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"is not a vgmed release ({MANIFEST_FILE} cannot be read: {exc})"
+    if not isinstance(manifest, dict) or manifest.get("format") != RELEASE_FORMAT:
+        return f'is not a vgmed release ({MANIFEST_FILE} has no "format": "{RELEASE_FORMAT}")'
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return f"is not a vgmed release ({MANIFEST_FILE} has no file list)"
+    allowed = {MANIFEST_FILE, *files}
+    allowed |= {parent.as_posix() for rel in files for parent in Path(rel).parents if parent != Path(".")}
+    foreign = sorted(
+        rel for rel in (p.relative_to(directory).as_posix() for p in directory.rglob("*")) if rel not in allowed
+    )
+    if foreign:
+        shown = ", ".join(repr(rel) for rel in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        return f"is a vgmed release but holds {len(foreign)} path(s) its manifest does not list ({shown})"
+    return None
+
+
 def _check_target(out_dir: Path) -> None:
-    """Refuse to replace a directory that is not a release (it could be anything of the user's)."""
-    if out_dir.exists() and (
-        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).exists())
-    ):
-        raise ReleaseError(f"{out_dir}: exists and is not a vgmed release (no {MANIFEST_FILE}); choose another --out")
+    """Refuse to replace anything but an empty folder or a provable release (it could be the user's)."""
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    reason = not_ours(out_dir)
+    if reason:
+        raise ReleaseError(f"{out_dir}: {reason}; nothing was changed; choose another --out or move it away")
 
 
 def _write_records_and_images(
@@ -340,7 +380,7 @@ def _write_text_files(
         {(r["source"]["dataset"], r["source"]["licence"]) for recs in records_by_file.values() for r in recs}
     )
     manifest: dict[str, Any] = {
-        "format": "vgmed-release",
+        "format": RELEASE_FORMAT,
         "format_version": 1,
         "name": options.name,
         "version": options.version,

@@ -1,9 +1,11 @@
 """`vgmed-build validate DIR`: check a release (ours, or a published VGMED download).
 
-Checks: every record against its schema, every image present and readable, boxes inside their
+Checks: every record against its schema, every image present, readable and not blank (one value
+everywhere, e.g. a volume of NaNs rendered black), boxes inside their
 image, no duplicate ids, checksums and counts against the manifest, the dataset card, and no patient
 identifiers anywhere (record text, card, manifest, file names, image metadata; plus the strings of a
-forbid file in every byte). A published download has no manifest, no ids and no card: what cannot
+forbid file in every byte). A release of ours needs its manifest; a published download (the separate
+``--published`` mode) has no manifest, no ids and no card: what cannot
 be checked is listed as skipped. Problems come out as ``file:line: message`` (line 0 = whole file).
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from vgmed_build.card import PREVIEW_MARK, REQUIRED_SECTIONS
+from vgmed_build.card import CARD_MARK, PREVIEW_MARK, REQUIRED_SECTIONS
 from vgmed_build.commands import HelpFormatter
 from vgmed_build.identifiers import (
     Forbidden,
@@ -30,7 +32,15 @@ from vgmed_build.identifiers import (
     load_forbid_file,
 )
 from vgmed_build.pngmeta import PNG_SIGNATURE, PNGError, metadata_chunks
-from vgmed_build.release import CARD_FILE, CONFIGS, FILE_OF_QTYPE, MANIFEST_FILE, count_records, sha256_file
+from vgmed_build.release import (
+    CARD_FILE,
+    CONFIGS,
+    FILE_OF_QTYPE,
+    MANIFEST_FILE,
+    RELEASE_SCHEMAS,
+    count_records,
+    sha256_file,
+)
 from vgmed_build.resources import schema_errors
 
 TEXT_SUFFIXES = {".jsonl", ".json", ".md", ".txt", ".csv", ".yaml", ".yml"}
@@ -50,7 +60,7 @@ class Problem:
 @dataclass
 class ValidationReport:
     root: Path
-    kind: str  # "vgmed" (has manifest.json) or "published"
+    kind: str  # the layout checked: "vgmed" (a release of ours, with manifest.json) or "published"
     problems: list[Problem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     n_records: int = 0
@@ -102,19 +112,67 @@ def box_problem(box: list[float], fmt: str, width: int, height: int) -> str | No
 # ---------------------------------------------------------------- the validator
 
 
-def validate_release(root: str | Path, forbid: list[Forbidden] | None = None) -> ValidationReport:
-    """Validate the release directory ``root``; see the module docstring for what is checked."""
+LAYOUTS = ("vgmed", "published")
+
+
+def ours_signs(root: Path) -> list[str]:
+    """What marks ``root`` as written by vgmed (its dataset card, its schemas, record ids).
+
+    A folder with any of these is a vgmed release and is only valid with its manifest: deleting
+    ``manifest.json`` must not turn a changed release into a "published download" that passes.
+    """
+    signs = []
+    card = root / CARD_FILE
+    if card.is_file() and CARD_MARK in card.read_text(encoding="utf-8", errors="replace"):
+        signs.append(f"vgmed's dataset card ({CARD_FILE})")
+    if any((root / "schemas" / f"{name}.schema.json").is_file() for name in RELEASE_SCHEMAS):
+        signs.append("vgmed's schemas/")
+    for name in sorted(p.name for p in root.glob("*.jsonl")):
+        with open(root / name, encoding="utf-8", errors="replace") as fh:
+            first = fh.readline()
+        try:
+            record = json.loads(first)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "id" in record:
+            signs.append(f"record ids ({name})")
+            break
+    return signs
+
+
+def validate_release(
+    root: str | Path, forbid: list[Forbidden] | None = None, layout: str = "vgmed"
+) -> ValidationReport:
+    """Validate the release directory ``root``; see the module docstring for what is checked.
+
+    ``layout`` 'vgmed' (a release of ours: its manifest is required) or 'published' (a published
+    VGMED download, which has no manifest: what cannot be checked is listed as skipped).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
     root = Path(root)
     forbid = forbid or []
-    manifest_path = root / MANIFEST_FILE
-    report = ValidationReport(root=root, kind="vgmed" if manifest_path.is_file() else "published")
+    report = ValidationReport(root=root, kind=layout)
     if not root.is_dir():
         report.add(str(root), 0, "not a directory")
         return report
+    has_manifest = (root / MANIFEST_FILE).is_file()
+    if layout == "published":
+        signs = ours_signs(root) + ([MANIFEST_FILE] if has_manifest else [])
+        if signs:
+            report.add(
+                ".", 0, f"holds {', '.join(signs)}: this is a vgmed release, not a published download; "
+                "validate it without --published (it needs its manifest.json)"
+            )
+    elif not has_manifest:
+        report.add(
+            MANIFEST_FILE, 0, "missing: a vgmed release is checked against its manifest (checksums, file list, "
+            "counts); for a published VGMED download use --published"
+        )
     record_files = sorted(p.name for p in root.glob("*.jsonl"))
     if not record_files:
         report.add(".", 0, f"no question files ({', '.join(sorted(CONFIGS.values()))}) here")
-    manifest = _load_manifest(report) if report.kind == "vgmed" else None
+    manifest = _load_manifest(report) if layout == "vgmed" and has_manifest else None
     images: dict[str, _ImageInfo] = {}
     records_by_file: dict[str, list[dict]] = {}
     all_valid = True
@@ -127,12 +185,14 @@ def validate_release(root: str | Path, forbid: list[Forbidden] | None = None) ->
     report.n_records = sum(len(r) for r in records_by_file.values())
     report.n_images = len(images)
     _scan_tree(report, forbid, referenced=set(images))
-    if report.kind == "vgmed":
+    if layout == "vgmed":
         if manifest is not None:
             _check_manifest(report, manifest, records_by_file, all_valid)
             _check_card(report, manifest)
+        else:
+            report.skipped.append(f"checksums, file list, counts and card: no readable {MANIFEST_FILE}")
     else:
-        report.skipped.append("checksums, file list and counts: no manifest.json (published download)")
+        report.skipped.append("checksums, file list and counts: a published download has no manifest.json")
         report.skipped.append(
             "record schema: only the fields the public evaluator reads (schemas/published_record.schema.json)"
         )
@@ -241,9 +301,15 @@ def _read_image(root: Path, rel: str, ours: bool) -> _ImageInfo:
     try:
         with Image.open(path) as im:
             im.load()
-            return _ImageInfo(im.size, None)
+            extrema = im.getextrema()
+            size = im.size
     except Exception as exc:  # PIL raises many types for broken files
         return _ImageInfo(None, f"cannot be read as an image ({type(exc).__name__}: {exc})")
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    if all(lo == hi for lo, hi in bands):
+        value = "/".join(str(lo) for lo, _ in bands)
+        return _ImageInfo(size, f"is blank: every pixel has the value {value} (nothing to ground a question in)")
+    return _ImageInfo(size, None)
 
 
 def _scan_tree(report: ValidationReport, forbid: list[Forbidden], referenced: set[str]) -> None:
@@ -390,8 +456,9 @@ def register_validate(subparsers: argparse._SubParsersAction) -> None:
         description="Validate a release directory: record schemas, images present and readable, boxes inside "
         "their image, unique ids, checksums and counts against manifest.json, the dataset card, and no "
         "patient "
-        "identifiers in records, card, manifest, file names or image metadata. A published VGMED download "
-        "(no manifest) is checked as far as it can be; the rest is reported as skipped. Exit status 1 when "
+        "identifiers in records, card, manifest, file names or image metadata. A release of ours needs its "
+        "manifest.json; a published VGMED download is checked with --published as far as it can be, and "
+        "the rest is reported as skipped. Exit status 1 when "
         "any problem is found. Line 0 in a message means the file as a whole.",
         formatter_class=HelpFormatter,
     )
@@ -403,6 +470,13 @@ def register_validate(subparsers: argparse._SubParsersAction) -> None:
         help="text file with strings that must not occur anywhere (one per line, '#' comments); every file's "
         "bytes and every file name are searched, case-insensitively",
     )
+    p.add_argument(
+        "--published",
+        action="store_true",
+        help="check DIR as a published VGMED download (the hub layout: no manifest, no ids, no card): only "
+        "records, images, boxes and identifiers; checksums and counts are reported as not checked. A folder "
+        "with vgmed's card, schemas or record ids is refused in this mode (it needs its manifest.json)",
+    )
     p.set_defaults(func=_cmd_validate)
 
 
@@ -412,12 +486,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     except ForbidFileError as exc:
         print(exc, file=sys.stderr)
         return 2
-    report = validate_release(args.dir, forbid)
+    report = validate_release(args.dir, forbid, layout="published" if args.published else "vgmed")
     for problem in report.problems:
         print(problem.format())
     for note in report.skipped:
         print(f"skipped: {note}")
-    kind = "vgmed release" if report.kind == "vgmed" else "published VGMED download (no manifest.json)"
+    kind = "vgmed release" if report.kind == "vgmed" else "published VGMED layout"
     verdict = f"{len(report.problems)} problem(s)" if report.problems else "OK"
+    if not report.problems and report.kind == "published":
+        verdict = "layout OK (no checksums checked: the published layout has none)"
     print(f"{args.dir}: {kind}, {report.n_records} records, {report.n_images} images: {verdict}")
     return 1 if report.problems else 0

@@ -21,6 +21,32 @@ class SourceError(ValueError):
     """A problem with one source file or item; the message names the file and the problem."""
 
 
+def escaped_name(text: str) -> str:
+    """``text`` with the bytes of a non-UTF-8 file name shown as ``\\xNN`` (storable, printable).
+
+    Python gives such names as lone surrogates, which SQLite, JSON files and UTF-8 output refuse.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def name_problem(item: SourceItem) -> SourceError | None:
+    """The error of an item whose key or input file names are not UTF-8 (None when they all are).
+
+    Such an item is refused by name rather than half-stored: its key would be stored in the
+    catalog, shown to reviewers and written to logs.
+    """
+    for name in (item.key, *(path.name for path in item.files)):
+        if escaped_name(name) != name:
+            return SourceError(
+                f"{escaped_name(item.key)}: file or folder name '{escaped_name(name)}' is not valid UTF-8 "
+                "(its bytes are shown as \\xNN); rename it"
+            )
+    return None
+
+
 @dataclass
 class SourceSpec:
     """One entry of the sources file (or one ``--source KIND:PATH`` flag)."""
@@ -75,8 +101,26 @@ class SourceItem:
     load: Callable[[], Volume | Image2D]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The types a source kind's own options may have, each with its check (TOML "false" is a string, not
+# a boolean: a string never passes for a boolean or a number).
+OPTION_TYPES: dict[str, Callable[[Any], bool]] = {
+    "a string": lambda v: isinstance(v, str),
+    "a boolean (true or false, unquoted)": lambda v: isinstance(v, bool),
+    "an integer": _is_int,
+    "a number": lambda v: _is_int(v) or isinstance(v, float),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "a list of integers": lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+}
+STRING, BOOLEAN, INTEGER, NUMBER, STRINGS, INTEGERS = OPTION_TYPES
+
+
 class SourceAdapter(Protocol):
     kind: str
+    option_types: dict[str, str]  # the kind's own option names -> a key of OPTION_TYPES
 
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         """List the items of a source; unusable entries come back as SourceError values."""

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, Volume, register
 from vgmed_build.sources.images2d import (
     IMAGE_EXTS,
-    MASK_OPTION_KEYS,
+    MASK_OPTION_TYPES,
     MaskLayout,
     load_masks,
     rel,
@@ -211,7 +211,7 @@ class DicomAdapter:
     """``kind = "dicom"``: one item per annotated series (and per 2D DICOM image with masks)."""
 
     kind = "dicom"
-    option_keys = MASK_OPTION_KEYS
+    option_types = MASK_OPTION_TYPES
 
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root = Path(spec.path)

@@ -20,11 +20,28 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, register
+from vgmed_build.sources.base import (
+    BOOLEAN,
+    INTEGER,
+    INTEGERS,
+    STRING,
+    Image2D,
+    SourceError,
+    SourceItem,
+    SourceSpec,
+    register,
+)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_PATTERNS = {"binary": "masks/{stem}_{label}.png", "index": "masks/{stem}.png"}
-MASK_OPTION_KEYS = ("masks", "mask_type", "class_name", "binary_threshold", "skip_empty", "ignore_values")
+MASK_OPTION_TYPES = {
+    "masks": STRING,
+    "mask_type": STRING,
+    "class_name": STRING,
+    "binary_threshold": INTEGER,
+    "skip_empty": BOOLEAN,
+    "ignore_values": INTEGERS,
+}
 
 
 def rel(path: Path, root: Path) -> str:
@@ -249,7 +266,7 @@ class Images2DAdapter:
     """``kind = "images2d"``: every image under ``options.images`` (default ``images/`` or the root)."""
 
     kind = "images2d"
-    option_keys = ("images", *MASK_OPTION_KEYS)
+    option_types = {"images": STRING, **MASK_OPTION_TYPES}
 
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root = Path(spec.path)

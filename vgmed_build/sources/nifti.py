@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vgmed_build.sources.base import SourceError, SourceItem, SourceSpec, Volume, register
+from vgmed_build.sources.base import STRING, SourceError, SourceItem, SourceSpec, Volume, register
 from vgmed_build.sources.volumes import (
     SLICER_SEG,
     VOLUME_EXTS,
@@ -141,7 +141,7 @@ class NiftiAdapter:
     """Single pairs or folders of pairs (see the module docstring)."""
 
     kind = "nifti"
-    option_keys = ("label", "label_suffix")
+    option_types = {"label": STRING, "label_suffix": STRING}
 
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         path, opts = spec.path, spec.options
@@ -276,7 +276,7 @@ class MsdAdapter:
     """Medical Segmentation Decathlon / nnU-Net dataset folders."""
 
     kind = "msd"
-    option_keys = ()
+    option_types: dict[str, str] = {}
 
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root = spec.path

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, register
+from vgmed_build.sources.base import BOOLEAN, STRINGS, Image2D, SourceError, SourceItem, SourceSpec, register
 from vgmed_build.sources.images2d import binary_mask, read_image, read_mask, rel
 
 INDEX_FILE = "SAMed2D_v1.json"
@@ -97,7 +97,7 @@ class SAMed2DAdapter:
     """``kind = "samed2d"``: one item per image listed in ``SAMed2D_v1.json``."""
 
     kind = "samed2d"
-    option_keys = ("datasets", "modalities", "skip_empty")
+    option_types = {"datasets": STRINGS, "modalities": STRINGS, "skip_empty": BOOLEAN}
 
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root = Path(spec.path)

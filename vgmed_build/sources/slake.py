@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, register
+from vgmed_build.sources.base import NUMBER, STRING, STRINGS, Image2D, SourceError, SourceItem, SourceSpec, register
 from vgmed_build.sources.images2d import read_image, rel
 
 # Split -> file names (the Hugging Face copy renamed validate.json to validation.json).
@@ -171,7 +171,7 @@ class SlakeAdapter:
     """``kind = "slake"``: one item per ``imgs/<folder>`` holding ``source.jpg``."""
 
     kind = "slake"
-    option_keys = ("splits", "locations", "match_iou", "unmatched_boxes")
+    option_types = {"splits": STRINGS, "locations": STRINGS, "match_iou": NUMBER, "unmatched_boxes": STRING}
 
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root = Path(spec.path)

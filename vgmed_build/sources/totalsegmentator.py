@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vgmed_build.sources.base import SourceError, SourceItem, SourceSpec, Volume, register
+from vgmed_build.sources.base import STRING, STRINGS, SourceError, SourceItem, SourceSpec, Volume, register
 from vgmed_build.sources.nifti import checked_label_map
 from vgmed_build.sources.volumes import (
     case_of,
@@ -165,7 +165,7 @@ class TotalSegmentatorAdapter:
     """``kind = "totalsegmentator"``: one item per case folder (see the module docstring)."""
 
     kind = "totalsegmentator"
-    option_keys = ("image", "segmentations", "cases")
+    option_types = {"image": STRING, "segmentations": STRING, "cases": STRINGS}
 
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root = Path(spec.path)

@@ -9,6 +9,8 @@ a recognised port without a template falls back to them. ``--chat-template FILE`
 Each template takes the adapter's messages (a user turn whose content is a list of ``image`` and
 ``text`` items) and renders exactly the string the original code builds for one image before the
 question; the tokenizer adds its own BOS where the original does (LLaMA/Mistral, not Qwen).
+transformers renders templates with ``trim_blocks``: a newline right after a block tag is dropped,
+so such newlines are written as ``{{ '\\n' }}``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class FamilyPrompt:
 # HuatuoGPT-Vision (7B on Qwen2, 34B on Yi): "<|user|>\n<image>\n{text}\n<|assistant|>\n", no system prompt.
 HUATUO = FamilyPrompt(
     "huatuo", "HuatuoGPT-Vision's conversation template",
-    "{% for message in messages %}{% if message['role'] == 'user' %}<|user|>\n" + _USER_ITEMS + "\n"
+    "{% for message in messages %}{% if message['role'] == 'user' %}<|user|>\n" + _USER_ITEMS + "{{ '\\n' }}"
     "{% else %}<|assistant|>\n" + _assistant("", "{{ eos_token }}\n") + "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}",
 )
@@ -85,3 +87,11 @@ def read_template(path: str | Path) -> str:
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"--chat-template {path}: the template is empty")
     return text
+
+
+def add_chat_template_arg(parser) -> None:
+    """The ``--chat-template FILE`` option of every command that loads a model."""
+    parser.add_argument("--chat-template", type=Path, metavar="FILE",
+                        help="chat template (Jinja, or JSON with 'chat_template') to use instead of the checkpoint's "
+                             "own; needed for checkpoints that ship none and are not recognised (HuatuoGPT-Vision and "
+                             "LLaVA-Med ports are)")

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
+from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.geometry import GeometryError, GridGeometry
 from vgmed_eval.metrics import grounding_metrics
 from vgmed_eval.release_io import FILES, Question, read_release
@@ -260,6 +261,7 @@ def register(subparsers) -> None:
                         "OUT/control, for the report's medical-vs-natural comparison")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_chat_template_arg(p)
     p.set_defaults(func=_main)
 
 
@@ -276,7 +278,7 @@ def _main(args) -> int:
         if not release.is_dir():
             raise SystemExit(f"release directory {release} does not exist")
     try:
-        adapter = load_adapter(args.model, dtype=args.dtype, device=args.device)
+        adapter = load_adapter(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--model {args.model}: cannot load: {exc}") from exc
     try:

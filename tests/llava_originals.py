@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from tokenizers import AddedToken
 from vgmed_eval.adapters.tiny import synthetic_tokenizer
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -143,6 +144,7 @@ def make_original(root: Path, layout: Layout, seed: int = 0) -> Path:
     sp = _SPECIALS[layout.text_type]
     tok = synthetic_tokenizer(sp["specials"], "", bos=sp["bos"], eos=sp["eos"], pad=sp["pad"])
     tok.chat_template = None
+    tok.add_tokens([AddedToken("\n", normalized=False)])  # newlines are tokens, as in the real vocabularies
     if sp["bos"]:  # LLaMA / Mistral tokenizers put BOS before every encoded text
         from tokenizers import processors
 

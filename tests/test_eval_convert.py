@@ -183,3 +183,51 @@ def test_cli_convert_then_grounding_vgrefine_vqa(tmp_path):
     assert len(rows) == 2 and all(r["grid_cells"] == 64 and r["knocked_out"] == 51 for r in rows)
     assert rows[0]["prompt"].startswith("[INST] <image>") and rows[0]["prompt"].endswith("[/INST]")
     shutil.rmtree(dst)
+
+
+def _port_without_template(dst: Path, folder: Path) -> Path:
+    """A copy of a converted checkpoint with every chat template removed (as some official ports ship)."""
+    shutil.copytree(dst, folder)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (folder / name).unlink(missing_ok=True)
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        path = folder / name
+        cfg = json.loads(path.read_text())
+        cfg.pop("chat_template", None)
+        path.write_text(json.dumps(cfg))
+    return folder
+
+
+def test_ports_without_template_get_the_known_prompt_or_a_clear_error(converted, tmp_path):
+    _, huatuo, _ = converted["huatuo"]
+    _, med, _ = converted["llava-med"]
+    port = _port_without_template(huatuo, tmp_path / "HuatuoGPT-Vision-7B-hf")
+    assert load_adapter(str(port)).prompt("Q?") == "<|user|>\n<image>\nQ?\n<|assistant|>\n"
+    port = _port_without_template(med, tmp_path / "llava-med-v1.5-mistral-7b-hf")
+    assert load_adapter(str(port)).prompt("Q?") == "[INST] <image>\nQ? [/INST]"
+    unknown = _port_without_template(huatuo, tmp_path / "someones-llava")
+    with pytest.raises(ValueError, match=r"someones-llava: the checkpoint has no chat template.*--chat-template FILE"):
+        load_adapter(str(unknown))
+    template = tmp_path / "mine.jinja"
+    template.write_text("Q: {% for m in messages %}{% for it in m['content'] %}{% if it['type'] == 'image' %}"
+                        "<image>{% else %}{{ it['text'] }}{% endif %}{% endfor %}{% endfor %} A:")
+    assert load_adapter(str(unknown), chat_template=template).prompt("Q?") == "Q: <image>Q? A:"
+    # --chat-template also overrides a template the checkpoint has, and tiny models.
+    assert load_adapter(str(huatuo), chat_template=template).prompt("x") == "Q: <image>x A:"
+    assert load_adapter("builtin:tiny-llava", chat_template=template).prompt("x") == "Q: <image>x A:"
+    # Every model-loading command takes it; without it the unknown port is refused by name.
+    from eval_fixtures import make_release
+
+    release = make_release(tmp_path / "release", errors=False)
+    with pytest.raises(SystemExit, match="someones-llava.*--chat-template FILE"):
+        main(["grounding", "--release", str(release), "--model", str(unknown), "--out", str(tmp_path / "g"),
+              "--no-progress"])
+    assert main(["grounding", "--release", str(release), "--model", str(unknown), "--out", str(tmp_path / "g"),
+                 "--no-progress", "--bootstrap", "20", "--limit", "2", "--chat-template", str(template)]) == 0
+    assert json.loads((tmp_path / "g" / "summary.json").read_text())["n_ok"] == 2
+    assert main(["vqa", "--benchmark", "pmc-vqa", "--data", str(FIX / "pmc-vqa"), "--model", str(unknown),
+                 "--out", str(tmp_path / "v"), "--max-new-tokens", "1"]) == 2
+    assert main(["vqa", "--benchmark", "pmc-vqa", "--data", str(FIX / "pmc-vqa"), "--model", str(unknown),
+                 "--out", str(tmp_path / "v"), "--max-new-tokens", "1", "--chat-template", str(template)]) == 0
+    rows = (tmp_path / "v" / "predictions_baseline.jsonl").read_text().splitlines()
+    assert all(json.loads(r)["prompt"].startswith("Q: <image>") for r in rows)

@@ -74,17 +74,28 @@ class Adapter:
 
     # ----- loading -------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str, dtype: torch.dtype | str = "auto", device: str = "cpu") -> Adapter:
+    def from_pretrained(cls, path: str, dtype: torch.dtype | str = "auto", device: str = "cpu",
+                        chat_template: str | None = None) -> Adapter:
+        """Load a checkpoint; ``chat_template`` (text) overrides the checkpoint's own template."""
         import transformers
 
+        tokenizer, image_processor, template, processor = cls.load_processing(path)
+        template = chat_template or template or cls.known_template(path)
+        if not template:
+            raise ValueError(f"{path}: the checkpoint has no chat template and is not one whose prompt vgmed knows "
+                             "(HuatuoGPT-Vision, LLaVA-Med); give one with --chat-template FILE")
         model_cls = getattr(transformers, cls.model_class)
         model = model_cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-        tokenizer, image_processor, chat_template, processor = cls.load_processing(path)
-        return cls(model.to(device).eval(), tokenizer, image_processor, chat_template, processor, name=path)
+        return cls(model.to(device).eval(), tokenizer, image_processor, template, processor, name=path)
+
+    @classmethod
+    def known_template(cls, path: str) -> str | None:
+        """The prompt of a recognised checkpoint that ships without a chat template (none by default)."""
+        return None
 
     @classmethod
     def load_processing(cls, path: str):
-        """(tokenizer, image_processor, chat_template, processor) from a checkpoint directory or hub id."""
+        """(tokenizer, image_processor, chat_template or None, processor) from a checkpoint directory or hub id."""
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from vgmed_eval.adapters.base import Adapter, build_tiny, register, size_value, tiny_text_config
 from vgmed_eval.adapters.tiny import synthetic_tokenizer
+from vgmed_eval.chat_templates import recognise
 from vgmed_eval.geometry import GridGeometry, clip_geometry, stretch_geometry
 
 _TEMPLATE = (
@@ -46,6 +47,12 @@ class LlavaAdapter(Adapter):
     family = "llava"
     model_types = ("llava",)
     model_class = "LlavaForConditionalGeneration"
+
+    @classmethod
+    def known_template(cls, path: str) -> str | None:
+        """HuatuoGPT-Vision-7B-hf and LLaVA-Med ports without a template get their family's prompt."""
+        prompt = recognise(path)
+        return prompt.template if prompt else None
 
     @staticmethod
     def grid_geometry(ip, config, width: int, height: int) -> GridGeometry:

@@ -59,10 +59,7 @@ class QwenVLAdapter(Adapter):
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
-        template = _read_chat_template(path) or tokenizer.chat_template
-        if template is None:
-            raise ValueError(f"{path}: no chat template found (chat_template.jinja/json or tokenizer)")
-        return tokenizer, image_processor, template, None
+        return tokenizer, image_processor, _read_chat_template(path) or tokenizer.chat_template, None
 
     @property
     def merge(self) -> int:

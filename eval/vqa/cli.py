@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError, VQAItem, get_benchmark
 from vgmed_eval.vqa.prompts import question_prompt
 from vgmed_eval.vqa.scoring import score_response, summarize
@@ -64,6 +65,7 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="model dtype (auto: the checkpoint's own; float32 for tiny models)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for --compare")
+    add_chat_template_arg(p)
     p.set_defaults(func=run)
 
 
@@ -165,7 +167,11 @@ def run(args) -> int:
     log.info("%s: %d questions (%d already answered), systems: %s", args.benchmark, len(items),
              len(items) - len(todo), ", ".join(systems))
 
-    adapter = load_adapter(args.model, dtype=args.dtype, device=args.device)
+    try:
+        adapter = load_adapter(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+    except (OSError, ValueError) as exc:
+        log.error("--model %s: cannot load: %s", args.model, exc)
+        return 2
     refiner = VGRefiner(adapter, config, max_new_tokens=args.max_new_tokens)
     errors: list[str] = []
     todo = _by_image(todo)

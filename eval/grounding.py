@@ -29,9 +29,11 @@ from tqdm import tqdm
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.geometry import GeometryError, GridGeometry
 from vgmed_eval.metrics import grounding_metrics
-from vgmed_eval.release_io import FILES, Question, read_release
+from vgmed_eval.release_io import Question, read_release
 from vgmed_eval.summary import summarise
 from vgmed_eval.vqa.prompts import GENERAL_PROMPT, SHORT_ANSWER
+
+from vgmed_build.release_format import Q_TYPES, expected_names
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +237,8 @@ def register(subparsers) -> None:
         description=__doc__,
     )
     p.add_argument("--release", required=True, type=Path,
-                   help=f"release directory holding {' and/or '.join(FILES.values())} and images/ "
-                        "(ours or the published VGMED files)")
+                   help=f"release directory holding one or both question files ({expected_names(Q_TYPES)}) and, "
+                        "unless --images says otherwise, the pictures (ours or the published VGMED files)")
     p.add_argument("--model", required=True,
                    help="hub id or local checkpoint (LLaVA-1.5/NeXT, Qwen2/2.5/3-VL, Gemma 3 families), or "
                         "builtin:tiny-<family> for a tiny random model that runs offline")
@@ -269,9 +271,9 @@ def _main(args) -> int:
     from vgmed_eval.adapters import load_adapter
 
     q_types = tuple(t.strip() for t in args.q_types.split(",") if t.strip())
-    unknown = [t for t in q_types if t not in FILES]
+    unknown = [t for t in q_types if t not in Q_TYPES]
     if unknown:
-        raise SystemExit(f"unknown question type(s) {unknown}; choose from {', '.join(FILES)}")
+        raise SystemExit(f"unknown question type(s) {unknown}; choose from {', '.join(Q_TYPES)}")
     if args.batch_size < 1:
         raise SystemExit("--batch-size must be at least 1")
     for release in filter(None, (args.release, args.control_release)):

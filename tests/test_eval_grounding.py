@@ -17,9 +17,11 @@ from vgmed_eval.cli import main as cli_main
 from vgmed_eval.grounding import evaluate_release, parse_layers, question_prompt
 from vgmed_eval.heads import select_heads
 from vgmed_eval.metrics import grounding_metrics
-from vgmed_eval.release_io import convert_boxes, read_release
+from vgmed_eval.release_io import read_release
 from vgmed_eval.report import paint_cells
 from vgmed_eval.vqa.prompts import GENERAL_PROMPT
+
+from vgmed_build.release_format import record_boxes
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +129,10 @@ def test_published_format_reads_the_same_boxes(tmp_path, release):
     for q in theirs:
         assert q.boxes == ours[q.image_rel + q.question]
     assert {q.source for q in theirs} >= {"SLAKE", "camera-set"}
+
+
+def convert_boxes(record: dict) -> list:
+    return record_boxes(record)[0]
 
 
 def test_box_conventions():

@@ -12,7 +12,8 @@ from release_fixtures import make_build
 from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
 from vgmed_build.export import ExportError, export_parquet, export_vqa_json
-from vgmed_build.release import ATTRIBUTE_FILE, LOCALIZATION_FILE, ReleaseOptions, build_release
+from vgmed_build.release import ReleaseOptions, build_release
+from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE
 
 
 @pytest.fixture(scope="module")

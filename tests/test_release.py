@@ -16,15 +16,8 @@ from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import build_parser, main
 from vgmed_build.identifiers import Forbidden
 from vgmed_build.pngmeta import metadata_chunks
-from vgmed_build.release import (
-    ATTRIBUTE_FILE,
-    LOCALIZATION_FILE,
-    ReleaseError,
-    ReleaseOptions,
-    build_release,
-    convert_boxes,
-    review_facts,
-)
+from vgmed_build.release import ReleaseError, ReleaseOptions, build_release, review_facts
+from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE, encode_boxes
 from vgmed_build.resources import schema_errors
 from vgmed_build.validate import validate_release
 
@@ -61,10 +54,10 @@ def test_box_conventions_match_mask_extremes():
     ys, xs = np.nonzero(mask)
     published = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]  # the published recipe
     exclusive = [[5, 2, 8, 4]]
-    assert convert_boxes(exclusive, "exclusive") == exclusive
-    assert convert_boxes(exclusive, "published") == [published]
+    assert encode_boxes(exclusive, "exclusive") == exclusive
+    assert encode_boxes(exclusive, "published") == [published]
     with pytest.raises(ValueError):
-        convert_boxes(exclusive, "xywh")
+        encode_boxes(exclusive, "xywh")
 
 
 def test_review_selection(build):

@@ -16,8 +16,9 @@ from release_fixtures import make_build
 from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
 from vgmed_build.identifiers import ForbidFileError, find_patterns, load_forbid_file
-from vgmed_build.release import ATTRIBUTE_FILE, LOCALIZATION_FILE, ReleaseOptions, build_release
-from vgmed_build.validate import box_problem, published_boxes, validate_release
+from vgmed_build.release import ReleaseOptions, build_release
+from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE, box_format, box_problem, raw_boxes
+from vgmed_build.validate import validate_release
 
 LINE = re.compile(r"^[^:\s]+:\d+: .+$")
 
@@ -219,9 +220,11 @@ def test_published_download(tmp_path, capsys):
 
 
 def test_box_helpers():
-    assert published_boxes({"image": "a/SLAKE/x.jpg", "bbox": [1, 2, 3, 4]}) == ([[1, 2, 3, 4]], "xywh")
-    assert published_boxes({"image": "a.png", "original_bboxes": [[1, 2, 3, 4]]}) == ([[1, 2, 3, 4]], "xyxy")
-    assert published_boxes({"image": "a.png", "bbox": [1, 2, 3, 4], "bbox_format": "xywh"})[1] == "xywh"
+    slake = {"image": "a/SLAKE/x.jpg", "bbox": [1, 2, 3, 4]}
+    assert (raw_boxes(slake), box_format(slake)[0]) == ([[1, 2, 3, 4]], "xywh")
+    other = {"image": "a.png", "original_bboxes": [[1, 2, 3, 4]]}
+    assert (raw_boxes(other), box_format(other)[0]) == ([[1, 2, 3, 4]], "xyxy_inclusive")
+    assert box_format({"image": "a.png", "bbox": [1, 2, 3, 4], "bbox_format": "xywh"})[0] == "xywh"
     assert box_problem([0, 0, 10, 10], "xyxy_exclusive", 10, 10) is None
     assert box_problem([0, 0, 10, 10], "xyxy_inclusive", 10, 10) is not None
     assert box_problem([3, 3, 3, 3], "xyxy_inclusive", 10, 10) is None  # one pixel

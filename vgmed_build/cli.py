@@ -13,6 +13,8 @@ COMMAND_MODULES = [
     "vgmed_build.drafting.cli",
     "vgmed_build.review.cli",
     "vgmed_build.release",
+    "vgmed_build.validate",
+    "vgmed_build.export",
     "vgmed_build.demo",
 ]
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vgmed_build.commands import HelpFormatter
-from vgmed_build.release import ATTRIBUTE_FILE, CONFIGS, MANIFEST_FILE
+from vgmed_build.release_format import ATTRIBUTE_FILE, CONFIGS, MANIFEST_FILE, RecordFileError, read_lines
 from vgmed_build.resources import schema_errors
 
 FORMATS = ("parquet", "vqa-json")
@@ -68,16 +68,17 @@ def read_records(release_dir: Path, name: str) -> list[dict]:
         raise ExportError(f"{release_dir}: no {MANIFEST_FILE}; export works on releases made by `vgmed-build release`")
     path = release_dir / name
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ExportError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-            errors = schema_errors("release_record", record)
-            if errors:
-                raise ExportError(f"{path}:{number}: {errors[0]} (run `vgmed-build validate`)")
-            records.append(record)
+    try:
+        lines = list(read_lines(path))
+    except RecordFileError as exc:
+        raise ExportError(str(exc)) from exc
+    for line in lines:
+        if line.error:
+            raise ExportError(f"{path}:{line.number}: {line.error}")
+        errors = schema_errors("release_record", line.record)
+        if errors:
+            raise ExportError(f"{path}:{line.number}: {errors[0]} (run `vgmed-build validate`)")
+        records.append(line.record)
     return records
 
 
@@ -125,7 +126,7 @@ def export_vqa_json(release_dir: str | Path, out_file: str | Path) -> Path:
     return out_file
 
 
-def register_export(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         help="export a release as Parquet or as a VQA JSON for evaluation harnesses",

@@ -14,14 +14,12 @@ answer comes from geometry.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,22 +33,26 @@ from vgmed_build.catalog import Catalog, CatalogError, open_catalog
 from vgmed_build.commands import HelpFormatter, add_build_arg
 from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
+from vgmed_build.release_format import (
+    CARD_FILE,
+    CONFIGS,
+    CONVENTIONS,
+    FILE_OF_QTYPE,
+    MANIFEST_FILE,
+    RELEASE_FORMAT,
+    RELEASE_IMAGES,
+    RELEASE_SCHEMAS,
+    check_boxes,
+    count_records,
+    encode_boxes,
+    jsonl_bytes,
+    sha256_file,
+)
 from vgmed_build.resources import resource_dir
 from vgmed_build.review.decision import POLICIES, Decision, check_policy, decide
+from vgmed_build.validate import validate_release
 
 log = logging.getLogger(__name__)
-
-LOCALIZATION_FILE = "VGMED_localization.jsonl"
-ATTRIBUTE_FILE = "VGMED_attribute.jsonl"
-MANIFEST_FILE = "manifest.json"
-CARD_FILE = "README.md"
-RELEASE_FORMAT = "vgmed-release"  # the manifest's "format": how a release proves it is ours
-RELEASE_IMAGES = "images"
-CONFIGS = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE}
-FILE_OF_QTYPE = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE, "position": ATTRIBUTE_FILE}
-RELEASE_SCHEMAS = ("release_record", "manifest")
-CONVENTIONS = {"exclusive": "xyxy_exclusive", "published": "xyxy_inclusive"}
-
 
 class ReleaseError(RuntimeError):
     """The release could not be built; any existing release at the target is left untouched."""
@@ -80,28 +82,6 @@ class ReleaseReport:
 
 
 # ---------------------------------------------------------------- pure record building
-
-
-def convert_boxes(boxes: Iterable[Iterable[int]], convention: str) -> list[list[int]]:
-    """Boxes from the catalog's exclusive pixel edges to ``convention`` ('exclusive' | 'published')."""
-    if convention == "exclusive":
-        return [[int(v) for v in box] for box in boxes]
-    if convention == "published":
-        return [[int(x0), int(y0), int(x1) - 1, int(y1) - 1] for x0, y0, x1, y1 in boxes]
-    raise ValueError(f"unknown bbox convention {convention!r}; choose one of {sorted(CONVENTIONS)}")
-
-
-def check_boxes(boxes: list[list[int]], width: int, height: int) -> str | None:
-    """Why exclusive xyxy ``boxes`` do not fit a ``width`` x ``height`` image, or None when they do."""
-    if not boxes:
-        return "no boxes"
-    for box in boxes:
-        if len(box) != 4 or not all(isinstance(v, int) for v in box):
-            return f"box {box} is not four integers"
-        x0, y0, x1, y1 = box
-        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-            return f"box {box} is empty or outside the {width}x{height} image"
-    return None
 
 
 def review_facts(decision: Decision | None, include_unreviewed: bool) -> dict | None:
@@ -142,7 +122,7 @@ def build_record(draft: dict, region: dict, decision: Decision | None, review: d
         "image": f"{RELEASE_IMAGES}/{region['image_id']}.png",
         "question": question,
         "answer": answer,
-        "bbox": convert_boxes(boxes, convention),
+        "bbox": encode_boxes(boxes, convention),
         "bbox_convention": CONVENTIONS[convention],
         "q_type": draft["q_type"],
         "modality": region["modality"],
@@ -157,24 +137,6 @@ def build_record(draft: dict, region: dict, decision: Decision | None, review: d
             "licence": source.get("licence") or "unknown",
         },
         "review": review,
-    }
-
-
-def count_records(records_by_file: Mapping[str, list[dict]]) -> dict[str, Any]:
-    """The manifest's counts (every mapping sorted by key, so the JSON is stable)."""
-    records = [r for recs in records_by_file.values() for r in recs]
-
-    def tally(key) -> dict[str, int]:
-        return dict(sorted(Counter(key(r) for r in records).items()))
-
-    return {
-        "records": len(records),
-        "images": len({r["image"] for r in records}),
-        "by_file": {name: len(records_by_file.get(name, [])) for name in sorted(CONFIGS.values())},
-        "by_q_type": tally(lambda r: r["q_type"]),
-        "by_modality": tally(lambda r: r["modality"]),
-        "by_source": tally(lambda r: r["source"]["dataset"]),
-        "by_review_status": tally(lambda r: r["review"]["status"]),
     }
 
 
@@ -193,18 +155,6 @@ def resolve_created(created: str | None) -> str:
     return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def jsonl_bytes(records: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------- I/O edge
 
 
@@ -221,8 +171,6 @@ def build_release(
     options: ReleaseOptions = ReleaseOptions(),
 ) -> ReleaseReport:
     """Write the release for ``decisions`` (draft id -> Decision) to ``out_dir`` atomically."""
-    from vgmed_build.validate import validate_release  # validate imports this module's constants
-
     if options.bbox_convention not in CONVENTIONS:
         raise ReleaseError(f"unknown bbox convention {options.bbox_convention!r}")
     try:
@@ -491,12 +439,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "names and IDs of the source data); the release is refused if any occurs",
     )
     p.set_defaults(func=_cmd_release)
-
-    from vgmed_build.export import register_export
-    from vgmed_build.validate import register_validate
-
-    register_validate(subparsers)
-    register_export(subparsers)
 
 
 def _cmd_release(args: argparse.Namespace) -> int:

@@ -32,13 +32,19 @@ from vgmed_build.identifiers import (
     load_forbid_file,
 )
 from vgmed_build.pngmeta import PNG_SIGNATURE, PNGError, metadata_chunks
-from vgmed_build.release import (
+from vgmed_build.release_format import (
     CARD_FILE,
     CONFIGS,
     FILE_OF_QTYPE,
     MANIFEST_FILE,
     RELEASE_SCHEMAS,
+    BoxError,
+    RecordFileError,
+    box_format,
+    box_problem,
     count_records,
+    raw_boxes,
+    read_lines,
     sha256_file,
 )
 from vgmed_build.resources import schema_errors
@@ -74,39 +80,6 @@ class ValidationReport:
 class _ImageInfo:
     size: tuple[int, int] | None  # None when unreadable
     error: str | None
-
-
-# ---------------------------------------------------------------- pure box checks
-
-
-def published_boxes(record: dict) -> tuple[list[list[float]], str]:
-    """Boxes of a published record as given, and their format ('xyxy' inclusive or 'xywh')."""
-    raw = record.get("bbox")
-    if raw is None:
-        raw = record.get("original_bboxes")
-    boxes = [raw] if raw and not isinstance(raw[0], list) else list(raw or [])
-    fmt = record.get("bbox_format")
-    if fmt is None:
-        hint = f"{record.get('image', '')} {record.get('source', '')}".lower()
-        fmt = "xywh" if "slake" in hint else "xyxy"
-    return boxes, fmt
-
-
-def box_problem(box: list[float], fmt: str, width: int, height: int) -> str | None:
-    """Why ``box`` is empty or outside a ``width`` x ``height`` image under ``fmt``, else None.
-
-    fmt: 'xyxy_exclusive' (pixel edges), 'xyxy_inclusive' / 'xyxy' (max pixel indices), 'xywh'.
-    """
-    if fmt == "xywh":
-        x, y, w, h = box
-        ok = x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= width and y + h <= height
-    elif fmt == "xyxy_exclusive":
-        x0, y0, x1, y1 = box
-        ok = 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
-    else:
-        x0, y0, x1, y1 = box
-        ok = 0 <= x0 <= x1 <= width - 1 and 0 <= y0 <= y1 <= height - 1
-    return None if ok else f"box {box} ({fmt}) is empty or outside the {width}x{height} image"
 
 
 # ---------------------------------------------------------------- the validator
@@ -229,19 +202,15 @@ def _check_record_file(
     records: list[dict] = []
     all_valid = True
     try:
-        text = (report.root / name).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        report.add(name, 0, f"cannot be read as UTF-8 text ({exc})")
+        lines = list(read_lines(report.root / name, blank_lines=True))
+    except RecordFileError as exc:
+        report.add(name, 0, str(exc).removeprefix(f"{report.root / name}: "))
         return records, False
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            report.add(name, number, "empty line")
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            report.add(name, number, f"not valid JSON ({exc.msg} at column {exc.colno})")
-            all_valid = False
+    for line in lines:
+        number, record = line.number, line.record
+        if line.error:
+            report.add(name, number, line.error)
+            all_valid &= line.blank
             continue
         errors = schema_errors("release_record" if ours else "published_record", record)
         for error in errors:
@@ -285,7 +254,12 @@ def _check_record_image(
         fmt = "xyxy_exclusive" if record["bbox_convention"] == "xyxy_exclusive" else "xyxy_inclusive"
         boxes = record["bbox"]
     else:
-        boxes, fmt = published_boxes(record)
+        try:
+            boxes, fmt = raw_boxes(record), box_format(record, name)[0]
+            fmt = "xyxy" if fmt == "xyxy_inclusive" else fmt  # the published name in messages
+        except BoxError as exc:
+            report.add(name, number, str(exc))
+            return
     for box in boxes:
         problem = box_problem(box, fmt, width, height)
         if problem:
@@ -449,7 +423,7 @@ def _check_card(report: ValidationReport, manifest: dict) -> None:
 # ---------------------------------------------------------------- command line
 
 
-def register_validate(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "validate",
         help="check a release (or a published VGMED download) and print every problem as file:line: message",

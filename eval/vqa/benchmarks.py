@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from vgmed_build.release_format import expected_names, question_file, read_lines, resolve_image, stable_id
+
 YES_NO = {"yes", "no"}
 LETTERS = "ABCDEFGHIJ"
 
@@ -137,16 +139,6 @@ def _skip_ws(text: str, pos: int) -> int:
     while pos < len(text) and text[pos] in " \t\r\n":
         pos += 1
     return pos
-
-
-def _jsonl(path: Path) -> Iterator[tuple[int, object]]:
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield line_no, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield line_no, BadRecord(f"invalid JSON ({exc.msg})")
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -456,30 +448,41 @@ def load_mmmu_med(root: Path) -> Loaded:
     return Loaded(items, errors)
 
 
-def _vgmed(root: Path, filename: str) -> Loaded:
-    ann = _require(root / filename, "VGMED release file")
+def _release_lines(path: Path) -> Iterator[tuple[int, object]]:
+    for line in read_lines(path):
+        yield line.number, (BadRecord(f"invalid JSON ({line.decode_error.msg})") if line.decode_error else line.record)
+
+
+def _vgmed(root: Path, q_type: str) -> Loaded:
+    ann = question_file(root, q_type)
+    if ann is None:
+        raise BenchmarkError(f"{root}: VGMED release file not found (looked for {expected_names([q_type])})")
 
     def make(rec: dict, where: str) -> VQAItem:
         answer = _field(rec, "answer")
+        number = int(where.rsplit(":", 1)[1])
+        image = resolve_image(rec.get("image"), root) if rec.get("image") not in (None, "") else None
+        if image is None or not image.is_file():
+            raise BadRecord(f"image {rec.get('image')!r} not found under {root}")
         return VQAItem(
-            id=_field(rec, "id"),
+            id=stable_id(rec, ann.name, number),
             question=_field(rec, "question"),
             answer=answer,
             kind=_kind_of(answer),
-            image=_image_file(root, _field(rec, "image")),
+            image=ImageRef(key=str(image), path=image),
             modality=rec.get("modality"),
             category=rec.get("body_part"),
             where=where,
         )
 
-    return _collect(_jsonl(ann), ann, make)
+    return _collect(_release_lines(ann), ann, make)
 
 
 @benchmark("vgmed-attribute", layout="VGMED_attribute.jsonl + images/ (a vgmed-build release)")
 def load_vgmed_attribute(root: Path) -> Loaded:
-    return _vgmed(root, "VGMED_attribute.jsonl")
+    return _vgmed(root, "attribute")
 
 
 @benchmark("vgmed-localization", layout="VGMED_localization.jsonl + images/ (a vgmed-build release)")
 def load_vgmed_localization(root: Path) -> Loaded:
-    return _vgmed(root, "VGMED_localization.jsonl")
+    return _vgmed(root, "localization")

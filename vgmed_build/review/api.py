@@ -9,7 +9,10 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from vgmed_build.review.server import LabelStudioError
+
+class LabelStudioError(RuntimeError):
+    """The server cannot be installed, started, reached or used; the message says what to do."""
+
 
 MAX_FILES_PER_UPLOAD = 100  # Label Studio's limit for one multipart import
 # Task ids per sliced export request: the ids travel in the query string, which must stay under the

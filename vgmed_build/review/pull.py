@@ -21,9 +21,10 @@ from tqdm import tqdm
 from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.resources import schema_errors
 from vgmed_build.review import api
+from vgmed_build.review.api import LabelStudioError
 from vgmed_build.review.convert import VERDICTS, read_annotation
 from vgmed_build.review.push import PROJECTS, DraftRow, load_drafts, project_state, pull_since_key
-from vgmed_build.review.server import LabelStudioError, ServerInfo, connect
+from vgmed_build.review.server import ServerInfo, connect
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.review import api
+from vgmed_build.review.api import LabelStudioError
 from vgmed_build.review.convert import draft_prediction
-from vgmed_build.review.server import LabelStudioError, ServerInfo, connect
+from vgmed_build.review.server import ServerInfo, connect
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from vgmed_build.review import api
+from vgmed_build.review.api import LabelStudioError
+
 log = logging.getLogger(__name__)
 
 LABEL_STUDIO_VERSION = "1.23.2"
@@ -38,10 +41,6 @@ STATE_DIR = "labelstudio"
 ADMIN_USER = "admin@vgmed.local"
 LOOPBACK = "127.0.0.1"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
-
-class LabelStudioError(RuntimeError):
-    """The server cannot be installed, started, reached or used; the message says what to do."""
 
 
 @dataclass
@@ -381,8 +380,6 @@ def connect(server: ServerInfo):
             ) from None
         raise LabelStudioError(f"Label Studio at {server.url} answered HTTP {exc.status_code} to whoami") from None
     if server.identity is None:
-        from vgmed_build.review import api
-
         orgs = api.request(client, "GET", "api/organizations/")
         org = next((o for o in orgs if o["id"] == me.active_organization), orgs[0])
         server.identity = f"label-studio-org:{org['id']}:{org['created_at']}"

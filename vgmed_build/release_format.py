@@ -1,0 +1,356 @@
+"""The VGMED release on disk: file names, records, box conventions and checksums, in one place.
+
+Three layouts are read:
+- ours (``vgmed-build release``): ``VGMED_{localization,attribute}.jsonl`` + ``images/`` +
+  ``manifest.json``; every record states its ``bbox_convention``;
+- the hub layout of the published release (``guimeng-liu/VGMED``): the same two names plus the natural-
+  image control files ``COCO_{localization,attribute}.jsonl``, ``image`` relative to the root;
+- the older submission layout: ``SLAKE_*_questions.jsonl`` / ``VGMED_*_questions.jsonl`` /
+  ``COCO_*_questions.jsonl``, ``image`` a SLAKE folder id (``xmlab462``) or a COCO val2014 id (int).
+
+Boxes of a published record are never guessed silently: an explicit ``--bbox-format`` wins, then the
+record's own ``bbox_format``, then the authors' rule (``[x, y, w, h]`` for images under ``Slake*``,
+for every record of the older layout and for COCO; ``[x0, y0, x1, y1]`` otherwise). Every box that
+is empty or inverted after conversion is a :class:`BoxError` naming the box and the convention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+# ---------------------------------------------------------------- file names
+
+LOCALIZATION_FILE = "VGMED_localization.jsonl"
+ATTRIBUTE_FILE = "VGMED_attribute.jsonl"
+MANIFEST_FILE = "manifest.json"
+CARD_FILE = "README.md"
+RELEASE_FORMAT = "vgmed-release"  # the manifest's "format": how a release proves it is ours
+RELEASE_IMAGES = "images"
+RELEASE_SCHEMAS = ("release_record", "manifest")  # copied into every release's schemas/
+Q_TYPES = ("localization", "attribute")
+CONFIGS = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE}
+FILE_OF_QTYPE = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE, "position": ATTRIBUTE_FILE}
+# Published layouts, per question type, in the order they are looked for.
+MEDICAL_FILES = {t: (f"VGMED_{t}.jsonl", f"SLAKE_{t}_questions.jsonl", f"VGMED_{t}_questions.jsonl") for t in Q_TYPES}
+CONTROL_FILES = {t: (f"COCO_{t}.jsonl", f"COCO_{t}_questions.jsonl") for t in Q_TYPES}
+
+# ---------------------------------------------------------------- box conventions
+
+# What ``vgmed-build release --bbox-convention`` writes (key) and the record field's value.
+CONVENTIONS = {"exclusive": "xyxy_exclusive", "published": "xyxy_inclusive"}
+# What a published record's boxes can be declared as (record field ``bbox_format`` or ``--bbox-format``).
+BOX_FORMATS = ("xywh", "xyxy")
+# How the maxima of a published xyxy box are read: +1 (inclusive max pixel indices, as the masks'
+# min/max give them; vgmed's default) or as pixel edges (what the authors' code does).
+XYXY_MAXIMA = ("inclusive", "edges")
+
+Box = tuple[float, float, float, float]
+
+
+class BoxError(ValueError):
+    """A record's boxes cannot be read (the message names the box and the convention)."""
+
+
+class RecordFileError(ValueError):
+    """A question file cannot be read at all (the message names the file)."""
+
+
+@dataclass(frozen=True)
+class BoxReading:
+    """How published boxes are read: ``format`` overrides every record (None = per record / rule)."""
+
+    format: str | None = None
+    xyxy_maxima: str = "inclusive"
+
+    def __post_init__(self) -> None:
+        if self.format is not None and self.format not in BOX_FORMATS:
+            raise ValueError(f"unknown bbox format {self.format!r}; choose one of {', '.join(BOX_FORMATS)}")
+        if self.xyxy_maxima not in XYXY_MAXIMA:
+            raise ValueError(f"unknown xyxy maxima reading {self.xyxy_maxima!r}; choose one of {XYXY_MAXIMA}")
+
+
+DEFAULT_READING = BoxReading()
+
+
+def encode_boxes(boxes: Iterable[Iterable[int]], convention: str) -> list[list[int]]:
+    """Boxes from the catalog's exclusive pixel edges to ``convention`` ('exclusive' | 'published')."""
+    if convention == "exclusive":
+        return [[int(v) for v in box] for box in boxes]
+    if convention == "published":
+        return [[int(x0), int(y0), int(x1) - 1, int(y1) - 1] for x0, y0, x1, y1 in boxes]
+    raise ValueError(f"unknown bbox convention {convention!r}; choose one of {sorted(CONVENTIONS)}")
+
+
+def check_boxes(boxes: list[list[int]], width: int, height: int) -> str | None:
+    """Why exclusive xyxy ``boxes`` do not fit a ``width`` x ``height`` image, or None when they do."""
+    if not boxes:
+        return "no boxes"
+    for box in boxes:
+        if len(box) != 4 or not all(isinstance(v, int) for v in box):
+            return f"box {box} is not four integers"
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            return f"box {box} is empty or outside the {width}x{height} image"
+    return None
+
+
+def raw_boxes(record: dict) -> list[list[float]]:
+    """A record's boxes as given (``bbox``, falling back to ``original_bboxes``; one box or a list)."""
+    raw = record.get("bbox")
+    if raw is None:
+        raw = record.get("original_bboxes")
+    if raw is None:
+        raise BoxError("no 'bbox' or 'original_bboxes' field")
+    if not isinstance(raw, list) or not raw:
+        raise BoxError(f"bbox must be a non-empty list, got {raw!r}")
+    boxes = [raw] if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw) else raw
+    for box in boxes:
+        if not (isinstance(box, list) and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+            raise BoxError(f"each box needs 4 numbers, got {box!r}")
+    return [[float(v) for v in box] for box in boxes]
+
+
+def is_older_layout(file_name: str) -> bool:
+    return file_name.endswith("_questions.jsonl")
+
+
+def under_slake(image: object) -> bool:
+    """The authors' rule: an image path with a folder (or the file) named ``Slake*``."""
+    return isinstance(image, str) and any(p.lower().startswith("slake") for p in PurePosixPath(image).parts)
+
+
+def box_format(record: dict, file_name: str = "", reading: BoxReading = DEFAULT_READING) -> tuple[str, str]:
+    """``(convention, why)`` of a record's boxes: xyxy_exclusive | xyxy_inclusive | xyxy_edges | xywh."""
+    convention = record.get("bbox_convention")
+    if convention is not None:
+        if convention not in CONVENTIONS.values():
+            raise BoxError(f"unknown bbox_convention {convention!r}")
+        return convention, "the record's bbox_convention"
+    if reading.format is not None:
+        fmt, why = reading.format, "--bbox-format"
+    elif record.get("bbox_format") is not None:
+        fmt, why = str(record["bbox_format"]).lower(), "the record's bbox_format"
+        if fmt not in BOX_FORMATS:
+            raise BoxError(f"unknown bbox_format {record['bbox_format']!r}; expected one of {', '.join(BOX_FORMATS)}")
+    elif is_older_layout(file_name) or Path(file_name).name.startswith("COCO_"):
+        fmt, why = "xywh", f"published rule: {Path(file_name).name} holds SLAKE / COCO boxes, all [x, y, w, h]"
+    elif under_slake(record.get("image")):
+        fmt, why = "xywh", "published rule: image under Slake*"
+    else:
+        fmt, why = "xyxy", "published rule: image not under Slake*"
+    if fmt == "xyxy":
+        return ("xyxy_inclusive" if reading.xyxy_maxima == "inclusive" else "xyxy_edges"), why
+    return fmt, why
+
+
+def to_edges(box: list[float], convention: str) -> Box:
+    """One box as pixel-edge xyxy (x1/y1 exclusive) under ``convention``."""
+    a, b, c, d = box
+    if convention == "xywh":
+        return a, b, a + c, b + d
+    if convention == "xyxy_inclusive":
+        return a, b, c + 1, d + 1
+    if convention in ("xyxy_exclusive", "xyxy_edges"):
+        return a, b, c, d
+    raise BoxError(f"unknown box convention {convention!r}")
+
+
+def record_boxes(record: dict, file_name: str = "", reading: BoxReading = DEFAULT_READING) -> tuple[list[Box], str]:
+    """A record's boxes as pixel-edge xyxy and the convention they were read in, or :class:`BoxError`."""
+    boxes = raw_boxes(record)
+    convention, why = box_format(record, file_name, reading)
+    out = [to_edges(box, convention) for box in boxes]
+    for given, edges in zip(boxes, out, strict=True):
+        if edges[2] <= edges[0] or edges[3] <= edges[1]:
+            raise BoxError(f"empty box {list(edges)}: {given} read as {convention} ({why}) has x1 <= x0 or y1 <= y0")
+    return out, convention
+
+
+def box_problem(box: list[float], fmt: str, width: int, height: int) -> str | None:
+    """Why ``box`` is empty or outside a ``width`` x ``height`` image under ``fmt``, else None.
+
+    fmt: 'xyxy_exclusive' / 'xyxy_edges' (pixel edges), 'xyxy_inclusive' / 'xyxy' (max pixel indices),
+    'xywh'.
+    """
+    if fmt == "xywh":
+        x, y, w, h = box
+        ok = x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= width and y + h <= height
+    elif fmt in ("xyxy_exclusive", "xyxy_edges"):
+        x0, y0, x1, y1 = box
+        ok = 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    else:
+        x0, y0, x1, y1 = box
+        ok = 0 <= x0 <= x1 <= width - 1 and 0 <= y0 <= y1 <= height - 1
+    return None if ok else f"box {box} ({fmt}) is empty or outside the {width}x{height} image"
+
+
+# ---------------------------------------------------------------- the published token mapping
+
+PUBLISHED_SIZE = 336
+PUBLISHED_GRID = 24
+
+
+def published_cells(boxes: Iterable[Box], width: int, height: int, *, pad: bool = False,
+                    size: int = PUBLISHED_SIZE, grid: int = PUBLISHED_GRID) -> set[tuple[int, int]]:
+    """``(col, row)`` cells the authors' code gives edge boxes: resize to ``size`` (after padding to a
+    centred square when ``pad``), floor of the min edge and ceil of the max edge on a ``grid`` grid."""
+    side_w, side_h, off_x, off_y = width, height, 0.0, 0.0
+    if pad:
+        side = max(width, height)
+        side_w = side_h = side
+        off_x, off_y = float((side - width) // 2), float((side - height) // 2)
+    cell_x, cell_y = side_w / grid, side_h / grid
+    cells = set()
+    for x0, y0, x1, y1 in boxes:
+        c0, c1 = math.floor((x0 + off_x) / cell_x), math.ceil((x1 + off_x) / cell_x)
+        r0, r1 = math.floor((y0 + off_y) / cell_y), math.ceil((y1 + off_y) / cell_y)
+        cells |= {(c, r) for c in range(max(c0, 0), min(c1, grid)) for r in range(max(r0, 0), min(r1, grid))}
+    return cells
+
+
+def gt_tokens_of(record: dict) -> set[tuple[int, int]] | None:
+    """The record's published ``gt_tokens`` as ``(col, row)`` pairs, or None when it has none."""
+    raw = record.get("gt_tokens")
+    if raw is None:
+        return None
+    try:
+        return {(int(c), int(r)) for c, r in raw}
+    except (TypeError, ValueError):
+        raise BoxError(f"gt_tokens is not a list of [col, row] pairs: {str(raw)[:80]}") from None
+
+
+def gt_tokens_disagreement(record: dict, boxes: list[Box], width: int, height: int, pad: bool = False) -> str | None:
+    """None when ``gt_tokens`` (if any) equal the published cells of ``boxes``, else what differs."""
+    given = gt_tokens_of(record)
+    if given is None:
+        return None
+    mine = published_cells(boxes, width, height, pad=pad)
+    if mine == given:
+        return None
+    return (f"gt_tokens disagree with the boxes: {len(given - mine)} cell(s) only in gt_tokens "
+            f"{sorted(given - mine)[:8]}, {len(mine - given)} only from the boxes {sorted(mine - given)[:8]}")
+
+
+# ---------------------------------------------------------------- files and records
+
+
+def question_file(root: Path, q_type: str, control: bool = False) -> Path | None:
+    """The question file of ``q_type`` in ``root`` under any layout (None when there is none).
+
+    A control release looks for the COCO names first, a medical one for the VGMED / SLAKE names; each
+    falls back to the other's names, so a folder that holds only one set is read whichever flag it
+    came with.
+    """
+    medical, coco = MEDICAL_FILES[q_type], CONTROL_FILES[q_type]
+    names = coco + medical if control else medical + coco
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def expected_names(q_types: Iterable[str]) -> str:
+    return ", ".join(n for t in q_types for n in MEDICAL_FILES[t] + CONTROL_FILES[t])
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of a question file: the record, or why it is not one."""
+
+    number: int
+    record: Any = None
+    decode_error: json.JSONDecodeError | None = None
+    blank: bool = False
+
+    @property
+    def error(self) -> str | None:
+        if self.blank:
+            return "empty line"
+        if self.decode_error is not None:
+            return f"not valid JSON ({self.decode_error.msg} at column {self.decode_error.colno})"
+        return None
+
+
+def read_lines(path: Path, blank_lines: bool = False) -> Iterator[Line]:
+    """Lines of a JSONL file, parsed; empty lines are skipped (or yielded when ``blank_lines``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecordFileError(f"{path}: cannot be read as UTF-8 text ({exc})") from exc
+    lines = text.split("\n")  # not splitlines(): U+2028 may sit unescaped inside a JSON string
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            if blank_lines:
+                yield Line(number, blank=True)
+            continue
+        try:
+            yield Line(number, json.loads(line))
+        except json.JSONDecodeError as exc:
+            yield Line(number, decode_error=exc)
+
+
+def stable_id(record: dict, file_name: str, number: int) -> str:
+    """The record's ``id``, or ``<file stem>:<line>`` for published records, which carry none."""
+    rid = record.get("id") if isinstance(record, dict) else None
+    return str(rid) if rid not in (None, "") else f"{Path(file_name).name.removesuffix('.jsonl')}:{number}"
+
+
+def resolve_image(image: object, root: Path, images: Path | None = None) -> Path:
+    """Where a record's picture lives: ``image`` relative to ``images`` (default: the release root);
+    a SLAKE folder id -> ``<images>/<id>/source.jpg``; an integer COCO id ->
+    ``<images>/COCO_val2014_<id:012d>.jpg`` (or ``<images>/val2014/...``)."""
+    base = Path(images) if images is not None else Path(root)
+    if isinstance(image, bool) or not isinstance(image, (str, int)):
+        raise ValueError(f"image must be a path or an id, got {image!r}")
+    if isinstance(image, int) or (isinstance(image, str) and image.isdigit()):
+        name = f"COCO_val2014_{int(image):012d}.jpg"
+        for candidate in (base / name, base / "val2014" / name):
+            if candidate.is_file():
+                return candidate.resolve()
+        return (base / name).resolve()
+    if not image.strip():
+        raise ValueError("empty 'image'")
+    direct = base / image
+    if "/" not in image and "." not in image and not direct.is_file():
+        return (base / image / "source.jpg").resolve()
+    return direct.resolve()
+
+
+def jsonl_bytes(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def count_records(records_by_file: Mapping[str, list[dict]]) -> dict[str, Any]:
+    """The manifest's counts (every mapping sorted by key, so the JSON is stable)."""
+    records = [r for recs in records_by_file.values() for r in recs]
+
+    def tally(key) -> dict[str, int]:
+        return dict(sorted(Counter(key(r) for r in records).items()))
+
+    return {
+        "records": len(records),
+        "images": len({r["image"] for r in records}),
+        "by_file": {name: len(records_by_file.get(name, [])) for name in sorted(CONFIGS.values())},
+        "by_q_type": tally(lambda r: r["q_type"]),
+        "by_modality": tally(lambda r: r["modality"]),
+        "by_source": tally(lambda r: r["source"]["dataset"]),
+        "by_review_status": tally(lambda r: r["review"]["status"]),
+    }

@@ -10,7 +10,8 @@ Three layouts are read:
 
 Boxes of a published record are never guessed silently: an explicit ``--bbox-format`` wins, then the
 record's own ``bbox_format``, then the authors' rule (``[x, y, w, h]`` for images under ``Slake*``,
-for every record of the older layout and for COCO; ``[x0, y0, x1, y1]`` otherwise). Every box that
+for records whose ``source`` is SLAKE, for every record of the older layout and for COCO;
+``[x0, y0, x1, y1]`` otherwise). Every box that
 is empty or inverted after conversion is a :class:`BoxError` naming the box and the convention.
 """
 
@@ -115,7 +116,7 @@ def raw_boxes(record: dict) -> list[list[float]]:
         if not (isinstance(box, list) and len(box) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
             raise BoxError(f"each box needs 4 numbers, got {box!r}")
-    return [[float(v) for v in box] for box in boxes]
+    return [list(box) for box in boxes]
 
 
 def is_older_layout(file_name: str) -> bool:
@@ -125,6 +126,11 @@ def is_older_layout(file_name: str) -> bool:
 def under_slake(image: object) -> bool:
     """The authors' rule: an image path with a folder (or the file) named ``Slake*``."""
     return isinstance(image, str) and any(p.lower().startswith("slake") for p in PurePosixPath(image).parts)
+
+
+def _source_of(record: dict) -> str:
+    source = record.get("source")
+    return str(source.get("dataset", "") if isinstance(source, dict) else source or "")
 
 
 def box_format(record: dict, file_name: str = "", reading: BoxReading = DEFAULT_READING) -> tuple[str, str]:
@@ -144,6 +150,8 @@ def box_format(record: dict, file_name: str = "", reading: BoxReading = DEFAULT_
         fmt, why = "xywh", f"published rule: {Path(file_name).name} holds SLAKE / COCO boxes, all [x, y, w, h]"
     elif under_slake(record.get("image")):
         fmt, why = "xywh", "published rule: image under Slake*"
+    elif "slake" in _source_of(record).lower():
+        fmt, why = "xywh", "the record's source is SLAKE"
     else:
         fmt, why = "xyxy", "published rule: image not under Slake*"
     if fmt == "xyxy":
@@ -153,7 +161,7 @@ def box_format(record: dict, file_name: str = "", reading: BoxReading = DEFAULT_
 
 def to_edges(box: list[float], convention: str) -> Box:
     """One box as pixel-edge xyxy (x1/y1 exclusive) under ``convention``."""
-    a, b, c, d = box
+    a, b, c, d = (float(v) for v in box)
     if convention == "xywh":
         return a, b, a + c, b + d
     if convention == "xyxy_inclusive":

@@ -85,6 +85,8 @@ def fingerprint(spec: SourceSpec, item: SourceItem) -> str:
     h = hashlib.sha256()
     settings = {k: v for k, v in asdict(spec).items() if k not in ("name", "path")}
     h.update(json.dumps([INGEST_VERSION, item.key, settings], sort_keys=True, default=str).encode())
+    if item.extra:  # data of the item held in a shared file (COCO annotations)
+        h.update(f"|extra|{item.extra}|".encode())
     for path in item.files:
         st = path.stat()
         h.update(f"|{path.name}|{st.st_size}|{st.st_mtime_ns}|".encode())
@@ -297,6 +299,9 @@ def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_di
             regs = _extract(mask.astype(np.uint8), [1], opts, None, 0.0)
             if 1 in regs:
                 found.append((c, regs[1]))
+    for c, reg in found:  # object datasets: one box per object instead of one per connected component
+        if structs.names[c] in img.boxes:
+            reg.boxes = sorted(img.boxes[structs.names[c]])
     named = [(structs.raw_values[c], structs.names[c], reg) for c, reg in found if reg.area_px >= opts["min_area_px"]]
     if not named:
         raise SourceError(
@@ -311,7 +316,7 @@ def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_di
         "pixel_spacing_mm": None,
         "window": None,
     }
-    return [_write_image(spec, key, pixels, meta, modality, named, build_dir)]
+    return [_write_image(spec, key, pixels, meta, modality, named, build_dir, img.categories)]
 
 
 def _write_image(
@@ -322,8 +327,12 @@ def _write_image(
     modality: str,
     found: list[tuple[int | None, str, RegionGeometry]],
     build_dir: Path,
+    categories: dict[str, str] | None = None,
 ) -> RenderedImage:
-    """Write one PNG atomically and build its image record and region records."""
+    """Write one PNG atomically and build its image record and region records.
+
+    ``categories``: the data's own categories (COCO supercategories); the sources file's win.
+    """
     slice_part = "" if meta["slice_index"] is None else meta["slice_index"]
     image_id = stable_id(spec.name, key, meta["plane"], slice_part)
     rel_path = f"images/{spec.name}/{image_id}.png"
@@ -372,8 +381,9 @@ def _write_image(
             "n_components": len(geo.boxes),
             "source": source,
         }
-        if name in spec.categories:
-            region["category"] = spec.categories[name]
+        category = spec.categories.get(name) or (categories or {}).get(name)
+        if category:
+            region["category"] = category
         regions.append(region)
     return RenderedImage(record=record, regions=regions)
 

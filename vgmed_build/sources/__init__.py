@@ -14,6 +14,7 @@ ADAPTER_MODULES = [
     "vgmed_build.sources.slake",
     "vgmed_build.sources.samed2d",
     "vgmed_build.sources.totalsegmentator",
+    "vgmed_build.sources.coco",
 ]
 
 

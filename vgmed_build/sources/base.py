@@ -83,13 +83,24 @@ class Volume:
 
 @dataclass
 class Image2D:
-    """A 2D image rendered as it is (no world geometry, so side is 'unknown')."""
+    """A 2D image rendered as it is (no world geometry, so side is 'unknown').
+
+    ``boxes`` (object datasets such as COCO): one box per annotated object of a label, which replaces
+    the boxes of the mask's connected components (touching or overlapping objects stay separate).
+    """
 
     pixels: np.ndarray                         # (H, W) or (H, W, 3) uint8
     modality: str
     label_map: np.ndarray | None = None        # (H, W) non-negative integers
     label_names: dict[int, str] = field(default_factory=dict)
     masks: dict[str, np.ndarray] | None = None  # label name -> (H, W) bool
+    boxes: dict[str, list[list[int]]] = field(default_factory=dict)  # label -> [x0, y0, x1, y1] per object
+    categories: dict[str, str] = field(default_factory=dict)        # label -> category from the data
+
+
+# The modality of natural (non-medical) photographs, e.g. the COCO control set: drafting gives them
+# their own templates and prompts, and a release puts them into the control files.
+NATURAL_MODALITY = "Natural"
 
 
 @dataclass
@@ -99,6 +110,7 @@ class SourceItem:
     key: str
     files: list[Path]                          # inputs, hashed into the resume fingerprint
     load: Callable[[], Volume | Image2D]
+    extra: str = ""                            # the item's data inside a shared file (COCO), fingerprinted too
 
 
 def _is_int(value: Any) -> bool:
@@ -125,6 +137,14 @@ class SourceAdapter(Protocol):
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         """List the items of a source; unusable entries come back as SourceError values."""
         ...
+
+
+def rel(path: Path, root: Path) -> str:
+    """A path as shown in messages and keys: relative to the source root, never absolute."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
 
 
 ADAPTERS: dict[str, SourceAdapter] = {}

@@ -30,6 +30,7 @@ from vgmed_build.sources.base import (
     SourceItem,
     SourceSpec,
     register,
+    rel,
 )
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -42,14 +43,6 @@ MASK_OPTION_TYPES = {
     "skip_empty": BOOLEAN,
     "ignore_values": INTEGERS,
 }
-
-
-def rel(path: Path, root: Path) -> str:
-    """A path as shown in messages and keys: relative to the source root, never absolute."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
 
 
 @dataclass(frozen=True)

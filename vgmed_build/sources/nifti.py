@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vgmed_build.sources.base import STRING, SourceError, SourceItem, SourceSpec, Volume, register
+from vgmed_build.sources.base import STRING, SourceError, SourceItem, SourceSpec, Volume, register, rel
 from vgmed_build.sources.volumes import (
     SLICER_SEG,
     VOLUME_EXTS,
@@ -33,7 +33,6 @@ from vgmed_build.sources.volumes import (
     companion_files,
     on_grid,
     read_volume,
-    rel,
     volume_files,
 )
 

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vgmed_build.sources.base import STRING, STRINGS, SourceError, SourceItem, SourceSpec, Volume, register
+from vgmed_build.sources.base import STRING, STRINGS, SourceError, SourceItem, SourceSpec, Volume, register, rel
 from vgmed_build.sources.nifti import checked_label_map
 from vgmed_build.sources.volumes import (
     case_of,
     companion_files,
     read_volume,
-    rel,
     volume_files,
 )
 

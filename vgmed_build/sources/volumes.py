@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vgmed_build.sources.base import SourceError
+from vgmed_build.sources.base import SourceError, rel
 
 # Longest first: '.nii.gz' must win over '.gz'-less matches.
 VOLUME_EXTS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
@@ -65,14 +65,6 @@ def case_of(path: Path, exts: tuple[str, ...] = VOLUME_EXTS) -> str | None:
 def volume_files(folder: Path, exts: tuple[str, ...] = VOLUME_EXTS) -> list[Path]:
     """Volume files of a folder, sorted; hidden files (macOS ``._case.nii.gz`` forks) are skipped."""
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and case_of(p, exts))
-
-
-def rel(path: Path, root: Path) -> str:
-    """A path as shown in messages and keys: relative to the source root, never absolute."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
 
 
 def companion_files(path: Path) -> list[Path]:

@@ -1,0 +1,199 @@
+"""COCO object annotations over natural photographs: the paper's natural-image control set.
+
+Layout of a COCO download: ``<root>/annotations/instances_<split>.json`` and the pictures in
+``<root>/<split>/`` (``val2014/COCO_val2014_000000000042.jpg``); options name other files. Masks
+come from each annotation's ``segmentation`` (polygons or RLE) through ``pycocotools``.
+
+The published control set's rule: one region per (image, category), holding one box per instance of
+that category (several people -> one "person" region with several boxes), the category name as
+label; COCO's supercategory becomes the region's category. Crowd annotations (``iscrowd = 1``, one
+RLE over a group of objects) are kept out of the boxes by default (option ``crowd``). Regions over
+``max_area_ratio`` are dropped as for every source (the published set skipped objects covering more
+than 40% of the image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from vgmed_build.sources.base import (
+    NATURAL_MODALITY,
+    STRING,
+    STRINGS,
+    Image2D,
+    SourceError,
+    SourceItem,
+    SourceSpec,
+    register,
+    rel,
+)
+from vgmed_build.sources.images2d import read_image
+
+CROWD_MODES = ("exclude", "include", "skip")
+
+
+def instance_mask(segmentation: object, height: int, width: int, where: str) -> np.ndarray:
+    """One annotation's mask (polygons, uncompressed or compressed RLE) as a (height, width) bool array."""
+    from pycocotools import mask as mask_utils
+
+    try:
+        if isinstance(segmentation, list):  # polygons: [[x0, y0, x1, y1, ...], ...]
+            polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
+            if not polygons:
+                raise SourceError(f"{where}: segmentation has no polygon with 3 or more points")
+            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):  # crowds
+            rle = mask_utils.frPyObjects(segmentation, *segmentation["size"])
+        elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), str):
+            rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
+        else:
+            raise SourceError(f"{where}: segmentation is neither polygons nor RLE")
+        if [int(v) for v in rle["size"]] != [height, width]:
+            raise SourceError(f"{where}: RLE size {rle['size']} differs from the image's [{height}, {width}]")
+        return mask_utils.decode(rle).astype(bool)
+    except SourceError:
+        raise
+    except (TypeError, ValueError, KeyError, UnicodeEncodeError) as exc:
+        raise SourceError(f"{where}: cannot decode segmentation ({type(exc).__name__}: {exc})") from None
+
+
+def mask_box(mask: np.ndarray) -> list[int]:
+    """Pixel-edge [x0, y0, x1, y1] (x1, y1 exclusive) of a mask's foreground."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
+def _load(spec: SourceSpec, root: Path, path: Path, info: dict, anns: list[dict], names: dict[int, str],
+          supercategories: dict[str, str]) -> Image2D:
+    """Read one picture and its objects: a union mask and one box per object, per category."""
+    name = rel(path, root)
+    pixels = read_image(path, name)
+    height, width = pixels.shape[:2]
+    if (info.get("height"), info.get("width")) != (height, width):
+        raise SourceError(
+            f"{name}: picture is {width}x{height} but the annotations say {info.get('width')}x{info.get('height')}"
+        )
+    crowd = spec.options.get("crowd", "exclude")
+    min_px = int(spec.options.get("min_component_px", 0))
+    masks: dict[str, np.ndarray] = {}
+    boxes: dict[str, list[list[int]]] = {}
+    crowded: set[str] = set()
+    for ann in anns:
+        label = names[ann["category_id"]]
+        if ann.get("iscrowd") and crowd != "include":
+            crowded.add(label)
+            continue
+        mask = instance_mask(ann.get("segmentation"), height, width, f"{name}: annotation {ann.get('id')}")
+        if np.count_nonzero(mask) < max(min_px, 1):
+            continue  # a speck (or an empty polygon) gives no box, as small components do elsewhere
+        masks[label] = masks[label] | mask if label in masks else mask
+        boxes.setdefault(label, []).append(mask_box(mask))
+    if crowd == "skip":
+        for label in crowded:
+            masks.pop(label, None)
+            boxes.pop(label, None)
+    if not masks:
+        raise SourceError(f"{name}: no object left (crowd = {crowd!r}, min_component_px = {min_px})")
+    return Image2D(pixels=pixels, modality=spec.modality or NATURAL_MODALITY, masks=masks, boxes=boxes,
+                   categories={k: v for k, v in supercategories.items() if k in masks})
+
+
+def _read_annotations(path: Path, root: Path) -> dict:
+    name = rel(path, root)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SourceError(f"{name}: cannot read annotations ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise SourceError(f"{name}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "annotations",
+                                                                                    "categories")):
+        raise SourceError(f"{name}: not a COCO instances file (needs 'images', 'annotations' and 'categories' lists)")
+    return doc
+
+
+def _annotation_file(root: Path, opts: dict) -> tuple[Path, str]:
+    """The instances file and the split it names (options ``annotations`` / ``split``)."""
+    if opts.get("annotations"):
+        path = root / str(opts["annotations"])
+        split = str(opts.get("split") or path.stem.removeprefix("instances_"))
+        return path, split
+    if opts.get("split"):
+        return root / "annotations" / f"instances_{opts['split']}.json", str(opts["split"])
+    found = sorted((root / "annotations").glob("instances_*.json")) if (root / "annotations").is_dir() else []
+    if len(found) != 1:
+        shown = ", ".join(p.name for p in found) or "none"
+        raise SourceError(f"{root.name}: expected one annotations/instances_<split>.json (found {shown}); "
+                          "set options.split or options.annotations")
+    return found[0], found[0].stem.removeprefix("instances_")
+
+
+class CocoAdapter:
+    """``kind = "coco"``: one item per annotated picture (see the module docstring)."""
+
+    kind = "coco"
+    option_types = {"split": STRING, "annotations": STRING, "images": STRING, "crowd": STRING, "categories": STRINGS}
+
+    def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
+        root, opts = Path(spec.path), spec.options
+        if not root.is_dir():
+            yield SourceError(f"{root.name}: source folder not found or not a folder")
+            return
+        crowd = opts.get("crowd", "exclude")
+        if crowd not in CROWD_MODES:
+            yield SourceError(f"source {spec.name!r}: options.crowd must be one of {', '.join(CROWD_MODES)}, "
+                              f"not {crowd!r}")
+            return
+        try:
+            ann_path, split = _annotation_file(root, opts)
+            doc = _read_annotations(ann_path, root)
+        except SourceError as exc:
+            yield exc
+            return
+        ann_name = rel(ann_path, root)
+        images_dir = root / str(opts.get("images") or split)
+        wanted = {str(c) for c in opts.get("categories") or []}
+        names: dict[int, str] = {}
+        supercategories: dict[str, str] = {}
+        for cat in doc["categories"]:
+            if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or not cat.get("name"):
+                yield SourceError(f"{ann_name}: category {cat!r} needs an integer 'id' and a 'name'")
+                continue
+            label = spec.labels.get(str(cat["name"]), str(cat["name"]))
+            if label and (not wanted or cat["name"] in wanted):
+                names[cat["id"]] = label
+                if cat.get("supercategory"):
+                    supercategories[label] = str(cat["supercategory"])
+        by_image: dict[object, list[dict]] = {}
+        for ann in doc["annotations"]:
+            if isinstance(ann, dict) and ann.get("category_id") in names:
+                by_image.setdefault(ann.get("image_id"), []).append(ann)
+        for info in sorted(doc["images"], key=lambda i: str(i.get("file_name", "")) if isinstance(i, dict) else ""):
+            if not isinstance(info, dict) or not info.get("file_name"):
+                yield SourceError(f"{ann_name}: image entry {str(info)[:80]} has no file_name")
+                continue
+            anns = by_image.get(info.get("id"))
+            if not anns:
+                continue  # a picture without (wanted) objects has nothing to ask about
+            path = images_dir / str(info["file_name"])
+            key = rel(path, root)
+            if not path.is_file():
+                yield SourceError(f"{key}: picture listed in {ann_name} not found")
+                continue
+            # The item's annotations live in the shared JSON file: their hash joins the resume fingerprint.
+            digest = hashlib.sha256(json.dumps([info, anns], sort_keys=True, default=str).encode()).hexdigest()
+            yield SourceItem(
+                key=key,
+                files=[path],
+                load=partial(_load, spec, root, path, info, anns, names, supercategories),
+                extra=digest,
+            )
+
+
+register(CocoAdapter())

@@ -1,4 +1,4 @@
-"""`vgmed-eval`: the evaluator's command line (grounding, heads, report, vqa, convert)."""
+"""`vgmed-eval`: the evaluator's command line (grounding, heads, report, vqa, convert, reproduce)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "vgmed_eval.report",
     "vgmed_eval.vqa.cli",
     "vgmed_eval.convert",
+    "vgmed_eval.reproduce",
 ]
 
 

@@ -1,0 +1,329 @@
+"""`vgmed-eval reproduce`: the paper's pipeline for one model in one command, beside the published figures.
+
+Steps, each the evaluator's own command run with the same options a user would give it (so a step
+behaves, resumes and scales exactly as that command does):
+
+1. ``grounding`` on the VGMED release (and ``--control-release``, e.g. the COCO control, when given)
+   -> ``OUT/grounding``;
+2. ``heads``: the knockout layer and top-k heads from that run -> ``OUT/heads.json``;
+3. per ``--benchmark NAME=DATA``: ``vqa --vgrefine OUT/heads.json --compare`` (baseline and VGRefine
+   on the same questions, paired tests) -> ``OUT/vqa/NAME``; without heads, the baseline only;
+4. ``OUT/report.md`` and ``OUT/report.json``: measured figures beside the published ones, each
+   published figure with its source.
+
+Resumable: ``OUT/steps.json`` records each finished step with its exact command line; a rerun skips
+the steps whose command line is unchanged and whose outputs are still there (a VQA step that stopped
+half way resumes at the next unanswered question, as ``vqa`` does). A failed step is recorded and
+reported; the steps that do not depend on it still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vgmed_eval import __version__
+from vgmed_eval.chat_templates import add_chat_template_arg
+from vgmed_eval.published import COLUMNS, MODELS, PAPER, PUBLISHED, figure, published_model
+from vgmed_eval.vqa.benchmarks import BENCHMARKS
+
+from vgmed_build import commands
+from vgmed_build.commands import HelpFormatter
+
+log = logging.getLogger(__name__)
+
+STEP_COMMANDS = ["vgmed_eval.grounding", "vgmed_eval.heads", "vgmed_eval.vqa.cli"]
+
+
+@dataclass
+class Step:
+    name: str
+    argv: list[str]
+    outputs: list[Path]  # all present = the step's results exist
+    status: str = "pending"  # pending | done | skipped (already done) | failed | not run
+    message: str = ""
+    seconds: float | None = None
+
+    def record(self) -> dict:
+        return {"argv": self.argv, "status": self.status, "message": self.message, "seconds": self.seconds}
+
+
+@dataclass
+class Options:
+    """What a reproduction needs: the model, the data, and the settings passed on to every step."""
+
+    model: str
+    vgmed: Path
+    out: Path
+    benchmarks: dict[str, Path] = field(default_factory=dict)
+    control: Path | None = None
+    device: str | None = None
+    dtype: str = "auto"
+    batch_size: int = 8
+    limit: int | None = None
+    top_k: int = 20
+    max_new_tokens: int = 16
+    bootstrap: int = 1000
+    chat_template: Path | None = None
+    published_as: str | None = None
+
+
+def parse_benchmark(spec: str) -> tuple[str, Path]:
+    """``NAME=DATA`` -> (name, path); the name must be one of the VQA loaders."""
+    name, sep, data = spec.partition("=")
+    name = name.strip()
+    if not sep or not name or not data:
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected NAME=DATA, e.g. vqa-rad=/data/VQA_RAD")
+    if name not in BENCHMARKS:
+        raise argparse.ArgumentTypeError(f"{spec!r}: unknown benchmark {name!r}; choose from "
+                                         f"{', '.join(sorted(BENCHMARKS))}")
+    return name, Path(data)
+
+
+def _common(o: Options) -> list[str]:
+    argv = ["--model", o.model, "--dtype", o.dtype, "--batch-size", str(o.batch_size)]
+    argv += ["--device", o.device] if o.device else []
+    argv += ["--limit", str(o.limit)] if o.limit is not None else []
+    argv += ["--chat-template", str(o.chat_template)] if o.chat_template else []
+    return argv
+
+
+def plan_steps(o: Options) -> list[Step]:
+    """The steps of a reproduction, in order, as command lines of the evaluator's commands."""
+    g, heads = o.out / "grounding", o.out / "heads.json"
+    argv = ["grounding", "--release", str(o.vgmed), "--out", str(g), "--bootstrap", str(o.bootstrap),
+            "--no-progress", *_common(o)]
+    outputs = [g / "summary.json", g / "per_head.parquet"]
+    if o.control is not None:
+        argv += ["--control-release", str(o.control)]
+        outputs.append(g / "control" / "summary.json")
+    steps = [Step("grounding", argv, outputs),
+             Step("heads", ["heads", "--results", str(g), "--top-k", str(o.top_k), "--out", str(heads)], [heads])]
+    for name, data in o.benchmarks.items():
+        out = o.out / "vqa" / name
+        steps.append(Step(f"vqa {name}", ["vqa", "--benchmark", name, "--data", str(data), "--out", str(out),
+                                          "--max-new-tokens", str(o.max_new_tokens), "--bootstrap",
+                                          str(o.bootstrap), *_common(o), "--vgrefine", str(heads), "--compare"],
+                          [out / "results.json"]))
+    return steps
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+class _ErrorLog(logging.Handler):
+    """Keeps the last error a command logged (commands that return an exit code say why in the log)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
+def run_steps(o: Options, steps: list[Step]) -> None:
+    """Run what is not done yet; ``OUT/steps.json`` is rewritten after every step."""
+    record_path = o.out / "steps.json"
+    done = _load_json(record_path).get("steps", {})
+    parser = commands.build_parser("vgmed-eval", "", __version__, STEP_COMMANDS)
+    for step in steps:
+        previous = done.get(step.name, {})
+        if previous.get("status") in ("done", "skipped") and previous.get("argv") == step.argv \
+                and all(p.exists() for p in step.outputs):
+            step.status, step.seconds = "skipped", previous.get("seconds")
+            log.info("%s: already done, skipped", step.name)
+            continue
+        if step.name.startswith("vqa") and not (o.out / "heads.json").exists():
+            step.argv = step.argv[: step.argv.index("--vgrefine")]  # no heads: the baseline only
+            step.message = "no heads (grounding or heads failed): baseline only"
+        if step.name == "heads" and not all(p.exists() for p in steps[0].outputs):
+            step.status, step.message = "not run", "grounding did not finish"
+            continue
+        log.info("%s: vgmed-eval %s", step.name, " ".join(step.argv))
+        started = time.perf_counter()
+        errors = _ErrorLog()
+        logging.getLogger("vgmed_eval").addHandler(errors)
+        try:
+            args = parser.parse_args(step.argv)
+            rc = int(args.func(args) or 0)
+            failure = "" if rc == 0 else errors.last or f"exit code {rc}"
+        except SystemExit as exc:  # the commands refuse bad input this way, with the reason
+            failure = str(exc.code) if not isinstance(exc.code, int) else errors.last or f"exit code {exc.code}"
+        except Exception as exc:  # one failing step never takes the others down
+            log.exception("%s failed", step.name)
+            failure = f"{type(exc).__name__}: {exc}"
+        finally:
+            logging.getLogger("vgmed_eval").removeHandler(errors)
+        step.seconds = round(time.perf_counter() - started, 3)
+        missing = [str(p) for p in step.outputs if not p.exists()]
+        if not failure and missing:
+            failure = f"outputs missing: {', '.join(missing)}"
+        step.status = "failed" if failure else "done"
+        step.message = "; ".join(filter(None, [step.message, failure]))
+        if failure:
+            log.error("%s failed: %s", step.name, failure)
+        done[step.name] = step.record()
+        record_path.write_text(json.dumps({"model": o.model, "steps": done}, indent=2) + "\n", encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------- report
+def _grounding_summary(path: Path) -> dict | None:
+    s = _load_json(path)
+    if not s:
+        return None
+    layer = s.get("most_sensitive_layer")
+    ratio = s.get("overall", {}).get("attention_ratio", {}).get(str(layer), {}) if layer is not None else {}
+    return {"n_questions": s.get("n_questions"), "n_ok": s.get("n_ok"), "n_errors": s.get("n_errors"),
+            "most_sensitive_layer": layer, "attention_ratio": ratio, "seconds": s.get("seconds")}
+
+
+def _pct(x) -> float | None:
+    return None if x is None else round(100.0 * float(x), 2)
+
+
+def _vqa_summary(name: str, path: Path, published_as: str | None) -> dict:
+    r = _load_json(path)
+    systems = r.get("systems", {})
+    row: dict = {"benchmark": name, "column": COLUMNS.get(name), "n": r.get("n_questions"),
+                 "baseline": _pct(systems.get("baseline", {}).get("overall", {}).get("accuracy")),
+                 "vgrefine": _pct(systems.get("vgrefine", {}).get("overall", {}).get("accuracy"))}
+    comp = r.get("comparison") or {}
+    if comp.get("n"):
+        boot, mcn = comp["bootstrap"], comp["mcnemar"]
+        row["paired"] = {"n": comp["n"], "diff_score": round(boot["diff"], 4),
+                         "ci_diff": [round(v, 4) for v in boot["ci_diff"]], "mcnemar_p": mcn["p_value"],
+                         "only_baseline": mcn["only_a"], "only_vgrefine": mcn["only_b"]}
+    if published_as:
+        row["published"] = {"model": published_as, "source": PAPER,
+                            "baseline": figure(published_as, "baseline", name),
+                            "vgrefine": figure(published_as, "vgrefine", name)}
+    return row
+
+
+def build_report(o: Options, steps: list[Step]) -> dict:
+    published_as = o.published_as or published_model(o.model)
+    heads = _load_json(o.out / "heads.json")
+    return {
+        "model": o.model, "vgmed": str(o.vgmed), "vgmed_eval": __version__,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "compared_with": published_as,
+        "steps": {s.name: s.record() for s in steps},
+        "grounding": _grounding_summary(o.out / "grounding" / "summary.json"),
+        "control": _grounding_summary(o.out / "grounding" / "control" / "summary.json") if o.control else None,
+        "heads": {k: heads.get(k) for k in ("knockout_layer", "heads", "k", "metric")} if heads else None,
+        "vqa": [_vqa_summary(name, o.out / "vqa" / name / "results.json", published_as) for name in o.benchmarks],
+        "published": [{"model": r.model, "system": r.system, "source": r.source, "values": r.values}
+                      for r in PUBLISHED],
+    }
+
+
+def _cell(x, fmt: str = "{:.1f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# Reproduction: {report['model']}", "",
+             f"VGMED release `{report['vgmed']}`; vgmed-eval {report['vgmed_eval']}; written {report['written']}. "
+             + (f"Compared with the published figures of **{report['compared_with']}**." if report["compared_with"]
+                else "No published model recognised in the model's name (`--published-as` names one)."),
+             "", "## Steps", "", "| step | status | seconds | note |", "|---|---|---|---|"]
+    for name, s in report["steps"].items():
+        note = " ".join(s["message"].split()).replace("|", "\\|")
+        lines.append(f"| {name} | {s['status']} | {_cell(s['seconds'], '{:.1f}')} | {note} |")
+    lines += ["", "## Grounding", "", "| set | questions | scored | errors | most sensitive layer | "
+              "attention ratio there (95% CI) |", "|---|---|---|---|---|---|"]
+    for label, g in (("VGMED", report["grounding"]), ("control", report["control"])):
+        if g:
+            r = g["attention_ratio"]
+            ci = f"{_cell(r.get('mean'), '{:.3f}')} ({_cell(r.get('ci_low'), '{:.3f}')}–" \
+                 f"{_cell(r.get('ci_high'), '{:.3f}')})"
+            lines.append(f"| {label} | {g['n_questions']} | {g['n_ok']} | {g['n_errors']} | "
+                         f"{_cell(g['most_sensitive_layer'], '{}')} | {ci} |")
+    if report["heads"]:
+        h = report["heads"]
+        lines += ["", f"VGRefine heads: knockout layer {h['knockout_layer']}, {h['k']} heads by {h['metric']} "
+                  f"(first: {', '.join(f'({a},{b})' for a, b in (h['heads'] or [])[:5])})."]
+    lines += ["", "## VQA accuracy (%)", "",
+              "Measured: accuracy over all questions of the benchmark (closed and open); paired statistics "
+              "of VGRefine against the baseline on the same questions (bootstrap of the mean score, exact "
+              "McNemar on correctness).", "",
+              "| benchmark | n | baseline | + VGRefine | score diff (95% CI) | McNemar p | published baseline | "
+              "published + VGRefine |", "|---|---|---|---|---|---|---|---|"]
+    for v in report["vqa"]:
+        p, pub = v.get("paired"), v.get("published") or {}
+        diff = f"{p['diff_score']:+.4f} ({p['ci_diff'][0]:+.4f}, {p['ci_diff'][1]:+.4f})" if p else "—"
+        mcn = f"{p['mcnemar_p']:.3g}" if p else "—"
+        lines.append(f"| {v['benchmark']} | {_cell(v['n'], '{}')} | {_cell(v['baseline'])} | {_cell(v['vgrefine'])} "
+                     f"| {diff} | {mcn} | {_cell(pub.get('baseline'))} | {_cell(pub.get('vgrefine'))} |")
+    cols = list(COLUMNS.values())
+    lines += ["", "## Published figures", "", "| model | system | " + " | ".join(cols) + " | source |",
+              "|---|---|" + "---|" * len(cols) + "---|"]
+    for r in report["published"]:
+        lines.append(f"| {r['model']} | {r['system']} | " + " | ".join(_cell(r['values'].get(c)) for c in cols)
+                     + f" | {r['source']} |")
+    return "\n".join(lines) + "\n"
+
+
+def reproduce(o: Options) -> dict:
+    """Run the missing steps and write ``report.json`` and ``report.md``; returns the report."""
+    o.out.mkdir(parents=True, exist_ok=True)
+    steps = plan_steps(o)
+    run_steps(o, steps)
+    report = build_report(o, steps)
+    (o.out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (o.out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    return report
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "reproduce", formatter_class=HelpFormatter,
+        help="the paper's pipeline for one model (grounding, heads, VQA with and without VGRefine) and a report "
+             "beside the published figures",
+        description=__doc__,
+    )
+    p.add_argument("--model", required=True,
+                   help="checkpoint (e.g. one written by `vgmed-eval convert`), hub id or builtin:tiny-<family>")
+    p.add_argument("--vgmed", required=True, type=Path, metavar="DIR", help="the VGMED release directory")
+    p.add_argument("--out", required=True, type=Path, help="output directory (created; a rerun resumes)")
+    p.add_argument("--benchmark", action="append", type=parse_benchmark, default=[], metavar="NAME=DATA",
+                   help=f"a VQA benchmark and its local copy, repeatable; names: {', '.join(sorted(BENCHMARKS))}")
+    p.add_argument("--control-release", type=Path, metavar="DIR",
+                   help="a natural-image control release (e.g. the COCO control) for the grounding step")
+    p.add_argument("--published-as", choices=MODELS,
+                   help="the published model to compare with (default: recognised from --model's name)")
+    p.add_argument("--top-k", type=int, default=20, help="VGRefine triage heads (the paper: 20)")
+    p.add_argument("--device", help="torch device for every step (default: each command's own)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="model dtype")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N questions of each set (a quick look)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="greedy decoding length limit for VQA")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (grounding CIs, paired VQA)")
+    add_chat_template_arg(p)
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    if not args.vgmed.is_dir():
+        raise SystemExit(f"--vgmed {args.vgmed}: not a directory")
+    names = [name for name, _ in args.benchmark]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--benchmark: a name given twice ({', '.join(names)})")
+    o = Options(model=args.model, vgmed=args.vgmed, out=args.out, benchmarks=dict(args.benchmark),
+                control=args.control_release, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                limit=args.limit, top_k=args.top_k, max_new_tokens=args.max_new_tokens, bootstrap=args.bootstrap,
+                chat_template=args.chat_template, published_as=args.published_as)
+    report = reproduce(o)
+    failed = [name for name, s in report["steps"].items() if s["status"] in ("failed", "not run")]
+    log.info("report: %s%s", o.out / "report.md", f" ({len(failed)} step(s) failed: {', '.join(failed)})"
+             if failed else "")
+    return 1 if failed else 0

@@ -1,0 +1,117 @@
+"""`vgmed-eval reproduce` end to end on a tiny model, the bundled benchmark fixtures and a small release."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from eval_fixtures import make_release
+from vgmed_eval.cli import main
+from vgmed_eval.vqa.stats import mcnemar_exact
+
+FIX = Path(__file__).parent / "fixtures" / "vqa"
+# The published table as the issue quotes it (VQA-RAD, SLAKE, PathVQA, PMC-VQA).
+PAPER = {"HuatuoGPT-Vision-7B": ([67.4, 76.5, 60.7, 53.9], [71.2, 76.9, 67.6, 56.2]),
+         "LLaVA-Med-7B": ([51.4, 48.6, 56.8, 24.7], None)}
+ORDER = ["vqa-rad", "slake", "pathvqa", "pmc-vqa"]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _argv(tmp_path: Path, out: Path, benchmarks: list[str], *extra: str) -> list[str]:
+    argv = ["reproduce", "--model", "builtin:tiny-llava", "--vgmed", str(tmp_path / "release"), "--out", str(out),
+            "--control-release", str(tmp_path / "control"), "--top-k", "3", "--max-new-tokens", "2",
+            "--bootstrap", "50", "--batch-size", "4", *extra]
+    for name in benchmarks:
+        argv += ["--benchmark", f"{name}={FIX / name}"]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reproduce")
+    make_release(tmp / "release")
+    make_release(tmp / "control", errors=False)
+    out = tmp / "out"
+    argv = _argv(tmp, out, ["pmc-vqa", "slake", "pathvqa"], "--published-as", "HuatuoGPT-Vision-7B")
+    assert main(argv) == 0
+    return tmp, out, argv
+
+
+def test_report_holds_measured_beside_published(run):
+    _, out, _ = run
+    report = json.loads((out / "report.json").read_text())
+    assert [s["status"] for s in report["steps"].values()] == ["done"] * 5
+    assert report["compared_with"] == "HuatuoGPT-Vision-7B"
+    grounding = json.loads((out / "grounding" / "summary.json").read_text())
+    layer = grounding["most_sensitive_layer"]
+    assert report["grounding"]["most_sensitive_layer"] == layer
+    assert report["grounding"]["attention_ratio"] == grounding["overall"]["attention_ratio"][str(layer)]
+    # tiny-llava crops like llava-hf: one box of the wide image is cut away (7 scorable, 6 scored)
+    assert report["grounding"]["n_ok"] == report["control"]["n_ok"] == grounding["n_ok"] == 6
+    heads = json.loads((out / "heads.json").read_text())
+    assert report["heads"]["knockout_layer"] == heads["knockout_layer"] and len(heads["heads"]) == 3
+    for v in report["vqa"]:
+        folder = out / "vqa" / v["benchmark"]
+        base, refined = _rows(folder / "predictions_baseline.jsonl"), _rows(folder / "predictions_vgrefine.jsonl")
+        assert v["n"] == len(base) == len(refined) > 0
+        assert v["baseline"] == pytest.approx(100 * sum(r["correct"] for r in base) / len(base), abs=0.01)
+        assert v["vgrefine"] == pytest.approx(100 * sum(r["correct"] for r in refined) / len(refined), abs=0.01)
+        m = mcnemar_exact([r["correct"] for r in base], [r["correct"] for r in refined])
+        assert (v["paired"]["only_baseline"], v["paired"]["only_vgrefine"]) == (m.only_a, m.only_b)
+        assert v["paired"]["mcnemar_p"] == pytest.approx(m.p_value)
+        diff = sum(r["score"] for r in refined) / len(refined) - sum(r["score"] for r in base) / len(base)
+        assert v["paired"]["diff_score"] == pytest.approx(diff, abs=1e-4)
+        i = ORDER.index(v["benchmark"])
+        assert v["published"]["baseline"] == PAPER["HuatuoGPT-Vision-7B"][0][i]
+        assert v["published"]["vgrefine"] == PAPER["HuatuoGPT-Vision-7B"][1][i]
+        assert "VGRefine authors" in v["published"]["source"]
+    published = {(r["model"], r["system"], r["source"].split(",")[0]): r["values"] for r in report["published"]}
+    columns = ("VQA-RAD", "SLAKE", "PathVQA", "PMC-VQA")
+    for model, (base, refined) in PAPER.items():
+        assert [published[(model, "baseline", "VGRefine authors' project page")][c] for c in columns] == base
+        if refined:
+            assert [published[(model, "vgrefine", "VGRefine authors' project page")][c] for c in columns] == refined
+    md = (out / "report.md").read_text()
+    slake = next(line for line in md.splitlines() if line.startswith("| slake |"))
+    assert "| 76.5 | 76.9 |" in slake
+    assert "| LLaVA-Med-7B | baseline | 51.4 | 48.6 | 56.8 | 24.7 | VGRefine authors'" in md
+    assert "HuatuoGPT-Vision README" in md and "## Grounding" in md
+
+
+def test_rerun_skips_finished_steps_and_runs_only_new_ones(run):
+    tmp, out, argv = run
+    watched = [out / "grounding" / "per_layer.parquet", out / "heads.json",
+               out / "vqa" / "slake" / "predictions_vgrefine.jsonl"]
+    before = [p.stat().st_mtime_ns for p in watched]
+    assert main(argv) == 0
+    assert [p.stat().st_mtime_ns for p in watched] == before
+    report = json.loads((out / "report.json").read_text())
+    assert [s["status"] for s in report["steps"].values()] == ["skipped"] * 5
+    # One new benchmark and one whose data is missing: the new one runs, the bad one fails by name,
+    # the finished ones stay skipped, and the command says something failed.
+    bad = ["--benchmark", f"vqa-rad={tmp / 'no-such-vqa-rad'}"]
+    assert main(argv[:] + bad) == 1
+    report = json.loads((out / "report.json").read_text())
+    statuses = {k: s["status"] for k, s in report["steps"].items()}
+    assert statuses["vqa vqa-rad"] == "failed" and statuses["grounding"] == "skipped"
+    assert "no-such-vqa-rad: data directory not found" in report["steps"]["vqa vqa-rad"]["message"]
+    assert [p.stat().st_mtime_ns for p in watched] == before
+    assert "| vqa vqa-rad | failed |" in (out / "report.md").read_text()
+    # The same run with the data present: only that step runs.
+    fixed = [a if not a.startswith("vqa-rad=") else f"vqa-rad={FIX / 'vqa-rad'}" for a in argv + bad]
+    assert main(fixed) == 0
+    statuses = {k: s["status"] for k, s in json.loads((out / "report.json").read_text())["steps"].items()}
+    assert statuses["vqa vqa-rad"] == "done" and list(statuses.values()).count("skipped") == 5
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--model", "builtin:tiny-llava", "--vgmed", str(tmp_path), "--out", str(tmp_path / "o"),
+              "--benchmark", "nonsense=/x"])
+    with pytest.raises(SystemExit, match="not a directory"):
+        main(["reproduce", "--model", "builtin:tiny-llava", "--vgmed", str(tmp_path / "none"),
+              "--out", str(tmp_path / "o")])

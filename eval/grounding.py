@@ -197,9 +197,13 @@ class GroundingRun:
 
 def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], batch_size: int, rows: str,
                      save_maps: bool, limit: int | None, q_types: tuple[str, ...], n_boot: int,
-                     progress: bool = True) -> dict:
-    """Run one release end to end and write every output; returns the summary."""
-    questions, read_errors = read_release(release, q_types)
+                     progress: bool = True, control: bool = False) -> dict:
+    """Run one release end to end and write every output; returns the summary.
+
+    ``control``: read the natural-image control files (``COCO_*.jsonl``) first, so a release that
+    holds both sets (a build with a coco source) serves as ``--release`` and ``--control-release``.
+    """
+    questions, read_errors = read_release(release, q_types, control=control)
     if limit is not None:
         questions = questions[:limit]
     out.mkdir(parents=True, exist_ok=True)
@@ -259,8 +263,9 @@ def register(subparsers) -> None:
                         "grid, GT cells, boxes, cell footprints in image pixels (for the report's overlays)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     p.add_argument("--control-release", type=Path, default=None,
-                   help="a natural-image control release (e.g. COCO-built) evaluated the same way into "
-                        "OUT/control, for the report's medical-vs-natural comparison")
+                   help="a natural-image control release evaluated the same way into OUT/control, for the "
+                        "report's medical-vs-natural comparison: its COCO_*.jsonl files (the published ones, or "
+                        "those of a vgmed release built with a coco source; it may be the --release itself)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_chat_template_arg(p)
@@ -289,12 +294,12 @@ def _main(args) -> int:
         raise SystemExit(f"--layers: {exc}") from exc
     common = dict(layers=layers, batch_size=args.batch_size, rows=args.rows, save_maps=args.save_maps,
                   limit=args.limit, q_types=q_types, n_boot=args.bootstrap, progress=not args.no_progress)
-    targets = [(args.release, args.out)]
+    targets = [(args.release, args.out, False)]
     if args.control_release is not None:
-        targets.append((args.control_release, args.out / "control"))
-    for release, out in targets:
+        targets.append((args.control_release, args.out / "control", True))
+    for release, out, control in targets:
         try:
-            summary = evaluate_release(adapter, release, out, **common)
+            summary = evaluate_release(adapter, release, out, control=control, **common)
         except FileNotFoundError as exc:  # no question file in the release
             raise SystemExit(str(exc)) from exc
         best = summary.get("most_sensitive_layer")

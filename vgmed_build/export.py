@@ -21,7 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vgmed_build.commands import HelpFormatter
-from vgmed_build.release_format import ATTRIBUTE_FILE, CONFIGS, MANIFEST_FILE, RecordFileError, read_lines
+from vgmed_build.release_format import (
+    ATTRIBUTE_FILE,
+    MANIFEST_FILE,
+    RecordFileError,
+    manifest_configs,
+    read_lines,
+)
 from vgmed_build.resources import schema_errors
 
 FORMATS = ("parquet", "vqa-json")
@@ -88,7 +94,7 @@ def export_parquet(release_dir: str | Path, out_dir: str | Path, embed_images: b
     out_dir.mkdir(parents=True, exist_ok=True)
     schema = ARROW_SCHEMA.append(pa.field("image_bytes", pa.binary())) if embed_images else ARROW_SCHEMA
     written = []
-    for name in CONFIGS.values():
+    for name in manifest_configs(p.name for p in release_dir.glob("*.jsonl")).values():
         records = read_records(release_dir, name)
         if embed_images:
             records = [{**r, "image_bytes": (release_dir / r["image"]).read_bytes()} for r in records]

@@ -37,7 +37,6 @@ from vgmed_build.release_format import (
     CARD_FILE,
     CONFIGS,
     CONVENTIONS,
-    FILE_OF_QTYPE,
     MANIFEST_FILE,
     RELEASE_FORMAT,
     RELEASE_IMAGES,
@@ -46,6 +45,8 @@ from vgmed_build.release_format import (
     count_records,
     encode_boxes,
     jsonl_bytes,
+    manifest_configs,
+    record_file,
     sha256_file,
 )
 from vgmed_build.resources import resource_dir
@@ -281,7 +282,8 @@ def _write_records_and_images(
             region = regions.get(draft["region_id"])
             if region is None:
                 raise ItemError(f"draft {draft['id']}: region {draft['region_id']} is not in the catalog")
-            if draft["q_type"] not in FILE_OF_QTYPE:
+            target = record_file(draft["q_type"], region["modality"])
+            if target is None:
                 raise ItemError(f"draft {draft['id']}: unknown question type {draft['q_type']!r}")
             record = build_record(draft, region, decision, review, options.bbox_convention)
             if record["image"] not in copied:
@@ -293,7 +295,7 @@ def _write_records_and_images(
             log.warning("%s", exc)
             catalog.record_error("release", draft["id"], str(exc))
             continue
-        records_by_file[FILE_OF_QTYPE[draft["q_type"]]].append(record)
+        records_by_file.setdefault(target, []).append(record)
     for recs in records_by_file.values():
         recs.sort(key=lambda r: r["id"])
     return records_by_file, skipped
@@ -341,7 +343,7 @@ def _write_text_files(
             "include_unreviewed": options.include_unreviewed,
         },
         "bbox_convention": CONVENTIONS[options.bbox_convention],
-        "configs": dict(CONFIGS),
+        "configs": manifest_configs(records_by_file),
         "counts": counts,
     }
     (tmp / CARD_FILE).write_text(render_card(manifest, licences), encoding="utf-8")

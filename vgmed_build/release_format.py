@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vgmed_build.sources.base import NATURAL_MODALITY
+
 # ---------------------------------------------------------------- file names
 
 LOCALIZATION_FILE = "VGMED_localization.jsonl"
@@ -41,6 +43,22 @@ FILE_OF_QTYPE = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE,
 # Published layouts, per question type, in the order they are looked for.
 MEDICAL_FILES = {t: (f"VGMED_{t}.jsonl", f"SLAKE_{t}_questions.jsonl", f"VGMED_{t}_questions.jsonl") for t in Q_TYPES}
 CONTROL_FILES = {t: (f"COCO_{t}.jsonl", f"COCO_{t}_questions.jsonl") for t in Q_TYPES}
+# Our release's natural-image control questions (regions of modality NATURAL_MODALITY, e.g. the coco
+# source kind) go into the published hub's control names; the manifest lists them as control_<q_type>.
+CONTROL_CONFIGS = {t: CONTROL_FILES[t][0] for t in Q_TYPES}
+CONTROL_FILE_OF_QTYPE = {q: CONTROL_CONFIGS["localization" if q == "localization" else "attribute"]
+                         for q in FILE_OF_QTYPE}
+
+
+def record_file(q_type: str, modality: str) -> str | None:
+    """The release file a record belongs in (None for an unknown question type)."""
+    return (CONTROL_FILE_OF_QTYPE if modality == NATURAL_MODALITY else FILE_OF_QTYPE).get(q_type)
+
+
+def manifest_configs(files: Iterable[str]) -> dict[str, str]:
+    """The manifest's ``configs``: both medical files always, the control files when the release has them."""
+    present = set(files)
+    return {**CONFIGS, **{f"control_{t}": n for t, n in CONTROL_CONFIGS.items() if n in present}}
 
 # ---------------------------------------------------------------- box conventions
 
@@ -356,7 +374,7 @@ def count_records(records_by_file: Mapping[str, list[dict]]) -> dict[str, Any]:
     return {
         "records": len(records),
         "images": len({r["image"] for r in records}),
-        "by_file": {name: len(records_by_file.get(name, [])) for name in sorted(CONFIGS.values())},
+        "by_file": {n: len(records_by_file.get(n, [])) for n in sorted(manifest_configs(records_by_file).values())},
         "by_q_type": tally(lambda r: r["q_type"]),
         "by_modality": tally(lambda r: r["modality"]),
         "by_source": tally(lambda r: r["source"]["dataset"]),

@@ -35,7 +35,6 @@ from vgmed_build.pngmeta import PNG_SIGNATURE, PNGError, metadata_chunks
 from vgmed_build.release_format import (
     CARD_FILE,
     CONFIGS,
-    FILE_OF_QTYPE,
     MANIFEST_FILE,
     RELEASE_SCHEMAS,
     BoxError,
@@ -45,6 +44,7 @@ from vgmed_build.release_format import (
     count_records,
     raw_boxes,
     read_lines,
+    record_file,
     sha256_file,
 )
 from vgmed_build.resources import schema_errors
@@ -225,8 +225,10 @@ def _check_record_file(
                 report.add(name, number, f"duplicate id {rid} (first seen at {seen_ids[rid]})")
             else:
                 seen_ids[rid] = f"{name}:{number}"
-        if ours and FILE_OF_QTYPE.get(record["q_type"]) != name:
-            report.add(name, number, f"q_type {record['q_type']!r} belongs in {FILE_OF_QTYPE.get(record['q_type'])}")
+        expected = record_file(record["q_type"], record.get("modality", "")) if ours else name
+        if expected != name:
+            report.add(name, number, f"q_type {record['q_type']!r} of a {record.get('modality')} image belongs in "
+                       f"{expected}")
         if convention and record.get("bbox_convention") != convention:
             report.add(name, number, f"bbox_convention {record['bbox_convention']} but the manifest says {convention}")
         _check_record_image(report, name, number, record, images, ours)

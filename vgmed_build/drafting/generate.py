@@ -220,7 +220,7 @@ class _Generator:
             yield region, [self._with_history(region["id"], s) for s in specs]
 
     def _slots(self, region: dict) -> list[DraftSpec]:
-        p, o = self.prompts, self.opt
+        p, o = self.prompts.for_region(region), self.opt
         loc_drafter = "llm" if o.paraphrase else "templates"
         specs = [
             DraftSpec("localization", s, loc_drafter)
@@ -274,17 +274,18 @@ class _Generator:
     async def _propose(self, region: dict, spec: DraftSpec) -> Proposal:
         name = target_name(region)
         base = {"slot": spec.slot}
+        prompts = self.prompts.for_region(region)
         if spec.q_type == "position":
-            tpl = self.prompts.position[pick_slots(region["id"], len(self.prompts.position), 1)[0]]
+            tpl = prompts.position[pick_slots(region["id"], len(prompts.position), 1)[0]]
             return Proposal(tpl.fill({"obj": name}), region["side"], tpl, base)
         if spec.q_type == "localization":
-            tpl = self.prompts.localization[spec.slot]
+            tpl = prompts.localization[spec.slot]
             question = tpl.fill({"obj": name})
             if spec.drafter == "templates":
                 return Proposal(question, "yes", tpl, base)
             return await self._llm_paraphrase(region, spec, tpl, question)
         if spec.drafter == "templates":
-            found = attribute_from_template(self.prompts, region, spec.slot)
+            found = attribute_from_template(prompts, region, spec.slot)
             if found is None:  # planning only asks for slots a profile covers
                 raise RuntimeError(f"region {region['id']}: no attribute profile")
             tpl, question, answer = found
@@ -298,8 +299,9 @@ class _Generator:
         url = None
         if self.opt.with_image:
             url = await asyncio.to_thread(boxed_image_data_url, self.catalog.build_dir, region)
-        messages = attribute_messages(self.prompts, region, url, _previous_note(spec))
-        system, user = self.prompts.llm_attribute
+        prompts = self.prompts.for_region(region)
+        messages = attribute_messages(prompts, region, url, _previous_note(spec))
+        system, user = prompts.llm_attribute
         tpl = Template("llm_attribute", system.text + "\n" + user.text)
         params = {
             "slot": spec.slot,
@@ -310,7 +312,7 @@ class _Generator:
         return await self._ask(messages, "llm_attribute", tpl, params, answer=None)
 
     async def _llm_paraphrase(self, region: dict, spec: DraftSpec, loc: Template, question: str) -> Proposal:
-        system, user = self.prompts.llm_paraphrase
+        system, user = self.prompts.for_region(region).llm_paraphrase
         values = {
             "obj": target_name(region),
             "modality": region["modality"],

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from vgmed_build.resources import resource_dir
+from vgmed_build.sources.base import NATURAL_MODALITY
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+NATURAL_FOLDER = "natural"
 _NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five"]
 
 
@@ -68,6 +71,13 @@ class Prompts:
     llm_attribute: tuple[Template, Template]  # (system, user)
     llm_paraphrase: tuple[Template, Template]
     folder: Path = field(default_factory=Path)
+    natural: Prompts | None = None  # the set for natural photographs (``natural/`` in the folder)
+
+    def for_region(self, region: dict) -> Prompts:
+        """The template set of a region: natural photographs (the control set) have their own."""
+        if self.natural is not None and region.get("modality") == NATURAL_MODALITY:
+            return self.natural
+        return self
 
     def attribute_profile(self, region: dict) -> list[str]:
         modality = str(region.get("modality", "")).lower()
@@ -79,38 +89,52 @@ class Prompts:
 
 
 def load_prompts(folder: Path | None = None) -> Prompts:
-    """Load all templates from ``folder`` (default: the repository's ``prompts/``)."""
+    """Load all templates from ``folder`` (default: the repository's ``prompts/``).
+
+    A ``natural/`` sub-folder holds the set for natural photographs; each of its files that is
+    missing falls back to the parent folder's file. Its template names start with ``natural/``.
+    """
     folder = Path(folder) if folder else resource_dir("prompts")
-    loc_lines = _read(folder / "localization.txt").splitlines()
+    prompts = _load_set(folder, folder, "")
+    if (folder / NATURAL_FOLDER).is_dir():
+        prompts.natural = _load_set(folder / NATURAL_FOLDER, folder, f"{NATURAL_FOLDER}/")
+    return prompts
+
+
+def _load_set(folder: Path, fallback: Path, prefix: str) -> Prompts:
+    def path(name: str) -> Path:
+        return folder / name if (folder / name).is_file() else fallback / name
+
+    loc_lines = _read(path("localization.txt")).splitlines()
     loc_texts = [ln.strip() for ln in loc_lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not loc_texts:
-        raise TemplateError(f"{folder / 'localization.txt'}: no templates")
-    position = _yaml(folder / "position.yaml").get("templates") or []
-    attr_doc = _yaml(folder / "attribute_templates.yaml")
+        raise TemplateError(f"{path('localization.txt')}: no templates")
+    position = _yaml(path("position.yaml")).get("templates") or []
+    attr_doc = _yaml(path("attribute_templates.yaml"))
     attributes = {}
     for name, spec in (attr_doc.get("attributes") or {}).items():
         if not isinstance(spec, dict) or "question" not in spec or spec.get("answer") not in ATTRIBUTE_ANSWERS:
             raise TemplateError(
-                f"{folder / 'attribute_templates.yaml'}: attribute {name!r} needs a question and an "
+                f"{path('attribute_templates.yaml')}: attribute {name!r} needs a question and an "
                 f"answer rule out of {sorted(ATTRIBUTE_ANSWERS)}"
             )
-        attributes[name] = AttributeRule(name, Template(f"attribute:{name}", spec["question"]), spec["answer"])
+        attributes[name] = AttributeRule(name, Template(f"{prefix}attribute:{name}", spec["question"]), spec["answer"])
     profiles = []
     for entry in attr_doc.get("profiles") or []:
         match = entry.get("match") or {}
         names = list(entry.get("attributes") or [])
         unknown = [n for n in names if n not in attributes]
         if unknown:
-            raise TemplateError(f"{folder / 'attribute_templates.yaml'}: profile {match} uses unknown {unknown}")
+            raise TemplateError(f"{path('attribute_templates.yaml')}: profile {match} uses unknown {unknown}")
         profiles.append((str(match.get("modality", "*")).lower(), str(match.get("category", "*")).lower(), names))
     prompts = Prompts(
-        localization=[Template(f"localization[{i}]", t) for i, t in enumerate(loc_texts)],
-        position=[Template(f"position[{i}]", t) for i, t in enumerate(position)],
+        localization=[Template(f"{prefix}localization[{i}]", t) for i, t in enumerate(loc_texts)],
+        position=[Template(f"{prefix}position[{i}]", t) for i, t in enumerate(position)],
         attributes=attributes,
         profiles=profiles,
         thresholds={**DEFAULT_THRESHOLDS, **(attr_doc.get("thresholds") or {})},
-        llm_attribute=(_template(folder, "llm_attribute_system"), _template(folder, "llm_attribute_user")),
-        llm_paraphrase=(_template(folder, "llm_paraphrase_system"), _template(folder, "llm_paraphrase_user")),
+        llm_attribute=(_template(path, "llm_attribute_system"), _template(path, "llm_attribute_user")),
+        llm_paraphrase=(_template(path, "llm_paraphrase_system"), _template(path, "llm_paraphrase_user")),
         folder=folder,
     )
     for tpl in prompts.localization + prompts.position + [a.question for a in attributes.values()]:
@@ -136,8 +160,8 @@ def _yaml(path: Path) -> dict:
     return doc
 
 
-def _template(folder: Path, name: str) -> Template:
-    return Template(name, _read(folder / f"{name}.txt").strip())
+def _template(path: Callable[[str], Path], name: str) -> Template:
+    return Template(name, _read(path(f"{name}.txt")).strip())
 
 
 # --- target names -------------------------------------------------------------------------------
@@ -196,7 +220,14 @@ def vertical_answer(region: dict, t: dict[str, float]) -> str:
     return "upper" if y < 0.5 - t["middle_band"] else "lower" if y > 0.5 + t["middle_band"] else "middle"
 
 
+def horizontal_answer(region: dict, t: dict[str, float]) -> str:
+    """Picture half holding the centroid (natural photographs; patient sides are a different thing)."""
+    x = float(region["centroid"][0]) / float(region["width"])
+    return "left" if x < 0.5 - t["middle_band"] else "right" if x > 0.5 + t["middle_band"] else "centre"
+
+
 ATTRIBUTE_ANSWERS = {
+    "horizontal": horizontal_answer,
     "size": size_answer,
     "count": count_answer,
     "shape": shape_answer,

@@ -11,6 +11,7 @@ from PIL import Image
 
 from vgmed_build.sources import get_adapter
 from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec
+from vgmed_build.sources.images2d import split_mask_name
 
 RETINA = Path(skimage.__file__).parent / "data" / "retina.jpg"
 SIZE = (200, 160)  # width, height: non-square on purpose
@@ -162,3 +163,38 @@ def test_one_binary_jpeg_mask_per_image(tmp_path):
     mask = items[0].load().masks["polyp"]
     ys, xs = np.nonzero(mask)
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (40, 69, 120, 149)
+
+
+def test_underscore_stems_pair_with_their_masks(tmp_path):
+    """``masks/a_b_cyst.png`` belongs to ``a_b.png`` (the real image stem), not to a stem ``a``."""
+    retina(tmp_path, "images/a_b.png")
+    retina(tmp_path, "images/a.png")
+    retina(tmp_path, "images/x_y_z.png")
+    write(tmp_path / "masks/a_b_cyst.png", disc_mask())
+    write(tmp_path / "masks/a_disc.png", disc_mask())
+    write(tmp_path / "masks/a_b_optic_cup.png", disc_mask())  # labels may hold "_" too
+    write(tmp_path / "masks/q_disc.png", disc_mask())  # no image q: paired with nothing
+    items, errors = listed(spec(tmp_path))
+    files = {i.key: sorted(p.name for p in i.files[1:]) for i in items}
+    assert files == {
+        "images/a.png": ["a_disc.png"],
+        "images/a_b.png": ["a_b_cyst.png", "a_b_optic_cup.png"],
+    }
+    assert [str(e) for e in errors] == [
+        "images/x_y_z.png: no mask file found (looked for masks/x_y_z_{label}.png)"
+    ]
+    masks = next(i for i in items if i.key == "images/a_b.png").load().masks
+    assert sorted(masks) == ["cyst", "optic_cup"]
+
+
+def test_split_mask_name_takes_the_longest_real_stem():
+    tokens = ["masks/", "{stem}", "_", "{label}", ".png"]
+    assert split_mask_name(tokens, "masks/a_b_cyst.png", {"a", "a_b"}) == ("a_b", "cyst")
+    assert split_mask_name(tokens, "masks/a_b_cyst.png", {"a"}) == ("a", "b_cyst")
+    assert split_mask_name(tokens, "masks/a_b_cyst.png", {"c"}) is None
+    assert split_mask_name(tokens, "masks/sub/a_cyst.png", {"a", "sub/a"}) is None  # no "/" in a stem
+    folders = ["{label}", "/", "{stem}", "_mask.png"]
+    assert split_mask_name(folders, "liver/ct_1_mask.png", {"ct_1", "ct"}) == ("ct_1", "liver")
+    twice = ["{stem}", "/", "{stem}", "_", "{label}", ".png"]
+    assert split_mask_name(twice, "p1/p1_lung.png", {"p1"}) == ("p1", "lung")
+    assert split_mask_name(twice, "p1/p2_lung.png", {"p1", "p2"}) is None

@@ -338,14 +338,24 @@ def _image_metadata(path: Path, data: bytes) -> list[tuple[str, str]]:
         return []
 
 
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _string_lines(text: str) -> dict[str, int]:
+    """First line of each JSON string literal (quotes included) in ``text``: one pass over the text,
+    so locating every listed file costs O(size of the manifest), not O(files x size)."""
+    found: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        for m in _JSON_STRING.finditer(line):
+            found.setdefault(m.group(), number)
+    return found
+
+
 def _check_manifest(report: ValidationReport, manifest: dict, records_by_file: dict, all_valid: bool) -> None:
-    manifest_text = (report.root / MANIFEST_FILE).read_text(encoding="utf-8")
+    string_lines = _string_lines((report.root / MANIFEST_FILE).read_text(encoding="utf-8"))
 
     def line_of(needle: str) -> int:
-        for number, line in enumerate(manifest_text.splitlines(), 1):
-            if needle in line:
-                return number
-        return 0
+        return string_lines.get(needle, 0)
 
     listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
     for rel, entry in sorted(listed.items()):

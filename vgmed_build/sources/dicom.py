@@ -262,10 +262,10 @@ class DicomAdapter:
         except SourceError as exc:
             yield exc
             return
-        tags = wanted_tags(spec, layout)
+        find = layout.finder(root, (s.path.stem for s in planar), wanted_tags(spec, layout))
         for s in planar:
             name = rel(s.path, root)
-            files = layout.find(root, s.path.stem, tags)
+            files = find(s.path.stem)
             if not files:
                 looked = layout.describe(s.path.stem)
                 yield SourceError(f"{name}: 2D DICOM image without mask files (looked for {looked})")

@@ -11,7 +11,7 @@ DICOM adapter (single-file X-ray / ultrasound DICOM images pair with masks the s
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -91,25 +91,67 @@ class MaskLayout:
         )
         return re.compile(body + "$")
 
-    def find(self, root: Path, stem: str, tags: list[str]) -> dict[str, Path]:
-        """Mask files of one image: ``{tag: path}`` (binary), ``{class_name: path}`` or ``{"": path}`` (index)."""
-        if self.mode == "index" or self.class_name:
-            path = root / self.pattern.replace("{stem}", stem)
-            return {self.class_name: path} if path.is_file() else {}
-        if tags:  # labels given: look each one up, no guessing from ambiguous names
-            pattern = self.pattern.replace("{stem}", stem)
-            found = {t: root / pattern.replace("{label}", t) for t in tags}
-            return {t: p for t, p in found.items() if p.is_file()}
-        glob = self.pattern.replace("{stem}", _glob_escape(stem)).replace("{label}", "*")
-        rx, out = self.regex(), {}
+    def finder(self, root: Path, stems: Iterable[str], tags: list[str]) -> Callable[[str], dict[str, Path]]:
+        """``stem -> mask files`` of one image: ``{tag: path}`` (binary), ``{class_name: path}`` or
+        ``{"": path}`` (index). Without labels the mask folder is listed once here, and each mask is
+        given to the image stem it names, so the cost stays linear in the number of images."""
+        if self.mode == "index" or self.class_name or tags:
+            return partial(self._named, root, tags)
+        index: dict[str, dict[str, Path]] = {}
+        known = set(stems)
+        tokens = [t for t in re.split(r"(\{stem\}|\{label\})", self.pattern) if t]
+        glob = "".join("*" if t in ("{stem}", "{label}") else _glob_escape(t) for t in tokens)
         for path in sorted(root.glob(glob)):
-            m = rx.match(rel(path, root))
-            if m and m["stem"] == stem and path.is_file():
-                out[m["label"]] = path
-        return out
+            parts = split_mask_name(tokens, rel(path, root), known)
+            if parts is not None and path.is_file():
+                index.setdefault(parts[0], {})[parts[1]] = path
+        return lambda stem: dict(index.get(stem, {}))
+
+    def _named(self, root: Path, tags: list[str], stem: str) -> dict[str, Path]:
+        """Masks whose names are known: the one index mask, the one class mask, or one per listed tag."""
+        pattern = self.pattern.replace("{stem}", stem)
+        if self.mode == "index" or self.class_name:
+            path = root / pattern
+            return {self.class_name: path} if path.is_file() else {}
+        found = {t: root / pattern.replace("{label}", t) for t in tags}
+        return {t: p for t, p in found.items() if p.is_file()}
 
     def describe(self, stem: str) -> str:
         return self.pattern.replace("{stem}", stem)
+
+
+def split_mask_name(tokens: list[str], name: str, stems: set[str]) -> tuple[str, str] | None:
+    """(stem, label) of a root-relative mask path under a pattern's tokens, or None.
+
+    The stem must be one of the real image stems, so ``a_b_cyst.png`` under ``{stem}_{label}.png``
+    belongs to image ``a_b`` (label ``cyst``), not ``a`` (label ``b_cyst``); where several images fit,
+    the longest stem wins. Neither part may hold a ``/``.
+    """
+
+    def walk(i: int, pos: int, stem: str | None, label: str | None) -> Iterator[tuple[str, str]]:
+        if i == len(tokens):
+            if pos == len(name) and stem is not None:
+                yield stem, label or ""
+            return
+        token = tokens[i]
+        if token not in ("{stem}", "{label}"):
+            if name.startswith(token, pos):
+                yield from walk(i + 1, pos + len(token), stem, label)
+            return
+        bound = stem if token == "{stem}" else label
+        if bound is not None:  # a placeholder used twice must repeat the same text
+            if name.startswith(bound, pos):
+                yield from walk(i + 1, pos + len(bound), stem, label)
+            return
+        slash = name.find("/", pos)
+        for end in range(pos + 1, len(name) + 1 if slash < 0 else slash + 1):
+            part = name[pos:end]
+            if token == "{label}":
+                yield from walk(i + 1, end, stem, part)
+            elif part in stems:
+                yield from walk(i + 1, end, part, label)
+
+    return max(walk(0, 0, None, None), key=lambda sl: len(sl[0]), default=None)
 
 
 def _glob_escape(text: str) -> str:
@@ -275,17 +317,18 @@ class Images2DAdapter:
         default_dir = "images" if (root / "images").is_dir() else "."
         image_dir = root / str(spec.options.get("images", default_dir))
         mask_rx = layout.regex()
-        tags = wanted_tags(spec, layout)
-        for path in sorted(image_dir.rglob("*")):
+        images = [
+            path
+            for path in sorted(image_dir.rglob("*"))
+            if path.suffix.lower() in IMAGE_EXTS
+            and not any(part.startswith(".") for part in Path(rel(path, root)).parts)
+            and not mask_rx.match(rel(path, root))
+            and path.is_file()
+        ]
+        find = layout.finder(root, (p.stem for p in images), wanted_tags(spec, layout))
+        for path in images:
             name = rel(path, root)
-            if (
-                not path.is_file()
-                or path.suffix.lower() not in IMAGE_EXTS
-                or any(part.startswith(".") for part in Path(name).parts)
-                or mask_rx.match(name)
-            ):
-                continue
-            files = layout.find(root, path.stem, tags)
+            files = find(path.stem)
             if not files:
                 yield SourceError(f"{name}: no mask file found (looked for {layout.describe(path.stem)})")
                 continue

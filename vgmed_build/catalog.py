@@ -110,6 +110,12 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # v2: indexes for the per-item lookups, so a stage's cost per item does not grow with the catalog
+    # (tests/test_catalog_plans.py plans every stage's queries and fails on a scan of a growing table).
+    """
+    CREATE INDEX images_item ON images(source, item_key);   -- re-ingest of one item; the items cascade
+    CREATE INDEX errors_stage_item ON errors(stage, item);  -- generate clears one region's errors
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -80,11 +80,18 @@ def stable_id(*parts: object) -> str:
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
-def fingerprint(spec: SourceSpec, item: SourceItem) -> str:
-    """Hash of the item's input files (relative name, size, mtime, content) and the source's options."""
-    h = hashlib.sha256()
+def spec_settings(spec: SourceSpec) -> str:
+    """What of a source's entry changes its items' output (everything but its name and path), as JSON."""
     settings = {k: v for k, v in asdict(spec).items() if k not in ("name", "path")}
-    h.update(json.dumps([INGEST_VERSION, item.key, settings], sort_keys=True, default=str).encode())
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def fingerprint(settings: str, item: SourceItem) -> str:
+    """Hash of the item's input files (relative name, size, mtime, content) and its source's
+    :func:`spec_settings` (computed once per source, not per item)."""
+    h = hashlib.sha256()
+    # Spelled as json.dumps([INGEST_VERSION, key, settings]) always was: stored fingerprints stay valid.
+    h.update(f"[{json.dumps(INGEST_VERSION)}, {json.dumps(item.key)}, {settings}]".encode())
     if item.extra:  # data of the item held in a shared file (COCO annotations)
         h.update(f"|extra|{item.extra}|".encode())
     for path in item.files:
@@ -396,6 +403,7 @@ class Job:
     spec: SourceSpec
     item: SourceItem
     done_fingerprint: str | None  # fingerprint stored as done, None if not done
+    settings: str  # spec_settings(spec)
 
 
 @dataclass
@@ -414,7 +422,7 @@ def run_job(job: Job, build_dir: Path, force: bool) -> JobResult:
     """Fingerprint, skip if unchanged, else load and render one item; never raises."""
     key = job.item.key
     try:
-        fp = fingerprint(job.spec, job.item)
+        fp = fingerprint(job.settings, job.item)
     except OSError as exc:
         return JobResult("error", error=f"{key}: cannot read input ({exc.strerror or exc}: {exc.filename})")
     if not force and fp == job.done_fingerprint:
@@ -570,6 +578,7 @@ def _list_jobs(catalog: Catalog, specs: list[SourceSpec], report: IngestReport) 
             entries = list(get_adapter(spec.kind).items(spec))
         except Exception as exc:  # the adapter could not even list the source
             entries = [SourceError(f"{spec.path}: cannot list source ({type(exc).__name__}: {exc})")]
+        settings = spec_settings(spec)
         for entry in entries:
             if isinstance(entry, SourceItem):
                 entry = name_problem(entry) or entry
@@ -579,7 +588,7 @@ def _list_jobs(catalog: Catalog, specs: list[SourceSpec], report: IngestReport) 
                 report.errors.append((spec.name, item, message))
                 catalog.record_error(STAGE, item, message, source=spec.name)
             else:
-                jobs.append(Job(spec, entry, done.get((spec.name, entry.key))))
+                jobs.append(Job(spec, entry, done.get((spec.name, entry.key)), settings))
     return jobs
 
 

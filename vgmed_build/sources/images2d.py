@@ -220,15 +220,16 @@ def binary_mask(arr: np.ndarray, name: str, threshold: int | None) -> np.ndarray
     """0 / one other value (1 or 255 usually) -> bool; anything else is refused unless thresholded."""
     if threshold is not None:
         return arr > threshold
-    values = np.unique(arr)
-    nonzero = values[values != 0]
-    if nonzero.size > 1:
+    foreground = arr != 0
+    first = arr.flat[int(np.argmax(foreground))]  # some foreground value (0 if there is none)
+    if np.logical_and(foreground, arr != first).any():  # linear passes; np.unique would sort every pixel
+        values = np.unique(arr)
         shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
         raise SourceError(
             f"{name}: binary mask holds {values.size} values ({shown}); "
             "set options.binary_threshold for lossy masks or use mask_type = 'index'"
         )
-    return arr != 0
+    return foreground
 
 
 def load_masks(

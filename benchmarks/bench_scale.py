@@ -5,7 +5,7 @@ each under the default pattern ``masks/{stem}_{label}.png``) and a small NIfTI s
 32 volume with two structures per 100 images) at N and 8N, then runs every stage as its own process:
 ingest of the 2D source with --workers 1 and with --workers 2 (two fresh builds), the 3D source,
 ingest rerun (nothing changed), stats, generate, generate rerun, release --include-unreviewed,
-validate, export (parquet), regions, and ``vgmed-eval grounding`` on the built-in tiny model (N/20
+validate, export (parquet), regions, and ``vgmed-eval grounding`` on the built-in tiny model (N/50
 questions, so it too scales with N). For each stage it prints the cost per item at both sizes (CPU
 seconds of the stage's processes, the start-up of an empty command subtracted, and wall seconds),
 the growth exponent k of the total (1 = linear), and peak RSS.
@@ -206,7 +206,7 @@ def stages(n: int, tmp: Path, py: str, env: dict[str, str]) -> tuple[dict[str, t
     stage("validate", n_drafts, [*vb, "validate", str(rel)])
     stage("export parquet", n_drafts, [*vb, "export", str(rel), "--format", "parquet", "--out", str(tmp / f"pq{n}")])
     stage("regions", n_regions, [*vb, "regions", "--build", str(build), "--out", str(tmp / f"regions{n}.jsonl")])
-    questions = max(20, n // 20)
+    questions = max(20, n // 50)
     stage(
         "vgmed-eval grounding (tiny)",
         questions,

@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
+from vgmed_eval import distributed
 from vgmed_eval.chat_templates import add_chat_template_arg
+from vgmed_eval.distributed import World
 from vgmed_eval.geometry import GeometryError, GridGeometry
 from vgmed_eval.metrics import grounding_metrics
 from vgmed_eval.release_io import Question, read_release
@@ -181,9 +183,13 @@ class GroundingRun:
     def per_layer(self) -> pd.DataFrame:
         return pd.DataFrame(self.layer_rows)
 
+    @staticmethod
+    def empty_per_head() -> pd.DataFrame:
+        return pd.DataFrame(columns=["id", "layer", "head", "attention_ratio", "kl", "js"])
+
     def per_head(self) -> pd.DataFrame:
         if not self.head_blocks:
-            return pd.DataFrame(columns=["id", "layer", "head", "attention_ratio", "kl", "js"])
+            return self.empty_per_head()
         ids = [qid for qid, _ in self.head_blocks]
         arr = np.stack([m for _, m in self.head_blocks])  # (Q, 3, L, H)
         n_q, _, n_l, n_h = arr.shape
@@ -197,11 +203,15 @@ class GroundingRun:
 
 def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], batch_size: int, rows: str,
                      save_maps: bool, limit: int | None, q_types: tuple[str, ...], n_boot: int,
-                     progress: bool = True, control: bool = False) -> dict:
+                     progress: bool = True, control: bool = False,
+                     world: World = distributed.SINGLE) -> dict | None:
     """Run one release end to end and write every output; returns the summary.
 
     ``control``: read the natural-image control files (``COCO_*.jsonl``) first, so a release that
     holds both sets (a build with a coco source) serves as ``--release`` and ``--control-release``.
+    Under a launcher (``world.size > 1``) this rank evaluates its share of the images into its part
+    of ``OUT/parts/`` (kept if a previous run finished it), and rank 0 merges all parts into the same
+    files one process writes; the other ranks return None.
     """
     questions, read_errors = read_release(release, q_types, control=control)
     if limit is not None:
@@ -210,28 +220,82 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
     maps_dir = out / "maps" if save_maps else None
     if maps_dir:
         maps_dir.mkdir(exist_ok=True)
-    run = GroundingRun(adapter, layers, batch_size, rows, maps_dir)
-    run.errors += [{"id": e.id, "image": None, "kind": "bad_record", "error": f"{e.file}:{e.line}: {e.error}"}
-                   for e in read_errors]
     started = time.perf_counter()
-    run.run(questions, progress=progress)
+    if world.distributed:
+        _evaluate_part(adapter, questions, out, world, layers, batch_size, rows, maps_dir, progress)
+        distributed.barrier(world)
+        if not world.main:
+            return None
+        per_layer, per_head, errors = _merge_parts(out, world, questions)
+    else:
+        run = GroundingRun(adapter, layers, batch_size, rows, maps_dir)
+        run.run(questions, progress=progress)
+        per_layer, per_head, errors = run.per_layer(), run.per_head(), run.errors
     elapsed = time.perf_counter() - started
-    per_layer = run.per_layer()
+    errors = [{"id": e.id, "image": None, "kind": "bad_record", "error": f"{e.file}:{e.line}: {e.error}"}
+              for e in read_errors] + errors
     per_layer.to_parquet(out / "per_layer.parquet", index=False)
-    run.per_head().to_parquet(out / "per_head.parquet", index=False)
-    with (out / "errors.jsonl").open("w", encoding="utf-8") as fh:
-        for e in run.errors:
-            fh.write(json.dumps(e) + "\n")
+    per_head.to_parquet(out / "per_head.parquet", index=False)
+    _write_errors(out / "errors.jsonl", errors)
     summary = {
         "model": adapter.name, "family": adapter.family, "release": str(release),
         "layers": layers, "n_llm_layers": adapter.n_layers, "n_heads": adapter.n_heads, "rows": rows,
         "prompt": question_prompt("{question}"), "general_prompt": GENERAL_PROMPT,
-        "seconds": round(elapsed, 3),
+        "processes": world.size, "seconds": round(elapsed, 3),
         "questions_per_second": round(len(questions) / elapsed, 3) if elapsed > 0 else None,
-        **summarise(per_layer, run.errors, len(questions) + len(read_errors), n_boot=n_boot),
+        **summarise(per_layer, errors, len(questions) + len(read_errors), n_boot=n_boot),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if world.distributed:
+        distributed.remove_parts(out, [distributed.part_path(out, World(r, world.size)) for r in range(world.size)])
     return summary
+
+
+def _write_errors(path: Path, errors: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        for e in errors:
+            fh.write(json.dumps(e) + "\n")
+
+
+def _evaluate_part(adapter, questions: list[Question], out: Path, world: World, layers: list[int],
+                   batch_size: int, rows: str, maps_dir: Path | None, progress: bool) -> None:
+    """This rank's images into its part directory, unless an earlier run already wrote that part."""
+    final = distributed.part_path(out, world)
+    if final.is_dir():
+        log.info("rank %d/%d: part %s is already complete, reusing it", world.rank, world.size, final)
+        return
+    mine = distributed.shard(questions, lambda q: q.image, world)
+    log.info("rank %d/%d: %d of %d questions", world.rank, world.size, len(mine), len(questions))
+    run = GroundingRun(adapter, layers, batch_size, rows, maps_dir)
+    run.run(mine, progress=progress and world.main)
+    with distributed.writing_part(final) as part:
+        run.per_layer().to_parquet(part / "per_layer.parquet", index=False)
+        run.per_head().to_parquet(part / "per_head.parquet", index=False)
+        _write_errors(part / "errors.jsonl", run.errors)
+
+
+def _merge_parts(out: Path, world: World, questions: list[Question]):
+    """Every rank's rows, in the order one process produces them (images in first-appearance order)."""
+    position: dict[str, int] = {}
+    for i, q in enumerate(distributed.order_by_group(questions, lambda q: q.image)):
+        position.setdefault(q.id, i)
+    parts = [distributed.part_path(out, World(r, world.size)) for r in range(world.size)]
+
+    def ordered(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        frames = [f for f in frames if len(f.columns)]
+        if not frames:
+            return pd.DataFrame([])
+        merged = pd.concat(frames, ignore_index=True)
+        keys = merged["id"].map(position).to_numpy()
+        return merged.iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
+
+    per_layer = ordered([pd.read_parquet(p / "per_layer.parquet") for p in parts])
+    per_head = ordered([pd.read_parquet(p / "per_head.parquet") for p in parts])
+    if per_head.empty:
+        per_head = GroundingRun.empty_per_head()
+    errors = [json.loads(line) for p in parts for line in (p / "errors.jsonl").read_text("utf-8").splitlines()]
+    errors.sort(key=lambda e: position.get(e["id"], -1))
+    return per_layer, per_head, errors
 
 
 def register(subparsers) -> None:
@@ -253,7 +317,9 @@ def register(subparsers) -> None:
                    help="prompts per forward pass (and images per general-prompt pass)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="model weights dtype; auto = the checkpoint's own (float32 for tiny models)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    p.add_argument("--device", default="cpu",
+                   help="torch device, e.g. cpu, cuda, cuda:1; under torchrun / accelerate launch, cuda is "
+                        "each rank's own GPU (cuda:LOCAL_RANK)")
     p.add_argument("--rows", default="last", choices=["last", "question"],
                    help="query rows: the last prompt token (published) or the mean over the question tokens")
     p.add_argument("--q-types", default="localization,attribute",
@@ -285,7 +351,12 @@ def _main(args) -> int:
         if not release.is_dir():
             raise SystemExit(f"release directory {release} does not exist")
     try:
-        adapter = load_adapter(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
+        world = World.from_env()
+    except distributed.WorldError as exc:
+        raise SystemExit(str(exc)) from exc
+    try:
+        adapter = load_adapter(args.model, dtype=args.dtype, device=world.device(args.device),
+                               chat_template=args.chat_template)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--model {args.model}: cannot load: {exc}") from exc
     try:
@@ -299,10 +370,13 @@ def _main(args) -> int:
         targets.append((args.control_release, args.out / "control", True))
     for release, out, control in targets:
         try:
-            summary = evaluate_release(adapter, release, out, control=control, **common)
+            summary = evaluate_release(adapter, release, out, control=control, world=world, **common)
         except FileNotFoundError as exc:  # no question file in the release
             raise SystemExit(str(exc)) from exc
+        if summary is None:  # a rank other than 0: its part is written, rank 0 merges
+            continue
         best = summary.get("most_sensitive_layer")
         log.info("%s: %d questions, %d ok, %d errors, most visually sensitive layer %s -> %s",
                  release, summary["n_questions"], summary["n_ok"], summary["n_errors"], best, out)
+    distributed.finish(world)
     return 0

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from vgmed_eval import distributed
 from vgmed_eval.chat_templates import add_chat_template_arg
+from vgmed_eval.distributed import World
 from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError, VQAItem, get_benchmark
 from vgmed_eval.vqa.prompts import question_prompt
 from vgmed_eval.vqa.scoring import score_response, summarize
@@ -83,11 +85,16 @@ def _config(args):
 
 
 def _done_ids(path: Path) -> dict[str, dict]:
+    """Answered rows by id; a line cut short by a killed process is skipped (its question is redone)."""
     rows = {}
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    log.warning("%s:%d: incomplete line (interrupted run), answering that question again", path, n)
+                    continue
                 rows[row["id"]] = row
     return rows
 
@@ -102,24 +109,16 @@ def _row(item: VQAItem, system: str, prompt: str, answer, benchmark: str) -> dic
     }
 
 
-def _by_image(items: list[VQAItem]) -> list[VQAItem]:
-    """Questions of one image next to each other (first-appearance order), so its prefix is reused."""
-    groups: dict[str, list[VQAItem]] = {}
-    for item in items:
-        groups.setdefault(item.image.key, []).append(item)
-    return [item for group in groups.values() for item in group]
-
-
 def _prepare(chunk: list[VQAItem], refiner, prefixes: dict, errors: list[str]):
     """Open the images, compute the missing prefixes (batched), split each prompt into prefix + suffix.
 
-    A bad image or prompt costs its own question only (recorded in ``errors``)."""
+    A bad image or prompt costs its own question only (recorded in ``errors`` as (id, message))."""
     images, failed = {}, set()
     for it in chunk:
         try:
             images.setdefault(it.image.key, it.image.open())
         except Exception as exc:
-            errors.append(f"{it.where or it.id}: {type(exc).__name__}: {exc}")
+            errors.append(_error(it, exc))
             failed.add(it.id)
     new = [k for k in images if k not in prefixes]
     try:
@@ -129,7 +128,7 @@ def _prepare(chunk: list[VQAItem], refiner, prefixes: dict, errors: list[str]):
             try:
                 prefixes[k] = refiner.prefix(images[k])
             except Exception as exc:
-                errors += [f"{it.where or it.id}: {type(exc).__name__}: {exc}" for it in chunk if it.image.key == k]
+                errors += [_error(it, exc) for it in chunk if it.image.key == k]
                 failed.update(it.id for it in chunk if it.image.key == k)
     ready, queries = [], []
     for it in chunk:
@@ -139,8 +138,12 @@ def _prepare(chunk: list[VQAItem], refiner, prefixes: dict, errors: list[str]):
             queries.append(refiner.query(prefixes[it.image.key], images[it.image.key], question_prompt(it)))
             ready.append(it)
         except Exception as exc:
-            errors.append(f"{it.where or it.id}: {type(exc).__name__}: {exc}")
+            errors.append(_error(it, exc))
     return ready, queries
+
+
+def _error(item: VQAItem, exc: Exception) -> tuple[str, str]:
+    return item.id, f"{item.where or item.id}: {type(exc).__name__}: {exc}"
 
 
 def run(args) -> int:
@@ -151,6 +154,7 @@ def run(args) -> int:
         log.error("--compare needs --vgrefine HEADS_JSON")
         return 2
     try:
+        world = World.from_env()
         loaded = get_benchmark(args.benchmark).load(args.data)
         config = _config(args) if args.vgrefine else None
     except (BenchmarkError, ValueError) as exc:
@@ -162,27 +166,67 @@ def run(args) -> int:
     systems = (["baseline"] if not config or args.compare else []) + (["vgrefine"] if config else [])
     args.out.mkdir(parents=True, exist_ok=True)
     files = {s: args.out / f"predictions_{s}.jsonl" for s in systems}
-    done = {s: _done_ids(f) for s, f in files.items()}
-    todo = [it for it in items if any(it.id not in done[s] for s in systems)]
-    log.info("%s: %d questions (%d already answered), systems: %s", args.benchmark, len(items),
-             len(items) - len(todo), ", ".join(systems))
+    done = {s: _answered(args.out, s) for s in systems}
+    # The split is made on all questions, not the unanswered ones: ranks read the parts at different
+    # moments, and the split must not depend on what the others have written so far.
+    mine = distributed.shard(items, lambda it: it.image.key, world) if world.distributed else items
+    todo = [it for it in mine if any(it.id not in done[s] for s in systems)]
+    log.info("%s: %d questions (%d for this rank, %d of them already answered), systems: %s", args.benchmark,
+             len(items), len(mine), len(mine) - len(todo), ", ".join(systems))
 
-    try:
-        adapter = load_adapter(args.model, dtype=args.dtype, device=args.device, chat_template=args.chat_template)
-    except (OSError, ValueError) as exc:
-        log.error("--model %s: cannot load: %s", args.model, exc)
-        return 2
-    refiner = VGRefiner(adapter, config, max_new_tokens=args.max_new_tokens)
-    errors: list[str] = []
-    todo = _by_image(todo)
+    started = time.perf_counter()
+    errors: list[tuple[str, str]] = []
+    if todo:
+        try:
+            adapter = load_adapter(args.model, dtype=args.dtype, device=world.device(args.device),
+                                   chat_template=args.chat_template)
+        except (OSError, ValueError) as exc:
+            log.error("--model %s: cannot load: %s", args.model, exc)
+            return 2
+        refiner = VGRefiner(adapter, config, max_new_tokens=args.max_new_tokens)
+        out_files = files
+        if world.distributed:
+            distributed.parts_dir(args.out).mkdir(exist_ok=True)
+            out_files = {s: distributed.part_path(args.out, world, f".predictions_{s}.jsonl") for s in systems}
+        errors = _answer(args, adapter, refiner, todo, systems, done, out_files, progress=world.main)
+    elapsed = time.perf_counter() - started
+    answered = len(todo)
+    if world.distributed:
+        info = distributed.part_path(args.out, world, ".vqa.json")
+        info.parent.mkdir(parents=True, exist_ok=True)
+        info.write_text(json.dumps({"errors": errors, "answered": answered}), encoding="utf-8")
+        distributed.barrier(world)
+        if not world.main:
+            distributed.finish(world)
+            return 0
+        errors, answered = _merge_parts(args.out, world, items, systems, files, done)
+        elapsed = time.perf_counter() - started
+    _write_results(args, items, systems, done, loaded.errors, [m for _, m in errors], config, elapsed, answered,
+                   world.size)
+    distributed.finish(world)
+    return 0
+
+
+def _answered(out: Path, system: str) -> dict[str, dict]:
+    """Rows already answered: the merged file and any rank's part left by an interrupted launch."""
+    rows = _done_ids(out / f"predictions_{system}.jsonl")
+    for part in sorted(distributed.parts_dir(out).glob(f"*.predictions_{system}.jsonl")):
+        rows.update(_done_ids(part))
+    return rows
+
+
+def _answer(args, adapter, refiner, todo: list[VQAItem], systems: list[str], done: dict, files: dict[str, Path],
+            progress: bool) -> list[tuple[str, str]]:
+    """Answer ``todo`` (grouped by image, so each prefix cache is reused), appending rows to ``files``."""
+    errors: list[tuple[str, str]] = []
+    todo = distributed.order_by_group(todo, lambda it: it.image.key)
     remaining: dict[str, int] = {}
     for it in todo:
         remaining[it.image.key] = remaining.get(it.image.key, 0) + 1
     prefixes: dict[str, object] = {}
-    started = time.perf_counter()
-    handles = {s: f.open("a", encoding="utf-8") for s, f in files.items()}
+    handles = {s: _append(f) for s, f in files.items()}
     try:
-        with tqdm(total=len(todo), desc=f"vqa {args.benchmark}", unit="q") as bar:
+        with tqdm(total=len(todo), desc=f"vqa {args.benchmark}", unit="q", disable=not progress) as bar:
             for start in range(0, len(todo), args.batch_size):
                 chunk = todo[start : start + args.batch_size]
                 ready, queries = _prepare(chunk, refiner, prefixes, errors)
@@ -206,12 +250,43 @@ def run(args) -> int:
     finally:
         for h in handles.values():
             h.close()
-    elapsed = time.perf_counter() - started
-    _write_results(args, items, systems, done, loaded.errors, errors, config, elapsed, len(todo))
-    return 0
+    return errors
 
 
-def _write_results(args, items, systems, done, load_errors, errors, config, elapsed, answered) -> None:
+def _append(path: Path):
+    """Open for appending; a last line cut short by a kill is closed first so the next row stays whole."""
+    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write("\n")
+    return path.open("a", encoding="utf-8")
+
+
+def _merge_parts(out: Path, world: World, items: list[VQAItem], systems: list[str], files: dict[str, Path],
+                 done: dict) -> tuple[list[tuple[str, str]], int]:
+    """Rank 0: every rank's rows into ``predictions_<system>.jsonl`` in one process's order, then the parts go."""
+    order = distributed.order_by_group(items, lambda it: it.image.key)
+    position = {it.id: i for i, it in reversed(list(enumerate(order)))}
+    parts = sorted(distributed.parts_dir(out).glob("*.predictions_*.jsonl"))
+    for s in systems:
+        done[s] = _answered(out, s)
+        tmp = files[s].with_name(files[s].name + ".merging")
+        with tmp.open("w", encoding="utf-8") as fh:
+            for it in order:
+                if it.id in done[s]:
+                    fh.write(json.dumps(done[s][it.id], ensure_ascii=False) + "\n")
+        tmp.replace(files[s])
+    infos = [distributed.part_path(out, World(r, world.size), ".vqa.json") for r in range(world.size)]
+    errors, answered = [], 0
+    for info in infos:
+        data = json.loads(info.read_text(encoding="utf-8"))
+        errors += [tuple(e) for e in data["errors"]]
+        answered += data["answered"]
+    errors.sort(key=lambda e: position.get(e[0], -1))
+    distributed.remove_parts(out, parts + infos)
+    return errors, answered
+
+
+def _write_results(args, items, systems, done, load_errors, errors, config, elapsed, answered, processes) -> None:
     ids = [it.id for it in items]
     rows = {s: [done[s][i] for i in ids if i in done[s]] for s in systems}
     results = {
@@ -224,7 +299,7 @@ def _write_results(args, items, systems, done, load_errors, errors, config, elap
         "decoding": {"greedy": True, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size},
         "load_errors": load_errors,
         "errors": errors,
-        "timing": {"answered": answered, "seconds": round(elapsed, 3),
+        "timing": {"answered": answered, "processes": processes, "seconds": round(elapsed, 3),
                    "questions_per_s": round(answered / elapsed, 3) if elapsed > 0 and answered else None},
     }
     if args.compare:

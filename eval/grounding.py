@@ -8,7 +8,9 @@ outside the image, box on no cell, a malformed line) are recorded and the run go
 
 Outputs in ``--out``: ``per_layer.parquet`` (question x layer, heads averaged), ``per_head.parquet``
 (question x layer x head), ``errors.jsonl``, ``summary.json`` (by layer, question type, modality and
-source, 95% bootstrap CIs) and, with ``--save-maps``, ``maps/<id>.npz``.
+source, 95% bootstrap CIs) and, with ``--save-maps``, ``maps/<id>.npz``. Under ``torchrun`` /
+``accelerate launch`` each rank evaluates its share of the images and rank 0 merges the parts into
+the same files (:mod:`vgmed_eval.distributed`).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from vgmed_eval.release_io import read_release
 
 pytestmark = pytest.mark.slow
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 TIMING = {"seconds", "questions_per_second", "processes", "questions_per_s", "answered"}
 
 
@@ -61,6 +62,13 @@ def _env() -> dict:
 
 def _torchrun(args: list[str], nproc: int = 2) -> subprocess.Popen:
     cmd = [TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", "-m", "vgmed_eval", *args]
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _accelerate(args: list[str], nproc: int = 2) -> subprocess.Popen:
+    """``accelerate launch``; on a machine without GPUs --multi_gpu still starts N gloo processes."""
+    cmd = [ACCELERATE, "launch", "--multi_gpu", f"--num_processes={nproc}", "--num_machines=1",
+           "--mixed_precision=no", "--dynamo_backend=no", "-m", "vgmed_eval", *args]
     return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -213,7 +221,7 @@ def _same_vqa(one: Path, two: Path) -> None:
 
 def test_vqa_two_processes_equal_one(vqa_single, tmp_path):
     data, heads, one = vqa_single
-    _finish(_torchrun(_vqa_args(data, tmp_path / "two", heads)))
+    _finish(_accelerate(_vqa_args(data, tmp_path / "two", heads)))
     _same_vqa(one, tmp_path / "two")
     results = json.loads((tmp_path / "two" / "results.json").read_text())
     assert results["timing"]["processes"] == 2 and results["timing"]["answered"] == len(QUESTIONS) + 1

@@ -4,7 +4,9 @@ Both launchers export ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (and ``MASTER_
 run has none and is rank 0 of 1. Work is split by image, deterministically, so each image's
 general-prompt map (and VQA prefix cache) is computed on one rank only. Ranks exchange nothing but
 files: each writes its own part under ``OUT/parts/`` (atomically: a part is there whole or not at
-all), then all meet at one barrier and rank 0 merges the parts into the files a single process writes.
+all), then all meet at a barrier, rank 0 merges the parts into the files a single process writes, and
+a second barrier holds the other ranks until the merged files exist (so a command run next on any
+rank, as ``reproduce`` does, reads them).
 Why files rather than collectives: a rank that dies loses only its own part, and a rerun computes
 only the parts that are missing. The barrier runs on gloo (it exchanges no tensors, so it needs no
 NCCL, and it is how the CPU tests run); it is set up only after the work, so a slow rank never holds

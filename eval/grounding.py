@@ -225,8 +225,9 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
     started = time.perf_counter()
     if world.distributed:
         _evaluate_part(adapter, questions, out, world, layers, batch_size, rows, maps_dir, progress)
-        distributed.barrier(world)
+        distributed.barrier(world)  # every part is on disk
         if not world.main:
+            distributed.barrier(world)  # rank 0 has merged: whatever runs next here can read the files
             return None
         per_layer, per_head, errors = _merge_parts(out, world, questions)
     else:
@@ -250,6 +251,7 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if world.distributed:
         distributed.remove_parts(out, [distributed.part_path(out, World(r, world.size)) for r in range(world.size)])
+        distributed.barrier(world)
     return summary
 
 

@@ -195,15 +195,15 @@ def run(args) -> int:
         info = distributed.part_path(args.out, world, ".vqa.json")
         info.parent.mkdir(parents=True, exist_ok=True)
         info.write_text(json.dumps({"errors": errors, "answered": answered}), encoding="utf-8")
-        distributed.barrier(world)
-        if not world.main:
-            distributed.finish(world)
-            return 0
-        errors, answered = _merge_parts(args.out, world, items, systems, files, done)
-        elapsed = time.perf_counter() - started
-    _write_results(args, items, systems, done, loaded.errors, [m for _, m in errors], config, elapsed, answered,
-                   world.size)
-    distributed.finish(world)
+        distributed.barrier(world)  # every part is on disk
+        if world.main:
+            errors, answered = _merge_parts(args.out, world, items, systems, files, done)
+            _write_results(args, items, systems, done, loaded.errors, [m for _, m in errors], config,
+                           time.perf_counter() - started, answered, world.size)
+        distributed.barrier(world)  # rank 0 has merged: whatever runs next on any rank can read the files
+        distributed.finish(world)
+        return 0
+    _write_results(args, items, systems, done, loaded.errors, [m for _, m in errors], config, elapsed, answered, 1)
     return 0
 
 

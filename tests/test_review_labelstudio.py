@@ -241,6 +241,35 @@ def test_push_resumes_after_a_crash_without_duplicates(labelstudio, tmp_path):
     assert pull(catalog, labelstudio, progress=False).known_events == 1  # now by slices of recorded tasks
 
 
+def test_push_killed_between_creating_and_recording_the_project_adopts_it(labelstudio, tmp_path, monkeypatch):
+    """Issue 12.8: the project exists on the server but not in the catalog: the next push adopts it."""
+    from vgmed_build.catalog import Catalog
+
+    catalog = make_build(tmp_path / "build", n_images=1)
+    title = f"kill test {tmp_path.name}"[:50]
+    record = Catalog.set_state
+
+    def killed(self, key, value, conn=None):
+        if key == "review.project.review":
+            raise KeyboardInterrupt("killed after the project was created")
+        return record(self, key, value, conn)
+
+    monkeypatch.setattr(Catalog, "set_state", killed)
+    with pytest.raises(KeyboardInterrupt):
+        push(catalog, labelstudio, title=title, progress=False)
+    monkeypatch.undo()
+    assert project_state(catalog, "review") is None
+    client = connect(labelstudio)
+    (orphan,) = [p for p in client.projects.list(title=title) if p.title == title]
+    # an unrelated project with the same title (another build's) is never adopted
+    other = client.projects.create(title=title, description="vgmed build 0000: review project")
+    report = push(catalog, labelstudio, title=title, progress=False)
+    assert report.project_id == orphan.id and report.created == len(drafts_of(catalog))
+    assert sorted(p.id for p in client.projects.list(title=title) if p.title == title) == sorted([orphan.id, other.id])
+    assert project_state(catalog, "review")["id"] == orphan.id
+    assert str(tmp_path) not in (client.projects.get(orphan.id).description or "")
+
+
 def test_pull_by_parallel_slices_gets_every_annotation_once(labelstudio, tmp_path, monkeypatch):
     catalog = make_build(tmp_path / "build", n_images=2)
     drafts = drafts_of(catalog)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -174,6 +175,19 @@ class Catalog:
         )
         if conn is None:
             self.conn.commit()
+
+    def build_id(self) -> str:
+        """A random id of this build, made once: marks what the build creates elsewhere (Label Studio).
+
+        Random rather than derived from the path, so it says nothing about where the data lives.
+        """
+        value = self.get_state("build.id")
+        if value is None:
+            with self.transaction() as c:
+                value = c.execute("SELECT value FROM state WHERE key='build.id'").fetchone()
+                value = value[0] if value else uuid.uuid4().hex
+                self.set_state("build.id", value, conn=c)
+        return value
 
     def regions(self, source: str | None = None) -> Iterator[dict]:
         """Region records in a stable order (by id)."""

@@ -151,6 +151,18 @@ def project_state(catalog: Catalog, name: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
+def project_marker(catalog: Catalog, name: str) -> str:
+    """The description of the build's project ``name``: how a push finds a project it created but was
+    killed before recording (the random build id, never a path)."""
+    return f"vgmed build {catalog.build_id()}: {name} project"
+
+
+def _find_project(client, title: str, marker: str) -> int | None:
+    """The oldest project with ``title`` and ``marker`` on the server, or None."""
+    found = [p.id for p in client.projects.list(title=title) if p.title == title and p.description == marker]
+    return min(found) if found else None
+
+
 def ensure_project(catalog: Catalog, client, server: ServerInfo, name: str, title: str, reviewers_per_item: int) -> int:
     """Create the project on first push; later keep its config and overlap settings current."""
     from label_studio_sdk.core.api_error import ApiError
@@ -175,8 +187,14 @@ def ensure_project(catalog: Catalog, client, server: ServerInfo, name: str, titl
             log.warning("project %s (%s) is gone from %s; creating a new one", state["id"], name, server.url)
             with catalog.transaction() as c:
                 c.execute("DELETE FROM review_tasks WHERE project=?", (name,))
+    marker = project_marker(catalog, name)
     if project_id is None:
-        project_id = client.projects.create(title=title, label_config=config, **settings).id
+        project_id = _find_project(client, title, marker)
+        if project_id is not None:
+            log.warning("adopting %s project %s: a push was interrupted after creating it", name, project_id)
+            current = client.projects.get(project_id)
+    if project_id is None:
+        project_id = client.projects.create(title=title, description=marker, label_config=config, **settings).id
     else:
         changes = {k: v for k, v in settings.items() if getattr(current, k) != v}
         if current.label_config != config:

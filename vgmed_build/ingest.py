@@ -30,6 +30,7 @@ from vgmed_build import imaging
 from vgmed_build.catalog import Catalog, CatalogError, now_iso, open_catalog
 from vgmed_build.commands import HelpFormatter, add_build_arg
 from vgmed_build.config import ConfigError, check_unique_names, load_sources_file, parse_source_flag
+from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
 from vgmed_build.regions import (
     RegionGeometry,
     extract_regions,
@@ -690,6 +691,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="re-ingest every item even if its fingerprint (inputs + options) is unchanged",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_wait_arg(p)
     p.set_defaults(func=cmd_ingest)
 
     p = subparsers.add_parser(
@@ -734,14 +736,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print("error: nothing to ingest; give --sources FILE or --source KIND:PATH", file=sys.stderr)
         return 2
     try:
-        report = run_ingest(
-            args.build,
-            specs,
-            workers=args.workers,
-            force=args.force,
-            progress=False if args.no_progress else None,
-        )
-    except CatalogError as exc:
+        with stage_lock(args.build, STAGE, args.wait):
+            report = run_ingest(
+                args.build,
+                specs,
+                workers=args.workers,
+                force=args.force,
+                progress=False if args.no_progress else None,
+            )
+    except (CatalogError, LockBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with open_catalog(args.build) as catalog:

@@ -32,6 +32,7 @@ from vgmed_build.card import render_card
 from vgmed_build.catalog import Catalog, CatalogError, open_catalog
 from vgmed_build.commands import HelpFormatter, add_build_arg
 from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
+from vgmed_build.lock import LockBusy, add_wait_arg, hold, out_lock_path
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
 from vgmed_build.release_format import (
     CARD_FILE,
@@ -440,6 +441,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="text file with strings that must not occur anywhere in the release (one per line, e.g. patient "
         "names and IDs of the source data); the release is refused if any occurs",
     )
+    add_wait_arg(p)
     p.set_defaults(func=_cmd_release)
 
 
@@ -460,11 +462,13 @@ def _cmd_release(args: argparse.Namespace) -> int:
         bbox_convention=args.bbox_convention,
         forbid=forbid,
     )
+    out = args.out or args.build / "release"
     with catalog:
         try:
-            decisions = decide(catalog, policy=args.policy, adjudicator=args.adjudicator)
-            report = build_release(catalog, args.out or args.build / "release", decisions, options)
-        except (ReleaseError, ValueError) as exc:
+            with hold(out_lock_path(out), f"`vgmed-build release` to {out}", args.wait):
+                decisions = decide(catalog, policy=args.policy, adjudicator=args.adjudicator)
+                report = build_release(catalog, out, decisions, options)
+        except (ReleaseError, ValueError, LockBusy) as exc:
             log.error("%s", exc)
             return 1
     counts = report.counts

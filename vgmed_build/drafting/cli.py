@@ -14,6 +14,7 @@ from vgmed_build.drafting.generate import GenerateOptions, export_drafts, run_ge
 from vgmed_build.drafting.lint import LintLimits
 from vgmed_build.drafting.llm import LlmConfig, install_log_redaction
 from vgmed_build.drafting.templates import TemplateError
+from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     llm.add_argument("--price-in", type=float, default=0.0, help="USD per 1M prompt tokens, for the estimate")
     llm.add_argument("--price-out", type=float, default=0.0, help="USD per 1M completion tokens, for the estimate")
+    add_wait_arg(p)
     p.set_defaults(func=cmd_generate)
 
     d = subparsers.add_parser(
@@ -203,9 +205,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         log.error("--drafter llm and --paraphrase need --model (and --base-url or OPENAI_BASE_URL)")
         return 2
     try:
-        with open_catalog(args.build, create=False) as catalog:
+        with open_catalog(args.build, create=False) as catalog, stage_lock(args.build, "generate", args.wait):
             stats = run_generate(catalog, options)
-    except (CatalogError, TemplateError) as exc:
+    except (CatalogError, TemplateError, LockBusy) as exc:
         log.error("%s", exc)
         return 2
     log.info("generate: %s", stats.summary())

@@ -9,6 +9,7 @@ import sys
 
 from vgmed_build.catalog import CatalogError, open_catalog
 from vgmed_build.commands import HelpFormatter, add_build_arg
+from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
 from vgmed_build.review import agreement
 from vgmed_build.review.api import EXPORT_CONCURRENCY
 from vgmed_build.review.decision import POLICIES, decide, review_events
@@ -150,6 +151,7 @@ def _register_review(subparsers) -> None:
     )
     _add_policy(s)
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_wait_arg(s)
     s.set_defaults(func=_cmd_push)
 
     s = sub.add_parser(
@@ -176,6 +178,7 @@ def _register_review(subparsers) -> None:
         "already stored are still kept once)",
     )
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_wait_arg(s)
     s.set_defaults(func=_cmd_pull)
 
     s = sub.add_parser(
@@ -279,7 +282,7 @@ def _adjudication_notes(catalog, decisions) -> dict[str, str]:
 
 def _cmd_push(args) -> int:
     try:
-        with open_catalog(args.build, create=False) as catalog:
+        with open_catalog(args.build, create=False) as catalog, stage_lock(args.build, "review push", args.wait):
             server = resolve_server(args.build, args.url, document_root=args.document_root)
             if args.adjudication:
                 notes = _adjudication_notes(catalog, decide(catalog, args.policy, args.adjudicator))
@@ -309,7 +312,7 @@ def _cmd_push(args) -> int:
                     batch_size=args.batch_size,
                     progress=not args.no_progress,
                 )
-    except (LabelStudioError, CatalogError, ValueError) as exc:
+    except (LabelStudioError, CatalogError, ValueError, LockBusy) as exc:
         return _fail(str(exc))
     print(
         f"{report.project} project {report.project_id} at {server.url}/projects/{report.project_id}/data: "
@@ -321,14 +324,14 @@ def _cmd_push(args) -> int:
 
 def _cmd_pull(args) -> int:
     try:
-        with open_catalog(args.build, create=False) as catalog:
+        with open_catalog(args.build, create=False) as catalog, stage_lock(args.build, "review pull", args.wait):
             server = resolve_server(args.build, args.url, document_root=args.document_root)
             from vgmed_build.review.pull import pull
 
             report = pull(
                 catalog, server, progress=not args.no_progress, concurrency=args.concurrency, full=args.full
             )
-    except (LabelStudioError, CatalogError) as exc:
+    except (LabelStudioError, CatalogError, LockBusy) as exc:
         return _fail(str(exc))
     print(
         f"pulled {report.new_events} new review event(s); {report.known_events} already stored, "

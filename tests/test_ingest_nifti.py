@@ -320,6 +320,52 @@ def test_kill_9_mid_run_leaves_no_half_item_and_rerun_completes(tmp_path):
     assert regions_of(build) == regions_of(clean)
 
 
+def children_of(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_killing_ingest_kills_its_workers(tmp_path):
+    """Issue 12.7: SIGKILL of `ingest --workers 2` must not leave its 2 workers blocked forever."""
+    t1, labels, affine = mni(2)
+    for i in range(12):
+        write_pair(tmp_path / "pairs", f"case{i:02d}", t1, labels, affine)
+    cmd = [sys.executable, "-m", "vgmed_build.cli", "ingest", "--build", str(tmp_path / "b"), "--source",
+           f"nifti:{tmp_path / 'pairs'}", "--modality", "MRI", "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    workers: list[int] = []
+    while time.monotonic() < deadline and proc.poll() is None and len(workers) < 2:
+        workers = children_of(proc.pid)
+        time.sleep(0.05)
+    assert len(workers) == 2, "the kill must land while both workers run"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.1)
+    left = [w for w in workers if alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert left == []
+
+
 def check_consistent_after_kill(build: Path) -> dict[str, int]:
     """Like check_consistent, but a killed run may leave PNGs (never rows) of its unfinished item."""
     conn = sqlite3.connect(build / "catalog.sqlite")

@@ -15,7 +15,10 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import sys
+import threading
+import time
 import traceback
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -462,6 +465,21 @@ def _run_index(index: int, force: bool) -> JobResult:
     return run_job(_JOBS[index], _BUILD_DIR, force)
 
 
+def _die_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """Worker initializer: exit as soon as the ingest process is gone (killed, even by SIGKILL).
+
+    Without it an orphaned worker (~100 MB) blocks forever writing its result into a pipe that
+    nobody reads. A thread watches the parent pid, so it fires even while the worker is blocked.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vgmed-parent-watch", daemon=True).start()
+
+
 def store_result(catalog: Catalog, spec: SourceSpec, key: str, result: JobResult) -> None:
     """Write one item's outcome in one transaction (images already on disk); drop stale images."""
     stale_files: list[str] = []
@@ -627,7 +645,9 @@ def run_ingest(
             _JOBS, _BUILD_DIR = jobs, catalog.build_dir
             try:
                 ctx = multiprocessing.get_context("fork")
-                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                with ProcessPoolExecutor(
+                    max_workers=workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
+                ) as pool:
                     futures = {pool.submit(_run_index, i, force): jobs[i] for i in range(len(jobs))}
                     for fut in as_completed(futures):
                         handle(futures[fut], fut.result())

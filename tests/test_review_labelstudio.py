@@ -270,6 +270,20 @@ def test_push_killed_between_creating_and_recording_the_project_adopts_it(labels
     assert str(tmp_path) not in (client.projects.get(orphan.id).description or "")
 
 
+def test_push_deletes_the_tasks_of_withdrawn_source_items(labelstudio, tmp_path):
+    """Issue 12.4: an item withdrawn by ingest leaves Label Studio on the next push."""
+    catalog = make_build(tmp_path / "build", n_images=2)
+    first = push(catalog, labelstudio, progress=False)
+    gone = catalog.withdraw_item("ct", "series0")
+    assert gone.tasks == first.created // 2
+    again = push(catalog, labelstudio, progress=False)
+    assert again.withdrawn == gone.tasks and again.created == 0
+    tasks = server_tasks(labelstudio, first.project_id)
+    assert len(tasks) == first.created - gone.tasks
+    assert {t["data"]["draft_id"] for t in tasks} == set(task_ids(catalog))
+    assert catalog.withdrawn_tasks() == [] and push(catalog, labelstudio, progress=False).withdrawn == 0
+
+
 def test_pull_by_parallel_slices_gets_every_annotation_once(labelstudio, tmp_path, monkeypatch):
     catalog = make_build(tmp_path / "build", n_images=2)
     drafts = drafts_of(catalog)

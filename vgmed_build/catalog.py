@@ -126,6 +126,20 @@ class CatalogError(RuntimeError):
     """The build directory or its catalog cannot be used."""
 
 
+WITHDRAWN_TASKS_KEY = "review.withdrawn_tasks"  # state: [[project_id, task_id], ...] the next push deletes
+
+
+@dataclass
+class Withdrawn:
+    """What withdrawing one source item removed (its review events stay, as history)."""
+
+    image_paths: list[str]  # relative to the build directory; the caller deletes the files
+    regions: int
+    drafts: int
+    tasks: int  # Label Studio tasks queued for deletion by the next `review push`
+    reviewed_drafts: int  # drafts with review events, kept in review_events
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
@@ -175,6 +189,46 @@ class Catalog:
         )
         if conn is None:
             self.conn.commit()
+
+    def item_keys(self, source: str) -> list[str]:
+        """Keys of every item of ``source`` the catalog holds (done or failed)."""
+        return [k for (k,) in self.conn.execute("SELECT item_key FROM items WHERE source=?", (source,))]
+
+    def withdraw_item(self, source: str, key: str) -> Withdrawn:
+        """Remove an item that left its source, with its images, regions, drafts and task records.
+
+        One transaction. Review events are not removed (they are the history of who reviewed what),
+        but a release only reads drafts, so none of the item reaches a release again. The item's Label
+        Studio tasks are queued under WITHDRAWN_TASKS_KEY for the next push to delete on the server.
+        """
+        of_item = "SELECT id FROM images WHERE source=? AND item_key=?"
+        regions = f"SELECT id FROM regions WHERE image_id IN ({of_item})"
+        drafts = f"SELECT id FROM drafts WHERE region_id IN ({regions})"
+        args = (source, key)
+        with self.transaction() as c:
+            paths = [p for (p,) in c.execute("SELECT path FROM images WHERE source=? AND item_key=?", args)]
+            n_regions = c.execute(f"SELECT COUNT(*) FROM ({regions})", args).fetchone()[0]
+            n_drafts = c.execute(f"SELECT COUNT(*) FROM ({drafts})", args).fetchone()[0]
+            tasks = c.execute(f"SELECT project_id, task_id FROM review_tasks WHERE draft_id IN ({drafts})", args)
+            tasks = [list(t) for t in tasks]
+            reviewed = c.execute(
+                f"SELECT COUNT(DISTINCT draft_id) FROM review_events WHERE draft_id IN ({drafts})", args
+            ).fetchone()[0]
+            if tasks:
+                row = c.execute("SELECT value FROM state WHERE key=?", (WITHDRAWN_TASKS_KEY,)).fetchone()
+                self.set_state(WITHDRAWN_TASKS_KEY, json.dumps((json.loads(row[0]) if row else []) + tasks), conn=c)
+            c.execute("DELETE FROM items WHERE source=? AND item_key=?", args)  # cascades down to review_tasks
+            c.execute("DELETE FROM errors WHERE stage='ingest' AND source=? AND item=?", args)
+        return Withdrawn(paths, n_regions, n_drafts, len(tasks), reviewed)
+
+    def withdrawn_tasks(self) -> list[tuple[int, int]]:
+        """(project_id, task_id) of tasks whose items were withdrawn and are still on the server."""
+        return [tuple(t) for t in json.loads(self.get_state(WITHDRAWN_TASKS_KEY, "[]"))]
+
+    def forget_withdrawn_tasks(self, done: list[tuple[int, int]]) -> None:
+        left = [list(t) for t in self.withdrawn_tasks() if t not in set(done)]
+        with self.transaction() as c:
+            self.set_state(WITHDRAWN_TASKS_KEY, json.dumps(left), conn=c)
 
     def build_id(self) -> str:
         """A random id of this build, made once: marks what the build creates elsewhere (Label Studio).

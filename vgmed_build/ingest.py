@@ -5,7 +5,8 @@ its PNGs are written atomically first, then its item, image and region rows go i
 ONE transaction, so a kill -9 never leaves half an item. An item whose fingerprint (input files'
 sizes, mtimes and content + the source's options) is already stored as done is skipped; a changed
 item is re-ingested in place (stable ids, upserts), so reruns never duplicate. A bad item becomes an
-error record naming the file and the problem, and the run goes on.
+error record naming the file and the problem, and the run goes on. An item its source no longer
+lists is withdrawn from the build (``--keep-missing`` keeps it).
 """
 
 from __future__ import annotations
@@ -567,10 +568,15 @@ class IngestReport:
     done: int = 0
     skipped: int = 0
     errors: list[tuple[str, str, str]] = field(default_factory=list)  # (source, item, message)
+    withdrawn: list[tuple[str, str]] = field(default_factory=list)  # (source, item) no longer in its source
+    kept_missing: list[tuple[str, str]] = field(default_factory=list)  # the same, kept (--keep-missing)
 
 
-def _list_jobs(catalog: Catalog, specs: list[SourceSpec], report: IngestReport) -> list[Job]:
-    """List every source's items; register the sources; listing problems become errors."""
+def _list_jobs(catalog: Catalog, specs: list[SourceSpec], report: IngestReport, keep_missing: bool) -> list[Job]:
+    """List every source's items; register the sources; listing problems become errors.
+
+    An item the catalog holds that its source no longer lists is withdrawn (see :func:`_withdraw`).
+    """
     done = {
         (s, k): fp
         for s, k, fp in catalog.conn.execute("SELECT source, item_key, fingerprint FROM items WHERE status='done'")
@@ -593,11 +599,14 @@ def _list_jobs(catalog: Catalog, specs: list[SourceSpec], report: IngestReport) 
                 "(SELECT item_key FROM items WHERE source=?)",
                 (STAGE, spec.name, spec.name),
             )
+        listed = spec.path.exists()
         try:
             entries = list(get_adapter(spec.kind).items(spec))
         except Exception as exc:  # the adapter could not even list the source
             entries = [SourceError(f"{spec.path}: cannot list source ({type(exc).__name__}: {exc})")]
+            listed = False
         settings = spec_settings(spec)
+        present: set[str] = set()
         for entry in entries:
             if isinstance(entry, SourceItem):
                 entry = name_problem(entry) or entry
@@ -606,9 +615,48 @@ def _list_jobs(catalog: Catalog, specs: list[SourceSpec], report: IngestReport) 
                 item = message.split(": ", 1)[0] if ": " in message else spec.path.name
                 report.errors.append((spec.name, item, message))
                 catalog.record_error(STAGE, item, message, source=spec.name)
+                present.add(item)
             else:
                 jobs.append(Job(spec, entry, done.get((spec.name, entry.key)), settings))
+                present.add(entry.key)
+        if listed:
+            _withdraw(catalog, spec, present, keep_missing, report)
     return jobs
+
+
+def _withdraw(catalog: Catalog, spec: SourceSpec, present: set[str], keep: bool, report: IngestReport) -> None:
+    """Remove the items the source no longer has (e.g. withdrawn consent) unless ``keep``.
+
+    Their images, regions, drafts and review tasks leave the build, so the next release is without
+    them; their review events stay in the catalog as history. When a source lists none of its
+    stored items, nothing is removed: an unmounted disk or an emptied folder looks exactly like that.
+    """
+    stored = set(catalog.item_keys(spec.name))
+    missing = sorted(stored - present)
+    if not missing:
+        return
+    if keep:
+        log.warning("%s: kept %d item(s) no longer in the source (--keep-missing)", spec.name, len(missing))
+        report.kept_missing += [(spec.name, key) for key in missing]
+        return
+    if not stored & present:
+        message = (
+            f"{spec.path.name}: none of the {len(missing)} stored item(s) are in the source any more; nothing "
+            "was withdrawn (is it mounted?); to drop them all, ingest into a new build"
+        )
+        report.errors.append((spec.name, spec.path.name, message))
+        catalog.record_error(STAGE, spec.path.name, message, source=spec.name)
+        return
+    for key in missing:
+        gone = catalog.withdraw_item(spec.name, key)
+        for path in gone.image_paths:
+            (catalog.build_dir / path).unlink(missing_ok=True)
+        kept = f"; {gone.reviewed_drafts} reviewed draft(s) stay in the review history" if gone.reviewed_drafts else ""
+        log.warning(
+            "%s: withdrew %s (no longer in the source): %d image(s), %d region(s), %d draft(s), %d review task(s)%s",
+            spec.name, key, len(gone.image_paths), gone.regions, gone.drafts, gone.tasks, kept,
+        )
+        report.withdrawn.append((spec.name, key))
 
 
 def run_ingest(
@@ -617,12 +665,16 @@ def run_ingest(
     workers: int = 1,
     force: bool = False,
     progress: bool | None = None,
+    keep_missing: bool = False,
 ) -> IngestReport:
-    """Ingest every item of ``specs`` into ``build_dir``; see the module docstring."""
+    """Ingest every item of ``specs`` into ``build_dir``; see the module docstring.
+
+    ``keep_missing``: keep items their source no longer lists (default: withdraw them).
+    """
     global _JOBS, _BUILD_DIR
     report = IngestReport()
     with open_catalog(build_dir) as catalog:
-        jobs = _list_jobs(catalog, specs, report)
+        jobs = _list_jobs(catalog, specs, report, keep_missing)
         report.items = len(jobs)
         bar = tqdm(total=len(jobs), desc="ingest", unit="item", disable=None if progress is None else not progress)
 
@@ -710,6 +762,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="re-ingest every item even if its fingerprint (inputs + options) is unchanged",
     )
+    p.add_argument(
+        "--keep-missing",
+        action="store_true",
+        help="keep items that their source no longer has (default: withdraw them, e.g. after withdrawn consent: "
+        "their images, regions, drafts and review tasks leave the build and the next release; review events "
+        "stay in the catalog's history)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_wait_arg(p)
     p.set_defaults(func=cmd_ingest)
@@ -763,6 +822,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 force=args.force,
                 progress=False if args.no_progress else None,
+                keep_missing=args.keep_missing,
             )
     except (CatalogError, LockBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -773,7 +833,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
     print(
         f"ingest: {report.items} items: {report.done} ingested, {report.skipped} unchanged, "
-        f"{len(report.errors)} errors; catalog holds {n_images} images, {n_regions} regions"
+        f"{len(report.errors)} errors, {len(report.withdrawn)} withdrawn (no longer in their source)"
+        + (f", {len(report.kept_missing)} missing kept" if report.kept_missing else "")
+        + f"; catalog holds {n_images} images, {n_regions} regions"
     )
     for source, item, message in report.errors:
         print(

@@ -317,7 +317,8 @@ def _cmd_push(args) -> int:
     print(
         f"{report.project} project {report.project_id} at {server.url}/projects/{report.project_id}/data: "
         f"{report.created} new, {report.updated} updated, {report.unchanged} unchanged, "
-        f"{report.kept_reviewed} kept (already reviewed), {report.adopted} recovered; images: {report.images}"
+        f"{report.kept_reviewed} kept (already reviewed), {report.adopted} recovered, {report.withdrawn} deleted "
+        f"(withdrawn source items); images: {report.images}"
     )
     return 0
 

@@ -69,6 +69,7 @@ class PushReport:
     unchanged: int = 0
     kept_reviewed: int = 0  # changed drafts whose task already has annotations: left as reviewed
     adopted: int = 0  # tasks found on the server after an interrupted push
+    withdrawn: int = 0  # tasks deleted because their source item was withdrawn (see ingest)
 
 
 def load_drafts(catalog: Catalog, ids: Iterable[str] | None = None) -> list[DraftRow]:
@@ -299,6 +300,24 @@ def _adopt_orphans(catalog: Catalog, client, name: str, project_id: int, known: 
     return adopted
 
 
+def delete_withdrawn_tasks(catalog: Catalog, client) -> int:
+    """Delete from the server the tasks of items that ingest withdrew; return how many were deleted."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    done: list[tuple[int, int]] = []
+    for project_id, task_id in catalog.withdrawn_tasks():
+        try:
+            client.tasks.delete(task_id)
+        except ApiError as exc:
+            if exc.status_code != 404:  # already gone is what we want
+                raise
+        done.append((project_id, task_id))
+    if done:
+        catalog.forget_withdrawn_tasks(done)
+        log.info("deleted %d task(s) of withdrawn source items from the server", len(done))
+    return len(done)
+
+
 def _update_task(client, task_id: int, payload: dict) -> bool:
     """Replace an unannotated task's data and prediction; False when a reviewer got there first."""
     task = client.tasks.get(str(task_id))
@@ -341,6 +360,7 @@ def push(
     mode = _image_mode(catalog, server, images)
     resolver = (_local_resolver if mode == "local" else _upload_resolver)(catalog, client, server, project_id)
     report = PushReport(project=project, project_id=project_id, images=mode)
+    report.withdrawn = delete_withdrawn_tasks(catalog, client)
 
     known = {
         d: (t, h)

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vgmed_build.release_format import path_inside
+
 log = logging.getLogger(__name__)
 
 
@@ -100,7 +102,11 @@ def plot_overlay(npz_path: Path, release: Path, layer: int, path: Path) -> bool:
     layers = list(data["layers"])
     if layer not in layers:
         return False
-    image_path = release / str(data["image"])
+    try:
+        image_path = path_inside(release, str(data["image"]), "the release directory")
+    except ValueError as exc:
+        log.warning("%s: %s, overlay skipped", npz_path.name, exc)
+        return False
     if not image_path.exists():
         log.warning("%s: image %s not found, overlay skipped", npz_path.name, image_path)
         return False

@@ -236,3 +236,26 @@ def test_cli_bad_inputs_are_named(tmp_path):
                   "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="run `vgmed-eval grounding` first"):
         cli_main(["heads", "--results", str(tmp_path), "--out", str(tmp_path / "h.json")])
+
+
+def test_record_images_outside_the_release_are_refused(tmp_path):
+    """Issue 12.10: `../other/x.png` (it exists) and absolute paths are per-record errors, never read."""
+    release = make_release(tmp_path / "rel", errors=False, published=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.full((32, 32), 200, np.uint8)).save(other / "x.png")
+    path = release / "VGMED_localization.jsonl"
+    bad = [{"image": "../other/x.png", "question": "Is there a lesion?", "bbox": [1, 1, 5, 5]},
+           {"image": str(other / "x.png"), "question": "Is there a mass?", "bbox": [1, 1, 5, 5]},
+           {"image": "images/../../other/x.png", "question": "Is there a cyst?", "bbox": [1, 1, 5, 5]}]
+    n_good = len(path.read_text().splitlines())
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in bad))
+    questions, errors = read_release(release)
+    assert len(questions) == len(QUESTIONS)
+    assert [e.line for e in errors] == [n_good + 1, n_good + 2, n_good + 3]
+    assert all("leaves the release directory" in e.error for e in errors)
+    assert all(not q.image.is_relative_to(other) for q in questions)
+    # with --images the same rule holds for that folder
+    _, errors = read_release(release, images=release / "images")
+    assert sum("leaves the --images folder" in e.error for e in errors) == 3

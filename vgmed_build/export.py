@@ -26,6 +26,7 @@ from vgmed_build.release_format import (
     MANIFEST_FILE,
     RecordFileError,
     manifest_configs,
+    path_inside,
     read_lines,
 )
 from vgmed_build.resources import schema_errors
@@ -97,7 +98,9 @@ def export_parquet(release_dir: str | Path, out_dir: str | Path, embed_images: b
     for name in manifest_configs(p.name for p in release_dir.glob("*.jsonl")).values():
         records = read_records(release_dir, name)
         if embed_images:
-            records = [{**r, "image_bytes": (release_dir / r["image"]).read_bytes()} for r in records]
+            records = [
+                {**r, "image_bytes": path_inside(release_dir, r["image"], "the release").read_bytes()} for r in records
+            ]
         table = pa.Table.from_pylist(records, schema=schema)
         target = out_dir / (Path(name).stem + ".parquet")
         pq.write_table(table, target)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -331,10 +332,24 @@ def stable_id(record: dict, file_name: str, number: int) -> str:
     return str(rid) if rid not in (None, "") else f"{Path(file_name).name.removesuffix('.jsonl')}:{number}"
 
 
+def path_inside(base: Path, rel: str, where: str) -> Path:
+    """``base / rel``, or ValueError when ``rel`` (as written) is absolute or climbs above ``base``.
+
+    Every reader of record image paths goes through this: a record may only name files inside its
+    own release (or ``--images``), never ``../other/x.png`` or ``/etc/...``. The check is lexical, so
+    a release whose ``images/`` is a symbolic link to shared storage still reads.
+    """
+    normal = os.path.normpath(rel)
+    if os.path.isabs(rel) or "\\" in rel or normal == ".." or normal.startswith(".." + os.sep):
+        raise ValueError(f"image {rel!r} leaves {where}; records may only name files inside it")
+    return base / rel
+
+
 def resolve_image(image: object, root: Path, images: Path | None = None) -> Path:
     """Where a record's picture lives: ``image`` relative to ``images`` (default: the release root);
     a SLAKE folder id -> ``<images>/<id>/source.jpg``; an integer COCO id ->
-    ``<images>/COCO_val2014_<id:012d>.jpg`` (or ``<images>/val2014/...``)."""
+    ``<images>/COCO_val2014_<id:012d>.jpg`` (or ``<images>/val2014/...``). A path leaving that folder
+    is a ValueError (see :func:`path_inside`)."""
     base = Path(images) if images is not None else Path(root)
     if isinstance(image, bool) or not isinstance(image, (str, int)):
         raise ValueError(f"image must be a path or an id, got {image!r}")
@@ -346,7 +361,7 @@ def resolve_image(image: object, root: Path, images: Path | None = None) -> Path
         return (base / name).resolve()
     if not image.strip():
         raise ValueError("empty 'image'")
-    direct = base / image
+    direct = path_inside(base, image, "the --images folder" if images is not None else "the release directory")
     if "/" not in image and "." not in image and not direct.is_file():
         return (base / image / "source.jpg").resolve()
     return direct.resolve()

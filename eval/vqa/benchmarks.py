@@ -21,7 +21,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from vgmed_build.release_format import expected_names, question_file, read_lines, resolve_image, stable_id
+from vgmed_build.release_format import (
+    expected_names,
+    path_inside,
+    question_file,
+    read_lines,
+    resolve_image,
+    stable_id,
+)
 
 YES_NO = {"yes", "no"}
 LETTERS = "ABCDEFGHIJ"
@@ -182,7 +189,10 @@ def _field(rec: dict, *names: str) -> str:
 
 def _image_file(root: Path, rel: str, folders: tuple[str, ...] = ("",)) -> ImageRef:
     for folder in folders:
-        path = root / folder / rel
+        try:
+            path = path_inside(root / folder, rel, "the benchmark folder")
+        except ValueError as exc:
+            raise BadRecord(str(exc)) from None
         if path.is_file():
             return ImageRef(key=str(path), path=path)
     raise BadRecord(f"image {rel!r} not found under {', '.join(str(root / f) for f in folders)}")
@@ -461,7 +471,10 @@ def _vgmed(root: Path, q_type: str) -> Loaded:
     def make(rec: dict, where: str) -> VQAItem:
         answer = _field(rec, "answer")
         number = int(where.rsplit(":", 1)[1])
-        image = resolve_image(rec.get("image"), root) if rec.get("image") not in (None, "") else None
+        try:
+            image = resolve_image(rec.get("image"), root) if rec.get("image") not in (None, "") else None
+        except ValueError as exc:
+            raise BadRecord(str(exc)) from None
         if image is None or not image.is_file():
             raise BadRecord(f"image {rec.get('image')!r} not found under {root}")
         return VQAItem(

@@ -129,6 +129,20 @@ def plot_overlay(npz_path: Path, release: Path, layer: int, path: Path) -> bool:
     return True
 
 
+def comparison_line(medical: dict, natural: dict, control_release: str) -> str:
+    """The paper's Figure 3 in one sentence: mean attention ratio over layers, medical vs natural."""
+
+    def mean_over_layers(table: dict) -> float | None:
+        values = [v["mean"] for v in table.values() if v.get("mean") is not None]
+        return sum(values) / len(values) if values else None
+
+    med, nat = mean_over_layers(medical), mean_over_layers(natural)
+    shown = ", ".join(f"{name} {v:.3f}" if v is not None else f"{name} n/a" for name, v in
+                      (("medical", med), ("natural", nat)))
+    return (f"Medical vs natural images (control `{control_release}`): attention ratio averaged over the "
+            f"evaluated layers: {shown} (1 = no preference for the target).")
+
+
 def build_report(results: Path, out: Path, control: Path | None, samples: int, layer: int | None) -> list[Path]:
     """Write every plot and index.md; returns the written files."""
     summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
@@ -136,10 +150,15 @@ def build_report(results: Path, out: Path, control: Path | None, samples: int, l
     written = []
     model = summary.get("model", "model")
     curves = {f"medical ({summary.get('n_ok', 0)} q)": summary["overall"]["attention_ratio"]}
+    title = f"{model}: attention ratio by layer"
+    comparison: list[str] = []
     if control is not None:
         ctrl = json.loads((control / "summary.json").read_text(encoding="utf-8"))
         curves[f"natural control ({ctrl.get('n_ok', 0)} q)"] = ctrl["overall"]["attention_ratio"]
-    plot_by_layer(curves, out / "attention_ratio_by_layer.png", f"{model}: attention ratio by layer")
+        title += ", medical vs natural"
+        comparison = [comparison_line(summary["overall"]["attention_ratio"], ctrl["overall"]["attention_ratio"],
+                                      ctrl.get("release", str(control))), ""]
+    plot_by_layer(curves, out / "attention_ratio_by_layer.png", title)
     written.append(out / "attention_ratio_by_layer.png")
     by_mod = {f"{m} ({t['n']} q)": t["attention_ratio"] for m, t in summary.get("by_modality", {}).items()}
     if by_mod:
@@ -164,7 +183,7 @@ def build_report(results: Path, out: Path, control: Path | None, samples: int, l
     lines = [f"# Grounding report: {model}", "",
              f"Release: `{summary['release']}`; {summary['n_ok']} questions scored, {summary['n_errors']} errors "
              f"({', '.join(f'{k}: {v}' for k, v in summary.get('errors_by_kind', {}).items()) or 'none'}).",
-             f"Most visually sensitive layer: {summary.get('most_sensitive_layer')}.", ""]
+             f"Most visually sensitive layer: {summary.get('most_sensitive_layer')}.", "", *comparison]
     lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in written]
     (out / "index.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return written + [out / "index.md"]

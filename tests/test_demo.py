@@ -23,6 +23,17 @@ def test_demo_runs_the_chain_on_the_bundled_sample_and_reruns_idempotently(tmp_p
     assert manifest["preview"] is True
     assert "PREVIEW" in (release / "README.md").read_text().splitlines()[0]
     assert (build / "eval" / "report" / "attention_ratio_by_layer.png").stat().st_size > 0
+    # The bundled natural-image control (COCO layout) sits in the release's COCO files, and the report
+    # compares it with the medical questions (the paper's Figure 3).
+    assert set(manifest["configs"]) >= {"control_localization", "control_attribute"}
+    assert manifest["counts"]["by_modality"]["Natural"] > 0
+    control = json.loads((build / "eval" / "grounding" / "control" / "summary.json").read_text())
+    medical = json.loads((build / "eval" / "grounding" / "summary.json").read_text())
+    assert control["n_ok"] > 0 and medical["n_ok"] > 0
+    natural_q = sum(1 for line in (release / "COCO_localization.jsonl").open() if line.strip()) + \
+        sum(1 for line in (release / "COCO_attribute.jsonl").open() if line.strip())
+    assert control["n_questions"] == natural_q
+    assert "Medical vs natural images" in (build / "eval" / "report" / "index.md").read_text()
     heads = json.loads((build / "eval" / "heads.json").read_text())
     assert heads["heads"] and isinstance(heads["knockout_layer"], int)
     vqa = json.loads((build / "eval" / "vqa" / "results.json").read_text())

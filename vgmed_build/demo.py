@@ -1,9 +1,10 @@
 """`vgmed-build demo`: the whole chain on the bundled real sample, offline, on a laptop.
 
-ingest (bundled MNI152 + CT/SEG sample) -> generate (templates) -> local Label Studio + review push
--> preview release (unreviewed items, clearly marked) -> validate -> vgmed-eval grounding with a
-built-in tiny random model -> heads -> report plots -> VQA on the attribute questions, baseline vs
-VGRefine. Each step is the same CLI a user runs, so the
+ingest (bundled MNI152 + CT/SEG sample + a small COCO-style natural-image control) -> generate
+(templates) -> local Label Studio + review push -> preview release (unreviewed items, clearly
+marked) -> validate -> vgmed-eval grounding with a built-in tiny random model, medical and natural
+-> heads -> report plots (with the medical-vs-natural curve) -> VQA on the attribute questions,
+baseline vs VGRefine. Each step is the same CLI a user runs, so the
 demo doubles as a worked example; every step is idempotent, so running the demo twice is cheap.
 """
 
@@ -75,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
             from vgmed_eval import cli as eval_cli
 
             results = build / "eval" / "grounding"
-            _step("grounding", ["grounding", "--release", str(release), "--model", args.model,
-                                "--out", str(results), "--save-maps"], eval_cli.main)
+            # The sample's COCO-style photos are the release's control files: the report's
+            # medical-vs-natural curve (the paper's Figure 3) comes from the same release.
+            _step("grounding", ["grounding", "--release", str(release), "--control-release", str(release),
+                                "--model", args.model, "--out", str(results), "--save-maps"], eval_cli.main)
             heads = build / "eval" / "heads.json"
             _step("heads", ["heads", "--results", str(results), "--out", str(heads)], eval_cli.main)
             _step("report", ["report", "--results", str(results), "--out", str(build / "eval" / "report")],

@@ -121,3 +121,18 @@ def test_bad_annotations_are_errors_naming_the_file_and_the_run_goes_on(tmp_path
     assert ingest(tmp_path / "b2", "--source", f"coco:{root}") == 1
     (message,) = errors(tmp_path / "b2", capsys).values()
     assert message.startswith("annotations/instances_val2017.json: not valid JSON")
+
+
+def test_changed_annotations_reingest_only_their_picture(tmp_path, capsys):
+    """The pictures do not change when an annotation does: the item's annotations join its fingerprint."""
+    root = tmp_path / "coco"
+    doc = write_coco(root)
+    build = tmp_path / "b"
+    assert ingest(build, "--source", f"coco:{root}") == 0
+    moved = rectangle(100, 100, 300, 300)
+    doc["annotations"][-1]["segmentation"] = [moved]                    # the astronaut's person box
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(doc), encoding="utf-8")
+    capsys.readouterr()
+    assert ingest(build, "--source", f"coco:{root}") == 0
+    assert "1 ingested, 2 unchanged" in capsys.readouterr().out
+    assert_boxes_match(regions(build)[("val2017/astronaut.png", "person")]["boxes"], [moved])

@@ -31,6 +31,7 @@ from vgmed_build.sources.volumes import (
     VolumeFile,
     case_of,
     companion_files,
+    drop_trailing_singletons,
     on_grid,
     read_volume,
     volume_files,
@@ -42,8 +43,7 @@ _ANY_EXT = "(.nii[.gz], .mha, .mhd or .nrrd)"
 
 
 def _squeeze_to_3d(data: np.ndarray, rel: str, what: str, channel: int | None) -> np.ndarray:
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
+    data = drop_trailing_singletons(data)
     if data.ndim == 4 and what == "image":
         if channel is None:
             raise SourceError(
@@ -107,8 +107,7 @@ def checked_label_map(lab: np.ndarray, name: str) -> np.ndarray:
 def _with_segments(volume: Volume, lab: VolumeFile, rel_l: str, rel_i: str) -> Volume:
     """A Slicer segmentation on the image's grid: one layer -> label map, several -> one mask per segment."""
     data = lab.data
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
+    data = drop_trailing_singletons(data)
     if data.ndim not in (3, 4):
         raise SourceError(f"{rel_l}: segmentation must be 3D (or 4D with layers), got shape {data.shape}")
     data = on_grid(data, lab.affine, volume.image.shape, volume.affine, rel_l, rel_i)

@@ -25,6 +25,7 @@ from vgmed_build.sources.nifti import checked_label_map
 from vgmed_build.sources.volumes import (
     case_of,
     companion_files,
+    drop_trailing_singletons,
     read_volume,
     volume_files,
 )
@@ -80,8 +81,7 @@ def _load_case(spec: SourceSpec, root: Path, image: Path, masks: list[Path], ml:
                modality: str) -> Volume:
     img = read_volume(image, root, "image")
     data = img.data
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
+    data = drop_trailing_singletons(data)
     if data.ndim != 3:
         raise SourceError(f"{rel(image, root)}: image must be a 3D volume, got shape {data.shape}")
     midline, margin = _midline(spec, data.shape, img.affine)
@@ -96,8 +96,7 @@ def _load_case(spec: SourceSpec, root: Path, image: Path, masks: list[Path], ml:
 def _same_grid(path: Path, root: Path, shape: tuple[int, ...], affine: np.ndarray, got) -> np.ndarray:
     name = rel(path, root)
     data = got.data
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
+    data = drop_trailing_singletons(data)
     if data.shape != shape:
         raise SourceError(f"{name}: mask shape {data.shape} differs from the image's {shape}")
     if not np.allclose(got.affine, affine, atol=1e-3):

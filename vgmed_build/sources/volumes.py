@@ -82,6 +82,13 @@ def companion_files(path: Path) -> list[Path]:
     return [path, data] if data.is_file() else [path]
 
 
+def drop_trailing_singletons(data: np.ndarray) -> np.ndarray:
+    """(I, J, K, 1, ...) -> (I, J, K): NIfTI and ITK writers often keep empty time or component axes."""
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    return data
+
+
 def read_volume(path: Path, root: Path, what: str) -> VolumeFile:
     """Read a NIfTI or ITK volume, turning every low-level failure into a SourceError naming the file."""
     name = rel(path, root)

@@ -37,7 +37,7 @@ def test_non_utf8_nifti_file_name_is_one_items_error(tmp_path, capsys):
     write_pair(src, "good", image, labels, affine)
     write_pair(src, BAD, image, labels, affine)
     build = tmp_path / "build"
-    assert ingest(build, "--source", f"nifti:{src}", "--modality", "MRI") == 1
+    assert ingest(build, "--source", f"nifti:{src}", "--modality", "MRI", "--with-paths") == 1
     done, errors = catalog_rows(build)
     assert done == ["good.nii.gz"]
     assert list(errors) == [f"{ESCAPED}.nii.gz"]
@@ -72,7 +72,7 @@ def test_non_utf8_image_and_mask_names_are_one_items_error(tmp_path, capsys):
     assert done == ["images/eye1.jpg"]
     assert list(errors) == [f"images/{ESCAPED}.jpg"]
     capsys.readouterr()
-    assert main(["stats", "--build", str(build), "--json"]) == 1
+    assert main(["stats", "--build", str(build), "--json", "--with-paths"]) == 1
     stats = json.loads(capsys.readouterr().out)
     assert [e["item"] for e in stats["errors"]] == [f"images/{ESCAPED}.jpg"]
     assert len(list((build / "images").rglob("*.png"))) == 1
@@ -117,7 +117,7 @@ def test_nan_and_inf_volumes(tmp_path, capsys):
     spiky[2::7, ::5, ::3] = np.nan
     write_pair(src, "spiky", spiky, labels, affine)
     build = tmp_path / "build"
-    assert ingest(build, "--source", f"nifti:{src}", "--modality", "MRI") == 1
+    assert ingest(build, "--source", f"nifti:{src}", "--modality", "MRI", "--with-paths") == 1
     done, errors = catalog_rows(build)
     assert done == ["spiky.nii.gz"]
     assert "no finite intensity" in errors["all_nan.nii.gz"]
@@ -128,3 +128,34 @@ def test_nan_and_inf_volumes(tmp_path, capsys):
         records = [strict_json(r) for (r,) in catalog.conn.execute("SELECT record_json FROM images")]
     assert records and all(np.allclose(r["window"], expected) for r in records)
     assert "error [nifti] all_nan.nii.gz: image has no finite intensity" in capsys.readouterr().err
+
+
+def test_folder_names_stay_out_of_shared_outputs_unless_with_paths(tmp_path, capsys):
+    """Issue 12.11: a DICOM folder named after the patient reaches no export, log or task by default."""
+    from vgmed_build.identifiers import item_pseudonym
+    from vgmed_build.review.push import load_drafts, task_payload
+
+    folder = "Smith_John_MRN4455"
+    src = tmp_path / "dicom"
+    series = ct_series(src / folder)
+    make_rtstruct(series, {"tumour": [(2, contour(square(40, 30, 60, 50), series[2]))]}, src / "rt.dcm")
+    (src / folder / "export.log").write_text("not an image\n")  # an error record about a file in that folder
+    build = tmp_path / "build"
+    assert ingest(build, "--source", f"dicom:{src}") == 1
+    shared = capsys.readouterr()
+    for args in (["regions"], ["stats"], ["stats", "--json"], ["drafts"]):
+        if args == ["drafts"]:
+            assert main(["generate", "--build", str(build)]) == 0
+        main([*args, "--build", str(build)])
+        shared_out = capsys.readouterr()
+        shared = (shared[0] + shared_out.out, shared[1] + shared_out.err)
+    with open_catalog(build, create=False) as catalog:
+        tasks = [task_payload(row, "/img.png") for row in load_drafts(catalog)]
+    text = "".join(shared) + json.dumps(tasks)
+    assert tasks and "MRN4455" not in text and "Smith" not in text
+    assert item_pseudonym("dicom-" + text.split('"name": "dicom-')[1][:8], folder) in text
+    assert "--with-paths shows them" in shared[1]
+    # asked for: the site's own view names the folder
+    main(["regions", "--build", str(build), "--with-paths"])
+    main(["stats", "--build", str(build), "--with-paths"])
+    assert text.count(folder) == 0 and capsys.readouterr().out.count(folder) >= 2

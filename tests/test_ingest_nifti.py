@@ -43,7 +43,7 @@ def ingest(build: Path, *args: str) -> int:
 
 def stats(build: Path, capsys) -> tuple[int, dict]:
     capsys.readouterr()
-    rc = main(["stats", "--build", str(build), "--json"])
+    rc = main(["stats", "--build", str(build), "--json", "--with-paths"])
     return rc, json.loads(capsys.readouterr().out)
 
 
@@ -452,8 +452,9 @@ def test_help_explains_every_option(command, capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     options = {"ingest": ["--build", "--sources", "--source", "--modality", "--body-part", "--workers", "--force",
-                          "--no-progress"],
-               "regions": ["--build", "--out", "--source"], "stats": ["--build", "--json"]}[command]
+                          "--no-progress", "--keep-missing", "--wait", "--with-paths"],
+               "regions": ["--build", "--out", "--source", "--with-paths"],
+               "stats": ["--build", "--json", "--with-paths"]}[command]
     for option in options:
         assert option in text
     assert text.count("\n  --") >= len(options)

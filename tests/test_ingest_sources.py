@@ -95,7 +95,7 @@ def test_dicom_bad_files_become_error_records_and_the_run_goes_on(tmp_path, caps
     assert ingest(build, "--source", f"dicom:{src}") == 1  # something failed
     assert [r["label"] for r in regions(build)] == ["tumour"]  # ... and the good series still went in
     capsys.readouterr()
-    assert main(["stats", "--build", str(build), "--json"]) == 1
+    assert main(["stats", "--build", str(build), "--json", "--with-paths"]) == 1
     errors = {e["item"]: e["message"] for e in json.loads(capsys.readouterr().out)["errors"]}
     assert set(errors) == {f"ct/{truncated.name}", "ct/export.log", "orphan_seg.dcm"}
     assert "truncated" in errors[f"ct/{truncated.name}"] and "not a DICOM file" in errors["ct/export.log"]

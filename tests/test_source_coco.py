@@ -29,7 +29,7 @@ def regions(build: Path) -> dict[tuple[str, str], dict]:
 
 def errors(build: Path, capsys) -> dict[str, str]:
     capsys.readouterr()
-    main(["stats", "--build", str(build), "--json"])
+    main(["stats", "--build", str(build), "--json", "--with-paths"])
     return {e["item"]: e["message"] for e in json.loads(capsys.readouterr().out)["errors"]}
 
 

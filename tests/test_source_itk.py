@@ -183,7 +183,7 @@ def test_unreadable_itk_files_are_errors_naming_the_file(volumes, tmp_path, caps
     build = tmp_path / "b"
     assert ingest(build, "--source", f"nifti:{folder}", "--modality", "MRI") == 1
     capsys.readouterr()
-    main(["stats", "--build", str(build), "--json"])
+    main(["stats", "--build", str(build), "--json", "--with-paths"])
     errors = {e["item"]: e["message"] for e in json.loads(capsys.readouterr().out)["errors"]}
     assert set(errors) == {"broken.mha", "flat.nrrd"}
     assert errors["broken.mha"].startswith("broken.mha: cannot read image with SimpleITK")

@@ -83,7 +83,7 @@ def test_per_structure_masks_and_ml_file_give_the_nifti_regions(reference, tmp_p
     sides = {k[0]: v[0] for k, v in reference.items()}
     assert sides == {n: n.split()[0] for n in LABELS.values()}           # 'left grey matter' -> left
     capsys.readouterr()
-    main(["stats", "--build", str(build), "--json"])
+    main(["stats", "--build", str(build), "--json", "--with-paths"])
     assert json.loads(capsys.readouterr().out)["errors"] == []           # the empty kidney mask is no error
 
 
@@ -99,7 +99,7 @@ def test_a_name_contradicting_world_coordinates_is_an_error_naming_the_file(refe
     build = tmp_path / "b"
     assert ingest(build, "--source", f"totalsegmentator:{root}", "--modality", "MRI") == 1
     capsys.readouterr()
-    main(["stats", "--build", str(build), "--json"])
+    main(["stats", "--build", str(build), "--json", "--with-paths"])
     errors = {e["item"]: e["message"] for e in json.loads(capsys.readouterr().out)["errors"]}
     assert set(errors) == {"swapped", "flipped", "ml"}
     assert errors["swapped"].startswith("swapped/segmentations/grey_matter_")
@@ -125,7 +125,7 @@ def test_layout_problems_are_errors(tmp_path, capsys):
     build = tmp_path / "b"
     assert ingest(build, "--source", f"totalsegmentator:{root}", "--modality", "MRI") == 1
     capsys.readouterr()
-    main(["stats", "--build", str(build), "--json"])
+    main(["stats", "--build", str(build), "--json", "--with-paths"])
     errors = {e["item"]: e["message"] for e in json.loads(capsys.readouterr().out)["errors"]}
     assert errors == {
         "allempty": "allempty/segmentations: every structure mask is empty",

@@ -8,11 +8,37 @@ so the report itself cannot leak what it found.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 MIN_FORBIDDEN_LENGTH = 3
+WITH_PATHS_HINT = "source paths hidden in shared output; --with-paths shows them"
+
+
+def item_pseudonym(source: str, item: str) -> str:
+    """A stable stand-in for a source item's path in output meant to be shared.
+
+    Folder and file names of clinical data often carry patient names or record numbers
+    (``Smith_John_MRN4455/``); the catalog keeps them on the site, exports show this instead.
+    """
+    return "item-" + hashlib.sha256(f"{source}|{item}".encode("utf-8", "surrogateescape")).hexdigest()[:10]
+
+
+def hide_item(text: str, source: str, item: str) -> str:
+    """``text`` with every occurrence of the item path replaced by its pseudonym."""
+    return text.replace(item, item_pseudonym(source, item)) if item else text
+
+
+def add_with_paths_arg(p) -> None:
+    """The ``--with-paths`` option of every command whose output may be shared."""
+    p.add_argument(
+        "--with-paths",
+        action="store_true",
+        help="show source item paths (file and folder names, which may carry patient names) instead of "
+        "stable pseudonyms (item-xxxxxxxxxx); only for output that stays on the site",
+    )
 
 # (description, pattern). Boundaries exclude hex ids, hashes and decimals (".20190412" in a float).
 PATTERNS: list[tuple[str, re.Pattern[str]]] = [

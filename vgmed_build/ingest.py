@@ -34,6 +34,7 @@ from vgmed_build import imaging
 from vgmed_build.catalog import Catalog, CatalogError, now_iso, open_catalog
 from vgmed_build.commands import HelpFormatter, add_build_arg
 from vgmed_build.config import ConfigError, check_unique_names, load_sources_file, parse_source_flag
+from vgmed_build.identifiers import WITH_PATHS_HINT, add_with_paths_arg, hide_item, item_pseudonym
 from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
 from vgmed_build.regions import (
     RegionGeometry,
@@ -572,7 +573,9 @@ class IngestReport:
     kept_missing: list[tuple[str, str]] = field(default_factory=list)  # the same, kept (--keep-missing)
 
 
-def _list_jobs(catalog: Catalog, specs: list[SourceSpec], report: IngestReport, keep_missing: bool) -> list[Job]:
+def _list_jobs(
+    catalog: Catalog, specs: list[SourceSpec], report: IngestReport, keep_missing: bool, with_paths: bool
+) -> list[Job]:
     """List every source's items; register the sources; listing problems become errors.
 
     An item the catalog holds that its source no longer lists is withdrawn (see :func:`_withdraw`).
@@ -620,11 +623,13 @@ def _list_jobs(catalog: Catalog, specs: list[SourceSpec], report: IngestReport, 
                 jobs.append(Job(spec, entry, done.get((spec.name, entry.key)), settings))
                 present.add(entry.key)
         if listed:
-            _withdraw(catalog, spec, present, keep_missing, report)
+            _withdraw(catalog, spec, present, keep_missing, report, with_paths)
     return jobs
 
 
-def _withdraw(catalog: Catalog, spec: SourceSpec, present: set[str], keep: bool, report: IngestReport) -> None:
+def _withdraw(
+    catalog: Catalog, spec: SourceSpec, present: set[str], keep: bool, report: IngestReport, with_paths: bool
+) -> None:
     """Remove the items the source no longer has (e.g. withdrawn consent) unless ``keep``.
 
     Their images, regions, drafts and review tasks leave the build, so the next release is without
@@ -652,9 +657,10 @@ def _withdraw(catalog: Catalog, spec: SourceSpec, present: set[str], keep: bool,
         for path in gone.image_paths:
             (catalog.build_dir / path).unlink(missing_ok=True)
         kept = f"; {gone.reviewed_drafts} reviewed draft(s) stay in the review history" if gone.reviewed_drafts else ""
+        shown = key if with_paths else item_pseudonym(spec.name, key)
         log.warning(
             "%s: withdrew %s (no longer in the source): %d image(s), %d region(s), %d draft(s), %d review task(s)%s",
-            spec.name, key, len(gone.image_paths), gone.regions, gone.drafts, gone.tasks, kept,
+            *(spec.name, shown, len(gone.image_paths), gone.regions, gone.drafts, gone.tasks, kept),
         )
         report.withdrawn.append((spec.name, key))
 
@@ -666,15 +672,17 @@ def run_ingest(
     force: bool = False,
     progress: bool | None = None,
     keep_missing: bool = False,
+    with_paths: bool = True,
 ) -> IngestReport:
     """Ingest every item of ``specs`` into ``build_dir``; see the module docstring.
 
-    ``keep_missing``: keep items their source no longer lists (default: withdraw them).
+    ``keep_missing``: keep items their source no longer lists (default: withdraw them);
+    ``with_paths``: name withdrawn items by path in the log (else by pseudonym).
     """
     global _JOBS, _BUILD_DIR
     report = IngestReport()
     with open_catalog(build_dir) as catalog:
-        jobs = _list_jobs(catalog, specs, report, keep_missing)
+        jobs = _list_jobs(catalog, specs, report, keep_missing, with_paths)
         report.items = len(jobs)
         bar = tqdm(total=len(jobs), desc="ingest", unit="item", disable=None if progress is None else not progress)
 
@@ -771,6 +779,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_wait_arg(p)
+    add_with_paths_arg(p)
     p.set_defaults(func=cmd_ingest)
 
     p = subparsers.add_parser(
@@ -789,6 +798,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="output JSONL file ('-' writes to standard output)",
     )
     p.add_argument("--source", metavar="NAME", help="only regions of this source")
+    add_with_paths_arg(p)
     p.set_defaults(func=cmd_regions)
 
     p = subparsers.add_parser(
@@ -800,6 +810,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_build_arg(p)
     p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+    add_with_paths_arg(p)
     p.set_defaults(func=cmd_stats)
 
 
@@ -823,6 +834,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 force=args.force,
                 progress=False if args.no_progress else None,
                 keep_missing=args.keep_missing,
+                with_paths=args.with_paths,
             )
     except (CatalogError, LockBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -838,10 +850,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         + f"; catalog holds {n_images} images, {n_regions} regions"
     )
     for source, item, message in report.errors:
+        if not args.with_paths:
+            message, item = hide_item(message, source, item), item_pseudonym(source, item)
         print(
             f"  error [{source}] {message if message.startswith(item) else f'{item}: {message}'}",
             file=sys.stderr,
         )
+    if report.errors and not args.with_paths:
+        print(f"  ({WITH_PATHS_HINT}, e.g. `vgmed-build stats --build {args.build} --with-paths`)", file=sys.stderr)
     return 1 if report.errors else 0
 
 
@@ -859,6 +875,9 @@ def cmd_regions(args: argparse.Namespace) -> int:
                 bad += 1
                 print(f"error: region {region.get('id')}: {'; '.join(problems)}", file=sys.stderr)
                 continue
+            if not args.with_paths:
+                source = region["source"]
+                source["item"] = item_pseudonym(source["name"], source["item"])
             lines.append(json.dumps(region, sort_keys=True))
     text = "".join(line + "\n" for line in lines)
     if str(args.out) == "-":
@@ -903,6 +922,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 2
     with catalog:
         stats = collect_stats(catalog)
+    if not args.with_paths:
+        stats["errors"] = [
+            {
+                **e,
+                "item": item_pseudonym(e["source"], e["item"]),
+                "message": hide_item(e["message"], e["source"], e["item"]),
+            }
+            for e in stats["errors"]
+        ]
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
     else:

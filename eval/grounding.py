@@ -21,7 +21,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +31,20 @@ from tqdm import tqdm
 from vgmed_eval import distributed
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
-from vgmed_eval.geometry import GeometryError, GridGeometry
+from vgmed_eval.geometry import BoxOutsideError, GeometryError, GridGeometry
 from vgmed_eval.metrics import grounding_metrics
 from vgmed_eval.release_io import Question, read_release
 from vgmed_eval.summary import summarise
 from vgmed_eval.vqa.prompts import GENERAL_PROMPT, SHORT_ANSWER
 
-from vgmed_build.release_format import Q_TYPES, expected_names
+from vgmed_build.release_format import (
+    BOX_FORMATS,
+    DEFAULT_READING,
+    Q_TYPES,
+    BoxReading,
+    expected_names,
+    gt_tokens_mapping,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,31 @@ def capture_maps(adapter, images: list[Image.Image], texts: list[str], layers: l
     return [stacked[b, :, :, : len(pos)] for b, pos in enumerate(batch.grid_positions)]
 
 
+class ConventionError(GeometryError):
+    kind = "box_convention"
+
+
+def check_inside(boxes: list, width: int, height: int, convention: str) -> None:
+    """Every edge box within the image, else :class:`BoxOutsideError` naming the box (never clipped silently)."""
+    for box in boxes:
+        x0, y0, x1, y1 = box
+        if x0 < 0 or y0 < 0 or x1 > width + 1e-6 or y1 > height + 1e-6:
+            raise BoxOutsideError(f"box {list(box)} (read as {convention}) lies outside the {width}x{height} image")
+
+
+@dataclass
+class GtTokensTally:
+    """How many questions' published gt_tokens each mapping reproduces, and the ones none does."""
+
+    agree: dict[str, int] = field(default_factory=dict)
+    disagree: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        agree = sum(self.agree.values())
+        return {"checked": agree + len(self.disagree), "agree": agree, "agree_by_mapping": self.agree,
+                "disagree": self.disagree}
+
+
 def _chunks(seq: list, size: int) -> Iterator[list]:
     for start in range(0, len(seq), size):
         yield seq[start:start + size]
@@ -104,8 +136,10 @@ class GroundingRun:
         self.layer_rows: list[dict] = []
         self.head_blocks: list[tuple[str, np.ndarray]] = []  # (id, metrics (3, L, H))
         self.errors: list[dict] = []
+        self.gt_tokens = GtTokensTally()
 
     def error(self, q: Question, kind: str, message: str) -> None:
+        message = f"{q.where}: {message}" if q.where else message
         log.warning("%s (%s): %s", q.id, q.image_rel, message)
         self.errors.append({"id": q.id, "image": q.image_rel, "kind": kind, "error": message})
 
@@ -144,10 +178,26 @@ class GroundingRun:
         geometry = self.adapter.geometry(image.width, image.height)
         for q in qs:
             try:
-                items.append(_Item(q, geometry, geometry.boxes_to_cells(q.boxes)))
+                check_inside(q.boxes, image.width, image.height, q.box_convention)
+                cells = geometry.boxes_to_cells(q.boxes)
+                if q.gt_tokens:
+                    self._check_gt_tokens(q, image.width, image.height)
+                items.append(_Item(q, geometry, cells))
             except GeometryError as exc:
                 self.error(q, exc.kind, str(exc))
         return items
+
+    def _check_gt_tokens(self, q: Question, width: int, height: int) -> None:
+        """Count agreement with the published gt_tokens; a record whose gt_tokens only the other box
+        format reproduces was read in the wrong convention and is not scored."""
+        mapping, difference = gt_tokens_mapping(q.gt_tokens, q.gt_boxes, width, height)
+        if mapping is not None:
+            self.gt_tokens.agree[mapping] = self.gt_tokens.agree.get(mapping, 0) + 1
+            return
+        if q.gt_boxes_other and gt_tokens_mapping(q.gt_tokens, q.gt_boxes_other, width, height)[0]:
+            raise ConventionError(f"boxes read as {q.box_convention} contradict the record's gt_tokens, which the "
+                                  "other box format reproduces: fix --bbox-format or the record's bbox_format")
+        self.gt_tokens.disagree.append({"id": q.id, "where": q.where, "error": difference})
 
     def _evaluate(self, images: dict[Path, Image.Image], items: list[_Item]) -> None:
         used = [p for p in images if any(it.question.image == p for it in items)]
@@ -177,7 +227,8 @@ class GroundingRun:
             np.savez_compressed(
                 self.maps_dir / f"{_safe_name(q.id)}.npz", attn=a.mean(1).reshape(shape),
                 general=g.mean(1).reshape(shape), gt=item.gt, layers=np.array(self.layers),
-                boxes=np.array(q.boxes, dtype=np.float64), image=q.image_rel, question=q.question,
+                boxes=np.array(q.boxes, dtype=np.float64), image=q.image_rel, image_path=str(q.image),
+                question=q.question, box_convention=q.box_convention,
                 cells=np.array([[item.geometry.cell_to_image(r, c) for c in range(item.geometry.cols)]
                                 for r in range(item.geometry.rows)]),
             )
@@ -205,8 +256,8 @@ class GroundingRun:
 
 def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], batch_size: int, rows: str,
                      save_maps: bool, limit: int | None, q_types: tuple[str, ...], n_boot: int,
-                     progress: bool = True, control: bool = False,
-                     world: World = distributed.SINGLE) -> dict | None:
+                     progress: bool = True, control: bool = False, images: Path | None = None,
+                     reading: BoxReading = DEFAULT_READING, world: World = distributed.SINGLE) -> dict | None:
     """Run one release end to end and write every output; returns the summary.
 
     ``control``: read the natural-image control files (``COCO_*.jsonl``) first, so a release that
@@ -214,8 +265,9 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
     Under a launcher (``world.size > 1``) this rank evaluates its share of the images into its part
     of ``OUT/parts/`` (kept if a previous run finished it), and rank 0 merges all parts into the same
     files one process writes; the other ranks return None.
+    ``images`` / ``reading``: where published pictures live and how published boxes are read.
     """
-    questions, read_errors = read_release(release, q_types, control=control)
+    questions, read_errors = read_release(release, q_types, images=images, reading=reading, control=control)
     if limit is not None:
         questions = questions[:limit]
     out.mkdir(parents=True, exist_ok=True)
@@ -229,11 +281,11 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
         if not world.main:
             distributed.barrier(world)  # rank 0 has merged: whatever runs next here can read the files
             return None
-        per_layer, per_head, errors = _merge_parts(out, world, questions)
+        per_layer, per_head, errors, gt_tokens = _merge_parts(out, world, questions)
     else:
         run = GroundingRun(adapter, layers, batch_size, rows, maps_dir)
         run.run(questions, progress=progress)
-        per_layer, per_head, errors = run.per_layer(), run.per_head(), run.errors
+        per_layer, per_head, errors, gt_tokens = run.per_layer(), run.per_head(), run.errors, run.gt_tokens
     elapsed = time.perf_counter() - started
     errors = [{"id": e.id, "image": None, "kind": "bad_record", "error": f"{e.file}:{e.line}: {e.error}"}
               for e in read_errors] + errors
@@ -248,6 +300,8 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
         "questions_per_second": round(len(questions) / elapsed, 3) if elapsed > 0 else None,
         **summarise(per_layer, errors, len(questions) + len(read_errors), n_boot=n_boot),
     }
+    if gt_tokens.agree or gt_tokens.disagree:
+        summary["gt_tokens"] = gt_tokens.summary()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if world.distributed:
         distributed.remove_parts(out, [distributed.part_path(out, World(r, world.size)) for r in range(world.size)])
@@ -276,6 +330,7 @@ def _evaluate_part(adapter, questions: list[Question], out: Path, world: World, 
         run.per_layer().to_parquet(part / "per_layer.parquet", index=False)
         run.per_head().to_parquet(part / "per_head.parquet", index=False)
         _write_errors(part / "errors.jsonl", run.errors)
+        (part / "gt_tokens.json").write_text(json.dumps(asdict(run.gt_tokens)), encoding="utf-8")
 
 
 def _merge_parts(out: Path, world: World, questions: list[Question]):
@@ -299,7 +354,14 @@ def _merge_parts(out: Path, world: World, questions: list[Question]):
         per_head = GroundingRun.empty_per_head()
     errors = [json.loads(line) for p in parts for line in (p / "errors.jsonl").read_text("utf-8").splitlines()]
     errors.sort(key=lambda e: position.get(e["id"], -1))
-    return per_layer, per_head, errors
+    gt_tokens = GtTokensTally()
+    for p in parts:
+        tally = json.loads((p / "gt_tokens.json").read_text("utf-8"))
+        for mapping, n in tally["agree"].items():
+            gt_tokens.agree[mapping] = gt_tokens.agree.get(mapping, 0) + n
+        gt_tokens.disagree += tally["disagree"]
+    gt_tokens.disagree.sort(key=lambda e: position.get(e["id"], -1))
+    return per_layer, per_head, errors, gt_tokens
 
 
 def register(subparsers) -> None:
@@ -336,6 +398,13 @@ def register(subparsers) -> None:
                    help="a natural-image control release evaluated the same way into OUT/control, for the "
                         "report's medical-vs-natural comparison: its COCO_*.jsonl files (the published ones, or "
                         "those of a vgmed release built with a coco source; it may be the --release itself)")
+    p.add_argument("--images", type=Path, default=None, metavar="DIR",
+                   help="where the pictures live when they are not under the release (published files: a SLAKE "
+                        "folder id -> DIR/<id>/source.jpg, an integer COCO id -> DIR/COCO_val2014_<id:012d>.jpg "
+                        "or DIR/val2014/...); used for --control-release too")
+    p.add_argument("--bbox-format", choices=BOX_FORMATS, default=None,
+                   help="read every published box as [x, y, w, h] or [x0, y0, x1, y1], overriding the records' "
+                        "bbox_format and the authors' rule (xywh under Slake*, in the older and COCO files)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_chat_template_arg(p)
@@ -368,10 +437,12 @@ def _main(args) -> int:
     except ValueError as exc:
         raise SystemExit(f"--layers: {exc}") from exc
     common = dict(layers=layers, batch_size=args.batch_size, rows=args.rows, save_maps=args.save_maps,
-                  limit=args.limit, q_types=q_types, n_boot=args.bootstrap, progress=not args.no_progress)
+                  limit=args.limit, q_types=q_types, n_boot=args.bootstrap, progress=not args.no_progress,
+                  images=args.images, reading=BoxReading(format=args.bbox_format))
     targets = [(args.release, args.out, False)]
     if args.control_release is not None:
         targets.append((args.control_release, args.out / "control", True))
+    failed = False
     for release, out, control in targets:
         try:
             summary = evaluate_release(adapter, release, out, control=control, world=world, **common)
@@ -382,5 +453,12 @@ def _main(args) -> int:
         best = summary.get("most_sensitive_layer")
         log.info("%s: %d questions, %d ok, %d errors, most visually sensitive layer %s -> %s",
                  release, summary["n_questions"], summary["n_ok"], summary["n_errors"], best, out)
+        if "gt_tokens" in summary:
+            gt = summary["gt_tokens"]
+            log.info("%s: gt_tokens agree with the boxes on %d of %d questions %s", release, gt["agree"],
+                     gt["checked"], gt["agree_by_mapping"])
+        if summary["n_ok"] == 0:
+            log.error("%s: no question could be evaluated (see %s)", release, out / "errors.jsonl")
+            failed = True
     distributed.finish(world)
-    return 0
+    return 1 if failed else 0

@@ -15,6 +15,7 @@ from vgmed_build.release_format import (
     DEFAULT_READING,
     Q_TYPES,
     Box,
+    BoxError,
     BoxReading,
     RecordFileError,
     expected_names,
@@ -42,6 +43,8 @@ class Question:
     where: str = ""  # "file:line" of the record
     box_convention: str = ""  # the convention the boxes were read in
     gt_tokens: set[tuple[int, int]] | None = None  # the published (col, row) cells, when the record has them
+    gt_boxes: list[Box] = field(default_factory=list)  # the boxes as the authors' code reads them (for gt_tokens)
+    gt_boxes_other: list[Box] = field(default_factory=list)  # ... read in the other format (xywh <-> xyxy)
 
 
 @dataclass
@@ -77,6 +80,15 @@ def parse_record(record: dict, root: Path, q_type: str, file_name: str, number: 
     if "image" not in record:
         raise ValueError("missing 'image'")
     boxes, convention = record_boxes(record, file_name, reading)
+    gt_tokens = gt_tokens_of(record)
+    gt_boxes, other = [], []
+    if gt_tokens:
+        gt_boxes = record_boxes(record, file_name, BoxReading(reading.format, "edges"))[0]
+        fmt = "xyxy" if convention == "xywh" else "xywh"
+        try:
+            other = record_boxes(record, file_name, BoxReading(fmt, "edges"))[0]
+        except BoxError:
+            other = []
     return Question(
         id=stable_id(record, file_name, number),
         image=resolve_image(record["image"], root, images),
@@ -89,7 +101,9 @@ def parse_record(record: dict, root: Path, q_type: str, file_name: str, number: 
         label=str(record.get("label") or ""),
         where=f"{file_name}:{number}",
         box_convention=convention,
-        gt_tokens=gt_tokens_of(record),
+        gt_tokens=gt_tokens,
+        gt_boxes=gt_boxes,
+        gt_boxes_other=other,
     )
 
 

@@ -103,7 +103,9 @@ def plot_overlay(npz_path: Path, release: Path, layer: int, path: Path) -> bool:
     if layer not in layers:
         return False
     try:
-        image_path = path_inside(release, str(data["image"]), "the release directory")
+        # grounding saves where it found the picture (published ids, --images); older maps only the record's path
+        image_path = (Path(str(data["image_path"])) if "image_path" in data
+                      else path_inside(release, str(data["image"]), "the release directory"))
     except ValueError as exc:
         log.warning("%s: %s, overlay skipped", npz_path.name, exc)
         return False

@@ -161,10 +161,32 @@ def test_pmc_vqa_bad_header_and_answer(tmp_path):
     root = copy("pmc-vqa", tmp_path)
     csv_path = root / "test_2.csv"
     text = csv_path.read_text().splitlines()
-    text[2] = text[2].replace(",C,test", ",Z,test").replace("T1-weighted,", "nothing,", 1)
+    text[2] = text[2].replace(",C,test", ",nothing,test")  # test_2.csv: Answer is the letter
     csv_path.write_text("\n".join(text) + "\n")
     got = get_benchmark("pmc-vqa").load(root)
     assert len(got.items) == 1 and got.errors[0].startswith(f"{csv_path}:3: answer 'nothing'")
     csv_path.write_text("Figure_path,Question\nx.jpg,q\n")
     with pytest.raises(BenchmarkError, match=r"test_2\.csv:1: header lacks column\(s\) Choice A, Choice B"):
         get_benchmark("pmc-vqa").load(root)
+
+
+def test_pmc_vqa_real_test_2_schema_empty_gold_and_explicit_file(tmp_path):
+    """test_2.csv's real columns (Answer = the letter, choices " B: text "); an empty gold answer is that
+    record's error (it used to pass as the empty string, which is in every string); two files need a choice."""
+    root = copy("pmc-vqa", tmp_path)
+    csv_path = root / "test_2.csv"
+    header, first, second = csv_path.read_text().splitlines()
+    assert header.split(",") == ["index", "Figure_path", "Caption", "Question", "Choice A", "Choice B", "Choice C",
+                                 "Choice D", "Answer", "split"]
+    csv_path.write_text("\n".join([header, first, second.replace(",C,test", ",,test")]) + "\n")
+    got = get_benchmark("pmc-vqa").load(root)
+    assert [i.answer for i in got.items] == ["A"]
+    assert got.errors == [f"{csv_path}:3: the gold answer is empty (no Answer_label, empty Answer)"]
+    assert got.files == [str(csv_path)]
+    clean = root / "test_clean.csv"
+    clean.write_text("Figure_path,Question,Answer,Choice A,Choice B,Answer_label\n"
+                     "PMC100_F1.jpg,Which modality?,MRI,A:CT ,B:MRI ,B\n")
+    with pytest.raises(BenchmarkError, match=r"holds test_clean\.csv and test_2\.csv; choose one explicitly"):
+        get_benchmark("pmc-vqa").load(root)
+    chosen = get_benchmark("pmc-vqa").load(clean)
+    assert [(i.answer, i.options) for i in chosen.items] == [("B", ("CT", "MRI"))] and chosen.files == [str(clean)]

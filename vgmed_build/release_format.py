@@ -10,7 +10,8 @@ Three layouts are read:
 
 Boxes of a published record are never guessed silently: an explicit ``--bbox-format`` wins, then the
 record's own ``bbox_format``, then the authors' rule (``[x, y, w, h]`` for images under ``Slake*``,
-for records whose ``source`` is SLAKE, for every record of the older layout and for COCO;
+for a bare SLAKE folder id or COCO integer id, for records whose ``source`` is SLAKE, for every
+record of the older layout and of the COCO files;
 ``[x0, y0, x1, y1]`` otherwise). Every box that
 is empty or inverted after conversion is a :class:`BoxError` naming the box and the convention.
 """
@@ -21,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -72,6 +74,7 @@ BOX_FORMATS = ("xywh", "xyxy")
 XYXY_MAXIMA = ("inclusive", "edges")
 
 Box = tuple[float, float, float, float]
+SLAKE_ID = re.compile(r"xmlab\d+")  # the older layout's `image`: a SLAKE folder id
 
 
 class BoxError(ValueError):
@@ -169,6 +172,10 @@ def box_format(record: dict, file_name: str = "", reading: BoxReading = DEFAULT_
         fmt, why = "xywh", f"published rule: {Path(file_name).name} holds SLAKE / COCO boxes, all [x, y, w, h]"
     elif under_slake(record.get("image")):
         fmt, why = "xywh", "published rule: image under Slake*"
+    elif isinstance(record.get("image"), str) and SLAKE_ID.fullmatch(record["image"]):
+        fmt, why = "xywh", "published rule: image is a SLAKE folder id"
+    elif isinstance(record.get("image"), int) and not isinstance(record.get("image"), bool):
+        fmt, why = "xywh", "published rule: image is a COCO id (COCO boxes are [x, y, w, h])"
     elif "slake" in _source_of(record).lower():
         fmt, why = "xywh", "the record's source is SLAKE"
     else:
@@ -254,16 +261,20 @@ def gt_tokens_of(record: dict) -> set[tuple[int, int]] | None:
         raise BoxError(f"gt_tokens is not a list of [col, row] pairs: {str(raw)[:80]}") from None
 
 
-def gt_tokens_disagreement(record: dict, boxes: list[Box], width: int, height: int, pad: bool = False) -> str | None:
-    """None when ``gt_tokens`` (if any) equal the published cells of ``boxes``, else what differs."""
-    given = gt_tokens_of(record)
-    if given is None:
-        return None
-    mine = published_cells(boxes, width, height, pad=pad)
-    if mine == given:
-        return None
-    return (f"gt_tokens disagree with the boxes: {len(given - mine)} cell(s) only in gt_tokens "
-            f"{sorted(given - mine)[:8]}, {len(mine - given)} only from the boxes {sorted(mine - given)[:8]}")
+BOX_MAPPINGS = ("resize", "pad")  # the later code's plain resize; the earliest notebook's pad-to-square first
+
+
+def gt_tokens_mapping(given: set[tuple[int, int]], boxes: list[Box], width: int, height: int
+                      ) -> tuple[str | None, str]:
+    """Which published mapping reproduces ``given`` cells from edge ``boxes`` ('resize', 'pad' or None),
+    and, when none does, what differs under the plain resize."""
+    for mapping in BOX_MAPPINGS:
+        if published_cells(boxes, width, height, pad=mapping == "pad") == given:
+            return mapping, ""
+    mine = published_cells(boxes, width, height)
+    return None, (f"gt_tokens disagree with the boxes: {len(given - mine)} cell(s) only in gt_tokens "
+                  f"{sorted(given - mine)[:6]}, {len(mine - given)} only from the boxes {sorted(mine - given)[:6]} "
+                  f"(plain resize of the {width}x{height} image)")
 
 
 # ---------------------------------------------------------------- files and records

@@ -33,18 +33,27 @@ from vgmed_build.identifiers import (
 )
 from vgmed_build.pngmeta import PNG_SIGNATURE, PNGError, metadata_chunks
 from vgmed_build.release_format import (
+    BOX_FORMATS,
     CARD_FILE,
     CONFIGS,
+    DEFAULT_READING,
     MANIFEST_FILE,
+    PUBLISHED_GRID,
+    PUBLISHED_SIZE,
     RELEASE_SCHEMAS,
     BoxError,
+    BoxReading,
     RecordFileError,
     box_format,
     box_problem,
     count_records,
+    gt_tokens_mapping,
+    gt_tokens_of,
     raw_boxes,
     read_lines,
+    record_boxes,
     record_file,
+    resolve_image,
     sha256_file,
 )
 from vgmed_build.resources import schema_errors
@@ -71,6 +80,10 @@ class ValidationReport:
     skipped: list[str] = field(default_factory=list)
     n_records: int = 0
     n_images: int = 0
+    images_dir: Path | None = None  # where published pictures live (None: under root)
+    reading: BoxReading = DEFAULT_READING
+    gt_tokens_agree: dict[str, int] = field(default_factory=dict)  # published mapping -> records it reproduces
+    gt_tokens_disagree: list[Problem] = field(default_factory=list)  # listed, not problems: see gt_tokens_note
 
     def add(self, file: str, line: int, message: str) -> None:
         self.problems.append(Problem(file, line, message))
@@ -114,18 +127,24 @@ def ours_signs(root: Path) -> list[str]:
 
 
 def validate_release(
-    root: str | Path, forbid: list[Forbidden] | None = None, layout: str = "vgmed"
+    root: str | Path,
+    forbid: list[Forbidden] | None = None,
+    layout: str = "vgmed",
+    *,
+    images: Path | None = None,
+    reading: BoxReading = DEFAULT_READING,
 ) -> ValidationReport:
     """Validate the release directory ``root``; see the module docstring for what is checked.
 
     ``layout`` 'vgmed' (a release of ours: its manifest is required) or 'published' (a published
     VGMED download, which has no manifest: what cannot be checked is listed as skipped).
+    ``images`` / ``reading``: where a published download's pictures live and how its boxes are read.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
     root = Path(root)
     forbid = forbid or []
-    report = ValidationReport(root=root, kind=layout)
+    report = ValidationReport(root=root, kind=layout, images_dir=images, reading=reading)
     if not root.is_dir():
         report.add(str(root), 0, "not a directory")
         return report
@@ -238,9 +257,14 @@ def _check_record_file(
 def _check_record_image(
     report: ValidationReport, name: str, number: int, record: dict, images: dict[str, _ImageInfo], ours: bool
 ) -> None:
-    rel = record["image"]
+    rel = str(record["image"])
     if rel not in images:
-        images[rel] = _read_image(report.root, rel, ours)
+        try:
+            base = report.root if ours else (report.images_dir or report.root)
+            path = (report.root / rel) if ours else resolve_image(record["image"], report.root, report.images_dir)
+            images[rel] = _read_image(path, base)
+        except ValueError as exc:
+            images[rel] = _ImageInfo(None, str(exc))
     info = images[rel]
     if info.error:
         report.add(name, number, f"image {rel}: {info.error}")
@@ -257,20 +281,57 @@ def _check_record_image(
         boxes = record["bbox"]
     else:
         try:
-            boxes, fmt = raw_boxes(record), box_format(record, name)[0]
+            boxes, fmt = raw_boxes(record), box_format(record, name, report.reading)[0]
             fmt = "xyxy" if fmt == "xyxy_inclusive" else fmt  # the published name in messages
         except BoxError as exc:
             report.add(name, number, str(exc))
             return
-    for box in boxes:
-        problem = box_problem(box, fmt, width, height)
-        if problem:
-            report.add(name, number, problem)
+    found = [problem for box in boxes if (problem := box_problem(box, fmt, width, height))]
+    for problem in found:
+        report.add(name, number, problem)
+    if not found and not ours:
+        _check_gt_tokens(report, name, number, record, width, height)
 
 
-def _read_image(root: Path, rel: str, ours: bool) -> _ImageInfo:
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()):
+def _check_gt_tokens(report: ValidationReport, name: str, number: int, record: dict, width: int, height: int) -> None:
+    """Compare ``gt_tokens`` with the cells the authors' code gives the boxes (values used as edges)."""
+    try:
+        given = gt_tokens_of(record)
+        if given is None:
+            return
+        edges, _ = record_boxes(record, name, BoxReading(report.reading.format, "edges"))
+    except BoxError as exc:
+        report.add(name, number, str(exc))
+        return
+    mapping, difference = gt_tokens_mapping(given, edges, width, height)
+    if mapping is None:
+        report.gt_tokens_disagree.append(Problem(name, number, difference))
+    else:
+        report.gt_tokens_agree[mapping] = report.gt_tokens_agree.get(mapping, 0) + 1
+
+
+def gt_tokens_note(report: ValidationReport) -> str | None:
+    """The agreement summary (None when no record carries gt_tokens).
+
+    Disagreements are listed, not counted as problems: a cell edge that floating point rounds the
+    other way explains a few of them in the published files.
+    """
+    agree = sum(report.gt_tokens_agree.values())
+    checked = agree + len(report.gt_tokens_disagree)
+    if not checked:
+        return None
+    return (
+        f"gt_tokens: {agree} of {checked} records agree with their boxes under the published mapping "
+        f"({PUBLISHED_SIZE} px, {PUBLISHED_GRID} x {PUBLISHED_GRID} grid, floor / ceil): "
+        f"{report.gt_tokens_agree.get('resize', 0)} with the plain resize (later code), "
+        f"{report.gt_tokens_agree.get('pad', 0)} only with pad-to-square first (earliest notebook); "
+        f"{len(report.gt_tokens_disagree)} disagree"
+    )
+
+
+def _read_image(path: Path, base: Path) -> _ImageInfo:
+    path = path.resolve()
+    if not path.is_relative_to(base.resolve()):
         return _ImageInfo(None, "path leaves the release directory")
     if not path.is_file():
         return _ImageInfo(None, "missing")
@@ -448,7 +509,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "any problem is found. Line 0 in a message means the file as a whole.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("dir", type=Path, help="release directory (holds VGMED_localization.jsonl / VGMED_attribute.jsonl)")
+    p.add_argument(
+        "dir",
+        type=Path,
+        help="release directory (holds VGMED_localization.jsonl / VGMED_attribute.jsonl; a published download "
+        "may also use the COCO_*.jsonl and older *_questions.jsonl names)",
+    )
     p.add_argument(
         "--forbid-file",
         type=Path,
@@ -463,6 +529,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "records, images, boxes and identifiers; checksums and counts are reported as not checked. A folder "
         "with vgmed's card, schemas or record ids is refused in this mode (it needs its manifest.json)",
     )
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --published: where the pictures live when they are not under DIR (a SLAKE folder id "
+        "resolves to DIR/<id>/source.jpg, an integer COCO id to DIR/COCO_val2014_<id:012d>.jpg or "
+        "DIR/val2014/...)",
+    )
+    p.add_argument(
+        "--bbox-format",
+        choices=BOX_FORMATS,
+        default=None,
+        help="with --published: read every box as [x, y, w, h] or [x0, y0, x1, y1], overriding the records' "
+        "bbox_format and the authors' rule (xywh under Slake* and in the older / COCO files, xyxy otherwise)",
+    )
     p.set_defaults(func=_cmd_validate)
 
 
@@ -472,9 +554,20 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     except ForbidFileError as exc:
         print(exc, file=sys.stderr)
         return 2
-    report = validate_release(args.dir, forbid, layout="published" if args.published else "vgmed")
+    report = validate_release(
+        args.dir,
+        forbid,
+        layout="published" if args.published else "vgmed",
+        images=args.images,
+        reading=BoxReading(format=args.bbox_format),
+    )
     for problem in report.problems:
         print(problem.format())
+    note = gt_tokens_note(report)
+    if note:
+        print(note)
+        for problem in report.gt_tokens_disagree:
+            print(f"  {problem.format()}")
     for note in report.skipped:
         print(f"skipped: {note}")
     kind = "vgmed release" if report.kind == "vgmed" else "published VGMED layout"

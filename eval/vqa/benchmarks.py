@@ -69,6 +69,7 @@ class VQAItem:
 class Loaded:
     items: list[VQAItem]
     errors: list[str]  # "file:line: what is wrong" for each skipped record
+    files: list[str] = field(default_factory=list)  # the annotation files read (printed in the results)
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ def _collect(
             continue
         if item is not None:
             items.append(item)
-    return Loaded(items, errors)
+    return Loaded(items, errors, [str(path)])
 
 
 def _field(rec: dict, *names: str) -> str:
@@ -237,7 +238,7 @@ def _hf_vqa_parquet(root: Path) -> Loaded:
         got = _collect(_parquet_rows(path), path, make)
         items += got.items
         errors += got.errors
-    return Loaded(items, errors)
+    return Loaded(items, errors, [str(p) for p in files])
 
 
 # ---------------------------------------------------------------------------------------- loaders
@@ -332,13 +333,31 @@ def _option_text(value: str, letter: str) -> str:
     return re.sub(rf"^\s*{letter}\s*[:.)]\s*", "", value).strip()
 
 
+PMC_FILES = ("test_clean.csv", "test_2.csv", "test.csv")
+
+
+def _pmc_file(root: Path) -> Path:
+    """The PMC-VQA file to evaluate: ``--data`` names it, or the folder holds exactly one of them."""
+    if root.is_file():
+        return root
+    present = [name for name in PMC_FILES if (root / name).is_file()]
+    if not present:
+        raise BenchmarkError(f"{root}: PMC-VQA test CSV not found (looked for {', '.join(PMC_FILES)})")
+    if len(present) > 1:
+        raise BenchmarkError(f"{root}: holds {' and '.join(present)}; choose one explicitly with --data "
+                             f"{root / present[0]} (or {root / present[1]})")
+    return root / present[0]
+
+
 @benchmark(
     "pmc-vqa",
-    layout="test_clean.csv | test_2.csv | test.csv (columns Figure_path, Question, Choice A..D, Answer, "
-    "Answer_label) + images/<Figure_path>",
+    layout="test_2.csv (index, Figure_path, Caption, Question, Choice A..D, Answer = the letter, split) or "
+    "test_clean.csv / test.csv (with Answer_label), + images/<Figure_path>; when several are present, --data "
+    "names the file",
 )
 def load_pmc_vqa(root: Path) -> Loaded:
-    ann = _first_existing(root, ["test_clean.csv", "test_2.csv", "test.csv"], "PMC-VQA test CSV")
+    ann = _pmc_file(root)
+    root = ann.parent
     with ann.open(encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         missing = {"Figure_path", "Question", "Choice A", "Choice B"} - set(reader.fieldnames or [])
@@ -352,9 +371,18 @@ def load_pmc_vqa(root: Path) -> Loaded:
             value = rec.get(f"Choice {letter}")
             if value is not None and value.strip():
                 options.append(_option_text(value, letter))
-        gold = (rec.get("Answer_label") or "").strip().upper()
-        if gold not in LETTERS[: len(options)]:
-            answer = (rec.get("Answer") or "").strip()
+        letters = LETTERS[: len(options)]
+        label = (rec.get("Answer_label") or "").strip().upper()
+        answer = (rec.get("Answer") or "").strip()
+        if label:
+            if label not in letters:
+                raise BadRecord(f"Answer_label {label!r} is not one of the option letters {letters}")
+            gold = label
+        elif not answer:
+            raise BadRecord("the gold answer is empty (no Answer_label, empty Answer)")
+        elif answer.upper() in letters and len(answer) == 1:
+            gold = answer.upper()  # test_2.csv: Answer is the letter
+        else:
             matches = [LETTERS[i] for i, o in enumerate(options) if o.lower() == answer.lower()]
             if len(matches) != 1:
                 raise BadRecord(f"answer {answer!r} is neither an option letter nor one option's text")
@@ -408,7 +436,7 @@ def load_omnimedvqa(root: Path) -> Loaded:
         got = _collect(_json_array(ann), ann, make)
         items += got.items
         errors += got.errors
-    return Loaded(items, errors)
+    return Loaded(items, errors, [str(p) for p in files])
 
 
 MMMU_HEALTH = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
@@ -455,7 +483,7 @@ def load_mmmu_med(root: Path) -> Loaded:
         got = _collect(_parquet_rows(path), path, make)
         items += got.items
         errors += got.errors
-    return Loaded(items, errors)
+    return Loaded(items, errors, [str(p) for p in files])
 
 
 def _release_lines(path: Path) -> Iterator[tuple[int, object]]:
@@ -464,19 +492,28 @@ def _release_lines(path: Path) -> Iterator[tuple[int, object]]:
 
 
 def _vgmed(root: Path, q_type: str) -> Loaded:
+    """A VGMED question file of any layout. The published files carry no answers: a localization
+    question asks about a region that is there by construction (gold ``yes``); attribute questions
+    without answers cannot be scored and are refused as a whole."""
     ann = question_file(root, q_type)
     if ann is None:
         raise BenchmarkError(f"{root}: VGMED release file not found (looked for {expected_names([q_type])})")
+    lines = list(_release_lines(ann))
+    records = [rec for _, rec in lines if isinstance(rec, dict)]
+    if q_type == "attribute" and records and not any(rec.get("answer") for rec in records):
+        raise BenchmarkError(f"{ann}: no record has an answer: the published VGMED attribute questions carry "
+                             "none, so they cannot be scored; evaluate a release with reference answers (one "
+                             "made by `vgmed-build release`), or use `vgmed-eval grounding`, which needs none")
 
     def make(rec: dict, where: str) -> VQAItem:
-        answer = _field(rec, "answer")
+        answer = "yes" if q_type == "localization" and "answer" not in rec else _field(rec, "answer")
         number = int(where.rsplit(":", 1)[1])
         try:
-            image = resolve_image(rec.get("image"), root) if rec.get("image") not in (None, "") else None
+            image = resolve_image(rec.get("image"), root)
         except ValueError as exc:
             raise BadRecord(str(exc)) from None
-        if image is None or not image.is_file():
-            raise BadRecord(f"image {rec.get('image')!r} not found under {root}")
+        if not image.is_file():
+            raise BadRecord(f"image {rec.get('image')!r} not found ({image})")
         return VQAItem(
             id=stable_id(rec, ann.name, number),
             question=_field(rec, "question"),
@@ -484,18 +521,20 @@ def _vgmed(root: Path, q_type: str) -> Loaded:
             kind=_kind_of(answer),
             image=ImageRef(key=str(image), path=image),
             modality=rec.get("modality"),
-            category=rec.get("body_part"),
+            category=rec.get("body_part") or rec.get("location"),
             where=where,
         )
 
-    return _collect(_release_lines(ann), ann, make)
+    return _collect(iter(lines), ann, make)
 
 
-@benchmark("vgmed-attribute", layout="VGMED_attribute.jsonl + images/ (a vgmed-build release)")
+@benchmark("vgmed-attribute", layout="VGMED_attribute.jsonl + images/ (a vgmed-build release; the published "
+           "attribute files have no answers and are refused)")
 def load_vgmed_attribute(root: Path) -> Loaded:
     return _vgmed(root, "attribute")
 
 
-@benchmark("vgmed-localization", layout="VGMED_localization.jsonl + images/ (a vgmed-build release)")
+@benchmark("vgmed-localization", layout="VGMED_localization.jsonl + images/ (a vgmed-build release), or a published "
+           "file (hub or older layout; gold answer yes, pictures under --data)")
 def load_vgmed_localization(root: Path) -> Loaded:
     return _vgmed(root, "localization")

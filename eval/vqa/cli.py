@@ -162,6 +162,12 @@ def run(args) -> int:
         return 2
     for err in loaded.errors:
         log.warning("skipped record: %s", err)
+    if not loaded.items:
+        first = f"; first: {loaded.errors[0]}" if loaded.errors else ""
+        log.error("%s: no question loaded from %s (%d records rejected%s)", args.benchmark,
+                  ", ".join(loaded.files) or args.data, len(loaded.errors), first)
+        return 1
+    log.info("%s: reading %s", args.benchmark, ", ".join(loaded.files))
     items = loaded.items[: args.limit] if args.limit else loaded.items
     systems = (["baseline"] if not config or args.compare else []) + (["vgrefine"] if config else [])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -198,13 +204,21 @@ def run(args) -> int:
         distributed.barrier(world)  # every part is on disk
         if world.main:
             errors, answered = _merge_parts(args.out, world, items, systems, files, done)
-            _write_results(args, items, systems, done, loaded.errors, [m for _, m in errors], config,
+            _write_results(args, items, systems, done, loaded, [m for _, m in errors], config,
                            time.perf_counter() - started, answered, world.size)
         distributed.barrier(world)  # rank 0 has merged: whatever runs next on any rank can read the files
         distributed.finish(world)
-        return 0
-    _write_results(args, items, systems, done, loaded.errors, [m for _, m in errors], config, elapsed, answered, 1)
-    return 0
+        return 0 if not world.main or _any_answered(items, systems, done, args) else 1
+    _write_results(args, items, systems, done, loaded, [m for _, m in errors], config, elapsed, answered, 1)
+    return 0 if _any_answered(items, systems, done, args) else 1
+
+
+def _any_answered(items: list[VQAItem], systems: list[str], done: dict, args) -> bool:
+    """False (and says so) when every question failed: a run that scored nothing must not exit 0."""
+    if any(it.id in done[s] for s in systems for it in items):
+        return True
+    log.error("%s: every question failed (see errors in %s)", args.benchmark, args.out / "results.json")
+    return False
 
 
 def _answered(out: Path, system: str) -> dict[str, dict]:
@@ -286,18 +300,19 @@ def _merge_parts(out: Path, world: World, items: list[VQAItem], systems: list[st
     return errors, answered
 
 
-def _write_results(args, items, systems, done, load_errors, errors, config, elapsed, answered, processes) -> None:
+def _write_results(args, items, systems, done, loaded, errors, config, elapsed, answered, processes) -> None:
     ids = [it.id for it in items]
     rows = {s: [done[s][i] for i in ids if i in done[s]] for s in systems}
     results = {
         "benchmark": args.benchmark,
         "data": str(args.data),
+        "files": loaded.files,
         "model": args.model,
         "n_questions": len(items),
         "systems": {s: summarize(rows[s], keys=("kind", "modality", "category")) for s in systems},
         "vgrefine": asdict(config) if config else None,
         "decoding": {"greedy": True, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size},
-        "load_errors": load_errors,
+        "load_errors": loaded.errors,
         "errors": errors,
         "timing": {"answered": answered, "processes": processes, "seconds": round(elapsed, 3),
                    "questions_per_s": round(answered / elapsed, 3) if elapsed > 0 and answered else None},

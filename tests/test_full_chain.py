@@ -16,7 +16,7 @@ from vgmed_build.cli import main
 from vgmed_build.config import load_sources_file
 from vgmed_build.drafting.generate import GenerateOptions, run_generate
 from vgmed_build.ingest import run_ingest
-from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE
+from vgmed_build.release_format import ATTRIBUTE_FILE
 from vgmed_build.review.convert import draft_prediction
 from vgmed_build.review.pull import pull
 from vgmed_build.review.push import push
@@ -72,14 +72,15 @@ def test_full_chain_on_the_bundled_sample(labelstudio, tmp_path):
 
     out = tmp_path / "release"
     assert main(["release", "--build", str(build), "--out", str(out), "--created", "2026-01-01T00:00:00Z"]) == 0
-    records = {r["id"]: r for name in (LOCALIZATION_FILE, ATTRIBUTE_FILE) for r in read_jsonl(out / name)}
+    manifest = json.loads((out / "manifest.json").read_text())
+    # Every question file of the release: the medical ones and, for the sample's photos, the COCO ones.
+    records = {r["id"]: r for name in manifest["configs"].values() for r in read_jsonl(out / name)}
     assert set(records) == {edited, *accepted}  # rejected and disputed drafts stay out
     assert records[edited]["question"] == new_question and records[edited]["review"]["edited"] is True
     assert all(r["review"]["n_reviewers"] == 2 for r in records.values())
     for draft_id, record in records.items():
         assert record["image"].startswith("images/") and (out / record["image"]).is_file()
         assert record["bbox"] == drafts[draft_id]["boxes"]
-    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["records"] == len(records) and manifest["preview"] is False
     assert main(["validate", str(out)]) == 0
     assert main(["export", str(out), "--format", "vqa-json", "--out", str(tmp_path / "vqa.json")]) == 0

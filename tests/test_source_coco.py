@@ -136,3 +136,24 @@ def test_changed_annotations_reingest_only_their_picture(tmp_path, capsys):
     assert ingest(build, "--source", f"coco:{root}") == 0
     assert "1 ingested, 2 unchanged" in capsys.readouterr().out
     assert_boxes_match(regions(build)[("val2017/astronaut.png", "person")]["boxes"], [moved])
+
+
+def test_instance_masks_from_every_segmentation_form():
+    """Polygons, uncompressed RLE (own encoder) and compressed RLE (string counts, as in COCO JSON files)."""
+    from coco_fixtures import crowd_mask, uncompressed_rle
+
+    from vgmed_build.sources.base import SourceError
+    from vgmed_build.sources.coco import instance_mask, mask_box
+
+    mask = crowd_mask()
+    assert np.array_equal(instance_mask(uncompressed_rle(mask), 303, 384, "x"), mask)
+    compressed = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    as_json = {"size": compressed["size"], "counts": compressed["counts"].decode("ascii")}
+    assert np.array_equal(instance_mask(as_json, 303, 384, "x"), mask)
+    assert mask_box(mask) == [20, 180, 360, 290]
+    square = instance_mask([rectangle(10, 20, 29, 49)], 100, 100, "x")
+    assert mask_box(square) == [10, 20, 29, 49]       # pixels whose centres lie inside: the polygon's own edges
+    with pytest.raises(SourceError, match="x: RLE size"):
+        instance_mask(uncompressed_rle(mask), 100, 100, "x")
+    with pytest.raises(SourceError, match="x: segmentation is neither polygons nor RLE"):
+        instance_mask("oops", 100, 100, "x")

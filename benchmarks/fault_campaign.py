@@ -1,0 +1,275 @@
+"""Fault and bad-input campaign (issue 12): kill stages at random moments, feed hostile inputs, plant
+identifiers, and count what went wrong. Any user can rerun it; it needs only the package (offline).
+
+What it measures, on copies of the bundled sample:
+
+* kills: each stage (ingest, generate, release) is started N times and SIGKILLed at a random moment
+  of its clean run time, then run to completion once; the result is compared with a clean build:
+  duplicates, lost and extra regions / drafts, corrupt PNGs, temp files left, and whether the release
+  is byte-identical to the clean one;
+* bad inputs: each hostile case is run through the real command line; its exit code and the error
+  line it printed are reported, and whether the run went on (the good items were still ingested);
+* planted identifiers: DICOM header values and a patient-named folder planted in the sample; every
+  byte and file name of the release and every shared output (regions, drafts, stats, logs) is searched.
+
+    python benchmarks/fault_campaign.py --kills 5 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+from vgmed_build.resources import resource_dir
+
+CREATED = "2026-01-01T00:00:00Z"
+PLANTED = {
+    "PatientName": "PLANTED^PATIENTNAME",
+    "PatientID": "PLANTEDMRN4455",
+    "InstitutionName": "PLANTED GENERAL HOSPITAL",
+    "AccessionNumber": "PLANTEDACC991",
+    "ReferringPhysicianName": "PLANTED^DOCTOR",
+}
+PATIENT_FOLDER = "Smith_John_MRN4455"
+
+
+def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vgmed_build.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vgmed_build.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def nifti_source(root: Path, n_cases: int) -> Path:
+    """n_cases copies of the bundled MNI pair as a folder of <case>.nii.gz + <case>_seg.nii.gz."""
+    sample = resource_dir("sample") / "mni152"
+    image = next((sample / "imagesTr").iterdir())
+    label = next((sample / "labelsTr").iterdir())
+    folder = root / "cases"
+    folder.mkdir(parents=True)
+    for i in range(n_cases):
+        shutil.copy(image, folder / f"case{i:02d}.nii.gz")
+        shutil.copy(label, folder / f"case{i:02d}_seg.nii.gz")
+    return folder
+
+
+def stage_args(stage: str, build: Path, source: Path, out: Path) -> list[str]:
+    if stage == "ingest":
+        return ["ingest", "--build", str(build), "--source", f"nifti:{source}", "--modality", "MRI", "--no-progress",
+                "--workers", "2"]
+    if stage == "generate":
+        return ["generate", "--build", str(build)]
+    return ["release", "--build", str(build), "--out", str(out), "--include-unreviewed", "--created", CREATED]
+
+
+def snapshot(build: Path, out: Path) -> dict:
+    """What a finished build holds: region ids, draft (id, question, answer), release bytes, PNG health."""
+    regions = [json.loads(line)["id"] for line in cli("regions", "--build", str(build)).stdout.splitlines()]
+    drafts = [json.loads(line) for line in cli("drafts", "--build", str(build)).stdout.splitlines()]
+    corrupt = 0
+    for png in (build / "images").rglob("*.png"):
+        try:
+            with Image.open(png) as im:
+                im.load()
+        except Exception:
+            corrupt += 1
+    release = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} \
+        if out.is_dir() else {}
+    return {
+        "regions": regions,
+        "drafts": [(d["id"], d["question"], d["answer"]) for d in drafts],
+        "corrupt_png": corrupt,
+        "temp_files": len(list(build.rglob("*.tmp"))) + len(list(out.parent.glob(f".{out.name}.*"))),
+        "release": release,
+    }
+
+
+def compare(clean: dict, got: dict) -> dict:
+    def diff(key: str) -> dict:
+        a, b = clean[key], got[key]
+        return {"duplicates": len(b) - len(set(b)), "lost": len(set(a) - set(b)), "extra": len(set(b) - set(a))}
+
+    return {
+        "regions": diff("regions"),
+        "drafts": diff("drafts"),
+        "corrupt_png": got["corrupt_png"],
+        "temp_files_left": got["temp_files"],
+        "release_identical": got["release"] == clean["release"],
+    }
+
+
+def kill_campaign(work: Path, stages: list[str], kills: int, rng: random.Random, n_cases: int) -> dict:
+    source = nifti_source(work / "src", n_cases)
+    clean_build, clean_out = work / "clean", work / "clean-release"
+    seconds = {}
+    for stage in ("ingest", "generate", "release"):
+        t0 = time.monotonic()
+        done = cli(*stage_args(stage, clean_build, source, clean_out))
+        seconds[stage] = time.monotonic() - t0
+        if done.returncode != 0:
+            raise SystemExit(f"clean {stage} failed: {done.stderr[-2000:]}")
+    clean = snapshot(clean_build, clean_out)
+    results = {}
+    for stage in stages:
+        build, out = work / f"kill-{stage}", work / f"kill-{stage}-release"
+        for before in ("ingest", "generate", "release"):  # the stages before this one, run cleanly
+            if before == stage:
+                break
+            cli(*stage_args(before, build, source, out))
+        moments = []
+        for _ in range(kills):
+            moment = rng.uniform(0.05, 1.0) * seconds[stage]
+            proc = start(*stage_args(stage, build, source, out))
+            time.sleep(moment)
+            finished = proc.poll() is not None
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            moments.append(None if finished else round(moment, 2))
+        rerun = cli(*stage_args(stage, build, source, out))
+        for after in ("generate", "release"):  # later stages, so the whole build can be compared
+            if ["ingest", "generate", "release"].index(after) > ["ingest", "generate", "release"].index(stage):
+                cli(*stage_args(after, build, source, out))
+        results[stage] = {
+            "kills": sum(m is not None for m in moments),
+            "kill_moments_s": moments,
+            "clean_run_s": round(seconds[stage], 2),
+            "rerun_exit": rerun.returncode,
+            **compare(clean, snapshot(build, out)),
+        }
+    return results
+
+
+def first_error(proc: subprocess.CompletedProcess) -> str:
+    lines = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if "error" in line.lower()]
+    return lines[0][:300] if lines else "(no error line)"
+
+
+def bad_input_campaign(work: Path) -> list[dict]:
+    """Each hostile case through the real CLI: exit code, the error it printed, did the run go on."""
+    sample = resource_dir("sample") / "mni152"
+    image = next((sample / "imagesTr").iterdir())
+    label = next((sample / "labelsTr").iterdir())
+    import nibabel as nib
+
+    src = work / "bad"
+    src.mkdir()
+    shutil.copy(image, src / "good.nii.gz")
+    shutil.copy(label, src / "good_seg.nii.gz")
+    bad_name = os.fsdecode(b"caf\xe9")
+    shutil.copy(image, src / f"{bad_name}.nii.gz")
+    shutil.copy(label, src / f"{bad_name}_seg.nii.gz")
+    ref = nib.load(image)
+    for case, data in (("all_nan", np.full(ref.shape, np.nan, np.float32)),
+                       ("constant", np.full(ref.shape, 7.0, np.float32))):
+        nib.save(nib.Nifti1Image(data, ref.affine), src / f"{case}.nii.gz")
+        shutil.copy(label, src / f"{case}_seg.nii.gz")
+    (src / "truncated.nii.gz").write_bytes(image.read_bytes()[:2000])
+    shutil.copy(label, src / "truncated_seg.nii.gz")
+    build = work / "bad-build"
+    cases = []
+    ingest = cli("ingest", "--build", str(build), "--source", f"nifti:{src}", "--modality", "MRI", "--no-progress",
+                 "--with-paths")
+    errors = [line.strip() for line in ingest.stderr.splitlines() if line.strip().startswith("error [")]
+    cases.append({"case": "one folder: non-UTF-8 name, all-NaN, constant, truncated + 1 good",
+                  "exit": ingest.returncode, "went_on": "1 ingested" in ingest.stdout, "errors": errors})
+
+    sources = work / "sources.toml"
+    sources.write_text(f'[[source]]\nname = "x"\nkind = "nifti"\npath = "{src}"\n[source.options]\n'
+                       'label_suffix = 3\n', encoding="utf-8")
+    typed = cli("ingest", "--build", str(work / "typed"), "--sources", str(sources))
+    cases.append({"case": "sources option label_suffix = 3", "exit": typed.returncode, "errors": [first_error(typed)]})
+
+    project = work / "X"
+    (project / "src").mkdir(parents=True)
+    (project / "manifest.json").write_text('{"name":"app"}')
+    (project / "src" / "main.js").write_text("work")
+    cli("generate", "--build", str(build))
+    rel = cli("release", "--build", str(build), "--out", str(project), "--include-unreviewed")
+    cases.append({"case": "release --out a project folder with its own manifest.json", "exit": rel.returncode,
+                  "kept": (project / "src" / "main.js").is_file(), "errors": [first_error(rel)]})
+
+    out = work / "bad-release"
+    cli("release", "--build", str(build), "--out", str(out), "--include-unreviewed", "--created", CREATED)
+    first = out / "VGMED_localization.jsonl"
+    lines = first.read_text().splitlines()
+    record = json.loads(lines[0])
+    lines[0] = json.dumps({**record, "answer": "changed"})
+    first.write_text("\n".join(lines) + "\n")
+    (out / "manifest.json").unlink()
+    bypass = cli("validate", str(out))
+    published = cli("validate", "--published", str(out))
+    cases.append({"case": "validate after editing an answer and deleting manifest.json",
+                  "exit": bypass.returncode, "exit_published": published.returncode,
+                  "errors": [bypass.stdout.splitlines()[0], published.stdout.splitlines()[0]]})
+    return cases
+
+
+def planted_campaign(work: Path) -> dict:
+    """Plant header values and a patient-named folder; search the release and every shared output."""
+    src = work / "planted"
+    shutil.copytree(resource_dir("sample") / "dicom", src / PATIENT_FOLDER)
+    for path in (src / PATIENT_FOLDER).rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        for keyword, value in PLANTED.items():
+            setattr(ds, keyword, value)
+        ds.save_as(path)
+    build, out = work / "planted-build", work / "planted-release"
+    logs = [cli("ingest", "--build", str(build), "--source", f"dicom:{src}", "--no-progress"),
+            cli("generate", "--build", str(build)),
+            cli("release", "--build", str(build), "--out", str(out), "--include-unreviewed", "--created", CREATED),
+            cli("validate", str(out)), cli("regions", "--build", str(build)), cli("drafts", "--build", str(build)),
+            cli("stats", "--build", str(build)), cli("stats", "--build", str(build), "--json")]
+    shared = "".join(p.stdout + p.stderr for p in logs).encode()
+    shared += b"".join(p.read_bytes() + p.relative_to(out).as_posix().encode() for p in out.rglob("*") if p.is_file())
+    needles = [*PLANTED.values(), PATIENT_FOLDER, "MRN4455"]
+    found = {n: shared.count(n.encode()) for n in needles}
+    records = sum(1 for _ in (out / "VGMED_localization.jsonl").open()) if out.is_dir() else 0
+    return {"planted": len(needles), "found": sum(found.values()), "by_string": found, "release_records": records}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=5, help="SIGKILLs per stage before the completing rerun")
+    parser.add_argument("--stages", default="ingest,generate,release", help="comma-separated stages to kill")
+    parser.add_argument("--cases", type=int, default=8, help="NIfTI cases in the kill campaign's source")
+    parser.add_argument("--seed", type=int, default=1, help="random seed of the kill moments")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here too")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vgmed-faults-") as tmp:
+        work = Path(tmp)
+        results = {
+            "kills": kill_campaign(work / "k", args.stages.split(","), args.kills, random.Random(args.seed),
+                                   args.cases),
+            "bad_inputs": bad_input_campaign(work),
+            "planted_identifiers": planted_campaign(work),
+        }
+    text = json.dumps(results, indent=2, ensure_ascii=False)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    kills_ok = all(
+        r["rerun_exit"] == 0 and r["release_identical"] and r["corrupt_png"] == 0
+        and not any(v for part in ("regions", "drafts") for v in r[part].values())
+        for r in results["kills"].values()
+    )
+    return 0 if kills_ok and results["planted_identifiers"]["found"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

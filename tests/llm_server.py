@@ -16,11 +16,22 @@ replies are used up the default applies. SPEC kinds: auto (a valid reply built f
 with the seed), json (``content`` object, "{obj}" filled in), text (raw ``content``), refusal,
 status (``status``, optional ``retry_after``; ``echo_auth`` echoes the API key in the error),
 plus ``delay_ms`` on any of them (a slow reply).
+
+The batch service (OpenAI's files + batches API): ``POST /v1/files`` (multipart upload, purpose
+batch), ``GET /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``, ``GET /v1/batches``,
+``GET /v1/batches/{id}``. A batch answers each input line with the same scripted replies as a live
+request (``response.status_code`` 200 or the scripted error status). Script keys: ``batch_polls``
+(retrieves a batch answers ``in_progress`` before it completes, default 1) and
+``batch_create_delay_ms`` (the batch exists at once but the create call answers late: a client
+killed meanwhile never learns its id). Counts in ``/stats``: ``files_uploaded``, ``batches_created``,
+``batch_lines`` (requests answered through batches), ``batch_retrieves``, ``file_downloads``.
 """
 
 from __future__ import annotations
 
 import argparse
+import email.parser
+import email.policy
 import json
 import re
 import sys
@@ -44,7 +55,7 @@ _PARAPHRASE = [
 class State:
     def __init__(self, script: dict):
         self.script = script
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # run_batch picks replies while holding it
         self.rule_pos = [0] * len(script.get("rules", []))
         self.stats = {
             "requests": 0,
@@ -56,7 +67,14 @@ class State:
             "image_requests": 0,
             "recent_prompts": [],
             "seeds": [],
+            "files_uploaded": 0,
+            "batches_created": 0,
+            "batch_lines": 0,
+            "batch_retrieves": 0,
+            "file_downloads": 0,
         }
+        self.files: dict[str, dict] = {}  # id -> {"meta": file object, "content": bytes}
+        self.batches: dict[str, dict] = {}  # id -> batch object (+ "_polls")
 
     def pick(self, text: str) -> dict:
         with self.lock:
@@ -95,6 +113,73 @@ def _fill(value, obj: str):
     return value
 
 
+def completion(body: dict, text: str, seed: int, spec: dict, kind: str, n: int) -> dict | None:
+    """The chat.completion body of a scripted reply (None for an unknown kind)."""
+    target = re.search(r"Target name: (.+)", text)
+    obj = target.group(1).strip() if target else "structure"
+    refusal = None
+    if kind == "auto":
+        content = json.dumps(auto_reply(text, seed))
+    elif kind == "json":
+        content = json.dumps(_fill(spec["content"], obj))
+    elif kind == "text":
+        content = _fill(spec["content"], obj)
+    elif kind == "refusal":
+        content, refusal = None, spec.get("content", "I can't help with that.")
+    else:
+        return None
+    prompt_tokens = len(text) // 4 + 1
+    completion_tokens = len(content or refusal) // 4 + 1
+    return {
+        "id": f"chatcmpl-{n}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "test"),
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content,
+                                                               "refusal": refusal}}
+        ],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def new_file(state: State, filename: str, purpose: str, content: bytes) -> dict:
+    fid = f"file-{len(state.files) + 1:04d}"
+    meta = {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+            "filename": filename, "purpose": purpose, "status": "processed"}
+    state.files[fid] = {"meta": meta, "content": content}
+    return meta
+
+
+def run_batch(state: State, batch: dict) -> None:
+    """Answer every line of the batch's input file (under the state lock), as live requests are answered."""
+    out, failed = [], 0
+    for i, line in enumerate(state.files[batch["input_file_id"]]["content"].decode().splitlines()):
+        request = json.loads(line)
+        body = request["body"]
+        text = _text_of(body.get("messages", []))
+        spec = state.pick(text)
+        kind = spec.get("kind", "auto")
+        state.stats["batch_lines"] += 1
+        state.stats["by_kind"][kind] = state.stats["by_kind"].get(kind, 0) + 1
+        if kind == "status":
+            status, reply = spec["status"], {"error": {"message": spec.get("message", "scripted error")}}
+            failed += 1
+        else:
+            status, reply = 200, completion(body, text, int(body.get("seed") or 0), spec, kind, i)
+        out.append({"id": f"batch_req_{i}", "custom_id": request["custom_id"], "error": None,
+                    "response": {"status_code": status, "request_id": f"req_{i}", "body": reply}})
+    content = "".join(json.dumps(o) + "\n" for o in out).encode()
+    batch["output_file_id"] = new_file(state, f"{batch['id']}_output.jsonl", "batch_output", content)["id"]
+    batch["status"] = "completed"
+    batch["request_counts"] = {"total": len(out), "completed": len(out) - failed, "failed": failed}
+
+
+def _public(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+
 def make_handler(state: State):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -122,11 +207,18 @@ def make_handler(state: State):
             if self.path.rstrip("/") == "/stats":
                 with state.lock:
                     self._send(200, state.stats)
-            else:
+            elif not self._batch_get():
                 self._send(404, {"error": {"message": "not found"}})
 
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path.rstrip("/").endswith("/files"):
+                self._upload(raw)
+                return
+            body = json.loads(raw or b"{}")
+            if self.path.rstrip("/").endswith("/batches"):
+                self._create_batch(body)
+                return
             if not self.path.endswith("/chat/completions"):
                 self._send(404, {"error": {"message": "not found"}})
                 return
@@ -174,43 +266,79 @@ def make_handler(state: State):
                     state.stats["by_kind"][kind] = state.stats["by_kind"].get(kind, 0) + 1
 
         def _complete(self, body: dict, text: str, seed: int, spec: dict, kind: str) -> None:
-            target = re.search(r"Target name: (.+)", text)
-            obj = target.group(1).strip() if target else "structure"
-            refusal = None
-            if kind == "auto":
-                content = json.dumps(auto_reply(text, seed))
-            elif kind == "json":
-                content = json.dumps(_fill(spec["content"], obj))
-            elif kind == "text":
-                content = _fill(spec["content"], obj)
-            elif kind == "refusal":
-                content, refusal = None, spec.get("content", "I can't help with that.")
-            else:
+            reply = completion(body, text, seed, spec, kind, state.stats["requests"])
+            if reply is None:
                 self._send(500, {"error": {"message": f"unknown scripted kind {kind}"}})
-                return
-            prompt_tokens = len(text) // 4 + 1
-            completion_tokens = len(content or refusal) // 4 + 1
-            self._send(
-                200,
-                {
-                    "id": f"chatcmpl-{state.stats['requests']}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": body.get("model", "test"),
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": content, "refusal": refusal},
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": completion_tokens,
-                        "total_tokens": prompt_tokens + completion_tokens,
-                    },
-                },
+            else:
+                self._send(200, reply)
+
+        # --- the batch service ------------------------------------------------------------------
+        def _batch_get(self) -> bool:
+            path = self.path.split("?", 1)[0].rstrip("/")
+            m = re.fullmatch(r".*/files/([^/]+)/content", path)
+            with state.lock:
+                if m and m.group(1) in state.files:
+                    state.stats["file_downloads"] += 1
+                    data = state.files[m.group(1)]["content"]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return True
+                if path.endswith("/files"):
+                    self._send(200, {"object": "list", "has_more": False,
+                                     "data": [f["meta"] for f in state.files.values()]})
+                    return True
+                if path.endswith("/batches"):
+                    self._send(200, {"object": "list", "has_more": False,
+                                     "data": [_public(b) for b in state.batches.values()]})
+                    return True
+                m = re.fullmatch(r".*/batches/([^/]+)", path)
+                if m and m.group(1) in state.batches:
+                    state.stats["batch_retrieves"] += 1
+                    batch = state.batches[m.group(1)]
+                    batch["_polls"] += 1
+                    if batch["status"] == "in_progress" and batch["_polls"] > state.script.get("batch_polls", 1):
+                        run_batch(state, batch)
+                    self._send(200, _public(batch))
+                    return True
+            return False
+
+        def _upload(self, raw: bytes) -> None:
+            message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+                b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + raw
             )
+            fields, content, filename = {}, b"", "upload"
+            for part in message.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                if name == "file":
+                    content, filename = part.get_payload(decode=True), part.get_filename() or filename
+                else:
+                    fields[name] = part.get_content().strip()
+            with state.lock:
+                state.stats["files_uploaded"] += 1
+                meta = new_file(state, filename, fields.get("purpose", "batch"), content)
+            self._send(200, meta)
+
+        def _create_batch(self, body: dict) -> None:
+            with state.lock:
+                if body.get("input_file_id") not in state.files:
+                    self._send(404, {"error": {"message": f"no file {body.get('input_file_id')}"}})
+                    return
+                state.stats["batches_created"] += 1
+                bid = f"batch_{len(state.batches) + 1:04d}"
+                n = len(state.files[body["input_file_id"]]["content"].splitlines())
+                state.batches[bid] = {
+                    "id": bid, "object": "batch", "endpoint": body.get("endpoint"), "errors": None,
+                    "input_file_id": body["input_file_id"], "completion_window": body.get("completion_window"),
+                    "status": "in_progress", "output_file_id": None, "error_file_id": None,
+                    "created_at": int(time.time()), "metadata": body.get("metadata"),
+                    "request_counts": {"total": n, "completed": 0, "failed": 0}, "_polls": 0,
+                }
+                reply = _public(state.batches[bid])
+            time.sleep(state.script.get("batch_create_delay_ms", 0) / 1000.0)
+            self._send(200, reply)
 
     return Handler
 

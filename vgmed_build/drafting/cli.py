@@ -108,6 +108,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="server URL, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL or OpenAI)",
     )
+    llm.add_argument(
+        "--batch",
+        action="store_true",
+        help="send the LLM requests through the provider's batch service (files + batches API; half price "
+        "on OpenAI): a run submits what it needs and stores what earlier batches answered; rerun later to "
+        "collect the rest (nothing is asked twice, also after an interruption)",
+    )
     llm.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     llm.add_argument("--max-tokens", type=int, default=300, help="maximum completion tokens per reply")
     llm.add_argument("--concurrency", type=int, default=8, help="requests in flight at most")
@@ -200,7 +207,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompts_dir=args.prompts,
         lint_limits=LintLimits(max_chars=args.max_question_chars, max_answer_words=args.max_answer_words),
         llm=llm,
+        batch=args.batch,
     )
+    if args.batch and not options.needs_llm:
+        log.error("--batch sends LLM requests: it needs --drafter llm or --paraphrase")
+        return 2
     if options.needs_llm and llm is None:
         log.error("--drafter llm and --paraphrase need --model (and --base-url or OPENAI_BASE_URL)")
         return 2

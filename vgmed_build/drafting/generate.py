@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from vgmed_build.catalog import Catalog, now_iso
+from vgmed_build.drafting.batch import BatchQueue, Deferred
 from vgmed_build.drafting.lint import LintContext, LintLimits, lint, names_a_side, normalize
 from vgmed_build.drafting.llm import BudgetExhausted, LlmClient, LlmConfig, LlmError, ResponseCache, redact
 from vgmed_build.drafting.templates import (
@@ -105,6 +106,7 @@ class GenerateOptions:
     prompts_dir: Path | None = None
     lint_limits: LintLimits = field(default_factory=LintLimits)
     llm: LlmConfig | None = None
+    batch: bool = False  # LLM requests through the provider's batch service (drafting.batch)
     progress: bool = True
 
     @property
@@ -126,6 +128,9 @@ class GenerateStats:
     retries: int = 0
     cost_usd: float = 0.0
     budget_reached: str | None = None
+    batch_waiting: int = 0  # drafts waiting on a batch reply (asked now or earlier)
+    batch_submitted: list[str] = field(default_factory=list)  # batch ids created by this run
+    batch_downloaded: int = 0
 
     def summary(self) -> str:
         text = (
@@ -135,6 +140,10 @@ class GenerateStats:
             f"LLM: {self.requests} requests, {self.cache_hits} cache hits, {self.retries} retries, "
             f"estimated ${self.cost_usd:.4f}"
         )
+        if self.batch_waiting or self.batch_submitted or self.batch_downloaded:
+            text += (f"; batch service: {self.batch_downloaded} replies downloaded, {self.batch_waiting} drafts "
+                     f"waiting (rerun later to collect them)"
+                     + (f", submitted {', '.join(self.batch_submitted)}" if self.batch_submitted else ""))
         return text + (f"; STOPPED: {self.budget_reached}" if self.budget_reached else "")
 
 
@@ -164,6 +173,9 @@ class _Generator:
     async def run(self) -> GenerateStats:
         if self.opt.needs_llm:
             self.client = LlmClient(self.opt.llm, ResponseCache(self.catalog))
+            if self.opt.batch:
+                self.client.batch = BatchQueue(self.catalog, self.client.openai, self.opt.llm.max_retries)
+                await self.client.batch.sync()
         n_workers = self.opt.llm.concurrency if self.client else 1
         total = self.catalog.conn.execute("SELECT COUNT(*) FROM regions").fetchone()[0]
         if self.opt.limit is not None:
@@ -199,10 +211,16 @@ class _Generator:
         flusher = asyncio.create_task(flush_periodically())
         try:
             await asyncio.gather(produce(), *(work() for _ in range(n_workers)))
+            if self.client and self.client.batch:
+                self._flush()
+                await self.client.batch.submit()
         finally:
             flusher.cancel()
             self._flush()
             bar.close()
+            if self.client and self.client.batch:
+                self.stats.batch_submitted = self.client.batch.submitted
+                self.stats.batch_downloaded = self.client.batch.downloaded
             if self.client:
                 self.stats.requests = self.client.budget.requests
                 self.stats.cache_hits = self.client.cache_hits
@@ -260,7 +278,9 @@ class _Generator:
         results = await asyncio.gather(*(self._propose(region, s) for s in specs), return_exceptions=True)
         done = []
         for spec, result in zip(specs, results, strict=True):
-            if isinstance(result, BudgetExhausted):
+            if isinstance(result, Deferred):  # its reply comes from a batch; the slot stays open
+                self.stats.batch_waiting += 1
+            elif isinstance(result, BudgetExhausted):
                 self.stop = True
                 self.stats.budget_reached = str(result)
             elif isinstance(result, BaseException):
@@ -408,11 +428,14 @@ class _Generator:
         every draft is whole or absent, and at most FLUSH_S of finished work is lost to a crash."""
         self.last_flush = time.monotonic()
         cache = self.client.cache if self.client else None
-        if not self.pending and not (cache and cache.pending):
+        discarded = self.client.batch.discarded if self.client and self.client.batch else None
+        if not self.pending and not (cache and cache.pending) and not discarded:
             return
         with self.catalog.transaction() as conn:
             if cache:
                 cache.flush(conn)
+            if self.client and self.client.batch:
+                self.client.batch.flush(conn)
             for source, records in self.pending:
                 conn.execute(
                     "DELETE FROM errors WHERE stage=? AND item=?", (STAGE, f"region {records[0]['region_id']}")

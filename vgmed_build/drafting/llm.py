@@ -218,6 +218,7 @@ class LlmClient:
     budget: Budget = field(init=False)
     cache_hits: int = 0
     retries: int = 0
+    batch: object | None = None  # a drafting.batch.BatchQueue: replies come from the batch service
 
     def __post_init__(self) -> None:
         import openai  # imported here: it takes seconds, and every other vgmed-build command skips it
@@ -235,6 +236,11 @@ class LlmClient:
         self._sem = asyncio.Semaphore(self.config.concurrency)
         self._json_schema = self.config.json_schema
         self.budget = Budget(self.config.max_requests, self.config.max_cost_usd)
+
+    @property
+    def openai(self):
+        """The SDK client (the batch service talks to its files and batches API)."""
+        return self._client
 
     async def close(self) -> None:
         await self._client.close()
@@ -265,14 +271,25 @@ class LlmClient:
                 self.cost(cached["prompt_tokens"], cached["completion_tokens"]),
                 cache_hit=True,
             )
-        async with self._sem:
-            body = await self._send(messages, schema_name, params)
+        if self.batch is not None:
+            body = self.batch.reply(key)
+            if body is None:  # never asked, or to be asked again: the batch this run submits
+                self.budget.take_request()
+                self.batch.queue(key, self._body(messages, schema_name, params))
+        else:
+            async with self._sem:
+                body = await self._send(messages, schema_name, params)
         usage = body.get("usage") or {}
         p_tok = int(usage.get("prompt_tokens") or 0)
         c_tok = int(usage.get("completion_tokens") or 0)
         cost = self.cost(p_tok, c_tok)
         self.budget.cost_usd += cost
-        data = self._validated(body, schema_name, p_tok, c_tok, cost)
+        try:
+            data = self._validated(body, schema_name, p_tok, c_tok, cost)
+        except LlmError:
+            if self.batch is not None:
+                self.batch.discard(key)
+            raise
         self.cache.put(
             key,
             {"data": data, "prompt_tokens": p_tok, "completion_tokens": c_tok, "model": self.config.model},
@@ -301,6 +318,14 @@ class LlmClient:
             raise fail(f"reply does not follow {schema_name}.schema.json: {'; '.join(errors[:3])}")
         return data
 
+    def _body(self, messages: list[dict], schema_name: str, params: dict) -> dict:
+        """The chat-completions request body (live, or one line of a batch input file)."""
+        body = {"model": self.config.model, "messages": messages}
+        body.update((k, v) for k, v in params.items() if k in ("temperature", "max_tokens", "seed"))
+        if self._json_schema:
+            body["response_format"] = response_format(schema_name)
+        return body
+
     async def _send(self, messages: list[dict], schema_name: str, params: dict) -> dict:
         """The reply's JSON body, through the SDK's documented low-level ``post``: the body is built
         here (and its reply validated against our schema), so the SDK's typed transform of the request
@@ -310,10 +335,7 @@ class LlmClient:
         attempt = 0
         while True:
             self.budget.take_request()
-            body = {"model": self.config.model, "messages": messages}
-            body.update((k, v) for k, v in params.items() if k in ("temperature", "max_tokens", "seed"))
-            if self._json_schema:
-                body["response_format"] = response_format(schema_name)
+            body = self._body(messages, schema_name, params)
             try:
                 text = await self._client.post("/chat/completions", body=body, cast_to=str)
                 try:

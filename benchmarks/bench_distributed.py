@@ -89,8 +89,9 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; model {args.model} "
           f"on {args.device}; {n} questions on {args.images} images, batch {args.batch_size}, "
           f"{args.threads} thread(s) per process")
-    print(f"1 process:   {one:7.2f} s  {n / one:7.2f} questions/s")
-    print(f"{args.nproc} processes: {many:7.2f} s  {n / many:7.2f} questions/s  (ratio {one / many:.2f}x)")
+    print("launch to exit (process start, imports, model load, the work, merge):")
+    print(f"  1 process:   {one:7.2f} s  {n / one:7.2f} questions/s")
+    print(f"  {args.nproc} processes: {many:7.2f} s  {n / many:7.2f} questions/s  (ratio {one / many:.2f}x)")
     print(f"same per-layer results: {same}")
     sys.exit(0 if same else 1)
 

@@ -42,6 +42,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1  # processes on this node
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> World:
@@ -49,11 +50,13 @@ class World:
         try:
             rank, size = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
             local = int(env.get("LOCAL_RANK", rank))
+            local_size = int(env.get("LOCAL_WORLD_SIZE", size))
         except ValueError as exc:
-            raise WorldError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({exc})") from None
-        if size < 1 or not 0 <= rank < size or local < 0:
-            raise WorldError(f"RANK={rank} WORLD_SIZE={size} LOCAL_RANK={local} is not a valid process group")
-        return cls(rank, size, local)
+            raise WorldError(f"RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE must be integers ({exc})") from None
+        if size < 1 or not 0 <= rank < size or not 0 <= local < local_size:
+            raise WorldError(f"RANK={rank} WORLD_SIZE={size} LOCAL_RANK={local} LOCAL_WORLD_SIZE={local_size} is not "
+                             "a valid process group")
+        return cls(rank, size, local, local_size)
 
     @property
     def distributed(self) -> bool:

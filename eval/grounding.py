@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
-from vgmed_eval import distributed
+from vgmed_eval import distributed, placement
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
 from vgmed_eval.geometry import BoxOutsideError, GeometryError, GridGeometry
@@ -408,6 +408,7 @@ def register(subparsers) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_chat_template_arg(p)
+    placement.add_arguments(p)
     p.set_defaults(func=_main)
 
 
@@ -429,7 +430,8 @@ def _main(args) -> int:
         raise SystemExit(str(exc)) from exc
     try:
         adapter = load_adapter(args.model, dtype=args.dtype, device=world.device(args.device),
-                               chat_template=args.chat_template)
+                               chat_template=args.chat_template,
+                               placement=placement.from_args(args, world.local_rank, world.local_size))
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--model {args.model}: cannot load: {exc}") from exc
     try:

@@ -173,7 +173,7 @@ class VGRefiner:
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self.eos = set(eos) | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
-        self.device = self.model.device
+        self.device = adapter.device
 
     # ----- prefixes --------------------------------------------------------------------------------
     def _encode(self, image: Image.Image, text: str):

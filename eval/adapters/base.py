@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from vgmed_eval.attention import install, llm_layers
 from vgmed_eval.geometry import GridGeometry
+from vgmed_eval.placement import Placement, input_device
 
 ADAPTERS: dict[str, type[Adapter]] = {}  # family name -> class
 MODEL_TYPES: dict[str, type[Adapter]] = {}  # config.model_type -> class
@@ -75,8 +76,9 @@ class Adapter:
     # ----- loading -------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str, dtype: torch.dtype | str = "auto", device: str = "cpu",
-                        chat_template: str | None = None) -> Adapter:
-        """Load a checkpoint; ``chat_template`` (text) overrides the checkpoint's own template."""
+                        chat_template: str | None = None, placement: Placement | None = None) -> Adapter:
+        """Load a checkpoint; ``chat_template`` (text) overrides the checkpoint's own template;
+        ``placement`` spreads it over several devices (transformers' big-model loading)."""
         import transformers
 
         tokenizer, image_processor, template, processor = cls.load_processing(path)
@@ -85,8 +87,10 @@ class Adapter:
             raise ValueError(f"{path}: the checkpoint has no chat template and is not one whose prompt vgmed knows "
                              "(HuatuoGPT-Vision, LLaVA-Med); give one with --chat-template FILE")
         model_cls = getattr(transformers, cls.model_class)
-        model = model_cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-        return cls(model.to(device).eval(), tokenizer, image_processor, template, processor, name=path)
+        model = model_cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
+                                          **(placement.hf_kwargs() if placement else {}))
+        model = model if placement else model.to(device)
+        return cls(model.eval(), tokenizer, image_processor, template, processor, name=path)
 
     @classmethod
     def known_template(cls, path: str) -> str | None:
@@ -124,7 +128,7 @@ class Adapter:
         bos = self.tokenizer.bos_token
         add_special = not (bos and prompts[0].startswith(bos))
         features = self.encode(images, prompts, add_special)
-        device = self.model.device
+        device = self.device
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
         geoms = [self.geometry(im.width, im.height) for im in images]
         positions = self.grid_positions(inputs["input_ids"], geoms)
@@ -174,6 +178,11 @@ class Adapter:
         return self.geometry(width, height).box_to_cells(box)
 
     # ----- model facts --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go (a model spread with --device-map has several devices)."""
+        return input_device(self.model)
+
     @property
     def n_layers(self) -> int:
         return len(llm_layers(self.model))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from vgmed_eval import distributed
+from vgmed_eval import distributed, placement
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
 from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError, VQAItem, get_benchmark
@@ -68,6 +68,7 @@ def register(subparsers) -> None:
                    help="model dtype (auto: the checkpoint's own; float32 for tiny models)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for --compare")
     add_chat_template_arg(p)
+    placement.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -185,7 +186,8 @@ def run(args) -> int:
     if todo:
         try:
             adapter = load_adapter(args.model, dtype=args.dtype, device=world.device(args.device),
-                                   chat_template=args.chat_template)
+                                   chat_template=args.chat_template,
+                                   placement=placement.from_args(args, world.local_rank, world.local_size))
         except (OSError, ValueError) as exc:
             log.error("--model %s: cannot load: %s", args.model, exc)
             return 2

@@ -13,6 +13,8 @@ CPU, tiny model (the default):
 GPU, random-weight models of real size (weights cannot be downloaded; shapes only):
     python benchmarks/bench_grounding.py --device cuda --dtype float16 --shape llava-7b --batch-size 8
     python benchmarks/bench_grounding.py --device cuda --dtype float16 --shape qwen2vl-7b --batch-size 8
+HuatuoGPT-Vision-7B's original checkpoint shape, converted first (to run on a GPU; --shape huatuo-mini on a CPU):
+    python benchmarks/bench_grounding.py --device cuda --dtype bfloat16 --shape huatuo-7b --batch-size 8
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from paper_shapes import SHAPES, converted_adapter
 from PIL import Image
 from vgmed_eval.adapters import ADAPTERS, load_adapter
 from vgmed_eval.attention import install
@@ -40,19 +43,26 @@ QUESTION_TEXTS = ["Is there a liver in the image?", "What is the shape of the le
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """The model and workload options this benchmark shares with bench_vqa.py (read by ``bench_adapter``)."""
     parser.add_argument("--shape", default="tiny-llava",
-                        help="tiny-<family> (a builtin tiny model) or llava-7b / qwen2vl-7b (random real-size)")
+                        help="tiny-<family> (a builtin tiny model), llava-7b / qwen2vl-7b (random real-size), or "
+                             "huatuo-7b / huatuo-mini (HuatuoGPT-Vision-7B's original layout at real / reduced size, "
+                             "converted by `vgmed-eval convert` first)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--max-layers", type=int, default=None,
-                        help="cap the LLM and vision depth of llava-7b / qwen2vl-7b (smoke test on a small machine)")
+                        help="cap the LLM and vision depth of the real-size shapes (smoke test on a small machine)")
     parser.add_argument("--images", type=int, default=8, help="number of images")
     parser.add_argument("--image-side", type=int, default=224, help="approximate image side in pixels")
 
 
 def bench_adapter(shape: str, dtype: str, device: str, max_layers: int | None = None):
-    """``tiny-<family>`` (the built-in tiny model) or a random-weight real-size shape (llava-7b, qwen2vl-7b)."""
+    """``tiny-<family>`` (the built-in tiny model), a random-weight real-size shape (llava-7b, qwen2vl-7b), or
+    a paper shape (huatuo-7b, huatuo-mini) written as an original checkpoint and converted by `vgmed-eval convert`."""
     if shape.startswith("tiny-"):
         return load_adapter(f"builtin:{shape}", dtype=dtype, device=device)
+    if shape in SHAPES:
+        adapter, seconds = converted_adapter(shape, dtype, device, max_layers)
+        print(f"{shape}: random original llava_qwen2 checkpoint converted in {seconds:.1f} s")
+        return adapter
     torch.set_default_dtype(getattr(torch, dtype))
     with torch.device(device):
         adapter = real_size_adapter(shape, max_layers)

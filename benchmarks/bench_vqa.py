@@ -15,6 +15,8 @@ CPU, tiny model (the default):
     .venv/bin/python benchmarks/bench_vqa.py --shape tiny-llava
 GPU, random-weight model of real size (weights cannot be downloaded; shapes only):
     python benchmarks/bench_vqa.py --device cuda --dtype float16 --shape llava-7b --batch-size 16
+HuatuoGPT-Vision-7B's original checkpoint shape, converted first (to run on a GPU; --shape huatuo-mini on a CPU):
+    python benchmarks/bench_vqa.py --device cuda --dtype bfloat16 --shape huatuo-7b --batch-size 16
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Steps, each the evaluator's own command run with the same options a user would give it (so a step
 behaves, resumes and scales exactly as that command does):
 
-1. ``grounding`` on the VGMED release (and ``--control-release``, e.g. the COCO control, when given)
-   -> ``OUT/grounding``;
+1. ``grounding`` on the VGMED release and its natural-image control (``--control-release``, else the
+   release's own ``COCO_*.jsonl`` when it holds them, as the published hub copy does) -> ``OUT/grounding``;
 2. ``heads``: the knockout layer and top-k heads from that run -> ``OUT/heads.json``;
 3. per ``--benchmark NAME=DATA``: ``vqa --vgrefine OUT/heads.json --compare`` (baseline and VGRefine
    on the same questions, paired tests) -> ``OUT/vqa/NAME``; without heads, the baseline only;
@@ -33,6 +33,7 @@ from vgmed_eval.vqa.benchmarks import BENCHMARKS
 
 from vgmed_build import commands
 from vgmed_build.commands import HelpFormatter
+from vgmed_build.release_format import CONTROL_FILES
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,23 @@ def _common(o: Options) -> list[str]:
     return argv
 
 
+def control_release(o: Options) -> Path | None:
+    """``--control-release``, else the release itself when it holds the COCO control files (the hub layout)."""
+    if o.control is not None:
+        return o.control
+    has_coco = any((o.vgmed / name).is_file() for names in CONTROL_FILES.values() for name in names)
+    return o.vgmed if has_coco else None
+
+
 def plan_steps(o: Options) -> list[Step]:
     """The steps of a reproduction, in order, as command lines of the evaluator's commands."""
     g, heads = o.out / "grounding", o.out / "heads.json"
     argv = ["grounding", "--release", str(o.vgmed), "--out", str(g), "--bootstrap", str(o.bootstrap),
             "--no-progress", *_common(o)]
     outputs = [g / "summary.json", g / "per_head.parquet"]
-    if o.control is not None:
-        argv += ["--control-release", str(o.control)]
+    control = control_release(o)
+    if control is not None:
+        argv += ["--control-release", str(control)]
         outputs.append(g / "control" / "summary.json")
     steps = [Step("grounding", argv, outputs),
              Step("heads", ["heads", "--results", str(g), "--top-k", str(o.top_k), "--out", str(heads)], [heads])]
@@ -218,7 +228,8 @@ def build_report(o: Options, steps: list[Step]) -> dict:
         "compared_with": published_as,
         "steps": {s.name: s.record() for s in steps},
         "grounding": _grounding_summary(o.out / "grounding" / "summary.json"),
-        "control": _grounding_summary(o.out / "grounding" / "control" / "summary.json") if o.control else None,
+        "control": _grounding_summary(o.out / "grounding" / "control" / "summary.json")
+        if control_release(o) else None,
         "heads": {k: heads.get(k) for k in ("knockout_layer", "heads", "k", "metric")} if heads else None,
         "vqa": [_vqa_summary(name, o.out / "vqa" / name / "results.json", published_as) for name in o.benchmarks],
         "published": [{"model": r.model, "system": r.system, "source": r.source, "values": r.values}
@@ -298,7 +309,8 @@ def register(subparsers) -> None:
     p.add_argument("--benchmark", action="append", type=parse_benchmark, default=[], metavar="NAME=DATA",
                    help=f"a VQA benchmark and its local copy, repeatable; names: {', '.join(sorted(BENCHMARKS))}")
     p.add_argument("--control-release", type=Path, metavar="DIR",
-                   help="a natural-image control release (e.g. the COCO control) for the grounding step")
+                   help="a natural-image control release for the grounding step (default: --vgmed itself when it "
+                        "holds COCO_*.jsonl, as the published release does)")
     p.add_argument("--published-as", choices=MODELS,
                    help="the published model to compare with (default: recognised from --model's name)")
     p.add_argument("--top-k", type=int, default=20, help="VGRefine triage heads (the paper: 20)")

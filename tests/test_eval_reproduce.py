@@ -115,3 +115,17 @@ def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(SystemExit, match="not a directory"):
         main(["reproduce", "--model", "builtin:tiny-llava", "--vgmed", str(tmp_path / "none"),
               "--out", str(tmp_path / "o")])
+
+
+def test_the_release_own_coco_files_are_its_control(tmp_path):
+    from vgmed_eval.reproduce import Options, plan_steps
+
+    release = make_release(tmp_path / "release", errors=False)
+    grounding = plan_steps(Options(model="m", vgmed=release, out=tmp_path / "o"))[0]
+    assert "--control-release" not in grounding.argv
+    (release / "COCO_localization.jsonl").write_text((release / "VGMED_localization.jsonl").read_text())
+    grounding = plan_steps(Options(model="m", vgmed=release, out=tmp_path / "o"))[0]
+    assert grounding.argv[grounding.argv.index("--control-release") + 1] == str(release)
+    assert tmp_path / "o" / "grounding" / "control" / "summary.json" in grounding.outputs
+    explicit = plan_steps(Options(model="m", vgmed=release, out=tmp_path / "o", control=tmp_path / "c"))[0]
+    assert explicit.argv[explicit.argv.index("--control-release") + 1] == str(tmp_path / "c")

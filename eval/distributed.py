@@ -29,6 +29,7 @@ PARTS_DIR = "parts"
 BARRIER_TIMEOUT = timedelta(hours=72)  # ranks may finish hours apart on an uneven split
 
 T = TypeVar("T")
+_LEAVING: list[bool] = []  # set once the process group's exit handler is registered
 
 
 class WorldError(ValueError):
@@ -147,9 +148,16 @@ def barrier(world: World) -> None:
 
 
 def finish(world: World) -> None:
-    """Leave the process group cleanly at the end of a command."""
+    """Leave the process group cleanly when the process ends.
+
+    Not at the end of each command: a process that runs several commands (``reproduce``) keeps one
+    group, because a group created again after ``destroy_process_group`` rendezvouses under the same
+    store keys as the first and its ranks reach for the first group's closed sockets."""
     if world.distributed:
+        import atexit
+
         import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if dist.is_initialized() and not _LEAVING:
+            _LEAVING.append(True)
+            atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())

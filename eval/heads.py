@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -72,6 +73,9 @@ def _main(args) -> int:
     body = {"model": summary.get("model"), "family": summary.get("family"), **chosen,
             "results": str(args.results)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    # Written whole, then renamed: ranks of a launched `reproduce` write the same file and read it next.
+    scratch = args.out.with_name(f"{args.out.name}.{os.getpid()}.partial")
+    scratch.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    os.replace(scratch, args.out)
     log.info("knockout layer %d, %d heads -> %s", body["knockout_layer"], body["k"], args.out)
     return 0

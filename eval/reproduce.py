@@ -14,7 +14,9 @@ behaves, resumes and scales exactly as that command does):
 Resumable: ``OUT/steps.json`` records each finished step with its exact command line; a rerun skips
 the steps whose command line is unchanged and whose outputs are still there (a VQA step that stopped
 half way resumes at the next unanswered question, as ``vqa`` does). A failed step is recorded and
-reported; the steps that do not depend on it still run.
+reported; the steps that do not depend on it still run. Under ``torchrun`` / ``accelerate launch``
+the grounding and VQA steps split their work over the ranks as those commands do; rank 0 alone
+writes the bookkeeping and the report.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from vgmed_eval import __version__
 from vgmed_eval.chat_templates import add_chat_template_arg
+from vgmed_eval.distributed import SINGLE, World
 from vgmed_eval.published import COLUMNS, MODELS, PAPER, PUBLISHED, figure, published_model
 from vgmed_eval.vqa.benchmarks import BENCHMARKS
 
@@ -140,8 +143,11 @@ class _ErrorLog(logging.Handler):
         self.last = record.getMessage()
 
 
-def run_steps(o: Options, steps: list[Step]) -> None:
-    """Run what is not done yet; ``OUT/steps.json`` is rewritten after every step."""
+def run_steps(o: Options, steps: list[Step], world: World = SINGLE) -> None:
+    """Run what is not done yet; ``OUT/steps.json`` is rewritten (by rank 0) after every step.
+
+    Under a launcher every rank runs every step: grounding and VQA split their work themselves, and
+    every rank picks the same heads from the merged files (``heads`` replaces its file atomically)."""
     record_path = o.out / "steps.json"
     done = _load_json(record_path).get("steps", {})
     parser = commands.build_parser("vgmed-eval", "", __version__, STEP_COMMANDS)
@@ -182,7 +188,9 @@ def run_steps(o: Options, steps: list[Step]) -> None:
         if failure:
             log.error("%s failed: %s", step.name, failure)
         done[step.name] = step.record()
-        record_path.write_text(json.dumps({"model": o.model, "steps": done}, indent=2) + "\n", encoding="utf-8")
+        if world.main:
+            record_path.write_text(json.dumps({"model": o.model, "steps": done}, indent=2) + "\n",
+                                   encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -286,12 +294,15 @@ def render_markdown(report: dict) -> str:
 
 def reproduce(o: Options) -> dict:
     """Run the missing steps and write ``report.json`` and ``report.md``; returns the report."""
+    world = World.from_env()
     o.out.mkdir(parents=True, exist_ok=True)
     steps = plan_steps(o)
-    run_steps(o, steps)
+    run_steps(o, steps, world)
     report = build_report(o, steps)
-    (o.out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (o.out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    if world.main:
+        (o.out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+                                           encoding="utf-8")
+        (o.out / "report.md").write_text(render_markdown(report), encoding="utf-8")
     return report
 
 

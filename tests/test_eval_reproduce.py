@@ -129,3 +129,32 @@ def test_the_release_own_coco_files_are_its_control(tmp_path):
     assert tmp_path / "o" / "grounding" / "control" / "summary.json" in grounding.outputs
     explicit = plan_steps(Options(model="m", vgmed=release, out=tmp_path / "o", control=tmp_path / "c"))[0]
     assert explicit.argv[explicit.argv.index("--control-release") + 1] == str(tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_under_torchrun_matches_one_process(run, tmp_path):
+    """Two ranks (gloo, CPU): the steps split their work, rank 0 alone writes heads and the report."""
+    import math
+    import os
+    import subprocess
+    import sys
+
+    tmp, single, argv = run
+    out = tmp_path / "two"
+    args = [a if a != str(single) else str(out) for a in argv[1:]]
+    args = args[: args.index("--benchmark")] + ["--benchmark", f"slake={FIX / 'slake'}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node=2", "-m",
+           "vgmed_eval", "reproduce", *args]
+    proc = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    one, two = (json.loads((d / "report.json").read_text()) for d in (single, out))
+    assert [s["status"] for s in two["steps"].values()] == ["done"] * 3
+    assert two["grounding"]["most_sensitive_layer"] == one["grounding"]["most_sensitive_layer"]
+    assert math.isclose(two["grounding"]["attention_ratio"]["mean"], one["grounding"]["attention_ratio"]["mean"],
+                        rel_tol=1e-5)
+    assert json.loads((out / "heads.json").read_text())["heads"] == json.loads((single / "heads.json").read_text())[
+        "heads"]
+    slake = [next(v for v in r["vqa"] if v["benchmark"] == "slake") for r in (one, two)]
+    assert (slake[1]["baseline"], slake[1]["vgrefine"]) == (slake[0]["baseline"], slake[0]["vgrefine"])
+    assert not (out / "grounding" / "parts").exists()

@@ -3,10 +3,10 @@ identifiers, and count what went wrong. Any user can rerun it; it needs only the
 
 What it measures, on copies of the bundled sample:
 
-* kills: each stage (ingest, generate, release) is started N times and SIGKILLed at a random moment
-  of its clean run time, then run to completion once; the result is compared with a clean build:
-  duplicates, lost and extra regions / drafts, corrupt PNGs, temp files left, and whether the release
-  is byte-identical to the clean one;
+* kills: each stage (ingest with 2 workers, generate, release) is started N times from its starting
+  state and SIGKILLed at a random moment of its clean run time, then rerun to completion and the
+  later stages run; each result is compared with a clean build: duplicates, lost and extra regions /
+  drafts, corrupt PNGs, temp files left, and whether the release is byte-identical to the clean one;
 * bad inputs: each hostile case is run through the real command line; its exit code and the error
   line it printed are reported, and whether the run went on (the good items were still ingested);
 * planted identifiers: DICOM header values and a patient-named folder planted in the sample; every
@@ -114,11 +114,19 @@ def compare(clean: dict, got: dict) -> dict:
     }
 
 
+STAGES = ("ingest", "generate", "release")
+
+
 def kill_campaign(work: Path, stages: list[str], kills: int, rng: random.Random, n_cases: int) -> dict:
+    """Per stage: ``kills`` trials, each from the stage's starting state: start, SIGKILL at a random
+    moment of the clean run time, rerun to completion, compare with the clean build. A trial whose
+    process had already finished does not count as a kill and is retried (at most 3x ``kills``)."""
     source = nifti_source(work / "src", n_cases)
     clean_build, clean_out = work / "clean", work / "clean-release"
-    seconds = {}
-    for stage in ("ingest", "generate", "release"):
+    seconds, before = {}, {}
+    for stage in STAGES:
+        before[stage] = work / f"before-{stage}"
+        shutil.copytree(clean_build, before[stage]) if clean_build.exists() else before[stage].mkdir()
         t0 = time.monotonic()
         done = cli(*stage_args(stage, clean_build, source, clean_out))
         seconds[stage] = time.monotonic() - t0
@@ -127,30 +135,38 @@ def kill_campaign(work: Path, stages: list[str], kills: int, rng: random.Random,
     clean = snapshot(clean_build, clean_out)
     results = {}
     for stage in stages:
-        build, out = work / f"kill-{stage}", work / f"kill-{stage}-release"
-        for before in ("ingest", "generate", "release"):  # the stages before this one, run cleanly
-            if before == stage:
-                break
-            cli(*stage_args(before, build, source, out))
-        moments = []
-        for _ in range(kills):
-            moment = rng.uniform(0.05, 1.0) * seconds[stage]
+        trials, attempts = [], 0
+        while len(trials) < kills and attempts < 3 * kills:
+            attempts += 1
+            build, out = work / f"trial-{stage}-{attempts}", work / f"trial-{stage}-{attempts}-release"
+            shutil.copytree(before[stage], build)
+            moment = rng.uniform(0.05, 0.95) * seconds[stage]
             proc = start(*stage_args(stage, build, source, out))
             time.sleep(moment)
-            finished = proc.poll() is not None
+            if proc.poll() is not None:
+                shutil.rmtree(build)
+                shutil.rmtree(out, ignore_errors=True)
+                continue
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            moments.append(None if finished else round(moment, 2))
-        rerun = cli(*stage_args(stage, build, source, out))
-        for after in ("generate", "release"):  # later stages, so the whole build can be compared
-            if ["ingest", "generate", "release"].index(after) > ["ingest", "generate", "release"].index(stage):
-                cli(*stage_args(after, build, source, out))
+            rerun = cli(*stage_args(stage, build, source, out))
+            for later in STAGES[STAGES.index(stage) + 1:]:  # so the whole build can be compared
+                cli(*stage_args(later, build, source, out))
+            trials.append({"moment_s": round(moment, 2), "rerun_exit": rerun.returncode,
+                           **compare(clean, snapshot(build, out))})
+            shutil.rmtree(build)
+            shutil.rmtree(out, ignore_errors=True)
         results[stage] = {
-            "kills": sum(m is not None for m in moments),
-            "kill_moments_s": moments,
+            "kills": len(trials),
             "clean_run_s": round(seconds[stage], 2),
-            "rerun_exit": rerun.returncode,
-            **compare(clean, snapshot(build, out)),
+            "kill_moments_s": [t["moment_s"] for t in trials],
+            "reruns_ok": sum(t["rerun_exit"] == 0 for t in trials),
+            "duplicates": sum(t[k]["duplicates"] for t in trials for k in ("regions", "drafts")),
+            "lost": sum(t[k]["lost"] for t in trials for k in ("regions", "drafts")),
+            "extra": sum(t[k]["extra"] for t in trials for k in ("regions", "drafts")),
+            "corrupt_png": sum(t["corrupt_png"] for t in trials),
+            "temp_files_left": sum(t["temp_files_left"] for t in trials),
+            "releases_identical": sum(t["release_identical"] for t in trials),
         }
     return results
 
@@ -264,8 +280,8 @@ def main() -> int:
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
     kills_ok = all(
-        r["rerun_exit"] == 0 and r["release_identical"] and r["corrupt_png"] == 0
-        and not any(v for part in ("regions", "drafts") for v in r[part].values())
+        r["reruns_ok"] == r["releases_identical"] == r["kills"]
+        and r["duplicates"] == r["lost"] == r["extra"] == r["corrupt_png"] == 0
         for r in results["kills"].values()
     )
     return 0 if kills_ok and results["planted_identifiers"]["found"] == 0 else 1

@@ -20,6 +20,7 @@ grows faster than the data (more than 8x).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_scale.py --n 2000
     .venv/bin/python benchmarks/bench_scale.py --n 200 --keep /tmp/scale   # quick look, keep the builds
+    .venv/bin/python benchmarks/bench_scale.py --n 200 --keep /tmp/scale --driver-only  # main vs workers
 """
 
 from __future__ import annotations
@@ -217,6 +218,36 @@ def stages(n: int, tmp: Path, py: str, env: dict[str, str]) -> tuple[dict[str, t
     return out, extras
 
 
+def driver_cost(sources: Path, build: Path) -> None:
+    """Split ingest --workers 2 into the main process's CPU per item (listing, taking results, the
+    catalog transaction: what one writer must do for every item) and the workers' CPU per item."""
+    import resource
+
+    from vgmed_build import ingest
+    from vgmed_build.config import load_sources_file
+
+    spent = [0.0]
+    store = ingest.store_result
+
+    def timed_store(*args, **kwargs) -> None:
+        start = time.process_time()
+        store(*args, **kwargs)
+        spent[0] += time.process_time() - start
+
+    ingest.store_result = timed_store
+    try:
+        start = time.process_time()
+        report = ingest.run_ingest(build, load_sources_file(sources), 2, False, False)
+        main_cpu = time.process_time() - start
+    finally:
+        ingest.store_result = store
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    n = report.done
+    print(f"ingest --workers 2 split, {n} items: main process {1e3 * main_cpu / n:.2f} ms CPU/item (of it the "
+          f"catalog transaction {1e3 * spent[0] / n:.2f} ms), workers {1e3 * (kids.ru_utime + kids.ru_stime) / n:.2f}"
+          " ms CPU/item")
+
+
 def _count(build: Path, table: str) -> int:
     import sqlite3
 
@@ -230,7 +261,16 @@ def main() -> int:
     parser.add_argument("--min-cpu", type=float, default=2.0, help="stages under this many CPU seconds at 8N "
                         "(start-up subtracted) are printed but not judged: too small against timer noise")
     parser.add_argument("--keep", type=Path, help="keep the data and builds in this folder (default: a temp dir)")
+    parser.add_argument("--driver-only", action="store_true", help="only split ingest --workers 2 into main-process "
+                        "and worker CPU per item, on the 8N data a previous run left in --keep")
     args = parser.parse_args()
+    if args.driver_only:
+        if args.keep is None:
+            parser.error("--driver-only needs --keep DIR from a previous run")
+        build = args.keep / "driver-build"
+        shutil.rmtree(build, ignore_errors=True)
+        driver_cost(args.keep / f"data{FACTOR * args.n}" / "sources-2d.toml", build)
+        return 0
     py = sys.executable
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH", "")]))

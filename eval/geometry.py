@@ -198,3 +198,25 @@ def qwen_geometry(
     factor = patch * merge
     out_h, out_w = smart_resize(height, width, factor, min_pixels, max_pixels)
     return stretch_geometry(width, height, out_h, out_w, out_h // factor, out_w // factor)
+
+
+def published_geometry(model: GridGeometry, mapping: str) -> GridGeometry:
+    """The authors' box-to-grid mapping on the model's own grid: ``resize`` stretches the whole image onto
+    the grid (their later code), ``pad`` pads it to a centred square first (their earliest notebook);
+    ``model`` keeps the model's real preprocessing geometry (vgmed's default)."""
+    if mapping == "model":
+        return model
+    width, height = model.image_w, model.image_h
+    canvas_w, canvas_h = model.cols * model.cell_w, model.rows * model.cell_h
+    if mapping == "resize":
+        return stretch_geometry(width, height, round(canvas_h), round(canvas_w), model.rows, model.cols)
+    if mapping != "pad":
+        raise ValueError(f"unknown box mapping {mapping!r}; choose model, resize or pad")
+    side = max(width, height)
+    sx, sy = canvas_w / side, canvas_h / side
+    return GridGeometry(
+        image_w=width, image_h=height, scale_x=sx, scale_y=sy,
+        offset_x=((side - width) // 2) * sx, offset_y=((side - height) // 2) * sy,
+        canvas_w=round(canvas_w), canvas_h=round(canvas_h), cell_w=model.cell_w, cell_h=model.cell_h,
+        rows=model.rows, cols=model.cols,
+    )

@@ -31,8 +31,9 @@ from tqdm import tqdm
 from vgmed_eval import distributed, placement
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
-from vgmed_eval.geometry import BoxOutsideError, GeometryError, GridGeometry
+from vgmed_eval.geometry import BoxOutsideError, GeometryError, GridGeometry, published_geometry
 from vgmed_eval.metrics import grounding_metrics
+from vgmed_eval.protocol import VGMED, Protocol, add_protocol_args, resolve
 from vgmed_eval.release_io import Question, read_release
 from vgmed_eval.summary import summarise
 from vgmed_eval.vqa.prompts import GENERAL_PROMPT, SHORT_ANSWER
@@ -130,8 +131,9 @@ class GroundingRun:
     """Evaluate one set of questions with one adapter; results accumulate in memory."""
 
     def __init__(self, adapter, layers: list[int], batch_size: int, rows: str = "last",
-                 maps_dir: Path | None = None):
+                 maps_dir: Path | None = None, protocol: Protocol = VGMED):
         self.adapter, self.layers, self.batch_size, self.rows = adapter, layers, batch_size, rows
+        self.protocol = protocol
         self.maps_dir = maps_dir
         self.layer_rows: list[dict] = []
         self.head_blocks: list[tuple[str, np.ndarray]] = []  # (id, metrics (3, L, H))
@@ -175,7 +177,7 @@ class GroundingRun:
 
     def _prepare(self, image: Image.Image, qs: list[Question]) -> list[_Item]:
         items = []
-        geometry = self.adapter.geometry(image.width, image.height)
+        geometry = published_geometry(self.adapter.geometry(image.width, image.height), self.protocol.box_mapping)
         for q in qs:
             try:
                 check_inside(q.boxes, image.width, image.height, q.box_convention)
@@ -215,7 +217,8 @@ class GroundingRun:
     def _score(self, item: _Item, a: np.ndarray, g: np.ndarray) -> None:
         q, gt = item.question, item.gt.reshape(-1)
         layer_level = grounding_metrics(a.mean(1), g.mean(1), gt)  # heads averaged: (L,)
-        head_level = grounding_metrics(a, g, gt)  # (L, H)
+        # (L, H): each head by its own general map, or by the layer's head-averaged one (submission notebook)
+        head_level = grounding_metrics(a, g if self.protocol.head_norm == "head" else g.mean(1, keepdims=True), gt)
         base = {"id": q.id, "q_type": q.q_type, "modality": q.modality, "source": q.source, "label": q.label,
                 "image": q.image_rel, "grid_rows": item.geometry.rows, "grid_cols": item.geometry.cols,
                 "gt_cells": int(gt.sum())}
@@ -257,7 +260,8 @@ class GroundingRun:
 def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], batch_size: int, rows: str,
                      save_maps: bool, limit: int | None, q_types: tuple[str, ...], n_boot: int,
                      progress: bool = True, control: bool = False, images: Path | None = None,
-                     reading: BoxReading = DEFAULT_READING, world: World = distributed.SINGLE) -> dict | None:
+                     reading: BoxReading = DEFAULT_READING, world: World = distributed.SINGLE,
+                     protocol: Protocol = VGMED) -> dict | None:
     """Run one release end to end and write every output; returns the summary.
 
     ``control``: read the natural-image control files (``COCO_*.jsonl``) first, so a release that
@@ -276,14 +280,14 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
         maps_dir.mkdir(exist_ok=True)
     started = time.perf_counter()
     if world.distributed:
-        _evaluate_part(adapter, questions, out, world, layers, batch_size, rows, maps_dir, progress)
+        _evaluate_part(adapter, questions, out, world, layers, batch_size, rows, maps_dir, progress, protocol)
         distributed.barrier(world)  # every part is on disk
         if not world.main:
             distributed.barrier(world)  # rank 0 has merged: whatever runs next here can read the files
             return None
         per_layer, per_head, errors, gt_tokens = _merge_parts(out, world, questions)
     else:
-        run = GroundingRun(adapter, layers, batch_size, rows, maps_dir)
+        run = GroundingRun(adapter, layers, batch_size, rows, maps_dir, protocol)
         run.run(questions, progress=progress)
         per_layer, per_head, errors, gt_tokens = run.per_layer(), run.per_head(), run.errors, run.gt_tokens
     elapsed = time.perf_counter() - started
@@ -296,7 +300,7 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
         "model": adapter.name, "family": adapter.family, "release": str(release),
         "layers": layers, "n_llm_layers": adapter.n_layers, "n_heads": adapter.n_heads, "rows": rows,
         "prompt": question_prompt("{question}"), "general_prompt": GENERAL_PROMPT,
-        "processes": world.size, "seconds": round(elapsed, 3),
+        "protocol": protocol.as_dict(), "processes": world.size, "seconds": round(elapsed, 3),
         "questions_per_second": round(len(questions) / elapsed, 3) if elapsed > 0 else None,
         **summarise(per_layer, errors, len(questions) + len(read_errors), n_boot=n_boot),
     }
@@ -316,7 +320,7 @@ def _write_errors(path: Path, errors: list[dict]) -> None:
 
 
 def _evaluate_part(adapter, questions: list[Question], out: Path, world: World, layers: list[int],
-                   batch_size: int, rows: str, maps_dir: Path | None, progress: bool) -> None:
+                   batch_size: int, rows: str, maps_dir: Path | None, progress: bool, protocol: Protocol) -> None:
     """This rank's images into its part directory, unless an earlier run already wrote that part."""
     final = distributed.part_path(out, world)
     if final.is_dir():
@@ -324,7 +328,7 @@ def _evaluate_part(adapter, questions: list[Question], out: Path, world: World, 
         return
     mine = distributed.shard(questions, lambda q: q.image, world)
     log.info("rank %d/%d: %d of %d questions", world.rank, world.size, len(mine), len(questions))
-    run = GroundingRun(adapter, layers, batch_size, rows, maps_dir)
+    run = GroundingRun(adapter, layers, batch_size, rows, maps_dir, protocol)
     run.run(mine, progress=progress and world.main)
     with distributed.writing_part(final) as part:
         run.per_layer().to_parquet(part / "per_layer.parquet", index=False)
@@ -405,6 +409,7 @@ def register(subparsers) -> None:
     p.add_argument("--bbox-format", choices=BOX_FORMATS, default=None,
                    help="read every published box as [x, y, w, h] or [x0, y0, x1, y1], overriding the records' "
                         "bbox_format and the authors' rule (xywh under Slake*, in the older and COCO files)")
+    add_protocol_args(p, ("box_mapping", "xyxy_maxima", "head_norm", "min_pixels", "max_pixels"))
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_chat_template_arg(p)
@@ -414,6 +419,7 @@ def register(subparsers) -> None:
 
 def _main(args) -> int:
     from vgmed_eval.adapters import load_adapter
+    from vgmed_eval.adapters.qwen import set_pixel_bounds
 
     q_types = tuple(t.strip() for t in args.q_types.split(",") if t.strip())
     unknown = [t for t in q_types if t not in Q_TYPES]
@@ -434,13 +440,20 @@ def _main(args) -> int:
                                placement=placement.from_args(args, world.local_rank, world.local_size))
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--model {args.model}: cannot load: {exc}") from exc
+    protocol = resolve(args)
+    try:
+        set_pixel_bounds(adapter, protocol.min_pixels, protocol.max_pixels,
+                         explicit=args.min_pixels is not None or args.max_pixels is not None)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     try:
         layers = parse_layers(args.layers, adapter.n_layers)
     except ValueError as exc:
         raise SystemExit(f"--layers: {exc}") from exc
     common = dict(layers=layers, batch_size=args.batch_size, rows=args.rows, save_maps=args.save_maps,
                   limit=args.limit, q_types=q_types, n_boot=args.bootstrap, progress=not args.no_progress,
-                  images=args.images, reading=BoxReading(format=args.bbox_format))
+                  images=args.images, reading=BoxReading(format=args.bbox_format, xyxy_maxima=protocol.xyxy_maxima),
+                  protocol=protocol)
     targets = [(args.release, args.out, False)]
     if args.control_release is not None:
         targets.append((args.control_release, args.out / "control", True))

@@ -82,15 +82,20 @@ def load_heads(path: str | Path) -> tuple[tuple[tuple[int, int], ...], int, str 
         raise HeadsFileError(f"{path}: heads file not found") from None
     except json.JSONDecodeError as exc:
         raise HeadsFileError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    return heads_from(data, str(path))
+
+
+def heads_from(data: dict, where: str) -> tuple[tuple[tuple[int, int], ...], int, str | None]:
+    """(heads, knockout_layer, model) from a heads mapping (a heads file's content or published heads)."""
     try:
         heads = tuple((int(layer), int(head)) for layer, head in data["heads"])
         layer = int(data["knockout_layer"])
     except (KeyError, TypeError, ValueError) as exc:
         raise HeadsFileError(
-            f"{path}: expected {{'knockout_layer': int, 'heads': [[layer, head], ...]}} ({exc!r})"
+            f"{where}: expected {{'knockout_layer': int, 'heads': [[layer, head], ...]}} ({exc!r})"
         ) from None
     if not heads:
-        raise HeadsFileError(f"{path}: 'heads' is empty")
+        raise HeadsFileError(f"{where}: 'heads' is empty")
     return heads, layer, data.get("model")
 
 

@@ -147,3 +147,21 @@ class Qwen3VLAdapter(QwenVLAdapter):
         return tiny_text_config(vocab, head_dim=16, rope_parameters=dict(
             rope_type="default", mrope_section=[2, 3, 3], mrope_interleaved=True, rope_theta=1e6))
 
+
+
+def set_pixel_bounds(adapter: Adapter, min_pixels: int | None, max_pixels: int | None, explicit: bool = True) -> None:
+    """Qwen-VL's image bounds (``--min-pixels`` / ``--max-pixels``): what the processor resizes every image
+    into, and so the token grid; the published runs use 784 and 50176 (224 x 224). Other families have
+    no such bounds: given ``explicit``ly that is an error, from a protocol they do not apply."""
+    if min_pixels is None and max_pixels is None:
+        return
+    if not isinstance(adapter, QwenVLAdapter):
+        if not explicit:
+            return
+        raise ValueError(f"--min-pixels / --max-pixels apply to Qwen-VL models only, not {adapter.family}")
+    ip = adapter.image_processor
+    low = min_pixels if min_pixels is not None else size_value(ip.size, "shortest_edge")
+    high = max_pixels if max_pixels is not None else size_value(ip.size, "longest_edge")
+    if not 0 < low <= high:
+        raise ValueError(f"--min-pixels {low} must be positive and at most --max-pixels {high}")
+    ip.size = type(ip.size)(shortest_edge=low, longest_edge=high)

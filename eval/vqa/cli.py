@@ -19,9 +19,10 @@ from tqdm import tqdm
 from vgmed_eval import distributed, placement
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
+from vgmed_eval.protocol import PUBLISHED_HEADS, Protocol, add_protocol_args, resolve
 from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError, VQAItem, get_benchmark
 from vgmed_eval.vqa.prompts import question_prompt
-from vgmed_eval.vqa.scoring import score_response, summarize
+from vgmed_eval.vqa.scoring import SCORERS, summarize
 from vgmed_eval.vqa.stats import compare
 
 from vgmed_build.commands import HelpFormatter
@@ -42,24 +43,20 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True,
                    help="checkpoint directory, hub id, or builtin:tiny-<family> (random tiny model, offline)")
     p.add_argument("--out", required=True, type=Path, help="output directory (created; reruns resume)")
-    p.add_argument("--vgrefine", type=Path, metavar="HEADS_JSON",
-                   help="answer with VGRefine using this `vgmed-eval heads` file (knockout_layer + heads)")
+    p.add_argument("--vgrefine", metavar="HEADS_JSON",
+                   help="answer with VGRefine using this `vgmed-eval heads` file (knockout_layer + heads), or "
+                        f"published:NAME for the heads the authors published ({', '.join(PUBLISHED_HEADS)})")
     p.add_argument("--compare", action="store_true",
                    help="answer every question with the baseline AND VGRefine and test the difference "
                         "(needs --vgrefine)")
     p.add_argument("--knockout-layers", type=int, nargs="+", metavar="L",
                    help="knockout layer(s); default: the knockout_layer of the heads file")
     p.add_argument("--top-k", type=int, metavar="K", help="use only the first K heads of the heads file (default: all)")
-    p.add_argument("--percentile", type=float, default=80.0,
-                   help="knock out image cells below this percentile of the triage map (the top 100-P%% stay)")
     p.add_argument("--threshold", choices=["percentile", "minmax"], default="percentile",
                    help="triage rule: percentile, or min-max-normalised map below --minmax-cutoff")
     p.add_argument("--minmax-cutoff", type=float, default=0.5, help="cutoff for --threshold minmax")
     p.add_argument("--rows", choices=["last", "question"], default="last",
                    help="triage map from the last prompt token (published) or averaged over the question tokens")
-    p.add_argument("--mode", choices=["consistent", "prefill"], default="consistent",
-                   help="consistent: knockout in the prompt pass and every decoding step; prefill: prompt pass "
-                        "only (the public code)")
     p.add_argument("--limit", type=int, metavar="N", help="answer only the first N questions (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy decoding length limit")
@@ -67,22 +64,38 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="model dtype (auto: the checkpoint's own; float32 for tiny models)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for --compare")
+    add_protocol_args(p, ("percentile", "vgrefine_mode", "mc_max_new_tokens", "scorer", "min_pixels", "max_pixels"))
     add_chat_template_arg(p)
     placement.add_arguments(p)
     p.set_defaults(func=run)
 
 
-def _config(args):
-    from vgmed_eval.vgrefine import VGRefineConfig, load_heads
+def _config(args, protocol: Protocol):
+    from vgmed_eval.vgrefine import VGRefineConfig, heads_from, load_heads
 
-    heads, layer, model = load_heads(args.vgrefine)
+    if args.vgrefine.startswith("published:"):
+        name = args.vgrefine.removeprefix("published:")
+        if name not in PUBLISHED_HEADS:
+            raise ValueError(f"--vgrefine {args.vgrefine}: no published heads of that name; known: "
+                             f"{', '.join('published:' + n for n in PUBLISHED_HEADS)}")
+        heads, layer, model = heads_from(PUBLISHED_HEADS[name], args.vgrefine)
+    else:
+        heads, layer, model = load_heads(args.vgrefine)
     if model and model != args.model:
         log.warning("heads file %s was made for %s, not %s", args.vgrefine, model, args.model)
     if args.top_k:
         heads = heads[: args.top_k]
     return VGRefineConfig(heads=heads, knockout_layers=tuple(args.knockout_layers or [layer]),
-                          percentile=args.percentile, threshold=args.threshold, minmax_cutoff=args.minmax_cutoff,
-                          rows=args.rows, mode=args.mode)
+                          percentile=protocol.percentile, threshold=args.threshold,
+                          minmax_cutoff=args.minmax_cutoff, rows=args.rows, mode=protocol.vgrefine_mode)
+
+
+def _max_new_tokens(args, protocol: Protocol, items: list[VQAItem]) -> int:
+    """``--max-new-tokens``, or the protocol's multiple-choice length when every question is multiple choice
+    (the published protocol answers with one greedy token, the letter)."""
+    if protocol.mc_max_new_tokens and items and all(it.options for it in items):
+        return protocol.mc_max_new_tokens
+    return args.max_new_tokens
 
 
 def _done_ids(path: Path) -> dict[str, dict]:
@@ -100,8 +113,8 @@ def _done_ids(path: Path) -> dict[str, dict]:
     return rows
 
 
-def _row(item: VQAItem, system: str, prompt: str, answer, benchmark: str) -> dict:
-    s = score_response(answer.text, item.answer, item.kind, item.options)
+def _row(item: VQAItem, system: str, prompt: str, answer, benchmark: str, scorer: str) -> dict:
+    s = SCORERS[scorer](answer.text, item.answer, item.kind, item.options)
     return {
         "id": item.id, "system": system, "benchmark": benchmark, "question": item.question, "prompt": prompt,
         "options": list(item.options), "response": answer.text, "gold": item.answer, "kind": item.kind,
@@ -149,6 +162,7 @@ def _error(item: VQAItem, exc: Exception) -> tuple[str, str]:
 
 def run(args) -> int:
     from vgmed_eval.adapters import load_adapter
+    from vgmed_eval.adapters.qwen import set_pixel_bounds
     from vgmed_eval.vgrefine import VGRefiner
 
     if args.compare and not args.vgrefine:
@@ -157,7 +171,8 @@ def run(args) -> int:
     try:
         world = World.from_env()
         loaded = get_benchmark(args.benchmark).load(args.data)
-        config = _config(args) if args.vgrefine else None
+        protocol = resolve(args)
+        config = _config(args, protocol) if args.vgrefine else None
     except (BenchmarkError, ValueError) as exc:
         log.error("%s", exc)
         return 2
@@ -191,7 +206,13 @@ def run(args) -> int:
         except (OSError, ValueError) as exc:
             log.error("--model %s: cannot load: %s", args.model, exc)
             return 2
-        refiner = VGRefiner(adapter, config, max_new_tokens=args.max_new_tokens)
+        try:
+            set_pixel_bounds(adapter, protocol.min_pixels, protocol.max_pixels,
+                             explicit=args.min_pixels is not None or args.max_pixels is not None)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        refiner = VGRefiner(adapter, config, max_new_tokens=_max_new_tokens(args, protocol, items))
         out_files = files
         if world.distributed:
             distributed.parts_dir(args.out).mkdir(exist_ok=True)
@@ -253,7 +274,7 @@ def _answer(args, adapter, refiner, todo: list[VQAItem], systems: list[str], don
                         prompt = adapter.prompt(question_prompt(it))
                         for system, answers in (("baseline", base), ("vgrefine", refined)):
                             if answers is not None and it.id not in done[system]:
-                                row = _row(it, system, prompt, answers[i], args.benchmark)
+                                row = _row(it, system, prompt, answers[i], args.benchmark, resolve(args).scorer)
                                 handles[system].write(json.dumps(row, ensure_ascii=False) + "\n")
                                 done[system][it.id] = row
                 for it in chunk:
@@ -313,7 +334,9 @@ def _write_results(args, items, systems, done, loaded, errors, config, elapsed, 
         "n_questions": len(items),
         "systems": {s: summarize(rows[s], keys=("kind", "modality", "category")) for s in systems},
         "vgrefine": asdict(config) if config else None,
-        "decoding": {"greedy": True, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size},
+        "protocol": resolve(args).as_dict(),
+        "decoding": {"greedy": True, "max_new_tokens": _max_new_tokens(args, resolve(args), items),
+                     "batch_size": args.batch_size},
         "load_errors": loaded.errors,
         "errors": errors,
         "timing": {"answered": answered, "processes": processes, "seconds": round(elapsed, 3),

@@ -139,6 +139,43 @@ def score_response(response: str, gold: str, kind: str, options: Sequence[str] =
     return Score(recall, recall >= 1.0, None)
 
 
+_PUBLISHED_LETTER = re.compile(r"\b([A-Z])\b")
+
+
+def published_option(response: str, options: Sequence[str]) -> str:
+    """The option letter as HuatuoGPT-Vision's evaluation takes it: a letter standing alone in the
+    response, else the option whose text occurs last in it, else the most similar option (difflib).
+    It always picks one, as theirs does."""
+    import difflib
+
+    letters = [chr(ord("A") + i) for i in range(len(options))]
+    for found in _PUBLISHED_LETTER.findall(response):
+        if found in letters:
+            return found
+    lowered = response.lower()
+    placed = [(lowered.rfind(o.lower()), letter) for letter, o in zip(letters, options, strict=True) if o.strip()]
+    placed = [(pos, letter) for pos, letter in placed if pos >= 0]
+    if placed:
+        return max(placed)[1]
+    ratios = [difflib.SequenceMatcher(None, lowered, o.lower()).ratio() for o in options]
+    return letters[ratios.index(max(ratios))]
+
+
+def score_published(response: str, gold: str, kind: str, options: Sequence[str] = ()) -> Score:
+    """The published scorers: letter matching (above) for multiple choice; for other questions, the
+    VQA-RAD notebook's containment of either answer in the other after upper-casing both."""
+    if options:
+        picked = published_option(response, options)
+        ok = picked == gold.strip().upper()
+        return Score(float(ok), ok, picked)
+    said, want = response.strip().upper(), gold.strip().upper()
+    ok = bool(said) and bool(want) and (want in said or said in want)
+    return Score(float(ok), ok, None)
+
+
+SCORERS = {"vgmed": score_response, "published": score_published}
+
+
 @dataclass(frozen=True)
 class GroupSummary:
     n: int

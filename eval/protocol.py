@@ -1,0 +1,110 @@
+"""Evaluation protocols: every choice where vgmed's default and the authors' published code differ.
+
+One :class:`Protocol` holds them all; ``--protocol published`` on ``grounding``, ``heads`` and ``vqa``
+selects :data:`PUBLISHED`, and each choice keeps its own flag, which wins over the protocol (see
+:func:`add_protocol_args` / :func:`resolve`). docs/eval.md lists every choice, both values and why
+vgmed's default differs. ``vgmed-eval reproduce`` imports :data:`PROTOCOLS` to pass the choice on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, fields, replace
+
+BOX_MAPPINGS = ("model", "resize", "pad")
+HEAD_NORMS = ("head", "mean")
+SCORERS = ("vgmed", "published")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The settings a protocol fixes (None: leave the model's / the command's own default)."""
+
+    name: str
+    box_mapping: str = "model"  # model: the model's real preprocessing; resize: plain resize; pad: pad first
+    xyxy_maxima: str = "inclusive"  # published xyxy maxima: +1 (mask min/max pixels) or used as edges
+    head_norm: str = "head"  # per-head metric: divide by the same head's general map, or by the head mean
+    min_pixels: int | None = None  # Qwen-VL image bounds (None: the checkpoint's processor settings)
+    max_pixels: int | None = None
+    percentile: float = 80.0  # VGRefine triage percentile
+    vgrefine_mode: str = "consistent"  # knockout in prefill and every decoding step, or "prefill" only
+    mc_max_new_tokens: int | None = None  # multiple choice: decode this many tokens (None: --max-new-tokens)
+    scorer: str = "vgmed"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("box_mapping", self.box_mapping, BOX_MAPPINGS),
+                                     ("head_norm", self.head_norm, HEAD_NORMS), ("scorer", self.scorer, SCORERS),
+                                     ("xyxy_maxima", self.xyxy_maxima, ("inclusive", "edges")),
+                                     ("vgrefine_mode", self.vgrefine_mode, ("consistent", "prefill"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+VGMED = Protocol("vgmed")
+PUBLISHED = Protocol(
+    "published", box_mapping="resize", xyxy_maxima="edges", head_norm="head", min_pixels=784, max_pixels=50176,
+    percentile=80.0, vgrefine_mode="prefill", mc_max_new_tokens=1, scorer="published",
+)
+PROTOCOLS = {p.name: p for p in (VGMED, PUBLISHED)}
+
+# The 20 triage heads (layer, head) and the knockout layer published for HuatuoGPT-Vision-7B.
+PUBLISHED_HEADS = {
+    "huatuogpt-vision-7b": {
+        "model": "FreedomIntelligence/HuatuoGPT-Vision-7B",
+        "knockout_layer": 16,
+        "heads": [[15, 4], [16, 5], [15, 1], [10, 6], [4, 0], [15, 24], [19, 6], [8, 3], [19, 18], [18, 10],
+                  [4, 17], [16, 2], [16, 17], [16, 1], [14, 23], [6, 18], [18, 19], [6, 11], [0, 2], [17, 26]],
+        "source": "the authors' public VGRefine code (percentile 80 in the library, 50 in the submission notebook)",
+    },
+}
+
+# flag dest -> Protocol field, for the options each command offers
+FLAGS = {
+    "box_mapping": ("--box-mapping", BOX_MAPPINGS,
+                    "how boxes become grid cells: model = through the model's real preprocessing (pad, crop, "
+                    "dynamic resolution); resize = plain resize of the image onto the grid (the authors' later "
+                    "code); pad = pad to a centred square first (their earliest notebook)"),
+    "xyxy_maxima": ("--box-edges", ("inclusive", "edges"),
+                    "published [x0, y0, x1, y1] maxima: inclusive = last pixel (+1 to the edge, vgmed); edges = "
+                    "used as edges as they are (the authors' code)"),
+    "head_norm": ("--head-norm", HEAD_NORMS,
+                  "per-head maps: divided by the same head's general map (the authors' later code) or by the "
+                  "head-averaged general map (their submission notebook)"),
+    "percentile": ("--percentile", None, "VGRefine: knock out image cells below this percentile of the triage "
+                   "map (80 in the authors' library code, 50 in their submission notebook)"),
+    "vgrefine_mode": ("--mode", ("consistent", "prefill"),
+                      "VGRefine knockout: consistent = in the prompt pass and every decoding step; prefill = "
+                      "prompt pass only (the public code)"),
+    "mc_max_new_tokens": ("--mc-max-new-tokens", None, "multiple-choice questions: decode at most this many "
+                          "tokens (the published protocol: 1, the option letter); default --max-new-tokens"),
+    "scorer": ("--scorer", SCORERS, "vgmed: our scoring; published: HuatuoGPT-Vision's letter matching with its "
+               "fallbacks for multiple choice, containment in either direction for open answers"),
+}
+PIXEL_HELP = ("Qwen-VL only: bounds on the pixels an image is resized to (the published runs: min 784, "
+              "max 50176 = 224 x 224); default: the checkpoint's processor settings")
+
+
+def add_protocol_args(p: argparse.ArgumentParser, choices: tuple[str, ...]) -> None:
+    """``--protocol`` plus the individual flags of ``choices`` (Protocol fields); all default to the protocol."""
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="vgmed",
+                   help="vgmed: vgmed's defaults; published: every choice the authors' code makes (docs/eval.md "
+                        "lists them); an individual flag below wins over the protocol")
+    for dest in choices:
+        if dest in ("min_pixels", "max_pixels"):
+            p.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=int, default=None, help=PIXEL_HELP)
+            continue
+        flag, allowed, text = FLAGS[dest]
+        kind = float if dest == "percentile" else int if dest == "mc_max_new_tokens" else str
+        p.add_argument(flag, dest=dest, choices=allowed, type=kind, default=None,
+                       help=f"{text} (default: from --protocol)")
+
+
+def resolve(args: argparse.Namespace) -> Protocol:
+    """The protocol named by ``--protocol`` with every individual flag given on the command line applied."""
+    base = PROTOCOLS[args.protocol]
+    given = {f.name: getattr(args, f.name) for f in fields(Protocol)
+             if f.name != "name" and getattr(args, f.name, None) is not None}
+    return replace(base, **given) if given else base

@@ -46,9 +46,9 @@ _ATTRIBUTE = [
     ("What contour does the {obj} have?", "lobulated", "shape"),
 ]
 _PARAPHRASE = [
-    "Would you say this image contains a {obj}?",
-    "Is any {obj} visible here?",
-    "Does the image include a {obj}?",
+    "Would you say this image shows the {obj}?",  # "the": right for any name, "grey matter" included
+    "Is the {obj} visible here?",
+    "Does the image include the {obj}?",
 ]
 
 

@@ -61,7 +61,18 @@ def test_cli_export_defaults_and_refusals(rel, capsys):
     assert (rel.with_name("rel-parquet") / "VGMED_attribute.parquet").is_file()
     assert main(["export", str(rel), "--format", "parquet", "--out", str(rel / "pq")]) == 2
     assert not (rel / "pq").exists()
-    assert "inside the release" in capsys.readouterr().out
+    inside = (rel / "pq").resolve()
+    assert capsys.readouterr().err == f"error: --out {inside} lies inside the release; choose a path outside it\n"
+
+
+@pytest.mark.parametrize("fmt, name", [("parquet", "out-parquet"), ("vqa-json", "sub/out.json")])
+def test_export_of_a_wrong_path_leaves_nothing_behind(tmp_path, capsys, fmt, name):
+    not_a_release = tmp_path / "photos"
+    not_a_release.mkdir()
+    out = tmp_path / name
+    assert main(["export", str(not_a_release), "--format", fmt, "--out", str(out)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # no empty folder or file left
 
 
 def test_export_needs_a_valid_release(rel, tmp_path):

@@ -403,7 +403,8 @@ def test_generate_on_a_real_ingest_of_the_bundled_sample(tmp_path, server_factor
     assert len(loc) == len(att) == len(regions)
     # Display names from the sources file, side words in them agree with the computed sides.
     assert all(d["status"] == "ok" and d["display_name"] in d["question"] for d in loc)
-    assert any("cerebral hemisphere" in d["question"] for d in loc)
+    assert any("grey matter of the left half of the brain" in d["question"] for d in loc)
+    assert not any("cerebral" in d["question"] or " a grey" in d["question"] for d in drafts)
     pos = {d["display_name"]: d for d in drafts if d["q_type"] == "position"}
     assert pos["descending aorta"]["status"] == "ok"
     assert pos["descending aorta"]["answer"] == regions[pos["descending aorta"]["region_id"]]["side"]

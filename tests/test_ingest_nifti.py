@@ -97,7 +97,10 @@ def test_bundled_sample_regions_have_the_right_sides_and_positions(sample_build)
         else:
             assert max(xs) <= r["width"] // 2 + 1
         assert r["source"]["item"] == "imagesTr/mni152_0000.nii.gz"     # relative, never absolute
-        assert r["pixel_spacing_mm"] == [2.0, 2.0] and r["modality"] == "MRI"
+        # 2 mm voxels rendered finer so the short side has 512 px (min_side_px); the extent is kept.
+        assert min(r["width"], r["height"]) == 512 and r["modality"] == "MRI"
+        row_mm, col_mm = r["pixel_spacing_mm"]
+        assert row_mm == pytest.approx(col_mm, rel=2e-3) and row_mm < 2.0
         x0, y0, x1, y1 = r["boxes"][0]
         assert 0 <= x0 < x1 <= r["width"] and 0 <= y0 < y1 <= r["height"]
     axial = [r for r in regions if r["plane"] == "axial"]
@@ -115,7 +118,12 @@ def test_region_pixels_agree_with_the_label_map(sample_build):
         if r["source"]["name"] != "mni152":
             continue
         value = {n: v for v, n in LABELS.items()}[r["label"]]
-        sl = lab[:, :, r["slice_index"]].T[::-1, ::-1] == value   # RAS volume: rows = -y, cols = -x
+        native = lab[:, :, r["slice_index"]].T[::-1, ::-1] == value   # RAS volume: rows = -y, cols = -x
+        # Enlarged to the rendered size by nearest neighbour: rendered pixel k shows voxel
+        # floor((k + 0.5) * n_voxels / n_pixels) (pixel edges aligned).
+        rows = np.floor((np.arange(r["height"]) + 0.5) * native.shape[0] / r["height"]).astype(int)
+        cols = np.floor((np.arange(r["width"]) + 0.5) * native.shape[1] / r["width"]).astype(int)
+        sl = native[np.ix_(rows, cols)]
         comps, n = ndimage.label(sl, structure=np.ones((3, 3)))
         sizes = np.bincount(comps.ravel())
         boxes = sorted([o[1].start, o[0].start, o[1].stop, o[0].stop]
@@ -528,7 +536,7 @@ def test_sagittal_slices_lie_in_their_hemisphere(tmp_path):
     write_pair(tmp_path / "pairs", "a", t1, labels, affine)
     cfg = sources_toml(tmp_path / "s.toml", [{"name": "mni", "kind": "nifti", "path": "pairs", "modality": "MRI",
                                                "labels": {str(v): n for v, n in LABELS.items()},
-                                               "options": {"plane": "sagittal"}}])
+                                               "options": {"plane": "sagittal", "min_side_px": 0}}])
     assert ingest(tmp_path / "b", "--sources", str(cfg)) == 0
     regions = regions_of(tmp_path / "b")
     assert len(regions) == 4 and {r["plane"] for r in regions} == {"sagittal"}

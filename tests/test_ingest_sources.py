@@ -56,7 +56,9 @@ def test_dicom_series_seg_rtstruct_end_to_end(tmp_path, capsys):
     # CT_small is axial with IOP (1,0,0 / 0,1,0): stored columns already run to the patient's left,
     # which is the radiological display, so the square keeps its pixel box; it lies at x < centre
     # in LPS, i.e. on the patient's right.
-    assert tumour["boxes"] == [[40, 30, 60, 50]] and tumour["side"] == "right"
+    # 128 x 128 px at 0.66 mm, rendered at a quarter of that (min_side_px 512): every edge x 4.
+    assert (tumour["width"], tumour["height"]) == (512, 512)
+    assert tumour["boxes"] == [[4 * 40, 4 * 30, 4 * 60, 4 * 50]] and tumour["side"] == "right"
     assert tumour["slice_index"] == 2 and tumour["plane"] == "axial"
     z0 = float(series[0].ImagePositionPatient[2])
     assert abs(tumour["slice_position_mm"] - (z0 + 10.0)) < 1e-3
@@ -136,10 +138,12 @@ def test_images2d_fundus_end_to_end(tmp_path):
     build = tmp_path / "build"
     assert ingest(build, "--source", f"images2d:{src}", "--modality", "Fundus") == 1
     (region,) = regions(build)
-    assert region["boxes"] == [[120, 40, 150, 70]] and region["label"] == "disc"
+    assert region["boxes"] == [[3 * 120, 3 * 40, 3 * 150, 3 * 70]] and region["label"] == "disc"  # 160 px: x 3
     assert region["modality"] == "Fundus" and region["side"] == "unknown"
     assert region["source"]["item"] == "images/eye1.jpg"
-    assert np.array_equal(np.asarray(Image.open(build / region["image"])), pixels)
+    # Enlarged x 3 linearly with pixel edges aligned: every third pixel, from the second, is the source's.
+    png = np.asarray(Image.open(build / region["image"]))
+    assert png.shape == (3 * pixels.shape[0], 3 * pixels.shape[1], 3) and np.array_equal(png[1::3, 1::3], pixels)
     with open_catalog(build) as catalog:
         messages = [m for (m,) in catalog.conn.execute("SELECT message FROM errors")]
     assert len(messages) == 1 and messages[0].startswith("masks/eye2_disc.png: RGB mask")
@@ -168,7 +172,9 @@ def test_bundled_dicom_sample(tmp_path):
         first = next(n for n, f in enumerate(seg.PerFrameFunctionalGroupsSequence)
                      if f.SegmentIdentificationSequence[0].ReferencedSegmentNumber == number)
         rows, cols = np.nonzero(frames[first])
-        assert found[label]["boxes"] == [[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]]
+        k = found[label]["width"] // frames.shape[2]  # 128 px rendered at 512: x 4
+        assert k == 4 and found[label]["height"] == k * frames.shape[1]
+        assert found[label]["boxes"] == [[k * cols.min(), k * rows.min(), k * (cols.max() + 1), k * (rows.max() + 1)]]
     blob = build_bytes(build)
     for value in HEADER_STRINGS:
         assert value.encode() not in blob

@@ -262,7 +262,7 @@ def test_release_help_explains_every_option():
                 assert action.help, f"{command} {action.dest} has no help"
 
 
-def test_cli_release_from_review_events(build, tmp_path, capsys, caplog):
+def test_cli_release_from_review_events(build, tmp_path, capsys):
     """The command decides from the stored review events under each policy."""
     build_dir, _, drafts = build
     split = find_draft(drafts, "liver", "attribute")
@@ -303,8 +303,10 @@ def test_cli_release_from_review_events(build, tmp_path, capsys, caplog):
     assert manifest["counts"]["records"] == len(drafts)
     assert main(["validate", str(out)]) == 0
 
-    assert main([*base, "--out", str(tmp_path / "x"), "--policy", "adjudicator"]) == 1
-    assert "needs the adjudicator" in caplog.text and not (tmp_path / "x").exists()
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "x"), "--policy", "adjudicator"]) == 2  # could not run
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "needs the adjudicator" in err and not (tmp_path / "x").exists()
 
 
 def test_interrupted_swap_is_recovered(build, tmp_path):

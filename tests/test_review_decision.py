@@ -97,3 +97,28 @@ def test_adjudicator_policy_and_adjudication_project():
         decide_draft(DRAFT, events, [], "adjudicator", None, 2)
     with pytest.raises(ValueError, match="unknown review policy"):
         decide_draft(DRAFT, events, [], "vote", None, 2)
+
+
+def test_accept_keeps_the_drafted_content_whatever_its_result_holds():
+    # An API client sends the verdict alone; a reviewer deleted the box and still chose accept.
+    bare = {**ev("r-a", "accept"), "question": "", "answer": "", "boxes": []}
+    d = decide_draft(DRAFT, [bare], [], "majority", None, 1)
+    assert d.status == "accepted" and not d.edited
+    assert (d.question, d.answer, d.boxes) == (DRAFT["question"], DRAFT["answer"], DRAFT["boxes"])
+    adjudicated = decide_draft(DRAFT, [ev("r-b", "reject")], [bare], "majority", None, 1)
+    assert adjudicated.status == "accepted" and adjudicated.boxes == DRAFT["boxes"]
+
+
+def test_an_edit_without_boxes_or_text_is_unusable_not_dropped():
+    no_box = {**ev("r-a", "edit", question="Where is the liver here?"), "boxes": []}
+    assert decide_draft(DRAFT, [no_box], [], "majority", None, 1).status == "unusable"
+    no_text = {**ev("r-a", "edit"), "answer": "  "}
+    assert decide_draft(DRAFT, [no_text], [], "majority", None, 1).status == "unusable"
+    assert decide_draft(DRAFT, [], [no_box], "majority", None, 1).status == "unusable"  # adjudicator's edit
+    # Another reviewer accepted it as drafted: the usable content wins, the broken edit is passed over.
+    both = decide_draft(DRAFT, [no_box, ev("r-b", "accept", "2026-01-01T00:00:00Z")], [], "majority", None, 2)
+    assert both.status == "accepted" and both.boxes == DRAFT["boxes"] and not both.edited
+    # A usable earlier edit is preferred to a later broken one.
+    good = ev("r-c", "edit", "2026-01-01T00:00:00Z", boxes=[[2, 2, 9, 9]])
+    mixed = decide_draft(DRAFT, [good, {**no_box, "updated_at": "2026-01-02T00:00:00Z"}], [], "majority", None, 2)
+    assert mixed.status == "accepted" and mixed.boxes == [[2, 2, 9, 9]]

@@ -131,7 +131,9 @@ def test_push_review_pull_two_reviewers(labelstudio, second_reviewer, tmp_path):
     assert set(decisions) == {acc["id"], edit["id"], rej["id"], split["id"]}  # unreviewed drafts absent
 
     s = summary(catalog, "majority")
-    assert s["decisions"] == {"accepted": 2, "rejected": 1, "disputed": 1, "pending": 0}
+    # Every draft nobody has reviewed yet is pending too.
+    assert s["decisions"] == {"accepted": 2, "rejected": 1, "unusable": 0, "disputed": 1, "pending": len(drafts) - 4}
+    assert s["unreviewed_drafts"] == len(drafts) - 4
     assert s["agreement_accept_reject"]["percent_agreement"] == pytest.approx(3 / 4)
     assert s["agreement_verdict"]["percent_agreement"] == pytest.approx(2 / 4)  # edit vs accept differs
     assert [d["draft_id"] for d in s["disputed"]] == [split["id"]]
@@ -159,6 +161,52 @@ def test_push_review_pull_two_reviewers(labelstudio, second_reviewer, tmp_path):
     )
     assert decide(catalog, "unanimous")[split["id"]].status == "accepted"
     assert before["drafts"] == dump(catalog)["drafts"]
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN / Infinity (Python's own accepts them; JSON does not)."""
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_bare_accept_keeps_the_draft_and_unusable_edits_are_counted(labelstudio, tmp_path):
+    catalog = make_build(tmp_path / "build", n_images=1)
+    push(catalog, labelstudio, progress=False)
+    ids, drafts = task_ids(catalog), drafts_of(catalog)
+    bare, broken = sorted(ids)[:2]
+    client = connect(labelstudio)
+    verdict = {"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": ["accept"]}}
+    client.annotations.create(id=ids[bare], result=[verdict])  # the verdict alone, no box, no text
+    annotate(client, ids[broken], "edit", drafts[broken], question="Where is it?", boxes=[])  # box deleted
+    build = str(catalog.build_dir)
+    pulled = _cli(["review", "pull", "--build", build], labelstudio)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "HTTP Request" not in pulled.stderr  # httpx request logs only with --verbose
+    verbose = _cli(["--verbose", "review", "pull", "--build", build, "--full"], labelstudio)
+    assert verbose.returncode == 0 and "HTTP Request" in verbose.stderr
+
+    status = _cli(["review", "status", "--build", build, "--json"], labelstudio)
+    s = _strict_json(status.stdout)  # one reviewer: kappa undefined -> null, not NaN
+    assert s["agreement_verdict"]["fleiss"] is None
+    assert s["decisions"] == {"accepted": 1, "rejected": 0, "unusable": 1, "disputed": 0, "pending": len(ids) - 2}
+    assert [d["draft_id"] for d in s["unusable"]] == [broken]
+    text = _cli(["review", "status", "--build", build], labelstudio).stdout
+    assert "unusable: 1 (accepted, but the reviewed content has no box or no text)" in text and broken in text
+
+    out = tmp_path / "release"
+    res = _cli(["release", "--build", build, "--out", str(out)], labelstudio)
+    assert res.returncode == 0, res.stderr
+    (record,) = [json.loads(line) for f in sorted(out.glob("*.jsonl")) for line in f.read_text().splitlines()]
+    d = drafts[bare]
+    assert (record["id"], record["question"], record["answer"], record["bbox"]) == (
+        bare,
+        d["question"],
+        d["answer"],
+        d["boxes"],
+    )
 
 
 def test_push_twice_updates_only_unreviewed_drafts(labelstudio, tmp_path):
@@ -322,12 +370,12 @@ def test_server_down_and_wrong_token_leave_the_catalog_unchanged(labelstudio, tm
         with pytest.raises(LabelStudioError, match="does not answer"):
             push(catalog, down, progress=False)
         res = _cli(["review", "pull", "--build", str(catalog.build_dir)], down)
-        assert res.returncode == 1 and "does not answer" in res.stderr
+        assert res.returncode == 2 and "error: " in res.stderr and "does not answer" in res.stderr
     wrong = ServerInfo(url=labelstudio.url, api_key="0" * 40, identity=labelstudio.identity)
     with pytest.raises(LabelStudioError, match="refused the API token"):
         push(catalog, wrong, progress=False)
     res = _cli(["review", "push", "--build", str(catalog.build_dir)], wrong)
-    assert res.returncode == 1 and "refused the API token" in res.stderr and "0" * 40 not in res.stderr
+    assert res.returncode == 2 and "refused the API token" in res.stderr and "0" * 40 not in res.stderr
     assert dump(catalog) == before
 
 
@@ -400,7 +448,8 @@ def test_adjudication_project_settles_disputes(labelstudio, second_reviewer, tmp
     status = _cli(["review", "status", "--build", str(catalog.build_dir), "--json"], labelstudio)
     assert json.loads(status.stdout)["decisions"]["disputed"] == 0
     text = _cli(["review", "status", "--build", str(catalog.build_dir)], labelstudio)
-    assert "decisions (majority): accepted 1, rejected 1, disputed 0, pending 0" in text.stdout
+    pending = len(ids) - 2
+    assert f"decisions (majority): accepted 1, rejected 1, unusable 0, disputed 0, pending {pending}" in text.stdout
     assert "Cohen's kappa r-" in text.stdout and "percent 0.500" in text.stdout
 
 

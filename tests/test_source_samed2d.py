@@ -108,6 +108,11 @@ def test_samed2d_end_to_end(tmp_path):
     assert main(["ingest", "--build", str(build), *flags]) == 0
     with open_catalog(build) as catalog:
         found = {r["label"]: r for r in catalog.regions()}
-    assert found["kidney"]["boxes"] == [[20, 60, 35, 80], [90, 60, 104, 82]]  # two instances, one region
-    assert found["liver"]["boxes"] == [[30, 20, 70, 50]] and found["liver"]["modality"] == "CT"
-    assert found["optic disc"]["boxes"] == [[60, 30, 80, 50]] and found["optic disc"]["modality"] == "Fundus"
+    k = 4  # 128 px images enlarged by a whole factor (min_side_px 512)
+    assert found["liver"]["width"] == k * 128
+    kidney = [[k * 20, k * 60, k * 35, k * 80], [k * 90, k * 60, k * 104, k * 82]]
+    assert found["kidney"]["boxes"] == kidney  # two instances, one region
+    assert found["liver"]["boxes"] == [[k * 30, k * 20, k * 70, k * 50]] and found["liver"]["modality"] == "CT"
+    assert found["optic disc"]["width"] == 5 * 96  # 96 px: x 5 (480 <= 512)
+    assert found["optic disc"]["boxes"] == [[5 * 60, 5 * 30, 5 * 80, 5 * 50]]
+    assert found["optic disc"]["modality"] == "Fundus"

@@ -117,9 +117,13 @@ def test_slake_end_to_end(tmp_path):
     with open_catalog(build) as catalog:
         found = {r["label"]: r for r in catalog.regions()}
         errors = [m for (m,) in catalog.conn.execute("SELECT message FROM errors")]
-    assert found["Liver"]["boxes"] == [[30, 20, 70, 50]]
-    assert found["Tumor"]["boxes"] == [[100, 100, 110, 110]]
-    assert found["Brain Tumor"]["boxes"] == [[40, 10, 55, 30]] and found["Brain Tumor"]["modality"] == "MRI"
+    k = found["Liver"]["width"] // 128  # small 2D images are enlarged by a whole factor (min_side_px)
+    assert k == 4
+    assert found["Liver"]["boxes"] == [[k * 30, k * 20, k * 70, k * 50]]
+    assert found["Tumor"]["boxes"] == [[k * 100, k * 100, k * 110, k * 110]]
+    assert found["Brain Tumor"]["width"] == 8 * 64  # 64 px: x 8
+    assert found["Brain Tumor"]["boxes"] == [[8 * 40, 8 * 10, 8 * 55, 8 * 30]]
+    assert found["Brain Tumor"]["modality"] == "MRI"
     assert found["Liver"]["source"]["item"] == "imgs/xmlab0" and found["Liver"]["side"] == "unknown"
     assert errors == ["imgs/xmlab2: neither mask.png nor detection.json; nothing to ground"]
 

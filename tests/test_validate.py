@@ -55,6 +55,14 @@ def test_clean_release_passes_cli(pristine, capsys):
     assert "vgmed release" in out and out.strip().endswith("OK")
 
 
+def test_missing_path_is_called_missing(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nowhere")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {tmp_path / 'nowhere'}: no such directory\n"
+    assert "published" not in captured.out + captured.err
+    assert validate_release(tmp_path / "nowhere").problems[0].message == "does not exist"
+
+
 def test_bad_box_and_checksum_reported_with_file_and_line(rel, capsys):
     edit_line(rel / ATTRIBUTE_FILE, 2, lambda r: r.update(bbox=[[0, 0, r["width"] + 1, 5]]))
     assert main(["validate", str(rel)]) == 1

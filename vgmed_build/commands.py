@@ -1,7 +1,8 @@
 """The shape both command lines share: subcommands contributed by modules, handlers returning exit codes.
 
 Each listed module exposes ``register(subparsers)`` and sets ``func`` on its parsers, so adding a
-command touches its own module and one list.
+command touches its own module and one list. Every command reports a failure the same way (``error:
+...`` on stderr, see :func:`fail`) and exits with one of the codes below (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -9,7 +10,36 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import sys
 from pathlib import Path
+
+EXIT_OK = 0
+EXIT_ITEM_ERRORS = 1  # the command ran; some items failed (each one reported), everything else is stored
+EXIT_FAILED = 2  # the command could not run (bad arguments or input, no build, server unreachable)
+EXIT_INCOMPLETE = 3  # stopped on purpose before the end (generate's budget) / the server is not running
+OWN_LOGGERS = ("vgmed_build", "vgmed_eval", "__main__")
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> int:
+    """Print ``error: message`` on stderr and return ``code``: the one way a command reports failure."""
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+class _OwnInfoFilter(logging.Filter):
+    """INFO and DEBUG lines from vgmed only: third-party request logs (httpx, SDKs) need --verbose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own = record.name.split(".")[0] in OWN_LOGGERS
+        return own or record.levelno >= logging.WARNING
+
+
+class _Formatter(logging.Formatter):
+    """``error: ...`` / ``warning: ...`` as :func:`fail` prints, plain text for progress messages."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -31,7 +61,12 @@ def build_parser(prog: str, description: str, version: str, modules: list[str]) 
         prog=prog, description=description, formatter_class=HelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"{prog} {version}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log debug messages, with logger names, including third-party libraries' request logs",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in modules:
         importlib.import_module(name).register(sub)
@@ -41,8 +76,11 @@ def build_parser(prog: str, description: str, version: str, modules: list[str]) 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse ``argv``, set up logging, and return the chosen handler's exit code."""
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    if args.verbose:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_Formatter("%(message)s"))
+        handler.addFilter(_OwnInfoFilter())
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     return int(args.func(args) or 0)

@@ -44,6 +44,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "window": "auto",  # auto | CT preset name | [level, width] | percentile
     "percentiles": [0.5, 99.5],  # intensity clip of MR / PET / percentile windowing
     "spacing_mm": None,  # in-plane pixel size of rendered slices (default: finest in-plane spacing)
+    "min_side_px": 512,  # enlarge smaller images / slices so the short side has this many pixels (0: never)
     "midline_mm": None,  # world x (RAS mm) of the patient midline (default: x-centre of the volume)
     "midline_margin_mm": 5.0,  # a component straddling the midline within this margin is 'midline'
     "channel": None,  # which channel of a 4D / multi-channel image to use
@@ -228,6 +229,8 @@ def normalise_options(options: Any, where: str, adapter_types: dict[str, str] | 
     for key in ("spacing_mm",):
         if out[key] is not None and (not _is_number(out[key]) or out[key] <= 0):
             raise bad(key, "a positive number of millimetres")
+    if not isinstance(out["min_side_px"], int) or isinstance(out["min_side_px"], bool) or out["min_side_px"] < 0:
+        raise bad("min_side_px", "a whole number of pixels, 0 or more (0: never enlarge)")
     for key in ("midline_mm", "midline_margin_mm"):
         if out[key] is not None and not _is_number(out[key]):
             raise bad(key, "a number of millimetres")

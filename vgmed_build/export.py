@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vgmed_build.commands import HelpFormatter
+from vgmed_build.commands import HelpFormatter, fail
 from vgmed_build.release_format import (
     ATTRIBUTE_FILE,
     MANIFEST_FILE,
@@ -69,10 +69,15 @@ class ExportError(ValueError):
     """The release cannot be exported (the message names the file and line)."""
 
 
-def read_records(release_dir: Path, name: str) -> list[dict]:
-    """Records of one question file, each checked against the release record schema."""
+def check_release(release_dir: Path) -> None:
+    """ExportError unless ``release_dir`` is a release made by `vgmed-build release` (has its manifest)."""
     if not (release_dir / MANIFEST_FILE).is_file():
         raise ExportError(f"{release_dir}: no {MANIFEST_FILE}; export works on releases made by `vgmed-build release`")
+
+
+def read_records(release_dir: Path, name: str) -> list[dict]:
+    """Records of one question file, each checked against the release record schema."""
+    check_release(release_dir)
     path = release_dir / name
     records = []
     try:
@@ -92,19 +97,21 @@ def read_records(release_dir: Path, name: str) -> list[dict]:
 def export_parquet(release_dir: str | Path, out_dir: str | Path, embed_images: bool = False) -> list[Path]:
     """Write one Parquet file per config into ``out_dir``; return their paths."""
     release_dir, out_dir = Path(release_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     schema = ARROW_SCHEMA.append(pa.field("image_bytes", pa.binary())) if embed_images else ARROW_SCHEMA
-    written = []
+    check_release(release_dir)
+    tables = {}
     for name in manifest_configs(p.name for p in release_dir.glob("*.jsonl")).values():
-        records = read_records(release_dir, name)
+        records = read_records(release_dir, name)  # everything is read and checked before anything is created
         if embed_images:
             records = [
                 {**r, "image_bytes": path_inside(release_dir, r["image"], "the release").read_bytes()} for r in records
             ]
-        table = pa.Table.from_pylist(records, schema=schema)
-        target = out_dir / (Path(name).stem + ".parquet")
-        pq.write_table(table, target)
-        written.append(target)
+        tables[Path(name).stem + ".parquet"] = pa.Table.from_pylist(records, schema=schema)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file_name, table in tables.items():
+        pq.write_table(table, out_dir / file_name)
+        written.append(out_dir / file_name)
     return written
 
 
@@ -127,10 +134,11 @@ def vqa_items(records: list[dict], image_prefix: str) -> list[dict]:
 def export_vqa_json(release_dir: str | Path, out_file: str | Path) -> Path:
     """Write the attribute file's questions as a VQA JSON list; image paths relative to ``out_file``."""
     release_dir, out_file = Path(release_dir), Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
+    records = read_records(release_dir, ATTRIBUTE_FILE)  # checked before anything is created
     prefix = os.path.relpath(release_dir.resolve(), out_file.parent.resolve()).replace(os.sep, "/")
     prefix = "" if prefix == "." else prefix + "/"
-    items = vqa_items(read_records(release_dir, ATTRIBUTE_FILE), prefix)
+    items = vqa_items(records, prefix)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(items, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return out_file
 
@@ -164,8 +172,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     suffix = "-parquet" if args.format == "parquet" else "-vqa.json"
     out = (args.out or release_dir.with_name(release_dir.name + suffix)).resolve()
     if out.is_relative_to(release_dir):
-        print(f"--out {out} lies inside the release; choose a path outside it")
-        return 2
+        return fail(f"--out {out} lies inside the release; choose a path outside it")
     try:
         if args.format == "parquet":
             for path in export_parquet(release_dir, out, embed_images=args.embed_images):
@@ -173,6 +180,5 @@ def _cmd_export(args: argparse.Namespace) -> int:
         else:
             print(f"wrote {export_vqa_json(release_dir, out)}")
     except (ExportError, OSError) as exc:
-        print(exc)
-        return 1
+        return fail(str(exc))
     return 0

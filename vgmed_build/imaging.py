@@ -81,17 +81,26 @@ class SliceGeometry:
 
 
 def slice_geometry(
-    affine: np.ndarray, shape: tuple[int, ...], plane: str, index: int, spacing_mm: float | None = None
+    affine: np.ndarray,
+    shape: tuple[int, ...],
+    plane: str,
+    index: int,
+    spacing_mm: float | None = None,
+    min_side_px: int = 0,
 ) -> SliceGeometry:
     """Geometry of slice ``index`` of a canonical volume, resampled to square pixels.
 
-    The target pixel size is ``spacing_mm`` or the finer of the two in-plane voxel sizes.
+    The target pixel size is ``spacing_mm`` or the finer of the two in-plane voxel sizes, made finer
+    still when needed so that the short side has at least ``min_side_px`` pixels: a 99 x 117 px slice
+    enlarged by the browser is a blur of squares to a reviewer, and too few patches for a model.
     """
     s_axis = SLICE_AXIS[plane]
     r_axis, c_axis = PLANE_AXES[plane]
     spacing = voxel_spacing(affine)
     target = float(spacing_mm or min(spacing[r_axis], spacing[c_axis]))
     n_r, n_c = shape[r_axis], shape[c_axis]
+    if min_side_px:
+        target = min(target, min(n_r * spacing[r_axis], n_c * spacing[c_axis]) / min_side_px)
     out = (max(1, round(n_r * spacing[r_axis] / target)), max(1, round(n_c * spacing[c_axis] / target)))
     # Rendered pixel centre (r', c') -> display pixel index -> voxel index -> world.
     scale_r, scale_c = n_r / out[0], n_c / out[1]
@@ -114,13 +123,22 @@ def slice_geometry(
 
 
 def resample(arr: np.ndarray, shape: tuple[int, int], labels: bool) -> np.ndarray:
-    """Resize a 2D slice to ``shape``, pixel edges aligned: linear for images, nearest for labels."""
-    if arr.shape == tuple(shape):
+    """Resize a 2D slice (or an (H, W, C) image) to ``shape``, pixel edges aligned: linear for images,
+    nearest for labels."""
+    if arr.shape[:2] == tuple(shape):
         return arr
-    zoom = (shape[0] / arr.shape[0], shape[1] / arr.shape[1])
+    zoom = (shape[0] / arr.shape[0], shape[1] / arr.shape[1]) + (1,) * (arr.ndim - 2)
     if labels:
         return ndimage.zoom(arr, zoom, order=0, mode="nearest", grid_mode=True)
     return ndimage.zoom(arr.astype(np.float32), zoom, order=1, mode="nearest", grid_mode=True)
+
+
+def enlargement(shape: tuple[int, int], min_side_px: int) -> int:
+    """Whole-number factor a 2D image is enlarged by: the largest that keeps the short side within
+    ``min_side_px`` (1 when the image is already at least half that). A 2D source is published as
+    given, so it is only ever enlarged by whole pixels: every box is exactly ``factor`` times its own."""
+    short = min(shape)
+    return max(1, min_side_px // short) if min_side_px and short else 1
 
 
 def ct_window(name: str) -> tuple[float, float]:

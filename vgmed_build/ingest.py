@@ -23,7 +23,7 @@ import time
 import traceback
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from vgmed_build import imaging
 from vgmed_build.catalog import Catalog, CatalogError, now_iso, open_catalog
-from vgmed_build.commands import HelpFormatter, add_build_arg
+from vgmed_build.commands import EXIT_ITEM_ERRORS, HelpFormatter, add_build_arg, fail
 from vgmed_build.config import ConfigError, check_unique_names, load_sources_file, parse_source_flag
 from vgmed_build.identifiers import WITH_PATHS_HINT, add_with_paths_arg, hide_item, item_pseudonym
 from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
@@ -237,7 +237,7 @@ def _render_volume(spec: SourceSpec, key: str, vol: Volume, modality: str, build
     else:
         structs = Structures.from_masks(spec, vol.masks)
         areas = mask_slice_areas(structs.masks, axis) if structs.masks else np.zeros((shape[axis], 0), np.int64)
-    first = imaging.slice_geometry(vol.affine, shape, plane, 0, opts["spacing_mm"])
+    first = imaging.slice_geometry(vol.affine, shape, plane, 0, opts["spacing_mm"], opts["min_side_px"])
     r_axis, c_axis = imaging.PLANE_AXES[plane]
     px_per_voxel = first.shape[0] * first.shape[1] / (shape[r_axis] * shape[c_axis])
     chosen = select_slices(areas * px_per_voxel, opts["slice_policy"], opts["min_area_px"], opts["every_n"])
@@ -246,7 +246,7 @@ def _render_volume(spec: SourceSpec, key: str, vol: Volume, modality: str, build
     midline = float(opts["midline_mm"] if opts["midline_mm"] is not None else centre[0])
     out: list[RenderedImage] = []
     for s, cols in sorted(chosen.items()):
-        geom = imaging.slice_geometry(vol.affine, shape, plane, s, opts["spacing_mm"])
+        geom = imaging.slice_geometry(vol.affine, shape, plane, s, opts["spacing_mm"], opts["min_side_px"])
         if vol.label_map is not None:
             ids = structs.id_map(imaging.display_slice(vol.label_map, plane, s))
             lab = imaging.resample(ids, geom.shape, labels=True)
@@ -300,6 +300,8 @@ def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_di
     if problem:
         raise SourceError(f"{key}: image has {problem}; nothing to render")
     opts = spec.options
+    img = _upscaled(img, opts["min_side_px"])
+    pixels = img.pixels
     found: list[tuple[int, RegionGeometry]] = []
     if img.label_map is not None:
         values = np.unique(img.label_map)
@@ -330,6 +332,23 @@ def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_di
         "window": None,
     }
     return [_write_image(spec, key, pixels, meta, modality, named, build_dir, img.categories)]
+
+
+def _upscaled(img: Image2D, min_side_px: int) -> Image2D:
+    """A small image and its labels enlarged by a whole factor towards ``min_side_px`` on the short side
+    (linear for the pixels, nearest for labels, so boxes are measured on the enlarged masks)."""
+    factor = imaging.enlargement(img.pixels.shape[:2], min_side_px)
+    if factor == 1:
+        return img
+    shape = (img.pixels.shape[0] * factor, img.pixels.shape[1] * factor)
+    pixels = np.clip(np.rint(imaging.resample(img.pixels, shape, labels=False)), 0, 255).astype(np.uint8)
+    label_map = None if img.label_map is None else imaging.resample(img.label_map, shape, labels=True)
+    masks = (
+        None
+        if img.masks is None
+        else {k: imaging.resample(m.astype(np.uint8), shape, labels=True) > 0 for k, m in img.masks.items()}
+    )
+    return replace(img, pixels=pixels, label_map=label_map, masks=masks)
 
 
 def _write_image(
@@ -820,11 +839,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         specs += [parse_source_flag(f, args.modality, args.body_part) for f in args.source]
         check_unique_names(specs, "--sources / --source")
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     if not specs:
-        print("error: nothing to ingest; give --sources FILE or --source KIND:PATH", file=sys.stderr)
-        return 2
+        return fail("nothing to ingest; give --sources FILE or --source KIND:PATH")
     try:
         with stage_lock(args.build, STAGE, args.wait):
             report = run_ingest(
@@ -837,8 +854,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 with_paths=args.with_paths,
             )
     except (CatalogError, LockBusy) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     with open_catalog(args.build) as catalog:
         n_images, n_regions = (
             catalog.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("images", "regions")
@@ -858,15 +874,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
     if report.errors and not args.with_paths:
         print(f"  ({WITH_PATHS_HINT}, e.g. `vgmed-build stats --build {args.build} --with-paths`)", file=sys.stderr)
-    return 1 if report.errors else 0
+    return EXIT_ITEM_ERRORS if report.errors else 0
 
 
 def cmd_regions(args: argparse.Namespace) -> int:
     try:
         catalog = open_catalog(args.build, create=False)
     except CatalogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     lines, bad = [], 0
     with catalog:
         for region in catalog.regions(args.source):
@@ -885,7 +900,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
     else:
         imaging.write_atomic(args.out, text.encode())
         print(f"regions: wrote {len(lines)} records to {args.out}", file=sys.stderr)
-    return 1 if bad else 0
+    return EXIT_ITEM_ERRORS if bad else 0
 
 
 def collect_stats(catalog: Catalog) -> dict[str, Any]:
@@ -918,8 +933,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     try:
         catalog = open_catalog(args.build, create=False)
     except CatalogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     with catalog:
         stats = collect_stats(catalog)
     if not args.with_paths:
@@ -948,4 +962,4 @@ def cmd_stats(args: argparse.Namespace) -> int:
         for err in stats["errors"]:
             text = err["message"] if err["message"].startswith(err["item"]) else f"{err['item']}: {err['message']}"
             print(f"  [{err['source']}] {text}")
-    return 1 if stats["errors"] else 0
+    return EXIT_ITEM_ERRORS if stats["errors"] else 0

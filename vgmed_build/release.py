@@ -30,7 +30,7 @@ from tqdm import tqdm
 from vgmed_build import __version__
 from vgmed_build.card import render_card
 from vgmed_build.catalog import Catalog, CatalogError, open_catalog
-from vgmed_build.commands import HelpFormatter, add_build_arg
+from vgmed_build.commands import EXIT_ITEM_ERRORS, HelpFormatter, add_build_arg, fail
 from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
 from vgmed_build.lock import LockBusy, add_wait_arg, hold, out_lock_path
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
@@ -89,12 +89,12 @@ class ReleaseReport:
 def review_facts(decision: Decision | None, include_unreviewed: bool) -> dict | None:
     """The review block of a record, or None when the draft stays out of the release.
 
-    Accepted drafts always go in with their reviewed text and boxes; rejected ones never do; the rest
-    (no events yet, pending, disputed) only in previews, with their drafted text.
+    Accepted drafts always go in with their reviewed text and boxes; rejected and unusable ones never
+    do; the rest (no events yet, pending, disputed) only in previews, with their drafted text.
     """
     if decision is not None and decision.status == "accepted":
         status = "accepted"
-    elif include_unreviewed and (decision is None or decision.status != "rejected"):
+    elif include_unreviewed and (decision is None or decision.status not in ("rejected", "unusable")):
         status = "unreviewed" if decision is None else decision.status
     else:
         return None
@@ -450,8 +450,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
         forbid = tuple(load_forbid_file(args.forbid_file)) if args.forbid_file else ()
         catalog = open_catalog(args.build, create=False)
     except (ForbidFileError, CatalogError) as exc:
-        log.error("%s", exc)
-        return 2
+        return fail(str(exc))
     options = ReleaseOptions(
         name=args.name,
         version=args.release_version,
@@ -469,8 +468,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
                 decisions = decide(catalog, policy=args.policy, adjudicator=args.adjudicator)
                 report = build_release(catalog, out, decisions, options)
         except (ReleaseError, ValueError, LockBusy) as exc:
-            log.error("%s", exc)
-            return 1
+            return fail(str(exc))
     counts = report.counts
     kind = "PREVIEW release (includes unreviewed items)" if options.include_unreviewed else "release"
     print(f"wrote {kind} {report.out_dir}: {counts['records']} questions on {counts['images']} images")
@@ -480,5 +478,5 @@ def _cmd_release(args: argparse.Namespace) -> int:
         print(f"{len(report.skipped)} accepted drafts left out because of errors (see `vgmed-build stats`):")
         for message in report.skipped:
             print(f"  {message}")
-        return 1
+        return EXIT_ITEM_ERRORS
     return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import yaml
 from PIL import Image
 
 from vgmed_build.card import CARD_MARK, PREVIEW_MARK, REQUIRED_SECTIONS
-from vgmed_build.commands import HelpFormatter
+from vgmed_build.commands import EXIT_ITEM_ERRORS, HelpFormatter, fail
 from vgmed_build.identifiers import (
     Forbidden,
     ForbidFileError,
@@ -146,7 +145,7 @@ def validate_release(
     forbid = forbid or []
     report = ValidationReport(root=root, kind=layout, images_dir=images, reading=reading)
     if not root.is_dir():
-        report.add(str(root), 0, "not a directory")
+        report.add(str(root), 0, "not a directory" if root.exists() else "does not exist")
         return report
     has_manifest = (root / MANIFEST_FILE).is_file()
     if layout == "published":
@@ -552,8 +551,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     try:
         forbid = load_forbid_file(args.forbid_file) if args.forbid_file else []
     except ForbidFileError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        return fail(str(exc))
+    if not args.dir.is_dir():
+        return fail(f"{args.dir}: {'not a directory' if args.dir.exists() else 'no such directory'}")
     report = validate_release(
         args.dir,
         forbid,
@@ -575,4 +575,4 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if not report.problems and report.kind == "published":
         verdict = "layout OK (no checksums checked: the published layout has none)"
     print(f"{args.dir}: {kind}, {report.n_records} records, {report.n_images} images: {verdict}")
-    return 1 if report.problems else 0
+    return EXIT_ITEM_ERRORS if report.problems else 0

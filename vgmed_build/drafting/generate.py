@@ -297,10 +297,10 @@ class _Generator:
         prompts = self.prompts.for_region(region)
         if spec.q_type == "position":
             tpl = prompts.position[pick_slots(region["id"], len(prompts.position), 1)[0]]
-            return Proposal(tpl.fill({"obj": name}), region["side"], tpl, base)
+            return Proposal(tpl.ask_about(name), region["side"], tpl, base)
         if spec.q_type == "localization":
             tpl = prompts.localization[spec.slot]
-            question = tpl.fill({"obj": name})
+            question = tpl.ask_about(name)
             if spec.drafter == "templates":
                 return Proposal(question, "yes", tpl, base)
             return await self._llm_paraphrase(region, spec, tpl, question)

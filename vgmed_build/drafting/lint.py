@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vgmed_build.drafting.wording import article_before_mass_noun
 from vgmed_build.resources import schema_problems
 
 
@@ -87,6 +88,12 @@ def rule_single_question(draft: dict, ctx: LintContext) -> str | None:
     if match:
         return f"single_question: compound question ('{match.group(0)}')"
     return None
+
+
+def rule_article(draft: dict, ctx: LintContext) -> str | None:
+    """No "a"/"an" before a mass noun ("Does the image contain a grey matter ...?")."""
+    phrase = article_before_mass_noun(draft["question"], ctx.names)
+    return f"article: '{phrase}' (a mass noun takes no 'a'/'an')" if phrase else None
 
 
 def rule_length(draft: dict, ctx: LintContext) -> str | None:
@@ -181,6 +188,7 @@ RULES: list[Callable[[dict, LintContext], str | None]] = [
     rule_schema,
     rule_names_target,
     rule_single_question,
+    rule_article,
     rule_length,
     rule_answer_hidden,
     rule_side,

@@ -63,9 +63,6 @@ def install_log_redaction() -> None:
     for handler in root.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
-    # httpx/openai log every request at INFO/DEBUG; one line per request drowns the progress output.
-    for name in ("httpx", "httpcore", "httpx2", "httpcore2", "openai"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @dataclass

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import yaml
 
+from vgmed_build.drafting.wording import name_values, sentence
 from vgmed_build.resources import resource_dir
 from vgmed_build.sources.base import NATURAL_MODALITY
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 NATURAL_FOLDER = "natural"
 _NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five"]
+TARGET_PLACEHOLDERS = ("obj", "a_obj", "the_obj")
 
 
 class TemplateError(ValueError):
@@ -50,6 +52,11 @@ class Template:
             return str(values[key])
 
         return _PLACEHOLDER.sub(sub, self.text)
+
+    def ask_about(self, name: str) -> str:
+        """The question about the target ``name``: articles and number agree with it ("grey matter",
+        "an aorta", "kidneys are"), first letter upper case (see ``wording``)."""
+        return sentence(self.fill(name_values(name)))
 
 
 @dataclass(frozen=True)
@@ -138,8 +145,10 @@ def _load_set(folder: Path, fallback: Path, prefix: str) -> Prompts:
         folder=folder,
     )
     for tpl in prompts.localization + prompts.position + [a.question for a in attributes.values()]:
-        if "{obj}" not in tpl.text:
-            raise TemplateError(f"{folder}: template {tpl.name} ({tpl.text!r}) does not contain {{obj}}")
+        if not any(f"{{{key}}}" in tpl.text for key in TARGET_PLACEHOLDERS):
+            raise TemplateError(
+                f"{folder}: template {tpl.name} ({tpl.text!r}) names no target ({{obj}}, {{a_obj}} or {{the_obj}})"
+            )
     return prompts
 
 
@@ -241,7 +250,7 @@ def attribute_from_template(prompts: Prompts, region: dict, slot: int) -> tuple[
     if not profile:
         return None
     rule = prompts.attributes[profile[(region_offset(region["id"], len(profile)) + slot) % len(profile)]]
-    question = rule.question.fill({"obj": target_name(region)})
+    question = rule.question.ask_about(target_name(region))
     return rule.question, question, ATTRIBUTE_ANSWERS[rule.answer](region, prompts.thresholds)
 
 

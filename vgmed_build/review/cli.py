@@ -8,11 +8,11 @@ import math
 import sys
 
 from vgmed_build.catalog import CatalogError, open_catalog
-from vgmed_build.commands import HelpFormatter, add_build_arg
+from vgmed_build.commands import EXIT_INCOMPLETE, HelpFormatter, add_build_arg, fail
 from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
 from vgmed_build.review import agreement
 from vgmed_build.review.api import EXPORT_CONCURRENCY
-from vgmed_build.review.decision import POLICIES, decide, review_events
+from vgmed_build.review.decision import POLICIES, STATUSES, decide, review_events
 from vgmed_build.review.push import ADJUDICATION, BATCH_SIZE, REVIEW, project_state, push
 from vgmed_build.review.server import (
     LabelStudioError,
@@ -210,11 +210,6 @@ def _add_policy(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
-
-
 # ---------------------------------------------------------------- labelstudio
 
 
@@ -231,7 +226,7 @@ def _cmd_ls_start(args) -> int:
             args.build, document_root=args.document_root, port=args.port, timeout=args.timeout, workers=args.workers
         )
     except LabelStudioError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     _print_login(info, args.build)
     return 0
 
@@ -245,7 +240,7 @@ def _cmd_ls_status(args) -> int:
     info = server_status(args.build)
     if info is None:
         print(f"not running (start it with `vgmed-build labelstudio start --build {args.build}`)")
-        return 3
+        return EXIT_INCOMPLETE
     print(f"running (pid {info.pid}), serving files under {info.document_root}")
     _print_login(info, args.build)
     return 0
@@ -255,7 +250,7 @@ def _cmd_ls_invite(args) -> int:
     try:
         print(invite_url(resolve_server(args.build, args.url, document_root=args.document_root)))
     except LabelStudioError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     return 0
 
 
@@ -313,7 +308,7 @@ def _cmd_push(args) -> int:
                     progress=not args.no_progress,
                 )
     except (LabelStudioError, CatalogError, ValueError, LockBusy) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(
         f"{report.project} project {report.project_id} at {server.url}/projects/{report.project_id}/data: "
         f"{report.created} new, {report.updated} updated, {report.unchanged} unchanged, "
@@ -333,7 +328,7 @@ def _cmd_pull(args) -> int:
                 catalog, server, progress=not args.no_progress, concurrency=args.concurrency, full=args.full
             )
     except (LabelStudioError, CatalogError, LockBusy) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(
         f"pulled {report.new_events} new review event(s); {report.known_events} already stored, "
         f"{report.skipped} skipped annotation(s), {len(report.errors)} problem(s)"
@@ -346,28 +341,33 @@ def _cmd_pull(args) -> int:
 def summary(catalog, policy: str = "majority", adjudicator: str | None = None, limit: int = 20) -> dict:
     """Progress, decisions and agreement of the build's review, from the catalog alone."""
     decisions = decide(catalog, policy, adjudicator)
-    n_ok = catalog.conn.execute("SELECT COUNT(*) FROM drafts WHERE status='ok'").fetchone()[0]
+    ok_ids = {i for (i,) in catalog.conn.execute("SELECT id FROM drafts WHERE status='ok'")}
     pushed = dict(catalog.conn.execute("SELECT project, COUNT(*) FROM review_tasks GROUP BY project").fetchall())
-    counts = {s: 0 for s in ("accepted", "rejected", "disputed", "pending")}
+    counts = {s: 0 for s in STATUSES}
     for d in decisions.values():
         counts[d.status] += 1
+    unreviewed = len(ok_ids - set(decisions))  # no verdict yet: pending too
+    counts["pending"] += unreviewed
     verdicts = {k: d.verdicts for k, d in decisions.items() if d.verdicts}
     binary = {k: {r: ("reject" if v == "reject" else "accept") for r, v in vs.items()} for k, vs in verdicts.items()}
     disputed = [{"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "disputed"]
+    unusable = [{"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "unusable"]
     state = project_state(catalog, REVIEW) or {}
     return {
         "policy": policy,
         "adjudicator": adjudicator,
-        "ok_drafts": n_ok,
+        "ok_drafts": len(ok_ids),
         "pushed": pushed,
         "reviewers_per_item": state.get("reviewers_per_item"),
         "reviewed_drafts": len(decisions),
+        "unreviewed_drafts": unreviewed,
         "fully_reviewed_drafts": sum(len(d.verdicts) >= state.get("reviewers_per_item", 1) for d in decisions.values()),
         "decisions": counts,
         "reviewers": sorted({r for vs in verdicts.values() for r in vs}),
         "agreement_verdict": agreement.summarize(verdicts),
         "agreement_accept_reject": agreement.summarize(binary),
         "disputed": disputed[:limit] if limit else disputed,
+        "unusable": unusable[:limit] if limit else unusable,
         "last_pull": catalog.get_state("review.last_pull.review"),
     }
 
@@ -376,14 +376,25 @@ def _fmt(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.3f}"
 
 
+def json_safe(value):
+    """``value`` with every NaN or infinite float replaced by None, so it serialises as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def _cmd_status(args) -> int:
     try:
         with open_catalog(args.build, create=False) as catalog:
             s = summary(catalog, args.policy, args.adjudicator, args.limit)
     except (CatalogError, ValueError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if args.json:
-        print(json.dumps(s, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+        print(json.dumps(json_safe(s), indent=2, allow_nan=False))
         return 0
     print(
         f"drafts ok: {s['ok_drafts']}; tasks pushed: {s['pushed'] or 0}; reviewers per item: "
@@ -393,7 +404,11 @@ def _cmd_status(args) -> int:
         f"reviewed: {s['reviewed_drafts']} drafts ({s['fully_reviewed_drafts']} by all required reviewers) "
         f"by {len(s['reviewers'])} reviewer(s) {', '.join(s['reviewers'])}"
     )
-    print(f"decisions ({s['policy']}): " + ", ".join(f"{k} {v}" for k, v in s["decisions"].items()))
+    print(
+        f"decisions ({s['policy']}): "
+        + ", ".join(f"{k} {v}" for k, v in s["decisions"].items())
+        + f" (of which {s['unreviewed_drafts']} without any verdict yet)"
+    )
     for key, label in (
         ("agreement_verdict", "accept/edit/reject"),
         ("agreement_accept_reject", "accept vs reject"),
@@ -406,7 +421,8 @@ def _cmd_status(args) -> int:
         )
         for c in a["cohen"]:
             print(f"  Cohen's kappa {c['raters'][0]} vs {c['raters'][1]}: {_fmt(c['kappa'])} on {c['items']} drafts")
-    print(f"disputed: {s['decisions']['disputed']}")
-    for d in s["disputed"]:
-        print(f"  {d['draft_id']}: " + ", ".join(f"{r} {v}" for r, v in sorted(d["verdicts"].items())))
+    for key, why in (("disputed", ""), ("unusable", " (accepted, but the reviewed content has no box or no text)")):
+        print(f"{key}: {s['decisions'][key]}{why if s['decisions'][key] else ''}")
+        for d in s[key]:
+            print(f"  {d['draft_id']}: " + ", ".join(f"{r} {v}" for r, v in sorted(d["verdicts"].items())))
     return 0

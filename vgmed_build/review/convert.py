@@ -14,6 +14,36 @@ from dataclasses import dataclass
 IMAGE, BOXES, QUESTION, ANSWER, VERDICT, COMMENT = "image", "bbox", "question", "answer", "verdict", "comment"
 BOX_LABEL = "target"
 VERDICTS = ("accept", "edit", "reject")
+# When a draft has several boxes, each one is labelled "box N" in its own colour, so the reviewer can
+# tell which is which on the image, in the region list and in the facts; config.xml lists the same.
+BOX_COLOURS = (
+    ("red", "#ff3b30"),
+    ("blue", "#0a84ff"),
+    ("green", "#30d158"),
+    ("orange", "#ff9f0a"),
+    ("purple", "#bf5af2"),
+    ("cyan", "#00c7be"),
+    ("yellow", "#ffd60a"),
+    ("pink", "#ff2d92"),
+)
+NUMBERED_BOXES = len(BOX_COLOURS)  # boxes beyond these are labelled plainly (BOX_LABEL)
+
+
+def box_label(index: int, n_boxes: int) -> str:
+    """The label of box ``index`` (0-based) of ``n_boxes``: plain for a single box, "box N" otherwise."""
+    return BOX_LABEL if n_boxes == 1 or index >= NUMBERED_BOXES else f"box {index + 1}"
+
+
+def box_colour(index: int, n_boxes: int) -> tuple[str, str]:
+    """(name, hex) of the colour box ``index`` is drawn in."""
+    return BOX_COLOURS[0] if box_label(index, n_boxes) == BOX_LABEL else BOX_COLOURS[index % len(BOX_COLOURS)]
+
+
+def box_labels() -> list[tuple[str, str]]:
+    """Every (label, hex colour) the config declares for boxes."""
+    return [(BOX_LABEL, BOX_COLOURS[0][1])] + [
+        (f"box {i + 1}", BOX_COLOURS[i % len(BOX_COLOURS)][1]) for i in range(NUMBERED_BOXES)
+    ]
 
 
 def boxes_to_results(boxes: list[list[int]], width: int, height: int) -> list[dict]:
@@ -32,7 +62,7 @@ def boxes_to_results(boxes: list[list[int]], width: int, height: int) -> list[di
                 "width": 100.0 * (x1 - x0) / width,
                 "height": 100.0 * (y1 - y0) / height,
                 "rotation": 0,
-                "rectanglelabels": [BOX_LABEL],
+                "rectanglelabels": [box_label(i, len(boxes))],
             },
         }
         for i, (x0, y0, x1, y1) in enumerate(boxes)

@@ -13,7 +13,11 @@ acceptance of the edited text. Policies:
 Under every policy a verdict from the adjudication project (``review push --adjudication``) settles
 the draft: the latest one wins. Until enough reviewers answered and nothing settles it, a draft is
 ``pending``. Accepted drafts carry the reviewed text and boxes: the adjudicator's, else the latest
-edit among the accepting reviewers, else the draft's own.
+edit among the accepting reviewers, else the draft's own. "accept" means "correct as drafted": it
+keeps the drafted text and boxes whatever its result holds (an API client may send the verdict
+alone; a reviewer may have deleted the box). An accepted draft whose reviewed content cannot be
+released (an edit that removed every box or emptied the text) is ``unusable``: counted, never
+released, never silently dropped.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from vgmed_build.review.push import ADJUDICATION, REVIEW, project_state
 
 POLICIES = ("unanimous", "majority", "adjudicator")
 ACCEPTING = frozenset({"accept", "edit"})
+STATUSES = ("accepted", "rejected", "unusable", "disputed", "pending")
 
 
 @dataclass
 class Decision:
     draft_id: str
-    status: str  # "accepted" | "rejected" | "disputed" | "pending"
+    status: str  # one of STATUSES
     question: str
     answer: str
     boxes: list[list[int]]
@@ -51,6 +56,41 @@ def check_policy(policy: str, adjudicator: str | None) -> None:
 
 def _side(verdict: str) -> str:
     return "accepted" if verdict in ACCEPTING else "rejected"
+
+
+def content_problem(question: str, answer: str, boxes: list[list[int]]) -> str | None:
+    """Why reviewed content cannot enter a release (no box, empty text), or None when it can."""
+    if not boxes:
+        return "no boxes"
+    if not question.strip() or not answer.strip():
+        return "empty question or answer"
+    return None
+
+
+def reviewed_content(draft: dict, event: dict) -> tuple[str, str, list[list[int]]]:
+    """What an accepting event stands for: the drafted content for "accept", the submitted one for "edit"."""
+    if event["verdict"] == "accept":
+        return draft["question"], draft["answer"], draft["boxes"]
+    return event["question"], event["answer"], event["boxes"]
+
+
+def _accepted_content(draft: dict, winner: dict | None, votes: dict[str, dict]) -> tuple[str, str, list] | None:
+    """The content an accepted draft carries, or None when every candidate is unusable.
+
+    The adjudicator's verdict decides alone; otherwise the latest usable edit among the accepting
+    reviewers, else the drafted content when someone accepted it as drafted.
+    """
+    if winner is not None:
+        content = reviewed_content(draft, winner)
+        return content if content_problem(*content) is None else None
+    accepting = sorted((ev for ev in votes.values() if ev["verdict"] in ACCEPTING), key=lambda ev: ev["updated_at"])
+    for ev in reversed([ev for ev in accepting if ev["verdict"] == "edit"]):
+        content = reviewed_content(draft, ev)
+        if content_problem(*content) is None:
+            return content
+    if any(ev["verdict"] == "accept" for ev in accepting):
+        return draft["question"], draft["answer"], draft["boxes"]
+    return None
 
 
 def _latest(events: list[dict]) -> dict[str, dict]:
@@ -99,19 +139,16 @@ def decide_draft(
         status = "disputed" if n_acc and n_rej else "pending" if n < required else ("accepted" if n_acc else "rejected")
 
     question, answer, boxes = draft["question"], draft["answer"], draft["boxes"]
-    if status == "accepted":
-        source = winner
-        if source is None:
-            accepting = sorted(
-                (ev for ev in votes.values() if ev["verdict"] in ACCEPTING), key=lambda ev: ev["updated_at"]
-            )
-            edits = [ev for ev in accepting if ev["edited"]]
-            source = (edits or accepting)[-1]
-        question, answer, boxes = source["question"], source["answer"], source["boxes"]
     if status in ("accepted", "rejected"):
         agreement = (sides.count(status) / n) if n else 1.0
     else:
         agreement = max(n_acc, n_rej) / n if n else 0.0
+    if status == "accepted":
+        content = _accepted_content(draft, winner, votes)
+        if content is None:
+            status = "unusable"
+        else:
+            question, answer, boxes = content
     return Decision(
         draft_id=draft["id"],
         status=status,

@@ -18,16 +18,17 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 from tqdm import tqdm
 
 from vgmed_build.catalog import Catalog, now_iso
+from vgmed_build.resources import resource_dir
 from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
-from vgmed_build.review.convert import draft_prediction
+from vgmed_build.review.convert import box_colour, box_label, draft_prediction
 from vgmed_build.review.server import ServerInfo, connect
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ MODEL_VERSION = "vgmed-draft"
 BATCH_SIZE = 500
 FAIL_AFTER_ENV = "VGMED_REVIEW_FAIL_AFTER_IMPORTS"
 CONFIG_PATH = Path(__file__).with_name("config.xml")
+INSTRUCTIONS_FILE = "review_instructions.md"
 HASH_KEY = "vgmed_hash"  # task data field holding the content hash, so an adopted task needs no refresh
 
 
@@ -46,13 +48,23 @@ def label_config() -> str:
     return CONFIG_PATH.read_text(encoding="utf-8")
 
 
+def instructions_html() -> str:
+    """The written instructions (``prompts/review_instructions.md``, a team edits it), as the HTML
+    Label Studio shows before the first task and from the labeling screen's instructions button."""
+    from markdown_it import MarkdownIt
+
+    text = (resource_dir("prompts") / INSTRUCTIONS_FILE).read_text(encoding="utf-8")
+    return MarkdownIt("commonmark", {"html": False}).render(text)
+
+
 @dataclass
 class DraftRow:
-    """A draft ready to push: its record and the size of its image."""
+    """A draft ready to push: its record, the size of its image and its region's record (facts)."""
 
     draft: dict
     width: int
     height: int
+    region: dict = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -75,31 +87,77 @@ class PushReport:
 def load_drafts(catalog: Catalog, ids: Iterable[str] | None = None) -> list[DraftRow]:
     """Drafts with status ok (optionally only ``ids``), with their image size, ordered by id."""
     rows = catalog.conn.execute(
-        "SELECT d.record_json, i.width, i.height FROM drafts d "
+        "SELECT d.record_json, i.width, i.height, r.record_json FROM drafts d "
         "JOIN regions r ON r.id = d.region_id JOIN images i ON i.id = r.image_id "
         "WHERE d.status = 'ok' ORDER BY d.id"
     ).fetchall()
     wanted = set(ids) if ids is not None else None
     out = []
-    for rec, w, h in rows:
+    for rec, w, h, region in rows:
         draft = json.loads(rec)
         if wanted is None or draft["id"] in wanted:
-            out.append(DraftRow(draft, int(draft.get("width") or w), int(draft.get("height") or h)))
+            width, height = int(draft.get("width") or w), int(draft.get("height") or h)
+            out.append(DraftRow(draft, width, height, json.loads(region or "{}")))
     return out
 
 
 def context_line(draft: dict) -> str:
     """Region facts shown above the image so the reviewer knows what the draft claims."""
     return (
-        f"{draft['q_type']} question · structure: {draft['display_name']} ({draft['label']}) · "
+        f"{draft['q_type']} question · structure: {_structure(draft)} · "
         f"modality: {draft['modality']} · body part: {draft.get('body_part') or '-'} · side: {draft['side']}"
     )
+
+
+def _structure(draft: dict) -> str:
+    """The display name, with the raw label only when it says something the name does not."""
+    name, label = draft["display_name"], draft["label"]
+    return name if label.lower() == name.lower() else f"{name} (label: {label})"
+
+
+FACT_KEYS = ("facts_what", "facts_where", "facts_size", "facts_source", "facts_boxes", "facts_note")
+
+
+def region_facts(draft: dict, region: dict, width: int, height: int, note: str = "") -> dict[str, str]:
+    """What a reviewer checks an answer against, one line per task data key of config.xml
+    (FACT_KEYS): structure, side and slice, area, source, and each box in image pixels (numbered and
+    coloured as on the image)."""
+    where = [f"patient side: {draft['side']} (from the scanner's coordinates)"]
+    plane = region.get("plane")
+    if plane and plane != "2d":
+        slice_text = f"{plane} slice {region.get('slice_index')}"
+        if region.get("slice_position_mm") is not None:
+            slice_text += f" at {float(region['slice_position_mm']):.1f} mm"
+        where.append(slice_text)
+    size = []
+    if "area_ratio" in region:
+        size.append(f"area: {100 * float(region['area_ratio']):.2f} % of the image")
+    if region.get("n_components") is not None:
+        size.append(f"{region['n_components']} separate part(s)")
+    size.append(f"image {width} x {height} px")
+    source = region.get("source") or {}
+    parts = [source.get("dataset") or source.get("name"), source.get("item")]
+    boxes = draft["boxes"]
+    box_texts = [
+        f"{box_label(i, len(boxes))} ({box_colour(i, len(boxes))[0]}): x {x0}-{x1}, y {y0}-{y1}"
+        for i, (x0, y0, x1, y1) in enumerate(boxes)
+    ]
+    return {
+        "facts_what": f"{_structure(draft)} · {draft['q_type']} question · {draft['modality']}, "
+        f"{draft.get('body_part') or 'body part not given'}",
+        "facts_where": " · ".join(where),
+        "facts_size": " · ".join(size),
+        "facts_source": "source: " + (" · ".join(str(v) for v in parts if v) or "not given"),
+        "facts_boxes": "boxes in pixels (right/bottom edge exclusive): " + "; ".join(box_texts),
+        "facts_note": note,
+    }
 
 
 def task_data(row: DraftRow, image_url: str, note: str = "") -> dict:
     d = row.draft
     context = context_line(d) + (f" · {note}" if note else "")
     return {
+        **region_facts(d, row.region, row.width, row.height, note),
         "image": image_url,
         "draft_id": d["id"],
         "region_id": d["region_id"],
@@ -169,7 +227,12 @@ def ensure_project(catalog: Catalog, client, server: ServerInfo, name: str, titl
     from label_studio_sdk.core.api_error import ApiError
 
     config = label_config()
-    settings = {"maximum_annotations": reviewers_per_item, "overlap_cohort_percentage": 100}
+    settings = {
+        "maximum_annotations": reviewers_per_item,
+        "overlap_cohort_percentage": 100,
+        "expert_instruction": instructions_html(),
+        "show_instruction": True,
+    }
     state = project_state(catalog, name)
     if state and state["server"] != server.identity:
         raise LabelStudioError(

@@ -322,7 +322,7 @@ def test_interrupted_swap_is_recovered(build, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "rel"]
 
 
-def test_refuses_a_users_folder_that_holds_a_manifest_json(build, tmp_path, caplog):
+def test_refuses_a_users_folder_that_holds_a_manifest_json(build, tmp_path, capsys):
     """Issue 12.1: a project folder with its own manifest.json is not a release: nothing deleted."""
     build_dir, _, _ = build
     project = tmp_path / "X"
@@ -331,9 +331,10 @@ def test_refuses_a_users_folder_that_holds_a_manifest_json(build, tmp_path, capl
     (project / "src" / "main.js").write_text("work")
     before = tree_bytes(project)
     code = main(["release", "--build", str(build_dir), "--out", str(project), "--include-unreviewed"])
-    assert code == 1
+    assert code == 2  # could not run: nothing changed
     assert tree_bytes(project) == before
-    assert 'no "format": "vgmed-release"' in caplog.text and "nothing was changed" in caplog.text
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and 'no "format": "vgmed-release"' in err and "nothing was changed" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["X", "build"]  # no temp dirs left behind
 
 

@@ -1,0 +1,171 @@
+"""The review screen in a real browser: headless Chromium (the Debian package, driven by Playwright)
+logs in to the test's Label Studio, reviews one task with mouse and keyboard, and `review pull`
+brings back exactly what it did. Also checks that the screen fits 1440 x 900 and 1366 x 768."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from labelstudio_fixture import drafts_of, make_build
+
+from vgmed_build.review.pull import pull, reviewer_id
+from vgmed_build.review.push import push
+from vgmed_build.review.server import connect
+
+pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORTS = [(1440, 900), (1366, 768)]
+# Set to a folder (e.g. docs/) to keep the screenshots of the review screen.
+SCREENSHOTS_ENV = "VGMED_REVIEW_SCREENSHOTS"
+
+
+def chromium_path() -> str:
+    found = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if found is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install -y chromium chromium-driver, as .ci/run does)")
+    return found
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),  # a fresh --user-data-dir
+            executable_path=chromium_path(),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": VIEWPORTS[0][0], "height": VIEWPORTS[0][1]},
+        )
+        context.set_default_timeout(60_000)
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def log_in(page, server) -> None:
+    page.goto(server.url + "/user/login/")
+    page.fill("input[name=email]", server.username)
+    page.fill("input[name=password]", server.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/user/login" not in url)
+
+
+def open_stream(page, server, project_id: int) -> None:
+    """Label All Tasks: the instructions come first; close them and wait for the task."""
+    page.goto(f"{server.url}/projects/{project_id}/data?labeling=1")
+    page.get_by_text("Labeling Instructions").wait_for()
+    assert page.get_by_text("Reviewing vgmed drafts").is_visible()  # prompts/review_instructions.md
+    page.keyboard.press("Escape")
+    page.get_by_text("Labeling Instructions").wait_for(state="hidden")
+    page.locator("[data-testid=htx-textbox-edit-button]").first.wait_for()
+    page.locator(".vgmed-image canvas").first.wait_for()
+
+
+def fits(page, width: int, height: int) -> list[str]:
+    """What of the review screen lies outside the viewport (nothing, when it fits without scrolling)."""
+    parts = {
+        "image": ".vgmed-image img",
+        "facts": ".vgmed-facts",
+        "question": "[data-testid=htx-textbox-content] >> nth=0",
+        "answer": "[data-testid=htx-textbox-content] >> nth=1",
+        "verdict": ".lsf-choices",
+        "comment": "input[name=comment]",
+        "submit": "button:has-text('Submit')",
+    }
+    outside = []
+    for name, selector in parts.items():
+        box = page.locator(selector).first.bounding_box()
+        inside = box is not None and box["x"] >= 0 and box["y"] >= 0
+        if not inside or box["x"] + box["width"] > width or box["y"] + box["height"] > height:
+            outside.append(f"{name}: {box}")
+    return outside
+
+
+def test_review_in_chromium_comes_back_exactly(labelstudio, browser_page, tmp_path):
+    page = browser_page
+    catalog = make_build(tmp_path / "build", n_images=1, q_types=("localization",))
+    drafts = drafts_of(catalog)
+    draft = drafts[sorted(drafts)[0]]
+    report = push(catalog, labelstudio, draft_ids=[draft["id"]], progress=False)
+    log_in(page, labelstudio)
+
+    # The whole screen fits at both sizes, opened at that size: image (uncropped: the picture fills
+    # its canvas exactly), facts, question, answer, verdict, comment and Submit, without scrolling.
+    keep = os.environ.get(SCREENSHOTS_ENV)
+    for width, height in VIEWPORTS:
+        page.set_viewport_size({"width": width, "height": height})
+        open_stream(page, labelstudio, report.project_id)
+        page.wait_for_timeout(500)
+        outside = fits(page, width, height)
+        assert outside == [], (width, height, outside)
+        img = page.locator(".vgmed-image img").bounding_box()
+        stage = page.locator(".vgmed-image canvas").first.bounding_box()
+        assert abs(img["width"] - stage["width"]) < 1 and abs(img["height"] - stage["height"]) < 1
+        shot = tmp_path / f"review-{width}x{height}.png"
+        page.screenshot(path=str(shot))
+        assert shot.stat().st_size > 10_000
+        if keep:
+            shutil.copy(shot, Path(keep) / shot.name)
+
+    # Edit the question in place.
+    new_question = "Is the liver visible on this axial CT slice?"
+    page.locator("[data-testid=htx-textbox-edit-button]").first.click()
+    editor = page.locator(".vgmed-form textarea:focus, .vgmed-form input:focus").first
+    editor.wait_for()
+    editor.fill(new_question)
+    editor.press("Enter")
+    page.get_by_text(new_question).wait_for()
+
+    # Move the box: 12 image pixels right and 7 down, dragged on the canvas at its display scale.
+    x0, y0, x1, y1 = draft["boxes"][0]
+    img = page.locator(".vgmed-image img").bounding_box()
+    scale = img["width"] / draft["width"]
+    dx, dy = 12, 7
+    # Grab the box by its top edge (outlines are drawn, not filled), a quarter along: the middle of
+    # an edge is the resize handle of a selected box.
+    grab_x, grab_y = img["x"] + (x0 + (x1 - x0) / 4) * scale, img["y"] + y0 * scale
+    page.mouse.click(grab_x, grab_y)
+    page.mouse.move(grab_x, grab_y)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(grab_x + dx * scale * step / 10, grab_y + dy * scale * step / 10)
+    page.mouse.up()
+
+    # Verdict, comment, and submit with the keyboard (Ctrl+Enter).
+    page.locator("label:has(input[name=edit])").click()
+    page.fill("input[name=comment]", "box moved onto the liver")
+    page.press("input[name=comment]", "Enter")  # a one-line TextArea adds its text on Enter
+    page.get_by_text("box moved onto the liver").wait_for()
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function(
+        "id => fetch('/api/tasks/' + id).then(r => r.json()).then(t => t.total_annotations > 0)",
+        arg=catalog.conn.execute("SELECT task_id FROM review_tasks").fetchone()[0],
+        polling=500,
+    )
+
+    pulled = pull(catalog, labelstudio, progress=False)
+    assert (pulled.new_events, pulled.errors) == (1, [])
+    (event,) = [json.loads(rec) for (rec,) in catalog.conn.execute("SELECT record_json FROM review_events")]
+    me = connect(labelstudio).users.whoami().id
+    assert event["reviewer"] == reviewer_id(labelstudio.identity, me)
+    assert event["verdict"] == "edit" and event["edited"]
+    assert event["question"] == new_question and event["answer"] == draft["answer"]
+    assert event["comment"] == "box moved onto the liver"
+    assert event["boxes"] == [[x0 + dx, y0 + dy, x1 + dx, y1 + dy]]

@@ -174,8 +174,10 @@ def test_preview_release_says_so(build, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["preview"] is True and manifest["review_policy"]["include_unreviewed"] is True
     assert manifest["counts"]["by_review_status"] == {"accepted": len(drafts) - 2, "unreviewed": 1}
-    first = (out / "README.md").read_text().splitlines()[0]
-    assert "PREVIEW" in first and "1 of" in first
+    lines = (out / "README.md").read_text().splitlines()
+    assert lines[0] == "---"  # the hub reads the configs only from a YAML header that opens the file
+    banner = lines[lines.index("---", 1) + 1]
+    assert "PREVIEW" in banner and "1 of" in banner
     assert validate_release(out).problems == []
 
 

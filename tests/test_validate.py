@@ -124,7 +124,8 @@ def test_preview_flag_must_match_card(rel):
     manifest = json.loads((rel / "manifest.json").read_text())
     manifest["preview"] = True
     (rel / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    assert any(p.startswith("README.md:1: first line must say it is a PREVIEW") for p in problems(rel))
+    found = problems(rel)
+    assert any("README.md:" in p and "first line after the YAML header must say it is a PREVIEW" in p for p in found)
 
 
 def test_identifiers_in_text_names_and_png_metadata(rel, tmp_path):

@@ -95,7 +95,10 @@ def render_card(manifest: dict[str, Any], licences: list[tuple[str, str]]) -> st
     policy = manifest["review_policy"]
     inclusive = manifest["bbox_convention"] == "xyxy_inclusive"
     name = manifest["name"]
-    lines = []
+    # The YAML header must open the file (the hub reads the configs from it); a preview's banner is
+    # the first line after it.
+    lines = ["---", yaml.safe_dump(front_matter(manifest, licences), sort_keys=False, allow_unicode=True).rstrip()]
+    lines.append("---")
     if manifest["preview"]:
         unreviewed = counts["records"] - counts["by_review_status"].get("accepted", 0)
         lines.append(
@@ -103,11 +106,6 @@ def render_card(manifest: dict[str, Any], licences: list[tuple[str, str]]) -> st
             f"{counts['records']} questions have not been accepted by clinical review. Do not evaluate or "
             "publish with it."
         )
-    lines.append("---")
-    lines.append(
-        yaml.safe_dump(front_matter(manifest, licences), sort_keys=False, allow_unicode=True).rstrip()
-    )
-    lines.append("---")
     box_text = (
         "`[x0, y0, x1, y1]` with **inclusive** maximum pixel indices (`bbox_convention: xyxy_inclusive`, the "
         "convention of the published VGMED files): a target that covers only pixel column 5 has "

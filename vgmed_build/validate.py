@@ -463,19 +463,22 @@ def _check_card(report: ValidationReport, manifest: dict) -> None:
         return
     lines = path.read_text(encoding="utf-8").splitlines()
     preview = bool(manifest.get("preview"))
-    first = lines[0] if lines else ""
-    if preview != (PREVIEW_MARK in first):
-        want = "say it is a PREVIEW" if preview else "not claim to be a preview"
-        report.add(CARD_FILE, 1, f"first line must {want} (manifest preview = {str(preview).lower()})")
-    start = 1 if preview else 0
+    start = 0  # the YAML header opens the card (the hub reads its configs only there)
     try:
         end = lines.index("---", start + 1)
         if lines[start] != "---":
             raise ValueError
         meta = yaml.safe_load("\n".join(lines[start + 1 : end]))
     except (ValueError, IndexError, yaml.YAMLError):
-        report.add(CARD_FILE, start + 1, "no YAML front matter (--- ... ---)")
+        report.add(CARD_FILE, start + 1, "no YAML front matter (--- ... --- on the first lines)")
         return
+    first = lines[end + 1] if len(lines) > end + 1 else ""
+    if preview != (PREVIEW_MARK in first):
+        want = "say it is a PREVIEW" if preview else "not claim to be a preview"
+        report.add(
+            CARD_FILE, end + 2, f"the first line after the YAML header must {want} (manifest preview = "
+            f"{str(preview).lower()})"
+        )
     if not isinstance(meta, dict):
         report.add(CARD_FILE, start + 1, "YAML front matter is not a mapping")
         return

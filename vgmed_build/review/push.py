@@ -120,8 +120,8 @@ FACT_KEYS = ("facts_what", "facts_where", "facts_size", "facts_source", "facts_b
 
 def region_facts(draft: dict, region: dict, width: int, height: int, note: str = "") -> dict[str, str]:
     """What a reviewer checks an answer against, one line per task data key of config.xml
-    (FACT_KEYS): structure, side and slice, area, source, and each box in image pixels (numbered and
-    coloured as on the image)."""
+    (FACT_KEYS): structure, side and slice, area, source dataset, and each box in image pixels
+    (numbered and coloured as on the image)."""
     where = [f"patient side: {draft['side']} (from the scanner's coordinates)"]
     plane = region.get("plane")
     if plane and plane != "2d":
@@ -136,7 +136,7 @@ def region_facts(draft: dict, region: dict, width: int, height: int, note: str =
         size.append(f"{region['n_components']} separate part(s)")
     size.append(f"image {width} x {height} px")
     source = region.get("source") or {}
-    parts = [source.get("dataset") or source.get("name"), source.get("item")]
+    dataset = source.get("dataset") or source.get("name")  # never the item: folder names may name a patient
     boxes = draft["boxes"]
     box_texts = [
         f"{box_label(i, len(boxes))} ({box_colour(i, len(boxes))[0]}): x {x0}-{x1}, y {y0}-{y1}"
@@ -147,7 +147,7 @@ def region_facts(draft: dict, region: dict, width: int, height: int, note: str =
         f"{draft.get('body_part') or 'body part not given'}",
         "facts_where": " · ".join(where),
         "facts_size": " · ".join(size),
-        "facts_source": "source: " + (" · ".join(str(v) for v in parts if v) or "not given"),
+        "facts_source": f"source: {dataset or 'not given'}",
         "facts_boxes": "boxes in pixels (right/bottom edge exclusive): " + "; ".join(box_texts),
         "facts_note": note,
     }

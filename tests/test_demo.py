@@ -21,7 +21,8 @@ def test_demo_runs_the_chain_on_the_bundled_sample_and_reruns_idempotently(tmp_p
     release = build / "release-preview"
     manifest = json.loads((release / "manifest.json").read_text())
     assert manifest["preview"] is True
-    assert "PREVIEW" in (release / "README.md").read_text().splitlines()[0]
+    card = (release / "README.md").read_text().splitlines()
+    assert card[0] == "---" and "PREVIEW" in card[card.index("---", 1) + 1]  # banner right below the YAML header
     assert (build / "eval" / "report" / "attention_ratio_by_layer.png").stat().st_size > 0
     # The bundled natural-image control (COCO layout) sits in the release's COCO files, and the report
     # compares it with the medical questions (the paper's Figure 3).

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+from vgmed_eval.protocol import PROTOCOLS
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ def register(subparsers) -> None:
     p.add_argument("--metric", default="attention_ratio", choices=sorted(DIRECTION),
                    help="ranking metric (attention_ratio: higher is better; kl, js: lower is better)")
     p.add_argument("--out", required=True, type=Path, help="heads JSON file to write")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
+                   help="refuse grounding results measured under another protocol (the ranking itself is the "
+                        "same in both: top-k by mean metric); the heads file records the run's protocol")
     p.set_defaults(func=_main)
 
 
@@ -66,12 +70,16 @@ def _main(args) -> int:
         raise SystemExit(f"missing grounding results: {', '.join(missing)} (run `vgmed-eval grounding` first)")
     summary_path = args.results / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    measured = (summary.get("protocol") or {}).get("name", "vgmed")
+    if args.protocol is not None and measured != args.protocol:
+        raise SystemExit(f"{summary_path}: measured under --protocol {measured}, not {args.protocol}; rerun "
+                         f"`vgmed-eval grounding --protocol {args.protocol}` first")
     try:
         chosen = select_heads(pd.read_parquet(files[0]), pd.read_parquet(files[1]), args.top_k, args.metric)
     except ValueError as exc:
         raise SystemExit(f"{args.results}: {exc}") from exc
     body = {"model": summary.get("model"), "family": summary.get("family"), **chosen,
-            "results": str(args.results)}
+            "results": str(args.results), "protocol": summary.get("protocol") or {"name": measured}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # Written whole, then renamed: ranks of a launched `reproduce` write the same file and read it next.
     scratch = args.out.with_name(f"{args.out.name}.{os.getpid()}.partial")

@@ -86,6 +86,12 @@ def test_grounding_uses_the_authors_boxes_under_published(extra, mapping, tmp_pa
                       "localization", "--protocol", "published", *extra]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocol"]["name"] == "published" and summary["protocol"]["box_mapping"] == mapping
+    heads = tmp_path / "heads.json"
+    assert eval_main(["heads", "--results", str(out), "--top-k", "2", "--out", str(heads), "--protocol",
+                      "published"]) == 0
+    assert json.loads(heads.read_text())["protocol"]["box_mapping"] == mapping
+    with pytest.raises(SystemExit, match="measured under --protocol published, not vgmed"):
+        eval_main(["heads", "--results", str(out), "--out", str(heads), "--protocol", "vgmed"])
     for number, r in ((6, XYXY_RECORDS[0]), (7, XYXY_RECORDS[1])):
         saved = np.load(out / "maps" / f"VGMED_localization_{number}.npz")
         assert saved["boxes"].tolist() == authors_boxes(r, xywh=False)  # no +1 on the maxima

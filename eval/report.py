@@ -50,8 +50,8 @@ def plot_by_layer(curves: dict[str, dict], path: Path, title: str) -> None:
         if not table:
             continue
         layers, mean, low, high = _series(table)
-        ax.plot(layers, mean, marker="o", ms=3, label=name)
-        ax.fill_between(layers, low, high, alpha=0.2)
+        (line,) = ax.plot(layers, mean, marker="o", ms=3, label=name)
+        ax.fill_between(layers, low, high, alpha=0.2, color=line.get_color(), label=f"{name}: 95% bootstrap CI")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("LLM layer")
@@ -93,6 +93,13 @@ def paint_cells(values: np.ndarray, cells: np.ndarray, width: int, height: int) 
     return canvas
 
 
+# What an overlay shows, in its title and colour bar: "a / g" alone means nothing to a reader.
+OVERLAY_NOTE = "layer {layer}: a / g = attention to each image patch for this question / for a generic prompt"
+COLOURBAR_LABEL = "a / g (above 1: looked at more than for a generic prompt)"
+RANDOM_WEIGHTS_NOTE = ("The model is a tiny built-in one with **random weights**: these numbers and plots show the "
+                       "machinery, not a finding about any real model.")
+
+
 def plot_overlay(npz_path: Path, release: Path, layer: int, path: Path) -> bool:
     """Overlay of one saved map; False when the map or its image is unavailable."""
     from PIL import Image
@@ -122,9 +129,9 @@ def plot_overlay(npz_path: Path, release: Path, layer: int, path: Path) -> bool:
     shown = ax.imshow(heat, cmap="jet", alpha=0.45)
     for x0, y0, x1, y1 in data["boxes"]:
         ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.5))
-    ax.set_title(f"{data['question']}\nlayer {layer}: a / g", fontsize=8)
+    ax.set_title(f"{data['question']}\n{OVERLAY_NOTE.format(layer=layer)}", fontsize=8)
     ax.axis("off")
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label=COLOURBAR_LABEL)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -143,6 +150,10 @@ def comparison_line(medical: dict, natural: dict, control_release: str) -> str:
                       (("medical", med), ("natural", nat)))
     return (f"Medical vs natural images (control `{control_release}`): attention ratio averaged over the "
             f"evaluated layers: {shown} (1 = no preference for the target).")
+
+
+def maps_dir_of(results: Path) -> Path:
+    return results / "maps"
 
 
 def build_report(results: Path, out: Path, control: Path | None, samples: int, layer: int | None) -> list[Path]:
@@ -186,7 +197,16 @@ def build_report(results: Path, out: Path, control: Path | None, samples: int, l
              f"Release: `{summary['release']}`; {summary['n_ok']} questions scored, {summary['n_errors']} errors "
              f"({', '.join(f'{k}: {v}' for k, v in summary.get('errors_by_kind', {}).items()) or 'none'}).",
              f"Most visually sensitive layer: {summary.get('most_sensitive_layer')}.", "", *comparison]
-    lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in written]
+    if str(model).startswith("builtin:"):
+        lines += [RANDOM_WEIGHTS_NOTE, ""]
+    lines += [f"![{p.stem.replace('_', ' ')}]({p.relative_to(out).as_posix()})" for p in written if p not in overlays]
+    if overlays:
+        lines += ["", f"## Attention overlays, layer {chosen}", "",
+                  f"Each overlay paints {OVERLAY_NOTE.split(' = ', 1)[1]} ({COLOURBAR_LABEL}) over the image; "
+                  "the white outlines are the annotated boxes.", ""]
+        for p in overlays:
+            question = str(np.load(maps_dir_of(results) / f"{p.stem}.npz")["question"])
+            lines += [f"![{question}]({p.relative_to(out).as_posix()})", "", f"*{question}*", ""]
     (out / "index.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return written + [out / "index.md"]
 

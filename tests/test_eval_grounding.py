@@ -207,7 +207,11 @@ def test_heads_and_report_cli(run, tmp_path):
         with Image.open(report / name) as im:
             assert im.width > 200 and np.asarray(im.convert("L")).std() > 5
     assert len(list((report / "overlays").glob("*.png"))) == 3
-    assert "Most visually sensitive layer" in (report / "index.md").read_text()
+    index = (report / "index.md").read_text()
+    assert "Most visually sensitive layer" in index and "random weights" in index  # builtin:tiny-llava
+    # Overlays are captioned by their question (which names the structure), never by a file hash.
+    questions = [str(np.load(p)["question"]) for p in sorted((out / "maps").glob("*.npz"))[:3]]
+    assert all(f"*{q}*" in index for q in questions) and "attention to each image patch for this question" in index
 
 
 def test_paint_cells_follows_geometry():

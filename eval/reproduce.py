@@ -31,6 +31,7 @@ from pathlib import Path
 from vgmed_eval import __version__
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import SINGLE, World
+from vgmed_eval.protocol import PROTOCOLS
 from vgmed_eval.published import COLUMNS, MODELS, PAPER, PUBLISHED, figure, published_model
 from vgmed_eval.vqa.benchmarks import BENCHMARKS
 
@@ -74,6 +75,7 @@ class Options:
     bootstrap: int = 1000
     chat_template: Path | None = None
     published_as: str | None = None
+    protocol: str = "vgmed"
 
 
 def parse_benchmark(spec: str) -> tuple[str, Path]:
@@ -93,7 +95,7 @@ def _common(o: Options) -> list[str]:
     argv += ["--device", o.device] if o.device else []
     argv += ["--limit", str(o.limit)] if o.limit is not None else []
     argv += ["--chat-template", str(o.chat_template)] if o.chat_template else []
-    return argv
+    return argv + ["--protocol", o.protocol]
 
 
 def control_release(o: Options) -> Path | None:
@@ -115,7 +117,8 @@ def plan_steps(o: Options) -> list[Step]:
         argv += ["--control-release", str(control)]
         outputs.append(g / "control" / "summary.json")
     steps = [Step("grounding", argv, outputs),
-             Step("heads", ["heads", "--results", str(g), "--top-k", str(o.top_k), "--out", str(heads)], [heads])]
+             Step("heads", ["heads", "--results", str(g), "--top-k", str(o.top_k), "--out", str(heads),
+                                   "--protocol", o.protocol], [heads])]
     for name, data in o.benchmarks.items():
         out = o.out / "vqa" / name
         steps.append(Step(f"vqa {name}", ["vqa", "--benchmark", name, "--data", str(data), "--out", str(out),
@@ -231,7 +234,7 @@ def build_report(o: Options, steps: list[Step]) -> dict:
     published_as = o.published_as or published_model(o.model)
     heads = _load_json(o.out / "heads.json")
     return {
-        "model": o.model, "vgmed": str(o.vgmed), "vgmed_eval": __version__,
+        "model": o.model, "vgmed": str(o.vgmed), "vgmed_eval": __version__, "protocol": o.protocol,
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "compared_with": published_as,
         "steps": {s.name: s.record() for s in steps},
@@ -251,7 +254,8 @@ def _cell(x, fmt: str = "{:.1f}") -> str:
 
 def render_markdown(report: dict) -> str:
     lines = [f"# Reproduction: {report['model']}", "",
-             f"VGMED release `{report['vgmed']}`; vgmed-eval {report['vgmed_eval']}; written {report['written']}. "
+             f"VGMED release `{report['vgmed']}`; vgmed-eval {report['vgmed_eval']}; protocol "
+             f"`{report['protocol']}`; written {report['written']}. "
              + (f"Compared with the published figures of **{report['compared_with']}**." if report["compared_with"]
                 else "No published model recognised in the model's name (`--published-as` names one)."),
              "", "## Steps", "", "| step | status | seconds | note |", "|---|---|---|---|"]
@@ -331,6 +335,9 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="only the first N questions of each set (a quick look)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy decoding length limit for VQA")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (grounding CIs, paired VQA)")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="vgmed",
+                   help="passed to grounding, heads and vqa: vgmed's defaults, or published = every choice the "
+                        "authors' code makes (docs/eval.md)")
     add_chat_template_arg(p)
     p.set_defaults(func=_main)
 
@@ -344,7 +351,7 @@ def _main(args) -> int:
     o = Options(model=args.model, vgmed=args.vgmed, out=args.out, benchmarks=dict(args.benchmark),
                 control=args.control_release, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                 limit=args.limit, top_k=args.top_k, max_new_tokens=args.max_new_tokens, bootstrap=args.bootstrap,
-                chat_template=args.chat_template, published_as=args.published_as)
+                chat_template=args.chat_template, published_as=args.published_as, protocol=args.protocol)
     report = reproduce(o)
     failed = [name for name, s in report["steps"].items() if s["status"] in ("failed", "not run")]
     log.info("report: %s%s", o.out / "report.md", f" ({len(failed)} step(s) failed: {', '.join(failed)})"

@@ -158,3 +158,13 @@ def test_under_torchrun_matches_one_process(run, tmp_path):
     slake = [next(v for v in r["vqa"] if v["benchmark"] == "slake") for r in (one, two)]
     assert (slake[1]["baseline"], slake[1]["vgrefine"]) == (slake[0]["baseline"], slake[0]["vgrefine"])
     assert not (out / "grounding" / "parts").exists()
+
+
+def test_protocol_reaches_every_step(tmp_path):
+    from vgmed_eval.reproduce import Options, plan_steps
+
+    release = make_release(tmp_path / "release", errors=False)
+    steps = plan_steps(Options(model="m", vgmed=release, out=tmp_path / "o", benchmarks={"slake": FIX / "slake"},
+                               protocol="published"))
+    assert [s.argv[s.argv.index("--protocol") + 1] for s in steps] == ["published"] * 3
+    assert all(s.argv.count("--protocol") == 1 for s in steps)

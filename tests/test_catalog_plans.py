@@ -1,8 +1,9 @@
 """Every catalog query a stage issues, planned by SQLite on a populated catalog: no stage may scan
 a table that grows with the dataset once per item (that is what made ingest and release quadratic).
 
-The stages run for real on the bundled sample (ingest twice, stats, regions, generate twice, review
-push / pull against the session's Label Studio, review status, release); SQLite's own trace hook
+The stages run for real on the bundled sample plus a small images2d source (ingest twice, stats,
+regions, generate twice, review push / pull against the session's Label Studio, an adopted orphan
+task, an image withdrawn from its source and re-ingest + push, review status, release); SQLite's own trace hook
 records each statement they send, and ``EXPLAIN QUERY PLAN`` says how SQLite runs it. A query that
 must read every row (an export, a whole-table load done once per run) is allowed below, by name and
 with the reason, and must then run fewer times than there are rows it could be repeated for.
@@ -18,8 +19,10 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 from ingest_fixtures import SAMPLE_SOURCES
+from PIL import Image
 from test_full_chain import review
 
 from vgmed_build.catalog import CATALOG_NAME, MIGRATIONS, open_catalog
@@ -124,8 +127,18 @@ def test_shape_and_scan_detection_on_a_known_table(tmp_path):
 def test_no_stage_scans_a_growing_table_per_item(labelstudio, traced, tmp_path, capsys):
     build = tmp_path / "build"
     b = ["--build", str(build)]
-    assert main(["ingest", *b, "--sources", str(SAMPLE_SOURCES), "--no-progress"]) == 0
-    assert main(["ingest", *b, "--sources", str(SAMPLE_SOURCES), "--no-progress", "--force"]) == 0
+    photos = tmp_path / "photos"  # an images2d source too: its mask pairing, and an item to withdraw
+    for i in range(12):
+        pixels = np.tile(np.arange(64, dtype=np.uint8) * 2 + 10 * i, (48, 1))  # a gradient: has contrast
+        mask = np.zeros((48, 64), np.uint8)
+        mask[5 + i : 20 + i, 10:30] = 255
+        for path, arr in ((f"images/img_{i:02d}.png", pixels), (f"masks/img_{i:02d}_spot.png", mask)):
+            (photos / path).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(photos / path)
+    ingest = ["ingest", *b, "--sources", str(SAMPLE_SOURCES), "--source", f"images2d:{photos}", "--modality",
+              "Dermoscopy", "--no-progress"]
+    assert main(ingest) == 0
+    assert main([*ingest, "--force"]) == 0
     assert main(["stats", *b]) == 0
     assert main(["regions", *b, "--out", str(tmp_path / "regions.jsonl")]) == 0
     assert main(["generate", *b]) == 0
@@ -146,6 +159,13 @@ def test_no_stage_scans_a_growing_table_per_item(labelstudio, traced, tmp_path, 
         own.execute("DELETE FROM review_tasks WHERE draft_id=?", (orphan,))
         own.commit()
         assert push(catalog, labelstudio, reviewers_per_item=1, progress=False).adopted == 1
+    # An image leaves its source (withdrawn consent): the next ingest withdraws it, the next push
+    # deletes its task on the server.
+    (photos / "images" / "img_03.png").unlink()
+    assert main(ingest) == 0
+    assert own.execute("SELECT COUNT(*) FROM images WHERE item_key='images/img_03.png'").fetchone()[0] == 0
+    with open_catalog(build, create=False) as catalog:
+        push(catalog, labelstudio, reviewers_per_item=1, progress=False)
     assert main(["review", "status", *b]) == 0
     assert main(["release", *b, "--out", str(tmp_path / "rel"), "--include-unreviewed"]) == 0
     capsys.readouterr()

@@ -52,9 +52,9 @@ WHOLE_TABLE = {
     "SELECT id FROM regions": "generate: the ids of the regions to draft, listed once",
     "SELECT id, region_id, status, json_extract(": "generate: what is drafted already, loaded once",
     "SELECT record_json FROM drafts WHERE status=": "release: every ok draft is a candidate record",
-    "SELECT d.record_json, i.width, i.height FROM drafts d": "review push: every ok draft becomes a task",
+    "SELECT d.record_json, i.width, i.height, r.record_json FROM drafts d": "review push: every ok draft "
+    "becomes a task",
     "SELECT id FROM drafts": "review push: the build's draft ids, once (adoption of orphan tasks)",
-    "SELECT COUNT(*) FROM drafts WHERE status=": "review status: one count",
     "SELECT project, COUNT(*) FROM review_tasks GROUP BY": "review status: tasks per project",
     "SELECT draft_id, task_id, content_hash FROM review_tasks WHERE project=": "review push: every pushed task "
     "of the project, loaded once (nearly the whole table: there are two projects)",

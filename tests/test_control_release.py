@@ -28,6 +28,17 @@ def template_lines(path: Path) -> list[str]:
             if ln.strip() and not ln.startswith("#")]
 
 
+def filled(template: str, label: str) -> str:
+    """The question a clinician expects from ``template`` for this test's labels, worked out here: the
+    medical labels are grey / white matter (mass nouns: no article, singular verb), the natural ones
+    countable singulars that the published COCO phrasings name through the bare {obj}."""
+    mass = label.split(" of ")[0].endswith("matter")
+    a_obj = label if mass else ("an " if label[0] in "aeiou" else "a ") + label
+    text = (template.replace("{a_obj}", a_obj).replace("{the_obj}", "the " + label)
+            .replace("{is}", "is").replace("{obj}", label))
+    return text[:1].upper() + text[1:]
+
+
 @pytest.fixture(scope="module")
 def release(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("control")
@@ -56,9 +67,9 @@ def test_natural_regions_go_to_the_control_files_with_their_own_templates(releas
     published = template_lines(REPO / "prompts" / "natural" / "localization.txt")
     medical_set = template_lines(REPO / "prompts" / "localization.txt")
     for r in natural["localization"]:
-        assert r["question"] in {t.replace("{obj}", r["label"]) for t in published}, r["question"]
+        assert r["question"] in {filled(t, r["label"]) for t in published}, r["question"]
     for r in medical["localization"]:
-        assert r["question"] in {t.replace("{obj}", r["label"]) for t in medical_set}, r["question"]
+        assert r["question"] in {filled(t, r["label"]) for t in medical_set}, r["question"]
     assert "Is a {obj} shown in the picture?" in published and "Is a {obj} shown in the picture?" not in medical_set
     # Attribute answers of the natural profile, checked against the region geometry worked out here.
     by_question = {r["question"]: r for r in natural["attribute"] if r["label"] == "coin"}

@@ -51,14 +51,14 @@ def test_second_generate_is_refused_with_the_holders_pid(build, capsys, caplog):
     assert main(["generate", "--build", str(build)]) == 0
 
 
-def test_second_release_to_one_out_is_refused_then_waits(build, tmp_path, caplog, capsys):
+def test_second_release_to_one_out_is_refused_then_waits(build, tmp_path, capsys):
     out = tmp_path / "rel"
     args = ["release", "--build", str(build), "--out", str(out), "--created", "2026-01-01T00:00:00Z",
             "--include-unreviewed"]
     proc = holder(out_lock_path(out), 30)
     try:
         assert main(args) == 2  # could not run (docs/cli.md), like a second generate
-        assert f"another `vgmed-build release` to {out} is running (pid {proc.pid})" in caplog.text
+        assert f"error: another `vgmed-build release` to {out} is running (pid {proc.pid})" in capsys.readouterr().err
         assert not out.exists()
     finally:
         proc.kill()

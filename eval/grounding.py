@@ -231,7 +231,7 @@ class GroundingRun:
                 self.maps_dir / f"{_safe_name(q.id)}.npz", attn=a.mean(1).reshape(shape),
                 general=g.mean(1).reshape(shape), gt=item.gt, layers=np.array(self.layers),
                 boxes=np.array(q.boxes, dtype=np.float64), image=q.image_rel, image_path=str(q.image),
-                question=q.question, box_convention=q.box_convention,
+                question=q.question, box_convention=q.box_convention, plane=q.plane,
                 cells=np.array([[item.geometry.cell_to_image(r, c) for c in range(item.geometry.cols)]
                                 for r in range(item.geometry.rows)]),
             )

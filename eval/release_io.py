@@ -39,6 +39,7 @@ class Question:
     modality: str
     source: str
     label: str = ""
+    plane: str = ""  # axial / coronal / sagittal / 2d when the record says (vgmed releases), else ""
     extra: dict = field(default_factory=dict)
     where: str = ""  # "file:line" of the record
     box_convention: str = ""  # the convention the boxes were read in
@@ -99,6 +100,7 @@ def parse_record(record: dict, root: Path, q_type: str, file_name: str, number: 
         modality=str(record.get("modality") or "unknown"),
         source=_source_name(record, file_name),
         label=str(record.get("label") or ""),
+        plane=str(record.get("plane") or ""),
         where=f"{file_name}:{number}",
         box_convention=convention,
         gt_tokens=gt_tokens,

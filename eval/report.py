@@ -100,6 +100,33 @@ RANDOM_WEIGHTS_NOTE = ("The model is a tiny built-in one with **random weights**
                        "machinery, not a finding about any real model.")
 
 
+# Patient directions at the image edges under vgmed's radiological display convention (docs/ingest.md:
+# axial and coronal slices show the patient's left on the image right, sagittal ones anterior on the left).
+EDGE_DIRECTIONS = {
+    "axial": {"left": "R", "right": "L", "top": "A", "bottom": "P"},
+    "coronal": {"left": "R", "right": "L", "top": "S", "bottom": "I"},
+    "sagittal": {"left": "A", "right": "P", "top": "S", "bottom": "I"},
+}
+
+
+def edge_directions(plane: str) -> dict[str, str] | None:
+    """The letters for each image edge of a slice in ``plane``; None for 2D images and unknown planes
+    (published records carry no plane), where a marker would be a guess."""
+    return EDGE_DIRECTIONS.get(plane)
+
+
+def _mark_edges(ax, plane: str, width: int, height: int) -> None:
+    marks = edge_directions(plane)
+    if not marks:
+        return
+    style = {"color": "white", "fontsize": 9, "fontweight": "bold",
+             "bbox": {"facecolor": "black", "alpha": 0.6, "pad": 1, "lw": 0}}
+    at = {"left": (0.02 * width, height / 2, "left", "center"), "right": (0.98 * width, height / 2, "right", "center"),
+          "top": (width / 2, 0.02 * height, "center", "top"), "bottom": (width / 2, 0.98 * height, "center", "bottom")}
+    for edge, (x, y, ha, va) in at.items():
+        ax.text(x, y, marks[edge], ha=ha, va=va, gid=f"edge-{edge}", **style)
+
+
 def plot_overlay(npz_path: Path, release: Path, layer: int, path: Path) -> bool:
     """Overlay of one saved map; False when the map or its image is unavailable."""
     from PIL import Image
@@ -129,6 +156,7 @@ def plot_overlay(npz_path: Path, release: Path, layer: int, path: Path) -> bool:
     shown = ax.imshow(heat, cmap="jet", alpha=0.45)
     for x0, y0, x1, y1 in data["boxes"]:
         ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.5))
+    _mark_edges(ax, str(data["plane"]) if "plane" in data else "", image.width, image.height)
     ax.set_title(f"{data['question']}\n{OVERLAY_NOTE.format(layer=layer)}", fontsize=8)
     ax.axis("off")
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label=COLOURBAR_LABEL)
@@ -203,7 +231,8 @@ def build_report(results: Path, out: Path, control: Path | None, samples: int, l
     if overlays:
         lines += ["", f"## Attention overlays, layer {chosen}", "",
                   f"Each overlay paints {OVERLAY_NOTE.split(' = ', 1)[1]} ({COLOURBAR_LABEL}) over the image; "
-                  "the white outlines are the annotated boxes.", ""]
+                  "the white outlines are the annotated boxes; letters at the edges of a slice give the patient's "
+                  "directions (R / L right and left, A / P anterior and posterior, S / I superior and inferior).", ""]
         for p in overlays:
             question = str(np.load(maps_dir_of(results) / f"{p.stem}.npz")["question"])
             lines += [f"![{question}]({p.relative_to(out).as_posix()})", "", f"*{question}*", ""]

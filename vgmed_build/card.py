@@ -136,9 +136,9 @@ It has {counts["records"]} questions on {counts["images"]} images in two configu
 
 Each record has `id`, `image` (path relative to this folder), `question`, `answer`, `bbox` (one box per
 connected component of the target), `bbox_convention`, `q_type`, `modality`, `body_part`, `label`,
-`side`, `area_ratio` (mask area / image area), `width`, `height`, `source` (dataset and licence) and
-`review` (status, number of reviewers, agreement, whether review edited the item). The JSON Schemas in
-`schemas/` describe the records and `manifest.json`.
+`side`, `plane` (slice plane; `2d` for 2D sources), `area_ratio` (mask area / image area), `width`,
+`height`, `source` (dataset and licence) and `review` (status, number of reviewers, agreement, whether
+review edited the item). The JSON Schemas in `schemas/` describe the records and `manifest.json`.
 
 **Box convention.** `bbox` holds pixel coordinates of the released image, {box_text}
 

@@ -46,6 +46,7 @@ ARROW_SCHEMA = pa.schema(
         ("body_part", pa.string()),
         ("label", pa.string()),
         ("side", pa.string()),
+        ("plane", pa.string()),
         ("area_ratio", pa.float64()),
         ("width", pa.int32()),
         ("height", pa.int32()),

@@ -131,6 +131,7 @@ def build_record(draft: dict, region: dict, decision: Decision | None, review: d
         "body_part": region.get("body_part") or "",
         "label": region["label"],
         "side": region.get("side") or "unknown",
+        "plane": region.get("plane") or "2d",
         "area_ratio": float(region["area_ratio"]),
         "width": width,
         "height": height,

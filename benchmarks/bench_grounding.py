@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from paper_shapes import SHAPES, converted_adapter
 from PIL import Image
-from vgmed_eval.adapters import ADAPTERS, load_adapter
+from vgmed_eval.adapters import MODEL_ADAPTERS, load_adapter
 from vgmed_eval.attention import install
-from vgmed_eval.grounding import GroundingRun, capture_maps, question_prompt
+from vgmed_eval.grounding import GroundingRun, capture_maps
 from vgmed_eval.metrics import grounding_metrics
+from vgmed_eval.prompts import GENERAL_PROMPT
+from vgmed_eval.prompts import short_answer as question_prompt
 from vgmed_eval.release_io import Question
-from vgmed_eval.vqa.prompts import GENERAL_PROMPT
 
 QUESTION_TEXTS = ["Is there a liver in the image?", "What is the shape of the lesion?",
                   "Where is the nodule located?", "Is there a mass in the left lung?"]
@@ -92,7 +93,7 @@ def real_size_adapter(shape: str, max_layers: int | None = None):
     )
 
     if shape == "llava-7b":  # llava-hf/llava-1.5-7b-hf: CLIP ViT-L/14-336 + Llama-2-7B
-        tiny = ADAPTERS["llava"].tiny()
+        tiny = MODEL_ADAPTERS["llava"].tiny()
         vision = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
                                   num_hidden_layers=depth(24), num_attention_heads=16, projection_dim=768)
         text = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=depth(32),
@@ -108,7 +109,7 @@ def real_size_adapter(shape: str, max_layers: int | None = None):
         return type(tiny)(LlavaForConditionalGeneration(config).eval(), tiny.tokenizer, ip, tiny.chat_template,
                           proc, name="random llava-1.5-7b shape")
     if shape == "qwen2vl-7b":  # Qwen/Qwen2-VL-7B-Instruct, 1024 image tokens for an 896 x 896 image
-        tiny = ADAPTERS["qwen2_vl"].tiny()
+        tiny = MODEL_ADAPTERS["qwen2_vl"].tiny()
         cfg = tiny.model.config
         text = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=depth(28), num_attention_heads=28,
                     num_key_value_heads=4, vocab_size=152064, pad_token_id=tiny.tokenizer.pad_token_id,

@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 from vgmed_eval.chat_templates import HUATUO, LLAVA_MED, PROMPTS, VICUNA, FamilyPrompt, read_template, recognise
 
-from vgmed_build.commands import HelpFormatter
+from vgmed_build import commands
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +466,7 @@ def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_temp
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "convert", formatter_class=HelpFormatter,
+        "convert", formatter_class=commands.HelpFormatter,
         help="convert an original LLaVA-format checkpoint (HuatuoGPT-Vision, LLaVA-Med, LLaVA-1.5) to transformers",
         description=__doc__,
     )
@@ -484,15 +484,15 @@ def register(subparsers) -> None:
                    help="use this known prompt instead of the one recognised from the model type and folder name "
                         "(huatuo: HuatuoGPT-Vision, llava-med: mistral_instruct, vicuna: LLaVA-1.5)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=_main)
+    p.set_defaults(func=cmd_convert)
 
 
-def _main(args) -> int:
+def cmd_convert(args) -> int:
     try:
         p = convert(args.src, args.dst, vision_tower=args.vision_tower, chat_template=args.chat_template,
                     prompt=args.prompt, progress=not args.no_progress)
     except ConvertError as exc:
-        raise SystemExit(f"convert: {exc}") from exc
+        return commands.fail(f"convert: {exc}")
     log.info("%s (%s, %s projector, prompt %s, tower from %s) -> %s", args.src, p.family.model_type, p.projector,
              p.template_name, "the checkpoint" if not p.tower_files else p.tower, args.dst)
     return 0

@@ -15,7 +15,6 @@ the same files (:mod:`vgmed_eval.distributed`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -33,11 +32,12 @@ from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
 from vgmed_eval.geometry import BoxOutsideError, GeometryError, GridGeometry, published_geometry
 from vgmed_eval.metrics import grounding_metrics
+from vgmed_eval.prompts import GENERAL_PROMPT, short_answer
 from vgmed_eval.protocol import VGMED, Protocol, add_protocol_args, resolve
 from vgmed_eval.release_io import Question, read_release
 from vgmed_eval.summary import summarise
-from vgmed_eval.vqa.prompts import GENERAL_PROMPT, SHORT_ANSWER
 
+from vgmed_build import commands
 from vgmed_build.release_format import (
     BOX_FORMATS,
     DEFAULT_READING,
@@ -48,11 +48,6 @@ from vgmed_build.release_format import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def question_prompt(question: str) -> str:
-    """The published grounding prompt."""
-    return f"{question} {SHORT_ANSWER}"
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -210,7 +205,7 @@ class GroundingRun:
             general.update(zip(paths, maps, strict=True))
         for chunk in _chunks(items, self.batch_size):
             maps = capture_maps(self.adapter, [images[it.question.image] for it in chunk],
-                                 [question_prompt(it.question.question) for it in chunk], self.layers, self.rows)
+                                 [short_answer(it.question.question) for it in chunk], self.layers, self.rows)
             for item, a in zip(chunk, maps, strict=True):
                 self._score(item, a, general[item.question.image])
 
@@ -299,7 +294,7 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
     summary = {
         "model": adapter.name, "family": adapter.family, "release": str(release),
         "layers": layers, "n_llm_layers": adapter.n_layers, "n_heads": adapter.n_heads, "rows": rows,
-        "prompt": question_prompt("{question}"), "general_prompt": GENERAL_PROMPT,
+        "prompt": short_answer("{question}"), "general_prompt": GENERAL_PROMPT,
         "protocol": protocol.as_dict(), "processes": world.size, "seconds": round(elapsed, 3),
         "questions_per_second": round(len(questions) / elapsed, 3) if elapsed > 0 else None,
         **summarise(per_layer, errors, len(questions) + len(read_errors), n_boot=n_boot),
@@ -370,7 +365,7 @@ def _merge_parts(out: Path, world: World, questions: list[Question]):
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "grounding", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "grounding", formatter_class=commands.HelpFormatter,
         help="attention ratio, KL and JS of a model on a VGMED-style release, per layer and head",
         description=__doc__,
     )
@@ -414,42 +409,34 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_chat_template_arg(p)
     placement.add_arguments(p)
-    p.set_defaults(func=_main)
+    p.set_defaults(func=cmd_grounding)
 
 
-def _main(args) -> int:
-    from vgmed_eval.adapters import load_adapter
-    from vgmed_eval.adapters.qwen import set_pixel_bounds
+def cmd_grounding(args) -> int:
+    from vgmed_eval.adapters import adapter_from_args
 
     q_types = tuple(t.strip() for t in args.q_types.split(",") if t.strip())
     unknown = [t for t in q_types if t not in Q_TYPES]
     if unknown:
-        raise SystemExit(f"unknown question type(s) {unknown}; choose from {', '.join(Q_TYPES)}")
+        return commands.fail(f"unknown question type(s) {unknown}; choose from {', '.join(Q_TYPES)}")
     if args.batch_size < 1:
-        raise SystemExit("--batch-size must be at least 1")
+        return commands.fail("--batch-size must be at least 1")
     for release in filter(None, (args.release, args.control_release)):
         if not release.is_dir():
-            raise SystemExit(f"release directory {release} does not exist")
+            return commands.fail(f"release directory {release} does not exist")
     try:
         world = World.from_env()
     except distributed.WorldError as exc:
-        raise SystemExit(str(exc)) from exc
-    try:
-        adapter = load_adapter(args.model, dtype=args.dtype, device=world.device(args.device),
-                               chat_template=args.chat_template,
-                               placement=placement.from_args(args, world.local_rank, world.local_size))
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"--model {args.model}: cannot load: {exc}") from exc
+        return commands.fail(str(exc))
     protocol = resolve(args)
     try:
-        set_pixel_bounds(adapter, protocol.min_pixels, protocol.max_pixels,
-                         explicit=args.min_pixels is not None or args.max_pixels is not None)
+        adapter = adapter_from_args(args, world, protocol)
     except ValueError as exc:
-        raise SystemExit(str(exc)) from exc
+        return commands.fail(str(exc))
     try:
         layers = parse_layers(args.layers, adapter.n_layers)
     except ValueError as exc:
-        raise SystemExit(f"--layers: {exc}") from exc
+        return commands.fail(f"--layers: {exc}")
     common = dict(layers=layers, batch_size=args.batch_size, rows=args.rows, save_maps=args.save_maps,
                   limit=args.limit, q_types=q_types, n_boot=args.bootstrap, progress=not args.no_progress,
                   images=args.images, reading=BoxReading(format=args.bbox_format, xyxy_maxima=protocol.xyxy_maxima),
@@ -457,12 +444,12 @@ def _main(args) -> int:
     targets = [(args.release, args.out, False)]
     if args.control_release is not None:
         targets.append((args.control_release, args.out / "control", True))
-    failed = False
+    code = commands.EXIT_OK
     for release, out, control in targets:
         try:
             summary = evaluate_release(adapter, release, out, control=control, world=world, **common)
         except FileNotFoundError as exc:  # no question file in the release
-            raise SystemExit(str(exc)) from exc
+            return commands.fail(str(exc))
         if summary is None:  # a rank other than 0: its part is written, rank 0 merges
             continue
         best = summary.get("most_sensitive_layer")
@@ -473,7 +460,7 @@ def _main(args) -> int:
             log.info("%s: gt_tokens agree with the boxes on %d of %d questions %s", release, gt["agree"],
                      gt["checked"], gt["agree_by_mapping"])
         if summary["n_ok"] == 0:
-            log.error("%s: no question could be evaluated (see %s)", release, out / "errors.jsonl")
-            failed = True
+            code = commands.fail(f"{release}: no question could be evaluated (see {out / 'errors.jsonl'})",
+                                 commands.EXIT_ITEM_ERRORS)
     distributed.finish(world)
-    return 1 if failed else 0
+    return code

@@ -7,7 +7,6 @@ the best mean metric over all questions. The JSON written here is what VGRefine 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 from vgmed_eval.protocol import PROTOCOLS
+
+from vgmed_build import commands
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def select_heads(per_layer: pd.DataFrame, per_head: pd.DataFrame, k: int, metric
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "heads", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "heads", formatter_class=commands.HelpFormatter,
         help="pick the most visually sensitive layer and top-k heads from a grounding run (for VGRefine)",
         description=__doc__,
     )
@@ -58,26 +59,26 @@ def register(subparsers) -> None:
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
                    help="refuse grounding results measured under another protocol (the ranking itself is the "
                         "same in both: top-k by mean metric); the heads file records the run's protocol")
-    p.set_defaults(func=_main)
+    p.set_defaults(func=cmd_heads)
 
 
-def _main(args) -> int:
+def cmd_heads(args) -> int:
     if args.top_k < 1:
-        raise SystemExit("--top-k must be at least 1")
+        return commands.fail("--top-k must be at least 1")
     files = [args.results / name for name in ("per_layer.parquet", "per_head.parquet")]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
-        raise SystemExit(f"missing grounding results: {', '.join(missing)} (run `vgmed-eval grounding` first)")
+        return commands.fail(f"missing grounding results: {', '.join(missing)} (run `vgmed-eval grounding` first)")
     summary_path = args.results / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
     measured = (summary.get("protocol") or {}).get("name", "vgmed")
     if args.protocol is not None and measured != args.protocol:
-        raise SystemExit(f"{summary_path}: measured under --protocol {measured}, not {args.protocol}; rerun "
-                         f"`vgmed-eval grounding --protocol {args.protocol}` first")
+        return commands.fail(f"{summary_path}: measured under --protocol {measured}, not {args.protocol}; rerun "
+                             f"`vgmed-eval grounding --protocol {args.protocol}` first")
     try:
         chosen = select_heads(pd.read_parquet(files[0]), pd.read_parquet(files[1]), args.top_k, args.metric)
     except ValueError as exc:
-        raise SystemExit(f"{args.results}: {exc}") from exc
+        return commands.fail(f"{args.results}: {exc}")
     body = {"model": summary.get("model"), "family": summary.get("family"), **chosen,
             "results": str(args.results), "protocol": summary.get("protocol") or {"name": measured}}
     args.out.parent.mkdir(parents=True, exist_ok=True)

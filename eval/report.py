@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vgmed_build import commands
 from vgmed_build.release_format import path_inside
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def build_report(results: Path, out: Path, control: Path | None, samples: int, l
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "report", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "report", formatter_class=commands.HelpFormatter,
         help="plots of a grounding run: ratio by layer (vs a natural control), head heatmap, overlays",
         description=__doc__,
     )
@@ -253,12 +253,12 @@ def register(subparsers) -> None:
     p.add_argument("--samples", type=int, default=6, help="number of attention overlays to draw")
     p.add_argument("--layer", type=int, default=None,
                    help="layer of the overlays (default: the most visually sensitive layer)")
-    p.set_defaults(func=_main)
+    p.set_defaults(func=cmd_report)
 
 
-def _main(args) -> int:
+def cmd_report(args) -> int:
     if not (args.results / "summary.json").exists():
-        raise SystemExit(f"{args.results}: no summary.json (run `vgmed-eval grounding` first)")
+        return commands.fail(f"{args.results}: no summary.json (run `vgmed-eval grounding` first)")
     control = args.control
     if control is None and (args.results / "control" / "summary.json").exists():
         control = args.results / "control"

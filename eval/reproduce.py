@@ -36,7 +36,6 @@ from vgmed_eval.published import COLUMNS, MODELS, PAPER, PUBLISHED, figure, publ
 from vgmed_eval.vqa.benchmarks import BENCHMARKS
 
 from vgmed_build import commands
-from vgmed_build.commands import HelpFormatter
 from vgmed_build.release_format import CONTROL_FILES
 
 log = logging.getLogger(__name__)
@@ -135,17 +134,6 @@ def _load_json(path: Path) -> dict:
         return {}
 
 
-class _ErrorLog(logging.Handler):
-    """Keeps the last error a command logged (commands that return an exit code say why in the log)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.last = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.last = record.getMessage()
-
-
 def run_steps(o: Options, steps: list[Step], world: World = SINGLE) -> None:
     """Run what is not done yet; ``OUT/steps.json`` is rewritten (by rank 0) after every step.
 
@@ -169,19 +157,16 @@ def run_steps(o: Options, steps: list[Step], world: World = SINGLE) -> None:
             continue
         log.info("%s: vgmed-eval %s", step.name, " ".join(step.argv))
         started = time.perf_counter()
-        errors = _ErrorLog()
-        logging.getLogger("vgmed_eval").addHandler(errors)
-        try:
-            args = parser.parse_args(step.argv)
-            rc = int(args.func(args) or 0)
-            failure = "" if rc == 0 else errors.last or f"exit code {rc}"
-        except SystemExit as exc:  # the commands refuse bad input this way, with the reason
-            failure = str(exc.code) if not isinstance(exc.code, int) else errors.last or f"exit code {exc.code}"
-        except Exception as exc:  # one failing step never takes the others down
-            log.exception("%s failed", step.name)
-            failure = f"{type(exc).__name__}: {exc}"
-        finally:
-            logging.getLogger("vgmed_eval").removeHandler(errors)
+        with commands.failures() as heard:
+            try:
+                args = parser.parse_args(step.argv)
+                rc = args.func(args)
+                failure = "" if rc == commands.EXIT_OK else (heard[-1] if heard else f"exit code {rc}")
+            except SystemExit as exc:  # argparse refused the step's command line (it printed why)
+                failure = f"exit code {exc.code}"
+            except Exception as exc:  # one failing step never takes the others down
+                log.exception("%s failed", step.name)
+                failure = f"{type(exc).__name__}: {exc}"
         step.seconds = round(time.perf_counter() - started, 3)
         missing = [str(p) for p in step.outputs if not p.exists()]
         if not failure and missing:
@@ -312,7 +297,7 @@ def reproduce(o: Options) -> dict:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "reproduce", formatter_class=HelpFormatter,
+        "reproduce", formatter_class=commands.HelpFormatter,
         help="the paper's pipeline for one model (grounding, heads, VQA with and without VGRefine) and a report "
              "beside the published figures",
         description=__doc__,
@@ -339,15 +324,15 @@ def register(subparsers) -> None:
                    help="passed to grounding, heads and vqa: vgmed's defaults, or published = every choice the "
                         "authors' code makes (docs/eval.md)")
     add_chat_template_arg(p)
-    p.set_defaults(func=_main)
+    p.set_defaults(func=cmd_reproduce)
 
 
-def _main(args) -> int:
+def cmd_reproduce(args) -> int:
     if not args.vgmed.is_dir():
-        raise SystemExit(f"--vgmed {args.vgmed}: not a directory")
+        return commands.fail(f"--vgmed {args.vgmed}: not a directory")
     names = [name for name, _ in args.benchmark]
     if len(set(names)) != len(names):
-        raise SystemExit(f"--benchmark: a name given twice ({', '.join(names)})")
+        return commands.fail(f"--benchmark: a name given twice ({', '.join(names)})")
     o = Options(model=args.model, vgmed=args.vgmed, out=args.out, benchmarks=dict(args.benchmark),
                 control=args.control_release, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                 limit=args.limit, top_k=args.top_k, max_new_tokens=args.max_new_tokens, bootstrap=args.bootstrap,
@@ -356,4 +341,4 @@ def _main(args) -> int:
     failed = [name for name, s in report["steps"].items() if s["status"] in ("failed", "not run")]
     log.info("report: %s%s", o.out / "report.md", f" ({len(failed)} step(s) failed: {', '.join(failed)})"
              if failed else "")
-    return 1 if failed else 0
+    return commands.EXIT_ITEM_ERRORS if failed else commands.EXIT_OK

@@ -31,11 +31,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 from vgmed_eval.attention import blocked_positions, capture, knockout
-from vgmed_eval.vqa.prompts import GENERAL_PROMPT
+from vgmed_eval.prompts import GENERAL_PROMPT
 
 MODES = ("consistent", "prefill")
 THRESHOLDS = ("percentile", "minmax")
-SEQ_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 _EPS = 1e-12
 
 
@@ -198,17 +197,18 @@ class VGRefiner:
         one batch; each keeps a batch-1 view of the batch's cache.
         """
         encoded = [self._encode(image, GENERAL_PROMPT) for image in images]
+        sequence = self.adapter.sequence_keys
         groups: dict[tuple, list[int]] = {}
         for i, (batch, _, p) in enumerate(encoded):
             if all(isinstance(v, torch.Tensor) for v in batch.inputs.values()):
-                key = tuple((k, tuple(v.shape[1:])) for k, v in sorted(batch.inputs.items()) if k not in SEQ_KEYS)
+                key = tuple((k, tuple(v.shape[1:])) for k, v in sorted(batch.inputs.items()) if k not in sequence)
             else:  # inputs that cannot be concatenated: a batch of its own
                 key = ("single", i)
             groups.setdefault((p, key), []).append(i)
         out: list = [None] * len(images)
         for (p, _), idx in groups.items():
             inputs = {k: torch.cat([encoded[i][0].inputs[k] for i in idx]) for k in encoded[idx[0]][0].inputs}
-            inputs = {k: (v[:, :p] if k in SEQ_KEYS else v) for k, v in inputs.items()}
+            inputs = {k: (v[:, :p] if k in sequence else v) for k, v in inputs.items()}
             result = self.model(**inputs, use_cache=True, logits_to_keep=1)
             deltas = getattr(getattr(self.model, "model", None), "rope_deltas", None)
             for j, i in enumerate(idx):

@@ -7,14 +7,14 @@ import pytest
 import torch
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
-from vgmed_eval.adapters import ADAPTERS, load_adapter
+from vgmed_eval.adapters import MODEL_ADAPTERS, load_adapter
 from vgmed_eval.attention import capture
 
 
-@pytest.mark.parametrize("family", sorted(ADAPTERS))
+@pytest.mark.parametrize("family", sorted(MODEL_ADAPTERS))
 def test_checkpoint_round_trip(family, tmp_path):
     """save_pretrained -> load_adapter(path): same adapter class, same tokens, same maps."""
-    tiny = ADAPTERS[family].tiny()
+    tiny = MODEL_ADAPTERS[family].tiny()
     tiny.model.save_pretrained(tmp_path)
     if tiny.processor is not None:
         tiny.processor.save_pretrained(tmp_path)

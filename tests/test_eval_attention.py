@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vgmed_eval.adapters import ADAPTERS, load_adapter
+from vgmed_eval.adapters import MODEL_ADAPTERS, load_adapter
 from vgmed_eval.attention import ATTN_NAME, blocked_positions, capture, install, knockout
 
-FAMILIES = sorted(ADAPTERS)
+FAMILIES = sorted(MODEL_ADAPTERS)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

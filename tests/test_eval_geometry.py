@@ -28,7 +28,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 from transformers.image_utils import PILImageResampling
-from vgmed_eval.adapters import ADAPTERS
+from vgmed_eval.adapters import MODEL_ADAPTERS
 from vgmed_eval.geometry import BoxOutsideError, GridGeometry, NoCellError
 
 NEAREST = PILImageResampling.NEAREST
@@ -131,7 +131,7 @@ def _random_boxes(rng, w, h, n):
 def test_cells_match_real_processor(setup, size_name):
     family, ip, config = SETUPS[setup]
     w, h = SIZES[size_name]
-    geom = ADAPTERS[family].grid_geometry(ip, config, w, h)
+    geom = MODEL_ADAPTERS[family].grid_geometry(ip, config, w, h)
     refs = []
     for value in (0, 255):
         refs.append(cell_values(family, ip, config, Image.fromarray(np.full((h, w, 3), value, np.uint8)), geom))
@@ -163,7 +163,7 @@ def _naive_cells(box, w, h, rows, cols):
 def test_published_pad_to_square_mistake_not_reproduced():
     family, ip, config = SETUPS["llava-pad-336"]
     w, h = SIZES["wide"]
-    geom = ADAPTERS[family].grid_geometry(ip, config, w, h)
+    geom = MODEL_ADAPTERS[family].grid_geometry(ip, config, w, h)
     refs = [cell_values(family, ip, config, Image.fromarray(np.full((h, w, 3), v, np.uint8)), geom)
             for v in (0, 255)]
     box = (40, 10, 120, 50)
@@ -177,7 +177,7 @@ def test_published_pad_to_square_mistake_not_reproduced():
 
 def test_box_errors():
     family, ip, config = SETUPS["llava-hf-clip-336"]
-    geom = ADAPTERS[family].grid_geometry(ip, config, 300, 120)
+    geom = MODEL_ADAPTERS[family].grid_geometry(ip, config, 300, 120)
     with pytest.raises(BoxOutsideError):
         geom.boxes_to_cells([(310, 0, 320, 10)])
     with pytest.raises(NoCellError, match="cover no cell"):  # the centre crop cuts the left edge away

@@ -14,12 +14,13 @@ from PIL import Image
 from vgmed_eval.adapters import load_adapter
 from vgmed_eval.attention import install
 from vgmed_eval.cli import main as cli_main
-from vgmed_eval.grounding import evaluate_release, parse_layers, question_prompt
+from vgmed_eval.grounding import evaluate_release, parse_layers
 from vgmed_eval.heads import select_heads
 from vgmed_eval.metrics import grounding_metrics
+from vgmed_eval.prompts import GENERAL_PROMPT
+from vgmed_eval.prompts import short_answer as question_prompt
 from vgmed_eval.release_io import read_release
 from vgmed_eval.report import paint_cells
-from vgmed_eval.vqa.prompts import GENERAL_PROMPT
 
 from vgmed_build.release_format import record_boxes
 
@@ -228,18 +229,18 @@ def test_paint_cells_follows_geometry():
     assert canvas[0, 0] == values[r, 0] and canvas[119, 299] == values[geom.rows - 1 - r, geom.cols - 1]
 
 
-def test_cli_bad_inputs_are_named(tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
-        cli_main(["grounding", "--release", str(tmp_path / "nope"), "--model", "builtin:tiny-llava",
-                  "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="nomodel: cannot load"):
-        cli_main(["grounding", "--release", str(tmp_path), "--model", str(tmp_path / "nomodel"),
-                  "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="none of VGMED_localization.jsonl"):
-        cli_main(["grounding", "--release", str(tmp_path), "--model", "builtin:tiny-llava",
-                  "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="run `vgmed-eval grounding` first"):
-        cli_main(["heads", "--results", str(tmp_path), "--out", str(tmp_path / "h.json")])
+def test_cli_bad_inputs_are_named(tmp_path, capsys):
+    assert cli_main(["grounding", "--release", str(tmp_path / "nope"), "--model", "builtin:tiny-llava",
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["grounding", "--release", str(tmp_path), "--model", str(tmp_path / "nomodel"),
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "nomodel: cannot load" in capsys.readouterr().err
+    assert cli_main(["grounding", "--release", str(tmp_path), "--model", "builtin:tiny-llava",
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "none of VGMED_localization.jsonl" in capsys.readouterr().err
+    assert cli_main(["heads", "--results", str(tmp_path), "--out", str(tmp_path / "h.json")]) == 2
+    assert "run `vgmed-eval grounding` first" in capsys.readouterr().err
 
 
 def test_record_images_outside_the_release_are_refused(tmp_path):

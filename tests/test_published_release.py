@@ -153,7 +153,7 @@ def test_grounding_heads_report_on_the_published_release(layout, older, hub, tmp
 
 
 @pytest.mark.parametrize("layout", ["older", "hub"])
-def test_vqa_on_the_published_files(layout, tmp_path, caplog):
+def test_vqa_on_the_published_files(layout, tmp_path, capsys):
     root = make_older(tmp_path / "rel", tmp_path / "rel")[0] if layout == "older" else make_hub(tmp_path / "rel")
     out = tmp_path / "out"
     code = eval_main(["vqa", "--benchmark", "vgmed-localization", "--data", str(root), "--model",
@@ -168,13 +168,14 @@ def test_vqa_on_the_published_files(layout, tmp_path, caplog):
     # the attribute file has no answers: refused, saying so
     code = eval_main(["vqa", "--benchmark", "vgmed-attribute", "--data", str(root), "--model",
                       "builtin:tiny-llava", "--out", str(tmp_path / "att"), "--device", "cpu"])
-    assert code == 2 and "no record has an answer" in caplog.text
+    assert code == 2 and "no record has an answer" in capsys.readouterr().err
 
 
-def test_vqa_with_nothing_loaded_exits_nonzero(tmp_path, caplog):
+def test_vqa_with_nothing_loaded_exits_nonzero(tmp_path, caplog, capsys):
     root = make_hub(tmp_path / "rel", pictures_under_root=False)
     code = eval_main(["vqa", "--benchmark", "vgmed-localization", "--data", str(root), "--model",
                       "builtin:tiny-llava", "--out", str(tmp_path / "out"), "--device", "cpu"])
     assert code == 1
-    assert "no question loaded" in caplog.text and "7 records rejected" in caplog.text
+    err = capsys.readouterr().err
+    assert "no question loaded" in err and "7 records rejected" in err
     assert "VGMED_localization.jsonl:1: image 'Slake1.0/imgs/xmlab428/source.jpg' not found" in caplog.text

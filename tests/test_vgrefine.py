@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vgmed_eval.adapters import ADAPTERS, load_adapter
+from vgmed_eval.adapters import MODEL_ADAPTERS, load_adapter
 from vgmed_eval.vgrefine import (
     HeadsFileError,
     VGRefineConfig,
@@ -24,7 +24,7 @@ from vgmed_eval.vgrefine import (
 )
 from vgmed_eval.vqa.reference import greedy, published_vgrefine, reference_attention
 
-FAMILIES = sorted(ADAPTERS)
+FAMILIES = sorted(MODEL_ADAPTERS)
 QUESTIONS = ["is there a mass in the liver ?", "what organ is shown ?", "is the lung normal ? answer yes or no ."]
 MAX_NEW = 3
 

@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from vgmed_eval.prompts import GENERAL_PROMPT, SHORT_ANSWER
 from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError, get_benchmark
-from vgmed_eval.vqa.prompts import GENERAL_PROMPT, OPTION_LETTER, SHORT_ANSWER, question_prompt
+from vgmed_eval.vqa.prompts import OPTION_LETTER, question_prompt
 
 FIX = Path(__file__).parent / "fixtures" / "vqa"
 

@@ -78,13 +78,13 @@ def test_bad_records_and_images_are_reported_not_fatal(tmp_path):
     assert [r["id"] for r in _rows(out / "predictions_baseline.jsonl")] == ["12"]
 
 
-def test_usage_errors(tmp_path, caplog):
+def test_usage_errors(tmp_path, capsys):
     assert main(["vqa", "--benchmark", "slake", "--data", str(FIX / "slake"), "--model", "builtin:tiny-llava",
                  "--compare", "--out", str(tmp_path)]) == 2
-    assert "--compare needs --vgrefine" in caplog.text
+    assert "--compare needs --vgrefine" in capsys.readouterr().err
     assert main(["vqa", "--benchmark", "slake", "--data", str(tmp_path / "none"), "--model", "builtin:tiny-llava",
                  "--out", str(tmp_path)]) == 2
-    assert "data directory not found" in caplog.text
+    assert "data directory not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["vqa", "--help"])
 

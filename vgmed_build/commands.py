@@ -8,9 +8,11 @@ command touches its own module and one list. Every command reports a failure the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 EXIT_OK = 0
@@ -18,12 +20,27 @@ EXIT_ITEM_ERRORS = 1  # the command ran; some items failed (each one reported), 
 EXIT_FAILED = 2  # the command could not run (bad arguments or input, no build, server unreachable)
 EXIT_INCOMPLETE = 3  # stopped on purpose before the end (generate's budget) / the server is not running
 OWN_LOGGERS = ("vgmed_build", "vgmed_eval", "__main__")
+_HEARING: list[list[str]] = []  # open :func:`failures` blocks
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> int:
     """Print ``error: message`` on stderr and return ``code``: the one way a command reports failure."""
     print(f"error: {message}", file=sys.stderr)
+    for heard in _HEARING:
+        heard.append(message)
     return code
+
+
+@contextlib.contextmanager
+def failures() -> Iterator[list[str]]:
+    """The messages :func:`fail` reports inside the block, in order: a command that runs other commands
+    (``vgmed-eval reproduce``) names why one of them failed."""
+    heard: list[str] = []
+    _HEARING.append(heard)
+    try:
+        yield heard
+    finally:
+        _HEARING.remove(heard)
 
 
 class _OwnInfoFilter(logging.Filter):

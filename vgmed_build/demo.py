@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vgmed_build import cli
-from vgmed_build.commands import HelpFormatter
+from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, HelpFormatter, fail
 
 DEFAULT_BUILD = Path("build/demo")
 TINY_MODEL = "builtin:tiny-llava"
 SAMPLE_SOURCES = Path(__file__).parent / "sample" / "sources.toml"
+PREVIEW = "release-preview"  # the preview release's folder in the build directory
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,49 +48,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", default=TINY_MODEL, help="model for the evaluator step (hub id, local path or builtin:tiny-<family>)"
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_demo)
 
 
-def _step(title: str, argv: list[str], main=cli.main) -> None:
-    print(f"\n=== {title}: vgmed-{'build' if main is cli.main else 'eval'} {' '.join(argv)}", flush=True)
-    code = main(argv)
-    if code:
-        raise SystemExit(f"demo step '{title}' failed with exit code {code}")
+Step = tuple[str, list[str], Callable[[list[str]], int]]  # title, argv, the command line that runs it
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     build: Path = args.build
-    _step("ingest", ["ingest", "--build", str(build), "--sources", str(SAMPLE_SOURCES)])
-    _step("stats", ["stats", "--build", str(build)])
-    _step("generate", ["generate", "--build", str(build), "--drafter", "templates", "--position-questions"])
-    if not args.no_labelstudio:
-        _step("Label Studio", ["labelstudio", "start", "--build", str(build)])
-        _step("review push", ["review", "push", "--build", str(build)])
-    release = build / "release-preview"
-    if release.exists():
-        shutil.rmtree(release)
-    _step("preview release", ["release", "--build", str(build), "--out", str(release), "--include-unreviewed"])
-    _step("validate", ["validate", str(release)])
-    if not args.no_eval:
-        if importlib.util.find_spec("torch") is None:
-            print("\n(skipping the evaluator: install the 'eval' extra for torch + transformers)")
-        else:
-            from vgmed_eval import cli as eval_cli
-
-            results = build / "eval" / "grounding"
-            # The sample's COCO-style photos are the release's control files: the report's
-            # medical-vs-natural curve (the paper's Figure 3) comes from the same release.
-            _step("grounding", ["grounding", "--release", str(release), "--control-release", str(release),
-                                "--model", args.model, "--out", str(results), "--save-maps"], eval_cli.main)
-            heads = build / "eval" / "heads.json"
-            _step("heads", ["heads", "--results", str(results), "--out", str(heads)], eval_cli.main)
-            _step("report", ["report", "--results", str(results), "--out", str(build / "eval" / "report")],
-                  eval_cli.main)
-            _step("VQA, baseline vs VGRefine", ["vqa", "--benchmark", "vgmed-attribute", "--data", str(release),
-                                                "--model", args.model, "--vgrefine", str(heads), "--compare",
-                                                "--out", str(build / "eval" / "vqa")], eval_cli.main)
+    for title, argv, main in _steps(args):
+        print(f"\n=== {title}: vgmed-{'build' if main is cli.main else 'eval'} {' '.join(argv)}", flush=True)
+        code = main(argv)
+        if code:
+            return fail(f"demo step '{title}' failed with exit code {code}", EXIT_ITEM_ERRORS)
     print(f"\nDone. Build directory: {build.resolve()}")
     if not args.no_labelstudio:
         print(f"Drafts wait for review in Label Studio; login: `vgmed-build labelstudio status --build {build}`")
-    print(f"Preview release: {release.resolve()}  (unreviewed items; a real release needs review)")
-    return 0
+    print(f"Preview release: {(build / PREVIEW).resolve()}  (unreviewed items; a real release needs review)")
+    return EXIT_OK
+
+
+def _steps(args: argparse.Namespace) -> Iterator[Step]:
+    """The demo's commands in order; each is yielded once the ones before it have succeeded."""
+    build: Path = args.build
+    yield "ingest", ["ingest", "--build", str(build), "--sources", str(SAMPLE_SOURCES)], cli.main
+    yield "stats", ["stats", "--build", str(build)], cli.main
+    yield "generate", ["generate", "--build", str(build), "--drafter", "templates", "--position-questions"], cli.main
+    if not args.no_labelstudio:
+        yield "Label Studio", ["labelstudio", "start", "--build", str(build)], cli.main
+        yield "review push", ["review", "push", "--build", str(build)], cli.main
+    release = build / PREVIEW
+    if release.exists():
+        shutil.rmtree(release)
+    yield "preview release", ["release", "--build", str(build), "--out", str(release), "--include-unreviewed"], cli.main
+    yield "validate", ["validate", str(release)], cli.main
+    if args.no_eval:
+        return
+    if importlib.util.find_spec("torch") is None:
+        print("\n(skipping the evaluator: install the 'eval' extra for torch + transformers)")
+        return
+    from vgmed_eval import cli as eval_cli
+
+    results = build / "eval" / "grounding"
+    # The sample's COCO-style photos are the release's control files: the report's
+    # medical-vs-natural curve (the paper's Figure 3) comes from the same release.
+    yield "grounding", ["grounding", "--release", str(release), "--control-release", str(release),
+                        "--model", args.model, "--out", str(results), "--save-maps"], eval_cli.main
+    heads = build / "eval" / "heads.json"
+    yield "heads", ["heads", "--results", str(results), "--out", str(heads)], eval_cli.main
+    yield "report", ["report", "--results", str(results), "--out", str(build / "eval" / "report")], eval_cli.main
+    yield "VQA, baseline vs VGRefine", ["vqa", "--benchmark", "vgmed-attribute", "--data", str(release),
+                                        "--model", args.model, "--vgrefine", str(heads), "--compare",
+                                        "--out", str(build / "eval" / "vqa")], eval_cli.main

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vgmed_build.commands import HelpFormatter, fail
+from vgmed_build.commands import EXIT_OK, HelpFormatter, fail
 from vgmed_build.release_format import (
     ATTRIBUTE_FILE,
     MANIFEST_FILE,
@@ -165,10 +165,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "never inside DIR, whose manifest lists every file%(default).0s",
     )
     p.add_argument("--embed-images", action="store_true", help="parquet: add an image_bytes column with the PNG data")
-    p.set_defaults(func=_cmd_export)
+    p.set_defaults(func=cmd_export)
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     release_dir = args.dir.resolve()
     suffix = "-parquet" if args.format == "parquet" else "-vqa.json"
     out = (args.out or release_dir.with_name(release_dir.name + suffix)).resolve()
@@ -182,4 +182,4 @@ def _cmd_export(args: argparse.Namespace) -> int:
             print(f"wrote {export_vqa_json(release_dir, out)}")
     except (ExportError, OSError) as exc:
         return fail(str(exc))
-    return 0
+    return EXIT_OK

@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 
 from vgmed_build.card import CARD_MARK, PREVIEW_MARK, REQUIRED_SECTIONS
-from vgmed_build.commands import EXIT_ITEM_ERRORS, HelpFormatter, fail
+from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, HelpFormatter, fail
 from vgmed_build.identifiers import (
     Forbidden,
     ForbidFileError,
@@ -547,10 +547,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --published: read every box as [x, y, w, h] or [x0, y0, x1, y1], overriding the records' "
         "bbox_format and the authors' rule (xywh under Slake* and in the older / COCO files, xyxy otherwise)",
     )
-    p.set_defaults(func=_cmd_validate)
+    p.set_defaults(func=cmd_validate)
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
+def cmd_validate(args: argparse.Namespace) -> int:
     try:
         forbid = load_forbid_file(args.forbid_file) if args.forbid_file else []
     except ForbidFileError as exc:
@@ -578,4 +578,4 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if not report.problems and report.kind == "published":
         verdict = "layout OK (no checksums checked: the published layout has none)"
     print(f"{args.dir}: {kind}, {report.n_records} records, {report.n_images} images: {verdict}")
-    return EXIT_ITEM_ERRORS if report.problems else 0
+    return EXIT_ITEM_ERRORS if report.problems else EXIT_OK

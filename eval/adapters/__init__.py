@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+from vgmed_eval import placement as placements
 from vgmed_eval.adapters import gemma3, llava, qwen  # noqa: F401  (registers the families)
-from vgmed_eval.adapters.base import ADAPTERS, DTYPES, MODEL_TYPES, Adapter, Batch
+from vgmed_eval.adapters.base import DTYPES, MODEL_ADAPTERS, MODEL_TYPES, Adapter, Batch
+from vgmed_eval.adapters.qwen import set_pixel_bounds
 from vgmed_eval.chat_templates import read_template
+from vgmed_eval.distributed import World
 from vgmed_eval.placement import Placement, dispatch
+from vgmed_eval.protocol import Protocol
 
 TINY_PREFIX = "builtin:tiny-"
 
@@ -25,9 +30,9 @@ def load_adapter(spec: str, dtype: str = "auto", device: str = "cpu", chat_templ
     template = read_template(chat_template) if chat_template is not None else None
     if spec.startswith(TINY_PREFIX):
         family = spec[len(TINY_PREFIX):]
-        if family not in ADAPTERS:
-            raise ValueError(f"unknown tiny family {family!r}; available: {', '.join(sorted(ADAPTERS))}")
-        adapter = ADAPTERS[family].tiny()
+        if family not in MODEL_ADAPTERS:
+            raise ValueError(f"unknown tiny family {family!r}; available: {', '.join(sorted(MODEL_ADAPTERS))}")
+        adapter = MODEL_ADAPTERS[family].tiny()
         adapter.model.to(dtype=DTYPES.get(dtype, None) or adapter.model.dtype)
         adapter.model = dispatch(adapter.model, placement) if placement else adapter.model.to(device)
         adapter.chat_template = template or adapter.chat_template
@@ -42,4 +47,18 @@ def load_adapter(spec: str, dtype: str = "auto", device: str = "cpu", chat_templ
                                                    chat_template=template, placement=placement)
 
 
-__all__ = ["ADAPTERS", "MODEL_TYPES", "Adapter", "Batch", "TINY_PREFIX", "load_adapter"]
+def adapter_from_args(args: argparse.Namespace, world: World, protocol: Protocol) -> Adapter:
+    """The adapter a command's model options name (--model, --dtype, --device, --chat-template, the
+    placement options, Qwen-VL's pixel bounds), on this rank's device; ValueError says what to report."""
+    try:
+        adapter = load_adapter(args.model, dtype=args.dtype, device=world.device(args.device),
+                               chat_template=args.chat_template,
+                               placement=placements.from_args(args, world.local_rank, world.local_size))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--model {args.model}: cannot load: {exc}") from exc
+    set_pixel_bounds(adapter, protocol.min_pixels, protocol.max_pixels,
+                     explicit=args.min_pixels is not None or args.max_pixels is not None)
+    return adapter
+
+
+__all__ = ["MODEL_ADAPTERS", "MODEL_TYPES", "Adapter", "Batch", "TINY_PREFIX", "adapter_from_args", "load_adapter"]

@@ -21,14 +21,14 @@ from vgmed_eval.attention import install, llm_layers
 from vgmed_eval.geometry import GridGeometry
 from vgmed_eval.placement import Placement, input_device
 
-ADAPTERS: dict[str, type[Adapter]] = {}  # family name -> class
+MODEL_ADAPTERS: dict[str, type[Adapter]] = {}  # family name -> class
 MODEL_TYPES: dict[str, type[Adapter]] = {}  # config.model_type -> class
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def register(cls: type[Adapter]) -> type[Adapter]:
-    ADAPTERS[cls.family] = cls
+    MODEL_ADAPTERS[cls.family] = cls
     for model_type in cls.model_types:
         MODEL_TYPES[model_type] = cls
     return cls
@@ -62,6 +62,11 @@ class Adapter:
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     model_class: ClassVar[str]  # transformers class name
+    # The model inputs with a token dimension, which whoever cuts or extends a batch along the sequence
+    # (VGRefine's shared prefixes, the reference's greedy recomputation) must treat alike; every other
+    # input (pixel_values, image_grid_thw, image_sizes) is per image. A family whose :meth:`encode`
+    # returns another one declares it (Gemma 3's token_type_ids, Qwen-VL's mm_token_type_ids).
+    sequence_keys: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask")
 
     def __init__(self, model, tokenizer, image_processor, chat_template: str, processor=None, name: str = ""):
         self.model = model

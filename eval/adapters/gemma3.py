@@ -29,6 +29,7 @@ class Gemma3Adapter(Adapter):
     family = "gemma3"
     model_types = ("gemma3",)
     model_class = "Gemma3ForConditionalGeneration"
+    sequence_keys = (*Adapter.sequence_keys, "token_type_ids")  # image tokens, bidirectional in prefill
 
     @staticmethod
     def grid_geometry(ip, config, width: int, height: int) -> GridGeometry:

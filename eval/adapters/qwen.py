@@ -51,6 +51,7 @@ class QwenVLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
+    sequence_keys = (*Adapter.sequence_keys, "mm_token_type_ids")  # marks the image tokens
     tiny_patch = 14
 
     @classmethod

@@ -25,7 +25,7 @@ from vgmed_eval.vqa.prompts import question_prompt
 from vgmed_eval.vqa.scoring import SCORERS, summarize
 from vgmed_eval.vqa.stats import compare
 
-from vgmed_build.commands import HelpFormatter
+from vgmed_build import commands
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
         "vqa",
         help="answer a medical VQA benchmark (baseline and/or VGRefine) and score it",
         description=__doc__,
-        formatter_class=HelpFormatter,
+        formatter_class=commands.HelpFormatter,
     )
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS),
                    help="which benchmark layout to read from --data (see docs/vqa.md)")
@@ -67,7 +67,7 @@ def register(subparsers) -> None:
     add_protocol_args(p, ("percentile", "vgrefine_mode", "mc_max_new_tokens", "scorer", "min_pixels", "max_pixels"))
     add_chat_template_arg(p)
     placement.add_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_vqa)
 
 
 def _config(args, protocol: Protocol):
@@ -160,29 +160,25 @@ def _error(item: VQAItem, exc: Exception) -> tuple[str, str]:
     return item.id, f"{item.where or item.id}: {type(exc).__name__}: {exc}"
 
 
-def run(args) -> int:
-    from vgmed_eval.adapters import load_adapter
-    from vgmed_eval.adapters.qwen import set_pixel_bounds
+def cmd_vqa(args) -> int:
+    from vgmed_eval.adapters import adapter_from_args
     from vgmed_eval.vgrefine import VGRefiner
 
     if args.compare and not args.vgrefine:
-        log.error("--compare needs --vgrefine HEADS_JSON")
-        return 2
+        return commands.fail("--compare needs --vgrefine HEADS_JSON")
     try:
         world = World.from_env()
         loaded = get_benchmark(args.benchmark).load(args.data)
         protocol = resolve(args)
         config = _config(args, protocol) if args.vgrefine else None
     except (BenchmarkError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+        return commands.fail(str(exc))
     for err in loaded.errors:
         log.warning("skipped record: %s", err)
     if not loaded.items:
         first = f"; first: {loaded.errors[0]}" if loaded.errors else ""
-        log.error("%s: no question loaded from %s (%d records rejected%s)", args.benchmark,
-                  ", ".join(loaded.files) or args.data, len(loaded.errors), first)
-        return 1
+        return commands.fail(f"{args.benchmark}: no question loaded from {', '.join(loaded.files) or args.data} "
+                             f"({len(loaded.errors)} records rejected{first})", commands.EXIT_ITEM_ERRORS)
     log.info("%s: reading %s", args.benchmark, ", ".join(loaded.files))
     items = loaded.items[: args.limit] if args.limit else loaded.items
     systems = (["baseline"] if not config or args.compare else []) + (["vgrefine"] if config else [])
@@ -200,18 +196,9 @@ def run(args) -> int:
     errors: list[tuple[str, str]] = []
     if todo:
         try:
-            adapter = load_adapter(args.model, dtype=args.dtype, device=world.device(args.device),
-                                   chat_template=args.chat_template,
-                                   placement=placement.from_args(args, world.local_rank, world.local_size))
-        except (OSError, ValueError) as exc:
-            log.error("--model %s: cannot load: %s", args.model, exc)
-            return 2
-        try:
-            set_pixel_bounds(adapter, protocol.min_pixels, protocol.max_pixels,
-                             explicit=args.min_pixels is not None or args.max_pixels is not None)
+            adapter = adapter_from_args(args, world, protocol)
         except ValueError as exc:
-            log.error("%s", exc)
-            return 2
+            return commands.fail(str(exc))
         refiner = VGRefiner(adapter, config, max_new_tokens=_max_new_tokens(args, protocol, items))
         out_files = files
         if world.distributed:
@@ -231,17 +218,17 @@ def run(args) -> int:
                            time.perf_counter() - started, answered, world.size)
         distributed.barrier(world)  # rank 0 has merged: whatever runs next on any rank can read the files
         distributed.finish(world)
-        return 0 if not world.main or _any_answered(items, systems, done, args) else 1
+        return _outcome(items, systems, done, args) if world.main else commands.EXIT_OK
     _write_results(args, items, systems, done, loaded, [m for _, m in errors], config, elapsed, answered, 1)
-    return 0 if _any_answered(items, systems, done, args) else 1
+    return _outcome(items, systems, done, args)
 
 
-def _any_answered(items: list[VQAItem], systems: list[str], done: dict, args) -> bool:
-    """False (and says so) when every question failed: a run that scored nothing must not exit 0."""
+def _outcome(items: list[VQAItem], systems: list[str], done: dict, args) -> int:
+    """The exit code: a run where every question failed must not exit 0 (and says so)."""
     if any(it.id in done[s] for s in systems for it in items):
-        return True
-    log.error("%s: every question failed (see errors in %s)", args.benchmark, args.out / "results.json")
-    return False
+        return commands.EXIT_OK
+    return commands.fail(f"{args.benchmark}: every question failed (see errors in {args.out / 'results.json'})",
+                         commands.EXIT_ITEM_ERRORS)
 
 
 def _answered(out: Path, system: str) -> dict[str, dict]:

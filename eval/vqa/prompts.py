@@ -1,14 +1,12 @@
-"""Prompts of the published protocol: a word or phrase for short answers, a letter for options."""
+"""VQA's question prompts: a word or phrase for open questions, a letter for options."""
 
 from __future__ import annotations
 
+from vgmed_eval.prompts import short_answer
 from vgmed_eval.vqa.benchmarks import LETTERS, VQAItem
 
-SHORT_ANSWER = "Answer the question using a single word or phrase."
 # HuatuoGPT-Vision's multiple-choice instruction (the protocol of OmniMedVQA, MMMU and PMC-VQA there).
 OPTION_LETTER = "Answer with the option's letter from the given choices directly."
-# The question-independent reference prompt of the grounding metrics and of VGRefine's triage.
-GENERAL_PROMPT = f"Write a general description of the image. {SHORT_ANSWER}"
 
 
 def question_prompt(item: VQAItem) -> str:
@@ -16,4 +14,4 @@ def question_prompt(item: VQAItem) -> str:
     if item.options:
         lines = [f"{LETTERS[i]}. {opt}" for i, opt in enumerate(item.options)]
         return "\n".join([item.question, *lines, OPTION_LETTER])
-    return f"{item.question} {SHORT_ANSWER}"
+    return short_answer(item.question)

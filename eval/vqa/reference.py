@@ -20,8 +20,8 @@ from transformers import AttentionInterface, AttentionMaskInterface, GenerationC
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import eager_mask
 from vgmed_eval.attention import install
-from vgmed_eval.vgrefine import SEQ_KEYS, VGRefineConfig, low_attention, triage_scores
-from vgmed_eval.vqa.prompts import GENERAL_PROMPT
+from vgmed_eval.prompts import GENERAL_PROMPT
+from vgmed_eval.vgrefine import VGRefineConfig, low_attention, triage_scores
 
 REF_NAME = "vgmed_reference_eager"
 
@@ -96,10 +96,10 @@ class ReferenceResult:
     step_logits: list[torch.Tensor]  # logits that chose each generated token
 
 
-def _extend(inputs: dict, token: int) -> dict:
+def _extend(adapter, inputs: dict, token: int) -> dict:
     """The inputs of a full recomputation with one more (text) token appended."""
     out = dict(inputs)
-    for key in SEQ_KEYS:
+    for key in adapter.sequence_keys:
         if key in out:
             value = 1 if key == "attention_mask" else token if key == "input_ids" else 0
             out[key] = torch.cat([out[key], out[key].new_full((1, 1), value)], dim=1)
@@ -127,7 +127,7 @@ def greedy(adapter, inputs: dict, max_new_tokens: int, eos: set[int], recompute:
         if token in eos:
             break
         tokens.append(token)
-        inputs = _extend(inputs, token)
+        inputs = _extend(adapter, inputs, token)
     return ReferenceResult(tokens, None, logits_seen)
 
 

@@ -1,0 +1,112 @@
+"""Every command of `vgmed-build` and `vgmed-eval` follows the conventions of docs/cli.md.
+
+Both real parsers are built and every (sub)parser is walked: each uses the shared help formatter,
+each option and subcommand says what it is for, and each command's handler is ``cmd_<command>``
+(``cmd_<group>_<sub>`` under a group, dashes as underscores). The handlers' modules are then read
+with ``ast``: no handler ends the process itself (``raise SystemExit``, ``sys.exit``); a failure is
+``return commands.fail(message, code)`` so that every command reports it the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+from vgmed_eval import cli as eval_cli
+
+from vgmed_build import cli as build_cli
+from vgmed_build import commands
+
+PARSERS = {"vgmed-build": build_cli.build_parser, "vgmed-eval": eval_cli.build_parser}
+# Commands whose modules another change of issue 13 is converting right now; empty once it has landed.
+PENDING = {"vgmed-build labelstudio start", "vgmed-build labelstudio stop", "vgmed-build labelstudio status",
+           "vgmed-build labelstudio invite", "vgmed-build review push", "vgmed-build review pull",
+           "vgmed-build review status", "vgmed-build release"}
+UNDOCUMENTED = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+
+
+Walked = Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]
+
+
+def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Walked:
+    """(command path, parser) for the parser and every subparser below it, aliases once."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            seen: set[int] = set()
+            for name, sub in action.choices.items():
+                if id(sub) not in seen:
+                    seen.add(id(sub))
+                    yield from walk(sub, (*path, name))
+
+
+def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def every_parser() -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    for prog, build in PARSERS.items():
+        for path, parser in walk(build()):
+            yield " ".join((prog, *path)), parser
+
+
+def handlers() -> dict[str, object]:
+    """Command line -> its handler, for every parser that runs something (not a group)."""
+    out = {}
+    for prog, build in PARSERS.items():
+        for path, parser in walk(build()):
+            name = " ".join((prog, *path))
+            if path and subcommands(parser) is None and name not in PENDING:
+                out[name] = (path, parser.get_default("func"))
+    return out
+
+
+def test_every_parser_uses_the_shared_help_formatter():
+    wrong = [name for name, parser in every_parser() if parser.formatter_class is not commands.HelpFormatter]
+    assert not wrong, f"parsers without formatter_class=commands.HelpFormatter: {wrong}"
+
+
+def test_every_option_and_subcommand_has_help():
+    missing = []
+    for name, parser in every_parser():
+        for action in parser._actions:
+            if not isinstance(action, UNDOCUMENTED) and not action.help:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+        sub = subcommands(parser)
+        if sub is not None:
+            missing += [f"{name} {choice.dest}" for choice in sub._choices_actions if not choice.help]
+    assert not missing, f"options or subcommands without help text: {missing}"
+
+
+def test_every_handler_is_named_after_its_command():
+    wrong = []
+    for name, (path, func) in handlers().items():
+        expected = "cmd_" + "_".join(path).replace("-", "_")
+        if getattr(func, "__name__", None) != expected:
+            wrong.append(f"{name}: {getattr(func, '__qualname__', func)!r}, expected {expected}")
+    assert not wrong, f"handlers not named cmd_<command>: {wrong}"
+
+
+def _ends_the_process(node: ast.AST) -> bool:
+    """``raise SystemExit(...)`` or a call of ``sys.exit`` / ``exit`` / ``quit``."""
+    if isinstance(node, ast.Raise) and node.exc is not None:
+        exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+        return isinstance(exc, ast.Name) and exc.id == "SystemExit"
+    if isinstance(node, ast.Call):
+        f = node.func
+        return (isinstance(f, ast.Attribute) and f.attr == "exit" and isinstance(f.value, ast.Name)
+                and f.value.id == "sys") or (isinstance(f, ast.Name) and f.id in ("exit", "quit"))
+    return False
+
+
+@pytest.mark.parametrize("command", sorted(handlers()))
+def test_no_handler_ends_the_process_itself(command):
+    _, func = handlers()[command]
+    tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    found = [f"line {node.lineno}" for node in ast.walk(tree) if _ends_the_process(node)]
+    assert not found, f"{command}: {func.__module__}.{func.__name__} exits instead of returning commands.fail(...) " \
+                      f"({', '.join(found)} of the function)"

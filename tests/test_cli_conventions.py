@@ -2,9 +2,10 @@
 
 Both real parsers are built and every (sub)parser is walked: each uses the shared help formatter,
 each option and subcommand says what it is for, and each command's handler is ``cmd_<command>``
-(``cmd_<group>_<sub>`` under a group, dashes as underscores). The handlers' modules are then read
-with ``ast``: no handler ends the process itself (``raise SystemExit``, ``sys.exit``); a failure is
-``return commands.fail(message, code)`` so that every command reports it the same way.
+(``cmd_<group>_<sub>`` under a group, dashes as underscores). Each handler's source is then read
+with ``ast``: none ends the process itself (``raise SystemExit``, ``sys.exit``) or reports its
+failure with ``log.error``; a failure is ``return commands.fail(message, code)``, so that every command
+reports it the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ PARSERS = {"vgmed-build": build_cli.build_parser, "vgmed-eval": eval_cli.build_p
 # Commands whose modules another change of issue 13 is converting right now; empty once it has landed.
 PENDING = {"vgmed-build labelstudio start", "vgmed-build labelstudio stop", "vgmed-build labelstudio status",
            "vgmed-build labelstudio invite", "vgmed-build review push", "vgmed-build review pull",
-           "vgmed-build review status", "vgmed-build release"}
+           "vgmed-build review status", "vgmed-build release", "vgmed-build generate", "vgmed-build drafts"}
 UNDOCUMENTED = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
 
 
@@ -91,22 +92,24 @@ def test_every_handler_is_named_after_its_command():
     assert not wrong, f"handlers not named cmd_<command>: {wrong}"
 
 
-def _ends_the_process(node: ast.AST) -> bool:
-    """``raise SystemExit(...)`` or a call of ``sys.exit`` / ``exit`` / ``quit``."""
+def _reports_failure_its_own_way(node: ast.AST) -> bool:
+    """``raise SystemExit(...)``, a call of ``sys.exit`` / ``exit`` / ``quit``, or ``log.error(...)``."""
     if isinstance(node, ast.Raise) and node.exc is not None:
         exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
         return isinstance(exc, ast.Name) and exc.id == "SystemExit"
     if isinstance(node, ast.Call):
         f = node.func
-        return (isinstance(f, ast.Attribute) and f.attr == "exit" and isinstance(f.value, ast.Name)
-                and f.value.id == "sys") or (isinstance(f, ast.Name) and f.id in ("exit", "quit"))
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+            return (f.value.id, f.attr) in {("sys", "exit"), ("log", "error"), ("logger", "error"),
+                                            ("logging", "error")}
+        return isinstance(f, ast.Name) and f.id in ("exit", "quit")
     return False
 
 
 @pytest.mark.parametrize("command", sorted(handlers()))
-def test_no_handler_ends_the_process_itself(command):
+def test_every_handler_fails_through_commands_fail(command):
     _, func = handlers()[command]
     tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
-    found = [f"line {node.lineno}" for node in ast.walk(tree) if _ends_the_process(node)]
-    assert not found, f"{command}: {func.__module__}.{func.__name__} exits instead of returning commands.fail(...) " \
-                      f"({', '.join(found)} of the function)"
+    found = [f"line {node.lineno}" for node in ast.walk(tree) if _reports_failure_its_own_way(node)]
+    assert not found, f"{command}: {func.__module__}.{func.__name__} exits or logs an error instead of returning " \
+                      f"commands.fail(...) ({', '.join(found)} of the function)"

@@ -22,7 +22,7 @@ import numpy as np
 from skimage import measure
 
 from vgmed_build.config import normalise_options
-from vgmed_build.ingest import run_ingest
+from vgmed_build.ingest.run import run_ingest
 from vgmed_build.regions import extract_regions, slice_label_areas
 from vgmed_build.sources import get_adapter
 from vgmed_build.sources.base import SourceSpec

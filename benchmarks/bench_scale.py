@@ -233,8 +233,8 @@ def driver_cost(sources: Path, build: Path) -> None:
     catalog transaction: what one writer must do for every item) and the workers' CPU per item."""
     import resource
 
-    from vgmed_build import ingest
     from vgmed_build.config import load_sources_file
+    from vgmed_build.ingest import run as ingest
 
     spent = [0.0]
     store = ingest.store_result

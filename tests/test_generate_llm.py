@@ -384,7 +384,7 @@ def test_generate_on_a_real_ingest_of_the_bundled_sample(tmp_path, server_factor
     from ingest_fixtures import SAMPLE_SOURCES
 
     from vgmed_build.config import load_sources_file
-    from vgmed_build.ingest import run_ingest
+    from vgmed_build.ingest.run import run_ingest
 
     build = tmp_path / "build"
     report = run_ingest(build, load_sources_file(SAMPLE_SOURCES), progress=False)

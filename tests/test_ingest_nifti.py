@@ -32,7 +32,7 @@ from PIL import Image
 
 from vgmed_build.cli import main
 from vgmed_build.config import ConfigError, load_sources_file
-from vgmed_build.ingest import run_ingest
+from vgmed_build.ingest.run import run_ingest
 
 MNI_SOURCES = ("mni152", "mni152-coronal")
 
@@ -510,7 +510,7 @@ def test_label_mapping_merges_values_and_skips_empty_names(tmp_path):
 def test_overlapping_masks_from_an_adapter_give_one_region_each(tmp_path):
     """Volumes with masks (DICOM SEG / RTSTRUCT style) may overlap; same-named masks are united."""
     from vgmed_build.config import normalise_options
-    from vgmed_build.ingest import render_item
+    from vgmed_build.ingest.render import render_item
     from vgmed_build.sources.base import SourceSpec, Volume
 
     t1, labels, affine = mni(2)

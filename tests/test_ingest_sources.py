@@ -154,7 +154,7 @@ def test_bundled_dicom_sample(tmp_path):
     read independently with plain pydicom, sides from the geometry, no header value in the build."""
     import vgmed_build
     from vgmed_build.config import load_sources_file
-    from vgmed_build.ingest import run_ingest
+    from vgmed_build.ingest.run import run_ingest
 
     sample = Path(vgmed_build.__file__).parent / "sample"
     assert sum(p.stat().st_size for p in (sample / "dicom").rglob("*") if p.is_file()) < 1_000_000

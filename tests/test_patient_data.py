@@ -18,7 +18,7 @@ from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
 from vgmed_build.config import load_sources_file
 from vgmed_build.drafting.generate import GenerateOptions, run_generate
-from vgmed_build.ingest import run_ingest
+from vgmed_build.ingest.run import run_ingest
 
 PATIENT = {
     "PatientName": "ZYXWVUT^QUORRA",

@@ -14,9 +14,9 @@ from pydicom.data import get_testdata_file
 
 from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
+from vgmed_build.imaging import to_uint8
 from vgmed_build.sources import get_adapter
 from vgmed_build.sources.base import SourceError, SourceItem, SourceSpec
-from vgmed_build.sources.images2d import to_uint8
 
 
 def render(name: str) -> np.ndarray:

@@ -9,7 +9,7 @@ from vgmed_build import __version__, commands
 
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
-    "vgmed_build.ingest",
+    "vgmed_build.ingest.cli",
     "vgmed_build.drafting.cli",
     "vgmed_build.review.cli",
     "vgmed_build.release",

@@ -16,22 +16,12 @@ from typing import Any
 
 import tomllib
 
+from vgmed_build.imaging import CT_WINDOWS
 from vgmed_build.sources import SourceError, SourceSpec, get_adapter
 from vgmed_build.sources.base import OPTION_TYPES
 
 PLANES = ("axial", "coronal", "sagittal")
 SLICE_POLICIES = ("largest", "all", "every_n")
-# CT windows as (level, width) in Hounsfield units.
-CT_WINDOWS: dict[str, tuple[float, float]] = {
-    "brain": (40.0, 80.0),
-    "lung": (-600.0, 1500.0),
-    "mediastinum": (50.0, 350.0),
-    "abdomen": (40.0, 400.0),
-    "liver": (80.0, 150.0),
-    "bone": (400.0, 1800.0),
-    "soft_tissue": (50.0, 400.0),
-}
-
 # Rendering / selection options shared by every source kind, with their defaults (see docs/ingest.md).
 DEFAULT_OPTIONS: dict[str, Any] = {
     "plane": "axial",  # slice plane of 3D sources

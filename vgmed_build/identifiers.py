@@ -4,6 +4,9 @@ Two kinds of check: patterns that DICOM identifying data takes (UIDs, DA dates, 
 the keywords and tags of identifying attributes), and exact strings a maintainer forbids (a forbid
 file, e.g. the names and IDs of the patients in the source data). Messages never repeat the match,
 so the report itself cannot leak what it found.
+
+Also the ids the build derives from what it holds (:func:`stable_id`, :func:`item_pseudonym`): hashes,
+so the same input always gets the same id and no id shows the path or name it was made from.
 """
 
 from __future__ import annotations
@@ -15,6 +18,12 @@ from pathlib import Path
 
 MIN_FORBIDDEN_LENGTH = 3
 WITH_PATHS_HINT = "source paths hidden in shared output; --with-paths shows them"
+
+
+def stable_id(*parts: object) -> str:
+    """The id of an image, region or draft: a hash of what it is made of (source, item, slice, label,
+    question type, ...), the same at every rerun, so reruns upsert instead of duplicating."""
+    return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
 def item_pseudonym(source: str, item: str) -> str:

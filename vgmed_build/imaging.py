@@ -26,12 +26,21 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from vgmed_build.config import CT_WINDOWS
 from vgmed_build.sources.base import Volume
 
 SLICE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 # In-plane voxel axes (row axis, column axis) of each plane; both are displayed reversed (see above).
 PLANE_AXES = {"sagittal": (2, 1), "coronal": (2, 0), "axial": (1, 0)}
+# CT windows as (level, width) in Hounsfield units.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "abdomen": (40.0, 400.0),
+    "liver": (80.0, 150.0),
+    "bone": (400.0, 1800.0),
+    "soft_tissue": (50.0, 400.0),
+}
 
 
 def canonical(volume: Volume) -> Volume:
@@ -199,9 +208,16 @@ def window_bounds(
     return float(lo), (float(hi) if hi > lo else float(lo) + 1.0)
 
 
-def to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Map [lo, hi] linearly to 0..255 (clipped, rounded; NaN -> 0, +-Inf -> 255 / 0)."""
-    scaled = (arr.astype(np.float32) - lo) * (255.0 / (hi - lo))
+def to_uint8(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """Map [lo, hi] (default: the values' min..max) linearly to 0..255: clipped, rounded, NaN -> 0,
+    +-Inf -> 255 / 0, all 0 when the range is empty. Computed in the values' own precision (float64
+    stays float64, anything else is float32), so each source renders as it always has."""
+    arr = values.astype(np.float64 if values.dtype == np.float64 else np.float32, copy=False)
+    lo = float(np.min(arr)) if lo is None else lo
+    hi = float(np.max(arr)) if hi is None else hi
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    scaled = (arr - lo) * (255.0 / (hi - lo))
     return np.clip(np.rint(np.nan_to_num(scaled, nan=0.0)), 0, 255).astype(np.uint8)
 
 

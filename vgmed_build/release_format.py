@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vgmed_build.sources.base import NATURAL_MODALITY
+from vgmed_build.modality import NATURAL as NATURAL_MODALITY
 
 # ---------------------------------------------------------------- file names
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import io
 import json
 import logging
@@ -39,6 +38,7 @@ from vgmed_build.drafting.templates import (
     target_name,
     target_names,
 )
+from vgmed_build.identifiers import stable_id
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ FLUSH_S = 0.1  # ... or this many seconds after the last commit
 
 
 def draft_id(region_id: str, q_type: str, slot: int) -> str:
-    return hashlib.sha256(f"{region_id}|{q_type}|{slot}".encode()).hexdigest()[:16]
+    return stable_id(region_id, q_type, slot)
 
 
 @dataclass(frozen=True)

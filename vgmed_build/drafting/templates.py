@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from vgmed_build.drafting.wording import name_values, sentence
+from vgmed_build.modality import NATURAL as NATURAL_MODALITY
 from vgmed_build.resources import resource_dir
-from vgmed_build.sources.base import NATURAL_MODALITY
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 NATURAL_FOLDER = "natural"

@@ -98,11 +98,6 @@ class Image2D:
     categories: dict[str, str] = field(default_factory=dict)        # label -> category from the data
 
 
-# The modality of natural (non-medical) photographs, e.g. the COCO control set: drafting gives them
-# their own templates and prompts, and a release puts them into the control files.
-NATURAL_MODALITY = "Natural"
-
-
 @dataclass
 class SourceItem:
     """One unit of ingest work. ``key`` is relative to the source root and never holds header data."""

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vgmed_build import modality as modalities
 from vgmed_build.sources.base import (
-    NATURAL_MODALITY,
     STRING,
     STRINGS,
     Image2D,
@@ -100,7 +100,7 @@ def _load(spec: SourceSpec, root: Path, path: Path, info: dict, anns: list[dict]
             boxes.pop(label, None)
     if not masks:
         raise SourceError(f"{name}: no object left (crowd = {crowd!r}, min_component_px = {min_px})")
-    return Image2D(pixels=pixels, modality=spec.modality or NATURAL_MODALITY, masks=masks, boxes=boxes,
+    return Image2D(pixels=pixels, modality=spec.modality or modalities.NATURAL, masks=masks, boxes=boxes,
                    categories={k: v for k, v in supercategories.items() if k in masks})
 
 

@@ -30,6 +30,8 @@ from pydicom.errors import InvalidDicomError
 from skimage.draw import polygon
 from tqdm import tqdm
 
+from vgmed_build import modality as modalities
+from vgmed_build.imaging import to_uint8
 from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, Volume, register
 from vgmed_build.sources.images2d import (
     IMAGE_EXTS,
@@ -37,17 +39,12 @@ from vgmed_build.sources.images2d import (
     MaskLayout,
     load_masks,
     rel,
-    to_uint8,
     wanted_tags,
 )
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-MODALITY_NAMES = {
-    "CT": "CT", "MR": "MRI", "PT": "PET", "US": "Ultrasound", "CR": "X-ray", "DX": "X-ray",
-    "MG": "Mammography", "XA": "X-ray angiography", "RF": "Fluoroscopy", "NM": "Nuclear medicine",
-}
 PROJECTION_MODALITIES = {"CR", "DX", "MG", "US", "XA", "RF", "IO", "PX", "ES", "XC", "OP"}
 # Mask images and side files that may sit under a DICOM root; never opened as DICOM.
 NOT_DICOM = (*IMAGE_EXTS, ".json", ".toml", ".yaml", ".yml", ".txt", ".md", ".csv")
@@ -390,7 +387,7 @@ def _load_series(
             masks[name] = masks[name] | mask if name in masks else mask
     if not masks:
         raise SourceError(f"{key}: no non-empty segment or ROI")
-    modality = spec.modality or MODALITY_NAMES.get(stack.modality, stack.modality or "unknown")
+    modality = spec.modality or modalities.from_dicom(stack.modality)
     return Volume(image=stack.image, affine=LPS_TO_RAS @ stack.affine_lps, modality=modality, masks=masks)
 
 
@@ -520,7 +517,7 @@ def _load_planar(
     else:
         raise SourceError(f"{name}: unsupported 2D DICOM pixel layout {pixels.shape}")
     modality_code = str(ds.get("Modality", "")).upper()
-    modality = spec.modality or MODALITY_NAMES.get(modality_code, modality_code or "unknown")
+    modality = spec.modality or modalities.from_dicom(modality_code)
     labels = load_masks(layout, files, image.shape[:2], spec, root, name)
     return Image2D(pixels=image, modality=modality, **labels)
 

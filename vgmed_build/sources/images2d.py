@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vgmed_build.imaging import to_uint8
 from vgmed_build.sources.base import (
     BOOLEAN,
     INTEGER,
@@ -178,16 +179,6 @@ def read_image(path: Path, name: str) -> np.ndarray:
     if arr.dtype != np.uint8:
         arr = to_uint8(arr.astype(np.float64))
     return np.ascontiguousarray(arr)
-
-
-def to_uint8(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """Linear map of [lo, hi] (default: min..max) to 0..255."""
-    lo = float(np.min(values)) if lo is None else lo
-    hi = float(np.max(values)) if hi is None else hi
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def read_mask(path: Path, name: str) -> np.ndarray:

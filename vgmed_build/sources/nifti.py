@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vgmed_build import modality as modalities
 from vgmed_build.sources.base import STRING, SourceError, SourceItem, SourceSpec, Volume, register, rel
 from vgmed_build.sources.volumes import (
     SLICER_SEG,
@@ -38,7 +39,6 @@ from vgmed_build.sources.volumes import (
 )
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-_MODALITY_ALIASES = {"CT": "CT", "PET": "PET", "PT": "PET", "US": "Ultrasound"}
 _ANY_EXT = "(.nii[.gz], .mha, .mhd or .nrrd)"
 
 
@@ -259,7 +259,7 @@ def parse_dataset_json(path: Path) -> tuple[dict[int, str], str, tuple[str, ...]
     names.pop(0, None)
     channels = meta.get("channel_names") or meta.get("modality") or {}
     first = str(next(iter(channels.values()), "")) if isinstance(channels, dict) else ""
-    modality = _MODALITY_ALIASES.get(first.upper(), "MRI" if first else "")
+    modality = modalities.from_msd_channel(first)
     ending = meta.get("file_ending")
     if ending is None:
         return names, modality, VOLUME_EXTS

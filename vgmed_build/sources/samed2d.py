@@ -24,15 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from vgmed_build import modality as modalities
 from vgmed_build.sources.base import BOOLEAN, STRINGS, Image2D, SourceError, SourceItem, SourceSpec, register
 from vgmed_build.sources.images2d import binary_mask, read_image, read_mask, rel
 
 INDEX_FILE = "SAMed2D_v1.json"
 CLASS_FILE = "SAMed2D_v1_class_mapping_id.json"
-MODALITY_PREFIX = {
-    "ct": "CT", "mr": "MRI", "pet": "PET", "ultrasound": "Ultrasound", "x": "X-ray",
-    "endoscopy": "Endoscopy", "dermoscopy": "Dermoscopy", "fundus": "Fundus",
-}
 
 
 @dataclass(frozen=True)
@@ -57,10 +54,6 @@ def parse_mask_name(stem: str) -> tuple[str, int, int]:
     if not sep or not sep2 or not cls.isdigit() or not inst.isdigit():
         raise ValueError("expected <image stem>--<class>_<instance>")
     return image_stem, int(cls), int(inst)
-
-
-def modality_name(code: str) -> str:
-    return MODALITY_PREFIX.get(code.split("_")[0].lower(), code)
 
 
 def class_names(mapping: Any) -> dict[str, dict[int, str]]:
@@ -116,7 +109,7 @@ class SAMed2DAdapter:
             yield SourceError(f"{rel(index_path, root)}: expected an object mapping images to mask lists")
             return
         datasets = {str(d) for d in spec.options.get("datasets") or []}
-        modalities = {str(m) for m in spec.options.get("modalities") or []}
+        codes = {str(m) for m in spec.options.get("modalities") or []}
         for image_rel, mask_rels in sorted(index.items()):
             image = root / image_rel
             try:
@@ -124,7 +117,7 @@ class SAMed2DAdapter:
             except ValueError as exc:
                 yield SourceError(f"{image_rel}: {exc}")
                 continue
-            if datasets and info.dataset not in datasets or modalities and info.modality not in modalities:
+            if datasets and info.dataset not in datasets or codes and info.modality not in codes:
                 continue
             if not image.is_file():
                 yield SourceError(f"{image_rel}: image listed in {INDEX_FILE} but not found")
@@ -184,7 +177,7 @@ def _load(
             merged[label] |= mask
     if not merged:
         raise SourceError(f"{rel(image, root)}: every mask of this image is empty or dropped")
-    modality = spec.modality or modality_name(info.modality)
+    modality = spec.modality or modalities.from_samed2d(info.modality)
     return Image2D(pixels=pixels, modality=modality, masks=dict(merged))
 
 

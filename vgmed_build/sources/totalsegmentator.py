@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vgmed_build import modality as modalities
 from vgmed_build.sources.base import STRING, STRINGS, SourceError, SourceItem, SourceSpec, Volume, register, rel
 from vgmed_build.sources.nifti import checked_label_map
 from vgmed_build.sources.volumes import (
@@ -201,7 +202,7 @@ class TotalSegmentatorAdapter:
         masks = volume_files(seg_dir) if seg_dir.is_dir() else []
         if not masks and ml is None:
             return SourceError(f"{key}: no {seg_name}/ folder of structure masks and no {seg_name}.nii.gz (--ml) file")
-        modality = spec.modality or ("MRI" if image.name.lower().startswith("mr") else "CT")
+        modality = spec.modality or (modalities.MRI if image.name.lower().startswith("mr") else modalities.CT)
         inputs = [ml] if masks == [] else masks
         return SourceItem(
             key=key,

@@ -1,0 +1,59 @@
+"""The build catalog: one SQLite file per build directory.
+
+Every stage writes one unit of work (a source item, a draft, a review event) inside one
+transaction, so a crash never leaves half an item and a rerun skips what is done. The schema is
+versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` upgrades old catalogs in place.
+Nothing here may hold patient identifiers or secrets: callers store pseudonymous, relative data only.
+
+Stage modules hold no SQL: every query is a named method of :class:`Catalog`, kept in the module of
+the stage that asks it (``ingest``, ``drafting``, ``review``, ...; ``base`` holds what all share:
+transactions, the errors table, state). ``Catalog`` is composed of them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from vgmed_build.catalog.base import CATALOG_NAME, IMAGES_DIR, CatalogError, now_iso
+from vgmed_build.catalog.drafting import DraftingQueries
+from vgmed_build.catalog.ingest import IngestQueries, Withdrawn
+from vgmed_build.catalog.review import WITHDRAWN_TASKS_KEY, ReviewQueries
+from vgmed_build.catalog.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+
+__all__ = [
+    "CATALOG_NAME",
+    "IMAGES_DIR",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "WITHDRAWN_TASKS_KEY",
+    "Catalog",
+    "CatalogError",
+    "Withdrawn",
+    "now_iso",
+    "open_catalog",
+]
+
+
+class Catalog(IngestQueries, DraftingQueries, ReviewQueries):
+    """An open build catalog, every stage's queries. Use :func:`open_catalog`."""
+
+
+def open_catalog(build_dir: str | Path, create: bool = True) -> Catalog:
+    """Open (and create or migrate) the catalog of ``build_dir``."""
+    build_dir = Path(build_dir)
+    path = build_dir / CATALOG_NAME
+    if not path.exists() and not create:
+        raise CatalogError(f"{build_dir}: no build catalog ({CATALOG_NAME}) here; run `vgmed-build ingest` first")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / IMAGES_DIR).mkdir(exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        migrate(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise CatalogError(f"{path}: not a usable vgmed catalog ({exc})") from exc
+    return Catalog(build_dir=build_dir, conn=conn)
+

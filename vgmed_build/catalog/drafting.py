@@ -1,0 +1,72 @@
+"""The drafting stage's catalog queries: the LLM provider's batch service (``generate --batch``)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from vgmed_build.catalog.base import CatalogBase, now_iso
+
+
+class DraftingQueries(CatalogBase):
+    # --- drafting: the LLM batch service (generate --batch) ---------------------------------
+    def add_llm_batch(self, batch: str, requests: list[tuple[str, dict]]) -> None:
+        """Record a batch and its (key, body) requests before anything is uploaded (one transaction)."""
+        with self.transaction() as c:
+            c.execute("INSERT INTO llm_batches (id, status, n_requests, created_at) VALUES (?, 'preparing', ?, ?)",
+                      (batch, len(requests), now_iso()))
+            c.executemany("INSERT INTO llm_batch_requests (key, batch, body_json) VALUES (?,?,?)",
+                          [(k, batch, json.dumps(b, ensure_ascii=False, sort_keys=True)) for k, b in requests])
+
+    def update_llm_batch(self, batch: str, **fields) -> None:
+        """Set input_file_id, batch_id, status or finished_at of one batch."""
+        allowed = {"input_file_id", "batch_id", "status", "finished_at"}
+        if not fields or set(fields) - allowed:
+            raise ValueError(f"batch fields must be among {sorted(allowed)}, got {sorted(fields)}")
+        with self.transaction() as c:
+            c.execute(f"UPDATE llm_batches SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?",
+                      (*fields.values(), batch))
+
+    def open_llm_batches(self) -> list[dict]:
+        """Batches not finished yet (preparing or submitted), oldest first."""
+        rows = self.conn.execute(
+            "SELECT id, input_file_id, batch_id, status, n_requests FROM llm_batches "
+            "WHERE status IN ('preparing', 'submitted') ORDER BY created_at, id").fetchall()
+        return [dict(zip(("id", "input_file_id", "batch_id", "status", "n_requests"), r, strict=True)) for r in rows]
+
+    def llm_batch_bodies(self, batch: str) -> list[tuple[str, dict]]:
+        rows = self.conn.execute("SELECT key, body_json FROM llm_batch_requests WHERE batch=? ORDER BY rowid",
+                                 (batch,)).fetchall()
+        return [(k, json.loads(b)) for k, b in rows]
+
+    def store_llm_batch_results(self, batch: str, results: dict[str, tuple[int, dict]], status: str) -> None:
+        """The downloaded lines (key -> (status code, body)) and the batch's final status, together."""
+        with self.transaction() as c:
+            c.executemany("UPDATE llm_batch_requests SET status_code=?, reply_json=? WHERE key=? AND batch=?",
+                          [(code, json.dumps(body, ensure_ascii=False), key, batch)
+                           for key, (code, body) in results.items()])
+            c.execute("UPDATE llm_batches SET status=?, finished_at=? WHERE id=?", (status, now_iso(), batch))
+
+    def llm_batch_state(self) -> dict[str, dict]:
+        """Per request key: the unconsumed downloaded reply (if any), whether a batch still waits on it,
+        and how many of its batch lines failed so far (attempts)."""
+        out: dict[str, dict] = {}
+        rows = self.conn.execute(
+            "SELECT r.key, b.status, r.status_code, r.reply_json, r.consumed FROM llm_batch_requests r "
+            "JOIN llm_batches b ON b.id = r.batch ORDER BY b.created_at, b.rowid")
+        for key, status, code, reply, consumed in rows:
+            entry = out.setdefault(key, {"reply": None, "waiting": False, "failures": 0})
+            if status in ("preparing", "submitted"):
+                entry["waiting"] = True
+            elif code is not None and code != 200:
+                entry["failures"] += 1
+            elif code is None:  # finished batch that never answered this line (expired, failed)
+                entry["failures"] += 1
+            if code is not None and not consumed:
+                entry["reply"] = (code, json.loads(reply))
+        return out
+
+    def consume_llm_batch_replies(self, conn: sqlite3.Connection, keys: list[str]) -> None:
+        """Mark downloaded replies used (inside the transaction storing their drafts)."""
+        conn.executemany("UPDATE llm_batch_requests SET consumed=1 WHERE key=? AND status_code IS NOT NULL",
+                         [(k,) for k in keys])

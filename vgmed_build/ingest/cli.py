@@ -1,0 +1,215 @@
+"""`vgmed-build ingest | regions | stats`: the ingest stage's command line (see :mod:`.run`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vgmed_build import imaging
+from vgmed_build.catalog import CatalogError, open_catalog
+from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, HelpFormatter, add_build_arg, fail
+from vgmed_build.config import ConfigError, check_unique_names, load_sources_file, parse_source_flag
+from vgmed_build.identifiers import WITH_PATHS_HINT, add_with_paths_arg, hide_item, item_pseudonym
+from vgmed_build.ingest.run import STAGE, run_ingest
+from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
+from vgmed_build.resources import schema_problems
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    fmt = HelpFormatter
+    p = subparsers.add_parser(
+        "ingest",
+        formatter_class=fmt,
+        help="render source datasets to PNG slices + regions in a build catalog",
+        description="Read segmentation sources (NIfTI / MHA / NRRD / 3D Slicer, MSD / nnU-Net, "
+        "TotalSegmentator, DICOM + SEG / RTSTRUCT, 2D images + masks, SLAKE, SA-Med2D), render 8-bit PNG "
+        "slices in the radiological convention and store one "
+        "region (component boxes, area, side, ...) per (image, structure). Resumable: unchanged items are "
+        "skipped, a crash never leaves half an item. Exit code 1 if any item failed. See docs/ingest.md.",
+    )
+    add_build_arg(p, help="build directory (created if missing) holding catalog.sqlite and images/")
+    p.add_argument(
+        "--sources",
+        type=Path,
+        metavar="FILE",
+        help="sources file (.toml, .yaml/.yml or .json) with one entry per source; paths in it "
+        "are relative to the file",
+    )
+    p.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="KIND:PATH",
+        help="quick source without a sources file, e.g. msd:/data/Task03_Liver (repeatable); "
+        "default options, named after the path's last component",
+    )
+    p.add_argument(
+        "--modality",
+        help="modality of the --source flags (CT, MRI, PET, X-ray, Ultrasound, "
+        "Endoscopy, Dermoscopy, Fundus); default: from the files where they say it",
+    )
+    p.add_argument(
+        "--body-part",
+        default="",
+        help="body part of the --source flags (also picks the CT window: brain, lung/chest, liver, abdomen, bone, ...)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="process items in N worker processes (catalog writes stay in the main process)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="re-ingest every item even if its fingerprint (inputs + options) is unchanged",
+    )
+    p.add_argument(
+        "--keep-missing",
+        action="store_true",
+        help="keep items that their source no longer has (default: withdraw them, e.g. after withdrawn consent: "
+        "their images, regions, drafts and review tasks leave the build and the next release; review events "
+        "stay in the catalog's history)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_wait_arg(p)
+    add_with_paths_arg(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = subparsers.add_parser(
+        "regions",
+        formatter_class=fmt,
+        help="export the catalog's regions as JSONL",
+        description="Write every region record (validated against "
+        "schemas/region.schema.json) as one JSON object per line, ordered by id.",
+    )
+    add_build_arg(p)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("-"),
+        metavar="FILE",
+        help="output JSONL file ('-' writes to standard output)",
+    )
+    p.add_argument("--source", metavar="NAME", help="only regions of this source")
+    add_with_paths_arg(p)
+    p.set_defaults(func=cmd_regions)
+
+    p = subparsers.add_parser(
+        "stats",
+        formatter_class=fmt,
+        help="counts by source, modality, label; errors",
+        description="Print item, image and region counts by source, modality and "
+        "label, and every stored ingest error. Exit code 1 if there are errors.",
+    )
+    add_build_arg(p)
+    p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+    add_with_paths_arg(p)
+    p.set_defaults(func=cmd_stats)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    try:
+        specs = load_sources_file(args.sources) if args.sources else []
+        specs += [parse_source_flag(f, args.modality, args.body_part) for f in args.source]
+        check_unique_names(specs, "--sources / --source")
+    except ConfigError as exc:
+        return fail(str(exc))
+    if not specs:
+        return fail("nothing to ingest; give --sources FILE or --source KIND:PATH")
+    try:
+        with stage_lock(args.build, STAGE, args.wait):
+            report = run_ingest(
+                args.build,
+                specs,
+                workers=args.workers,
+                force=args.force,
+                progress=False if args.no_progress else None,
+                keep_missing=args.keep_missing,
+                with_paths=args.with_paths,
+            )
+    except (CatalogError, LockBusy) as exc:
+        return fail(str(exc))
+    with open_catalog(args.build) as catalog:
+        n_images, n_regions = catalog.image_and_region_counts()
+    print(
+        f"ingest: {report.items} items: {report.done} ingested, {report.skipped} unchanged, "
+        f"{len(report.errors)} errors, {len(report.withdrawn)} withdrawn (no longer in their source)"
+        + (f", {len(report.kept_missing)} missing kept" if report.kept_missing else "")
+        + f"; catalog holds {n_images} images, {n_regions} regions"
+    )
+    for source, item, message in report.errors:
+        if not args.with_paths:
+            message, item = hide_item(message, source, item), item_pseudonym(source, item)
+        print(
+            f"  error [{source}] {message if message.startswith(item) else f'{item}: {message}'}",
+            file=sys.stderr,
+        )
+    if report.errors and not args.with_paths:
+        print(f"  ({WITH_PATHS_HINT}, e.g. `vgmed-build stats --build {args.build} --with-paths`)", file=sys.stderr)
+    return EXIT_ITEM_ERRORS if report.errors else EXIT_OK
+
+
+def cmd_regions(args: argparse.Namespace) -> int:
+    try:
+        catalog = open_catalog(args.build, create=False)
+    except CatalogError as exc:
+        return fail(str(exc))
+    lines, bad = [], 0
+    with catalog:
+        for region in catalog.regions(args.source):
+            problems = schema_problems("region", region)
+            if problems:
+                bad += 1
+                print(f"error: region {region.get('id')}: {'; '.join(problems)}", file=sys.stderr)
+                continue
+            if not args.with_paths:
+                source = region["source"]
+                source["item"] = item_pseudonym(source["name"], source["item"])
+            lines.append(json.dumps(region, sort_keys=True))
+    text = "".join(line + "\n" for line in lines)
+    if str(args.out) == "-":
+        sys.stdout.write(text)
+    else:
+        imaging.write_atomic(args.out, text.encode())
+        print(f"regions: wrote {len(lines)} records to {args.out}", file=sys.stderr)
+    return EXIT_ITEM_ERRORS if bad else EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    try:
+        catalog = open_catalog(args.build, create=False)
+    except CatalogError as exc:
+        return fail(str(exc))
+    with catalog:
+        stats = catalog.ingest_stats()
+    if not args.with_paths:
+        stats["errors"] = [
+            {
+                **e,
+                "item": item_pseudonym(e["source"], e["item"]),
+                "message": hide_item(e["message"], e["source"], e["item"]),
+            }
+            for e in stats["errors"]
+        ]
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+    else:
+        print("by source:")
+        for name, counts in sorted(stats["sources"].items()):
+            print(
+                f"  {name}: {counts['items_done']} items done, {counts['items_error']} failed, "
+                f"{counts['images']} images, {counts['regions']} regions"
+            )
+        for title in ("modalities", "labels", "sides"):
+            print(f"regions by {title.rstrip('s') if title != 'modalities' else 'modality'}:")
+            for name, n in stats[title].items():
+                print(f"  {name}: {n}")
+        print(f"errors: {len(stats['errors'])}")
+        for err in stats["errors"]:
+            text = err["message"] if err["message"].startswith(err["item"]) else f"{err['item']}: {err['message']}"
+            print(f"  [{err['source']}] {text}")
+    return EXIT_ITEM_ERRORS if stats["errors"] else EXIT_OK

@@ -43,7 +43,7 @@ from PIL import Image
 
 from vgmed_build import imaging
 from vgmed_build.config import DEFAULT_OPTIONS
-from vgmed_build.sources.images2d import read_image, read_mask
+from vgmed_build.sources.files import read_image, read_mask
 
 SIZE = 256
 FACTOR = 8

@@ -146,7 +146,6 @@ def _spec_from_entry(entry: Any, file: Path | None, index: int, where: str | Non
     name = entry.get("name") or re.sub(r"[^A-Za-z0-9._-]+", "_", path.name)
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(f"{where}: key 'name': {name!r} must be letters, digits, '.', '_' or '-'")
-    adapter_types = dict(getattr(adapter, "option_types", {}))
     return SourceSpec(
         name=name,
         kind=kind,
@@ -159,7 +158,7 @@ def _spec_from_entry(entry: Any, file: Path | None, index: int, where: str | Non
         categories=_str_map(entry, "categories", where),
         dataset=_opt_str(entry, "dataset", where),
         licence=_opt_str(entry, "licence", where),
-        options=normalise_options(entry.get("options") or {}, where, adapter_types),
+        options=normalise_options(entry.get("options") or {}, where, adapter.option_types),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from vgmed_build.sources.base import ADAPTERS, SourceAdapter, SourceError, SourceSpec
+from vgmed_build.sources.base import SOURCE_ADAPTERS, SourceAdapter, SourceError, SourceSpec
 
 # Adding a format: write a module that calls base.register(...) and list it here.
 ADAPTER_MODULES = [
@@ -22,9 +22,9 @@ def get_adapter(kind: str) -> SourceAdapter:
     """The adapter for a source kind, with a clear error listing the known kinds."""
     for name in ADAPTER_MODULES:
         importlib.import_module(name)
-    if kind not in ADAPTERS:
-        raise SourceError(f"unknown source kind {kind!r}; known kinds: {', '.join(sorted(ADAPTERS))}")
-    return ADAPTERS[kind]
+    if kind not in SOURCE_ADAPTERS:
+        raise SourceError(f"unknown source kind {kind!r}; known kinds: {', '.join(sorted(SOURCE_ADAPTERS))}")
+    return SOURCE_ADAPTERS[kind]
 
 
-__all__ = ["ADAPTERS", "SourceAdapter", "SourceError", "SourceSpec", "get_adapter"]
+__all__ = ["SOURCE_ADAPTERS", "SourceAdapter", "SourceError", "SourceSpec", "get_adapter"]

@@ -126,6 +126,10 @@ STRING, BOOLEAN, INTEGER, NUMBER, STRINGS, INTEGERS = OPTION_TYPES
 
 
 class SourceAdapter(Protocol):
+    """The contract of a source kind, declared once: its name, its own options and their types (the
+    sources file is checked against them: see ``config.normalise_options``), and how to list items.
+    Register an instance with :func:`register`; ``sources.get_adapter(kind)`` finds it."""
+
     kind: str
     option_types: dict[str, str]  # the kind's own option names -> a key of OPTION_TYPES
 
@@ -134,18 +138,10 @@ class SourceAdapter(Protocol):
         ...
 
 
-def rel(path: Path, root: Path) -> str:
-    """A path as shown in messages and keys: relative to the source root, never absolute."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
-
-
-ADAPTERS: dict[str, SourceAdapter] = {}
+SOURCE_ADAPTERS: dict[str, SourceAdapter] = {}
 
 
 def register(adapter: SourceAdapter) -> SourceAdapter:
     """Register a source adapter under its ``kind`` (used by ``--source KIND:PATH``)."""
-    ADAPTERS[adapter.kind] = adapter
+    SOURCE_ADAPTERS[adapter.kind] = adapter
     return adapter

@@ -31,9 +31,8 @@ from vgmed_build.sources.base import (
     SourceItem,
     SourceSpec,
     register,
-    rel,
 )
-from vgmed_build.sources.images2d import read_image
+from vgmed_build.sources.files import read_image, rel
 
 CROWD_MODES = ("exclude", "include", "skip")
 

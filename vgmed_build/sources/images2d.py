@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from vgmed_build.imaging import to_uint8
 from vgmed_build.sources.base import (
     BOOLEAN,
     INTEGER,
@@ -31,8 +29,8 @@ from vgmed_build.sources.base import (
     SourceItem,
     SourceSpec,
     register,
-    rel,
 )
+from vgmed_build.sources.files import binary_mask, read_image, read_mask, rel
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_PATTERNS = {"binary": "masks/{stem}_{label}.png", "index": "masks/{stem}.png"}
@@ -159,68 +157,6 @@ def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
-def read_image(path: Path, name: str) -> np.ndarray:
-    """Pixels as uint8, (H, W) or (H, W, 3). Alpha is dropped; >8-bit grey is scaled min..max."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
-                img = img.convert("RGB")
-            elif mode in ("1", "LA"):
-                img = img.convert("L")
-            arr = np.asarray(img)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise SourceError(f"{name}: cannot read image ({exc})") from None
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[..., :3]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
-        raise SourceError(f"{name}: unsupported image layout {arr.shape}")
-    if arr.dtype != np.uint8:
-        arr = to_uint8(arr.astype(np.float64))
-    return np.ascontiguousarray(arr)
-
-
-def read_mask(path: Path, name: str) -> np.ndarray:
-    """A mask file as a 2D integer array. RGB masks are refused unless all channels are equal."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            arr = np.asarray(img)  # palette images give their indices, as label maps should
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise SourceError(f"{name}: cannot read mask ({exc})") from None
-    if arr.ndim == 3:
-        channels = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]
-        if not all(np.array_equal(channels[..., 0], channels[..., c]) for c in range(channels.shape[2])):
-            raise SourceError(f"{name}: RGB mask with differing channels; save masks as one grey channel")
-        arr = channels[..., 0]
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-            raise SourceError(f"{name}: mask holds non-integer values")
-        arr = arr.astype(np.int64)
-    if arr.dtype.kind not in "iu":
-        raise SourceError(f"{name}: unsupported mask type {arr.dtype}")
-    if arr.size and arr.min() < 0:
-        raise SourceError(f"{name}: mask holds negative values")
-    return arr
-
-
-def binary_mask(arr: np.ndarray, name: str, threshold: int | None) -> np.ndarray:
-    """0 / one other value (1 or 255 usually) -> bool; anything else is refused unless thresholded."""
-    if threshold is not None:
-        return arr > threshold
-    foreground = arr != 0
-    first = arr.flat[int(np.argmax(foreground))]  # some foreground value (0 if there is none)
-    if np.logical_and(foreground, arr != first).any():  # linear passes; np.unique would sort every pixel
-        values = np.unique(arr)
-        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
-        raise SourceError(
-            f"{name}: binary mask holds {values.size} values ({shown}); "
-            "set options.binary_threshold for lossy masks or use mask_type = 'index'"
-        )
-    return foreground
 
 
 def load_masks(

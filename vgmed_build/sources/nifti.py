@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from vgmed_build import modality as modalities
-from vgmed_build.sources.base import STRING, SourceError, SourceItem, SourceSpec, Volume, register, rel
+from vgmed_build.sources.base import STRING, SourceError, SourceItem, SourceSpec, Volume, register
+from vgmed_build.sources.files import rel
 from vgmed_build.sources.volumes import (
     SLICER_SEG,
     VOLUME_EXTS,

@@ -14,7 +14,6 @@ All instances of one class are merged into one structure (several boxes per ques
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import numpy as np
 
 from vgmed_build import modality as modalities
 from vgmed_build.sources.base import BOOLEAN, STRINGS, Image2D, SourceError, SourceItem, SourceSpec, register
-from vgmed_build.sources.images2d import binary_mask, read_image, read_mask, rel
+from vgmed_build.sources.files import binary_mask, read_image, read_json, read_mask, rel
 
 INDEX_FILE = "SAMed2D_v1.json"
 CLASS_FILE = "SAMed2D_v1_class_mapping_id.json"
@@ -79,13 +78,6 @@ def _find(root: Path, name: str) -> Path | None:
     return None
 
 
-def _read_json(path: Path, root: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SourceError(f"{rel(path, root)}: cannot read JSON ({exc})") from None
-
-
 class SAMed2DAdapter:
     """``kind = "samed2d"``: one item per image listed in ``SAMed2D_v1.json``."""
 
@@ -99,9 +91,9 @@ class SAMed2DAdapter:
             yield SourceError(f"{root.name}: not an SA-Med2D folder ({INDEX_FILE} not found)")
             return
         try:
-            index = _read_json(index_path, root)
+            index = read_json(index_path, root)
             class_path = _find(root, CLASS_FILE)
-            names = class_names(_read_json(class_path, root)) if class_path else {}
+            names = class_names(read_json(class_path, root)) if class_path else {}
         except SourceError as exc:
             yield exc
             return

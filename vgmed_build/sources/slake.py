@@ -15,29 +15,20 @@ as VGMED used SLAKE's boxes) or are skipped (``"skip"``). Modality comes from th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vgmed_build.sources.base import NUMBER, STRING, STRINGS, Image2D, SourceError, SourceItem, SourceSpec, register
-from vgmed_build.sources.images2d import read_image, rel
+from vgmed_build.sources.files import read_image, read_json, rel
 
 # Split -> file names (the Hugging Face copy renamed validate.json to validation.json).
 SPLIT_FILES = {"train": ("train.json",), "validate": ("validate.json", "validation.json"), "test": ("test.json",)}
 IMAGE_FOLDERS = ("imgs", "images")
 IMAGE_NAME = "source.jpg"
-
-
-def _read_json(path: Path, root: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SourceError(f"{rel(path, root)}: cannot read JSON ({exc})") from None
 
 
 def _question_index(root: Path, splits: list[str]) -> tuple[dict[str, dict], list[SourceError]]:
@@ -49,7 +40,7 @@ def _question_index(root: Path, splits: list[str]) -> tuple[dict[str, dict], lis
         if path is None:
             continue
         try:
-            records = _read_json(path, root)
+            records = read_json(path, root)
         except SourceError as exc:
             errors.append(exc)
             continue
@@ -77,7 +68,7 @@ def _split_file(root: Path, split: str) -> Path | None:
 
 def read_detections(path: Path, root: Path) -> list[tuple[str, list[float]]]:
     """detection.json -> [(name, [x, y, w, h]), ...] (a list of one-key objects, or one object)."""
-    data = _read_json(path, root)
+    data = read_json(path, root)
     entries = data if isinstance(data, list) else [data]
     out = []
     for entry in entries:
@@ -217,7 +208,7 @@ class SlakeAdapter:
         """Fallback when no split file lists the folder: its own question.json."""
         path = folder / "question.json"
         try:
-            records = _read_json(path, root) if path.is_file() else []
+            records = read_json(path, root) if path.is_file() else []
         except SourceError:
             records = []
         first = records[0] if isinstance(records, list) and records and isinstance(records[0], dict) else {}

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from vgmed_build import modality as modalities
-from vgmed_build.sources.base import STRING, STRINGS, SourceError, SourceItem, SourceSpec, Volume, register, rel
+from vgmed_build.sources.base import STRING, STRINGS, SourceError, SourceItem, SourceSpec, Volume, register
+from vgmed_build.sources.files import rel
 from vgmed_build.sources.nifti import checked_label_map
 from vgmed_build.sources.volumes import (
     case_of,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vgmed_build.sources.base import SourceError, rel
+from vgmed_build.sources.base import SourceError
+from vgmed_build.sources.files import rel
 
 # Longest first: '.nii.gz' must win over '.gz'-less matches.
 VOLUME_EXTS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from vgmed_eval import __version__
@@ -18,20 +17,15 @@ COMMAND_MODULES = [
     "vgmed_eval.reproduce",
 ]
 
-
-def build_parser() -> argparse.ArgumentParser:
-    return commands.build_parser(
-        "vgmed-eval",
-        "Evaluate where multimodal LLMs look on a VGMED release (grounding metrics per layer and head), "
-        "pick visually sensitive heads, and run medical VQA with and without VGRefine.",
-        __version__,
-        COMMAND_MODULES,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    return commands.run(build_parser(), argv)
-
+COMMAND_LINE = commands.CommandLine(
+    "vgmed-eval",
+    "Evaluate where multimodal LLMs look on a VGMED release (grounding metrics per layer and head), "
+    "pick visually sensitive heads, and run medical VQA with and without VGRefine.",
+    __version__,
+    COMMAND_MODULES,
+)
+build_parser = COMMAND_LINE.build_parser
+main = COMMAND_LINE.main
 
 if __name__ == "__main__":
     sys.exit(main())

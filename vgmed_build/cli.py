@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from vgmed_build import __version__, commands
@@ -18,20 +17,15 @@ COMMAND_MODULES = [
     "vgmed_build.demo",
 ]
 
-
-def build_parser() -> argparse.ArgumentParser:
-    return commands.build_parser(
-        "vgmed-build",
-        "Build a clinician-validated VGMED visual grounding benchmark from medical segmentation datasets: "
-        "ingest -> generate -> review push/pull -> release.",
-        __version__,
-        COMMAND_MODULES,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    return commands.run(build_parser(), argv)
-
+COMMAND_LINE = commands.CommandLine(
+    "vgmed-build",
+    "Build a clinician-validated VGMED visual grounding benchmark from medical segmentation datasets: "
+    "ingest -> generate -> review push/pull -> release.",
+    __version__,
+    COMMAND_MODULES,
+)
+build_parser = COMMAND_LINE.build_parser
+main = COMMAND_LINE.main
 
 if __name__ == "__main__":
     sys.exit(main())

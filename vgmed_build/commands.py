@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 EXIT_OK = 0
@@ -88,6 +89,23 @@ def build_parser(prog: str, description: str, version: str, modules: list[str]) 
     for name in modules:
         importlib.import_module(name).register(sub)
     return parser
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """One program (`vgmed-build`, `vgmed-eval`): its name, --help text, version and command modules."""
+
+    prog: str
+    description: str
+    version: str
+    modules: list[str]
+
+    def build_parser(self) -> argparse.ArgumentParser:
+        return build_parser(self.prog, self.description, self.version, self.modules)
+
+    def main(self, argv: list[str] | None = None) -> int:
+        """Run the command ``argv`` names (default: the process's arguments); returns its exit code."""
+        return run(self.build_parser(), argv)
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

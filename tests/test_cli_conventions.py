@@ -24,9 +24,7 @@ from vgmed_build import commands
 
 PARSERS = {"vgmed-build": build_cli.build_parser, "vgmed-eval": eval_cli.build_parser}
 # Commands whose modules another change of issue 13 is converting right now; empty once it has landed.
-PENDING = {"vgmed-build labelstudio start", "vgmed-build labelstudio stop", "vgmed-build labelstudio status",
-           "vgmed-build labelstudio invite", "vgmed-build review push", "vgmed-build review pull",
-           "vgmed-build review status", "vgmed-build release", "vgmed-build generate", "vgmed-build drafts"}
+PENDING = {"vgmed-build generate", "vgmed-build drafts"}
 UNDOCUMENTED = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
 
 

@@ -16,12 +16,13 @@ from labelstudio_fixture import add_reviewer, drafts_of, dump, make_build, secre
 
 from vgmed_build.review import api
 from vgmed_build.review import pull as pull_module
-from vgmed_build.review.cli import summary
 from vgmed_build.review.convert import boxes_to_results, draft_prediction
 from vgmed_build.review.decision import decide
 from vgmed_build.review.pull import pull, reviewer_id
-from vgmed_build.review.push import FAIL_AFTER_ENV, project_state, push
+from vgmed_build.review.push import FAIL_AFTER_ENV, push
 from vgmed_build.review.server import LabelStudioError, ServerInfo, connect, credentials
+from vgmed_build.review.state import project_state
+from vgmed_build.review.status import summary
 
 pytestmark = pytest.mark.labelstudio
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from vgmed_build import __version__
 from vgmed_build.card import render_card
 from vgmed_build.catalog import Catalog, CatalogError, open_catalog
-from vgmed_build.commands import EXIT_ITEM_ERRORS, HelpFormatter, add_build_arg, fail
+from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, HelpFormatter, add_build_arg, fail
 from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
 from vgmed_build.lock import LockBusy, add_wait_arg, hold, out_lock_path
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
@@ -55,6 +55,8 @@ from vgmed_build.review.decision import POLICIES, Decision, check_policy, decide
 from vgmed_build.validate import validate_release
 
 log = logging.getLogger(__name__)
+
+STAGE = "release"
 
 class ReleaseError(RuntimeError):
     """The release could not be built; any existing release at the target is left untouched."""
@@ -159,12 +161,6 @@ def resolve_created(created: str | None) -> str:
 
 
 # ---------------------------------------------------------------- I/O edge
-
-
-def ok_drafts(catalog: Catalog) -> list[dict]:
-    """Drafts that passed the automatic checks, in id order."""
-    rows = catalog.conn.execute("SELECT record_json FROM drafts WHERE status='ok' ORDER BY id")
-    return [json.loads(rec) for (rec,) in rows]
 
 
 def build_release(
@@ -273,9 +269,8 @@ def _write_records_and_images(
     copied: dict[str, str | None] = {}  # release image path -> None when copied, else why not
     skipped: list[str] = []
     (tmp / RELEASE_IMAGES).mkdir()
-    with catalog.transaction() as c:
-        c.execute("DELETE FROM errors WHERE stage='release'")
-    for draft in tqdm(ok_drafts(catalog), desc="release", unit="draft", disable=None):
+    catalog.clear_stage_errors(STAGE)
+    for draft in tqdm(catalog.ok_drafts(), desc="release", unit="draft", disable=None):
         decision = decisions.get(draft["id"])
         review = review_facts(decision, options.include_unreviewed)
         if review is None:
@@ -295,7 +290,7 @@ def _write_records_and_images(
         except ItemError as exc:
             skipped.append(str(exc))
             log.warning("%s", exc)
-            catalog.record_error("release", draft["id"], str(exc))
+            catalog.record_error(STAGE, draft["id"], str(exc))
             continue
         records_by_file.setdefault(target, []).append(record)
     for recs in records_by_file.values():
@@ -443,10 +438,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "names and IDs of the source data); the release is refused if any occurs",
     )
     add_wait_arg(p)
-    p.set_defaults(func=_cmd_release)
+    p.set_defaults(func=cmd_release)
 
 
-def _cmd_release(args: argparse.Namespace) -> int:
+def cmd_release(args: argparse.Namespace) -> int:
     try:
         forbid = tuple(load_forbid_file(args.forbid_file)) if args.forbid_file else ()
         catalog = open_catalog(args.build, create=False)
@@ -480,4 +475,4 @@ def _cmd_release(args: argparse.Namespace) -> int:
         for message in report.skipped:
             print(f"  {message}")
         return EXIT_ITEM_ERRORS
-    return 0
+    return EXIT_OK

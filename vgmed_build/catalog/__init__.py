@@ -18,6 +18,7 @@ from pathlib import Path
 from vgmed_build.catalog.base import CATALOG_NAME, IMAGES_DIR, CatalogError, now_iso
 from vgmed_build.catalog.drafting import DraftingQueries
 from vgmed_build.catalog.ingest import IngestQueries, Withdrawn
+from vgmed_build.catalog.release import ReleaseQueries
 from vgmed_build.catalog.review import WITHDRAWN_TASKS_KEY, ReviewQueries
 from vgmed_build.catalog.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class Catalog(IngestQueries, DraftingQueries, ReviewQueries):
+class Catalog(IngestQueries, DraftingQueries, ReviewQueries, ReleaseQueries):
     """An open build catalog, every stage's queries. Use :func:`open_catalog`."""
 
 

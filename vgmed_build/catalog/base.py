@@ -91,6 +91,11 @@ class CatalogBase:
         else:
             conn.execute("DELETE FROM errors WHERE stage=? AND source=? AND item=?", (stage, source, item))
 
+    def clear_stage_errors(self, stage: str) -> None:
+        """Forget every stored problem of ``stage`` (a stage that redoes all its items at each run)."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM errors WHERE stage=?", (stage,))
+
     # --- state: small key -> value facts of the build -----------------------------------------
     def get_state(self, key: str, default: str | None = None) -> str | None:
         row = self.conn.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
@@ -101,6 +106,11 @@ class CatalogBase:
             "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
             (key, value),
         )
+        if conn is None:
+            self.conn.commit()
+
+    def delete_state(self, key: str, conn: sqlite3.Connection | None = None) -> None:
+        (conn or self.conn).execute("DELETE FROM state WHERE key=?", (key,))
         if conn is None:
             self.conn.commit()
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Container, Iterator
 
-from vgmed_build.catalog.base import CatalogBase
+from vgmed_build.catalog.base import CatalogBase, now_iso
 
 WITHDRAWN_TASKS_KEY = "review.withdrawn_tasks"  # state: [[project_id, task_id], ...] the next push deletes
 
@@ -19,3 +21,89 @@ class ReviewQueries(CatalogBase):
         left = [list(t) for t in self.withdrawn_tasks() if t not in set(done)]
         with self.transaction() as c:
             self.set_state(WITHDRAWN_TASKS_KEY, json.dumps(left), conn=c)
+
+    def ok_drafts_with_images(self) -> list[tuple[dict, int, int, dict]]:
+        """Every ok draft by id, with its image's width and height and its region's record."""
+        rows = self.conn.execute(
+            "SELECT d.record_json, i.width, i.height, r.record_json FROM drafts d "
+            "JOIN regions r ON r.id = d.region_id JOIN images i ON i.id = r.image_id "
+            "WHERE d.status = 'ok' ORDER BY d.id"
+        ).fetchall()
+        return [(json.loads(rec), w, h, json.loads(region or "{}")) for rec, w, h, region in rows]
+
+    def draft_ids(self) -> set[str]:
+        return {d for (d,) in self.conn.execute("SELECT id FROM drafts")}
+
+    def ok_draft_ids(self) -> set[str]:
+        return {d for (d,) in self.conn.execute("SELECT id FROM drafts WHERE status='ok'")}
+
+    def draft_records(self, only: Container[str] | None = None) -> Iterator[tuple[str, dict]]:
+        """(id, record) of every draft (or of those whose id is in ``only``), whatever its status, by id."""
+        for draft_id, rec in self.conn.execute("SELECT id, record_json FROM drafts ORDER BY id"):
+            if only is None or draft_id in only:
+                yield draft_id, json.loads(rec)
+
+    def review_tasks(self, project: str) -> dict[str, tuple[int, str]]:
+        """draft id -> (task id, content hash pushed) of every task recorded for ``project``."""
+        rows = self.conn.execute(
+            "SELECT draft_id, task_id, content_hash FROM review_tasks WHERE project=?", (project,)
+        )
+        return {d: (t, h) for d, t, h in rows}
+
+    def review_task_ids(self, project: str) -> list[int]:
+        """The task ids recorded for ``project``, ascending."""
+        return sorted(t for (t,) in self.conn.execute("SELECT task_id FROM review_tasks WHERE project=?", (project,)))
+
+    def review_tasks_per_project(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT project, COUNT(*) FROM review_tasks GROUP BY project").fetchall())
+
+    def add_review_tasks(self, conn: sqlite3.Connection, rows: list[tuple[str, str, int, int, str, str]]) -> None:
+        """Record pushed tasks, (draft id, project, project id, task id, content hash, pushed at) each,
+        inside the caller's transaction."""
+        conn.executemany(
+            "INSERT INTO review_tasks (draft_id, project, project_id, task_id, content_hash, pushed_at) "
+            "VALUES (?,?,?,?,?,?)",
+            rows,
+        )
+
+    def update_review_task(self, draft_id: str, project: str, content_hash: str) -> None:
+        """A task refreshed on the server now shows ``content_hash``."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE review_tasks SET content_hash=?, pushed_at=? WHERE draft_id=? AND project=?",
+                (content_hash, now_iso(), draft_id, project),
+            )
+
+    def forget_review_tasks(self, project: str) -> None:
+        """Drop every task record of ``project`` (its project is gone from the server)."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM review_tasks WHERE project=?", (project,))
+
+    def review_event_keys(self, project: str) -> set[tuple[int, str]]:
+        """(annotation id, revision) of every event of ``project`` already stored."""
+        return set(self.conn.execute("SELECT annotation_id, revision FROM review_events WHERE project=?", (project,)))
+
+    def add_review_event(self, conn: sqlite3.Connection, project: str, rec: dict, pulled_at: str) -> bool:
+        """Store one review event record inside the caller's transaction; False when it was stored before."""
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO review_events (draft_id, project, annotation_id, revision, reviewer, "
+            "verdict, record_json, pulled_at) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                rec["draft_id"],
+                project,
+                rec["annotation_id"],
+                rec["revision"],
+                rec["reviewer"],
+                rec["verdict"],
+                json.dumps(rec, sort_keys=True),
+                pulled_at,
+            ),
+        )
+        return bool(cur.rowcount)
+
+    def review_event_records(self) -> Iterator[tuple[str, str, dict]]:
+        """(draft id, project, record) of every review event, in pull order."""
+        for draft_id, project, rec in self.conn.execute(
+            "SELECT draft_id, project, record_json FROM review_events ORDER BY id"
+        ):
+            yield draft_id, project, json.loads(rec)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 from vgmed_build.catalog import CatalogError, open_catalog
-from vgmed_build.commands import EXIT_INCOMPLETE, HelpFormatter, add_build_arg, fail
+from vgmed_build.commands import EXIT_INCOMPLETE, EXIT_OK, HelpFormatter, add_build_arg, fail
 from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
-from vgmed_build.review import agreement
-from vgmed_build.review.api import EXPORT_CONCURRENCY
-from vgmed_build.review.decision import POLICIES, STATUSES, decide, review_events
-from vgmed_build.review.push import ADJUDICATION, BATCH_SIZE, REVIEW, project_state, push
+from vgmed_build.review.api import EXPORT_CONCURRENCY, LabelStudioError
+from vgmed_build.review.decision import POLICIES, decide
+from vgmed_build.review.pull import pull
+from vgmed_build.review.push import BATCH_SIZE, push
 from vgmed_build.review.server import (
-    LabelStudioError,
     invite_url,
     resolve_server,
     server_status,
@@ -23,6 +21,8 @@ from vgmed_build.review.server import (
     state_dir,
     stop_server,
 )
+from vgmed_build.review.state import ADJUDICATION, REVIEW
+from vgmed_build.review.status import adjudication_notes, json_safe, status_lines, summary
 
 
 def register(subparsers) -> None:
@@ -89,10 +89,10 @@ def _register_labelstudio(subparsers) -> None:
         help="server processes (gunicorn workers, ~350 MB each); `review pull` exports slices of a project "
         "in parallel across them (default: 2 per CPU core, at least 2, at most 4)",
     )
-    s.set_defaults(func=_cmd_ls_start)
+    s.set_defaults(func=cmd_labelstudio_start)
     for name, func, text in (
-        ("stop", _cmd_ls_stop, "stop the build's server"),
-        ("status", _cmd_ls_status, "say whether the build's server runs, and where"),
+        ("stop", cmd_labelstudio_stop, "stop the build's server"),
+        ("status", cmd_labelstudio_status, "say whether the build's server runs, and where"),
     ):
         s = sub.add_parser(name, formatter_class=HelpFormatter, help=text, description=text[0].upper() + text[1:] + ".")
         add_build_arg(s)
@@ -106,7 +106,7 @@ def _register_labelstudio(subparsers) -> None:
     )
     add_build_arg(s)
     _add_server(s)
-    s.set_defaults(func=_cmd_ls_invite)
+    s.set_defaults(func=cmd_labelstudio_invite)
 
 
 def _register_review(subparsers) -> None:
@@ -152,7 +152,7 @@ def _register_review(subparsers) -> None:
     _add_policy(s)
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_wait_arg(s)
-    s.set_defaults(func=_cmd_push)
+    s.set_defaults(func=cmd_review_push)
 
     s = sub.add_parser(
         "pull",
@@ -179,7 +179,7 @@ def _register_review(subparsers) -> None:
     )
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_wait_arg(s)
-    s.set_defaults(func=_cmd_pull)
+    s.set_defaults(func=cmd_review_pull)
 
     s = sub.add_parser(
         "status",
@@ -192,7 +192,7 @@ def _register_review(subparsers) -> None:
     _add_policy(s)
     s.add_argument("--limit", type=int, default=20, help="disputed drafts to list (0 = all)")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
-    s.set_defaults(func=_cmd_status)
+    s.set_defaults(func=cmd_review_status)
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
@@ -220,7 +220,7 @@ def _print_login(info, build: str) -> None:
     print(f"  (login and API token kept owner-only in {state_dir(build) / 'credentials.json'})")
 
 
-def _cmd_ls_start(args) -> int:
+def cmd_labelstudio_start(args) -> int:
     try:
         info = start_server(
             args.build, document_root=args.document_root, port=args.port, timeout=args.timeout, workers=args.workers
@@ -228,62 +228,44 @@ def _cmd_ls_start(args) -> int:
     except LabelStudioError as exc:
         return fail(str(exc))
     _print_login(info, args.build)
-    return 0
+    return EXIT_OK
 
 
-def _cmd_ls_stop(args) -> int:
+def cmd_labelstudio_stop(args) -> int:
     print("stopped" if stop_server(args.build) else f"no Label Studio running for {args.build}")
-    return 0
+    return EXIT_OK
 
 
-def _cmd_ls_status(args) -> int:
+def cmd_labelstudio_status(args) -> int:
     info = server_status(args.build)
     if info is None:
         print(f"not running (start it with `vgmed-build labelstudio start --build {args.build}`)")
         return EXIT_INCOMPLETE
     print(f"running (pid {info.pid}), serving files under {info.document_root}")
     _print_login(info, args.build)
-    return 0
+    return EXIT_OK
 
 
-def _cmd_ls_invite(args) -> int:
+def cmd_labelstudio_invite(args) -> int:
     try:
         print(invite_url(resolve_server(args.build, args.url, document_root=args.document_root)))
     except LabelStudioError as exc:
         return fail(str(exc))
-    return 0
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- review
 
 
-def _adjudication_notes(catalog, decisions) -> dict[str, str]:
-    """Per disputed draft: each reviewer's verdict and comment, shown to the adjudicator."""
-    events = review_events(catalog)
-    notes = {}
-    for draft_id, d in decisions.items():
-        if d.status != "disputed":
-            continue
-        latest = {}
-        for ev in events[draft_id][REVIEW]:
-            latest[ev["reviewer"]] = ev
-        parts = [
-            f"{r}: {ev['verdict']}" + (f" ({ev['comment']})" if ev["comment"] else "")
-            for r, ev in sorted(latest.items())
-        ]
-        notes[draft_id] = "disputed: " + "; ".join(parts)
-    return notes
-
-
-def _cmd_push(args) -> int:
+def cmd_review_push(args) -> int:
     try:
         with open_catalog(args.build, create=False) as catalog, stage_lock(args.build, "review push", args.wait):
             server = resolve_server(args.build, args.url, document_root=args.document_root)
             if args.adjudication:
-                notes = _adjudication_notes(catalog, decide(catalog, args.policy, args.adjudicator))
+                notes = adjudication_notes(catalog, decide(catalog, args.policy, args.adjudicator))
                 if not notes:
                     print(f"no disputed drafts under policy '{args.policy}' (pull first?)")
-                    return 0
+                    return EXIT_OK
                 report = push(
                     catalog,
                     server,
@@ -315,15 +297,13 @@ def _cmd_push(args) -> int:
         f"{report.kept_reviewed} kept (already reviewed), {report.adopted} recovered, {report.withdrawn} deleted "
         f"(withdrawn source items); images: {report.images}"
     )
-    return 0
+    return EXIT_OK
 
 
-def _cmd_pull(args) -> int:
+def cmd_review_pull(args) -> int:
     try:
         with open_catalog(args.build, create=False) as catalog, stage_lock(args.build, "review pull", args.wait):
             server = resolve_server(args.build, args.url, document_root=args.document_root)
-            from vgmed_build.review.pull import pull
-
             report = pull(
                 catalog, server, progress=not args.no_progress, concurrency=args.concurrency, full=args.full
             )
@@ -335,59 +315,10 @@ def _cmd_pull(args) -> int:
     )
     for line in report.errors[:20]:
         print(f"  {line}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
-def summary(catalog, policy: str = "majority", adjudicator: str | None = None, limit: int = 20) -> dict:
-    """Progress, decisions and agreement of the build's review, from the catalog alone."""
-    decisions = decide(catalog, policy, adjudicator)
-    ok_ids = {i for (i,) in catalog.conn.execute("SELECT id FROM drafts WHERE status='ok'")}
-    pushed = dict(catalog.conn.execute("SELECT project, COUNT(*) FROM review_tasks GROUP BY project").fetchall())
-    counts = {s: 0 for s in STATUSES}
-    for d in decisions.values():
-        counts[d.status] += 1
-    unreviewed = len(ok_ids - set(decisions))  # no verdict yet: pending too
-    counts["pending"] += unreviewed
-    verdicts = {k: d.verdicts for k, d in decisions.items() if d.verdicts}
-    binary = {k: {r: ("reject" if v == "reject" else "accept") for r, v in vs.items()} for k, vs in verdicts.items()}
-    disputed = [{"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "disputed"]
-    unusable = [{"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "unusable"]
-    state = project_state(catalog, REVIEW) or {}
-    return {
-        "policy": policy,
-        "adjudicator": adjudicator,
-        "ok_drafts": len(ok_ids),
-        "pushed": pushed,
-        "reviewers_per_item": state.get("reviewers_per_item"),
-        "reviewed_drafts": len(decisions),
-        "unreviewed_drafts": unreviewed,
-        "fully_reviewed_drafts": sum(len(d.verdicts) >= state.get("reviewers_per_item", 1) for d in decisions.values()),
-        "decisions": counts,
-        "reviewers": sorted({r for vs in verdicts.values() for r in vs}),
-        "agreement_verdict": agreement.summarize(verdicts),
-        "agreement_accept_reject": agreement.summarize(binary),
-        "disputed": disputed[:limit] if limit else disputed,
-        "unusable": unusable[:limit] if limit else unusable,
-        "last_pull": catalog.get_state("review.last_pull.review"),
-    }
-
-
-def _fmt(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{x:.3f}"
-
-
-def json_safe(value):
-    """``value`` with every NaN or infinite float replaced by None, so it serialises as strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def _cmd_status(args) -> int:
+def cmd_review_status(args) -> int:
     try:
         with open_catalog(args.build, create=False) as catalog:
             s = summary(catalog, args.policy, args.adjudicator, args.limit)
@@ -395,34 +326,7 @@ def _cmd_status(args) -> int:
         return fail(str(exc))
     if args.json:
         print(json.dumps(json_safe(s), indent=2, allow_nan=False))
-        return 0
-    print(
-        f"drafts ok: {s['ok_drafts']}; tasks pushed: {s['pushed'] or 0}; reviewers per item: "
-        f"{s['reviewers_per_item']}; last pull: {s['last_pull']}"
-    )
-    print(
-        f"reviewed: {s['reviewed_drafts']} drafts ({s['fully_reviewed_drafts']} by all required reviewers) "
-        f"by {len(s['reviewers'])} reviewer(s) {', '.join(s['reviewers'])}"
-    )
-    print(
-        f"decisions ({s['policy']}): "
-        + ", ".join(f"{k} {v}" for k, v in s["decisions"].items())
-        + f" (of which {s['unreviewed_drafts']} without any verdict yet)"
-    )
-    for key, label in (
-        ("agreement_verdict", "accept/edit/reject"),
-        ("agreement_accept_reject", "accept vs reject"),
-    ):
-        a = s[key]
-        print(
-            f"agreement on {label} over {a['items_multi']} drafts with 2+ reviewers: "
-            f"percent {_fmt(a['percent_agreement'])}, Fleiss' kappa {_fmt(a['fleiss'])} "
-            f"({a['fleiss_items']} drafts x {a['fleiss_raters']} reviewers)"
-        )
-        for c in a["cohen"]:
-            print(f"  Cohen's kappa {c['raters'][0]} vs {c['raters'][1]}: {_fmt(c['kappa'])} on {c['items']} drafts")
-    for key, why in (("disputed", ""), ("unusable", " (accepted, but the reviewed content has no box or no text)")):
-        print(f"{key}: {s['decisions'][key]}{why if s['decisions'][key] else ''}")
-        for d in s[key]:
-            print(f"  {d['draft_id']}: " + ", ".join(f"{r} {v}" for r, v in sorted(d["verdicts"].items())))
-    return 0
+    else:
+        for line in status_lines(s):
+            print(line)
+    return EXIT_OK

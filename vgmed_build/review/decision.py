@@ -22,11 +22,10 @@ released, never silently dropped.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from vgmed_build.catalog import Catalog
-from vgmed_build.review.push import ADJUDICATION, REVIEW, project_state
+from vgmed_build.review.state import ADJUDICATION, REVIEW, project_state
 
 POLICIES = ("unanimous", "majority", "adjudicator")
 ACCEPTING = frozenset({"accept", "edit"})
@@ -166,10 +165,8 @@ def decide_draft(
 def review_events(catalog: Catalog) -> dict[str, dict[str, list[dict]]]:
     """All review events per draft and project, in pull order."""
     out: dict[str, dict[str, list[dict]]] = {}
-    for draft_id, project, rec in catalog.conn.execute(
-        "SELECT draft_id, project, record_json FROM review_events ORDER BY id"
-    ):
-        out.setdefault(draft_id, {REVIEW: [], ADJUDICATION: []}).setdefault(project, []).append(json.loads(rec))
+    for draft_id, project, rec in catalog.review_event_records():
+        out.setdefault(draft_id, {REVIEW: [], ADJUDICATION: []}).setdefault(project, []).append(rec)
     return out
 
 
@@ -180,10 +177,7 @@ def decide(catalog: Catalog, policy: str = "majority", adjudicator: str | None =
     required = int(state.get("reviewers_per_item", 1))
     events = review_events(catalog)
     decisions = {}
-    for draft_id, rec in catalog.conn.execute("SELECT id, record_json FROM drafts ORDER BY id"):
-        if draft_id in events:
-            ev = events[draft_id]
-            decisions[draft_id] = decide_draft(
-                json.loads(rec), ev[REVIEW], ev[ADJUDICATION], policy, adjudicator, required
-            )
+    for draft_id, draft in catalog.draft_records(only=events):
+        ev = events[draft_id]
+        decisions[draft_id] = decide_draft(draft, ev[REVIEW], ev[ADJUDICATION], policy, adjudicator, required)
     return decisions

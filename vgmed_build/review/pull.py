@@ -11,7 +11,6 @@ stored as pseudonyms; nothing that names a person (e-mail, user name) reaches th
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,8 +22,8 @@ from vgmed_build.resources import schema_errors
 from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
 from vgmed_build.review.convert import VERDICTS, read_annotation
-from vgmed_build.review.push import PROJECTS, DraftRow, load_drafts, project_state, pull_since_key
 from vgmed_build.review.server import ServerInfo, connect
+from vgmed_build.review.state import PROJECTS, DraftRow, last_pull_key, load_drafts, project_state, pull_since_key
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ class _Collector:
 def _exports(catalog: Catalog, client, project: str, project_id: int, concurrency: int, full: bool):
     """What to pull from one project: (tasks asked for, exported tasks) batches, their total, and the
     mark to store once they are in: the server's clock before the export, less a safety margin."""
-    known = sorted(t for (t,) in catalog.conn.execute("SELECT task_id FROM review_tasks WHERE project=?", (project,)))
+    known = catalog.review_task_ids(project)
     n_tasks, server_now = api.task_count_and_clock(client, project_id)
     mark = (server_now - SINCE_MARGIN).isoformat()
     ids: list[int] | None = known if known and n_tasks <= len(known) else None
@@ -167,9 +166,7 @@ def pull(
             continue
         if state["server"] != server.identity:
             raise LabelStudioError(f"this build's {project} project lives on {state['url']}; pass --url {state['url']}")
-        stored = set(
-            catalog.conn.execute("SELECT annotation_id, revision FROM review_events WHERE project=?", (project,))
-        )
+        stored = catalog.review_event_keys(project)
         batches, total, mark = _exports(catalog, client, project, state["id"], concurrency, full)
         collector = _Collector(drafts, stored, project, state["id"], server.identity, report)
         with tqdm(total=total, desc=f"pull {project}", unit="task", disable=not progress) as bar:
@@ -181,26 +178,11 @@ def pull(
         pulled_at = now_iso()
         with catalog.transaction() as c:
             for rec in events:
-                cur = c.execute(
-                    "INSERT OR IGNORE INTO review_events (draft_id, project, annotation_id, revision, "
-                    "reviewer, "
-                    "verdict, record_json, pulled_at) VALUES (?,?,?,?,?,?,?,?)",
-                    (
-                        rec["draft_id"],
-                        project,
-                        rec["annotation_id"],
-                        rec["revision"],
-                        rec["reviewer"],
-                        rec["verdict"],
-                        json.dumps(rec, sort_keys=True),
-                        pulled_at,
-                    ),
-                )
-                if cur.rowcount:
+                if catalog.add_review_event(c, project, rec, pulled_at):
                     report.new_events += 1
                 else:
                     report.known_events += 1
-            catalog.set_state(f"review.last_pull.{project}", pulled_at, conn=c)
+            catalog.set_state(last_pull_key(project), pulled_at, conn=c)
             catalog.set_state(pull_since_key(project), mark, conn=c)
         for item, message in problems:
             log.warning("review pull: %s: %s", item, message)

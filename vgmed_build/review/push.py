@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,11 +30,18 @@ from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
 from vgmed_build.review.convert import box_colour, box_label, draft_prediction
 from vgmed_build.review.server import ServerInfo, connect
+from vgmed_build.review.state import (
+    PROJECTS,
+    REVIEW,
+    DraftRow,
+    load_drafts,
+    project_state,
+    pull_since_key,
+    save_project_state,
+)
 
 log = logging.getLogger(__name__)
 
-REVIEW, ADJUDICATION = "review", "adjudication"
-PROJECTS = (REVIEW, ADJUDICATION)
 MODEL_VERSION = "vgmed-draft"
 BATCH_SIZE = 500
 FAIL_AFTER_ENV = "VGMED_REVIEW_FAIL_AFTER_IMPORTS"
@@ -58,20 +65,6 @@ def instructions_html() -> str:
 
 
 @dataclass
-class DraftRow:
-    """A draft ready to push: its record, the size of its image and its region's record (facts)."""
-
-    draft: dict
-    width: int
-    height: int
-    region: dict = field(default_factory=dict)
-
-    @property
-    def id(self) -> str:
-        return self.draft["id"]
-
-
-@dataclass
 class PushReport:
     project: str
     project_id: int
@@ -82,23 +75,6 @@ class PushReport:
     kept_reviewed: int = 0  # changed drafts whose task already has annotations: left as reviewed
     adopted: int = 0  # tasks found on the server after an interrupted push
     withdrawn: int = 0  # tasks deleted because their source item was withdrawn (see ingest)
-
-
-def load_drafts(catalog: Catalog, ids: Iterable[str] | None = None) -> list[DraftRow]:
-    """Drafts with status ok (optionally only ``ids``), with their image size, ordered by id."""
-    rows = catalog.conn.execute(
-        "SELECT d.record_json, i.width, i.height, r.record_json FROM drafts d "
-        "JOIN regions r ON r.id = d.region_id JOIN images i ON i.id = r.image_id "
-        "WHERE d.status = 'ok' ORDER BY d.id"
-    ).fetchall()
-    wanted = set(ids) if ids is not None else None
-    out = []
-    for rec, w, h, region in rows:
-        draft = json.loads(rec)
-        if wanted is None or draft["id"] in wanted:
-            width, height = int(draft.get("width") or w), int(draft.get("height") or h)
-            out.append(DraftRow(draft, width, height, json.loads(region or "{}")))
-    return out
 
 
 def context_line(draft: dict) -> str:
@@ -199,17 +175,6 @@ def task_payload(row: DraftRow, image_url: str, note: str = "") -> dict:
 # ---------------------------------------------------------------- project
 
 
-def pull_since_key(name: str) -> str:
-    """Catalog state key: the server time up to which ``review pull`` has seen project ``name``."""
-    return f"review.pull_since.{name}"
-
-
-def project_state(catalog: Catalog, name: str) -> dict | None:
-    """Where the build's project ``name`` lives: {"server", "url", "id", "reviewers_per_item"}."""
-    raw = catalog.get_state(f"review.project.{name}")
-    return json.loads(raw) if raw else None
-
-
 def project_marker(catalog: Catalog, name: str) -> str:
     """The description of the build's project ``name``: how a push finds a project it created but was
     killed before recording (the random build id, never a path)."""
@@ -249,8 +214,7 @@ def ensure_project(catalog: Catalog, client, server: ServerInfo, name: str, titl
             if exc.status_code != 404:
                 raise
             log.warning("project %s (%s) is gone from %s; creating a new one", state["id"], name, server.url)
-            with catalog.transaction() as c:
-                c.execute("DELETE FROM review_tasks WHERE project=?", (name,))
+            catalog.forget_review_tasks(name)
     marker = project_marker(catalog, name)
     if project_id is None:
         project_id = _find_project(client, title, marker)
@@ -271,7 +235,7 @@ def ensure_project(catalog: Catalog, client, server: ServerInfo, name: str, titl
         "id": project_id,
         "reviewers_per_item": reviewers_per_item,
     }
-    catalog.set_state(f"review.project.{name}", json.dumps(state))
+    save_project_state(catalog, name, state)
     return project_id
 
 
@@ -336,7 +300,7 @@ def _adopt_orphans(catalog: Catalog, client, name: str, project_id: int, known: 
         draft_id = (task.get("data") or {}).get("draft_id")
         if draft_id:
             server_tasks.setdefault(draft_id, []).append(task)
-    ours = {d for (d,) in catalog.conn.execute("SELECT id FROM drafts")}
+    ours = catalog.draft_ids()
     adopted = 0
     with catalog.transaction() as c:
         for draft_id, tasks in server_tasks.items():
@@ -348,16 +312,12 @@ def _adopt_orphans(catalog: Catalog, client, name: str, project_id: int, known: 
             if draft_id not in known and draft_id in ours:
                 # The hash pushed with the task: the next step refreshes the task if the draft changed since.
                 pushed_hash = keep["data"].get(HASH_KEY, "")
-                c.execute(
-                    "INSERT INTO review_tasks (draft_id, project, project_id, task_id, content_hash, "
-                    "pushed_at) VALUES (?,?,?,?,?,?)",
-                    (draft_id, name, project_id, keep["id"], pushed_hash, now_iso()),
-                )
+                catalog.add_review_tasks(c, [(draft_id, name, project_id, keep["id"], pushed_hash, now_iso())])
                 known[draft_id] = (keep["id"], pushed_hash)
                 adopted += 1
         if adopted:
             # They may hold annotations older than the last pull's mark: the next pull looks at every task.
-            c.execute("DELETE FROM state WHERE key=?", (pull_since_key(name),))
+            catalog.delete_state(pull_since_key(name), conn=c)
     if adopted:
         log.info("adopted %d task(s) left on the server by an interrupted push", adopted)
     return adopted
@@ -425,12 +385,7 @@ def push(
     report = PushReport(project=project, project_id=project_id, images=mode)
     report.withdrawn = delete_withdrawn_tasks(catalog, client)
 
-    known = {
-        d: (t, h)
-        for d, t, h in catalog.conn.execute(
-            "SELECT draft_id, task_id, content_hash FROM review_tasks WHERE project=?", (project,)
-        )
-    }
+    known = catalog.review_tasks(project)
     if client.projects.get(project_id).task_number > len(known):
         report.adopted = _adopt_orphans(catalog, client, project, project_id, known)
 
@@ -455,10 +410,8 @@ def push(
                 raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: simulated crash after import request {n}")
             pushed_at = now_iso()
             with catalog.transaction() as c:
-                c.executemany(
-                    "INSERT INTO review_tasks (draft_id, project, project_id, task_id, content_hash, "
-                    "pushed_at) "
-                    "VALUES (?,?,?,?,?,?)",
+                catalog.add_review_tasks(
+                    c,
                     [
                         (r.id, project, project_id, t, content_hash(r, notes.get(r.id, "")), pushed_at)
                         for r, t in zip(batch, task_ids, strict=True)
@@ -469,11 +422,7 @@ def push(
         for row in changed:
             note = notes.get(row.id, "")
             if _update_task(client, known[row.id][0], task_payload(row, resolver([row])[row.draft["image"]], note)):
-                with catalog.transaction() as c:
-                    c.execute(
-                        "UPDATE review_tasks SET content_hash=?, pushed_at=? WHERE draft_id=? AND project=?",
-                        (content_hash(row, note), now_iso(), row.id, project),
-                    )
+                catalog.update_review_task(row.id, project, content_hash(row, note))
                 report.updated += 1
             else:
                 report.kept_reviewed += 1

@@ -1,0 +1,66 @@
+"""What every review stage shares: the build's two projects, where each lives, the pull mark, and the
+drafts a task is made from.
+
+Push, pull, the decisions and the status all read this; none of them imports another to get it, so
+deciding (and the release behind it) never depends on the Label Studio push code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from vgmed_build.catalog import Catalog
+
+REVIEW, ADJUDICATION = "review", "adjudication"
+PROJECTS = (REVIEW, ADJUDICATION)
+
+
+@dataclass
+class DraftRow:
+    """A draft ready to push: its record, the size of its image and its region's record (facts)."""
+
+    draft: dict
+    width: int
+    height: int
+    region: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.draft["id"]
+
+
+def load_drafts(catalog: Catalog, ids: Iterable[str] | None = None) -> list[DraftRow]:
+    """Drafts with status ok (optionally only ``ids``), with their image size, ordered by id."""
+    wanted = set(ids) if ids is not None else None
+    out = []
+    for draft, w, h, region in catalog.ok_drafts_with_images():
+        if wanted is None or draft["id"] in wanted:
+            width, height = int(draft.get("width") or w), int(draft.get("height") or h)
+            out.append(DraftRow(draft, width, height, region))
+    return out
+
+
+def pull_since_key(name: str) -> str:
+    """Catalog state key: the server time up to which ``review pull`` has seen project ``name``."""
+    return f"review.pull_since.{name}"
+
+
+def last_pull_key(name: str) -> str:
+    """Catalog state key: when ``review pull`` last stored project ``name``'s events (our clock)."""
+    return f"review.last_pull.{name}"
+
+
+def _project_key(name: str) -> str:
+    return f"review.project.{name}"
+
+
+def project_state(catalog: Catalog, name: str) -> dict | None:
+    """Where the build's project ``name`` lives: {"server", "url", "id", "reviewers_per_item"}."""
+    raw = catalog.get_state(_project_key(name))
+    return json.loads(raw) if raw else None
+
+
+def save_project_state(catalog: Catalog, name: str, state: dict) -> None:
+    catalog.set_state(_project_key(name), json.dumps(state))

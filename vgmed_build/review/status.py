@@ -1,0 +1,115 @@
+"""Where the build's review stands, from the catalog alone: progress, decisions, agreement, disputes.
+
+``review status`` prints :func:`summary` as text (:func:`status_lines`) or strict JSON
+(:func:`json_safe`); ``review push --adjudication`` shows the adjudicator :func:`adjudication_notes`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+
+from vgmed_build.catalog import Catalog
+from vgmed_build.review import agreement
+from vgmed_build.review.decision import STATUSES, Decision, decide, review_events
+from vgmed_build.review.state import REVIEW, last_pull_key, project_state
+
+
+def adjudication_notes(catalog: Catalog, decisions: Mapping[str, Decision]) -> dict[str, str]:
+    """Per disputed draft: each reviewer's verdict and comment, shown to the adjudicator."""
+    events = review_events(catalog)
+    notes = {}
+    for draft_id, d in decisions.items():
+        if d.status != "disputed":
+            continue
+        latest = {}
+        for ev in events[draft_id][REVIEW]:
+            latest[ev["reviewer"]] = ev
+        parts = [
+            f"{r}: {ev['verdict']}" + (f" ({ev['comment']})" if ev["comment"] else "")
+            for r, ev in sorted(latest.items())
+        ]
+        notes[draft_id] = "disputed: " + "; ".join(parts)
+    return notes
+
+
+def summary(catalog: Catalog, policy: str = "majority", adjudicator: str | None = None, limit: int = 20) -> dict:
+    """Progress, decisions and agreement of the build's review, from the catalog alone."""
+    decisions = decide(catalog, policy, adjudicator)
+    ok_ids = catalog.ok_draft_ids()
+    pushed = catalog.review_tasks_per_project()
+    counts = {s: 0 for s in STATUSES}
+    for d in decisions.values():
+        counts[d.status] += 1
+    unreviewed = len(ok_ids - set(decisions))  # no verdict yet: pending too
+    counts["pending"] += unreviewed
+    verdicts = {k: d.verdicts for k, d in decisions.items() if d.verdicts}
+    binary = {k: {r: ("reject" if v == "reject" else "accept") for r, v in vs.items()} for k, vs in verdicts.items()}
+    disputed = [{"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "disputed"]
+    unusable = [{"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "unusable"]
+    state = project_state(catalog, REVIEW) or {}
+    return {
+        "policy": policy,
+        "adjudicator": adjudicator,
+        "ok_drafts": len(ok_ids),
+        "pushed": pushed,
+        "reviewers_per_item": state.get("reviewers_per_item"),
+        "reviewed_drafts": len(decisions),
+        "unreviewed_drafts": unreviewed,
+        "fully_reviewed_drafts": sum(len(d.verdicts) >= state.get("reviewers_per_item", 1) for d in decisions.values()),
+        "decisions": counts,
+        "reviewers": sorted({r for vs in verdicts.values() for r in vs}),
+        "agreement_verdict": agreement.summarize(verdicts),
+        "agreement_accept_reject": agreement.summarize(binary),
+        "disputed": disputed[:limit] if limit else disputed,
+        "unusable": unusable[:limit] if limit else unusable,
+        "last_pull": catalog.get_state(last_pull_key(REVIEW)),
+    }
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinite float replaced by None, so it serialises as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.3f}"
+
+
+def status_lines(s: dict) -> Iterator[str]:
+    """The text report of a :func:`summary`, line by line."""
+    yield (
+        f"drafts ok: {s['ok_drafts']}; tasks pushed: {s['pushed'] or 0}; reviewers per item: "
+        f"{s['reviewers_per_item']}; last pull: {s['last_pull']}"
+    )
+    yield (
+        f"reviewed: {s['reviewed_drafts']} drafts ({s['fully_reviewed_drafts']} by all required reviewers) "
+        f"by {len(s['reviewers'])} reviewer(s) {', '.join(s['reviewers'])}"
+    )
+    yield (
+        f"decisions ({s['policy']}): "
+        + ", ".join(f"{k} {v}" for k, v in s["decisions"].items())
+        + f" (of which {s['unreviewed_drafts']} without any verdict yet)"
+    )
+    for key, label in (
+        ("agreement_verdict", "accept/edit/reject"),
+        ("agreement_accept_reject", "accept vs reject"),
+    ):
+        a = s[key]
+        yield (
+            f"agreement on {label} over {a['items_multi']} drafts with 2+ reviewers: "
+            f"percent {_fmt(a['percent_agreement'])}, Fleiss' kappa {_fmt(a['fleiss'])} "
+            f"({a['fleiss_items']} drafts x {a['fleiss_raters']} reviewers)"
+        )
+        for c in a["cohen"]:
+            yield f"  Cohen's kappa {c['raters'][0]} vs {c['raters'][1]}: {_fmt(c['kappa'])} on {c['items']} drafts"
+    for key, why in (("disputed", ""), ("unusable", " (accepted, but the reviewed content has no box or no text)")):
+        yield f"{key}: {s['decisions'][key]}{why if s['decisions'][key] else ''}"
+        for d in s[key]:
+            yield f"  {d['draft_id']}: " + ", ".join(f"{r} {v}" for r, v in sorted(d["verdicts"].items()))

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from drafting_fixtures import LlmServer, make_catalog  # noqa: E402
 
-from vgmed_build.drafting.generate import GenerateOptions, attribute_messages, run_generate  # noqa: E402
+from vgmed_build.drafting.generate import GenerateOptions, run_generate  # noqa: E402
 from vgmed_build.drafting.llm import LlmConfig, response_format  # noqa: E402
+from vgmed_build.drafting.messages import attribute_messages  # noqa: E402
 from vgmed_build.drafting.templates import load_prompts  # noqa: E402
 
 

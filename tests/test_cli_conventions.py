@@ -23,8 +23,6 @@ from vgmed_build import cli as build_cli
 from vgmed_build import commands
 
 PARSERS = {"vgmed-build": build_cli.build_parser, "vgmed-eval": eval_cli.build_parser}
-# Commands whose modules another change of issue 13 is converting right now; empty once it has landed.
-PENDING = {"vgmed-build generate", "vgmed-build drafts"}
 UNDOCUMENTED = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
 
 
@@ -59,7 +57,7 @@ def handlers() -> dict[str, object]:
     for prog, build in PARSERS.items():
         for path, parser in walk(build()):
             name = " ".join((prog, *path))
-            if path and subcommands(parser) is None and name not in PENDING:
+            if path and subcommands(parser) is None:
                 out[name] = (path, parser.get_default("func"))
     return out
 

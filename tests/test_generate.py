@@ -14,7 +14,9 @@ from drafting_fixtures import make_catalog, run_cli
 from PIL import Image
 
 from vgmed_build.catalog import open_catalog
-from vgmed_build.drafting.generate import GenerateOptions, boxed_image_data_url, export_drafts, run_generate
+from vgmed_build.drafting.export import export_drafts
+from vgmed_build.drafting.generate import GenerateOptions, run_generate
+from vgmed_build.drafting.messages import boxed_image_data_url
 from vgmed_build.drafting.templates import TemplateError, load_prompts, sha256_text
 from vgmed_build.resources import resource_dir, schema_errors
 

@@ -17,7 +17,8 @@ import pytest
 from drafting_fixtures import LlmServer, make_catalog, run_cli
 
 from vgmed_build.catalog import open_catalog
-from vgmed_build.drafting.generate import GenerateOptions, export_drafts, run_generate
+from vgmed_build.drafting.export import export_drafts
+from vgmed_build.drafting.generate import GenerateOptions, run_generate
 from vgmed_build.drafting.llm import LlmConfig
 from vgmed_build.resources import schema_errors
 

@@ -35,12 +35,13 @@ def build(tmp_path):
     return make_build(tmp_path)[0]
 
 
-def test_second_generate_is_refused_with_the_holders_pid(build, capsys, caplog):
+def test_second_generate_is_refused_with_the_holders_pid(build, capsys):
     proc = holder(stage_lock_path(build, "generate"), 30)
     try:
         assert main(["generate", "--build", str(build)]) == 2
-        assert f"another `vgmed-build generate` on {build} is running (pid {proc.pid})" in caplog.text
-        assert "--wait" in caplog.text
+        err = capsys.readouterr().err
+        assert f"error: another `vgmed-build generate` on {build} is running (pid {proc.pid})" in err
+        assert "--wait" in err
         # readers stay free while the writer runs
         assert main(["stats", "--build", str(build)]) == 0
         assert main(["drafts", "--build", str(build)]) == 0

@@ -1,14 +1,85 @@
-"""The drafting stage's catalog queries: the LLM provider's batch service (``generate --batch``)."""
+"""The drafting stage's catalog queries: regions to draft, drafts, the LLM reply cache, and the LLM
+provider's batch service (``generate --batch``)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 
 from vgmed_build.catalog.base import CatalogBase, now_iso
 
 
 class DraftingQueries(CatalogBase):
+    # --- drafting: regions to draft, drafts, the LLM reply cache ------------------------------
+    def count_regions(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM regions").fetchone()[0]
+
+    def regions_in_chunks(self, limit: int | None, chunk: int) -> Iterator[dict]:
+        """Region records by id (the first ``limit`` only), read ``chunk`` at a time so no cursor stays
+        open while drafts are written."""
+        sql = "SELECT id FROM regions ORDER BY id" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        ids = [r[0] for r in self.conn.execute(sql).fetchall()]
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            marks = ",".join("?" * len(part))
+            rows = self.conn.execute(f"SELECT record_json FROM regions WHERE id IN ({marks}) ORDER BY id", part)
+            for (rec,) in rows.fetchall():
+                yield json.loads(rec)
+
+    def draft_states(self) -> list[tuple]:
+        """Per stored draft: (id, region id, status, drafter, model, question, reason, attempt)."""
+        return self.conn.execute(
+            "SELECT id, region_id, status, json_extract(record_json, '$.provenance.drafter'), "
+            "json_extract(record_json, '$.provenance.model'), json_extract(record_json, '$.question'), reason, "
+            "json_extract(record_json, '$.provenance.params.attempt') FROM drafts"
+        ).fetchall()
+
+    def upsert_draft(self, conn: sqlite3.Connection, rec: dict) -> None:
+        """Insert or update one draft record inside the caller's transaction (never INSERT OR REPLACE:
+        that would cascade-delete its review tasks)."""
+        conn.execute(
+            "INSERT INTO drafts (id, region_id, q_type, status, reason, record_json, created_at) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "
+            "reason=excluded.reason, record_json=excluded.record_json, created_at=excluded.created_at",
+            (
+                rec["id"],
+                rec["region_id"],
+                rec["q_type"],
+                rec["status"],
+                rec["reason"],
+                json.dumps(rec, ensure_ascii=False),
+                rec["provenance"]["created_at"],
+            ),
+        )
+
+    def drafts(self, status: str = "all", q_type: str | None = None) -> Iterator[dict]:
+        """Stored draft records by region, question type and id; ``status`` 'all' or one status."""
+        sql, args = "SELECT record_json FROM drafts WHERE 1=1", []
+        if status != "all":
+            sql += " AND status=?"
+            args.append(status)
+        if q_type:
+            sql += " AND q_type=?"
+            args.append(q_type)
+        for (rec,) in self.conn.execute(sql + " ORDER BY region_id, q_type, id", args):
+            yield json.loads(rec)
+
+    def llm_cache_keys(self) -> set[str]:
+        return {k for (k,) in self.conn.execute("SELECT key FROM llm_cache")}
+
+    def llm_cached(self, key: str) -> dict | None:
+        row = self.conn.execute("SELECT response_json FROM llm_cache WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def cache_llm_replies(self, conn: sqlite3.Connection, replies: dict[str, dict]) -> None:
+        """Store validated replies (cache key -> reply) inside the caller's transaction."""
+        created = now_iso()
+        conn.executemany(
+            "INSERT OR REPLACE INTO llm_cache (key, response_json, created_at) VALUES (?,?,?)",
+            [(k, json.dumps(v, ensure_ascii=False), created) for k, v in replies.items()],
+        )
+
     # --- drafting: the LLM batch service (generate --batch) ---------------------------------
     def add_llm_batch(self, batch: str, requests: list[tuple[str, dict]]) -> None:
         """Record a batch and its (key, body) requests before anything is uploaded (one transaction)."""

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from vgmed_build.catalog import CatalogError, open_catalog
-from vgmed_build.commands import HelpFormatter, add_build_arg
-from vgmed_build.drafting.generate import GenerateOptions, export_drafts, run_generate
+from vgmed_build.commands import EXIT_INCOMPLETE, EXIT_ITEM_ERRORS, EXIT_OK, HelpFormatter, add_build_arg, fail
+from vgmed_build.drafting.export import write_drafts
+from vgmed_build.drafting.generate import run_generate
 from vgmed_build.drafting.lint import LintLimits
 from vgmed_build.drafting.llm import LlmConfig, install_log_redaction
+from vgmed_build.drafting.plan import GenerateOptions
 from vgmed_build.drafting.templates import TemplateError
 from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
 
 log = logging.getLogger(__name__)
-
-EXIT_DRAFT_ERRORS = 1
-EXIT_BUDGET = 3
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -210,39 +208,32 @@ def cmd_generate(args: argparse.Namespace) -> int:
         batch=args.batch,
     )
     if args.batch and not options.needs_llm:
-        log.error("--batch sends LLM requests: it needs --drafter llm or --paraphrase")
-        return 2
+        return fail("--batch sends LLM requests: it needs --drafter llm or --paraphrase")
     if options.needs_llm and llm is None:
-        log.error("--drafter llm and --paraphrase need --model (and --base-url or OPENAI_BASE_URL)")
-        return 2
+        return fail("--drafter llm and --paraphrase need --model (and --base-url or OPENAI_BASE_URL)")
     try:
         with open_catalog(args.build, create=False) as catalog, stage_lock(args.build, "generate", args.wait):
             stats = run_generate(catalog, options)
     except (CatalogError, TemplateError, LockBusy) as exc:
-        log.error("%s", exc)
-        return 2
+        return fail(str(exc))
     log.info("generate: %s", stats.summary())
     if stats.budget_reached:
         log.warning("budget reached: everything drafted so far is stored; rerun to continue")
-        return EXIT_BUDGET
-    return EXIT_DRAFT_ERRORS if stats.errors or stats.regions_failed else 0
+        return EXIT_INCOMPLETE
+    return EXIT_ITEM_ERRORS if stats.errors or stats.regions_failed else EXIT_OK
 
 
 def cmd_drafts(args: argparse.Namespace) -> int:
     try:
         catalog = open_catalog(args.build, create=False)
     except CatalogError as exc:
-        log.error("%s", exc)
-        return 2
+        return fail(str(exc))
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    n = 0
     with catalog:
         try:
-            for record in export_drafts(catalog, args.status, args.q_type):
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                n += 1
+            n = write_drafts(catalog, out, args.status, args.q_type)
         finally:
             if args.out:
                 out.close()
     log.info("drafts: %d records -> %s", n, args.out or "stdout")
-    return 0
+    return EXIT_OK

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cache
 
-from vgmed_build.catalog import Catalog, now_iso
+from vgmed_build.catalog import Catalog
 from vgmed_build.resources import load_schema, schema_problems
 
 log = logging.getLogger(__name__)
@@ -132,15 +132,14 @@ class ResponseCache:
         self.catalog = catalog
         self.pending: dict[str, dict] = {}
         # Keys only (64 bytes each): a miss, the common case in a first run, then costs no query.
-        self.keys = {k for (k,) in catalog.conn.execute("SELECT key FROM llm_cache")}
+        self.keys = catalog.llm_cache_keys()
 
     def get(self, key: str) -> dict | None:
         if key in self.pending:
             return self.pending[key]
         if key not in self.keys:
             return None
-        row = self.catalog.conn.execute("SELECT response_json FROM llm_cache WHERE key=?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return self.catalog.llm_cached(key)
 
     def put(self, key: str, response: dict) -> None:
         self.pending[key] = response
@@ -148,11 +147,7 @@ class ResponseCache:
 
     def flush(self, conn: sqlite3.Connection) -> None:
         """Write the pending replies inside the caller's transaction."""
-        created = now_iso()
-        conn.executemany(
-            "INSERT OR REPLACE INTO llm_cache (key, response_json, created_at) VALUES (?,?,?)",
-            [(k, json.dumps(v, ensure_ascii=False), created) for k, v in self.pending.items()],
-        )
+        self.catalog.cache_llm_replies(conn, self.pending)
         self.pending = {}
 
 

@@ -261,34 +261,25 @@ def cmd_review_push(args) -> int:
     try:
         with open_catalog(args.build, create=False) as catalog, stage_lock(args.build, "review push", args.wait):
             server = resolve_server(args.build, args.url, document_root=args.document_root)
+            project, reviewers, notes = REVIEW, args.reviewers_per_item, None
             if args.adjudication:
                 notes = adjudication_notes(catalog, decide(catalog, args.policy, args.adjudicator))
                 if not notes:
                     print(f"no disputed drafts under policy '{args.policy}' (pull first?)")
                     return EXIT_OK
-                report = push(
-                    catalog,
-                    server,
-                    project=ADJUDICATION,
-                    title=args.title,
-                    reviewers_per_item=1,
-                    images=args.images,
-                    draft_ids=notes,
-                    notes=notes,
-                    batch_size=args.batch_size,
-                    progress=not args.no_progress,
-                )
-            else:
-                report = push(
-                    catalog,
-                    server,
-                    project=REVIEW,
-                    title=args.title,
-                    reviewers_per_item=args.reviewers_per_item,
-                    images=args.images,
-                    batch_size=args.batch_size,
-                    progress=not args.no_progress,
-                )
+                project, reviewers = ADJUDICATION, 1
+            report = push(
+                catalog,
+                server,
+                project=project,
+                title=args.title,
+                reviewers_per_item=reviewers,
+                images=args.images,
+                draft_ids=notes,
+                notes=notes,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+            )
     except (LabelStudioError, CatalogError, ValueError, LockBusy) as exc:
         return fail(str(exc))
     print(

@@ -67,7 +67,7 @@ def summary(catalog: Catalog, policy: str = "majority", adjudicator: str | None 
     }
 
 
-def json_safe(value):
+def json_safe(value: object) -> object:
     """``value`` with every NaN or infinite float replaced by None, so it serialises as strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None

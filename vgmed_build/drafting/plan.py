@@ -1,0 +1,137 @@
+"""What `generate` still has to draft: the slots of each region, minus what is stored already.
+
+Work is planned per region as a list of draft slots with stable ids (sha256(region|q_type|slot)).
+A slot already stored as ok/rejected by the same drafter (and model) is skipped, so reruns and resumes
+redo nothing; 'error' drafts are retried, and with ``regenerate_rejected`` a rejected LLM draft is
+asked again with its rejection shown to the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vgmed_build.catalog import Catalog
+from vgmed_build.drafting.lint import LintLimits, names_a_side
+from vgmed_build.drafting.llm import LlmConfig
+from vgmed_build.drafting.templates import Prompts, pick_slots, target_name
+from vgmed_build.identifiers import stable_id
+
+Q_TYPES = ("localization", "attribute", "position")
+
+
+def draft_id(region_id: str, q_type: str, slot: int) -> str:
+    return stable_id(region_id, q_type, slot)
+
+
+@dataclass
+class GenerateOptions:
+    drafter: str = "templates"
+    localization_per_region: int = 1
+    attributes_per_region: int = 1
+    position_questions: bool = False
+    paraphrase: bool = False
+    with_image: bool = False
+    regenerate_rejected: bool = False
+    force: bool = False
+    limit: int | None = None
+    seed: int = 0
+    prompts_dir: Path | None = None
+    lint_limits: LintLimits = field(default_factory=LintLimits)
+    llm: LlmConfig | None = None
+    batch: bool = False  # LLM requests through the provider's batch service (drafting.batch)
+    progress: bool = True
+
+    @property
+    def needs_llm(self) -> bool:
+        return self.drafter == "llm" or self.paraphrase
+
+    @property
+    def model(self) -> str | None:
+        """The model that drafts, when an LLM does."""
+        return self.llm.model if self.needs_llm and self.llm else None
+
+
+@dataclass(frozen=True)
+class DraftSpec:
+    """One draft slot of one region, and how to fill it."""
+
+    q_type: str
+    slot: int
+    drafter: str  # "templates" | "llm"
+    attempt: int = 0  # > 0 when re-asking the LLM for a rejected draft
+    previous: tuple[str, str] | None = None  # (rejected question, reason) shown to the LLM
+
+
+@dataclass(frozen=True)
+class Existing:
+    """What the catalog holds for one draft slot."""
+
+    region_id: str
+    status: str
+    drafter: str | None
+    model: str | None
+    question: str
+    reason: str | None
+    attempt: int
+
+
+def load_existing(catalog: Catalog) -> dict[str, Existing]:
+    """Every stored draft by id, reduced to what planning and lint need."""
+    return {
+        i: Existing(region, status, drafter, model, question or "", reason, int(attempt or 0))
+        for i, region, status, drafter, model, question, reason, attempt in catalog.draft_states()
+    }
+
+
+class Planner:
+    """The draft slots one region still needs under ``options``, given what the catalog holds."""
+
+    def __init__(self, catalog: Catalog, options: GenerateOptions, prompts: Prompts):
+        self.opt, self.prompts = options, prompts
+        self.existing = load_existing(catalog)
+        self.by_region: dict[str, list[tuple[str, Existing]]] = {}
+        for i, e in self.existing.items():
+            self.by_region.setdefault(e.region_id, []).append((i, e))
+
+    def work_for(self, region: dict) -> tuple[list[DraftSpec], int]:
+        """The slots to draft now (with their rejection history) and how many are done already."""
+        slots = self._slots(region)
+        specs = [s for s in slots if self._needs_work(region["id"], s)]
+        return [self._with_history(region["id"], s) for s in specs], len(slots) - len(specs)
+
+    def ok_questions(self, region_id: str, redone: set[str]) -> list[str]:
+        """The region's stored ok questions, except those of the drafts in ``redone``."""
+        return [e.question for i, e in self.by_region.get(region_id, []) if e.status == "ok" and i not in redone]
+
+    def _slots(self, region: dict) -> list[DraftSpec]:
+        p, o = self.prompts.for_region(region), self.opt
+        loc_drafter = "llm" if o.paraphrase else "templates"
+        specs = [
+            DraftSpec("localization", s, loc_drafter)
+            for s in pick_slots(region["id"], len(p.localization), o.localization_per_region)
+        ]
+        n_attr = (
+            o.attributes_per_region
+            if o.drafter == "llm"
+            else min(o.attributes_per_region, len(p.attribute_profile(region)))
+        )
+        specs += [DraftSpec("attribute", s, o.drafter) for s in range(n_attr)]
+        lateral = region.get("side") in ("left", "right")
+        if o.position_questions and lateral and p.position and not names_a_side(target_name(region)):
+            specs.append(DraftSpec("position", 0, "templates"))
+        return specs
+
+    def _needs_work(self, region_id: str, spec: DraftSpec) -> bool:
+        old = self.existing.get(draft_id(region_id, spec.q_type, spec.slot))
+        if old is None or self.opt.force or old.status == "error":
+            return True
+        if old.drafter != spec.drafter or (spec.drafter == "llm" and old.model != self.opt.model):
+            return True
+        return old.status == "rejected" and self.opt.regenerate_rejected and spec.drafter == "llm"
+
+    def _with_history(self, region_id: str, spec: DraftSpec) -> DraftSpec:
+        old = self.existing.get(draft_id(region_id, spec.q_type, spec.slot))
+        if old and old.status == "rejected" and self.opt.regenerate_rejected and spec.drafter == "llm":
+            return DraftSpec(spec.q_type, spec.slot, spec.drafter, old.attempt + 1, (old.question, old.reason or ""))
+        return spec

@@ -1,0 +1,126 @@
+"""Fill one draft slot: a question (and answer) from the templates, or from the LLM.
+
+A proposal carries its provenance (template, parameters, model, tokens, cost) and, when the LLM
+failed for this slot, the error that the stored draft will show; lint comes after (drafting.records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from vgmed_build.drafting.llm import LlmClient, LlmError
+from vgmed_build.drafting.messages import attribute_messages, boxed_image_data_url, paraphrase_messages, previous_note
+from vgmed_build.drafting.plan import DraftSpec, GenerateOptions
+from vgmed_build.drafting.templates import Prompts, Template, attribute_from_template, pick_slots, target_name
+
+
+@dataclass
+class Proposal:
+    """A drafted question before lint, with its provenance."""
+
+    question: str
+    answer: str
+    template: Template
+    params: dict
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cache_hit: bool | None = None
+    error: str | None = None
+
+
+class Proposer:
+    """Drafts slots for ``generate``: templates offline, the LLM through ``client`` when one is set."""
+
+    def __init__(self, build_dir: Path, options: GenerateOptions, prompts: Prompts, client: LlmClient | None):
+        self.build_dir, self.opt, self.prompts, self.client = build_dir, options, prompts, client
+
+    async def propose(self, region: dict, spec: DraftSpec) -> Proposal:
+        name = target_name(region)
+        base = {"slot": spec.slot}
+        prompts = self.prompts.for_region(region)
+        if spec.q_type == "position":
+            tpl = prompts.position[pick_slots(region["id"], len(prompts.position), 1)[0]]
+            return Proposal(tpl.ask_about(name), region["side"], tpl, base)
+        if spec.q_type == "localization":
+            tpl = prompts.localization[spec.slot]
+            question = tpl.ask_about(name)
+            if spec.drafter == "templates":
+                return Proposal(question, "yes", tpl, base)
+            return await self._llm_paraphrase(region, spec, tpl, question)
+        if spec.drafter == "templates":
+            found = attribute_from_template(prompts, region, spec.slot)
+            if found is None:  # planning only asks for slots a profile covers
+                raise RuntimeError(f"region {region['id']}: no attribute profile")
+            tpl, question, answer = found
+            return Proposal(question, answer, tpl, {**base, "attribute": tpl.name.split(":", 1)[1]})
+        return await self._llm_attribute(region, spec)
+
+    def _llm_params(self, spec: DraftSpec) -> dict:
+        return {"seed": self.opt.seed + spec.slot + 1000 * spec.attempt}
+
+    async def _llm_attribute(self, region: dict, spec: DraftSpec) -> Proposal:
+        url = None
+        if self.opt.with_image:
+            url = await asyncio.to_thread(boxed_image_data_url, self.build_dir, region)
+        prompts = self.prompts.for_region(region)
+        messages = attribute_messages(prompts, region, url, previous_note(spec))
+        system, user = prompts.llm_attribute
+        tpl = Template("llm_attribute", system.text + "\n" + user.text)
+        params = {
+            "slot": spec.slot,
+            "attempt": spec.attempt,
+            "with_image": self.opt.with_image,
+            **self._llm_params(spec),
+        }
+        return await self._ask(messages, "llm_attribute", tpl, params, answer=None)
+
+    async def _llm_paraphrase(self, region: dict, spec: DraftSpec, loc: Template, question: str) -> Proposal:
+        prompts = self.prompts.for_region(region)
+        messages = paraphrase_messages(prompts, region, question, previous_note(spec))
+        system, user = prompts.llm_paraphrase
+        tpl = Template(f"llm_paraphrase+{loc.name}", system.text + "\n" + user.text + "\n" + loc.text)
+        params = {"slot": spec.slot, "attempt": spec.attempt, "original": question, **self._llm_params(spec)}
+        return await self._ask(messages, "llm_paraphrase", tpl, params, answer="yes")
+
+    async def _ask(self, messages: list, schema: str, tpl: Template, params: dict, answer: str | None) -> Proposal:
+        assert self.client is not None
+        call_params = {"seed": params["seed"]}
+        params = {
+            **params,
+            "temperature": self.client.config.temperature,
+            "max_tokens": self.client.config.max_tokens,
+        }
+        model = self.opt.model
+        try:
+            reply = await self.client.complete(messages, schema, call_params)
+        except LlmError as exc:
+            return Proposal(
+                "",
+                "",
+                tpl,
+                params,
+                model,
+                exc.prompt_tokens,
+                exc.completion_tokens,
+                exc.cost_usd,
+                False,
+                error=f"llm: {exc}",
+            )
+        data = reply.data
+        if "attribute" in data:
+            params["attribute"] = data["attribute"]
+        return Proposal(
+            data["question"].strip(),
+            answer or data["answer"].strip(),
+            tpl,
+            params,
+            model,
+            reply.prompt_tokens,
+            reply.completion_tokens,
+            reply.cost_usd,
+            reply.cache_hit,
+        )

@@ -1,0 +1,89 @@
+"""Draft records: built from a proposal, linted per region, and written to the catalog.
+
+All drafts of one region are linted together (duplicates are a per-region notion). A draft is
+upserted, never replaced (a replace would cascade-delete its review tasks), and the errors table is
+kept in step with its status in the same transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from vgmed_build.catalog import Catalog, now_iso
+from vgmed_build.drafting.lint import LintContext, LintLimits, lint, normalize
+from vgmed_build.drafting.plan import Q_TYPES, DraftSpec, draft_id
+from vgmed_build.drafting.propose import Proposal
+from vgmed_build.drafting.templates import target_names
+
+STAGE = "generate"
+
+
+def build_record(region: dict, spec: DraftSpec, prop: Proposal) -> dict:
+    """The draft record (schemas/draft.schema.json); status 'ok' until lint says otherwise."""
+    return {
+        "id": draft_id(region["id"], spec.q_type, spec.slot),
+        "region_id": region["id"],
+        "q_type": spec.q_type,
+        "slot": spec.slot,
+        "question": prop.question,
+        "answer": prop.answer,
+        "image": region["image"],
+        "width": region["width"],
+        "height": region["height"],
+        "boxes": [list(b) for b in region["boxes"]],
+        "label": region["label"],
+        "display_name": region["display_name"],
+        "modality": region["modality"],
+        "body_part": region.get("body_part", ""),
+        "side": region["side"],
+        "status": "error" if prop.error else "ok",
+        "reason": prop.error,
+        "provenance": {
+            "drafter": spec.drafter,
+            "model": prop.model,
+            "template": prop.template.name,
+            "template_hash": prop.template.sha256,
+            "params": prop.params,
+            "prompt_tokens": prop.prompt_tokens,
+            "completion_tokens": prop.completion_tokens,
+            "cost_usd": round(prop.cost_usd, 8),
+            **({"cache_hit": prop.cache_hit} if prop.cache_hit is not None else {}),
+            "created_at": now_iso(),
+        },
+    }
+
+
+def region_records(
+    region: dict, done: list[tuple[DraftSpec, Proposal]], kept_questions: list[str], limits: LintLimits
+) -> list[dict]:
+    """The records of one region's new drafts, linted together and against the region's other ok
+    questions (``kept_questions``); a draft lint rejects gets status 'rejected' and the reason."""
+    ctx = LintContext(target_names(region), {normalize(q) for q in kept_questions}, limits)
+    records = []
+    for spec, prop in sorted(done, key=lambda d: (Q_TYPES.index(d[0].q_type), d[0].slot)):
+        record = build_record(region, spec, prop)
+        if prop.error is None:
+            reason = lint(record, ctx)
+            if reason:
+                record["status"], record["reason"] = "rejected", reason
+            else:
+                ctx.others.add(normalize(record["question"]))
+        records.append(record)
+    return records
+
+
+def region_item(region_id: str) -> str:
+    """The errors table's item for a region that could not be drafted at all."""
+    return f"region {region_id}"
+
+
+def write_region_drafts(catalog: Catalog, conn: sqlite3.Connection, source: str, records: list[dict]) -> None:
+    """Store one region's drafts inside the caller's transaction: the region's own error (it could be
+    drafted now) goes, each draft's error follows its status."""
+    catalog.clear_errors(STAGE, region_item(records[0]["region_id"]), conn=conn)
+    for rec in records:
+        catalog.upsert_draft(conn, rec)
+        item = f"{region_item(rec['region_id'])} draft {rec['id']} ({rec['q_type']})"
+        catalog.clear_errors(STAGE, item, conn=conn)
+        if rec["status"] == "error":
+            catalog.record_error(STAGE, item, rec["reason"], source=source, conn=conn)

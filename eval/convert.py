@@ -495,4 +495,4 @@ def cmd_convert(args) -> int:
         return commands.fail(f"convert: {exc}")
     log.info("%s (%s, %s projector, prompt %s, tower from %s) -> %s", args.src, p.family.model_type, p.projector,
              p.template_name, "the checkpoint" if not p.tower_files else p.tower, args.dst)
-    return 0
+    return commands.EXIT_OK

@@ -87,4 +87,4 @@ def cmd_heads(args) -> int:
     scratch.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     os.replace(scratch, args.out)
     log.info("knockout layer %d, %d heads -> %s", body["knockout_layer"], body["k"], args.out)
-    return 0
+    return commands.EXIT_OK

@@ -264,4 +264,4 @@ def cmd_report(args) -> int:
         control = args.results / "control"
     files = build_report(args.results, args.out, control, args.samples, args.layer)
     log.info("wrote %d files to %s", len(files), args.out)
-    return 0
+    return commands.EXIT_OK

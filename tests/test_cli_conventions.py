@@ -5,7 +5,7 @@ each option and subcommand says what it is for, and each command's handler is ``
 (``cmd_<group>_<sub>`` under a group, dashes as underscores). Each handler's source is then read
 with ``ast``: none ends the process itself (``raise SystemExit``, ``sys.exit``) or reports its
 failure with ``log.error``; a failure is ``return commands.fail(message, code)``, so that every command
-reports it the same way.
+reports it the same way, and every exit code is one of ``commands.EXIT_*``, by name.
 """
 
 from __future__ import annotations
@@ -88,6 +88,14 @@ def test_every_handler_is_named_after_its_command():
     assert not wrong, f"handlers not named cmd_<command>: {wrong}"
 
 
+def _bare_exit_code(node: ast.AST) -> bool:
+    """``return 0`` / ``return 1 if ... else 0``: a number where ``commands.EXIT_*`` names the meaning."""
+    if not isinstance(node, ast.Return) or node.value is None:
+        return False
+    values = [node.value.body, node.value.orelse] if isinstance(node.value, ast.IfExp) else [node.value]
+    return any(isinstance(v, ast.Constant) and type(v.value) is int for v in values)
+
+
 def _reports_failure_its_own_way(node: ast.AST) -> bool:
     """``raise SystemExit(...)``, a call of ``sys.exit`` / ``exit`` / ``quit``, or ``log.error(...)``."""
     if isinstance(node, ast.Raise) and node.exc is not None:
@@ -109,3 +117,6 @@ def test_every_handler_fails_through_commands_fail(command):
     found = [f"line {node.lineno}" for node in ast.walk(tree) if _reports_failure_its_own_way(node)]
     assert not found, f"{command}: {func.__module__}.{func.__name__} exits or logs an error instead of returning " \
                       f"commands.fail(...) ({', '.join(found)} of the function)"
+    bare = [f"line {node.lineno}" for node in ast.walk(tree) if _bare_exit_code(node)]
+    assert not bare, f"{command}: {func.__module__}.{func.__name__} returns a bare number instead of a " \
+                     f"commands.EXIT_* code ({', '.join(bare)} of the function)"

@@ -7,7 +7,8 @@ Nothing here may hold patient identifiers or secrets: callers store pseudonymous
 
 Stage modules hold no SQL: every query is a named method of :class:`Catalog`, kept in the module of
 the stage that asks it (``ingest``, ``drafting``, ``review``, ...; ``base`` holds what all share:
-transactions, the errors table, state). ``Catalog`` is composed of them.
+transactions, the errors table, state). ``Catalog`` is composed of them. tests/test_sql_in_catalog.py
+fails on SQL anywhere else; tests/test_catalog_plans.py plans every statement the stages send.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from vgmed_build.release_format import (
     question_file,
     read_lines,
     record_boxes,
+    record_id,
     resolve_image,
-    stable_id,
 )
 
 
@@ -91,7 +91,7 @@ def parse_record(record: dict, root: Path, q_type: str, file_name: str, number: 
         except BoxError:
             other = []
     return Question(
-        id=stable_id(record, file_name, number),
+        id=record_id(record, file_name, number),
         image=resolve_image(record["image"], root, images),
         image_rel=str(record["image"]),
         question=record["question"],
@@ -138,7 +138,7 @@ def read_release(root: str | Path, q_types: tuple[str, ...] = Q_TYPES, *, images
                 questions.append(parse_record(line.record, root, q_type, path.name, line.number,
                                               images=images, reading=reading))
             except (ValueError, TypeError) as exc:
-                errors.append(ReadError(stable_id(line.record, path.name, line.number), path.name, line.number,
+                errors.append(ReadError(record_id(line.record, path.name, line.number), path.name, line.number,
                                         str(exc)))
     if not found:
         raise FileNotFoundError(f"{root}: none of {expected_names(q_types)} found")

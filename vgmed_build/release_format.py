@@ -337,7 +337,7 @@ def read_lines(path: Path, blank_lines: bool = False) -> Iterator[Line]:
             yield Line(number, decode_error=exc)
 
 
-def stable_id(record: dict, file_name: str, number: int) -> str:
+def record_id(record: dict, file_name: str, number: int) -> str:
     """The record's ``id``, or ``<file stem>:<line>`` for published records, which carry none."""
     rid = record.get("id") if isinstance(record, dict) else None
     return str(rid) if rid not in (None, "") else f"{Path(file_name).name.removesuffix('.jsonl')}:{number}"

@@ -26,8 +26,8 @@ from vgmed_build.release_format import (
     path_inside,
     question_file,
     read_lines,
+    record_id,
     resolve_image,
-    stable_id,
 )
 
 YES_NO = {"yes", "no"}
@@ -515,7 +515,7 @@ def _vgmed(root: Path, q_type: str) -> Loaded:
         if not image.is_file():
             raise BadRecord(f"image {rec.get('image')!r} not found ({image})")
         return VQAItem(
-            id=stable_id(rec, ann.name, number),
+            id=record_id(rec, ann.name, number),
             question=_field(rec, "question"),
             answer=answer,
             kind=_kind_of(answer),

@@ -11,7 +11,7 @@ from PIL import Image
 
 from vgmed_build.sources import get_adapter
 from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec
-from vgmed_build.sources.images2d import split_mask_name
+from vgmed_build.sources.masks import split_mask_name
 
 RETINA = Path(skimage.__file__).parent / "data" / "retina.jpg"
 SIZE = (200, 160)  # width, height: non-square on purpose

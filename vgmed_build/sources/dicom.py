@@ -34,7 +34,7 @@ from vgmed_build import modality as modalities
 from vgmed_build.imaging import to_uint8
 from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, Volume, register
 from vgmed_build.sources.files import rel
-from vgmed_build.sources.images2d import (
+from vgmed_build.sources.masks import (
     IMAGE_EXTS,
     MASK_OPTION_TYPES,
     MaskLayout,

@@ -65,6 +65,7 @@ class Options:
     out: Path
     benchmarks: dict[str, Path] = field(default_factory=dict)
     control: Path | None = None
+    images: Path | None = None  # pictures outside the release (a published download): grounding, vgmed-* VQA
     device: str | None = None
     dtype: str = "auto"
     batch_size: int = 8
@@ -111,6 +112,7 @@ def plan_steps(o: Options) -> list[Step]:
     argv = ["grounding", "--release", str(o.vgmed), "--out", str(g), "--bootstrap", str(o.bootstrap),
             "--no-progress", *_common(o)]
     outputs = [g / "summary.json", g / "per_head.parquet"]
+    argv += ["--images", str(o.images)] if o.images else []
     control = control_release(o)
     if control is not None:
         argv += ["--control-release", str(control)]
@@ -120,8 +122,9 @@ def plan_steps(o: Options) -> list[Step]:
                                    "--protocol", o.protocol], [heads])]
     for name, data in o.benchmarks.items():
         out = o.out / "vqa" / name
-        steps.append(Step(f"vqa {name}", ["vqa", "--benchmark", name, "--data", str(data), "--out", str(out),
-                                          "--max-new-tokens", str(o.max_new_tokens), "--bootstrap",
+        images = ["--images", str(o.images)] if o.images and BENCHMARKS[name].takes_images else []
+        steps.append(Step(f"vqa {name}", ["vqa", "--benchmark", name, "--data", str(data), *images, "--out",
+                                          str(out), "--max-new-tokens", str(o.max_new_tokens), "--bootstrap",
                                           str(o.bootstrap), *_common(o), "--vgrefine", str(heads), "--compare"],
                           [out / "results.json"]))
     return steps
@@ -311,6 +314,10 @@ def register(subparsers) -> None:
     p.add_argument("--control-release", type=Path, metavar="DIR",
                    help="a natural-image control release for the grounding step (default: --vgmed itself when it "
                         "holds COCO_*.jsonl, as the published release does)")
+    p.add_argument("--images", type=Path, metavar="DIR",
+                   help="where the release's pictures live when not under --vgmed (a published download: SLAKE "
+                        "folder ids -> DIR/<id>/source.jpg, COCO ids -> DIR/COCO_val2014_<id>.jpg); passed to "
+                        "grounding and to the vgmed-* VQA steps")
     p.add_argument("--published-as", choices=MODELS,
                    help="the published model to compare with (default: recognised from --model's name)")
     p.add_argument("--top-k", type=int, default=20, help="VGRefine triage heads (the paper: 20)")
@@ -334,9 +341,10 @@ def cmd_reproduce(args) -> int:
     if len(set(names)) != len(names):
         return commands.fail(f"--benchmark: a name given twice ({', '.join(names)})")
     o = Options(model=args.model, vgmed=args.vgmed, out=args.out, benchmarks=dict(args.benchmark),
-                control=args.control_release, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                limit=args.limit, top_k=args.top_k, max_new_tokens=args.max_new_tokens, bootstrap=args.bootstrap,
-                chat_template=args.chat_template, published_as=args.published_as, protocol=args.protocol)
+                control=args.control_release, images=args.images, device=args.device, dtype=args.dtype,
+                batch_size=args.batch_size, limit=args.limit, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+                bootstrap=args.bootstrap, chat_template=args.chat_template, published_as=args.published_as,
+                protocol=args.protocol)
     report = reproduce(o)
     failed = [name for name, s in report["steps"].items() if s["status"] in ("failed", "not run")]
     log.info("report: %s%s", o.out / "report.md", f" ({len(failed)} step(s) failed: {', '.join(failed)})"

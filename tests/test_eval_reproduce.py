@@ -168,3 +168,13 @@ def test_protocol_reaches_every_step(tmp_path):
                                protocol="published"))
     assert [s.argv[s.argv.index("--protocol") + 1] for s in steps] == ["published"] * 3
     assert all(s.argv.count("--protocol") == 1 for s in steps)
+
+
+def test_images_reach_grounding_and_vgmed_vqa_steps(tmp_path):
+    from vgmed_eval.reproduce import Options, plan_steps
+
+    release, pics = make_release(tmp_path / "release", errors=False), tmp_path / "pictures"
+    steps = plan_steps(Options(model="m", vgmed=release, out=tmp_path / "o", images=pics,
+                               benchmarks={"slake": FIX / "slake", "vgmed-localization": release}))
+    given = {s.name: s.argv[s.argv.index("--images") + 1] if "--images" in s.argv else None for s in steps}
+    assert given == {"grounding": str(pics), "heads": None, "vqa slake": None, "vqa vgmed-localization": str(pics)}

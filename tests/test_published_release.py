@@ -171,6 +171,22 @@ def test_vqa_on_the_published_files(layout, tmp_path, capsys):
     assert code == 2 and "no record has an answer" in capsys.readouterr().err
 
 
+def test_vqa_reads_pictures_from_images(tmp_path, capsys):
+    """A published download with its pictures elsewhere (a SLAKE folder): --images says where."""
+    root, images = make_older(tmp_path / "rel", tmp_path / "slake-download")
+    argv = ["vqa", "--benchmark", "vgmed-localization", "--data", str(root), "--model", "builtin:tiny-llava",
+            "--device", "cpu", "--max-new-tokens", "2"]
+    assert eval_main([*argv, "--out", str(tmp_path / "no-images")]) == 1  # nothing found under --data
+    assert "no question loaded" in capsys.readouterr().err
+    assert eval_main([*argv, "--out", str(tmp_path / "out"), "--images", str(images)]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["n_questions"] == 5 and results["load_errors"] == []
+    # a benchmark with its own picture layout refuses --images instead of ignoring it
+    code = eval_main(["vqa", "--benchmark", "slake", "--data", str(root), "--images", str(images), "--model",
+                      "builtin:tiny-llava", "--out", str(tmp_path / "slake"), "--device", "cpu"])
+    assert code == 2 and "--images applies to the VGMED benchmarks only" in capsys.readouterr().err
+
+
 def test_vqa_with_nothing_loaded_exits_nonzero(tmp_path, caplog, capsys):
     root = make_hub(tmp_path / "rel", pictures_under_root=False)
     code = eval_main(["vqa", "--benchmark", "vgmed-localization", "--data", str(root), "--model",

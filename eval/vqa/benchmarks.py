@@ -76,21 +76,30 @@ class Loaded:
 class Benchmark:
     name: str
     layout: str  # one line: the files the loader expects under --data
-    loader: Callable[[Path], Loaded]
+    loader: Callable[..., Loaded]  # (root) -> Loaded; (root, images) when ``takes_images``
+    takes_images: bool = False  # its records name pictures that may live outside --data (--images)
 
-    def load(self, root: Path) -> Loaded:
+    def load(self, root: Path, images: Path | None = None) -> Loaded:
         root = Path(root)
         if not root.exists():
             raise BenchmarkError(f"{root}: data directory not found (expected {self.layout})")
-        return self.loader(root)
+        if images is None:
+            return self.loader(root)
+        if not self.takes_images:
+            raise BenchmarkError(f"--images applies to the VGMED benchmarks only; {self.name} reads its "
+                                 "pictures from its own layout under --data")
+        if not Path(images).is_dir():
+            raise BenchmarkError(f"{images}: --images folder not found")
+        return self.loader(root, Path(images))
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
 
 
-def benchmark(name: str, layout: str) -> Callable[[Callable[[Path], Loaded]], Callable[[Path], Loaded]]:
-    def register(fn: Callable[[Path], Loaded]) -> Callable[[Path], Loaded]:
-        BENCHMARKS[name] = Benchmark(name, layout, fn)
+def benchmark(name: str, layout: str, takes_images: bool = False) -> Callable[[Callable[..., Loaded]],
+                                                                              Callable[..., Loaded]]:
+    def register(fn: Callable[..., Loaded]) -> Callable[..., Loaded]:
+        BENCHMARKS[name] = Benchmark(name, layout, fn, takes_images)
         return fn
 
     return register
@@ -491,7 +500,7 @@ def _release_lines(path: Path) -> Iterator[tuple[int, object]]:
         yield line.number, (BadRecord(f"invalid JSON ({line.decode_error.msg})") if line.decode_error else line.record)
 
 
-def _vgmed(root: Path, q_type: str) -> Loaded:
+def _vgmed(root: Path, q_type: str, images: Path | None = None) -> Loaded:
     """A VGMED question file of any layout. The published files carry no answers: a localization
     question asks about a region that is there by construction (gold ``yes``); attribute questions
     without answers cannot be scored and are refused as a whole."""
@@ -509,7 +518,7 @@ def _vgmed(root: Path, q_type: str) -> Loaded:
         answer = "yes" if q_type == "localization" and "answer" not in rec else _field(rec, "answer")
         number = int(where.rsplit(":", 1)[1])
         try:
-            image = resolve_image(rec.get("image"), root)
+            image = resolve_image(rec.get("image"), root, images)
         except ValueError as exc:
             raise BadRecord(str(exc)) from None
         if not image.is_file():
@@ -529,12 +538,12 @@ def _vgmed(root: Path, q_type: str) -> Loaded:
 
 
 @benchmark("vgmed-attribute", layout="VGMED_attribute.jsonl + images/ (a vgmed-build release; the published "
-           "attribute files have no answers and are refused)")
-def load_vgmed_attribute(root: Path) -> Loaded:
-    return _vgmed(root, "attribute")
+           "attribute files have no answers and are refused)", takes_images=True)
+def load_vgmed_attribute(root: Path, images: Path | None = None) -> Loaded:
+    return _vgmed(root, "attribute", images)
 
 
 @benchmark("vgmed-localization", layout="VGMED_localization.jsonl + images/ (a vgmed-build release), or a published "
-           "file (hub or older layout; gold answer yes, pictures under --data)")
-def load_vgmed_localization(root: Path) -> Loaded:
-    return _vgmed(root, "localization")
+           "file (hub or older layout; gold answer yes, pictures under --data or --images)", takes_images=True)
+def load_vgmed_localization(root: Path, images: Path | None = None) -> Loaded:
+    return _vgmed(root, "localization", images)

@@ -40,6 +40,10 @@ def register(subparsers) -> None:
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS),
                    help="which benchmark layout to read from --data (see docs/vqa.md)")
     p.add_argument("--data", required=True, type=Path, help="local copy of the benchmark, in its public layout")
+    p.add_argument("--images", type=Path, metavar="DIR",
+                   help="vgmed-* only: where the records' pictures live when not under --data, e.g. a SLAKE "
+                        "download for the published files (folder id -> DIR/<id>/source.jpg, COCO id -> "
+                        "DIR/COCO_val2014_<id>.jpg or DIR/val2014/...); paths may not leave DIR")
     p.add_argument("--model", required=True,
                    help="checkpoint directory, hub id, or builtin:tiny-<family> (random tiny model, offline)")
     p.add_argument("--out", required=True, type=Path, help="output directory (created; reruns resume)")
@@ -168,7 +172,7 @@ def cmd_vqa(args) -> int:
         return commands.fail("--compare needs --vgrefine HEADS_JSON")
     try:
         world = World.from_env()
-        loaded = get_benchmark(args.benchmark).load(args.data)
+        loaded = get_benchmark(args.benchmark).load(args.data, args.images)
         protocol = resolve(args)
         config = _config(args, protocol) if args.vgrefine else None
     except (BenchmarkError, ValueError) as exc:

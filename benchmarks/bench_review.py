@@ -30,9 +30,10 @@ from vgmed_build.review import api
 from vgmed_build.review import pull as pull_module
 from vgmed_build.review.convert import draft_prediction
 from vgmed_build.review.pull import pull
-from vgmed_build.review.push import content_hash, label_config, push, task_payload
+from vgmed_build.review.push import push
 from vgmed_build.review.server import ServerInfo, connect, resolve_server, start_server, stop_server
 from vgmed_build.review.state import REVIEW, load_drafts
+from vgmed_build.review.tasks import content_hash, label_config, task_payload
 
 REGIONS_PER_IMAGE = 10
 Q_TYPES = ("localization", "position")

@@ -133,8 +133,8 @@ def test_nan_and_inf_volumes(tmp_path, capsys):
 def test_folder_names_stay_out_of_shared_outputs_unless_with_paths(tmp_path, capsys):
     """Issue 12.11: a DICOM folder named after the patient reaches no export, log or task by default."""
     from vgmed_build.identifiers import item_pseudonym
-    from vgmed_build.review.push import task_payload
     from vgmed_build.review.state import load_drafts
+    from vgmed_build.review.tasks import task_payload
 
     folder = "Smith_John_MRN4455"
     src = tmp_path / "dicom"

@@ -8,7 +8,7 @@ import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
 from vgmed_build.review.convert import boxes_to_results, draft_prediction, read_annotation, rectangle_to_box
-from vgmed_build.review.push import label_config
+from vgmed_build.review.tasks import label_config
 
 
 def test_pixel_boxes_survive_the_round_trip_exactly():

@@ -14,7 +14,6 @@ Set ``VGMED_REVIEW_FAIL_AFTER_IMPORTS=N`` to simulate that crash after the N-th 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -25,10 +24,8 @@ from urllib.parse import quote
 from tqdm import tqdm
 
 from vgmed_build.catalog import Catalog, now_iso
-from vgmed_build.resources import resource_dir
 from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
-from vgmed_build.review.convert import box_colour, box_label, draft_prediction
 from vgmed_build.review.server import ServerInfo, connect
 from vgmed_build.review.state import (
     PROJECTS,
@@ -39,29 +36,12 @@ from vgmed_build.review.state import (
     pull_since_key,
     save_project_state,
 )
+from vgmed_build.review.tasks import HASH_KEY, content_hash, instructions_html, label_config, task_payload
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = "vgmed-draft"
 BATCH_SIZE = 500
 FAIL_AFTER_ENV = "VGMED_REVIEW_FAIL_AFTER_IMPORTS"
-CONFIG_PATH = Path(__file__).with_name("config.xml")
-INSTRUCTIONS_FILE = "review_instructions.md"
-HASH_KEY = "vgmed_hash"  # task data field holding the content hash, so an adopted task needs no refresh
-
-
-def label_config() -> str:
-    """The labeling config kept in the repository (vgmed_build/review/config.xml)."""
-    return CONFIG_PATH.read_text(encoding="utf-8")
-
-
-def instructions_html() -> str:
-    """The written instructions (``prompts/review_instructions.md``, a team edits it), as the HTML
-    Label Studio shows before the first task and from the labeling screen's instructions button."""
-    from markdown_it import MarkdownIt
-
-    text = (resource_dir("prompts") / INSTRUCTIONS_FILE).read_text(encoding="utf-8")
-    return MarkdownIt("commonmark", {"html": False}).render(text)
 
 
 @dataclass
@@ -75,101 +55,6 @@ class PushReport:
     kept_reviewed: int = 0  # changed drafts whose task already has annotations: left as reviewed
     adopted: int = 0  # tasks found on the server after an interrupted push
     withdrawn: int = 0  # tasks deleted because their source item was withdrawn (see ingest)
-
-
-def context_line(draft: dict) -> str:
-    """Region facts shown above the image so the reviewer knows what the draft claims."""
-    return (
-        f"{draft['q_type']} question · structure: {_structure(draft)} · "
-        f"modality: {draft['modality']} · body part: {draft.get('body_part') or '-'} · side: {draft['side']}"
-    )
-
-
-def _structure(draft: dict) -> str:
-    """The display name, with the raw label only when it says something the name does not."""
-    name, label = draft["display_name"], draft["label"]
-    return name if label.lower() == name.lower() else f"{name} (label: {label})"
-
-
-FACT_KEYS = ("facts_what", "facts_where", "facts_size", "facts_source", "facts_boxes", "facts_note")
-
-
-def region_facts(draft: dict, region: dict, width: int, height: int, note: str = "") -> dict[str, str]:
-    """What a reviewer checks an answer against, one line per task data key of config.xml
-    (FACT_KEYS): structure, side and slice, area, source dataset, and each box in image pixels
-    (numbered and coloured as on the image)."""
-    where = [f"patient side: {draft['side']} (from the scanner's coordinates)"]
-    plane = region.get("plane")
-    if plane and plane != "2d":
-        slice_text = f"{plane} slice {region.get('slice_index')}"
-        if region.get("slice_position_mm") is not None:
-            slice_text += f" at {float(region['slice_position_mm']):.1f} mm"
-        where.append(slice_text)
-    size = []
-    if "area_ratio" in region:
-        size.append(f"area: {100 * float(region['area_ratio']):.2f} % of the image")
-    if region.get("n_components") is not None:
-        size.append(f"{region['n_components']} separate part(s)")
-    size.append(f"image {width} x {height} px")
-    source = region.get("source") or {}
-    dataset = source.get("dataset") or source.get("name")  # never the item: folder names may name a patient
-    boxes = draft["boxes"]
-    box_texts = [
-        f"{box_label(i, len(boxes))} ({box_colour(i, len(boxes))[0]}): x {x0}-{x1}, y {y0}-{y1}"
-        for i, (x0, y0, x1, y1) in enumerate(boxes)
-    ]
-    return {
-        "facts_what": f"{_structure(draft)} · {draft['q_type']} question · {draft['modality']}, "
-        f"{draft.get('body_part') or 'body part not given'}",
-        "facts_where": " · ".join(where),
-        "facts_size": " · ".join(size),
-        "facts_source": f"source: {dataset or 'not given'}",
-        "facts_boxes": "boxes in pixels (right/bottom edge exclusive): " + "; ".join(box_texts),
-        "facts_note": note,
-    }
-
-
-def task_data(row: DraftRow, image_url: str, note: str = "") -> dict:
-    d = row.draft
-    context = context_line(d) + (f" · {note}" if note else "")
-    return {
-        **region_facts(d, row.region, row.width, row.height, note),
-        "image": image_url,
-        "draft_id": d["id"],
-        "region_id": d["region_id"],
-        "q_type": d["q_type"],
-        "modality": d["modality"],
-        "label": d["label"],
-        "side": d["side"],
-        "context": context,
-    }
-
-
-def content_hash(row: DraftRow, note: str = "") -> str:
-    """Hash of everything a task shows, independent of where the image is served from."""
-    d = row.draft
-    payload = [
-        task_data(row, d["image"], note),
-        d["question"],
-        d["answer"],
-        d["boxes"],
-        row.width,
-        row.height,
-    ]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def task_payload(row: DraftRow, image_url: str, note: str = "") -> dict:
-    d = row.draft
-    return {
-        "data": {**task_data(row, image_url, note), HASH_KEY: content_hash(row, note)},
-        "predictions": [
-            {
-                "model_version": MODEL_VERSION,
-                "result": draft_prediction(d["question"], d["answer"], d["boxes"], row.width, row.height),
-            }
-        ],
-    }
 
 
 # ---------------------------------------------------------------- project

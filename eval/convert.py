@@ -466,7 +466,7 @@ def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_temp
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "convert", formatter_class=commands.HelpFormatter,
+        "convert",
         help="convert an original LLaVA-format checkpoint (HuatuoGPT-Vision, LLaVA-Med, LLaVA-1.5) to transformers",
         description=__doc__,
     )

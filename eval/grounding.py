@@ -365,7 +365,7 @@ def _merge_parts(out: Path, world: World, questions: list[Question]):
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "grounding", formatter_class=commands.HelpFormatter,
+        "grounding",
         help="attention ratio, KL and JS of a model on a VGMED-style release, per layer and head",
         description=__doc__,
     )

@@ -242,7 +242,7 @@ def build_report(results: Path, out: Path, control: Path | None, samples: int, l
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "report", formatter_class=commands.HelpFormatter,
+        "report",
         help="plots of a grounding run: ratio by layer (vs a natural control), head heatmap, overlays",
         description=__doc__,
     )

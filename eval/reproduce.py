@@ -300,7 +300,7 @@ def reproduce(o: Options) -> dict:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "reproduce", formatter_class=commands.HelpFormatter,
+        "reproduce",
         help="the paper's pipeline for one model (grounding, heads, VQA with and without VGRefine) and a report "
              "beside the published figures",
         description=__doc__,

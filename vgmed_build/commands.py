@@ -69,15 +69,22 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose help uses :class:`HelpFormatter`. ``add_subparsers`` makes its
+    subcommands (and theirs) of the parser's own class, so every command of both programs gets the
+    formatter without naming it."""
+
+    def __init__(self, *args, formatter_class: type[argparse.HelpFormatter] = HelpFormatter, **kwargs) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def add_build_arg(p: argparse.ArgumentParser, help: str = "build directory (holds catalog.sqlite)") -> None:
     """The ``--build DIR`` option every build command takes."""
     p.add_argument("--build", required=True, type=Path, metavar="DIR", help=help)
 
 
 def build_parser(prog: str, description: str, version: str, modules: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=HelpFormatter
-    )
+    parser = CommandParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"{prog} {version}")
     parser.add_argument(
         "-v",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vgmed_build import cli
-from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, HelpFormatter, fail
+from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, fail
 
 DEFAULT_BUILD = Path("build/demo")
 TINY_MODEL = "builtin:tiny-llava"
@@ -32,7 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run ingest -> generate -> Label Studio push -> preview release -> validate -> "
         "grounding evaluation with a tiny built-in model -> report, on the bundled real sample data. "
         "Everything runs offline; the local Label Studio server keeps running so you can log in and review.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument("--build", type=Path, default=DEFAULT_BUILD, help="build directory to create or reuse")
     p.add_argument(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vgmed_build.commands import EXIT_OK, HelpFormatter, fail
+from vgmed_build.commands import EXIT_OK, fail
 from vgmed_build.release_format import (
     ATTRIBUTE_FILE,
     MANIFEST_FILE,
@@ -152,7 +152,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "nested boxes/source/review columns. vqa-json: the attribute and position questions with their "
         "answers as [{id, question, answer, images: [path], q_type, modality, label}], image paths "
         "relative to the JSON file.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument("dir", type=Path, help="release directory")
     p.add_argument("--format", choices=FORMATS, required=True, help="output format")

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from vgmed_build import __version__
 from vgmed_build.card import render_card
 from vgmed_build.catalog import Catalog, CatalogError, open_catalog
-from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, HelpFormatter, add_build_arg, fail
+from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
 from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
 from vgmed_build.lock import LockBusy, add_wait_arg, hold, out_lock_path
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
@@ -381,14 +381,12 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    fmt = HelpFormatter
     p = subparsers.add_parser(
         "release",
         help="write the validated release (JSONL, images, manifest, dataset card) from a reviewed build",
         description="Write a VGMED release from the build catalog: only drafts accepted under the review "
         "policy, images renamed by stable id and stripped of metadata, manifest with counts and SHA-256, "
         "a Hugging Face dataset card. The release is built next to --out, validated, then swapped in.",
-        formatter_class=fmt,
     )
     add_build_arg(p)
     p.add_argument(

@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 
 from vgmed_build.card import CARD_MARK, PREVIEW_MARK, REQUIRED_SECTIONS
-from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, HelpFormatter, fail
+from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, fail
 from vgmed_build.identifiers import (
     Forbidden,
     ForbidFileError,
@@ -509,7 +509,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "manifest.json; a published VGMED download is checked with --published as far as it can be, and "
         "the rest is reported as skipped. Exit status 1 when "
         "any problem is found. Line 0 in a message means the file as a whole.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "dir",

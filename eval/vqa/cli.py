@@ -35,7 +35,6 @@ def register(subparsers) -> None:
         "vqa",
         help="answer a medical VQA benchmark (baseline and/or VGRefine) and score it",
         description=__doc__,
-        formatter_class=commands.HelpFormatter,
     )
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS),
                    help="which benchmark layout to read from --data (see docs/vqa.md)")

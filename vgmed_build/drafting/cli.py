@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from vgmed_build.catalog import CatalogError, open_catalog
-from vgmed_build.commands import EXIT_INCOMPLETE, EXIT_ITEM_ERRORS, EXIT_OK, HelpFormatter, add_build_arg, fail
+from vgmed_build.commands import EXIT_INCOMPLETE, EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
 from vgmed_build.drafting.export import write_drafts
 from vgmed_build.drafting.generate import run_generate
 from vgmed_build.drafting.lint import LintLimits
@@ -21,10 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    fmt = HelpFormatter
     p = subparsers.add_parser(
         "generate",
-        formatter_class=fmt,
         help="draft localization/attribute/position questions for every region",
         description="Draft the questions clinicians will review, for every region of the build catalog. "
         "Offline templates by default; any OpenAI-compatible LLM with --drafter llm (API key from the "
@@ -154,7 +152,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     d = subparsers.add_parser(
         "drafts",
-        formatter_class=fmt,
         help="export drafts as JSONL (schemas/draft.schema.json)",
         description="Write the stored drafts, one JSON record per line, valid against schemas/draft.schema.json.",
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vgmed_build import imaging
 from vgmed_build.catalog import CatalogError, open_catalog
-from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, HelpFormatter, add_build_arg, fail
+from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
 from vgmed_build.config import ConfigError, check_unique_names, load_sources_file, parse_source_flag
 from vgmed_build.identifiers import WITH_PATHS_HINT, add_with_paths_arg, hide_item, item_pseudonym
 from vgmed_build.ingest.run import STAGE, run_ingest
@@ -18,10 +18,8 @@ from vgmed_build.resources import schema_problems
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    fmt = HelpFormatter
     p = subparsers.add_parser(
         "ingest",
-        formatter_class=fmt,
         help="render source datasets to PNG slices + regions in a build catalog",
         description="Read segmentation sources (NIfTI / MHA / NRRD / 3D Slicer, MSD / nnU-Net, "
         "TotalSegmentator, DICOM + SEG / RTSTRUCT, 2D images + masks, SLAKE, SA-Med2D), render 8-bit PNG "
@@ -81,7 +79,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "regions",
-        formatter_class=fmt,
         help="export the catalog's regions as JSONL",
         description="Write every region record (validated against "
         "schemas/region.schema.json) as one JSON object per line, ordered by id.",
@@ -100,7 +97,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "stats",
-        formatter_class=fmt,
         help="counts by source, modality, label; errors",
         description="Print item, image and region counts by source, modality and "
         "label, and every stored ingest error. Exit code 1 if there are errors.",

@@ -7,7 +7,7 @@ import json
 import sys
 
 from vgmed_build.catalog import CatalogError, open_catalog
-from vgmed_build.commands import EXIT_INCOMPLETE, EXIT_OK, HelpFormatter, add_build_arg, fail
+from vgmed_build.commands import EXIT_INCOMPLETE, EXIT_OK, add_build_arg, fail
 from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
 from vgmed_build.review.api import EXPORT_CONCURRENCY, LabelStudioError
 from vgmed_build.review.decision import POLICIES, decide
@@ -50,7 +50,6 @@ def _add_server(p: argparse.ArgumentParser) -> None:
 def _register_labelstudio(subparsers) -> None:
     p = subparsers.add_parser(
         "labelstudio",
-        formatter_class=HelpFormatter,
         help="run a local Label Studio server for this build (install on first use, loopback only)",
         description="Manage the build's local Label Studio: its own virtual environment (installed on first "
         "use; $VGMED_LABELSTUDIO_VENV picks where), SQLite and credentials under <build>/labelstudio/, "
@@ -59,7 +58,6 @@ def _register_labelstudio(subparsers) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     s = sub.add_parser(
         "start",
-        formatter_class=HelpFormatter,
         help="start the server (or report the running one)",
         description="Start the build's Label Studio and print where to log in.",
     )
@@ -94,12 +92,11 @@ def _register_labelstudio(subparsers) -> None:
         ("stop", cmd_labelstudio_stop, "stop the build's server"),
         ("status", cmd_labelstudio_status, "say whether the build's server runs, and where"),
     ):
-        s = sub.add_parser(name, formatter_class=HelpFormatter, help=text, description=text[0].upper() + text[1:] + ".")
+        s = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         add_build_arg(s)
         s.set_defaults(func=func)
     s = sub.add_parser(
         "invite",
-        formatter_class=HelpFormatter,
         help="print a sign-up link for a new reviewer",
         description="Print a link that lets a clinician create a reviewer account on the server "
         "(open sign-up is disabled).",
@@ -112,7 +109,6 @@ def _register_labelstudio(subparsers) -> None:
 def _register_review(subparsers) -> None:
     p = subparsers.add_parser(
         "review",
-        formatter_class=HelpFormatter,
         help="clinician review in Label Studio: push drafts, pull verdicts, agreement",
         description="Push drafts to Label Studio as pre-filled tasks, pull the reviewers' verdicts and edits "
         "back into the catalog, and follow progress and agreement.",
@@ -121,7 +117,6 @@ def _register_review(subparsers) -> None:
 
     s = sub.add_parser(
         "push",
-        formatter_class=HelpFormatter,
         help="create or update review tasks from the ok drafts",
         description="Create one task per ok draft (idempotent: only new drafts are added, drafts "
         "not yet reviewed are updated, and an interrupted push resumes without duplicates).",
@@ -156,7 +151,6 @@ def _register_review(subparsers) -> None:
 
     s = sub.add_parser(
         "pull",
-        formatter_class=HelpFormatter,
         help="bring new annotations into the catalog",
         description="Store every annotation revision made since the last pull as a review event. The first "
         "pull exports every task this build pushed; later pulls only the tasks saved since (on the server's clock, "
@@ -183,7 +177,6 @@ def _register_review(subparsers) -> None:
 
     s = sub.add_parser(
         "status",
-        formatter_class=HelpFormatter,
         help="progress, agreement and disputed drafts (offline)",
         description="Summarise the review from the catalog (run `review pull` first): progress, "
         "decisions under the policy, percent agreement, Cohen's and Fleiss' kappa, disputed drafts.",

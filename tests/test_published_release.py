@@ -185,6 +185,11 @@ def test_vqa_reads_pictures_from_images(tmp_path, capsys):
     code = eval_main(["vqa", "--benchmark", "slake", "--data", str(root), "--images", str(images), "--model",
                       "builtin:tiny-llava", "--out", str(tmp_path / "slake"), "--device", "cpu"])
     assert code == 2 and "--images applies to the VGMED benchmarks only" in capsys.readouterr().err
+    assert not (tmp_path / "slake").exists()  # refused before anything is written
+    missing = tmp_path / "no-such-folder"
+    assert eval_main([*argv, "--out", str(tmp_path / "missing"), "--images", str(missing)]) == 2
+    assert f"{missing}: --images folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()
 
 
 def test_vqa_with_nothing_loaded_exits_nonzero(tmp_path, caplog, capsys):

@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"vgmed_build": ROOT / "vgmed_build", "vgmed_eval": ROOT / "eval"}
+PACKAGES = {"vgmed_build": ROOT / "vgmed_build", "vgmed_eval": ROOT / "eval" / "vgmed_eval"}
 
 
 def module_files() -> dict[str, Path]:

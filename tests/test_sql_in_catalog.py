@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = (ROOT / "vgmed_build", ROOT / "eval")
+FOLDERS = (ROOT / "vgmed_build", ROOT / "eval" / "vgmed_eval")
 CATALOG = ROOT / "vgmed_build" / "catalog"
 CALLS = {"execute", "executemany", "executescript"}
 STATEMENT = re.compile(

@@ -49,7 +49,7 @@ def render_item(spec: SourceSpec, key: str, data: Volume | Image2D, build_dir: P
     """Render one loaded item to PNGs under ``build_dir`` and build its image + region records."""
     modality = normalise_modality(spec.modality or data.modality)
     if not modality:
-        raise SourceError(f"{key}: modality unknown; set 'modality' for source {spec.name!r}")
+        raise SourceError(f"modality unknown; set 'modality' for source {spec.name!r}", path=key)
     if isinstance(data, Volume):
         return _render_volume(spec, key, data, modality, build_dir)
     if isinstance(data, Image2D):
@@ -62,24 +62,24 @@ def _check_labels(
 ) -> None:
     """The checks every adapter's output must pass, whatever its format."""
     if (label_map is None) == (masks is None):
-        raise SourceError(f"{key}: adapter must give exactly one of label_map or masks")
+        raise SourceError("adapter must give exactly one of label_map or masks", path=key)
     if label_map is not None:
         if label_map.shape != shape:
-            raise SourceError(f"{key}: label map shape {label_map.shape} differs from image shape {shape}")
+            raise SourceError(f"label map shape {label_map.shape} differs from image shape {shape}", path=key)
         if not (np.issubdtype(label_map.dtype, np.integer) or label_map.dtype == bool):
-            raise SourceError(f"{key}: label map must hold integers, got {label_map.dtype}")
+            raise SourceError(f"label map must hold integers, got {label_map.dtype}", path=key)
         if label_map.size and label_map.min() < 0:
-            raise SourceError(f"{key}: label map has negative values")
+            raise SourceError("label map has negative values", path=key)
         if not label_map.any():
-            raise SourceError(f"{key}: label map is empty (no labelled pixels)")
+            raise SourceError("label map is empty (no labelled pixels)", path=key)
     else:
         if not masks:
-            raise SourceError(f"{key}: no masks")
+            raise SourceError("no masks", path=key)
         for name, mask in masks.items():
             if mask.shape != shape:
-                raise SourceError(f"{key}: mask {name!r} shape {mask.shape} differs from image shape {shape}")
+                raise SourceError(f"mask {name!r} shape {mask.shape} differs from image shape {shape}", path=key)
         if not any(m.any() for m in masks.values()):
-            raise SourceError(f"{key}: all masks are empty")
+            raise SourceError("all masks are empty", path=key)
 
 
 @dataclass
@@ -142,11 +142,11 @@ class Structures:
 
 def _render_volume(spec: SourceSpec, key: str, vol: Volume, modality: str, build_dir: Path) -> list[RenderedImage]:
     if vol.image.ndim != 3:
-        raise SourceError(f"{key}: image must be 3D, got shape {vol.image.shape}")
+        raise SourceError(f"image must be 3D, got shape {vol.image.shape}", path=key)
     _check_labels(key, vol.image.shape, vol.label_map, vol.masks)
     problem = imaging.contrast_problem(vol.image)
     if problem:
-        raise SourceError(f"{key}: image has {problem}; nothing to render")
+        raise SourceError(f"image has {problem}; nothing to render", path=key)
     vol = imaging.canonical(vol)
     opts = spec.options
     plane, shape = opts["plane"], vol.image.shape
@@ -215,11 +215,11 @@ def _extract(
 def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_dir: Path) -> list[RenderedImage]:
     pixels = img.pixels
     if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
-        raise SourceError(f"{key}: image must be uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}")
+        raise SourceError(f"image must be uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}", path=key)
     _check_labels(key, pixels.shape[:2], img.label_map, img.masks)
     problem = imaging.contrast_problem(pixels)
     if problem:
-        raise SourceError(f"{key}: image has {problem}; nothing to render")
+        raise SourceError(f"image has {problem}; nothing to render", path=key)
     opts = spec.options
     img = _upscaled(img, opts["min_side_px"])
     pixels = img.pixels
@@ -241,9 +241,10 @@ def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_di
     named = [(structs.raw_values[c], structs.names[c], reg) for c, reg in found if reg.area_px >= opts["min_area_px"]]
     if not named:
         raise SourceError(
-            f"{key}: no structure left after the size filters (min_component_px="
+            "no structure left after the size filters (min_component_px="
             f"{opts['min_component_px']}, min_area_px={opts['min_area_px']}, "
-            f"max_area_ratio={opts['max_area_ratio']})"
+            f"max_area_ratio={opts['max_area_ratio']})",
+            path=key,
         )
     meta = {
         "plane": "2d",

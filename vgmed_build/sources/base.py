@@ -18,7 +18,21 @@ import numpy as np
 
 
 class SourceError(ValueError):
-    """A problem with one source file or item; the message names the file and the problem."""
+    """A problem with one source file or item: ``path: problem``.
+
+    ``path`` (the file or folder it is about, as the user names it) and ``item`` (the key of the item
+    it belongs to; default ``path``) are fields, so output meant to be shared shows a pseudonym in
+    their place: a message's text is never searched for a name, which would miss or mangle it.
+    """
+
+    def __init__(self, problem: str, path: str | Path | None = None, item: str | None = None) -> None:
+        self.problem = problem
+        self.path = escaped_name(str(path)) if path is not None else ""
+        self.item = item if item is not None else self.path
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+    def __reduce__(self) -> tuple:  # pickled by worker processes: keep the fields
+        return type(self), (self.problem, self.path or None, self.item)
 
 
 def escaped_name(text: str) -> str:
@@ -41,8 +55,9 @@ def name_problem(item: SourceItem) -> SourceError | None:
     for name in (item.key, *(path.name for path in item.files)):
         if escaped_name(name) != name:
             return SourceError(
-                f"{escaped_name(item.key)}: file or folder name '{escaped_name(name)}' is not valid UTF-8 "
-                "(its bytes are shown as \\xNN); rename it"
+                f"file or folder name '{escaped_name(name)}' is not valid UTF-8 "
+                "(its bytes are shown as \\xNN); rename it",
+                path=escaped_name(item.key),
             )
     return None
 

@@ -45,21 +45,21 @@ def instance_mask(segmentation: object, height: int, width: int, where: str) -> 
         if isinstance(segmentation, list):  # polygons: [[x0, y0, x1, y1, ...], ...]
             polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
             if not polygons:
-                raise SourceError(f"{where}: segmentation has no polygon with 3 or more points")
+                raise SourceError("segmentation has no polygon with 3 or more points", path=where)
             rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
         elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):  # crowds
             rle = mask_utils.frPyObjects(segmentation, *segmentation["size"])
         elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), str):
             rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
         else:
-            raise SourceError(f"{where}: segmentation is neither polygons nor RLE")
+            raise SourceError("segmentation is neither polygons nor RLE", path=where)
         if [int(v) for v in rle["size"]] != [height, width]:
-            raise SourceError(f"{where}: RLE size {rle['size']} differs from the image's [{height}, {width}]")
+            raise SourceError(f"RLE size {rle['size']} differs from the image's [{height}, {width}]", path=where)
         return mask_utils.decode(rle).astype(bool)
     except SourceError:
         raise
     except (TypeError, ValueError, KeyError, UnicodeEncodeError) as exc:
-        raise SourceError(f"{where}: cannot decode segmentation ({type(exc).__name__}: {exc})") from None
+        raise SourceError(f"cannot decode segmentation ({type(exc).__name__}: {exc})", path=where) from None
 
 
 def mask_box(mask: np.ndarray) -> list[int]:
@@ -76,7 +76,8 @@ def _load(spec: SourceSpec, root: Path, path: Path, info: dict, anns: list[dict]
     height, width = pixels.shape[:2]
     if (info.get("height"), info.get("width")) != (height, width):
         raise SourceError(
-            f"{name}: picture is {width}x{height} but the annotations say {info.get('width')}x{info.get('height')}"
+            f"picture is {width}x{height} but the annotations say {info.get('width')}x{info.get('height')}",
+            path=name,
         )
     crowd = spec.options.get("crowd", "exclude")
     min_px = int(spec.options.get("min_component_px", 0))
@@ -98,7 +99,7 @@ def _load(spec: SourceSpec, root: Path, path: Path, info: dict, anns: list[dict]
             masks.pop(label, None)
             boxes.pop(label, None)
     if not masks:
-        raise SourceError(f"{name}: no object left (crowd = {crowd!r}, min_component_px = {min_px})")
+        raise SourceError(f"no object left (crowd = {crowd!r}, min_component_px = {min_px})", path=name)
     return Image2D(pixels=pixels, modality=spec.modality or modalities.NATURAL, masks=masks, boxes=boxes,
                    categories={k: v for k, v in supercategories.items() if k in masks})
 
@@ -108,12 +109,12 @@ def _read_annotations(path: Path, root: Path) -> dict:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise SourceError(f"{name}: cannot read annotations ({exc.strerror or exc})") from None
+        raise SourceError(f"cannot read annotations ({exc.strerror or exc})", path=name) from None
     except ValueError as exc:
-        raise SourceError(f"{name}: not valid JSON ({exc})") from None
+        raise SourceError(f"not valid JSON ({exc})", path=name) from None
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "annotations",
                                                                                     "categories")):
-        raise SourceError(f"{name}: not a COCO instances file (needs 'images', 'annotations' and 'categories' lists)")
+        raise SourceError("not a COCO instances file (needs 'images', 'annotations' and 'categories' lists)", path=name)
     return doc
 
 
@@ -128,8 +129,8 @@ def _annotation_file(root: Path, opts: dict) -> tuple[Path, str]:
     found = sorted((root / "annotations").glob("instances_*.json")) if (root / "annotations").is_dir() else []
     if len(found) != 1:
         shown = ", ".join(p.name for p in found) or "none"
-        raise SourceError(f"{root.name}: expected one annotations/instances_<split>.json (found {shown}); "
-                          "set options.split or options.annotations")
+        raise SourceError(f"expected one annotations/instances_<split>.json (found {shown}); "
+                          "set options.split or options.annotations", path=root.name)
     return found[0], found[0].stem.removeprefix("instances_")
 
 
@@ -142,7 +143,7 @@ class CocoAdapter:
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root, opts = Path(spec.path), spec.options
         if not root.is_dir():
-            yield SourceError(f"{root.name}: source folder not found or not a folder")
+            yield SourceError("source folder not found or not a folder", path=root.name)
             return
         crowd = opts.get("crowd", "exclude")
         if crowd not in CROWD_MODES:
@@ -162,7 +163,7 @@ class CocoAdapter:
         supercategories: dict[str, str] = {}
         for cat in doc["categories"]:
             if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or not cat.get("name"):
-                yield SourceError(f"{ann_name}: category {cat!r} needs an integer 'id' and a 'name'")
+                yield SourceError(f"category {cat!r} needs an integer 'id' and a 'name'", path=ann_name)
                 continue
             label = spec.labels.get(str(cat["name"]), str(cat["name"]))
             if label and (not wanted or cat["name"] in wanted):
@@ -175,7 +176,7 @@ class CocoAdapter:
                 by_image.setdefault(ann.get("image_id"), []).append(ann)
         for info in sorted(doc["images"], key=lambda i: str(i.get("file_name", "")) if isinstance(i, dict) else ""):
             if not isinstance(info, dict) or not info.get("file_name"):
-                yield SourceError(f"{ann_name}: image entry {str(info)[:80]} has no file_name")
+                yield SourceError(f"image entry {str(info)[:80]} has no file_name", path=ann_name)
                 continue
             anns = by_image.get(info.get("id"))
             if not anns:
@@ -183,7 +184,7 @@ class CocoAdapter:
             path = images_dir / str(info["file_name"])
             key = rel(path, root)
             if not path.is_file():
-                yield SourceError(f"{key}: picture listed in {ann_name} not found")
+                yield SourceError(f"picture listed in {ann_name} not found", path=key)
                 continue
             # The item's annotations live in the shared JSON file: their hash joins the resume fingerprint.
             digest = hashlib.sha256(json.dumps([info, anns], sort_keys=True, default=str).encode()).hexdigest()

@@ -144,10 +144,10 @@ def _scan(root: Path) -> tuple[list[_Slice], list[_Annotation], list[SourceError
         try:
             ds = pydicom.dcmread(path)
         except InvalidDicomError:
-            errors.append(SourceError(f"{name}: not a DICOM file (no DICM preamble); skipped"))
+            errors.append(SourceError("not a DICOM file (no DICM preamble); skipped", path=name))
             continue
         except Exception as exc:  # pydicom raises many types on damaged files
-            errors.append(SourceError(f"{name}: unreadable DICOM file ({_safe(exc)}); skipped"))
+            errors.append(SourceError(f"unreadable DICOM file ({_safe(exc)}); skipped", path=name))
             continue
         sop_class = str(ds.get("SOPClassUID", ""))
         modality = str(ds.get("Modality", "")).upper()
@@ -176,7 +176,7 @@ def _scan(root: Path) -> tuple[list[_Slice], list[_Annotation], list[SourceError
                 )
             )
         except (ValueError, AttributeError, TypeError) as exc:
-            errors.append(SourceError(f"{name}: {_safe(exc, typed=False)}; skipped"))
+            errors.append(SourceError(f"{_safe(exc, typed=False)}; skipped", path=name))
     return slices, annotations, errors
 
 
@@ -213,7 +213,7 @@ class DicomAdapter:
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root = Path(spec.path)
         if not root.is_dir():
-            yield SourceError(f"{root.name}: source folder not found or not a folder")
+            yield SourceError("source folder not found or not a folder", path=root.name)
             return
         slices, annotations, errors = _scan(root)
         yield from errors
@@ -232,15 +232,16 @@ class DicomAdapter:
                 series = hits.pop() if len(hits) == 1 else None
             if series is None:
                 yield SourceError(
-                    f"{rel(ann.path, root)}: the image series this {ann.kind.upper()} references "
-                    "is not under the source root"
+                    f"the image series this {ann.kind.upper()} references "
+                    "is not under the source root",
+                    path=rel(ann.path, root),
                 )
                 continue
             attached[series].append(ann)
         for uid, members in sorted(groups.items(), key=lambda kv: keys[kv[0]]):
             key = keys[uid]
             if not attached.get(uid):
-                yield SourceError(f"{key}: image series without a SEG or RTSTRUCT; nothing to ingest")
+                yield SourceError("image series without a SEG or RTSTRUCT; nothing to ingest", path=key)
                 continue
             anns = sorted(attached[uid], key=lambda a: a.path)
             yield SourceItem(
@@ -265,7 +266,7 @@ class DicomAdapter:
             files = find(s.path.stem)
             if not files:
                 looked = layout.describe(s.path.stem)
-                yield SourceError(f"{name}: 2D DICOM image without mask files (looked for {looked})")
+                yield SourceError(f"2D DICOM image without mask files (looked for {looked})", path=name)
                 continue
             yield SourceItem(
                 key=name,
@@ -299,7 +300,7 @@ def _read_slices(root: Path, paths: list[Path]) -> list[tuple[pydicom.Dataset, n
             ds = pydicom.dcmread(path)
             pixels = ds.pixel_array.astype(np.float32)
         except Exception as exc:
-            raise SourceError(f"{rel(path, root)}: cannot decode pixels ({_safe(exc)})") from None
+            raise SourceError(f"cannot decode pixels ({_safe(exc)})", path=rel(path, root)) from None
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         out.append((ds, pixels * slope + intercept))
@@ -313,7 +314,7 @@ def _stack(root: Path, key: str, paths: list[Path]) -> _Stack:
     iop = _floats(first, "ImageOrientationPatient", 6)
     spacing = _floats(first, "PixelSpacing", 2)
     if iop is None or spacing is None:
-        raise SourceError(f"{key}: slices lack ImageOrientationPatient or PixelSpacing")
+        raise SourceError("slices lack ImageOrientationPatient or PixelSpacing", path=key)
     for ds, _ in read[1:]:
         other_iop = _floats(ds, "ImageOrientationPatient", 6)
         other_spacing = _floats(ds, "PixelSpacing", 2)
@@ -324,8 +325,9 @@ def _stack(root: Path, key: str, paths: list[Path]) -> _Stack:
             or (ds.Rows, ds.Columns) != (first.Rows, first.Columns)
         ):
             raise SourceError(
-                f"{key}: inconsistent slice geometry ({rel(Path(ds.filename), root)} differs in "
-                "orientation, pixel spacing or size from the other slices)"
+                f"inconsistent slice geometry ({rel(Path(ds.filename), root)} differs in "
+                "orientation, pixel spacing or size from the other slices)",
+                path=key,
             )
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
@@ -336,15 +338,15 @@ def _stack(root: Path, key: str, paths: list[Path]) -> _Stack:
     along = positions @ normal
     in_plane = positions - positions[:1] - np.outer(along - along[0], normal)
     if np.abs(in_plane).max(initial=0.0) > 0.1 * float(min(spacing)):
-        raise SourceError(f"{key}: inconsistent slice geometry (slices are not stacked along their normal)")
+        raise SourceError("inconsistent slice geometry (slices are not stacked along their normal)", path=key)
     steps = np.diff(along)
     if steps.size and steps.min() < 1e-3:
-        raise SourceError(f"{key}: inconsistent slice geometry (two slices at the same position)")
+        raise SourceError("inconsistent slice geometry (two slices at the same position)", path=key)
     if steps.size:
         dz = float(steps.min())
         ratios = steps / dz
         if np.abs(ratios - np.rint(ratios)).max() > 0.05:
-            raise SourceError(f"{key}: inconsistent slice geometry (uneven slice spacing)")
+            raise SourceError("inconsistent slice geometry (uneven slice spacing)", path=key)
         index = np.concatenate([[0], np.cumsum(np.rint(ratios).astype(int))])
     else:
         dz = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
@@ -381,12 +383,13 @@ def _load_series(
                 if spec.options.get("skip_empty", False):
                     continue
                 raise SourceError(
-                    f"{rel(ann.path, root)}: {what} {raw_name!r} is empty on this series "
-                    "(set options.skip_empty to drop empty structures)"
+                    f"{what} {raw_name!r} is empty on this series "
+                    "(set options.skip_empty to drop empty structures)",
+                    path=rel(ann.path, root),
                 )
             masks[name] = masks[name] | mask if name in masks else mask
     if not masks:
-        raise SourceError(f"{key}: no non-empty segment or ROI")
+        raise SourceError("no non-empty segment or ROI", path=key)
     modality = spec.modality or modalities.from_dicom(stack.modality)
     return Volume(image=stack.image, affine=LPS_TO_RAS @ stack.affine_lps, modality=modality, masks=masks)
 
@@ -401,9 +404,9 @@ def _seg_masks(root: Path, path: Path, stack: _Stack) -> list[tuple[str, np.ndar
     try:
         seg = hd.seg.segread(path)
     except Exception as exc:
-        raise SourceError(f"{name}: cannot read DICOM SEG ({_safe(exc)})") from None
+        raise SourceError(f"cannot read DICOM SEG ({_safe(exc)})", path=name) from None
     if (int(seg.Rows), int(seg.Columns)) != (stack.shape[1], stack.shape[0]):
-        raise SourceError(f"{name}: SEG frame size differs from the referenced series' slice size")
+        raise SourceError("SEG frame size differs from the referenced series' slice size", path=name)
     segments = [(int(d.SegmentNumber), str(d.SegmentLabel)) for d in seg.SegmentSequence]
     numbers = [n for n, _ in segments]
     volume = np.zeros((*stack.shape, len(segments)), dtype=bool)
@@ -429,7 +432,7 @@ def _place_seg_frames_by_position(
     try:
         pixels = seg.pixel_array
     except Exception as exc:
-        raise SourceError(f"{name}: cannot decode SEG frames ({_safe(exc)})") from None
+        raise SourceError(f"cannot decode SEG frames ({_safe(exc)})", path=name) from None
     pixels = pixels.reshape(-1, seg.Rows, seg.Columns)
     fractional = str(seg.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL"
     scale = float(seg.get("MaximumFractionalValue", 1)) if fractional else 1.0
@@ -441,7 +444,8 @@ def _place_seg_frames_by_position(
             segment = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         except (AttributeError, IndexError) as exc:
             raise SourceError(
-                f"{name}: SEG frames carry neither source references nor plane positions ({_safe(exc)})"
+                f"SEG frames carry neither source references nor plane positions ({_safe(exc)})",
+                path=name,
             ) from None
         orient_holder = frame if "PlaneOrientationSequence" in frame else shared
         if orient_holder is not None and "PlaneOrientationSequence" in orient_holder:
@@ -449,11 +453,11 @@ def _place_seg_frames_by_position(
             expected = np.concatenate([stack.affine_lps[:3, 0], stack.affine_lps[:3, 1]])
             expected = expected / np.repeat(np.linalg.norm(expected.reshape(2, 3), axis=1), 3)
             if not np.allclose(iop, expected, atol=1e-4):
-                raise SourceError(f"{name}: SEG frame orientation differs from the series' slices")
+                raise SourceError("SEG frame orientation differs from the series' slices", path=name)
         ijk = (inverse @ np.append(position, 1.0))[:3]
         k = int(round(ijk[2]))
         if np.abs(ijk - [0, 0, k]).max() > 0.1 or not 0 <= k < stack.shape[2]:
-            raise SourceError(f"{name}: SEG frame {n_frame + 1} lies off the referenced series' slices")
+            raise SourceError(f"SEG frame {n_frame + 1} lies off the referenced series' slices", path=name)
         if segment in numbers:
             values = pixels[n_frame].T.astype(np.float32) / scale
             volume[:, :, k, numbers.index(segment)] |= values > 0.5
@@ -469,7 +473,7 @@ def _rtstruct_masks(root: Path, path: Path, stack: _Stack) -> list[tuple[str, np
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
-        raise SourceError(f"{name}: cannot read RTSTRUCT ({_safe(exc)})") from None
+        raise SourceError(f"cannot read RTSTRUCT ({_safe(exc)})", path=name) from None
     names = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
     inverse = np.linalg.inv(stack.affine_lps)
     n_i, n_j, n_k = stack.shape
@@ -486,7 +490,8 @@ def _rtstruct_masks(root: Path, path: Path, stack: _Stack) -> list[tuple[str, np
             k = int(round(float(ijk[2].mean())))
             if np.abs(ijk[2] - k).max() > 0.25 or not 0 <= k < n_k:
                 raise SourceError(
-                    f"{name}: a contour of ROI {label!r} lies off the referenced series' slices"
+                    f"a contour of ROI {label!r} lies off the referenced series' slices",
+                    path=name,
                 )
             rr, cc = polygon(ijk[0], ijk[1], shape=(n_i, n_j))
             filled = np.zeros((n_i, n_j), dtype=bool)
@@ -508,14 +513,14 @@ def _load_planar(
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array
     except Exception as exc:
-        raise SourceError(f"{name}: cannot decode pixels ({_safe(exc)})") from None
+        raise SourceError(f"cannot decode pixels ({_safe(exc)})", path=name) from None
     if pixels.ndim == 3 and pixels.shape[-1] == 3:
         rgb = pixels if pixels.dtype == np.uint8 else to_uint8(pixels.astype(np.float64))
         image = np.ascontiguousarray(rgb)
     elif pixels.ndim == 2:
         image = _display_grey(ds, pixels.astype(np.float64))
     else:
-        raise SourceError(f"{name}: unsupported 2D DICOM pixel layout {pixels.shape}")
+        raise SourceError(f"unsupported 2D DICOM pixel layout {pixels.shape}", path=name)
     modality_code = str(ds.get("Modality", "")).upper()
     modality = spec.modality or modalities.from_dicom(modality_code)
     labels = load_masks(layout, files, image.shape[:2], spec, root, name)

@@ -28,7 +28,7 @@ def read_json(path: Path, root: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SourceError(f"{rel(path, root)}: cannot read JSON ({exc})") from None
+        raise SourceError(f"cannot read JSON ({exc})", path=rel(path, root)) from None
 
 
 def read_image(path: Path, name: str) -> np.ndarray:
@@ -43,11 +43,11 @@ def read_image(path: Path, name: str) -> np.ndarray:
                 img = img.convert("L")
             arr = np.asarray(img)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise SourceError(f"{name}: cannot read image ({exc})") from None
+        raise SourceError(f"cannot read image ({exc})", path=name) from None
     if arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[..., :3]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
-        raise SourceError(f"{name}: unsupported image layout {arr.shape}")
+        raise SourceError(f"unsupported image layout {arr.shape}", path=name)
     if arr.dtype != np.uint8:
         arr = to_uint8(arr.astype(np.float64))
     return np.ascontiguousarray(arr)
@@ -60,22 +60,22 @@ def read_mask(path: Path, name: str) -> np.ndarray:
             img.load()
             arr = np.asarray(img)  # palette images give their indices, as label maps should
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise SourceError(f"{name}: cannot read mask ({exc})") from None
+        raise SourceError(f"cannot read mask ({exc})", path=name) from None
     if arr.ndim == 3:
         channels = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]
         if not all(np.array_equal(channels[..., 0], channels[..., c]) for c in range(channels.shape[2])):
-            raise SourceError(f"{name}: RGB mask with differing channels; save masks as one grey channel")
+            raise SourceError("RGB mask with differing channels; save masks as one grey channel", path=name)
         arr = channels[..., 0]
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-            raise SourceError(f"{name}: mask holds non-integer values")
+            raise SourceError("mask holds non-integer values", path=name)
         arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
-        raise SourceError(f"{name}: unsupported mask type {arr.dtype}")
+        raise SourceError(f"unsupported mask type {arr.dtype}", path=name)
     if arr.size and arr.min() < 0:
-        raise SourceError(f"{name}: mask holds negative values")
+        raise SourceError("mask holds negative values", path=name)
     return arr
 
 
@@ -89,7 +89,8 @@ def binary_mask(arr: np.ndarray, name: str, threshold: int | None) -> np.ndarray
         values = np.unique(arr)
         shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
         raise SourceError(
-            f"{name}: binary mask holds {values.size} values ({shown}); "
-            "set options.binary_threshold for lossy masks or use mask_type = 'index'"
+            f"binary mask holds {values.size} values ({shown}); "
+            "set options.binary_threshold for lossy masks or use mask_type = 'index'",
+            path=name,
         )
     return foreground

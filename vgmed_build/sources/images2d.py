@@ -52,7 +52,7 @@ class Images2DAdapter:
             yield exc
             return
         if not root.is_dir():
-            yield SourceError(f"{root.name}: source folder not found or not a folder")
+            yield SourceError("source folder not found or not a folder", path=root.name)
             return
         default_dir = "images" if (root / "images").is_dir() else "."
         image_dir = root / str(spec.options.get("images", default_dir))
@@ -70,7 +70,7 @@ class Images2DAdapter:
             name = rel(path, root)
             files = find(path.stem)
             if not files:
-                yield SourceError(f"{name}: no mask file found (looked for {layout.describe(path.stem)})")
+                yield SourceError(f"no mask file found (looked for {layout.describe(path.stem)})", path=name)
                 continue
             yield SourceItem(
                 key=name,

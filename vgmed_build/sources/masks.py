@@ -166,8 +166,9 @@ def load_masks(
                 continue
             if str(v) not in spec.labels:
                 raise SourceError(
-                    f"{rel(path, root)}: mask value {v} has no name in the source's labels "
-                    "(map it, or list it in options.ignore_values)"
+                    f"mask value {v} has no name in the source's labels "
+                    "(map it, or list it in options.ignore_values)",
+                    path=rel(path, root),
                 )
             if spec.labels[str(v)]:  # a label mapped to "" is dropped
                 names[v] = spec.labels[str(v)]
@@ -181,18 +182,19 @@ def load_masks(
         if not mask.any():
             if layout.skip_empty:
                 continue
-            raise SourceError(f"{name}: mask is empty (set options.skip_empty to drop empty masks)")
+            raise SourceError("mask is empty (set options.skip_empty to drop empty masks)", path=name)
         label = spec.labels.get(tag, tag)
         masks[label] = masks[label] | mask if label in masks else mask
     if not masks:
-        raise SourceError(f"{item}: every mask of this image is empty")
+        raise SourceError("every mask of this image is empty", path=item)
     return {"masks": masks}
 
 
 def _sized(arr: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
     if arr.shape != shape:
         raise SourceError(
-            f"{name}: mask size {arr.shape[1]}x{arr.shape[0]} differs from the image's {shape[1]}x{shape[0]}"
+            f"mask size {arr.shape[1]}x{arr.shape[0]} differs from the image's {shape[1]}x{shape[0]}",
+            path=name,
         )
     return arr
 

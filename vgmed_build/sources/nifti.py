@@ -8,25 +8,29 @@ Kinds:
 * ``nifti``: ``path`` is an image file (its label map given by option ``label``, relative to the
   image's folder), or a folder holding ``images/`` + ``labels/`` sub-folders, or a folder of
   ``<case>.nii[.gz]`` files next to ``<case><label_suffix>.nii[.gz]`` label maps.
-* ``msd``: a Medical Segmentation Decathlon or nnU-Net (v1/v2) dataset folder: ``dataset.json``
-  (labels as ``{"0": "background", "1": "liver"}`` or ``{"background": 0, "liver": 1}``),
-  ``imagesTr/`` and ``labelsTr/``; nnU-Net channel files ``<case>_0000.nii.gz`` are paired with
-  ``<case>.nii.gz``. Multi-channel data needs option ``channel`` (default: the first channel file).
+* ``msd`` (also named ``nnunet``): a Medical Segmentation Decathlon or nnU-Net (v1/v2) dataset folder:
+  ``dataset.json`` (labels as ``{"0": "background", "1": "liver"}``, ``{"background": 0, "liver": 1}``
+  or nnU-Net v2 regions ``{"whole tumor": [1, 2, 3]}``), ``imagesTr/`` and ``labelsTr/``; nnU-Net
+  channel files ``<case>_0000.nii.gz`` are paired with ``<case>.nii.gz``. Multi-channel data (4D
+  MSD images, ``_000C`` files) gives channel 0 unless option ``channel`` says otherwise, as nnU-Net's
+  ``_0000`` convention does. ``file_ending`` ``.png`` / ``.bmp`` / ``.tif`` (2D nnU-Net) gives 2D items.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from vgmed_build import modality as modalities
-from vgmed_build.sources.base import STRING, SourceError, SourceItem, SourceSpec, Volume, register
-from vgmed_build.sources.files import rel
+from vgmed_build.sources.base import STRING, Image2D, SourceError, SourceItem, SourceSpec, Volume, register
+from vgmed_build.sources.files import read_image, read_mask, rel
 from vgmed_build.sources.volumes import (
     SLICER_SEG,
     VOLUME_EXTS,
@@ -41,6 +45,9 @@ from vgmed_build.sources.volumes import (
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _ANY_EXT = "(.nii[.gz], .mha, .mhd or .nrrd)"
+# nnU-Net v2's 2D file endings (its NaturalImage2DIO): such a dataset's items are 2D images.
+IMAGE_2D_EXTS = (".png", ".bmp", ".tif", ".tiff")
+log = logging.getLogger(__name__)
 
 
 def _squeeze_to_3d(data: np.ndarray, rel: str, what: str, channel: int | None) -> np.ndarray:
@@ -48,13 +55,14 @@ def _squeeze_to_3d(data: np.ndarray, rel: str, what: str, channel: int | None) -
     if data.ndim == 4 and what == "image":
         if channel is None:
             raise SourceError(
-                f"{rel}: 4D image with {data.shape[3]} volumes; set option 'channel' to choose one (0-based)"
+                f"4D image with {data.shape[3]} volumes; set option 'channel' to choose one (0-based)",
+                path=rel,
             )
         if channel >= data.shape[3]:
-            raise SourceError(f"{rel}: option channel={channel} but the image has {data.shape[3]} volumes")
+            raise SourceError(f"option channel={channel} but the image has {data.shape[3]} volumes", path=rel)
         data = data[..., channel]
     if data.ndim != 3:
-        raise SourceError(f"{rel}: {what} must be a 3D volume, got shape {data.shape}")
+        raise SourceError(f"{what} must be a 3D volume, got shape {data.shape}", path=rel)
     return data
 
 
@@ -76,12 +84,14 @@ def load_pair(
     labels = _squeeze_to_3d(lab.data, rel_l, "label map", None)
     if data.shape != labels.shape:
         raise SourceError(
-            f"{rel_l}: label map shape {labels.shape} differs from image {rel_i} shape {data.shape}"
+            f"label map shape {labels.shape} differs from image {rel_i} shape {data.shape}",
+            path=rel_l,
         )
     if not np.allclose(img.affine, lab.affine, atol=1e-3):
         raise SourceError(
-            f"{rel_l}: label map affine differs from image {rel_i} affine "
-            "(they are not on the same voxel grid)"
+            f"label map affine differs from image {rel_i} affine "
+            "(they are not on the same voxel grid)",
+            path=rel_l,
         )
     volume.label_map = checked_label_map(labels, rel_l)
     volume.label_names = {**lab.label_names, **label_names}
@@ -96,12 +106,12 @@ def checked_label_map(lab: np.ndarray, name: str) -> np.ndarray:
             or not np.all(np.isfinite(lab))
             or np.any(lab != np.rint(lab))
         ):
-            raise SourceError(f"{name}: label map has non-integer values (dtype {lab.dtype})")
+            raise SourceError(f"label map has non-integer values (dtype {lab.dtype})", path=name)
         lab = lab.astype(np.int64)
     if lab.size and lab.min() < 0:
-        raise SourceError(f"{name}: label map has negative values (min {lab.min()})")
+        raise SourceError(f"label map has negative values (min {lab.min()})", path=name)
     if not lab.any():
-        raise SourceError(f"{name}: label map is empty (no labelled voxels)")
+        raise SourceError("label map is empty (no labelled voxels)", path=name)
     return lab.astype(np.uint8) if lab.dtype == bool else lab
 
 
@@ -110,7 +120,7 @@ def _with_segments(volume: Volume, lab: VolumeFile, rel_l: str, rel_i: str) -> V
     data = lab.data
     data = drop_trailing_singletons(data)
     if data.ndim not in (3, 4):
-        raise SourceError(f"{rel_l}: segmentation must be 3D (or 4D with layers), got shape {data.shape}")
+        raise SourceError(f"segmentation must be 3D (or 4D with layers), got shape {data.shape}", path=rel_l)
     data = on_grid(data, lab.affine, volume.image.shape, volume.affine, rel_l, rel_i)
     if data.ndim == 3:
         volume.label_map = checked_label_map(data, rel_l)
@@ -119,12 +129,12 @@ def _with_segments(volume: Volume, lab: VolumeFile, rel_l: str, rel_i: str) -> V
     masks: dict[str, np.ndarray] = {}
     for seg in lab.segments:
         if seg.layer >= data.shape[3]:
-            raise SourceError(f"{rel_l}: segment {seg.name!r} is in layer {seg.layer}; the file has {data.shape[3]}")
+            raise SourceError(f"segment {seg.name!r} is in layer {seg.layer}; the file has {data.shape[3]}", path=rel_l)
         mask = data[..., seg.layer] == seg.value
         if mask.any():
             masks[seg.name] = masks[seg.name] | mask if seg.name in masks else mask
     if not masks:
-        raise SourceError(f"{rel_l}: every segment is empty")
+        raise SourceError("every segment is empty", path=rel_l)
     volume.masks = masks
     return volume
 
@@ -147,12 +157,12 @@ class NiftiAdapter:
         modality = spec.modality or ""
         if path.is_file():
             if not opts.get("label"):
-                yield SourceError(f"{path.name}: a single image file needs option 'label' (its label map)")
+                yield SourceError("a single image file needs option 'label' (its label map)", path=path.name)
                 return
             yield _item(spec, path.parent, path, path.parent / opts["label"], {}, modality)
             return
         if not path.is_dir():
-            yield SourceError(f"{path}: source path not found")
+            yield SourceError("source path not found", path=path)
             return
         if (path / "images").is_dir() and (path / "labels").is_dir():
             yield from _paired_folders(spec, path, path / "images", path / "labels", {}, modality, None)
@@ -165,8 +175,9 @@ class NiftiAdapter:
         }
         if not labels:
             yield SourceError(
-                f"{path.name}: no image/label pairs (expected images/ + labels/ folders, "
-                f"or <case>.nii.gz next to <case>{suffix}.nii.gz, or <case>.nrrd next to <case>.seg.nrrd)"
+                "no image/label pairs (expected images/ + labels/ folders, "
+                f"or <case>.nii.gz next to <case>{suffix}.nii.gz, or <case>.nrrd next to <case>.seg.nrrd)",
+                path=path.name,
             )
             return
         label_of: dict[str, Path] = {}
@@ -179,8 +190,9 @@ class NiftiAdapter:
             label = label_of.get(case)
             if label is None:
                 yield SourceError(
-                    f"{rel(image, path)}: no label map {case}{suffix}.nii[.gz] {_ANY_EXT} or "
-                    f"{case}.seg.nrrd next to it"
+                    f"no label map {case}{suffix}.nii[.gz] {_ANY_EXT} or "
+                    f"{case}.seg.nrrd next to it",
+                    path=rel(image, path),
                 )
             else:
                 yield _item(spec, path, image, label, {}, modality)
@@ -224,7 +236,7 @@ def _paired_folders(
             continue
         label = label_files.get(case)
         if label is None:
-            yield SourceError(f"{rel(image, root)}: no label map {case}{'|'.join(exts)} in {rel(labels, root)}/")
+            yield SourceError(f"no label map {case}{'|'.join(exts)} in {rel(labels, root)}/", path=rel(image, root))
             continue
         # A channel file already is the chosen channel; only a 4D image needs the channel option.
         item = _item(spec, root, image, label, names, modality)
@@ -242,10 +254,10 @@ def parse_dataset_json(path: Path) -> tuple[dict[int, str], str, tuple[str, ...]
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SourceError(f"{path.name}: cannot read dataset.json ({exc})") from exc
+        raise SourceError(f"cannot read dataset.json ({exc})", path=path.name) from exc
     labels = meta.get("labels")
     if not isinstance(labels, dict) or not labels:
-        raise SourceError(f"{path.name}: no 'labels' mapping")
+        raise SourceError("no 'labels' mapping", path=path.name)
     names: dict[int, str] = {}
     for key, value in labels.items():
         if isinstance(value, str) and str(key).isdigit():  # MSD / nnU-Net v1: {"1": "liver"}
@@ -254,8 +266,9 @@ def parse_dataset_json(path: Path) -> tuple[dict[int, str], str, tuple[str, ...]
             names[value] = str(key)
         else:
             raise SourceError(
-                f"{path.name}: label {key!r}: {value!r} is not supported "
-                '(expected {"1": "name"} or {"name": 1}; region-based lists are not)'
+                f"label {key!r}: {value!r} is not supported "
+                '(expected {"1": "name"} or {"name": 1}; region-based lists are not)',
+                path=path.name,
             )
     names.pop(0, None)
     channels = meta.get("channel_names") or meta.get("modality") or {}
@@ -266,7 +279,8 @@ def parse_dataset_json(path: Path) -> tuple[dict[int, str], str, tuple[str, ...]
         return names, modality, VOLUME_EXTS
     if not isinstance(ending, str) or ending.lower() not in VOLUME_EXTS:
         raise SourceError(
-            f"{path.name}: file_ending {ending!r} is not a volume format vgmed reads ({', '.join(VOLUME_EXTS)})"
+            f"file_ending {ending!r} is not a volume format vgmed reads ({', '.join(VOLUME_EXTS)})",
+            path=path.name,
         )
     return names, modality, (ending.lower(),)
 
@@ -280,7 +294,7 @@ class MsdAdapter:
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root = spec.path
         if not (root / "dataset.json").is_file():
-            yield SourceError(f"{root}: not an MSD / nnU-Net dataset folder (no dataset.json)")
+            yield SourceError("not an MSD / nnU-Net dataset folder (no dataset.json)", path=root)
             return
         try:
             names, modality, exts = parse_dataset_json(root / "dataset.json")
@@ -290,7 +304,7 @@ class MsdAdapter:
         modality = spec.modality or modality
         images, labels = root / "imagesTr", root / "labelsTr"
         if not images.is_dir() or not labels.is_dir():
-            yield SourceError(f"{root.name}: imagesTr/ or labelsTr/ folder missing")
+            yield SourceError("imagesTr/ or labelsTr/ folder missing", path=root.name)
             return
         yield from _paired_folders(spec, root, images, labels, names, modality, spec.options.get("channel"), exts)
 

@@ -88,7 +88,7 @@ class SAMed2DAdapter:
         root = Path(spec.path)
         index_path = _find(root, INDEX_FILE)
         if index_path is None:
-            yield SourceError(f"{root.name}: not an SA-Med2D folder ({INDEX_FILE} not found)")
+            yield SourceError(f"not an SA-Med2D folder ({INDEX_FILE} not found)", path=root.name)
             return
         try:
             index = read_json(index_path, root)
@@ -98,7 +98,7 @@ class SAMed2DAdapter:
             yield exc
             return
         if not isinstance(index, dict):
-            yield SourceError(f"{rel(index_path, root)}: expected an object mapping images to mask lists")
+            yield SourceError("expected an object mapping images to mask lists", path=rel(index_path, root))
             return
         datasets = {str(d) for d in spec.options.get("datasets") or []}
         codes = {str(m) for m in spec.options.get("modalities") or []}
@@ -107,17 +107,17 @@ class SAMed2DAdapter:
             try:
                 info = parse_image_name(Path(image_rel).stem)
             except ValueError as exc:
-                yield SourceError(f"{image_rel}: {exc}")
+                yield SourceError(f"{exc}", path=image_rel)
                 continue
             if datasets and info.dataset not in datasets or codes and info.modality not in codes:
                 continue
             if not image.is_file():
-                yield SourceError(f"{image_rel}: image listed in {INDEX_FILE} but not found")
+                yield SourceError(f"image listed in {INDEX_FILE} but not found", path=image_rel)
                 continue
             masks = [root / m for m in (mask_rels or [])]
             missing = [rel(m, root) for m in masks if not m.is_file()]
             if missing or not masks:
-                yield SourceError(f"{missing[0] if missing else image_rel}: mask file not found")
+                yield SourceError("mask file not found", path=missing[0] if missing else image_rel)
                 continue
             yield SourceItem(
                 key=image_rel,
@@ -145,30 +145,32 @@ def _load(
         try:
             stem, cls, _ = parse_mask_name(path.stem)
         except ValueError as exc:
-            raise SourceError(f"{name}: {exc}") from None
+            raise SourceError(f"{exc}", path=name) from None
         if stem != image.stem:
-            raise SourceError(f"{name}: mask name does not start with its image's name {image.stem!r}")
+            raise SourceError(f"mask name does not start with its image's name {image.stem!r}", path=name)
         arr = read_mask(path, name)
         if arr.shape != shape:
             raise SourceError(
-                f"{name}: mask size {arr.shape[1]}x{arr.shape[0]} differs from the image's "
-                f"{shape[1]}x{shape[0]}"
+                f"mask size {arr.shape[1]}x{arr.shape[0]} differs from the image's "
+                f"{shape[1]}x{shape[0]}",
+                path=name,
             )
         mask = binary_mask(arr, name, None)
         if not mask.any():
             if spec.options.get("skip_empty", False):
                 continue
-            raise SourceError(f"{name}: mask is empty (set options.skip_empty to drop empty masks)")
+            raise SourceError("mask is empty (set options.skip_empty to drop empty masks)", path=name)
         label = _label(spec, cls, classes.get(cls))
         if label is None:
             raise SourceError(
-                f"{name}: class {cls:04d} of dataset {info.dataset!r} has no name in {CLASS_FILE} "
-                "or the source's labels"
+                f"class {cls:04d} of dataset {info.dataset!r} has no name in {CLASS_FILE} "
+                "or the source's labels",
+                path=name,
             )
         if label:  # mapped to "": dropped
             merged[label] |= mask
     if not merged:
-        raise SourceError(f"{rel(image, root)}: every mask of this image is empty or dropped")
+        raise SourceError("every mask of this image is empty or dropped", path=rel(image, root))
     modality = spec.modality or modalities.from_samed2d(info.modality)
     return Image2D(pixels=pixels, modality=modality, masks=dict(merged))
 

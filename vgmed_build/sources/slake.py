@@ -55,7 +55,7 @@ def _question_index(root: Path, splits: list[str]) -> tuple[dict[str, dict], lis
         missing = [s for s in splits if _split_file(root, s) is None]
         if missing:
             names = ", ".join(SPLIT_FILES.get(s, (f"{s}.json",))[0] for s in missing)
-            errors.append(SourceError(f"{names}: split file not found"))
+            errors.append(SourceError("split file not found", path=names))
     return index, errors
 
 
@@ -73,13 +73,13 @@ def read_detections(path: Path, root: Path) -> list[tuple[str, list[float]]]:
     out = []
     for entry in entries:
         if not isinstance(entry, dict):
-            raise SourceError(f"{rel(path, root)}: expected objects like {{\"Liver\": [x, y, w, h]}}")
+            raise SourceError("expected objects like {\"Liver\": [x, y, w, h]}", path=rel(path, root))
         for name, box in entry.items():
             numbers = isinstance(box, list) and all(isinstance(v, (int, float)) for v in box)
             if not numbers or len(box) != 4:
-                raise SourceError(f"{rel(path, root)}: box of {name!r} is not [x, y, w, h]")
+                raise SourceError(f"box of {name!r} is not [x, y, w, h]", path=rel(path, root))
             if box[2] <= 0 or box[3] <= 0:
-                raise SourceError(f"{rel(path, root)}: box of {name!r} has no area")
+                raise SourceError(f"box of {name!r} has no area", path=rel(path, root))
             out.append((str(name), [float(v) for v in box]))
     return out
 
@@ -94,7 +94,7 @@ def read_structure_mask(path: Path, root: Path) -> tuple[np.ndarray, dict[int, s
                 img = img.convert("RGB")
             arr = np.asarray(img)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise SourceError(f"{name}: cannot read mask ({exc})") from None
+        raise SourceError(f"cannot read mask ({exc})", path=name) from None
     if arr.ndim == 3:
         rgb = arr[..., :3].astype(np.int64)
         if all(np.array_equal(rgb[..., 0], rgb[..., c]) for c in (1, 2)):
@@ -168,7 +168,7 @@ class SlakeAdapter:
         root = Path(spec.path)
         imgs = next((root / f for f in IMAGE_FOLDERS if (root / f).is_dir()), None)
         if imgs is None:
-            yield SourceError(f"{root.name}: not a SLAKE folder (no imgs/ inside)")
+            yield SourceError("not a SLAKE folder (no imgs/ inside)", path=root.name)
             return
         splits = [str(s) for s in spec.options.get("splits") or []]
         locations = {str(s).lower() for s in spec.options.get("locations") or []}
@@ -188,14 +188,14 @@ class SlakeAdapter:
             image = folder / IMAGE_NAME
             mask, det = folder / "mask.png", folder / "detection.json"
             if not image.is_file():
-                yield SourceError(f"{key}: no {IMAGE_NAME}")
+                yield SourceError(f"no {IMAGE_NAME}", path=key)
                 continue
             if not mask.is_file() and not det.is_file():
-                yield SourceError(f"{key}: neither mask.png nor detection.json; nothing to ground")
+                yield SourceError("neither mask.png nor detection.json; nothing to ground", path=key)
                 continue
             modality = spec.modality or meta.get("modality")
             if not modality:
-                yield SourceError(f"{key}: modality unknown (no question names it); set it for the source")
+                yield SourceError("modality unknown (no question names it); set it for the source", path=key)
                 continue
             yield SourceItem(
                 key=key,
@@ -237,8 +237,9 @@ def _load(spec: SourceSpec, root: Path, folder: Path, modality: str, unmatched: 
         ids, keys = read_structure_mask(mask_path, root)
         if ids.shape != shape:
             raise SourceError(
-                f"{rel(mask_path, root)}: mask size {ids.shape[1]}x{ids.shape[0]} differs from the "
-                f"image's {shape[1]}x{shape[0]}"
+                f"mask size {ids.shape[1]}x{ids.shape[0]} differs from the "
+                f"image's {shape[1]}x{shape[0]}",
+                path=rel(mask_path, root),
             )
         named = {sid: spec.labels[key] for sid, key in keys.items() if key in spec.labels}
         by_box, leftover = name_structures(
@@ -252,8 +253,9 @@ def _load(spec: SourceSpec, root: Path, folder: Path, modality: str, unmatched: 
             add(detections[d][0], box_mask(detections[d][1], shape))
     if not masks:
         raise SourceError(
-            f"{rel(folder, root)}: no named structure (mask structures matched no detection box and "
-            "no label in the sources file names them)"
+            "no named structure (mask structures matched no detection box and "
+            "no label in the sources file names them)",
+            path=rel(folder, root),
         )
     return Image2D(pixels=pixels, modality=modality, masks=masks)
 

@@ -66,8 +66,9 @@ def check_side(name: str, side: str | None, mask: np.ndarray, affine: np.ndarray
     found = world_side(mask, affine, midline, margin)
     if found != "midline" and found != side:
         raise SourceError(
-            f"{where}: structure {name!r} is named {side} but lies on the patient's {found} in world "
-            "coordinates (a flipped affine or a wrong name)"
+            f"structure {name!r} is named {side} but lies on the patient's {found} in world "
+            "coordinates (a flipped affine or a wrong name)",
+            path=where,
         )
 
 
@@ -85,7 +86,7 @@ def _load_case(spec: SourceSpec, root: Path, image: Path, masks: list[Path], ml:
     data = img.data
     data = drop_trailing_singletons(data)
     if data.ndim != 3:
-        raise SourceError(f"{rel(image, root)}: image must be a 3D volume, got shape {data.shape}")
+        raise SourceError(f"image must be a 3D volume, got shape {data.shape}", path=rel(image, root))
     midline, margin = _midline(spec, data.shape, img.affine)
     if ml is not None:
         label_map, names = _multilabel(spec, root, ml, data.shape, img.affine, midline, margin)
@@ -100,9 +101,9 @@ def _same_grid(path: Path, root: Path, shape: tuple[int, ...], affine: np.ndarra
     data = got.data
     data = drop_trailing_singletons(data)
     if data.shape != shape:
-        raise SourceError(f"{name}: mask shape {data.shape} differs from the image's {shape}")
+        raise SourceError(f"mask shape {data.shape} differs from the image's {shape}", path=name)
     if not np.allclose(got.affine, affine, atol=1e-3):
-        raise SourceError(f"{name}: mask affine differs from the image's (not on the same voxel grid)")
+        raise SourceError("mask affine differs from the image's (not on the same voxel grid)", path=name)
     return data
 
 
@@ -118,7 +119,7 @@ def _structures(spec: SourceSpec, root: Path, masks: list[Path], shape: tuple[in
         values = np.unique(data)
         if values.size > 2 or (values.size == 2 and values[0] != 0):
             shown = ", ".join(str(v) for v in values[:5])
-            raise SourceError(f"{name}: a structure mask must hold 0 and one other value, got {shown}")
+            raise SourceError(f"a structure mask must hold 0 and one other value, got {shown}", path=name)
         mask = data != 0
         if not mask.any():
             continue  # most structures are absent from any one scan
@@ -132,11 +133,11 @@ def _structures(spec: SourceSpec, root: Path, masks: list[Path], shape: tuple[in
         taken = label_map[mask]
         if taken.any():
             other = owner[int(taken[taken != 0][0])]
-            raise SourceError(f"{name}: overlaps {other} in {int(np.count_nonzero(taken))} voxels")
+            raise SourceError(f"overlaps {other} in {int(np.count_nonzero(taken))} voxels", path=name)
         label_map[mask] = value
         names[value], owner[value] = label, name
     if not names:
-        raise SourceError(f"{rel(masks[0].parent, root) if masks else '?'}: every structure mask is empty")
+        raise SourceError("every structure mask is empty", path=rel(masks[0].parent, root) if masks else '?')
     return label_map, names
 
 
@@ -152,7 +153,7 @@ def _multilabel(spec: SourceSpec, root: Path, ml: Path, shape: tuple[int, ...], 
             continue
         tag = got.label_names.get(value)
         if tag is None and str(value) not in spec.labels:
-            raise SourceError(f"{name}: label value {value} has no name in the file's header or the source's labels")
+            raise SourceError(f"label value {value} has no name in the file's header or the source's labels", path=name)
         label, side = readable_name(tag) if tag else (spec.labels[str(value)], None)
         label = spec.labels.get(str(value), spec.labels.get(tag or "", label))
         if label:
@@ -170,14 +171,14 @@ class TotalSegmentatorAdapter:
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         root = Path(spec.path)
         if not root.is_dir():
-            yield SourceError(f"{root.name}: source folder not found or not a folder")
+            yield SourceError("source folder not found or not a folder", path=root.name)
             return
         opts = spec.options
         seg_name = str(opts.get("segmentations", DEFAULT_SEGMENTATIONS))
         wanted = set(opts.get("cases") or [])
         cases = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not cases:
-            yield SourceError(f"{root.name}: no case folders (expected <case>/{DEFAULT_IMAGE} + <case>/{seg_name}/)")
+            yield SourceError(f"no case folders (expected <case>/{DEFAULT_IMAGE} + <case>/{seg_name}/)", path=root.name)
         for case in cases:
             if wanted and case.name not in wanted:
                 continue
@@ -197,12 +198,14 @@ class TotalSegmentatorAdapter:
             image = volumes[0]
         else:
             found = ", ".join(p.name for p in volumes) or "none"
-            return SourceError(f"{key}: cannot tell the image among the volume files ({found}); set options.image")
+            return SourceError(f"cannot tell the image among the volume files ({found}); set options.image", path=key)
         if not image.is_file():
-            return SourceError(f"{rel(image, root)}: image file not found")
+            return SourceError("image file not found", path=rel(image, root))
         masks = volume_files(seg_dir) if seg_dir.is_dir() else []
         if not masks and ml is None:
-            return SourceError(f"{key}: no {seg_name}/ folder of structure masks and no {seg_name}.nii.gz (--ml) file")
+            return SourceError(
+                f"no {seg_name}/ folder of structure masks and no {seg_name}.nii.gz (--ml) file", path=key
+            )
         modality = spec.modality or (modalities.MRI if image.name.lower().startswith("mr") else modalities.CT)
         inputs = [ml] if masks == [] else masks
         return SourceItem(

@@ -94,7 +94,7 @@ def read_volume(path: Path, root: Path, what: str) -> VolumeFile:
     """Read a NIfTI or ITK volume, turning every low-level failure into a SourceError naming the file."""
     name = rel(path, root)
     if not path.is_file():
-        raise SourceError(f"{name}: {what} file not found")
+        raise SourceError(f"{what} file not found", path=name)
     if split_name(path.name, ITK_EXTS):
         return _read_itk(path, name, what)
     import nibabel as nib
@@ -103,7 +103,7 @@ def read_volume(path: Path, root: Path, what: str) -> VolumeFile:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for truncated / foreign files
-        raise SourceError(f"{name}: cannot read {what} as NIfTI ({type(exc).__name__}: {exc})") from exc
+        raise SourceError(f"cannot read {what} as NIfTI ({type(exc).__name__}: {exc})", path=name) from exc
     names = caret_label_names(img, name) if hasattr(img, "header") else {}
     return VolumeFile(data=data, affine=np.asarray(img.affine, dtype=np.float64), label_names=names)
 
@@ -116,10 +116,10 @@ def _read_itk(path: Path, name: str, what: str) -> VolumeFile:
         arr = sitk.GetArrayFromImage(img)
     except RuntimeError as exc:  # ITK reports unreadable, truncated and foreign files this way
         first = str(exc).strip().splitlines()
-        raise SourceError(f"{name}: cannot read {what} with SimpleITK ({first[-1] if first else exc})") from None
+        raise SourceError(f"cannot read {what} with SimpleITK ({first[-1] if first else exc})", path=name) from None
     dim = img.GetDimension()
     if dim not in (3, 4):
-        raise SourceError(f"{name}: {what} must be a 3D volume, got a {dim}D image")
+        raise SourceError(f"{what} must be a 3D volume, got a {dim}D image", path=name)
     n_comp = img.GetNumberOfComponentsPerPixel()
     # [k, j, i] (+ components last) -> [i, j, k] (+ components or time last)
     spatial = arr.ndim - (1 if n_comp > 1 else 0)
@@ -152,8 +152,9 @@ def slicer_segments(header: dict[str, str], name: str) -> list[Segment]:
             value, layer = int(seg.get("LabelValue", n + 1)), int(seg.get("Layer", 0))
         except ValueError:
             raise SourceError(
-                f"{name}: Segment{n}_LabelValue / _Layer ({seg.get('LabelValue')!r} / {seg.get('Layer')!r}) "
-                "is not an integer"
+                f"Segment{n}_LabelValue / _Layer ({seg.get('LabelValue')!r} / {seg.get('Layer')!r}) "
+                "is not an integer",
+                path=name,
             ) from None
         segments.append(Segment(name=seg.get("Name") or f"Segment{n}", value=value, layer=layer))
     return segments
@@ -169,12 +170,13 @@ def caret_label_names(img, name: str) -> dict[int, str]:
         try:
             tree = ET.fromstring(content.decode("utf-8", errors="replace").strip())
         except ET.ParseError as exc:
-            raise SourceError(f"{name}: label table in the NIfTI header extension is not valid XML ({exc})") from None
+            problem = f"label table in the NIfTI header extension is not valid XML ({exc})"
+            raise SourceError(problem, path=name) from None
         for label in tree.iter("Label"):
             try:
                 out[int(label.get("Key", ""))] = (label.text or "").strip()
             except ValueError:
-                raise SourceError(f"{name}: label table entry Key={label.get('Key')!r} is not an integer") from None
+                raise SourceError(f"label table entry Key={label.get('Key')!r} is not an integer", path=name) from None
     out.pop(0, None)
     return {k: v for k, v in out.items() if v}
 
@@ -192,16 +194,17 @@ def on_grid(data: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], target
     offset = np.linalg.solve(target[:3, :3], affine[:3, 3] - target[:3, 3]) if rot_ok else None
     if offset is None or not np.allclose(offset, np.rint(offset), atol=1e-3):
         raise SourceError(
-            f"{name}: label map affine differs from image {image} affine (they are not on the same voxel grid)"
+            f"label map affine differs from image {image} affine (they are not on the same voxel grid)",
+            path=name,
         )
     off = np.rint(offset).astype(int)
     out = np.zeros(tuple(shape[:3]) + data.shape[3:], dtype=data.dtype)
     src = tuple(slice(max(0, -o), min(n, s - o)) for o, n, s in zip(off, data.shape[:3], shape[:3], strict=True))
     if any(sl.stop <= sl.start for sl in src):
-        raise SourceError(f"{name}: label map lies wholly outside image {image}")
+        raise SourceError(f"label map lies wholly outside image {image}", path=name)
     dst = tuple(slice(sl.start + o, sl.stop + o) for o, sl in zip(off, src, strict=True))
     kept = data[src]
     if np.count_nonzero(kept) != np.count_nonzero(data):
-        raise SourceError(f"{name}: label map has labelled voxels outside image {image}")
+        raise SourceError(f"label map has labelled voxels outside image {image}", path=name)
     out[dst] = kept
     return out

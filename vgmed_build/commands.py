@@ -1,7 +1,8 @@
 """The shape both command lines share: subcommands contributed by modules, handlers returning exit codes.
 
-Each listed module exposes ``register(subparsers)`` and sets ``func`` on its parsers, so adding a
-command touches its own module and one list. Every command reports a failure the same way (``error:
+Each program lists its commands in a table (name, module, one-line summary); the module exposes
+``register(subparsers)`` and sets ``func`` on its parsers, so adding a command touches its own module
+and one table entry, and only the module of the command being run is imported. Every command reports a failure the same way (``error:
 ...`` on stderr, see :func:`fail`) and exits with one of the codes below (docs/cli.md).
 """
 
@@ -70,12 +71,44 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class CommandParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose help uses :class:`HelpFormatter`. ``add_subparsers`` makes its
-    subcommands (and theirs) of the parser's own class, so every command of both programs gets the
-    formatter without naming it."""
+    """An ``ArgumentParser`` whose help uses :class:`HelpFormatter` and whose subcommands are made by
+    :class:`_Subcommands`: every command of both programs, nested ones included, gets the formatter and
+    the shared options without naming them."""
 
     def __init__(self, *args, formatter_class: type[argparse.HelpFormatter] = HelpFormatter, **kwargs) -> None:
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+        self.register("action", "parsers", _Subcommands)
+
+
+def _add_shared_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """``-v`` and ``--no-progress``, accepted before or after any command (``default`` SUPPRESS on a
+    command, so that a command parser never resets what was given before it)."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="log debug messages, with logger names, including third-party libraries' request logs",
+    )
+    parser.add_argument("--no-progress", action="store_true", default=default, help="hide progress bars")
+
+
+class _Subcommands(argparse._SubParsersAction):
+    """Subcommands that take their one-line summary from the program's command table (one place for it)
+    and accept the shared options."""
+
+    def __init__(self, *args, summaries: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.summaries = summaries or {}
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        if name in self.summaries:
+            if "help" in kwargs:
+                raise TypeError(f"the summary of command {name!r} belongs in the program's command table")
+            kwargs["help"] = self.summaries[name]
+        parser = super().add_parser(name, **kwargs)
+        _add_shared_options(parser, argparse.SUPPRESS)
+        return parser
 
 
 def add_build_arg(p: argparse.ArgumentParser, help: str = "build directory (holds catalog.sqlite)") -> None:
@@ -83,36 +116,57 @@ def add_build_arg(p: argparse.ArgumentParser, help: str = "build directory (hold
     p.add_argument("--build", required=True, type=Path, metavar="DIR", help=help)
 
 
-def build_parser(prog: str, description: str, version: str, modules: list[str]) -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Command:
+    """A top-level command: its name, the module whose ``register(subparsers)`` adds it, its summary
+    (shown by the program's ``--help`` without importing the module)."""
+
+    name: str
+    module: str
+    summary: str
+
+
+def build_parser(
+    prog: str, description: str, version: str, commands: tuple[Command, ...], modules: list[str] | None = None
+) -> argparse.ArgumentParser:
+    """The program's parser with the commands of ``modules`` (default: every command's module) in full;
+    any other command is listed by its summary only, so building it imports nothing heavy."""
     parser = CommandParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"{prog} {version}")
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="log debug messages, with logger names, including third-party libraries' request logs",
+    _add_shared_options(parser, False)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, summaries={c.name: c.summary for c in commands}
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in modules:
+    for name in modules if modules is not None else dict.fromkeys(c.module for c in commands):
         importlib.import_module(name).register(sub)
+    for command in commands:
+        if command.name not in sub.choices:
+            sub.add_parser(command.name)  # listed in --help; never run (its module was not asked for)
     return parser
 
 
 @dataclass(frozen=True)
 class CommandLine:
-    """One program (`vgmed-build`, `vgmed-eval`): its name, --help text, version and command modules."""
+    """One program (`vgmed-build`, `vgmed-eval`): its name, --help text, version and command table."""
 
     prog: str
     description: str
     version: str
-    modules: list[str]
+    commands: tuple[Command, ...]
 
-    def build_parser(self) -> argparse.ArgumentParser:
-        return build_parser(self.prog, self.description, self.version, self.modules)
+    def build_parser(self, argv: list[str] | None = None) -> argparse.ArgumentParser:
+        """The parser with every command in full, or, given ``argv``, with only the module of the command
+        it names imported: ``--help`` and a typo answer at once, without torch, nibabel or pydicom."""
+        if argv is None:
+            return build_parser(self.prog, self.description, self.version, self.commands)
+        word = next((a for a in argv if not a.startswith("-")), None)  # top-level options take no value
+        modules = [c.module for c in self.commands if c.name == word]
+        return build_parser(self.prog, self.description, self.version, self.commands, modules)
 
     def main(self, argv: list[str] | None = None) -> int:
         """Run the command ``argv`` names (default: the process's arguments); returns its exit code."""
-        return run(self.build_parser(), argv)
+        argv = sys.argv[1:] if argv is None else argv
+        return run(self.build_parser(argv), argv)
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

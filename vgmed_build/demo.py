@@ -28,7 +28,6 @@ PREVIEW = "release-preview"  # the preview release's folder in the build directo
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the whole chain on the bundled real sample data (offline)",
         description="Run ingest -> generate -> Label Studio push -> preview release -> validate -> "
         "grounding evaluation with a tiny built-in model -> report, on the bundled real sample data. "
         "Everything runs offline; the local Label Studio server keeps running so you can log in and review.",

@@ -147,7 +147,6 @@ def export_vqa_json(release_dir: str | Path, out_file: str | Path) -> Path:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
-        help="export a release as Parquet or as a VQA JSON for evaluation harnesses",
         description="Export a release made by `vgmed-build release`. parquet: one file per config with "
         "nested boxes/source/review columns. vqa-json: the attribute and position questions with their "
         "answers as [{id, question, answer, images: [path], q_type, modality, label}], image paths "

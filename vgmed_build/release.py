@@ -383,7 +383,6 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "release",
-        help="write the validated release (JSONL, images, manifest, dataset card) from a reviewed build",
         description="Write a VGMED release from the build catalog: only drafts accepted under the review "
         "policy, images renamed by stable id and stripped of metadata, manifest with counts and SHA-256, "
         "a Hugging Face dataset card. The release is built next to --out, validated, then swapped in.",

@@ -501,7 +501,6 @@ def _check_card(report: ValidationReport, manifest: dict) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "validate",
-        help="check a release (or a published VGMED download) and print every problem as file:line: message",
         description="Validate a release directory: record schemas, images present and readable, boxes inside "
         "their image, unique ids, checksums and counts against manifest.json, the dataset card, and no "
         "patient "

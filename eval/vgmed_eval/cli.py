@@ -8,21 +8,30 @@ from vgmed_eval import __version__
 
 from vgmed_build import commands
 
-COMMAND_MODULES = [
-    "vgmed_eval.grounding",
-    "vgmed_eval.heads",
-    "vgmed_eval.report",
-    "vgmed_eval.vqa.cli",
-    "vgmed_eval.convert",
-    "vgmed_eval.reproduce",
-]
+Command = commands.Command
+
+# Every command, in the order of --help: its name, the module that registers it, its summary.
+COMMANDS = (
+    Command("grounding", "vgmed_eval.grounding",
+            "attention ratio, KL and JS of a model on a VGMED-style release, per layer and head"),
+    Command("heads", "vgmed_eval.heads",
+            "pick the most visually sensitive layer and top-k heads from a grounding run (for VGRefine)"),
+    Command("report", "vgmed_eval.report",
+            "plots of a grounding run: ratio by layer (vs a natural control), head heatmap, overlays"),
+    Command("vqa", "vgmed_eval.vqa.cli", "answer a medical VQA benchmark (baseline and/or VGRefine) and score it"),
+    Command("convert", "vgmed_eval.convert",
+            "convert an original LLaVA-format checkpoint (HuatuoGPT-Vision, LLaVA-Med, LLaVA-1.5) to transformers"),
+    Command("reproduce", "vgmed_eval.reproduce",
+            "the paper's pipeline for one model (grounding, heads, VQA with and without VGRefine) and a report "
+            "beside the published figures"),
+)
 
 COMMAND_LINE = commands.CommandLine(
     "vgmed-eval",
     "Evaluate where multimodal LLMs look on a VGMED release (grounding metrics per layer and head), "
     "pick visually sensitive heads, and run medical VQA with and without VGRefine.",
     __version__,
-    COMMAND_MODULES,
+    COMMANDS,
 )
 build_parser = COMMAND_LINE.build_parser
 main = COMMAND_LINE.main

@@ -467,7 +467,6 @@ def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_temp
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "convert",
-        help="convert an original LLaVA-format checkpoint (HuatuoGPT-Vision, LLaVA-Med, LLaVA-1.5) to transformers",
         description=__doc__,
     )
     p.add_argument("src", type=Path, metavar="SRC",
@@ -483,7 +482,6 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", choices=sorted(PROMPTS),
                    help="use this known prompt instead of the one recognised from the model type and folder name "
                         "(huatuo: HuatuoGPT-Vision, llava-med: mistral_instruct, vicuna: LLaVA-1.5)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_convert)
 
 

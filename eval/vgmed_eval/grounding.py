@@ -366,7 +366,6 @@ def _merge_parts(out: Path, world: World, questions: list[Question]):
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "grounding",
-        help="attention ratio, KL and JS of a model on a VGMED-style release, per layer and head",
         description=__doc__,
     )
     p.add_argument("--release", required=True, type=Path,
@@ -406,7 +405,6 @@ def register(subparsers) -> None:
                         "bbox_format and the authors' rule (xywh under Slake*, in the older and COCO files)")
     add_protocol_args(p, ("box_mapping", "xyxy_maxima", "head_norm", "min_pixels", "max_pixels"))
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_chat_template_arg(p)
     placement.add_arguments(p)
     p.set_defaults(func=cmd_grounding)

@@ -47,7 +47,6 @@ def select_heads(per_layer: pd.DataFrame, per_head: pd.DataFrame, k: int, metric
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "heads",
-        help="pick the most visually sensitive layer and top-k heads from a grounding run (for VGRefine)",
         description=__doc__,
     )
     p.add_argument("--results", required=True, type=Path,

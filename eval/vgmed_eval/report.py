@@ -243,7 +243,6 @@ def build_report(results: Path, out: Path, control: Path | None, samples: int, l
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report",
-        help="plots of a grounding run: ratio by layer (vs a natural control), head heatmap, overlays",
         description=__doc__,
     )
     p.add_argument("--results", required=True, type=Path, help="output directory of `vgmed-eval grounding`")

@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate",
-        help="draft localization/attribute/position questions for every region",
         description="Draft the questions clinicians will review, for every region of the build catalog. "
         "Offline templates by default; any OpenAI-compatible LLM with --drafter llm (API key from the "
         "OPENAI_API_KEY environment variable only). Reruns redo nothing already drafted and make no LLM "
@@ -152,7 +151,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     d = subparsers.add_parser(
         "drafts",
-        help="export drafts as JSONL (schemas/draft.schema.json)",
         description="Write the stored drafts, one JSON record per line, valid against schemas/draft.schema.json.",
     )
     add_build_arg(d)

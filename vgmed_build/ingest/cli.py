@@ -20,7 +20,6 @@ from vgmed_build.resources import schema_problems
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "ingest",
-        help="render source datasets to PNG slices + regions in a build catalog",
         description="Read segmentation sources (NIfTI / MHA / NRRD / 3D Slicer, MSD / nnU-Net, "
         "TotalSegmentator, DICOM + SEG / RTSTRUCT, 2D images + masks, SLAKE, SA-Med2D), render 8-bit PNG "
         "slices in the radiological convention and store one "
@@ -72,14 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "their images, regions, drafts and review tasks leave the build and the next release; review events "
         "stay in the catalog's history)",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_wait_arg(p)
     add_with_paths_arg(p)
     p.set_defaults(func=cmd_ingest)
 
     p = subparsers.add_parser(
         "regions",
-        help="export the catalog's regions as JSONL",
         description="Write every region record (validated against "
         "schemas/region.schema.json) as one JSON object per line, ordered by id.",
     )
@@ -97,7 +94,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "stats",
-        help="counts by source, modality, label; errors",
         description="Print item, image and region counts by source, modality and "
         "label, and every stored ingest error. Exit code 1 if there are errors.",
     )

@@ -50,7 +50,6 @@ def _add_server(p: argparse.ArgumentParser) -> None:
 def _register_labelstudio(subparsers) -> None:
     p = subparsers.add_parser(
         "labelstudio",
-        help="run a local Label Studio server for this build (install on first use, loopback only)",
         description="Manage the build's local Label Studio: its own virtual environment (installed on first "
         "use; $VGMED_LABELSTUDIO_VENV picks where), SQLite and credentials under <build>/labelstudio/, "
         "bound to 127.0.0.1 on a free port.",
@@ -109,7 +108,6 @@ def _register_labelstudio(subparsers) -> None:
 def _register_review(subparsers) -> None:
     p = subparsers.add_parser(
         "review",
-        help="clinician review in Label Studio: push drafts, pull verdicts, agreement",
         description="Push drafts to Label Studio as pre-filled tasks, pull the reviewers' verdicts and edits "
         "back into the catalog, and follow progress and agreement.",
     )
@@ -145,7 +143,6 @@ def _register_review(subparsers) -> None:
         help="push the drafts disputed under --policy to a separate adjudication project instead",
     )
     _add_policy(s)
-    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_wait_arg(s)
     s.set_defaults(func=cmd_review_push)
 
@@ -171,7 +168,6 @@ def _register_review(subparsers) -> None:
         help="export every task of the projects, not only those saved since the previous pull (revisions "
         "already stored are still kept once)",
     )
-    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_wait_arg(s)
     s.set_defaults(func=cmd_review_pull)
 

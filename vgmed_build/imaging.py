@@ -173,11 +173,21 @@ def auto_ct_preset(body_part: str) -> str:
 
 
 def contrast_problem(pixels: np.ndarray) -> str | None:
-    """Why ``pixels`` can render nothing (no finite value, or one value everywhere), else None."""
-    finite = pixels[np.isfinite(pixels)] if np.issubdtype(pixels.dtype, np.floating) else pixels.ravel()
-    if finite.size == 0:
-        return "no finite intensity (every value is NaN or infinite)"
-    lo, hi = finite.min(), finite.max()
+    """Why ``pixels`` can render nothing (no finite value, or one value everywhere), else None.
+
+    Reductions run over the array in place (no flattened or masked copy of a 79 M-voxel volume); only
+    a float volume holding +-Inf takes the masked path."""
+    if pixels.size == 0:
+        return "no finite intensity (the image is empty)"
+    if np.issubdtype(pixels.dtype, np.floating):
+        lo, hi = np.fmin.reduce(pixels, axis=None), np.fmax.reduce(pixels, axis=None)  # NaN ignored
+        if np.isinf(lo) or np.isinf(hi):
+            finite = pixels[np.isfinite(pixels)]
+            lo, hi = (finite.min(), finite.max()) if finite.size else (np.nan, np.nan)
+        if np.isnan(lo):
+            return "no finite intensity (every value is NaN or infinite)"
+    else:
+        lo, hi = pixels.min(), pixels.max()
     if lo == hi:
         return f"no contrast (every finite value is {lo.item():g})"
     return None

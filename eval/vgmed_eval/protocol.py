@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 BOX_MAPPINGS = ("model", "resize", "pad")
 HEAD_NORMS = ("head", "mean")
 SCORERS = ("vgmed", "published")
+POPULATIONS = ("all", "closed-mc")
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,13 @@ class Protocol:
     vgrefine_mode: str = "consistent"  # knockout in prefill and every decoding step, or "prefill" only
     mc_max_new_tokens: int | None = None  # multiple choice: decode this many tokens (None: --max-new-tokens)
     scorer: str = "vgmed"
+    population: str = "all"  # VQA questions asked: all as posed, or closed-mc (closed as multiple choice)
+    min_new_tokens: int = 0  # greedy decoding: end-of-sequence is not taken before this many tokens
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("box_mapping", self.box_mapping, BOX_MAPPINGS),
                                      ("head_norm", self.head_norm, HEAD_NORMS), ("scorer", self.scorer, SCORERS),
+                                     ("population", self.population, POPULATIONS),
                                      ("xyxy_maxima", self.xyxy_maxima, ("inclusive", "edges")),
                                      ("vgrefine_mode", self.vgrefine_mode, ("consistent", "prefill"))):
             if value not in allowed:
@@ -46,7 +50,8 @@ class Protocol:
 VGMED = Protocol("vgmed")
 PUBLISHED = Protocol(
     "published", box_mapping="resize", xyxy_maxima="edges", head_norm="head", min_pixels=784, max_pixels=50176,
-    percentile=80.0, vgrefine_mode="prefill", mc_max_new_tokens=1, scorer="published",
+    percentile=80.0, vgrefine_mode="prefill", mc_max_new_tokens=1, scorer="published", population="closed-mc",
+    min_new_tokens=1,
 )
 PROTOCOLS = {p.name: p for p in (VGMED, PUBLISHED)}
 
@@ -82,6 +87,11 @@ FLAGS = {
                           "tokens (the published protocol: 1, the option letter); default --max-new-tokens"),
     "scorer": ("--scorer", SCORERS, "vgmed: our scoring; published: HuatuoGPT-Vision's letter matching with its "
                "fallbacks for multiple choice, containment in either direction for open answers"),
+    "population": ("--population", POPULATIONS, "which questions are asked and scored: all = every question as "
+                   "the benchmark poses it; closed-mc = HuatuoGPT-Vision's protocol behind the published figures "
+                   "(open questions skipped, closed ones asked as multiple choice; docs/vqa.md)"),
+    "min_new_tokens": ("--min-new-tokens", None, "greedy decoding never ends before this many tokens (the "
+                       "published runs: 1, transformers' min_new_tokens; 0 lets end-of-sequence be the answer)"),
 }
 PIXEL_HELP = ("Qwen-VL only: bounds on the pixels an image is resized to (the published runs: min 784, "
               "max 50176 = 224 x 224); default: the checkpoint's processor settings")
@@ -97,7 +107,7 @@ def add_protocol_args(p: argparse.ArgumentParser, choices: tuple[str, ...]) -> N
             p.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=int, default=None, help=PIXEL_HELP)
             continue
         flag, allowed, text = FLAGS[dest]
-        kind = float if dest == "percentile" else int if dest == "mc_max_new_tokens" else str
+        kind = float if dest == "percentile" else int if dest in ("mc_max_new_tokens", "min_new_tokens") else str
         p.add_argument(flag, dest=dest, choices=allowed, type=kind, default=None,
                        help=f"{text} (default: from --protocol)")
 

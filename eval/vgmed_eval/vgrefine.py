@@ -166,12 +166,13 @@ class VGRefiner:
     """Baseline and VGRefine answers for a model adapter (any family), with shared prefix caches."""
 
     def __init__(self, adapter, config: VGRefineConfig | None, max_new_tokens: int = 16,
-                 keep_logits: bool = False):
+                 keep_logits: bool = False, min_new_tokens: int = 0):
         self.adapter = adapter
         self.keep_logits = keep_logits
         self.model = adapter.model
         self.config = config
         self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens  # end-of-sequence is not taken before this many tokens
         tok = adapter.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         eos = self.model.generation_config.eos_token_id
@@ -269,7 +270,7 @@ class VGRefiner:
         outs: list[list[int]] = [[] for _ in range(b)]
         kept: list[list[torch.Tensor]] = [[] for _ in range(b)]
         done = torch.zeros(b, dtype=torch.bool)
-        token = logits.argmax(-1)
+        token = self._pick(logits, 0)
         for step in range(self.max_new_tokens):
             for i, t in enumerate(token.tolist()):
                 if not done[i]:
@@ -285,9 +286,17 @@ class VGRefiner:
             out = self._forward(cache, token[:, None], mask, next_pos[:, None])
             next_pos = next_pos + 1
             logits = out.logits[:, -1]
-            token = logits.argmax(-1)
+            token = self._pick(logits, step + 1)
         return [Answer(self._text(t), t, step_logits=k if self.keep_logits else None)
                 for t, k in zip(outs, kept, strict=True)]
+
+    def _pick(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        """Greedy token; before ``min_new_tokens`` the end-of-sequence ids are out (transformers'
+        ``MinNewTokensLengthLogitsProcessor``, which the published runs use with 1)."""
+        if step < self.min_new_tokens and self.eos:
+            logits = logits.clone()
+            logits[:, [t for t in self.eos if t < logits.shape[-1]]] = float("-inf")
+        return logits.argmax(-1)
 
     def _text(self, tokens: list[int]) -> str:
         return self.adapter.tokenizer.decode(tokens, skip_special_tokens=True).strip()

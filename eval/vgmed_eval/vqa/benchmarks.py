@@ -16,7 +16,7 @@ import json
 import pickle
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -70,6 +70,7 @@ class Loaded:
     items: list[VQAItem]
     errors: list[str]  # "file:line: what is wrong" for each skipped record
     files: list[str] = field(default_factory=list)  # the annotation files read (printed in the results)
+    notes: list[str] = field(default_factory=list)  # what the reader decided that a result depends on
 
 
 @dataclass(frozen=True)
@@ -84,13 +85,37 @@ class Benchmark:
         if not root.exists():
             raise BenchmarkError(f"{root}: data directory not found (expected {self.layout})")
         if images is None:
-            return self.loader(root)
+            return unique_ids(self.loader(root))
         if not self.takes_images:
             raise BenchmarkError(f"--images applies to the VGMED benchmarks only; {self.name} reads its "
                                  "pictures from its own layout under --data")
         if not Path(images).is_dir():
             raise BenchmarkError(f"{images}: --images folder not found")
-        return self.loader(root, Path(images))
+        return unique_ids(self.loader(root, Path(images)))
+
+
+def unique_ids(loaded: Loaded) -> Loaded:
+    """Ids are the resume key and the join of paired tests: a repeated id would drop a question and count
+    another's answer twice. The second and later uses become ``<id>#2``, ``<id>#3`` ... (stable for a
+    given file), each named in ``notes``; nothing is dropped."""
+    seen = {it.id for it in loaded.items}
+    count: dict[str, int] = {}
+    items = []
+    for it in loaded.items:
+        count[it.id] = count.get(it.id, 0) + 1
+        if count[it.id] == 1:
+            items.append(it)
+            continue
+        n = count[it.id]
+        while f"{it.id}#{n}" in seen:
+            n += 1
+        new = f"{it.id}#{n}"
+        seen.add(new)
+        loaded.notes.append(f"{it.where or it.id}: question id {it.id!r} repeats an earlier question's; "
+                            f"this one is {new!r}")
+        items.append(replace(it, id=new))
+    loaded.items = items
+    return loaded
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
@@ -227,11 +252,14 @@ def _kind_of(answer: str, answer_type: str | None = None) -> str:
 
 
 def _hf_vqa_parquet(root: Path) -> Loaded:
-    """The Hugging Face copies of VQA-RAD and PathVQA: data/test-*.parquet with image/question/answer."""
+    """The Hugging Face copies of VQA-RAD and PathVQA: data/test-*.parquet with image/question/answer.
+
+    A copy with ``answer_type`` is read as the OSF file is; the usual copies carry none, so only yes/no
+    answers are closed there (the OSF VQA-RAD file marks other answers CLOSED too): ``notes`` says so."""
     files = sorted((root / "data").glob("test-*.parquet")) or sorted(root.glob("test-*.parquet"))
     if not files:
         raise BenchmarkError(f"{root}: no data/test-*.parquet found")
-    items, errors = [], []
+    items, errors, notes = [], [], []
     for path in files:
         def make(rec: dict, where: str, path: Path = path) -> VQAItem:
             answer = _field(rec, "answer")
@@ -239,7 +267,7 @@ def _hf_vqa_parquet(root: Path) -> Loaded:
                 id=f"{path.stem}:{where.rsplit(':', 1)[1]}",
                 question=_field(rec, "question"),
                 answer=answer,
-                kind=_kind_of(answer),
+                kind=_kind_of(answer, rec.get("answer_type")),
                 image=_image_bytes(rec.get("image"), key=where),
                 where=where,
             )
@@ -247,7 +275,16 @@ def _hf_vqa_parquet(root: Path) -> Loaded:
         got = _collect(_parquet_rows(path), path, make)
         items += got.items
         errors += got.errors
-    return Loaded(items, errors, [str(p) for p in files])
+        if got.items and not _has_column(path, "answer_type"):
+            notes.append(f"{path}: Hugging Face copy without answer_type: closed = yes/no answers only (the "
+                         "OSF release's answer_type also marks some other answers CLOSED)")
+    return Loaded(items, errors, [str(p) for p in files], notes)
+
+
+def _has_column(path: Path, name: str) -> bool:
+    import pyarrow.parquet as pq
+
+    return name in pq.read_schema(path).names
 
 
 # ---------------------------------------------------------------------------------------- loaders

@@ -21,6 +21,7 @@ from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
 from vgmed_eval.protocol import PUBLISHED_HEADS, Protocol, add_protocol_args, resolve
 from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError, VQAItem, get_benchmark
+from vgmed_eval.vqa.population import Population, metric_label, select
 from vgmed_eval.vqa.prompts import question_prompt
 from vgmed_eval.vqa.scoring import SCORERS, summarize
 from vgmed_eval.vqa.stats import compare
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "vqa",
+        help="answer a medical VQA benchmark (baseline and/or VGRefine) and score it",
         description=__doc__,
     )
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS),
@@ -66,7 +68,8 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="model dtype (auto: the checkpoint's own; float32 for tiny models)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for --compare")
-    add_protocol_args(p, ("percentile", "vgrefine_mode", "mc_max_new_tokens", "scorer", "min_pixels", "max_pixels"))
+    add_protocol_args(p, ("percentile", "vgrefine_mode", "mc_max_new_tokens", "min_new_tokens", "scorer", "population",
+                          "min_pixels", "max_pixels"))
     add_chat_template_arg(p)
     placement.add_arguments(p)
     p.set_defaults(func=cmd_vqa)
@@ -181,8 +184,20 @@ def cmd_vqa(args) -> int:
         first = f"; first: {loaded.errors[0]}" if loaded.errors else ""
         return commands.fail(f"{args.benchmark}: no question loaded from {', '.join(loaded.files) or args.data} "
                              f"({len(loaded.errors)} records rejected{first})", commands.EXIT_ITEM_ERRORS)
+    for note in loaded.notes:
+        log.warning("%s", note)
     log.info("%s: reading %s", args.benchmark, ", ".join(loaded.files))
-    items = loaded.items[: args.limit] if args.limit else loaded.items
+    population = select(loaded.items[: args.limit] if args.limit else loaded.items, protocol.population)
+    items = population.items
+    if not items:
+        return commands.fail(f"{args.benchmark}: none of the {population.loaded} questions loaded is in population "
+                             f"{population.name} ({len(population.skipped_open)} open, "
+                             f"{len(population.skipped_no_options)} closed without options)",
+                             commands.EXIT_ITEM_ERRORS)
+    if population.name != "all":
+        log.info("%s: population %s: %d of %d questions asked (%d open and %d closed without options skipped)",
+                 args.benchmark, population.name, len(items), population.loaded, len(population.skipped_open),
+                 len(population.skipped_no_options))
     systems = (["baseline"] if not config or args.compare else []) + (["vgrefine"] if config else [])
     args.out.mkdir(parents=True, exist_ok=True)
     files = {s: args.out / f"predictions_{s}.jsonl" for s in systems}
@@ -201,7 +216,8 @@ def cmd_vqa(args) -> int:
             adapter = adapter_from_args(args, world, protocol)
         except ValueError as exc:
             return commands.fail(str(exc))
-        refiner = VGRefiner(adapter, config, max_new_tokens=_max_new_tokens(args, protocol, items))
+        refiner = VGRefiner(adapter, config, max_new_tokens=_max_new_tokens(args, protocol, items),
+                            min_new_tokens=protocol.min_new_tokens)
         out_files = files
         if world.distributed:
             distributed.parts_dir(args.out).mkdir(exist_ok=True)
@@ -216,12 +232,12 @@ def cmd_vqa(args) -> int:
         distributed.barrier(world)  # every part is on disk
         if world.main:
             errors, answered = _merge_parts(args.out, world, items, systems, files, done)
-            _write_results(args, items, systems, done, loaded, [m for _, m in errors], config,
+            _write_results(args, population, systems, done, loaded, [m for _, m in errors], config,
                            time.perf_counter() - started, answered, world.size)
         distributed.barrier(world)  # rank 0 has merged: whatever runs next on any rank can read the files
         distributed.finish(world)
         return _outcome(items, systems, done, args) if world.main else commands.EXIT_OK
-    _write_results(args, items, systems, done, loaded, [m for _, m in errors], config, elapsed, answered, 1)
+    _write_results(args, population, systems, done, loaded, [m for _, m in errors], config, elapsed, answered, 1)
     return _outcome(items, systems, done, args)
 
 
@@ -312,7 +328,9 @@ def _merge_parts(out: Path, world: World, items: list[VQAItem], systems: list[st
     return errors, answered
 
 
-def _write_results(args, items, systems, done, loaded, errors, config, elapsed, answered, processes) -> None:
+def _write_results(args, population: Population, systems, done, loaded, errors, config, elapsed, answered,
+                   processes) -> None:
+    items, protocol = population.items, resolve(args)
     ids = [it.id for it in items]
     rows = {s: [done[s][i] for i in ids if i in done[s]] for s in systems}
     results = {
@@ -321,12 +339,18 @@ def _write_results(args, items, systems, done, loaded, errors, config, elapsed, 
         "files": loaded.files,
         "model": args.model,
         "n_questions": len(items),
+        # loaded (after --limit) -> asked (the population) -> scored per system; failed = run-time errors
+        "counts": {"loaded": population.loaded, "asked": len(items), "scored": {s: len(rows[s]) for s in systems},
+                   "failed": len(errors), "load_errors": len(loaded.errors)},
+        "population": population.summary(),
+        "metric": metric_label(protocol.population, protocol.scorer),
         "systems": {s: summarize(rows[s], keys=("kind", "modality", "category")) for s in systems},
         "vgrefine": asdict(config) if config else None,
-        "protocol": resolve(args).as_dict(),
-        "decoding": {"greedy": True, "max_new_tokens": _max_new_tokens(args, resolve(args), items),
-                     "batch_size": args.batch_size},
+        "protocol": protocol.as_dict(),
+        "decoding": {"greedy": True, "max_new_tokens": _max_new_tokens(args, protocol, items),
+                     "min_new_tokens": protocol.min_new_tokens, "batch_size": args.batch_size},
         "load_errors": loaded.errors,
+        "load_notes": loaded.notes,
         "errors": errors,
         "timing": {"answered": answered, "processes": processes, "seconds": round(elapsed, 3),
                    "questions_per_s": round(answered / elapsed, 3) if elapsed > 0 and answered else None},

@@ -139,34 +139,42 @@ def score_response(response: str, gold: str, kind: str, options: Sequence[str] =
     return Score(recall, recall >= 1.0, None)
 
 
-_PUBLISHED_LETTER = re.compile(r"\b([A-Z])\b")
+# HuatuoGPT-Vision's letter pattern (scorer.match_choice3): a letter a-n / A-N after the start, a
+# non-word character or the CJK copulas, followed by a non-word character or the end; never "a " / "A "
+# (the article). Its first hit is taken as it is: lower case or outside the options, it counts as wrong.
+_PUBLISHED_LETTER = re.compile(r"(?:是|为|\W|^)(?![aA] )([a-nA-N])(?:\W|$)", re.S)
 
 
 def published_option(response: str, options: Sequence[str]) -> str:
-    """The option letter as HuatuoGPT-Vision's evaluation takes it: a letter standing alone in the
-    response, else the option whose text occurs last in it, else the most similar option (difflib).
-    It always picks one, as theirs does."""
+    """The option letter as HuatuoGPT-Vision's ``score_mix_llava`` takes it, whatever it is.
+
+    1. the first standalone letter (pattern above), returned as found;
+    2. else the option whose (lower-cased) text occurs latest in the response, the earlier option on a tie;
+    3. else the option most similar to the response (difflib ratio), the later option on a tie.
+    It always answers, as theirs does; only stage 1 can give a letter that is no option."""
     import difflib
 
+    found = _PUBLISHED_LETTER.search(response)
+    if found:
+        return found.group(1)
     letters = [chr(ord("A") + i) for i in range(len(options))]
-    for found in _PUBLISHED_LETTER.findall(response):
-        if found in letters:
-            return found
     lowered = response.lower()
-    placed = [(lowered.rfind(o.lower()), letter) for letter, o in zip(letters, options, strict=True) if o.strip()]
-    placed = [(pos, letter) for pos, letter in placed if pos >= 0]
+    placed = [(lowered.rindex(o.lower()), letter) for letter, o in zip(letters, options, strict=True)
+              if o.lower() in lowered]
     if placed:
-        return max(placed)[1]
-    ratios = [difflib.SequenceMatcher(None, lowered, o.lower()).ratio() for o in options]
-    return letters[ratios.index(max(ratios))]
+        latest = max(pos for pos, _ in placed)
+        return next(letter for pos, letter in placed if pos == latest)
+    ratios = [difflib.SequenceMatcher(None, o.lower(), lowered).ratio() for o in options]
+    return letters[max(i for i, r in enumerate(ratios) if r == max(ratios))]
 
 
 def score_published(response: str, gold: str, kind: str, options: Sequence[str] = ()) -> Score:
-    """The published scorers: letter matching (above) for multiple choice; for other questions, the
-    VQA-RAD notebook's containment of either answer in the other after upper-casing both."""
+    """The published scorers: letter matching (above, compared with the gold letter case-sensitively) for
+    multiple choice; for other questions, the VQA-RAD notebook's containment of either answer in the
+    other after upper-casing both (``--population all`` only: the published population has none)."""
     if options:
         picked = published_option(response, options)
-        ok = picked == gold.strip().upper()
+        ok = picked == gold.strip()
         return Score(float(ok), ok, picked)
     said, want = response.strip().upper(), gold.strip().upper()
     ok = bool(said) and bool(want) and (want in said or said in want)

@@ -142,8 +142,9 @@ def test_instance_masks_from_every_segmentation_form():
     """Polygons, uncompressed RLE (own encoder) and compressed RLE (string counts, as in COCO JSON files)."""
     from coco_fixtures import crowd_mask, uncompressed_rle
 
+    from vgmed_build.regions import mask_box
     from vgmed_build.sources.base import SourceError
-    from vgmed_build.sources.coco import instance_mask, mask_box
+    from vgmed_build.sources.coco import instance_mask
 
     mask = crowd_mask()
     assert np.array_equal(instance_mask(uncompressed_rle(mask), 303, 384, "x"), mask)

@@ -31,6 +31,12 @@ class RegionGeometry:
     side: str  # left | right | midline | bilateral | unknown
 
 
+def mask_box(mask: np.ndarray) -> list[int]:
+    """Pixel-edge [x0, y0, x1, y1] (x1, y1 exclusive) of a mask's foreground (one object's box)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
 def slice_label_areas(label_map: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Voxel count of every label value on every slice along ``axis``, in one pass over the volume.
 

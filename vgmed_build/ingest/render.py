@@ -19,11 +19,12 @@ from vgmed_build.modality import normalise as normalise_modality
 from vgmed_build.regions import (
     RegionGeometry,
     extract_regions,
+    mask_box,
     mask_slice_areas,
     select_slices,
     slice_label_areas,
 )
-from vgmed_build.sources.base import Image2D, SourceError, SourceSpec, Volume
+from vgmed_build.sources.base import Image2D, ItemSkipped, SourceError, SourceSpec, Volume
 
 # Label values up to this are mapped to structures with a lookup table; larger ones by binary search.
 _MAX_LUT_VALUE = 1 << 20
@@ -46,7 +47,10 @@ def label_name(spec: SourceSpec, value: int | None, raw_name: str | None) -> str
 
 
 def render_item(spec: SourceSpec, key: str, data: Volume | Image2D, build_dir: Path) -> list[RenderedImage]:
-    """Render one loaded item to PNGs under ``build_dir`` and build its image + region records."""
+    """Render one loaded item to PNGs under ``build_dir`` and build its image + region records.
+
+    Raises :class:`ItemSkipped` when no structure passes the size filters (nothing is written then).
+    """
     modality = normalise_modality(spec.modality or data.modality)
     if not modality:
         raise SourceError(f"modality unknown; set 'modality' for source {spec.name!r}", path=key)
@@ -194,6 +198,8 @@ def _render_volume(spec: SourceSpec, key: str, vol: Volume, modality: str, build
         }
         named = [(structs.raw_values[c], structs.names[c], reg) for c, reg in found]
         out.append(_write_image(spec, key, imaging.to_uint8(grey, lo, hi), image_meta, modality, named, build_dir))
+    if not out:
+        raise filtered_out(areas.max(axis=0, initial=0) * px_per_voxel, first.shape[0] * first.shape[1], opts)
     return out
 
 
@@ -236,16 +242,15 @@ def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_di
             if 1 in regs:
                 found.append((c, regs[1]))
     for c, reg in found:  # object datasets: one box per object instead of one per connected component
-        if structs.names[c] in img.boxes:
-            reg.boxes = sorted(img.boxes[structs.names[c]])
+        if structs.names[c] in img.instances:
+            reg.boxes = sorted(mask_box(m) for m in img.instances[structs.names[c]])
     named = [(structs.raw_values[c], structs.names[c], reg) for c, reg in found if reg.area_px >= opts["min_area_px"]]
     if not named:
-        raise SourceError(
-            "no structure left after the size filters (min_component_px="
-            f"{opts['min_component_px']}, min_area_px={opts['min_area_px']}, "
-            f"max_area_ratio={opts['max_area_ratio']})",
-            path=key,
-        )
+        if img.label_map is not None:
+            areas = np.bincount(structs.id_map(img.label_map).ravel(), minlength=len(structs.names) + 1)[1:]
+        else:
+            areas = np.array([np.count_nonzero(m) for m in structs.masks])
+        raise filtered_out(areas, pixels.shape[0] * pixels.shape[1], opts)
     meta = {
         "plane": "2d",
         "slice_index": None,
@@ -256,21 +261,35 @@ def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_di
     return [_write_image(spec, key, pixels, meta, modality, named, build_dir, img.categories)]
 
 
+def filtered_out(areas_px: np.ndarray, total_px: int, opts: dict) -> ItemSkipped:
+    """Why no structure of an item passed the size filters, from each structure's largest area (in
+    rendered pixels; a volume's best slice): the reason its skip is counted under."""
+    if areas_px.size and (areas_px / total_px > opts["max_area_ratio"]).all():
+        return ItemSkipped(f"every structure covers more than max_area_ratio = {opts['max_area_ratio']:g} of the image")
+    if areas_px.size and (areas_px < opts["min_area_px"]).all():
+        return ItemSkipped(f"every structure is smaller than min_area_px = {opts['min_area_px']:g}")
+    return ItemSkipped(
+        f"no structure passes the size filters (min_component_px = {opts['min_component_px']:g}, "
+        f"min_area_px = {opts['min_area_px']:g}, max_area_ratio = {opts['max_area_ratio']:g})"
+    )
+
+
 def _upscaled(img: Image2D, min_side_px: int) -> Image2D:
     """A small image and its labels enlarged by a whole factor towards ``min_side_px`` on the short side
-    (linear for the pixels, nearest for labels, so boxes are measured on the enlarged masks)."""
+    (linear for the pixels, nearest for labels and object masks, so every box, object boxes included,
+    is measured on the enlarged masks)."""
     factor = imaging.enlargement(img.pixels.shape[:2], min_side_px)
     if factor == 1:
         return img
     shape = (img.pixels.shape[0] * factor, img.pixels.shape[1] * factor)
     pixels = np.clip(np.rint(imaging.resample(img.pixels, shape, labels=False)), 0, 255).astype(np.uint8)
     label_map = None if img.label_map is None else imaging.resample(img.label_map, shape, labels=True)
-    masks = (
-        None
-        if img.masks is None
-        else {k: imaging.resample(m.astype(np.uint8), shape, labels=True) > 0 for k, m in img.masks.items()}
-    )
-    return replace(img, pixels=pixels, label_map=label_map, masks=masks)
+    def enlarged(mask: np.ndarray) -> np.ndarray:
+        return imaging.resample(mask.astype(np.uint8), shape, labels=True) > 0
+
+    masks = None if img.masks is None else {k: enlarged(m) for k, m in img.masks.items()}
+    instances = {k: [enlarged(m) for m in objects] for k, objects in img.instances.items()}
+    return replace(img, pixels=pixels, label_map=label_map, masks=masks, instances=instances)
 
 
 def _write_image(

@@ -35,6 +35,16 @@ class SourceError(ValueError):
         return type(self), (self.problem, self.path or None, self.item)
 
 
+class ItemSkipped(Exception):
+    """An item read correctly whose every structure the source's options leave out (too small, too
+    large, crowd only). Expected with real data (thousands of COCO images), so the item is skipped and
+    counted by ``reason``, not reported as an error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def escaped_name(text: str) -> str:
     """``text`` with the bytes of a non-UTF-8 file name shown as ``\\xNN`` (storable, printable).
 
@@ -100,8 +110,10 @@ class Volume:
 class Image2D:
     """A 2D image rendered as it is (no world geometry, so side is 'unknown').
 
-    ``boxes`` (object datasets such as COCO): one box per annotated object of a label, which replaces
-    the boxes of the mask's connected components (touching or overlapping objects stay separate).
+    ``instances`` (object datasets such as COCO): one mask per annotated object of a label. Each object
+    gives one box, measured on the rendered (possibly enlarged) mask like every other box, and these
+    replace the boxes of the union mask's connected components (touching objects stay separate).
+    Adapters give masks, never boxes: a box measured at the source's scale would not follow the image.
     """
 
     pixels: np.ndarray                         # (H, W) or (H, W, 3) uint8
@@ -109,7 +121,7 @@ class Image2D:
     label_map: np.ndarray | None = None        # (H, W) non-negative integers
     label_names: dict[int, str] = field(default_factory=dict)
     masks: dict[str, np.ndarray] | None = None  # label name -> (H, W) bool
-    boxes: dict[str, list[list[int]]] = field(default_factory=dict)  # label -> [x0, y0, x1, y1] per object
+    instances: dict[str, list[np.ndarray]] = field(default_factory=dict)  # label -> (H, W) bool per object
     categories: dict[str, str] = field(default_factory=dict)        # label -> category from the data
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -27,6 +28,7 @@ from vgmed_build.sources.base import (
     STRING,
     STRINGS,
     Image2D,
+    ItemSkipped,
     SourceError,
     SourceItem,
     SourceSpec,
@@ -46,6 +48,7 @@ def instance_mask(segmentation: object, height: int, width: int, where: str) -> 
             polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
             if not polygons:
                 raise SourceError("segmentation has no polygon with 3 or more points", path=where)
+            _check_polygons(polygons, height, width, where)
             rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
         elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):  # crowds
             rle = mask_utils.frPyObjects(segmentation, *segmentation["size"])
@@ -62,15 +65,26 @@ def instance_mask(segmentation: object, height: int, width: int, where: str) -> 
         raise SourceError(f"cannot decode segmentation ({type(exc).__name__}: {exc})", path=where) from None
 
 
-def mask_box(mask: np.ndarray) -> list[int]:
-    """Pixel-edge [x0, y0, x1, y1] (x1, y1 exclusive) of a mask's foreground."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+def _check_polygons(polygons: list[list], height: int, width: int, where: str) -> None:
+    """Refuse polygon points that are not finite numbers or lie far off the picture (more than its own
+    size beyond an edge) before rasterising: one point at 1e12 would make the rasteriser allocate
+    until the process dies. Points slightly off the picture are common and are clipped by it."""
+    for polygon in polygons:
+        for i, v in enumerate(polygon):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise SourceError(f"polygon coordinate {i} is {v!r}, not a finite number", path=where)
+            size = width if i % 2 == 0 else height
+            if not -size <= v <= 2 * size:
+                raise SourceError(
+                    f"polygon {'x' if i % 2 == 0 else 'y'} coordinate {v:g} lies far outside the "
+                    f"{width}x{height} picture",
+                    path=where,
+                )
 
 
 def _load(spec: SourceSpec, root: Path, path: Path, info: dict, anns: list[dict], names: dict[int, str],
           supercategories: dict[str, str]) -> Image2D:
-    """Read one picture and its objects: a union mask and one box per object, per category."""
+    """Read one picture and its objects: a union mask and one mask per object, per category."""
     name = rel(path, root)
     pixels = read_image(path, name)
     height, width = pixels.shape[:2]
@@ -82,7 +96,7 @@ def _load(spec: SourceSpec, root: Path, path: Path, info: dict, anns: list[dict]
     crowd = spec.options.get("crowd", "exclude")
     min_px = int(spec.options.get("min_component_px", 0))
     masks: dict[str, np.ndarray] = {}
-    boxes: dict[str, list[list[int]]] = {}
+    instances: dict[str, list[np.ndarray]] = {}
     crowded: set[str] = set()
     for ann in anns:
         label = names[ann["category_id"]]
@@ -93,14 +107,14 @@ def _load(spec: SourceSpec, root: Path, path: Path, info: dict, anns: list[dict]
         if np.count_nonzero(mask) < max(min_px, 1):
             continue  # a speck (or an empty polygon) gives no box, as small components do elsewhere
         masks[label] = masks[label] | mask if label in masks else mask
-        boxes.setdefault(label, []).append(mask_box(mask))
+        instances.setdefault(label, []).append(mask)
     if crowd == "skip":
         for label in crowded:
             masks.pop(label, None)
-            boxes.pop(label, None)
+            instances.pop(label, None)
     if not masks:
-        raise SourceError(f"no object left (crowd = {crowd!r}, min_component_px = {min_px})", path=name)
-    return Image2D(pixels=pixels, modality=spec.modality or modalities.NATURAL, masks=masks, boxes=boxes,
+        raise ItemSkipped(f"no object left (crowd = {crowd!r}, min_component_px = {min_px})")
+    return Image2D(pixels=pixels, modality=spec.modality or modalities.NATURAL, masks=masks, instances=instances,
                    categories={k: v for k, v in supercategories.items() if k in masks})
 
 

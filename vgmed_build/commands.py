@@ -2,8 +2,9 @@
 
 Each program lists its commands in a table (name, module, one-line summary); the module exposes
 ``register(subparsers)`` and sets ``func`` on its parsers, so adding a command touches its own module
-and one table entry, and only the module of the command being run is imported. Every command reports a failure the same way (``error:
-...`` on stderr, see :func:`fail`) and exits with one of the codes below (docs/cli.md).
+and one table entry, and only the module of the command being run is imported. Every command reports
+a failure the same way (``error: ...`` on stderr, see :func:`fail`) and exits with one of the codes
+below (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ EXIT_OK = 0
 EXIT_ITEM_ERRORS = 1  # the command ran; some items failed (each one reported), everything else is stored
 EXIT_FAILED = 2  # the command could not run (bad arguments or input, no build, server unreachable)
 EXIT_INCOMPLETE = 3  # stopped on purpose before the end (generate's budget) / the server is not running
+# Libraries of the optional extras (pyproject.toml), by import name: a command that needs one names the extra.
+EXTRAS = {"torch": "eval", "transformers": "eval", "accelerate": "eval", "matplotlib": "eval", "pandas": "eval"}
 OWN_LOGGERS = ("vgmed_build", "vgmed_eval", "__main__")
 _HEARING: list[list[str]] = []  # open :func:`failures` blocks
 
@@ -164,9 +167,19 @@ class CommandLine:
         return build_parser(self.prog, self.description, self.version, self.commands, modules)
 
     def main(self, argv: list[str] | None = None) -> int:
-        """Run the command ``argv`` names (default: the process's arguments); returns its exit code."""
+        """Run the command ``argv`` names (default: the process's arguments); returns its exit code.
+
+        A command whose libraries come with an extra that is not installed says which one to install."""
         argv = sys.argv[1:] if argv is None else argv
-        return run(self.build_parser(argv), argv)
+        try:
+            return run(self.build_parser(argv), argv)
+        except ModuleNotFoundError as exc:
+            extra = EXTRAS.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            command = next((a for a in argv if not a.startswith("-")), "")
+            return fail(f"{self.prog} {command} needs {exc.name}, which comes with the {extra!r} extra: "
+                        f"pip install 'vgmed[{extra}]'")
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

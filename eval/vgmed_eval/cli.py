@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from vgmed_eval import __version__
-
 from vgmed_build import commands
+from vgmed_eval import __version__
 
 Command = commands.Command
 

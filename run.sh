@@ -10,7 +10,7 @@ PY="${PYTHON:-python3}"
 
 setup() {
     local stamp="$VENV/.vgmed-installed"
-    if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+    if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || setup.py -nt "$stamp" ]]; then
         [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
         # torch is pinned to the CPU build; install a CUDA build yourself on a GPU machine.
         "$VENV/bin/pip" install -q torch==2.13.0 -e '.[eval,test]'

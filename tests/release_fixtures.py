@@ -65,7 +65,8 @@ def make_build(root: Path) -> tuple[Path, dict[str, Decision], dict[str, dict]]:
             item_key = f"series/{dcm}"
             c.execute("INSERT INTO sources VALUES (?,?,?)", (dataset, "dicom", "{}"))
             c.execute(
-                "INSERT INTO items VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO items (source, item_key, fingerprint, status, n_images, n_regions, finished_at)"
+                " VALUES (?,?,?,?,?,?,?)",
                 (dataset, item_key, "f" * 16, "done", 1, len(targets), "2026-01-01T00:00:00+00:00"),
             )
             c.execute(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vgmed_build.drafting.lint import LintContext, LintLimits, lint, normalize
+from vgmed_build.drafting.lint import LintContext, LintLimits, lint, normalize, plain_text_problem
 
 
 def draft(question: str, answer: str = "yes", q_type: str = "localization", side: str = "right") -> dict:
@@ -127,3 +127,24 @@ def test_limits_are_configurable():
     d = draft("Is there a liver in this particular image?")
     assert lint(d, LintContext(LIVER, limits=LintLimits(max_chars=30))).startswith("length:")
     assert lint(d, LintContext(LIVER)) is None
+
+
+@pytest.mark.parametrize(
+    "question, reason",
+    [
+        ("Is there a liver <script>alert(1)</script> here?", "plain_text: the question contains HTML markup"),
+        ("Is there a liver &lt;b&gt; in the image?", "plain_text: the question contains HTML markup"),
+        ("Is there a liver\u202e in the image?", "control character U+202E"),
+    ],
+)
+def test_markup_and_control_characters_are_rejected(question, reason):
+    assert reason in lint(draft(question), LintContext(LIVER))
+
+
+def test_plain_text_problem_names_escape_codes_without_repeating_them():
+    problem = plain_text_problem("Is there a \x1b[1mliver\x1b[0m in the image?")
+    assert problem == "control character U+001B at column 12 (no escape codes or line breaks)"
+
+
+def test_comparison_signs_are_not_markup():
+    assert lint(draft("Is there a liver larger than < 5 cm in the image?"), LintContext(LIVER)) is None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,9 +197,10 @@ def test_failed_release_keeps_existing_one(build, tmp_path):
     build_dir, decisions, _ = build
     out = release(build_dir, tmp_path / "rel", decisions)
     before = tree_bytes(out)
-    # "spleen" occurs in the records: the forbid list refuses the new release after it was built.
+    # the dataset name occurs in every CT record's source (not text a draft holds, which would leave out
+    # only its draft): the forbid list refuses the new release after it was built.
     with pytest.raises(ReleaseError, match="failed validation"):
-        release(build_dir, out, decisions, created="2030-01-01T00:00:00Z", forbid=(Forbidden("Spleen", "test:1"),))
+        release(build_dir, out, decisions, created="2030-01-01T00:00:00Z", forbid=(Forbidden("CT-Sample", "test:1"),))
     assert tree_bytes(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "rel"]  # no temp dirs left behind
     # a successful rerun replaces it
@@ -311,17 +314,73 @@ def test_cli_release_from_review_events(build, tmp_path, capsys):
     assert err.startswith("error: ") and "needs the adjudicator" in err and not (tmp_path / "x").exists()
 
 
+KILLED_MID_SWAP = """
+import os, sys
+from vgmed_build.cli import main
+
+real_rename = os.rename
+
+
+def rename(src, dst):
+    if ".tmp-" in os.fspath(src):  # the new release about to replace the one just moved aside
+        os._exit(9)  # killed: no cleanup of any kind runs
+    real_rename(src, dst)
+
+
+os.rename = rename
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_interrupted_swap_is_recovered(build, tmp_path):
     """A run killed between the two renames leaves the old release aside: the next run restores it."""
     build_dir, decisions, _ = build
     out = release(build_dir, tmp_path / "rel", decisions)
     before = tree_bytes(out)
-    out.rename(tmp_path / ".rel.old-killed")
-    (tmp_path / ".rel.tmp-killed").mkdir()
+    args = ["release", "--build", str(build_dir), "--out", str(out), "--include-unreviewed"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_SWAP, *args], capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "rel" not in left and any(n.startswith(".rel.old-") for n in left), left
+    assert any(n.startswith(".rel.tmp-") for n in left) and ".rel.lock" in left
     with pytest.raises(ReleaseError, match="no drafts are accepted"):
         release(build_dir, out, {})  # fails after recovery: the restored release must survive
     assert tree_bytes(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "rel"]
+
+
+def test_names_beside_out_that_vgmed_did_not_create_are_never_touched(build, tmp_path, capsys):
+    """Issue 30: a user's `.rel.tmp-*`, `.rel.old-*` and `.rel.lock` are neither deleted, truncated nor
+    renamed into place, even when they look like leftovers of a killed run (only claimed names are)."""
+    build_dir, decisions, _ = build
+    backup = tmp_path / ".rel.tmp-my-backup"
+    backup.mkdir()
+    (backup / "notes.txt").write_text("my backup")
+    old_copy = release(build_dir, tmp_path / "first", decisions)  # a provable release, kept by the user
+    old_copy.rename(tmp_path / ".rel.old-2024")
+    mine = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    mine = {k: v for k, v in mine.items() if k.startswith(".rel.")}
+    args = ["release", "--build", str(build_dir), "--out", str(tmp_path / "rel"), "--include-unreviewed"]
+    assert main(args) == 0  # "rel" is absent: .rel.old-2024 must not be restored as it
+    assert json.loads((tmp_path / "rel" / "manifest.json").read_text())["preview"] is True
+    assert main(args) == 0  # and a replacing run leaves it too
+    after = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert {k: v for k, v in after.items() if k.startswith(".rel.")} == mine
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rel.old-2024", ".rel.tmp-my-backup", "build", "rel"]
+
+    lock = tmp_path / ".rel.lock"
+    lock.write_text("my lock notes\n")
+    before = tree_bytes(tmp_path / "rel")
+    capsys.readouterr()
+    assert main(args) == 2  # could not run: nothing changed
+    err = capsys.readouterr().err
+    assert f"error: {lock} exists but was not written by vgmed" in err and "nothing was changed" in err
+    assert lock.read_text() == "my lock notes\n"
+    assert tree_bytes(tmp_path / "rel") == before
+    lock.unlink()
+    lock.symlink_to(tmp_path / "rel" / "README.md")  # a link is never followed to someone's file
+    assert main(args) == 2
+    assert tree_bytes(tmp_path / "rel") == before and lock.is_symlink()
 
 
 def test_refuses_a_users_folder_that_holds_a_manifest_json(build, tmp_path, capsys):
@@ -359,18 +418,65 @@ def test_replacing_a_release_never_deletes_files_its_manifest_does_not_list(buil
     assert json.loads((out / "manifest.json").read_text())["created"] == "2030-01-01T00:00:00Z"
 
 
-def test_a_folder_moved_aside_is_only_deleted_when_it_is_a_release(build, tmp_path):
-    """Recovery after a kill deletes `.NAME.old-*` leftovers only when they are provably ours."""
+def test_a_claimed_folder_moved_aside_is_only_deleted_when_it_is_a_release(build, tmp_path):
+    """Recovery after a kill deletes the claimed `.NAME.old-*` only when it is provably a release."""
     build_dir, decisions, _ = build
     out = release(build_dir, tmp_path / "rel", decisions)
-    leftover = tmp_path / ".rel.old-abc"
-    leftover.mkdir()
-    (leftover / "data.csv").write_text("someone's")
-    killed_mid_swap = tmp_path / ".rel.old-def"
-    killed_mid_swap.mkdir()
-    for rel, data in tree_bytes(out).items():
-        (killed_mid_swap / rel).parent.mkdir(parents=True, exist_ok=True)
-        (killed_mid_swap / rel).write_bytes(data)
+    args = ["release", "--build", str(build_dir), "--out", str(out), "--include-unreviewed"]
+    assert subprocess.run([sys.executable, "-c", KILLED_MID_SWAP, *args]).returncode == 9
+    moved = next(tmp_path.glob(".rel.old-*"))
+    moved.rename(out)  # the user restored it by hand, then added notes to the folder left behind
+    moved.mkdir()
+    (moved / "data.csv").write_text("someone's")
     release(build_dir, out, decisions, created="2030-01-01T00:00:00Z")
-    assert (leftover / "data.csv").read_text() == "someone's"
-    assert not killed_mid_swap.exists()
+    assert (moved / "data.csv").read_text() == "someone's"
+    assert not list(tmp_path.glob(".rel.tmp-*"))  # the claimed temp folder is gone
+
+
+def test_unreleasable_reviewer_edits_are_left_out_one_by_one(build, tmp_path, capsys):
+    """Issue 30: one edit with an identifier (or absurd length, HTML, ANSI escapes, no question) leaves
+    out its draft with a reason; every other accepted draft is released, and no reason echoes the text."""
+    build_dir, _, drafts = build
+    edits = {
+        find_draft(drafts, "liver", "attribute")["id"]: ({"answer": "seen by Dr Miller"}, "contains a name"),
+        find_draft(drafts, "liver", "position")["id"]: ({"answer": "SMITH^JOHN"}, "DICOM person name"),
+        find_draft(drafts, "spleen", "attribute")["id"]: ({"answer": "round " * 10_000}, "length: answer"),
+        find_draft(drafts, "spleen", "localization")["id"]: (
+            {"question": "Is there a spleen <img src=x onerror=alert(1)> here?"},
+            "HTML markup (a <img> tag",
+        ),
+        find_draft(drafts, "tumour", "localization")["id"]: (
+            {"question": "Is there a \x1b[31mtumour\x1b[0m in the image?"},
+            "control character U+001B",
+        ),
+        find_draft(drafts, "tumour", "attribute")["id"]: ({"question": "Describe the tumour."}, "single_question"),
+    }
+    fine_edit = find_draft(drafts, "liver", "localization")["id"]
+    edits_and_fine = {k: v[0] for k, v in edits.items()} | {fine_edit: {"question": "Is a liver visible?"}}
+    with open_catalog(build_dir, create=False) as catalog:
+        for n, draft in enumerate(sorted(drafts.values(), key=lambda d: d["id"]), 1):
+            change = edits_and_fine.get(draft["id"], {})
+            add_review_event(catalog, draft, "r-aaaaaaaa", "edit" if change else "accept", n, **change)
+    out = tmp_path / "rel"
+    code = main(["release", "--build", str(build_dir), "--out", str(out), "--created", CREATED])
+    captured = capsys.readouterr()
+    assert code == 1  # some accepted drafts left out
+    assert f"{len(edits)} accepted drafts left out" in captured.out
+    for draft_id, (_, reason) in edits.items():
+        line = next(line for line in captured.out.splitlines() if draft_id in line)
+        assert "the reviewed text cannot be released" in line and reason in line, line
+    for secret in ("Miller", "SMITH", "\x1b", "onerror"):
+        assert secret not in captured.out + captured.err
+    released = {r["id"]: r for name in (LOCALIZATION_FILE, ATTRIBUTE_FILE) for r in read_jsonl(out / name)}
+    assert set(released) == set(drafts) - set(edits)
+    assert released[fine_edit]["question"] == "Is a liver visible?"
+    assert main(["validate", str(out)]) == 0
+    with open_catalog(build_dir, create=False) as catalog:
+        errors = dict(catalog.conn.execute("SELECT item, message FROM errors WHERE stage='release'").fetchall())
+    assert set(errors) == set(edits)
+    # the forbid file acts per draft as well: a forbidden word in one question leaves out that draft only
+    forbid = tmp_path / "forbid.txt"
+    forbid.write_text("visible\n")
+    assert main(["release", "--build", str(build_dir), "--out", str(out), "--forbid-file", str(forbid)]) == 1
+    assert fine_edit in capsys.readouterr().out
+    assert len(read_jsonl(out / LOCALIZATION_FILE)) + len(read_jsonl(out / ATTRIBUTE_FILE)) == len(released) - 1

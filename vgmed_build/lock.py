@@ -6,22 +6,50 @@ small file (``BUILD/locks/STAGE.lock``, or ``.NAME.lock`` next to a release's ``
 whole run; the file records the holder's pid for the message and is removed when the run ends. The
 kernel drops the lock when the holder exits, even on SIGKILL, so a file left by a killed run never
 blocks anyone (the next holder takes it over). Readers (stats, regions, validate, status) take none.
+
+The file is marked as ours (its first line starts with :data:`LOCK_MARK`): a file of that name that
+vgmed did not write (a user's ``.rel.lock``, a symbolic link) is refused, never truncated or removed.
+A holder also notes in it the names it creates next to its target (:meth:`Held.claim`), so the next
+holder after a kill can clean up exactly those and nothing that merely looks like them.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import os
+import re
+import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LOCKS_DIR = "locks"
+LOCK_MARK = "vgmed lock"
+CLAIM = "claim "
+_LEGACY_CONTENT = re.compile(r"\d+\n?")  # what locks held before the mark held: the pid alone
+_EMPTY_RETRIES = 40  # x 25 ms: how long an empty file may be a lock another run is just creating
 
 
 class LockBusy(RuntimeError):
-    """Another process holds the lock (the message names it, its pid and the way to wait)."""
+    """Another process holds the lock (the message names it, its pid and the way to wait), or a file
+    vgmed did not write stands where the lock belongs (the message names it)."""
+
+
+@dataclass
+class Held:
+    """A held lock: the names a killed earlier holder claimed, and a way to claim this run's own."""
+
+    fd: int
+    left_by_killed: list[str] = field(default_factory=list)
+
+    def claim(self, name: str) -> None:
+        """Note ``name`` (a file or folder this run created next to its target) in the lock file."""
+        os.lseek(self.fd, 0, os.SEEK_END)
+        os.write(self.fd, f"{CLAIM}{name}\n".encode("utf-8", "surrogateescape"))
 
 
 def add_wait_arg(p: argparse.ArgumentParser) -> None:
@@ -44,36 +72,105 @@ def out_lock_path(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.lock"
 
 
+def _not_ours(path: Path) -> LockBusy:
+    return LockBusy(
+        f"{path} exists but was not written by vgmed (it is not one of its lock files); nothing was "
+        "changed; move it away and rerun"
+    )
+
+
+def _open(path: Path) -> tuple[int, bool]:
+    """The lock file's descriptor and whether this call created it (then it already carries the mark)."""
+    flags = os.O_RDWR | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        pass
+    else:
+        os.write(fd, f"{LOCK_MARK}\n".encode())
+        return fd, True
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return _open(path)  # its holder just removed it
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR):  # a symbolic link or a folder: never ours
+            raise _not_ours(path) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _not_ours(path)
+    return fd, False
+
+
+def _read(fd: int) -> bytes:
+    return os.pread(fd, 1 << 16, 0)
+
+
+def _ours(content: bytes) -> bool:
+    text = content.decode("utf-8", "surrogateescape")
+    return text.startswith(LOCK_MARK) or _LEGACY_CONTENT.fullmatch(text) is not None
+
+
+def _claims(content: bytes) -> list[str]:
+    lines = content.decode("utf-8", "surrogateescape").splitlines()
+    return [line[len(CLAIM) :] for line in lines[1:] if line.startswith(CLAIM)]
+
+
+def _holder(content: bytes) -> str:
+    first = content.decode("ascii", "replace").splitlines()[:1]
+    pid = first[0].removeprefix(LOCK_MARK).strip().removeprefix("pid").strip() if first else ""
+    return pid or "unknown"
+
+
 @contextmanager
-def hold(path: Path, what: str, wait: bool = False) -> Iterator[None]:
+def hold(path: Path, what: str, wait: bool = False) -> Iterator[Held]:
     """Hold the exclusive lock ``path`` for the body; ``what`` names the stage in the busy message.
 
-    The file is removed on release (while still locked); a waiter that then holds the lock of a
-    removed file notices (its inode is no longer the path's) and locks the new file instead.
+    The file is removed on release (while still locked, and only while it is still the file this run
+    locked); a waiter that then holds the lock of a removed file notices (its inode is no longer the
+    path's) and locks the new file instead. A file at ``path`` that is not a lock of ours is refused.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    empty_seen = 0
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd, created = _open(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            content = _read(fd)
             os.close(fd)
+            if content and not _ours(content):
+                raise _not_ours(path) from None
             raise LockBusy(
-                f"another {what} is running (pid {holder}); wait for it to finish, or rerun with --wait"
+                f"another {what} is running (pid {_holder(content)}); wait for it to finish, or rerun with --wait"
             ) from None
+        content = _read(fd)
         try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
-            pass
+            same = False
+        if same and not created and not _ours(content):
+            os.close(fd)
+            if content or empty_seen >= _EMPTY_RETRIES:
+                raise _not_ours(path)
+            empty_seen += 1  # another run may have created it and not yet written its mark
+            time.sleep(0.025)
+            continue
+        if same:
+            break
         os.close(fd)
+    held = Held(fd, [] if created else _claims(content))
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        os.pwrite(fd, f"{LOCK_MARK} pid {os.getpid()}\n".encode(), 0)
+        yield held
     finally:
-        path.unlink(missing_ok=True)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                path.unlink()
+        except FileNotFoundError:
+            pass
         os.close(fd)
 
 

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +32,7 @@ from vgmed_build.card import render_card
 from vgmed_build.catalog import Catalog, CatalogError, open_catalog
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
 from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
-from vgmed_build.lock import LockBusy, add_wait_arg, hold, out_lock_path
+from vgmed_build.lock import Held, LockBusy, add_wait_arg, hold, out_lock_path
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
 from vgmed_build.release_format import (
     CARD_FILE,
@@ -50,6 +50,7 @@ from vgmed_build.release_format import (
     record_file,
     sha256_file,
 )
+from vgmed_build.release_text import text_problem
 from vgmed_build.resources import resource_dir
 from vgmed_build.review.decision import POLICIES, Decision, check_policy, decide
 from vgmed_build.validate import validate_release
@@ -108,8 +109,18 @@ def review_facts(decision: Decision | None, include_unreviewed: bool) -> dict | 
     }
 
 
-def build_record(draft: dict, region: dict, decision: Decision | None, review: dict, convention: str) -> dict:
-    """One release record (field order fixed, every field one JSON type) or :class:`ItemError`."""
+def build_record(
+    draft: dict,
+    region: dict,
+    decision: Decision | None,
+    review: dict,
+    convention: str,
+    forbid: Sequence[Forbidden] = (),
+) -> dict:
+    """One release record (field order fixed, every field one JSON type) or :class:`ItemError`.
+
+    The reviewed text passes :func:`text_problem` (a reviewer's edit never went through lint).
+    """
     accepted = review["status"] == "accepted"
     question = (decision.question if accepted else draft["question"]).strip()
     answer = (decision.answer if accepted else draft["answer"]).strip()
@@ -117,6 +128,10 @@ def build_record(draft: dict, region: dict, decision: Decision | None, review: d
     width, height = int(region["width"]), int(region["height"])
     if not question or not answer:
         raise ItemError(f"draft {draft['id']}: empty question or answer after review")
+    problem = text_problem(question, answer, draft, forbid)
+    if problem:
+        by = "the reviewed text" if review["edited"] else "the text"
+        raise ItemError(f"draft {draft['id']}: {by} cannot be released: {problem}")
     problem = check_boxes(boxes, width, height)
     if problem:
         raise ItemError(f"draft {draft['id']}: {problem}")
@@ -168,8 +183,13 @@ def build_release(
     out_dir: str | Path,
     decisions: Mapping[str, Decision],
     options: ReleaseOptions = ReleaseOptions(),
+    *,
+    wait: bool = False,
 ) -> ReleaseReport:
-    """Write the release for ``decisions`` (draft id -> Decision) to ``out_dir`` atomically."""
+    """Write the release for ``decisions`` (draft id -> Decision) to ``out_dir`` atomically.
+
+    Holds the lock of ``out_dir`` (LockBusy when another release to it runs, unless ``wait``).
+    """
     if options.bbox_convention not in CONVENTIONS:
         raise ReleaseError(f"unknown bbox convention {options.bbox_convention!r}")
     try:
@@ -178,46 +198,62 @@ def build_release(
         raise ReleaseError(str(exc)) from exc
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _recover_interrupted(out_dir)
-    _check_target(out_dir)
-    created = resolve_created(options.created)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        records_by_file, skipped = _write_records_and_images(catalog, tmp, decisions, options)
-        counts = count_records(records_by_file)
-        if counts["records"] == 0:
-            raise ReleaseError(
-                "no drafts are accepted under the review policy "
-                f"'{options.policy}' (pull reviews first, or use --include-unreviewed for a preview)"
-            )
-        _write_text_files(tmp, records_by_file, counts, created, options)
-        report = validate_release(tmp, forbid=list(options.forbid))
-        if report.problems:
-            shown = "\n".join(p.format() for p in report.problems[:50])
-            raise ReleaseError(f"the new release failed validation; nothing was replaced:\n{shown}")
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with hold(out_lock_path(out_dir), f"`vgmed-build release` to {out_dir}", wait) as lock:
+        _recover_interrupted(out_dir, lock)
+        _check_target(out_dir)
+        created = resolve_created(options.created)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        lock.claim(tmp.name)
+        try:
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would keep the release from its readers
+            records_by_file, skipped = _write_records_and_images(catalog, tmp, decisions, options)
+            counts = count_records(records_by_file)
+            if counts["records"] == 0:
+                raise ReleaseError(
+                    "no drafts are accepted under the review policy "
+                    f"'{options.policy}' (pull reviews first, or use --include-unreviewed for a preview)"
+                )
+            _write_text_files(tmp, records_by_file, counts, created, options)
+            report = validate_release(tmp, forbid=list(options.forbid))
+            if report.problems:
+                shown = "\n".join(p.format() for p in report.problems[:50])
+                raise ReleaseError(f"the new release failed validation; nothing was replaced:\n{shown}")
+            _swap_into_place(tmp, out_dir, lock)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return ReleaseReport(out_dir=out_dir, counts=counts, skipped=skipped)
 
 
-def _recover_interrupted(out_dir: Path) -> None:
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _recover_interrupted(out_dir: Path, lock: Held) -> None:
     """Undo what a killed run left next to the target: restore a release moved aside, drop temp dirs.
 
-    A folder moved aside is only ever deleted when it is provably a release of ours (see
-    :func:`not_ours`); anything else under such a name is left where it is, with a warning.
+    Only names that run claimed in the lock file (created by it, see :meth:`Held.claim`) are touched:
+    a user's ``.NAME.tmp-backup`` or ``.NAME.old-2024`` is never deleted, renamed or taken over. A
+    claimed folder moved aside is restored or deleted only when it is provably a release of ours
+    (see :func:`not_ours`); anything else is left where it is, with a warning.
     """
-    for old in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
-        if not out_dir.exists():
-            log.warning("restoring %s from %s (an earlier release run was interrupted)", out_dir, old.name)
-            os.rename(old, out_dir)
-        elif not_ours(old):
-            log.warning("leaving %s in place: %s", old, not_ours(old))
+    for name in lock.left_by_killed:
+        path = out_dir.parent / name
+        if "/" in name or not name.startswith(f".{out_dir.name}.") or not path.is_dir() or path.is_symlink():
+            continue
+        if name.startswith(f".{out_dir.name}.tmp-"):
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        reason = not_ours(path)
+        if reason:
+            log.warning("leaving %s in place: %s", path, reason)
+        elif not out_dir.exists():
+            log.warning("restoring %s from %s (an earlier release run was interrupted)", out_dir, name)
+            os.rename(path, out_dir)
         else:
-            shutil.rmtree(old)
-    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(path)
 
 
 def not_ours(directory: Path) -> str | None:
@@ -282,7 +318,7 @@ def _write_records_and_images(
             target = record_file(draft["q_type"], region["modality"])
             if target is None:
                 raise ItemError(f"draft {draft['id']}: unknown question type {draft['q_type']!r}")
-            record = build_record(draft, region, decision, review, options.bbox_convention)
+            record = build_record(draft, region, decision, review, options.bbox_convention, options.forbid)
             if record["image"] not in copied:
                 copied[record["image"]] = _copy_image(catalog.build_dir, region, tmp / record["image"])
             if copied[record["image"]]:
@@ -361,12 +397,13 @@ def _file_kind(rel: str) -> str:
     return "card"
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+def _swap_into_place(tmp: Path, out_dir: Path, lock: Held) -> None:
     """Rename the finished release over the target; restore the old one if the rename fails."""
     if not out_dir.exists():
         os.rename(tmp, out_dir)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    lock.claim(old.name)
     old.rmdir()
     os.rename(out_dir, old)
     try:
@@ -457,9 +494,8 @@ def cmd_release(args: argparse.Namespace) -> int:
     out = args.out or args.build / "release"
     with catalog:
         try:
-            with hold(out_lock_path(out), f"`vgmed-build release` to {out}", args.wait):
-                decisions = decide(catalog, policy=args.policy, adjudicator=args.adjudicator)
-                report = build_release(catalog, out, decisions, options)
+            decisions = decide(catalog, policy=args.policy, adjudicator=args.adjudicator)
+            report = build_release(catalog, out, decisions, options, wait=args.wait)
         except (ReleaseError, ValueError, LockBusy) as exc:
             return fail(str(exc))
     counts = report.counts

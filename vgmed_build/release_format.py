@@ -356,6 +356,44 @@ def path_inside(base: Path, rel: str, where: str) -> Path:
     return base / rel
 
 
+def leaves_root(root: Path, rel: str) -> str | None:
+    """Why ``root / rel`` is not a file of the release itself, or None; nothing is opened.
+
+    Stricter than :func:`path_inside`: besides absolute and ``..`` paths, a symbolic link anywhere
+    on the way that leads out of ``root`` (``images/x.png -> /home/me/secret``) is refused, so
+    `validate` and `export` never read, hash or embed a file outside the release they check.
+    """
+    normal = os.path.normpath(rel)
+    if os.path.isabs(rel) or "\\" in rel or normal == ".." or normal.startswith(".." + os.sep):
+        return "leaves the release (an absolute or ../ path)"
+    try:
+        inside = (root / rel).resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symbolic link loop
+        return "cannot be resolved (a symbolic link loop)"
+    return None if inside else "is a symbolic link that leads out of the release"
+
+
+def listed_file_problems(root: Path, listed: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(path, problem) for every file the manifest lists that is outside the release, missing, or
+    differs from the manifest in size or SHA-256 (a changed or tampered release)."""
+    for rel, entry in sorted(listed.items()):
+        outside = leaves_root(root, rel)
+        if outside:
+            yield rel, f"lists {rel!r}, which {outside}; not read"
+            continue
+        path = root / rel
+        if not path.is_file():
+            yield rel, f"lists {rel}, which is missing"
+            continue
+        if not isinstance(entry, dict):
+            continue
+        size = path.stat().st_size
+        if entry.get("bytes") != size:
+            yield rel, f"{rel}: size {size} differs from the manifest's {entry.get('bytes')}"
+        if entry.get("sha256") != sha256_file(path):
+            yield rel, f"{rel}: SHA-256 differs from the manifest (file changed or corrupt)"
+
+
 def resolve_image(image: object, root: Path, images: Path | None = None) -> Path:
     """Where a record's picture lives: ``image`` relative to ``images`` (default: the release root);
     a SLAKE folder id -> ``<images>/<id>/source.jpg``; an integer COCO id ->

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +49,13 @@ from vgmed_build.release_format import (
     count_records,
     gt_tokens_mapping,
     gt_tokens_of,
+    leaves_root,
+    listed_file_problems,
     raw_boxes,
     read_lines,
     record_boxes,
     record_file,
     resolve_image,
-    sha256_file,
 )
 from vgmed_build.resources import schema_errors
 
@@ -83,6 +85,7 @@ class ValidationReport:
     reading: BoxReading = DEFAULT_READING
     gt_tokens_agree: dict[str, int] = field(default_factory=dict)  # published mapping -> records it reproduces
     gt_tokens_disagree: list[Problem] = field(default_factory=list)  # listed, not problems: see gt_tokens_note
+    outside: set[str] = field(default_factory=set)  # symbolic links leading out of root: never read
 
     def add(self, file: str, line: int, message: str) -> None:
         self.problems.append(Problem(file, line, message))
@@ -100,19 +103,32 @@ class _ImageInfo:
 LAYOUTS = ("vgmed", "published")
 
 
-def ours_signs(root: Path) -> list[str]:
+def links_leaving(root: Path) -> list[str]:
+    """Paths under ``root`` that are symbolic links leading out of it (or loops); nothing is read."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink() and leaves_root(root, rel):
+                found.append(rel)
+    return sorted(found)
+
+
+def ours_signs(root: Path, outside: set[str] = frozenset()) -> list[str]:
     """What marks ``root`` as written by vgmed (its dataset card, its schemas, record ids).
 
     A folder with any of these is a vgmed release and is only valid with its manifest: deleting
     ``manifest.json`` must not turn a changed release into a "published download" that passes.
+    ``outside``: paths never to read (symbolic links leading out of ``root``).
     """
     signs = []
     card = root / CARD_FILE
-    if card.is_file() and CARD_MARK in card.read_text(encoding="utf-8", errors="replace"):
+    if CARD_FILE not in outside and card.is_file() and CARD_MARK in card.read_text(encoding="utf-8", errors="replace"):
         signs.append(f"vgmed's dataset card ({CARD_FILE})")
     if any((root / "schemas" / f"{name}.schema.json").is_file() for name in RELEASE_SCHEMAS):
         signs.append("vgmed's schemas/")
-    for name in sorted(p.name for p in root.glob("*.jsonl")):
+    for name in sorted(p.name for p in root.glob("*.jsonl") if p.name not in outside):
         with open(root / name, encoding="utf-8", errors="replace") as fh:
             first = fh.readline()
         try:
@@ -147,20 +163,23 @@ def validate_release(
     if not root.is_dir():
         report.add(str(root), 0, "not a directory" if root.exists() else "does not exist")
         return report
-    has_manifest = (root / MANIFEST_FILE).is_file()
+    report.outside = set(links_leaving(root))
+    for rel in sorted(report.outside):
+        report.add(rel, 0, f"{leaves_root(root, rel)}: not read (a release holds its own files)")
+    has_manifest = (root / MANIFEST_FILE).is_file() and MANIFEST_FILE not in report.outside
     if layout == "published":
-        signs = ours_signs(root) + ([MANIFEST_FILE] if has_manifest else [])
+        signs = ours_signs(root, report.outside) + ([MANIFEST_FILE] if has_manifest else [])
         if signs:
             report.add(
                 ".", 0, f"holds {', '.join(signs)}: this is a vgmed release, not a published download; "
                 "validate it without --published (it needs its manifest.json)"
             )
-    elif not has_manifest:
+    elif not has_manifest and MANIFEST_FILE not in report.outside:
         report.add(
             MANIFEST_FILE, 0, "missing: a vgmed release is checked against its manifest (checksums, file list, "
             "counts); for a published VGMED download use --published"
         )
-    record_files = sorted(p.name for p in root.glob("*.jsonl"))
+    record_files = sorted(p.name for p in root.glob("*.jsonl") if p.name not in report.outside)
     if not record_files:
         report.add(".", 0, f"no question files ({', '.join(sorted(CONFIGS.values()))}) here")
     manifest = _load_manifest(report) if layout == "vgmed" and has_manifest else None
@@ -355,7 +374,7 @@ def _scan_tree(report: ValidationReport, forbid: list[Forbidden], referenced: se
         rel = path.relative_to(report.root).as_posix()
         for message in find_patterns(rel) + find_forbidden(rel, forbid):
             report.add(rel, 0, f"file name {message}")
-        if not path.is_file():
+        if rel in report.outside or not path.is_file():
             continue
         data = path.read_bytes()
         if path.suffix.lower() in TEXT_SUFFIXES:
@@ -418,22 +437,8 @@ def _check_manifest(report: ValidationReport, manifest: dict, records_by_file: d
         return string_lines.get(needle, 0)
 
     listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
-    for rel, entry in sorted(listed.items()):
-        path = report.root / rel
-        where = line_of(json.dumps(rel))
-        if not path.is_file():
-            report.add(MANIFEST_FILE, where, f"lists {rel}, which is missing")
-            continue
-        if not isinstance(entry, dict):
-            continue
-        if entry.get("bytes") != path.stat().st_size:
-            report.add(
-                MANIFEST_FILE,
-                where,
-                f"{rel}: size {path.stat().st_size} differs from the manifest's {entry.get('bytes')}",
-            )
-        if entry.get("sha256") != sha256_file(path):
-            report.add(MANIFEST_FILE, where, f"{rel}: SHA-256 differs from the manifest (file changed or corrupt)")
+    for rel, problem in listed_file_problems(report.root, listed):
+        report.add(MANIFEST_FILE, line_of(json.dumps(rel)), problem)
     for path in sorted(report.root.rglob("*")):
         rel = path.relative_to(report.root).as_posix()
         if path.is_file() and rel != MANIFEST_FILE and rel not in listed:
@@ -458,6 +463,8 @@ def _check_manifest(report: ValidationReport, manifest: dict, records_by_file: d
 
 def _check_card(report: ValidationReport, manifest: dict) -> None:
     path = report.root / CARD_FILE
+    if CARD_FILE in report.outside:
+        return  # reported as a link out of the release
     if not path.is_file():
         report.add(CARD_FILE, 0, "missing dataset card")
         return

@@ -30,6 +30,7 @@ class LintContext:
     names: list[str]  # target display name, synonyms, label
     others: set[str] = field(default_factory=set)  # normalized questions of the region's other drafts
     limits: LintLimits = field(default_factory=LintLimits)
+    category: str = ""  # the region's category (sources file or data): organ, tissue, lesion, ...
 
 
 def normalize(text: str) -> str:
@@ -71,6 +72,46 @@ def rule_schema(draft: dict, ctx: LintContext) -> str | None:
     return f"schema: {problems[0]}" if problems else None
 
 
+_INJECTION = [
+    (re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]"), "a control character or line break"),
+    (
+        re.compile(
+            r"\b(ignore|disregard|forget|override)\b\W+(?:\w+\W+){0,3}?"
+            r"(instructions?|prompts?|rules?|above|previous|prior|system)\b",
+            re.IGNORECASE,
+        ),
+        "an instruction to the model",
+    ),
+    (
+        re.compile(
+            r"\b(target (name|object)|modality|body part|structure category|object category|patient side|"
+            r"location in the (image|picture)|relative size|bounding boxes|question to rephrase)\s*:",
+            re.IGNORECASE,
+        ),
+        "a prompt field",
+    ),
+    (re.compile(r"\b(system|assistant|user|developer)\s*:|<\|[^|>]*\|>|\[/?INST\]|</?s>", re.IGNORECASE),
+     "a chat role or template marker"),
+    (
+        re.compile(r"\b(reply|respond|answer|output)\s+(only\s+)?(with|in)\s+(json|yes|no|the following)\b|"
+                   r"\byou (are|must|should) (now|always|never)\b", re.IGNORECASE),
+        "an instruction to the model",
+    ),
+]
+
+
+def rule_injection(draft: dict, ctx: LintContext) -> str | None:
+    """Text that reads as instructions to a model, or forges a field of our prompts ("cyst\\nTarget name:
+    liver"), whether the LLM copied it from a hostile label or wrote it: a reviewer must not get it.
+    The target name counts too, since a label is how such text gets in."""
+    for field_name in ("question", "answer"):
+        for pattern, what in _INJECTION:
+            m = pattern.search(draft[field_name])
+            if m:
+                return f"injection: the {field_name} contains {what} ({m.group(0)!r})"
+    return None
+
+
 def rule_names_target(draft: dict, ctx: LintContext) -> str | None:
     if any(_word_starts(draft["question"], n, whole=False) for n in ctx.names):  # plurals count
         return None
@@ -80,10 +121,18 @@ def rule_names_target(draft: dict, ctx: LintContext) -> str | None:
 _CONJUNCTION = re.compile(r"(?<!\w)(and|or|and/or)(?!\w)|/", re.IGNORECASE)
 
 
-def rule_single_question(draft: dict, ctx: LintContext) -> str | None:
-    q = draft["question"].strip()
+def question_form_problem(question: str) -> str | None:
+    """Why ``question`` is not one question (exactly one '?', at the end), or None."""
+    q = question.strip()
     if q.count("?") != 1 or not q.endswith("?"):
         return "single_question: must be exactly one question ending with a single '?'"
+    return None
+
+
+def rule_single_question(draft: dict, ctx: LintContext) -> str | None:
+    q = draft["question"].strip()
+    if problem := question_form_problem(q):
+        return problem
     match = _CONJUNCTION.search(_without_names(q, ctx.names).replace("<obj>", ""))
     if match:
         return f"single_question: compound question ('{match.group(0)}')"
@@ -169,12 +218,70 @@ _IDENTIFIERS = [
 ]
 
 
+def find_identifier(text: str) -> tuple[str, str] | None:
+    """(what kind, the match) of the first identifier-like text in ``text`` (a date, a name, ...)."""
+    for pattern, what in _IDENTIFIERS:
+        m = pattern.search(text)
+        if m:
+            return what, m.group(0)
+    return None
+
+
+# Parts of an organ a tissue-class mask does not tell apart: a slice of "left grey matter" may hold
+# only cerebellum, where "the left hemisphere" or "the left half of the brain" reads as the cerebrum.
+_ORGAN_PART = re.compile(
+    r"\b(hemispheres?|half of the (brain|cerebrum)|cerebr(um|al)|cerebell(um|ar)|lobes?|cortex|cortical)\b",
+    re.IGNORECASE,
+)
+
+
+def rule_organ_part(draft: dict, ctx: LintContext) -> str | None:
+    """A tissue class (category 'tissue': grey matter, fat) is found in every part of an organ, so a
+    question about it must not name a part of the organ that the slice may not show; name it by
+    tissue and side instead ("grey matter on the patient's left")."""
+    if ctx.category.lower() != "tissue":
+        return None
+    m = _ORGAN_PART.search(draft["question"])
+    if m:
+        return (f"organ_part: the question names '{m.group(0)}', but a tissue-class mask does not say which "
+                "part of the organ the slice holds (name it by tissue and side)")
+    return None
+
+
 def rule_no_identifiers(draft: dict, ctx: LintContext) -> str | None:
     for field_name in ("question", "answer"):
-        for pattern, what in _IDENTIFIERS:
-            m = pattern.search(draft[field_name])
-            if m:
-                return f"identifier: the {field_name} contains {what} ({m.group(0)!r})"
+        found = find_identifier(draft[field_name])
+        if found:
+            return f"identifier: the {field_name} contains {found[0]} ({found[1]!r})"
+    return None
+
+
+# C0/C1 controls (ANSI escapes start with ESC) and bidirectional overrides, which reorder what a reader sees.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_MARKUP = re.compile(r"</?([A-Za-z][A-Za-z0-9-]*)|&#?\w+;")  # as browsers read a tag: no space after '<'
+
+
+def plain_text_problem(text: str) -> str | None:
+    """Why ``text`` is not plain text for a question or answer (control characters, HTML), or None.
+
+    Questions and answers reach terminals, Label Studio and web viewers of the dataset: an ANSI escape
+    or a ``<script>`` tag in one would act there. The message never repeats a control character.
+    """
+    m = _CONTROL.search(text)
+    if m:
+        return f"control character U+{ord(m.group(0)):04X} at column {m.start() + 1} (no escape codes or line breaks)"
+    m = _MARKUP.search(text)
+    if m:
+        what = f"<{m.group(1).lower()}> tag" if m.group(1) else "character entity"
+        return f"HTML markup (a {what} at column {m.start() + 1})"
+    return None
+
+
+def rule_plain_text(draft: dict, ctx: LintContext) -> str | None:
+    for field_name in ("question", "answer"):
+        problem = plain_text_problem(draft[field_name])
+        if problem:
+            return f"plain_text: the {field_name} contains {problem}"
     return None
 
 
@@ -186,12 +293,15 @@ def rule_not_duplicate(draft: dict, ctx: LintContext) -> str | None:
 
 RULES: list[Callable[[dict, LintContext], str | None]] = [
     rule_schema,
+    rule_injection,
+    rule_plain_text,
     rule_names_target,
     rule_single_question,
     rule_article,
     rule_length,
     rule_answer_hidden,
     rule_side,
+    rule_organ_part,
     rule_no_identifiers,
     rule_not_duplicate,
 ]

@@ -7,8 +7,11 @@ pictures, scaled with them):
 * ``coffee.png`` (600 x 400): a cup and a spoon (supercategory kitchen), and the dining table under
   them, which covers more than 40% of the picture and is therefore dropped by ingest, as in the
   published control set;
-* ``rocket.jpg`` (640 x 427): the rocket on its launch pad and the two lightning masts beside it
-  (one "mast" region with two boxes: one box per instance, the published rule).
+* ``rocket.jpg`` (640 x 427): the rocket on its launch pad and the four lattice masts around it, the
+  two beside it and the two cut by the picture's left and right edges (one "mast" region with four
+  boxes: one box per instance, the published rule). Every visible instance is annotated: a count
+  question counts annotated instances, so a missed one makes its answer wrong (two drawn masts of
+  four once gave "two"); the offline templates ask no count where an instance touches the edge.
 
     .venv/bin/python scripts/make_coco_sample.py [--out vgmed_build/sample/coco]
 """
@@ -44,6 +47,8 @@ OBJECTS = {
         (91, [312, 130, 320, 122, 328, 130, 334, 160, 336, 400, 304, 400, 306, 160]),
         (92, [190, 130, 206, 130, 206, 400, 190, 400]),
         (92, [438, 120, 454, 120, 454, 400, 438, 400]),
+        (92, [46, 0, 90, 0, 78, 426, 0, 426, 0, 330]),
+        (92, [560, 0, 598, 0, 639, 250, 639, 426, 578, 426]),
     ],
 }
 

@@ -14,58 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from drafting_fixtures import LlmServer, make_catalog, run_cli
+from drafting_fixtures import EIGHT, MODEL, count, drafts_by_label, llm_args, make_catalog, opts, run_cli
 
 from vgmed_build.catalog import open_catalog
 from vgmed_build.drafting.export import export_drafts
 from vgmed_build.drafting.generate import GenerateOptions, run_generate
-from vgmed_build.drafting.llm import LlmConfig
 from vgmed_build.resources import schema_errors
-
-MODEL = "test-model"
-EIGHT = [  # distinct targets, so every attribute prompt is distinct
-    (f"organ{i}", name, [], side, "organ", [10 + 5 * i, 10, 40 + 5 * i, 50])
-    for i, (name, side) in enumerate(
-        [
-            ("liver", "right"),
-            ("spleen", "left"),
-            ("pancreas", "midline"),
-            ("stomach", "left"),
-            ("gallbladder", "right"),
-            ("aorta", "midline"),
-            ("bladder", "midline"),
-            ("duodenum", "right"),
-        ]
-    )
-]
-
-
-@pytest.fixture
-def server_factory(tmp_path):
-    servers: list[LlmServer] = []
-
-    def start(script: dict | None = None) -> LlmServer:
-        servers.append(LlmServer(script or {}, tmp_path))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
-
-
-def opts(server: LlmServer, **kw) -> GenerateOptions:
-    llm_kw = {k: kw.pop(k) for k in list(kw) if k in LlmConfig.__dataclass_fields__}
-    llm_kw = {"backoff_s": 0.05, "timeout_s": 10.0, "concurrency": 4, **llm_kw}
-    llm = LlmConfig(model=MODEL, base_url=server.base_url, **llm_kw)
-    return GenerateOptions(drafter="llm", progress=False, llm=llm, **kw)
-
-
-def drafts_by_label(cat, q_type: str = "attribute") -> dict[str, dict]:
-    return {d["label"]: d for d in export_drafts(cat, q_type=q_type)}
-
-
-def count(cat, table: str) -> int:
-    return cat.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
 def test_llm_drafts_then_rerun_makes_zero_requests(tmp_path, server_factory):
@@ -105,20 +59,20 @@ def test_bad_replies_become_error_records_and_are_retried_next_run(tmp_path, ser
     script = {
         "rules": [
             {
-                "match": "Target name: spleen",
+                "match": 'Target name: "spleen"',
                 "replies": [{"kind": "text", "content": "Sure! The spleen looks fine."}],
             },
             {
-                "match": "Target name: liver",
+                "match": 'Target name: "liver"',
                 "replies": [{"kind": "json", "content": {"question": "What about the {obj}?"}}],
             },
-            {"match": "Target name: tumour", "replies": [{"kind": "refusal", "content": "I cannot assist."}]},
+            {"match": 'Target name: "tumour"', "replies": [{"kind": "refusal", "content": "I cannot assist."}]},
             {
-                "match": "Target name: left kidney",
+                "match": 'Target name: "left kidney"',
                 "replies": [{"kind": "status", "status": 429, "retry_after": 1}],
             },
             {
-                "match": "Target name: grey matter",
+                "match": 'Target name: "grey matter"',
                 "replies": [{"kind": "status", "status": 500}, {"kind": "status", "status": 503}],
             },
         ]
@@ -167,7 +121,7 @@ def test_timeouts_and_5xx_exhaust_retries(tmp_path, server_factory):
 
 
 def test_json_schema_fallback_and_text_mode(tmp_path, server_factory):
-    server = server_factory({"reject_json_schema": True})
+    server = server_factory({"reject_formats": ["json_schema"]})
     cat = make_catalog(tmp_path / "b")
     run_generate(cat, opts(server, concurrency=1, localization_per_region=0))
     s = server.stats()
@@ -183,7 +137,7 @@ def test_json_schema_fallback_and_text_mode(tmp_path, server_factory):
     }
     server2 = server_factory(fenced)
     cat2 = make_catalog(tmp_path / "c")
-    run_generate(cat2, opts(server2, json_schema=False, localization_per_region=0))
+    run_generate(cat2, opts(server2, response_format="text", localization_per_region=0))
     assert server2.stats()["json_schema_requests"] == 0
     assert all(d["status"] == "ok" and d["answer"] == "smooth" for d in export_drafts(cat2))
 
@@ -234,8 +188,8 @@ def test_duplicates_and_regenerate_rejected(tmp_path, server_factory):
     server = server_factory(
         {
             "rules": [
-                {"match": "Target name: spleen", "replies": [give_away]},
-                {"match": "Target name: liver", "replies": [same, same]},
+                {"match": 'Target name: "spleen"', "replies": [give_away]},
+                {"match": 'Target name: "liver"', "replies": [same, same]},
             ]
         }
     )
@@ -253,8 +207,8 @@ def test_duplicates_and_regenerate_rejected(tmp_path, server_factory):
     run_generate(cat, opts(server, attributes_per_region=2, localization_per_region=0, regenerate_rejected=True))
     s = server.stats()
     assert s["requests"] == 6
-    assert sum("rejected by the automatic checks (answer_hidden" in p for p in s["recent_prompts"]) == 1
-    assert sum("rejected by the automatic checks (duplicate" in p for p in s["recent_prompts"]) == 1
+    assert sum("rejected by the automatic checks (\"answer_hidden" in p for p in s["recent_prompts"]) == 1
+    assert sum("rejected by the automatic checks (\"duplicate" in p for p in s["recent_prompts"]) == 1
     by = {(d["label"], d["slot"]): d for d in export_drafts(cat)}
     for key in (("organ0", 1), ("organ1", 0)):
         assert by[key]["status"] == "ok" and by[key]["provenance"]["params"]["attempt"] == 1
@@ -271,23 +225,18 @@ def test_with_image_sends_multimodal_requests(tmp_path, server_factory):
     assert all(d["provenance"]["params"]["with_image"] for d in export_drafts(cat))
 
 
-def llm_args(build: Path, server: LlmServer) -> list[str]:
-    """`generate` arguments for the LLM drafter against the scripted server."""
-    return ["generate", "--build", str(build), "--drafter", "llm", "--model", MODEL, "--base-url", server.base_url]
-
-
 def test_api_key_never_reaches_catalog_or_logs(tmp_path, server_factory):
     marker = "sk-VGMED-MARKER-7f3a9c"
     server = server_factory(
         {
             "rules": [
                 {
-                    "match": "Target name: spleen",
+                    "match": 'Target name: "spleen"',
                     "replies": [{"kind": "status", "status": 500, "echo_auth": True}] * 3,
                 },
                 {
-                    "match": "Target name: liver",
-                    "replies": [{"kind": "status", "status": 401, "echo_auth": True}],
+                    "match": 'Target name: "liver"',
+                    "replies": [{"kind": "status", "status": 422, "echo_auth": True}],
                 },
             ]
         }
@@ -361,7 +310,7 @@ def test_drafts_export_is_valid_jsonl(tmp_path, server_factory):
     server = server_factory(
         {
             "rules": [
-                {"match": "Target name: spleen", "replies": [{"kind": "refusal"}]},
+                {"match": 'Target name: "spleen"', "replies": [{"kind": "refusal"}]},
                 # Only the attribute prompt states the structure category.
                 {"match": "Structure category", "replies": [{"kind": "json", "content": compound}]},
             ]
@@ -404,7 +353,7 @@ def test_generate_on_a_real_ingest_of_the_bundled_sample(tmp_path, server_factor
     assert len(loc) == len(att) == len(regions)
     # Display names from the sources file, side words in them agree with the computed sides.
     assert all(d["status"] == "ok" and d["display_name"] in d["question"] for d in loc)
-    assert any("grey matter of the left half of the brain" in d["question"] for d in loc)
+    assert any("grey matter on the patient's left" in d["question"] for d in loc)
     assert not any("cerebral" in d["question"] or " a grey" in d["question"] for d in drafts)
     pos = {d["display_name"]: d for d in drafts if d["q_type"] == "position"}
     assert pos["descending aorta"]["status"] == "ok"

@@ -14,7 +14,7 @@ from pathlib import Path
 from vgmed_build.catalog import Catalog
 from vgmed_build.drafting.lint import LintLimits, names_a_side
 from vgmed_build.drafting.llm import LlmConfig
-from vgmed_build.drafting.templates import Prompts, pick_slots, target_name
+from vgmed_build.drafting.templates import Prompts, attribute_choices, pick_slots, target_name
 from vgmed_build.identifiers import stable_id
 
 Q_TYPES = ("localization", "attribute", "position")
@@ -114,7 +114,7 @@ class Planner:
         n_attr = (
             o.attributes_per_region
             if o.drafter == "llm"
-            else min(o.attributes_per_region, len(p.attribute_profile(region)))
+            else min(o.attributes_per_region, len(attribute_choices(p, region)))
         )
         specs += [DraftSpec("attribute", s, o.drafter) for s in range(n_attr)]
         lateral = region.get("side") in ("left", "right")

@@ -58,7 +58,8 @@ def region_records(
 ) -> list[dict]:
     """The records of one region's new drafts, linted together and against the region's other ok
     questions (``kept_questions``); a draft lint rejects gets status 'rejected' and the reason."""
-    ctx = LintContext(target_names(region), {normalize(q) for q in kept_questions}, limits)
+    ctx = LintContext(target_names(region), {normalize(q) for q in kept_questions}, limits,
+                      str(region.get("category") or ""))
     records = []
     for spec, prop in sorted(done, key=lambda d: (Q_TYPES.index(d[0].q_type), d[0].slot)):
         record = build_record(region, spec, prop)

@@ -205,37 +205,93 @@ def pick_slots(region_id: str, n_available: int, n_wanted: int) -> list[int]:
     return [(start + i) % n_available for i in range(min(n_wanted, n_available))]
 
 
-DEFAULT_THRESHOLDS = {"small_max": 0.01, "large_min": 0.10, "elongated_min": 2.0, "middle_band": 0.1}
+DEFAULT_THRESHOLDS = {
+    "small_max": 0.01,
+    "large_min": 0.10,
+    "elongated_min": 2.0,
+    "middle_band": 0.1,
+    "part_min_ratio": 0.002,
+}
+
+# An answer rule gives None where the question would have no answer a reader agrees with (a structure
+# cut by the image edge, one spanning the image's parts): that question is not asked for that region.
+AnswerRule = Callable[[dict, dict[str, float]], "str | None"]
 
 
-def size_answer(region: dict, t: dict[str, float]) -> str:
+def box_area(box: list[int]) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def parts(region: dict, t: dict[str, float]) -> list[list[int]]:
+    """The region's boxes a reader counts as parts: those of at least ``part_min_ratio`` of the image
+    (a box holds at least its component, so a smaller box is a speck a reader would not count)."""
+    floor = t["part_min_ratio"] * int(region["width"]) * int(region["height"])
+    return [b for b in region["boxes"] if box_area(b) >= floor]
+
+
+def touches_edge(box: list[int], region: dict) -> bool:
+    """Whether a box reaches the image border: the structure may go on outside the image."""
+    return box[0] <= 0 or box[1] <= 0 or box[2] >= int(region["width"]) or box[3] >= int(region["height"])
+
+
+def size_answer(region: dict, t: dict[str, float]) -> str | None:
     ratio = float(region["area_ratio"])
     return "small" if ratio < t["small_max"] else "large" if ratio > t["large_min"] else "medium"
 
 
-def count_answer(region: dict, t: dict[str, float]) -> str:
-    n = int(region["n_components"])
-    return _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else "more than five"
+def count_answer(region: dict, t: dict[str, float]) -> str | None:
+    """Parts above the size floor; not asked when none is, or when one is cut by the image edge."""
+    found = parts(region, t)
+    if not found or any(touches_edge(b, region) for b in found):
+        return None
+    return _NUMBER_WORDS[len(found)] if len(found) < len(_NUMBER_WORDS) else "more than five"
 
 
-def shape_answer(region: dict, t: dict[str, float]) -> str:
-    x0, y0, x1, y1 = max(region["boxes"], key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+def shape_answer(region: dict, t: dict[str, float]) -> str | None:
+    """Aspect of the largest part; not asked when the edge cuts it (its shape is not all visible)."""
+    found = parts(region, t)
+    if not found:
+        return None
+    x0, y0, x1, y1 = largest = max(found, key=box_area)
+    if touches_edge(largest, region):
+        return None
     w, h = x1 - x0, y1 - y0
     return "elongated" if max(w, h) / max(1, min(w, h)) >= t["elongated_min"] else "compact"
 
 
-def vertical_answer(region: dict, t: dict[str, float]) -> str:
-    y = float(region["centroid"][1]) / float(region["height"])
-    return "upper" if y < 0.5 - t["middle_band"] else "lower" if y > 0.5 + t["middle_band"] else "middle"
+def _extent_part(lo: float, hi: float, size: float, band: float, names: tuple[str, str, str]) -> str | None:
+    """Which part of an axis holds all of [lo, hi): the first half, the second half, or the central
+    band (within ``band`` of the centre); None when the extent spans parts (the answer is arguable)."""
+    if hi <= size / 2:
+        return names[0]
+    if lo >= size / 2:
+        return names[2]
+    if lo >= (0.5 - band) * size and hi <= (0.5 + band) * size:
+        return names[1]
+    return None
 
 
-def horizontal_answer(region: dict, t: dict[str, float]) -> str:
-    """Picture half holding the centroid (natural photographs; patient sides are a different thing)."""
-    x = float(region["centroid"][0]) / float(region["width"])
-    return "left" if x < 0.5 - t["middle_band"] else "right" if x > 0.5 + t["middle_band"] else "centre"
+def vertical_answer(region: dict, t: dict[str, float]) -> str | None:
+    """Part of the image holding every part of the target (not asked when the target spans parts:
+    a structure across the centre is 'middle' in every image and says nothing about where it is)."""
+    found = parts(region, t)
+    if not found:
+        return None
+    y0, y1 = min(b[1] for b in found), max(b[3] for b in found)
+    return _extent_part(y0, y1, int(region["height"]), t["middle_band"], ("upper", "middle", "lower"))
 
 
-ATTRIBUTE_ANSWERS = {
+def horizontal_answer(region: dict, t: dict[str, float]) -> str | None:
+    """Picture part holding every part of the target (natural photographs; patient sides are a
+    different thing); not asked when the target spans parts."""
+    found = parts(region, t)
+    if not found:
+        return None
+    x0, x1 = min(b[0] for b in found), max(b[2] for b in found)
+    return _extent_part(x0, x1, int(region["width"]), t["middle_band"], ("left", "centre", "right"))
+
+
+ATTRIBUTE_ANSWERS: dict[str, AnswerRule] = {
     "horizontal": horizontal_answer,
     "size": size_answer,
     "count": count_answer,
@@ -244,14 +300,27 @@ ATTRIBUTE_ANSWERS = {
 }
 
 
+def attribute_choices(prompts: Prompts, region: dict) -> list[tuple[AttributeRule, str]]:
+    """The offline attribute questions ``region`` can be asked, with their answers, in slot order:
+    the profile's attributes from a per-region offset, minus those without an agreed answer here."""
+    profile = prompts.attribute_profile(region)
+    start = region_offset(region["id"], len(profile))
+    choices = []
+    for name in profile[start:] + profile[:start]:
+        rule = prompts.attributes[name]
+        answer = ATTRIBUTE_ANSWERS[rule.answer](region, prompts.thresholds)
+        if answer is not None:
+            choices.append((rule, answer))
+    return choices
+
+
 def attribute_from_template(prompts: Prompts, region: dict, slot: int) -> tuple[Template, str, str] | None:
     """The slot-th offline attribute question of ``region``: (template, question, answer)."""
-    profile = prompts.attribute_profile(region)
-    if not profile:
+    choices = attribute_choices(prompts, region)
+    if slot >= len(choices):
         return None
-    rule = prompts.attributes[profile[(region_offset(region["id"], len(profile)) + slot) % len(profile)]]
-    question = rule.question.ask_about(target_name(region))
-    return rule.question, question, ATTRIBUTE_ANSWERS[rule.answer](region, prompts.thresholds)
+    rule, answer = choices[slot]
+    return rule.question, rule.question.ask_about(target_name(region)), answer
 
 
 def location_text(region: dict) -> str:

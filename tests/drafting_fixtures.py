@@ -16,9 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from vgmed_build.catalog import Catalog, now_iso, open_catalog
+from vgmed_build.drafting.export import export_drafts
+from vgmed_build.drafting.generate import GenerateOptions
+from vgmed_build.drafting.llm import LlmConfig
 from vgmed_build.resources import schema_errors
 
 SERVER = Path(__file__).with_name("llm_server.py")
@@ -50,7 +54,8 @@ def make_catalog(
         for i in range(n_images):
             key = f"case{i:05d}.nii.gz"
             c.execute(
-                "INSERT INTO items VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO items (source, item_key, fingerprint, status, n_images, n_regions, finished_at) "
+                "VALUES (?,?,?,?,?,?,?)",
                 (source, key, "fp", "done", 1, len(targets), now_iso()),
             )
             image_id = _hid(source, key, "0")
@@ -143,3 +148,60 @@ class LlmServer:
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """``vgmed-build ARGS`` in a subprocess (its own logging and exit code, as a user sees them)."""
     return subprocess.run([sys.executable, "-m", "vgmed_build.cli", *args], capture_output=True, text=True, env=env)
+
+
+# --- the LLM drafter against the scripted server (a pytest plugin: see conftest.py) ---------------
+
+MODEL = "test-model"
+EIGHT = [  # distinct targets, so every attribute prompt is distinct
+    (f"organ{i}", name, [], side, "organ", [10 + 5 * i, 10, 40 + 5 * i, 50])
+    for i, (name, side) in enumerate(
+        [
+            ("liver", "right"),
+            ("spleen", "left"),
+            ("pancreas", "midline"),
+            ("stomach", "left"),
+            ("gallbladder", "right"),
+            ("aorta", "midline"),
+            ("bladder", "midline"),
+            ("duodenum", "right"),
+        ]
+    )
+]
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    """Start scripted servers (``server_factory(script)``); all are stopped after the test."""
+    servers: list[LlmServer] = []
+
+    def start(script: dict | None = None) -> LlmServer:
+        servers.append(LlmServer(script or {}, tmp_path))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def opts(server: LlmServer, **kw) -> GenerateOptions:
+    """LLM drafting options against ``server``; LlmConfig fields and GenerateOptions fields mixed."""
+    llm_kw = {k: kw.pop(k) for k in list(kw) if k in LlmConfig.__dataclass_fields__}
+    llm_kw = {"backoff_s": 0.05, "timeout_s": 10.0, "concurrency": 4, **llm_kw}
+    llm = LlmConfig(model=MODEL, base_url=server.base_url, **llm_kw)
+    return GenerateOptions(drafter="llm", progress=False, llm=llm, **kw)
+
+
+def drafts_by_label(cat, q_type: str = "attribute") -> dict[str, dict]:
+    """The drafts of one question type by their region's label."""
+    return {d["label"]: d for d in export_drafts(cat, q_type=q_type)}
+
+
+def count(cat, table: str) -> int:
+    """Rows in a catalog table (tests read the catalog directly)."""
+    return cat.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def llm_args(build: Path, server: LlmServer) -> list[str]:
+    """`generate` arguments for the LLM drafter against the scripted server."""
+    return ["generate", "--build", str(build), "--drafter", "llm", "--model", MODEL, "--base-url", server.base_url]

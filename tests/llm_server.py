@@ -7,15 +7,22 @@ replies by kind, max requests in flight, bearer tokens seen, response formats), 
 counts from the server side. Script (JSON):
 
     {"latency_ms": 0,                      # added to every reply
-     "reject_json_schema": false,          # answer 400 to response_format json_schema (fallback test)
+     "reject_formats": ["json_schema"],    # answer 400 to these response_format types, as vLLM words it
+     "models": ["test-model"],             # GET /v1/models lists these; absent: /v1/models answers 404
+     "require_key": "sk-...",              # every endpoint answers 401 to another bearer token
      "default": {"kind": "auto"},          # reply when no rule matches
-     "rules": [{"match": "Target name: spleen", "replies": [SPEC, SPEC, ...]}]}
+     "rules": [{"match": 'Target name: "spleen"', "replies": [SPEC, SPEC, ...]}]}
 
 A request matching a rule's substring (in its messages) takes that rule's next reply; once a rule's
 replies are used up the default applies. SPEC kinds: auto (a valid reply built from the prompt; varies
 with the seed), json (``content`` object, "{obj}" filled in), text (raw ``content``), refusal,
-status (``status``, optional ``retry_after``; ``echo_auth`` echoes the API key in the error),
-plus ``delay_ms`` on any of them (a slow reply).
+status (``status``, optional ``retry_after`` and ``message``; ``echo_auth`` echoes the API key in the
+error), reject_format (400 "response_format ... is not supported" when the request asks json_schema,
+else an auto reply). Options on any of them: ``delay_ms`` (a slow reply), ``drip_ms`` (the body is
+sent one byte every drip_ms after the headers, as a stalled stream), ``usage`` (this JSON value
+replaces the reply's usage object: negative counts, strings, a list, null), ``think`` (the content is
+preceded by ``<think>THINK</think>``, as reasoning models answer; ``"think_open": true`` leaves the
+block unclosed).
 
 The batch service (OpenAI's files + batches API): ``POST /v1/files`` (multipart upload, purpose
 batch), ``GET /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``, ``GET /v1/batches``,
@@ -23,7 +30,8 @@ batch), ``GET /v1/files``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
 request (``response.status_code`` 200 or the scripted error status). Script keys: ``batch_polls``
 (retrieves a batch answers ``in_progress`` before it completes, default 1) and
 ``batch_create_delay_ms`` (the batch exists at once but the create call answers late: a client
-killed meanwhile never learns its id). Counts in ``/stats``: ``files_uploaded``, ``batches_created``,
+killed meanwhile never learns its id). Counts in ``/stats`` also: ``models_requests``, ``unauthorized`` (401s sent),
+``formats`` (chat requests by response_format type, "none" without one), ``files_uploaded``, ``batches_created``,
 ``batch_lines`` (requests answered through batches), ``batch_retrieves``, ``file_downloads``.
 """
 
@@ -64,6 +72,9 @@ class State:
             "max_in_flight": 0,
             "bearer_tokens": [],
             "json_schema_requests": 0,
+            "formats": {},
+            "models_requests": 0,
+            "unauthorized": 0,
             "image_requests": 0,
             "recent_prompts": [],
             "seeds": [],
@@ -96,9 +107,19 @@ def _text_of(messages: list) -> str:
     return "\n".join(parts)
 
 
+def target_of(text: str) -> str:
+    """The target name as the prompt gives it: a JSON string (quoted data), or the rest of the line."""
+    target = re.search(r"Target (?:name|object): (.+)", text)
+    if not target:
+        return "structure"
+    value = target.group(1).strip()
+    if value.startswith('"'):
+        return json.JSONDecoder().raw_decode(value)[0]
+    return value
+
+
 def auto_reply(text: str, seed: int) -> dict:
-    target = re.search(r"Target name: (.+)", text)
-    obj = target.group(1).strip() if target else "structure"
+    obj = target_of(text)
     if "Question to rephrase:" in text:
         return {"question": _PARAPHRASE[seed % len(_PARAPHRASE)].format(obj=obj)}
     q, a, kind = _ATTRIBUTE[seed % len(_ATTRIBUTE)]
@@ -115,10 +136,9 @@ def _fill(value, obj: str):
 
 def completion(body: dict, text: str, seed: int, spec: dict, kind: str, n: int) -> dict | None:
     """The chat.completion body of a scripted reply (None for an unknown kind)."""
-    target = re.search(r"Target name: (.+)", text)
-    obj = target.group(1).strip() if target else "structure"
+    obj = target_of(text)
     refusal = None
-    if kind == "auto":
+    if kind in ("auto", "reject_format"):
         content = json.dumps(auto_reply(text, seed))
     elif kind == "json":
         content = json.dumps(_fill(spec["content"], obj))
@@ -128,8 +148,12 @@ def completion(body: dict, text: str, seed: int, spec: dict, kind: str, n: int) 
         content, refusal = None, spec.get("content", "I can't help with that.")
     else:
         return None
+    if content is not None and "think" in spec:
+        content = f"<think>{_fill(spec['think'], obj)}" + ("" if spec.get("think_open") else "</think>\n" + content)
     prompt_tokens = len(text) // 4 + 1
     completion_tokens = len(content or refusal) // 4 + 1
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
     return {
         "id": f"chatcmpl-{n}",
         "object": "chat.completion",
@@ -139,8 +163,7 @@ def completion(body: dict, text: str, seed: int, spec: dict, kind: str, n: int) 
             {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content,
                                                                "refusal": refusal}}
         ],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "usage": spec["usage"] if "usage" in spec else usage,
     }
 
 
@@ -190,7 +213,7 @@ def make_handler(state: State):
         def log_message(self, *args) -> None:  # quiet
             pass
 
-        def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
+        def _send(self, status: int, body: dict, headers: dict | None = None, drip_ms: float = 0) -> None:
             data = json.dumps(body).encode()
             try:
                 self.send_response(status)
@@ -199,19 +222,45 @@ def make_handler(state: State):
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(data)
+                if not drip_ms:
+                    self.wfile.write(data)
+                for i in range(len(data) if drip_ms else 0):  # a stalled stream: one byte at a time
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(drip_ms / 1000.0)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout): expected in the slow-reply tests
+
+        def _unauthorized(self) -> bool:
+            """Answer 401, as a server started with an API key does, unless the bearer token is that key."""
+            key = state.script.get("require_key")
+            if key is None or self.headers.get("Authorization") == f"Bearer {key}":
+                return False
+            with state.lock:
+                state.stats["unauthorized"] += 1
+            self._send(401, {"error": {"message": "Unauthorized", "type": "invalid_request_error",
+                                       "code": "invalid_api_key"}})
+            return True
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/stats":
                 with state.lock:
                     self._send(200, state.stats)
+            elif self._unauthorized():
+                pass
+            elif self.path.rstrip("/").endswith("/models") and "models" in state.script:
+                with state.lock:
+                    state.stats["models_requests"] += 1
+                self._send(200, {"object": "list", "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "scripted"}
+                    for m in state.script["models"]]})
             elif not self._batch_get():
                 self._send(404, {"error": {"message": "not found"}})
 
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self._unauthorized():
+                return
             if self.path.rstrip("/").endswith("/files"):
                 self._upload(raw)
                 return
@@ -224,7 +273,9 @@ def make_handler(state: State):
                 return
             text = _text_of(body.get("messages", []))
             seed = int(body.get("seed") or 0)
-            json_schema = (body.get("response_format") or {}).get("type") == "json_schema"
+            fmt = (body.get("response_format") or {}).get("type") or "none"
+            json_schema = fmt == "json_schema"
+            rejected = state.script.get("reject_formats", [])
             spec = state.pick(text)
             kind = spec.get("kind", "auto")
             with state.lock:
@@ -233,6 +284,7 @@ def make_handler(state: State):
                 s["in_flight"] += 1
                 s["max_in_flight"] = max(s["max_in_flight"], s["in_flight"])
                 s["json_schema_requests"] += int(json_schema)
+                s["formats"][fmt] = s["formats"].get(fmt, 0) + 1
                 s["image_requests"] += int('"image_url"' in json.dumps(body.get("messages", [])))
                 s["seeds"].append(seed)
                 s["recent_prompts"] = (s["recent_prompts"] + [text])[-100:]
@@ -241,14 +293,16 @@ def make_handler(state: State):
                     s["bearer_tokens"].append(token)
             try:
                 time.sleep((state.script.get("latency_ms", 0) + spec.get("delay_ms", 0)) / 1000.0)
-                if json_schema and state.script.get("reject_json_schema"):
-                    kind = "reject_json_schema"
+                if fmt in rejected or (kind == "reject_format" and json_schema):
+                    kind = "reject_format"
                     self._send(
                         400,
                         {
                             "error": {
-                                "message": "response_format json_schema is not supported",
-                                "type": "invalid_request_error",
+                                "message": f"response_format {fmt} is not supported by this server",
+                                "type": "BadRequestError",
+                                "param": None,
+                                "code": 400,
                             }
                         },
                     )
@@ -270,7 +324,7 @@ def make_handler(state: State):
             if reply is None:
                 self._send(500, {"error": {"message": f"unknown scripted kind {kind}"}})
             else:
-                self._send(200, reply)
+                self._send(200, reply, drip_ms=spec.get("drip_ms", 0))
 
         # --- the batch service ------------------------------------------------------------------
         def _batch_get(self) -> bool:

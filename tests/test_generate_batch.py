@@ -10,8 +10,7 @@ import sys
 import time
 
 import pytest
-from drafting_fixtures import make_catalog, run_cli
-from test_generate_llm import llm_args, opts, server_factory  # noqa: F401  (fixture)
+from drafting_fixtures import llm_args, make_catalog, opts, run_cli
 
 from vgmed_build.catalog import open_catalog
 from vgmed_build.drafting.generate import run_generate
@@ -32,7 +31,7 @@ def _batches(build) -> list[tuple]:
                                 "ORDER BY created_at, rowid").fetchall()
 
 
-def test_batch_drafts_equal_live_and_survive_a_kill(tmp_path, server_factory):  # noqa: F811
+def test_batch_drafts_equal_live_and_survive_a_kill(tmp_path, server_factory):
     live = server_factory()
     make_catalog(tmp_path / "live").close()
     res = run_cli(*llm_args(tmp_path / "live", live), "--paraphrase")
@@ -83,11 +82,11 @@ def test_batch_drafts_equal_live_and_survive_a_kill(tmp_path, server_factory):  
     assert server.stats() == s
 
 
-def test_failed_lines_go_to_follow_up_batches(tmp_path, server_factory):  # noqa: F811
+def test_failed_lines_go_to_follow_up_batches(tmp_path, server_factory):
     server = server_factory({
         "batch_polls": 0,
-        "rules": [{"match": "Target name: spleen", "replies": [{"kind": "status", "status": 503}]},
-                  {"match": "Target name: liver", "replies": [{"kind": "text", "content": "no JSON here"}]}],
+        "rules": [{"match": 'Target name: "spleen"', "replies": [{"kind": "status", "status": 503}]},
+                  {"match": 'Target name: "liver"', "replies": [{"kind": "text", "content": "no JSON here"}]}],
     })
     cat = make_catalog(tmp_path / "b")
     run = lambda: run_generate(cat, opts(server, paraphrase=True, batch=True))  # noqa: E731

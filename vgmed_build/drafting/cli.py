@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from vgmed_build.commands import EXIT_INCOMPLETE, EXIT_ITEM_ERRORS, EXIT_OK, add
 from vgmed_build.drafting.export import write_drafts
 from vgmed_build.drafting.generate import run_generate
 from vgmed_build.drafting.lint import LintLimits
-from vgmed_build.drafting.llm import LlmConfig, install_log_redaction
+from vgmed_build.drafting.llm import RESPONSE_FORMATS, LlmConfig, install_log_redaction
 from vgmed_build.drafting.plan import GenerateOptions
 from vgmed_build.drafting.templates import TemplateError
 from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
@@ -125,12 +126,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1.0,
         help="first retry delay in seconds (doubles per retry, with jitter; Retry-After wins)",
     )
-    llm.add_argument("--timeout", type=float, default=60.0, help="seconds before one request times out")
+    llm.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="deadline in seconds for one request, reply included: a reply still arriving then is cut off "
+        "(and retried like a timeout)",
+    )
+    llm.add_argument(
+        "--response-format",
+        choices=RESPONSE_FORMATS,
+        default="json_schema",
+        help="how replies are asked to be JSON: json_schema (strict, the schema sent), json_object (the mode "
+        "many local servers support), or text (JSON parsed out of the reply); when the server answers 400 "
+        "rejecting a mode, the run goes on with the next one (default: %(default)s)",
+    )
     llm.add_argument(
         "--no-json-schema",
+        dest="response_format",
+        action="store_const",
+        const="text",
+        help="the same as --response-format text",
+    )
+    llm.add_argument(
+        "--no-model-check",
         action="store_true",
-        help="do not send response_format json_schema; parse JSON from the reply text "
-        "(chosen automatically when the server answers 400 to it)",
+        help="do not ask the server's /models list whether it serves --model before the first request "
+        "(for servers whose list does not name what --model names, e.g. deployments)",
     )
     llm.add_argument(
         "--max-requests",
@@ -165,8 +187,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_drafts)
 
 
+def llm_option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the LLM options, before any work (a zero concurrency would hang, a negative
+    timeout fails every request, a zero max-tokens yields empty replies that are still paid for)."""
+    at_least = {
+        "--concurrency": (args.concurrency, 1),
+        "--max-tokens": (args.max_tokens, 1),
+        "--max-retries": (args.max_retries, 0),
+        "--retry-backoff": (args.retry_backoff, 0),
+        "--temperature": (args.temperature, 0),
+        "--price-in": (args.price_in, 0),
+        "--price-out": (args.price_out, 0),
+        "--max-requests": (args.max_requests, 0),
+        "--max-cost-usd": (args.max_cost_usd, 0),
+    }
+    for name, (value, low) in at_least.items():
+        if value is not None and not low <= value < math.inf:  # NaN fails too
+            return f"{name} must be a finite number >= {low} (got {value})"
+    if not 0 < args.timeout < math.inf:
+        return f"--timeout must be a positive number of seconds (got {args.timeout})"
+    return None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     install_log_redaction()
+    problem = llm_option_problem(args)
+    if problem:
+        return fail(problem)
     if args.price_in == 0 and args.price_out == 0 and args.max_cost_usd is not None:
         log.warning("--max-cost-usd without --price-in/--price-out: the cost estimate stays 0")
     llm = None
@@ -179,8 +226,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             timeout_s=args.timeout,
             max_retries=args.max_retries,
             backoff_s=args.retry_backoff,
-            concurrency=max(1, args.concurrency),
-            json_schema=not args.no_json_schema,
+            concurrency=args.concurrency,
+            response_format=args.response_format,
+            check_model=not args.no_model_check,
             max_requests=args.max_requests,
             max_cost_usd=args.max_cost_usd,
             price_in=args.price_in,
@@ -212,6 +260,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except (CatalogError, TemplateError, LockBusy) as exc:
         return fail(str(exc))
     log.info("generate: %s", stats.summary())
+    if stats.fatal:
+        return fail(f"{stats.fatal}; everything drafted so far is stored")
     if stats.budget_reached:
         log.warning("budget reached: everything drafted so far is stored; rerun to continue")
         return EXIT_INCOMPLETE

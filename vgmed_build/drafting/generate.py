@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from vgmed_build.catalog import Catalog
 from vgmed_build.drafting.batch import BatchQueue, Deferred
-from vgmed_build.drafting.llm import BudgetExhausted, LlmClient, ResponseCache, redact
+from vgmed_build.drafting.llm import BudgetExhausted, LlmClient, LlmFatal, ResponseCache, redact
 from vgmed_build.drafting.plan import DraftSpec, GenerateOptions, Planner, draft_id
 from vgmed_build.drafting.propose import Proposal, Proposer
 from vgmed_build.drafting.records import STAGE, region_item, region_records, write_region_drafts
@@ -44,7 +44,9 @@ class GenerateStats:
     cache_hits: int = 0
     retries: int = 0
     cost_usd: float = 0.0
+    usage_estimated: int = 0  # replies whose token usage was unusable (cost counted as an upper bound)
     budget_reached: str | None = None
+    fatal: str | None = None  # why no request of this run could succeed (bad key, model not served)
     batch_waiting: int = 0  # drafts waiting on a batch reply (asked now or earlier)
     batch_submitted: list[str] = field(default_factory=list)  # batch ids created by this run
     batch_downloaded: int = 0
@@ -57,11 +59,14 @@ class GenerateStats:
             f"LLM: {self.requests} requests, {self.cache_hits} cache hits, {self.retries} retries, "
             f"estimated ${self.cost_usd:.4f}"
         )
+        if self.usage_estimated:
+            text += f" ({self.usage_estimated} replies without usable token usage: counted as an upper bound)"
         if self.batch_waiting or self.batch_submitted or self.batch_downloaded:
             text += (f"; batch service: {self.batch_downloaded} replies downloaded, {self.batch_waiting} drafts "
                      f"waiting (rerun later to collect them)"
                      + (f", submitted {', '.join(self.batch_submitted)}" if self.batch_submitted else ""))
-        return text + (f"; STOPPED: {self.budget_reached}" if self.budget_reached else "")
+        stopped = self.fatal or self.budget_reached
+        return text + (f"; STOPPED: {stopped}" if stopped else "")
 
 
 def run_generate(catalog: Catalog, options: GenerateOptions) -> GenerateStats:
@@ -144,6 +149,7 @@ class _Generator:
                 self.stats.cache_hits = self.client.cache_hits
                 self.stats.retries = self.client.retries
                 self.stats.cost_usd = self.client.budget.cost_usd
+                self.stats.usage_estimated = self.client.usage_estimated
                 await self.client.close()
         return self.stats
 
@@ -156,6 +162,9 @@ class _Generator:
             elif isinstance(result, BudgetExhausted):
                 self.stop = True
                 self.stats.budget_reached = str(result)
+            elif isinstance(result, LlmFatal):  # the slot stays open; the run stops sending
+                self.stop = True
+                self.stats.fatal = self.stats.fatal or str(result)
             elif isinstance(result, BaseException):
                 raise result
             else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -13,14 +14,20 @@ from vgmed_build.drafting.plan import DraftSpec
 from vgmed_build.drafting.templates import Prompts, location_text, target_name
 
 
+def quoted(text: object) -> str:
+    """Text from a dataset (a label, a name, a question) as a JSON string literal: a prompt shows it as
+    data, and a label such as "cyst\\nTarget name: liver" cannot start a line that forges a field."""
+    return json.dumps(str(text), ensure_ascii=False)
+
+
 def attribute_messages(prompts: Prompts, region: dict, image_url: str | None, previous_note: str = "") -> list:
     """The chat messages asking the LLM for one attribute question about ``region``'s boxed target."""
     system, user = prompts.llm_attribute
     values = {
-        "obj": target_name(region),
-        "modality": region["modality"],
-        "body_part": region.get("body_part") or "not given",
-        "category": region.get("category") or "not given",
+        "obj": quoted(target_name(region)),
+        "modality": quoted(region["modality"]),
+        "body_part": quoted(region.get("body_part") or "not given"),
+        "category": quoted(region.get("category") or "not given"),
         "side": region["side"],
         "location": location_text(region),
         "area_percent": f"{100 * region['area_ratio']:.2f}",
@@ -42,9 +49,9 @@ def paraphrase_messages(prompts: Prompts, region: dict, question: str, previous_
     """The chat messages asking the LLM to reword the localization ``question`` about ``region``."""
     system, user = prompts.llm_paraphrase
     values = {
-        "obj": target_name(region),
-        "modality": region["modality"],
-        "question": question,
+        "obj": quoted(target_name(region)),
+        "modality": quoted(region["modality"]),
+        "question": quoted(question),
         "previous_note": previous_note,
     }
     return [
@@ -59,7 +66,7 @@ def previous_note(spec: DraftSpec) -> str:
         return ""
     question, reason = spec.previous
     return (
-        f"An earlier draft was rejected by the automatic checks ({reason}): {question!r}. "
+        f"An earlier draft was rejected by the automatic checks ({quoted(reason)}): {quoted(question)}. "
         "Write a different question that passes them.\n"
     )
 

@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from vgmed_build.drafting.llm import LlmClient, LlmError
+from vgmed_build.drafting.llm import LlmClient, LlmError, Usage
 from vgmed_build.drafting.messages import attribute_messages, boxed_image_data_url, paraphrase_messages, previous_note
 from vgmed_build.drafting.plan import DraftSpec, GenerateOptions
 from vgmed_build.drafting.templates import Prompts, Template, attribute_from_template, pick_slots, target_name
@@ -98,29 +98,28 @@ class Proposer:
         try:
             reply = await self.client.complete(messages, schema, call_params)
         except LlmError as exc:
-            return Proposal(
-                "",
-                "",
-                tpl,
-                params,
-                model,
-                exc.prompt_tokens,
-                exc.completion_tokens,
-                exc.cost_usd,
-                False,
-                error=f"llm: {exc}",
-            )
+            return _llm_proposal("", "", tpl, params, model, exc.usage, exc.cost_usd, False, f"llm: {exc}")
         data = reply.data
         if "attribute" in data:
             params["attribute"] = data["attribute"]
-        return Proposal(
-            data["question"].strip(),
-            answer or data["answer"].strip(),
-            tpl,
-            params,
-            model,
-            reply.prompt_tokens,
-            reply.completion_tokens,
-            reply.cost_usd,
-            reply.cache_hit,
-        )
+        question, answer = data["question"].strip(), answer or data["answer"].strip()
+        return _llm_proposal(question, answer, tpl, params, model, reply.usage, reply.cost_usd, reply.cache_hit)
+
+
+def _llm_proposal(
+    question: str,
+    answer: str,
+    tpl: Template,
+    params: dict,
+    model: str | None,
+    usage: Usage,
+    cost_usd: float,
+    cache_hit: bool,
+    error: str | None = None,
+) -> Proposal:
+    """An LLM proposal with its tokens and cost; an estimate (the server's usage was unusable) says so."""
+    if usage.estimated:
+        params = {**params, "usage_estimated": True}
+    return Proposal(
+        question, answer, tpl, params, model, usage.prompt_tokens, usage.completion_tokens, cost_usd, cache_hit, error
+    )

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,7 +18,7 @@ from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
 from vgmed_build.export import ExportError, export_parquet, export_vqa_json
 from vgmed_build.release import ReleaseOptions, build_release
-from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE
+from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -83,5 +88,153 @@ def test_export_needs_a_valid_release(rel, tmp_path):
     (broken / "manifest.json").write_text("{}")
     lines = (rel / ATTRIBUTE_FILE).read_text().splitlines()
     (broken / ATTRIBUTE_FILE).write_text(lines[0] + "\n" + json.dumps({"id": "x"}) + "\n")
-    with pytest.raises(ExportError, match=r"VGMED_attribute.jsonl:2: "):
+    with pytest.raises(ExportError, match=r"manifest.json: no file list to verify the release against"):
         export_vqa_json(broken, tmp_path / "x.json")
+    with pytest.raises(ExportError, match=r"VGMED_attribute.jsonl:2: "):
+        export_vqa_json(broken, tmp_path / "x.json", verify=False)  # the records are still checked
+    assert not (tmp_path / "x.json").exists()
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def own_copy(rel: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "rel"
+    shutil.copytree(rel, copy)
+    return copy
+
+
+def test_a_users_file_or_folder_is_never_overwritten(rel, tmp_path, capsys):
+    """Issue 30: exit 2 and nothing changed, unless the target is a previous export of ours or --overwrite."""
+    results = tmp_path / "my-results.json"
+    results.write_text('{"accuracy": 0.93}\n')
+    folder = tmp_path / "analysis"
+    folder.mkdir()
+    (folder / "VGMED_attribute.parquet").write_bytes(b"my own parquet")
+    (folder / "notes.txt").write_text("mine")
+    before = tree(tmp_path)
+    vqa = ["export", str(rel), "--format", "vqa-json", "--out", str(results)]
+    pq_args = ["export", str(rel), "--format", "parquet", "--out", str(folder)]
+    assert main(vqa) == 2
+    assert f"error: {results} exists and is not a previous vqa-json export of vgmed; nothing was changed" in (
+        capsys.readouterr().err
+    )
+    assert main(pq_args) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} holds 2 entries that are not a previous parquet export of vgmed" in err
+    assert "VGMED_attribute.parquet, notes.txt" in err and "--overwrite" in err
+    assert tree(tmp_path) == before  # nothing changed, no temporary file left
+
+    # a previous export of ours is replaced without asking (an earlier one made by an older run, too)
+    ours_json, ours_pq = tmp_path / "ours.json", tmp_path / "ours-pq"
+    for args in (["--format", "vqa-json", "--out", str(ours_json)], ["--format", "parquet", "--out", str(ours_pq)]):
+        assert main(["export", str(rel), *args]) == 0
+        assert main(["export", str(rel), *args]) == 0
+    assert sorted(p.name for p in ours_pq.iterdir()) == ["VGMED_attribute.parquet", "VGMED_localization.parquet"]
+
+    # --overwrite replaces the user's file, and in a folder only the files of our names
+    assert main([*vqa, "--overwrite"]) == 0
+    assert json.loads(results.read_text())[0]["images"][0].startswith("../")
+    assert main([*pq_args, "--overwrite"]) == 0
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert pq.read_table(folder / "VGMED_attribute.parquet").num_rows == len(read_jsonl(rel / ATTRIBUTE_FILE))
+
+
+def test_a_tampered_release_is_refused_unless_no_verify(rel, tmp_path, capsys):
+    copy = own_copy(rel, tmp_path)
+    lines = (copy / ATTRIBUTE_FILE).read_text().splitlines()
+    record = json.loads(lines[0])
+    record["answer"] = "tampered"
+    (copy / ATTRIBUTE_FILE).write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    (copy / "VGMED_extra.jsonl").write_text("")  # not in the manifest either
+    out = tmp_path / "x.json"
+    assert main(["export", str(copy), "--format", "vqa-json", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{ATTRIBUTE_FILE}: SHA-256 differs from the manifest" in err and "--no-verify" in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["rel"]
+    assert main(["export", str(copy), "--format", "vqa-json", "--out", str(out), "--no-verify"]) == 0
+    assert json.loads(out.read_text())[0]["answer"] == "tampered"
+
+
+def test_nothing_outside_the_release_is_embedded(rel, tmp_path, capsys):
+    """Issue 30: an image that is a link to a file outside, with the manifest updated to match (so the
+    checksums agree), is refused before anything is read or written, with --no-verify too."""
+    copy = own_copy(rel, tmp_path)
+    secret = tmp_path / "secret.key"
+    secret.write_bytes(b"-----BEGIN PRIVATE KEY----- TOPSECRET")
+    image = json.loads((copy / ATTRIBUTE_FILE).read_text().splitlines()[0])["image"]
+    (copy / image).unlink()
+    (copy / image).symlink_to(secret)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"][image] = {"kind": "image", "bytes": secret.stat().st_size, "sha256": sha256_file(secret)}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "pq"
+    for extra in ([], ["--no-verify"]):
+        assert main(["export", str(copy), "--format", "parquet", "--embed-images", "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{image!r}" in err and "is a symbolic link that leads out of the release" in err, err
+        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["rel", "secret.key"]
+    # a manifest listing a path above the release is refused before anything is opened or hashed
+    manifest["files"]["../secret.key"] = manifest["files"].pop(image)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["export", str(copy), "--format", "vqa-json", "--out", str(tmp_path / "x.json")]) == 2
+    assert "lists '../secret.key', which leaves the release (an absolute or ../ path); not read" in (
+        capsys.readouterr().err
+    )
+
+
+# Runs `export` with a file-size limit: SIGXFSZ kills it in the middle of writing (a kill at a known
+# point), or, with the signal ignored, every write past the limit fails with EFBIG as on a full disk.
+LIMITED = """
+import resource, signal, sys
+from vgmed_build.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL if sys.argv[1] == "kill" else signal.SIG_IGN)  # Python ignores it
+resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("fmt, name", [("vqa-json", "out.json"), ("parquet", "out-pq")])
+def test_a_killed_or_failing_export_leaves_the_earlier_one_intact(rel, tmp_path, fmt, name):
+    out = tmp_path / name
+    args = ["export", str(rel), "--format", fmt, "--out", str(out), "--embed-images"][: 6 if fmt == "vqa-json" else 7]
+    assert main(args) == 0
+    good = out.read_bytes() if out.is_file() else tree(out)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    killed = subprocess.run([sys.executable, "-c", LIMITED, "kill", *args], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr.decode()
+    assert (out.read_bytes() if out.is_file() else tree(out)) == good
+    failed = subprocess.run([sys.executable, "-c", LIMITED, "ignore", *args], env=env, capture_output=True, text=True)
+    assert failed.returncode == 2, failed.stderr
+    assert failed.stderr.startswith("error: cannot write ") and "File too large" in failed.stderr
+    assert "an earlier export there is unchanged" in failed.stderr and "Traceback" not in failed.stderr
+    assert (out.read_bytes() if out.is_file() else tree(out)) == good
+    # the killed run's temporary file stays (vgmed cannot prove it wrote it); the failed one removed its own
+    assert len([p for p in tmp_path.iterdir() if ".tmp-" in p.name]) == 1
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs (needs the right to mount, e.g. root in a container; skipped otherwise)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_is_a_clear_error(rel, full_disk, capsys):
+    out = full_disk / "out-pq"
+    assert main(["export", str(rel), "--format", "parquet", "--out", str(out)]) == 0
+    good = tree(out)
+    with open(full_disk / "filler", "wb", buffering=0) as fh:
+        with pytest.raises(OSError):
+            while True:
+                fh.write(b"\0" * 4096)
+    assert main(["export", str(rel), "--format", "parquet", "--out", str(out), "--embed-images"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {out}/") and "No space left on device" in err
+    assert tree(out) == good
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "out-pq"]

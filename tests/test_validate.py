@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +280,39 @@ def test_blank_images_are_flagged(rel):
     found = problems(rel)
     blank = f"image {images[0].relative_to(rel).as_posix()}: is blank: every pixel has the value 0"
     assert any(blank in p for p in found)
+
+
+def test_nothing_outside_the_release_is_read(rel, tmp_path):
+    """Issue 30: links leading out of the release and manifest paths above it are reported and never
+    opened or hashed: a secret outside stays unread (the forbid scan never sees it), and a FIFO outside,
+    which would block any reader, does not hang the run."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET-VALUE\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    forbid = tmp_path / "forbid.txt"
+    forbid.write_text("TOPSECRET-VALUE\n")
+    image = json.loads((rel / ATTRIBUTE_FILE).read_text().splitlines()[0])["image"]
+    (rel / image).unlink()
+    (rel / image).symlink_to(secret)
+    (rel / "README.md").unlink()
+    (rel / "README.md").symlink_to(secret)
+    (rel / "COCO_attribute.jsonl").symlink_to(fifo)
+    (rel / "loop").symlink_to(rel / "loop")
+    manifest = json.loads((rel / "manifest.json").read_text())
+    manifest["files"]["../secret.txt"] = {"kind": "card", "bytes": 16, "sha256": "0" * 64}
+    manifest["files"]["../fifo"] = {"kind": "card", "bytes": 0, "sha256": "0" * 64}
+    (rel / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    run = subprocess.run(
+        [sys.executable, "-m", "vgmed_build.cli", "validate", str(rel), "--forbid-file", str(forbid)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 1, run.stderr
+    out = run.stdout
+    assert "forbidden string" not in out and "TOPSECRET" not in out
+    link_out = "is a symbolic link that leads out of the release: not read (a release holds its own files)"
+    for rel_path in (image, "README.md", "COCO_attribute.jsonl"):
+        assert f"{rel_path}:0: {link_out}" in out, out
+    assert "loop:0: cannot be resolved (a symbolic link loop): not read" in out
+    for listed in ("../secret.txt", "../fifo"):
+        assert f"lists {listed!r}, which leaves the release (an absolute or ../ path); not read" in out

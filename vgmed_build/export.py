@@ -7,6 +7,12 @@
   questions) as a JSON list of ``{id, question, answer, images: [path], ...}``, the shape evaluation
   harnesses take for open VQA; image paths are relative to the JSON file.
 
+A format is an :class:`ExportFormat` in :data:`FORMATS`: a builder that reads the (verified) release
+and returns the files to write, and a test that recognises a file it wrote earlier. Everything else is
+shared: the release is checked against its manifest's checksums first (``--no-verify`` skips that),
+nothing outside the release root is read, an existing output is only replaced when it is a previous
+export of that format (or ``--overwrite``), and every file is written to a temporary file of ours
+next to the output and renamed over it, so a kill or a full disk leaves the earlier export intact.
 Exports go next to the release, never into it (its manifest lists every file it contains).
 """
 
@@ -15,105 +21,210 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import Any, BinaryIO
 
 from vgmed_build.commands import EXIT_OK, fail
 from vgmed_build.release_format import (
     ATTRIBUTE_FILE,
+    CONFIGS,
+    CONTROL_CONFIGS,
     MANIFEST_FILE,
     RecordFileError,
+    leaves_root,
+    listed_file_problems,
     manifest_configs,
-    path_inside,
     read_lines,
 )
 from vgmed_build.resources import schema_errors
 
-FORMATS = ("parquet", "vqa-json")
-
-ARROW_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("image", pa.string()),
-        ("question", pa.string()),
-        ("answer", pa.string()),
-        ("bbox", pa.list_(pa.list_(pa.int32(), 4))),
-        ("bbox_convention", pa.string()),
-        ("q_type", pa.string()),
-        ("modality", pa.string()),
-        ("body_part", pa.string()),
-        ("label", pa.string()),
-        ("side", pa.string()),
-        ("plane", pa.string()),
-        ("area_ratio", pa.float64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("source", pa.struct([("dataset", pa.string()), ("licence", pa.string())])),
-        (
-            "review",
-            pa.struct(
-                [
-                    ("status", pa.string()),
-                    ("n_reviewers", pa.int32()),
-                    ("agreement", pa.float64()),
-                    ("edited", pa.bool_()),
-                ]
-            ),
-        ),
-    ]
-)
+VQA_KEYS = ("id", "question", "answer", "images", "q_type", "modality", "label")
+MAX_SHOWN = 5  # problems named in one message
 
 
 class ExportError(ValueError):
-    """The release cannot be exported (the message names the file and line)."""
+    """The release cannot be exported, or the output may not be written (the message says which file)."""
 
 
-def check_release(release_dir: Path) -> None:
-    """ExportError unless ``release_dir`` is a release made by `vgmed-build release` (has its manifest)."""
-    if not (release_dir / MANIFEST_FILE).is_file():
-        raise ExportError(f"{release_dir}: no {MANIFEST_FILE}; export works on releases made by `vgmed-build release`")
+@cache
+def arrow_schema(embed_images: bool = False):
+    """The Parquet files' explicit schema (pyarrow is imported here: only `export` needs it)."""
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("image", pa.string()),
+            ("question", pa.string()),
+            ("answer", pa.string()),
+            ("bbox", pa.list_(pa.list_(pa.int32(), 4))),
+            ("bbox_convention", pa.string()),
+            ("q_type", pa.string()),
+            ("modality", pa.string()),
+            ("body_part", pa.string()),
+            ("label", pa.string()),
+            ("side", pa.string()),
+            ("plane", pa.string()),
+            ("area_ratio", pa.float64()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("source", pa.struct([("dataset", pa.string()), ("licence", pa.string())])),
+            (
+                "review",
+                pa.struct(
+                    [
+                        ("status", pa.string()),
+                        ("n_reviewers", pa.int32()),
+                        ("agreement", pa.float64()),
+                        ("edited", pa.bool_()),
+                    ]
+                ),
+            ),
+        ]
+    )
+    return schema.append(pa.field("image_bytes", pa.binary())) if embed_images else schema
 
 
-def read_records(release_dir: Path, name: str) -> list[dict]:
-    """Records of one question file, each checked against the release record schema."""
-    check_release(release_dir)
-    path = release_dir / name
-    records = []
+# ---------------------------------------------------------------- reading a release
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    embed_images: bool = False  # parquet: add the PNG bytes
+    verify: bool = True  # check every file against the manifest's size and SHA-256 first
+    overwrite: bool = False  # replace an existing output that is not a previous export of ours
+
+
+@dataclass
+class Release:
+    """A release being exported: its manifest, and reads that never leave its root."""
+
+    root: Path
+    manifest: dict[str, Any]
+    listed: dict[str, Any] = field(default_factory=dict)  # the manifest's files (verified unless --no-verify)
+
+    def path(self, rel: str) -> Path:
+        """``root / rel``, or ExportError when it leaves the root (also through a symbolic link)."""
+        problem = leaves_root(self.root, rel)
+        if problem:
+            raise ExportError(f"{self.root}: {rel!r} {problem}; nothing outside the release is read")
+        return self.root / rel
+
+    def record_files(self) -> list[str]:
+        """The question files present (ours and the control set's), in config order."""
+        return list(manifest_configs(p.name for p in self.root.glob("*.jsonl")).values())
+
+    def records(self, name: str) -> list[dict]:
+        """Records of one question file, each checked against the release record schema."""
+        path = self.path(name)
+        try:
+            lines = list(read_lines(path))
+        except RecordFileError as exc:
+            raise ExportError(str(exc)) from exc
+        records = []
+        for line in lines:
+            if line.error:
+                raise ExportError(f"{path}:{line.number}: {line.error}")
+            errors = schema_errors("release_record", line.record)
+            if errors:
+                raise ExportError(f"{path}:{line.number}: {errors[0]} (run `vgmed-build validate`)")
+            records.append(line.record)
+        return records
+
+    def image_bytes(self, rel: str) -> bytes:
+        if self.listed and rel not in self.listed:
+            raise ExportError(f"{self.root}: image {rel} is not listed in {MANIFEST_FILE}")
+        try:
+            return self.path(rel).read_bytes()
+        except OSError as exc:
+            raise ExportError(f"{self.root / rel}: cannot be read ({exc.strerror or exc})") from exc
+
+
+def open_release(release_dir: str | Path, verify: bool = True) -> Release:
+    """The release at ``release_dir``; ExportError unless it is one made by `vgmed-build release`
+    and, with ``verify``, every file matches its manifest (nothing changed, added or missing)."""
+    root = Path(release_dir)
+    if not root.is_dir() or not (root / MANIFEST_FILE).is_file():
+        raise ExportError(f"{root}: no {MANIFEST_FILE}; export works on releases made by `vgmed-build release`")
+    release = Release(root, {})
     try:
-        lines = list(read_lines(path))
-    except RecordFileError as exc:
-        raise ExportError(str(exc)) from exc
-    for line in lines:
-        if line.error:
-            raise ExportError(f"{path}:{line.number}: {line.error}")
-        errors = schema_errors("release_record", line.record)
-        if errors:
-            raise ExportError(f"{path}:{line.number}: {errors[0]} (run `vgmed-build validate`)")
-        records.append(line.record)
-    return records
+        release.manifest = json.loads(release.path(MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{root / MANIFEST_FILE}: cannot be read as JSON ({exc})") from exc
+    if not verify:
+        return release
+    listed = release.manifest.get("files") if isinstance(release.manifest, dict) else None
+    if not isinstance(listed, dict):
+        raise ExportError(f"{root / MANIFEST_FILE}: no file list to verify the release against (--no-verify skips)")
+    problems = [problem for _, problem in listed_file_problems(root, listed)]
+    problems += [f"{name} is not listed" for name in release.record_files() if name not in listed]
+    if problems:
+        more = f"; and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
+        shown = "; ".join(problems[:MAX_SHOWN])
+        raise ExportError(
+            f"{root}: the release differs from its {MANIFEST_FILE} ({shown}{more}); nothing was exported. "
+            "Run `vgmed-build validate` on it; --no-verify exports it anyway"
+        )
+    release.listed = listed
+    return release
 
 
-def export_parquet(release_dir: str | Path, out_dir: str | Path, embed_images: bool = False) -> list[Path]:
-    """Write one Parquet file per config into ``out_dir``; return their paths."""
-    release_dir, out_dir = Path(release_dir), Path(out_dir)
-    schema = ARROW_SCHEMA.append(pa.field("image_bytes", pa.binary())) if embed_images else ARROW_SCHEMA
-    check_release(release_dir)
-    tables = {}
-    for name in manifest_configs(p.name for p in release_dir.glob("*.jsonl")).values():
-        records = read_records(release_dir, name)  # everything is read and checked before anything is created
-        if embed_images:
-            records = [
-                {**r, "image_bytes": path_inside(release_dir, r["image"], "the release").read_bytes()} for r in records
-            ]
-        tables[Path(name).stem + ".parquet"] = pa.Table.from_pylist(records, schema=schema)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for file_name, table in tables.items():
-        pq.write_table(table, out_dir / file_name)
-        written.append(out_dir / file_name)
-    return written
+# ---------------------------------------------------------------- formats
+
+Writer = Callable[[BinaryIO], None]  # writes one output file's content
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format.
+
+    ``build`` reads and checks everything and returns {file name: writer}, before anything is
+    created; a single-file format returns one entry named after its output. ``ours`` says whether an
+    existing file is one this format wrote (so it may be replaced without --overwrite).
+    """
+
+    name: str
+    suffix: str  # the default output: DIR + suffix
+    folder: bool  # True: the output is a folder of files; False: a single file
+    build: Callable[[Release, Path, ExportOptions], dict[str, Writer]]
+    ours: Callable[[Path], bool]
+    help: str
+
+
+def _parquet_names() -> set[str]:
+    return {Path(name).stem + ".parquet" for name in (*CONFIGS.values(), *CONTROL_CONFIGS.values())}
+
+
+def build_parquet(release: Release, out: Path, options: ExportOptions) -> dict[str, Writer]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = arrow_schema(options.embed_images)
+    outputs: dict[str, Writer] = {}
+    for name in release.record_files():
+        records = release.records(name)
+        if options.embed_images:
+            records = [{**r, "image_bytes": release.image_bytes(r["image"])} for r in records]
+        table = pa.Table.from_pylist(records, schema=schema)
+        outputs[Path(name).stem + ".parquet"] = lambda fh, table=table: pq.write_table(table, fh)
+    return outputs
+
+
+def parquet_is_ours(path: Path) -> bool:
+    """A Parquet file under one of our names whose columns are ours (with or without image_bytes)."""
+    import pyarrow.parquet as pq
+
+    if path.name not in _parquet_names():
+        return False
+    try:
+        names = pq.read_schema(path).names
+    except Exception:  # pyarrow raises several types for a file that is not Parquet
+        return False
+    return names in (arrow_schema(False).names, arrow_schema(True).names)
 
 
 def vqa_items(records: list[dict], image_prefix: str) -> list[dict]:
@@ -132,28 +243,139 @@ def vqa_items(records: list[dict], image_prefix: str) -> list[dict]:
     ]
 
 
-def export_vqa_json(release_dir: str | Path, out_file: str | Path) -> Path:
+def build_vqa_json(release: Release, out: Path, options: ExportOptions) -> dict[str, Writer]:
+    records = release.records(ATTRIBUTE_FILE)
+    prefix = os.path.relpath(release.root.resolve(), out.parent.resolve()).replace(os.sep, "/")
+    data = (json.dumps(vqa_items(records, "" if prefix == "." else prefix + "/"), indent=1, ensure_ascii=False)
+            + "\n").encode("utf-8")
+    return {out.name: lambda fh: fh.write(data)}
+
+
+def vqa_json_is_ours(path: Path) -> bool:
+    """A JSON list whose every item has exactly the keys of our VQA items."""
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(items, list) and all(isinstance(i, dict) and tuple(i) == VQA_KEYS for i in items)
+
+
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat(
+            "parquet", "-parquet", True, build_parquet, parquet_is_ours,
+            "one Parquet file per config with nested boxes/source/review columns (a folder)",
+        ),
+        ExportFormat(
+            "vqa-json", "-vqa.json", False, build_vqa_json, vqa_json_is_ours,
+            "the attribute and position questions with their answers as [{id, question, answer, images: "
+            "[path], q_type, modality, label}], image paths relative to the JSON file (one file)",
+        ),
+    )
+}
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _in_the_way(fmt: ExportFormat, out: Path, overwrite: bool) -> str | None:
+    """Why ``out`` may not be written (a user's file or folder), or None."""
+    if out.is_symlink() or (out.exists() and out.is_dir() != fmt.folder):
+        return f"{out} exists and is not a {'folder' if fmt.folder else 'file'}"
+    if not out.exists() or overwrite:
+        return None
+    if not fmt.folder:
+        return None if fmt.ours(out) else f"{out} exists and is not a previous {fmt.name} export of vgmed"
+    foreign = sorted(p.name for p in out.iterdir() if p.is_symlink() or not p.is_file() or not fmt.ours(p))
+    if foreign:
+        shown = ", ".join(foreign[:MAX_SHOWN]) + (", ..." if len(foreign) > MAX_SHOWN else "")
+        return f"{out} holds {len(foreign)} entries that are not a previous {fmt.name} export of vgmed ({shown})"
+    return None
+
+
+def _write_temp(out: Path, name: str, write: Writer) -> Path:
+    """Write one output into a new temporary file of ours next to ``out``; return its path."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.{name}.tmp-" if name != out.name else f".{out.name}.tmp-",
+                               dir=out.parent)
+    try:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp's 0600 would hide the export from its readers
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def export(
+    release_dir: str | Path, fmt: ExportFormat, out: str | Path, options: ExportOptions = ExportOptions()
+) -> list[Path]:
+    """Export the release at ``release_dir`` as ``fmt`` to ``out``; return the files written.
+
+    ExportError (nothing changed) when the release is not ours or differs from its manifest, when
+    reading would leave its root, or when ``out`` is someone else's and not ``options.overwrite``.
+    """
+    out = Path(out)
+    release = open_release(release_dir, options.verify)
+    outputs = fmt.build(release, out, options)
+    problem = _in_the_way(fmt, out, options.overwrite)
+    if problem:
+        raise ExportError(f"{problem}; nothing was changed; choose another --out, or --overwrite to replace it")
+    folder = out if fmt.folder else out.parent
+    temps: dict[str, Path] = {}
+    target = out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for name, write in outputs.items():
+            target = folder / name
+            temps[name] = _write_temp(out, name, write)
+        target = folder
+        folder.mkdir(exist_ok=True)
+        for name, tmp in temps.items():
+            target = folder / name
+            os.replace(tmp, target)
+        if fmt.folder:  # files of an earlier export this one no longer writes (a control set now absent)
+            for stale in sorted(p for p in out.iterdir() if p.name not in outputs and p.is_file() and fmt.ours(p)):
+                target = stale
+                stale.unlink()
+    except OSError as exc:
+        raise ExportError(
+            f"cannot write {target}: {exc.strerror or exc}; an earlier export there is unchanged"
+        ) from exc
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+    return [folder / name for name in outputs]
+
+
+def export_parquet(release_dir: str | Path, out_dir: str | Path, embed_images: bool = False, **options) -> list[Path]:
+    """Write one Parquet file per config into ``out_dir``; return their paths."""
+    return export(release_dir, FORMATS["parquet"], out_dir, ExportOptions(embed_images=embed_images, **options))
+
+
+def export_vqa_json(release_dir: str | Path, out_file: str | Path, **options) -> Path:
     """Write the attribute file's questions as a VQA JSON list; image paths relative to ``out_file``."""
-    release_dir, out_file = Path(release_dir), Path(out_file)
-    records = read_records(release_dir, ATTRIBUTE_FILE)  # checked before anything is created
-    prefix = os.path.relpath(release_dir.resolve(), out_file.parent.resolve()).replace(os.sep, "/")
-    prefix = "" if prefix == "." else prefix + "/"
-    items = vqa_items(records, prefix)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(json.dumps(items, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return out_file
+    return export(release_dir, FORMATS["vqa-json"], out_file, ExportOptions(**options))[0]
+
+
+# ---------------------------------------------------------------- command line
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
-        description="Export a release made by `vgmed-build release`. parquet: one file per config with "
-        "nested boxes/source/review columns. vqa-json: the attribute and position questions with their "
-        "answers as [{id, question, answer, images: [path], q_type, modality, label}], image paths "
-        "relative to the JSON file.",
+        description="Export a release made by `vgmed-build release`. "
+        + " ".join(f"{f.name}: {f.help}." for f in FORMATS.values())
+        + " The release is verified against its manifest first; an existing output is only replaced "
+        "when it is a previous export of ours; files are written to a temporary file and renamed.",
     )
     p.add_argument("dir", type=Path, help="release directory")
-    p.add_argument("--format", choices=FORMATS, required=True, help="output format")
+    p.add_argument("--format", choices=list(FORMATS), required=True, help="output format")
     p.add_argument(
         "--out",
         type=Path,
@@ -163,21 +385,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "never inside DIR, whose manifest lists every file%(default).0s",
     )
     p.add_argument("--embed-images", action="store_true", help="parquet: add an image_bytes column with the PNG data")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even when it is not a previous export of ours (a file of yours, a folder holding "
+        "other files: files of other names in it are kept)",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="export without checking every file against the manifest's size and SHA-256 (a changed release)",
+    )
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     release_dir = args.dir.resolve()
-    suffix = "-parquet" if args.format == "parquet" else "-vqa.json"
-    out = (args.out or release_dir.with_name(release_dir.name + suffix)).resolve()
-    if out.is_relative_to(release_dir):
-        return fail(f"--out {out} lies inside the release; choose a path outside it")
+    fmt = FORMATS[args.format]
+    out = (args.out or release_dir.with_name(release_dir.name + fmt.suffix)).absolute()
+    if out.resolve().is_relative_to(release_dir):
+        return fail(f"--out {out.resolve()} lies inside the release; choose a path outside it")
+    options = ExportOptions(embed_images=args.embed_images, verify=not args.no_verify, overwrite=args.overwrite)
     try:
-        if args.format == "parquet":
-            for path in export_parquet(release_dir, out, embed_images=args.embed_images):
-                print(f"wrote {path}")
-        else:
-            print(f"wrote {export_vqa_json(release_dir, out)}")
-    except (ExportError, OSError) as exc:
+        for path in export(release_dir, fmt, out, options):
+            print(f"wrote {path}")
+    except ExportError as exc:
         return fail(str(exc))
     return EXIT_OK

@@ -439,8 +439,23 @@ def test_sources_file_formats_agree_and_typos_fail_loudly(tmp_path):
     assert main(["ingest", "--build", str(tmp_path / "b"), "--sources", str(tmp_path / "bad.json")]) == 2
 
 
+def test_a_missing_source_path_changes_nothing_and_is_named_as_typed(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    build = tmp_path / "b"
+    capsys.readouterr()
+    assert ingest(build, "--source", "msd:data/Task01_BrainTumour") == 2
+    err = capsys.readouterr().err
+    assert err == "error: --source msd:data/Task01_BrainTumour: no such file or folder\n"
+    assert not build.exists() and sorted(tmp_path.iterdir()) == []
+    cfg = sources_toml(tmp_path / "s.toml", [{"name": "liver", "kind": "msd", "path": "gone/Task03_Liver"}])
+    assert ingest(build, "--sources", str(cfg)) == 2
+    assert f"source 'liver': {tmp_path}/gone/Task03_Liver: no such file or folder" in capsys.readouterr().err
+    assert not build.exists()
+
+
 def test_unknown_or_missing_source_paths_are_errors_until_fixed(tmp_path, capsys):
     build = tmp_path / "b"
+    (tmp_path / "nowhere").mkdir()
     assert ingest(build, "--source", f"msd:{tmp_path / 'nowhere'}") == 1
     rc, data = stats(build, capsys)
     assert rc == 1 and "not an MSD / nnU-Net dataset folder" in data["errors"][0]["message"]

@@ -165,7 +165,7 @@ def test_nnunet_v2_file_ending_mha(volumes, tmp_path):
     assert set(got) == {"imagesTr/mni_0000.mha"}
     assert got["imagesTr/mni_0000.mha"] == _named(volumes["reference"], LABELS)
 
-    meta["file_ending"] = ".png"
+    meta["file_ending"] = ".jpg"  # lossy: nnU-Net refuses it too
     (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     assert ingest(tmp_path / "b2", "--source", f"msd:{root}") == 1
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import tomllib
 
-from vgmed_build.imaging import CT_WINDOWS
+from vgmed_build.modality import CT_WINDOWS
 from vgmed_build.sources import SourceError, SourceSpec, get_adapter
 from vgmed_build.sources.base import OPTION_TYPES
 
@@ -105,7 +105,25 @@ def load_sources_file(path: str | Path) -> list[SourceSpec]:
     return specs
 
 
-def parse_source_flag(flag: str, modality: str | None = None, body_part: str = "") -> SourceSpec:
+def parse_option_flags(flags: list[str]) -> dict[str, Any]:
+    """``--option KEY=VALUE`` flags -> options. A value is read as a TOML value when it is one
+    (``channel=1``, ``skip_empty=false``, ``cases=["s0001"]``), else taken as a string (``window=liver``)."""
+    options: dict[str, Any] = {}
+    for flag in flags:
+        key, sep, raw = flag.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--option {flag!r}: expected KEY=VALUE, e.g. channel=1")
+        try:
+            options[key] = tomllib.loads(f"value = {raw}")["value"]
+        except tomllib.TOMLDecodeError:
+            options[key] = raw
+    return options
+
+
+def parse_source_flag(
+    flag: str, modality: str | None = None, body_part: str = "", options: dict[str, Any] | None = None
+) -> SourceSpec:
     """``--source KIND:PATH`` -> a SourceSpec named after the path's folder (``Task03_Liver``).
 
     DICOM folders are often named after the patient or the accession, and a source's name reaches the
@@ -119,9 +137,11 @@ def parse_source_flag(flag: str, modality: str | None = None, body_part: str = "
         name = f"dicom-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
     else:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.resolve().name).strip("._-") or kind
-    entry = {"name": name, "kind": kind, "path": str(path), "body_part": body_part}
+    entry: dict[str, Any] = {"name": name, "kind": kind, "path": str(path), "body_part": body_part}
     if modality:
         entry["modality"] = modality
+    if options:
+        entry["options"] = options
     return _spec_from_entry(entry, None, 0, where=f"--source {flag!r}")
 
 

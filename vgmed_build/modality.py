@@ -41,8 +41,12 @@ _NAMES = {
 # DICOM codes of modalities outside the benchmark's own set, named as they are read from headers
 # only (a sources file's "MG" stays "MG").
 _DICOM_ONLY = {"MG": "Mammography", "XA": "X-ray angiography", "RF": "Fluoroscopy", "NM": "Nuclear medicine"}
-# The channel names of an MSD / nnU-Net dataset.json that are not MRI sequences (T1, T2, FLAIR, ADC, ...).
-_MSD_NOT_MRI = {"CT", "PET", "PT", "US"}
+# MSD / nnU-Net channel names that are MR sequences (upper case, without spaces, '-' and '_'): the MSD's
+# own (FLAIR, T1w, t1gd, T2w, T2, ADC, MRI) and those of common nnU-Net datasets (BraTS, ACDC, ...).
+_MR_SEQUENCES = {
+    "MRI", "MR", "T1", "T1W", "T1GD", "T1CE", "T1C", "T1POST", "T1PRE", "T2", "T2W", "FLAIR", "T2FLAIR",
+    "ADC", "DWI", "PD", "PDW", "SWI", "DCE", "CINE", "CINEMRI", "MPRAGE", "T2STAR", "HBV",
+}
 
 
 def normalise(name: str | None) -> str:
@@ -58,13 +62,30 @@ def from_dicom(code: str) -> str:
 
 
 def from_msd_channel(channel: str) -> str:
-    """The first channel name of an MSD / nnU-Net dataset.json -> a name ("" when there is none)."""
-    if not channel:
-        return ""
-    return normalise(channel) if channel.upper() in _MSD_NOT_MRI else MRI
+    """An MSD / nnU-Net ``dataset.json`` channel name -> a name; "" when the name does not say.
+
+    nnU-Net reads these names only to choose a normalisation, so many say nothing about the
+    modality (``zscore``, ``noNorm``, ``rescale_to_0_1``, ``rgb_to_0_1``, ``R``): those give "".
+    """
+    key = "".join(c for c in channel.upper() if c not in " -_*")
+    if key in _MR_SEQUENCES:
+        return MRI
+    return _NAMES.get(key, "")
 
 
 def from_samed2d(code: str) -> str:
     """SA-Med2D-20M's file-name modality (``ct_00``, ``mr_t1``, ``x_ray``, ...) -> a name (else the code)."""
     prefix = code.split("_")[0].upper()
     return XRAY if prefix == "X" else _NAMES.get(prefix, code)
+
+
+# CT windows as (level, width) in Hounsfield units.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "abdomen": (40.0, 400.0),
+    "liver": (80.0, 150.0),
+    "bone": (400.0, 1800.0),
+    "soft_tissue": (50.0, 400.0),
+}

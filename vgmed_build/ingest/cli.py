@@ -7,14 +7,20 @@ import json
 import sys
 from pathlib import Path
 
-from vgmed_build import imaging
 from vgmed_build.catalog import CatalogError, open_catalog
+from vgmed_build.catalog.ingest import INGEST_STAGE as STAGE
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
-from vgmed_build.config import ConfigError, check_unique_names, load_sources_file, parse_source_flag
-from vgmed_build.identifiers import WITH_PATHS_HINT, add_with_paths_arg, hide_item, item_pseudonym
-from vgmed_build.ingest.run import STAGE, run_ingest
+from vgmed_build.config import (
+    ConfigError,
+    check_unique_names,
+    load_sources_file,
+    parse_option_flags,
+    parse_source_flag,
+)
+from vgmed_build.identifiers import WITH_PATHS_HINT, add_with_paths_arg, item_pseudonym
 from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
 from vgmed_build.resources import schema_problems
+from vgmed_build.sources import SourceSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,10 +43,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--source",
         action="append",
-        default=[],
         metavar="KIND:PATH",
         help="quick source without a sources file, e.g. msd:/data/Task03_Liver (repeatable); "
-        "default options, named after the path's last component",
+        "named after the path's last component; options from --option",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an option of the --source flags, as in a sources file's [source.options] (repeatable): "
+        "channel=1, window=liver, plane=coronal, cases=[\"s0001\"]; a value that is not a TOML value "
+        "is a string. Default: each option's default (docs/ingest.md)",
     )
     p.add_argument(
         "--modality",
@@ -49,8 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--body-part",
-        default="",
-        help="body part of the --source flags (also picks the CT window: brain, lung/chest, liver, abdomen, bone, ...)",
+        help="body part of the --source flags (also picks the CT window: brain, lung/chest, liver, abdomen, bone, "
+        "...); default: none",
     )
     p.add_argument(
         "--workers",
@@ -106,12 +119,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         specs = load_sources_file(args.sources) if args.sources else []
-        specs += [parse_source_flag(f, args.modality, args.body_part) for f in args.source]
+        if args.option and not args.source:
+            raise ConfigError("--option sets options of --source flags; give --source KIND:PATH")
+        options = parse_option_flags(args.option or [])
+        flags = args.source or []
+        specs += [parse_source_flag(f, args.modality, args.body_part or "", options) for f in flags]
         check_unique_names(specs, "--sources / --source")
     except ConfigError as exc:
         return fail(str(exc))
     if not specs:
         return fail("nothing to ingest; give --sources FILE or --source KIND:PATH")
+    missing = _missing_paths(specs, flags)
+    if missing:  # checked before the build folder is made: a mistyped path changes nothing
+        return fail("; ".join(missing))
+    from vgmed_build.ingest.run import run_ingest  # numpy, nibabel, pydicom: only once the input is checked
+
     try:
         with stage_lock(args.build, STAGE, args.wait):
             report = run_ingest(
@@ -128,21 +150,30 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     with open_catalog(args.build) as catalog:
         n_images, n_regions = catalog.image_and_region_counts()
     print(
-        f"ingest: {report.items} items: {report.done} ingested, {report.skipped} unchanged, "
-        f"{len(report.errors)} errors, {len(report.withdrawn)} withdrawn (no longer in their source)"
+        f"ingest: {report.items} items: {report.done} ingested, {report.unchanged} unchanged, "
+        f"{report.skipped.total()} skipped, {len(report.errors)} errors, "
+        f"{len(report.withdrawn)} withdrawn (no longer in their source)"
         + (f", {len(report.kept_missing)} missing kept" if report.kept_missing else "")
         + f"; catalog holds {n_images} images, {n_regions} regions"
     )
-    for source, item, message in report.errors:
-        if not args.with_paths:
-            message, item = hide_item(message, source, item), item_pseudonym(source, item)
-        print(
-            f"  error [{source}] {message if message.startswith(item) else f'{item}: {message}'}",
-            file=sys.stderr,
-        )
+    for reason, n in sorted(report.skipped.items()):
+        print(f"  skipped {n} item(s): {reason}")
+    for error in report.errors:
+        print(f"  error [{error.source}] {error.text(args.with_paths)}", file=sys.stderr)
     if report.errors and not args.with_paths:
         print(f"  ({WITH_PATHS_HINT}, e.g. `vgmed-build stats --build {args.build} --with-paths`)", file=sys.stderr)
     return EXIT_ITEM_ERRORS if report.errors else EXIT_OK
+
+
+def _missing_paths(specs: list[SourceSpec], flags: list[str]) -> list[str]:
+    """A message for each source whose path does not exist, naming it as the user typed it (a
+    ``--source`` flag as given; a sources-file entry by name and path)."""
+    typed = [None] * (len(specs) - len(flags)) + flags
+    return [
+        f"{f'--source {flag}' if flag else f'source {spec.name!r}: {spec.path}'}: no such file or folder"
+        for spec, flag in zip(specs, typed, strict=True)
+        if not spec.path.exists()
+    ]
 
 
 def cmd_regions(args: argparse.Namespace) -> int:
@@ -166,7 +197,9 @@ def cmd_regions(args: argparse.Namespace) -> int:
     if str(args.out) == "-":
         sys.stdout.write(text)
     else:
-        imaging.write_atomic(args.out, text.encode())
+        from vgmed_build.imaging import write_atomic
+
+        write_atomic(args.out, text.encode())
         print(f"regions: wrote {len(lines)} records to {args.out}", file=sys.stderr)
     return EXIT_ITEM_ERRORS if bad else EXIT_OK
 
@@ -178,30 +211,35 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return fail(str(exc))
     with catalog:
         stats = catalog.ingest_stats()
-    if not args.with_paths:
-        stats["errors"] = [
-            {
-                **e,
-                "item": item_pseudonym(e["source"], e["item"]),
-                "message": hide_item(e["message"], e["source"], e["item"]),
-            }
-            for e in stats["errors"]
-        ]
+    from vgmed_build.ingest.run import ItemProblem
+
+    errors = [ItemProblem(e["source"], e["item"], e["path"], e["problem"]) for e in stats["errors"]]
+    stats["errors"] = [
+        {
+            "source": e.source,
+            "item": e.item if args.with_paths else item_pseudonym(e.source, e.item),
+            "path": e.path if args.with_paths or not e.path else item_pseudonym(e.source, e.path),
+            "message": e.text(args.with_paths),
+        }
+        for e in errors
+    ]
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
     else:
         print("by source:")
         for name, counts in sorted(stats["sources"].items()):
             print(
-                f"  {name}: {counts['items_done']} items done, {counts['items_error']} failed, "
-                f"{counts['images']} images, {counts['regions']} regions"
+                f"  {name}: {counts['items_done']} items done, {counts['items_skipped']} skipped, "
+                f"{counts['items_error']} failed, {counts['images']} images, {counts['regions']} regions"
             )
         for title in ("modalities", "labels", "sides"):
             print(f"regions by {title.rstrip('s') if title != 'modalities' else 'modality'}:")
             for name, n in stats[title].items():
                 print(f"  {name}: {n}")
+        print(f"items skipped (read, but nothing passed the size filters): {sum(stats['skipped'].values())}")
+        for reason, n in stats["skipped"].items():
+            print(f"  {reason}: {n}")
         print(f"errors: {len(stats['errors'])}")
         for err in stats["errors"]:
-            text = err["message"] if err["message"].startswith(err["item"]) else f"{err['item']}: {err['message']}"
-            print(f"  [{err['source']}] {text}")
+            print(f"  [{err['source']}] {err['message']}")
     return EXIT_ITEM_ERRORS if stats["errors"] else EXIT_OK

@@ -2,7 +2,9 @@
 
 The VGRefine authors' headline table does not name its metric; the figures are percentages on the
 test splits. HuatuoGPT-Vision's own README reports the same base model differently, so both are
-kept, each with its source, and a reproduction is read against both.
+kept, each with its source, and a reproduction is read against both. The authors' paper also reports
+OmniMedVQA and MMMU (Health & Medicine), but no stored copy shows those figures; the report fills
+them from HuatuoGPT-Vision's README (74.0 / 50.6) and names that source.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 from vgmed_eval.chat_templates import HUATUO, LLAVA_MED, recognise
 
 # vgmed benchmark name -> the published table's column
-COLUMNS = {"vqa-rad": "VQA-RAD", "slake": "SLAKE", "pathvqa": "PathVQA", "pmc-vqa": "PMC-VQA"}
+COLUMNS = {"vqa-rad": "VQA-RAD", "slake": "SLAKE", "pathvqa": "PathVQA", "pmc-vqa": "PMC-VQA",
+           "omnimedvqa": "OmniMedVQA", "mmmu-med": "MMMU H&M"}
 PAPER = "VGRefine authors' project page, headline VQA table (metric not named there)"
 HUATUO_README = "HuatuoGPT-Vision README (FreedomIntelligence/HuatuoGPT-Vision)"
 
@@ -33,7 +36,8 @@ PUBLISHED = (
     PublishedRow("HuatuoGPT-Vision-7B", "vgrefine", PAPER,
                  {"VQA-RAD": 71.2, "SLAKE": 76.9, "PathVQA": 67.6, "PMC-VQA": 56.2}),
     PublishedRow("HuatuoGPT-Vision-7B", "baseline", HUATUO_README,
-                 {"VQA-RAD": 63.7, "SLAKE": 76.2, "PathVQA": 57.9, "PMC-VQA": 54.3}),
+                 {"VQA-RAD": 63.7, "SLAKE": 76.2, "PathVQA": 57.9, "PMC-VQA": 54.3, "OmniMedVQA": 74.0,
+                  "MMMU H&M": 50.6}),
 )
 MODELS = sorted({row.model for row in PUBLISHED})
 _BY_PROMPT = {HUATUO.name: "HuatuoGPT-Vision-7B", LLAVA_MED.name: "LLaVA-Med-7B"}

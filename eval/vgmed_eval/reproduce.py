@@ -6,8 +6,10 @@ behaves, resumes and scales exactly as that command does):
 1. ``grounding`` on the VGMED release and its natural-image control (``--control-release``, else the
    release's own ``COCO_*.jsonl`` when it holds them, as the published hub copy does) -> ``OUT/grounding``;
 2. ``heads``: the knockout layer and top-k heads from that run -> ``OUT/heads.json``;
-3. per ``--benchmark NAME=DATA``: ``vqa --vgrefine OUT/heads.json --compare`` (baseline and VGRefine
-   on the same questions, paired tests) -> ``OUT/vqa/NAME``; without heads, the baseline only;
+3. per ``--benchmark NAME=DATA``: ``vqa --vgrefine HEADS --compare`` (baseline and VGRefine on the same
+   questions, paired tests) -> ``OUT/vqa/NAME``; HEADS = ``OUT/heads.json`` (measured), or under
+   ``--protocol published`` the heads the authors published for the compared model (``--heads``);
+   without heads, the baseline only;
 4. ``OUT/report.md`` and ``OUT/report.json``: measured figures beside the published ones, each
    published figure with its source.
 
@@ -31,8 +33,8 @@ from pathlib import Path
 from vgmed_eval import __version__
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import SINGLE, World
-from vgmed_eval.protocol import PROTOCOLS
-from vgmed_eval.published import COLUMNS, MODELS, PAPER, PUBLISHED, figure, published_model
+from vgmed_eval.protocol import PROTOCOLS, PUBLISHED_HEADS
+from vgmed_eval.published import COLUMNS, HUATUO_README, MODELS, PAPER, PUBLISHED, figure, published_model
 from vgmed_eval.vqa.benchmarks import BENCHMARKS
 
 from vgmed_build import commands
@@ -76,6 +78,27 @@ class Options:
     chat_template: Path | None = None
     published_as: str | None = None
     protocol: str = "vgmed"
+    heads: str | None = None  # "published" | "measured"; None: published under --protocol published when known
+
+
+HEADS_CHOICES = ("published", "measured")
+
+
+def heads_key(model: str | None) -> str | None:
+    """The PUBLISHED_HEADS entry of a published model name (HuatuoGPT-Vision-7B -> huatuogpt-vision-7b)."""
+    return model.lower() if model and model.lower() in PUBLISHED_HEADS else None
+
+
+def vgrefine_heads(o: Options) -> tuple[str, str]:
+    """(which heads, the vqa --vgrefine argument): the published ones of the compared model, or measured."""
+    key = heads_key(o.published_as or published_model(o.model))
+    choice = o.heads or ("published" if o.protocol == "published" and key else "measured")
+    if choice == "published":
+        if key is None:
+            raise ValueError(f"--heads published: no published heads for {o.published_as or o.model}; the authors "
+                             f"published heads for {', '.join(PUBLISHED_HEADS)} (name the model with --published-as)")
+        return choice, f"published:{key}"
+    return choice, str(o.out / "heads.json")
 
 
 def parse_benchmark(spec: str) -> tuple[str, Path]:
@@ -120,12 +143,13 @@ def plan_steps(o: Options) -> list[Step]:
     steps = [Step("grounding", argv, outputs),
              Step("heads", ["heads", "--results", str(g), "--top-k", str(o.top_k), "--out", str(heads),
                                    "--protocol", o.protocol], [heads])]
+    _, refine = vgrefine_heads(o)
     for name, data in o.benchmarks.items():
         out = o.out / "vqa" / name
         images = ["--images", str(o.images)] if o.images and BENCHMARKS[name].takes_images else []
         steps.append(Step(f"vqa {name}", ["vqa", "--benchmark", name, "--data", str(data), *images, "--out",
                                           str(out), "--max-new-tokens", str(o.max_new_tokens), "--bootstrap",
-                                          str(o.bootstrap), *_common(o), "--vgrefine", str(heads), "--compare"],
+                                          str(o.bootstrap), *_common(o), "--vgrefine", refine, "--compare"],
                           [out / "results.json"]))
     return steps
 
@@ -144,7 +168,7 @@ def run_steps(o: Options, steps: list[Step], world: World = SINGLE) -> None:
     every rank picks the same heads from the merged files (``heads`` replaces its file atomically)."""
     record_path = o.out / "steps.json"
     done = _load_json(record_path).get("steps", {})
-    parser = commands.build_parser("vgmed-eval", "", __version__, (), STEP_COMMANDS)
+    parser = commands.build_parser("vgmed-eval", "", __version__, STEP_COMMANDS)
     for step in steps:
         previous = done.get(step.name, {})
         if previous.get("status") in ("done", "skipped") and previous.get("argv") == step.argv \
@@ -152,7 +176,7 @@ def run_steps(o: Options, steps: list[Step], world: World = SINGLE) -> None:
             step.status, step.seconds = "skipped", previous.get("seconds")
             log.info("%s: already done, skipped", step.name)
             continue
-        if step.name.startswith("vqa") and not (o.out / "heads.json").exists():
+        if step.name.startswith("vqa") and vgrefine_heads(o)[0] == "measured" and not (o.out / "heads.json").exists():
             step.argv = step.argv[: step.argv.index("--vgrefine")]  # no heads: the baseline only
             step.message = "no heads (grounding or heads failed): baseline only"
         if step.name == "heads" and not all(p.exists() for p in steps[0].outputs):
@@ -199,10 +223,29 @@ def _pct(x) -> float | None:
     return None if x is None else round(100.0 * float(x), 2)
 
 
-def _vqa_summary(name: str, path: Path, published_as: str | None) -> dict:
+def _configuration(r: dict, heads: str) -> str | None:
+    """What the VGRefine column ran with: whose heads, knockout layer(s), how many heads, the triage and the
+    decoding (from the step's own results.json)."""
+    v, d = r.get("vgrefine"), r.get("decoding") or {}
+    decoding = f"greedy, {d.get('max_new_tokens')} token(s) at most, at least {d.get('min_new_tokens', 0)}"
+    if not v:
+        return f"baseline only; {decoding}" if r else None
+    layers = ", ".join(str(x) for x in v.get("knockout_layers", []))
+    return (f"{heads} heads: knockout layer {layers}, {len(v.get('heads', []))} heads, percentile "
+            f"{v.get('percentile'):g}, knockout {v.get('mode')}; {decoding}")
+
+
+def _vqa_summary(name: str, path: Path, published_as: str | None, heads: str) -> dict:
     r = _load_json(path)
     systems = r.get("systems", {})
+    counts = r.get("counts") or {}
     row: dict = {"benchmark": name, "column": COLUMNS.get(name), "n": r.get("n_questions"),
+                 "population": (r.get("population") or {}).get("name"), "metric": r.get("metric"),
+                 "configuration": _configuration(r, heads),
+                 "counts": {"loaded": counts.get("loaded"), "scored": counts.get("scored"),
+                            "failed": counts.get("failed"), "skipped": {
+                                k: (r.get("population") or {}).get(k) for k in ("skipped_open", "skipped_no_options")}},
+                 "copy_notes": r.get("load_notes") or [],
                  "baseline": _pct(systems.get("baseline", {}).get("overall", {}).get("accuracy")),
                  "vgrefine": _pct(systems.get("vgrefine", {}).get("overall", {}).get("accuracy"))}
     comp = r.get("comparison") or {}
@@ -212,15 +255,19 @@ def _vqa_summary(name: str, path: Path, published_as: str | None) -> dict:
                          "ci_diff": [round(v, 4) for v in boot["ci_diff"]], "mcnemar_p": mcn["p_value"],
                          "only_baseline": mcn["only_a"], "only_vgrefine": mcn["only_b"]}
     if published_as:
-        row["published"] = {"model": published_as, "source": PAPER,
-                            "baseline": figure(published_as, "baseline", name),
-                            "vgrefine": figure(published_as, "vgrefine", name)}
+        base, base_source = figure(published_as, "baseline", name), PAPER
+        if base is None and figure(published_as, "baseline", name, HUATUO_README) is not None:
+            base, base_source = figure(published_as, "baseline", name, HUATUO_README), HUATUO_README
+        row["published"] = {"model": published_as, "source": base_source, "baseline": base,
+                            "vgrefine": figure(published_as, "vgrefine", name), "vgrefine_source": PAPER}
     return row
 
 
 def build_report(o: Options, steps: list[Step]) -> dict:
     published_as = o.published_as or published_model(o.model)
     heads = _load_json(o.out / "heads.json")
+    which, refine = vgrefine_heads(o)
+    used = f"published ({published_as})" if which == "published" else "measured"
     return {
         "model": o.model, "vgmed": str(o.vgmed), "vgmed_eval": __version__, "protocol": o.protocol,
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -230,7 +277,9 @@ def build_report(o: Options, steps: list[Step]) -> dict:
         "control": _grounding_summary(o.out / "grounding" / "control" / "summary.json")
         if control_release(o) else None,
         "heads": {k: heads.get(k) for k in ("knockout_layer", "heads", "k", "metric")} if heads else None,
-        "vqa": [_vqa_summary(name, o.out / "vqa" / name / "results.json", published_as) for name in o.benchmarks],
+        "vqa_heads": {"used": which, "vgrefine": refine},
+        "vqa": [_vqa_summary(name, o.out / "vqa" / name / "results.json", published_as, used)
+                for name in o.benchmarks],
         "published": [{"model": r.model, "system": r.system, "source": r.source, "values": r.values}
                       for r in PUBLISHED],
     }
@@ -261,20 +310,33 @@ def render_markdown(report: dict) -> str:
                          f"{_cell(g['most_sensitive_layer'], '{}')} | {ci} |")
     if report["heads"]:
         h = report["heads"]
-        lines += ["", f"VGRefine heads: knockout layer {h['knockout_layer']}, {h['k']} heads by {h['metric']} "
+        lines += ["", f"Measured heads: knockout layer {h['knockout_layer']}, {h['k']} heads by {h['metric']} "
                   f"(first: {', '.join(f'({a},{b})' for a, b in (h['heads'] or [])[:5])})."]
-    lines += ["", "## VQA accuracy (%)", "",
-              "Measured: accuracy over all questions of the benchmark (closed and open); paired statistics "
-              "of VGRefine against the baseline on the same questions (bootstrap of the mean score, exact "
-              "McNemar on correctness).", "",
-              "| benchmark | n | baseline | + VGRefine | score diff (95% CI) | McNemar p | published baseline | "
-              "published + VGRefine |", "|---|---|---|---|---|---|---|---|"]
+    used = report.get("vqa_heads") or {}
+    lines += ["", f"The VQA steps' VGRefine uses the **{used.get('used')}** heads (`--vgrefine {used.get('vgrefine')}`).",
+              "", "## VQA accuracy (%)", "",
+              "Each row says which questions its accuracy is over (population), how answers are scored (metric) "
+              "and what VGRefine ran with (configuration); loaded = questions read, scored = answered per "
+              "system, failed = run-time errors. Paired statistics of VGRefine against the baseline on the same "
+              "questions: bootstrap of the mean score, exact McNemar on correctness. Published figures: "
+              "[P] " + PAPER + "; [H] " + HUATUO_README + ".", "",
+              "| benchmark | population · metric | configuration | loaded | scored | failed | baseline | + VGRefine "
+              "| score diff (95% CI) | McNemar p | published baseline | published + VGRefine | source |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in report["vqa"]:
-        p, pub = v.get("paired"), v.get("published") or {}
+        p, pub, c = v.get("paired"), v.get("published") or {}, v.get("counts") or {}
         diff = f"{p['diff_score']:+.4f} ({p['ci_diff'][0]:+.4f}, {p['ci_diff'][1]:+.4f})" if p else "—"
         mcn = f"{p['mcnemar_p']:.3g}" if p else "—"
-        lines.append(f"| {v['benchmark']} | {_cell(v['n'], '{}')} | {_cell(v['baseline'])} | {_cell(v['vgrefine'])} "
-                     f"| {diff} | {mcn} | {_cell(pub.get('baseline'))} | {_cell(pub.get('vgrefine'))} |")
+        scored = " / ".join(f"{k} {n}" for k, n in (c.get("scored") or {}).items()) or "—"
+        source = "—" if not pub else ("[H]" if pub.get("source") == HUATUO_README else "[P]")
+        who = " ".join(str(v.get("metric") or "—").split()).replace("|", "\\|")
+        lines.append(f"| {v['benchmark']} | {who} | {_cell(v.get('configuration'), '{}')} | "
+                     f"{_cell(c.get('loaded'), '{}')} | {scored} | {_cell(c.get('failed'), '{}')} | "
+                     f"{_cell(v['baseline'])} | {_cell(v['vgrefine'])} "
+                     f"| {diff} | {mcn} | {_cell(pub.get('baseline'))} | {_cell(pub.get('vgrefine'))} | {source} |")
+    notes = [f"- {v['benchmark']}: {n}" for v in report["vqa"] for n in v.get("copy_notes") or []]
+    if notes:
+        lines += ["", "Notes from the readers:", "", *notes]
     cols = list(COLUMNS.values())
     lines += ["", "## Published figures", "", "| model | system | " + " | ".join(cols) + " | source |",
               "|---|---|" + "---|" * len(cols) + "---|"]
@@ -301,6 +363,8 @@ def reproduce(o: Options) -> dict:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "reproduce",
+        help="the paper's pipeline for one model (grounding, heads, VQA with and without VGRefine) and a report "
+             "beside the published figures",
         description=__doc__,
     )
     p.add_argument("--model", required=True,
@@ -319,6 +383,10 @@ def register(subparsers) -> None:
     p.add_argument("--published-as", choices=MODELS,
                    help="the published model to compare with (default: recognised from --model's name)")
     p.add_argument("--top-k", type=int, default=20, help="VGRefine triage heads (the paper: 20)")
+    p.add_argument("--heads", choices=HEADS_CHOICES,
+                   help="the VGRefine heads of the VQA steps: published = the authors' heads of the compared model "
+                        "(knockout layer 16 and 20 heads for HuatuoGPT-Vision-7B; the default under --protocol "
+                        "published when they exist); measured = this run's heads step (the default otherwise)")
     p.add_argument("--device", help="torch device for every step (default: each command's own)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="model dtype")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
@@ -342,7 +410,11 @@ def cmd_reproduce(args) -> int:
                 control=args.control_release, images=args.images, device=args.device, dtype=args.dtype,
                 batch_size=args.batch_size, limit=args.limit, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                 bootstrap=args.bootstrap, chat_template=args.chat_template, published_as=args.published_as,
-                protocol=args.protocol)
+                protocol=args.protocol, heads=args.heads)
+    try:
+        vgrefine_heads(o)
+    except ValueError as exc:
+        return commands.fail(str(exc))
     report = reproduce(o)
     failed = [name for name, s in report["steps"].items() if s["status"] in ("failed", "not run")]
     log.info("report: %s%s", o.out / "report.md", f" ({len(failed)} step(s) failed: {', '.join(failed)})"

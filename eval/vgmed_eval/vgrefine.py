@@ -71,6 +71,19 @@ class VGRefineConfig:
     def triage_layers(self) -> list[int]:
         return sorted({layer for layer, _ in self.heads})
 
+    def check_fits(self, n_layers: int, n_heads: int, model: str, source: str) -> None:
+        """Refuse heads or knockout layers the model does not have (heads picked on another model)."""
+        heads = [f"({layer},{head})" for layer, head in self.heads
+                 if not (0 <= layer < n_layers and 0 <= head < n_heads)]
+        layers = [str(layer) for layer in self.knockout_layers if not 0 <= layer < n_layers]
+        if heads or layers:
+            what = "; ".join(filter(None, [f"heads {' '.join(heads[:5])}" + (" ..." if len(heads) > 5 else "")
+                                           if heads else "", f"knockout layer(s) {', '.join(layers)}" if layers
+                                           else ""]))
+            raise ValueError(f"{source}: {what} outside {model}, which has {n_layers} layers of {n_heads} "
+                             "attention heads (layers and heads count from 0); these heads were picked on "
+                             "another model: pick this model's with `vgmed-eval heads`")
+
 
 def load_heads(path: str | Path) -> tuple[tuple[tuple[int, int], ...], int, str | None]:
     """(heads, knockout_layer, model) from a ``vgmed-eval heads`` JSON file."""

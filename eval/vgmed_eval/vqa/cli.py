@@ -214,6 +214,8 @@ def cmd_vqa(args) -> int:
     if todo:
         try:
             adapter = adapter_from_args(args, world, protocol)
+            if config:
+                config.check_fits(adapter.n_layers, adapter.n_heads, args.model, f"--vgrefine {args.vgrefine}")
         except ValueError as exc:
             return commands.fail(str(exc))
         refiner = VGRefiner(adapter, config, max_new_tokens=_max_new_tokens(args, protocol, items),

@@ -26,23 +26,12 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from vgmed_build.modality import CT_WINDOWS
 from vgmed_build.sources.base import Volume
 
 SLICE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 # In-plane voxel axes (row axis, column axis) of each plane; both are displayed reversed (see above).
 PLANE_AXES = {"sagittal": (2, 1), "coronal": (2, 0), "axial": (1, 0)}
-# CT windows as (level, width) in Hounsfield units.
-CT_WINDOWS: dict[str, tuple[float, float]] = {
-    "brain": (40.0, 80.0),
-    "lung": (-600.0, 1500.0),
-    "mediastinum": (50.0, 350.0),
-    "abdomen": (40.0, 400.0),
-    "liver": (80.0, 150.0),
-    "bone": (400.0, 1800.0),
-    "soft_tissue": (50.0, 400.0),
-}
-
-
 def canonical(volume: Volume) -> Volume:
     """Reorient a volume (image, labels, masks) to the closest canonical RAS+ voxel order."""
     ornt = nio.io_orientation(volume.affine)

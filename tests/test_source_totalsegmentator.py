@@ -136,3 +136,38 @@ def test_layout_problems_are_errors(tmp_path, capsys):
         "nonbinary": "nonbinary/segmentations/brain.nii.gz: a structure mask must hold 0 and one other value, "
                      "got 0, 1, 2, 3, 4",
     }
+
+
+def test_the_folder_of_one_totalsegmentator_run_ingests_however_it_is_pointed_at(reference, tmp_path, capsys):
+    """``TotalSegmentator -i ct.nii.gz -o seg`` (and ``-o seg.nii.gz --ml``) in the user's folder."""
+    t1, labels, affine = mni(2)
+    run = tmp_path / "patient1"                                           # where the user ran the command
+    save(run / "ct.nii.gz", t1, affine)
+    for value, tag in TAGS.items():
+        save(run / "seg" / f"{tag}.nii.gz", (labels == value).astype(np.uint8), affine)
+    save(run / "seg" / "kidney_left.nii.gz", np.zeros_like(labels), affine)
+    ml = tmp_path / "patient2"
+    save(ml / "scan.nii.gz", t1, affine)                                  # -i scan.nii.gz -o seg.nii.gz --ml
+    img = nib.Nifti1Image(labels, affine)
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(0, caret_label_table(TAGS)))
+    nib.save(img, ml / "seg.nii.gz")
+    other = tmp_path / "elsewhere"                                        # masks away from the CT: option image
+    for value, tag in TAGS.items():
+        save(other / "out" / f"{tag}.nii.gz", (labels == value).astype(np.uint8), affine)
+    for name, source, key, extra in [
+        ("folder", run, "patient1", []),                                  # the folder holding ct.nii.gz and seg/
+        ("seg", run / "seg", "seg", []),                                  # seg/ itself, the CT beside it
+        ("ml", ml, "patient2", ["--option", "image=scan.nii.gz"]),
+        ("image", other / "out", "out", ["--option", f"image={run / 'ct.nii.gz'}"]),
+    ]:
+        build = tmp_path / f"b-{name}"
+        assert ingest(build, "--source", f"totalsegmentator:{source}", "--modality", "MRI", *extra) == 0, name
+        assert facts(build) == {key: reference}, name
+    # Without the option, nothing beside the masks is an image: an error saying what to set.
+    assert ingest(tmp_path / "b-none", "--source", f"totalsegmentator:{other / 'out'}", "--modality", "MRI") == 1
+    capsys.readouterr()
+    main(["stats", "--build", str(tmp_path / "b-none"), "--json", "--with-paths"])
+    (error,) = json.loads(capsys.readouterr().out)["errors"]
+    assert error["message"] == ("out: a folder of structure masks without ct.nii.gz in it or beside it "
+                                "(beside: none); set option image (relative to the folder, e.g. "
+                                "image=../scan.nii.gz)")

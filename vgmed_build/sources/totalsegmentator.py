@@ -4,7 +4,9 @@ Layout: ``<root>/<case>/<image>`` (``ct.nii.gz`` in the training set) plus eithe
 ``<root>/<case>/segmentations/<structure>.nii.gz`` (one binary mask per structure, most of them
 empty in any one scan) or the single multi-label file written with ``--ml``
 (``<root>/<case>/segmentations.nii.gz``, label names in its NIfTI header extension). Volumes may be
-in any format of :mod:`.volumes`.
+in any format of :mod:`.volumes`. The folder of one run (``TotalSegmentator -i ct.nii.gz -o seg``)
+is one case: the source is either that folder (the CT and ``seg/`` or ``seg.nii.gz`` in it) or
+``seg/`` itself, the CT beside it.
 
 Empty masks are skipped without an error. Structure names such as ``kidney_left`` become readable
 labels (``left kidney``) and carry a side; that side must agree with the side of the mask's centre
@@ -163,7 +165,8 @@ def _multilabel(spec: SourceSpec, root: Path, ml: Path, shape: tuple[int, ...], 
 
 
 class TotalSegmentatorAdapter:
-    """``kind = "totalsegmentator"``: one item per case folder (see the module docstring)."""
+    """``kind = "totalsegmentator"``: one item per case folder, or one for the folder of a single run
+    (see the module docstring)."""
 
     kind = "totalsegmentator"
     option_types = {"image": STRING, "segmentations": STRING, "cases": STRINGS}
@@ -173,46 +176,106 @@ class TotalSegmentatorAdapter:
         if not root.is_dir():
             yield SourceError("source folder not found or not a folder", path=root.name)
             return
+        if volume_files(root):  # the folder of one run: volumes here, not in case folders
+            yield self._single_run(spec, root)
+            return
         opts = spec.options
-        seg_name = str(opts.get("segmentations", DEFAULT_SEGMENTATIONS))
         wanted = set(opts.get("cases") or [])
         cases = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not cases:
+            seg_name = opts.get("segmentations", DEFAULT_SEGMENTATIONS)
             yield SourceError(f"no case folders (expected <case>/{DEFAULT_IMAGE} + <case>/{seg_name}/)", path=root.name)
         for case in cases:
             if wanted and case.name not in wanted:
                 continue
-            yield self._case(spec, root, case, seg_name)
+            yield self._case(spec, root, case)
 
-    def _case(self, spec: SourceSpec, root: Path, case: Path, seg_name: str) -> SourceItem | SourceError:
-        key = rel(case, root)
-        seg_dir = case / seg_name
-        volumes = [p for p in volume_files(case) if case_of(p) != seg_name]
-        ml = next((p for p in volume_files(case) if case_of(p) == seg_name), None)
+    def _single_run(self, spec: SourceSpec, root: Path) -> SourceItem | SourceError:
+        """``TotalSegmentator -i ct.nii.gz -o seg``: the source is the folder holding the CT and
+        ``seg/`` (one case, keyed by the folder's name), or ``seg/`` itself with the CT beside it (or
+        named by option ``image``, relative to the folder)."""
         image_opt = spec.options.get("image")
+        beside = volume_files(root.parent)
+        if image_opt:
+            image = root / str(image_opt)
+        elif (root / DEFAULT_IMAGE).is_file() or _mask_folders(root):
+            image = None  # the case folder itself: _case finds its image
+        elif (root.parent / DEFAULT_IMAGE).is_file():
+            image = root.parent / DEFAULT_IMAGE
+        elif len(beside) == 1:
+            image = beside[0]
+        else:
+            found = ", ".join(p.name for p in beside) or "none"
+            return SourceError(
+                f"a folder of structure masks without {DEFAULT_IMAGE} in it or beside it (beside: {found}); "
+                "set option image (relative to the folder, e.g. image=../scan.nii.gz)",
+                path=root.name,
+            )
+        if image is None or image.parent.resolve() == root.resolve():
+            return self._case(spec, root.parent, root)
+        if not image.is_file():
+            return SourceError("image file not found", path=rel(image, root.parent))
+        return self._item(spec, root.parent, root, image, volume_files(root), None)
+
+    def _case(self, spec: SourceSpec, base: Path, case: Path) -> SourceItem | SourceError:
+        """One case folder under ``base``: its image, and its masks folder or ``--ml`` file."""
+        key = rel(case, base)
+        seg_opt = spec.options.get("segmentations")
+        image_opt = spec.options.get("image")
+        files = volume_files(case)
         if image_opt:
             image = case / str(image_opt)
         elif (case / DEFAULT_IMAGE).is_file():
             image = case / DEFAULT_IMAGE
-        elif len(volumes) == 1:
-            image = volumes[0]
         else:
-            found = ", ".join(p.name for p in volumes) or "none"
-            return SourceError(f"cannot tell the image among the volume files ({found}); set options.image", path=key)
+            candidates = [p for p in files if case_of(p) != (seg_opt or DEFAULT_SEGMENTATIONS)]
+            if len(candidates) != 1:
+                found = ", ".join(p.name for p in candidates) or "none"
+                return SourceError(
+                    f"cannot tell the image among the volume files ({found}); set options.image", path=key
+                )
+            image = candidates[0]
         if not image.is_file():
-            return SourceError("image file not found", path=rel(image, root))
+            return SourceError("image file not found", path=rel(image, base))
+        seg_name = seg_opt or _segmentations_name(case, image)
+        seg_dir = case / seg_name
         masks = volume_files(seg_dir) if seg_dir.is_dir() else []
+        ml = next((p for p in files if case_of(p) == seg_name), None)
         if not masks and ml is None:
             return SourceError(
                 f"no {seg_name}/ folder of structure masks and no {seg_name}.nii.gz (--ml) file", path=key
             )
+        return self._item(spec, base, case, image, masks, None if masks else ml)
+
+    def _item(self, spec: SourceSpec, base: Path, folder: Path, image: Path, masks: list[Path],
+              ml: Path | None) -> SourceItem:
         modality = spec.modality or (modalities.MRI if image.name.lower().startswith("mr") else modalities.CT)
-        inputs = [ml] if masks == [] else masks
+        masks = [p for p in masks if p != image]
+        inputs = masks or [ml]
         return SourceItem(
-            key=key,
+            key=rel(folder, base),
             files=[*companion_files(image), *(f for p in inputs for f in companion_files(p))],
-            load=partial(_load_case, spec, root, image, masks, None if masks else ml, modality),
+            load=partial(_load_case, spec, base, image, masks, ml, modality),
         )
+
+
+def _mask_folders(folder: Path) -> list[str]:
+    """The sub-folders of ``folder`` that hold volume files (structure masks)."""
+    return [p.name for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".") and volume_files(p)]
+
+
+def _segmentations_name(case: Path, image: Path) -> str:
+    """``segmentations`` (the training set), else what TotalSegmentator's ``-o`` named: the only
+    sub-folder holding volumes (``seg/``), or the only other volume file (``seg.nii.gz``, ``--ml``)."""
+    if (case / DEFAULT_SEGMENTATIONS).is_dir():
+        return DEFAULT_SEGMENTATIONS
+    folders = _mask_folders(case)
+    others = [case_of(p) for p in volume_files(case) if p != image]
+    if len(folders) == 1:
+        return folders[0]
+    if not folders and len(others) == 1:
+        return others[0]
+    return DEFAULT_SEGMENTATIONS
 
 
 register(TotalSegmentatorAdapter())

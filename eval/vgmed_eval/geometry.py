@@ -13,7 +13,7 @@ pad-to-square step; the chain here follows the processor's real steps instead.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -51,6 +51,9 @@ class GridGeometry:
     cell_h: float
     rows: int
     cols: int
+    # "authors": cell edges computed as the authors' code does (origin and size scaled separately, in
+    # floats, no tolerance: 90 * 1.4 = 125.99999999999999 falls in cell 8, not 9), for --cell-edges authors
+    cell_edges: str = "exact"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -68,13 +71,19 @@ class GridGeometry:
 
     def cell_span(self, box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
         """Cell index range ``(r0, c0, r1, c1)`` (r1/c1 exclusive) the box touches; empty when r1<=r0."""
-        cx0, cy0, cx1, cy1 = self.to_canvas(clip_box(box, self.image_w, self.image_h))
+        clipped = clip_box(box, self.image_w, self.image_h)
+        cx0, cy0, cx1, cy1 = self.to_canvas(clipped)
+        eps = _EPS
+        if self.cell_edges == "authors":
+            x0, y0, x1, y1 = clipped
+            cx1, cy1 = cx0 + (x1 - x0) * self.scale_x, cy0 + (y1 - y0) * self.scale_y
+            eps = 0.0
         cx0, cx1 = max(cx0, 0.0), min(cx1, float(self.canvas_w))
         cy0, cy1 = max(cy0, 0.0), min(cy1, float(self.canvas_h))
-        c0 = max(0, math.floor(cx0 / self.cell_w + _EPS))
-        c1 = min(self.cols, math.ceil(cx1 / self.cell_w - _EPS))
-        r0 = max(0, math.floor(cy0 / self.cell_h + _EPS))
-        r1 = min(self.rows, math.ceil(cy1 / self.cell_h - _EPS))
+        c0 = max(0, math.floor(cx0 / self.cell_w + eps))
+        c1 = min(self.cols, math.ceil(cx1 / self.cell_w - eps))
+        r0 = max(0, math.floor(cy0 / self.cell_h + eps))
+        r1 = min(self.rows, math.ceil(cy1 / self.cell_h - eps))
         if cx1 <= cx0 or cy1 <= cy0:
             return r0, c0, r0, c0
         return r0, c0, r1, c1
@@ -200,10 +209,13 @@ def qwen_geometry(
     return stretch_geometry(width, height, out_h, out_w, out_h // factor, out_w // factor)
 
 
-def published_geometry(model: GridGeometry, mapping: str) -> GridGeometry:
+def published_geometry(model: GridGeometry, mapping: str, cell_edges: str = "exact") -> GridGeometry:
     """The authors' box-to-grid mapping on the model's own grid: ``resize`` stretches the whole image onto
     the grid (their later code), ``pad`` pads it to a centred square first (their earliest notebook);
-    ``model`` keeps the model's real preprocessing geometry (vgmed's default)."""
+    ``model`` keeps the model's real preprocessing geometry (vgmed's default). ``cell_edges="authors"``
+    computes the edges with the authors' float arithmetic (see :class:`GridGeometry`)."""
+    if cell_edges != "exact":
+        return replace(published_geometry(model, mapping), cell_edges=cell_edges)
     if mapping == "model":
         return model
     width, height = model.image_w, model.image_h

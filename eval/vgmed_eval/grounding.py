@@ -172,7 +172,8 @@ class GroundingRun:
 
     def _prepare(self, image: Image.Image, qs: list[Question]) -> list[_Item]:
         items = []
-        geometry = published_geometry(self.adapter.geometry(image.width, image.height), self.protocol.box_mapping)
+        geometry = published_geometry(self.adapter.geometry(image.width, image.height), self.protocol.box_mapping,
+                                      self.protocol.cell_edges)
         for q in qs:
             try:
                 check_inside(q.boxes, image.width, image.height, q.box_convention)
@@ -403,7 +404,7 @@ def register(subparsers) -> None:
     p.add_argument("--bbox-format", choices=BOX_FORMATS, default=None,
                    help="read every published box as [x, y, w, h] or [x0, y0, x1, y1], overriding the records' "
                         "bbox_format and the authors' rule (xywh under Slake*, in the older and COCO files)")
-    add_protocol_args(p, ("box_mapping", "xyxy_maxima", "head_norm", "min_pixels", "max_pixels"))
+    add_protocol_args(p, ("box_mapping", "xyxy_maxima", "cell_edges", "head_norm", "min_pixels", "max_pixels"))
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     add_chat_template_arg(p)
     placement.add_arguments(p)

@@ -33,11 +33,13 @@ class Protocol:
     scorer: str = "vgmed"
     population: str = "all"  # VQA questions asked: all as posed, or closed-mc (closed as multiple choice)
     min_new_tokens: int = 0  # greedy decoding: end-of-sequence is not taken before this many tokens
+    cell_edges: str = "exact"  # box edges -> cells exactly, or with the authors' float arithmetic
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("box_mapping", self.box_mapping, BOX_MAPPINGS),
                                      ("head_norm", self.head_norm, HEAD_NORMS), ("scorer", self.scorer, SCORERS),
                                      ("population", self.population, POPULATIONS),
+                                     ("cell_edges", self.cell_edges, ("exact", "authors")),
                                      ("xyxy_maxima", self.xyxy_maxima, ("inclusive", "edges")),
                                      ("vgrefine_mode", self.vgrefine_mode, ("consistent", "prefill"))):
             if value not in allowed:
@@ -51,7 +53,7 @@ VGMED = Protocol("vgmed")
 PUBLISHED = Protocol(
     "published", box_mapping="resize", xyxy_maxima="edges", head_norm="head", min_pixels=784, max_pixels=50176,
     percentile=80.0, vgrefine_mode="prefill", mc_max_new_tokens=1, scorer="published", population="closed-mc",
-    min_new_tokens=1,
+    min_new_tokens=1, cell_edges="authors",
 )
 PROTOCOLS = {p.name: p for p in (VGMED, PUBLISHED)}
 
@@ -90,6 +92,9 @@ FLAGS = {
     "population": ("--population", POPULATIONS, "which questions are asked and scored: all = every question as "
                    "the benchmark poses it; closed-mc = HuatuoGPT-Vision's protocol behind the published figures "
                    "(open questions skipped, closed ones asked as multiple choice; docs/vqa.md)"),
+    "cell_edges": ("--cell-edges", ("exact", "authors"), "box edges to grid cells: exact (vgmed) or with the "
+                   "authors' float arithmetic (origin and size scaled separately: 90 x 1.4 = 125.99999999999999 "
+                   "lands in the cell before), which the published gt_tokens were made with"),
     "min_new_tokens": ("--min-new-tokens", None, "greedy decoding never ends before this many tokens (the "
                        "published runs: 1, transformers' min_new_tokens; 0 lets end-of-sequence be the answer)"),
 }

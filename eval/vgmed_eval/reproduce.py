@@ -168,7 +168,7 @@ def run_steps(o: Options, steps: list[Step], world: World = SINGLE) -> None:
     every rank picks the same heads from the merged files (``heads`` replaces its file atomically)."""
     record_path = o.out / "steps.json"
     done = _load_json(record_path).get("steps", {})
-    parser = commands.build_parser("vgmed-eval", "", __version__, STEP_COMMANDS)
+    parser = commands.build_parser("vgmed-eval", "", __version__, (), STEP_COMMANDS)
     for step in steps:
         previous = done.get(step.name, {})
         if previous.get("status") in ("done", "skipped") and previous.get("argv") == step.argv \
@@ -363,8 +363,6 @@ def reproduce(o: Options) -> dict:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "reproduce",
-        help="the paper's pipeline for one model (grounding, heads, VQA with and without VGRefine) and a report "
-             "beside the published figures",
         description=__doc__,
     )
     p.add_argument("--model", required=True,

@@ -109,7 +109,7 @@ def _text_of(messages: list) -> str:
 
 def target_of(text: str) -> str:
     """The target name as the prompt gives it: a JSON string (quoted data), or the rest of the line."""
-    target = re.search(r"Target (?:name|object): (.+)", text)
+    target = re.search(r"^Target (?:name|object): (.+)", text, re.MULTILINE)  # a field is a line of its own
     if not target:
         return "structure"
     value = target.group(1).strip()

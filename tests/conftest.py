@@ -1,3 +1,3 @@
 """Shared pytest plugins: fixtures that start real services for the session."""
 
-pytest_plugins = ["labelstudio_fixture", "drafting_fixtures"]
+pytest_plugins = ["labelstudio_fixture", "drafting_fixtures", "disk_fixtures"]

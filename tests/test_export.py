@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from disk_fixtures import fill
 from release_fixtures import make_build
 
 from vgmed_build.catalog import open_catalog
@@ -214,25 +215,11 @@ def test_a_killed_or_failing_export_leaves_the_earlier_one_intact(rel, tmp_path,
     assert len([p for p in tmp_path.iterdir() if ".tmp-" in p.name]) == 1
 
 
-@pytest.fixture()
-def full_disk(tmp_path):
-    """A 1 MiB tmpfs (needs the right to mount, e.g. root in a container; skipped otherwise)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
-
-
 def test_a_full_disk_is_a_clear_error(rel, full_disk, capsys):
     out = full_disk / "out-pq"
     assert main(["export", str(rel), "--format", "parquet", "--out", str(out)]) == 0
     good = tree(out)
-    with open(full_disk / "filler", "wb", buffering=0) as fh:
-        with pytest.raises(OSError):
-            while True:
-                fh.write(b"\0" * 4096)
+    fill(full_disk)
     assert main(["export", str(rel), "--format", "parquet", "--out", str(out), "--embed-images"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write {out}/") and "No space left on device" in err

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from disk_fixtures import fill
 from release_fixtures import PLANTED_PNG_TEXT, add_review_event, find_draft, make_build
 
 from vgmed_build.catalog import open_catalog
@@ -480,3 +481,23 @@ def test_unreleasable_reviewer_edits_are_left_out_one_by_one(build, tmp_path, ca
     assert main(["release", "--build", str(build_dir), "--out", str(out), "--forbid-file", str(forbid)]) == 1
     assert fine_edit in capsys.readouterr().out
     assert len(read_jsonl(out / LOCALIZATION_FILE)) + len(read_jsonl(out / ATTRIBUTE_FILE)) == len(released) - 1
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_the_release(build, full_disk, capsys):
+    build_dir, _, _ = build
+    out = full_disk / "rel"
+    args = ["release", "--build", str(build_dir), "--out", str(out), "--include-unreviewed"]
+    assert main(args) == 0
+    before = tree_bytes(out)
+    fill(full_disk)  # not even room for the lock file
+    capsys.readouterr()
+    assert main([*args, "--created", "2030-01-01T00:00:00Z"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot write {full_disk / '.rel.lock'}: No space left")
+    (full_disk / "filler").unlink()
+    fill(full_disk, leave=16384)  # room for the lock and the folders, not for the images
+    assert main([*args, "--created", "2030-01-01T00:00:00Z"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {full_disk}/.rel.tmp-") and "No space left on device" in err, err
+    assert "an existing release is unchanged" in err and "Traceback" not in err
+    assert tree_bytes(out) == before
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "rel"]  # its own temporary folder removed

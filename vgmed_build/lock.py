@@ -87,7 +87,12 @@ def _open(path: Path) -> tuple[int, bool]:
     except FileExistsError:
         pass
     else:
-        os.write(fd, f"{LOCK_MARK}\n".encode())
+        try:
+            os.write(fd, f"{LOCK_MARK}\n".encode())
+        except OSError as exc:  # a full disk: the file we just created must not stay behind unmarked
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         return fd, True
     try:
         fd = os.open(path, flags)

@@ -219,8 +219,10 @@ def build_release(
                 shown = "\n".join(p.format() for p in report.problems[:50])
                 raise ReleaseError(f"the new release failed validation; nothing was replaced:\n{shown}")
             _swap_into_place(tmp, out_dir, lock)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.filename is None:  # a failed write (a full disk) names no file
+                raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
             raise
     return ReleaseReport(out_dir=out_dir, counts=counts, skipped=skipped)
 
@@ -498,6 +500,8 @@ def cmd_release(args: argparse.Namespace) -> int:
             report = build_release(catalog, out, decisions, options, wait=args.wait)
         except (ReleaseError, ValueError, LockBusy) as exc:
             return fail(str(exc))
+        except OSError as exc:  # a full disk, a read-only folder: the old release is untouched
+            return fail(f"cannot write {exc.filename or out}: {exc.strerror or exc}; an existing release is unchanged")
     counts = report.counts
     kind = "PREVIEW release (includes unreviewed items)" if options.include_unreviewed else "release"
     print(f"wrote {kind} {report.out_dir}: {counts['records']} questions on {counts['images']} images")

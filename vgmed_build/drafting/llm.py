@@ -259,7 +259,7 @@ def _status_text(exc: Exception) -> str:
     return f"{getattr(exc, 'message', '')} {getattr(exc, 'body', '')} {getattr(exc, 'param', '') or ''}"
 
 
-def _retryable(exc: Exception) -> bool:
+def retryable_error(exc: Exception) -> bool:
     """Timeouts, connection errors, 408/409/429 and 5xx, unless a 5xx says the request can never
     work ("image input is not supported"): asking again would fail the same way."""
     import openai
@@ -503,8 +503,8 @@ class LlmClient:
                     detail = f"APITimeoutError: no complete reply within {self.config.timeout_s:g} s"
                 else:
                     detail = f"{type(exc).__name__}: {exc}"
-                if not _retryable(exc) or attempt >= self.config.max_retries:
-                    tries = f" after {attempt + 1} attempts" if _retryable(exc) else ""
+                if not retryable_error(exc) or attempt >= self.config.max_retries:
+                    tries = f" after {attempt + 1} attempts" if retryable_error(exc) else ""
                     raise LlmError(f"{what} failed{tries}: {detail}") from None
                 wait = retry_after_s(exc)
                 if wait is None:

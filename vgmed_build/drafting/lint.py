@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vgmed_build.drafting.wording import article_before_mass_noun
+from vgmed_build.labelnames import PLACEHOLDER
 from vgmed_build.resources import schema_problems
 
 
@@ -73,7 +74,6 @@ def rule_schema(draft: dict, ctx: LintContext) -> str | None:
 
 
 _INJECTION = [
-    (re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]"), "a control character or line break"),
     (
         re.compile(
             r"\b(ignore|disregard|forget|override)\b\W+(?:\w+\W+){0,3}?"
@@ -103,7 +103,8 @@ _INJECTION = [
 def rule_injection(draft: dict, ctx: LintContext) -> str | None:
     """Text that reads as instructions to a model, or forges a field of our prompts ("cyst\\nTarget name:
     liver"), whether the LLM copied it from a hostile label or wrote it: a reviewer must not get it.
-    The target name counts too, since a label is how such text gets in."""
+    The target name counts too, since a label is how such text gets in. (Control characters and line
+    breaks are rule_plain_text's.)"""
     for field_name in ("question", "answer"):
         for pattern, what in _INJECTION:
             m = pattern.search(draft[field_name])
@@ -285,6 +286,18 @@ def rule_plain_text(draft: dict, ctx: LintContext) -> str | None:
     return None
 
 
+def rule_placeholder(draft: dict, ctx: LintContext) -> str | None:
+    """``label_4`` is what ingest stores for a label value nothing names: no name for a question."""
+    for field_name in ("question", "answer"):
+        m = PLACEHOLDER.search(draft[field_name])
+        if m:
+            return (
+                f"placeholder: the {field_name} names {m.group(0)!r}, the placeholder of an unnamed label value; "
+                f'name it in the sources file\'s labels table ("{m.group("value")}" = "...") and ingest again'
+            )
+    return None
+
+
 def rule_not_duplicate(draft: dict, ctx: LintContext) -> str | None:
     if normalize(draft["question"]) in ctx.others:
         return "duplicate: another draft of this region asks the same question"
@@ -295,6 +308,7 @@ RULES: list[Callable[[dict, LintContext], str | None]] = [
     rule_schema,
     rule_injection,
     rule_plain_text,
+    rule_placeholder,
     rule_names_target,
     rule_single_question,
     rule_article,

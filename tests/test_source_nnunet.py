@@ -168,3 +168,37 @@ def test_a_channel_name_that_does_not_say_the_modality_needs_modality(tmp_path, 
     ("US", "Ultrasound"), ("noNorm", ""), ("RGB", ""), ("CBCT", "")])
 def test_channel_names_that_say_the_modality(name, modality):
     assert from_msd_channel(name) == modality
+
+
+def test_ingest_warns_about_placeholder_and_raw_dataset_names(tmp_path, caplog):
+    t1, labels, affine = mni(2)
+    pairs = tmp_path / "pairs"
+    save(pairs / "a.nii.gz", t1, affine)
+    save(pairs / "a_seg.nii.gz", labels, affine)                        # values nothing names
+    caplog.set_level(logging.INFO)
+    assert ingest(tmp_path / "b", "--source", f"nifti:{pairs}", "--modality", "MRI") == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "source 'pairs': 4 label value(s) have no name and are stored as placeholders (label_1, label_2, label_3, "
+        "label_4), which questions would carry as written; name them in the sources file's labels table "
+        '("1" = "...") and ingest again (drafting rejects placeholder names)']
+    hippo = write_msd(tmp_path / "Task04_Hippocampus", {"h": (t1, np.where(labels <= 2, labels, 0), affine)})
+    meta = json.loads((hippo / "dataset.json").read_text())
+    meta["labels"] = {"0": "background", "1": "Anterior", "2": "Posterior"}  # the MSD's own names
+    (hippo / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    caplog.clear()
+    assert ingest(tmp_path / "h", "--source", f"msd:{hippo}") == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "source 'Task04_Hippocampus': label names taken as written in dataset.json (Anterior, Posterior) reach "
+        "questions verbatim")
+    # Named in the sources file: no warning.
+    cfg = sources_toml(tmp_path / "s.toml", [
+        {"name": "hippo", "kind": "msd", "path": "Task04_Hippocampus",
+         "labels": {"1": "hippocampus head", "2": "hippocampus body and tail"}},
+        {"name": "pairs", "kind": "nifti", "path": "pairs", "modality": "MRI",
+         "labels": {str(v): n for v, n in LABELS.items()}},
+    ])
+    caplog.clear()
+    assert ingest(tmp_path / "named", "--sources", str(cfg)) == 0
+    assert [r for r in caplog.records if r.levelno == logging.WARNING] == []

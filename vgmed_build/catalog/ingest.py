@@ -51,9 +51,9 @@ class IngestQueries(CatalogBase):
         """Keys of every item of ``source`` the catalog holds (done or failed)."""
         return [k for (k,) in self.conn.execute("SELECT item_key FROM items WHERE source=?", (source,))]
 
-    def store_item_error(self, source: str, key: str, fingerprint: str, message: str) -> None:
+    def store_item_error(self, source: str, key: str, fingerprint: str, message: str, path: str = "") -> None:
         """An item failed: marked so with its fingerprint, its previous problem replaced by ``message``
-        (one transaction; its images and regions from an earlier run stay)."""
+        about the file ``path`` (one transaction; its images and regions from an earlier run stay)."""
         with self.transaction() as c:
             c.execute(
                 "INSERT INTO items (source, item_key, fingerprint, status, finished_at) VALUES (?,?,?,?,?) "
@@ -61,11 +61,19 @@ class IngestQueries(CatalogBase):
                 "status='error', finished_at=excluded.finished_at",
                 (source, key, fingerprint, "error", now_iso()),
             )
-            self.record_error(INGEST_STAGE, key, message, source, conn=c, replace=True)
+            self.record_error(INGEST_STAGE, key, message, source, conn=c, replace=True, path=path)
 
-    def store_item(self, source: str, key: str, fingerprint: str, images: list[tuple[dict, list[dict]]]) -> list[str]:
+    def store_item(
+        self,
+        source: str,
+        key: str,
+        fingerprint: str,
+        images: list[tuple[dict, list[dict]]],
+        skip_reason: str | None = None,
+    ) -> list[str]:
         """An item done: its (image record, region records) upserted in one transaction (the PNGs
         are on disk already); images and regions it no longer has are deleted, its errors cleared.
+        ``skip_reason``: why an item read correctly kept nothing (``images`` is empty then).
 
         Returns the paths (relative to the build directory) of the images it no longer has, for the
         caller to delete once the transaction is committed.
@@ -74,11 +82,11 @@ class IngestQueries(CatalogBase):
         n_regions = sum(len(regions) for _, regions in images)
         with self.transaction() as c:
             c.execute(
-                "INSERT INTO items (source, item_key, fingerprint, status, n_images, n_regions, finished_at) "
-                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(source, item_key) DO UPDATE SET "
+                "INSERT INTO items (source, item_key, fingerprint, status, n_images, n_regions, finished_at, "
+                "skip_reason) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(source, item_key) DO UPDATE SET "
                 "fingerprint=excluded.fingerprint, status='done', n_images=excluded.n_images, "
-                "n_regions=excluded.n_regions, finished_at=excluded.finished_at",
-                (source, key, fingerprint, "done", len(images), n_regions, now_iso()),
+                "n_regions=excluded.n_regions, finished_at=excluded.finished_at, skip_reason=excluded.skip_reason",
+                (source, key, fingerprint, "done", len(images), n_regions, now_iso(), skip_reason),
             )
             new_images = {rec["id"] for rec, _ in images}
             new_regions = {r["id"] for _, regions in images for r in regions}
@@ -159,21 +167,34 @@ class IngestQueries(CatalogBase):
         for (rec,) in self.conn.execute(sql + " ORDER BY id", args):
             yield json.loads(rec)
 
+    def labels_by_source(self) -> dict[str, set[str]]:
+        """The label names each source's regions carry (ingest's warnings about unusable names)."""
+        out: dict[str, set[str]] = {}
+        for source, label in self.conn.execute("SELECT DISTINCT source, label FROM regions"):
+            out.setdefault(source, set()).add(label)
+        return out
+
     def image_and_region_counts(self) -> tuple[int, int]:
         """How many images and regions the catalog holds (ingest's closing line)."""
         return tuple(self.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("images", "regions"))
 
     def ingest_stats(self) -> dict[str, Any]:
-        """Counts by source, modality, label and side, and the stored ingest errors (`stats`)."""
+        """Counts by source, modality, label and side, the items skipped by reason, and the stored
+        ingest errors (`stats`). A skipped item (read, nothing kept) counts as skipped, not done."""
         q = self.conn.execute
         by_source: dict[str, dict[str, int]] = {}
-        for source, status, n in q("SELECT source, status, COUNT(*) FROM items GROUP BY source, status"):
-            by_source.setdefault(source, {"items_done": 0, "items_error": 0, "images": 0, "regions": 0})
-            by_source[source][f"items_{status}"] = n
+        empty = {"items_done": 0, "items_skipped": 0, "items_error": 0, "images": 0, "regions": 0}
+        skipped: Counter[str] = Counter()
+        for source, status, reason, n in q(
+            "SELECT source, status, skip_reason, COUNT(*) FROM items GROUP BY source, status, skip_reason"
+        ):
+            counts = by_source.setdefault(source, dict(empty))
+            counts["items_skipped" if reason is not None else f"items_{status}"] += n
+            if reason is not None:
+                skipped[reason] += n
         for table in ("images", "regions"):
             for source, n in q(f"SELECT source, COUNT(*) FROM {table} GROUP BY source"):
-                by_source.setdefault(source, {"items_done": 0, "items_error": 0, "images": 0, "regions": 0})
-                by_source[source][table] = n
+                by_source.setdefault(source, dict(empty))[table] = n
         sides: Counter[str] = Counter()
         for (rec,) in q("SELECT record_json FROM regions"):
             sides[json.loads(rec)["side"]] += 1
@@ -182,10 +203,12 @@ class IngestQueries(CatalogBase):
             "modalities": dict(q("SELECT modality, COUNT(*) FROM regions GROUP BY modality ORDER BY modality")),
             "labels": dict(q("SELECT label, COUNT(*) FROM regions GROUP BY label ORDER BY label")),
             "sides": dict(sorted(sides.items())),
+            "skipped": dict(sorted(skipped.items())),
             "errors": [
-                {"source": s, "item": i, "message": m}
-                for s, i, m in q(
-                    "SELECT source, item, message FROM errors WHERE stage=? ORDER BY source, item", (INGEST_STAGE,)
+                {"source": s, "item": i, "path": p, "problem": m}
+                for s, i, p, m in q(
+                    "SELECT source, item, path, message FROM errors WHERE stage=? ORDER BY source, item, path",
+                    (INGEST_STAGE,),
                 )
             ],
         }

@@ -5,22 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
+from vgmed_build import api
 from vgmed_build.catalog import CatalogError, open_catalog
-from vgmed_build.catalog.ingest import INGEST_STAGE as STAGE
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
-from vgmed_build.config import (
-    ConfigError,
-    check_unique_names,
-    load_sources_file,
-    parse_option_flags,
-    parse_source_flag,
-)
+from vgmed_build.config import ConfigError, parse_option_flags
 from vgmed_build.identifiers import WITH_PATHS_HINT, add_with_paths_arg, item_pseudonym
-from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
+from vgmed_build.lock import LockBusy, add_wait_arg
 from vgmed_build.resources import schema_problems
-from vgmed_build.sources import SourceSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_wait_arg(p)
     add_with_paths_arg(p)
-    p.set_defaults(func=cmd_ingest)
+    p.set_defaults(func=partial(run_guarded, cmd_ingest))  # Ctrl-C, SIGTERM, full disk: one line
 
     p = subparsers.add_parser(
         "regions",
@@ -118,34 +112,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     try:
-        specs = load_sources_file(args.sources) if args.sources else []
-        if args.option and not args.source:
-            raise ConfigError("--option sets options of --source flags; give --source KIND:PATH")
         options = parse_option_flags(args.option or [])
-        flags = args.source or []
-        specs += [parse_source_flag(f, args.modality, args.body_part or "", options) for f in flags]
-        check_unique_names(specs, "--sources / --source")
-    except ConfigError as exc:
-        return fail(str(exc))
-    if not specs:
-        return fail("nothing to ingest; give --sources FILE or --source KIND:PATH")
-    missing = _missing_paths(specs, flags)
-    if missing:  # checked before the build folder is made: a mistyped path changes nothing
-        return fail("; ".join(missing))
-    from vgmed_build.ingest.run import run_ingest  # numpy, nibabel, pydicom: only once the input is checked
-
-    try:
-        with stage_lock(args.build, STAGE, args.wait):
-            report = run_ingest(
-                args.build,
-                specs,
-                workers=args.workers,
-                force=args.force,
-                progress=False if args.no_progress else None,
-                keep_missing=args.keep_missing,
-                with_paths=args.with_paths,
-            )
-    except (CatalogError, LockBusy) as exc:
+        report = api.ingest(
+            args.build,
+            sources=args.sources,
+            source=args.source or [],
+            options=options,
+            modality=args.modality,
+            body_part=args.body_part,
+            workers=args.workers,
+            force=args.force,
+            keep_missing=args.keep_missing,
+            with_paths=args.with_paths,
+            wait=args.wait,
+            progress=False if args.no_progress else None,
+        )
+    except (ConfigError, CatalogError, LockBusy) as exc:
         return fail(str(exc))
     with open_catalog(args.build) as catalog:
         n_images, n_regions = catalog.image_and_region_counts()
@@ -163,17 +145,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if report.errors and not args.with_paths:
         print(f"  ({WITH_PATHS_HINT}, e.g. `vgmed-build stats --build {args.build} --with-paths`)", file=sys.stderr)
     return EXIT_ITEM_ERRORS if report.errors else EXIT_OK
-
-
-def _missing_paths(specs: list[SourceSpec], flags: list[str]) -> list[str]:
-    """A message for each source whose path does not exist, naming it as the user typed it (a
-    ``--source`` flag as given; a sources-file entry by name and path)."""
-    typed = [None] * (len(specs) - len(flags)) + flags
-    return [
-        f"{f'--source {flag}' if flag else f'source {spec.name!r}: {spec.path}'}: no such file or folder"
-        for spec, flag in zip(specs, typed, strict=True)
-        if not spec.path.exists()
-    ]
 
 
 def cmd_regions(args: argparse.Namespace) -> int:

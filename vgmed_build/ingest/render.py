@@ -15,6 +15,7 @@ import numpy as np
 
 from vgmed_build import imaging
 from vgmed_build.identifiers import stable_id
+from vgmed_build.labelnames import placeholder
 from vgmed_build.modality import normalise as normalise_modality
 from vgmed_build.regions import (
     RegionGeometry,
@@ -43,7 +44,7 @@ def label_name(spec: SourceSpec, value: int | None, raw_name: str | None) -> str
     for key in (str(value) if value is not None else None, raw_name):
         if key is not None and key in spec.labels:
             return spec.labels[key]
-    return raw_name or f"label_{value}"
+    return raw_name or placeholder(value)
 
 
 def render_item(spec: SourceSpec, key: str, data: Volume | Image2D, build_dir: Path) -> list[RenderedImage]:
@@ -197,7 +198,9 @@ def _render_volume(spec: SourceSpec, key: str, vol: Volume, modality: str, build
             "window": [lo, hi],
         }
         named = [(structs.raw_values[c], structs.names[c], reg) for c, reg in found]
-        out.append(_write_image(spec, key, imaging.to_uint8(grey, lo, hi), image_meta, modality, named, build_dir))
+        present = [structs.names[c] for c in np.flatnonzero(areas[s])]
+        out.append(_write_image(spec, key, imaging.to_uint8(grey, lo, hi), image_meta, modality, named, build_dir,
+                                present=present))
     if not out:
         raise filtered_out(areas.max(axis=0, initial=0) * px_per_voxel, first.shape[0] * first.shape[1], opts)
     return out
@@ -258,7 +261,13 @@ def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_di
         "pixel_spacing_mm": None,
         "window": None,
     }
-    return [_write_image(spec, key, pixels, meta, modality, named, build_dir, img.categories)]
+    present = (
+        structs.names  # a label map: its structures are those of the values present
+        if structs.masks is None
+        else [n for n, m in zip(structs.names, structs.masks, strict=True) if m.any()]
+    )
+    return [_write_image(spec, key, pixels, meta, modality, named, build_dir, img.categories,
+                         present=[*present, *img.unmasked])]
 
 
 def filtered_out(areas_px: np.ndarray, total_px: int, opts: dict) -> ItemSkipped:
@@ -301,10 +310,14 @@ def _write_image(
     found: list[tuple[int | None, str, RegionGeometry]],
     build_dir: Path,
     categories: dict[str, str] | None = None,
+    *,
+    present: list[str],
 ) -> RenderedImage:
     """Write one PNG atomically and build its image record and region records.
 
     ``categories``: the data's own categories (COCO supercategories); the sources file's win.
+    ``present``: every structure with a labelled pixel in the image, regions or not (too small ones
+    too): a structure of the source missing from it is absent, and may be asked about with answer "no".
     """
     slice_part = "" if meta["slice_index"] is None else meta["slice_index"]
     image_id = stable_id(spec.name, key, meta["plane"], slice_part)
@@ -352,6 +365,7 @@ def _write_image(
             "slice_position_mm": meta["slice_position_mm"],
             "pixel_spacing_mm": meta["pixel_spacing_mm"],
             "n_components": len(geo.boxes),
+            "image_labels": sorted(set(present)),
             "source": source,
         }
         category = spec.categories.get(name) or (categories or {}).get(name)

@@ -215,7 +215,8 @@ def build_parquet(release: Release, out: Path, options: ExportOptions) -> dict[s
 
 
 def parquet_is_ours(path: Path) -> bool:
-    """A Parquet file under one of our names whose columns are ours (with or without image_bytes)."""
+    """A Parquet file under one of our names with the record columns first and nothing but our columns
+    (so an export made before a column was added is still recognised)."""
     import pyarrow.parquet as pq
 
     if path.name not in _parquet_names():
@@ -224,7 +225,7 @@ def parquet_is_ours(path: Path) -> bool:
         names = pq.read_schema(path).names
     except Exception:  # pyarrow raises several types for a file that is not Parquet
         return False
-    return names in (arrow_schema(False).names, arrow_schema(True).names)
+    return names[:5] == ["id", "image", "question", "answer", "bbox"] and set(names) <= set(arrow_schema(True).names)
 
 
 def vqa_items(records: list[dict], image_prefix: str) -> list[dict]:

@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "vqa",
-        help="answer a medical VQA benchmark (baseline and/or VGRefine) and score it",
         description=__doc__,
     )
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS),

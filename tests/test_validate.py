@@ -18,7 +18,13 @@ from release_fixtures import make_build
 
 from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
-from vgmed_build.identifiers import ForbidFileError, find_patterns, load_forbid_file
+from vgmed_build.identifiers import (
+    ForbidFileError,
+    find_forbidden,
+    find_forbidden_bytes,
+    find_patterns,
+    load_forbid_file,
+)
 from vgmed_build.release import ReleaseOptions, build_release
 from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE, box_format, box_problem, raw_boxes
 from vgmed_build.validate import validate_release
@@ -176,6 +182,32 @@ def test_identifier_patterns():
     ]
     for text in negatives:
         assert not find_patterns(text), text
+
+
+def test_forbidden_strings_match_whole_words_unless_starred(rel, tmp_path):
+    forbid_file = tmp_path / "forbid.txt"
+    forbid_file.write_text("Doe\nWhite\n4455\n*hansen\nJosé\n")
+    forbid = load_forbid_file(forbid_file)
+
+    def hits(text: str) -> list[int]:
+        return [int(m.rsplit(":", 1)[1]) for m in find_forbidden(text, forbid)]
+
+    assert hits("Does the image show the liver?") == []                # "Doe" inside a word
+    assert hits("Is the white matter visible?") == [2]                 # a surname that is also a word still is
+    assert hits("Is the whiteness visible?") == []
+    assert hits("case Doe_Jane") == [1] and hits("JANE DOE") == [1]   # underscores and case do not hide it
+    assert hits("MRN4455.nii.gz") == [3] and hits("id 44556") == []   # a number: digits continue it, letters not
+    assert hits("Johansen") == [4] and hits("Hansen") == [4]          # '*': part of a longer word too
+    assert hits("José's scan") == [5] and hits("Josémaria") == []
+    assert find_forbidden_bytes("trailing doe_jane and José".encode("latin-1"), forbid) == [
+        "contains the forbidden string from forbid.txt:1", "contains the forbidden string from forbid.txt:5"]
+    assert find_forbidden_bytes(b"\x89PNG Does Doesn't", forbid) == []
+    # end to end: the card's "Does" is no hit, a name is
+    card = rel / "README.md"
+    card.write_text(card.read_text() + "\nDoes the image show the liver?\n")
+    assert not any("forbid.txt:1" in p for p in problems(rel, forbid))
+    card.write_text(card.read_text() + "\nContact: Jane Doe.\n")
+    assert any("README.md" in p and "forbid.txt:1" in p for p in problems(rel, forbid))
 
 
 def test_forbid_file_rejects_short_strings(tmp_path):

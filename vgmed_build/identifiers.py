@@ -35,11 +35,6 @@ def item_pseudonym(source: str, item: str) -> str:
     return "item-" + hashlib.sha256(f"{source}|{item}".encode("utf-8", "surrogateescape")).hexdigest()[:10]
 
 
-def hide_item(text: str, source: str, item: str) -> str:
-    """``text`` with every occurrence of the item path replaced by its pseudonym."""
-    return text.replace(item, item_pseudonym(source, item)) if item else text
-
-
 def add_with_paths_arg(p) -> None:
     """The ``--with-paths`` option of every command whose output may be shared."""
     p.add_argument(
@@ -71,10 +66,46 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 
 @dataclass(frozen=True)
 class Forbidden:
-    """A forbidden string and where it was defined (for messages that do not echo it)."""
+    """A forbidden string and where it was defined (for messages that do not echo it).
+
+    It matches case-insensitively where it is not part of a longer word or number: the character
+    before and after a match must not continue it (a letter next to a letter, a digit next to a
+    digit), so ``Doe`` finds ``Doe_Jane`` and ``Jane Doe`` but not ``Does``, and ``4455`` finds
+    ``MRN4455``. A ``*`` at either end lifts that side's boundary (``*hansen`` finds ``Johansen``).
+    """
 
     text: str
     origin: str
+
+    def _parts(self) -> tuple[str, bool, bool]:
+        core = self.text.removeprefix("*").removesuffix("*")
+        return core, self.text.startswith("*"), self.text.endswith("*") and len(self.text) > 1
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        core, open_start, open_end = self._parts()
+        before = "" if open_start else _boundary(core[0], behind=True)
+        after = "" if open_end else _boundary(core[-1], behind=False)
+        return re.compile(before + re.escape(core) + after, re.IGNORECASE)
+
+    def byte_patterns(self) -> list[re.Pattern[bytes]]:
+        """The same rule on raw bytes, for the UTF-8 and Latin-1 spellings (ASCII letters and digits
+        are the ones that continue a word there)."""
+        core, open_start, open_end = self._parts()
+        before = b"" if open_start else _boundary(core[0], behind=True).encode()
+        after = b"" if open_end else _boundary(core[-1], behind=False).encode()
+        spellings = {core.encode("utf-8"), core.encode("latin-1", errors="ignore")}
+        return [re.compile(before + re.escape(s) + after, re.IGNORECASE) for s in spellings if s]
+
+
+def _boundary(char: str, behind: bool) -> str:
+    """A lookaround refusing a neighbour that would continue ``char``'s word or number."""
+    cls = "0-9" if char.isdigit() else "A-Za-z" if char.isascii() and char.isalpha() else ""
+    if not cls and char.isalpha():
+        return r"(?<![^\W\d_])" if behind else r"(?![^\W\d_])"  # any (Unicode) letter continues a word
+    if not cls:
+        return ""  # punctuation or a space ends a word by itself
+    return f"(?<![{cls}])" if behind else f"(?![{cls}])"
 
 
 class ForbidFileError(ValueError):
@@ -93,7 +124,7 @@ def load_forbid_file(path: str | Path) -> list[Forbidden]:
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        if len(text) < MIN_FORBIDDEN_LENGTH:
+        if len(text.strip("*")) < MIN_FORBIDDEN_LENGTH:
             raise ForbidFileError(
                 f"{path}:{number}: forbidden strings need at least {MIN_FORBIDDEN_LENGTH} characters "
                 "(shorter ones would match almost any text)"
@@ -113,19 +144,14 @@ def find_patterns(text: str) -> list[str]:
 
 
 def find_forbidden(text: str, forbidden: list[Forbidden]) -> list[str]:
-    """Messages for each forbidden string occurring in ``text`` (case-insensitive)."""
-    lowered = text.casefold()
-    return [
-        f"contains the forbidden string from {f.origin}" for f in forbidden if f.text.casefold() in lowered
-    ]
+    """Messages for each forbidden string occurring in ``text`` (see :class:`Forbidden`)."""
+    return [f"contains the forbidden string from {f.origin}" for f in forbidden if f.pattern.search(text)]
 
 
 def find_forbidden_bytes(data: bytes, forbidden: list[Forbidden]) -> list[str]:
     """Like :func:`find_forbidden` on raw bytes (UTF-8 and Latin-1 spellings, ASCII case-insensitive)."""
-    lowered = data.lower()
-    found = []
-    for f in forbidden:
-        spellings = {f.text.encode("utf-8").lower(), f.text.encode("latin-1", errors="ignore").lower()}
-        if any(s and s in lowered for s in spellings):
-            found.append(f"contains the forbidden string from {f.origin}")
-    return found
+    return [
+        f"contains the forbidden string from {f.origin}"
+        for f in forbidden
+        if any(p.search(data) for p in f.byte_patterns())
+    ]

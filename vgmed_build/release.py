@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from vgmed_build import __version__
 from vgmed_build.card import render_card
-from vgmed_build.catalog import Catalog, CatalogError, open_catalog
+from vgmed_build.catalog import Catalog, CatalogError
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
-from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
+from vgmed_build.identifiers import Forbidden, ForbidFileError
 from vgmed_build.lock import Held, LockBusy, add_wait_arg, hold, out_lock_path
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
 from vgmed_build.release_format import (
@@ -52,7 +52,7 @@ from vgmed_build.release_format import (
 )
 from vgmed_build.release_text import text_problem
 from vgmed_build.resources import resource_dir
-from vgmed_build.review.decision import POLICIES, Decision, check_policy, decide
+from vgmed_build.review.decision import POLICIES, Decision, check_policy
 from vgmed_build.validate import validate_release
 
 log = logging.getLogger(__name__)
@@ -122,17 +122,20 @@ def build_record(
     The reviewed text passes :func:`text_problem` (a reviewer's edit never went through lint).
     """
     accepted = review["status"] == "accepted"
+    absent = bool(draft.get("absent"))  # about a structure not in the image: no boxes, no side, no area
     question = (decision.question if accepted else draft["question"]).strip()
     answer = (decision.answer if accepted else draft["answer"]).strip()
     boxes = [list(b) for b in (decision.boxes if accepted else draft["boxes"])]
     width, height = int(region["width"]), int(region["height"])
+    if absent and boxes:
+        raise ItemError(f"draft {draft['id']}: review drew boxes on a question about an absent structure")
     if not question or not answer:
         raise ItemError(f"draft {draft['id']}: empty question or answer after review")
     problem = text_problem(question, answer, draft, forbid)
     if problem:
         by = "the reviewed text" if review["edited"] else "the text"
         raise ItemError(f"draft {draft['id']}: {by} cannot be released: {problem}")
-    problem = check_boxes(boxes, width, height)
+    problem = None if absent else check_boxes(boxes, width, height)
     if problem:
         raise ItemError(f"draft {draft['id']}: {problem}")
     source = region.get("source", {})
@@ -144,12 +147,13 @@ def build_record(
         "bbox": encode_boxes(boxes, convention),
         "bbox_convention": CONVENTIONS[convention],
         "q_type": draft["q_type"],
+        "absent": absent,
         "modality": region["modality"],
         "body_part": region.get("body_part") or "",
-        "label": region["label"],
-        "side": region.get("side") or "unknown",
+        "label": draft["label"] if absent else region["label"],
+        "side": "unknown" if absent else region.get("side") or "unknown",
         "plane": region.get("plane") or "2d",
-        "area_ratio": float(region["area_ratio"]),
+        "area_ratio": 0.0 if absent else float(region["area_ratio"]),
         "width": width,
         "height": height,
         "source": {
@@ -471,39 +475,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         help="text file with strings that must not occur anywhere in the release (one per line, e.g. patient "
-        "names and IDs of the source data); the release is refused if any occurs",
+        "names and IDs of the source data; whole words, case-insensitive: 'Doe' does not match 'Does'; a '*' "
+        "at an end also matches inside longer words); a draft holding one is left out, a hit elsewhere refuses "
+        "the release",
     )
     add_wait_arg(p)
     p.set_defaults(func=cmd_release)
 
 
 def cmd_release(args: argparse.Namespace) -> int:
+    from vgmed_build import api
+
     try:
-        forbid = tuple(load_forbid_file(args.forbid_file)) if args.forbid_file else ()
-        catalog = open_catalog(args.build, create=False)
-    except (ForbidFileError, CatalogError) as exc:
+        report = api.release(
+            args.build,
+            out=args.out,
+            name=args.name,
+            version=args.release_version,
+            created=args.created,
+            policy=args.policy,
+            adjudicator=args.adjudicator,
+            include_unreviewed=args.include_unreviewed,
+            bbox_convention=args.bbox_convention,
+            forbid_file=args.forbid_file,
+            wait=args.wait,
+        )
+    except (ForbidFileError, CatalogError, ReleaseError, ValueError, LockBusy) as exc:
         return fail(str(exc))
-    options = ReleaseOptions(
-        name=args.name,
-        version=args.release_version,
-        created=args.created,
-        policy=args.policy,
-        adjudicator=args.adjudicator,
-        include_unreviewed=args.include_unreviewed,
-        bbox_convention=args.bbox_convention,
-        forbid=forbid,
-    )
-    out = args.out or args.build / "release"
-    with catalog:
-        try:
-            decisions = decide(catalog, policy=args.policy, adjudicator=args.adjudicator)
-            report = build_release(catalog, out, decisions, options, wait=args.wait)
-        except (ReleaseError, ValueError, LockBusy) as exc:
-            return fail(str(exc))
-        except OSError as exc:  # a full disk, a read-only folder: the old release is untouched
-            return fail(f"cannot write {exc.filename or out}: {exc.strerror or exc}; an existing release is unchanged")
     counts = report.counts
-    kind = "PREVIEW release (includes unreviewed items)" if options.include_unreviewed else "release"
+    kind = "PREVIEW release (includes unreviewed items)" if args.include_unreviewed else "release"
     print(f"wrote {kind} {report.out_dir}: {counts['records']} questions on {counts['images']} images")
     for name, n in counts["by_file"].items():
         print(f"  {name}: {n}")

@@ -64,6 +64,7 @@ def arrow_schema(embed_images: bool = False):
             ("bbox", pa.list_(pa.list_(pa.int32(), 4))),
             ("bbox_convention", pa.string()),
             ("q_type", pa.string()),
+            ("absent", pa.bool_()),
             ("modality", pa.string()),
             ("body_part", pa.string()),
             ("label", pa.string()),
@@ -149,7 +150,7 @@ def open_release(release_dir: str | Path, verify: bool = True) -> Release:
     and, with ``verify``, every file matches its manifest (nothing changed, added or missing)."""
     root = Path(release_dir)
     if not root.is_dir() or not (root / MANIFEST_FILE).is_file():
-        raise ExportError(f"{root}: no {MANIFEST_FILE}; export works on releases made by `vgmed-build release`")
+        raise ExportError(f"{root}: no {MANIFEST_FILE}; only releases made by `vgmed-build release` are exported or read")
     release = Release(root, {})
     try:
         release.manifest = json.loads(release.path(MANIFEST_FILE).read_text(encoding="utf-8"))

@@ -443,4 +443,25 @@ def count_records(records_by_file: Mapping[str, list[dict]]) -> dict[str, Any]:
         "by_modality": tally(lambda r: r["modality"]),
         "by_source": tally(lambda r: r["source"]["dataset"]),
         "by_review_status": tally(lambda r: r["review"]["status"]),
+        "localization_answers": dict(sorted(Counter(r["answer"].lower() for r in records
+                                                    if r["q_type"] == "localization").items())),
+        "review": review_summary(records),
+    }
+
+
+# Counts added after format version 1 was published: a manifest without them is still valid.
+LATER_COUNTS = ("localization_answers", "review")
+
+
+def review_summary(records: list[dict]) -> dict[str, Any]:
+    """How much review stands behind the records: how many had a reviewer, how many reviewers each
+    (key: the number, as a string), and the mean agreement with the verdict over the reviewed ones
+    (None when none was reviewed). The dataset card states these numbers instead of a claim."""
+    reviewers = [int(r["review"]["n_reviewers"]) for r in records]
+    reviewed = [r for r, n in zip(records, reviewers, strict=True) if n > 0]
+    agreement = sum(float(r["review"]["agreement"]) for r in reviewed) / len(reviewed) if reviewed else None
+    return {
+        "reviewed": len(reviewed),
+        "by_reviewers": {str(k): v for k, v in sorted(Counter(reviewers).items())},
+        "mean_agreement": None if agreement is None else round(agreement, 4),
     }

@@ -115,6 +115,8 @@ def read_release(root: str | Path, q_types: tuple[str, ...] = Q_TYPES, *, images
     """Questions of the requested types (files that do not exist are skipped) and the bad lines.
 
     ``images``: where pictures live when not under ``root``; ``control``: prefer the COCO files.
+    Questions about an absent structure (``absent: true``, answer "no", no boxes) are passed over:
+    there is no region to measure attention against (they serve VQA accuracy).
     """
     root = Path(root)
     if not root.is_dir():
@@ -132,6 +134,8 @@ def read_release(root: str | Path, q_types: tuple[str, ...] = Q_TYPES, *, images
             errors.append(ReadError(path.stem, path.name, 0, str(exc)))
             continue
         for line in lines:
+            if isinstance(line.record, dict) and line.record.get("absent") is True:
+                continue
             try:
                 if line.error:
                     raise ValueError(line.error)

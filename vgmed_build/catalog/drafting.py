@@ -27,6 +27,22 @@ class DraftingQueries(CatalogBase):
             for (rec,) in rows.fetchall():
                 yield json.loads(rec)
 
+    def source_structures(self) -> dict[str, list[dict]]:
+        """Per source, every structure it has regions of, sorted by label, with how questions name it
+        (label, display_name, synonyms, category): what an absent-structure question may ask about."""
+        rows = self.conn.execute(
+            "SELECT source, label, MIN(json_extract(record_json, '$.display_name')), "
+            "MIN(json_extract(record_json, '$.synonyms')), MIN(json_extract(record_json, '$.category')) "
+            "FROM regions GROUP BY source, label ORDER BY source, label"
+        ).fetchall()
+        out: dict[str, list[dict]] = {}
+        for source, label, display, synonyms, category in rows:
+            out.setdefault(source, []).append(
+                {"label": label, "display_name": display, "synonyms": json.loads(synonyms or "[]"),
+                 "category": category or ""}
+            )
+        return out
+
     def draft_states(self) -> list[tuple]:
         """Per stored draft: (id, region id, status, drafter, model, question, reason, attempt)."""
         return self.conn.execute(

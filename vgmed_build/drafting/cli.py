@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 
+from vgmed_build import api
 from vgmed_build.catalog import CatalogError, open_catalog
 from vgmed_build.commands import EXIT_INCOMPLETE, EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
 from vgmed_build.drafting.export import write_drafts
-from vgmed_build.drafting.generate import run_generate
 from vgmed_build.drafting.lint import LintLimits
-from vgmed_build.drafting.llm import RESPONSE_FORMATS, LlmConfig, install_log_redaction
+from vgmed_build.drafting.llm import RESPONSE_FORMATS, LlmConfig, llm_option_problem
 from vgmed_build.drafting.plan import GenerateOptions
 from vgmed_build.drafting.templates import TemplateError
-from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
+from vgmed_build.lock import LockBusy, add_wait_arg
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Offline templates by default; any OpenAI-compatible LLM with --drafter llm (API key from the "
         "OPENAI_API_KEY environment variable only). Reruns redo nothing already drafted and make no LLM "
         "request for replies already cached. Exit code 0: done; 1: some drafts or regions ended in error "
-        "(stored, retried by the next run); 3: the request/cost budget was reached (rerun to continue).",
+        "(stored, retried by the next run); 2: bad options or catalog, or no request can succeed (the server "
+        "refuses the key or does not serve --model); 3: the request/cost budget was reached (rerun to continue).",
     )
     add_build_arg(p)
     p.add_argument(
@@ -49,6 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         metavar="N",
         help="localization questions per region (distinct templates, rotated per region; 0 = none)",
+    )
+    p.add_argument(
+        "--absent-per-region",
+        type=int,
+        default=1,
+        metavar="N",
+        help="localization questions answered 'no' per region, each about a structure of the same source "
+        "with no labelled pixel in the region's image (the regions of an image ask about different ones; "
+        "fewer where the source has no more). Keep it equal to --localization-per-region for balanced "
+        "yes / no answers; 0 = none (use 0 for sources whose masks are not exhaustive)",
     )
     p.add_argument(
         "--attributes-per-region",
@@ -118,7 +128,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-retries",
         type=int,
         default=4,
-        help="retries per request on 429, 5xx, timeouts and connection errors",
+        help="retries per request on 408/409/429, 5xx (unless it says the request cannot work), timeouts and "
+        "connection errors",
     )
     llm.add_argument(
         "--retry-backoff",
@@ -187,56 +198,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=cmd_drafts)
 
 
-def llm_option_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with the LLM options, before any work (a zero concurrency would hang, a negative
-    timeout fails every request, a zero max-tokens yields empty replies that are still paid for)."""
-    at_least = {
-        "--concurrency": (args.concurrency, 1),
-        "--max-tokens": (args.max_tokens, 1),
-        "--max-retries": (args.max_retries, 0),
-        "--retry-backoff": (args.retry_backoff, 0),
-        "--temperature": (args.temperature, 0),
-        "--price-in": (args.price_in, 0),
-        "--price-out": (args.price_out, 0),
-        "--max-requests": (args.max_requests, 0),
-        "--max-cost-usd": (args.max_cost_usd, 0),
-    }
-    for name, (value, low) in at_least.items():
-        if value is not None and not low <= value < math.inf:  # NaN fails too
-            return f"{name} must be a finite number >= {low} (got {value})"
-    if not 0 < args.timeout < math.inf:
-        return f"--timeout must be a positive number of seconds (got {args.timeout})"
-    return None
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
-    install_log_redaction()
-    problem = llm_option_problem(args)
+    config = LlmConfig(
+        model=args.model or "",
+        base_url=args.base_url,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        timeout_s=args.timeout,
+        max_retries=args.max_retries,
+        backoff_s=args.retry_backoff,
+        concurrency=args.concurrency,
+        response_format=args.response_format,
+        check_model=not args.no_model_check,
+        max_requests=args.max_requests,
+        max_cost_usd=args.max_cost_usd,
+        price_in=args.price_in,
+        price_out=args.price_out,
+    )
+    problem = llm_option_problem(config)  # also without --model: a bad option is reported, not ignored
     if problem:
         return fail(problem)
-    if args.price_in == 0 and args.price_out == 0 and args.max_cost_usd is not None:
-        log.warning("--max-cost-usd without --price-in/--price-out: the cost estimate stays 0")
-    llm = None
-    if args.model:
-        llm = LlmConfig(
-            model=args.model,
-            base_url=args.base_url,
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-            timeout_s=args.timeout,
-            max_retries=args.max_retries,
-            backoff_s=args.retry_backoff,
-            concurrency=args.concurrency,
-            response_format=args.response_format,
-            check_model=not args.no_model_check,
-            max_requests=args.max_requests,
-            max_cost_usd=args.max_cost_usd,
-            price_in=args.price_in,
-            price_out=args.price_out,
-        )
     options = GenerateOptions(
         drafter=args.drafter,
         localization_per_region=args.localization_per_region,
+        absent_per_region=args.absent_per_region,
         attributes_per_region=args.attributes_per_region,
         position_questions=args.position_questions,
         paraphrase=args.paraphrase,
@@ -247,17 +232,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         prompts_dir=args.prompts,
         lint_limits=LintLimits(max_chars=args.max_question_chars, max_answer_words=args.max_answer_words),
-        llm=llm,
+        llm=config if args.model else None,
         batch=args.batch,
     )
-    if args.batch and not options.needs_llm:
-        return fail("--batch sends LLM requests: it needs --drafter llm or --paraphrase")
-    if options.needs_llm and llm is None:
-        return fail("--drafter llm and --paraphrase need --model (and --base-url or OPENAI_BASE_URL)")
     try:
-        with open_catalog(args.build, create=False) as catalog, stage_lock(args.build, "generate", args.wait):
-            stats = run_generate(catalog, options)
-    except (CatalogError, TemplateError, LockBusy) as exc:
+        stats = api.generate(args.build, options=options, wait=args.wait)
+    except (CatalogError, TemplateError, LockBusy, ValueError) as exc:
         return fail(str(exc))
     log.info("generate: %s", stats.summary())
     if stats.fatal:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from vgmed_build.catalog import Catalog
 from vgmed_build.drafting.batch import BatchQueue, Deferred
 from vgmed_build.drafting.llm import BudgetExhausted, LlmClient, LlmFatal, ResponseCache, redact
-from vgmed_build.drafting.plan import DraftSpec, GenerateOptions, Planner, draft_id
+from vgmed_build.drafting.plan import DraftSpec, GenerateOptions, Planner
 from vgmed_build.drafting.propose import Proposal, Proposer
 from vgmed_build.drafting.records import STAGE, region_item, region_records, write_region_drafts
 from vgmed_build.drafting.templates import Prompts, load_prompts
@@ -83,7 +83,7 @@ class _Generator:
         self.stats = GenerateStats()
         self.planner = Planner(catalog, options, self.prompts)
         self.client: LlmClient | None = None
-        self.proposer = Proposer(catalog.build_dir, options, self.prompts, None)
+        self.proposer = Proposer(catalog.build_dir, options, self.prompts, None, self.planner.structures)
         self.stop = False
         self.pending: list[tuple[str, list[dict]]] = []  # (source name, region's drafts) awaiting commit
         self.pending_drafts = 0
@@ -182,7 +182,7 @@ class _Generator:
         self.catalog.record_error(STAGE, region_item(region["id"]), message, source=region["source"]["name"])
 
     def _store(self, region: dict, done: list[tuple[DraftSpec, Proposal]]) -> None:
-        redone = {draft_id(region["id"], s.q_type, s.slot) for s, _ in done}
+        redone = {s.draft_id(region["id"]) for s, _ in done}
         kept = self.planner.ok_questions(region["id"], redone)
         records = region_records(region, done, kept, self.opt.lint_limits)
         self.pending.append((region["source"]["name"], records))

@@ -14,20 +14,38 @@ from pathlib import Path
 from vgmed_build.catalog import Catalog
 from vgmed_build.drafting.lint import LintLimits, names_a_side
 from vgmed_build.drafting.llm import LlmConfig
-from vgmed_build.drafting.templates import Prompts, attribute_choices, pick_slots, target_name
+from vgmed_build.drafting.templates import Prompts, attribute_choices, pick_slots, region_offset, target_name
 from vgmed_build.identifiers import stable_id
 
 Q_TYPES = ("localization", "attribute", "position")
 
 
-def draft_id(region_id: str, q_type: str, slot: int) -> str:
-    return stable_id(region_id, q_type, slot)
+def draft_id(region_id: str, q_type: str, slot: int, absent: bool = False) -> str:
+    return stable_id(region_id, q_type, slot, "absent") if absent else stable_id(region_id, q_type, slot)
+
+
+def absent_targets(region: dict, structures: list[dict], n: int) -> list[str]:
+    """Labels of up to ``n`` structures of the region's source with no labelled pixel in its image, for
+    localization questions answered "no". The regions of one image take different ones (each starts
+    at its rank among the image's structures), so an image asks about as many absent structures as it
+    has regions where the source has that many; none when ingest did not record the image's labels."""
+    present = region.get("image_labels")
+    if present is None or n <= 0:
+        return []
+    candidates = [s["label"] for s in structures if s["label"] not in present]
+    # Rank among the image's structures that are regions somewhere in the source (the others, e.g.
+    # those always over max_area_ratio, host no question).
+    hosts = sorted({s["label"] for s in structures} & {*present, region["label"]})
+    rank = hosts.index(region["label"]) if region["label"] in hosts else 0
+    start = region_offset(region["image_id"], len(candidates))
+    return [candidates[(start + rank * n + k) % len(candidates)] for k in range(n) if rank * n + k < len(candidates)]
 
 
 @dataclass
 class GenerateOptions:
     drafter: str = "templates"
     localization_per_region: int = 1
+    absent_per_region: int = 1  # localization questions about an absent structure (answer "no")
     attributes_per_region: int = 1
     position_questions: bool = False
     paraphrase: bool = False
@@ -61,6 +79,10 @@ class DraftSpec:
     drafter: str  # "templates" | "llm"
     attempt: int = 0  # > 0 when re-asking the LLM for a rejected draft
     previous: tuple[str, str] | None = None  # (rejected question, reason) shown to the LLM
+    absent: str | None = None  # localization about this absent structure's label (answer "no")
+
+    def draft_id(self, region_id: str) -> str:
+        return draft_id(region_id, self.q_type, self.slot, self.absent is not None)
 
 
 @dataclass(frozen=True)
@@ -90,6 +112,7 @@ class Planner:
     def __init__(self, catalog: Catalog, options: GenerateOptions, prompts: Prompts):
         self.opt, self.prompts = options, prompts
         self.existing = load_existing(catalog)
+        self.structures = catalog.source_structures() if options.absent_per_region > 0 else {}
         self.by_region: dict[str, list[tuple[str, Existing]]] = {}
         for i, e in self.existing.items():
             self.by_region.setdefault(e.region_id, []).append((i, e))
@@ -116,6 +139,8 @@ class Planner:
             if o.drafter == "llm"
             else min(o.attributes_per_region, len(attribute_choices(p, region)))
         )
+        absent = absent_targets(region, self.structures.get(region["source"]["name"], []), o.absent_per_region)
+        specs += [DraftSpec("localization", k, "templates", absent=label) for k, label in enumerate(absent)]
         specs += [DraftSpec("attribute", s, o.drafter) for s in range(n_attr)]
         lateral = region.get("side") in ("left", "right")
         if o.position_questions and lateral and p.position and not names_a_side(target_name(region)):
@@ -123,7 +148,7 @@ class Planner:
         return specs
 
     def _needs_work(self, region_id: str, spec: DraftSpec) -> bool:
-        old = self.existing.get(draft_id(region_id, spec.q_type, spec.slot))
+        old = self.existing.get(spec.draft_id(region_id))
         if old is None or self.opt.force or old.status == "error":
             return True
         if old.drafter != spec.drafter or (spec.drafter == "llm" and old.model != self.opt.model):
@@ -131,7 +156,7 @@ class Planner:
         return old.status == "rejected" and self.opt.regenerate_rejected and spec.drafter == "llm"
 
     def _with_history(self, region_id: str, spec: DraftSpec) -> DraftSpec:
-        old = self.existing.get(draft_id(region_id, spec.q_type, spec.slot))
+        old = self.existing.get(spec.draft_id(region_id))
         if old and old.status == "rejected" and self.opt.regenerate_rejected and spec.drafter == "llm":
             return DraftSpec(spec.q_type, spec.slot, spec.drafter, old.attempt + 1, (old.question, old.reason or ""))
         return spec

@@ -13,7 +13,14 @@ from pathlib import Path
 from vgmed_build.drafting.llm import LlmClient, LlmError, Usage
 from vgmed_build.drafting.messages import attribute_messages, boxed_image_data_url, paraphrase_messages, previous_note
 from vgmed_build.drafting.plan import DraftSpec, GenerateOptions
-from vgmed_build.drafting.templates import Prompts, Template, attribute_from_template, pick_slots, target_name
+from vgmed_build.drafting.templates import (
+    Prompts,
+    Template,
+    attribute_from_template,
+    pick_slots,
+    region_offset,
+    target_name,
+)
 
 
 @dataclass
@@ -30,13 +37,16 @@ class Proposal:
     cost_usd: float = 0.0
     cache_hit: bool | None = None
     error: str | None = None
+    absent: dict | None = None  # the absent structure asked about (label, display_name, synonyms, category)
 
 
 class Proposer:
     """Drafts slots for ``generate``: templates offline, the LLM through ``client`` when one is set."""
 
-    def __init__(self, build_dir: Path, options: GenerateOptions, prompts: Prompts, client: LlmClient | None):
+    def __init__(self, build_dir: Path, options: GenerateOptions, prompts: Prompts, client: LlmClient | None,
+                 structures: dict[str, list[dict]] | None = None):
         self.build_dir, self.opt, self.prompts, self.client = build_dir, options, prompts, client
+        self.structures = structures or {}  # per source: the structures absent questions may name
 
     async def propose(self, region: dict, spec: DraftSpec) -> Proposal:
         name = target_name(region)
@@ -45,6 +55,8 @@ class Proposer:
         if spec.q_type == "position":
             tpl = prompts.position[pick_slots(region["id"], len(prompts.position), 1)[0]]
             return Proposal(tpl.ask_about(name), region["side"], tpl, base)
+        if spec.absent is not None:
+            return self._absent(region, spec, prompts)
         if spec.q_type == "localization":
             tpl = prompts.localization[spec.slot]
             question = tpl.ask_about(name)
@@ -58,6 +70,15 @@ class Proposer:
             tpl, question, answer = found
             return Proposal(question, answer, tpl, {**base, "attribute": tpl.name.split(":", 1)[1]})
         return await self._llm_attribute(region, spec)
+
+    def _absent(self, region: dict, spec: DraftSpec, prompts: Prompts) -> Proposal:
+        """A localization question about a structure of the source that the image does not hold: answer
+        "no", in a phrasing other than the region's own "yes" question."""
+        target = next(s for s in self.structures[region["source"]["name"]] if s["label"] == spec.absent)
+        n = len(prompts.localization)
+        tpl = prompts.localization[(region_offset(region["id"], n) + spec.slot + 1) % n]
+        params = {"slot": spec.slot, "absent": spec.absent}
+        return Proposal(tpl.ask_about(target["display_name"]), "no", tpl, params, absent=target)
 
     def _llm_params(self, spec: DraftSpec) -> dict:
         return {"seed": self.opt.seed + spec.slot + 1000 * spec.attempt}

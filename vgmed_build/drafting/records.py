@@ -8,10 +8,11 @@ kept in step with its status in the same transaction.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.drafting.lint import LintContext, LintLimits, lint, normalize
-from vgmed_build.drafting.plan import Q_TYPES, DraftSpec, draft_id
+from vgmed_build.drafting.plan import Q_TYPES, DraftSpec
 from vgmed_build.drafting.propose import Proposal
 from vgmed_build.drafting.templates import target_names
 
@@ -19,9 +20,11 @@ STAGE = "generate"
 
 
 def build_record(region: dict, spec: DraftSpec, prop: Proposal) -> dict:
-    """The draft record (schemas/draft.schema.json); status 'ok' until lint says otherwise."""
+    """The draft record (schemas/draft.schema.json); status 'ok' until lint says otherwise. A question
+    about an absent structure names that structure, has no boxes and no side (it is not in the image)."""
+    target = prop.absent or region
     return {
-        "id": draft_id(region["id"], spec.q_type, spec.slot),
+        "id": spec.draft_id(region["id"]),
         "region_id": region["id"],
         "q_type": spec.q_type,
         "slot": spec.slot,
@@ -30,12 +33,13 @@ def build_record(region: dict, spec: DraftSpec, prop: Proposal) -> dict:
         "image": region["image"],
         "width": region["width"],
         "height": region["height"],
-        "boxes": [list(b) for b in region["boxes"]],
-        "label": region["label"],
-        "display_name": region["display_name"],
+        "boxes": [] if prop.absent else [list(b) for b in region["boxes"]],
+        "absent": prop.absent is not None,
+        "label": target["label"],
+        "display_name": target["display_name"],
         "modality": region["modality"],
         "body_part": region.get("body_part", ""),
-        "side": region["side"],
+        "side": "unknown" if prop.absent else region["side"],
         "status": "error" if prop.error else "ok",
         "reason": prop.error,
         "provenance": {
@@ -61,10 +65,12 @@ def region_records(
     ctx = LintContext(target_names(region), {normalize(q) for q in kept_questions}, limits,
                       str(region.get("category") or ""))
     records = []
-    for spec, prop in sorted(done, key=lambda d: (Q_TYPES.index(d[0].q_type), d[0].slot)):
+    for spec, prop in sorted(done, key=lambda d: (Q_TYPES.index(d[0].q_type), d[0].absent is not None, d[0].slot)):
         record = build_record(region, spec, prop)
         if prop.error is None:
-            reason = lint(record, ctx)
+            own = ctx if prop.absent is None else replace(ctx, names=target_names(prop.absent),
+                                                         category=prop.absent["category"])
+            reason = lint(record, own)
             if reason:
                 record["status"], record["reason"] = "rejected", reason
             else:

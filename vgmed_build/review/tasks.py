@@ -63,6 +63,16 @@ def region_facts(draft: dict, region: dict, width: int, height: int, note: str =
         if region.get("slice_position_mm") is not None:
             slice_text += f" at {float(region['slice_position_mm']):.1f} mm"
         where.append(slice_text)
+    if draft.get("absent"):  # the question is about a structure the image does not hold
+        return {
+            "facts_what": f"{_structure(draft)} · localization question about an absent structure · "
+            f"{draft['modality']}, {draft.get('body_part') or 'body part not given'}",
+            "facts_where": f"no labelled pixel of {draft['display_name']} in this image (answer 'no')",
+            "facts_size": f"image {width} x {height} px",
+            "facts_source": f"source: {(region.get('source') or {}).get('dataset') or 'not given'}",
+            "facts_boxes": "no boxes: reject the question if the structure is visible after all",
+            "facts_note": note,
+        }
     size = []
     if "area_ratio" in region:
         size.append(f"area: {100 * float(region['area_ratio']):.2f} % of the image")

@@ -123,6 +123,9 @@ class Image2D:
     masks: dict[str, np.ndarray] | None = None  # label name -> (H, W) bool
     instances: dict[str, list[np.ndarray]] = field(default_factory=dict)  # label -> (H, W) bool per object
     categories: dict[str, str] = field(default_factory=dict)        # label -> category from the data
+    # Labels annotated in the image without a usable mask (COCO crowds, specks): present all the same,
+    # so never asked about as absent.
+    unmasked: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -98,8 +98,10 @@ def _load(spec: SourceSpec, root: Path, path: Path, info: dict, anns: list[dict]
     masks: dict[str, np.ndarray] = {}
     instances: dict[str, list[np.ndarray]] = {}
     crowded: set[str] = set()
+    annotated: set[str] = set()
     for ann in anns:
         label = names[ann["category_id"]]
+        annotated.add(label)
         if ann.get("iscrowd") and crowd != "include":
             crowded.add(label)
             continue
@@ -115,7 +117,8 @@ def _load(spec: SourceSpec, root: Path, path: Path, info: dict, anns: list[dict]
     if not masks:
         raise ItemSkipped(f"no object left (crowd = {crowd!r}, min_component_px = {min_px})")
     return Image2D(pixels=pixels, modality=spec.modality or modalities.NATURAL, masks=masks, instances=instances,
-                   categories={k: v for k, v in supercategories.items() if k in masks})
+                   categories={k: v for k, v in supercategories.items() if k in masks},
+                   unmasked=sorted(annotated - set(masks)))
 
 
 def _read_annotations(path: Path, root: Path) -> dict:

@@ -93,13 +93,14 @@ def test_a_refused_key_stops_the_run_at_the_first_request(tmp_path, server_facto
         assert count(cat, "drafts") == 0 and count(cat, "errors") == 0  # nothing marked failed: rerun drafts all
 
 
-def test_a_refused_key_without_a_models_endpoint_sends_one_chat_request(tmp_path, server_factory):
-    # No /models (404: not checked, a warning) and 401 on chat: the first request goes alone, the rest wait.
-    server = server_factory({"default": {"kind": "status", "status": 401, "message": "Incorrect API key"}})
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_without_a_models_endpoint_sends_one_chat_request(tmp_path, server_factory, status):
+    # No /models (404: not checked, a warning) and 401/403 on chat: the first request goes alone, the rest wait.
+    server = server_factory({"default": {"kind": "status", "status": status, "message": "Incorrect API key"}})
     cat = make_catalog(tmp_path / "b", targets=EIGHT)
     stats = run_generate(cat, opts(server, concurrency=8, **NO_LOC))
     assert server.stats()["requests"] == 1 == stats.requests
-    assert stats.fatal and "refused the API key (HTTP 401)" in stats.fatal
+    assert stats.fatal and f"refused the API key (HTTP {status})" in stats.fatal
     assert count(cat, "drafts") == 0
 
 

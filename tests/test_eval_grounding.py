@@ -188,16 +188,24 @@ def test_select_heads_known_answer():
     assert sorted(map(tuple, by_kl["heads"])) == [(1, 2), (3, 0)]  # lowest KL wins
 
 
-def test_heads_and_report_cli(run, tmp_path):
+def test_heads_and_report_cli(run, tmp_path, caplog, capsys):
     out, summary, _ = run
     heads = tmp_path / "heads.json"
+    capsys.readouterr()
     assert cli_main(["heads", "--results", str(out), "--top-k", "5", "--out", str(heads)]) == 0
     body = json.loads(heads.read_text())
+    assert capsys.readouterr().out == f"heads: knockout layer {body['knockout_layer']}, 5 heads -> {heads}\n"
     assert body["model"] == "builtin:tiny-llava" and body["metric"] == "attention_ratio"
     assert len(body["heads"]) == 5 and body["knockout_layer"] in (0, 2, 3)
     per_head = pd.read_parquet(out / "per_head.parquet")
     best = per_head.groupby(["layer", "head"])["attention_ratio"].mean().idxmax()
     assert body["heads"][0] == list(best)
+    pairs = per_head.groupby(["layer", "head"]).ngroups
+    assert "keeps all" not in caplog.text
+    assert cli_main(["heads", "--results", str(out), "--top-k", str(pairs + 4),
+                     "--out", str(tmp_path / "all.json")]) == 0
+    assert f"--top-k {pairs + 4} keeps all {pairs} (layer, head) pairs" in caplog.text
+    assert json.loads((tmp_path / "all.json").read_text())["k"] == pairs
     vgrefine = pytest.importorskip("vgmed_eval.vgrefine")
     loaded_heads, layer, _ = vgrefine.load_heads(heads)
     assert layer == body["knockout_layer"] and [list(h) for h in loaded_heads] == body["heads"]
@@ -211,7 +219,7 @@ def test_heads_and_report_cli(run, tmp_path):
     index = (report / "index.md").read_text()
     assert "Most visually sensitive layer" in index and "random weights" in index  # builtin:tiny-llava
     # Overlays are captioned by their question (which names the structure), never by a file hash.
-    questions = [str(np.load(p)["question"]) for p in sorted((out / "maps").glob("*.npz"))[:3]]
+    questions = [str(np.load(out / "maps" / f"{p.stem}.npz")["question"]) for p in (report / "overlays").glob("*.png")]
     assert all(f"*{q}*" in index for q in questions) and "attention to each image patch for this question" in index
 
 

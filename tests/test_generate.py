@@ -140,10 +140,11 @@ def test_cli_generate_and_drafts_export(tmp_path):
     make_catalog(build, n_images=2).close()
     res = run_cli("generate", "--build", str(build), "--position-questions")
     assert res.returncode == 0, res.stderr
-    assert "drafts:" in res.stderr
+    assert res.stdout.startswith("generate: ") and "drafts:" in res.stdout   # the result: stdout (docs/cli.md)
     out = tmp_path / "drafts.jsonl"
     res = run_cli("drafts", "--build", str(build), "--out", str(out), "--status", "all")
     assert res.returncode == 0, res.stderr
+    assert res.stdout == f"drafts: 24 records -> {out}\n"
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 24  # 10 localization + 10 attribute + 4 position (2 lateral targets x 2)
     for rec in records:
@@ -151,6 +152,7 @@ def test_cli_generate_and_drafts_export(tmp_path):
     ok = run_cli("drafts", "--build", str(build), "--status", "ok")
     rejected = run_cli("drafts", "--build", str(build), "--status", "rejected")
     n_ok, n_rej = len(ok.stdout.splitlines()), len(rejected.stdout.splitlines())
+    assert all(json.loads(line) for line in ok.stdout.splitlines())      # records on stdout: nothing else there
     assert n_ok + n_rej == 24
     assert all(json.loads(line)["status"] == "rejected" for line in rejected.stdout.splitlines())
     with open_catalog(build) as cat:

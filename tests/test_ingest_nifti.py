@@ -143,9 +143,11 @@ def test_images_are_8bit_pngs_without_metadata(sample_build):
         assert json.loads(rec)["path"] == path
 
 
-def test_regions_jsonl_validates_against_the_schema(sample_build, tmp_path):
+def test_regions_jsonl_validates_against_the_schema(sample_build, tmp_path, capsys):
     out = tmp_path / "regions.jsonl"
+    capsys.readouterr()
     assert main(["regions", "--build", str(sample_build), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"regions: wrote {len(regions_of(sample_build))} records to {out}\n"
     schema = json.loads((REPO / "schemas" / "region.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)
     lines = out.read_text().splitlines()
@@ -474,13 +476,14 @@ def test_help_explains_every_option(command, capsys):
         main([command, "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    options = {"ingest": ["--build", "--sources", "--source", "--modality", "--body-part", "--workers", "--force",
-                          "--no-progress", "--keep-missing", "--wait", "--with-paths"],
+    options = {"ingest": ["--build", "--sources", "--source", "--option", "--modality", "--body-part", "--workers",
+                          "--force", "--no-progress", "--keep-missing", "--wait", "--with-paths"],
                "regions": ["--build", "--out", "--source", "--with-paths"],
                "stats": ["--build", "--json", "--with-paths"]}[command]
     for option in options:
         assert option in text
     assert text.count("\n  --") >= len(options)
+    assert "(default: )" not in text and "(default: [])" not in text   # empty defaults say nothing
 
 
 def test_regions_export_refuses_records_that_do_not_validate(tmp_path, capsys):

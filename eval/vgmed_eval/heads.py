@@ -44,6 +44,37 @@ def select_heads(per_layer: pd.DataFrame, per_head: pd.DataFrame, k: int, metric
     }
 
 
+def heads_of(results: Path, *, top_k: int = 20, metric: str = "attention_ratio", protocol: str | None = None
+             ) -> dict:
+    """The heads file's content for the grounding results in ``results``: the run's model and protocol, the
+    knockout layer and the ``top_k`` heads by ``metric``; ValueError names the folder or option at fault
+    (``protocol``: refuse results measured under another one)."""
+    if top_k < 1:
+        raise ValueError("--top-k must be at least 1")
+    results = Path(results)
+    files = [results / name for name in ("per_layer.parquet", "per_head.parquet")]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise ValueError(f"missing grounding results: {', '.join(missing)} (run `vgmed-eval grounding` first)")
+    summary_path = results / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    measured = (summary.get("protocol") or {}).get("name", "vgmed")
+    if protocol is not None and measured != protocol:
+        raise ValueError(f"{summary_path}: measured under --protocol {measured}, not {protocol}; rerun "
+                         f"`vgmed-eval grounding --protocol {protocol}` first")
+    per_layer, per_head = pd.read_parquet(files[0]), pd.read_parquet(files[1])
+    try:
+        chosen = select_heads(per_layer, per_head, top_k, metric)
+    except ValueError as exc:
+        raise ValueError(f"{results}: {exc}") from exc
+    pairs = per_head.groupby(["layer", "head"]).ngroups
+    if top_k >= pairs:
+        log.warning("--top-k %d keeps all %d (layer, head) pairs of this run: VGRefine's triage then averages "
+                    "every head instead of the most sensitive ones; choose a --top-k below %d", top_k, pairs, pairs)
+    return {"model": summary.get("model"), "family": summary.get("family"), **chosen,
+            "results": str(results), "protocol": summary.get("protocol") or {"name": measured}}
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "heads",
@@ -62,28 +93,14 @@ def register(subparsers) -> None:
 
 
 def cmd_heads(args) -> int:
-    if args.top_k < 1:
-        return commands.fail("--top-k must be at least 1")
-    files = [args.results / name for name in ("per_layer.parquet", "per_head.parquet")]
-    missing = [str(f) for f in files if not f.exists()]
-    if missing:
-        return commands.fail(f"missing grounding results: {', '.join(missing)} (run `vgmed-eval grounding` first)")
-    summary_path = args.results / "summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
-    measured = (summary.get("protocol") or {}).get("name", "vgmed")
-    if args.protocol is not None and measured != args.protocol:
-        return commands.fail(f"{summary_path}: measured under --protocol {measured}, not {args.protocol}; rerun "
-                             f"`vgmed-eval grounding --protocol {args.protocol}` first")
     try:
-        chosen = select_heads(pd.read_parquet(files[0]), pd.read_parquet(files[1]), args.top_k, args.metric)
+        body = heads_of(args.results, top_k=args.top_k, metric=args.metric, protocol=args.protocol)
     except ValueError as exc:
-        return commands.fail(f"{args.results}: {exc}")
-    body = {"model": summary.get("model"), "family": summary.get("family"), **chosen,
-            "results": str(args.results), "protocol": summary.get("protocol") or {"name": measured}}
+        return commands.fail(str(exc))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # Written whole, then renamed: ranks of a launched `reproduce` write the same file and read it next.
     scratch = args.out.with_name(f"{args.out.name}.{os.getpid()}.partial")
     scratch.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     os.replace(scratch, args.out)
-    log.info("knockout layer %d, %d heads -> %s", body["knockout_layer"], body["k"], args.out)
+    print(f"heads: knockout layer {body['knockout_layer']}, {body['k']} heads -> {args.out}")
     return commands.EXIT_OK

@@ -239,7 +239,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         stats = api.generate(args.build, options=options, wait=args.wait)
     except (CatalogError, TemplateError, LockBusy, ValueError) as exc:
         return fail(str(exc))
-    log.info("generate: %s", stats.summary())
+    print(f"generate: {stats.summary()}")  # the result: stdout (docs/cli.md)
     if stats.fatal:
         return fail(f"{stats.fatal}; everything drafted so far is stored")
     if stats.budget_reached:
@@ -260,5 +260,8 @@ def cmd_drafts(args: argparse.Namespace) -> int:
         finally:
             if args.out:
                 out.close()
-    log.info("drafts: %d records -> %s", n, args.out or "stdout")
+    if args.out:  # records on stdout leave the summary to stderr, so the JSONL stays clean
+        print(f"drafts: {n} records -> {args.out}")
+    else:
+        log.info("drafts: %d records -> stdout", n)
     return EXIT_OK

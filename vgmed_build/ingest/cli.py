@@ -13,6 +13,7 @@ from vgmed_build.catalog import CatalogError, open_catalog
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
 from vgmed_build.config import ConfigError, parse_option_flags
 from vgmed_build.identifiers import WITH_PATHS_HINT, add_with_paths_arg, item_pseudonym
+from vgmed_build.interrupt import run_guarded
 from vgmed_build.lock import LockBusy, add_wait_arg
 from vgmed_build.resources import schema_problems
 
@@ -171,7 +172,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
         from vgmed_build.imaging import write_atomic
 
         write_atomic(args.out, text.encode())
-        print(f"regions: wrote {len(lines)} records to {args.out}", file=sys.stderr)
+        print(f"regions: wrote {len(lines)} records to {args.out}")
     return EXIT_ITEM_ERRORS if bad else EXIT_OK
 
 

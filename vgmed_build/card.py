@@ -89,6 +89,40 @@ def _table(title: str, counts: dict[str, int]) -> str:
     return f"| {title} | questions |\n|---|---|\n{rows}\n"
 
 
+def _answers_text(counts: dict[str, Any]) -> str:
+    answers = counts.get("localization_answers")
+    if answers is None:
+        return "not counted in this release's manifest"
+    return ", ".join(f"{n} {a!r}" for a, n in answers.items()) or "none"
+
+
+def _reviewers_text(by_reviewers: dict[str, int]) -> str:
+    """'12 by 1 reviewer, 80 by 2 reviewers' (unreviewed records are counted elsewhere)."""
+    parts = [f"{n} by {k} reviewer{'s' if k != '1' else ''}" for k, n in by_reviewers.items() if k != "0" and n]
+    return ", ".join(parts)
+
+
+def review_text(manifest: dict[str, Any]) -> str:
+    """What review stands behind the records, in numbers from the manifest, never a blanket claim:
+    how many questions a clinician reviewed, by how many reviewers, and their agreement."""
+    counts, preview = manifest["counts"], manifest["preview"]
+    total, review = counts["records"], counts.get("review")
+    if review is None:  # a manifest written before vgmed counted review
+        return "This release's manifest does not record how many questions were reviewed."
+    reviewed = review["reviewed"]
+    if reviewed == 0:
+        text = f"None of the {total} questions has been reviewed by a clinician yet."
+    else:
+        agreement = review["mean_agreement"]
+        text = (
+            f"Clinicians reviewed {reviewed} of the {total} questions ({_reviewers_text(review['by_reviewers'])})"
+            + (f"; mean agreement with the final verdict {agreement:.2f}." if agreement is not None else ".")
+        )
+    if preview and reviewed < total:
+        text += f" This is a PREVIEW: {total - reviewed} of the {total} questions have had no review at all."
+    return text
+
+
 def render_card(manifest: dict[str, Any], licences: list[tuple[str, str]]) -> str:
     """The README.md text for a release described by ``manifest`` (files and created are not used)."""
     counts = manifest["counts"]
@@ -124,18 +158,21 @@ def render_card(manifest: dict[str, Any], licences: list[tuple[str, str]]) -> st
 
 ## Dataset description
 A visual grounding benchmark for medical multimodal LLMs, built like VGMED ("How Do Medical MLLMs
-Fail? A Study on Visual Grounding in Medical Images") with the vgmed toolkit. Every question is tied to the
-annotated region(s) of its target, so a model's attention can be compared with where the target is.
+Fail? A Study on Visual Grounding in Medical Images") with the vgmed toolkit. Every question about a
+structure in the image is tied to its annotated region(s), so a model's attention can be compared with
+where the target is.
 It has {counts["records"]} questions on {counts["images"]} images in two configurations:
 
 - `localization` (`{manifest["configs"]["localization"]}`): "is there a ... in the image?" questions
-  whose answer is "yes".
+  whose answer is "yes", or "no" for a structure of the same source that the image does not hold
+  (`absent: true`, no boxes; grounding evaluation skips them). Localization answers in all question
+  files: {_answers_text(counts)}.
 - `attribute` (`{manifest["configs"]["attribute"]}`): one simple question about a visual attribute of
   the boxed target (`q_type: attribute`), and position questions whose answer is the patient side
   computed from the image geometry (`q_type: position`).
 
 Each record has `id`, `image` (path relative to this folder), `question`, `answer`, `bbox` (one box per
-connected component of the target), `bbox_convention`, `q_type`, `modality`, `body_part`, `label`,
+connected component of the target), `bbox_convention`, `q_type`, `absent`, `modality`, `body_part`, `label`,
 `side`, `plane` (slice plane; `2d` for 2D sources), `area_ratio` (mask area / image area), `width`,
 `height`, `source` (dataset and licence) and `review` (status, number of reviewers, agreement, whether
 review edited the item). The JSON Schemas in `schemas/` describe the records and `manifest.json`.
@@ -151,8 +188,8 @@ automatic checks rejected unusable drafts before review. Images are named by sta
 metadata; nothing from the source files' headers is part of this release.
 
 ## Review
-Clinicians reviewed every draft in Label Studio (accept, edit or reject; edits of the question, answer
-and boxes are applied). Decision policy: `{policy["policy"]}`{adjudicator}.
+Drafts are reviewed in Label Studio (accept, edit or reject; edits of the question, answer and boxes
+are applied). {review_text(manifest)} Decision policy: `{policy["policy"]}`{adjudicator}.
 {
             "Only accepted questions are included."
             if not manifest["preview"]

@@ -63,7 +63,7 @@ def test_report_overlays_carry_the_marks(release, tmp_path, monkeypatch):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     from vgmed_eval.cli import main as eval_main
-    from vgmed_eval.report import plot_overlay
+    from vgmed_eval.report import plot_overlays
 
     out = tmp_path / "results"
     assert eval_main(["grounding", "--release", str(release), "--model", "builtin:tiny-llava", "--out", str(out),
@@ -78,7 +78,8 @@ def test_report_overlays_carry_the_marks(release, tmp_path, monkeypatch):
         return real_savefig(fig, *args, **kwargs)
 
     monkeypatch.setattr(plt.Figure, "savefig", capture)
-    assert plot_overlay(maps[0], release, 1, tmp_path / "overlay.png")
+    assert plot_overlays([(maps[0], release, "overlay")], 1, tmp_path) == [(tmp_path / "overlay.png",
+                                                                              str(np.load(maps[0])["question"]))]
     plane = str(np.load(maps[0])["plane"])
     assert drawn[0] == {"edge-left": "R", "edge-right": "L", "edge-top": "A" if plane == "axial" else "S",
                         "edge-bottom": "P" if plane == "axial" else "I"}

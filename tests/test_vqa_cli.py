@@ -40,6 +40,11 @@ def test_compare_writes_predictions_results_and_stats(tmp_path):
     assert results["n_questions"] == 2 and results["vgrefine"]["percentile"] == 80.0
     assert results["comparison"]["n"] == 2 and "p_value" in results["comparison"]["mcnemar"]
     assert results["systems"]["baseline"]["overall"]["accuracy"] == sum(r["correct"] for r in base) / 2
+    # the same as a table and a chart beside results.json
+    table = (out / "results.md").read_text()
+    assert "![VQA: baseline vs VGRefine](results.png)" in table and (out / "results.png").stat().st_size > 0
+    row = next(line for line in table.splitlines() if line.startswith("| pmc-vqa | 2 |"))
+    assert row.rstrip(" |").endswith(f"{results['comparison']['mcnemar']['p_value']:.2g}")
 
     # The baseline alone gives the same answers (the shared question pass does not change them).
     alone = tmp_path / "alone"

@@ -3,8 +3,8 @@
 ingest (bundled MNI152 + CT/SEG sample + a small COCO-style natural-image control) -> generate
 (templates) -> local Label Studio + review push -> preview release (unreviewed items, clearly
 marked) -> validate -> vgmed-eval grounding with a built-in tiny random model, medical and natural
--> heads -> report plots (with the medical-vs-natural curve) -> VQA on the attribute questions,
-baseline vs VGRefine. Each step is the same CLI a user runs, so the
+-> heads -> VQA on the attribute questions, baseline vs VGRefine -> report plots (with the
+medical-vs-natural curve and the VQA table and chart). Each step is the same CLI a user runs, so the
 demo doubles as a worked example; every step is idempotent, so running the demo twice is cheap.
 """
 
@@ -93,8 +93,11 @@ def _steps(args: argparse.Namespace) -> Iterator[Step]:
     yield "grounding", ["grounding", "--release", str(release), "--control-release", str(release),
                         "--model", args.model, "--out", str(results), "--save-maps"], eval_cli.main
     heads = build / "eval" / "heads.json"
-    yield "heads", ["heads", "--results", str(results), "--out", str(heads)], eval_cli.main
-    yield "report", ["report", "--results", str(results), "--out", str(build / "eval" / "report")], eval_cli.main
+    # the tiny model has 4 x 4 heads: the default 20 would keep them all
+    yield "heads", ["heads", "--results", str(results), "--top-k", "8", "--out", str(heads)], eval_cli.main
+    vqa = build / "eval" / "vqa"
     yield "VQA, baseline vs VGRefine", ["vqa", "--benchmark", "vgmed-attribute", "--data", str(release),
                                         "--model", args.model, "--vgrefine", str(heads), "--compare",
-                                        "--out", str(build / "eval" / "vqa")], eval_cli.main
+                                        "--out", str(vqa)], eval_cli.main
+    yield "report", ["report", "--results", str(results), "--out", str(build / "eval" / "report"),
+                     "--vqa", str(vqa)], eval_cli.main

@@ -118,7 +118,7 @@ def _chunks(seq: list, size: int) -> Iterator[list]:
         yield seq[start:start + size]
 
 
-def _safe_name(qid: str) -> str:
+def safe_name(qid: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", qid)
 
 
@@ -224,7 +224,7 @@ class GroundingRun:
         if self.maps_dir is not None:
             shape = (len(self.layers), item.geometry.rows, item.geometry.cols)
             np.savez_compressed(
-                self.maps_dir / f"{_safe_name(q.id)}.npz", attn=a.mean(1).reshape(shape),
+                self.maps_dir / f"{safe_name(q.id)}.npz", attn=a.mean(1).reshape(shape),
                 general=g.mean(1).reshape(shape), gt=item.gt, layers=np.array(self.layers),
                 boxes=np.array(q.boxes, dtype=np.float64), image=q.image_rel, image_path=str(q.image),
                 question=q.question, box_convention=q.box_convention, plane=q.plane,
@@ -411,18 +411,26 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_grounding)
 
 
+def input_problem(q_types: tuple[str, ...], batch_size: int, releases: list[Path | None]) -> str | None:
+    """What is wrong with a grounding run's inputs, found before the model is loaded."""
+    unknown = [t for t in q_types if t not in Q_TYPES]
+    if unknown:
+        return f"unknown question type(s) {unknown}; choose from {', '.join(Q_TYPES)}"
+    if batch_size < 1:
+        return "--batch-size must be at least 1"
+    for release in filter(None, releases):
+        if not Path(release).is_dir():
+            return f"release directory {release} does not exist"
+    return None
+
+
 def cmd_grounding(args) -> int:
     from vgmed_eval.adapters import adapter_from_args
 
     q_types = tuple(t.strip() for t in args.q_types.split(",") if t.strip())
-    unknown = [t for t in q_types if t not in Q_TYPES]
-    if unknown:
-        return commands.fail(f"unknown question type(s) {unknown}; choose from {', '.join(Q_TYPES)}")
-    if args.batch_size < 1:
-        return commands.fail("--batch-size must be at least 1")
-    for release in filter(None, (args.release, args.control_release)):
-        if not release.is_dir():
-            return commands.fail(f"release directory {release} does not exist")
+    problem = input_problem(q_types, args.batch_size, [args.release, args.control_release])
+    if problem:
+        return commands.fail(problem)
     try:
         world = World.from_env()
     except distributed.WorldError as exc:

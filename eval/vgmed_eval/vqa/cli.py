@@ -2,7 +2,8 @@
 
 Writes ``predictions_<system>.jsonl`` (one line per question: prompt, response, gold, score, correct)
 and ``results.json`` (accuracy overall, per question kind, modality and category; with ``--compare``
-the paired McNemar test and bootstrap confidence intervals of baseline versus VGRefine). A rerun
+the paired McNemar test and bootstrap confidence intervals of baseline versus VGRefine), and the same
+as a table (``results.md``) and a chart (``results.png``). A rerun
 with the same ``--out`` skips the questions already answered there.
 """
 
@@ -20,6 +21,7 @@ from vgmed_eval import distributed, placement
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
 from vgmed_eval.protocol import PUBLISHED_HEADS, Protocol, add_protocol_args, resolve
+from vgmed_eval.vqa import figures
 from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError, VQAItem, get_benchmark
 from vgmed_eval.vqa.population import Population, metric_label, select
 from vgmed_eval.vqa.prompts import question_prompt
@@ -75,23 +77,35 @@ def register(subparsers) -> None:
 
 
 def _config(args, protocol: Protocol):
+    return vgrefine_config(args.vgrefine, args.model, protocol, top_k=args.top_k, knockout_layers=args.knockout_layers,
+                           threshold=args.threshold, minmax_cutoff=args.minmax_cutoff, rows=args.rows)
+
+
+def vgrefine_config(heads: str | Path | dict, model: str, protocol: Protocol, *, top_k: int | None = None,
+                    knockout_layers: list[int] | None = None, threshold: str = "percentile",
+                    minmax_cutoff: float = 0.5, rows: str = "last"):
+    """The VGRefineConfig of ``--vgrefine`` (a heads file, ``published:NAME``, or a heads mapping as
+    `vgmed-eval heads` writes it) and the triage options; ValueError names what is wrong."""
     from vgmed_eval.vgrefine import VGRefineConfig, heads_from, load_heads
 
-    if args.vgrefine.startswith("published:"):
-        name = args.vgrefine.removeprefix("published:")
+    if isinstance(heads, dict):
+        chosen, layer, made_for = heads_from(heads, "heads")
+    elif str(heads).startswith("published:"):
+        name = str(heads).removeprefix("published:")
         if name not in PUBLISHED_HEADS:
-            raise ValueError(f"--vgrefine {args.vgrefine}: no published heads of that name; known: "
+            raise ValueError(f"--vgrefine {heads}: no published heads of that name; known: "
                              f"{', '.join('published:' + n for n in PUBLISHED_HEADS)}")
-        heads, layer, model = heads_from(PUBLISHED_HEADS[name], args.vgrefine)
+        chosen, layer, made_for = heads_from(PUBLISHED_HEADS[name], str(heads))
     else:
-        heads, layer, model = load_heads(args.vgrefine)
-    if model and model != args.model:
-        log.warning("heads file %s was made for %s, not %s", args.vgrefine, model, args.model)
-    if args.top_k:
-        heads = heads[: args.top_k]
-    return VGRefineConfig(heads=heads, knockout_layers=tuple(args.knockout_layers or [layer]),
-                          percentile=protocol.percentile, threshold=args.threshold,
-                          minmax_cutoff=args.minmax_cutoff, rows=args.rows, mode=protocol.vgrefine_mode)
+        chosen, layer, made_for = load_heads(heads)
+    if made_for and made_for != model:
+        log.warning("heads %s were made for %s, not %s", heads if not isinstance(heads, dict) else "", made_for,
+                    model)
+    if top_k:
+        chosen = chosen[:top_k]
+    return VGRefineConfig(heads=chosen, knockout_layers=tuple(knockout_layers or [layer]),
+                          percentile=protocol.percentile, threshold=threshold,
+                          minmax_cutoff=minmax_cutoff, rows=rows, mode=protocol.vgrefine_mode)
 
 
 def _max_new_tokens(args, protocol: Protocol, items: list[VQAItem]) -> int:
@@ -260,40 +274,51 @@ def _answered(out: Path, system: str) -> dict[str, dict]:
 
 def _answer(args, adapter, refiner, todo: list[VQAItem], systems: list[str], done: dict, files: dict[str, Path],
             progress: bool) -> list[tuple[str, str]]:
-    """Answer ``todo`` (grouped by image, so each prefix cache is reused), appending rows to ``files``."""
+    """Answer ``todo``, appending rows to ``files`` after every batch."""
     errors: list[tuple[str, str]] = []
-    todo = distributed.order_by_group(todo, lambda it: it.image.key)
-    remaining: dict[str, int] = {}
-    for it in todo:
-        remaining[it.image.key] = remaining.get(it.image.key, 0) + 1
-    prefixes: dict[str, object] = {}
+    scorer = resolve(args).scorer
     handles = {s: _append(f) for s, f in files.items()}
     try:
-        with tqdm(total=len(todo), desc=f"vqa {args.benchmark}", unit="q", disable=not progress) as bar:
-            for start in range(0, len(todo), args.batch_size):
-                chunk = todo[start : start + args.batch_size]
-                ready, queries = _prepare(chunk, refiner, prefixes, errors)
-                if queries:
-                    base, refined = refiner.answer(queries, baseline="baseline" in systems,
-                                                   refined="vgrefine" in systems)
-                    for i, it in enumerate(ready):
-                        prompt = adapter.prompt(question_prompt(it))
-                        for system, answers in (("baseline", base), ("vgrefine", refined)):
-                            if answers is not None and it.id not in done[system]:
-                                row = _row(it, system, prompt, answers[i], args.benchmark, resolve(args).scorer)
-                                handles[system].write(json.dumps(row, ensure_ascii=False) + "\n")
-                                done[system][it.id] = row
-                for it in chunk:
-                    remaining[it.image.key] -= 1
-                    if remaining[it.image.key] == 0:
-                        prefixes.pop(it.image.key, None)  # free its KV cache
-                for h in handles.values():
-                    h.flush()
-                bar.update(len(chunk))
+        for answered in answer_items(refiner, todo, args.batch_size, errors, baseline="baseline" in systems,
+                                     refined="vgrefine" in systems, progress=progress, desc=f"vqa {args.benchmark}"):
+            for it, base, refined in answered:
+                prompt = adapter.prompt(question_prompt(it))
+                for system, answer in (("baseline", base), ("vgrefine", refined)):
+                    if answer is not None and it.id not in done[system]:
+                        row = _row(it, system, prompt, answer, args.benchmark, scorer)
+                        handles[system].write(json.dumps(row, ensure_ascii=False) + "\n")
+                        done[system][it.id] = row
+            for h in handles.values():
+                h.flush()
     finally:
         for h in handles.values():
             h.close()
     return errors
+
+
+def answer_items(refiner, items: list[VQAItem], batch_size: int, errors: list[tuple[str, str]], *,
+                 baseline: bool = True, refined: bool = True, progress: bool = False, desc: str = "vqa"):
+    """Answer ``items`` in batches (grouped by image, so each image's prefix cache is computed once and
+    freed after its last question); yields each batch's [(item, baseline answer, VGRefine answer)].
+
+    A question whose image or prompt fails is appended to ``errors`` as (id, message) and skipped."""
+    todo = distributed.order_by_group(items, lambda it: it.image.key)
+    remaining: dict[str, int] = {}
+    for it in todo:
+        remaining[it.image.key] = remaining.get(it.image.key, 0) + 1
+    prefixes: dict[str, object] = {}
+    with tqdm(total=len(todo), desc=desc, unit="q", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            ready, queries = _prepare(chunk, refiner, prefixes, errors)
+            if queries:
+                base, ref = refiner.answer(queries, baseline=baseline, refined=refined)
+                yield [(it, base[i] if base else None, ref[i] if ref else None) for i, it in enumerate(ready)]
+            for it in chunk:
+                remaining[it.image.key] -= 1
+                if remaining[it.image.key] == 0:
+                    prefixes.pop(it.image.key, None)  # free its KV cache
+            bar.update(len(chunk))
 
 
 def _append(path: Path):
@@ -365,6 +390,7 @@ def _write_results(args, population: Population, systems, done, loaded, errors, 
         }
     path = args.out / "results.json"
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    figures.write([results], args.out / "results.md", args.out / "results.png", f"# VQA: {args.benchmark}")
     for s in systems:
         o = results["systems"][s]["overall"]
         log.info("%s: n=%d accuracy=%.4f mean score=%.4f", s, o["n"], o["accuracy"], o["mean_score"])
@@ -372,4 +398,4 @@ def _write_results(args, population: Population, systems, done, loaded, errors, 
         c = results["comparison"]
         log.info("VGRefine - baseline: %+.4f (95%% CI %.4f..%.4f), McNemar p=%.4g", c["bootstrap"]["diff"],
                  *c["bootstrap"]["ci_diff"], c["mcnemar"]["p_value"])
-    log.info("wrote %s", path)
+    log.info("wrote %s, results.md and results.png (table and chart)", path)

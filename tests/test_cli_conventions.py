@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import re
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from vgmed_eval import cli as eval_cli
@@ -120,3 +122,19 @@ def test_every_handler_fails_through_commands_fail(command):
     bare = [f"line {node.lineno}" for node in ast.walk(tree) if _bare_exit_code(node)]
     assert not bare, f"{command}: {func.__module__}.{func.__name__} returns a bare number instead of a " \
                      f"commands.EXIT_* code ({', '.join(bare)} of the function)"
+
+
+# An environment variable read in the code: os.environ.get("X"), env.get("X"), a constant X_ENV = "X".
+_ENV_READ = re.compile(r"""(?:environ|env)\.get\(\s*["']([A-Z][A-Z0-9_]+)["']|_ENV\s*=\s*["']([A-Z][A-Z0-9_]+)["']""")
+
+
+def test_every_environment_variable_the_code_reads_is_in_the_docs_table():
+    root = Path(__file__).resolve().parents[1]
+    read = set()
+    for folder in (root / "vgmed_build", root / "eval" / "vgmed_eval"):
+        for path in folder.rglob("*.py"):
+            read |= {a or b for a, b in _ENV_READ.findall(path.read_text(encoding="utf-8"))}
+    table = (root / "docs" / "cli.md").read_text(encoding="utf-8").split("## Environment variables", 1)[1]
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table.split("\n## ", 1)[0]))
+    assert {"OPENAI_API_KEY", "LABEL_STUDIO_URL", "VGMED_LABELSTUDIO_WORKERS", "RANK"} <= read  # the scan works
+    assert read - documented == set()

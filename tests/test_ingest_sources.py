@@ -145,7 +145,7 @@ def test_images2d_fundus_end_to_end(tmp_path):
     png = np.asarray(Image.open(build / region["image"]))
     assert png.shape == (3 * pixels.shape[0], 3 * pixels.shape[1], 3) and np.array_equal(png[1::3, 1::3], pixels)
     with open_catalog(build) as catalog:
-        messages = [m for (m,) in catalog.conn.execute("SELECT message FROM errors")]
+        messages = [f"{p}: {m}" for p, m in catalog.conn.execute("SELECT path, message FROM errors")]
     assert len(messages) == 1 and messages[0].startswith("masks/eye2_disc.png: RGB mask")
 
 

@@ -89,15 +89,17 @@ def test_touching_instances_keep_their_own_boxes(tmp_path):
 def test_crowd_option(coco_root, tmp_path, capsys, crowd, n_boxes):
     cfg = sources_toml(tmp_path / "s.toml", [{"name": "coco", "kind": "coco", "path": str(coco_root),
                                                "options": {"crowd": crowd, "split": "val2017"}}])
-    ingest(tmp_path / "b", "--sources", str(cfg))
+    assert ingest(tmp_path / "b", "--sources", str(cfg)) == 0
     coin = regions(tmp_path / "b").get(("val2017/coins.png", "coin"))
     if n_boxes:
         assert len(coin["boxes"]) == n_boxes
         assert [20, 180, 360, 290] in coin["boxes"]                    # the crowd RLE's own extent
-    else:
+    else:  # the picture is read but keeps no object: skipped with its reason, not an error
         assert coin is None
-        assert errors(tmp_path / "b", capsys)["val2017/coins.png"].startswith(
-            "val2017/coins.png: no object left (crowd = 'skip'")
+        assert errors(tmp_path / "b", capsys) == {}
+        main(["stats", "--build", str(tmp_path / "b"), "--json"])
+        assert json.loads(capsys.readouterr().out)["skipped"] == {
+            "no object left (crowd = 'skip', min_component_px = 16)": 1}
 
 
 def test_bad_annotations_are_errors_naming_the_file_and_the_run_goes_on(tmp_path, capsys):

@@ -235,7 +235,7 @@ def test_2d_radiograph_pairs_with_mask_files(tmp_path):
     (tmp_path / "masks" / "chest1_lung.png").unlink()
     items, errors = listed(tmp_path)
     assert items == [] and errors == [
-        "chest1.dcm: 2D DICOM image without mask files (looked for masks/chest1_{label}.png)"]
+        "chest1.dcm: 2D DICOM image without mask files (looked for masks/{stem}_{label}.png)"]
 
 
 def test_no_header_values_in_keys_or_messages(tmp_path):

@@ -138,7 +138,7 @@ def test_missing_masks_unreadable_image_and_missing_modality(tmp_path):
     write(tmp_path / "masks/broken_disc.png", disc_mask())
     items, errors = listed(spec(tmp_path))
     assert sorted(i.key for i in items) == ["images/broken.png", "images/eye1.jpg"]
-    expected = "images/eye3.jpg: no mask file found (looked for masks/eye3_{label}.png)"
+    expected = "images/eye3.jpg: no mask file found (looked for masks/{stem}_{label}.png)"
     assert [str(e) for e in errors] == [expected]
     broken = next(i for i in items if i.key == "images/broken.png")
     with pytest.raises(SourceError, match=r"images/broken.png: cannot read image"):
@@ -181,7 +181,7 @@ def test_underscore_stems_pair_with_their_masks(tmp_path):
         "images/a_b.png": ["a_b_cyst.png", "a_b_optic_cup.png"],
     }
     assert [str(e) for e in errors] == [
-        "images/x_y_z.png: no mask file found (looked for masks/x_y_z_{label}.png)"
+        "images/x_y_z.png: no mask file found (looked for masks/{stem}_{label}.png)"
     ]
     masks = next(i for i in items if i.key == "images/a_b.png").load().masks
     assert sorted(masks) == ["cyst", "optic_cup"]

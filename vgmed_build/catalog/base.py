@@ -55,24 +55,26 @@ class CatalogBase:
         source: str = "",
         conn: sqlite3.Connection | None = None,
         replace: bool = False,
+        path: str = "",
     ) -> None:
         """Store a problem with one item; the same problem is stored once however often it recurs.
 
         ``replace``: the item's other problems of this stage go (an item has one current problem).
         ``conn``: inside the caller's transaction (else in one of its own).
+        ``path``: the file the problem is about, kept apart from ``message`` (shown as ``path: message``).
         """
         if conn is None:
             with self.transaction() as c:
-                self.record_error(stage, item, message, source, c, replace)
+                self.record_error(stage, item, message, source, c, replace, path)
             return
         if replace:
             conn.execute(
-                "DELETE FROM errors WHERE stage=? AND source=? AND item=? AND message<>?",
-                (stage, source, item, message),
+                "DELETE FROM errors WHERE stage=? AND source=? AND item=? AND NOT (message=? AND path=?)",
+                (stage, source, item, message, path),
             )
         conn.execute(
-            "INSERT OR IGNORE INTO errors (stage, source, item, message, created_at) VALUES (?,?,?,?,?)",
-            (stage, source, item, message, now_iso()),
+            "INSERT OR IGNORE INTO errors (stage, source, item, path, message, created_at) VALUES (?,?,?,?,?,?)",
+            (stage, source, item, path, message, now_iso()),
         )
 
     def clear_errors(

@@ -126,6 +126,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX llm_batch_requests_key ON llm_batch_requests(key);
     """,
+    # v4: skipped items (read, but every structure filtered out) and the file an error is about as a
+    # field of its own, so shared output pseudonymises it without searching the message.
+    """
+    ALTER TABLE items ADD COLUMN skip_reason TEXT;        -- set on a 'done' item with nothing kept
+    ALTER TABLE errors ADD COLUMN path TEXT NOT NULL DEFAULT '';  -- shown as 'path: message'
+    UPDATE errors SET path = item, message = substr(message, length(item) + 3)
+        WHERE stage = 'ingest' AND item <> '' AND substr(message, 1, length(item) + 2) = item || ': ';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -6,21 +6,24 @@ its PNGs are written atomically first, then its item, image and region rows go i
 ONE transaction, so a kill -9 never leaves half an item. An item whose fingerprint (input files'
 sizes, mtimes and content + the source's options) is already stored as done is skipped; a changed
 item is re-ingested in place (stable ids, upserts), so reruns never duplicate. A bad item becomes an
-error record naming the file and the problem, and the run goes on. An item its source no longer
-lists is withdrawn from the build (``--keep-missing`` keeps it).
+error record naming the file and the problem, and the run goes on (a worker process that dies costs
+only the item it held, see :mod:`.pool`). An item read correctly whose every structure the size
+filters leave out is *skipped* with its reason, not an error. An item its source no longer lists is
+withdrawn from the build (``--keep-missing`` keeps it).
+
+An error's item and file are fields (:class:`ItemProblem`), never parsed back out of its message,
+so output meant to be shared shows a pseudonym in their place.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import threading
-import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,10 +32,12 @@ from tqdm import tqdm
 from vgmed_build.catalog import Catalog, open_catalog
 from vgmed_build.catalog.ingest import INGEST_STAGE as STAGE
 from vgmed_build.identifiers import item_pseudonym
+from vgmed_build.ingest.pool import WorkerDied, run_parallel
 from vgmed_build.ingest.render import RenderedImage, render_item
+from vgmed_build.interrupt import disk_full
 from vgmed_build.resources import schema_problems
 from vgmed_build.sources import SourceError, SourceSpec, get_adapter
-from vgmed_build.sources.base import SourceItem, escaped_name, name_problem
+from vgmed_build.sources.base import ItemSkipped, SourceItem, escaped_name, name_problem
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +75,30 @@ class Job:
     settings: str  # spec_settings(spec)
 
 
+@dataclass(frozen=True)
+class ItemProblem:
+    """One error of a source (an item, or the source's listing): who and what, as separate fields."""
+
+    source: str
+    item: str  # the item key (or, for a listing problem, the file or folder it is about)
+    path: str  # the file the problem is about, shown before it ('' when it names none)
+    problem: str
+
+    def text(self, with_paths: bool) -> str:
+        """``path: problem``; without paths (output meant to be shared) the item's pseudonym stands
+        in for the path: a field replaced, never a substring of the message searched for."""
+        if not with_paths:
+            return f"{item_pseudonym(self.source, self.item)}: {self.problem}"
+        return f"{self.path or self.item}: {self.problem}"
+
+
 @dataclass
 class JobResult:
-    status: str  # done | skipped | error
+    status: str  # done | unchanged | skipped (nothing passed the size filters: problem is why) | error | disk-full
     fingerprint: str = ""
     images: list[RenderedImage] = field(default_factory=list)
-    error: str = ""
-
-
-_JOBS: list[Job] = []  # filled before forking the worker pool; workers get indices
-_BUILD_DIR: Path = Path(".")
+    problem: str = ""  # the error, or the reason the item was skipped
+    path: str = ""  # the file an error is about
 
 
 def run_job(job: Job, build_dir: Path, force: bool) -> JobResult:
@@ -88,26 +107,24 @@ def run_job(job: Job, build_dir: Path, force: bool) -> JobResult:
     try:
         fp = fingerprint(job.settings, job.item)
     except OSError as exc:
-        return JobResult("error", error=f"{key}: cannot read input ({exc.strerror or exc}: {exc.filename})")
+        where = os.path.relpath(exc.filename, job.spec.path) if exc.filename else key
+        return JobResult("error", problem=f"cannot read input ({exc.strerror or exc})", path=escaped_name(where))
     if not force and fp == job.done_fingerprint:
-        return JobResult("skipped", fingerprint=fp)
+        return JobResult("unchanged", fingerprint=fp)
     try:
         data = job.item.load()
         images = render_item(job.spec, key, data, build_dir)
     except SourceError as exc:
-        return JobResult("error", fingerprint=fp, error=str(exc))
+        return JobResult("error", fingerprint=fp, problem=exc.problem, path=exc.path)
+    except ItemSkipped as exc:
+        return JobResult("skipped", fingerprint=fp, problem=exc.reason)
     except MemoryError:
-        return JobResult("error", fingerprint=fp, error=f"{key}: out of memory")
+        return JobResult("error", fingerprint=fp, problem="out of memory", path=key)
     except Exception as exc:  # a bug or an unforeseen file problem: keep the run going, keep the trace
+        if disk_full(exc):  # no fault of the item's: the run stops (vgmed_build.interrupt)
+            return JobResult("disk-full", fingerprint=fp, problem=str(exc))
         log.debug("item %s failed:\n%s", key, traceback.format_exc())
-        return JobResult("error", fingerprint=fp, error=f"{key}: internal error {type(exc).__name__}: {exc}")
-    if not images:
-        return JobResult(
-            "error",
-            fingerprint=fp,
-            error=f"{key}: no slice has a structure that passes the "
-            "size filters (see min_area_px, min_component_px, max_area_ratio)",
-        )
+        return JobResult("error", fingerprint=fp, problem=f"internal error {type(exc).__name__}: {exc}", path=key)
     # Every record is checked before it is stored (compiled validator: ~0.2 ms per region).
     for region in (r for img in images for r in img.regions):
         problems = schema_problems("region", region)
@@ -115,38 +132,21 @@ def run_job(job: Job, build_dir: Path, force: bool) -> JobResult:
             return JobResult(
                 "error",
                 fingerprint=fp,
-                error=f"{key}: region {region['label']!r} does not "
+                problem=f"region {region['label']!r} does not "
                 f"validate against region.schema.json: {'; '.join(problems)}",
+                path=key,
             )
     return JobResult("done", fingerprint=fp, images=images)
-
-
-def _run_index(index: int, force: bool) -> JobResult:
-    return run_job(_JOBS[index], _BUILD_DIR, force)
-
-
-def _die_with_parent(parent: int, poll_s: float = 0.5) -> None:
-    """Worker initializer: exit as soon as the ingest process is gone (killed, even by SIGKILL).
-
-    Without it an orphaned worker (~100 MB) blocks forever writing its result into a pipe that
-    nobody reads. A thread watches the parent pid, so it fires even while the worker is blocked.
-    """
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="vgmed-parent-watch", daemon=True).start()
 
 
 def store_result(catalog: Catalog, spec: SourceSpec, key: str, result: JobResult) -> None:
     """Store one item's outcome (its images are on disk already), then delete the images it lost."""
     if result.status == "error":
-        catalog.store_item_error(spec.name, key, result.fingerprint, result.error)
+        catalog.store_item_error(spec.name, key, result.fingerprint, result.problem, result.path)
         return
     images = [(img.record, img.regions) for img in result.images]
-    for path in catalog.store_item(spec.name, key, result.fingerprint, images):
+    reason = result.problem if result.status == "skipped" else None
+    for path in catalog.store_item(spec.name, key, result.fingerprint, images, skip_reason=reason):
         (catalog.build_dir / path).unlink(missing_ok=True)
 
 
@@ -154,8 +154,9 @@ def store_result(catalog: Catalog, spec: SourceSpec, key: str, result: JobResult
 class IngestReport:
     items: int = 0
     done: int = 0
-    skipped: int = 0
-    errors: list[tuple[str, str, str]] = field(default_factory=list)  # (source, item, message)
+    unchanged: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> items read that kept nothing
+    errors: list[ItemProblem] = field(default_factory=list)
     withdrawn: list[tuple[str, str]] = field(default_factory=list)  # (source, item) no longer in its source
     kept_missing: list[tuple[str, str]] = field(default_factory=list)  # the same, kept (--keep-missing)
 
@@ -179,7 +180,7 @@ def _list_jobs(
         try:
             entries = list(get_adapter(spec.kind).items(spec))
         except Exception as exc:  # the adapter could not even list the source
-            entries = [SourceError(f"{spec.path}: cannot list source ({type(exc).__name__}: {exc})")]
+            entries = [SourceError(f"cannot list source ({type(exc).__name__}: {exc})", path=spec.path)]
             listed = False
         settings = spec_settings(spec)
         present: set[str] = set()
@@ -187,11 +188,10 @@ def _list_jobs(
             if isinstance(entry, SourceItem):
                 entry = name_problem(entry) or entry
             if isinstance(entry, SourceError):
-                message = escaped_name(str(entry))
-                item = message.split(": ", 1)[0] if ": " in message else spec.path.name
-                report.errors.append((spec.name, item, message))
-                catalog.record_error(STAGE, item, message, source=spec.name)
-                present.add(item)
+                error = ItemProblem(spec.name, entry.item or spec.path.name, entry.path, escaped_name(entry.problem))
+                report.errors.append(error)
+                catalog.record_error(STAGE, error.item, error.problem, source=spec.name, path=error.path)
+                present.add(error.item)
             else:
                 jobs.append(Job(spec, entry, done.get((spec.name, entry.key)), settings))
                 present.add(entry.key)
@@ -218,12 +218,15 @@ def _withdraw(
         report.kept_missing += [(spec.name, key) for key in missing]
         return
     if not stored & present:
-        message = (
-            f"{spec.path.name}: none of the {len(missing)} stored item(s) are in the source any more; nothing "
-            "was withdrawn (is it mounted?); to drop them all, ingest into a new build"
+        error = ItemProblem(
+            spec.name,
+            spec.path.name,
+            spec.path.name,
+            f"none of the {len(missing)} stored item(s) are in the source any more; nothing "
+            "was withdrawn (is it mounted?); to drop them all, ingest into a new build",
         )
-        report.errors.append((spec.name, spec.path.name, message))
-        catalog.record_error(STAGE, spec.path.name, message, source=spec.name)
+        report.errors.append(error)
+        catalog.record_error(STAGE, error.item, error.problem, source=spec.name, path=error.path)
         return
     for key in missing:
         gone = catalog.withdraw_item(spec.name, key)
@@ -252,40 +255,38 @@ def run_ingest(
     ``keep_missing``: keep items their source no longer lists (default: withdraw them);
     ``with_paths``: name withdrawn items by path in the log (else by pseudonym).
     """
-    global _JOBS, _BUILD_DIR
     report = IngestReport()
     with open_catalog(build_dir) as catalog:
         jobs = _list_jobs(catalog, specs, report, keep_missing, with_paths)
         report.items = len(jobs)
         bar = tqdm(total=len(jobs), desc="ingest", unit="item", disable=None if progress is None else not progress)
 
-        def handle(job: Job, result: JobResult) -> None:
-            if result.status != "skipped":
+        def handle(index: int, result: JobResult | WorkerDied) -> None:
+            job = jobs[index]
+            if isinstance(result, WorkerDied):
+                result = JobResult("error", problem=result.describe(), path=job.item.key)
+            if result.status == "disk-full":
+                raise OSError(errno.ENOSPC, result.problem)
+            if result.status != "unchanged":
                 store_result(catalog, job.spec, job.item.key, result)
             if result.status == "error":
-                report.errors.append((job.spec.name, job.item.key, result.error))
+                report.errors.append(ItemProblem(job.spec.name, job.item.key, result.path, result.problem))
+            elif result.status == "skipped":
+                report.skipped[result.problem] += 1
             elif result.status == "done":
                 report.done += 1
             else:
-                report.skipped += 1
+                report.unchanged += 1
             bar.update(1)
 
+        def work(index: int) -> JobResult:
+            return run_job(jobs[index], catalog.build_dir, force)
+
         if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                handle(job, run_job(job, catalog.build_dir, force))
+            for index in range(len(jobs)):
+                handle(index, work(index))
         else:
-            # Fork: workers inherit the listed items (their loaders need not be picklable).
-            _JOBS, _BUILD_DIR = jobs, catalog.build_dir
-            try:
-                ctx = multiprocessing.get_context("fork")
-                with ProcessPoolExecutor(
-                    max_workers=workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
-                ) as pool:
-                    futures = {pool.submit(_run_index, i, force): jobs[i] for i in range(len(jobs))}
-                    for fut in as_completed(futures):
-                        handle(futures[fut], fut.result())
-            finally:
-                _JOBS = []
+            run_parallel(len(jobs), work, workers, handle)
         bar.close()
     return report
 

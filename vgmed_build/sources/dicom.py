@@ -265,7 +265,7 @@ class DicomAdapter:
             name = rel(s.path, root)
             files = find(s.path.stem)
             if not files:
-                looked = layout.describe(s.path.stem)
+                looked = layout.describe()
                 yield SourceError(f"2D DICOM image without mask files (looked for {looked})", path=name)
                 continue
             yield SourceItem(

@@ -70,7 +70,7 @@ class Images2DAdapter:
             name = rel(path, root)
             files = find(path.stem)
             if not files:
-                yield SourceError(f"no mask file found (looked for {layout.describe(path.stem)})", path=name)
+                yield SourceError(f"no mask file found (looked for {layout.describe()})", path=name)
                 continue
             yield SourceItem(
                 key=name,

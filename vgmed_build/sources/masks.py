@@ -105,8 +105,10 @@ class MaskLayout:
         found = {t: root / pattern.replace("{label}", t) for t in tags}
         return {t: p for t, p in found.items() if p.is_file()}
 
-    def describe(self, stem: str) -> str:
-        return self.pattern.replace("{stem}", stem)
+    def describe(self) -> str:
+        """The pattern as written ({stem} stays: an image's name may carry a patient's, and messages
+        name the image in a field of their own, pseudonymised in shared output)."""
+        return self.pattern
 
 
 def split_mask_name(tokens: list[str], name: str, stems: set[str]) -> tuple[str, str] | None:

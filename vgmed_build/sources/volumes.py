@@ -68,19 +68,27 @@ def volume_files(folder: Path, exts: tuple[str, ...] = VOLUME_EXTS) -> list[Path
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and case_of(p, exts))
 
 
+def mhd_data_file(path: Path) -> tuple[str, Path | None]:
+    """An ``.mhd`` header's ElementDataFile as written, and its path when it lies in the header's
+    folder (None when it leaves it, through ``..``, an absolute path or a symlink: never read)."""
+    try:
+        text = path.read_text(encoding="latin-1")
+    except OSError:
+        return "", None
+    m = re.search(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", text, re.MULTILINE)
+    value = m.group(1) if m else ""
+    if not value or value == "LOCAL" or value.startswith("LIST") or "%" in value:
+        return value, None
+    data = (path.parent / value).resolve()
+    return value, data if data.is_relative_to(path.parent.resolve()) else None
+
+
 def companion_files(path: Path) -> list[Path]:
     """The file itself and, for an ``.mhd`` header, its data file (both feed the resume fingerprint)."""
     if not path.name.lower().endswith(".mhd") or not path.is_file():
         return [path]
-    try:
-        text = path.read_text(encoding="latin-1")
-    except OSError:
-        return [path]
-    m = re.search(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", text, re.MULTILINE)
-    if not m or m.group(1) == "LOCAL" or m.group(1).startswith("LIST"):
-        return [path]
-    data = path.parent / m.group(1)
-    return [path, data] if data.is_file() else [path]
+    _, data = mhd_data_file(path)
+    return [path, data] if data is not None and data.is_file() else [path]
 
 
 def drop_trailing_singletons(data: np.ndarray) -> np.ndarray:
@@ -111,6 +119,14 @@ def read_volume(path: Path, root: Path, what: str) -> VolumeFile:
 def _read_itk(path: Path, name: str, what: str) -> VolumeFile:
     import SimpleITK as sitk
 
+    if path.name.lower().endswith(".mhd"):
+        value, data = mhd_data_file(path)
+        if data is None and value and value != "LOCAL":
+            raise SourceError(
+                f"ElementDataFile {value!r} is not one data file inside the header's folder; refused (nothing outside "
+                "the source is read)",
+                path=name,
+            )
     try:
         img = sitk.ReadImage(str(path))
         arr = sitk.GetArrayFromImage(img)

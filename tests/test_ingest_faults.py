@@ -1,0 +1,304 @@
+"""Ingest under faults and hostile input (issue 30, issue 21 item 4): filtered-out items are skipped
+with their reason, hostile geometry is refused before rasterising, a killed worker costs one item,
+errors carry their item as a field (no name leaks, no mangled text), nothing outside a source is
+read, and Ctrl-C / SIGTERM / a full disk end the command with one line, on real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from coco_fixtures import PERSON, TABLE, write_coco
+from ingest_fixtures import ingest, mni, sources_toml
+from PIL import Image
+
+from vgmed_build.cli import main
+from vgmed_build.identifiers import item_pseudonym
+from vgmed_build.ingest.pool import WorkerDied, run_parallel
+
+VGMED = [sys.executable, "-m", "vgmed_build.cli"]
+
+
+def stats(build: Path, capsys, *flags: str) -> tuple[int, dict]:
+    capsys.readouterr()
+    code = main(["stats", "--build", str(build), "--json", *flags])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def coco_with(root: Path, images: list[int], annotations: list[dict]) -> None:
+    """The fixture's COCO folder reduced to ``images`` (ids) and ``annotations``."""
+    doc = write_coco(root)
+    doc["images"] = [i for i in doc["images"] if i["id"] in images]
+    doc["annotations"] = annotations
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(doc), encoding="utf-8")
+
+
+def ann(i: int, image: int, category: int, polygon: list) -> dict:
+    return {"id": i, "image_id": image, "category_id": category, "segmentation": [polygon], "iscrowd": 0}
+
+
+def photos(root: Path, n: int, name: str = "img_{i:03d}") -> Path:
+    """``n`` small images2d items (a gradient and one rectangle each)."""
+    for i in range(n):
+        pixels = np.tile(np.arange(64, dtype=np.uint8) * 2 + i % 50, (48, 1))
+        mask = np.zeros((48, 64), np.uint8)
+        mask[5 + i % 20 : 20 + i % 20, 10:30] = 255
+        for path, arr in ((f"images/{name.format(i=i)}.png", pixels), (f"masks/{name.format(i=i)}_spot.png", mask)):
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(root / path)
+    return root
+
+
+# --- issue 21 item 4: nothing left after the size filters is a skip, not an error -----------------
+
+
+def test_an_image_whose_only_object_is_too_large_is_skipped_with_its_reason(tmp_path, capsys):
+    root = tmp_path / "coco"
+    coco_with(root, [2, 3], [ann(21, 2, 3, TABLE), ann(30, 3, 4, PERSON)])  # coffee.png: the table only
+    build = tmp_path / "b"
+    capsys.readouterr()
+    assert ingest(build, "--source", f"coco:{root}") == 0
+    out = capsys.readouterr()
+    assert "1 ingested, 0 unchanged, 1 skipped, 0 errors" in out.out
+    reason = "every structure covers more than max_area_ratio = 0.4 of the image"
+    assert f"  skipped 1 item(s): {reason}" in out.out and "error" not in out.err
+    code, got = stats(build, capsys)
+    assert code == 0 and got["errors"] == [] and got["skipped"] == {reason: 1}
+    assert got["sources"]["coco"]["items_done"] == 1 and got["sources"]["coco"]["items_skipped"] == 1
+    assert main(["stats", "--build", str(build)]) == 0
+    text = capsys.readouterr().out
+    assert "coco: 1 items done, 1 skipped, 0 failed" in text and f"  {reason}: 1" in text
+    # A rerun finds it unchanged; the catalog holds nothing of it.
+    assert ingest(build, "--source", f"coco:{root}") == 0
+    assert "0 ingested, 2 unchanged, 0 skipped" in capsys.readouterr().out
+    with sqlite3.connect(build / "catalog.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM images WHERE item_key='val2017/coffee.png'").fetchone() == (0,)
+
+
+def test_an_object_below_min_area_px_is_skipped_with_that_reason(tmp_path, capsys):
+    root = tmp_path / "coco"
+    speck = [300, 200, 306, 200, 306, 206, 300, 206]  # 7 x 7 px = 49 < min_area_px
+    coco_with(root, [2, 3], [ann(20, 2, 2, speck), ann(30, 3, 4, PERSON)])
+    cfg = sources_toml(tmp_path / "s.toml", [{"name": "coco", "kind": "coco", "path": str(root),
+                                               "options": {"min_area_px": 100}}])
+    assert ingest(tmp_path / "b", "--sources", str(cfg)) == 0
+    assert stats(tmp_path / "b", capsys)[1]["skipped"] == {"every structure is smaller than min_area_px = 100": 1}
+
+
+# --- hostile geometry: bounded before rasterising; a good source beside it is stored -------------
+
+
+@pytest.mark.parametrize("bad, says", [(1e12, "polygon x coordinate 1e+12 lies far outside the 600x400 picture"),
+                                       ("NaN", "polygon coordinate 0 is nan, not a finite number")])
+def test_a_huge_or_nan_coordinate_is_an_error_and_the_good_source_is_stored(tmp_path, capsys, bad, says):
+    root = tmp_path / "coco"
+    polygon = [float(bad), 10, 200, 10, 200, 200, 10, 200]
+    coco_with(root, [2, 3], [ann(20, 2, 2, polygon), ann(30, 3, 4, PERSON)])
+    text = (root / "annotations" / "instances_val2017.json").read_text().replace('"NaN"', "NaN")
+    (root / "annotations" / "instances_val2017.json").write_text(text)
+    good = photos(tmp_path / "good", 3)
+    build = tmp_path / "b"
+    capsys.readouterr()
+    started = time.monotonic()
+    code = ingest(build, "--source", f"coco:{root}", "--source", f"images2d:{good}", "--modality", "Natural",
+                  "--workers", "2", "--with-paths")
+    assert time.monotonic() - started < 120  # bounded: no allocation until the process dies
+    err = capsys.readouterr().err
+    assert code == 1 and f"error [coco] val2017/coffee.png: annotation 20: {says}" in err
+    with sqlite3.connect(build / "catalog.sqlite") as conn:
+        done = dict(conn.execute("SELECT source, COUNT(*) FROM items WHERE status='done' GROUP BY source"))
+    assert done == {"good": 3, "coco": 1}  # the astronaut of the bad source too
+
+
+# --- a worker killed from outside costs the item it held; the others go on --------------------------
+
+
+def test_pool_reports_the_item_of_a_killed_worker_and_goes_on(tmp_path):
+    pid_file = tmp_path / "pid"
+
+    def work(index: int) -> int:
+        if index == 2:
+            pid_file.write_text(str(os.getpid()))
+            time.sleep(60)
+        return index * 10
+
+    def killer() -> None:
+        while not pid_file.exists() or not pid_file.read_text():
+            time.sleep(0.05)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    got: dict[int, object] = {}
+    run_parallel(6, work, 2, got.__setitem__)
+    thread.join()
+    assert got == {0: 0, 1: 10, 2: WorkerDied(-signal.SIGKILL), 3: 30, 4: 40, 5: 50}
+    assert "killed by SIGKILL" in got[2].describe()
+
+
+def test_ingest_with_a_worker_killed_from_outside_stores_every_other_item(tmp_path, capsys, monkeypatch):
+    """The real ingest (fork inherits this patch): the worker rendering one item is SIGKILLed."""
+    import vgmed_build.ingest.run as run
+
+    root = photos(tmp_path / "photos", 5)
+    pid_file = tmp_path / "pid"
+    real = run.render_item
+
+    def render(spec, key, data, build_dir):
+        if key == "images/img_002.png":
+            pid_file.write_text(str(os.getpid()))
+            time.sleep(60)
+        return real(spec, key, data, build_dir)
+
+    monkeypatch.setattr(run, "render_item", render)
+
+    def killer() -> None:
+        while not pid_file.exists() or not pid_file.read_text():
+            time.sleep(0.05)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    capsys.readouterr()
+    code = ingest(tmp_path / "b", "--source", f"images2d:{root}", "--modality", "Dermoscopy", "--workers", "2",
+                  "--with-paths")
+    thread.join()
+    out = capsys.readouterr()
+    assert code == 1 and "Traceback" not in out.err and "BrokenProcessPool" not in out.err
+    assert "4 ingested" in out.out
+    assert "error [photos] images/img_002.png: the worker process reading this item died (killed by SIGKILL" in out.err
+
+
+# --- errors carry their item as a field: no leak, no mangling ---------------------------------------
+
+
+def test_a_patient_name_in_a_file_name_never_reaches_shared_output(tmp_path, capsys):
+    root = photos(tmp_path / "photos", 2)
+    name = "Doe: Jane MRN 12345"
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (48, 1))).save(root / "images" / f"{name}.png")
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[5:20, 10:30, 0] = 255
+    Image.fromarray(rgb).save(root / "masks" / f"{name}_spot.png")  # an RGB mask: an error of that item
+    build = tmp_path / "b"
+    capsys.readouterr()
+    assert ingest(build, "--source", f"images2d:{root}", "--modality", "Dermoscopy") == 1
+    err = capsys.readouterr().err
+    pseudonym = item_pseudonym("photos", f"images/{name}.png")
+    assert f"error [photos] {pseudonym}: RGB mask with differing channels" in err
+    code, hidden = stats(build, capsys)
+    assert main(["stats", "--build", str(build)]) == 1
+    text = capsys.readouterr().out
+    for shown in (err, json.dumps(hidden), text):
+        assert "Doe" not in shown and "12345" not in shown
+    assert hidden["errors"][0]["item"] == pseudonym and hidden["errors"][0]["message"].startswith(pseudonym)
+    # Where the output stays on the site, the file is named as it is.
+    _, full = stats(build, capsys, "--with-paths")
+    assert full["errors"][0]["message"].startswith(f"masks/{name}_spot.png: RGB mask")
+    assert full["errors"][0]["item"] == f"images/{name}.png"
+
+
+def test_a_short_source_folder_name_does_not_mangle_messages(tmp_path, capsys):
+    folder = tmp_path / "p"
+    folder.mkdir()  # a nifti source with no pairs at all
+    build = tmp_path / "b"
+    capsys.readouterr()
+    assert ingest(build, "--source", f"nifti:{folder}", "--modality", "CT") == 1
+    err = capsys.readouterr().err
+    expected = f"{item_pseudonym('p', 'p')}: no image/label pairs (expected images/ + labels/ folders"
+    assert f"error [p] {expected}" in err
+    _, got = stats(build, capsys)
+    assert got["errors"][0]["message"].startswith(expected)
+
+
+# --- nothing outside the source is read --------------------------------------------------------------
+
+
+def test_an_mhd_whose_data_file_leaves_its_folder_is_refused_unread(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    image, labels, affine = mni(4)
+    pairs = tmp_path / "src" / "pairs"
+    pairs.mkdir(parents=True)
+    for stem, data in (("case", image.astype(np.float32)), ("case_seg", labels.astype(np.uint8))):
+        sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(data.T)), str(pairs / f"{stem}.mhd"))
+    outside = tmp_path / "src" / "outside"
+    (pairs / "case.raw").rename(outside)
+    header = pairs / "case.mhd"
+    header.write_text(header.read_text().replace("ElementDataFile = case.raw", "ElementDataFile = ../outside"))
+    build = tmp_path / "b"
+    capsys.readouterr()
+    assert ingest(build, "--source", f"nifti:{pairs}", "--modality", "MRI", "--with-paths") == 1
+    err = capsys.readouterr().err
+    assert ("case.mhd: ElementDataFile '../outside' is not one data file inside the header's folder; "
+            "refused (nothing outside the source is read)") in err
+
+
+# --- Ctrl-C, SIGTERM and a full disk: one line, no traceback, a rerun resumes ------------------------
+
+
+def items_stored(build: Path) -> int:
+    try:
+        with sqlite3.connect(build / "catalog.sqlite") as conn:
+            return conn.execute("SELECT COUNT(*) FROM items WHERE status='done'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.parametrize("sig, workers, code, said", [(signal.SIGINT, "2", 130, "Ctrl-C"),
+                                                       (signal.SIGTERM, "1", 143, "SIGTERM")])
+def test_a_signal_stops_ingest_with_one_line_and_a_rerun_resumes(tmp_path, sig, workers, code, said):
+    root = photos(tmp_path / "photos", 300)
+    build = tmp_path / "b"
+    args = [*VGMED, "ingest", "--build", str(build), "--source", f"images2d:{root}", "--modality", "Dermoscopy",
+            "--no-progress", "--workers", workers]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while items_stored(build) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "ingest finished before the signal: give it more items"
+    os.killpg(proc.pid, sig)  # as a terminal's Ctrl-C does: the whole process group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"ingest: stopped by {said}; rerun the same command to resume (what finished is stored)")
+    stored = items_stored(build)
+    assert 2 <= stored < 300
+    with sqlite3.connect(build / "catalog.sqlite") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    time.sleep(1)  # the workers saw their parent go
+    assert subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True).stdout == b""
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and f"{stored} unchanged" in rerun.stdout
+
+
+def test_a_full_disk_is_one_clear_error(tmp_path):
+    """A real full disk: the build on a 1 MB tmpfs in a private mount namespace (unshare)."""
+    unshare = shutil.which("unshare")
+    probe = unshare and subprocess.run([unshare, "-rm", "true"], capture_output=True).returncode == 0
+    if not probe:
+        pytest.skip("unshare -rm (user and mount namespaces) is not available here")
+    root = photos(tmp_path / "photos", 200)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    check = "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0])"
+    script = (
+        'mount -t tmpfs -o size=1m tmpfs "$1" && "$2" -m vgmed_build.cli ingest --build "$1/b" '
+        '--source "images2d:$3" --modality Dermoscopy --no-progress; echo "rc=$?"; '
+        '"$2" -c "$4" "$1/b/catalog.sqlite"'
+    )
+    got = subprocess.run([unshare, "-rm", "sh", "-c", script, "sh", str(disk), sys.executable, str(root), check],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert "Traceback" not in got.stderr
+    assert "rc=2" in got.stdout and got.stdout.strip().splitlines()[-1] == "ok"
+    (line,) = [x for x in got.stderr.splitlines() if x.startswith("error:")]
+    assert "ingest: the disk is full" in line and "rerun the same command to resume" in line

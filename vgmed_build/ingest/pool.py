@@ -1,0 +1,134 @@
+"""Ingest's worker processes: each holds one item at a time, so the parent always knows which item a
+worker holds. A worker that dies (SIGKILL from the out-of-memory killer, a crash inside a C library)
+costs only that item, reported as :class:`WorkerDied`; a fresh worker takes its place and the run
+goes on. (A ``ProcessPoolExecutor`` cannot say which item a dead worker held: it breaks for good.)
+
+Workers are forked, so they inherit what the parent listed (item loaders need not be picklable);
+they ignore Ctrl-C, which the parent handles by ending them, and exit on their own when the parent
+is gone (even after a SIGKILL of the parent).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WorkerDied:
+    """The outcome of an item whose worker process died while holding it."""
+
+    exitcode: int | None  # negative: killed by that signal
+
+    def describe(self) -> str:
+        if self.exitcode is not None and self.exitcode < 0:
+            try:
+                how = f"killed by {signal.Signals(-self.exitcode).name}"
+            except ValueError:
+                how = f"killed by signal {-self.exitcode}"
+        else:
+            how = f"exit code {self.exitcode}"
+        return (
+            f"the worker process reading this item died ({how}; SIGKILL is what the out-of-memory killer "
+            "sends); the other items went on, rerun ingest to retry this one"
+        )
+
+
+def _die_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """Exit as soon as the ingest process is gone (killed, even by SIGKILL).
+
+    Without it an orphaned worker (~100 MB) blocks forever writing its result into a pipe that
+    nobody reads. A thread watches the parent pid, so it fires even while the worker is blocked.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vgmed-parent-watch", daemon=True).start()
+
+
+def _serve(conn: Connection, parent: int, work: Callable[[int], Any]) -> None:
+    """A worker: receive an item index, send back ``work(index)``, until told to stop (None)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (inherited by fork)
+    _die_with_parent(parent)
+    while True:
+        index = conn.recv()
+        if index is None:
+            return
+        conn.send(work(index))
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.Process
+    conn: Connection
+    held: int | None = None
+
+
+def run_parallel(
+    n_items: int, work: Callable[[int], Any], workers: int, on_result: Callable[[int, Any], None]
+) -> None:
+    """Call ``work(i)`` for every ``i < n_items`` in ``workers`` forked processes and ``on_result(i,
+    result)`` in this process as each finishes (a :class:`WorkerDied` when its worker died).
+
+    ``work`` must not raise. On any exception here (Ctrl-C included) the workers are ended at once.
+    """
+    ctx = multiprocessing.get_context("fork")
+    todo = deque(range(n_items))
+    pool: list[_Worker] = []
+
+    def start() -> _Worker:
+        parent_end, child_end = ctx.Pipe()
+        process = ctx.Process(target=_serve, args=(child_end, os.getpid(), work), daemon=True)
+        process.start()
+        child_end.close()
+        return _Worker(process, parent_end)
+
+    def assign(worker: _Worker) -> None:
+        worker.held = todo.popleft() if todo else None
+        if worker.held is not None:
+            worker.conn.send(worker.held)
+
+    try:
+        for _ in range(min(workers, n_items)):
+            pool.append(start())
+            assign(pool[-1])
+        while busy := [w for w in pool if w.held is not None]:
+            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+            for i, worker in enumerate(pool):
+                if worker.held is None or not ready & {worker.conn, worker.process.sentinel}:
+                    continue
+                try:
+                    result = worker.conn.recv() if worker.conn.poll() else None
+                except (EOFError, OSError):
+                    result = None
+                if result is None:  # the worker died holding its item: replace it
+                    worker.process.join()
+                    worker.conn.close()
+                    result = WorkerDied(worker.process.exitcode)
+                    held, pool[i] = worker.held, start()
+                    worker = pool[i]
+                    worker.held = held
+                on_result(worker.held, result)
+                assign(worker)
+        for worker in pool:
+            worker.conn.send(None)
+    finally:
+        for worker in pool:
+            if worker.process.is_alive():
+                worker.process.join(timeout=2 if worker.held is None else 0)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()

@@ -1,6 +1,7 @@
 """Throughput of `generate --drafter llm` against the scripted server with added latency.
 
     .venv/bin/python benchmarks/bench_generate.py [--drafts 2000] [--concurrency 32] [--latency-ms 200]
+    .venv/bin/python benchmarks/bench_generate.py --quick   # its checks of benchmarks/quick.py
 
 Measures, against the same server process in the same run:
   1. the baseline: a bare AsyncOpenAI loop sending the same requests (semaphore only: no cache,
@@ -17,6 +18,7 @@ import asyncio
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -73,53 +75,100 @@ def timed(fn, *args):
     return result, time.perf_counter() - t0, time.process_time() - c0
 
 
-def main() -> None:
+@dataclass
+class Round:
+    """One round: the bare loop's and generate's rates and CPU per request, and the rerun."""
+
+    base_rate: float
+    base_cpu: float
+    gen_rate: float
+    gen_cpu: float
+    rerun_s: float
+    rerun_requests: int
+
+
+def measure(n: int, concurrency: int, latency_ms: float, rounds: int, echo: bool = True) -> list[Round]:
+    """Alternating rounds of the bare loop and generate (then its rerun), each on a fresh catalog, against
+    one scripted server process; fails if generate sends other than one request per draft."""
+    targets = [
+        (f"t{i}", f"structure {i}", [], "unknown", "organ", [i % 100, i % 90, i % 100 + 20, i % 90 + 30])
+        for i in range(n)
+    ]
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        server = LlmServer({"latency_ms": latency_ms}, tmp_path)
+        try:
+            for r in range(rounds):
+                cat = make_catalog(tmp_path / f"build{r}", targets=targets)
+                requests = baseline_requests(cat, n)
+                rate, _, base_cpu = timed(asyncio.run, bare_loop(server.base_url, requests, concurrency))
+                options = GenerateOptions(
+                    drafter="llm",
+                    localization_per_region=0,
+                    progress=False,
+                    llm=LlmConfig(model="bench", base_url=server.base_url, concurrency=concurrency),
+                )
+                sent = server.stats()["requests"]
+                stats, wall, cpu = timed(run_generate, cat, options)
+                if stats.ok != n or server.stats()["requests"] - sent != n:
+                    raise RuntimeError(f"generate did not send one request per draft: {stats.summary()}")
+                sent = server.stats()["requests"]
+                rerun, rerun_s, _ = timed(run_generate, cat, options)
+                if rerun.drafts_skipped != n:
+                    raise RuntimeError(f"the rerun drafted again: {rerun.summary()}")
+                out.append(Round(rate, base_cpu / n, n / wall, cpu / n, rerun_s, server.stats()["requests"] - sent))
+                cat.close()
+                if echo:
+                    x = out[-1]
+                    print(f"round {r}: baseline {x.base_rate:.1f} requests/s, CPU {1000 * x.base_cpu:.2f} ms/request")
+                    print(f"round {r}: generate {x.gen_rate:.1f} drafts/s, CPU {1000 * x.gen_cpu:.2f} ms/draft")
+                    print(f"round {r}: rerun {x.rerun_s:.2f}s, {x.rerun_requests} requests")
+        finally:
+            server.close()
+    return out
+
+
+QUICK = {"n": 300, "concurrency": 32, "latency_ms": 200.0, "rounds": 3}
+
+
+def quick(only: str | None = None) -> list:
+    """Checks of benchmarks/quick.py: generate's rate and CPU per draft against the bare loop's, best of
+    3 alternating rounds of 300 drafts (the rerun must send nothing)."""
+    from quick import Ratio
+
+    rounds = measure(QUICK["n"], QUICK["concurrency"], QUICK["latency_ms"], QUICK["rounds"], echo=False)
+    idle_rerun = all(r.rerun_requests == 0 for r in rounds)
+    base, gen = max(r.base_rate for r in rounds), max(r.gen_rate for r in rounds)
+    base_cpu, gen_cpu = min(r.base_cpu for r in rounds), min(r.gen_cpu for r in rounds)
+    ideal = QUICK["concurrency"] / (QUICK["latency_ms"] / 1000)
+    return [
+        Ratio("generate: drafts/s / bare client loop req/s", gen / base,
+              f"{gen:.1f} vs {base:.1f}/s (ideal {ideal:.0f}/s), {QUICK['n']} drafts, rerun "
+              f"{'sent nothing' if idle_rerun else 'SENT REQUESTS'}", same=idle_rerun),
+        Ratio("generate: bare loop CPU/request / generate CPU/draft", base_cpu / gen_cpu,
+              f"{1e3 * base_cpu:.2f} vs {1e3 * gen_cpu:.2f} ms CPU"),
+    ]
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--drafts", type=int, default=2000, help="attribute drafts (= LLM requests)")
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     ap.add_argument("--latency-ms", type=float, default=200.0, help="server latency added to every reply")
     ap.add_argument("--rounds", type=int, default=2, help="alternating baseline/generate rounds (best reported)")
+    ap.add_argument("--quick", action="store_true", help="only the quick guard's checks (300 drafts, 3 rounds; floors "
+                    "of benchmarks/quick.py, exit 1 below one)")
     args = ap.parse_args()
+    if args.quick:
+        from quick import run_checks
+
+        return run_checks(["bench_generate"])
     ideal = args.concurrency / (args.latency_ms / 1000.0)
     n = args.drafts
-    targets = [
-        (f"t{i}", f"structure {i}", [], "unknown", "organ", [i % 100, i % 90, i % 100 + 20, i % 90 + 30])
-        for i in range(n)
-    ]
-    base_rates, gen_rates = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        server = LlmServer({"latency_ms": args.latency_ms}, tmp_path)
-        try:
-            for r in range(args.rounds):
-                cat = make_catalog(tmp_path / f"build{r}", targets=targets)
-                requests = baseline_requests(cat, n)
-                rate, _, cpu = timed(asyncio.run, bare_loop(server.base_url, requests, args.concurrency))
-                base_rates.append(rate)
-                print(f"round {r}: baseline {rate:.1f} requests/s, CPU {1000 * cpu / n:.2f} ms/request")
-
-                options = GenerateOptions(
-                    drafter="llm",
-                    localization_per_region=0,
-                    progress=False,
-                    llm=LlmConfig(model="bench", base_url=server.base_url, concurrency=args.concurrency),
-                )
-                sent = server.stats()["requests"]
-                stats, wall, cpu = timed(run_generate, cat, options)
-                assert stats.ok == n and server.stats()["requests"] - sent == n, stats.summary()
-                gen_rates.append(n / wall)
-                print(f"round {r}: generate {n / wall:.1f} drafts/s, CPU {1000 * cpu / n:.2f} ms/draft")
-
-                sent = server.stats()["requests"]
-                rerun, rerun_s, _ = timed(run_generate, cat, options)
-                rerun_requests = server.stats()["requests"] - sent
-                assert rerun.drafts_skipped == n
-                print(f"round {r}: rerun {rerun_s:.2f}s, {rerun_requests} requests")
-                cat.close()
-        finally:
-            server.close()
-
-    baseline, rate = max(base_rates), max(gen_rates)
+    rounds = measure(n, args.concurrency, args.latency_ms, args.rounds)
+    baseline, rate = max(r.base_rate for r in rounds), max(r.gen_rate for r in rounds)
+    rerun_s, rerun_requests = rounds[-1].rerun_s, rounds[-1].rerun_requests
     print(f"drafts={n} concurrency={args.concurrency} latency={args.latency_ms:.0f}ms ideal={ideal:.1f}/s")
     print(f"baseline bare AsyncOpenAI loop (best): {baseline:.1f} requests/s ({100 * baseline / ideal:.0f}% of ideal)")
     print(
@@ -131,7 +180,8 @@ def main() -> None:
         f"rerun (last): {rerun_s:.2f}s, {rerun_requests} requests "
         f"-> target < 5 s and 0 requests: {'PASS' if rerun_s < 5 and rerun_requests == 0 else 'FAIL'}"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

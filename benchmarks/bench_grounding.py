@@ -15,6 +15,8 @@ GPU, random-weight models of real size (weights cannot be downloaded; shapes onl
     python benchmarks/bench_grounding.py --device cuda --dtype float16 --shape qwen2vl-7b --batch-size 8
 HuatuoGPT-Vision-7B's original checkpoint shape, converted first (to run on a GPU; --shape huatuo-mini on a CPU):
     python benchmarks/bench_grounding.py --device cuda --dtype bfloat16 --shape huatuo-7b --batch-size 8
+Its check of the quick guard (benchmarks/quick.py):
+    .venv/bin/python benchmarks/bench_grounding.py --quick
 """
 
 from __future__ import annotations
@@ -205,6 +207,46 @@ def ours(adapter, questions: list[Question], layers: list[int], batch_size: int)
             for qid, g in per_head.groupby("id")}
 
 
+def agreement(adapter, check: list[Question], layers: list[int], ref_maps: dict, ref_scores: dict,
+              our_scores: dict, tol: float) -> tuple[bool, float, float, float]:
+    """(same, max map diff, max map value, max relative ratio diff): our maps of ``check`` (one batch) against
+    the published recipe's, and every question's per-(layer, head) ratios."""
+    our_maps = capture_maps(adapter, [Image.open(q.image).convert("RGB") for q in check],
+                            [question_prompt(q.question) for q in check], layers, "last")
+    map_err = max(float(np.abs(our_maps[i] - ref_maps[q.id]).max()) for i, q in enumerate(check))
+    map_scale = max(float(np.abs(ref_maps[q.id]).max()) for q in check)
+    ratio_err = max(float(np.nanmax(np.abs(our_scores[q] - ref_scores[q]) / np.abs(ref_scores[q])))
+                    for q in ref_scores)
+    same = map_err <= tol * map_scale and ratio_err <= tol and set(our_scores) == set(ref_scores)
+    return same, map_err, map_scale, ratio_err
+
+
+QUICK = {"shape": "tiny-llava", "images": 8, "per_image": 2, "batch_size": 8, "repeats": 3}
+
+
+def quick(only: str | None = None) -> list:
+    """Check of benchmarks/quick.py: CPU of the published recipe over ``GroundingRun``'s on 16 questions of
+    the tiny LLaVA, best of 3 each, with the maps and ratios checked as in the full benchmark (1e-4)."""
+    from quick import Ratio, best_cpu
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # as under OMP_NUM_THREADS=1: spinning idle threads would count as CPU time
+    adapter = bench_adapter(QUICK["shape"], "float32", "cpu")
+    layers = list(range(adapter.n_layers))
+    with tempfile.TemporaryDirectory() as tmp:
+        questions = make_questions(Path(tmp), QUICK["images"], QUICK["per_image"], 224)
+        c_pub, (ref_scores, ref_maps) = best_cpu(lambda: published_recipe(adapter, questions, layers),
+                                                 QUICK["repeats"])
+        c_ours, our_scores = best_cpu(lambda: ours(adapter, questions, layers, QUICK["batch_size"]), QUICK["repeats"])
+        same, map_err, _, ratio_err = agreement(adapter, questions[: QUICK["batch_size"]], layers, ref_maps,
+                                                ref_scores, our_scores, 1e-4)
+    n = len(questions)
+    return [Ratio("grounding: published CPU / vgmed-eval CPU", c_pub / c_ours,
+                  f"{1e3 * c_pub / n:.0f} vs {1e3 * c_ours / n:.0f} ms CPU/question, {n} questions, "
+                  f"builtin:{QUICK['shape']}, batch {QUICK['batch_size']}; maps and ratios "
+                  f"{'SAME' if same else 'DIFFERENT'} (max diff {map_err:.1e}, ratios {ratio_err:.1e})", same=same)]
+
+
 def timed(fn, device: str):
     with Peak(device) as peak:
         if device.startswith("cuda"):
@@ -225,7 +267,13 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of (b)")
     parser.add_argument("--rtol", type=float, default=None,
                         help="tolerance on maps and ratios (default 1e-4 in float32, 2e-2 in half precision)")
+    parser.add_argument("--quick", action="store_true", help="only the quick guard's check (tiny-llava, 16 questions; "
+                        "floor of benchmarks/quick.py, exit 1 below it); other options are ignored")
     args = parser.parse_args()
+    if args.quick:
+        from quick import run_checks
+
+        return run_checks(["bench_grounding"])
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     adapter = bench_adapter(args.shape, args.dtype, args.device, args.max_layers)
@@ -237,14 +285,8 @@ def main() -> int:
         ours(adapter, questions[:2], layers, args.batch_size)
         (ref_scores, ref_maps), t_pub, m_pub = timed(lambda: published_recipe(adapter, questions, layers), args.device)
         our_scores, t_ours, m_ours = timed(lambda: ours(adapter, questions, layers, args.batch_size), args.device)
-        check = questions[: args.batch_size]
-        our_maps = capture_maps(adapter, [Image.open(q.image).convert("RGB") for q in check],
-                                 [question_prompt(q.question) for q in check], layers, "last")
-    map_err = max(float(np.abs(our_maps[i] - ref_maps[q.id]).max()) for i, q in enumerate(check))
-    map_scale = max(float(np.abs(ref_maps[q.id]).max()) for q in check)
-    ratio_err = max(float(np.nanmax(np.abs(our_scores[q] - ref_scores[q]) / np.abs(ref_scores[q])))
-                    for q in ref_scores)
-    same = map_err <= tol * map_scale and ratio_err <= tol and set(our_scores) == set(ref_scores)
+        same, map_err, map_scale, ratio_err = agreement(adapter, questions[: args.batch_size], layers, ref_maps,
+                                                         ref_scores, our_scores, tol)
     n = len(questions)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     mem = "CUDA max allocated" if args.device.startswith("cuda") else "peak RSS growth"

@@ -6,11 +6,13 @@ extraction gives exactly the baseline's boxes.
 
     .venv/bin/python benchmarks/bench_ingest.py                # all parts, defaults as in RESULTS.md
     .venv/bin/python benchmarks/bench_ingest.py --volumes 4 --workers 2
+    .venv/bin/python benchmarks/bench_ingest.py --quick            # its checks of benchmarks/quick.py
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -102,7 +104,13 @@ def main() -> int:
     parser.add_argument("--volumes", type=int, default=4, help="volumes for the --workers scaling run")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for the scaling run")
     parser.add_argument("--skip-baseline", action="store_true", help="skip the slow skimage baseline")
+    parser.add_argument("--quick", action="store_true", help="only the quick guard's checks (small volume, ratios "
+                        "against the floors of benchmarks/quick.py; exit 1 below a floor)")
     args = parser.parse_args()
+    if args.quick:
+        from quick import run_checks
+
+        return run_checks(["bench_ingest"])
     shape = tuple(args.shape)
 
     t_make, (labels, image) = timed(make_volume, shape, args.structures)
@@ -145,6 +153,47 @@ def main() -> int:
     print(f"this machine's own ceiling: pure CPU work in {args.workers} processes runs {ceiling:.2f}x "
           f"one process (the most --workers can show here)")
     return 0
+
+
+QUICK_SHAPE = (384, 384, 104)  # 512 x 512 slices would double the baseline's time; 104 >= twice the z radii
+
+
+def quick_boxes(labels: np.ndarray, extract=fast_boxes, repeats: int = 3):
+    """The guard's box check on ``labels``: naive CPU / vgmed CPU, best of ``repeats`` (the baseline, ~10x
+    slower and steadier, twice). ``extract`` is replaceable so a test can show a slowed copy fails."""
+    from quick import Ratio, best_cpu
+
+    c_fast, fast = best_cpu(lambda: extract(labels), repeats)
+    c_base, base = best_cpu(lambda: baseline_boxes(labels, int(labels.max())), 2)
+    return Ratio("boxes: naive skimage CPU / vgmed CPU", c_base / c_fast,
+                 f"{c_fast:.3f} s vs {c_base:.2f} s CPU, {len(fast)} regions of a {labels.shape} volume, "
+                 f"boxes {'identical' if base == fast else 'DIFFER'}", same=base == fast)
+
+
+def quick(only: str | None = None) -> list:
+    """Checks of benchmarks/quick.py: box extraction vs the naive baseline, and end-to-end ingest of one
+    volume against the box extraction over every slice of the same volume (issue 21's regression, copies
+    of the whole volume in ``imaging.contrast_problem``, takes that ratio from ~3.3x to ~6.5x here)."""
+    from quick import Ratio, best_cpu, wanted
+
+    labels, image = make_volume(QUICK_SHAPE, 20)
+    out = []
+    if wanted("boxes: naive skimage CPU / vgmed CPU", only):
+        out.append(quick_boxes(labels))
+    name = "ingest 3D: end-to-end CPU / box extraction CPU"
+    if wanted(name, only):
+        c_boxes, _ = best_cpu(lambda: fast_boxes(labels), 5)
+        with tempfile.TemporaryDirectory() as tmp:
+            one = Path(tmp) / "one"
+            one.mkdir()
+            write_case(one, "vol0", labels, image)
+            builds = itertools.count()
+            c_e2e, report = best_cpu(
+                lambda: run_ingest(Path(tmp) / f"build{next(builds)}", [spec_for(one)], 1, False, False), 3)
+        ok = report.done == 1 and not report.errors
+        out.append(Ratio(name, c_e2e / c_boxes, f"{c_e2e:.2f} s vs {c_boxes:.3f} s CPU, {QUICK_SHAPE} .nii, "
+                         f"{'ingested' if ok else f'NOT ingested: {report.errors}'}", same=ok))
+    return out
 
 
 def _burn(n: int) -> int:

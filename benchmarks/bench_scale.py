@@ -21,11 +21,13 @@ grows faster than the data (more than 8x).
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_scale.py --n 2000
     .venv/bin/python benchmarks/bench_scale.py --n 200 --keep /tmp/scale   # quick look, keep the builds
     .venv/bin/python benchmarks/bench_scale.py --n 200 --keep /tmp/scale --driver-only  # main vs workers
+    .venv/bin/python benchmarks/bench_scale.py --quick   # its check of benchmarks/quick.py (ingest vs work floor)
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import shutil
@@ -258,6 +260,34 @@ def driver_cost(sources: Path, build: Path) -> None:
           " ms CPU/item")
 
 
+QUICK_N = 40
+
+
+def quick(only: str | None = None) -> list:
+    """Check of benchmarks/quick.py: CPU of ``run_ingest`` (one process, in this one, as ``--workers 1``) over
+    the work floor's CPU on the same images, best of 3 each (the first ingest also pays the imports)."""
+    from quick import Ratio, best_cpu
+
+    from vgmed_build.config import load_sources_file
+    from vgmed_build.ingest.run import run_ingest
+
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        pairs = make_2d(tmp / "xray", QUICK_N)
+        (tmp / "ct").mkdir()
+        sources_file(tmp / "sources.toml", {"2d": tmp / "xray", "3d": tmp / "ct"})
+        two_d = tmp / "sources-2d.toml"
+        two_d.write_text((tmp / "sources.toml").read_text().split('[[source]]\nname = "ct"')[0])
+        specs = load_sources_file(two_d)
+        runs = itertools.count()
+        c_floor, _ = best_cpu(lambda: work_floor(pairs, tmp / f"floor{next(runs)}"), 3)
+        c_ingest, report = best_cpu(lambda: run_ingest(tmp / f"build{next(runs)}", specs, 1, False, False), 3)
+    ok = report.done == QUICK_N and not report.errors
+    return [Ratio("ingest 2D: end-to-end CPU / read+render floor CPU", c_ingest / c_floor,
+                  f"{1e3 * c_ingest / QUICK_N:.1f} vs {1e3 * c_floor / QUICK_N:.1f} ms CPU/image, {QUICK_N} images, "
+                  f"{'all ingested' if ok else f'{report.done} ingested, errors {report.errors[:3]}'}", same=ok)]
+
+
 def _count(build: Path, table: str) -> int:
     import sqlite3
 
@@ -273,7 +303,13 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="keep the data and builds in this folder (default: a temp dir)")
     parser.add_argument("--driver-only", action="store_true", help="only split ingest --workers 2 into main-process "
                         "and worker CPU per item, on the 8N data a previous run left in --keep")
+    parser.add_argument("--quick", action="store_true", help="only the quick guard's check: in-process ingest of "
+                        f"{QUICK_N} images against the work floor (floor of benchmarks/quick.py; exit 1 above it)")
     args = parser.parse_args()
+    if args.quick:
+        from quick import run_checks
+
+        return run_checks(["bench_scale"])
     if args.driver_only:
         if args.keep is None:
             parser.error("--driver-only needs --keep DIR from a previous run")

@@ -17,6 +17,8 @@ GPU, random-weight model of real size (weights cannot be downloaded; shapes only
     python benchmarks/bench_vqa.py --device cuda --dtype float16 --shape llava-7b --batch-size 16
 HuatuoGPT-Vision-7B's original checkpoint shape, converted first (to run on a GPU; --shape huatuo-mini on a CPU):
     python benchmarks/bench_vqa.py --device cuda --dtype bfloat16 --shape huatuo-7b --batch-size 16
+Its check of the quick guard (benchmarks/quick.py):
+    .venv/bin/python benchmarks/bench_vqa.py --quick
 """
 
 from __future__ import annotations
@@ -78,6 +80,45 @@ def ours(adapter, questions, cfg, max_new, batch_size):
     return out
 
 
+def agreement(ref: list, got: list) -> tuple[float, float]:
+    """Fractions of questions with identical greedy answers, and with identical knocked-out cells."""
+    n = len(ref)
+    return (sum(a[0] == b[0] for a, b in zip(ref, got, strict=True)) / n,
+            sum(a[1] == b[1] for a, b in zip(ref, got, strict=True)) / n)
+
+
+def vgrefine_config(adapter, top_k: int = 20, percentile: float = 80.0, mode: str = "prefill") -> VGRefineConfig:
+    """``top_k`` triage heads (see ``triage_heads``), knockout at the middle layer."""
+    return VGRefineConfig(heads=triage_heads(adapter.n_layers, adapter.n_heads, top_k),
+                          knockout_layers=(adapter.n_layers // 2,), percentile=percentile, mode=mode)
+
+
+QUICK = {"shape": "tiny-llava", "images": 4, "per_image": 2, "batch_size": 8, "max_new_tokens": 10, "repeats": 3}
+
+
+def quick(only: str | None = None) -> list:
+    """Check of benchmarks/quick.py: CPU of the published VGRefine over ``VGRefiner``'s on 8 questions of the
+    tiny LLaVA, best of 3 each; the answers and knocked-out cells must agree as in the full benchmark (99%)."""
+    from quick import Ratio, best_cpu
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # as under OMP_NUM_THREADS=1: spinning idle threads would count as CPU time
+    adapter = bench_adapter(QUICK["shape"], "float32", "cpu")
+    cfg = vgrefine_config(adapter)
+    eos = VGRefiner(adapter, cfg).eos
+    new = QUICK["max_new_tokens"]
+    with tempfile.TemporaryDirectory() as tmp:
+        questions = make_questions(Path(tmp), QUICK["images"], QUICK["per_image"], 224)
+        c_pub, ref = best_cpu(lambda: published(adapter, questions, cfg, new, eos), QUICK["repeats"])
+        c_ours, got = best_cpu(lambda: ours(adapter, questions, cfg, new, QUICK["batch_size"]), QUICK["repeats"])
+    same_answer, same_cells = agreement(ref, got)
+    n = len(questions)
+    return [Ratio("vgrefine: published CPU / VGRefiner CPU", c_pub / c_ours,
+                  f"{1e3 * c_pub / n:.0f} vs {1e3 * c_ours / n:.0f} ms CPU/question, {n} questions, "
+                  f"builtin:{QUICK['shape']}, batch {QUICK['batch_size']}; identical answers {100 * same_answer:.0f}%, "
+                  f"cells {100 * same_cells:.0f}%", same=same_answer >= 0.99)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
@@ -88,11 +129,16 @@ def main() -> int:
     parser.add_argument("--top-k", type=int, default=20, help="triage heads")
     parser.add_argument("--percentile", type=float, default=80.0, help="triage percentile")
     parser.add_argument("--mode", default="prefill", choices=["prefill", "consistent"], help="knockout mode")
+    parser.add_argument("--quick", action="store_true", help="only the quick guard's check (tiny-llava, 8 questions; "
+                        "floor of benchmarks/quick.py, exit 1 below it); other options are ignored")
     args = parser.parse_args()
+    if args.quick:
+        from quick import run_checks
+
+        return run_checks(["bench_vqa"])
     torch.manual_seed(0)
     adapter = bench_adapter(args.shape, args.dtype, args.device, args.max_layers)
-    cfg = VGRefineConfig(heads=triage_heads(adapter.n_layers, adapter.n_heads, args.top_k),
-                         knockout_layers=(adapter.n_layers // 2,), percentile=args.percentile, mode=args.mode)
+    cfg = vgrefine_config(adapter, args.top_k, args.percentile, args.mode)
     eos = VGRefiner(adapter, cfg).eos
     with tempfile.TemporaryDirectory() as tmp:
         questions = make_questions(Path(tmp), args.images, args.questions_per_image, args.image_side)
@@ -102,8 +148,7 @@ def main() -> int:
         got, t_ours, m_ours = timed(lambda: ours(adapter, questions, cfg, args.max_new_tokens, args.batch_size),
                                     args.device)
     n = len(questions)
-    same_answer = sum(a[0] == b[0] for a, b in zip(ref, got, strict=True)) / n
-    same_cells = sum(a[1] == b[1] for a, b in zip(ref, got, strict=True)) / n
+    same_answer, same_cells = agreement(ref, got)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     mem = "CUDA max allocated" if args.device.startswith("cuda") else "peak RSS growth"
     print(f"model: {adapter.name} ({adapter.n_layers} layers x {adapter.n_heads} heads), {args.dtype}, "

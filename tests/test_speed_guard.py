@@ -1,0 +1,49 @@
+"""The quick benchmark guard (benchmarks/quick.py) fails on a deliberately slowed box extraction.
+
+Its box check, at the guard's own size and floor, runs once with the real extraction (PASS) and once with a
+copy that copies the whole volume for every slice, the kind of copy issue 21 found in ingest (about 2.3x
+slower here: FAIL, with identical boxes, so only the speed differs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_ingest  # noqa: E402
+import quick  # noqa: E402
+
+from vgmed_build.regions import extract_regions, slice_label_areas  # noqa: E402
+
+
+def copying_boxes(labels: np.ndarray) -> dict[tuple[int, int], list[list[int]]]:
+    """``bench_ingest.fast_boxes`` with a copy of the whole volume (in its own memory order) per slice."""
+    _, areas = slice_label_areas(labels, 2)
+    out = {}
+    for k in np.flatnonzero(areas.any(axis=1)).tolist():
+        for value, region in extract_regions(np.copy(labels)[:, :, k]).items():
+            out[(k, value)] = region.boxes
+    return out
+
+
+@pytest.mark.slow
+def test_box_check_passes_with_the_real_extraction_and_fails_with_a_slowed_copy():
+    labels, _ = bench_ingest.make_volume(bench_ingest.QUICK_SHAPE, 20)
+    real = bench_ingest.quick_boxes(labels)
+    slowed = bench_ingest.quick_boxes(labels, extract=copying_boxes, repeats=1)
+    floor = quick.FLOORS[real.name]
+    assert real.same and slowed.same  # identical boxes both times
+    assert quick.judge(real), real
+    assert not quick.judge(slowed), slowed
+    assert slowed.value < floor.value <= real.value
+
+
+def test_a_check_whose_results_differ_fails_whatever_its_speed(capsys):
+    name = "boxes: naive skimage CPU / vgmed CPU"
+    assert not quick.judge(quick.Ratio(name, 1000.0, "boxes DIFFER", same=False))
+    assert "FAIL (results differ)" in capsys.readouterr().out
+

@@ -59,7 +59,7 @@ def test_batch_drafts_equal_live_and_survive_a_kill(tmp_path, server_factory):
     # Rerun: the upload and the batch are found on the server and adopted, nothing is sent again.
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr
-    assert "adopting batch_0001" in res.stderr and "10 drafts waiting" in res.stderr
+    assert "adopting batch_0001" in res.stderr and "10 drafts waiting" in res.stdout  # the summary: stdout
     s = server.stats()
     assert (s["files_uploaded"], s["batches_created"], s["requests"], s["batch_lines"]) == (1, 1, 0, 0)
     assert _batches(build) == [(file_id, "batch_0001", "submitted", 10)] and not _drafts(build)

@@ -71,6 +71,7 @@ def arrow_schema(embed_images: bool = False):
             ("side", pa.string()),
             ("plane", pa.string()),
             ("area_ratio", pa.float64()),
+            ("mask", pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.list_(pa.int64()))])),  # null: box only
             ("width", pa.int32()),
             ("height", pa.int32()),
             ("source", pa.struct([("dataset", pa.string()), ("licence", pa.string())])),

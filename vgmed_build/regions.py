@@ -29,6 +29,7 @@ class RegionGeometry:
     area_ratio: float  # area_px / image pixels
     centroid: tuple[float, float]  # [x, y] in edge coordinates
     side: str  # left | right | midline | bilateral | unknown
+    mask: np.ndarray | None = None  # (height, width) bool: the kept components' pixels (with_masks only)
 
 
 def mask_box(mask: np.ndarray) -> list[int]:
@@ -97,13 +98,15 @@ def extract_regions(
     geometry: SliceGeometry | None = None,
     midline_mm: float = 0.0,
     margin_mm: float = 5.0,
+    with_masks: bool = False,
 ) -> dict[int, RegionGeometry]:
     """Regions of ``values`` (default: all non-zero) on one rendered label slice.
 
     All labels are split into connected components at once (pixels connect only to equal values),
     then sizes, centroids and boxes come from bincounts over the foreground and find_objects.
     Components under ``min_component_px`` are dropped, then labels covering more than
-    ``max_area_ratio`` of the image. Without ``geometry`` the side is 'unknown'.
+    ``max_area_ratio`` of the image. Without ``geometry`` the side is 'unknown'. ``with_masks``: each
+    region also carries its pixel mask (what the release ships for mask ground truth).
     """
     height, width = label_slice.shape
     lab = label_slice
@@ -159,8 +162,19 @@ def extract_regions(
             area_ratio=area / total,
             centroid=(float(weights @ cx[idx]) + 0.5, float(weights @ cy[idx]) + 0.5),
             side=_region_side(sides[idx], sizes[idx]),
+            mask=_region_mask(cc, kept[idx], boxes[idx], r0, c0, (height, width)) if with_masks else None,
         )
     return regions
+
+
+def _region_mask(cc: np.ndarray, components: np.ndarray, boxes: np.ndarray, r0: int, c0: int,
+                 shape: tuple[int, int]) -> np.ndarray:
+    """Full-image mask of ``components`` of the cropped labelling ``cc`` (read only inside their boxes)."""
+    x0, y0 = int(boxes[:, 0].min()), int(boxes[:, 1].min())
+    x1, y1 = int(boxes[:, 2].max()), int(boxes[:, 3].max())
+    mask = np.zeros(shape, dtype=bool)
+    mask[y0:y1, x0:x1] = np.isin(cc[y0 - r0:y1 - r0, x0 - c0:x1 - c0], components)
+    return mask
 
 
 def _component_sides(

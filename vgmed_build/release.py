@@ -39,6 +39,7 @@ from vgmed_build.release_format import (
     CONFIGS,
     CONVENTIONS,
     MANIFEST_FILE,
+    MASK_FIELD,
     RELEASE_FORMAT,
     RELEASE_IMAGES,
     RELEASE_SCHEMAS,
@@ -139,7 +140,7 @@ def build_record(
     if problem:
         raise ItemError(f"draft {draft['id']}: {problem}")
     source = region.get("source", {})
-    return {
+    record = {
         "id": draft["id"],
         "image": f"{RELEASE_IMAGES}/{region['image_id']}.png",
         "question": question,
@@ -162,6 +163,11 @@ def build_record(
         },
         "review": review,
     }
+    # The mask goes with the boxes it was measured with: not for an absent structure, not when review moved
+    # a box (the mask would no longer lie inside it), not from a build ingested before masks were kept.
+    if region.get(MASK_FIELD) and not absent and boxes == [list(b) for b in region["boxes"]]:
+        record[MASK_FIELD] = region[MASK_FIELD]
+    return record
 
 
 def resolve_created(created: str | None) -> str:

@@ -1,8 +1,9 @@
 """`vgmed-build validate DIR`: check a release (ours, or a published VGMED download).
 
 Checks: every record against its schema, every image present, readable and not blank (one value
-everywhere, e.g. a volume of NaNs rendered black), boxes inside their
-image, no duplicate ids, checksums and counts against the manifest, the dataset card, and no patient
+everywhere, e.g. a volume of NaNs rendered black), boxes inside their image, masks (where a record
+carries one) of the image's size, inside the boxes and of the record's area_ratio,
+no duplicate ids, checksums and counts against the manifest, the dataset card, and no patient
 identifiers anywhere (record text, card, manifest, file names, image metadata; plus the strings of a
 forbid file in every byte). A release of ours needs its manifest; a published download (the separate
 ``--published`` mode) has no manifest, no ids and no card: what cannot
@@ -38,6 +39,7 @@ from vgmed_build.release_format import (
     DEFAULT_READING,
     LATER_COUNTS,
     MANIFEST_FILE,
+    MASK_FIELD,
     PUBLISHED_GRID,
     PUBLISHED_SIZE,
     RELEASE_SCHEMAS,
@@ -51,6 +53,7 @@ from vgmed_build.release_format import (
     gt_tokens_of,
     leaves_root,
     listed_file_problems,
+    mask_problem,
     raw_boxes,
     read_lines,
     record_boxes,
@@ -307,6 +310,10 @@ def _check_record_image(
     found = [problem for box in boxes if (problem := box_problem(box, fmt, width, height))]
     for problem in found:
         report.add(name, number, problem)
+    if not found and ours and MASK_FIELD in record:
+        problem = mask_problem(record[MASK_FIELD], record_boxes(record, name)[0], width, height, record["area_ratio"])
+        if problem:
+            report.add(name, number, problem)
     if not found and not ours:
         _check_gt_tokens(report, name, number, record, width, height)
 

@@ -25,6 +25,7 @@ from vgmed_build.regions import (
     select_slices,
     slice_label_areas,
 )
+from vgmed_build.release_format import encode_mask
 from vgmed_build.sources.base import Image2D, ItemSkipped, SourceError, SourceSpec, Volume
 
 # Label values up to this are mapped to structures with a lookup table; larger ones by binary search.
@@ -218,6 +219,7 @@ def _extract(
         geometry=geom,
         midline_mm=midline,
         margin_mm=opts["midline_margin_mm"],
+        with_masks=True,
     )
 
 
@@ -365,6 +367,7 @@ def _write_image(
             "slice_position_mm": meta["slice_position_mm"],
             "pixel_spacing_mm": meta["pixel_spacing_mm"],
             "n_components": len(geo.boxes),
+            "mask": encode_mask(geo.mask),
             "image_labels": sorted(set(present)),
             "source": source,
         }

@@ -237,13 +237,15 @@ def test_paint_cells_follows_geometry():
     assert canvas[0, 0] == values[r, 0] and canvas[119, 299] == values[geom.rows - 1 - r, geom.cols - 1]
 
 
-def test_cli_bad_inputs_are_named(tmp_path, capsys):
+def test_cli_bad_inputs_are_named(tmp_path, capsys, caplog):
+    caplog.set_level("INFO")
     assert cli_main(["grounding", "--release", str(tmp_path / "nope"), "--model", "builtin:tiny-llava",
                      "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["grounding", "--release", str(tmp_path), "--model", str(tmp_path / "nomodel"),
                      "--out", str(tmp_path / "o")]) == 2
     assert "nomodel: cannot load" in capsys.readouterr().err
+    assert f"loading {tmp_path / 'nomodel'} (cpu, auto) ..." in caplog.messages  # said before the slow load
     assert cli_main(["grounding", "--release", str(tmp_path), "--model", "builtin:tiny-llava",
                      "--out", str(tmp_path / "o")]) == 2
     assert "none of VGMED_localization.jsonl" in capsys.readouterr().err

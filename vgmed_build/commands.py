@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vgmed_build.helptext import DocstringHelpFormatter
+
 EXIT_OK = 0
 EXIT_ITEM_ERRORS = 1  # the command ran; some items failed (each one reported), everything else is stored
 EXIT_FAILED = 2  # the command could not run (bad arguments or input, no build, server unreachable)
@@ -64,8 +66,9 @@ class _Formatter(logging.Formatter):
         return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the uninformative None/False of unset options and off switches."""
+class HelpFormatter(DocstringHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Plain text from docstrings (helptext.py); shows defaults, except the uninformative None/False of unset
+    options and off switches."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or action.default is False:

@@ -425,8 +425,6 @@ def input_problem(q_types: tuple[str, ...], batch_size: int, releases: list[Path
 
 
 def cmd_grounding(args) -> int:
-    from vgmed_eval.adapters import adapter_from_args
-
     q_types = tuple(t.strip() for t in args.q_types.split(",") if t.strip())
     problem = input_problem(q_types, args.batch_size, [args.release, args.control_release])
     if problem:
@@ -436,6 +434,10 @@ def cmd_grounding(args) -> int:
     except distributed.WorldError as exc:
         return commands.fail(str(exc))
     protocol = resolve(args)
+    # torch, transformers and the checkpoint take a while (~30 s for a 7B model): say what is happening
+    log.info("loading %s (%s, %s) ...", args.model, world.device(args.device), args.dtype)
+    from vgmed_eval.adapters import adapter_from_args
+
     try:
         adapter = adapter_from_args(args, world, protocol)
     except ValueError as exc:

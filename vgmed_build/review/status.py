@@ -84,9 +84,11 @@ def _fmt(x: float) -> str:
 
 def status_lines(s: dict) -> Iterator[str]:
     """The text report of a :func:`summary`, line by line."""
+    pushed = ", ".join(f"{n} to project {project}" for project, n in sorted(s["pushed"].items())) or "none yet"
+    per_item = s["reviewers_per_item"] if s["reviewers_per_item"] is not None else "not set (no push yet)"
     yield (
-        f"drafts ok: {s['ok_drafts']}; tasks pushed: {s['pushed'] or 0}; reviewers per item: "
-        f"{s['reviewers_per_item']}; last pull: {s['last_pull']}"
+        f"drafts ok: {s['ok_drafts']}; tasks pushed: {pushed}; reviewers per item: {per_item}; "
+        f"last pull: {s['last_pull'] or 'never'}"
     )
     yield (
         f"reviewed: {s['reviewed_drafts']} drafts ({s['fully_reviewed_drafts']} by all required reviewers) "

@@ -302,3 +302,15 @@ def test_a_full_disk_is_one_clear_error(tmp_path):
     assert "rc=2" in got.stdout and got.stdout.strip().splitlines()[-1] == "ok"
     (line,) = [x for x in got.stderr.splitlines() if x.startswith("error:")]
     assert "ingest: the disk is full" in line and "rerun the same command to resume" in line
+
+
+def test_a_slake_box_with_a_nan_coordinate_is_an_error_naming_the_file(tmp_path):
+    from vgmed_build.sources.base import SourceError
+    from vgmed_build.sources.slake import read_detections
+
+    path = tmp_path / "imgs" / "xmlab1" / "detection.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('[{"Liver": [10, 20, 30, 40]}, {"Tumor": [NaN, 5, 10, 10]}]')
+    with pytest.raises(SourceError, match=r"^imgs/xmlab1/detection.json: box of 'Tumor' has a coordinate that is "
+                                          r"not a finite number$"):
+        read_detections(path, tmp_path)

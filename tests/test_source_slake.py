@@ -116,7 +116,7 @@ def test_slake_end_to_end(tmp_path):
     assert main(["ingest", "--build", str(build), *flags]) == 1
     with open_catalog(build) as catalog:
         found = {r["label"]: r for r in catalog.regions()}
-        errors = [m for (m,) in catalog.conn.execute("SELECT message FROM errors")]
+        errors = [f"{p}: {m}" for p, m in catalog.conn.execute("SELECT path, message FROM errors")]
     k = found["Liver"]["width"] // 128  # small 2D images are enlarged by a whole factor (min_side_px)
     assert k == 4
     assert found["Liver"]["boxes"] == [[k * 30, k * 20, k * 70, k * 50]]

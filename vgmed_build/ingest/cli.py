@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
 from pathlib import Path
 
 from vgmed_build import api
@@ -81,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_wait_arg(p)
     add_with_paths_arg(p)
-    p.set_defaults(func=partial(run_guarded, cmd_ingest))  # Ctrl-C, SIGTERM, full disk: one line
+    p.set_defaults(func=cmd_ingest)
 
     p = subparsers.add_parser(
         "regions",
@@ -112,6 +111,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    """Ctrl-C, SIGTERM and a full disk end the run with one line (vgmed_build.interrupt)."""
+    return run_guarded(_ingest, args)
+
+
+def _ingest(args: argparse.Namespace) -> int:
     try:
         options = parse_option_flags(args.option or [])
         report = api.ingest(

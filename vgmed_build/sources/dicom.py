@@ -486,6 +486,8 @@ def _rtstruct_masks(root: Path, path: Path, stack: _Stack) -> list[tuple[str, np
             if str(contour.get("ContourGeometricType", "CLOSED_PLANAR")).upper() != "CLOSED_PLANAR":
                 continue  # points and open polylines enclose no area
             points = np.asarray([float(v) for v in contour.ContourData], dtype=np.float64).reshape(-1, 3)
+            if not np.isfinite(points).all():
+                raise SourceError(f"a contour of ROI {label!r} has a coordinate that is not a finite number", path=name)
             ijk = (inverse @ np.c_[points, np.ones(len(points))].T)[:3]
             k = int(round(float(ijk[2].mean())))
             if np.abs(ijk[2] - k).max() > 0.25 or not 0 <= k < n_k:

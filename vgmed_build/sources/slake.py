@@ -15,6 +15,7 @@ as VGMED used SLAKE's boxes) or are skipped (``"skip"``). Modality comes from th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -78,6 +79,8 @@ def read_detections(path: Path, root: Path) -> list[tuple[str, list[float]]]:
             numbers = isinstance(box, list) and all(isinstance(v, (int, float)) for v in box)
             if not numbers or len(box) != 4:
                 raise SourceError(f"box of {name!r} is not [x, y, w, h]", path=rel(path, root))
+            if not all(math.isfinite(v) for v in box):
+                raise SourceError(f"box of {name!r} has a coordinate that is not a finite number", path=rel(path, root))
             if box[2] <= 0 or box[3] <= 0:
                 raise SourceError(f"box of {name!r} has no area", path=rel(path, root))
             out.append((str(name), [float(v) for v in box]))

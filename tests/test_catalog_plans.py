@@ -51,6 +51,8 @@ WHOLE_TABLE = {
     "SELECT source, item, path, message FROM errors WHERE stage=": "stats: lists every ingest error",
     "SELECT id FROM regions": "generate: the ids of the regions to draft, listed once",
     "SELECT id, region_id, status, json_extract(": "generate: what is drafted already, loaded once",
+    "SELECT source, label, MIN(json_extract(": "generate: every source's structures, once (what absent "
+    "questions may ask about)",
     "SELECT record_json FROM drafts WHERE status=": "release: every ok draft is a candidate record",
     "SELECT d.record_json, i.width, i.height, r.record_json FROM drafts d": "review push: every ok draft "
     "becomes a task",

@@ -314,3 +314,21 @@ def test_a_slake_box_with_a_nan_coordinate_is_an_error_naming_the_file(tmp_path)
     with pytest.raises(SourceError, match=r"^imgs/xmlab1/detection.json: box of 'Tumor' has a coordinate that is "
                                           r"not a finite number$"):
         read_detections(path, tmp_path)
+
+
+def test_errors_stored_before_v4_get_their_path_as_a_field(tmp_path):
+    """Migration v4 moves the leading 'path: ' of a stored ingest error into errors.path."""
+    from vgmed_build.catalog import CATALOG_NAME, MIGRATIONS, open_catalog
+
+    with sqlite3.connect(tmp_path / CATALOG_NAME) as conn:
+        for script in MIGRATIONS[:3]:
+            conn.executescript(script)
+        conn.execute("PRAGMA user_version = 3")
+        conn.execute("INSERT INTO errors (stage, source, item, message, created_at) VALUES "
+                     "('ingest', 's', 'a/b.png', 'a/b.png: mask is empty', 'now'), "
+                     "('ingest', 's', 'src', 'options.x must be set', 'now'), "
+                     "('generate', '', 'r1', 'r1: bad', 'now')")
+    with open_catalog(tmp_path, create=False) as catalog:
+        rows = catalog.conn.execute("SELECT item, path, message FROM errors ORDER BY item").fetchall()
+    assert rows == [("a/b.png", "a/b.png", "mask is empty"), ("r1", "", "r1: bad"),
+                    ("src", "", "options.x must be set")]

@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from vgmed_build import __version__
 from vgmed_build.card import render_card
-from vgmed_build.catalog import Catalog, CatalogError
+from vgmed_build.catalog import Catalog, CatalogError, open_catalog
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
-from vgmed_build.identifiers import Forbidden, ForbidFileError
+from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
 from vgmed_build.lock import Held, LockBusy, add_wait_arg, hold, out_lock_path
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
 from vgmed_build.release_format import (
@@ -53,7 +53,7 @@ from vgmed_build.release_format import (
 )
 from vgmed_build.release_text import text_problem
 from vgmed_build.resources import resource_dir
-from vgmed_build.review.decision import POLICIES, Decision, check_policy
+from vgmed_build.review.decision import POLICIES, Decision, check_policy, decide
 from vgmed_build.validate import validate_release
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,39 @@ def build_release(
                 raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
             raise
     return ReleaseReport(out_dir=out_dir, counts=counts, skipped=skipped)
+
+
+def release_build(
+    build: str | Path,
+    *,
+    out: str | Path | None = None,
+    name: str = "VGMED",
+    version: str = "0.1.0",
+    created: str | None = None,
+    policy: str = "majority",
+    adjudicator: str | None = None,
+    include_unreviewed: bool = False,
+    bbox_convention: str = "exclusive",
+    forbid_file: str | Path | None = None,
+    wait: bool = False,
+) -> ReleaseReport:
+    """`vgmed-build release` (and :func:`vgmed_build.api.release`): decide every reviewed draft under
+    ``policy``, then :func:`build_release` into ``out`` (default ``build/release``). A failed write is a
+    ReleaseError naming the file (an existing release is unchanged)."""
+    forbid = tuple(load_forbid_file(forbid_file)) if forbid_file else ()
+    options = ReleaseOptions(
+        name=name, version=version, created=created, policy=policy, adjudicator=adjudicator,
+        include_unreviewed=include_unreviewed, bbox_convention=bbox_convention, forbid=forbid,
+    )
+    target = Path(out) if out is not None else Path(build) / "release"
+    with open_catalog(build, create=False) as catalog:
+        try:
+            decisions = decide(catalog, policy=policy, adjudicator=adjudicator)
+            return build_release(catalog, target, decisions, options, wait=wait)
+        except OSError as exc:  # a full disk, a read-only folder: the old release is untouched
+            raise ReleaseError(
+                f"cannot write {exc.filename or target}: {exc.strerror or exc}; an existing release is unchanged"
+            ) from exc
 
 
 def _umask() -> int:
@@ -490,10 +523,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from vgmed_build import api
-
     try:
-        report = api.release(
+        report = release_build(
             args.build,
             out=args.out,
             name=args.name,

@@ -30,6 +30,7 @@ from vgmed_build.identifiers import (
     find_forbidden,
     find_forbidden_bytes,
     find_patterns,
+    load_forbid_file,
 )
 from vgmed_build.pngmeta import PNG_SIGNATURE, PNGError, metadata_chunks
 from vgmed_build.release_format import (
@@ -214,6 +215,29 @@ def validate_release(
         if not (root / CARD_FILE).is_file():
             report.skipped.append("dataset card: no README.md")
     return report
+
+
+def validate_dir(
+    release_dir: str | Path,
+    *,
+    forbid_file: str | Path | None = None,
+    published: bool = False,
+    images: str | Path | None = None,
+    bbox_format: str | None = None,
+) -> ValidationReport:
+    """`vgmed-build validate` (and :func:`vgmed_build.api.validate`) on ``release_dir``, which must be a
+    folder (NotADirectoryError names it); ``published``: the published layout (``images``, ``bbox_format``)."""
+    forbid = load_forbid_file(forbid_file) if forbid_file else []
+    root = Path(release_dir)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: {'not a directory' if root.exists() else 'no such directory'}")
+    return validate_release(
+        root,
+        forbid,
+        layout="published" if published else "vgmed",
+        images=Path(images) if images is not None else None,
+        reading=BoxReading(format=bbox_format),
+    )
 
 
 def _load_manifest(report: ValidationReport) -> dict | None:
@@ -566,10 +590,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from vgmed_build import api
-
     try:
-        report = api.validate(
+        report = validate_dir(
             args.dir, forbid_file=args.forbid_file, published=args.published, images=args.images,
             bbox_format=args.bbox_format,
         )

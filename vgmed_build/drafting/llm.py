@@ -92,6 +92,32 @@ class LlmConfig:
     price_out: float = 0.0  # USD per 1M completion tokens
 
 
+# The options of an LlmConfig that have a lower bound: field -> (`generate` option, least value).
+_AT_LEAST = {
+    "concurrency": ("--concurrency", 1),
+    "max_tokens": ("--max-tokens", 1),
+    "max_retries": ("--max-retries", 0),
+    "backoff_s": ("--retry-backoff", 0),
+    "temperature": ("--temperature", 0),
+    "price_in": ("--price-in", 0),
+    "price_out": ("--price-out", 0),
+    "max_requests": ("--max-requests", 0),
+    "max_cost_usd": ("--max-cost-usd", 0),
+}
+
+
+def llm_option_problem(config: LlmConfig) -> str | None:
+    """What is wrong with the LLM options, before any work (a zero concurrency would hang, a negative
+    timeout fails every request, a zero max-tokens yields empty replies that are still paid for)."""
+    for name, (flag, low) in _AT_LEAST.items():
+        value = getattr(config, name)
+        if value is not None and not low <= value < math.inf:  # NaN fails too
+            return f"{flag} must be a finite number >= {low} (got {value})"
+    if not 0 < config.timeout_s < math.inf:
+        return f"--timeout must be a positive number of seconds (got {config.timeout_s})"
+    return None
+
+
 @dataclass(frozen=True)
 class Usage:
     """Token counts of one reply; ``estimated`` when the server reported none we could trust."""

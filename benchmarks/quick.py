@@ -4,7 +4,8 @@ Each check measures vgmed and its baseline in this same process, one after the o
 machine slows both and the ratio holds; most use CPU seconds of this process (best of a few repeats),
 which a shared machine inflates far less than wall time. Every check also keeps its benchmark's own
 test of correctness (identical boxes, maps, answers): a mismatch fails the check whatever its speed.
-One line per check; exit status 1 when any check fails. A few minutes on a loaded 2-core machine.
+One line per check; exit status 1 when any check fails (a benchmark that crashes fails its checks; the
+others still run). About two minutes on the loaded 2-core build machine.
 
     .venv/bin/python benchmarks/quick.py                 # every check
     .venv/bin/python benchmarks/quick.py --only boxes    # checks whose name contains "boxes"
@@ -46,7 +47,9 @@ FLOORS: dict[str, Floor] = {
     "boxes: naive skimage CPU / vgmed CPU": Floor("bench_ingest", ">=", 8.0, "14.9-17.6x"),
     "ingest 3D: end-to-end CPU / box extraction CPU": Floor("bench_ingest", "<=", 5.0, "3.0-3.6x"),
     "ingest 2D: end-to-end CPU / read+render floor CPU": Floor("bench_scale", "<=", 1.5, "0.9-1.1x"),
-    "generate: drafts/s / bare client loop req/s": Floor("bench_generate", ">=", 0.8, "1.05x"),
+    # wall-clock rate: noisy under load (both loops are CPU-starved), so only a gross loss (e.g. requests no
+    # longer concurrent: ~1/32) must fail it; generate's own cost is judged in CPU on the next line
+    "generate: drafts/s / bare client loop req/s": Floor("bench_generate", ">=", 0.6, "0.87-1.25x"),
     "generate: bare loop CPU/request / generate CPU/draft": Floor("bench_generate", ">=", 0.8, "1.36x"),
     "grounding: published CPU / vgmed-eval CPU": Floor("bench_grounding", ">=", 1.5, "3.1x"),
     "vgrefine: published CPU / VGRefiner CPU": Floor("bench_vqa", ">=", 2.0, "4.2x"),
@@ -95,9 +98,18 @@ def run_checks(benches: Iterable[str], only: str | None = None) -> int:
     A module is imported only when one of its checks is wanted (the model benchmarks import torch)."""
     failed = []
     for bench in benches:
-        if not any(wanted(name, only) for name, floor in FLOORS.items() if floor.bench == bench):
+        names = [name for name, floor in FLOORS.items() if floor.bench == bench and wanted(name, only)]
+        if not names:
             continue
-        for ratio in importlib.import_module(bench).quick(only):
+        try:
+            ratios = importlib.import_module(bench).quick(only)
+        except Exception as exc:  # one broken benchmark must not hide the others' results
+            for name in names:
+                print(f"{name:<54} {'-':>8}  floor {FLOORS[name].op} {FLOORS[name].value:g}x  FAIL (error)  "
+                      f"{bench}: {type(exc).__name__}: {exc}", flush=True)
+            failed += names
+            continue
+        for ratio in ratios:
             if not judge(ratio):
                 failed.append(ratio.name)
     if failed:

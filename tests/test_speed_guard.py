@@ -7,6 +7,7 @@ slower here: FAIL, with identical boxes, so only the speed differs)."""
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,18 @@ def test_a_check_whose_results_differ_fails_whatever_its_speed(capsys):
     assert not quick.judge(quick.Ratio(name, 1000.0, "boxes DIFFER", same=False))
     assert "FAIL (results differ)" in capsys.readouterr().out
 
+
+
+def test_a_crashing_benchmark_fails_its_checks_and_the_others_still_run(monkeypatch, capsys):
+    crashing, fine = types.ModuleType("bench_crashing"), types.ModuleType("bench_fine")
+    crashing.quick = lambda only: [quick.Ratio("crash", 1 / 0, "")]
+    fine.quick = lambda only: [quick.Ratio("fine", 3.0, "measured")]
+    monkeypatch.setitem(sys.modules, "bench_crashing", crashing)
+    monkeypatch.setitem(sys.modules, "bench_fine", fine)
+    monkeypatch.setattr(quick, "FLOORS", {"crash": quick.Floor("bench_crashing", ">=", 1.0, ""),
+                                          "fine": quick.Floor("bench_fine", ">=", 2.0, "")})
+    assert quick.run_checks(["bench_crashing", "bench_fine"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "FAIL (error)" in lines[0] and "ZeroDivisionError" in lines[0]
+    assert lines[1].startswith("fine") and "PASS" in lines[1]
+    assert lines[2] == "FAILED: crash"

@@ -15,7 +15,9 @@ counts from the server side. Script (JSON):
 
 A request matching a rule's substring (in its messages) takes that rule's next reply; once a rule's
 replies are used up the default applies. SPEC kinds: auto (a valid reply built from the prompt; varies
-with the seed), json (``content`` object, "{obj}" filled in), text (raw ``content``), refusal,
+with the seed; a judge request (`vgmed-build judge`) gets a verdict read from the request: no image ->
+not_answerable, boxes named but no red box pixel in the attached PNG -> wrong_target, else ok),
+json (``content`` object, "{obj}" filled in), text (raw ``content``), refusal,
 status (``status``, optional ``retry_after`` and ``message``; ``echo_auth`` echoes the API key in the
 error), reject_format (400 "response_format ... is not supported" when the request asks json_schema,
 else an auto reply). Options on any of them: ``delay_ms`` (a slow reply), ``drip_ms`` (the body is
@@ -118,8 +120,38 @@ def target_of(text: str) -> str:
     return value
 
 
-def auto_reply(text: str, seed: int) -> dict:
+def _red_pixels(messages: list) -> int | None:
+    """Pure red pixels (the drawn boxes) in the request's attached PNG; None without an image."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    for m in messages:
+        for part in m.get("content") if isinstance(m.get("content"), list) else []:
+            url = (part.get("image_url") or {}).get("url", "") if isinstance(part, dict) else ""
+            if url.startswith("data:image/png;base64,"):
+                with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as img:
+                    rgb = img.convert("RGB")
+                return sum(1 for p in rgb.getdata() if p == (255, 0, 0))
+    return None
+
+
+def judge_reply(text: str, messages: list) -> dict:
+    """The judge's verdict, from the request alone: no image -> not_answerable; a draft with boxes whose
+    image shows no red box -> wrong_target; else ok."""
+    red = _red_pixels(messages)
+    if red is None:
+        return {"verdict": "not_answerable", "reason": "no image was attached"}
+    if "Boxes (x0, y0, x1, y1" in text and "pixels): none" not in text and red == 0:
+        return {"verdict": "wrong_target", "reason": "no box is drawn on the image"}
+    return {"verdict": "ok", "reason": f"the boxed {target_of(text)} is visible ({red} box pixels)"}
+
+
+def auto_reply(text: str, seed: int, messages: list | None = None) -> dict:
     obj = target_of(text)
+    if text.startswith("You check drafted questions") or "\nDraft to judge\n" in text:
+        return judge_reply(text, messages or [])
     if "Question to rephrase:" in text:
         return {"question": _PARAPHRASE[seed % len(_PARAPHRASE)].format(obj=obj)}
     q, a, kind = _ATTRIBUTE[seed % len(_ATTRIBUTE)]
@@ -139,7 +171,7 @@ def completion(body: dict, text: str, seed: int, spec: dict, kind: str, n: int) 
     obj = target_of(text)
     refusal = None
     if kind in ("auto", "reject_format"):
-        content = json.dumps(auto_reply(text, seed))
+        content = json.dumps(auto_reply(text, seed, body.get("messages", [])))
     elif kind == "json":
         content = json.dumps(_fill(spec["content"], obj))
     elif kind == "text":

@@ -15,6 +15,8 @@ COMMANDS = (
     Command("stats", "vgmed_build.ingest.cli", "counts by source, modality, label; errors"),
     Command("generate", "vgmed_build.drafting.cli", "draft localization/attribute/position questions for every region"),
     Command("drafts", "vgmed_build.drafting.cli", "export drafts as JSONL (schemas/draft.schema.json)"),
+    Command("judge", "vgmed_build.judge.cli",
+            "a multimodal LLM's verdict on every ok draft (stored beside lint; calibrated by `review status --judge`)"),
     Command("labelstudio", "vgmed_build.review.cli",
             "run a local Label Studio server for this build (install on first use, loopback only)"),
     Command("review", "vgmed_build.review.cli",

@@ -6,7 +6,7 @@ versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` upgrades old catalogs
 Nothing here may hold patient identifiers or secrets: callers store pseudonymous, relative data only.
 
 Stage modules hold no SQL: every query is a named method of :class:`Catalog`, kept in the module of
-the stage that asks it (``ingest``, ``drafting``, ``review``, ...; ``base`` holds what all share:
+the stage that asks it (``ingest``, ``drafting``, ``judge``, ``review``, ...; ``base`` holds what all share:
 transactions, the errors table, state). ``Catalog`` is composed of them. tests/test_sql_in_catalog.py
 fails on SQL anywhere else; tests/test_catalog_plans.py plans every statement the stages send.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 from vgmed_build.catalog.base import CATALOG_NAME, IMAGES_DIR, CatalogError, now_iso
 from vgmed_build.catalog.drafting import DraftingQueries
 from vgmed_build.catalog.ingest import IngestQueries, Withdrawn
+from vgmed_build.catalog.judge import JudgeQueries
 from vgmed_build.catalog.release import ReleaseQueries
 from vgmed_build.catalog.review import WITHDRAWN_TASKS_KEY, ReviewQueries
 from vgmed_build.catalog.schema import MIGRATIONS, SCHEMA_VERSION, migrate
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-class Catalog(IngestQueries, DraftingQueries, ReviewQueries, ReleaseQueries):
+class Catalog(IngestQueries, DraftingQueries, JudgeQueries, ReviewQueries, ReleaseQueries):
     """An open build catalog, every stage's queries. Use :func:`open_catalog`."""
 
 

@@ -134,6 +134,21 @@ MIGRATIONS: list[str] = [
     UPDATE errors SET path = item, message = substr(message, length(item) + 3)
         WHERE stage = 'ingest' AND item <> '' AND substr(message, 1, length(item) + 2) = item || ': ';
     """,
+    # v5: the VLM judge's verdicts on drafts (vgmed-build judge), beside the lint result in drafts.status.
+    # A verdict is about one content of its draft, from one judge (model and prompt): never overwritten.
+    """
+    CREATE TABLE judge_verdicts (
+        draft_id TEXT NOT NULL REFERENCES drafts(id) ON DELETE CASCADE,
+        judge TEXT NOT NULL,                -- model@prompt-hash
+        content_hash TEXT NOT NULL,         -- the draft's question, answer, image and boxes as judged
+        verdict TEXT NOT NULL CHECK (verdict IN ('ok', 'wrong_target', 'not_answerable', 'ambiguous',
+                                                 'wrong_answer')),
+        reason TEXT NOT NULL,
+        record_json TEXT NOT NULL,          -- provenance: model, prompt hash, tokens, cost, cache hit
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (draft_id, judge, content_hash)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

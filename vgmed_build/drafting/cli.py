@@ -107,8 +107,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=LintLimits.max_answer_words,
         help="lint: longest accepted answer, in words",
     )
+    add_llm_options(p, "model name as the server knows it (needed for --drafter llm)")
+    add_wait_arg(p)
+    p.set_defaults(func=cmd_generate)
+
+    d = subparsers.add_parser(
+        "drafts",
+        description="Write the stored drafts, one JSON record per line, valid against schemas/draft.schema.json.",
+    )
+    add_build_arg(d)
+    d.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
+    d.add_argument("--status", choices=["ok", "rejected", "error", "all"], default="all", help="which drafts to export")
+    d.add_argument(
+        "--q-type",
+        choices=["localization", "attribute", "position"],
+        default=None,
+        help="only this question type (default: all)",
+    )
+    d.set_defaults(func=cmd_drafts)
+
+
+def add_llm_options(p: argparse.ArgumentParser, model_help: str) -> None:
+    """The LLM client's options (model, server, batch service, retries, timeout, formats, budget), shared by
+    every command that asks an OpenAI-compatible server (`generate`, `judge`); :func:`llm_config` reads them."""
     llm = p.add_argument_group("LLM (OpenAI-compatible server)")
-    llm.add_argument("--model", default=None, help="model name as the server knows it (needed for --drafter llm)")
+    llm.add_argument("--model", default=None, help=model_help)
     llm.add_argument(
         "--base-url",
         default=None,
@@ -179,27 +202,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     llm.add_argument("--price-in", type=float, default=0.0, help="USD per 1M prompt tokens, for the estimate")
     llm.add_argument("--price-out", type=float, default=0.0, help="USD per 1M completion tokens, for the estimate")
-    add_wait_arg(p)
-    p.set_defaults(func=cmd_generate)
-
-    d = subparsers.add_parser(
-        "drafts",
-        description="Write the stored drafts, one JSON record per line, valid against schemas/draft.schema.json.",
-    )
-    add_build_arg(d)
-    d.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
-    d.add_argument("--status", choices=["ok", "rejected", "error", "all"], default="all", help="which drafts to export")
-    d.add_argument(
-        "--q-type",
-        choices=["localization", "attribute", "position"],
-        default=None,
-        help="only this question type (default: all)",
-    )
-    d.set_defaults(func=cmd_drafts)
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    config = LlmConfig(
+def llm_config(args: argparse.Namespace) -> LlmConfig:
+    """The LlmConfig of the options :func:`add_llm_options` added."""
+    return LlmConfig(
         model=args.model or "",
         base_url=args.base_url,
         temperature=args.temperature,
@@ -215,6 +222,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         price_in=args.price_in,
         price_out=args.price_out,
     )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    config = llm_config(args)
     problem = llm_option_problem(config)  # also without --model: a bad option is reported, not ignored
     if problem:
         return fail(problem)

@@ -181,6 +181,12 @@ def _register_review(subparsers) -> None:
     _add_policy(s)
     s.add_argument("--limit", type=int, default=20, help="disputed drafts to list (0 = all)")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument(
+        "--judge",
+        action="store_true",
+        help="also measure the VLM judge (`vgmed-build judge`) and the rule lint against the clinicians' decisions: "
+        "confusion matrix, precision and recall of a flag, Cohen's kappa, with bootstrap 95%% intervals",
+    )
     s.set_defaults(func=cmd_review_status)
 
 
@@ -301,7 +307,7 @@ def cmd_review_pull(args) -> int:
 def cmd_review_status(args) -> int:
     try:
         with open_catalog(args.build, create=False) as catalog:
-            s = summary(catalog, args.policy, args.adjudicator, args.limit)
+            s = summary(catalog, args.policy, args.adjudicator, args.limit, judge=args.judge)
     except (CatalogError, ValueError) as exc:
         return fail(str(exc))
     if args.json:

@@ -33,8 +33,23 @@ def adjudication_notes(catalog: Catalog, decisions: Mapping[str, Decision]) -> d
     return notes
 
 
-def summary(catalog: Catalog, policy: str = "majority", adjudicator: str | None = None, limit: int = 20) -> dict:
-    """Progress, decisions and agreement of the build's review, from the catalog alone."""
+def checks_vs_clinicians(catalog: Catalog, decisions: Mapping[str, Decision]) -> dict:
+    """The judge's and the lint's flags measured against the clinicians' decisions (review.calibration)."""
+    from vgmed_build.judge.verdicts import current_verdicts, flags
+
+    truth = clinician_flags(decisions)
+    drafts = [rec for _, rec in catalog.draft_records(only=truth)]
+    verdicts = current_verdicts(drafts, catalog.judge_verdict_records())
+    return {
+        "judge": calibrate({k: flags(v) for k, v in verdicts.items()}, truth),
+        "lint": calibrate({d["id"]: d["status"] == "rejected" for d in drafts if d["status"] != "error"}, truth),
+    }
+
+
+def summary(catalog: Catalog, policy: str = "majority", adjudicator: str | None = None, limit: int = 20,
+            judge: bool = False) -> dict:
+    """Progress, decisions and agreement of the build's review, from the catalog alone; with ``judge``,
+    also the judge and the lint against the clinicians (:func:`checks_vs_clinicians`)."""
     decisions = decide(catalog, policy, adjudicator)
     ok_ids = catalog.ok_draft_ids()
     pushed = catalog.review_tasks_per_project()
@@ -48,7 +63,7 @@ def summary(catalog: Catalog, policy: str = "majority", adjudicator: str | None 
     disputed = [{"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "disputed"]
     unusable = [{"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "unusable"]
     state = project_state(catalog, REVIEW) or {}
-    return {
+    out = {
         "policy": policy,
         "adjudicator": adjudicator,
         "ok_drafts": len(ok_ids),
@@ -65,6 +80,9 @@ def summary(catalog: Catalog, policy: str = "majority", adjudicator: str | None 
         "unusable": unusable[:limit] if limit else unusable,
         "last_pull": catalog.get_state(last_pull_key(REVIEW)),
     }
+    if judge:
+        out["checks"] = checks_vs_clinicians(catalog, decisions)
+    return out
 
 
 def json_safe(value: object) -> object:
@@ -111,7 +129,24 @@ def status_lines(s: dict) -> Iterator[str]:
         )
         for c in a["cohen"]:
             yield f"  Cohen's kappa {c['raters'][0]} vs {c['raters'][1]}: {_fmt(c['kappa'])} on {c['items']} drafts"
+    for name, c in s.get("checks", {}).items():
+        yield from check_lines(name, c)
     for key, why in (("disputed", ""), ("unusable", " (accepted, but the reviewed content has no box or no text)")):
         yield f"{key}: {s['decisions'][key]}{why if s['decisions'][key] else ''}"
         for d in s[key]:
             yield f"  {d['draft_id']}: " + ", ".join(f"{r} {v}" for r, v in sorted(d["verdicts"].items()))
+
+
+def _ci(c: dict, key: str) -> str:
+    lo, hi = c["ci95"][key]
+    return f"{_fmt(c[key])} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def check_lines(name: str, c: dict) -> Iterator[str]:
+    """One automatic check (judge or lint) against the clinicians, as text."""
+    m = c["confusion"]
+    yield (f"{name} vs clinicians on {c['drafts']} decided drafts (flag = {name} flags it; wrong = rejected, "
+           f"unusable or edited): flagged & wrong {m['tp']}, flagged & right {m['fp']}, passed & wrong {m['fn']}, "
+           f"passed & right {m['tn']}")
+    yield (f"  precision of flag {_ci(c, 'precision')}, recall {_ci(c, 'recall')}, Cohen's kappa {_ci(c, 'kappa')} "
+           "(bootstrap 95% intervals)")

@@ -1,0 +1,87 @@
+"""The judge and the lint against the clinicians (`review status --judge`): the statistics on a planted
+table checked against scikit-learn and a hand computation, and the command on a planted build."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from judge_fixtures import drafted_build, plant_reviews, plant_verdicts
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_score, recall_score
+
+from vgmed_build.catalog import open_catalog
+from vgmed_build.cli import main
+from vgmed_build.review.calibration import calibrate
+from vgmed_build.review.decision import Decision
+
+
+def _table(tp: int, fp: int, fn: int, tn: int) -> tuple[dict, dict]:
+    """flagged / truth dicts holding exactly these confusion counts."""
+    cells = [(True, True)] * tp + [(True, False)] * fp + [(False, True)] * fn + [(False, False)] * tn
+    return ({f"d{i}": p for i, (p, _) in enumerate(cells)}, {f"d{i}": t for i, (_, t) in enumerate(cells)})
+
+
+def test_planted_table_against_sklearn_and_by_hand():
+    flagged, truth = _table(30, 10, 5, 55)
+    truth["extra"] = True  # a decided draft the check never saw: not counted
+    c = calibrate(flagged, truth)
+    assert c["drafts"] == 100 and c["confusion"] == {"tp": 30, "fp": 10, "fn": 5, "tn": 55}
+    # by hand: p_o = 0.85, p_e = (40 * 35 + 60 * 65) / 100^2 = 0.53
+    assert c["precision"] == pytest.approx(0.75) and c["recall"] == pytest.approx(30 / 35)
+    assert c["kappa"] == pytest.approx((0.85 - 0.53) / (1 - 0.53))
+    ids = sorted(flagged)
+    y_pred, y_true = [flagged[i] for i in ids], [truth[i] for i in ids]
+    assert c["kappa"] == pytest.approx(cohen_kappa_score(y_true, y_pred))
+    assert c["precision"] == pytest.approx(precision_score(y_true, y_pred))
+    assert c["recall"] == pytest.approx(recall_score(y_true, y_pred))
+    assert confusion_matrix(y_true, y_pred).tolist() == [[55, 10], [5, 30]]
+    for key in ("precision", "recall", "kappa"):
+        lo, hi = c["ci95"][key]
+        assert lo < c[key] < hi and hi - lo < 0.4
+    # kappa's bootstrap interval is close to the large-sample normal one (Fleiss, Cohen & Everitt 1969)
+    se = math.sqrt(0.85 * 0.15 / (100 * (1 - 0.53) ** 2))
+    lo, hi = c["ci95"]["kappa"]
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.25)
+    assert calibrate(flagged, truth) == c  # seeded: the same report twice
+
+
+def test_degenerate_tables_are_nan_not_errors():
+    c = calibrate(*_table(0, 0, 0, 20))  # nothing flagged, nothing wrong
+    assert math.isnan(c["precision"]) and math.isnan(c["recall"]) and math.isnan(c["kappa"])
+    assert calibrate({}, {})["drafts"] == 0
+
+
+def test_review_status_judge_on_a_planted_build(tmp_path, capsys):
+    build = drafted_build(tmp_path, n_images=3)
+    with open_catalog(build) as cat:
+        ids = sorted(cat.ok_draft_ids())
+    assert len(ids) >= 24
+    # judge: flags the first 12; clinicians: reject 0-7 (flagged & wrong 8), edit 12-13 (passed & wrong 2),
+    # accept the rest; ids[20:] are not reviewed and do not count.
+    plant_verdicts(build, {k: ("wrong_target" if i < 12 else "ok") for i, k in enumerate(ids)})
+    reviews = {k: ["reject", "reject"] if i < 8 else ["edit", "accept"] if i in (12, 13) else ["accept", "accept"]
+               for i, k in enumerate(ids[:20])}
+    plant_reviews(build, reviews)
+    assert main(["review", "status", "--build", str(build), "--judge", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    judge = s["checks"]["judge"]
+    assert judge["confusion"] == {"tp": 8, "fp": 4, "fn": 2, "tn": 6}
+    assert judge["precision"] == pytest.approx(8 / 12) and judge["recall"] == pytest.approx(8 / 10)
+    lint = s["checks"]["lint"]
+    assert lint["drafts"] == 20 and lint["confusion"]["tp"] == 0  # lint passed every reviewed draft
+    assert main(["review", "status", "--build", str(build), "--judge"]) == 0
+    text = capsys.readouterr().out
+    assert "judge vs clinicians on 20 decided drafts" in text and "flagged & wrong 8, flagged & right 4" in text
+    assert "precision of flag 0.667 [" in text
+
+
+def test_clinician_flags_counts_edits_as_wrong():
+    from vgmed_build.review.calibration import clinician_flags
+
+    def d(status, edited=False):
+        return Decision("x", status, "q", "a", [], 1, 1.0, edited)
+
+    got = clinician_flags({"a": d("accepted"), "b": d("accepted", True), "c": d("rejected"), "u": d("unusable"),
+                           "p": d("pending"), "s": d("disputed")})
+    assert got == {"a": False, "b": True, "c": True, "u": True}

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 
 from vgmed_build.catalog import Catalog
 from vgmed_build.review import agreement
+from vgmed_build.review.calibration import calibrate, clinician_flags
 from vgmed_build.review.decision import STATUSES, Decision, decide, review_events
 from vgmed_build.review.state import REVIEW, last_pull_key, project_state
 

@@ -151,7 +151,9 @@ def open_release(release_dir: str | Path, verify: bool = True) -> Release:
     and, with ``verify``, every file matches its manifest (nothing changed, added or missing)."""
     root = Path(release_dir)
     if not root.is_dir() or not (root / MANIFEST_FILE).is_file():
-        raise ExportError(f"{root}: no {MANIFEST_FILE}; only releases made by `vgmed-build release` are exported or read")
+        raise ExportError(
+            f"{root}: no {MANIFEST_FILE}; only releases made by `vgmed-build release` are exported or read"
+        )
     release = Release(root, {})
     try:
         release.manifest = json.loads(release.path(MANIFEST_FILE).read_text(encoding="utf-8"))

@@ -89,9 +89,8 @@ def grounding(
     for ``--control-release`` (into ``OUT/control``). Raises ValueError for a bad option,
     FileNotFoundError when the release holds no question file.
     """
-    from vgmed_eval.grounding import evaluate_release, input_problem, parse_layers
-
     from vgmed_build.release_format import BoxReading
+    from vgmed_eval.grounding import evaluate_release, input_problem, parse_layers
 
     chosen = _protocol(protocol)
     q_types = tuple(q_types)

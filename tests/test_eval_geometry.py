@@ -20,6 +20,8 @@ from transformers import (
     CLIPVisionConfig,
     Gemma3Config,
     Gemma3ImageProcessorPil,
+    GotOcr2ImageProcessorPil,
+    InternVLConfig,
     LlavaConfig,
     LlavaImageProcessorPil,
     LlavaNextConfig,
@@ -64,6 +66,15 @@ SETUPS = {
     "gemma3-896": ("gemma3", Gemma3ImageProcessorPil(size={"height": 896, "width": 896}),
                    Gemma3Config(vision_config=SiglipVisionConfig(image_size=896, patch_size=14),
                                 mm_tokens_per_image=256)),
+    # the authors' gt_tokens_huatuo_bio: a 224 px tower with 16 px patches (BiomedCLIP ViT-B/16) -> 14 x 14
+    "llava-224-patch16": ("llava", CLIPImageProcessorPil(size={"shortest_edge": 224},
+                                                         crop_size={"height": 224, "width": 224}),
+                          LlavaConfig(vision_config=CLIPVisionConfig(image_size=224, patch_size=16))),
+    # InternVL / MedRegA: the whole-image grid (the only 448 px tile, or the thumbnail after the tiles)
+    "internvl-448": ("internvl", GotOcr2ImageProcessorPil(size={"height": 448, "width": 448}, crop_to_patches=True,
+                                                          max_patches=12), InternVLConfig(image_seq_length=256)),
+    "internvl-448-no-tiling": ("internvl", GotOcr2ImageProcessorPil(size={"height": 448, "width": 448}),
+                               InternVLConfig(image_seq_length=256)),
     "gemma3-tiny": ("gemma3", Gemma3ImageProcessorPil(size={"height": 224, "width": 224}),
                     Gemma3Config(vision_config=SiglipVisionConfig(image_size=224, patch_size=14),
                                  mm_tokens_per_image=64)),
@@ -72,7 +83,10 @@ SETUPS = {
 
 def cell_values(family: str, ip, config, image: Image.Image, geom: GridGeometry) -> np.ndarray:
     """Processor output regrouped per grid cell: (rows, cols, values)."""
-    if family == "gemma3":
+    if family == "internvl":  # the last tile: the thumbnail, or the only tile
+        px = ip(images=[image], resample=NEAREST, crop_to_patches=ip.crop_to_patches,
+                return_tensors="np")["pixel_values"][-1]
+    elif family == "gemma3":
         px = ip(images=[image], resample=NEAREST, do_pan_and_scan=False, return_tensors="np")["pixel_values"][0]
     elif family.startswith("qwen"):
         out = ip(images=[image], resample=NEAREST, return_tensors="np")

@@ -232,3 +232,112 @@ def published_geometry(model: GridGeometry, mapping: str, cell_edges: str = "exa
         canvas_w=round(canvas_w), canvas_h=round(canvas_h), cell_w=model.cell_w, cell_h=model.cell_h,
         rows=model.rows, cols=model.cols,
     )
+
+
+def tile_grid(width: int, height: int, tile: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
+    """InternVL's dynamic tiling: the (cols, rows) arrangement of ``tile``-px tiles for an image.
+
+    Candidates are every cols x rows with ``min_tiles <= cols * rows <= max_tiles``, visited by tile
+    count; the one whose aspect ratio is closest to the image's wins, and on an exact tie a later
+    (larger) one replaces it when the image's area exceeds half the larger canvas (so small images
+    are not blown up). Same rule as InternVL's ``find_closest_aspect_ratio`` and transformers'
+    ``get_optimal_tiled_canvas``.
+    """
+    candidates = sorted(((c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1)
+                         if min_tiles <= c * r <= max_tiles), key=lambda g: g[0] * g[1])
+    aspect, area = width / height, width * height
+    best, best_diff = (1, 1), math.inf
+    for cols, rows in candidates:
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and area > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """How an InternVL-style model tiles one image: ``cols x rows`` tiles of ``tile`` px, each
+    ``cells x cells`` LLM tokens (after pixel shuffle), in row-major tile order, then a thumbnail tile
+    (the whole image resized to one tile) when there is more than one tile.
+
+    Two grids can carry the metrics: ``whole`` (the ``cells x cells`` grid of the whole image: the
+    single tile, or the thumbnail) and ``tiles`` (the mosaic of all tiles, ``rows*cells x
+    cols*cells``). Both are stretches of the image (aspect not kept), so each is a
+    :class:`GridGeometry`; :meth:`token_index` says where each of its cells sits among the image's
+    tokens.
+    """
+
+    image_w: int
+    image_h: int
+    cols: int
+    rows: int
+    tile: int
+    cells: int
+    thumbnail: bool
+    transposed: bool = False  # InternVL 1.x pixel shuffle ("ps_version v1"): tokens of a tile column-major
+
+    @property
+    def n_tiles(self) -> int:
+        return self.cols * self.rows + int(self.thumbnail)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_tiles * self.cells * self.cells
+
+    def mosaic(self) -> GridGeometry:
+        """The tiles together: the image resized to ``cols*tile x rows*tile``, one cell per token."""
+        return stretch_geometry(self.image_w, self.image_h, self.rows * self.tile, self.cols * self.tile,
+                                self.rows * self.cells, self.cols * self.cells)
+
+    def whole(self) -> GridGeometry:
+        """The whole image on one tile (the only tile, or the thumbnail)."""
+        return stretch_geometry(self.image_w, self.image_h, self.tile, self.tile, self.cells, self.cells)
+
+    def grid(self, name: str) -> GridGeometry:
+        if name == "whole":
+            return self.whole()
+        if name == "tiles":
+            return self.mosaic()
+        raise ValueError(f"unknown tile grid {name!r}; choose whole or tiles")
+
+    def _in_tile(self, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+        """Token offset of a cell inside its tile."""
+        return col * self.cells + row if self.transposed else row * self.cells + col
+
+    def token_index(self, name: str) -> np.ndarray:
+        """For each cell of grid ``name`` (row-major), its index among the image's ``n_tokens`` tokens."""
+        n = self.cells
+        if name == "whole":
+            r, c = np.divmod(np.arange(n * n), n)
+            first = (self.n_tiles - 1) * n * n  # the thumbnail is last; a single tile is first and last
+            return first + self._in_tile(r, c)
+        self.grid(name)
+        r, c = np.divmod(np.arange(self.rows * n * self.cols * n), self.cols * n)
+        tile = (r // n) * self.cols + c // n
+        return tile * n * n + self._in_tile(r % n, c % n)
+
+    def tile_cells(self, box) -> dict[int, np.ndarray]:
+        """Which tiles a pixel-edge box reaches and which ``cells x cells`` cells of each (tile index in
+        the model's order; the thumbnail, when there is one, is the last index)."""
+        mosaic = self.mosaic().box_to_cells(box)
+        out = {}
+        for t in range(self.cols * self.rows):
+            tr, tc = divmod(t, self.cols)
+            part = mosaic[tr * self.cells:(tr + 1) * self.cells, tc * self.cells:(tc + 1) * self.cells]
+            if part.any():
+                out[t] = part
+        if self.thumbnail:
+            whole = self.whole().box_to_cells(box)
+            if whole.any():
+                out[self.n_tiles - 1] = whole
+        return out
+
+
+def tile_layout(width: int, height: int, *, tile: int, cells: int, min_tiles: int, max_tiles: int,
+                tiling: bool, transposed: bool = False) -> TileLayout:
+    """The :class:`TileLayout` InternVL's preprocessing gives an image (``tiling`` off: one tile)."""
+    cols, rows = tile_grid(width, height, tile, min_tiles, max_tiles) if tiling and max_tiles > 1 else (1, 1)
+    return TileLayout(image_w=width, image_h=height, cols=cols, rows=rows, tile=tile, cells=cells,
+                      thumbnail=cols * rows > 1, transposed=transposed)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from vgmed_eval import placement as placements
-from vgmed_eval.adapters import gemma3, llava, qwen  # noqa: F401  (registers the families)
+from vgmed_eval.adapters import gemma3, internvl, llava, qwen  # noqa: F401  (registers the families)
 from vgmed_eval.adapters.base import DTYPES, MODEL_ADAPTERS, MODEL_TYPES, Adapter, Batch
 from vgmed_eval.adapters.qwen import set_pixel_bounds
 from vgmed_eval.chat_templates import read_template

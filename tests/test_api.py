@@ -124,10 +124,14 @@ def test_grounding_heads_and_vgrefine_with_a_tiny_model(chain):
 # ---------------------------------------------------------------- one bad input per function
 
 
-def test_ingest_refuses_a_missing_source_before_making_the_build(tmp_path):
-    with pytest.raises(ConfigError, match=r"--source msd:.*nowhere: no such file or folder"):
-        api.ingest(tmp_path / "b", source=[f"msd:{tmp_path / 'nowhere'}"])
+def test_ingest_refuses_a_missing_source_before_making_the_build(tmp_path, capsys):
+    flag = f"msd:{tmp_path / 'nowhere'}"
+    with pytest.raises(ConfigError, match=r"--source msd:.*nowhere: no such file or folder") as raised:
+        api.ingest(tmp_path / "b", source=[flag])
     assert not (tmp_path / "b").exists()
+    # The command runs the same function: the same message, exit 2.
+    assert cli.main(["ingest", "--build", str(tmp_path / "b"), "--source", flag]) == 2
+    assert capsys.readouterr().err == f"error: {raised.value}\n"
 
 
 def test_generate_names_the_bad_option_and_the_missing_build(chain, tmp_path):

@@ -123,6 +123,51 @@ def review_text(manifest: dict[str, Any]) -> str:
     return text
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def quality_text(manifest: dict[str, Any]) -> str:
+    """The quality the manifest states (``quality``, see release_quality.py), per question type and modality,
+    and for a sampled release the audited error rate of the unreviewed records with its exact interval."""
+    quality = manifest.get("quality")
+    if quality is None:
+        return ""
+    rows = []
+    for key, title in (("by_q_type", "question type"), ("by_modality", "modality")):
+        rows.append(f"| {title} | questions | clinician-reviewed | reviewers per reviewed item | kappa (accept vs "
+                    "reject) | judge precision | judge recall |\n|---|---|---|---|---|---|---|")
+        rows += [f"| {name} | {g['records']} | {g['reviewed']} | {_num(g['reviewers_per_item'])} | {_num(g['kappa'])} "
+                 f"| {_pct(g['judge_precision'])} | {_pct(g['judge_recall'])} |" for name, g in quality[key].items()]
+        rows.append("")
+    lines = ["Quality per question type and modality (kappa and the VLM judge's precision / recall of a flag are "
+             "measured against the clinicians' decisions on every decided draft of the group; n/a: undefined or "
+             "not measured):", "", *rows]
+    judge = quality.get("judge")
+    if judge:
+        ci = judge["ci95"]
+        lines.append(f"Over all {judge['drafts']} decided drafts the judge's flag had precision "
+                     f"{_pct(judge['precision'])} (95% bootstrap interval {_pct(ci['precision'][0])}-"
+                     f"{_pct(ci['precision'][1])}) and recall {_pct(judge['recall'])} ({_pct(ci['recall'][0])}-"
+                     f"{_pct(ci['recall'][1])}).")
+    sampled = quality.get("sampled")
+    if sampled:
+        low, high = sampled["ci95"]
+        lines.append(
+            f"**Sampled release:** {sampled['released_unreviewed']} questions were released without clinician "
+            f"review because the VLM judge passed them (`review.status: judged`). A uniform random audit of "
+            f"{sampled['audited']} judge-passed questions, reviewed by clinicians, found {sampled['errors']} wrong "
+            f"(rejected or edited): estimated error rate of the unreviewed questions {_pct(sampled['error_rate'])}, "
+            f"exact (Clopper-Pearson) 95% interval {_pct(low)}-{_pct(high)}, target {_pct(sampled['target'])}.")
+    elif quality["unreviewed"] == 0 and manifest["counts"]["records"]:
+        lines.append("Every question in this release was reviewed by a clinician.")
+    return "\n".join(lines)
+
+
 def render_card(manifest: dict[str, Any], licences: list[tuple[str, str]]) -> str:
     """The README.md text for a release described by ``manifest`` (files and created are not used)."""
     counts = manifest["counts"]
@@ -191,10 +236,14 @@ metadata; nothing from the source files' headers is part of this release.
 Drafts are reviewed in Label Studio (accept, edit or reject; edits of the question, answer and boxes
 are applied). {review_text(manifest)} Decision policy: `{policy["policy"]}`{adjudicator}.
 {
-            "Only accepted questions are included."
-            if not manifest["preview"]
-            else "This preview ALSO contains questions that review has not accepted (see `review.status`)."
+            "This preview ALSO contains questions that review has not accepted (see `review.status`)."
+            if manifest["preview"]
+            else "Accepted questions, and questions the judge passed under the sampled policy below, are included."
+            if policy["policy"] == "sampled"
+            else "Only accepted questions are included."
         }
+
+{quality_text(manifest)}
 
 ## Statistics
 {_table("question type", counts["by_q_type"])}

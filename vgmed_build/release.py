@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,14 +51,17 @@ from vgmed_build.release_format import (
     record_file,
     sha256_file,
 )
+from vgmed_build.release_quality import release_quality
 from vgmed_build.release_text import text_problem
 from vgmed_build.resources import resource_dir
 from vgmed_build.review.decision import POLICIES, Decision, check_policy, decide
+from vgmed_build.review.triage import sampled_release
 from vgmed_build.validate import validate_release
 
 log = logging.getLogger(__name__)
 
 STAGE = "release"
+SAMPLED = "sampled"  # --policy: majority, plus judge-passed unreviewed drafts when the audit supports the target
 
 class ReleaseError(RuntimeError):
     """The release could not be built; any existing release at the target is left untouched."""
@@ -78,6 +81,8 @@ class ReleaseOptions:
     include_unreviewed: bool = False
     bbox_convention: str = "exclusive"  # key of CONVENTIONS
     forbid: tuple[Forbidden, ...] = ()
+    judged: frozenset[str] = frozenset()  # --policy sampled: judge-passed drafts released without review
+    sampled: dict | None = None  # --policy sampled: the audit's estimate (review.triage.audit_estimate)
 
 
 @dataclass
@@ -90,14 +95,17 @@ class ReleaseReport:
 # ---------------------------------------------------------------- pure record building
 
 
-def review_facts(decision: Decision | None, include_unreviewed: bool) -> dict | None:
+def review_facts(decision: Decision | None, include_unreviewed: bool, judged: bool = False) -> dict | None:
     """The review block of a record, or None when the draft stays out of the release.
 
     Accepted drafts always go in with their reviewed text and boxes; rejected and unusable ones never
-    do; the rest (no events yet, pending, disputed) only in previews, with their drafted text.
+    do; the rest (no events yet, pending, disputed) only in previews, with their drafted text; a
+    ``judged`` draft (``--policy sampled``: the judge passed it, nobody reviewed it) as ``judged``.
     """
     if decision is not None and decision.status == "accepted":
         status = "accepted"
+    elif judged and decision is None:
+        status = "judged"
     elif include_unreviewed and (decision is None or decision.status not in ("rejected", "unusable")):
         status = "unreviewed" if decision is None else decision.status
     else:
@@ -203,7 +211,8 @@ def build_release(
     if options.bbox_convention not in CONVENTIONS:
         raise ReleaseError(f"unknown bbox convention {options.bbox_convention!r}")
     try:
-        check_policy(options.policy, options.adjudicator)
+        if options.policy != SAMPLED:
+            check_policy(options.policy, options.adjudicator)
     except ValueError as exc:
         raise ReleaseError(str(exc)) from exc
     out_dir = Path(out_dir).resolve()
@@ -223,7 +232,9 @@ def build_release(
                     "no drafts are accepted under the review policy "
                     f"'{options.policy}' (pull reviews first, or use --include-unreviewed for a preview)"
                 )
-            _write_text_files(tmp, records_by_file, counts, created, options)
+            quality = release_quality(catalog, decisions, [r for rs in records_by_file.values() for r in rs],
+                                      options.sampled)
+            _write_text_files(tmp, records_by_file, counts, created, options, quality)
             report = validate_release(tmp, forbid=list(options.forbid))
             if report.problems:
                 shown = "\n".join(p.format() for p in report.problems[:50])
@@ -250,6 +261,7 @@ def release_build(
     bbox_convention: str = "exclusive",
     forbid_file: str | Path | None = None,
     wait: bool = False,
+    target_error_rate: float | None = None,
 ) -> ReleaseReport:
     """`vgmed-build release` (and :func:`vgmed_build.api.release`): decide every reviewed draft under
     ``policy``, then :func:`build_release` into ``out`` (default ``build/release``). A failed write is a
@@ -262,7 +274,13 @@ def release_build(
     target = Path(out) if out is not None else Path(build) / "release"
     with open_catalog(build, create=False) as catalog:
         try:
-            decisions = decide(catalog, policy=policy, adjudicator=adjudicator)
+            decisions = decide(catalog, policy="majority" if policy == SAMPLED else policy, adjudicator=adjudicator)
+            if policy == SAMPLED:
+                try:
+                    judged, estimate = sampled_release(catalog, decisions, target_error_rate)
+                except ValueError as exc:
+                    raise ReleaseError(f"{exc}; nothing was changed") from exc
+                options = replace(options, judged=frozenset(judged), sampled=estimate)
             return build_release(catalog, target, decisions, options, wait=wait)
         except OSError as exc:  # a full disk, a read-only folder: the old release is untouched
             raise ReleaseError(
@@ -353,7 +371,7 @@ def _write_records_and_images(
     catalog.clear_stage_errors(STAGE)
     for draft in tqdm(catalog.ok_drafts(), desc="release", unit="draft", disable=None):
         decision = decisions.get(draft["id"])
-        review = review_facts(decision, options.include_unreviewed)
+        review = review_facts(decision, options.include_unreviewed, draft["id"] in options.judged)
         if review is None:
             continue
         try:
@@ -397,7 +415,8 @@ def _copy_image(build_dir: Path, region: dict, dest: Path) -> str | None:
 
 
 def _write_text_files(
-    tmp: Path, records_by_file: dict[str, list[dict]], counts: dict, created: str, options: ReleaseOptions
+    tmp: Path, records_by_file: dict[str, list[dict]], counts: dict, created: str, options: ReleaseOptions,
+    quality: dict,
 ) -> None:
     for name, records in records_by_file.items():
         (tmp / name).write_bytes(jsonl_bytes(records))
@@ -423,6 +442,7 @@ def _write_text_files(
         "bbox_convention": CONVENTIONS[options.bbox_convention],
         "configs": manifest_configs(records_by_file),
         "counts": counts,
+        "quality": quality,
     }
     (tmp / CARD_FILE).write_text(render_card(manifest, licences), encoding="utf-8")
     manifest["files"] = {
@@ -484,10 +504,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--policy",
-        choices=POLICIES,
+        choices=(*POLICIES, SAMPLED),
         default="majority",
         help="review decision policy: unanimous = every reviewer accepts, majority = most verdicts, "
-        "adjudicator = the --adjudicator's verdict wins",
+        "adjudicator = the --adjudicator's verdict wins; sampled = majority, plus the drafts the judge passed "
+        "and nobody reviewed, only when the audit of `review push --triage` supports --target-error-rate "
+        "(the card states the estimated error rate and its exact 95%% interval)",
+    )
+    p.add_argument(
+        "--target-error-rate",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="--policy sampled: the error rate the audit's exact 95%% interval must lie at or below (default: the "
+        "--audit-target of `review push --triage`)",
     )
     p.add_argument(
         "--adjudicator",
@@ -536,6 +566,7 @@ def cmd_release(args: argparse.Namespace) -> int:
             bbox_convention=args.bbox_convention,
             forbid_file=args.forbid_file,
             wait=args.wait,
+            target_error_rate=args.target_error_rate,
         )
     except (ForbidFileError, CatalogError, ReleaseError, ValueError, LockBusy) as exc:
         return fail(str(exc))

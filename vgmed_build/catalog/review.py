@@ -22,12 +22,15 @@ class ReviewQueries(CatalogBase):
         with self.transaction() as c:
             self.set_state(WITHDRAWN_TASKS_KEY, json.dumps(left), conn=c)
 
-    def ok_drafts_with_images(self) -> list[tuple[dict, int, int, dict]]:
-        """Every ok draft by id, with its image's width and height and its region's record."""
+    def ok_drafts_with_images(self, with_rejected: bool = False) -> list[tuple[dict, int, int, dict]]:
+        """Every ok draft (and lint-rejected one, ``with_rejected``) by id, with its image's width and height
+        and its region's record."""
+        statuses = ("ok", "rejected") if with_rejected else ("ok",)
         rows = self.conn.execute(
             "SELECT d.record_json, i.width, i.height, r.record_json FROM drafts d "
             "JOIN regions r ON r.id = d.region_id JOIN images i ON i.id = r.image_id "
-            "WHERE d.status = 'ok' ORDER BY d.id"
+            f"WHERE d.status IN ({','.join('?' * len(statuses))}) ORDER BY d.id",
+            statuses,
         ).fetchall()
         return [(json.loads(rec), w, h, json.loads(region or "{}")) for rec, w, h, region in rows]
 
@@ -36,6 +39,10 @@ class ReviewQueries(CatalogBase):
 
     def ok_draft_ids(self) -> set[str]:
         return {d for (d,) in self.conn.execute("SELECT id FROM drafts WHERE status='ok'")}
+
+    def rejected_draft_ids(self) -> set[str]:
+        """The drafts lint rejected."""
+        return {d for (d,) in self.conn.execute("SELECT id FROM drafts WHERE status='rejected'")}
 
     def draft_records(self, only: Container[str] | None = None) -> Iterator[tuple[str, dict]]:
         """(id, record) of every draft (or of those whose id is in ``only``), whatever its status, by id."""

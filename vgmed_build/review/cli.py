@@ -23,6 +23,7 @@ from vgmed_build.review.server import (
 )
 from vgmed_build.review.state import ADJUDICATION, REVIEW
 from vgmed_build.review.status import adjudication_notes, json_safe, status_lines, summary
+from vgmed_build.review.triage import select_for_review
 
 
 def register(subparsers) -> None:
@@ -142,6 +143,32 @@ def _register_review(subparsers) -> None:
         action="store_true",
         help="push the drafts disputed under --policy to a separate adjudication project instead",
     )
+    triage = s.add_argument_group("triage (see docs/review.md): review what the judge flags plus an audit sample")
+    triage.add_argument(
+        "--triage",
+        action="store_true",
+        help="push only the ok drafts the judge (`vgmed-build judge`) flags or has not judged, plus a uniform random "
+        "audit sample of those it passed; the audit is recorded and kept by later pushes (only topped up), and "
+        "`release --policy sampled` uses it to estimate the error rate of the drafts nobody reviewed",
+    )
+    triage.add_argument("--audit", type=int, default=None, metavar="N", help="audit sample size")
+    triage.add_argument(
+        "--audit-target",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="derive the audit size from a target error rate (e.g. 0.02): the smallest sample whose exact 95%% "
+        "interval lies at or below RATE when it holds no error (0.02: 183 drafts); recorded for release",
+    )
+    triage.add_argument(
+        "--lint-audit",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also push a uniform sample of N drafts lint rejected, so `review status --judge` can measure the lint "
+        "(they never reach a release)",
+    )
+    triage.add_argument("--audit-seed", type=int, default=0, help="seed of the audit samples")
     _add_policy(s)
     add_wait_arg(s)
     s.set_defaults(func=cmd_review_push)
@@ -256,7 +283,11 @@ def cmd_review_push(args) -> int:
     try:
         with open_catalog(args.build, create=False) as catalog, stage_lock(args.build, "review push", args.wait):
             server = resolve_server(args.build, args.url, document_root=args.document_root)
-            project, reviewers, notes = REVIEW, args.reviewers_per_item, None
+            project, reviewers, notes, ids, selection = REVIEW, args.reviewers_per_item, None, None, None
+            if args.triage and not args.adjudication:
+                selection = select_for_review(catalog, args.audit, args.audit_target, args.lint_audit,
+                                              args.audit_seed)
+                ids = selection.ids
             if args.adjudication:
                 notes = adjudication_notes(catalog, decide(catalog, args.policy, args.adjudicator))
                 if not notes:
@@ -270,13 +301,18 @@ def cmd_review_push(args) -> int:
                 title=args.title,
                 reviewers_per_item=reviewers,
                 images=args.images,
-                draft_ids=notes,
+                draft_ids=notes if notes is not None else ids,
                 notes=notes,
                 batch_size=args.batch_size,
                 progress=not args.no_progress,
+                with_rejected=bool(selection and selection.lint_audit),
             )
     except (LabelStudioError, CatalogError, ValueError, LockBusy) as exc:
         return fail(str(exc))
+    if selection is not None:
+        print(f"triage: {len(selection.flagged)} flagged by the judge, {len(selection.unjudged)} not judged, "
+              f"audit {len(selection.audit)} of {len(selection.audit) + len(selection.passed)} judge-passed, "
+              f"{len(selection.lint_audit)} lint-rejected audited; {len(selection.passed)} left unreviewed")
     print(
         f"{report.project} project {report.project_id} at {server.url}/projects/{report.project_id}/data: "
         f"{report.created} new, {report.updated} updated, {report.unchanged} unchanged, "

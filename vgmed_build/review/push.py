@@ -26,6 +26,7 @@ from tqdm import tqdm
 from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
+from vgmed_build.review.images import review_image
 from vgmed_build.review.server import ServerInfo, connect
 from vgmed_build.review.state import (
     PROJECTS,
@@ -151,7 +152,8 @@ def _local_resolver(catalog: Catalog, client, server: ServerInfo, project_id: in
     prefix = catalog.build_dir.resolve().relative_to(server.document_root.resolve())
 
     def resolve(rows: list[DraftRow]) -> dict:
-        return {r.draft["image"]: "/data/local-files/?d=" + quote((prefix / r.draft["image"]).as_posix()) for r in rows}
+        shown = {r.draft["image"]: review_image(catalog.build_dir, r) for r in rows}
+        return {image: "/data/local-files/?d=" + quote((prefix / path).as_posix()) for image, path in shown.items()}
 
     return resolve
 
@@ -161,7 +163,8 @@ def _upload_resolver(catalog: Catalog, client, server: ServerInfo, project_id: i
     scope = hashlib.sha256(f"{server.identity}|{project_id}".encode()).hexdigest()[:12]
 
     def resolve(rows: list[DraftRow]) -> dict:
-        paths = sorted({r.draft["image"] for r in rows})
+        shown = {r.draft["image"]: review_image(catalog.build_dir, r) for r in rows}
+        paths = sorted(set(shown.values()))
         known = {p: catalog.get_state(f"review.upload.{scope}.{p}") for p in paths}
         missing = [p for p, url in known.items() if url is None]
         if missing:
@@ -170,7 +173,7 @@ def _upload_resolver(catalog: Catalog, client, server: ServerInfo, project_id: i
                 for p, url in zip(missing, urls, strict=True):
                     catalog.set_state(f"review.upload.{scope}.{p}", url, conn=c)
                     known[p] = url
-        return known
+        return {image: known[path] for image, path in shown.items()}
 
     return resolve
 
@@ -251,11 +254,13 @@ def push(
     notes: dict[str, str] | None = None,
     batch_size: int = BATCH_SIZE,
     progress: bool = True,
+    with_rejected: bool = False,
 ) -> PushReport:
     """Push the build's ok drafts (or only ``draft_ids``) to the project ``project`` on ``server``.
 
     ``notes`` adds a per-draft line to the task's context (the adjudication project shows the
-    reviewers' verdicts there). ``images`` is "auto", "local" or "upload".
+    reviewers' verdicts there). ``images`` is "auto", "local" or "upload". ``with_rejected``: lint-rejected
+    drafts among ``draft_ids`` are pushed too (a triage's lint audit, see review.triage).
     """
     if project not in PROJECTS:
         raise ValueError(f"unknown review project {project!r}; expected one of {PROJECTS}")
@@ -274,7 +279,7 @@ def push(
     if client.projects.get(project_id).task_number > len(known):
         report.adopted = _adopt_orphans(catalog, client, project, project_id, known)
 
-    rows = load_drafts(catalog, draft_ids)
+    rows = load_drafts(catalog, draft_ids, with_rejected)
     new = [r for r in rows if r.id not in known]
     changed = [r for r in rows if r.id in known and known[r.id][1] != content_hash(r, notes.get(r.id, ""))]
     report.unchanged = len(rows) - len(new) - len(changed)

@@ -31,11 +31,12 @@ class DraftRow:
         return self.draft["id"]
 
 
-def load_drafts(catalog: Catalog, ids: Iterable[str] | None = None) -> list[DraftRow]:
-    """Drafts with status ok (optionally only ``ids``), with their image size, ordered by id."""
+def load_drafts(catalog: Catalog, ids: Iterable[str] | None = None, with_rejected: bool = False) -> list[DraftRow]:
+    """Drafts with status ok (and lint-rejected ones, ``with_rejected``; optionally only ``ids``), with their
+    image size, ordered by id."""
     wanted = set(ids) if ids is not None else None
     out = []
-    for draft, w, h, region in catalog.ok_drafts_with_images():
+    for draft, w, h, region in catalog.ok_drafts_with_images(with_rejected):
         if wanted is None or draft["id"] in wanted:
             width, height = int(draft.get("width") or w), int(draft.get("height") or h)
             out.append(DraftRow(draft, width, height, region))

@@ -155,12 +155,14 @@ def release(
     bbox_convention: str = "exclusive",
     forbid_file: str | Path | None = None,
     wait: bool = False,
+    target_error_rate: float | None = None,
 ) -> ReleaseReport:
     """Write the release of ``build`` to ``out`` (default ``build/release``) as ``vgmed-build release`` does.
 
     Only drafts accepted under ``policy`` go in (``include_unreviewed``: a preview that also holds the
-    drafts review has not decided). Built next to ``out``, validated, then swapped in: on any error
-    an existing release is unchanged. ``report.skipped`` names the accepted drafts left out because
+    drafts review has not decided; ``policy="sampled"``: also the judge-passed unreviewed drafts, when the
+    triage audit supports ``target_error_rate``, see docs/review.md). Built next to ``out``, validated,
+    then swapped in: on any error an existing release is unchanged. ``report.skipped`` names the accepted drafts left out because
     of an error. Raises ReleaseError (nothing to release, failed validation, cannot write),
     CatalogError, ForbidFileError, ValueError (bad policy), LockBusy (another release to ``out``).
     """
@@ -169,6 +171,7 @@ def release(
     return release_build(
         build, out=out, name=name, version=version, created=created, policy=policy, adjudicator=adjudicator,
         include_unreviewed=include_unreviewed, bbox_convention=bbox_convention, forbid_file=forbid_file, wait=wait,
+        target_error_rate=target_error_rate,
     )
 
 

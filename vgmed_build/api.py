@@ -162,8 +162,8 @@ def release(
     Only drafts accepted under ``policy`` go in (``include_unreviewed``: a preview that also holds the
     drafts review has not decided; ``policy="sampled"``: also the judge-passed unreviewed drafts, when the
     triage audit supports ``target_error_rate``, see docs/review.md). Built next to ``out``, validated,
-    then swapped in: on any error an existing release is unchanged. ``report.skipped`` names the accepted drafts left out because
-    of an error. Raises ReleaseError (nothing to release, failed validation, cannot write),
+    then swapped in: on any error an existing release is unchanged. ``report.skipped`` names the accepted
+    drafts left out because of an error. Raises ReleaseError (nothing to release, failed validation, cannot write),
     CatalogError, ForbidFileError, ValueError (bad policy), LockBusy (another release to ``out``).
     """
     from vgmed_build.release import release_build

@@ -58,7 +58,18 @@ VICUNA = FamilyPrompt(
     "{% else %}ASSISTANT: " + _assistant("", "{{ eos_token }}") + "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}",
 )
-PROMPTS = {p.name: p for p in (HUATUO, LLAVA_MED, VICUNA)}
+# InternVL-Chat's "Hermes-2" / "internlm2-chat" conversations (MedRegA: InternVL-Chat-V1-2, Hermes-2-Yi-34B):
+# ChatML joined without newlines (separator style MPT), InternVL's default system message, "<image>\n{text}".
+INTERNVL_SYSTEM = ("你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，"
+                   "英文名叫InternVL, 是一个有用无害的人工智能助手。")
+INTERNVL_HERMES = FamilyPrompt(
+    "internvl-hermes2", "InternVL-Chat's Hermes-2 / internlm2-chat conversation",
+    "<|im_start|>system\n" + INTERNVL_SYSTEM + "<|im_end|>"
+    "{% for message in messages %}{% if message['role'] == 'user' %}<|im_start|>user\n" + _USER_ITEMS + "<|im_end|>"
+    "{% else %}<|im_start|>assistant\n" + _assistant("", "<|im_end|>") + "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+)
+PROMPTS = {p.name: p for p in (HUATUO, LLAVA_MED, VICUNA, INTERNVL_HERMES)}
 
 # Lower-case name fragments of a checkpoint path or hub id -> its family's prompt.
 _NAME_HINTS = (("huatuogpt-vision", HUATUO), ("huatuo", HUATUO), ("llava-med", LLAVA_MED), ("llava_med", LLAVA_MED))

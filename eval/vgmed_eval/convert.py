@@ -34,9 +34,9 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from vgmed_eval.chat_templates import HUATUO, LLAVA_MED, PROMPTS, VICUNA, FamilyPrompt, read_template, recognise
 
 from vgmed_build import commands
+from vgmed_eval.chat_templates import HUATUO, LLAVA_MED, PROMPTS, VICUNA, FamilyPrompt, read_template, recognise
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,10 @@ class Plan:
     rows: int  # embedding rows after growth
     template_name: str
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # target name -> shape
+
+    def describe(self) -> str:
+        return (f"{self.family.model_type}, {self.projector} projector, prompt {self.template_name}, tower from "
+                f"{'the checkpoint' if not self.tower_files else self.tower}")
 
 
 def _read_json(path: Path) -> dict:
@@ -412,55 +416,79 @@ def _converted(tensors: dict[str, torch.Tensor], rename, p: Plan) -> dict[str, t
     return out
 
 
-def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_template: Path | None = None,
-            prompt: str | None = None, progress: bool = True) -> Plan:
-    """Convert ``src`` into a new transformers checkpoint at ``dst`` (which must not hold files yet)."""
+def assemble(dst: Path, parts: list, finish, progress: bool = True) -> None:
+    """Write each part (a callable returning tensors) as one safetensors shard into ``DST.converting``,
+    then the index and what ``finish(folder)`` writes (config, processor, notes), and rename the folder
+    to DST: an interrupted conversion never leaves a half checkpoint at DST."""
     from safetensors.torch import save_file
 
-    src, dst = Path(src), Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise ConvertError(f"{dst}: already exists and is not an empty folder; choose a new destination")
-    p = plan(src, vision_tower=vision_tower, chat_template=chat_template, prompt=prompt)
     work = dst.with_name(dst.name + ".converting")
     if work.exists():  # our own leftover from an interrupted conversion
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    jobs = [(f, lambda k: checkpoint_key(k, p.projector)) for f in p.files] + [(f, tower_key) for f in p.tower_files]
-    n_out = len(jobs) + (p.projector == "linear")
     weight_map: dict[str, str] = {}
     total = 0
-
-    def write(tensors: dict[str, torch.Tensor]) -> None:
-        nonlocal total
-        name = f"model-{len(set(weight_map.values())) + 1:05d}-of-{n_out:05d}.safetensors"
+    for i, part in enumerate(tqdm(parts, desc="convert", unit="shard", disable=not progress)):
+        tensors = part()
+        name = f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
         save_file(tensors, work / name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(tensors, name))
         total += sum(t.numel() * t.element_size() for t in tensors.values())
-
-    dtype = torch.float32
-    for path, rename in tqdm(jobs, desc="convert", unit="shard", disable=not progress):
-        tensors = _converted(read_weights(path), rename, p)
-        dtype = tensors[f"{PROJ_1}.weight"].dtype if f"{PROJ_1}.weight" in tensors else dtype
-        write(tensors)
         del tensors
-    if p.projector == "linear":  # one linear layer = linear_1, then identity (activation "linear")
-        w = p.shapes[f"{PROJ_2}.weight"][0]
-        write({f"{PROJ_2}.weight": torch.eye(w, dtype=dtype), f"{PROJ_2}.bias": torch.zeros(w, dtype=dtype)})
     (work / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
         + "\n", encoding="utf-8")
-    p.config.save_pretrained(work)
-    p.processor.save_pretrained(work)
-    if (src / "generation_config.json").is_file():
-        shutil.copy2(src / "generation_config.json", work / "generation_config.json")
-    (work / "vgmed_convert.json").write_text(json.dumps({
-        "source_model_type": p.family.model_type, "source": str(src), "vision_tower": str(p.tower),
-        "vision_tower_weights": "checkpoint" if not p.tower_files else "tower folder", "projector": p.projector,
-        "chat_template": p.template_name, "embedding_rows": p.rows,
-        "image_token_index": p.config.image_token_index}, indent=2) + "\n", encoding="utf-8")
+    finish(work)
     if dst.exists():
         dst.rmdir()
     work.rename(dst)
+
+
+def check_destination(dst: Path) -> None:
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ConvertError(f"{dst}: already exists and is not an empty folder; choose a new destination")
+
+
+def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_template: Path | None = None,
+            prompt: str | None = None, progress: bool = True):
+    """Convert ``src`` into a new transformers checkpoint at ``dst`` (which must not hold files yet).
+    InternVL-Chat checkpoints (``model_type internvl_chat``) go to :mod:`vgmed_eval.convert_internvl`."""
+    src, dst = Path(src), Path(dst)
+    check_destination(dst)
+    if _read_json(src / "config.json").get("model_type") == "internvl_chat":
+        from vgmed_eval import convert_internvl
+
+        return convert_internvl.convert(src, dst, chat_template=chat_template, prompt=prompt, progress=progress)
+    p = plan(src, vision_tower=vision_tower, chat_template=chat_template, prompt=prompt)
+    seen_dtype = [torch.float32]
+
+    def part(path: Path, rename):
+        def read() -> dict[str, torch.Tensor]:
+            tensors = _converted(read_weights(path), rename, p)
+            if f"{PROJ_1}.weight" in tensors:
+                seen_dtype[0] = tensors[f"{PROJ_1}.weight"].dtype
+            return tensors
+        return read
+
+    def identity() -> dict[str, torch.Tensor]:  # one linear layer = linear_1, then identity (activation "linear")
+        w, dtype = p.shapes[f"{PROJ_2}.weight"][0], seen_dtype[0]
+        return {f"{PROJ_2}.weight": torch.eye(w, dtype=dtype), f"{PROJ_2}.bias": torch.zeros(w, dtype=dtype)}
+
+    parts = [part(f, lambda k: checkpoint_key(k, p.projector)) for f in p.files]
+    parts += [part(f, tower_key) for f in p.tower_files] + ([identity] if p.projector == "linear" else [])
+
+    def finish(work: Path) -> None:
+        p.config.save_pretrained(work)
+        p.processor.save_pretrained(work)
+        if (src / "generation_config.json").is_file():
+            shutil.copy2(src / "generation_config.json", work / "generation_config.json")
+        (work / "vgmed_convert.json").write_text(json.dumps({
+            "source_model_type": p.family.model_type, "source": str(src), "vision_tower": str(p.tower),
+            "vision_tower_weights": "checkpoint" if not p.tower_files else "tower folder", "projector": p.projector,
+            "chat_template": p.template_name, "embedding_rows": p.rows,
+            "image_token_index": p.config.image_token_index}, indent=2) + "\n", encoding="utf-8")
+
+    assemble(dst, parts, finish, progress)
     return p
 
 
@@ -491,6 +519,5 @@ def cmd_convert(args) -> int:
                     prompt=args.prompt, progress=not args.no_progress)
     except ConvertError as exc:
         return commands.fail(f"convert: {exc}")
-    log.info("%s (%s, %s projector, prompt %s, tower from %s) -> %s", args.src, p.family.model_type, p.projector,
-             p.template_name, "the checkpoint" if not p.tower_files else p.tower, args.dst)
+    log.info("%s (%s) -> %s", args.src, p.describe(), args.dst)
     return commands.EXIT_OK

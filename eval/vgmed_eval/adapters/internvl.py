@@ -43,12 +43,26 @@ _PLACEHOLDERS = ("<image>", "<IMG_CONTEXT>")
 _TINY_TILE = 224  # tiny tile: 16 x 16 patches of 14 px -> 8 x 8 tokens
 
 
+def _v1_shuffle(shuffle):
+    """InternVL 1.x's pixel shuffle ("ps_version v1"): transformers' (v2) result without its final swap of
+    the two spatial axes, so the LLM sees each tile's tokens column by column, as those checkpoints were
+    trained (written by ``vgmed-eval convert`` into the config)."""
+    def v1(features, scale_factor: float = 0.5):
+        return shuffle(features, scale_factor).transpose(1, 2).contiguous()
+    return v1
+
+
 @register
 class InternVLAdapter(Adapter):
     family = "internvl"
     model_types = ("internvl",)
     model_class = "InternVLForConditionalGeneration"
     grid = "whole"  # or "tiles" (see the module docstring)
+
+    def __init__(self, model, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        if getattr(model.config, "ps_version", "v2") == "v1":
+            model.model.pixel_shuffle = _v1_shuffle(model.model.pixel_shuffle)
 
     @classmethod
     def load_processing(cls, path: str):

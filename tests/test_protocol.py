@@ -27,6 +27,7 @@ from vgmed_eval.adapters.qwen import set_pixel_bounds
 from vgmed_eval.cli import build_parser
 from vgmed_eval.cli import main as eval_main
 from vgmed_eval.geometry import clip_geometry, published_geometry
+from vgmed_eval.ground_truth import Truths
 from vgmed_eval.grounding import GroundingRun, _Item
 from vgmed_eval.protocol import PUBLISHED, PUBLISHED_HEADS, VGMED, resolve
 from vgmed_eval.release_io import Question
@@ -112,7 +113,8 @@ def test_head_norm_by_the_head_mean(tmp_path):
     q = Question("q", tmp_path / "x.png", "x.png", "?", [(1, 0, 3, 2)], "localization", "CT", "s")
     for norm in ("head", "mean"):
         run = GroundingRun(None, [0, 1], 1, protocol=replace(VGMED, head_norm=norm))
-        run._score(_Item(q, geometry, gt.reshape(4, 4)), a, g)
+        cells = gt.reshape(4, 4)
+        run._score(_Item(q, geometry, Truths("box", cells, {"box": cells}, [])), a, g)
         ratio = run.per_head()["attention_ratio"].to_numpy().reshape(2, 3)
         for layer in range(2):
             for head in range(3):

@@ -3,8 +3,11 @@
 For every question: the attention of the last prompt token over the image tokens (SDPA + last-row
 capture, batched), divided by the same map for the general-description prompt on the same image
 (computed once per image and reused for all its questions), scored against the cells the boxes
-touch through the model's real preprocessing geometry. Per-question problems (missing image, box
-outside the image, box on no cell, a malformed line) are recorded and the run goes on.
+touch (``--gt box``), the cells the region's mask touches (``--gt mask``) or the fraction of each cell
+it covers (``--gt soft``), through the model's real preprocessing geometry; the other two ground
+truths and two chance levels (a uniform map; equal-area regions placed at random, ``--chance-draws``)
+are scored beside it. Per-question problems (missing image, box outside the image, box on no cell, no
+mask for ``--gt mask``, a malformed line) are recorded and the run goes on.
 
 Outputs in ``--out``: ``per_layer.parquet`` (question x layer, heads averaged), ``per_head.parquet``
 (question x layer x head), ``errors.jsonl``, ``summary.json`` (by layer, question type, modality and
@@ -19,6 +22,7 @@ import json
 import logging
 import re
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,15 +31,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
-from vgmed_eval import distributed, placement
-from vgmed_eval.chat_templates import add_chat_template_arg
-from vgmed_eval.distributed import World
-from vgmed_eval.geometry import BoxOutsideError, GeometryError, GridGeometry, published_geometry
-from vgmed_eval.metrics import grounding_metrics
-from vgmed_eval.prompts import GENERAL_PROMPT, short_answer
-from vgmed_eval.protocol import VGMED, Protocol, add_protocol_args, resolve
-from vgmed_eval.release_io import Question, read_release
-from vgmed_eval.summary import summarise
 
 from vgmed_build import commands
 from vgmed_build.release_format import (
@@ -43,9 +38,20 @@ from vgmed_build.release_format import (
     DEFAULT_READING,
     Q_TYPES,
     BoxReading,
+    decode_mask,
     expected_names,
     gt_tokens_mapping,
 )
+from vgmed_eval import distributed, placement
+from vgmed_eval.chat_templates import add_chat_template_arg
+from vgmed_eval.distributed import World
+from vgmed_eval.geometry import BoxOutsideError, GeometryError, GridGeometry, published_geometry
+from vgmed_eval.ground_truth import Target, Truths, question_truths
+from vgmed_eval.metrics import chance_scores, grounding_metrics, normalise, scores
+from vgmed_eval.prompts import GENERAL_PROMPT, short_answer
+from vgmed_eval.protocol import VGMED, Protocol, add_protocol_args, resolve
+from vgmed_eval.release_io import Question, read_release
+from vgmed_eval.summary import gt_and_chance, summarise
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +77,19 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
 class _Item:
     question: Question
     geometry: GridGeometry
-    gt: np.ndarray  # (rows, cols) bool
+    truths: Truths
+
+    @property
+    def gt(self) -> np.ndarray:
+        """(rows, cols) ground truth of --gt: bool, or cell weights for soft."""
+        return self.truths.primary
 
 
 def capture_maps(adapter, images: list[Image.Image], texts: list[str], layers: list[int], rows: str
                   ) -> list[np.ndarray]:
     """Per input, a float32 (layers, heads, cells) map of the grid's image tokens."""
     import torch
+
     from vgmed_eval.attention import capture
 
     batch = adapter.build_inputs(images, texts)
@@ -90,6 +102,35 @@ def capture_maps(adapter, images: list[Image.Image], texts: list[str], layers: l
 
 class ConventionError(GeometryError):
     kind = "box_convention"
+
+
+class MaskError(GeometryError):
+    kind = "bad_mask"
+
+
+def question_target(q: Question, width: int, height: int) -> Target:
+    """The boxes and (decoded, checked against the image) mask of a question."""
+    if q.mask is None:
+        return Target(q.boxes)
+    try:
+        mask = decode_mask(q.mask)
+    except ValueError as exc:
+        raise MaskError(f"mask cannot be decoded: {exc}") from exc
+    if mask.shape != (height, width):
+        raise MaskError(f"mask is {mask.shape[1]}x{mask.shape[0]}, the image {width}x{height}")
+    return Target(q.boxes, mask)
+
+
+@dataclass(frozen=True)
+class ChanceDraws:
+    """Equal-area random regions per question: how many, and the seed (with the question id, so a
+    question draws the same regions in any order, batch or process)."""
+
+    draws: int = 8
+    seed: int = 0
+
+    def rng(self, qid: str) -> np.random.Generator:
+        return np.random.default_rng([self.seed, zlib.crc32(qid.encode("utf-8"))])
 
 
 def check_inside(boxes: list, width: int, height: int, convention: str) -> None:
@@ -126,9 +167,9 @@ class GroundingRun:
     """Evaluate one set of questions with one adapter; results accumulate in memory."""
 
     def __init__(self, adapter, layers: list[int], batch_size: int, rows: str = "last",
-                 maps_dir: Path | None = None, protocol: Protocol = VGMED):
+                 maps_dir: Path | None = None, protocol: Protocol = VGMED, chance: ChanceDraws = ChanceDraws()):
         self.adapter, self.layers, self.batch_size, self.rows = adapter, layers, batch_size, rows
-        self.protocol = protocol
+        self.protocol, self.chance = protocol, chance
         self.maps_dir = maps_dir
         self.layer_rows: list[dict] = []
         self.head_blocks: list[tuple[str, np.ndarray]] = []  # (id, metrics (3, L, H))
@@ -177,10 +218,11 @@ class GroundingRun:
         for q in qs:
             try:
                 check_inside(q.boxes, image.width, image.height, q.box_convention)
-                cells = geometry.boxes_to_cells(q.boxes)
+                truths = question_truths(self.protocol.gt, geometry, question_target(q, image.width, image.height),
+                                         self.chance.rng(q.id), self.chance.draws)
                 if q.gt_tokens:
                     self._check_gt_tokens(q, image.width, image.height)
-                items.append(_Item(q, geometry, cells))
+                items.append(_Item(q, geometry, truths))
             except GeometryError as exc:
                 self.error(q, exc.kind, str(exc))
         return items
@@ -215,11 +257,17 @@ class GroundingRun:
         layer_level = grounding_metrics(a.mean(1), g.mean(1), gt)  # heads averaged: (L,)
         # (L, H): each head by its own general map, or by the layer's head-averaged one (submission notebook)
         head_level = grounding_metrics(a, g if self.protocol.head_norm == "head" else g.mean(1, keepdims=True), gt)
+        # beside it: every ground truth the question has, and the chance levels of --gt (heads averaged)
+        n = normalise(a.mean(1), g.mean(1))
+        beside = {f"{m}_{kind}": v for kind, cells in item.truths.by_kind.items()
+                  for m, v in scores(n, cells.reshape(-1)).items()}
+        beside.update(chance_scores(n, gt, [d.reshape(-1) for d in item.truths.chance]))
         base = {"id": q.id, "q_type": q.q_type, "modality": q.modality, "source": q.source, "label": q.label,
                 "image": q.image_rel, "grid_rows": item.geometry.rows, "grid_cols": item.geometry.cols,
-                "gt_cells": int(gt.sum())}
+                "gt": item.truths.kind, "gt_cells": int(np.count_nonzero(gt)), "chance_draws": len(item.truths.chance)}
         for i, layer in enumerate(self.layers):
-            self.layer_rows.append({**base, "layer": layer, **{k: float(v[i]) for k, v in layer_level.items()}})
+            self.layer_rows.append({**base, "layer": layer, **{k: float(v[i]) for k, v in layer_level.items()},
+                                    **{k: float(v[i]) for k, v in beside.items()}})
         self.head_blocks.append((q.id, np.stack([head_level[k] for k in ("attention_ratio", "kl", "js")])))
         if self.maps_dir is not None:
             shape = (len(self.layers), item.geometry.rows, item.geometry.cols)
@@ -257,7 +305,7 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
                      save_maps: bool, limit: int | None, q_types: tuple[str, ...], n_boot: int,
                      progress: bool = True, control: bool = False, images: Path | None = None,
                      reading: BoxReading = DEFAULT_READING, world: World = distributed.SINGLE,
-                     protocol: Protocol = VGMED) -> dict | None:
+                     protocol: Protocol = VGMED, chance: ChanceDraws = ChanceDraws()) -> dict | None:
     """Run one release end to end and write every output; returns the summary.
 
     ``control``: read the natural-image control files (``COCO_*.jsonl``) first, so a release that
@@ -266,6 +314,7 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
     of ``OUT/parts/`` (kept if a previous run finished it), and rank 0 merges all parts into the same
     files one process writes; the other ranks return None.
     ``images`` / ``reading``: where published pictures live and how published boxes are read.
+    ``chance``: the equal-area random regions of the chance level.
     """
     questions, read_errors = read_release(release, q_types, images=images, reading=reading, control=control)
     if limit is not None:
@@ -276,14 +325,15 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
         maps_dir.mkdir(exist_ok=True)
     started = time.perf_counter()
     if world.distributed:
-        _evaluate_part(adapter, questions, out, world, layers, batch_size, rows, maps_dir, progress, protocol)
+        _evaluate_part(adapter, questions, out, world, layers, batch_size, rows, maps_dir, progress, protocol,
+                       chance)
         distributed.barrier(world)  # every part is on disk
         if not world.main:
             distributed.barrier(world)  # rank 0 has merged: whatever runs next here can read the files
             return None
         per_layer, per_head, errors, gt_tokens = _merge_parts(out, world, questions)
     else:
-        run = GroundingRun(adapter, layers, batch_size, rows, maps_dir, protocol)
+        run = GroundingRun(adapter, layers, batch_size, rows, maps_dir, protocol, chance)
         run.run(questions, progress=progress)
         per_layer, per_head, errors, gt_tokens = run.per_layer(), run.per_head(), run.errors, run.gt_tokens
     elapsed = time.perf_counter() - started
@@ -299,6 +349,7 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
         "protocol": protocol.as_dict(), "processes": world.size, "seconds": round(elapsed, 3),
         "questions_per_second": round(len(questions) / elapsed, 3) if elapsed > 0 else None,
         **summarise(per_layer, errors, len(questions) + len(read_errors), n_boot=n_boot),
+        **gt_and_chance(per_layer, protocol.gt, chance.draws, chance.seed, n_boot=n_boot),
     }
     if gt_tokens.agree or gt_tokens.disagree:
         summary["gt_tokens"] = gt_tokens.summary()
@@ -316,7 +367,8 @@ def _write_errors(path: Path, errors: list[dict]) -> None:
 
 
 def _evaluate_part(adapter, questions: list[Question], out: Path, world: World, layers: list[int],
-                   batch_size: int, rows: str, maps_dir: Path | None, progress: bool, protocol: Protocol) -> None:
+                   batch_size: int, rows: str, maps_dir: Path | None, progress: bool, protocol: Protocol,
+                   chance: ChanceDraws) -> None:
     """This rank's images into its part directory, unless an earlier run already wrote that part."""
     final = distributed.part_path(out, world)
     if final.is_dir():
@@ -324,7 +376,7 @@ def _evaluate_part(adapter, questions: list[Question], out: Path, world: World, 
         return
     mine = distributed.shard(questions, lambda q: q.image, world)
     log.info("rank %d/%d: %d of %d questions", world.rank, world.size, len(mine), len(questions))
-    run = GroundingRun(adapter, layers, batch_size, rows, maps_dir, protocol)
+    run = GroundingRun(adapter, layers, batch_size, rows, maps_dir, protocol, chance)
     run.run(mine, progress=progress and world.main)
     with distributed.writing_part(final) as part:
         run.per_layer().to_parquet(part / "per_layer.parquet", index=False)
@@ -404,20 +456,29 @@ def register(subparsers) -> None:
     p.add_argument("--bbox-format", choices=BOX_FORMATS, default=None,
                    help="read every published box as [x, y, w, h] or [x0, y0, x1, y1], overriding the records' "
                         "bbox_format and the authors' rule (xywh under Slake*, in the older and COCO files)")
-    add_protocol_args(p, ("box_mapping", "xyxy_maxima", "cell_edges", "head_norm", "min_pixels", "max_pixels"))
+    add_protocol_args(p, ("box_mapping", "xyxy_maxima", "cell_edges", "head_norm", "min_pixels", "max_pixels", "gt"))
+    p.add_argument("--chance-draws", type=int, default=ChanceDraws.draws,
+                   help="chance level: per question, the --gt ground truth moved to this many random places inside "
+                        "the image (same area and shape), scored against the same map (0 = none; a uniform map's "
+                        "scores are always recorded); default %(default)s")
+    p.add_argument("--chance-seed", type=int, default=ChanceDraws.seed,
+                   help="seed of the random places (with each question's id); default %(default)s")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     add_chat_template_arg(p)
     placement.add_arguments(p)
     p.set_defaults(func=cmd_grounding)
 
 
-def input_problem(q_types: tuple[str, ...], batch_size: int, releases: list[Path | None]) -> str | None:
+def input_problem(q_types: tuple[str, ...], batch_size: int, releases: list[Path | None],
+                  chance_draws: int = 0) -> str | None:
     """What is wrong with a grounding run's inputs, found before the model is loaded."""
     unknown = [t for t in q_types if t not in Q_TYPES]
     if unknown:
         return f"unknown question type(s) {unknown}; choose from {', '.join(Q_TYPES)}"
     if batch_size < 1:
         return "--batch-size must be at least 1"
+    if chance_draws < 0:
+        return "--chance-draws must be 0 or more"
     for release in filter(None, releases):
         if not Path(release).is_dir():
             return f"release directory {release} does not exist"
@@ -426,7 +487,7 @@ def input_problem(q_types: tuple[str, ...], batch_size: int, releases: list[Path
 
 def cmd_grounding(args) -> int:
     q_types = tuple(t.strip() for t in args.q_types.split(",") if t.strip())
-    problem = input_problem(q_types, args.batch_size, [args.release, args.control_release])
+    problem = input_problem(q_types, args.batch_size, [args.release, args.control_release], args.chance_draws)
     if problem:
         return commands.fail(problem)
     try:
@@ -449,7 +510,7 @@ def cmd_grounding(args) -> int:
     common = dict(layers=layers, batch_size=args.batch_size, rows=args.rows, save_maps=args.save_maps,
                   limit=args.limit, q_types=q_types, n_boot=args.bootstrap, progress=not args.no_progress,
                   images=args.images, reading=BoxReading(format=args.bbox_format, xyxy_maxima=protocol.xyxy_maxima),
-                  protocol=protocol)
+                  protocol=protocol, chance=ChanceDraws(args.chance_draws, args.chance_seed))
     targets = [(args.release, args.out, False)]
     if args.control_release is not None:
         targets.append((args.control_release, args.out / "control", True))

@@ -3,10 +3,13 @@
 ``a``: attention of the last prompt token over the image tokens for the question prompt; ``g``: the
 same for the general-description prompt on the same image. ``n = a / g`` removes the model's
 question-independent attention sinks. The ground truth is uniform over the grid cells the boxes
-touch. All functions take maps with any leading dimensions (layers, heads) and the cell axis last;
-``gt`` is a boolean mask over the cells.
+(or the mask) touch: ``gt`` a boolean mask over the cells; or, for ``--gt soft``, non-negative cell
+weights (the fraction of each cell the target covers), which take the place of the 0/1 indicator in
+every formula below (a boolean ``gt`` gives the published numbers bit for bit). All functions take
+maps with any leading dimensions (layers, heads) and the cell axis last.
 
-- attention ratio = mean(n over GT cells) / mean(n over all cells); 1 = no preference.
+- attention ratio = mean(n over GT cells) / mean(n over all cells); 1 = no preference (weighted:
+  sum(w n) / sum(w) in the numerator).
 - KL = KL(GT || n / sum n), natural log, with ``n / sum n`` clipped at :data:`EPS` (no log 0).
 - JS = Jensen-Shannon divergence (not its square root) between ``n / sum n`` and GT, natural log
   (bounded by ln 2).
@@ -25,7 +28,12 @@ def normalise(a: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 def gt_distribution(gt: np.ndarray) -> np.ndarray:
-    gt = np.asarray(gt, dtype=bool).reshape(-1)
+    """The ground truth as a distribution over the cells (uniform over a boolean mask's cells)."""
+    gt = np.asarray(gt).reshape(-1)
+    if gt.dtype != bool:
+        gt = gt.astype(np.float64)
+        if (gt < 0).any() or not np.isfinite(gt).all():
+            raise ValueError("ground-truth weights must be finite and non-negative")
     if not gt.any():
         raise ValueError("ground truth covers no cell")
     return gt / gt.sum()
@@ -37,9 +45,10 @@ def _distribution(n: np.ndarray) -> np.ndarray:
 
 
 def attention_ratio(n: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    gt = np.asarray(gt, dtype=bool).reshape(-1)
+    gt = np.asarray(gt).reshape(-1)
     overall = n.mean(-1)
-    return n[..., gt].mean(-1) / np.where(overall > 0, overall, np.nan)
+    on_gt = n[..., gt].mean(-1) if gt.dtype == bool else n @ gt_distribution(gt)
+    return on_gt / np.where(overall > 0, overall, np.nan)
 
 
 def kl_divergence(n: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -61,8 +70,24 @@ def js_divergence(n: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 def grounding_metrics(a: np.ndarray, g: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
     """All three metrics for maps ``a`` and ``g`` of shape (..., cells)."""
-    n = normalise(a, g)
+    return scores(normalise(a, g), gt)
+
+
+def scores(n: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
+    """All three metrics of a normalised map ``n`` (..., cells) against ``gt``."""
     return {"attention_ratio": attention_ratio(n, gt), "kl": kl_divergence(n, gt), "js": js_divergence(n, gt)}
+
+
+def chance_scores(n: np.ndarray, gt: np.ndarray, draws: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The chance levels of :func:`scores` for one question: ``<metric>_uniform``, a uniform map against
+    ``gt`` (attention ratio 1 by construction; KL ln(N / k) for k of N cells), and ``<metric>_random``,
+    ``n`` against equal-area random regions, averaged over the ``draws`` (NaN without draws)."""
+    uniform = scores(np.ones(n.shape[-1]), gt)
+    out = {f"{m}_uniform": np.broadcast_to(v, n.shape[:-1]) for m, v in uniform.items()}
+    runs = [scores(n, d) for d in draws]
+    for m in METRICS:
+        out[f"{m}_random"] = (np.mean([r[m] for r in runs], axis=0) if runs else np.full(n.shape[:-1], np.nan))
+    return out
 
 
 METRICS = ("attention_ratio", "kl", "js")

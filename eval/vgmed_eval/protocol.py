@@ -15,6 +15,7 @@ BOX_MAPPINGS = ("model", "resize", "pad")
 HEAD_NORMS = ("head", "mean")
 SCORERS = ("vgmed", "published")
 POPULATIONS = ("all", "closed-mc")
+GT_KINDS = ("box", "mask", "soft")  # vgmed_eval.ground_truth builds each
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,14 @@ class Protocol:
     population: str = "all"  # VQA questions asked: all as posed, or closed-mc (closed as multiple choice)
     min_new_tokens: int = 0  # greedy decoding: end-of-sequence is not taken before this many tokens
     cell_edges: str = "exact"  # box edges -> cells exactly, or with the authors' float arithmetic
+    gt: str = "box"  # grounding ground truth: cells the boxes touch (published), the mask touches, or soft
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("box_mapping", self.box_mapping, BOX_MAPPINGS),
                                      ("head_norm", self.head_norm, HEAD_NORMS), ("scorer", self.scorer, SCORERS),
                                      ("population", self.population, POPULATIONS),
                                      ("cell_edges", self.cell_edges, ("exact", "authors")),
+                                     ("gt", self.gt, GT_KINDS),
                                      ("xyxy_maxima", self.xyxy_maxima, ("inclusive", "edges")),
                                      ("vgrefine_mode", self.vgrefine_mode, ("consistent", "prefill"))):
             if value not in allowed:
@@ -95,6 +98,9 @@ FLAGS = {
     "cell_edges": ("--cell-edges", ("exact", "authors"), "box edges to grid cells: exact (vgmed) or with the "
                    "authors' float arithmetic (origin and size scaled separately: 90 x 1.4 = 125.99999999999999 "
                    "lands in the cell before), which the published gt_tokens were made with"),
+    "gt": ("--gt", GT_KINDS, "grounding ground truth on the model's grid: box = the cells the boxes touch (the "
+           "published rule); mask = the cells the region's mask touches (releases with masks); soft = each cell "
+           "weighted by the fraction of it the mask (else the boxes) covers; the other two are reported beside it"),
     "min_new_tokens": ("--min-new-tokens", None, "greedy decoding never ends before this many tokens (the "
                        "published runs: 1, transformers' min_new_tokens; 0 lets end-of-sequence be the answer)"),
 }

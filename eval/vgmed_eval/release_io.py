@@ -13,6 +13,7 @@ from pathlib import Path
 
 from vgmed_build.release_format import (
     DEFAULT_READING,
+    MASK_FIELD,
     Q_TYPES,
     Box,
     BoxError,
@@ -46,6 +47,7 @@ class Question:
     gt_tokens: set[tuple[int, int]] | None = None  # the published (col, row) cells, when the record has them
     gt_boxes: list[Box] = field(default_factory=list)  # the boxes as the authors' code reads them (for gt_tokens)
     gt_boxes_other: list[Box] = field(default_factory=list)  # ... read in the other format (xywh <-> xyxy)
+    mask: dict | None = None  # the record's region mask (COCO RLE, decoded when scored); None: box only
 
 
 @dataclass
@@ -106,6 +108,7 @@ def parse_record(record: dict, root: Path, q_type: str, file_name: str, number: 
         gt_tokens=gt_tokens,
         gt_boxes=gt_boxes,
         gt_boxes_other=other,
+        mask=record.get(MASK_FIELD) if isinstance(record.get(MASK_FIELD), dict) else None,
     )
 
 

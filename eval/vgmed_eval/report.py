@@ -9,7 +9,10 @@
   all on one colour range, spread over the modalities and the natural control (needs a grounding run
   with ``--save-maps``);
 - ``vqa_by_benchmark.png`` and a table in index.md (with ``--vqa``): accuracy of the baseline and of
-  VGRefine per benchmark, with the bootstrap CIs and McNemar's p.
+  VGRefine per benchmark, with the bootstrap CIs and McNemar's p;
+- a table in index.md: the attention ratio under box, mask and soft ground truth side by side, and the
+  chance level (equal-area random regions) it is a multiple of, medical (per modality) and natural; the
+  chance level is also a line with its band in ``attention_ratio_by_layer.png``.
 
 A colour means one thing in every figure (eval/vgmed_eval/plotting.py).
 """
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from vgmed_build import commands, modality
+from vgmed_build.directions import edge_directions
 from vgmed_build.release_format import path_inside
 from vgmed_eval import plotting
 
@@ -112,21 +116,6 @@ OVERLAY_NOTE = "layer {layer}: a / g = attention to each image patch for this qu
 COLOURBAR_LABEL = "a / g (1 = as for a generic prompt)"
 RANDOM_WEIGHTS_NOTE = ("The model is a tiny built-in one with **random weights**: these numbers and plots show the "
                        "machinery, not a finding about any real model.")
-
-
-# Patient directions at the image edges under vgmed's radiological display convention (docs/ingest.md:
-# axial and coronal slices show the patient's left on the image right, sagittal ones anterior on the left).
-EDGE_DIRECTIONS = {
-    "axial": {"left": "R", "right": "L", "top": "A", "bottom": "P"},
-    "coronal": {"left": "R", "right": "L", "top": "S", "bottom": "I"},
-    "sagittal": {"left": "A", "right": "P", "top": "S", "bottom": "I"},
-}
-
-
-def edge_directions(plane: str) -> dict[str, str] | None:
-    """The letters for each image edge of a slice in ``plane``; None for 2D images and unknown planes
-    (published records carry no plane), where a marker would be a guess."""
-    return EDGE_DIRECTIONS.get(plane)
 
 
 def _mark_edges(ax, plane: str, width: int, height: int) -> None:
@@ -269,6 +258,40 @@ def comparison_line(medical: dict, natural: dict, control_release: str) -> str:
             f"evaluated layers: {shown} (1 = no preference for the target).")
 
 
+def ground_truth_section(runs: list[tuple[str, dict]], layer: int | None) -> list[str]:
+    """index.md's table: attention ratio at ``layer`` under each ground truth, its chance level and the
+    ratio of the two, one row per run (medical, its modalities, the natural control)."""
+    if layer is None or not any(summary.get("gt", {}).get("compare") for _, summary in runs):
+        return []
+    key = str(layer)
+    lines = [f"## Ground truth and chance, layer {layer}", "",
+             "Attention ratio with the ground truth as the cells the boxes touch (box, the published rule), the "
+             "cells the mask touches (mask) and each cell weighted by the fraction of it the target covers "
+             "(soft); chance: the same ratio for the `--gt` ground truth moved to random places inside the "
+             "image (mean over questions); x chance: measured / chance.", "",
+             "| questions | box | mask | soft | --gt | chance | x chance |", "|---|---|---|---|---|---|---|"]
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    def at_layer(table: dict | None) -> float | None:  # {metric: {layer: mean}} -> the ratio at `layer`
+        value = (table or {}).get("attention_ratio", {}).get(key)
+        return value.get("mean") if isinstance(value, dict) else value
+
+    def pick(block: dict, mod: str | None) -> dict | None:  # one modality's part of a summary block, or all
+        return block.get("by_modality", {}).get(mod) if mod else block.get("overall")
+
+    for name, summary in runs:
+        chance, compare = summary.get("chance", {}), summary.get("gt", {}).get("compare", {})
+        modalities = sorted(chance.get("by_modality", {}))
+        for label, mod in [(name, None)] + ([(f"{name}: {m}", m) for m in modalities] if len(modalities) > 1 else []):
+            ratios = [cell(at_layer(pick(compare.get(k, {}), mod))) for k in ("box", "mask", "soft")]
+            block = pick(chance, mod) or {}
+            lines.append(f"| {label} | {' | '.join(ratios)} | {summary.get('gt', {}).get('kind', 'box')} | "
+                         f"{cell(at_layer(block.get('random')))} | {cell(at_layer(block.get('times_chance')))} |")
+    return [*lines, ""]
+
+
 def build_report(results: Path, out: Path, control: Path | None, samples: int, layer: int | None,
                  vqa: list[Path] = ()) -> list[Path]:
     """Write every plot and index.md; returns the written files."""
@@ -293,6 +316,10 @@ def build_report(results: Path, out: Path, control: Path | None, samples: int, l
         title += ", medical vs natural"
         comparison = [comparison_line(summary["overall"]["attention_ratio"], ctrl["overall"]["attention_ratio"],
                                       ctrl.get("release", str(control))), ""]
+    for name, run in (("medical", summary), ("natural", ctrl)):  # the chance level as a line with its band
+        random = ((run or {}).get("chance", {}).get("overall") or {}).get("random", {}).get("attention_ratio")
+        if random:
+            curves.append(Curve(f"chance {name}", f"chance, {name} (random regions of the same area)", random))
     plot_by_layer(curves, out / "attention_ratio_by_layer.png", title)
     written.append(out / "attention_ratio_by_layer.png")
     if by_modality:
@@ -319,6 +346,7 @@ def build_report(results: Path, out: Path, control: Path | None, samples: int, l
              f"Most visually sensitive layer: {summary.get('most_sensitive_layer')}.", "", *comparison]
     if str(model).startswith("builtin:"):
         lines += [RANDOM_WEIGHTS_NOTE, ""]
+    lines += ground_truth_section([("medical", summary)] + ([("natural", ctrl)] if ctrl else []), chosen)
     lines += [f"![{p.stem.replace('_', ' ')}]({p.relative_to(out).as_posix()})" for p in written]
     if overlays:
         lines += ["", f"## Attention overlays, layer {chosen}", "",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from vgmed_eval.metrics import METRICS
+from vgmed_eval.protocol import GT_KINDS
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
@@ -73,3 +75,48 @@ def summarise(per_layer: pd.DataFrame, errors: list[dict], n_questions: int, *, 
             for value, group in per_layer.groupby(column)
         } if not per_layer.empty else {}
     return summary
+
+
+def _layer_means(frame: pd.DataFrame, suffix: str) -> dict[str, dict[str, float | None]]:
+    """{metric: {layer: mean of column <metric><suffix>}} (NaN rows left out)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for metric in METRICS:
+        column = f"{metric}{suffix}"
+        if column in frame:
+            out[metric] = {str(layer): _f(v) for layer, v in frame.groupby("layer")[column].mean().items()}
+    return out
+
+
+def _chance_block(frame: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    random = frame.drop(columns=list(METRICS)).rename(columns={f"{m}_random": m for m in METRICS})
+    measured, chance = _layer_means(frame, ""), _layer_means(frame, "_random")
+    return {
+        "uniform": _layer_means(frame, "_uniform"),
+        "random": layer_table(random, n_boot, seed),
+        # the measured mean over the random regions' mean: "x times chance" (for KL and JS, lower is closer)
+        "times_chance": {m: {layer: (None if v is None or not chance[m].get(layer) else round(v / chance[m][layer], 6))
+                             for layer, v in measured[m].items()} for m in METRICS},
+    }
+
+
+def gt_and_chance(per_layer: pd.DataFrame, kind: str, draws: int, draw_seed: int, *, n_boot: int = 1000,
+                  seed: int = 0) -> dict:
+    """The summary's ``gt`` (every ground truth side by side: mean per layer, overall and by modality)
+    and ``chance`` (the ``--gt`` metrics of a uniform map and of equal-area random regions, with the
+    measured value as a multiple of the random one) blocks."""
+    compare: dict = {}
+    for other in GT_KINDS:  # per_layer columns <metric>_<kind>
+        column = f"attention_ratio_{other}"
+        if per_layer.empty or column not in per_layer or per_layer[column].isna().all():
+            continue
+        compare[other] = {
+            "n": int(per_layer.loc[per_layer[column].notna(), "id"].nunique()),
+            "overall": _layer_means(per_layer, f"_{other}"),
+            "by_modality": {str(m): _layer_means(g, f"_{other}") for m, g in per_layer.groupby("modality")},
+        }
+    chance: dict = {"kind": kind, "draws": draws, "seed": draw_seed,
+                    "placement": "the ground truth moved by whole pixels to a uniformly random place inside the image"}
+    if "attention_ratio_random" in per_layer and per_layer["attention_ratio_random"].notna().any():
+        chance["overall"] = _chance_block(per_layer, n_boot, seed)
+        chance["by_modality"] = {str(m): _chance_block(g, n_boot, seed) for m, g in per_layer.groupby("modality")}
+    return {"gt": {"kind": kind, "compare": compare}, "chance": chance}

@@ -113,15 +113,14 @@ def run_parallel(
                     result = worker.conn.recv() if worker.conn.poll() else None
                 except (EOFError, OSError):
                     result = None
+                held = worker.held
                 if result is None:  # the worker died holding its item: replace it
                     worker.process.join()
                     worker.conn.close()
                     result = WorkerDied(worker.process.exitcode)
-                    held, pool[i] = worker.held, start()
-                    worker = pool[i]
-                    worker.held = held
-                on_result(worker.held, result)
-                assign(worker)
+                    pool[i] = worker = start()
+                assign(worker)  # before storing the result: the worker renders while this process writes
+                on_result(held, result)
         for worker in pool:
             worker.conn.send(None)
     finally:

@@ -159,3 +159,41 @@ def test_sampled_release_refused_when_the_audit_does_not_support_the_target(tmp_
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["quality"]["sampled"] is None and manifest["quality"]["unreviewed"] == 0
     assert "Every question in this release was reviewed by a clinician." in (out / "README.md").read_text()
+
+
+@pytest.mark.labelstudio
+def test_push_triage_sends_only_the_selection(labelstudio, tmp_path, monkeypatch, capsys):
+    """`review push --triage` against the session's Label Studio: the flagged, unjudged, audited and
+    lint-audited drafts become tasks, nothing else; a second push keeps the audit and adds nothing."""
+    from vgmed_build.review import api as ls_api
+    from vgmed_build.review.server import connect
+
+    build = drafted_build(tmp_path, n_images=2)
+    with open_catalog(build) as cat:
+        ids = sorted(cat.ok_draft_ids())
+        with cat.transaction() as c:  # one draft lint rejected, for the lint audit
+            c.execute("UPDATE drafts SET status='rejected', reason='planted' WHERE id=?", (ids[-1],))
+    ids = ids[:-1]
+    plant_verdicts(build, {k: "ambiguous" if i < 2 else "ok" for i, k in enumerate(ids[:-1])})
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", labelstudio.api_key)
+    args = ["--no-progress", "review", "push", "--build", str(build), "--url", labelstudio.url, "--triage",
+            "--audit", "3", "--lint-audit", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "triage: 2 flagged by the judge, 1 not judged, audit 3 of" in out and "1 lint-rejected audited" in out
+    with open_catalog(build) as cat:
+        audit = json.loads(cat.get_state("review.audit"))
+        tasks = cat.review_tasks("review")
+    expected = {*ids[:2], ids[-1], *audit["audit"], *audit["lint_audit"]}
+    assert set(tasks) == expected and len(expected) == 7
+    server_ids = {t["data"]["draft_id"] for t in ls_api.export_tasks(connect(labelstudio),
+                                                                      _project_id(build), all_tasks=True)}
+    assert server_ids == expected
+    assert main(args) == 0  # the recorded audit is kept: nothing new
+    with open_catalog(build) as cat:
+        assert set(cat.review_tasks("review")) == expected
+
+
+def _project_id(build) -> int:
+    with open_catalog(build) as cat:
+        return json.loads(cat.get_state("review.project.review"))["id"]

@@ -7,6 +7,7 @@ byte-identical whenever the release content is.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -47,6 +48,7 @@ REQUIRED_SECTIONS = (
     "Limitations",
 )
 PREVIEW_MARK = "PREVIEW"
+PREVIEW_TAG = "preview"  # in a preview card's front matter `tags`, which the Hub shows and filters on
 # The card's own words that mark a folder as a vgmed release (validate needs its manifest then).
 CARD_MARK = "Built with vgmed"
 
@@ -69,17 +71,34 @@ def size_category(n: int) -> str:
     return "n>1M"
 
 
-def front_matter(manifest: dict[str, Any], licences: list[tuple[str, str]]) -> dict[str, Any]:
+def licences_of(records: Iterable[dict]) -> list[tuple[str, str]]:
+    """(dataset, licence) of every source the records come from, sorted (the card's licence table)."""
+    return sorted({(r["source"]["dataset"], r["source"]["licence"]) for r in records})
+
+
+def hub_data_files(configs: Iterable[str]) -> dict[str, str]:
+    """The Hub's Parquet layout (``vgmed-build export --format hf``): ``data/<config>/test-*.parquet``."""
+    return {config: f"data/{config}/test-*.parquet" for config in configs}
+
+
+def front_matter(manifest: dict[str, Any], licences: list[tuple[str, str]],
+                 data_files: dict[str, str] | None = None) -> dict[str, Any]:
+    """The card's YAML: Hub metadata and one config per question file (``data_files``: config -> path or
+    glob, default the release's own files); the first config is the default, so ``load_dataset(folder)``
+    needs no config name. A preview says so in the metadata the Hub shows (title and tags)."""
+    preview = bool(manifest["preview"])
+    files = data_files or manifest["configs"]
     return {
-        "pretty_name": manifest["name"],
+        "pretty_name": manifest["name"] + (f" ({PREVIEW_MARK}: not a validated release)" if preview else ""),
         "license": hub_licence(licences),
         "language": ["en"],
         "task_categories": ["visual-question-answering", "object-detection"],
-        "tags": ["medical", "visual-grounding", "vgmed"],
+        "tags": ["medical", "visual-grounding", "vgmed"] + ([PREVIEW_TAG] if preview else []),
         "size_categories": [size_category(manifest["counts"]["records"])],
         "configs": [
             {"config_name": config, "data_files": [{"split": "test", "path": path}]}
-            for config, path in manifest["configs"].items()
+            | ({"default": True} if not i else {})
+            for i, (config, path) in enumerate(files.items())
         ],
     }
 
@@ -168,15 +187,20 @@ def quality_text(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_card(manifest: dict[str, Any], licences: list[tuple[str, str]]) -> str:
-    """The README.md text for a release described by ``manifest`` (files and created are not used)."""
+def render_card(manifest: dict[str, Any], licences: list[tuple[str, str]], hub: bool = False) -> str:
+    """The README.md text for a release described by ``manifest`` (files and created are not used).
+
+    ``hub``: the card of the Hub Parquet export (configs ``data/<config>/test-*.parquet``, images inside
+    the Parquet files) instead of the release folder's (JSONL files, ``images/``)."""
     counts = manifest["counts"]
+    files = hub_data_files(manifest["configs"]) if hub else manifest["configs"]
     policy = manifest["review_policy"]
     inclusive = manifest["bbox_convention"] == "xyxy_inclusive"
     name = manifest["name"]
     # The YAML header must open the file (the hub reads the configs from it); a preview's banner is
     # the first line after it.
-    lines = ["---", yaml.safe_dump(front_matter(manifest, licences), sort_keys=False, allow_unicode=True).rstrip()]
+    meta = front_matter(manifest, licences, files)
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip()]
     lines.append("---")
     if manifest["preview"]:
         unreviewed = counts["records"] - counts["by_review_status"].get("accepted", 0)
@@ -195,6 +219,19 @@ def render_card(manifest: dict[str, Any], licences: list[tuple[str, str]]) -> st
         "x1 - x0. For the published VGMED convention (inclusive maxima) rebuild with `--bbox-convention "
         "published`, or subtract 1 from x1 and y1."
     )
+    if hub:
+        image_text = "the picture itself, a `datasets.Image`; its `path` is the release's `images/<id>.png`"
+        schema_text = ("The release this folder was exported from (`vgmed-build export --format hf`) holds "
+                       "the JSON Schemas of the records and its `manifest.json` with every file's SHA-256.")
+        load_text = ('Load it with `datasets.load_dataset(FOLDER_OR_HUB_ID)` (the `localization` config) or '
+                     '`datasets.load_dataset(FOLDER_OR_HUB_ID, "attribute")`; `image` decodes to a PIL image.')
+    else:
+        image_text = "path relative to this folder"
+        schema_text = "The JSON Schemas in `schemas/` describe the records and `manifest.json`."
+        load_text = ('Load it with `datasets.load_dataset("RELEASE")` (the `localization` config) or '
+                     '`datasets.load_dataset("RELEASE", "attribute")` (`image` is then the path relative to the '
+                     "release; `vgmed-build export --format hf` writes the Parquet layout with the images as "
+                     "`datasets.Image`), or validate it with `vgmed-build validate`.")
     licence_rows = "\n".join(f"| {dataset} | {licence} |" for dataset, licence in licences)
     adjudicator = f", adjudicator {policy['adjudicator']}" if policy["adjudicator"] else ""
     lines.append(
@@ -208,19 +245,22 @@ structure in the image is tied to its annotated region(s), so a model's attentio
 where the target is.
 It has {counts["records"]} questions on {counts["images"]} images in two configurations:
 
-- `localization` (`{manifest["configs"]["localization"]}`): "is there a ... in the image?" questions
+- `localization` (`{files["localization"]}`, the default config): "is there a ... in the image?" questions
   whose answer is "yes", or "no" for a structure of the same source that the image does not hold
   (`absent: true`, no boxes; grounding evaluation skips them). Localization answers in all question
   files: {_answers_text(counts)}.
-- `attribute` (`{manifest["configs"]["attribute"]}`): one simple question about a visual attribute of
+- `attribute` (`{files["attribute"]}`): one simple question about a visual attribute of
   the boxed target (`q_type: attribute`), and position questions whose answer is the patient side
   computed from the image geometry (`q_type: position`).
 
-Each record has `id`, `image` (path relative to this folder), `question`, `answer`, `bbox` (one box per
+Each record has `id`, `image` ({image_text}), `question`, `answer`, `bbox` (one box per
 connected component of the target), `bbox_convention`, `q_type`, `absent`, `modality`, `body_part`, `label`,
 `side`, `plane` (slice plane; `2d` for 2D sources), `area_ratio` (mask area / image area), `width`,
 `height`, `source` (dataset and licence) and `review` (status, number of reviewers, agreement, whether
-review edited the item). The JSON Schemas in `schemas/` describe the records and `manifest.json`.
+review edited the item). A record may also have `mask`, the target's own pixels as uncompressed COCO RLE
+(`pycocotools.mask.decode(pycocotools.mask.frPyObjects(mask, height, width))`), which a record about an
+absent structure, one whose boxes review changed, or one built before vgmed kept masks lacks (box
+only). {schema_text}
 
 **Box convention.** `bbox` holds pixel coordinates of the released image, {box_text}
 
@@ -257,10 +297,7 @@ are applied). {review_text(manifest)} Decision policy: `{policy["policy"]}`{adju
 ## Intended use
 Evaluation only: measuring whether medical multimodal LLMs attend to the queried structure (attention
 ratio, KL and JS divergence against the boxes) and testing inference-time methods such as VGRefine.
-Load it with `datasets.load_dataset("json", data_files={{"localization": "{
-            manifest["configs"]["localization"]
-        }",
-"attribute": "{manifest["configs"]["attribute"]}"}})` or validate it with `vgmed-build validate`.
+{load_text}
 
 ## Limitations
 - Boxes come from segmentation masks; they bound the mask, not the clinical finding's full extent.

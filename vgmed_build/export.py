@@ -6,6 +6,15 @@
 - ``vqa-json``: the questions with reference answers (the attribute file: attribute and position
   questions) as a JSON list of ``{id, question, answer, images: [path], ...}``, the shape evaluation
   harnesses take for open VQA; image paths are relative to the JSON file.
+- ``hf``: the Hugging Face Hub layout, ``data/<config>/test-00000-of-00001.parquet`` written by
+  ``datasets`` itself (``image`` an ``Image()`` feature holding the PNG) and a README.md card whose
+  configs point at them, the first the default: ``load_dataset(folder)`` and an upload of the folder work
+  as they do for any Hub dataset.
+- ``lmms-eval``: the ``hf`` folder plus one task YAML per config and ``utils.py`` (``doc_to_visual``,
+  ``doc_to_text``, ``process_results``): ``lmms-eval --include_path FOLDER --tasks vgmed_attribute``.
+- ``vlmevalkit``: one TSV per config (``index``, base64 ``image``, ``question``, ``answer``, ``category``
+  = q_type, ...) for ``$LMUData``, the dataset class ``VGMEDDataset`` with its exact-match metric, and a
+  ``--config`` JSON naming it.
 
 A format is an :class:`ExportFormat` in :data:`FORMATS`: a builder that reads the (verified) release
 and returns the files to write, and a test that recognises a file it wrote earlier. Everything else is
@@ -19,31 +28,46 @@ Exports go next to the release, never into it (its manifest lists every file it 
 from __future__ import annotations
 
 import argparse
+import base64
+import csv
+import io
 import json
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from vgmed_build.card import CARD_MARK, licences_of, render_card
 from vgmed_build.commands import EXIT_OK, fail
 from vgmed_build.release_format import (
     ATTRIBUTE_FILE,
+    CARD_FILE,
     CONFIGS,
     CONTROL_CONFIGS,
     MANIFEST_FILE,
+    MASK_FIELD,
     RecordFileError,
     leaves_root,
     listed_file_problems,
     manifest_configs,
+    preview_note,
     read_lines,
 )
 from vgmed_build.resources import schema_errors
 
 VQA_KEYS = ("id", "question", "answer", "images", "q_type", "modality", "label")
 MAX_SHOWN = 5  # problems named in one message
+HARNESS_MARK = "written by `vgmed-build export`"  # in every harness file we write (how a re-export knows it)
+HARNESS_SOURCE = "vgmed_harness.py"  # vgmed_build/harness/: the lmms-eval hooks and the VLMEvalKit class
+HF_SHARD = re.compile(r"data/(\w+)/test-\d{5}-of-\d{5}\.parquet")
+TSV_COLUMNS = ("index", "image", "question", "answer", "category", "id", "modality", "body_part", "label")
+log = logging.getLogger(__name__)
 
 
 class ExportError(ValueError):
@@ -71,7 +95,8 @@ def arrow_schema(embed_images: bool = False):
             ("side", pa.string()),
             ("plane", pa.string()),
             ("area_ratio", pa.float64()),
-            ("mask", pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.list_(pa.int64()))])),  # null: box only
+            # null: a box-only record
+            ("mask", pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.list_(pa.int64()))])),
             ("width", pa.int32()),
             ("height", pa.int32()),
             ("source", pa.struct([("dataset", pa.string()), ("licence", pa.string())])),
@@ -118,7 +143,12 @@ class Release:
 
     def record_files(self) -> list[str]:
         """The question files present (ours and the control set's), in config order."""
-        return list(manifest_configs(p.name for p in self.root.glob("*.jsonl")).values())
+        return list(self.configs().values())
+
+    def configs(self) -> dict[str, str]:
+        """config name -> question file, for the files present (``localization`` first)."""
+        present = {p.name for p in self.root.glob("*.jsonl")}
+        return {c: n for c, n in manifest_configs(present).items() if n in present}
 
     def records(self, name: str) -> list[dict]:
         """Records of one question file, each checked against the release record schema."""
@@ -187,7 +217,8 @@ class ExportFormat:
     """One export format.
 
     ``build`` reads and checks everything and returns {file name: writer}, before anything is
-    created; a single-file format returns one entry named after its output. ``ours`` says whether an
+    created; a single-file format returns one entry named after its output, a folder format names
+    its files relative to the folder (``data/attribute/...``). ``ours(path, name)`` says whether an
     existing file is one this format wrote (so it may be replaced without --overwrite).
     """
 
@@ -195,7 +226,7 @@ class ExportFormat:
     suffix: str  # the default output: DIR + suffix
     folder: bool  # True: the output is a folder of files; False: a single file
     build: Callable[[Release, Path, ExportOptions], dict[str, Writer]]
-    ours: Callable[[Path], bool]
+    ours: Callable[[Path, str], bool]
     help: str
 
 
@@ -218,13 +249,16 @@ def build_parquet(release: Release, out: Path, options: ExportOptions) -> dict[s
     return outputs
 
 
-def parquet_is_ours(path: Path) -> bool:
-    """A Parquet file under one of our names with the record columns first and nothing but our columns
-    (so an export made before a column was added is still recognised)."""
+def parquet_is_ours(path: Path, name: str) -> bool:
+    """A Parquet file under one of our names with our columns (see :func:`_has_our_columns`)."""
+    return name in _parquet_names() and _has_our_columns(path)
+
+
+def _has_our_columns(path: Path) -> bool:
+    """A Parquet file with the record columns first and nothing but our columns (so an export made
+    before a column was added is still recognised)."""
     import pyarrow.parquet as pq
 
-    if path.name not in _parquet_names():
-        return False
     try:
         names = pq.read_schema(path).names
     except Exception:  # pyarrow raises several types for a file that is not Parquet
@@ -256,13 +290,167 @@ def build_vqa_json(release: Release, out: Path, options: ExportOptions) -> dict[
     return {out.name: lambda fh: fh.write(data)}
 
 
-def vqa_json_is_ours(path: Path) -> bool:
+def vqa_json_is_ours(path: Path, name: str) -> bool:
     """A JSON list whose every item has exactly the keys of our VQA items."""
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(items, list) and all(isinstance(i, dict) and tuple(i) == VQA_KEYS for i in items)
+
+
+# ---------------------------------------------------------------- the Hub layout and evaluation harnesses
+
+
+def hf_features():
+    """The Hub files' ``datasets`` features: the Parquet schema's columns, ``image`` an ``Image()``."""
+    from datasets import Features, Image
+
+    features = Features.from_arrow_schema(arrow_schema())
+    features["image"] = Image()
+    return features
+
+
+def _hf_shard(config: str) -> str:
+    return f"data/{config}/test-00000-of-00001.parquet"
+
+
+def _card_writer(release: Release) -> Writer:
+    """The Hub card, rendered from the release's manifest like the release's own card."""
+    records = [r for name in release.record_files() for r in release.records(name)]
+    try:
+        card = render_card(release.manifest, licences_of(records), hub=True)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ExportError(f"{release.root / MANIFEST_FILE}: lacks what the dataset card needs ({exc!r})") from exc
+    data = card.encode("utf-8")
+    return lambda fh: fh.write(data)
+
+
+def build_hf(release: Release, out: Path, options: ExportOptions) -> dict[str, Writer]:
+    """``data/<config>/test-00000-of-00001.parquet`` per config, written by ``datasets`` (the image is the
+    ``{bytes, path}`` struct of ``Image()``), and the card whose configs point at them."""
+    from datasets import Dataset
+
+    features = hf_features()
+    outputs: dict[str, Writer] = {}
+    for config, name in release.configs().items():
+        rows = [{**r, MASK_FIELD: r.get(MASK_FIELD), "image": {"bytes": release.image_bytes(r["image"]),
+                                                                 "path": r["image"]}}
+                for r in release.records(name)]
+        dataset = Dataset.from_list(rows, features=features)
+        outputs[_hf_shard(config)] = lambda fh, dataset=dataset: dataset.to_parquet(fh)
+    outputs[CARD_FILE] = _card_writer(release)
+    return outputs
+
+
+def hf_is_ours(path: Path, name: str) -> bool:
+    """Our card, or a Parquet shard of one of our configs with our columns."""
+    if name == CARD_FILE:
+        return _text_holds(path, CARD_MARK)
+    shard = HF_SHARD.fullmatch(name)
+    configs = {*CONFIGS, *(f"control_{t}" for t in CONTROL_CONFIGS)}
+    return bool(shard) and shard[1] in configs and _has_our_columns(path)
+
+
+def _text_holds(path: Path, mark: str) -> bool:
+    try:
+        return mark in path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _harness_source() -> bytes:
+    return resources.files("vgmed_build.harness").joinpath(HARNESS_SOURCE).read_bytes()
+
+
+def lmms_eval_task(config: str, folder: Path, manifest: dict[str, Any]) -> str:
+    """One lmms-eval task YAML (``!function`` tags, so written as text; values JSON-quoted)."""
+    release = json.dumps(f"{manifest.get('name')} {manifest.get('version')}")
+    return f"""# VGMED lmms-eval task {HARNESS_MARK} from {release}.
+# lmms-eval --include_path {json.dumps(str(folder))} --tasks vgmed_{config} --model ...
+# dataset_path is this folder (the Hub Parquet layout beside this file): change it if you move the folder.
+task: vgmed_{config}
+dataset_path: {json.dumps(str(folder))}
+dataset_name: {config}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 16
+  temperature: 0
+  do_sample: false
+process_results: !function utils.process_results
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+  vgmed_release: {release}
+  preview: {json.dumps(manifest.get("preview") is True)}
+"""
+
+
+def build_lmms_eval(release: Release, out: Path, options: ExportOptions) -> dict[str, Writer]:
+    """The ``hf`` folder plus ``vgmed_<config>.yaml`` per config and ``utils.py`` (the hooks they name)."""
+    outputs = build_hf(release, out, options)
+    folder = out.resolve()
+    for config in release.configs():
+        data = lmms_eval_task(config, folder, release.manifest).encode("utf-8")
+        outputs[f"vgmed_{config}.yaml"] = lambda fh, data=data: fh.write(data)
+    source = _harness_source()
+    outputs["utils.py"] = lambda fh: fh.write(source)
+    return outputs
+
+
+def lmms_eval_is_ours(path: Path, name: str) -> bool:
+    if re.fullmatch(r"vgmed_\w+\.yaml|utils\.py", name):
+        return _text_holds(path, HARNESS_MARK)
+    return hf_is_ours(path, name)
+
+
+def vlmevalkit_tsv(records: list[dict], image_bytes: Callable[[str], bytes]) -> bytes:
+    """VLMEvalKit's TSV: a unique integer ``index``, the base64 PNG, question, answer, ``category``
+    (the q_type, which the metric splits on) and our id and labels."""
+    text = io.StringIO()
+    writer = csv.writer(text, delimiter="\t", lineterminator="\n")
+    writer.writerow(TSV_COLUMNS)
+    for index, r in enumerate(records, 1):
+        picture = base64.b64encode(image_bytes(r["image"])).decode("ascii")
+        writer.writerow([index, picture, r["question"], r["answer"], r["q_type"], r["id"], r["modality"],
+                         r["body_part"], r["label"]])
+    return text.getvalue().encode("utf-8")
+
+
+def build_vlmevalkit(release: Release, out: Path, options: ExportOptions) -> dict[str, Writer]:
+    """``<config file stem>.tsv`` per config, ``vgmed_vlmevalkit.py`` (``VGMEDDataset``) and the
+    ``vlmevalkit_config.json`` that names the class for ``run.py --config``."""
+    outputs: dict[str, Writer] = {}
+    for name in release.record_files():
+        data = vlmevalkit_tsv(release.records(name), release.image_bytes)
+        outputs[Path(name).stem + ".tsv"] = lambda fh, data=data: fh.write(data)
+    source = _harness_source()
+    outputs["vgmed_vlmevalkit.py"] = lambda fh: fh.write(source)
+    stems = [Path(name).stem for name in release.record_files()]
+    config = {"data": {stem: {"class": "VGMEDDataset", "dataset": stem} for stem in stems},
+              "_comment": f"{HARNESS_MARK}; add a 'model' entry, then: python run.py --config this file"}
+    data = (json.dumps(config, indent=1) + "\n").encode("utf-8")
+    outputs["vlmevalkit_config.json"] = lambda fh: fh.write(data)
+    return outputs
+
+
+def vlmevalkit_is_ours(path: Path, name: str) -> bool:
+    if name.endswith(".tsv"):
+        try:
+            with path.open(encoding="utf-8") as fh:
+                header = fh.readline()
+        except (OSError, UnicodeDecodeError):
+            return False
+        return Path(name).stem + ".parquet" in _parquet_names() and header.rstrip("\n").split("\t") == list(
+            TSV_COLUMNS)
+    return name in ("vgmed_vlmevalkit.py", "vlmevalkit_config.json") and _text_holds(path, HARNESS_MARK)
 
 
 FORMATS: dict[str, ExportFormat] = {
@@ -276,6 +464,23 @@ FORMATS: dict[str, ExportFormat] = {
             "vqa-json", "-vqa.json", False, build_vqa_json, vqa_json_is_ours,
             "the attribute and position questions with their answers as [{id, question, answer, images: "
             "[path], q_type, modality, label}], image paths relative to the JSON file (one file)",
+        ),
+        ExportFormat(
+            "hf", "-hf", True, build_hf, hf_is_ours,
+            "the Hugging Face Hub layout: data/<config>/test-00000-of-00001.parquet written by `datasets` "
+            "(image an Image() feature) and a README.md card whose configs point at them, localization the "
+            "default; load_dataset(FOLDER) and an upload of the folder work as for any Hub dataset (a folder)",
+        ),
+        ExportFormat(
+            "lmms-eval", "-lmms-eval", True, build_lmms_eval, lmms_eval_is_ours,
+            "the hf folder plus an lmms-eval task per config (vgmed_<config>.yaml) and their utils.py: "
+            "lmms-eval --include_path FOLDER --tasks vgmed_attribute (a folder)",
+        ),
+        ExportFormat(
+            "vlmevalkit", "-vlmevalkit", True, build_vlmevalkit, vlmevalkit_is_ours,
+            "one VLMEvalKit TSV per config (index, base64 image, question, answer, category = q_type) for "
+            "$LMUData, the dataset class VGMEDDataset (vgmed_vlmevalkit.py, exact-match accuracy) and "
+            "vlmevalkit_config.json naming it (a folder)",
         ),
     )
 }
@@ -291,17 +496,24 @@ def _in_the_way(fmt: ExportFormat, out: Path, overwrite: bool) -> str | None:
     if not out.exists() or overwrite:
         return None
     if not fmt.folder:
-        return None if fmt.ours(out) else f"{out} exists and is not a previous {fmt.name} export of vgmed"
-    foreign = sorted(p.name for p in out.iterdir() if p.is_symlink() or not p.is_file() or not fmt.ours(p))
+        return None if fmt.ours(out, out.name) else f"{out} exists and is not a previous {fmt.name} export of vgmed"
+    foreign = sorted(rel for rel, p in _entries(out) if p.is_symlink() or not p.is_file() or not fmt.ours(p, rel))
     if foreign:
         shown = ", ".join(foreign[:MAX_SHOWN]) + (", ..." if len(foreign) > MAX_SHOWN else "")
         return f"{out} holds {len(foreign)} entries that are not a previous {fmt.name} export of vgmed ({shown})"
     return None
 
 
+def _entries(folder: Path) -> list[tuple[str, Path]]:
+    """Everything under ``folder`` but its subfolders (which hold our files or others'), as (name, path)."""
+    return [(p.relative_to(folder).as_posix(), p) for p in sorted(folder.rglob("*"))
+            if p.is_symlink() or not p.is_dir()]
+
+
 def _write_temp(out: Path, name: str, write: Writer) -> Path:
     """Write one output into a new temporary file of ours next to ``out``; return its path."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.{name}.tmp-" if name != out.name else f".{out.name}.tmp-",
+    flat = name.replace("/", ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.{flat}.tmp-" if name != out.name else f".{out.name}.tmp-",
                                dir=out.parent)
     try:
         mask = os.umask(0o022)
@@ -327,6 +539,9 @@ def export(
     """
     out = Path(out)
     release = open_release(release_dir, options.verify)
+    note = preview_note(release.root)
+    if note:
+        log.warning("%s; the %s export says so too", note, fmt.name)
     outputs = fmt.build(release, out, options)
     problem = _in_the_way(fmt, out, options.overwrite)
     if problem:
@@ -343,11 +558,14 @@ def export(
         folder.mkdir(exist_ok=True)
         for name, tmp in temps.items():
             target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)
         if fmt.folder:  # files of an earlier export this one no longer writes (a control set now absent)
-            for stale in sorted(p for p in out.iterdir() if p.name not in outputs and p.is_file() and fmt.ours(p)):
-                target = stale
-                stale.unlink()
+            for rel, stale in _entries(out):
+                if rel not in outputs and not stale.is_symlink() and stale.is_file() and fmt.ours(stale, rel):
+                    target = stale
+                    stale.unlink()
+                    _remove_emptied(stale.parent, out)
     except OSError as exc:
         raise ExportError(
             f"cannot write {target}: {exc.strerror or exc}; an earlier export there is unchanged"
@@ -356,6 +574,16 @@ def export(
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
     return [folder / name for name in outputs]
+
+
+def _remove_emptied(folder: Path, root: Path) -> None:
+    """Remove ``folder`` and its parents below ``root`` while they are empty (a stale shard's folder)."""
+    while folder != root and folder.is_relative_to(root):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: it holds other files
+            return
+        folder = folder.parent
 
 
 def export_parquet(release_dir: str | Path, out_dir: str | Path, embed_images: bool = False, **options) -> list[Path]:
@@ -385,9 +613,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         default=None,
-        help="output: a folder for parquet (default DIR-parquet), a file for vqa-json "
-        "(default DIR-vqa.json); "
-        "never inside DIR, whose manifest lists every file%(default).0s",
+        help="output: a file for vqa-json (default DIR-vqa.json), a folder for the others (default DIR-parquet, "
+        "DIR-hf, DIR-lmms-eval, DIR-vlmevalkit); never inside DIR, whose manifest lists every file%(default).0s",
     )
     p.add_argument("--embed-images", action="store_true", help="parquet: add an image_bytes column with the PNG data")
     p.add_argument(

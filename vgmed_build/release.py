@@ -28,7 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from vgmed_build import __version__
-from vgmed_build.card import render_card
+from vgmed_build.card import licences_of, render_card
 from vgmed_build.catalog import Catalog, CatalogError, open_catalog
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
 from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
@@ -423,9 +423,7 @@ def _write_text_files(
     (tmp / "schemas").mkdir()
     for schema in RELEASE_SCHEMAS:
         shutil.copyfile(resource_dir("schemas") / f"{schema}.schema.json", tmp / "schemas" / f"{schema}.schema.json")
-    licences = sorted(
-        {(r["source"]["dataset"], r["source"]["licence"]) for recs in records_by_file.values() for r in recs}
-    )
+    licences = licences_of(r for recs in records_by_file.values() for r in recs)
     manifest: dict[str, Any] = {
         "format": RELEASE_FORMAT,
         "format_version": 1,

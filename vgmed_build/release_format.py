@@ -533,3 +533,24 @@ def review_summary(records: list[dict]) -> dict[str, Any]:
         "by_reviewers": {str(k): v for k, v in sorted(Counter(reviewers).items())},
         "mean_agreement": None if agreement is None else round(agreement, 4),
     }
+
+
+def preview_note(root: Path) -> str | None:
+    """The warning for a preview release (``manifest.json`` of ours with ``preview: true``), or None.
+
+    The one reader behind `export`, `vgmed-eval grounding` and `vqa`: results on a preview must not pass
+    for results on a reviewed release. A folder without our manifest (a published download) is no preview.
+    """
+    try:
+        manifest = json.loads((Path(root) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    ours = isinstance(manifest, dict) and manifest.get("format") == RELEASE_FORMAT
+    if not ours or manifest.get("preview") is not True:
+        return None
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    total = counts.get("records")
+    accepted = (counts.get("by_review_status") or {}).get("accepted", 0)
+    how_many = f"{total - accepted} of its {total} questions have" if isinstance(total, int) else "questions have"
+    return (f"{root} is a PREVIEW release (manifest.json preview: true): {how_many} not been accepted by "
+            "clinical review; do not report or publish results on it")

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from vgmed_build.card import CARD_MARK, PREVIEW_MARK, REQUIRED_SECTIONS
+from vgmed_build.card import CARD_MARK, PREVIEW_MARK, PREVIEW_TAG, REQUIRED_SECTIONS
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, fail
 from vgmed_build.identifiers import (
     Forbidden,
@@ -522,6 +522,10 @@ def _check_card(report: ValidationReport, manifest: dict) -> None:
     if not isinstance(meta, dict):
         report.add(CARD_FILE, start + 1, "YAML front matter is not a mapping")
         return
+    tags = meta.get("tags") if isinstance(meta.get("tags"), list) else []
+    if preview != (PREVIEW_TAG in tags):
+        report.add(CARD_FILE, start + 1, f"front matter tags must {'' if preview else 'not '}include {PREVIEW_TAG!r} "
+                   f"(manifest preview = {str(preview).lower()}; the Hub shows the tags)")
     for key in ("license", "task_categories", "configs"):
         if not meta.get(key):
             report.add(CARD_FILE, start + 1, f"front matter has no {key}")

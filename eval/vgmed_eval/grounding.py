@@ -41,6 +41,7 @@ from vgmed_build.release_format import (
     decode_mask,
     expected_names,
     gt_tokens_mapping,
+    preview_note,
 )
 from vgmed_eval import distributed, placement
 from vgmed_eval.chat_templates import add_chat_template_arg
@@ -50,7 +51,7 @@ from vgmed_eval.ground_truth import Target, Truths, question_truths
 from vgmed_eval.metrics import chance_scores, grounding_metrics, normalise, scores
 from vgmed_eval.prompts import GENERAL_PROMPT, short_answer
 from vgmed_eval.protocol import VGMED, Protocol, add_protocol_args, resolve
-from vgmed_eval.release_io import Question, read_release
+from vgmed_eval.release_io import Question, ReleaseNotFound, read_release, resolve_release
 from vgmed_eval.summary import gt_and_chance, summarise
 
 log = logging.getLogger(__name__)
@@ -316,6 +317,9 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
     ``images`` / ``reading``: where published pictures live and how published boxes are read.
     ``chance``: the equal-area random regions of the chance level.
     """
+    preview = preview_note(release)
+    if preview and world.main:
+        log.warning("%s (summary.json records release_preview: true)", preview)
     questions, read_errors = read_release(release, q_types, images=images, reading=reading, control=control)
     if limit is not None:
         questions = questions[:limit]
@@ -344,6 +348,7 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
     _write_errors(out / "errors.jsonl", errors)
     summary = {
         "model": adapter.name, "family": adapter.family, "release": str(release),
+        "release_preview": preview is not None,
         "layers": layers, "n_llm_layers": adapter.n_layers, "n_heads": adapter.n_heads, "rows": rows,
         "prompt": short_answer("{question}"), "general_prompt": GENERAL_PROMPT,
         "protocol": protocol.as_dict(), "processes": world.size, "seconds": round(elapsed, 3),
@@ -423,7 +428,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--release", required=True, type=Path,
                    help=f"release directory holding one or both question files ({expected_names(Q_TYPES)}) and, "
-                        "unless --images says otherwise, the pictures (ours or the published VGMED files)")
+                        "unless --images says otherwise, the pictures (ours or the published VGMED files); or a "
+                        "Hugging Face Hub dataset id org/name of such a folder, fetched with huggingface_hub "
+                        "(HF_HUB_OFFLINE=1: from the local cache only)")
     p.add_argument("--model", required=True,
                    help="hub id or local checkpoint (LLaVA-1.5/NeXT, Qwen2/2.5/3-VL, Gemma 3 families), or "
                         "builtin:tiny-<family> for a tiny random model that runs offline")
@@ -487,6 +494,12 @@ def input_problem(q_types: tuple[str, ...], batch_size: int, releases: list[Path
 
 def cmd_grounding(args) -> int:
     q_types = tuple(t.strip() for t in args.q_types.split(",") if t.strip())
+    try:
+        args.release = resolve_release(args.release)
+        if args.control_release is not None:
+            args.control_release = resolve_release(args.control_release)
+    except ReleaseNotFound as exc:
+        return commands.fail(str(exc))
     problem = input_problem(q_types, args.batch_size, [args.release, args.control_release], args.chance_draws)
     if problem:
         return commands.fail(problem)

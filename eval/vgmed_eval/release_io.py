@@ -8,6 +8,7 @@ malformed line becomes a :class:`ReadError` naming file and line, and reading go
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,33 @@ from vgmed_build.release_format import (
     record_id,
     resolve_image,
 )
+
+# A Hugging Face Hub repository id (``org/name``), as `datasets.load_dataset` takes one.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+class ReleaseNotFound(ValueError):
+    """``--release`` is neither a folder here nor a Hub dataset that could be fetched (the message says why)."""
+
+
+def resolve_release(value: str | Path) -> Path:
+    """The folder of ``--release``: a local folder as it is; otherwise an ``org/name`` Hub dataset id,
+    downloaded (or found in the local cache, also with ``HF_HUB_OFFLINE=1``) by
+    ``huggingface_hub.snapshot_download(repo_type="dataset")``, as `datasets` users expect."""
+    path = Path(value)
+    if path.exists() or not HUB_ID.fullmatch(str(value)):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=str(value), repo_type="dataset"))
+    except Exception as exc:  # offline and not cached, no such repository, gated, network: all say the same
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ReleaseNotFound(
+            f"{value}: no such folder here, and the Hugging Face Hub dataset {value} could not be fetched "
+            f"({type(exc).__name__}: {reason}); give a local release folder, or a Hub id you can download "
+            "(HF_HUB_OFFLINE=1 uses only the local Hugging Face cache)"
+        ) from exc
 
 
 @dataclass

@@ -24,6 +24,7 @@ from PIL import Image
 from vgmed_build.release_format import (
     expected_names,
     path_inside,
+    preview_note,
     question_file,
     read_lines,
     record_id,
@@ -571,7 +572,11 @@ def _vgmed(root: Path, q_type: str, images: Path | None = None) -> Loaded:
             where=where,
         )
 
-    return _collect(iter(lines), ann, make)
+    loaded = _collect(iter(lines), ann, make)
+    preview = preview_note(root)  # a preview's accuracy must not pass for a reviewed release's
+    if preview:
+        loaded.notes.append(preview)
+    return loaded
 
 
 @benchmark("vgmed-attribute", layout="VGMED_attribute.jsonl + images/ (a vgmed-build release; the published "

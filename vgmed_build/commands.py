@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vgmed_build.helptext import DocstringHelpFormatter
+from vgmed_build.interrupt import run_guarded
 
 EXIT_OK = 0
 EXIT_ITEM_ERRORS = 1  # the command ran; some items failed (each one reported), everything else is stored
@@ -195,4 +196,4 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         handler.setFormatter(_Formatter("%(message)s"))
         handler.addFilter(_OwnInfoFilter())
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
-    return int(args.func(args) or 0)
+    return run_guarded(args.func, args)  # Ctrl-C, SIGTERM, a full disk: one line and the resume hint

@@ -12,7 +12,6 @@ from vgmed_build.catalog import CatalogError, open_catalog
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
 from vgmed_build.config import ConfigError, parse_option_flags
 from vgmed_build.identifiers import WITH_PATHS_HINT, add_with_paths_arg, item_pseudonym
-from vgmed_build.interrupt import run_guarded
 from vgmed_build.lock import LockBusy, add_wait_arg
 from vgmed_build.resources import schema_problems
 
@@ -111,11 +110,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """Ctrl-C, SIGTERM and a full disk end the run with one line (vgmed_build.interrupt)."""
-    return run_guarded(_ingest, args)
-
-
-def _ingest(args: argparse.Namespace) -> int:
     try:
         options = parse_option_flags(args.option or [])
         report = api.ingest(

@@ -26,7 +26,8 @@ EXIT_ITEM_ERRORS = 1  # the command ran; some items failed (each one reported), 
 EXIT_FAILED = 2  # the command could not run (bad arguments or input, no build, server unreachable)
 EXIT_INCOMPLETE = 3  # stopped on purpose before the end (generate's budget) / the server is not running
 # Libraries of the optional extras (pyproject.toml), by import name: a command that needs one names the extra.
-EXTRAS = {"torch": "eval", "transformers": "eval", "accelerate": "eval", "matplotlib": "eval", "pandas": "eval"}
+EXTRAS = {"torch": "eval", "transformers": "eval", "accelerate": "eval", "matplotlib": "eval", "pandas": "eval",
+          "datasets": "hub"}
 OWN_LOGGERS = ("vgmed_build", "vgmed_eval", "__main__")
 _HEARING: list[list[str]] = []  # open :func:`failures` blocks
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from vgmed_eval.geometry import clip_geometry, published_geometry
 from vgmed_eval.protocol import PUBLISHED, VGMED
 
-RECORDS = Path(__file__).parent / "fixtures" / "published-vgmed" / "slake_float_edges.jsonl"
+RECORDS = Path(__file__).parent / "fixtures" / "published-slake-edges" / "slake_float_edges.jsonl"
 
 
 def theirs(bbox: list[list[float]], width: int, height: int) -> set[tuple[int, int]]:

@@ -452,12 +452,15 @@ def check_destination(dst: Path) -> None:
 def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_template: Path | None = None,
             prompt: str | None = None, progress: bool = True):
     """Convert ``src`` into a new transformers checkpoint at ``dst`` (which must not hold files yet).
-    InternVL-Chat checkpoints (``model_type internvl_chat``) go to :mod:`vgmed_eval.convert_internvl`."""
+    VILA 1.5 (``llm/``, ``vision_tower/``, ``mm_projector/`` folders) goes to :mod:`vgmed_eval.convert_vila`,
+    InternVL-Chat (``model_type internvl_chat``) to :mod:`vgmed_eval.convert_internvl`."""
     src, dst = Path(src), Path(dst)
     check_destination(dst)
-    if _read_json(src / "config.json").get("model_type") == "internvl_chat":
-        from vgmed_eval import convert_internvl
+    from vgmed_eval import convert_internvl, convert_vila
 
+    if convert_vila.is_vila(src):
+        return convert_vila.convert(src, dst, chat_template=chat_template, prompt=prompt, progress=progress)
+    if _read_json(src / "config.json").get("model_type") == "internvl_chat":
         return convert_internvl.convert(src, dst, chat_template=chat_template, prompt=prompt, progress=progress)
     p = plan(src, vision_tower=vision_tower, chat_template=chat_template, prompt=prompt)
     seen_dtype = [torch.float32]

@@ -138,17 +138,25 @@ def shortest_edge_size(height: int, width: int, shortest_edge: int) -> tuple[int
 
 
 def smart_resize(
-    height: int, width: int, factor: int, min_pixels: int, max_pixels: int
+    height: int, width: int, factor: int, min_pixels: int, max_pixels: int, *, qwen_vl_utils: bool = False
 ) -> tuple[int, int]:
-    """Qwen-VL dynamic resolution: both sides multiples of ``factor``, area within bounds."""
+    """Qwen-VL dynamic resolution: both sides multiples of ``factor``, area within bounds.
+
+    ``qwen_vl_utils``: the copy in the qwen-vl-utils package (its ``fetch_image``), which keeps each
+    rounded side at least one ``factor`` before checking the bounds (transformers' copy does not: a
+    side under ``factor / 2`` rounds to 0 and the image is scaled up to ``min_pixels`` instead) and,
+    when shrinking, floors without that minimum."""
     if max(height, width) / min(height, width) > 200:
         raise GeometryError(f"aspect ratio of {width}x{height} exceeds 200, which Qwen-VL rejects")
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
+    if qwen_vl_utils:
+        h_bar, w_bar = max(factor, h_bar), max(factor, w_bar)
+    least = 0 if qwen_vl_utils else factor
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+        h_bar = max(least, math.floor(height / beta / factor) * factor)
+        w_bar = max(least, math.floor(width / beta / factor) * factor)
     elif h_bar * w_bar < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
         h_bar = math.ceil(height * beta / factor) * factor
@@ -200,13 +208,35 @@ def clip_geometry(
     )
 
 
+# qwen-vl-utils' fetch_image bounds, in tokens of (2 x patch)^2 pixels, when a message gives none
+QWEN_VL_UTILS_TOKENS = (4, 16384)
+
+
+def qwen_pre_resize(width: int, height: int, patch: int) -> tuple[int, int]:
+    """``(w, h)`` that qwen-vl-utils' ``fetch_image`` resizes a picture to before the processor sees it
+    (``process_vision_info(..., image_patch_size=patch)`` with no min / max pixels in the message, as
+    the authors' runs call it): smart_resize with factor 2 x patch and its default bounds."""
+    factor = 2 * patch  # qwen-vl-utils' SPATIAL_MERGE_SIZE is a constant 2
+    low, high = (n * factor * factor for n in QWEN_VL_UTILS_TOKENS)
+    h, w = smart_resize(height, width, factor, low, high, qwen_vl_utils=True)
+    return w, h
+
+
 def qwen_geometry(
-    width: int, height: int, *, patch: int, merge: int, min_pixels: int, max_pixels: int
+    width: int, height: int, *, patch: int, merge: int, min_pixels: int, max_pixels: int, pre_resize: bool = False
 ) -> GridGeometry:
-    """Qwen2-VL / 2.5-VL / 3-VL: smart_resize, then ``merge x merge`` patches form one LLM token."""
+    """Qwen2-VL / 2.5-VL / 3-VL: smart_resize, then ``merge x merge`` patches form one LLM token.
+
+    ``pre_resize``: the picture first goes through qwen-vl-utils' resize (:func:`qwen_pre_resize`), and
+    the processor's smart_resize applies to that (the authors' runs: a different grid on some sizes,
+    e.g. 300 x 200 gives 10 x 6 tokens instead of 9 x 6). Two stretches make one, so the canvas is the
+    pre-resized picture with ``rows x cols`` cells, the frame the authors' code maps boxes in (their
+    float arithmetic is then reproduced exactly); the processor stretches each cell onto one token."""
     factor = patch * merge
-    out_h, out_w = smart_resize(height, width, factor, min_pixels, max_pixels)
-    return stretch_geometry(width, height, out_h, out_w, out_h // factor, out_w // factor)
+    in_w, in_h = qwen_pre_resize(width, height, patch) if pre_resize else (width, height)
+    out_h, out_w = smart_resize(in_h, in_w, factor, min_pixels, max_pixels)
+    canvas_h, canvas_w = (in_h, in_w) if pre_resize else (out_h, out_w)
+    return stretch_geometry(width, height, canvas_h, canvas_w, out_h // factor, out_w // factor)
 
 
 def published_geometry(model: GridGeometry, mapping: str, cell_edges: str = "exact") -> GridGeometry:
@@ -276,7 +306,25 @@ class TileLayout:
     tile: int
     cells: int
     thumbnail: bool
-    transposed: bool = False  # InternVL 1.x pixel shuffle ("ps_version v1"): tokens of a tile column-major
+    transposed: bool = False  # InternVL 1.x pixel shuffle ("ps_version v1"), VILA: tokens of a tile column-major
+    # The vision tower's patch side (0: the tile divides into cells exactly). Tokens merge 2 x 2 patches;
+    # the tower sees whole patches only: VILA's SigLIP at 384 px sees 27 x 27 patches of 14 px (378 px,
+    # the last 6 cut off), padded to 28 x 28 before the merge, so its 14 x 14 cells are 28 px and the
+    # last row and column are half image, half padding.
+    patch: int = 0
+
+    def _stretch(self, cols: int, rows: int) -> GridGeometry:
+        """The image resized to ``cols x rows`` tiles; one cell per token."""
+        if not self.patch:
+            return stretch_geometry(self.image_w, self.image_h, rows * self.tile, cols * self.tile,
+                                    rows * self.cells, cols * self.cells)
+        seen, cell = (self.tile // self.patch) * self.patch, 2 * self.patch
+        if cols * rows > 1 and seen != self.tile:
+            raise GeometryError(f"tiles of {self.tile} px are not whole {self.patch} px patches")
+        return GridGeometry(image_w=self.image_w, image_h=self.image_h, scale_x=cols * self.tile / self.image_w,
+                            scale_y=rows * self.tile / self.image_h, offset_x=0.0, offset_y=0.0,
+                            canvas_w=cols * seen, canvas_h=rows * seen, cell_w=float(cell), cell_h=float(cell),
+                            rows=rows * self.cells, cols=cols * self.cells)
 
     @property
     def n_tiles(self) -> int:
@@ -288,12 +336,11 @@ class TileLayout:
 
     def mosaic(self) -> GridGeometry:
         """The tiles together: the image resized to ``cols*tile x rows*tile``, one cell per token."""
-        return stretch_geometry(self.image_w, self.image_h, self.rows * self.tile, self.cols * self.tile,
-                                self.rows * self.cells, self.cols * self.cells)
+        return self._stretch(self.cols, self.rows)
 
     def whole(self) -> GridGeometry:
         """The whole image on one tile (the only tile, or the thumbnail)."""
-        return stretch_geometry(self.image_w, self.image_h, self.tile, self.tile, self.cells, self.cells)
+        return self._stretch(1, 1)
 
     def grid(self, name: str) -> GridGeometry:
         if name == "whole":
@@ -336,8 +383,8 @@ class TileLayout:
 
 
 def tile_layout(width: int, height: int, *, tile: int, cells: int, min_tiles: int, max_tiles: int,
-                tiling: bool, transposed: bool = False) -> TileLayout:
+                tiling: bool, transposed: bool = False, patch: int = 0) -> TileLayout:
     """The :class:`TileLayout` InternVL's preprocessing gives an image (``tiling`` off: one tile)."""
     cols, rows = tile_grid(width, height, tile, min_tiles, max_tiles) if tiling and max_tiles > 1 else (1, 1)
     return TileLayout(image_w=width, image_h=height, cols=cols, rows=rows, tile=tile, cells=cells,
-                      thumbnail=cols * rows > 1, transposed=transposed)
+                      thumbnail=cols * rows > 1, transposed=transposed, patch=patch)

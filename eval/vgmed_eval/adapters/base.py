@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from PIL import Image
+
 from vgmed_eval.attention import install, llm_layers
 from vgmed_eval.geometry import GridGeometry
 from vgmed_eval.placement import Placement, input_device
@@ -92,10 +93,15 @@ class Adapter:
             raise ValueError(f"{path}: the checkpoint has no chat template and is not one whose prompt vgmed knows "
                              "(HuatuoGPT-Vision, LLaVA-Med); give one with --chat-template FILE")
         model_cls = getattr(transformers, cls.model_class)
-        model = model_cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
+        model = model_cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", **cls.load_kwargs(path),
                                           **(placement.hf_kwargs() if placement else {}))
         model = model if placement else model.to(device)
         return cls(model.eval(), tokenizer, image_processor, template, processor, name=path)
+
+    @classmethod
+    def load_kwargs(cls, path: str) -> dict:
+        """Extra ``from_pretrained`` arguments a family needs (none by default)."""
+        return {}
 
     @classmethod
     def known_template(cls, path: str) -> str | None:

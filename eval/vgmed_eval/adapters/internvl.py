@@ -22,7 +22,9 @@ tokens and pixels are the same).
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 from vgmed_eval.adapters.base import Adapter, build_tiny, register, size_value, tiny_text_config
 from vgmed_eval.adapters.qwen import _read_chat_template
@@ -44,11 +46,15 @@ _TINY_TILE = 224  # tiny tile: 16 x 16 patches of 14 px -> 8 x 8 tokens
 
 
 def _v1_shuffle(shuffle):
-    """InternVL 1.x's pixel shuffle ("ps_version v1"): transformers' (v2) result without its final swap of
-    the two spatial axes, so the LLM sees each tile's tokens column by column, as those checkpoints were
-    trained (written by ``vgmed-eval convert`` into the config)."""
+    """InternVL 1.x's pixel shuffle ("ps_version v1") and VILA's 2 x 2 merge: transformers' (v2) result
+    without its final swap of the two spatial axes, so the LLM sees each tile's tokens column by column,
+    as those checkpoints were trained (``vgmed-eval convert`` writes ``ps_version`` into the config); an odd
+    side (VILA's 27 x 27 SigLIP patches) is first padded with a zero row / column at the bottom / right."""
     def v1(features, scale_factor: float = 0.5):
-        return shuffle(features, scale_factor).transpose(1, 2).contiguous()
+        n, h, w, c = features.shape
+        padded = features.new_zeros(n, h + h % 2, w + w % 2, c)
+        padded[:, :h, :w] = features
+        return shuffle(padded, scale_factor).transpose(1, 2).contiguous()
     return v1
 
 
@@ -65,6 +71,20 @@ class InternVLAdapter(Adapter):
             model.model.pixel_shuffle = _v1_shuffle(model.model.pixel_shuffle)
 
     @classmethod
+    def load_kwargs(cls, path: str) -> dict:
+        """A converted VILA checkpoint has a SigLIP vision config, which InternVLConfig would read as an
+        InternViT one: its config is built here with the SigLIP class."""
+        from transformers import InternVLConfig, SiglipVisionConfig
+        from transformers.utils import cached_file
+
+        data = json.loads(Path(cached_file(path, "config.json")).read_text(encoding="utf-8"))
+        vision = data.get("vision_config") or {}
+        if vision.get("model_type") != "siglip_vision_model":
+            return {}
+        data = {k: v for k, v in data.items() if k not in ("vision_config", "model_type")}
+        return {"config": InternVLConfig(**{**data, "vision_config": SiglipVisionConfig(**vision)})}
+
+    @classmethod
     def load_processing(cls, path: str):
         from transformers import AutoTokenizer, GotOcr2ImageProcessorPil
 
@@ -79,10 +99,11 @@ class InternVLAdapter(Adapter):
     def layout(ip, config, width: int, height: int) -> TileLayout:
         """How the image processor tiles a ``width x height`` image for this model."""
         cells = math.isqrt(int(config.image_seq_length))
+        patch = config.vision_config.patch_size
         return tile_layout(width, height, tile=size_value(ip.size, "height"), cells=cells,
                            min_tiles=int(ip.min_patches), max_tiles=int(ip.max_patches),
-                           tiling=bool(ip.crop_to_patches),
-                           transposed=getattr(config, "ps_version", "v2") == "v1")
+                           tiling=bool(ip.crop_to_patches), transposed=getattr(config, "ps_version", "v2") == "v1",
+                           patch=int(patch[0] if isinstance(patch, (list, tuple)) else patch))
 
     @classmethod
     def grid_geometry(cls, ip, config, width: int, height: int) -> GridGeometry:
@@ -95,15 +116,17 @@ class InternVLAdapter(Adapter):
         features = self.image_processor(images=images, crop_to_patches=bool(self.image_processor.crop_to_patches),
                                         return_tensors="pt")
         per_tile = int(self.model.config.image_seq_length)
-        marks = {k: getattr(self.tokenizer, k, None) or v for k, v in _MARKS.items()}
+        context = self.tokenizer.convert_ids_to_tokens(self.image_token_id)
+        vocab = self.tokenizer.get_vocab()
+        # InternVL wraps the image in <img> ... </img>; VILA (converted to this class) has no such tokens
+        start, end = (("<img>", "</img>") if "<img>" in vocab and "</img>" in vocab else ("", ""))
         texts = []
         for prompt, n in zip(prompts, features["num_patches"].tolist(), strict=True):
             found = [p for p in _PLACEHOLDERS if p in prompt]
             if len(found) != 1 or prompt.count(found[0]) != 1:
                 raise ValueError(f"prompt must hold exactly one image placeholder ({' or '.join(_PLACEHOLDERS)}): "
                                  f"{prompt!r}")
-            tokens = marks["context_image_token"] * (per_tile * n)
-            texts.append(prompt.replace(found[0], marks["start_image_token"] + tokens + marks["end_image_token"]))
+            texts.append(prompt.replace(found[0], start + context * (per_tile * n) + end))
         enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=add_special_tokens)
         enc["pixel_values"] = features["pixel_values"]
         return enc

@@ -58,7 +58,10 @@ LLAVA_MED = Layout("llava_mistral", "mistral", "llava-med", "bin", 2, False,
                    tower_name="openai/clip-vit-large-patch14-336")
 LLAVA_15 = Layout("llava", "llama", "vicuna", "safetensors", 1, False, projector="linear", aspect="square",
                   whole_clip=False, select_layer=-1)
-LAYOUTS = {"huatuo": HUATUO_7B, "llava-med": LLAVA_MED, "llava-1.5": LLAVA_15}
+# HuatuoGPT-Vision-34B: the same LLaVA code on Yi-1.5-34B (a Llama-family model, `llava_llama`), the Huatuo
+# prompt (recognised from the folder name), CLIP bundled, pad, mlp2x_gelu; three shards as a big model has.
+HUATUO_34B = Layout("llava_llama", "llama", "huatuo", "safetensors", 3, True)
+LAYOUTS = {"huatuo": HUATUO_7B, "llava-med": LLAVA_MED, "llava-1.5": LLAVA_15, "huatuo-34b": HUATUO_34B}
 
 _SPECIALS = {"qwen2": dict(specials=["<|user|>", "<|assistant|>"], bos=None, eos="<|endoftext|>", pad="<|endoftext|>"),
              "mistral": dict(specials=["[INST]", "[/INST]"], bos="<s>", eos="</s>", pad="<unk>"),

@@ -232,3 +232,29 @@ def test_ports_without_template_get_the_known_prompt_or_a_clear_error(converted,
                  "--out", str(tmp_path / "v"), "--max-new-tokens", "1", "--chat-template", str(template)]) == 0
     rows = (tmp_path / "v" / "predictions_baseline.jsonl").read_text().splitlines()
     assert all(json.loads(r)["prompt"].startswith("Q: <image>") for r in rows)
+
+
+def test_huatuo_34b_layout_and_several_knockout_layers(converted, tmp_path):
+    """HuatuoGPT-Vision-34B's layout (llava_llama on a Llama-family model) converts with the Huatuo prompt,
+    and VGRefine knocks out on several layers at once (the published 34B setting is layers 34-36)."""
+    from eval_fixtures import make_release
+
+    _, dst, _ = converted["huatuo-34b"]
+    adapter = load_adapter(str(dst))
+    assert adapter.prompt("Q?") == "<|user|>\n<image>\nQ?\n<|assistant|>\n"
+    assert type(adapter.model.model.language_model).__name__ == "LlamaModel"
+    release = make_release(tmp_path / "release", errors=False)
+    g = tmp_path / "g"
+    assert main(["grounding", "--release", str(release), "--model", str(dst), "--out", str(g), "--no-progress",
+                 "--bootstrap", "20"]) == 0
+    assert main(["heads", "--results", str(g), "--top-k", "4", "--out", str(tmp_path / "heads.json")]) == 0
+    runs = {}
+    for layers in (["1"], ["0", "1", "2"]):
+        out = tmp_path / f"vqa-{'-'.join(layers)}"
+        assert main(["vqa", "--benchmark", "pmc-vqa", "--data", str(FIX / "pmc-vqa"), "--model", str(dst),
+                     "--vgrefine", str(tmp_path / "heads.json"), "--knockout-layers", *layers, "--max-new-tokens", "3",
+                     "--bootstrap", "20", "--out", str(out)]) == 0
+        config = json.loads((out / "results.json").read_text())["vgrefine"]
+        assert config["knockout_layers"] == [int(x) for x in layers]
+        runs[len(layers)] = [json.loads(line) for line in (out / "predictions_vgrefine.jsonl").read_text().splitlines()]
+    assert len(runs[1]) == len(runs[3]) == 2

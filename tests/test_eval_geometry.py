@@ -198,3 +198,14 @@ def test_box_errors():
         geom.boxes_to_cells([(0, 10, 20, 50)])
     partly = geom.boxes_to_cells([(-50, -50, 200, 60)])  # clipped to the image
     assert partly.any()
+
+
+def test_224_patch16_grid_known_cells():
+    """The notebook's 224 px / 14 x 14 grid (16 px patches): cells worked out by hand."""
+    family, ip, config = SETUPS["llava-224-patch16"]
+    geom = MODEL_ADAPTERS[family].grid_geometry(ip, config, 224, 224)
+    assert geom.shape == (14, 14) and geom.cell_w == 16
+    cells = geom.box_to_cells((32, 48, 80, 64))  # columns 2-4, row 3
+    assert cells[3, 2:5].all() and cells.sum() == 3
+    big = MODEL_ADAPTERS[family].grid_geometry(ip, config, 448, 448)  # resized by 1/2: same cells for 2x boxes
+    assert np.array_equal(big.box_to_cells((64, 96, 160, 128)), cells)

@@ -140,7 +140,7 @@ def test_pool_reports_the_item_of_a_killed_worker_and_goes_on(tmp_path):
     thread = threading.Thread(target=killer)
     thread.start()
     got: dict[int, object] = {}
-    run_parallel(6, work, 2, got.__setitem__)
+    run_parallel(range(6), work, 2, got.__setitem__)
     thread.join()
     assert got == {0: 0, 1: 10, 2: WorkerDied(-signal.SIGKILL), 3: 30, 4: 40, 5: 50}
     assert "killed by SIGKILL" in got[2].describe()

@@ -82,8 +82,12 @@ def ingest(
     with_paths: bool = True,
     wait: bool = False,
     progress: bool | None = False,
+    dask_scheduler: str | None = None,
 ) -> IngestReport:
     """Render every source item into the build folder ``build`` (created) as ``vgmed-build ingest`` does.
+
+    ``dask_scheduler``: render on that Dask cluster (``tcp://host:8786``) instead of ``workers`` local
+    processes; DaskError when it cannot be used.
 
     Resumable: unchanged items are skipped; a bad item is an error in the report (the run goes on),
     an item the size filters leave empty is counted in ``report.skipped`` by reason. Items a source
@@ -97,7 +101,7 @@ def ingest(
     with stage_lock(Path(build), INGEST_STAGE, wait):
         report = run_ingest(
             build, specs, workers=workers, force=force, progress=progress, keep_missing=keep_missing,
-            with_paths=with_paths,
+            with_paths=with_paths, dask_scheduler=dask_scheduler,
         )
     with open_catalog(build) as catalog:
         stored = catalog.labels_by_source()

@@ -12,6 +12,8 @@ from vgmed_build.catalog.base import CatalogBase, now_iso
 from vgmed_build.catalog.review import WITHDRAWN_TASKS_KEY
 
 INGEST_STAGE = "ingest"
+# The keys a run's listing named (see IngestQueries.begin_listing).
+LISTED_TABLE = "CREATE TEMP TABLE IF NOT EXISTS listed (source TEXT, item_key TEXT, PRIMARY KEY (source, item_key))"
 
 
 @dataclass
@@ -27,10 +29,52 @@ class Withdrawn:
 
 class IngestQueries(CatalogBase):
     # --- ingest -------------------------------------------------------------------------------
-    def done_fingerprints(self) -> dict[tuple[str, str], str]:
-        """(source, item key) -> fingerprint of every item stored as done, loaded once per run."""
-        rows = self.conn.execute("SELECT source, item_key, fingerprint FROM items WHERE status='done'")
-        return {(s, k): fp for s, k, fp in rows}
+    def stored_item(self, source: str, key: str) -> tuple[bool, str | None]:
+        """Whether the catalog holds the item (done or failed), and its fingerprint when stored as done.
+
+        One primary-key lookup per listed item: ingest never loads every item's fingerprint at once.
+        """
+        row = self.conn.execute(
+            "SELECT status, fingerprint FROM items WHERE source=? AND item_key=?", (source, key)
+        ).fetchone()
+        return (False, None) if row is None else (True, row[1] if row[0] == "done" else None)
+
+    # A run's listing: the keys each source listed, in a temporary table of this connection (on disk
+    # past SQLite's cache), so withdrawing what a source no longer lists never holds every key in memory.
+    def begin_listing(self) -> None:
+        """Start an empty record of listed keys (this connection only; gone when it closes)."""
+        self.conn.execute(LISTED_TABLE)
+        self.conn.execute("DELETE FROM temp.listed")
+
+    def mark_listed(self, source: str, key: str) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO temp.listed (source, item_key) VALUES (?,?)", (source, key))
+
+    def unlisted_count(self, source: str) -> int:
+        """How many stored items of ``source`` its listing did not name."""
+        return self.conn.execute(
+            "SELECT COUNT(*) FROM items i WHERE source=? AND NOT EXISTS "
+            "(SELECT 1 FROM temp.listed l WHERE l.source=i.source AND l.item_key=i.item_key)",
+            (source,),
+        ).fetchone()[0]
+
+    def unlisted_keys(self, source: str, batch: int = 1000) -> Iterator[str]:
+        """Keys of the stored items of ``source`` its listing did not name, in key order, read in
+        batches (the caller may withdraw each one as it comes)."""
+        after = ""
+        while True:
+            keys = [
+                k
+                for (k,) in self.conn.execute(
+                    "SELECT item_key FROM items i WHERE source=? AND item_key>? AND NOT EXISTS "
+                    "(SELECT 1 FROM temp.listed l WHERE l.source=i.source AND l.item_key=i.item_key) "
+                    "ORDER BY item_key LIMIT ?",
+                    (source, after, batch),
+                )
+            ]
+            yield from keys
+            if len(keys) < batch:
+                return
+            after = keys[-1]
 
     def register_source(self, name: str, kind: str, spec_json: str) -> None:
         """Store a source's entry and forget its listing problems (those not tied to a stored item),

@@ -12,6 +12,7 @@ from vgmed_build.catalog import CatalogError, open_catalog
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
 from vgmed_build.config import ConfigError, parse_option_flags
 from vgmed_build.identifiers import WITH_PATHS_HINT, add_with_paths_arg, item_pseudonym
+from vgmed_build.ingest.distributed import DaskError
 from vgmed_build.lock import LockBusy, add_wait_arg
 from vgmed_build.resources import schema_problems
 
@@ -66,6 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="process items in N worker processes (catalog writes stay in the main process)",
     )
     p.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="render items on the Dask distributed cluster whose scheduler is at ADDRESS (tcp://host:8786; "
+        "workers started by hand, or as SLURM / PBS / Kubernetes jobs by dask-jobqueue / dask-kubernetes); "
+        "its workers must see the sources and the build folder at the same absolute paths; the catalog "
+        "stays written by this process alone. Needs pip install 'dask[distributed]'. Excludes --workers",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="re-ingest every item even if its fingerprint (inputs + options) is unchanged",
@@ -110,6 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    if args.dask_scheduler and args.workers != 1:
+        return fail("--workers and --dask-scheduler exclude each other (the cluster's workers render the items)")
     try:
         options = parse_option_flags(args.option or [])
         report = api.ingest(
@@ -125,8 +136,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             with_paths=args.with_paths,
             wait=args.wait,
             progress=False if args.no_progress else None,
+            dask_scheduler=args.dask_scheduler,
         )
-    except (ConfigError, CatalogError, LockBusy) as exc:
+    except (ConfigError, CatalogError, LockBusy, DaskError) as exc:
         return fail(str(exc))
     with open_catalog(args.build) as catalog:
         n_images, n_regions = catalog.image_and_region_counts()

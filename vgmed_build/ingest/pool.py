@@ -3,9 +3,11 @@ worker holds. A worker that dies (SIGKILL from the out-of-memory killer, a crash
 costs only that item, reported as :class:`WorkerDied`; a fresh worker takes its place and the run
 goes on. (A ``ProcessPoolExecutor`` cannot say which item a dead worker held: it breaks for good.)
 
-Workers are forked, so they inherit what the parent listed (item loaders need not be picklable);
-they ignore Ctrl-C, which the parent handles by ending them, and exit on their own when the parent
-is gone (even after a SIGKILL of the parent).
+Items come from an iterator, read one at a time as a worker frees up: the listing is never held
+whole (a source of millions of items costs the memory of the few in flight). Workers are forked
+with the ``work`` function; each item is sent to its worker pickled (item loaders are
+``functools.partial`` of module functions). Workers ignore Ctrl-C, which the parent handles by
+ending them, and exit on their own when the parent is gone (even after a SIGKILL of the parent).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import os
 import signal
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,35 +60,37 @@ def _die_with_parent(parent: int, poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="vgmed-parent-watch", daemon=True).start()
 
 
-def _serve(conn: Connection, parent: int, work: Callable[[int], Any]) -> None:
-    """A worker: receive an item index, send back ``work(index)``, until told to stop (None)."""
+def _serve(conn: Connection, parent: int, work: Callable[[Any], Any]) -> None:
+    """A worker: receive an item, send back ``work(item)``, until told to stop (None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (inherited by fork)
     _die_with_parent(parent)
     while True:
-        index = conn.recv()
-        if index is None:
+        item = conn.recv()
+        if item is None:
             return
-        conn.send(work(index))
+        conn.send(work(item))
 
 
 @dataclass
 class _Worker:
     process: multiprocessing.Process
     conn: Connection
-    held: int | None = None
+    held: Any = None
+    busy: bool = False
 
 
 def run_parallel(
-    n_items: int, work: Callable[[int], Any], workers: int, on_result: Callable[[int, Any], None]
+    items: Iterable[T], work: Callable[[T], Any], workers: int, on_result: Callable[[T, Any], None]
 ) -> None:
-    """Call ``work(i)`` for every ``i < n_items`` in ``workers`` forked processes and ``on_result(i,
-    result)`` in this process as each finishes (a :class:`WorkerDied` when its worker died).
+    """Call ``work(item)`` for every item in ``workers`` forked processes and ``on_result(item, result)``
+    in this process as each finishes (a :class:`WorkerDied` when its worker died). ``items`` is read
+    lazily, one item per free worker (``on_result`` may run before the iterator is exhausted).
 
     ``work`` must not raise. On any exception here (Ctrl-C included) the workers are ended at once.
     """
     ctx = multiprocessing.get_context("fork")
-    todo = deque(range(n_items))
+    todo = iter(items)
     pool: list[_Worker] = []
 
     def start() -> _Worker:
@@ -96,18 +101,23 @@ def run_parallel(
         return _Worker(process, parent_end)
 
     def assign(worker: _Worker) -> None:
-        worker.held = todo.popleft() if todo else None
-        if worker.held is not None:
-            worker.conn.send(worker.held)
+        worker.busy = False
+        for item in todo:
+            worker.held, worker.busy = item, True
+            worker.conn.send(item)
+            return
+        worker.held = None
 
     try:
-        for _ in range(min(workers, n_items)):
+        for _ in range(workers):
             pool.append(start())
             assign(pool[-1])
-        while busy := [w for w in pool if w.held is not None]:
+            if not pool[-1].busy:
+                break
+        while busy := [w for w in pool if w.busy]:
             ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
             for i, worker in enumerate(pool):
-                if worker.held is None or not ready & {worker.conn, worker.process.sentinel}:
+                if not worker.busy or not ready & {worker.conn, worker.process.sentinel}:
                     continue
                 try:
                     result = worker.conn.recv() if worker.conn.poll() else None
@@ -126,7 +136,7 @@ def run_parallel(
     finally:
         for worker in pool:
             if worker.process.is_alive():
-                worker.process.join(timeout=2 if worker.held is None else 0)
+                worker.process.join(timeout=0 if worker.busy else 2)
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()

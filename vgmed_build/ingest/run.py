@@ -24,7 +24,10 @@ import logging
 import os
 import traceback
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,6 +35,7 @@ from tqdm import tqdm
 from vgmed_build.catalog import Catalog, open_catalog
 from vgmed_build.catalog.ingest import INGEST_STAGE as STAGE
 from vgmed_build.identifiers import item_pseudonym
+from vgmed_build.ingest.distributed import WorkerLost, connect, run_on_dask
 from vgmed_build.ingest.pool import WorkerDied, run_parallel
 from vgmed_build.ingest.render import RenderedImage, render_item
 from vgmed_build.interrupt import disk_full
@@ -161,15 +165,17 @@ class IngestReport:
     kept_missing: list[tuple[str, str]] = field(default_factory=list)  # the same, kept (--keep-missing)
 
 
-def _list_jobs(
+def _stream_jobs(
     catalog: Catalog, specs: list[SourceSpec], report: IngestReport, keep_missing: bool, with_paths: bool
-) -> list[Job]:
-    """List every source's items; register the sources; listing problems become errors.
+) -> Iterator[Job]:
+    """Each source's items as jobs, one at a time as the adapter lists them (nothing listed is held
+    in memory); register the sources; listing problems become errors.
 
-    An item the catalog holds that its source no longer lists is withdrawn (see :func:`_withdraw`).
+    Each listed key is looked up in the catalog (its stored fingerprint) and marked in the catalog's
+    temporary table of listed keys; once a source is listed, the items the catalog holds that it no
+    longer lists are withdrawn (see :func:`_withdraw`).
     """
-    done = catalog.done_fingerprints()
-    jobs: list[Job] = []
+    catalog.begin_listing()
     for spec in specs:
         # PNG temp files left by a killed run (write_atomic never leaves a half PNG under its name).
         for tmp in (catalog.images_dir / spec.name).glob(".*.tmp"):
@@ -177,58 +183,70 @@ def _list_jobs(
         # Listing problems (not tied to an item) are forgotten here and found again below if they still exist.
         catalog.register_source(spec.name, spec.kind, json.dumps(asdict(spec), sort_keys=True, default=str))
         listed = spec.path.exists()
-        try:
-            entries = list(get_adapter(spec.kind).items(spec))
-        except Exception as exc:  # the adapter could not even list the source
-            entries = [SourceError(f"cannot list source ({type(exc).__name__}: {exc})", path=spec.path)]
-            listed = False
         settings = spec_settings(spec)
-        present: set[str] = set()
-        for entry in entries:
+        stored_listed = 0  # listed items the catalog held before they were listed
+        for entry in _entries(spec):
             if isinstance(entry, SourceItem):
                 entry = name_problem(entry) or entry
             if isinstance(entry, SourceError):
+                listed = listed and not isinstance(entry, ListingFailed)
                 error = ItemProblem(spec.name, entry.item or spec.path.name, entry.path, escaped_name(entry.problem))
                 report.errors.append(error)
                 catalog.record_error(STAGE, error.item, error.problem, source=spec.name, path=error.path)
-                present.add(error.item)
+                key = error.item
             else:
-                jobs.append(Job(spec, entry, done.get((spec.name, entry.key)), settings))
-                present.add(entry.key)
+                key = entry.key
+            stored, done = catalog.stored_item(spec.name, key)
+            stored_listed += stored
+            catalog.mark_listed(spec.name, key)
+            if isinstance(entry, SourceItem):
+                report.items += 1
+                yield Job(spec, entry, done, settings)
         if listed:
-            _withdraw(catalog, spec, present, keep_missing, report, with_paths)
-    return jobs
+            _withdraw(catalog, spec, stored_listed, keep_missing, report, with_paths)
+
+
+class ListingFailed(SourceError):
+    """The adapter stopped listing with an exception: what it did not list is not withdrawn."""
+
+
+def _entries(spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
+    """The adapter's listing of ``spec``; an adapter that cannot go on listing gives one last error."""
+    try:
+        yield from get_adapter(spec.kind).items(spec)
+    except Exception as exc:
+        yield ListingFailed(f"cannot list source ({type(exc).__name__}: {exc})", path=spec.path)
 
 
 def _withdraw(
-    catalog: Catalog, spec: SourceSpec, present: set[str], keep: bool, report: IngestReport, with_paths: bool
+    catalog: Catalog, spec: SourceSpec, stored_listed: int, keep: bool, report: IngestReport, with_paths: bool
 ) -> None:
     """Remove the items the source no longer has (e.g. withdrawn consent) unless ``keep``.
 
     Their images, regions, drafts and review tasks leave the build, so the next release is without
     them; their review events stay in the catalog as history. When a source lists none of its
-    stored items, nothing is removed: an unmounted disk or an emptied folder looks exactly like that.
+    stored items (``stored_listed`` = 0), nothing is removed: an unmounted disk or an emptied folder
+    looks exactly like that. The missing keys come from the catalog in batches, never all at once.
     """
-    stored = set(catalog.item_keys(spec.name))
-    missing = sorted(stored - present)
-    if not missing:
+    n_missing = catalog.unlisted_count(spec.name)
+    if not n_missing:
         return
     if keep:
-        log.warning("%s: kept %d item(s) no longer in the source (--keep-missing)", spec.name, len(missing))
-        report.kept_missing += [(spec.name, key) for key in missing]
+        log.warning("%s: kept %d item(s) no longer in the source (--keep-missing)", spec.name, n_missing)
+        report.kept_missing += [(spec.name, key) for key in catalog.unlisted_keys(spec.name)]
         return
-    if not stored & present:
+    if not stored_listed:
         error = ItemProblem(
             spec.name,
             spec.path.name,
             spec.path.name,
-            f"none of the {len(missing)} stored item(s) are in the source any more; nothing "
+            f"none of the {n_missing} stored item(s) are in the source any more; nothing "
             "was withdrawn (is it mounted?); to drop them all, ingest into a new build",
         )
         report.errors.append(error)
         catalog.record_error(STAGE, error.item, error.problem, source=spec.name, path=error.path)
         return
-    for key in missing:
+    for key in catalog.unlisted_keys(spec.name):
         gone = catalog.withdraw_item(spec.name, key)
         for path in gone.image_paths:
             (catalog.build_dir / path).unlink(missing_ok=True)
@@ -249,21 +267,30 @@ def run_ingest(
     progress: bool | None = None,
     keep_missing: bool = False,
     with_paths: bool = True,
+    dask_scheduler: str | None = None,
 ) -> IngestReport:
     """Ingest every item of ``specs`` into ``build_dir``; see the module docstring.
+
+    Items render in this process (``workers`` 1), in ``workers`` forked processes, or on the Dask
+    cluster whose scheduler is at ``dask_scheduler`` (:mod:`.distributed`); this process alone writes
+    the catalog in every case.
 
     ``keep_missing``: keep items their source no longer lists (default: withdraw them);
     ``with_paths``: name withdrawn items by path in the log (else by pseudonym).
     """
     report = IngestReport()
-    with open_catalog(build_dir) as catalog:
-        jobs = _list_jobs(catalog, specs, report, keep_missing, with_paths)
-        report.items = len(jobs)
-        bar = tqdm(total=len(jobs), desc="ingest", unit="item", disable=None if progress is None else not progress)
+    client = None
+    if dask_scheduler:  # before anything is written: a cluster that cannot be reached stops the run
+        client = connect(dask_scheduler)
+        # The cluster's workers run elsewhere: they need paths that do not depend on this working directory.
+        build_dir = Path(build_dir).resolve()
+        specs = [replace(spec, path=Path(spec.path).resolve()) for spec in specs]
+    with open_catalog(build_dir) as catalog, client or nullcontext():
+        jobs = _stream_jobs(catalog, specs, report, keep_missing, with_paths)
+        bar = tqdm(desc="ingest", unit="item", disable=None if progress is None else not progress)
 
-        def handle(index: int, result: JobResult | WorkerDied) -> None:
-            job = jobs[index]
-            if isinstance(result, WorkerDied):
+        def handle(job: Job, result: JobResult | WorkerDied) -> None:
+            if isinstance(result, (WorkerDied, WorkerLost)):
                 result = JobResult("error", problem=result.describe(), path=job.item.key)
             if result.status == "disk-full":
                 raise OSError(errno.ENOSPC, result.problem)
@@ -279,14 +306,13 @@ def run_ingest(
                 report.unchanged += 1
             bar.update(1)
 
-        def work(index: int) -> JobResult:
-            return run_job(jobs[index], catalog.build_dir, force)
-
-        if workers <= 1 or len(jobs) <= 1:
-            for index in range(len(jobs)):
-                handle(index, work(index))
+        work = partial(run_job, build_dir=catalog.build_dir, force=force)
+        if client is not None:
+            run_on_dask(jobs, work, client, handle)
+        elif workers <= 1:
+            for job in jobs:
+                handle(job, work(job))
         else:
-            run_parallel(len(jobs), work, workers, handle)
+            run_parallel(jobs, work, workers, handle)
         bar.close()
     return report
-

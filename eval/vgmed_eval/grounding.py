@@ -43,7 +43,7 @@ from vgmed_build.release_format import (
     gt_tokens_mapping,
     preview_note,
 )
-from vgmed_eval import distributed, placement
+from vgmed_eval import distributed, placement, run_manifest
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
 from vgmed_eval.geometry import BoxOutsideError, GeometryError, GridGeometry, published_geometry
@@ -537,6 +537,11 @@ def cmd_grounding(args) -> int:
             continue
         best = summary.get("most_sensitive_layer")
         log.info("%s: %d questions, %d ok, %d errors, most visually sensitive layer %s -> %s",
+        run_manifest.write(out, run_manifest.build(
+            "grounding", args, model=args.model, adapter=adapter, protocol=protocol.as_dict(),
+            scorer=f"attention ratio, KL, JS against --gt {protocol.gt}",
+            seeds={"chance_seed": args.chance_seed, "bootstrap_seed": 0},
+            extra={"release": str(release), "control": control, "layers": layers}))
                  release, summary["n_questions"], summary["n_ok"], summary["n_errors"], best, out)
         if "gt_tokens" in summary:
             gt = summary["gt_tokens"]

@@ -30,7 +30,7 @@ import pandas as pd
 from vgmed_build import commands, modality
 from vgmed_build.directions import edge_directions
 from vgmed_build.release_format import path_inside
-from vgmed_eval import plotting
+from vgmed_eval import plotting, run_manifest
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,19 @@ def register(subparsers) -> None:
     p.add_argument("--vqa", type=Path, action="append", default=[], metavar="DIR",
                    help="output of `vgmed-eval vqa` (or a folder of them, one per benchmark) for the VQA table "
                         "and chart, baseline vs VGRefine; repeatable")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="draw runs measured under different protocols (run.json) in one figure anyway: the "
+                        "medical run with its control, the VQA runs together; refused otherwise (exit 2)")
     p.set_defaults(func=cmd_report)
+
+
+def mixed_protocols(results: Path, control: Path | None, vqa_files: list[Path]) -> str:
+    """Where the runs that share a figure (the medical run and its control; the VQA runs) differ in
+    protocol, as one line; empty when they agree."""
+    figures = [[(str(results), run_manifest.protocol_of(results, "summary.json"))]
+               + ([(str(control), run_manifest.protocol_of(control, "summary.json"))] if control else []),
+               [(str(f.parent), run_manifest.protocol_of(f.parent, f.name)) for f in vqa_files]]
+    return "; ".join(line for runs in figures for line in run_manifest.protocol_differences(runs))
 
 
 def cmd_report(args) -> int:
@@ -397,6 +409,12 @@ def cmd_report(args) -> int:
     missing = [str(p) for p in args.vqa if not vqa_figures.find_results([p])]
     if missing:
         return commands.fail(f"--vqa {', '.join(missing)}: no results.json there (run `vgmed-eval vqa` first)")
+    mixed = mixed_protocols(args.results, control, vqa_figures.find_results(args.vqa))
+    if mixed and not args.allow_mixed:
+        return commands.fail(f"runs of different protocols would share a figure ({mixed}); rerun them under one "
+                             "protocol, or pass --allow-mixed")
+    if mixed:
+        log.warning("runs of different protocols share a figure (--allow-mixed): %s", mixed)
     files = build_report(args.results, args.out, control, args.samples, args.layer, args.vqa)
     log.info("wrote %d files to %s", len(files), args.out)
     return commands.EXIT_OK

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vgmed_eval import __version__
+from vgmed_eval import __version__, run_manifest
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import SINGLE, World
 from vgmed_eval.protocol import PROTOCOLS, PUBLISHED_HEADS
@@ -398,6 +398,18 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_reproduce)
 
 
+def manifest(args, o: Options) -> dict:
+    """run.json of a reproduction: its own flags and protocol, the model as its grounding step loaded it, and
+    each step's run.json."""
+    steps = {"grounding": o.out / "grounding", **{f"vqa {name}": o.out / "vqa" / name for name in o.benchmarks}}
+    recorded = {name: run_manifest.read(folder) for name, folder in steps.items()}
+    body = run_manifest.build("reproduce", args, model=o.model, protocol=PROTOCOLS[o.protocol].as_dict(),
+                              seeds={"bootstrap_seed": 0}, extra={"steps": recorded})
+    loaded = next((r["model"] for r in recorded.values() if r and r.get("model")), None)
+    body["model"] = loaded or body["model"]
+    return body
+
+
 def cmd_reproduce(args) -> int:
     if not args.vgmed.is_dir():
         return commands.fail(f"--vgmed {args.vgmed}: not a directory")
@@ -414,6 +426,8 @@ def cmd_reproduce(args) -> int:
     except ValueError as exc:
         return commands.fail(str(exc))
     report = reproduce(o)
+    if World.from_env().main:
+        run_manifest.write(o.out, manifest(args, o))
     failed = [name for name, s in report["steps"].items() if s["status"] in ("failed", "not run")]
     log.info("report: %s%s", o.out / "report.md", f" ({len(failed)} step(s) failed: {', '.join(failed)})"
              if failed else "")

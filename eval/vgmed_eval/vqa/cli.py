@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from vgmed_eval import distributed, placement
+from vgmed_eval import distributed, placement, run_manifest
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
 from vgmed_eval.protocol import PUBLISHED_HEADS, Protocol, add_protocol_args, resolve
@@ -224,6 +224,7 @@ def cmd_vqa(args) -> int:
 
     started = time.perf_counter()
     errors: list[tuple[str, str]] = []
+    adapter = None  # loaded only when a question is left to answer
     if todo:
         try:
             adapter = adapter_from_args(args, world, protocol)
@@ -248,12 +249,26 @@ def cmd_vqa(args) -> int:
         if world.main:
             errors, answered = _merge_parts(args.out, world, items, systems, files, done)
             _write_results(args, population, systems, done, loaded, [m for _, m in errors], config,
-                           time.perf_counter() - started, answered, world.size)
+                           time.perf_counter() - started, answered, world.size, adapter)
         distributed.barrier(world)  # rank 0 has merged: whatever runs next on any rank can read the files
         distributed.finish(world)
         return _outcome(items, systems, done, args) if world.main else commands.EXIT_OK
-    _write_results(args, population, systems, done, loaded, [m for _, m in errors], config, elapsed, answered, 1)
+    _write_results(args, population, systems, done, loaded, [m for _, m in errors], config, elapsed, answered, 1,
+                   adapter)
     return _outcome(items, systems, done, args)
+
+
+def write_manifest(args, protocol: Protocol, config, adapter) -> None:
+    """``OUT/run.json``; a rerun that answered nothing (everything was already there) loads no model and keeps
+    the model facts of the run that did."""
+    manifest = run_manifest.build("vqa", args, model=args.model, adapter=adapter, protocol=protocol.as_dict(),
+                                  scorer=metric_label(protocol.population, protocol.scorer),
+                                  seeds={"bootstrap_seed": 0},
+                                  extra={"benchmark": args.benchmark, "vgrefine": asdict(config) if config else None})
+    previous = run_manifest.read(args.out)
+    if adapter is None and previous and previous.get("model"):
+        manifest["model"] = previous["model"]
+    run_manifest.write(args.out, manifest)
 
 
 def _outcome(items: list[VQAItem], systems: list[str], done: dict, args) -> int:
@@ -355,7 +370,7 @@ def _merge_parts(out: Path, world: World, items: list[VQAItem], systems: list[st
 
 
 def _write_results(args, population: Population, systems, done, loaded, errors, config, elapsed, answered,
-                   processes) -> None:
+                   processes, adapter=None) -> None:
     items, protocol = population.items, resolve(args)
     ids = [it.id for it in items]
     rows = {s: [done[s][i] for i in ids if i in done[s]] for s in systems}
@@ -390,6 +405,7 @@ def _write_results(args, population: Population, systems, done, loaded, errors, 
         }
     path = args.out / "results.json"
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_manifest(args, protocol, config, adapter)
     figures.write([results], args.out / "results.md", args.out / "results.png", f"# VQA: {args.benchmark}")
     for s in systems:
         o = results["systems"][s]["overall"]

@@ -122,6 +122,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="run only the checks whose name contains this text (e.g. boxes, ingest)")
     args = parser.parse_args()
+    if not any(wanted(name, args.only) for name in FLOORS):
+        parser.error(f"--only {args.only!r} matches no check; the checks are: {'; '.join(FLOORS)}")
     logging.basicConfig(level=logging.ERROR)  # the measured steps' warnings (e.g. no /models endpoint) are noise
     start = time.perf_counter()
     print(f"quick guard: {os.cpu_count()} CPUs, load {', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 INSTALL_HINT = "pip install 'dask[distributed]'"
-CONNECT_TIMEOUT_S = 30
+CONNECT_TIMEOUT_S = 10
 PER_THREAD = 2  # tasks in flight per worker thread: one running, one queued, so no thread waits on this process
 MIN_IN_FLIGHT = 16  # while the cluster has no workers yet (SLURM jobs pending), still queue this many
 REFRESH_S = 5.0  # how often the cluster's size (which adaptive clusters change) is asked again
@@ -70,7 +70,7 @@ def run_on_dask(
 
     todo = iter(items)
     held: dict[str, tuple[Any, T]] = {}  # future key -> (future, item)
-    done = as_completed()
+    done = as_completed(loop=client.loop)
     limit, asked = 0, 0.0
 
     def fill() -> None:

@@ -535,13 +535,13 @@ def cmd_grounding(args) -> int:
             return commands.fail(str(exc))
         if summary is None:  # a rank other than 0: its part is written, rank 0 merges
             continue
-        best = summary.get("most_sensitive_layer")
-        log.info("%s: %d questions, %d ok, %d errors, most visually sensitive layer %s -> %s",
         run_manifest.write(out, run_manifest.build(
             "grounding", args, model=args.model, adapter=adapter, protocol=protocol.as_dict(),
             scorer=f"attention ratio, KL, JS against --gt {protocol.gt}",
             seeds={"chance_seed": args.chance_seed, "bootstrap_seed": 0},
             extra={"release": str(release), "control": control, "layers": layers}))
+        best = summary.get("most_sensitive_layer")
+        log.info("%s: %d questions, %d ok, %d errors, most visually sensitive layer %s -> %s",
                  release, summary["n_questions"], summary["n_ok"], summary["n_errors"], best, out)
         if "gt_tokens" in summary:
             gt = summary["gt_tokens"]

@@ -116,3 +116,85 @@ def test_samed2d_end_to_end(tmp_path):
     assert found["optic disc"]["width"] == 5 * 96  # 96 px: x 5 (480 <= 512)
     assert found["optic disc"]["boxes"] == [[5 * 60, 5 * 30, 5 * 80, 5 * 50]]
     assert found["optic disc"]["modality"] == "Fundus"
+
+
+# --- the published index at scale: read as a stream ---------------------------------------------------
+
+# Names as SA-Med2D-20M publishes them: modality codes with and without a sequence, datasets and cases
+# that hold "_", "-" and "." themselves, every slice axis.
+REAL_NAMES = (
+    "mr_t1c--BraTS2021--BraTS2021_00000--z_0075",
+    "mr_00--ACDC--patient001_frame01--z_0003",
+    "ultrasound_00--Breast_Ultrasound--benign (10)--x_0000",
+    "x_ray--ChestX-Det--36199.png--x_0000",
+    "pet_00--autoPET--PETCT_0af7ffe12a-07-06-2002-NA--y_0120",
+    "dermoscopy_00--ISIC2018_Task1--ISIC_0000000--x_0000",
+)
+
+
+def test_real_names_list_and_load(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    index = {}
+    for i, stem in enumerate(REAL_NAMES):
+        Image.fromarray(np.full((40, 40), 60 + i, np.uint8)).save(tmp_path / "images" / f"{stem}.png")
+        Image.fromarray(rect((40, 40), 5, 15 + i, 5, 20)).save(tmp_path / "masks" / f"{stem}--0001_000.png")
+        index[f"images/{stem}.png"] = [f"masks/{stem}--0001_000.png"]
+    (tmp_path / "SAMed2D_v1.json").write_text(json.dumps(index))
+    (tmp_path / "SAMed2D_v1_class_mapping_id.json").write_text(
+        json.dumps({parse_image_name(s).dataset: {"lesion": 1} for s in REAL_NAMES}))
+    items, errors = listed(tmp_path)
+    assert errors == [] and [i.key for i in items] == list(index)  # the index's own order
+    modalities = [item.load().modality for item in items]
+    assert modalities == ["MRI", "MRI", "Ultrasound", "X-ray", "PET", "Dermoscopy"]
+    assert parse_image_name(REAL_NAMES[3]).case == "36199.png"
+    assert all(list(item.load().masks) == ["lesion"] for item in items)
+
+
+def test_the_index_is_read_as_a_stream(tmp_path):
+    """A 50,000-image index (~12 MB of JSON) is listed in a small fraction of what json.load needs."""
+    import tracemalloc
+
+    from vgmed_build.sources.samed2d import index_entries
+
+    stem = "ct_00--AbdomenCT1K--Case_{:05d}--x_{:04d}"
+    index = {f"images/{stem.format(i, i % 300)}.png": [f"masks/{stem.format(i, i % 300)}--{c:04d}_000.png"
+                                                        for c in range(3)] for i in range(50_000)}
+    path = tmp_path / "SAMed2D_v1.json"
+    path.write_text(json.dumps(index))
+    del index
+    tracemalloc.start()
+    try:
+        n = 0
+        for key, masks in index_entries(path, tmp_path):
+            n += 1
+            assert key.startswith("images/ct_00--") and len(masks) == 3
+        _, streamed = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        whole = json.loads(path.read_text())
+        _, loaded = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == len(whole) == 50_000
+    assert streamed < loaded / 50 and streamed < 1_000_000, (streamed, loaded)
+
+
+def test_a_broken_index_stops_the_listing_and_withdraws_nothing(tmp_path, capsys):
+    make_samed2d(tmp_path / "SAMed2Dv1")
+    build = tmp_path / "build"
+    flags = ["--no-progress", "--source", f"samed2d:{tmp_path / 'SAMed2Dv1'}", "--with-paths"]
+    assert main(["ingest", "--build", str(build), *flags]) == 0
+    index = tmp_path / "SAMed2Dv1" / "SAMed2D_v1.json"
+    text = index.read_text()
+    index.write_text(text[: text.index(f'"images/{EYE}.png"') + 20])  # breaks off inside the second entry
+    capsys.readouterr()
+    assert main(["ingest", "--build", str(build), *flags]) == 1
+    err = capsys.readouterr().err
+    assert "SAMed2D_v1.json: cannot read JSON (" in err
+    with open_catalog(build) as catalog:  # the eye, after the break, is not withdrawn
+        assert {r["label"] for r in catalog.regions()} == {"liver", "kidney", "optic disc"}
+    index.write_text("[1, 2]")
+    assert main(["ingest", "--build", str(build), *flags]) == 1
+    assert "SAMed2D_v1.json: expected an object mapping images to mask lists" in capsys.readouterr().err
+    with open_catalog(build) as catalog:
+        assert len(list(catalog.regions())) == 3

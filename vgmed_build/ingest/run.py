@@ -214,6 +214,8 @@ def _entries(spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
     """The adapter's listing of ``spec``; an adapter that cannot go on listing gives one last error."""
     try:
         yield from get_adapter(spec.kind).items(spec)
+    except SourceError as exc:  # the adapter names the file it could not go on reading (a broken index)
+        yield ListingFailed(exc.problem, path=exc.path or spec.path, item=exc.item or None)
     except Exception as exc:
         yield ListingFailed(f"cannot list source ({type(exc).__name__}: {exc})", path=spec.path)
 

@@ -91,18 +91,14 @@ class SAMed2DAdapter:
             yield SourceError(f"not an SA-Med2D folder ({INDEX_FILE} not found)", path=root.name)
             return
         try:
-            index = read_json(index_path, root)
             class_path = _find(root, CLASS_FILE)
             names = class_names(read_json(class_path, root)) if class_path else {}
         except SourceError as exc:
             yield exc
             return
-        if not isinstance(index, dict):
-            yield SourceError("expected an object mapping images to mask lists", path=rel(index_path, root))
-            return
         datasets = {str(d) for d in spec.options.get("datasets") or []}
         codes = {str(m) for m in spec.options.get("modalities") or []}
-        for image_rel, mask_rels in sorted(index.items()):
+        for image_rel, mask_rels in index_entries(index_path, root):
             image = root / image_rel
             try:
                 info = parse_image_name(Path(image_rel).stem)
@@ -114,7 +110,10 @@ class SAMed2DAdapter:
             if not image.is_file():
                 yield SourceError(f"image listed in {INDEX_FILE} but not found", path=image_rel)
                 continue
-            masks = [root / m for m in (mask_rels or [])]
+            if not isinstance(mask_rels, list) or not all(isinstance(m, str) for m in mask_rels):
+                yield SourceError(f"its entry in {INDEX_FILE} is not a list of mask paths", path=image_rel)
+                continue
+            masks = [root / m for m in mask_rels]
             missing = [rel(m, root) for m in masks if not m.is_file()]
             if missing or not masks:
                 yield SourceError("mask file not found", path=missing[0] if missing else image_rel)
@@ -124,6 +123,30 @@ class SAMed2DAdapter:
                 files=[image, *masks],
                 load=partial(_load, spec, root, image, masks, info, names.get(info.dataset, {})),
             )
+
+
+def index_entries(path: Path, root: Path) -> Iterator[tuple[str, Any]]:
+    """(image path, its mask list) of every entry of the index, in file order, read as a stream.
+
+    SA-Med2D-20M's index lists 4.6 M images (several GB of JSON): parsed incrementally (ijson), it
+    costs the memory of one entry, not of the whole file. A file that is not a JSON object, or that
+    breaks off, raises :class:`SourceError` naming it: the listing stops there (and ingest then
+    withdraws nothing, since what the rest of the file lists is unknown).
+    """
+    import ijson
+
+    name = rel(path, root)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+            if not head.startswith(b"{"):
+                raise SourceError("expected an object mapping images to mask lists", path=name)
+            fh.seek(0)
+            yield from ijson.kvitems(fh, "", use_float=True)
+    except ijson.JSONError as exc:
+        raise SourceError(f"cannot read JSON ({exc})", path=name) from None
+    except OSError as exc:
+        raise SourceError(f"cannot read JSON ({exc.strerror or exc})", path=name) from None
 
 
 def _label(spec: SourceSpec, cls: int, raw: str | None) -> str | None:

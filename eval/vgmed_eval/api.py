@@ -61,7 +61,7 @@ def _adapter(model: str | Adapter, protocol: Protocol) -> Adapter:
     from vgmed_eval.adapters import ready_adapter
 
     return ready_adapter(model, min_pixels=protocol.min_pixels, max_pixels=protocol.max_pixels,
-                         explicit_pixels=False)
+                         explicit_pixels=False, qwen_resize=protocol.qwen_resize, explicit_resize=False)
 
 
 def grounding(

@@ -254,15 +254,16 @@ class GroundingRun:
                 self._score(item, a, general[item.question.image])
 
     def _score(self, item: _Item, a: np.ndarray, g: np.ndarray) -> None:
-        q, gt = item.question, item.gt.reshape(-1)
-        layer_level = grounding_metrics(a.mean(1), g.mean(1), gt)  # heads averaged: (L,)
+        q, gt, kl = item.question, item.gt.reshape(-1), self.protocol.kl_normalise
+        layer_level = grounding_metrics(a.mean(1), g.mean(1), gt, kl)  # heads averaged: (L,)
         # (L, H): each head by its own general map, or by the layer's head-averaged one (submission notebook)
-        head_level = grounding_metrics(a, g if self.protocol.head_norm == "head" else g.mean(1, keepdims=True), gt)
+        head_level = grounding_metrics(a, g if self.protocol.head_norm == "head" else g.mean(1, keepdims=True), gt,
+                                       kl)
         # beside it: every ground truth the question has, and the chance levels of --gt (heads averaged)
         n = normalise(a.mean(1), g.mean(1))
         beside = {f"{m}_{kind}": v for kind, cells in item.truths.by_kind.items()
-                  for m, v in scores(n, cells.reshape(-1)).items()}
-        beside.update(chance_scores(n, gt, [d.reshape(-1) for d in item.truths.chance]))
+                  for m, v in scores(n, cells.reshape(-1), kl).items()}
+        beside.update(chance_scores(n, gt, [d.reshape(-1) for d in item.truths.chance], kl))
         base = {"id": q.id, "q_type": q.q_type, "modality": q.modality, "source": q.source, "label": q.label,
                 "image": q.image_rel, "grid_rows": item.geometry.rows, "grid_cols": item.geometry.cols,
                 "gt": item.truths.kind, "gt_cells": int(np.count_nonzero(gt)), "chance_draws": len(item.truths.chance)}
@@ -463,7 +464,8 @@ def register(subparsers) -> None:
     p.add_argument("--bbox-format", choices=BOX_FORMATS, default=None,
                    help="read every published box as [x, y, w, h] or [x0, y0, x1, y1], overriding the records' "
                         "bbox_format and the authors' rule (xywh under Slake*, in the older and COCO files)")
-    add_protocol_args(p, ("box_mapping", "xyxy_maxima", "cell_edges", "head_norm", "min_pixels", "max_pixels", "gt"))
+    add_protocol_args(p, ("box_mapping", "xyxy_maxima", "cell_edges", "head_norm", "min_pixels", "max_pixels",
+                          "qwen_resize", "gt", "kl_normalise"))
     p.add_argument("--chance-draws", type=int, default=ChanceDraws.draws,
                    help="chance level: per question, the --gt ground truth moved to this many random places inside "
                         "the image (same area and shape), scored against the same map (0 = none; a uniform map's "

@@ -10,7 +10,10 @@ maps with any leading dimensions (layers, heads) and the cell axis last.
 
 - attention ratio = mean(n over GT cells) / mean(n over all cells); 1 = no preference (weighted:
   sum(w n) / sum(w) in the numerator).
-- KL = KL(GT || n / sum n), natural log, with ``n / sum n`` clipped at :data:`EPS` (no log 0).
+- KL = KL(GT || n / sum n), natural log, with ``n / sum n`` clipped at :data:`EPS` (no log 0). The sum
+  runs over the layer's cells (``kl_normalise="layer"``, the authors' later code) or, as in their
+  submission notebook, over the cells of every layer of the map (``"all-layers"``, axis 0 = layers):
+  each layer's KL then grows by ln(total sum / that layer's sum), about ln L for L layers of similar sums.
 - JS = Jensen-Shannon divergence (not its square root) between ``n / sum n`` and GT, natural log
   (bounded by ln 2).
 """
@@ -39,8 +42,9 @@ def gt_distribution(gt: np.ndarray) -> np.ndarray:
     return gt / gt.sum()
 
 
-def _distribution(n: np.ndarray) -> np.ndarray:
-    total = n.sum(-1, keepdims=True)
+def _distribution(n: np.ndarray, over_layers: bool = False) -> np.ndarray:
+    """``n`` over its sum along the cells (and along axis 0, the layers, with ``over_layers``)."""
+    total = n.sum((0, -1) if over_layers and n.ndim > 1 else -1, keepdims=True)
     return n / np.where(total > 0, total, 1.0)
 
 
@@ -51,9 +55,11 @@ def attention_ratio(n: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return on_gt / np.where(overall > 0, overall, np.nan)
 
 
-def kl_divergence(n: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def kl_divergence(n: np.ndarray, gt: np.ndarray, kl_normalise: str = "layer") -> np.ndarray:
+    if kl_normalise not in ("layer", "all-layers"):
+        raise ValueError(f"kl_normalise must be layer or all-layers, got {kl_normalise!r}")
     p = gt_distribution(gt)
-    q = np.clip(_distribution(n), EPS, None)
+    q = np.clip(_distribution(n, kl_normalise == "all-layers"), EPS, None)
     on = p > 0
     return (p[on] * np.log(p[on] / q[..., on])).sum(-1)
 
@@ -68,23 +74,26 @@ def js_divergence(n: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return 0.5 * kl_pm + 0.5 * kl_qm
 
 
-def grounding_metrics(a: np.ndarray, g: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
-    """All three metrics for maps ``a`` and ``g`` of shape (..., cells)."""
-    return scores(normalise(a, g), gt)
+def grounding_metrics(a: np.ndarray, g: np.ndarray, gt: np.ndarray, kl_normalise: str = "layer"
+                      ) -> dict[str, np.ndarray]:
+    """All three metrics for maps ``a`` and ``g`` of shape (layers, ..., cells)."""
+    return scores(normalise(a, g), gt, kl_normalise)
 
 
-def scores(n: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
-    """All three metrics of a normalised map ``n`` (..., cells) against ``gt``."""
-    return {"attention_ratio": attention_ratio(n, gt), "kl": kl_divergence(n, gt), "js": js_divergence(n, gt)}
+def scores(n: np.ndarray, gt: np.ndarray, kl_normalise: str = "layer") -> dict[str, np.ndarray]:
+    """All three metrics of a normalised map ``n`` (layers, ..., cells) against ``gt``."""
+    return {"attention_ratio": attention_ratio(n, gt), "kl": kl_divergence(n, gt, kl_normalise),
+            "js": js_divergence(n, gt)}
 
 
-def chance_scores(n: np.ndarray, gt: np.ndarray, draws: list[np.ndarray]) -> dict[str, np.ndarray]:
+def chance_scores(n: np.ndarray, gt: np.ndarray, draws: list[np.ndarray], kl_normalise: str = "layer"
+                  ) -> dict[str, np.ndarray]:
     """The chance levels of :func:`scores` for one question: ``<metric>_uniform``, a uniform map against
-    ``gt`` (attention ratio 1 by construction; KL ln(N / k) for k of N cells), and ``<metric>_random``,
-    ``n`` against equal-area random regions, averaged over the ``draws`` (NaN without draws)."""
-    uniform = scores(np.ones(n.shape[-1]), gt)
-    out = {f"{m}_uniform": np.broadcast_to(v, n.shape[:-1]) for m, v in uniform.items()}
-    runs = [scores(n, d) for d in draws]
+    ``gt`` (attention ratio 1 by construction; KL ln(N / k) for k of N cells, plus ln L over L layers
+    with ``all-layers``), and ``<metric>_random``, ``n`` against equal-area random regions, averaged over
+    the ``draws`` (NaN without draws)."""
+    out = {f"{m}_uniform": v for m, v in scores(np.ones(n.shape), gt, kl_normalise).items()}
+    runs = [scores(n, d, kl_normalise) for d in draws]
     for m in METRICS:
         out[f"{m}_random"] = (np.mean([r[m] for r in runs], axis=0) if runs else np.full(n.shape[:-1], np.nan))
     return out

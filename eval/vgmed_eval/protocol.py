@@ -16,6 +16,8 @@ HEAD_NORMS = ("head", "mean")
 SCORERS = ("vgmed", "published")
 POPULATIONS = ("all", "closed-mc")
 GT_KINDS = ("box", "mask", "soft")  # vgmed_eval.ground_truth builds each
+QWEN_RESIZES = ("single", "double")
+KL_NORMALISATIONS = ("layer", "all-layers")
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,16 @@ class Protocol:
     min_new_tokens: int = 0  # greedy decoding: end-of-sequence is not taken before this many tokens
     cell_edges: str = "exact"  # box edges -> cells exactly, or with the authors' float arithmetic
     gt: str = "box"  # grounding ground truth: cells the boxes touch (published), the mask touches, or soft
+    qwen_resize: str = "single"  # Qwen-VL: the processor's resize only, or qwen-vl-utils' resize before it
+    kl_normalise: str = "layer"  # KL's model distribution: each layer's map over its cells, or over all layers
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("box_mapping", self.box_mapping, BOX_MAPPINGS),
                                      ("head_norm", self.head_norm, HEAD_NORMS), ("scorer", self.scorer, SCORERS),
                                      ("population", self.population, POPULATIONS),
                                      ("cell_edges", self.cell_edges, ("exact", "authors")),
-                                     ("gt", self.gt, GT_KINDS),
+                                     ("gt", self.gt, GT_KINDS), ("qwen_resize", self.qwen_resize, QWEN_RESIZES),
+                                     ("kl_normalise", self.kl_normalise, KL_NORMALISATIONS),
                                      ("xyxy_maxima", self.xyxy_maxima, ("inclusive", "edges")),
                                      ("vgrefine_mode", self.vgrefine_mode, ("consistent", "prefill"))):
             if value not in allowed:
@@ -56,7 +61,7 @@ VGMED = Protocol("vgmed")
 PUBLISHED = Protocol(
     "published", box_mapping="resize", xyxy_maxima="edges", head_norm="head", min_pixels=784, max_pixels=50176,
     percentile=80.0, vgrefine_mode="prefill", mc_max_new_tokens=1, scorer="published", population="closed-mc",
-    min_new_tokens=1, cell_edges="authors",
+    min_new_tokens=1, cell_edges="authors", qwen_resize="double",
 )
 PROTOCOLS = {p.name: p for p in (VGMED, PUBLISHED)}
 
@@ -101,6 +106,14 @@ FLAGS = {
     "gt": ("--gt", GT_KINDS, "grounding ground truth on the model's grid: box = the cells the boxes touch (the "
            "published rule); mask = the cells the region's mask touches (releases with masks); soft = each cell "
            "weighted by the fraction of it the mask (else the boxes) covers; the other two are reported beside it"),
+    "qwen_resize": ("--qwen-resize", QWEN_RESIZES, "Qwen-VL only: single = the processor resizes the picture "
+                    "(within --min-pixels / --max-pixels); double = qwen-vl-utils' fetch_image resize first (its "
+                    "own bounds, 4 to 16384 tokens), then the processor's, as the authors' runs do: the pixels and "
+                    "on some sizes the grid differ (300 x 200: 10 x 6 tokens, not 9 x 6)"),
+    "kl_normalise": ("--kl-normalise", KL_NORMALISATIONS, "KL's model distribution: layer = each layer's normalised "
+                     "map divided by its own sum (the authors' later code); all-layers = by its sum over every "
+                     "measured layer (their submission notebook): each layer's KL grows by ln(1 / that layer's "
+                     "share of the sum), about ln L for L layers of similar sums"),
     "min_new_tokens": ("--min-new-tokens", None, "greedy decoding never ends before this many tokens (the "
                        "published runs: 1, transformers' min_new_tokens; 0 lets end-of-sequence be the answer)"),
 }

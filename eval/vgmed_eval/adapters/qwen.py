@@ -14,9 +14,12 @@ import json
 import logging
 from pathlib import Path
 
+from PIL import Image
+
 from vgmed_eval.adapters.base import Adapter, build_tiny, register, size_value, tiny_text_config
 from vgmed_eval.adapters.tiny import synthetic_tokenizer
-from vgmed_eval.geometry import GridGeometry, qwen_geometry
+from vgmed_eval.geometry import GridGeometry, qwen_geometry, qwen_pre_resize
+from vgmed_eval.protocol import QWEN_RESIZES
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ class QwenVLAdapter(Adapter):
     model_class = "Qwen2VLForConditionalGeneration"
     sequence_keys = (*Adapter.sequence_keys, "mm_token_type_ids")  # marks the image tokens
     tiny_patch = 14
+    # qwen-vl-utils' resize before the processor's (``--qwen-resize double``, the authors' runs)
+    pre_resize = False
 
     @classmethod
     def load_processing(cls, path: str):
@@ -67,12 +72,24 @@ class QwenVLAdapter(Adapter):
         return int(self.image_processor.merge_size)
 
     @staticmethod
-    def grid_geometry(ip, config, width: int, height: int) -> GridGeometry:
+    def grid_geometry(ip, config, width: int, height: int, pre_resize: bool = False) -> GridGeometry:
         return qwen_geometry(width, height, patch=int(ip.patch_size), merge=int(ip.merge_size),
                              min_pixels=size_value(ip.size, "shortest_edge"),
-                             max_pixels=size_value(ip.size, "longest_edge"))
+                             max_pixels=size_value(ip.size, "longest_edge"), pre_resize=pre_resize)
+
+    def geometry(self, width: int, height: int) -> GridGeometry:
+        return self.grid_geometry(self.image_processor, self.model.config, width, height, self.pre_resize)
+
+    def pre_resized(self, image: Image.Image) -> Image.Image:
+        """The picture as qwen-vl-utils' ``fetch_image`` hands it to the processor (PIL's bicubic resize,
+        ``Image.resize``'s default); unchanged without ``pre_resize``."""
+        if not self.pre_resize:
+            return image
+        size = qwen_pre_resize(image.width, image.height, int(self.image_processor.patch_size))
+        return image.resize(size, Image.Resampling.BICUBIC)
 
     def encode(self, images, prompts, add_special_tokens):
+        images = [self.pre_resized(im) for im in images]
         features = self.image_processor(images=images, return_tensors="pt")
         counts = (features["image_grid_thw"].prod(-1) // self.merge**2).tolist()
         pad = "<|image_pad|>"
@@ -166,3 +183,17 @@ def set_pixel_bounds(adapter: Adapter, min_pixels: int | None, max_pixels: int |
     if not 0 < low <= high:
         raise ValueError(f"--min-pixels {low} must be positive and at most --max-pixels {high}")
     ip.size = type(ip.size)(shortest_edge=low, longest_edge=high)
+
+
+def set_resize(adapter: Adapter, mode: str, explicit: bool = True) -> None:
+    """``--qwen-resize single|double``: double passes every picture through qwen-vl-utils' resize before
+    the processor's, as the authors' runs do (pixels and grid both change). Other families: given
+    ``explicit``ly, double is an error; from a protocol it does not apply."""
+    if mode not in QWEN_RESIZES:
+        raise ValueError(f"--qwen-resize must be one of {QWEN_RESIZES}, got {mode!r}")
+    if not isinstance(adapter, QwenVLAdapter):
+        if explicit and mode == "double":
+            raise ValueError(f"--qwen-resize double applies to Qwen-VL models only, not {adapter.family}")
+        return
+    adapter.pre_resize = mode == "double"
+

@@ -70,7 +70,7 @@ def register(subparsers) -> None:
                    help="model dtype (auto: the checkpoint's own; float32 for tiny models)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for --compare")
     add_protocol_args(p, ("percentile", "vgrefine_mode", "mc_max_new_tokens", "min_new_tokens", "scorer", "population",
-                          "min_pixels", "max_pixels"))
+                          "min_pixels", "max_pixels", "qwen_resize"))
     add_chat_template_arg(p)
     placement.add_arguments(p)
     p.set_defaults(func=cmd_vqa)

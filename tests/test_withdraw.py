@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ingest_fixtures import mni, write_pair
+from ingest_fixtures import LABELS, mni, sources_toml, write_pair
 from release_fixtures import add_review_event
 
 from vgmed_build.catalog import open_catalog
@@ -34,7 +34,11 @@ def test_a_deleted_case_leaves_regions_drafts_and_release_but_not_the_review_his
         write_pair(src, case, image, labels, affine)
     build = tmp_path / "build"
     flags = ["--build", str(build)]
-    assert run("ingest", *flags, "--source", f"nifti:{src}", "--modality", "MRI", "--no-progress") == 0
+    # named structures: drafts about unnamed ones (label_1) are rejected by lint, and nothing would be released
+    names = {str(value): name for value, name in LABELS.items()}
+    cfg = sources_toml(tmp_path / "sources.toml",
+                       [{"name": "pairs", "kind": "nifti", "path": str(src), "modality": "MRI", "labels": names}])
+    assert run("ingest", *flags, "--sources", str(cfg), "--no-progress") == 0
     assert run("generate", *flags) == 0
     with open_catalog(build, create=False) as catalog:
         images_of_b = {p for (p,) in catalog.conn.execute("SELECT path FROM images WHERE item_key='b.nii.gz'")}
@@ -52,7 +56,7 @@ def test_a_deleted_case_leaves_regions_drafts_and_release_but_not_the_review_his
         f.unlink()
     # --keep-missing: nothing leaves
     capsys.readouterr()
-    assert run("ingest", *flags, "--source", f"nifti:{src}", "--modality", "MRI", "--no-progress",
+    assert run("ingest", *flags, "--sources", str(cfg), "--no-progress",
                "--keep-missing") == 0
     out = capsys.readouterr().out
     assert "0 withdrawn (no longer in their source), 1 missing kept" in out
@@ -60,7 +64,7 @@ def test_a_deleted_case_leaves_regions_drafts_and_release_but_not_the_review_his
     with open_catalog(build, create=False) as catalog:
         assert regions_of_b <= {r["id"] for r in catalog.regions()}
     # default: withdrawn, counted and logged
-    assert run("ingest", *flags, "--source", f"nifti:{src}", "--modality", "MRI", "--no-progress") == 0
+    assert run("ingest", *flags, "--sources", str(cfg), "--no-progress") == 0
     assert "1 withdrawn (no longer in their source)" in capsys.readouterr().out
     assert f"withdrew {item_pseudonym('pairs', 'b.nii.gz')} (no longer in the source)" in caplog.text
     assert "b.nii.gz" not in caplog.text.split("withdrew", 1)[1]  # logs are shared: no source path

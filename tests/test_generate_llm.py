@@ -346,9 +346,13 @@ def test_generate_on_a_real_ingest_of_the_bundled_sample(tmp_path, server_factor
     for d in drafts:
         assert not schema_errors("draft", d)
         region = regions[d["region_id"]]
-        assert d["boxes"] == region["boxes"] and d["image"] == region["image"]
+        # a question about a structure absent from the image: answer "no", no box, never the region's label
+        expected = ([], "no") if d.get("absent") else (region["boxes"], d["answer"])
+        assert (d["boxes"], d["answer"]) == expected and d["image"] == region["image"]
+        assert not d.get("absent") or d["label"] != region["label"]
         assert (build / d["image"]).is_file()
-    loc = [d for d in drafts if d["q_type"] == "localization"]
+    assert any(d.get("absent") for d in drafts)
+    loc = [d for d in drafts if d["q_type"] == "localization" and not d.get("absent")]
     att = [d for d in drafts if d["q_type"] == "attribute"]
     assert len(loc) == len(att) == len(regions)
     # Display names from the sources file, side words in them agree with the computed sides.

@@ -99,9 +99,10 @@ LABELS = [("liver", "right"), ("spleen", "left"), ("aorta", "midline")]
 
 
 def make_build(
-    root: Path, n_images: int = 2, q_types: tuple[str, ...] = ("localization", "position")
+    root: Path, n_images: int = 2, q_types: tuple[str, ...] = ("localization", "position"), plane: str | None = None
 ) -> Catalog:
-    """A build with real PNGs (cropped CT, not square), one region per label and one draft per q_type.
+    """A build with real PNGs (cropped CT, not square), one region per label and one draft per q_type;
+    ``plane``: the slice plane the regions record (none: a 2D image).
 
     Rows are inserted as ingest and generate store them (draft records validate against the schema).
     """
@@ -118,7 +119,8 @@ def make_build(
             Image.fromarray(pixels).save(root / rel)
             image_id = _hid("ct", item, 0)
             c.execute(
-                "INSERT INTO items VALUES ('ct', ?, 'f', 'done', 1, ?, ?)", (item, len(LABELS), now_iso())
+                "INSERT INTO items (source, item_key, fingerprint, status, n_images, n_regions, finished_at) "
+                "VALUES ('ct', ?, 'f', 'done', 1, ?, ?)", (item, len(LABELS), now_iso())
             )
             c.execute(
                 "INSERT INTO images VALUES (?,?,?,?,?,?,?,?)",
@@ -137,7 +139,8 @@ def make_build(
                 region_id = _hid(image_id, label)
                 box = [5 + 30 * k, 10 + 5 * i, 25 + 30 * k + i, 40 + 5 * i]
                 c.execute(
-                    "INSERT INTO regions VALUES (?,?,?,?,?,?)", (region_id, image_id, "ct", label, "CT", "{}")
+                    "INSERT INTO regions VALUES (?,?,?,?,?,?)",
+                    (region_id, image_id, "ct", label, "CT", json.dumps({"plane": plane} if plane else {})),
                 )
                 for slot, q_type in enumerate(q_types):
                     draft = {

@@ -43,7 +43,7 @@ def records(release: Path) -> list[dict]:
 
 
 def test_left_structures_lie_on_the_edge_marked_L(release):
-    from vgmed_eval.report import edge_directions
+    from vgmed_build.directions import edge_directions
 
     recs = records(release)
     assert {r["plane"] for r in recs} == {"axial", "coronal"}

@@ -1,6 +1,9 @@
 """The review screen in a real browser: headless Chromium (the Debian package, driven by Playwright)
 logs in to the test's Label Studio, reviews one task with mouse and keyboard, and `review pull`
-brings back exactly what it did. Also checks that the screen fits 1440 x 900 and 1366 x 768."""
+brings back exactly what it did. First, at 1366 x 768 and 1920 x 1080, in the stream ("Label All
+Tasks") and in the task-list view: the whole form is visible, the image uses the height (and grows on
+the larger screen), the task list does not squeeze the form, and the image shown is the slice with
+its patient directions marked."""
 
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORTS = [(1440, 900), (1366, 768)]
+VIEWPORTS = [(1366, 768), (1920, 1080)]
+VIEWS = ("stream", "list")
 # Set to a folder (e.g. docs/) to keep the screenshots of the review screen.
 SCREENSHOTS_ENV = "VGMED_REVIEW_SCREENSHOTS"
 
@@ -78,51 +82,78 @@ def open_stream(page, server, project_id: int) -> None:
     page.locator(".vgmed-image canvas").first.wait_for()
 
 
+def open_from_list(page, server, project_id: int) -> None:
+    """The task-list view: the data manager's table on the left, the task opened beside it."""
+    page.goto(f"{server.url}/projects/{project_id}/data")
+    page.locator("[class*=row-wrapper]").first.click()
+    page.locator("[data-testid=htx-textbox-edit-button]").first.wait_for()
+    page.locator(".vgmed-image canvas").first.wait_for()
+
+
 def fits(page, width: int, height: int) -> list[str]:
-    """What of the review screen lies outside the viewport (nothing, when it fits without scrolling)."""
+    """What of the review screen lies outside the viewport or under the Submit bar (nothing, when every
+    field is visible without scrolling)."""
     parts = {
         "image": ".vgmed-image img",
         "facts": ".vgmed-facts",
         "question": "[data-testid=htx-textbox-content] >> nth=0",
         "answer": "[data-testid=htx-textbox-content] >> nth=1",
+        "draft": ".vgmed-draft",
         "verdict": ".lsf-choices",
         "comment": "input[name=comment]",
-        "submit": "button:has-text('Submit')",
+        "box labels": ".vgmed-form .lsf-labels",
     }
-    outside = []
+    submit = page.locator("button:has-text('Submit')").first.bounding_box()
+    outside = [] if submit and submit["y"] + submit["height"] <= height else [f"submit: {submit}"]
     for name, selector in parts.items():
         box = page.locator(selector).first.bounding_box()
         inside = box is not None and box["x"] >= 0 and box["y"] >= 0
-        if not inside or box["x"] + box["width"] > width or box["y"] + box["height"] > height:
+        if not inside or box["x"] + box["width"] > width or box["y"] + box["height"] > submit["y"]:
             outside.append(f"{name}: {box}")
     return outside
 
 
 def test_review_in_chromium_comes_back_exactly(labelstudio, browser_page, tmp_path):
     page = browser_page
-    catalog = make_build(tmp_path / "build", n_images=1, q_types=("localization",))
+    catalog = make_build(tmp_path / "build", n_images=1, q_types=("localization",), plane="axial")
     drafts = drafts_of(catalog)
     draft = drafts[sorted(drafts)[0]]
     report = push(catalog, labelstudio, draft_ids=[draft["id"]], progress=False)
     log_in(page, labelstudio)
 
-    # The whole screen fits at both sizes, opened at that size: image (uncropped: the picture fills
-    # its canvas exactly), facts, question, answer, verdict, comment and Submit, without scrolling.
+    # The whole screen fits at both sizes, in both views, opened at that size: facts, question, answer,
+    # the draft, verdict, comment, box labels and Submit without scrolling; the image uncropped (the
+    # picture fills its canvas exactly) and marked with the patient's directions.
     keep = os.environ.get(SCREENSHOTS_ENV)
+    task_id = catalog.conn.execute("SELECT task_id FROM review_tasks").fetchone()[0]
+    shown: dict[tuple[str, int], dict] = {}
     for width, height in VIEWPORTS:
-        page.set_viewport_size({"width": width, "height": height})
-        open_stream(page, labelstudio, report.project_id)
-        page.wait_for_timeout(500)
-        outside = fits(page, width, height)
-        assert outside == [], (width, height, outside)
-        img = page.locator(".vgmed-image img").bounding_box()
-        stage = page.locator(".vgmed-image canvas").first.bounding_box()
-        assert abs(img["width"] - stage["width"]) < 1 and abs(img["height"] - stage["height"]) < 1
-        shot = tmp_path / f"review-{width}x{height}.png"
-        page.screenshot(path=str(shot))
-        assert shot.stat().st_size > 10_000
-        if keep:
-            shutil.copy(shot, Path(keep) / shot.name)
+        for view in VIEWS:
+            page.set_viewport_size({"width": width, "height": height})
+            (open_stream if view == "stream" else open_from_list)(page, labelstudio, report.project_id)
+            page.wait_for_timeout(500)
+            outside = fits(page, width, height)
+            assert outside == [], (view, width, height, outside)
+            img = page.locator(".vgmed-image img").bounding_box()
+            stage = page.locator(".vgmed-image canvas").first.bounding_box()
+            assert abs(img["width"] - stage["width"]) < 1 and abs(img["height"] - stage["height"]) < 1
+            assert "_review" in page.evaluate(  # the slice with R / L, A / P drawn in (test_review_images.py)
+                "id => fetch('/api/tasks/' + id).then(r => r.json()).then(t => t.data.image)", task_id)
+            assert page.locator(".vgmed-form").bounding_box()["width"] >= 340, (view, width)  # never squeezed
+            shown[view, width] = img
+            shot = tmp_path / f"review-screen-{view}-{width}x{height}.png"
+            page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000
+            if keep:
+                shutil.copy(shot, Path(keep) / shot.name)
+    # The stream's image takes most of the height at 1366 x 768 (the fixture's slice is 4:3; a taller one
+    # takes all of it) and grows on the larger screen, in both views.
+    assert shown["stream", 1366]["height"] > 0.5 * 768
+    for view in VIEWS:
+        assert shown[view, 1920]["width"] > 1.4 * shown[view, 1366]["width"], view
+    page.set_viewport_size({"width": 1366, "height": 768})
+    open_stream(page, labelstudio, report.project_id)
+    assert page.get_by_text(f"as drafted: {draft['question']} | answer: {draft['answer']}").is_visible()
 
     # Edit the question in place.
     new_question = "Is the liver visible on this axial CT slice?"
@@ -130,8 +161,9 @@ def test_review_in_chromium_comes_back_exactly(labelstudio, browser_page, tmp_pa
     editor = page.locator(".vgmed-form textarea:focus, .vgmed-form input:focus").first
     editor.wait_for()
     editor.fill(new_question)
-    editor.press("Enter")
+    editor.press("Enter")  # a one-line editor: Enter saves and closes it
     page.get_by_text(new_question).wait_for()
+    assert page.locator(".vgmed-form textarea:focus, .vgmed-form input:focus").count() == 0
 
     # Move the box: 12 image pixels right and 7 down, dragged on the canvas at its display scale.
     x0, y0, x1, y1 = draft["boxes"][0]
@@ -156,7 +188,7 @@ def test_review_in_chromium_comes_back_exactly(labelstudio, browser_page, tmp_pa
     page.keyboard.press("Control+Enter")
     page.wait_for_function(
         "id => fetch('/api/tasks/' + id).then(r => r.json()).then(t => t.total_annotations > 0)",
-        arg=catalog.conn.execute("SELECT task_id FROM review_tasks").fetchone()[0],
+        arg=task_id,
         polling=500,
     )
 

@@ -11,8 +11,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from vgmed_build import modality
 from vgmed_build.resources import resource_dir
-from vgmed_build.review.convert import box_colour, box_label, draft_prediction
+from vgmed_build.review.convert import BOX_LABEL, NUMBERED_BOXES, box_colour, box_label, draft_prediction
 from vgmed_build.review.state import DraftRow
 
 MODEL_VERSION = "vgmed-draft"
@@ -56,10 +57,13 @@ def region_facts(draft: dict, region: dict, width: int, height: int, note: str =
     """What a reviewer checks an answer against, one line per task data key of config.xml
     (FACT_KEYS): structure, side and slice, area, source dataset, and each box in image pixels
     (numbered and coloured as on the image)."""
-    where = [f"patient side: {draft['side']} (from the scanner's coordinates)"]
+    # a photo has no patient and no plane: neither a side nor edge letters would mean anything
+    photo = draft["modality"] == modality.NATURAL
+    where = ["photograph (natural-image control)"] if photo else [
+        f"patient side: {draft['side']} (from the scanner's coordinates)"]
     plane = region.get("plane")
     if plane and plane != "2d":
-        slice_text = f"{plane} slice {region.get('slice_index')}"
+        slice_text = f"{plane} slice" + (f" {region['slice_index']}" if region.get("slice_index") is not None else "")
         if region.get("slice_position_mm") is not None:
             slice_text += f" at {float(region['slice_position_mm']):.1f} mm"
         where.append(slice_text)
@@ -86,6 +90,8 @@ def region_facts(draft: dict, region: dict, width: int, height: int, note: str =
         f"{box_label(i, len(boxes))} ({box_colour(i, len(boxes))[0]}): x {x0}-{x1}, y {y0}-{y1}"
         for i, (x0, y0, x1, y1) in enumerate(boxes)
     ]
+    if len(boxes) > NUMBERED_BOXES:
+        box_texts.append(f"boxes after box {NUMBERED_BOXES} are all labelled {BOX_LABEL} (red)")
     return {
         "facts_what": f"{_structure(draft)} · {draft['q_type']} question · {draft['modality']}, "
         f"{draft.get('body_part') or 'body part not given'}",
@@ -110,6 +116,8 @@ def task_data(row: DraftRow, image_url: str, note: str = "") -> dict:
         "label": d["label"],
         "side": d["side"],
         "context": context,
+        # shown under the editors, so an edit can be checked against what was drafted
+        "draft_text": f"as drafted: {d['question']} | answer: {d['answer']}",
     }
 
 

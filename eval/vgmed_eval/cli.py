@@ -17,6 +17,7 @@ COMMANDS = (
             "pick the most visually sensitive layer and top-k heads from a grounding run (for VGRefine)"),
     Command("report", "vgmed_eval.report",
             "plots of a grounding run: ratio by layer (vs a natural control), head heatmap, overlays"),
+    Command("causal", "vgmed_eval.causal", "knock out the ground-truth cells, then random ones: does the answer flip?"),
     Command("vqa", "vgmed_eval.vqa.cli", "answer a medical VQA benchmark (baseline and/or VGRefine) and score it"),
     Command("convert", "vgmed_eval.convert",
             "convert an original LLaVA-format checkpoint (HuatuoGPT-Vision, LLaVA-Med, LLaVA-1.5) to transformers"),

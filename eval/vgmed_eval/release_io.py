@@ -76,6 +76,7 @@ class Question:
     gt_boxes: list[Box] = field(default_factory=list)  # the boxes as the authors' code reads them (for gt_tokens)
     gt_boxes_other: list[Box] = field(default_factory=list)  # ... read in the other format (xywh <-> xyxy)
     mask: dict | None = None  # the record's region mask (COCO RLE, decoded when scored); None: box only
+    answer: str | None = None  # the record's reference answer (our releases; the published files have none)
 
 
 @dataclass
@@ -137,6 +138,7 @@ def parse_record(record: dict, root: Path, q_type: str, file_name: str, number: 
         gt_boxes=gt_boxes,
         gt_boxes_other=other,
         mask=record.get(MASK_FIELD) if isinstance(record.get(MASK_FIELD), dict) else None,
+        answer=str(record["answer"]) if record.get("answer") is not None else None,
     )
 
 

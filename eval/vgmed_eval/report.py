@@ -293,7 +293,7 @@ def ground_truth_section(runs: list[tuple[str, dict]], layer: int | None) -> lis
 
 
 def build_report(results: Path, out: Path, control: Path | None, samples: int, layer: int | None,
-                 vqa: list[Path] = ()) -> list[Path]:
+                 vqa: list[Path] = (), causal: Path | None = None) -> list[Path]:
     """Write every plot and index.md; returns the written files."""
     from vgmed_eval.vqa import figures as vqa_figures
 
@@ -364,6 +364,10 @@ def build_report(results: Path, out: Path, control: Path | None, samples: int, l
                                             "VQA, baseline vs VGRefine")
         written.append(vqa_png)
         lines += ["", *vqa_figures.section(vqa_runs, vqa_png.name, "## VQA: baseline vs VGRefine")]
+    if causal is not None:
+        from vgmed_eval.causal import report_section
+
+        lines += ["", *report_section(json.loads((causal / "summary.json").read_text(encoding="utf-8")))]
     (out / "index.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return written + [out / "index.md"]
 
@@ -383,6 +387,9 @@ def register(subparsers) -> None:
     p.add_argument("--vqa", type=Path, action="append", default=[], metavar="DIR",
                    help="output of `vgmed-eval vqa` (or a folder of them, one per benchmark) for the VQA table "
                         "and chart, baseline vs VGRefine; repeatable")
+    p.add_argument("--causal", type=Path, metavar="DIR",
+                   help="output of `vgmed-eval causal` for its section: answer flips with the ground-truth cells "
+                        "knocked out vs random cells, and the attends-but-answers-wrong table")
     p.add_argument("--allow-mixed", action="store_true",
                    help="draw runs measured under different protocols (run.json) in one figure anyway: the "
                         "medical run with its control, the VQA runs together; refused otherwise (exit 2)")
@@ -415,6 +422,8 @@ def cmd_report(args) -> int:
                              "protocol, or pass --allow-mixed")
     if mixed:
         log.warning("runs of different protocols share a figure (--allow-mixed): %s", mixed)
-    files = build_report(args.results, args.out, control, args.samples, args.layer, args.vqa)
+    if args.causal is not None and not (args.causal / "summary.json").exists():
+        return commands.fail(f"--causal {args.causal}: no summary.json there (run `vgmed-eval causal` first)")
+    files = build_report(args.results, args.out, control, args.samples, args.layer, args.vqa, args.causal)
     log.info("wrote %d files to %s", len(files), args.out)
     return commands.EXIT_OK

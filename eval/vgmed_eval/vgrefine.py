@@ -375,7 +375,6 @@ class VGRefiner:
         nq = len(queries)
         cache, ids, mask, pos, pmax = self._assemble(rows)
         if refined:
-            cfg = self.config
             with self._capture(rows, pmax) as cap:
                 _start_at(cap, pmax)
                 out = self._forward(cache, ids, mask, pos)
@@ -392,9 +391,41 @@ class VGRefiner:
         if not refined:
             return self._greedy(cache, out.logits[:nq, -1], mask, pos[:, -1] + 1), None
         low = self._triage(queries, {layer: m[:nq] for layer, m in cap.maps.items()})
-        layout = (pmax, ids.shape[1])
+        state = (cache, out.logits[:nq, -1], mask, pos) if baseline else None
+        return self._knocked(queries, low, (pmax, ids.shape[1]), state)
+
+    @torch.no_grad()
+    def answer_without(self, queries: list[Query], cells: list[torch.Tensor], baseline: bool = True):
+        """(baseline answers or None, answers with ``cells`` knocked out) for one batch of queries: no
+        triage, the given (N,) boolean cell masks are knocked out on the knockout layers as VGRefine knocks
+        out its low-attention cells (the causal check, ``vgmed-eval causal``)."""
+        if self.config is None:
+            raise ValueError("a knockout needs a VGRefineConfig (its knockout layers)")
+        if self._window_limited(queries) and len({len(q.suffix) for q in queries}) > 1:
+            base: list = [None] * len(queries)
+            knocked: list = [None] * len(queries)
+            for length in {len(q.suffix) for q in queries}:
+                idx = [i for i, q in enumerate(queries) if len(q.suffix) == length]
+                b, k = self.answer_without([queries[i] for i in idx], [cells[i] for i in idx], baseline)
+                for j, i in enumerate(idx):
+                    base[i], knocked[i] = (b[j] if b else None), k[j]
+            return (base if baseline else None), knocked
+        rows = [(q.prefix, q.suffix) for q in queries]
+        cache, ids, mask, pos, pmax = self._assemble(rows)
+        state = None
+        if baseline:
+            state = (cache, self._forward(cache, ids, mask, pos).logits[:, -1], mask, pos)
+        return self._knocked(queries, [torch.as_tensor(c, dtype=torch.bool).cpu() for c in cells],
+                             (pmax, ids.shape[1]), state)
+
+    def _knocked(self, queries: list[Query], low: list[torch.Tensor], layout: tuple[int, int], state):
+        """Knock out ``low`` cells per query on the knockout layers and decode; ``state`` = (cache, last
+        logits, mask, positions) of the same queries' plain pass, whose baseline rows then decode in the same
+        batch (one decoding loop for both)."""
+        cfg = self.config
+        pmax, nq = layout[0], len(queries)
         k_cache, k_ids, k_mask, k_pos, _ = self._assemble([(q.prefix, q.suffix) for q in queries], layout)
-        total = pmax + ids.shape[1] + self.max_new_tokens
+        total = pmax + layout[1] + self.max_new_tokens
         blocked = blocked_positions([q.prefix.grid for q in queries], [torch.nonzero(m).flatten() for m in low],
                                     total)
         starts = torch.tensor([q.prefix.length for q in queries])
@@ -403,10 +434,12 @@ class VGRefiner:
             k_out = self._forward(k_cache, k_ids, k_mask, k_pos)
         # Decode baseline and VGRefine rows as one batch (same column layout): half the decoding steps.
         logits, blocked_rows = k_out.logits[:, -1], blocked
+        baseline = state is not None
         if baseline:
+            cache, base_logits, mask, pos = state
             k_cache = _concat_caches(cache, k_cache)
             k_mask, k_pos = torch.cat([mask, k_mask]), torch.cat([pos, k_pos])
-            logits = torch.cat([out.logits[:nq, -1], logits])
+            logits = torch.cat([base_logits, logits])
             blocked_rows, starts = torch.cat([torch.zeros_like(blocked), blocked]), torch.cat([starts, starts])
         decoding = contextlib.nullcontext()
         if cfg.mode == "consistent":

@@ -31,9 +31,10 @@ def test_demo_runs_the_chain_on_the_bundled_sample_and_reruns_idempotently(tmp_p
     control = json.loads((build / "eval" / "grounding" / "control" / "summary.json").read_text())
     medical = json.loads((build / "eval" / "grounding" / "summary.json").read_text())
     assert control["n_ok"] > 0 and medical["n_ok"] > 0
-    natural_q = sum(1 for line in (release / "COCO_localization.jsonl").open() if line.strip()) + \
-        sum(1 for line in (release / "COCO_attribute.jsonl").open() if line.strip())
-    assert control["n_questions"] == natural_q
+    natural = [json.loads(line) for name in ("COCO_localization.jsonl", "COCO_attribute.jsonl")
+               for line in (release / name).open() if line.strip()]
+    assert any(r.get("absent") for r in natural)  # "is there a ... ?" answered no: nothing to ground
+    assert control["n_questions"] == sum(1 for r in natural if not r.get("absent"))
     assert "Medical vs natural images" in (build / "eval" / "report" / "index.md").read_text()
     heads = json.loads((build / "eval" / "heads.json").read_text())
     assert heads["heads"] and isinstance(heads["knockout_layer"], int)

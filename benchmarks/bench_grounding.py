@@ -46,7 +46,8 @@ QUESTION_TEXTS = ["Is there a liver in the image?", "What is the shape of the le
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """The model and workload options this benchmark shares with bench_vqa.py (read by ``bench_adapter``)."""
     parser.add_argument("--shape", default="tiny-llava",
-                        help="tiny-<family> (a builtin tiny model), llava-7b / qwen2vl-7b (random real-size), or "
+                        help="tiny-<family> (a builtin tiny model), llava-7b / qwen2vl-7b / medrega / vila-m3-8b "
+                             "(random real-size; the last two as `convert` writes MedRegA and VILA-M3), or "
                              "huatuo-7b / huatuo-mini (HuatuoGPT-Vision-7B's original layout at real / reduced size, "
                              "converted by `vgmed-eval convert` first)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -125,7 +126,54 @@ def real_size_adapter(shape: str, max_layers: int | None = None):
         ip = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 1024, max_pixels=28 * 28 * 1024)
         return type(tiny)(Qwen2VLForConditionalGeneration(config).eval(), tiny.tokenizer, ip, tiny.chat_template,
                           None, name="random qwen2-vl-7b shape")
+    if shape in INTERNVL_SHAPES:
+        return internvl_shape_adapter(shape, depth)
     raise ValueError(f"unknown shape {shape}")
+
+
+# MedRegA (InternVL-Chat-V1-2: InternViT-6B-448px-V1-2, 45 layers, RMS norms, q/k norm; Nous-Hermes-2-Yi-34B;
+# one 448 px tile, ps_version v1) and VILA-M3-8B (VILA 1.5: SigLIP so400m at 384 px, 27 x 27 -> 14 x 14;
+# Llama-3-8B), as `vgmed-eval convert` writes them: (vision kind, vision config, text config, tile, select layer).
+INTERNVL_SHAPES = {
+    "medrega": ("internvit", dict(hidden_size=3200, intermediate_size=12800, num_hidden_layers=45,
+                                  num_attention_heads=25, use_qk_norm=True, norm_type="rms_norm", attention_bias=False),
+                dict(hidden_size=7168, intermediate_size=20480, num_hidden_layers=60, num_attention_heads=56,
+                     num_key_value_heads=8, vocab_size=64000), 448, -1),
+    "vila-m3-8b": ("siglip", dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                  num_attention_heads=16, vision_use_head=False),
+                   dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                        num_key_value_heads=8, vocab_size=128256), 384, -2),
+}
+
+
+def internvl_shape_adapter(shape: str, depth):
+    """A random-weight InternVL-class model of MedRegA's or VILA-M3's shape (one tile, v1 token order)."""
+    from transformers import (
+        GotOcr2ImageProcessorPil,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLVisionConfig,
+        LlamaConfig,
+        SiglipVisionConfig,
+    )
+
+    kind, vision, text, tile, select = INTERNVL_SHAPES[shape]
+    tiny = MODEL_ADAPTERS["internvl"].tiny()
+    vision_cls = InternVLVisionConfig if kind == "internvit" else SiglipVisionConfig
+    vision = vision_cls(**{**vision, "num_hidden_layers": depth(vision["num_hidden_layers"])}, image_size=tile,
+                        patch_size=14)
+    text = LlamaConfig(**{**text, "num_hidden_layers": depth(text["num_hidden_layers"])},
+                       pad_token_id=tiny.tokenizer.pad_token_id, tie_word_embeddings=False)
+    cells = -(-(tile // 14) // 2)
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tiny.image_token_id,
+                            image_seq_length=cells * cells, vision_feature_layer=select,
+                            vision_feature_select_strategy="default" if kind == "internvit" else "full",
+                            tie_word_embeddings=False)
+    config.ps_version = "v1"
+    config._attn_implementation = "sdpa"
+    ip = GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=False, max_patches=1)
+    return type(tiny)(InternVLForConditionalGeneration(config).eval(), tiny.tokenizer, ip, tiny.chat_template, None,
+                      name=f"random {shape} shape")
 
 
 def make_questions(root: Path, n_images: int, per_image: int, side: int) -> list[Question]:

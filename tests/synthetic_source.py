@@ -1,8 +1,10 @@
 """A synthetic ``images2d`` source of any size (grey pictures, one or two elliptic masks each), fast to
-write and to ingest: the scale tests (memory at N and 8N, the Dask cluster) build it."""
+write and to ingest: the scale tests (memory at N and 8N, the Dask cluster) build it; also in
+SA-Med2D's layout, whose adapter reads its index as a stream."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,4 +28,22 @@ def make_images2d(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:
             ry, rx = rng.uniform(size * 0.08, size * 0.2, 2)
             mask = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.uint8) * 255
             Image.fromarray(mask).save(root / "masks" / f"{stem}_{label}.png")
+    return root
+
+
+def make_samed2d(root: Path, n: int, size: int = 32, seed: int = 0) -> Path:
+    """The same pictures in SA-Med2D-20M's layout: ``SAMed2D_v1.json`` index, class table, instance masks."""
+    make_images2d(root, n, size, seed)
+    index = {}
+    for i in range(n):
+        stem = f"case_{i:06d}"
+        image = f"dermoscopy_00--Synthetic--{stem}--x_0000"
+        (root / "images" / f"{stem}.png").rename(root / "images" / f"{image}.png")
+        index[f"images/{image}.png"] = []
+        for cls, label in enumerate(LABELS[: 1 + i % 2]):
+            mask = f"masks/{image}--{cls:04d}_000.png"
+            (root / "masks" / f"{stem}_{label}.png").rename(root / mask)
+            index[f"images/{image}.png"].append(mask)
+    (root / "SAMed2D_v1.json").write_text(json.dumps(index))
+    (root / "SAMed2D_v1_class_mapping_id.json").write_text(json.dumps({"Synthetic": dict(zip(LABELS, range(2)))}))
     return root

@@ -52,7 +52,6 @@ WHOLE_TABLE = {
     "SELECT id, region_id, status, json_extract(": "generate: what is drafted already, loaded once",
     "SELECT source, label, MIN(json_extract(": "generate: every source's structures, once (what absent "
     "questions may ask about)",
-    "SELECT record_json FROM drafts WHERE status=": "release: every ok draft is a candidate record",
     "SELECT d.record_json, i.width, i.height, r.record_json FROM drafts d": "review push: every ok draft "
     "becomes a task",
     "SELECT id FROM drafts": "review push: the build's draft ids, once (adoption of orphan tasks)",

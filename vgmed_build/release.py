@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,12 +29,13 @@ from typing import Any
 from tqdm import tqdm
 
 from vgmed_build import __version__
-from vgmed_build.card import licences_of, render_card
+from vgmed_build.card import render_card
 from vgmed_build.catalog import Catalog, CatalogError, open_catalog
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
 from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
 from vgmed_build.lock import Held, LockBusy, add_wait_arg, hold, out_lock_path
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
+from vgmed_build.release_counts import RecordCounts
 from vgmed_build.release_format import (
     CARD_FILE,
     CONFIGS,
@@ -44,9 +46,7 @@ from vgmed_build.release_format import (
     RELEASE_IMAGES,
     RELEASE_SCHEMAS,
     check_boxes,
-    count_records,
     encode_boxes,
-    jsonl_bytes,
     manifest_configs,
     record_file,
     sha256_file,
@@ -225,16 +225,14 @@ def build_release(
         lock.claim(tmp.name)
         try:
             tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would keep the release from its readers
-            records_by_file, skipped = _write_records_and_images(catalog, tmp, decisions, options)
-            counts = count_records(records_by_file)
-            if counts["records"] == 0:
+            counts, skipped = _write_records_and_images(catalog, tmp, decisions, options)
+            if counts.records == 0:
                 raise ReleaseError(
                     "no drafts are accepted under the review policy "
                     f"'{options.policy}' (pull reviews first, or use --include-unreviewed for a preview)"
                 )
-            quality = release_quality(catalog, decisions, [r for rs in records_by_file.values() for r in rs],
-                                      options.sampled)
-            _write_text_files(tmp, records_by_file, counts, created, options, quality)
+            quality = release_quality(catalog, decisions, counts, options.sampled)
+            manifest_counts = _write_text_files(tmp, counts, created, options, quality)
             report = validate_release(tmp, forbid=list(options.forbid))
             if report.problems:
                 shown = "\n".join(p.format() for p in report.problems[:50])
@@ -245,7 +243,7 @@ def build_release(
             if isinstance(exc, OSError) and exc.filename is None:  # a failed write (a full disk) names no file
                 raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
             raise
-    return ReleaseReport(out_dir=out_dir, counts=counts, skipped=skipped)
+    return ReleaseReport(out_dir=out_dir, counts=manifest_counts, skipped=skipped)
 
 
 def release_build(
@@ -362,39 +360,42 @@ def _check_target(out_dir: Path) -> None:
 
 def _write_records_and_images(
     catalog: Catalog, tmp: Path, decisions: Mapping[str, Decision], options: ReleaseOptions
-) -> tuple[dict[str, list[dict]], list[str]]:
-    regions = {r["id"]: r for r in catalog.regions()}
-    records_by_file: dict[str, list[dict]] = {name: [] for name in CONFIGS.values()}
-    copied: dict[str, str | None] = {}  # release image path -> None when copied, else why not
+) -> tuple[RecordCounts, list[str]]:
+    """Build each record, write it to its JSONL file and copy its image as it goes (drafts come in id
+    order, so each file is in id order); only the counts are kept, so memory does not grow with the
+    release. The images folder itself says which images are copied already."""
+    counts = RecordCounts()
     skipped: list[str] = []
     (tmp / RELEASE_IMAGES).mkdir()
     catalog.clear_stage_errors(STAGE)
-    for draft in tqdm(catalog.ok_drafts(), desc="release", unit="draft", disable=None):
-        decision = decisions.get(draft["id"])
-        review = review_facts(decision, options.include_unreviewed, draft["id"] in options.judged)
-        if review is None:
-            continue
-        try:
-            region = regions.get(draft["region_id"])
-            if region is None:
-                raise ItemError(f"draft {draft['id']}: region {draft['region_id']} is not in the catalog")
-            target = record_file(draft["q_type"], region["modality"])
-            if target is None:
-                raise ItemError(f"draft {draft['id']}: unknown question type {draft['q_type']!r}")
-            record = build_record(draft, region, decision, review, options.bbox_convention, options.forbid)
-            if record["image"] not in copied:
-                copied[record["image"]] = _copy_image(catalog.build_dir, region, tmp / record["image"])
-            if copied[record["image"]]:
-                raise ItemError(f"draft {draft['id']}: {copied[record['image']]}")
-        except ItemError as exc:
-            skipped.append(str(exc))
-            log.warning("%s", exc)
-            catalog.record_error(STAGE, draft["id"], str(exc))
-            continue
-        records_by_file.setdefault(target, []).append(record)
-    for recs in records_by_file.values():
-        recs.sort(key=lambda r: r["id"])
-    return records_by_file, skipped
+    with ExitStack() as files:
+        out = {name: files.enter_context(open(tmp / name, "w", encoding="utf-8")) for name in CONFIGS.values()}
+        for draft, region in tqdm(catalog.ok_drafts(), desc="release", unit="draft", disable=None):
+            decision = decisions.get(draft["id"])
+            review = review_facts(decision, options.include_unreviewed, draft["id"] in options.judged)
+            if review is None:
+                continue
+            try:
+                if region is None:
+                    raise ItemError(f"draft {draft['id']}: region {draft['region_id']} is not in the catalog")
+                target = record_file(draft["q_type"], region["modality"])
+                if target is None:
+                    raise ItemError(f"draft {draft['id']}: unknown question type {draft['q_type']!r}")
+                record = build_record(draft, region, decision, review, options.bbox_convention, options.forbid)
+                dest = tmp / record["image"]
+                problem = None if dest.exists() else _copy_image(catalog.build_dir, region, dest)
+                if problem:
+                    raise ItemError(f"draft {draft['id']}: {problem}")
+            except ItemError as exc:
+                skipped.append(str(exc))
+                log.warning("%s", exc)
+                catalog.record_error(STAGE, draft["id"], str(exc))
+                continue
+            if target not in out:
+                out[target] = files.enter_context(open(tmp / target, "w", encoding="utf-8"))
+            out[target].write(json.dumps(record, ensure_ascii=False) + "\n")
+            counts.add(target, record)
+    return counts, skipped
 
 
 def _copy_image(build_dir: Path, region: dict, dest: Path) -> str | None:
@@ -415,15 +416,14 @@ def _copy_image(build_dir: Path, region: dict, dest: Path) -> str | None:
 
 
 def _write_text_files(
-    tmp: Path, records_by_file: dict[str, list[dict]], counts: dict, created: str, options: ReleaseOptions,
-    quality: dict,
-) -> None:
-    for name, records in records_by_file.items():
-        (tmp / name).write_bytes(jsonl_bytes(records))
+    tmp: Path, counts: RecordCounts, created: str, options: ReleaseOptions, quality: dict
+) -> dict[str, Any]:
+    """The schemas, card and manifest, once the records are written; returns the manifest's counts."""
+    configs = manifest_configs(counts.by_file)
+    images = sum(1 for entry in os.scandir(tmp / RELEASE_IMAGES) if entry.is_file())
     (tmp / "schemas").mkdir()
     for schema in RELEASE_SCHEMAS:
         shutil.copyfile(resource_dir("schemas") / f"{schema}.schema.json", tmp / "schemas" / f"{schema}.schema.json")
-    licences = licences_of(r for recs in records_by_file.values() for r in recs)
     manifest: dict[str, Any] = {
         "format": RELEASE_FORMAT,
         "format_version": 1,
@@ -438,16 +438,17 @@ def _write_text_files(
             "include_unreviewed": options.include_unreviewed,
         },
         "bbox_convention": CONVENTIONS[options.bbox_convention],
-        "configs": manifest_configs(records_by_file),
-        "counts": counts,
+        "configs": configs,
+        "counts": counts.manifest(images, list(configs.values())),
         "quality": quality,
     }
-    (tmp / CARD_FILE).write_text(render_card(manifest, licences), encoding="utf-8")
+    (tmp / CARD_FILE).write_text(render_card(manifest, sorted(counts.licences)), encoding="utf-8")
     manifest["files"] = {
         rel: {"kind": _file_kind(rel), "bytes": (tmp / rel).stat().st_size, "sha256": sha256_file(tmp / rel)}
         for rel in sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     }
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return manifest["counts"]
 
 
 def _file_kind(rel: str) -> str:

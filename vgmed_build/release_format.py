@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -498,23 +497,14 @@ def sha256_file(path: Path) -> str:
 
 def count_records(records_by_file: Mapping[str, list[dict]]) -> dict[str, Any]:
     """The manifest's counts (every mapping sorted by key, so the JSON is stable)."""
-    records = [r for recs in records_by_file.values() for r in recs]
+    from vgmed_build.release_counts import RecordCounts
 
-    def tally(key) -> dict[str, int]:
-        return dict(sorted(Counter(key(r) for r in records).items()))
-
-    return {
-        "records": len(records),
-        "images": len({r["image"] for r in records}),
-        "by_file": {n: len(records_by_file.get(n, [])) for n in sorted(manifest_configs(records_by_file).values())},
-        "by_q_type": tally(lambda r: r["q_type"]),
-        "by_modality": tally(lambda r: r["modality"]),
-        "by_source": tally(lambda r: r["source"]["dataset"]),
-        "by_review_status": tally(lambda r: r["review"]["status"]),
-        "localization_answers": dict(sorted(Counter(r["answer"].lower() for r in records
-                                                    if r["q_type"] == "localization").items())),
-        "review": review_summary(records),
-    }
+    counts = RecordCounts()
+    for name, records in records_by_file.items():
+        for record in records:
+            counts.add(name, record)
+    images = len({r["image"] for recs in records_by_file.values() for r in recs})
+    return counts.manifest(images, list(manifest_configs(records_by_file).values()))
 
 
 # Counts added after format version 1 was published: a manifest without them is still valid.
@@ -525,14 +515,12 @@ def review_summary(records: list[dict]) -> dict[str, Any]:
     """How much review stands behind the records: how many had a reviewer, how many reviewers each
     (key: the number, as a string), and the mean agreement with the verdict over the reviewed ones
     (None when none was reviewed). The dataset card states these numbers instead of a claim."""
-    reviewers = [int(r["review"]["n_reviewers"]) for r in records]
-    reviewed = [r for r, n in zip(records, reviewers, strict=True) if n > 0]
-    agreement = sum(float(r["review"]["agreement"]) for r in reviewed) / len(reviewed) if reviewed else None
-    return {
-        "reviewed": len(reviewed),
-        "by_reviewers": {str(k): v for k, v in sorted(Counter(reviewers).items())},
-        "mean_agreement": None if agreement is None else round(agreement, 4),
-    }
+    from vgmed_build.release_counts import RecordCounts
+
+    counts = RecordCounts()
+    for record in records:
+        counts.add("", record)
+    return counts.review()
 
 
 def preview_note(root: Path) -> str | None:

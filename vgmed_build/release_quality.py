@@ -14,11 +14,10 @@ import math
 from collections.abc import Mapping
 
 from vgmed_build.catalog import Catalog
+from vgmed_build.release_counts import QUALITY_GROUPS, GroupTally, RecordCounts
 from vgmed_build.review import agreement
 from vgmed_build.review.calibration import calibrate, clinician_flags
 from vgmed_build.review.decision import Decision
-
-GROUPS = ("q_type", "modality")
 
 
 def _num(x: float | None) -> float | None:
@@ -31,19 +30,17 @@ def _judge(flagged: Mapping[str, bool], truth: Mapping[str, bool]) -> dict:
             "kappa": _num(c["kappa"]), "ci95": {k: [_num(v) for v in c["ci95"][k]] for k in c["ci95"]}}
 
 
-def _group(records: list[dict], drafts: list[dict], decisions: Mapping[str, Decision],
+def _group(tally: GroupTally, drafts: list[dict], decisions: Mapping[str, Decision],
            judge_flags: Mapping[str, bool]) -> dict:
-    reviewed = [r for r in records if r["review"]["n_reviewers"] > 0]
     ids = {d["id"] for d in drafts}
     votes = {k: {r: ("reject" if v == "reject" else "accept") for r, v in d.verdicts.items()}
              for k, d in decisions.items() if k in ids and d.verdicts}
     truth = clinician_flags({k: d for k, d in decisions.items() if k in ids})
     judge = _judge({k: v for k, v in judge_flags.items() if k in ids}, truth)
     return {
-        "records": len(records),
-        "reviewed": len(reviewed),
-        "reviewers_per_item": _num(sum(r["review"]["n_reviewers"] for r in reviewed) / len(reviewed))
-        if reviewed else None,
+        "records": tally.records,
+        "reviewed": tally.reviewed,
+        "reviewers_per_item": _num(tally.reviewers / tally.reviewed) if tally.reviewed else None,
         "kappa": _num(agreement.summarize(votes)["fleiss"]),
         "judge_drafts": judge["drafts"],
         "judge_precision": judge["precision"],
@@ -51,7 +48,7 @@ def _group(records: list[dict], drafts: list[dict], decisions: Mapping[str, Deci
     }
 
 
-def release_quality(catalog: Catalog, decisions: Mapping[str, Decision], records: list[dict],
+def release_quality(catalog: Catalog, decisions: Mapping[str, Decision], counts: RecordCounts,
                     sampled: dict | None) -> dict:
     """The manifest's ``quality`` block (see module doc); ``sampled``: the audit estimate of a sampled release."""
     from vgmed_build.judge.verdicts import current_verdicts, flags
@@ -59,14 +56,14 @@ def release_quality(catalog: Catalog, decisions: Mapping[str, Decision], records
     drafts = [d for _, d in catalog.draft_records(only=decisions)]
     judge_flags = {k: flags(v) for k, v in current_verdicts(drafts, catalog.judge_verdict_records()).items()}
     out: dict = {}
-    for key in GROUPS:
+    for key in QUALITY_GROUPS:
         out[f"by_{key}"] = {
-            value: _group([r for r in records if r[key] == value], [d for d in drafts if d.get(key) == value],
-                          decisions, judge_flags)
-            for value in sorted({r[key] for r in records})
+            value: _group(counts.groups[key, value], [d for d in drafts if d.get(key) == value], decisions,
+                          judge_flags)
+            for value in sorted(v for k, v in counts.groups if k == key)
         }
     out["judge"] = _judge(judge_flags, clinician_flags(decisions)) if judge_flags else None
-    out["unreviewed"] = sum(r["review"]["n_reviewers"] == 0 for r in records)
+    out["unreviewed"] = counts.by_reviewers.get(0, 0)
     out["sampled"] = None if sampled is None else {
         "target": sampled["target"], "audited": sampled["audited"], "errors": sampled["errors"],
         "error_rate": _num(sampled["error_rate"]), "ci95": [_num(x) for x in sampled["ci95"]],

@@ -48,6 +48,7 @@ from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
 from vgmed_eval.geometry import BoxOutsideError, GeometryError, GridGeometry, published_geometry
 from vgmed_eval.ground_truth import Target, Truths, question_truths
+from vgmed_eval.leakage import excluded_release_images
 from vgmed_eval.metrics import chance_scores, grounding_metrics, normalise, scores
 from vgmed_eval.prompts import GENERAL_PROMPT, short_answer
 from vgmed_eval.protocol import VGMED, Protocol, add_protocol_args, resolve
@@ -307,7 +308,8 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
                      save_maps: bool, limit: int | None, q_types: tuple[str, ...], n_boot: int,
                      progress: bool = True, control: bool = False, images: Path | None = None,
                      reading: BoxReading = DEFAULT_READING, world: World = distributed.SINGLE,
-                     protocol: Protocol = VGMED, chance: ChanceDraws = ChanceDraws()) -> dict | None:
+                     protocol: Protocol = VGMED, chance: ChanceDraws = ChanceDraws(),
+                     exclude: frozenset[str] = frozenset()) -> dict | None:
     """Run one release end to end and write every output; returns the summary.
 
     ``control``: read the natural-image control files (``COCO_*.jsonl``) first, so a release that
@@ -317,11 +319,16 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
     files one process writes; the other ranks return None.
     ``images`` / ``reading``: where published pictures live and how published boxes are read.
     ``chance``: the equal-area random regions of the chance level.
+    ``exclude``: absolute paths of images whose questions are left out (``--exclude``, :mod:`vgmed_eval.leakage`).
     """
     preview = preview_note(release)
     if preview and world.main:
         log.warning("%s (summary.json records release_preview: true)", preview)
     questions, read_errors = read_release(release, q_types, images=images, reading=reading, control=control)
+    kept = [q for q in questions if str(q.image.resolve()) not in exclude]
+    excluded, questions = len(questions) - len(kept), kept
+    if excluded and world.main:
+        log.info("%s: %d questions left out (their images are on the --exclude list)", release, excluded)
     if limit is not None:
         questions = questions[:limit]
     out.mkdir(parents=True, exist_ok=True)
@@ -349,7 +356,7 @@ def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], ba
     _write_errors(out / "errors.jsonl", errors)
     summary = {
         "model": adapter.name, "family": adapter.family, "release": str(release),
-        "release_preview": preview is not None,
+        "release_preview": preview is not None, "excluded_questions": excluded,
         "layers": layers, "n_llm_layers": adapter.n_layers, "n_heads": adapter.n_heads, "rows": rows,
         "prompt": short_answer("{question}"), "general_prompt": GENERAL_PROMPT,
         "protocol": protocol.as_dict(), "processes": world.size, "seconds": round(elapsed, 3),
@@ -473,6 +480,9 @@ def register(subparsers) -> None:
     p.add_argument("--chance-seed", type=int, default=ChanceDraws.seed,
                    help="seed of the random places (with each question's id); default %(default)s")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--exclude", type=Path, metavar="FILE",
+                   help="leave out the questions on the release images of this exclusion list (`vgmed-eval leakage "
+                        "--write-exclusions`: images also in a VQA benchmark); summary.json counts them")
     add_chat_template_arg(p)
     placement.add_arguments(p)
     p.set_defaults(func=cmd_grounding)
@@ -510,6 +520,10 @@ def cmd_grounding(args) -> int:
     except distributed.WorldError as exc:
         return commands.fail(str(exc))
     protocol = resolve(args)
+    try:
+        exclude = excluded_release_images(args.exclude) if args.exclude else frozenset()
+    except ValueError as exc:
+        return commands.fail(str(exc))
     # torch, transformers and the checkpoint take a while (~30 s for a 7B model): say what is happening
     log.info("loading %s (%s, %s) ...", args.model, world.device(args.device), args.dtype)
     from vgmed_eval.adapters import adapter_from_args
@@ -525,7 +539,7 @@ def cmd_grounding(args) -> int:
     common = dict(layers=layers, batch_size=args.batch_size, rows=args.rows, save_maps=args.save_maps,
                   limit=args.limit, q_types=q_types, n_boot=args.bootstrap, progress=not args.no_progress,
                   images=args.images, reading=BoxReading(format=args.bbox_format, xyxy_maxima=protocol.xyxy_maxima),
-                  protocol=protocol, chance=ChanceDraws(args.chance_draws, args.chance_seed))
+                  protocol=protocol, chance=ChanceDraws(args.chance_draws, args.chance_seed), exclude=exclude)
     targets = [(args.release, args.out, False)]
     if args.control_release is not None:
         targets.append((args.control_release, args.out / "control", True))

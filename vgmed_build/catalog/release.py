@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 from vgmed_build.catalog.base import CatalogBase
 
 
 class ReleaseQueries(CatalogBase):
     # --- release ------------------------------------------------------------------------------
-    def ok_drafts(self) -> list[dict]:
-        """Drafts that passed the automatic checks, in id order."""
-        rows = self.conn.execute("SELECT record_json FROM drafts WHERE status='ok' ORDER BY id")
-        return [json.loads(rec) for (rec,) in rows]
+    def ok_drafts(self, batch: int = 500) -> Iterator[tuple[dict, dict | None]]:
+        """(draft, its region's record or None) of every draft that passed the automatic checks, in id
+        order, read ``batch`` at a time (a release of millions of records never holds them all)."""
+        after = ""
+        while True:
+            rows = self.conn.execute(
+                "SELECT d.id, d.record_json, r.record_json FROM drafts d LEFT JOIN regions r ON r.id = d.region_id "
+                "WHERE d.status='ok' AND d.id > ? ORDER BY d.id LIMIT ?",
+                (after, batch),
+            ).fetchall()
+            for _, draft, region in rows:
+                yield json.loads(draft), None if region is None else json.loads(region)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]

@@ -71,6 +71,9 @@ def register(subparsers) -> None:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for --compare")
     add_protocol_args(p, ("percentile", "vgrefine_mode", "mc_max_new_tokens", "min_new_tokens", "scorer", "population",
                           "min_pixels", "max_pixels", "qwen_resize"))
+    p.add_argument("--exclude", type=Path, metavar="FILE",
+                   help="leave out the questions on this benchmark's images listed in an exclusion list (`vgmed-eval "
+                        "leakage --write-exclusions`: images also in the release); results.json counts them")
     add_chat_template_arg(p)
     placement.add_arguments(p)
     p.set_defaults(func=cmd_vqa)
@@ -106,6 +109,18 @@ def vgrefine_config(heads: str | Path | dict, model: str, protocol: Protocol, *,
     return VGRefineConfig(heads=chosen, knockout_layers=tuple(knockout_layers or [layer]),
                           percentile=protocol.percentile, threshold=threshold,
                           minmax_cutoff=minmax_cutoff, rows=rows, mode=protocol.vgrefine_mode)
+
+
+def exclude_items(loaded, path: Path, benchmark: str) -> int:
+    """Drop the questions whose image an exclusion list names for ``benchmark``; returns how many went."""
+    from vgmed_eval.leakage import excluded_benchmark_images
+
+    images = excluded_benchmark_images(path, benchmark)
+    kept = [it for it in loaded.items if it.image.key not in images]
+    dropped, loaded.items = len(loaded.items) - len(kept), kept
+    if dropped:
+        loaded.notes.append(f"{dropped} questions left out: their images are on the exclusion list {path}")
+    return dropped
 
 
 def _max_new_tokens(args, protocol: Protocol, items: list[VQAItem]) -> int:
@@ -187,6 +202,7 @@ def cmd_vqa(args) -> int:
     try:
         world = World.from_env()
         loaded = get_benchmark(args.benchmark).load(args.data, args.images)
+        excluded = exclude_items(loaded, args.exclude, args.benchmark) if args.exclude else 0
         protocol = resolve(args)
         config = _config(args, protocol) if args.vgrefine else None
     except (BenchmarkError, ValueError) as exc:
@@ -249,12 +265,12 @@ def cmd_vqa(args) -> int:
         if world.main:
             errors, answered = _merge_parts(args.out, world, items, systems, files, done)
             _write_results(args, population, systems, done, loaded, [m for _, m in errors], config,
-                           time.perf_counter() - started, answered, world.size, adapter)
+                           time.perf_counter() - started, answered, world.size, adapter, excluded)
         distributed.barrier(world)  # rank 0 has merged: whatever runs next on any rank can read the files
         distributed.finish(world)
         return _outcome(items, systems, done, args) if world.main else commands.EXIT_OK
     _write_results(args, population, systems, done, loaded, [m for _, m in errors], config, elapsed, answered, 1,
-                   adapter)
+                   adapter, excluded)
     return _outcome(items, systems, done, args)
 
 
@@ -370,7 +386,7 @@ def _merge_parts(out: Path, world: World, items: list[VQAItem], systems: list[st
 
 
 def _write_results(args, population: Population, systems, done, loaded, errors, config, elapsed, answered,
-                   processes, adapter=None) -> None:
+                   processes, adapter=None, excluded: int = 0) -> None:
     items, protocol = population.items, resolve(args)
     ids = [it.id for it in items]
     rows = {s: [done[s][i] for i in ids if i in done[s]] for s in systems}
@@ -392,6 +408,7 @@ def _write_results(args, population: Population, systems, done, loaded, errors, 
                      "min_new_tokens": protocol.min_new_tokens, "batch_size": args.batch_size},
         "load_errors": loaded.errors,
         "load_notes": loaded.notes,
+        "excluded": {"file": str(args.exclude), "questions": excluded} if args.exclude else None,
         "errors": errors,
         "timing": {"answered": answered, "processes": processes, "seconds": round(elapsed, 3),
                    "questions_per_s": round(answered / elapsed, 3) if elapsed > 0 and answered else None},

@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from vgmed_build.drafting.generate import GenerateStats
     from vgmed_build.drafting.plan import GenerateOptions
     from vgmed_build.ingest.run import IngestReport
-    from vgmed_build.release import ReleaseReport
+    from vgmed_build.release import release_build as release
     from vgmed_build.sources import SourceSpec
-    from vgmed_build.validate import ValidationReport
+    from vgmed_build.validate import validate_dir as validate
 
 log = logging.getLogger(__name__)
 
@@ -143,60 +143,21 @@ def generate(build: str | Path, *, options: GenerateOptions | None = None, wait:
         return run_generate(catalog, options)
 
 
-# ---------------------------------------------------------------- release
+# ---------------------------------------------------------------- release and validate
+
+# ``release`` and ``validate`` are the commands' own functions, imported when first used (their modules
+# import the release stack, and they import this module's siblings): ``api.release`` is
+# :func:`vgmed_build.release.release_build`, ``api.validate`` is :func:`vgmed_build.validate.validate_dir`.
+_LAZY = {"release": ("vgmed_build.release", "release_build"), "validate": ("vgmed_build.validate", "validate_dir")}
 
 
-def release(
-    build: str | Path,
-    *,
-    out: str | Path | None = None,
-    name: str = "VGMED",
-    version: str = "0.1.0",
-    created: str | None = None,
-    policy: str = "majority",
-    adjudicator: str | None = None,
-    include_unreviewed: bool = False,
-    bbox_convention: str = "exclusive",
-    forbid_file: str | Path | None = None,
-    wait: bool = False,
-    target_error_rate: float | None = None,
-) -> ReleaseReport:
-    """Write the release of ``build`` to ``out`` (default ``build/release``) as ``vgmed-build release`` does.
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
 
-    Only drafts accepted under ``policy`` go in (``include_unreviewed``: a preview that also holds the
-    drafts review has not decided; ``policy="sampled"``: also the judge-passed unreviewed drafts, when the
-    triage audit supports ``target_error_rate``, see docs/review.md). Built next to ``out``, validated,
-    then swapped in: on any error an existing release is unchanged. ``report.skipped`` names the accepted
-    drafts left out because of an error. Raises ReleaseError (nothing to release, failed validation, cannot write),
-    CatalogError, ForbidFileError, ValueError (bad policy), LockBusy (another release to ``out``).
-    """
-    from vgmed_build.release import release_build
-
-    return release_build(
-        build, out=out, name=name, version=version, created=created, policy=policy, adjudicator=adjudicator,
-        include_unreviewed=include_unreviewed, bbox_convention=bbox_convention, forbid_file=forbid_file, wait=wait,
-        target_error_rate=target_error_rate,
-    )
-
-
-# ---------------------------------------------------------------- validate and read
-
-
-def validate(
-    release_dir: str | Path,
-    *,
-    forbid_file: str | Path | None = None,
-    published: bool = False,
-    images: str | Path | None = None,
-    bbox_format: str | None = None,
-) -> ValidationReport:
-    """Check a release as ``vgmed-build validate`` does; ``report.problems`` lists every problem found
-    (empty: valid). ``published``: a published VGMED download (no manifest; ``images`` / ``bbox_format``
-    say where its pictures are and how its boxes read). Raises ForbidFileError, NotADirectoryError."""
-    from vgmed_build.validate import validate_dir
-
-    return validate_dir(release_dir, forbid_file=forbid_file, published=published, images=images,
-                        bbox_format=bbox_format)
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_release(release_dir: str | Path, *, verify: bool = True) -> dict[str, list[dict]]:

@@ -261,9 +261,16 @@ def release_build(
     wait: bool = False,
     target_error_rate: float | None = None,
 ) -> ReleaseReport:
-    """`vgmed-build release` (and :func:`vgmed_build.api.release`): decide every reviewed draft under
-    ``policy``, then :func:`build_release` into ``out`` (default ``build/release``). A failed write is a
-    ReleaseError naming the file (an existing release is unchanged)."""
+    """Write the release of ``build`` to ``out`` (default ``build/release``): `vgmed-build release`, and
+    ``vgmed_build.api.release`` for scripts.
+
+    Only drafts accepted under ``policy`` go in (``include_unreviewed``: a preview that also holds the
+    drafts review has not decided; ``policy="sampled"``: also the judge-passed unreviewed drafts, when the
+    triage audit supports ``target_error_rate``, see docs/review.md). Built next to ``out``, validated,
+    then swapped in: on any error an existing release is unchanged. ``report.skipped`` names the accepted
+    drafts left out because of an error. Raises ReleaseError (nothing to release, failed validation, a
+    failed write naming the file), CatalogError, ForbidFileError, ValueError (bad policy), LockBusy
+    (another release to ``out``)."""
     forbid = tuple(load_forbid_file(forbid_file)) if forbid_file else ()
     options = ReleaseOptions(
         name=name, version=version, created=created, policy=policy, adjudicator=adjudicator,

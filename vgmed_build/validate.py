@@ -225,8 +225,10 @@ def validate_dir(
     images: str | Path | None = None,
     bbox_format: str | None = None,
 ) -> ValidationReport:
-    """`vgmed-build validate` (and :func:`vgmed_build.api.validate`) on ``release_dir``, which must be a
-    folder (NotADirectoryError names it); ``published``: the published layout (``images``, ``bbox_format``)."""
+    """Check a release as `vgmed-build validate` does (``vgmed_build.api.validate`` for scripts);
+    ``report.problems`` lists every problem found (empty: valid). ``published``: a published VGMED
+    download (no manifest; ``images`` / ``bbox_format`` say where its pictures are and how its boxes
+    read). Raises ForbidFileError, NotADirectoryError (``release_dir`` is not a folder)."""
     forbid = load_forbid_file(forbid_file) if forbid_file else []
     root = Path(release_dir)
     if not root.is_dir():

@@ -20,10 +20,12 @@ def load(name: str, folder: str):
 
 def test_registry_lists_every_benchmark():
     assert {"vqa-rad", "slake", "pathvqa", "pmc-vqa", "omnimedvqa", "mmmu-med", "vgmed-attribute"} <= set(
-        BENCHMARKS
+        BENCHMARKS.names()
     )
     with pytest.raises(BenchmarkError, match="unknown benchmark 'nope'.*slake"):
         get_benchmark("nope")
+    with pytest.raises(BenchmarkError, match=r"unknown benchmark 'vqarad' \(did you mean 'vqa-rad'\?\); known: "):
+        get_benchmark("vqarad")
 
 
 def test_vqa_rad_test_split_and_kinds():

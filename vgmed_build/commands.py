@@ -1,7 +1,7 @@
 """The shape both command lines share: subcommands contributed by modules, handlers returning exit codes.
 
 Each program lists its commands in a table (name, module, one-line summary); the module exposes
-``register(subparsers)`` and sets ``func`` on its parsers, so adding a command touches its own module
+``add_commands(subparsers)`` and sets ``func`` on its parsers, so adding a command touches its own module
 and one table entry, and only the module of the command being run is imported. Every command reports
 a failure the same way (``error: ...`` on stderr, see :func:`fail`) and exits with one of the codes
 below (docs/cli.md).
@@ -126,7 +126,7 @@ def add_build_arg(p: argparse.ArgumentParser, help: str = "build directory (hold
 
 @dataclass(frozen=True)
 class Command:
-    """A top-level command: its name, the module whose ``register(subparsers)`` adds it, its summary
+    """A top-level command: its name, the module whose ``add_commands(subparsers)`` adds it, its summary
     (shown by the program's ``--help`` without importing the module)."""
 
     name: str
@@ -146,7 +146,7 @@ def build_parser(
         dest="command", metavar="COMMAND", required=True, summaries={c.name: c.summary for c in commands}
     )
     for name in modules if modules is not None else dict.fromkeys(c.module for c in commands):
-        importlib.import_module(name).register(sub)
+        importlib.import_module(name).add_commands(sub)
     for command in commands:
         if command.name not in sub.choices:
             sub.add_parser(command.name)  # listed in --help; never run (its module was not asked for)

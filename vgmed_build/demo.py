@@ -25,7 +25,7 @@ SAMPLE_SOURCES = Path(__file__).parent / "sample" / "sources.toml"
 PREVIEW = "release-preview"  # the preview release's folder in the build directory
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         description="Run ingest -> generate -> Label Studio push -> preview release -> validate -> "

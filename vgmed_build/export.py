@@ -599,7 +599,7 @@ def export_vqa_json(release_dir: str | Path, out_file: str | Path, **options) ->
 # ---------------------------------------------------------------- command line
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         description="Export a release made by `vgmed-build release`. "

@@ -488,7 +488,7 @@ def _swap_into_place(tmp: Path, out_dir: Path, lock: Held) -> None:
 # ---------------------------------------------------------------- command line
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "release",
         description="Write a VGMED release from the build catalog: only drafts accepted under the review "

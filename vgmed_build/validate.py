@@ -544,7 +544,7 @@ def _check_card(report: ValidationReport, manifest: dict) -> None:
 # ---------------------------------------------------------------- command line
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "validate",
         description="Validate a release directory: record schemas, images present and readable, boxes inside "

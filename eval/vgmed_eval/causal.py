@@ -284,7 +284,7 @@ def _kind(gold: str) -> str:
     return "closed" if normalise_answer(gold) in ("yes", "no") else "open"
 
 
-def register(subparsers) -> None:
+def add_commands(subparsers) -> None:
     p = subparsers.add_parser("causal", description=__doc__)
     p.add_argument("--release", required=True, type=Path,
                    help="release directory (or Hugging Face Hub dataset id org/name) with the questions and images")

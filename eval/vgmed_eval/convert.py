@@ -495,7 +495,7 @@ def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_temp
     return p
 
 
-def register(subparsers) -> None:
+def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "convert",
         description=__doc__,

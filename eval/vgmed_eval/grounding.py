@@ -429,7 +429,7 @@ def _merge_parts(out: Path, world: World, questions: list[Question]):
     return per_layer, per_head, errors, gt_tokens
 
 
-def register(subparsers) -> None:
+def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "grounding",
         description=__doc__,

@@ -75,7 +75,7 @@ def heads_of(results: Path, *, top_k: int = 20, metric: str = "attention_ratio",
             "results": str(results), "protocol": summary.get("protocol") or {"name": measured}}
 
 
-def register(subparsers) -> None:
+def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "heads",
         description=__doc__,

@@ -372,7 +372,7 @@ def build_report(results: Path, out: Path, control: Path | None, samples: int, l
     return written + [out / "index.md"]
 
 
-def register(subparsers) -> None:
+def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "report",
         description=__doc__,

@@ -109,7 +109,7 @@ def parse_benchmark(spec: str) -> tuple[str, Path]:
         raise argparse.ArgumentTypeError(f"{spec!r}: expected NAME=DATA, e.g. vqa-rad=/data/VQA_RAD")
     if name not in BENCHMARKS:
         raise argparse.ArgumentTypeError(f"{spec!r}: unknown benchmark {name!r}; choose from "
-                                         f"{', '.join(sorted(BENCHMARKS))}")
+                                         f"{', '.join(BENCHMARKS.names())}")
     return name, Path(data)
 
 
@@ -146,7 +146,7 @@ def plan_steps(o: Options) -> list[Step]:
     _, refine = vgrefine_heads(o)
     for name, data in o.benchmarks.items():
         out = o.out / "vqa" / name
-        images = ["--images", str(o.images)] if o.images and BENCHMARKS[name].takes_images else []
+        images = ["--images", str(o.images)] if o.images and BENCHMARKS.get(name).takes_images else []
         steps.append(Step(f"vqa {name}", ["vqa", "--benchmark", name, "--data", str(data), *images, "--out",
                                           str(out), "--max-new-tokens", str(o.max_new_tokens), "--bootstrap",
                                           str(o.bootstrap), *_common(o), "--vgrefine", refine, "--compare"],
@@ -360,7 +360,7 @@ def reproduce(o: Options) -> dict:
     return report
 
 
-def register(subparsers) -> None:
+def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "reproduce",
         description=__doc__,
@@ -370,7 +370,7 @@ def register(subparsers) -> None:
     p.add_argument("--vgmed", required=True, type=Path, metavar="DIR", help="the VGMED release directory")
     p.add_argument("--out", required=True, type=Path, help="output directory (created; a rerun resumes)")
     p.add_argument("--benchmark", action="append", type=parse_benchmark, default=[], metavar="NAME=DATA",
-                   help=f"a VQA benchmark and its local copy, repeatable; names: {', '.join(sorted(BENCHMARKS))}")
+                   help=f"a VQA benchmark and its local copy, repeatable; names: {', '.join(BENCHMARKS.names())}")
     p.add_argument("--control-release", type=Path, metavar="DIR",
                    help="a natural-image control release for the grounding step (default: --vgmed itself when it "
                         "holds COCO_*.jsonl, as the published release does)")

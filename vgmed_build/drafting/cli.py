@@ -20,7 +20,7 @@ from vgmed_build.lock import LockBusy, add_wait_arg
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate",
         description="Draft the questions clinicians will review, for every region of the build catalog. "

@@ -17,7 +17,7 @@ from vgmed_build.lock import LockBusy, add_wait_arg
 from vgmed_build.resources import schema_problems
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "ingest",
         description="Read segmentation sources (NIfTI / MHA / NRRD / 3D Slicer, MSD / nnU-Net, "

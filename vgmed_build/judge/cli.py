@@ -16,7 +16,7 @@ from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "judge",
         description="Ask a multimodal LLM (any OpenAI-compatible server; API key from OPENAI_API_KEY only) "

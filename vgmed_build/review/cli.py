@@ -26,7 +26,7 @@ from vgmed_build.review.status import adjudication_notes, json_safe, status_line
 from vgmed_build.review.triage import select_for_review
 
 
-def register(subparsers) -> None:
+def add_commands(subparsers) -> None:
     _register_labelstudio(subparsers)
     _register_review(subparsers)
 

@@ -158,7 +158,8 @@ STRING, BOOLEAN, INTEGER, NUMBER, STRINGS, INTEGERS = OPTION_TYPES
 class SourceAdapter(Protocol):
     """The contract of a source kind, declared once: its name, its own options and their types (the
     sources file is checked against them: see ``config.normalise_options``), and how to list items.
-    Register an instance with :func:`register`; ``sources.get_adapter(kind)`` finds it."""
+    Register an instance with ``sources.SOURCE_KINDS.register(kind, adapter)``; ``sources.get_adapter(kind)``
+    finds it."""
 
     kind: str
     option_types: dict[str, str]  # the kind's own option names -> a key of OPTION_TYPES
@@ -166,12 +167,3 @@ class SourceAdapter(Protocol):
     def items(self, spec: SourceSpec) -> Iterator[SourceItem | SourceError]:
         """List the items of a source; unusable entries come back as SourceError values."""
         ...
-
-
-SOURCE_ADAPTERS: dict[str, SourceAdapter] = {}
-
-
-def register(adapter: SourceAdapter) -> SourceAdapter:
-    """Register a source adapter under its ``kind`` (used by ``--source KIND:PATH``)."""
-    SOURCE_ADAPTERS[adapter.kind] = adapter
-    return adapter

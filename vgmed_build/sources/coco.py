@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vgmed_build import modality as modalities
+from vgmed_build.sources import SOURCE_KINDS
 from vgmed_build.sources.base import (
     STRING,
     STRINGS,
@@ -32,7 +33,6 @@ from vgmed_build.sources.base import (
     SourceError,
     SourceItem,
     SourceSpec,
-    register,
 )
 from vgmed_build.sources.files import read_image, rel
 
@@ -213,4 +213,4 @@ class CocoAdapter:
             )
 
 
-register(CocoAdapter())
+SOURCE_KINDS.register("coco", CocoAdapter())

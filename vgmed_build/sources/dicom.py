@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from vgmed_build import modality as modalities
 from vgmed_build.imaging import to_uint8
-from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, Volume, register
+from vgmed_build.sources import SOURCE_KINDS
+from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, Volume
 from vgmed_build.sources.files import rel
 from vgmed_build.sources.masks import (
     IMAGE_EXTS,
@@ -545,4 +546,4 @@ def _display_grey(ds: pydicom.Dataset, values: np.ndarray) -> np.ndarray:
     return image
 
 
-register(DicomAdapter())
+SOURCE_KINDS.register("dicom", DicomAdapter())

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+from vgmed_build.sources import SOURCE_KINDS
 from vgmed_build.sources.base import (
     STRING,
     Image2D,
     SourceError,
     SourceItem,
     SourceSpec,
-    register,
 )
 from vgmed_build.sources.files import read_image, rel
 from vgmed_build.sources.masks import (
@@ -88,4 +88,4 @@ def _load_image_item(
     return Image2D(pixels=pixels, modality=modality, **labels)
 
 
-register(Images2DAdapter())
+SOURCE_KINDS.register("images2d", Images2DAdapter())

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from vgmed_build import modality as modalities
-from vgmed_build.sources.base import STRING, Image2D, SourceError, SourceItem, SourceSpec, Volume, register
+from vgmed_build.sources import SOURCE_KINDS
+from vgmed_build.sources.base import STRING, Image2D, SourceError, SourceItem, SourceSpec, Volume
 from vgmed_build.sources.files import read_image, read_mask, rel
 from vgmed_build.sources.volumes import (
     SLICER_SEG,
@@ -391,6 +392,6 @@ class MsdAdapter:
         yield from _paired_folders(root, images, labels, pairs, dataset.exts)
 
 
-register(NiftiAdapter())
-register(MsdAdapter("msd"))
-register(MsdAdapter("nnunet"))
+SOURCE_KINDS.register("nifti", NiftiAdapter())
+SOURCE_KINDS.register("msd", MsdAdapter("msd"))
+SOURCE_KINDS.register("nnunet", MsdAdapter("nnunet"))

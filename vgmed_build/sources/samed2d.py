@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from vgmed_build import modality as modalities
-from vgmed_build.sources.base import BOOLEAN, STRINGS, Image2D, SourceError, SourceItem, SourceSpec, register
+from vgmed_build.sources import SOURCE_KINDS
+from vgmed_build.sources.base import BOOLEAN, STRINGS, Image2D, SourceError, SourceItem, SourceSpec
 from vgmed_build.sources.files import binary_mask, read_image, read_json, read_mask, rel
 
 INDEX_FILE = "SAMed2D_v1.json"
@@ -198,4 +199,4 @@ def _load(
     return Image2D(pixels=pixels, modality=modality, masks=dict(merged))
 
 
-register(SAMed2DAdapter())
+SOURCE_KINDS.register("samed2d", SAMed2DAdapter())

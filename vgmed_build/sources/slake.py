@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vgmed_build.sources.base import NUMBER, STRING, STRINGS, Image2D, SourceError, SourceItem, SourceSpec, register
+from vgmed_build.sources import SOURCE_KINDS
+from vgmed_build.sources.base import NUMBER, STRING, STRINGS, Image2D, SourceError, SourceItem, SourceSpec
 from vgmed_build.sources.files import read_image, read_json, rel
 
 # Split -> file names (the Hugging Face copy renamed validate.json to validation.json).
@@ -263,4 +264,4 @@ def _load(spec: SourceSpec, root: Path, folder: Path, modality: str, unmatched: 
     return Image2D(pixels=pixels, modality=modality, masks=masks)
 
 
-register(SlakeAdapter())
+SOURCE_KINDS.register("slake", SlakeAdapter())

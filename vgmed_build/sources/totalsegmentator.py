@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from vgmed_build import modality as modalities
-from vgmed_build.sources.base import STRING, STRINGS, SourceError, SourceItem, SourceSpec, Volume, register
+from vgmed_build.sources import SOURCE_KINDS
+from vgmed_build.sources.base import STRING, STRINGS, SourceError, SourceItem, SourceSpec, Volume
 from vgmed_build.sources.files import rel
 from vgmed_build.sources.nifti import checked_label_map
 from vgmed_build.sources.volumes import (
@@ -278,4 +279,4 @@ def _segmentations_name(case: Path, image: Path) -> str:
     return DEFAULT_SEGMENTATIONS
 
 
-register(TotalSegmentatorAdapter())
+SOURCE_KINDS.register("totalsegmentator", TotalSegmentatorAdapter())

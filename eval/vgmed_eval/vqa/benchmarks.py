@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from vgmed_build.registry import Registry
 from vgmed_build.release_format import (
     expected_names,
     path_inside,
@@ -119,23 +120,21 @@ def unique_ids(loaded: Loaded) -> Loaded:
     return loaded
 
 
-BENCHMARKS: dict[str, Benchmark] = {}
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark", BenchmarkError)
 
 
 def benchmark(name: str, layout: str, takes_images: bool = False) -> Callable[[Callable[..., Loaded]],
                                                                               Callable[..., Loaded]]:
-    def register(fn: Callable[..., Loaded]) -> Callable[..., Loaded]:
-        BENCHMARKS[name] = Benchmark(name, layout, fn, takes_images)
+    """Register the decorated loader as the benchmark ``name`` (the loader itself is returned unchanged)."""
+    def add(fn: Callable[..., Loaded]) -> Callable[..., Loaded]:
+        BENCHMARKS.register(name, Benchmark(name, layout, fn, takes_images))
         return fn
 
-    return register
+    return add
 
 
-def get_benchmark(name: str) -> Benchmark:
-    try:
-        return BENCHMARKS[name]
-    except KeyError:
-        raise BenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}") from None
+# The benchmark of a name; BenchmarkError names the closest and the known ones.
+get_benchmark = BENCHMARKS.get
 
 
 # ----------------------------------------------------------------------------------------- readers

@@ -33,12 +33,12 @@ from vgmed_build import commands
 log = logging.getLogger(__name__)
 
 
-def register(subparsers) -> None:
+def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "vqa",
         description=__doc__,
     )
-    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS),
+    p.add_argument("--benchmark", required=True, choices=BENCHMARKS.names(),
                    help="which benchmark layout to read from --data (see docs/vqa.md)")
     p.add_argument("--data", required=True, type=Path, help="local copy of the benchmark, in its public layout")
     p.add_argument("--images", type=Path, metavar="DIR",

@@ -22,11 +22,12 @@ def drafted_build(tmp_path, n_images: int = 4):
     return build
 
 
-def plant_verdicts(build, verdicts: dict[str, str]) -> None:
-    """Store the judge's verdict per draft id, as `vgmed-build judge` does."""
+def plant_verdicts(build, verdicts: dict[str, str], judge: str = JUDGE) -> None:
+    """Store the judge's verdict per draft id, as `vgmed-build judge` does (``judge``: model@prompt-hash)."""
     with open_catalog(build) as cat:
         drafts = dict(cat.draft_records(only=verdicts))
-        records = [verdict_record(drafts[k], JUDGE, "test-model", {"verdict": v, "reason": "planted"}, {})
+        model = judge.split("@")[0]
+        records = [verdict_record(drafts[k], judge, model, {"verdict": v, "reason": "planted"}, {})
                    for k, v in verdicts.items()]
         with cat.transaction() as c:
             cat.add_judge_verdicts(c, records)

@@ -76,6 +76,38 @@ def test_review_status_judge_on_a_planted_build(tmp_path, capsys):
     assert "precision of flag 0.667 [" in text
 
 
+def test_review_status_measures_one_judge_the_latest_or_the_one_named(tmp_path, capsys):
+    build = drafted_build(tmp_path, n_images=3)
+    with open_catalog(build) as cat:
+        ids = sorted(cat.ok_draft_ids())[:20]
+    # Clinicians reject ids 0-7. Judge "old" (prompt a) flags everything; the same model with another prompt
+    # (b) flags none; then "new" flags exactly the rejected ones. Mixing them would give none of these tables.
+    plant_reviews(build, {k: ["reject"] if i < 8 else ["accept"] for i, k in enumerate(ids)})
+    plant_verdicts(build, {k: "ambiguous" for k in ids}, judge="old@aaaaaaaaaaaa")
+    plant_verdicts(build, {k: "ok" for k in ids}, judge="old@bbbbbbbbbbbb")
+    plant_verdicts(build, {k: "wrong_answer" if i < 8 else "ok" for i, k in enumerate(ids)}, judge="new@cccccccccccc")
+
+    def status(*more: str) -> dict:
+        assert main(["review", "status", "--build", str(build), "--json", *more]) == 0
+        return json.loads(capsys.readouterr().out)["checks"]["judge"]
+
+    latest = status("--judge")
+    assert latest["judge"] == "new@cccccccccccc" and latest["picked_by"] == "latest"
+    assert latest["judges_run"] == ["new@cccccccccccc", "old@aaaaaaaaaaaa", "old@bbbbbbbbbbbb"]
+    assert latest["confusion"] == {"tp": 8, "fp": 0, "fn": 0, "tn": 12}
+    # A model name picks that model's latest prompt; the full name picks exactly that judge (--judge implied).
+    assert status("--judge-model", "old")["confusion"] == {"tp": 0, "fp": 0, "fn": 8, "tn": 12}
+    exact = status("--judge-model", "old@aaaaaaaaaaaa")
+    assert exact["confusion"] == {"tp": 8, "fp": 12, "fn": 0, "tn": 0} and exact["picked_by"] == "--judge-model"
+
+    assert main(["review", "status", "--build", str(build), "--judge"]) == 0
+    assert ("judge measured: new@cccccccccccc (the judge that ran last); also run: old@aaaaaaaaaaaa, "
+            "old@bbbbbbbbbbbb (choose with --judge-model)") in capsys.readouterr().out
+    assert main(["review", "status", "--build", str(build), "--judge-model", "gpt-9"]) == 2
+    err = capsys.readouterr().err
+    assert "--judge-model gpt-9: no verdict of that judge is stored" in err and "old@bbbbbbbbbbbb" in err
+
+
 def test_clinician_flags_counts_edits_as_wrong():
     from vgmed_build.review.calibration import clinician_flags
 

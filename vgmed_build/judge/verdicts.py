@@ -80,6 +80,21 @@ def current_verdicts(drafts: Iterable[dict], records: Iterable[dict], judge: str
     return out
 
 
+def pick_judge(records: Iterable[dict], name: str | None = None) -> str | None:
+    """The judge whose verdicts to use: the one that judged last, or with ``name`` (a judge ``model@hash``
+    or a model name) the last of those it names; None when no verdict is stored. ``records`` come oldest
+    first. Raises ValueError naming the judges stored when ``name`` names none of them."""
+    judges: dict[str, str] = {}  # judge -> model, in the order of their latest verdict
+    for rec in records:
+        judges.pop(rec["judge"], None)
+        judges[rec["judge"]] = rec["model"]
+    named = [j for j, model in judges.items() if name is None or name in (j, model)]
+    if name is not None and not named:
+        raise ValueError(f"--judge-model {name}: no verdict of that judge is stored; the judges run on this build: "
+                         f"{', '.join(sorted(judges)) or 'none (run `vgmed-build judge`)'}")
+    return named[-1] if named else None
+
+
 def flags(verdict: dict) -> bool:
     """Whether a verdict sends its draft to a clinician."""
     return verdict["verdict"] != PASS

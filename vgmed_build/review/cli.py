@@ -214,6 +214,14 @@ def _register_review(subparsers) -> None:
         help="also measure the VLM judge (`vgmed-build judge`) and the rule lint against the clinicians' decisions: "
         "confusion matrix, precision and recall of a flag, Cohen's kappa, with bootstrap 95%% intervals",
     )
+    s.add_argument(
+        "--judge-model",
+        default=None,
+        metavar="NAME",
+        help="with --judge (implied): which judge to measure when several were run (another model or an edited "
+        "prompt): a judge as stored, MODEL@PROMPT-HASH, or a model name (its latest prompt); default: the judge "
+        "that ran last. The report names the judge measured and the others run",
+    )
     s.set_defaults(func=cmd_review_status)
 
 
@@ -343,7 +351,8 @@ def cmd_review_pull(args) -> int:
 def cmd_review_status(args) -> int:
     try:
         with open_catalog(args.build, create=False) as catalog:
-            s = summary(catalog, args.policy, args.adjudicator, args.limit, judge=args.judge)
+            s = summary(catalog, args.policy, args.adjudicator, args.limit, judge=args.judge or bool(args.judge_model),
+                        judge_model=args.judge_model)
     except (CatalogError, ValueError) as exc:
         return fail(str(exc))
     if args.json:

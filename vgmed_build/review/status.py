@@ -34,23 +34,32 @@ def adjudication_notes(catalog: Catalog, decisions: Mapping[str, Decision]) -> d
     return notes
 
 
-def checks_vs_clinicians(catalog: Catalog, decisions: Mapping[str, Decision]) -> dict:
-    """The judge's and the lint's flags measured against the clinicians' decisions (review.calibration)."""
-    from vgmed_build.judge.verdicts import current_verdicts, flags
+def checks_vs_clinicians(catalog: Catalog, decisions: Mapping[str, Decision], judge_model: str | None = None) -> dict:
+    """The judge's and the lint's flags measured against the clinicians' decisions (review.calibration).
+
+    One judge is measured, never a mix of several: ``judge_model`` (a judge ``model@hash`` or a model
+    name, see judge.verdicts.pick_judge), else the one that judged last; ``judge["judge"]`` names it and
+    ``judge["judges_run"]`` lists every judge with verdicts stored. ValueError for an unknown ``judge_model``."""
+    from vgmed_build.judge.verdicts import current_verdicts, flags, pick_judge
 
     truth = clinician_flags(decisions)
     drafts = [rec for _, rec in catalog.draft_records(only=truth)]
-    verdicts = current_verdicts(drafts, catalog.judge_verdict_records())
+    records = catalog.judge_verdict_records()
+    name = pick_judge(records, judge_model)
+    verdicts = current_verdicts(drafts, records, name) if name else {}
     return {
-        "judge": calibrate({k: flags(v) for k, v in verdicts.items()}, truth),
+        "judge": {**calibrate({k: flags(v) for k, v in verdicts.items()}, truth), "judge": name,
+                  "picked_by": "--judge-model" if judge_model else "latest",
+                  "judges_run": sorted({r["judge"] for r in records})},
         "lint": calibrate({d["id"]: d["status"] == "rejected" for d in drafts if d["status"] != "error"}, truth),
     }
 
 
 def summary(catalog: Catalog, policy: str = "majority", adjudicator: str | None = None, limit: int = 20,
-            judge: bool = False) -> dict:
+            judge: bool = False, judge_model: str | None = None) -> dict:
     """Progress, decisions and agreement of the build's review, from the catalog alone; with ``judge``,
-    also the judge and the lint against the clinicians (:func:`checks_vs_clinicians`)."""
+    also the judge (``judge_model``, default the latest) and the lint against the clinicians
+    (:func:`checks_vs_clinicians`)."""
     decisions = decide(catalog, policy, adjudicator)
     ok_ids = catalog.ok_draft_ids()
     pushed = catalog.review_tasks_per_project()
@@ -82,7 +91,7 @@ def summary(catalog: Catalog, policy: str = "majority", adjudicator: str | None 
         "last_pull": catalog.get_state(last_pull_key(REVIEW)),
     }
     if judge:
-        out["checks"] = checks_vs_clinicians(catalog, decisions)
+        out["checks"] = checks_vs_clinicians(catalog, decisions, judge_model)
     return out
 
 
@@ -146,6 +155,13 @@ def _ci(c: dict, key: str) -> str:
 def check_lines(name: str, c: dict) -> Iterator[str]:
     """One automatic check (judge or lint) against the clinicians, as text."""
     m = c["confusion"]
+    if name == "judge" and not c["judge"]:
+        yield "judge measured: none (no verdict stored; run `vgmed-build judge`)"
+    elif name == "judge":
+        others = [j for j in c["judges_run"] if j != c["judge"]]
+        how = "chosen with --judge-model" if c["picked_by"] == "--judge-model" else "the judge that ran last"
+        yield (f"judge measured: {c['judge']} ({how})"
+               + (f"; also run: {', '.join(others)} (choose with --judge-model)" if others else ""))
     yield (f"{name} vs clinicians on {c['drafts']} decided drafts (flag = {name} flags it; wrong = rejected, "
            f"unusable or edited): flagged & wrong {m['tp']}, flagged & right {m['fp']}, passed & wrong {m['fn']}, "
            f"passed & right {m['tn']}")

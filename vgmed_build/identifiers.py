@@ -51,7 +51,14 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "a DICOM date (YYYYMMDD)",
         re.compile(r"(?<![\w.])(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\w)(?!\.\d)"),
     ),
-    ("a DICOM person name (FAMILY^GIVEN)", re.compile(r"[A-Za-z][A-Za-z' -]*\^[A-Za-z^]")),
+    # A name (letters, spaces, "'" and "-") before a '^' and a letter or '^' after it. Linear time: a
+    # match may begin only where such a run begins (the lookbehind) and the run is taken whole
+    # (possessive), so a long run without '^' is read once, not once per letter; the reported
+    # column is that of the run's first letter (group "at"), as ``[A-Za-z][A-Za-z' -]*\^[A-Za-z^]``.
+    (
+        "a DICOM person name (FAMILY^GIVEN)",
+        re.compile(r"(?<![A-Za-z' -])[' -]*+(?P<at>[A-Za-z][A-Za-z' -]*+)\^[A-Za-z^]"),
+    ),
     (
         "the keyword of an identifying DICOM attribute",
         re.compile(
@@ -139,7 +146,8 @@ def find_patterns(text: str) -> list[str]:
     for description, pattern in PATTERNS:
         match = pattern.search(text)
         if match:
-            found.append(f"looks like {description} at column {match.start() + 1}")
+            start = match.start("at") if "at" in pattern.groupindex else match.start()
+            found.append(f"looks like {description} at column {start + 1}")
     return found
 
 

@@ -374,18 +374,28 @@ class Line:
     record: Any = None
     decode_error: json.JSONDecodeError | None = None
     blank: bool = False
+    length: int = 0  # set only for a line over MAX_LINE_CHARS, which is not parsed
 
     @property
     def error(self) -> str | None:
         if self.blank:
             return "empty line"
+        if self.length:
+            return f"line of {self.length} characters, more than the {MAX_LINE_CHARS} a record may have: not read"
         if self.decode_error is not None:
             return f"not valid JSON ({self.decode_error.msg} at column {self.decode_error.colno})"
         return None
 
 
+# The longest line a question file may hold. A record is a few hundred characters of text plus, in
+# ours, a region mask as run lengths (a few KB; an adversarial mask of a 2048 x 2048 image stays under
+# this); a longer line is reported, never parsed or scanned, so one hostile line cannot stall `validate`.
+MAX_LINE_CHARS = 8_000_000
+
+
 def read_lines(path: Path, blank_lines: bool = False) -> Iterator[Line]:
-    """Lines of a JSONL file, parsed; empty lines are skipped (or yielded when ``blank_lines``)."""
+    """Lines of a JSONL file, parsed; empty lines are skipped (or yielded when ``blank_lines``); a line
+    over MAX_LINE_CHARS comes with its length and no record (its ``error`` says so)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -397,6 +407,9 @@ def read_lines(path: Path, blank_lines: bool = False) -> Iterator[Line]:
         if not line.strip():
             if blank_lines:
                 yield Line(number, blank=True)
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            yield Line(number, length=len(line))
             continue
         try:
             yield Line(number, json.loads(line))

@@ -41,6 +41,7 @@ from vgmed_build.release_format import (
     LATER_COUNTS,
     MANIFEST_FILE,
     MASK_FIELD,
+    MAX_LINE_CHARS,
     PUBLISHED_GRID,
     PUBLISHED_SIZE,
     RELEASE_SCHEMAS,
@@ -428,6 +429,10 @@ def _scan_text(report: ValidationReport, rel: str, data: bytes, forbid: list[For
     text = data.decode("utf-8", errors="replace")
     is_json = rel.endswith((".json", ".jsonl"))
     for number, line in enumerate(text.splitlines(), 1):
+        if len(line) > MAX_LINE_CHARS:
+            report.add(rel, number, f"line of {len(line)} characters (more than {MAX_LINE_CHARS}): not scanned "
+                       "for identifiers")
+            continue
         # In JSON only string values can hold header data; numbers (byte counts) are not dates.
         scanned = " | ".join(JSON_STRING.findall(line)) if is_json else line
         for message in find_patterns(scanned) + find_forbidden(line, forbid):

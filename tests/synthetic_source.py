@@ -45,5 +45,6 @@ def make_samed2d(root: Path, n: int, size: int = 32, seed: int = 0) -> Path:
             (root / "masks" / f"{stem}_{label}.png").rename(root / mask)
             index[f"images/{image}.png"].append(mask)
     (root / "SAMed2D_v1.json").write_text(json.dumps(index))
-    (root / "SAMed2D_v1_class_mapping_id.json").write_text(json.dumps({"Synthetic": dict(zip(LABELS, range(2)))}))
+    classes = {"Synthetic": {label: i for i, label in enumerate(LABELS)}}
+    (root / "SAMed2D_v1_class_mapping_id.json").write_text(json.dumps(classes))
     return root

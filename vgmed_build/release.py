@@ -32,6 +32,7 @@ from vgmed_build import __version__
 from vgmed_build.card import render_card
 from vgmed_build.catalog import Catalog, CatalogError, open_catalog
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
+from vgmed_build.errors import VgmedError
 from vgmed_build.identifiers import Forbidden, ForbidFileError, load_forbid_file
 from vgmed_build.lock import Held, LockBusy, add_wait_arg, hold, out_lock_path
 from vgmed_build.pngmeta import PNGError, image_size, strip_metadata
@@ -63,11 +64,11 @@ log = logging.getLogger(__name__)
 STAGE = "release"
 SAMPLED = "sampled"  # --policy: majority, plus judge-passed unreviewed drafts when the audit supports the target
 
-class ReleaseError(RuntimeError):
+class ReleaseError(VgmedError, RuntimeError):
     """The release could not be built; any existing release at the target is left untouched."""
 
 
-class ItemError(ValueError):
+class ItemError(VgmedError, ValueError):
     """One draft cannot go into the release (the message names the draft and the problem)."""
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vgmed_build.errors import VgmedError
 from vgmed_build.modality import NATURAL as NATURAL_MODALITY
 
 # ---------------------------------------------------------------- file names
@@ -76,11 +77,11 @@ Box = tuple[float, float, float, float]
 SLAKE_ID = re.compile(r"xmlab\d+")  # the older layout's `image`: a SLAKE folder id
 
 
-class BoxError(ValueError):
+class BoxError(VgmedError, ValueError):
     """A record's boxes cannot be read (the message names the box and the convention)."""
 
 
-class RecordFileError(ValueError):
+class RecordFileError(VgmedError, ValueError):
     """A question file cannot be read at all (the message names the file)."""
 
 

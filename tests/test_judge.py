@@ -12,10 +12,13 @@ import time
 import pytest
 from drafting_fixtures import MODEL, count, free_port, make_catalog
 
+from vgmed_build import api
 from vgmed_build.api import generate
-from vgmed_build.catalog import open_catalog
+from vgmed_build.catalog import CatalogError, open_catalog
 from vgmed_build.cli import main
+from vgmed_build.drafting.llm import LlmConfig
 from vgmed_build.drafting.plan import GenerateOptions
+from vgmed_build.judge.run import JudgeOptions
 from vgmed_build.judge.verdicts import content_hash, current_verdicts
 
 pytestmark = pytest.mark.slow
@@ -75,6 +78,29 @@ def test_judge_round_trip_image_aware_and_rerun_sends_nothing(tmp_path, server_f
     assert "0 judged now" in capsys.readouterr().out
     with open_catalog(build) as cat:
         assert count(cat, "judge_verdicts") == len(drafts)
+
+
+def test_api_judge_is_the_commands_code_path(tmp_path, server_factory, capsys):
+    build = _build(tmp_path)
+    n = len(_ok_drafts(build))
+    server = server_factory()
+    config = LlmConfig(model=MODEL, base_url=server.base_url, temperature=0.0, max_tokens=200)
+    stats = api.judge(build, options=JudgeOptions(llm=config, limit=5, progress=False))
+    assert stats.verdicts == {"ok": 5} and stats.requests == 5 and stats.drafts == n and not stats.errors
+    assert len(_verdicts(build)) == 5
+    # The command picks up where the function stopped: the same judge (model and prompt), the same catalog keys.
+    assert main(_args(build, server.base_url)) == 0
+    assert f"{n - 5} judged now" in capsys.readouterr().out and server.stats()["requests"] == n
+    again = api.judge(build, options=JudgeOptions(llm=config, progress=False))
+    assert again.already == n and again.requests == 0 and not again.verdicts
+    # Bad input: the command's option names in the messages, nothing stored.
+    with pytest.raises(ValueError, match="judge needs --model"):
+        api.judge(build, options=JudgeOptions(llm=LlmConfig(model="", base_url=server.base_url)))
+    with pytest.raises(ValueError, match="--concurrency must be a finite number >= 1"):
+        api.judge(build, options=JudgeOptions(llm=LlmConfig(model=MODEL, concurrency=0)))
+    with pytest.raises(CatalogError, match="no build catalog"):
+        api.judge(tmp_path / "empty", options=JudgeOptions(llm=config))
+    assert not (tmp_path / "empty").exists() and len(_verdicts(build)) == n
 
 
 def test_unknown_verdict_and_server_down_are_clear_errors_and_lose_nothing(tmp_path, server_factory, caplog, capsys):

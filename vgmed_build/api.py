@@ -1,4 +1,5 @@
-"""The dataset pipeline as Python functions, for scripts: ingest, generate, release, validate, read a release.
+"""The dataset pipeline as Python functions, for scripts: ingest, generate, judge, release, validate, read a
+release.
 
 Each function is the code path of its command (the command's handler calls it and only prints and
 picks the exit code), so a script gets the same locks, checks and guarantees: one writer per stage
@@ -25,13 +26,14 @@ if TYPE_CHECKING:
     from vgmed_build.drafting.generate import GenerateStats
     from vgmed_build.drafting.plan import GenerateOptions
     from vgmed_build.ingest.run import IngestReport
+    from vgmed_build.judge.run import JudgeOptions, JudgeStats
     from vgmed_build.release import release_build as release
     from vgmed_build.sources import SourceSpec
     from vgmed_build.validate import validate_dir as validate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["generate", "ingest", "read_release", "release", "source_specs", "validate"]
+__all__ = ["generate", "ingest", "judge", "read_release", "release", "source_specs", "validate"]
 
 
 # ---------------------------------------------------------------- ingest
@@ -141,6 +143,30 @@ def generate(build: str | Path, *, options: GenerateOptions | None = None, wait:
         raise ValueError("--drafter llm and --paraphrase need --model (and --base-url or OPENAI_BASE_URL)")
     with open_catalog(build, create=False) as catalog, stage_lock(Path(build), "generate", wait):
         return run_generate(catalog, options)
+
+
+# ---------------------------------------------------------------- judge
+
+
+def judge(build: str | Path, *, options: JudgeOptions, wait: bool = False) -> JudgeStats:
+    """A VLM's verdict on every ok draft of ``build`` as ``vgmed-build judge`` does (``options`` is a
+    :class:`~vgmed_build.judge.run.JudgeOptions`; its ``llm`` an LlmConfig naming the model and server).
+
+    Reruns judge only drafts without a verdict of this judge on their current content. The returned
+    stats say what happened: ``errors`` (stored, asked again next run), ``budget_reached`` (rerun to
+    continue), ``fatal`` (no request can succeed, e.g. the server is down). Raises ValueError (bad
+    options, no model), CatalogError (no build), TemplateError (bad prompts folder), LockBusy (another
+    judge holds ``build``).
+    """
+    from vgmed_build.drafting.llm import install_log_redaction, llm_option_problem
+    from vgmed_build.judge.run import run_judge
+
+    problem = llm_option_problem(options.llm) or (None if options.llm.model else "judge needs --model")
+    if problem:
+        raise ValueError(problem)
+    install_log_redaction()
+    with open_catalog(build, create=False) as catalog, stage_lock(Path(build), "judge", wait):
+        return run_judge(catalog, options)
 
 
 # ---------------------------------------------------------------- release and validate

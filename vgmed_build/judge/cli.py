@@ -6,12 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from vgmed_build.catalog import CatalogError, open_catalog
+from vgmed_build import api
+from vgmed_build.catalog import CatalogError
 from vgmed_build.commands import EXIT_INCOMPLETE, EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
 from vgmed_build.drafting.cli import add_llm_options, llm_config
-from vgmed_build.drafting.llm import install_log_redaction, llm_option_problem
 from vgmed_build.drafting.templates import TemplateError
-from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
+from vgmed_build.lock import LockBusy, add_wait_arg
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +45,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from vgmed_build.judge.run import JudgeOptions, run_judge
+    from vgmed_build.judge.run import JudgeOptions
 
-    config = llm_config(args)
-    problem = llm_option_problem(config) or (None if args.model else "judge needs --model")
-    if problem:
-        return fail(problem)
-    install_log_redaction()
-    options = JudgeOptions(llm=config, prompts_dir=args.prompts, limit=args.limit, seed=args.seed, batch=args.batch,
-                           progress=not args.no_progress)
+    options = JudgeOptions(llm=llm_config(args), prompts_dir=args.prompts, limit=args.limit, seed=args.seed,
+                           batch=args.batch, progress=not args.no_progress)
     try:
-        with open_catalog(args.build, create=False) as catalog, stage_lock(args.build, "judge", args.wait):
-            stats = run_judge(catalog, options)
+        stats = api.judge(args.build, options=options, wait=args.wait)
     except (CatalogError, TemplateError, LockBusy, ValueError) as exc:
         return fail(str(exc))
     print(stats.summary())

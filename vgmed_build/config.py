@@ -16,6 +16,7 @@ from typing import Any
 
 import tomllib
 
+from vgmed_build.errors import VgmedError
 from vgmed_build.modality import CT_WINDOWS
 from vgmed_build.sources import SourceError, SourceSpec, get_adapter
 from vgmed_build.sources.base import OPTION_TYPES
@@ -57,7 +58,7 @@ SOURCE_KEYS = {
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class ConfigError(ValueError):
+class ConfigError(VgmedError, ValueError):
     """The sources file or a --source flag is wrong; the message names the file, source and key."""
 
 

@@ -45,6 +45,7 @@ from typing import Any, BinaryIO
 
 from vgmed_build.card import CARD_MARK, licences_of, render_card
 from vgmed_build.commands import EXIT_OK, fail
+from vgmed_build.errors import VgmedError
 from vgmed_build.release_format import (
     ATTRIBUTE_FILE,
     CARD_FILE,
@@ -70,7 +71,7 @@ TSV_COLUMNS = ("index", "image", "question", "answer", "category", "id", "modali
 log = logging.getLogger(__name__)
 
 
-class ExportError(ValueError):
+class ExportError(VgmedError, ValueError):
     """The release cannot be exported, or the output may not be written (the message says which file)."""
 
 

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vgmed_build.errors import VgmedError
+
 MIN_FORBIDDEN_LENGTH = 3
 WITH_PATHS_HINT = "source paths hidden in shared output; --with-paths shows them"
 
@@ -115,7 +117,7 @@ def _boundary(char: str, behind: bool) -> str:
     return f"(?<![{cls}])" if behind else f"(?![{cls}])"
 
 
-class ForbidFileError(ValueError):
+class ForbidFileError(VgmedError, ValueError):
     """The forbid file cannot be used."""
 
 

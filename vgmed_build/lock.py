@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vgmed_build.errors import VgmedError
+
 LOCKS_DIR = "locks"
 LOCK_MARK = "vgmed lock"
 CLAIM = "claim "
@@ -34,7 +36,7 @@ _LEGACY_CONTENT = re.compile(r"\d+\n?")  # what locks held before the mark held:
 _EMPTY_RETRIES = 40  # x 25 ms: how long an empty file may be a lock another run is just creating
 
 
-class LockBusy(RuntimeError):
+class LockBusy(VgmedError, RuntimeError):
     """Another process holds the lock (the message names it, its pid and the way to wait), or a file
     vgmed did not write stands where the lock belongs (the message names it)."""
 

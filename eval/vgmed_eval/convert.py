@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from vgmed_build import commands
+from vgmed_build.errors import VgmedError
 from vgmed_eval.chat_templates import HUATUO, LLAVA_MED, PROMPTS, VICUNA, FamilyPrompt, read_template, recognise
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ _PIXEL_KEYS = ("do_resize", "resample", "do_center_crop", "do_rescale", "rescale
                "image_mean", "image_std", "do_convert_rgb")
 
 
-class ConvertError(ValueError):
+class ConvertError(VgmedError, ValueError):
     """A checkpoint that cannot be converted; the message names the file and what is wrong."""
 
 

@@ -25,6 +25,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
+from vgmed_build.errors import VgmedError
+
 PARTS_DIR = "parts"
 BARRIER_TIMEOUT = timedelta(hours=72)  # ranks may finish hours apart on an uneven split
 
@@ -32,7 +34,7 @@ T = TypeVar("T")
 _LEAVING: list[bool] = []  # set once the process group's exit handler is registered
 
 
-class WorldError(ValueError):
+class WorldError(VgmedError, ValueError):
     """The launcher's environment does not describe a valid process group."""
 
 

@@ -17,11 +17,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from vgmed_build.errors import VgmedError
+
 # Tolerance for floating-point edges that land exactly on a cell boundary.
 _EPS = 1e-9
 
 
-class GeometryError(ValueError):
+class GeometryError(VgmedError, ValueError):
     """A box that cannot be placed on the token grid; ``kind`` names the reason for summaries."""
 
     kind = "geometry"

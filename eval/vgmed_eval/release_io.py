@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vgmed_build.errors import VgmedError
 from vgmed_build.release_format import (
     DEFAULT_READING,
     MASK_FIELD,
@@ -33,7 +34,7 @@ from vgmed_build.release_format import (
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
-class ReleaseNotFound(ValueError):
+class ReleaseNotFound(VgmedError, ValueError):
     """``--release`` is neither a folder here nor a Hub dataset that could be fetched (the message says why)."""
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+
+from vgmed_build.errors import VgmedError
 from vgmed_eval.attention import blocked_positions, capture, knockout
 from vgmed_eval.prompts import GENERAL_PROMPT
 
@@ -39,7 +41,7 @@ _EPS = 1e-12
 
 
 # ------------------------------------------------------------------------------------- configuration
-class HeadsFileError(ValueError):
+class HeadsFileError(VgmedError, ValueError):
     """heads.json is missing or malformed."""
 
 
@@ -171,7 +173,7 @@ class Query:
     suffix: torch.Tensor  # (S,) token ids after the prefix
 
 
-class PrefixMismatch(RuntimeError):
+class PrefixMismatch(VgmedError, RuntimeError):
     """The chat template does not put the image before the text, so no prefix can be shared."""
 
 

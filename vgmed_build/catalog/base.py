@@ -11,12 +11,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
+from vgmed_build.errors import VgmedError
+
 CATALOG_NAME = "catalog.sqlite"
 IMAGES_DIR = "images"
 _Open = TypeVar("_Open", bound="CatalogBase")
 
 
-class CatalogError(RuntimeError):
+class CatalogError(VgmedError, RuntimeError):
     """The build directory or its catalog cannot be used."""
 
 

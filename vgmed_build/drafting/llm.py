@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from vgmed_build.catalog import Catalog
+from vgmed_build.errors import VgmedError
 from vgmed_build.resources import load_schema, schema_problems
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class BudgetExhausted(Exception):
     """The run's request or cost budget is spent; no further request is sent."""
 
 
-class LlmError(Exception):
+class LlmError(VgmedError):
     """A request failed for good, or its reply is unusable. The message is already redacted."""
 
     def __init__(self, message: str, usage: Usage | None = None, cost_usd: float = 0.0):
@@ -44,7 +45,7 @@ class LlmError(Exception):
         self.usage, self.cost_usd = usage or Usage(0, 0), cost_usd
 
 
-class LlmFatal(Exception):
+class LlmFatal(VgmedError):
     """No request of this run can succeed (the key is refused, the model is not served): the run stops
     before sending more, instead of failing once per draft. The message is already redacted."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from vgmed_build.drafting.wording import name_values, sentence
+from vgmed_build.errors import VgmedError
 from vgmed_build.modality import NATURAL as NATURAL_MODALITY
 from vgmed_build.resources import resource_dir
 
@@ -25,7 +26,7 @@ _NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five"]
 TARGET_PLACEHOLDERS = ("obj", "a_obj", "the_obj")
 
 
-class TemplateError(ValueError):
+class TemplateError(VgmedError, ValueError):
     """A prompt/template file is missing, malformed or uses an unknown placeholder."""
 
 

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from vgmed_build.errors import VgmedError
+
 T = TypeVar("T")
 
 INSTALL_HINT = "pip install 'dask[distributed]'"
@@ -31,7 +33,7 @@ MIN_IN_FLIGHT = 16  # while the cluster has no workers yet (SLURM jobs pending),
 REFRESH_S = 5.0  # how often the cluster's size (which adaptive clusters change) is asked again
 
 
-class DaskError(RuntimeError):
+class DaskError(VgmedError, RuntimeError):
     """The cluster cannot be used (dask not installed, scheduler unreachable): nothing was rendered there."""
 
 

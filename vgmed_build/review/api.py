@@ -9,8 +9,10 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
+from vgmed_build.errors import VgmedError
 
-class LabelStudioError(RuntimeError):
+
+class LabelStudioError(VgmedError, RuntimeError):
     """The server cannot be installed, started, reached or used; the message says what to do."""
 
 

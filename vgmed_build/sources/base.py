@@ -16,8 +16,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from vgmed_build.errors import VgmedError
 
-class SourceError(ValueError):
+
+class SourceError(VgmedError, ValueError):
     """A problem with one source file or item: ``path: problem``.
 
     ``path`` (the file or folder it is about, as the user names it) and ``item`` (the key of the item

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from vgmed_build.errors import VgmedError
 from vgmed_build.registry import Registry
 from vgmed_build.release_format import (
     expected_names,
@@ -36,7 +37,7 @@ YES_NO = {"yes", "no"}
 LETTERS = "ABCDEFGHIJ"
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(VgmedError, ValueError):
     """A benchmark cannot be read at all (missing or unparsable annotation file, unknown name)."""
 
 
@@ -138,7 +139,7 @@ get_benchmark = BENCHMARKS.get
 
 
 # ----------------------------------------------------------------------------------------- readers
-class BadRecord(ValueError):
+class BadRecord(VgmedError, ValueError):
     """One record is malformed; the loader reports it with its file and line and goes on."""
 
 

@@ -18,6 +18,7 @@ COMMANDS = (
     Command("report", "vgmed_eval.report",
             "plots of a grounding run: ratio by layer (vs a natural control), head heatmap, overlays"),
     Command("causal", "vgmed_eval.causal", "knock out the ground-truth cells, then random ones: does the answer flip?"),
+    Command("leakage", "vgmed_eval.leakage", "release images also in a VQA benchmark (perceptual hash), exclusions"),
     Command("vqa", "vgmed_eval.vqa.cli", "answer a medical VQA benchmark (baseline and/or VGRefine) and score it"),
     Command("convert", "vgmed_eval.convert",
             "convert an original LLaVA-format checkpoint (HuatuoGPT-Vision, LLaVA-Med, LLaVA-1.5) to transformers"),

@@ -33,12 +33,13 @@ from pathlib import Path
 from vgmed_eval import __version__, run_manifest
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import SINGLE, World
+from vgmed_eval.leakage import check
 from vgmed_eval.protocol import PROTOCOLS, PUBLISHED_HEADS
 from vgmed_eval.published import COLUMNS, HUATUO_README, MODELS, PAPER, PUBLISHED, figure, published_model
-from vgmed_eval.vqa.benchmarks import BENCHMARKS
+from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError
 
 from vgmed_build import commands
-from vgmed_build.release_format import CONTROL_FILES
+from vgmed_build.release_format import CONTROL_FILES, resolve_image
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class Options:
     published_as: str | None = None
     protocol: str = "vgmed"
     heads: str | None = None  # "published" | "measured"; None: published under --protocol published when known
+    heads_split: str = "all"  # the questions the measured heads are chosen on (heads --split)
+    allow_tuning_on_test: bool = False  # run VQA on a benchmark that shares images with the heads' questions
 
 
 HEADS_CHOICES = ("published", "measured")
@@ -142,7 +145,7 @@ def plan_steps(o: Options) -> list[Step]:
         outputs.append(g / "control" / "summary.json")
     steps = [Step("grounding", argv, outputs),
              Step("heads", ["heads", "--results", str(g), "--top-k", str(o.top_k), "--out", str(heads),
-                                   "--protocol", o.protocol], [heads])]
+                                   "--protocol", o.protocol, "--split", o.heads_split], [heads])]
     _, refine = vgrefine_heads(o)
     for name, data in o.benchmarks.items():
         out = o.out / "vqa" / name
@@ -152,6 +155,31 @@ def plan_steps(o: Options) -> list[Step]:
                                           str(o.bootstrap), *_common(o), "--vgrefine", refine, "--compare"],
                           [out / "results.json"]))
     return steps
+
+
+def tuning_overlap(o: Options, name: str) -> str | None:
+    """Why the VQA step on benchmark ``name`` would report on images its measured knockout layer and heads
+    were chosen on (identical or near-identical pictures, :mod:`vgmed_eval.leakage`), or None."""
+    heads = _load_json(o.out / "heads.json")
+    if vgrefine_heads(o)[0] != "measured" or not heads:
+        return None
+    selected = heads.get("selected_on") or {}
+    root = Path(selected.get("release") or o.vgmed)
+    try:
+        paths = [resolve_image(rel, root, o.images) for rel in selected.get("images", [])]
+        found = check(root, {name: o.benchmarks[name]}, images=o.images,
+                      release_paths=[p for p in paths if p.is_file()])["benchmarks"][name]
+    except (BenchmarkError, ValueError, OSError):  # the step itself reports a benchmark it cannot read
+        return None
+    if not found["identical"] and not found["near"]:
+        return None
+    example = found["matches"][0]
+    return (f"the knockout layer and heads were chosen (heads --split {selected.get('split', 'all')}) on "
+            f"{found['identical'] + found['near']} release image(s) that are also in {name} ({found['identical']} "
+            f"identical, {found['near']} near-identical; e.g. {example['release']} ~ {example['benchmark']}): "
+            "VGRefine would be tuned on the benchmark it is reported on. Choose the heads elsewhere "
+            "(--heads-split dev or control, after `vgmed-eval leakage --write-exclusions` and grounding --exclude), "
+            "or pass --allow-tuning-on-test")
 
 
 def _load_json(path: Path) -> dict:
@@ -182,6 +210,14 @@ def run_steps(o: Options, steps: list[Step], world: World = SINGLE) -> None:
         if step.name == "heads" and not all(p.exists() for p in steps[0].outputs):
             step.status, step.message = "not run", "grounding did not finish"
             continue
+        tuned = tuning_overlap(o, step.name.removeprefix("vqa ")) if step.name.startswith("vqa") else None
+        if tuned and not o.allow_tuning_on_test:
+            step.status, step.message = "failed", tuned
+            log.error("%s refused: %s", step.name, tuned)
+            done[step.name] = step.record()
+            continue
+        if tuned:
+            step.message = f"allowed by --allow-tuning-on-test: {tuned}"
         log.info("%s: vgmed-eval %s", step.name, " ".join(step.argv))
         started = time.perf_counter()
         with commands.failures() as heard:
@@ -394,6 +430,12 @@ def add_commands(subparsers) -> None:
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="vgmed",
                    help="passed to grounding, heads and vqa: vgmed's defaults, or published = every choice the "
                         "authors' code makes (docs/eval.md)")
+    p.add_argument("--heads-split", choices=("all", "dev", "control"), default="all",
+                   help="the grounding questions the measured heads are chosen on (heads --split): all, a fixed dev "
+                        "part of the release, or the natural-image control")
+    p.add_argument("--allow-tuning-on-test", action="store_true",
+                   help="run a VQA step even when its benchmark shares (near-)identical images with the questions "
+                        "the measured heads were chosen on; refused otherwise (the step fails and says why)")
     add_chat_template_arg(p)
     p.set_defaults(func=cmd_reproduce)
 
@@ -420,7 +462,8 @@ def cmd_reproduce(args) -> int:
                 control=args.control_release, images=args.images, device=args.device, dtype=args.dtype,
                 batch_size=args.batch_size, limit=args.limit, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                 bootstrap=args.bootstrap, chat_template=args.chat_template, published_as=args.published_as,
-                protocol=args.protocol, heads=args.heads)
+                protocol=args.protocol, heads=args.heads, heads_split=args.heads_split,
+                allow_tuning_on_test=args.allow_tuning_on_test)
     try:
         vgrefine_heads(o)
     except ValueError as exc:

@@ -162,6 +162,10 @@ def test_heads_split_and_reproduce_refusal(planted, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["steps"]["vqa slake"]["status"] == "done"
     assert report["steps"]["vqa slake"]["message"].startswith("allowed by --allow-tuning-on-test")
+    run = json.loads((out / "run.json").read_text())  # issue 25 item 6: the reproduction's manifest
+    assert run["command"] == "reproduce" and run["flags"]["allow_tuning_on_test"] is True
+    assert run["steps"]["grounding"]["command"] == "grounding" and run["steps"]["vqa slake"]["command"] == "vqa"
+    assert run["model"]["dtype"] == "float32" and run["protocol"]["name"] == "vgmed"
     # heads on the dev part: a fixed, hash-defined set of images, recorded
     grounding = out / "grounding"
     dev = tmp_path / "dev.json"

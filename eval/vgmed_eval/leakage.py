@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from vgmed_build import commands
+from vgmed_eval.vqa.benchmarks import parse_benchmark
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def check(release: Path, benchmarks: dict[str, Path], *, images: Path | None = N
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser("leakage", description=__doc__)
     p.add_argument("--release", required=True, type=Path, help="release directory")
-    p.add_argument("--benchmark", action="append", type=_benchmark, default=[], metavar="NAME=DATA", required=True,
+    p.add_argument("--benchmark", action="append", type=parse_benchmark, default=[], metavar="NAME=DATA", required=True,
                    help="a VQA benchmark and its local copy (names as for `vgmed-eval vqa`), repeatable")
     p.add_argument("--images", type=Path, metavar="DIR",
                    help="where the release's pictures live when not under it (published files), also for "
@@ -237,12 +238,6 @@ def add_commands(subparsers) -> None:
     p.add_argument("--max-distance", type=int, default=MAX_DISTANCE,
                    help=f"near-identical: at most this many of the {HASH_BITS} dHash bits differ")
     p.set_defaults(func=cmd_leakage)
-
-
-def _benchmark(spec: str) -> tuple[str, Path]:
-    from vgmed_eval.reproduce import parse_benchmark
-
-    return parse_benchmark(spec)
 
 
 def cmd_leakage(args) -> int:

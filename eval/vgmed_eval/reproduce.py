@@ -23,11 +23,11 @@ writes the bookkeeping and the report.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 from vgmed_eval import __version__, run_manifest
@@ -35,8 +35,8 @@ from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import SINGLE, World
 from vgmed_eval.leakage import check
 from vgmed_eval.protocol import PROTOCOLS, PUBLISHED_HEADS
-from vgmed_eval.published import COLUMNS, HUATUO_README, MODELS, PAPER, PUBLISHED, figure, published_model
-from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError
+from vgmed_eval.published import COLUMNS, HUATUO_README, MODELS, PAPER, PUBLISHED_FIGURES, figure, published_model
+from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError, parse_benchmark
 
 from vgmed_build import commands
 from vgmed_build.release_format import CONTROL_FILES, resolve_image
@@ -51,7 +51,7 @@ class Step:
     name: str
     argv: list[str]
     outputs: list[Path]  # all present = the step's results exist
-    status: str = "pending"  # pending | done | skipped (already done) | failed | not run
+    status: Literal["pending", "done", "skipped", "failed", "not run"] = "pending"  # skipped: already done
     message: str = ""
     seconds: float | None = None
 
@@ -102,18 +102,6 @@ def vgrefine_heads(o: Options) -> tuple[str, str]:
                              f"published heads for {', '.join(PUBLISHED_HEADS)} (name the model with --published-as)")
         return choice, f"published:{key}"
     return choice, str(o.out / "heads.json")
-
-
-def parse_benchmark(spec: str) -> tuple[str, Path]:
-    """``NAME=DATA`` -> (name, path); the name must be one of the VQA loaders."""
-    name, sep, data = spec.partition("=")
-    name = name.strip()
-    if not sep or not name or not data:
-        raise argparse.ArgumentTypeError(f"{spec!r}: expected NAME=DATA, e.g. vqa-rad=/data/VQA_RAD")
-    if name not in BENCHMARKS:
-        raise argparse.ArgumentTypeError(f"{spec!r}: unknown benchmark {name!r}; choose from "
-                                         f"{', '.join(BENCHMARKS.names())}")
-    return name, Path(data)
 
 
 def _common(o: Options) -> list[str]:
@@ -317,7 +305,7 @@ def build_report(o: Options, steps: list[Step]) -> dict:
         "vqa": [_vqa_summary(name, o.out / "vqa" / name / "results.json", published_as, used)
                 for name in o.benchmarks],
         "published": [{"model": r.model, "system": r.system, "source": r.source, "values": r.values}
-                      for r in PUBLISHED],
+                      for r in PUBLISHED_FIGURES],
     }
 
 

@@ -65,7 +65,7 @@ def make_catalog(
             Image.fromarray(pixels).save(build / rel)
             c.execute(
                 "INSERT INTO images VALUES (?,?,?,?,?,?,?,?)",
-                (image_id, source, key, rel, 128, 128, hashlib.sha256(pixels.tobytes()).hexdigest(), "{}"),
+                (image_id, source, key, rel, 128, 128, hashlib.sha256((build / rel).read_bytes()).hexdigest(), "{}"),
             )
             for label, display, synonyms, side, category, box in targets:
                 x0, y0, x1, y1 = box

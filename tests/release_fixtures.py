@@ -28,6 +28,11 @@ def _hash(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def _file_sha256(path: Path) -> str:
+    """What ingest stores for an image it wrote (release checks the file still has it)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _render(name: str) -> np.ndarray:
     ds = pydicom.dcmread(pydicom.data.get_testdata_file(name))
     px = ds.pixel_array.astype(np.float64)
@@ -71,7 +76,7 @@ def make_build(root: Path) -> tuple[Path, dict[str, Decision], dict[str, dict]]:
             )
             c.execute(
                 "INSERT INTO images VALUES (?,?,?,?,?,?,?,?)",
-                (image_id, dataset, item_key, rel, width, height, "0" * 64, "{}"),
+                (image_id, dataset, item_key, rel, width, height, _file_sha256(build / rel), "{}"),
             )
             for label, x0, y0, x1, y1, side in targets:
                 region_id = _hash(image_id, label)

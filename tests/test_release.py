@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from disk_fixtures import fill
 from release_fixtures import PLANTED_PNG_TEXT, add_review_event, find_draft, make_build
 
@@ -501,3 +502,36 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_release(build, full_disk, ca
     assert "an existing release is unchanged" in err and "Traceback" not in err
     assert tree_bytes(out) == before
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "rel"]  # its own temporary folder removed
+
+
+def test_a_build_image_replaced_after_ingest_leaves_its_drafts_out(build, tmp_path, capsys):
+    """Issue 30: a build PNG swapped for another picture of the same size would be released under the
+    old boxes; the catalog's SHA-256 of each image is checked and every draft of a changed image is left
+    out with the reason, one at a time; the other image's drafts are released and the build is kept."""
+    build_dir, _, drafts = build
+    with open_catalog(build_dir, create=False) as catalog:
+        for n, draft in enumerate(sorted(drafts.values(), key=lambda d: d["id"]), 1):
+            add_review_event(catalog, draft, "r-aaaaaaaa", "accept", n)
+    liver = find_draft(drafts, "liver", "attribute")
+    with open_catalog(build_dir, create=False) as catalog:
+        regions = {r["id"]: r for _, r, _ in catalog.ok_drafts()}
+    image = regions[liver["region_id"]]["image"]
+    changed = [d["id"] for d in drafts.values() if regions[d["region_id"]]["image"] == image]
+    with Image.open(build_dir / image) as im:
+        size = im.size
+    replacement = np.full(size[::-1], 200, np.uint8)
+    replacement[:8] = 0  # another picture, same size: only the checksum tells
+    Image.fromarray(replacement).save(build_dir / image)
+    replaced = (build_dir / image).read_bytes()
+    out = tmp_path / "rel"
+    code = main(["release", "--build", str(build_dir), "--out", str(out), "--created", CREATED])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"{len(changed)} accepted drafts left out" in captured.out
+    for draft_id in changed:
+        line = next(line for line in captured.out.splitlines() if draft_id in line)
+        assert f"image {image}: changed since ingest" in line and "re-ingest" in line, line
+    released = {r["id"] for name in (LOCALIZATION_FILE, ATTRIBUTE_FILE) for r in read_jsonl(out / name)}
+    assert released == set(drafts) - set(changed) and released
+    assert (build_dir / image).read_bytes() == replaced  # nothing of the user's touched
+    assert main(["validate", str(out)]) == 0

@@ -14,6 +14,7 @@ answer comes from geometry.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -378,7 +379,7 @@ def _write_records_and_images(
     catalog.clear_stage_errors(STAGE)
     with ExitStack() as files:
         out = {name: files.enter_context(open(tmp / name, "w", encoding="utf-8")) for name in CONFIGS.values()}
-        for draft, region in tqdm(catalog.ok_drafts(), desc="release", unit="draft", disable=None):
+        for draft, region, image_sha in tqdm(catalog.ok_drafts(), desc="release", unit="draft", disable=None):
             decision = decisions.get(draft["id"])
             review = review_facts(decision, options.include_unreviewed, draft["id"] in options.judged)
             if review is None:
@@ -391,7 +392,7 @@ def _write_records_and_images(
                     raise ItemError(f"draft {draft['id']}: unknown question type {draft['q_type']!r}")
                 record = build_record(draft, region, decision, review, options.bbox_convention, options.forbid)
                 dest = tmp / record["image"]
-                problem = None if dest.exists() else _copy_image(catalog.build_dir, region, dest)
+                problem = None if dest.exists() else _copy_image(catalog.build_dir, region, dest, image_sha)
                 if problem:
                     raise ItemError(f"draft {draft['id']}: {problem}")
             except ItemError as exc:
@@ -406,13 +407,23 @@ def _write_records_and_images(
     return counts, skipped
 
 
-def _copy_image(build_dir: Path, region: dict, dest: Path) -> str | None:
-    """Copy a region's image without metadata; return why it cannot be used, or None."""
+def _copy_image(build_dir: Path, region: dict, dest: Path, sha256: str | None) -> str | None:
+    """Copy a region's image without metadata; return why it cannot be used, or None.
+
+    ``sha256``: what ingest wrote. A build image replaced since (by hand, another tool) would be
+    released under boxes measured on the old one, so any other content leaves its drafts out.
+    """
     src = (build_dir / region["image"]).resolve()
     if not src.is_relative_to(build_dir.resolve()):
         return f"image path {region['image']!r} leaves the build directory"
     try:
-        data = strip_metadata(src.read_bytes())
+        raw = src.read_bytes()
+        if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+            return (
+                f"image {region['image']}: changed since ingest (its SHA-256 is not the one the catalog holds), "
+                "so its boxes may not fit it; re-ingest its source item"
+            )
+        data = strip_metadata(raw)
         size = image_size(data)
     except (OSError, PNGError) as exc:
         return f"image {region['image']}: cannot be used ({exc})"

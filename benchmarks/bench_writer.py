@@ -10,7 +10,6 @@ from synthetic_source import make_samed2d  # noqa: E402
 import vgmed_build.ingest.run as run  # noqa: E402
 from vgmed_build import api  # noqa: E402
 
-
 base = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/vgmed-bench-writer")
 shutil.rmtree(base, ignore_errors=True)
 spent = [0.0]

@@ -13,7 +13,7 @@ setup() {
     if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || setup.py -nt "$stamp" ]]; then
         [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
         # torch is pinned to the CPU build; install a CUDA build yourself on a GPU machine.
-        "$VENV/bin/pip" install -q torch==2.13.0 -e '.[eval,hub,test]'
+        "$VENV/bin/pip" install -q torch==2.13.0 -e '.[eval,hub,dask,test]'
         touch "$stamp"
     fi
 }

@@ -27,7 +27,7 @@ EXIT_FAILED = 2  # the command could not run (bad arguments or input, no build, 
 EXIT_INCOMPLETE = 3  # stopped on purpose before the end (generate's budget) / the server is not running
 # Libraries of the optional extras (pyproject.toml), by import name: a command that needs one names the extra.
 EXTRAS = {"torch": "eval", "transformers": "eval", "accelerate": "eval", "matplotlib": "eval", "pandas": "eval",
-          "datasets": "hub"}
+          "datasets": "hub", "dask": "dask", "distributed": "dask"}
 OWN_LOGGERS = ("vgmed_build", "vgmed_eval", "__main__")
 _HEARING: list[list[str]] = []  # open :func:`failures` blocks
 

@@ -9,6 +9,7 @@ pixel -> world map, never from image columns.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import cc3d
 import numpy as np
@@ -28,7 +29,7 @@ class RegionGeometry:
     area_px: int  # pixels of the kept components
     area_ratio: float  # area_px / image pixels
     centroid: tuple[float, float]  # [x, y] in edge coordinates
-    side: str  # left | right | midline | bilateral | unknown
+    side: Literal["left", "right", "midline", "bilateral", "unknown"]
     mask: np.ndarray | None = None  # (height, width) bool: the kept components' pixels (with_masks only)
 
 

@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal, get_args
 
 from vgmed_build.errors import VgmedError
 from vgmed_build.modality import NATURAL as NATURAL_MODALITY
@@ -40,9 +40,12 @@ CARD_FILE = "README.md"
 RELEASE_FORMAT = "vgmed-release"  # the manifest's "format": how a release proves it is ours
 RELEASE_IMAGES = "images"
 RELEASE_SCHEMAS = ("release_record", "manifest")  # copied into every release's schemas/
-Q_TYPES = ("localization", "attribute")
+QType = Literal["localization", "attribute", "position"]  # a question's type, from its draft to its record
+QUESTION_TYPES: tuple[QType, ...] = get_args(QType)
+Q_TYPES = ("localization", "attribute")  # those with a question file of their own (position: the attribute file)
 CONFIGS = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE}
-FILE_OF_QTYPE = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE, "position": ATTRIBUTE_FILE}
+FILE_OF_QTYPE: dict[QType, str] = {"localization": LOCALIZATION_FILE, "attribute": ATTRIBUTE_FILE,
+                                   "position": ATTRIBUTE_FILE}
 # Published layouts, per question type, in the order they are looked for.
 MEDICAL_FILES = {t: (f"VGMED_{t}.jsonl", f"SLAKE_{t}_questions.jsonl", f"VGMED_{t}_questions.jsonl") for t in Q_TYPES}
 CONTROL_FILES = {t: (f"COCO_{t}.jsonl", f"COCO_{t}_questions.jsonl") for t in Q_TYPES}
@@ -329,14 +332,17 @@ def gt_tokens_of(record: dict) -> set[tuple[int, int]] | None:
         raise BoxError(f"gt_tokens is not a list of [col, row] pairs: {str(raw)[:80]}") from None
 
 
-BOX_MAPPINGS = ("resize", "pad")  # the later code's plain resize; the earliest notebook's pad-to-square first
+# The box -> cell mappings of the authors' code: the later code's plain resize; the earliest notebook's pad-to-square
+# first (the evaluator's --box-mapping offers them beside the model's real preprocessing).
+PublishedBoxMapping = Literal["resize", "pad"]
+PUBLISHED_BOX_MAPPINGS: tuple[PublishedBoxMapping, ...] = get_args(PublishedBoxMapping)
 
 
 def gt_tokens_mapping(given: set[tuple[int, int]], boxes: list[Box], width: int, height: int
                       ) -> tuple[str | None, str]:
     """Which published mapping reproduces ``given`` cells from edge ``boxes`` ('resize', 'pad' or None),
     and, when none does, what differs under the plain resize."""
-    for mapping in BOX_MAPPINGS:
+    for mapping in PUBLISHED_BOX_MAPPINGS:
         if published_cells(boxes, width, height, pad=mapping == "pad") == given:
             return mapping, ""
     mine = published_cells(boxes, width, height)

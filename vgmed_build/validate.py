@@ -65,7 +65,7 @@ from vgmed_build.release_format import (
 from vgmed_build.resources import schema_errors
 
 TEXT_SUFFIXES = {".jsonl", ".json", ".md", ".txt", ".csv", ".yaml", ".yml"}
-JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')  # a JSON string literal, escapes included
 
 
 @dataclass(frozen=True)
@@ -455,15 +455,12 @@ def _image_metadata(path: Path, data: bytes) -> list[tuple[str, str]]:
         return []
 
 
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-
-
 def _string_lines(text: str) -> dict[str, int]:
     """First line of each JSON string literal (quotes included) in ``text``: one pass over the text,
     so locating every listed file costs O(size of the manifest), not O(files x size)."""
     found: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), 1):
-        for m in _JSON_STRING.finditer(line):
+        for m in JSON_STRING.finditer(line):
             found.setdefault(m.group(), number)
     return found
 

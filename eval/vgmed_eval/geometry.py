@@ -18,9 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from vgmed_build.errors import VgmedError
-
-# Tolerance for floating-point edges that land exactly on a cell boundary.
-_EPS = 1e-9
+from vgmed_eval.numerics import CELL_TOLERANCE
 
 
 class GeometryError(VgmedError, ValueError):
@@ -75,7 +73,7 @@ class GridGeometry:
         """Cell index range ``(r0, c0, r1, c1)`` (r1/c1 exclusive) the box touches; empty when r1<=r0."""
         clipped = clip_box(box, self.image_w, self.image_h)
         cx0, cy0, cx1, cy1 = self.to_canvas(clipped)
-        eps = _EPS
+        eps = CELL_TOLERANCE
         if self.cell_edges == "authors":
             x0, y0, x1, y1 = clipped
             cx1, cy1 = cx0 + (x1 - x0) * self.scale_x, cy0 + (y1 - y0) * self.scale_y

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from vgmed_eval.geometry import GeometryError, GridGeometry, NoCellError, clip_box
+from vgmed_eval.numerics import CELL_TOLERANCE
 from vgmed_eval.protocol import GT_KINDS
 
 # Overlaps shorter than this fraction of a cell side are floating-point noise of an edge that lands on
 # a cell boundary (the same tolerance as the box rule's).
-_EPS = 1e-9
 
 
 class NoMaskError(GeometryError):
@@ -82,7 +82,7 @@ def _overlaps(edges: np.ndarray, scale: float, offset: float, cell: float, n: in
     lo, hi = canvas[:-1, None], canvas[1:, None]
     starts = np.arange(n, dtype=np.float64)[None, :] * cell
     length = np.clip(np.minimum(hi, starts + cell) - np.maximum(lo, starts), 0.0, None)
-    return np.where(length > _EPS * cell, length, 0.0)
+    return np.where(length > CELL_TOLERANCE * cell, length, 0.0)
 
 
 def coverage(geometry: GridGeometry, shape: Shape) -> np.ndarray:

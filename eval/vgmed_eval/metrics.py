@@ -10,7 +10,7 @@ maps with any leading dimensions (layers, heads) and the cell axis last.
 
 - attention ratio = mean(n over GT cells) / mean(n over all cells); 1 = no preference (weighted:
   sum(w n) / sum(w) in the numerator).
-- KL = KL(GT || n / sum n), natural log, with ``n / sum n`` clipped at :data:`EPS` (no log 0). The sum
+- KL = KL(GT || n / sum n), natural log, with ``n / sum n`` clipped at :data:`ATTENTION_FLOOR` (no log 0). The sum
   runs over the layer's cells (``kl_normalise="layer"``, the authors' later code) or, as in their
   submission notebook, over the cells of every layer of the map (``"all-layers"``, axis 0 = layers):
   each layer's KL then grows by ln(total sum / that layer's sum), about ln L for L layers of similar sums.
@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
-EPS = 1e-10
+from vgmed_eval.numerics import ATTENTION_FLOOR
 
 
 def normalise(a: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """``n = a / g`` with ``g`` clipped at EPS (a cell the general prompt never attends stays finite)."""
-    return np.asarray(a, dtype=np.float64) / np.maximum(np.asarray(g, dtype=np.float64), EPS)
+    """``n = a / g`` with ``g`` clipped at ATTENTION_FLOOR (a cell the general prompt never attends stays finite)."""
+    return np.asarray(a, dtype=np.float64) / np.maximum(np.asarray(g, dtype=np.float64), ATTENTION_FLOOR)
 
 
 def gt_distribution(gt: np.ndarray) -> np.ndarray:
@@ -59,7 +59,7 @@ def kl_divergence(n: np.ndarray, gt: np.ndarray, kl_normalise: str = "layer") ->
     if kl_normalise not in ("layer", "all-layers"):
         raise ValueError(f"kl_normalise must be layer or all-layers, got {kl_normalise!r}")
     p = gt_distribution(gt)
-    q = np.clip(_distribution(n, kl_normalise == "all-layers"), EPS, None)
+    q = np.clip(_distribution(n, kl_normalise == "all-layers"), ATTENTION_FLOOR, None)
     on = p > 0
     return (p[on] * np.log(p[on] / q[..., on])).sum(-1)
 

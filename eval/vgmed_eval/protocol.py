@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Literal, get_args
 
-BOX_MAPPINGS = ("model", "resize", "pad")
+from vgmed_build.release_format import PublishedBoxMapping
+
+BoxMapping = Literal["model", PublishedBoxMapping]
+BOX_MAPPINGS: tuple[BoxMapping, ...] = get_args(BoxMapping)
 HEAD_NORMS = ("head", "mean")
-SCORERS = ("vgmed", "published")
+Scorer = Literal["vgmed", "published"]  # vgmed_eval.vqa.scoring.SCORE_FUNCTIONS scores with each
+SCORERS: tuple[Scorer, ...] = get_args(Scorer)
 POPULATIONS = ("all", "closed-mc")
 GT_KINDS = ("box", "mask", "soft")  # vgmed_eval.ground_truth builds each
 QWEN_RESIZES = ("single", "double")
@@ -25,7 +30,7 @@ class Protocol:
     """The settings a protocol fixes (None: leave the model's / the command's own default)."""
 
     name: str
-    box_mapping: str = "model"  # model: the model's real preprocessing; resize: plain resize; pad: pad first
+    box_mapping: BoxMapping = "model"  # model: the model's real preprocessing; resize: plain resize; pad: pad first
     xyxy_maxima: str = "inclusive"  # published xyxy maxima: +1 (mask min/max pixels) or used as edges
     head_norm: str = "head"  # per-head metric: divide by the same head's general map, or by the head mean
     min_pixels: int | None = None  # Qwen-VL image bounds (None: the checkpoint's processor settings)
@@ -33,7 +38,7 @@ class Protocol:
     percentile: float = 80.0  # VGRefine triage percentile
     vgrefine_mode: str = "consistent"  # knockout in prefill and every decoding step, or "prefill" only
     mc_max_new_tokens: int | None = None  # multiple choice: decode this many tokens (None: --max-new-tokens)
-    scorer: str = "vgmed"
+    scorer: Scorer = "vgmed"
     population: str = "all"  # VQA questions asked: all as posed, or closed-mc (closed as multiple choice)
     min_new_tokens: int = 0  # greedy decoding: end-of-sequence is not taken before this many tokens
     cell_edges: str = "exact"  # box edges -> cells exactly, or with the authors' float arithmetic

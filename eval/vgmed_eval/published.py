@@ -10,6 +10,7 @@ them from HuatuoGPT-Vision's README (74.0 / 50.6) and names that source.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from vgmed_eval.chat_templates import HUATUO, LLAVA_MED, recognise
 
@@ -23,12 +24,12 @@ HUATUO_README = "HuatuoGPT-Vision README (FreedomIntelligence/HuatuoGPT-Vision)"
 @dataclass(frozen=True)
 class PublishedRow:
     model: str
-    system: str  # "baseline" | "vgrefine"
+    system: Literal["baseline", "vgrefine"]
     source: str
     values: dict[str, float]  # column -> percent
 
 
-PUBLISHED = (
+PUBLISHED_FIGURES = (
     PublishedRow("LLaVA-Med-7B", "baseline", PAPER,
                  {"VQA-RAD": 51.4, "SLAKE": 48.6, "PathVQA": 56.8, "PMC-VQA": 24.7}),
     PublishedRow("HuatuoGPT-Vision-7B", "baseline", PAPER,
@@ -39,7 +40,7 @@ PUBLISHED = (
                  {"VQA-RAD": 63.7, "SLAKE": 76.2, "PathVQA": 57.9, "PMC-VQA": 54.3, "OmniMedVQA": 74.0,
                   "MMMU H&M": 50.6}),
 )
-MODELS = sorted({row.model for row in PUBLISHED})
+MODELS = sorted({row.model for row in PUBLISHED_FIGURES})
 _BY_PROMPT = {HUATUO.name: "HuatuoGPT-Vision-7B", LLAVA_MED.name: "LLaVA-Med-7B"}
 
 
@@ -52,7 +53,7 @@ def published_model(name: str) -> str | None:
 def figure(model: str, system: str, benchmark: str, source: str = PAPER) -> float | None:
     """One published percentage, or None where nothing was published."""
     column = COLUMNS.get(benchmark)
-    for row in PUBLISHED:
+    for row in PUBLISHED_FIGURES:
         if (row.model, row.system, row.source) == (model, system, source):
             return row.values.get(column) if column else None
     return None

@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 from vgmed_eval import __version__, run_manifest
@@ -34,7 +35,7 @@ from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import SINGLE, World
 from vgmed_eval.leakage import check
 from vgmed_eval.protocol import PROTOCOLS, PUBLISHED_HEADS
-from vgmed_eval.published import COLUMNS, HUATUO_README, MODELS, PAPER, PUBLISHED, figure, published_model
+from vgmed_eval.published import COLUMNS, HUATUO_README, MODELS, PAPER, PUBLISHED_FIGURES, figure, published_model
 from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError, parse_benchmark
 
 from vgmed_build import commands
@@ -50,7 +51,7 @@ class Step:
     name: str
     argv: list[str]
     outputs: list[Path]  # all present = the step's results exist
-    status: str = "pending"  # pending | done | skipped (already done) | failed | not run
+    status: Literal["pending", "done", "skipped", "failed", "not run"] = "pending"  # skipped: already done
     message: str = ""
     seconds: float | None = None
 
@@ -304,7 +305,7 @@ def build_report(o: Options, steps: list[Step]) -> dict:
         "vqa": [_vqa_summary(name, o.out / "vqa" / name / "results.json", published_as, used)
                 for name in o.benchmarks],
         "published": [{"model": r.model, "system": r.system, "source": r.source, "values": r.values}
-                      for r in PUBLISHED],
+                      for r in PUBLISHED_FIGURES],
     }
 
 

@@ -33,11 +33,11 @@ from PIL import Image
 
 from vgmed_build.errors import VgmedError
 from vgmed_eval.attention import blocked_positions, capture, knockout
+from vgmed_eval.numerics import TRIAGE_FLOOR
 from vgmed_eval.prompts import GENERAL_PROMPT
 
 MODES = ("consistent", "prefill")
 THRESHOLDS = ("percentile", "minmax")
-_EPS = 1e-12
 
 
 # ------------------------------------------------------------------------------------- configuration
@@ -124,7 +124,7 @@ def triage_scores(
     ratios = []
     for layer, head in heads:
         general = general_maps[layer].float().mean(dim=-2)  # head average, (B, N) or (N,)
-        ratios.append(question_maps[layer][:, head].float() / general.clamp_min(_EPS))
+        ratios.append(question_maps[layer][:, head].float() / general.clamp_min(TRIAGE_FLOOR))
     return torch.stack(ratios).mean(dim=0)
 
 
@@ -134,7 +134,7 @@ def low_attention(scores: torch.Tensor, config: VGRefineConfig) -> torch.Tensor:
         cut = torch.quantile(scores.double(), config.percentile / 100.0)
         return scores.double() < cut
     lo, hi = scores.min(), scores.max()
-    span = (hi - lo).clamp_min(_EPS)
+    span = (hi - lo).clamp_min(TRIAGE_FLOOR)
     return (scores - lo) / span < config.minmax_cutoff
 
 

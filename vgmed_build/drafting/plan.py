@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from vgmed_build.catalog import Catalog
 from vgmed_build.drafting.lint import LintLimits, names_a_side
 from vgmed_build.drafting.llm import LlmConfig
 from vgmed_build.drafting.templates import Prompts, attribute_choices, pick_slots, region_offset, target_name
 from vgmed_build.identifiers import stable_id
-
-Q_TYPES = ("localization", "attribute", "position")
 
 
 def draft_id(region_id: str, q_type: str, slot: int, absent: bool = False) -> str:
@@ -76,7 +75,7 @@ class DraftSpec:
 
     q_type: str
     slot: int
-    drafter: str  # "templates" | "llm"
+    drafter: Literal["templates", "llm"]
     attempt: int = 0  # > 0 when re-asking the LLM for a rejected draft
     previous: tuple[str, str] | None = None  # (rejected question, reason) shown to the LLM
     absent: str | None = None  # localization about this absent structure's label (answer "no")

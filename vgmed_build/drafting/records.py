@@ -12,9 +12,10 @@ from dataclasses import replace
 
 from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.drafting.lint import LintContext, LintLimits, lint, normalize
-from vgmed_build.drafting.plan import Q_TYPES, DraftSpec
+from vgmed_build.drafting.plan import DraftSpec
 from vgmed_build.drafting.propose import Proposal
 from vgmed_build.drafting.templates import target_names
+from vgmed_build.release_format import QUESTION_TYPES
 
 STAGE = "generate"
 
@@ -65,7 +66,8 @@ def region_records(
     ctx = LintContext(target_names(region), {normalize(q) for q in kept_questions}, limits,
                       str(region.get("category") or ""))
     records = []
-    for spec, prop in sorted(done, key=lambda d: (Q_TYPES.index(d[0].q_type), d[0].absent is not None, d[0].slot)):
+    order = {q_type: i for i, q_type in enumerate(QUESTION_TYPES)}
+    for spec, prop in sorted(done, key=lambda d: (order[d[0].q_type], d[0].absent is not None, d[0].slot)):
         record = build_record(region, spec, prop)
         if prop.error is None:
             own = ctx if prop.absent is None else replace(ctx, names=target_names(prop.absent),

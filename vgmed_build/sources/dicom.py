@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import highdicom as hd
 import numpy as np
@@ -78,7 +79,7 @@ class _Slice:
 @dataclass
 class _Annotation:
     path: Path
-    kind: str                      # "seg" | "rtstruct"
+    kind: Literal["seg", "rtstruct"]
     # What the header references; used for matching only, kept out of reprs and never stored.
     series: str | None = field(default=None, repr=False)
     instances: set[str] = field(default_factory=set, repr=False)

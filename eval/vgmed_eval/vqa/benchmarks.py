@@ -35,7 +35,7 @@ from vgmed_build.release_format import (
     resolve_image,
 )
 
-YES_NO = {"yes", "no"}
+YES_NO = ("yes", "no")  # the closed answers; as options A = yes, B = no (vqa.population)
 LETTERS = "ABCDEFGHIJ"
 
 

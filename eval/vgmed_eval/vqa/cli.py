@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from vgmed_build import commands
 from vgmed_eval import distributed, placement, run_manifest
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
@@ -25,10 +27,8 @@ from vgmed_eval.vqa import figures
 from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError, VQAItem, get_benchmark
 from vgmed_eval.vqa.population import Population, metric_label, select
 from vgmed_eval.vqa.prompts import question_prompt
-from vgmed_eval.vqa.scoring import SCORERS, summarize
+from vgmed_eval.vqa.scoring import SCORE_FUNCTIONS, summarize
 from vgmed_eval.vqa.stats import compare
-
-from vgmed_build import commands
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _done_ids(path: Path) -> dict[str, dict]:
 
 
 def _row(item: VQAItem, system: str, prompt: str, answer, benchmark: str, scorer: str) -> dict:
-    s = SCORERS[scorer](answer.text, item.answer, item.kind, item.options)
+    s = SCORE_FUNCTIONS[scorer](answer.text, item.answer, item.kind, item.options)
     return {
         "id": item.id, "system": system, "benchmark": benchmark, "question": item.question, "prompt": prompt,
         "options": list(item.options), "response": answer.text, "gold": item.answer, "kind": item.kind,

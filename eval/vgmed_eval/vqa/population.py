@@ -15,9 +15,8 @@ import re
 from dataclasses import dataclass, field, replace
 
 from vgmed_eval.protocol import POPULATIONS
-from vgmed_eval.vqa.benchmarks import LETTERS, VQAItem
+from vgmed_eval.vqa.benchmarks import LETTERS, YES_NO, VQAItem
 
-YES_NO_OPTIONS = ("yes", "no")
 _ARTICLE = re.compile(r"^(?:the|a|an)\s+", re.I)
 
 
@@ -60,8 +59,8 @@ def as_multiple_choice(item: VQAItem) -> VQAItem | None:
     if item.options:
         return item
     gold = _norm(item.answer)
-    if gold in YES_NO_OPTIONS:
-        return replace(item, options=YES_NO_OPTIONS, answer=LETTERS[YES_NO_OPTIONS.index(gold)])
+    if gold in YES_NO:
+        return replace(item, options=YES_NO, answer=LETTERS[YES_NO.index(gold)])
     options = named_alternatives(item.question)
     hits = [i for i, o in enumerate(options) if _norm(o) == gold]
     if len(hits) != 1 or len(options) > len(LETTERS):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-YES_NO = {"yes", "no"}
+from vgmed_eval.protocol import Scorer
+from vgmed_eval.vqa.benchmarks import YES_NO
+
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 # Lead-ins models put before the actual answer; stripped repeatedly from the start of a response.
 _LEAD_INS = re.compile(
@@ -181,7 +183,7 @@ def score_published(response: str, gold: str, kind: str, options: Sequence[str] 
     return Score(float(ok), ok, None)
 
 
-SCORERS = {"vgmed": score_response, "published": score_published}
+SCORE_FUNCTIONS: dict[Scorer, Callable[..., Score]] = {"vgmed": score_response, "published": score_published}
 
 
 @dataclass(frozen=True)

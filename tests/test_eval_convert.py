@@ -14,8 +14,9 @@ from PIL import Image
 from safetensors import safe_open
 from skimage import data
 from vgmed_eval.adapters import load_adapter
+from vgmed_eval.checkpoint_io import ConvertError, grow
 from vgmed_eval.cli import main
-from vgmed_eval.convert import ConvertError, convert, grow
+from vgmed_eval.convert import convert
 
 QUESTION = "Is there a mass in the image?"
 FIX = Path(__file__).parent / "fixtures" / "vqa"

@@ -26,25 +26,33 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from vgmed_build import commands
-from vgmed_build.errors import VgmedError
 from vgmed_eval.chat_templates import HUATUO, LLAVA_MED, PROMPTS, VICUNA, FamilyPrompt, read_template, recognise
+from vgmed_eval.checkpoint_io import (
+    EMBED,
+    IMAGE_TOKEN,
+    LM_HEAD,
+    ConvertError,
+    assemble,
+    check_destination,
+    grow,
+    grown_rows,
+    load_tokenizer,
+    read_json,
+    read_weights,
+    weight_files,
+    weight_shapes,
+)
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
-GROW_MULTIPLE = 64  # grown vocabularies are padded to a multiple of this (as transformers' script does)
-GROW_SCALE = 1e-5  # covariance scale of the new rows
-EMBED, LM_HEAD = "model.language_model.embed_tokens.weight", "lm_head.weight"
 PROJ_1, PROJ_2 = "model.multi_modal_projector.linear_1", "model.multi_modal_projector.linear_2"
 # Config keys of LLaVA's own code that are not text-model settings.
 _LLAVA_KEYS = {"architectures", "model_type", "_name_or_path", "transformers_version", "image_aspect_ratio",
@@ -52,10 +60,6 @@ _LLAVA_KEYS = {"architectures", "model_type", "_name_or_path", "transformers_ver
                "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower"}
 _PIXEL_KEYS = ("do_resize", "resample", "do_center_crop", "do_rescale", "rescale_factor", "do_normalize",
                "image_mean", "image_std", "do_convert_rgb")
-
-
-class ConvertError(VgmedError, ValueError):
-    """A checkpoint that cannot be converted; the message names the file and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -72,55 +76,6 @@ FAMILIES = {f.model_type: f for f in (
     Family("llava", "llama", VICUNA, "LLaVA-1.5"),
     Family("llava_llama", "llama", VICUNA, "LLaVA-1.5, HuatuoGPT-Vision-34B"),
 )}
-
-
-# ------------------------------------------------------------------------------------ weight files
-def weight_files(folder: Path) -> list[Path]:
-    """The checkpoint's weight files in shard order: safetensors when present, else PyTorch .bin."""
-    for index_name, single, pattern in (("model.safetensors.index.json", "model.safetensors", "*.safetensors"),
-                                        ("pytorch_model.bin.index.json", "pytorch_model.bin", "pytorch_model*.bin")):
-        index = folder / index_name
-        if index.is_file():
-            try:
-                names = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
-            except (ValueError, KeyError, AttributeError) as exc:
-                raise ConvertError(f"{index}: not a weight index ({exc})") from exc
-            files = [folder / n for n in dict.fromkeys(names)]
-            missing = [str(f) for f in files if not f.is_file()]
-            if missing:
-                raise ConvertError(f"{index}: lists missing shard(s) {', '.join(missing)}")
-            return files
-        if (folder / single).is_file():
-            return [folder / single]
-        found = sorted(folder.glob(pattern))
-        if found:
-            return found
-    return []
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of one weight file (``.bin`` memory-mapped, never unpickling code)."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as exc:  # corrupt, truncated, or a pickle with code in it
-        raise ConvertError(f"{path}: cannot read weights: {type(exc).__name__}: {exc}") from exc
-
-
-def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of one weight file, without loading safetensors data."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(path, framework="pt") as fh:
-                return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-        except Exception as exc:
-            raise ConvertError(f"{path}: cannot read weights: {type(exc).__name__}: {exc}") from exc
-    return {k: tuple(v.shape) for k, v in read_weights(path).items()}
 
 
 # ----------------------------------------------------------------------------------- name mapping
@@ -159,27 +114,6 @@ def tower_key(key: str) -> str | None:
     return "model.vision_tower." + key
 
 
-# ---------------------------------------------------------------------------------- vocabulary growth
-def grown_rows(n_tokens: int, rows: int) -> int:
-    """Embedding rows needed for ``n_tokens`` tokens: unchanged when they fit, else the next multiple of 64."""
-    return rows if n_tokens <= rows else math.ceil(n_tokens / GROW_MULTIPLE) * GROW_MULTIPLE
-
-
-def grow(weight: torch.Tensor, rows: int, seed: int = 0) -> torch.Tensor:
-    """``weight`` with rows appended, drawn from N(mean, 1e-5 * covariance) of its existing rows.
-
-    Sampled as mean + sqrt(1e-5 / n) * (W - mean)^T z with z ~ N(0, I_n): exactly that distribution,
-    with no Cholesky factor (the covariance of a large vocabulary is often singular)."""
-    n, _ = weight.shape
-    if rows <= n:
-        return weight
-    w = weight.float()
-    mean = w.mean(0)
-    z = torch.randn(rows - n, n, generator=torch.Generator().manual_seed(seed))
-    new = mean + math.sqrt(GROW_SCALE / n) * (z @ (w - mean))
-    return torch.cat([weight, new.to(weight.dtype)])
-
-
 # ------------------------------------------------------------------------------------------ planning
 @dataclass
 class Plan:
@@ -200,18 +134,6 @@ class Plan:
     def describe(self) -> str:
         return (f"{self.family.model_type}, {self.projector} projector, prompt {self.template_name}, tower from "
                 f"{'the checkpoint' if not self.tower_files else self.tower}")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConvertError(f"{path}: not found") from exc
-    except (OSError, ValueError) as exc:
-        raise ConvertError(f"{path}: cannot read JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConvertError(f"{path}: expected a JSON object")
-    return data
 
 
 def _projector(cfg: dict, path: Path) -> str:
@@ -242,7 +164,7 @@ def _resolve_tower(src: Path, cfg: dict, vision_tower: Path | None) -> Path:
 def _vision_config(tower: Path):
     from transformers import CLIPVisionConfig
 
-    data = _read_json(tower / "config.json")
+    data = read_json(tower / "config.json")
     if "vision_config" in data:  # a whole CLIPModel checkpoint
         data = data["vision_config"]
     data = {k: v for k, v in data.items() if k not in ("model_type", "architectures", "transformers_version")}
@@ -257,7 +179,7 @@ def _image_processor(tower: Path, image_size: int, pad: bool):
     from transformers import LlavaImageProcessorPil
 
     path = tower / "preprocessor_config.json"
-    data = _read_json(path) if path.is_file() else {}
+    data = read_json(path) if path.is_file() else {}
     if not data:
         log.warning("%s: not found; using CLIP's defaults at %d px", path, image_size)
     size, crop = data.get("size", image_size), data.get("crop_size", image_size)
@@ -265,27 +187,6 @@ def _image_processor(tower: Path, image_size: int, pad: bool):
     crop = {"height": crop, "width": crop} if isinstance(crop, int) else crop
     kwargs = {k: data[k] for k in _PIXEL_KEYS if k in data}
     return LlavaImageProcessorPil(size=size, crop_size=crop, do_pad=pad, **kwargs)
-
-
-def _tokenizer(src: Path, template: str):
-    from tokenizers import AddedToken
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # it reads config.json and warns that llava_* is not a tokenizer's model
-    try:
-        tok = AutoTokenizer.from_pretrained(src)
-    except (OSError, ValueError) as exc:
-        raise ConvertError(f"{src}: cannot load the tokenizer: {exc}") from exc
-    finally:
-        hf_logging.set_verbosity(level)
-    if IMAGE_TOKEN not in tok.get_vocab():
-        tok.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
-    if tok.pad_token is None:  # LLaVA pads with unk (LLaMA) or eos (Qwen2)
-        tok.pad_token = tok.unk_token or tok.eos_token
-    tok.chat_template = template
-    return tok
 
 
 def _text_config(cfg: dict, family: Family, rows: int):
@@ -309,7 +210,7 @@ def plan(src: Path, *, vision_tower: Path | None = None, chat_template: Path | N
 
     src = Path(src)
     cfg_path = src / "config.json"
-    cfg = _read_json(cfg_path)
+    cfg = read_json(cfg_path)
     model_type = cfg.get("model_type")
     if model_type not in FAMILIES:
         raise ConvertError(f"{cfg_path}: model_type {model_type!r} is not an original LLaVA-format checkpoint this "
@@ -338,7 +239,7 @@ def plan(src: Path, *, vision_tower: Path | None = None, chat_template: Path | N
     else:
         chosen = PROMPTS[prompt] if prompt else recognise(src.resolve().name) or family.prompt
         template, template_name = chosen.template, chosen.name
-    tok = _tokenizer(src, template)
+    tok = load_tokenizer(src, template)
 
     source: dict[str, tuple[int, ...]] = {}
     for path in files:
@@ -417,39 +318,6 @@ def _converted(tensors: dict[str, torch.Tensor], rename, p: Plan) -> dict[str, t
     return out
 
 
-def assemble(dst: Path, parts: list, finish, progress: bool = True) -> None:
-    """Write each part (a callable returning tensors) as one safetensors shard into ``DST.converting``,
-    then the index and what ``finish(folder)`` writes (config, processor, notes), and rename the folder
-    to DST: an interrupted conversion never leaves a half checkpoint at DST."""
-    from safetensors.torch import save_file
-
-    work = dst.with_name(dst.name + ".converting")
-    if work.exists():  # our own leftover from an interrupted conversion
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    weight_map: dict[str, str] = {}
-    total = 0
-    for i, part in enumerate(tqdm(parts, desc="convert", unit="shard", disable=not progress)):
-        tensors = part()
-        name = f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
-        save_file(tensors, work / name, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(tensors, name))
-        total += sum(t.numel() * t.element_size() for t in tensors.values())
-        del tensors
-    (work / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
-        + "\n", encoding="utf-8")
-    finish(work)
-    if dst.exists():
-        dst.rmdir()
-    work.rename(dst)
-
-
-def check_destination(dst: Path) -> None:
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise ConvertError(f"{dst}: already exists and is not an empty folder; choose a new destination")
-
-
 def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_template: Path | None = None,
             prompt: str | None = None, progress: bool = True):
     """Convert ``src`` into a new transformers checkpoint at ``dst`` (which must not hold files yet).
@@ -461,7 +329,7 @@ def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_temp
 
     if convert_vila.is_vila(src):
         return convert_vila.convert(src, dst, chat_template=chat_template, prompt=prompt, progress=progress)
-    if _read_json(src / "config.json").get("model_type") == "internvl_chat":
+    if read_json(src / "config.json").get("model_type") == "internvl_chat":
         return convert_internvl.convert(src, dst, chat_template=chat_template, prompt=prompt, progress=progress)
     p = plan(src, vision_tower=vision_tower, chat_template=chat_template, prompt=prompt)
     seen_dtype = [torch.float32]

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from vgmed_eval.chat_templates import INTERNVL_HERMES, PROMPTS, read_template
-from vgmed_eval.convert import (
+from vgmed_eval.checkpoint_io import (
     ConvertError,
-    _read_json,
     assemble,
+    read_json,
     read_weights,
     weight_files,
     weight_shapes,
@@ -136,7 +136,7 @@ def _vision_config(vision: dict, image_size: int, path: Path):
     )
 
 
-def _tokenizer(src: Path, template: str):
+def load_tokenizer(src: Path, template: str):
     from transformers import AutoTokenizer
 
     try:
@@ -157,7 +157,7 @@ def plan(src: Path, *, chat_template: Path | None = None, prompt: str | None = N
     from transformers import GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration
 
     cfg_path = src / "config.json"
-    cfg = _read_json(cfg_path)
+    cfg = read_json(cfg_path)
     for key in ("vision_config", "llm_config"):
         if not isinstance(cfg.get(key), dict):
             raise ConvertError(f"{cfg_path}: no {key} (not an InternVL-Chat config)")
@@ -189,7 +189,7 @@ def plan(src: Path, *, chat_template: Path | None = None, prompt: str | None = N
             raise ConvertError(f"{cfg_path}: conversation template {name!r} is not one vgmed knows "
                                f"({', '.join(TEMPLATES)}); give it with --chat-template FILE")
         template, template_name = TEMPLATES[name].template, TEMPLATES[name].name
-    tok = _tokenizer(src, template)
+    tok = load_tokenizer(src, template)
     text = _text_config(cfg["llm_config"], cfg_path)
     patch = int(vision_cfg["patch_size"])
     ratio = float(cfg.get("downsample_ratio", 0.5))

@@ -31,16 +31,16 @@ from pathlib import Path
 import torch
 
 from vgmed_eval.chat_templates import PROMPTS, read_template
-from vgmed_eval.convert import (
+from vgmed_eval.checkpoint_io import (
     EMBED,
     IMAGE_TOKEN,
     LM_HEAD,
     ConvertError,
-    _read_json,
-    _tokenizer,
     assemble,
     grow,
     grown_rows,
+    load_tokenizer,
+    read_json,
     read_weights,
     weight_files,
     weight_shapes,
@@ -104,8 +104,8 @@ def plan(src: Path, *, chat_template: Path | None = None, prompt: str | None = N
     )
 
     cfg_path = src / "config.json"
-    cfg = _read_json(cfg_path)
-    kind = _read_json(src / "mm_projector" / "config.json").get("mm_projector_type")
+    cfg = read_json(cfg_path)
+    kind = read_json(src / "mm_projector" / "config.json").get("mm_projector_type")
     if kind != "mlp_downsample":
         raise ConvertError(f"{src / 'mm_projector' / 'config.json'}: mm_projector_type {kind!r}; only VILA 1.5's "
                            "mlp_downsample converts")
@@ -114,7 +114,7 @@ def plan(src: Path, *, chat_template: Path | None = None, prompt: str | None = N
         raise ConvertError(f"{cfg_path}: image_aspect_ratio {aspect!r}; only resize (VILA 1.5) converts")
     if cfg.get("s2") or cfg.get("dynamic_s2") or cfg.get("mm_use_im_start_end"):
         raise ConvertError(f"{cfg_path}: S2 multi-scale towers and image start/end tokens do not convert")
-    tower_cfg = _read_json(src / "vision_tower" / "config.json")
+    tower_cfg = read_json(src / "vision_tower" / "config.json")
     if tower_cfg.get("model_type") not in ("siglip_vision_model", "siglip"):
         raise ConvertError(f"{src / 'vision_tower' / 'config.json'}: model_type {tower_cfg.get('model_type')!r}; "
                            "only a SigLIP tower converts")
@@ -135,7 +135,7 @@ def plan(src: Path, *, chat_template: Path | None = None, prompt: str | None = N
     for folder, found in files.items():
         if not found:
             raise ConvertError(f"{src / folder}: no weight files (model*.safetensors or pytorch_model*.bin)")
-    tok = _tokenizer(src / "llm", template)
+    tok = load_tokenizer(src / "llm", template)
     source: dict[str, tuple[int, ...]] = {}
     for folder, paths in files.items():
         for path in paths:
@@ -152,7 +152,7 @@ def plan(src: Path, *, chat_template: Path | None = None, prompt: str | None = N
     for key in (EMBED, LM_HEAD):
         if key in source:
             source[key] = (rows, *source[key][1:])
-    llm = {k: v for k, v in _read_json(src / "llm" / "config.json").items()
+    llm = {k: v for k, v in read_json(src / "llm" / "config.json").items()
            if k not in ("architectures", "_name_or_path", "transformers_version", "torch_dtype", "model_type")}
     try:
         text = AutoConfig.for_model("llama", **{**llm, "vocab_size": rows})
@@ -183,7 +183,7 @@ def plan(src: Path, *, chat_template: Path | None = None, prompt: str | None = N
     if problems:
         raise ConvertError(f"{src}: the weights do not fit a SigLIP + Llama InternVL model: " + "; ".join(problems))
     pre_path = src / "vision_tower" / "preprocessor_config.json"
-    pre = _read_json(pre_path) if pre_path.is_file() else {}
+    pre = read_json(pre_path) if pre_path.is_file() else {}
     ip = GotOcr2ImageProcessorPil(size={"height": side, "width": side}, crop_to_patches=False, max_patches=1,
                                   image_mean=pre.get("image_mean", [0.5] * 3),
                                   image_std=pre.get("image_std", [0.5] * 3))

@@ -1,0 +1,160 @@
+"""Checkpoint files, shared by every converter (LLaVA, InternVL-Chat, VILA): reading weight files and
+their shapes, JSON configs, the tokenizer with its image token, vocabulary growth, and writing a
+converted checkpoint so that an interrupted conversion never leaves a half one at its destination."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vgmed_build.errors import VgmedError
+
+IMAGE_TOKEN = "<image>"
+GROW_MULTIPLE = 64  # grown vocabularies are padded to a multiple of this (as transformers' script does)
+GROW_SCALE = 1e-5  # covariance scale of the new rows
+EMBED, LM_HEAD = "model.language_model.embed_tokens.weight", "lm_head.weight"
+
+
+class ConvertError(VgmedError, ValueError):
+    """A checkpoint that cannot be converted; the message names the file and what is wrong."""
+
+
+# ------------------------------------------------------------------------------------ weight files
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files in shard order: safetensors when present, else PyTorch .bin."""
+    for index_name, single, pattern in (("model.safetensors.index.json", "model.safetensors", "*.safetensors"),
+                                        ("pytorch_model.bin.index.json", "pytorch_model.bin", "pytorch_model*.bin")):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                names = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+            except (ValueError, KeyError, AttributeError) as exc:
+                raise ConvertError(f"{index}: not a weight index ({exc})") from exc
+            files = [folder / n for n in dict.fromkeys(names)]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise ConvertError(f"{index}: lists missing shard(s) {', '.join(missing)}")
+            return files
+        if (folder / single).is_file():
+            return [folder / single]
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found
+    return []
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of one weight file (``.bin`` memory-mapped, never unpickling code)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # corrupt, truncated, or a pickle with code in it
+        raise ConvertError(f"{path}: cannot read weights: {type(exc).__name__}: {exc}") from exc
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of one weight file, without loading safetensors data."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as fh:
+                return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+        except Exception as exc:
+            raise ConvertError(f"{path}: cannot read weights: {type(exc).__name__}: {exc}") from exc
+    return {k: tuple(v.shape) for k, v in read_weights(path).items()}
+
+
+# ---------------------------------------------------------------------------------- vocabulary growth
+def grown_rows(n_tokens: int, rows: int) -> int:
+    """Embedding rows needed for ``n_tokens`` tokens: unchanged when they fit, else the next multiple of 64."""
+    return rows if n_tokens <= rows else math.ceil(n_tokens / GROW_MULTIPLE) * GROW_MULTIPLE
+
+
+def grow(weight: torch.Tensor, rows: int, seed: int = 0) -> torch.Tensor:
+    """``weight`` with rows appended, drawn from N(mean, 1e-5 * covariance) of its existing rows.
+
+    Sampled as mean + sqrt(1e-5 / n) * (W - mean)^T z with z ~ N(0, I_n): exactly that distribution,
+    with no Cholesky factor (the covariance of a large vocabulary is often singular)."""
+    n, _ = weight.shape
+    if rows <= n:
+        return weight
+    w = weight.float()
+    mean = w.mean(0)
+    z = torch.randn(rows - n, n, generator=torch.Generator().manual_seed(seed))
+    new = mean + math.sqrt(GROW_SCALE / n) * (z @ (w - mean))
+    return torch.cat([weight, new.to(weight.dtype)])
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConvertError(f"{path}: not found") from exc
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"{path}: cannot read JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConvertError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_tokenizer(src: Path, template: str):
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # it reads config.json and warns that llava_* is not a tokenizer's model
+    try:
+        tok = AutoTokenizer.from_pretrained(src)
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"{src}: cannot load the tokenizer: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(level)
+    if IMAGE_TOKEN not in tok.get_vocab():
+        tok.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+    if tok.pad_token is None:  # LLaVA pads with unk (LLaMA) or eos (Qwen2)
+        tok.pad_token = tok.unk_token or tok.eos_token
+    tok.chat_template = template
+    return tok
+
+
+def assemble(dst: Path, parts: list, finish, progress: bool = True) -> None:
+    """Write each part (a callable returning tensors) as one safetensors shard into ``DST.converting``,
+    then the index and what ``finish(folder)`` writes (config, processor, notes), and rename the folder
+    to DST: an interrupted conversion never leaves a half checkpoint at DST."""
+    from safetensors.torch import save_file
+
+    work = dst.with_name(dst.name + ".converting")
+    if work.exists():  # our own leftover from an interrupted conversion
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i, part in enumerate(tqdm(parts, desc="convert", unit="shard", disable=not progress)):
+        tensors = part()
+        name = f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
+        save_file(tensors, work / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        del tensors
+    (work / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
+        + "\n", encoding="utf-8")
+    finish(work)
+    if dst.exists():
+        dst.rmdir()
+    work.rename(dst)
+
+
+def check_destination(dst: Path) -> None:
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ConvertError(f"{dst}: already exists and is not an empty folder; choose a new destination")

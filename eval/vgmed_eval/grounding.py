@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -54,6 +55,9 @@ from vgmed_eval.prompts import GENERAL_PROMPT, short_answer
 from vgmed_eval.protocol import VGMED, Protocol, add_protocol_args, resolve
 from vgmed_eval.release_io import Question, ReleaseNotFound, read_release, resolve_release
 from vgmed_eval.summary import gt_and_chance, summarise
+
+if TYPE_CHECKING:  # the adapters import torch and transformers: not at start-up
+    from vgmed_eval.adapters import Adapter
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,7 @@ class _Item:
         return self.truths.primary
 
 
-def capture_maps(adapter, images: list[Image.Image], texts: list[str], layers: list[int], rows: str
+def capture_maps(adapter: Adapter, images: list[Image.Image], texts: list[str], layers: list[int], rows: str
                   ) -> list[np.ndarray]:
     """Per input, a float32 (layers, heads, cells) map of the grid's image tokens."""
     import torch
@@ -168,7 +172,7 @@ def safe_name(qid: str) -> str:
 class GroundingRun:
     """Evaluate one set of questions with one adapter; results accumulate in memory."""
 
-    def __init__(self, adapter, layers: list[int], batch_size: int, rows: str = "last",
+    def __init__(self, adapter: Adapter, layers: list[int], batch_size: int, rows: str = "last",
                  maps_dir: Path | None = None, protocol: Protocol = VGMED, chance: ChanceDraws = ChanceDraws()):
         self.adapter, self.layers, self.batch_size, self.rows = adapter, layers, batch_size, rows
         self.protocol, self.chance = protocol, chance
@@ -304,7 +308,7 @@ class GroundingRun:
         })
 
 
-def evaluate_release(adapter, release: Path, out: Path, *, layers: list[int], batch_size: int, rows: str,
+def evaluate_release(adapter: Adapter, release: Path, out: Path, *, layers: list[int], batch_size: int, rows: str,
                      save_maps: bool, limit: int | None, q_types: tuple[str, ...], n_boot: int,
                      progress: bool = True, control: bool = False, images: Path | None = None,
                      reading: BoxReading = DEFAULT_READING, world: World = distributed.SINGLE,
@@ -379,7 +383,7 @@ def _write_errors(path: Path, errors: list[dict]) -> None:
             fh.write(json.dumps(e) + "\n")
 
 
-def _evaluate_part(adapter, questions: list[Question], out: Path, world: World, layers: list[int],
+def _evaluate_part(adapter: Adapter, questions: list[Question], out: Path, world: World, layers: list[int],
                    batch_size: int, rows: str, maps_dir: Path | None, progress: bool, protocol: Protocol,
                    chance: ChanceDraws) -> None:
     """This rank's images into its part directory, unless an earlier run already wrote that part."""

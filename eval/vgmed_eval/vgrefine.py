@@ -27,6 +27,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -35,6 +36,9 @@ from vgmed_build.errors import VgmedError
 from vgmed_eval.attention import blocked_positions, capture, knockout
 from vgmed_eval.numerics import TRIAGE_FLOOR
 from vgmed_eval.prompts import GENERAL_PROMPT
+
+if TYPE_CHECKING:  # the adapters package imports every family
+    from vgmed_eval.adapters import Adapter
 
 MODES = ("consistent", "prefill")
 THRESHOLDS = ("percentile", "minmax")
@@ -173,6 +177,23 @@ class Query:
     suffix: torch.Tensor  # (S,) token ids after the prefix
 
 
+# (baseline answers or None, VGRefine or knocked-out answers or None), each in the order of the queries
+Answers = tuple[list[Answer] | None, list[Answer] | None]
+
+
+@dataclass
+class _Pass:
+    """A prompt pass over a batch of queries, ready to decode from: the cache, each row's last logits,
+    mask and position ids, the (prefix, suffix) column layout, and the triage layers' maps when captured."""
+
+    cache: object
+    logits: torch.Tensor  # (B, vocab)
+    mask: torch.Tensor
+    positions: torch.Tensor
+    layout: tuple[int, int]
+    maps: dict[int, torch.Tensor]  # layer -> (B, H, N) question maps; empty when not captured
+
+
 class PrefixMismatch(VgmedError, RuntimeError):
     """The chat template does not put the image before the text, so no prefix can be shared."""
 
@@ -180,7 +201,7 @@ class PrefixMismatch(VgmedError, RuntimeError):
 class VGRefiner:
     """Baseline and VGRefine answers for a model adapter (any family), with shared prefix caches."""
 
-    def __init__(self, adapter, config: VGRefineConfig | None, max_new_tokens: int = 16,
+    def __init__(self, adapter: Adapter, config: VGRefineConfig | None, max_new_tokens: int = 16,
                  keep_logits: bool = False, min_new_tokens: int = 0):
         self.adapter = adapter
         self.keep_logits = keep_logits
@@ -316,7 +337,7 @@ class VGRefiner:
     def _text(self, tokens: list[int]) -> str:
         return self.adapter.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
-    def answer(self, queries: list[Query], baseline: bool = True, refined: bool = True):
+    def answer(self, queries: list[Query], baseline: bool = True, refined: bool = True) -> Answers:
         """(baseline answers or None, VGRefine answers or None) for one batch of queries, in order.
 
         Padding sits between prefix and suffix, so a sliding-window layer (Gemma 3) whose window is
@@ -362,42 +383,49 @@ class VGRefiner:
             pre.general = {layer: m[j, :, : len(pre.grid)].clone() for layer, m in cap.maps.items()}
 
     @torch.no_grad()
-    def _answer(self, queries: list[Query], baseline: bool, refined: bool):
-        """One batched question pass (plus missing general prompts), then greedy decoding."""
+    def _answer(self, queries: list[Query], baseline: bool, refined: bool) -> Answers:
+        """One batched question pass (plus the general prompts still missing), then greedy decoding: the
+        plain answers, or VGRefine's (its low-attention cells triaged from the pass's maps, knocked out)
+        decoded in one batch with the plain ones."""
         if refined and self.config is None:
             raise ValueError("VGRefine answers need a VGRefineConfig (heads and knockout layers)")
-        general_rows = []
-        if refined:
-            seen = set()
-            for q in queries:
-                if not q.prefix.general and id(q.prefix) not in seen:
-                    seen.add(id(q.prefix))
-                    general_rows.append(q.prefix)
+        if not (baseline or refined):
+            return None, None
+        done = self._question_pass(queries, capture=refined)
+        if not refined:
+            return self._greedy(done.cache, done.logits, done.mask, done.positions[:, -1] + 1), None
+        low = self._triage(queries, done.maps)
+        state = (done.cache, done.logits, done.mask, done.positions) if baseline else None
+        return self._knocked(queries, low, done.layout, state)
+
+    def _lacking_general(self, queries: list[Query]) -> list[Prefix]:
+        """The queries' prefixes whose general-prompt maps are not measured yet, each once, in order."""
+        return list({id(q.prefix): q.prefix for q in queries if not q.prefix.general}.values())
+
+    def _question_pass(self, queries: list[Query], capture: bool) -> _Pass:
+        """The queries' prompt pass; with ``capture``, also the general prompts their prefixes lack, in the
+        same batch, whose maps are stored on the prefixes (those rows are then dropped from the cache)."""
+        general_rows = self._lacking_general(queries) if capture else []
         rows = [(q.prefix, q.suffix) for q in queries] + [(p, p.general_suffix) for p in general_rows]
         nq = len(queries)
         cache, ids, mask, pos, pmax = self._assemble(rows)
-        if refined:
+        maps: dict[int, torch.Tensor] = {}
+        if capture:
             with self._capture(rows, pmax) as cap:
                 _start_at(cap, pmax)
                 out = self._forward(cache, ids, mask, pos)
             for j, pre in enumerate(general_rows):
                 pre.general = {layer: m[nq + j, :, : len(pre.grid)].clone() for layer, m in cap.maps.items()}
-        elif baseline:
-            out = self._forward(cache, ids, mask, pos)
+            maps = {layer: m[:nq] for layer, m in cap.maps.items()}
         else:
-            return None, None
+            out = self._forward(cache, ids, mask, pos)
         if general_rows:
-            keep = torch.arange(nq, device=ids.device)
-            cache.batch_select_indices(keep)
+            cache.batch_select_indices(torch.arange(nq, device=ids.device))
             mask, pos = mask[:nq], pos[:nq]
-        if not refined:
-            return self._greedy(cache, out.logits[:nq, -1], mask, pos[:, -1] + 1), None
-        low = self._triage(queries, {layer: m[:nq] for layer, m in cap.maps.items()})
-        state = (cache, out.logits[:nq, -1], mask, pos) if baseline else None
-        return self._knocked(queries, low, (pmax, ids.shape[1]), state)
+        return _Pass(cache, out.logits[:nq, -1], mask, pos, (pmax, ids.shape[1]), maps)
 
     @torch.no_grad()
-    def answer_without(self, queries: list[Query], cells: list[torch.Tensor], baseline: bool = True):
+    def answer_without(self, queries: list[Query], cells: list[torch.Tensor], baseline: bool = True) -> Answers:
         """(baseline answers or None, answers with ``cells`` knocked out) for one batch of queries: no
         triage, the given (N,) boolean cell masks are knocked out on the knockout layers as VGRefine knocks
         out its low-attention cells (the causal check, ``vgmed-eval causal``)."""
@@ -420,7 +448,7 @@ class VGRefiner:
         return self._knocked(queries, [torch.as_tensor(c, dtype=torch.bool).cpu() for c in cells],
                              (pmax, ids.shape[1]), state)
 
-    def _knocked(self, queries: list[Query], low: list[torch.Tensor], layout: tuple[int, int], state):
+    def _knocked(self, queries: list[Query], low: list[torch.Tensor], layout: tuple[int, int], state) -> Answers:
         """Knock out ``low`` cells per query on the knockout layers and decode; ``state`` = (cache, last
         logits, mask, positions) of the same queries' plain pass, whose baseline rows then decode in the same
         batch (one decoding loop for both)."""

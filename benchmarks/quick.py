@@ -5,7 +5,7 @@ machine slows both and the ratio holds; most use CPU seconds of this process (be
 which a shared machine inflates far less than wall time. Every check also keeps its benchmark's own
 test of correctness (identical boxes, maps, answers): a mismatch fails the check whatever its speed.
 One line per check; exit status 1 when any check fails (a benchmark that crashes fails its checks; the
-others still run). Two to three minutes on the loaded 2-core build machine (~45 s of CPU).
+others still run). About three minutes on the loaded 2-core build machine (~50 s of CPU).
 
     .venv/bin/python benchmarks/quick.py                 # every check
     .venv/bin/python benchmarks/quick.py --only boxes    # checks whose name contains "boxes"
@@ -51,6 +51,10 @@ FLOORS: dict[str, Floor] = {
     # longer concurrent: ~1/32) must fail it; generate's own cost is judged in CPU on the next line
     "generate: drafts/s / bare client loop req/s": Floor("bench_generate", ">=", 0.6, "0.87-1.37x"),
     "generate: bare loop CPU/request / generate CPU/draft": Floor("bench_generate", ">=", 0.7, "0.97-1.58x"),
+    # the judge's loop as generate's (wall rate: gross losses only); its CPU per draft includes drawing and
+    # encoding each draft's image, which the bare loop gets done beforehand (measured at load 3-6)
+    "judge: drafts/s / bare client loop req/s": Floor("bench_judge", ">=", 0.6, "0.90-1.20x"),
+    "judge: bare loop CPU/request / judge CPU/draft": Floor("bench_judge", ">=", 0.8, "1.08-1.20x"),
     "grounding: published CPU / vgmed-eval CPU": Floor("bench_grounding", ">=", 1.5, "2.3-3.0x"),
     "vgrefine: published CPU / VGRefiner CPU": Floor("bench_vqa", ">=", 2.0, "3.9-5.4x"),
 }

@@ -62,8 +62,8 @@ def test_read_annotation():
         "box too big",
     )
     assert c.boxes == [[10, 20, 30, 40]] and c.dropped_boxes == 1
-    empty = read_annotation([], 100, 50)
-    assert empty.verdict is None and empty.question is None and empty.boxes == []
+    verdict_only = read_annotation([{"from_name": "verdict", "value": {"choices": ["accept"]}}], 100, 50)
+    assert verdict_only.verdict == "accept" and verdict_only.question is None and verdict_only.boxes == []
 
 
 def test_label_config_is_valid_and_accepts_the_prediction():

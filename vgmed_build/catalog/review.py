@@ -114,3 +114,23 @@ class ReviewQueries(CatalogBase):
             "SELECT draft_id, project, record_json FROM review_events ORDER BY id"
         ):
             yield draft_id, project, json.loads(rec)
+
+    def add_review_problem(self, conn: sqlite3.Connection, rec: dict, pulled_at: str) -> bool:
+        """Store one annotation review pull could not use (keys as :meth:`review_problem_records` gives them)
+        inside the caller's transaction; False when that problem of that revision was stored before."""
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO review_problems (project, task_id, annotation_id, revision, reviewer, draft_id, "
+            "problem, pulled_at) VALUES (?,?,?,?,?,?,?,?)",
+            (rec["project"], rec["task_id"], rec["annotation_id"], rec["revision"], rec["reviewer"],
+             rec["draft_id"], rec["problem"], pulled_at),
+        )
+        return bool(cur.rowcount)
+
+    def review_problem_records(self) -> list[dict]:
+        """Every annotation review pull could not use, in the order they were first found."""
+        cur = self.conn.execute(
+            "SELECT project, task_id, annotation_id, revision, reviewer, draft_id, problem, pulled_at "
+            "FROM review_problems ORDER BY id"
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]

@@ -149,6 +149,22 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (draft_id, judge, content_hash)
     );
     """,
+    # v6: annotations review pull could not store (no or unknown verdict, a broken box, task data rewritten
+    # on the server), one row per annotation revision and problem, so `review status` reports them.
+    """
+    CREATE TABLE review_problems (
+        id INTEGER PRIMARY KEY,
+        project TEXT NOT NULL,
+        task_id INTEGER NOT NULL,
+        annotation_id INTEGER NOT NULL,     -- 0 when the annotation carries no usable id
+        revision TEXT NOT NULL,             -- the annotation's updated_at ('' when it has none)
+        reviewer TEXT NOT NULL,             -- pseudonym, '' when the annotation names no user
+        draft_id TEXT NOT NULL,             -- '' when the task names no draft of this build
+        problem TEXT NOT NULL,
+        pulled_at TEXT NOT NULL,
+        UNIQUE (project, task_id, annotation_id, revision, problem)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

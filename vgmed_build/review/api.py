@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -14,6 +15,57 @@ from vgmed_build.errors import VgmedError
 
 class LabelStudioError(VgmedError, RuntimeError):
     """The server cannot be installed, started, reached or used; the message says what to do."""
+
+
+class ServerFailure(LabelStudioError):
+    """The server answered an error or something that is not what the endpoint returns; :func:`step`
+    names the server and the step it broke."""
+
+
+RESUME_HINT = "rerun the same command to resume (what finished is stored)"
+
+
+def _failure(exc: BaseException) -> str | None:
+    """What went wrong, in words, for a failure of the server or of the connection to it; None for
+    anything else (a bug, or our own refusal, which keeps its message)."""
+    import httpx
+    from label_studio_sdk.core.api_error import ApiError
+
+    if isinstance(exc, ServerFailure):
+        return str(exc)
+    if isinstance(exc, ApiError):
+        body = " ".join((exc.body if isinstance(exc.body, str) else json.dumps(exc.body, default=str)).split())
+        if exc.status_code is not None and exc.status_code < 300:  # the SDK's wrapper of an unreadable answer
+            return f"the answer is not valid JSON (cut short?): {body[:200]!r}"
+        return f"HTTP {exc.status_code}: {body[:300]}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"the answer is not valid JSON (cut short?): {exc}"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"the server closed the connection before answering in full ({exc})"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer in time ({type(exc).__name__})"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({exc})"
+    if isinstance(exc, httpx.HTTPError):
+        return f"the connection failed: {type(exc).__name__}: {exc}"
+    return None
+
+
+@contextmanager
+def step(url: str, what: str) -> Iterator[None]:
+    """Run one step of an exchange with the server at ``url``; a failure of the server or of the
+    connection (an HTTP error, a dropped connection, an unreadable or truncated answer) becomes one
+    LabelStudioError naming the server, the step and what went wrong, instead of a traceback.
+
+    Steps nest: the innermost names the failure, the outer ones pass it on unchanged.
+    """
+    try:
+        yield
+    except Exception as exc:
+        reason = _failure(exc)
+        if reason is None:
+            raise
+        raise LabelStudioError(f"Label Studio at {url}: {what} failed: {reason}; {RESUME_HINT}") from None
 
 
 MAX_FILES_PER_UPLOAD = 100  # Label Studio's limit for one multipart import
@@ -26,7 +78,8 @@ EXPORT_CONCURRENCY = 3  # parallel slices: on two cores, 2-3 beat both 1 and 4 (
 def _send(client, method: str, path: str, **kwargs):
     resp = client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
     if resp.status_code >= 400:
-        raise LabelStudioError(f"Label Studio answered HTTP {resp.status_code} to {method} /{path}: {resp.text[:300]}")
+        text = " ".join(resp.text.split())[:300]
+        raise ServerFailure(f"Label Studio answered HTTP {resp.status_code} to {method} /{path}: {text}")
     return resp
 
 
@@ -82,7 +135,20 @@ def export_tasks(client, project_id: int, all_tasks: bool = False, ids: Sequence
         params=params,
         request_options={"timeout_in_seconds": 900},
     )
-    return data or []
+    return check_export(data or [])
+
+
+def check_export(data: object) -> list[dict]:
+    """``data`` when it is what an export holds, a list of tasks each with an integer id and a list of
+    annotations; else ServerFailure (a garbage answer must not be read as "no reviews")."""
+    if not isinstance(data, list):
+        raise ServerFailure(f"the export is {type(data).__name__}, not a list of tasks")
+    for i, task in enumerate(data):
+        ok = isinstance(task, dict) and isinstance(task.get("id"), int) and not isinstance(task["id"], bool)
+        if not ok or not isinstance(task.get("annotations", []), list):
+            raise ServerFailure(f"entry {i + 1} of the export is not a task with an id and a list of annotations: "
+                                f"{json.dumps(task, default=str)[:120]}")
+    return data
 
 
 def export_annotated(
@@ -128,8 +194,6 @@ def upload_images(client, project_id: int, paths: list[Path]) -> list[str]:
             name = f["file"].rsplit("/", 1)[-1].split("-", 1)[-1]  # upload/<project>/<uuid8>-<our name>
             stored[int(name[:3])] = "/data/" + f["file"]
         if len(stored) != len(chunk):
-            raise LabelStudioError(
-                f"upload to project {project_id}: sent {len(chunk)} images, server lists {len(stored)}"
-            )
+            raise ServerFailure(f"upload to project {project_id}: sent {len(chunk)} images, server lists {len(stored)}")
         urls.extend(stored[i] for i in range(len(chunk)))
     return urls

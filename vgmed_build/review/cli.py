@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from vgmed_build.catalog import CatalogError, open_catalog
-from vgmed_build.commands import EXIT_INCOMPLETE, EXIT_OK, add_build_arg, fail
+from vgmed_build.commands import EXIT_INCOMPLETE, EXIT_ITEM_ERRORS, EXIT_OK, add_build_arg, fail
 from vgmed_build.lock import LockBusy, add_wait_arg, stage_lock
 from vgmed_build.review.api import EXPORT_CONCURRENCY, LabelStudioError
 from vgmed_build.review.decision import POLICIES, decide
@@ -178,7 +177,10 @@ def _register_review(subparsers) -> None:
         help="bring new annotations into the catalog",
         description="Store every annotation revision made since the last pull as a review event. The first "
         "pull exports every task this build pushed; later pulls only the tasks saved since (on the server's clock, "
-        "with a 5-minute overlap).",
+        "with a 5-minute overlap). An annotation that cannot be stored (no or an unknown verdict, a box with a "
+        "missing or non-numeric coordinate, task data rewritten on the server) is listed as a warning and kept "
+        "for `review status`; the others are stored, and the exit status is 1. A failure of the server or of "
+        "the connection is one error naming the server and the step (exit 2); rerun to resume.",
     )
     add_build_arg(s)
     _add_server(s)
@@ -341,11 +343,10 @@ def cmd_review_pull(args) -> int:
         return fail(str(exc))
     print(
         f"pulled {report.new_events} new review event(s); {report.known_events} already stored, "
-        f"{report.skipped} skipped annotation(s), {len(report.errors)} problem(s)"
+        f"{report.skipped} skipped annotation(s), {len(report.errors)} invalid annotation(s) not stored "
+        f"({report.new_problems} new; `review status` lists them)"
     )
-    for line in report.errors[:20]:
-        print(f"  {line}", file=sys.stderr)
-    return EXIT_OK
+    return EXIT_ITEM_ERRORS if report.errors else EXIT_OK
 
 
 def cmd_review_status(args) -> int:

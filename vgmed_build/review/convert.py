@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from vgmed_build.errors import VgmedError
+
 # Names in config.xml; pushing, reading and the config must agree on them.
 IMAGE, BOXES, QUESTION, ANSWER, VERDICT, COMMENT = "image", "bbox", "question", "answer", "verdict", "comment"
 BOX_LABEL = "target"
@@ -100,11 +102,15 @@ def rectangle_to_box(value: dict, width: int, height: int) -> list[int] | None:
     return [x0, y0, x1, y1]
 
 
+class InvalidAnnotation(VgmedError, ValueError):
+    """An annotation whose result cannot be read as a review; the message lists every problem found."""
+
+
 @dataclass
 class AnnotationContent:
     """What one reviewer submitted, in catalog terms."""
 
-    verdict: str | None
+    verdict: str
     question: str | None  # None when the reviewer removed the text field entirely
     answer: str | None
     boxes: list[list[int]]
@@ -112,28 +118,92 @@ class AnnotationContent:
     dropped_boxes: int  # rectangles entirely outside the image
 
 
-def _text(result: dict) -> str:
-    return "\n".join(str(t) for t in result.get("value", {}).get("text", [])).strip()
+RECTANGLE_KEYS = ("x", "y", "width", "height")
+
+
+def _verdict(value: dict) -> tuple[str | None, str | None]:
+    """(verdict, problem) of a choices result."""
+    choices = value.get("choices")
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        return None, f"verdict: choices {choices!r} is not a list of text"
+    if len(choices) != 1:
+        return None, f"verdict: {len(choices)} choices {choices!r}, expected one"
+    if choices[0] not in VERDICTS:
+        return None, f"unknown verdict {choices[0]!r} (expected one of {', '.join(VERDICTS)})"
+    return choices[0], None
+
+
+def _text(name: str, value: dict) -> tuple[str | None, str | None]:
+    """(text, problem) of a textarea result: its lines joined."""
+    lines = value.get("text", [])
+    if not isinstance(lines, list) or not all(isinstance(t, str) for t in lines):
+        return None, f"{name}: text {lines!r} is not a list of strings"
+    return "\n".join(lines).strip(), None
+
+
+def _number(value: object) -> bool:
+    """A finite JSON number (JSON true / false are not numbers, though Python's bools are ints)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _rectangle_problem(value: dict) -> str | None:
+    """What keeps a rectangle result from being a box, or None."""
+    for key in RECTANGLE_KEYS:
+        if key not in value:
+            return f"coordinate {key!r} is missing"
+        if not _number(value[key]):
+            return f"{key} is {value[key]!r}, not a number"
+    rotation = value.get("rotation")
+    if rotation is not None and not _number(rotation):
+        return f"rotation is {rotation!r}, not a number"
+    return None
 
 
 def read_annotation(results: list[dict], width: int, height: int) -> AnnotationContent:
-    """Read a Label Studio annotation result list back into verdict, text, boxes and comment."""
-    content = AnnotationContent(None, None, None, [], None, 0)
-    for r in results:
+    """Read a Label Studio annotation result list back into verdict, text, boxes and comment.
+
+    Raises InvalidAnnotation naming every problem (no verdict, an unknown one, a rectangle without a
+    coordinate or with text where a number belongs, ...): a review is stored whole or not at all.
+    """
+    if not isinstance(results, list):
+        raise InvalidAnnotation(f"result is {type(results).__name__}, not a list")
+    verdicts: list[str] = []
+    texts: dict[str, str | None] = {}
+    boxes: list[list[int]] = []
+    dropped = 0
+    problems: list[str] = []
+    n_rect = 0
+    for i, r in enumerate(results):
+        value = r.get("value") if isinstance(r, dict) else None
+        if not isinstance(value, dict):
+            problems.append(f"result {i + 1} has no value object")
+            continue
         name = r.get("from_name")
         if name == VERDICT:
-            choices = r.get("value", {}).get("choices") or []
-            content.verdict = choices[0] if choices else None
-        elif name == QUESTION:
-            content.question = _text(r)
-        elif name == ANSWER:
-            content.answer = _text(r)
-        elif name == COMMENT:
-            content.comment = _text(r) or None
+            verdict, problem = _verdict(value)
+            verdicts += [verdict] if verdict else []
+        elif name in (QUESTION, ANSWER, COMMENT):
+            texts[name], problem = _text(name, value)
         elif name == BOXES and r.get("type") == "rectanglelabels":
-            box = rectangle_to_box(r["value"], width, height)
-            if box is None:
-                content.dropped_boxes += 1
+            n_rect += 1
+            problem = _rectangle_problem(value)
+            box = None if problem else rectangle_to_box(value, width, height)
+            if problem:
+                problem = f"box {n_rect}: {problem}"
+            elif box is None:
+                dropped += 1
             else:
-                content.boxes.append(box)
-    return content
+                boxes.append(box)
+        else:
+            problem = None
+        if problem:
+            problems.append(problem)
+    if not verdicts and not any(p.startswith(("verdict:", "unknown verdict")) for p in problems):
+        problems.insert(0, "no verdict")
+    elif len(set(verdicts)) > 1:
+        problems.append(f"several verdicts {sorted(set(verdicts))}")
+    if problems:
+        raise InvalidAnnotation("; ".join(problems))
+    return AnnotationContent(
+        verdicts[0], texts.get(QUESTION), texts.get(ANSWER), boxes, texts.get(COMMENT) or None, dropped
+    )

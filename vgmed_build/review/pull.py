@@ -6,12 +6,19 @@ all its cores; a project holding tasks the catalog does not know is exported who
 revision of each annotation becomes one row of ``review_events`` (UNIQUE(annotation_id, revision)),
 so pulling again adds only what changed since and never overwrites an earlier event. Reviewers are
 stored as pseudonyms; nothing that names a person (e-mail, user name) reaches the catalog.
+
+An annotation that cannot be stored (no or an unknown verdict, a broken box, task data rewritten on the
+server since the push) is stored as a problem instead (``review_problems``: task, reviewer, what is
+wrong), which ``review status`` lists; the other annotations are stored as usual. A failure of the
+server or of the connection stops the pull with one error naming the server and the step; what was
+read before it is stored and the next pull takes up from the previous mark.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -21,9 +28,18 @@ from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.resources import schema_errors
 from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
-from vgmed_build.review.convert import VERDICTS, read_annotation
+from vgmed_build.review.convert import read_annotation
 from vgmed_build.review.server import ServerInfo, connect
-from vgmed_build.review.state import PROJECTS, DraftRow, last_pull_key, load_drafts, project_state, pull_since_key
+from vgmed_build.review.state import (
+    PROJECTS,
+    DraftRow,
+    last_pull_key,
+    load_drafts,
+    problem_line,
+    project_state,
+    pull_since_key,
+)
+from vgmed_build.review.tasks import HASH_KEY, content_hash, task_data
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +54,8 @@ class PullReport:
     new_events: int = 0
     known_events: int = 0  # already in the catalog from an earlier pull
     skipped: int = 0  # annotations cancelled (skipped) in Label Studio: no verdict to keep
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # one line per annotation that could not be stored
+    new_problems: int = 0  # of those, how many no earlier pull had found
 
 
 def reviewer_id(server_identity: str, user_id: int) -> str:
@@ -46,21 +63,36 @@ def reviewer_id(server_identity: str, user_id: int) -> str:
     return "r-" + hashlib.sha256(f"{server_identity}|{user_id}".encode()).hexdigest()[:8]
 
 
+def _user_id(annotation: dict) -> int | None:
+    """The Label Studio user who saved ``annotation`` (``completed_by``: an id or a user object)."""
+    user = annotation.get("completed_by")
+    user_id = user.get("id") if isinstance(user, dict) else user
+    return user_id if isinstance(user_id, int) and not isinstance(user_id, bool) else None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def event_record(
     task: dict, annotation: dict, row: DraftRow, project: str, project_id: int, server_identity: str
 ) -> dict:
     """One annotation revision as a review event record; ValueError names what is wrong."""
-    content = read_annotation(annotation.get("result") or [], row.width, row.height)
-    if content.verdict not in VERDICTS:
-        raise ValueError(f"annotation {annotation['id']} has no verdict (got {content.verdict!r})")
+    if not isinstance(annotation.get("id"), int) or isinstance(annotation["id"], bool):
+        raise ValueError(f"annotation id {annotation.get('id')!r} is not a number")
+    content = read_annotation(annotation.get("result", []), row.width, row.height)
     draft = row.draft
     question = draft["question"] if content.question is None else content.question
     answer = draft["answer"] if content.answer is None else content.answer
-    user = annotation.get("completed_by")
-    user_id = user.get("id") if isinstance(user, dict) else user
+    user_id = _user_id(annotation)
     if user_id is None:
-        raise ValueError(f"annotation {annotation['id']} has no completed_by user")
+        raise ValueError(f"completed_by {annotation.get('completed_by')!r} names no user")
     lead = annotation.get("lead_time")
+    if lead is not None and not _is_number(lead):
+        raise ValueError(f"lead_time {lead!r} is not a number")
+    for key in ("created_at", "updated_at"):
+        if not isinstance(annotation.get(key), str) or not annotation[key]:
+            raise ValueError(f"{key} {annotation.get(key)!r} is not a time")
     return {
         "draft_id": draft["id"],
         "project": project,
@@ -68,7 +100,7 @@ def event_record(
         "task_id": task["id"],
         "annotation_id": annotation["id"],
         "revision": annotation["updated_at"],
-        "reviewer": reviewer_id(server_identity, int(user_id)),
+        "reviewer": reviewer_id(server_identity, user_id),
         "verdict": content.verdict,
         "question": question,
         "answer": answer,
@@ -82,42 +114,85 @@ def event_record(
     }
 
 
+def rewritten(data: dict, row: DraftRow, pushed_hash: str | None) -> str | None:
+    """What of the task ``data`` on the server differs from what this build pushed for ``row``, or None.
+
+    ``pushed_hash``: the content hash the catalog recorded for the task (None for a task it never
+    recorded). The hash in the data must be that one or the current draft's; when it is the current
+    draft's, every field a reviewer sees must be what :func:`task_data` makes of the draft (the note
+    is read back from the task, the image URL is the server's).
+    """
+    if data.get("draft_id") != row.id:
+        return f"task data rewritten on the server: draft_id {data.get('draft_id')!r}, pushed as {row.id!r}"
+    note = data.get("facts_note")
+    current = content_hash(row, note) if isinstance(note, str) else None
+    if data.get(HASH_KEY) not in {pushed_hash, current} - {None}:
+        return "task data rewritten on the server: its content hash is not the one this build pushed"
+    if data.get(HASH_KEY) != current:
+        return None  # the draft changed since this task was pushed (and reviewed): nothing to compare with
+    expected = task_data(row, data.get("image"), note)
+    changed = sorted(k for k, v in expected.items() if data.get(k) != v)
+    if changed:
+        return f"task data rewritten on the server: {', '.join(changed)} differ from what this build pushed"
+    return None
+
+
 @dataclass
-class _Collector:
-    """Turns one project's exported tasks into new, valid review events; problems are kept per item."""
+class Collector:
+    """Turns one project's exported tasks into new, valid review events; an annotation that cannot be
+    stored becomes a problem record (task, reviewer, what is wrong)."""
 
     drafts: dict[str, DraftRow]
+    tasks: dict[int, tuple[str, str]]  # task id -> (draft id, content hash) recorded by push
     stored: set[tuple[int, str]]  # (annotation id, revision) already in the catalog
     project: str
     project_id: int
     server_identity: str
     report: PullReport
     events: list[dict] = field(default_factory=list)
-    problems: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[dict] = field(default_factory=list)
 
     def add(self, task: dict) -> None:
-        draft_id = (task.get("data") or {}).get("draft_id")
-        row = self.drafts.get(draft_id)
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        draft_id, pushed_hash = self.tasks.get(task["id"], (data.get("draft_id"), None))
+        row = self.drafts.get(draft_id) if isinstance(draft_id, str) else None
         if row is None:
-            self.problems.append((f"task {task['id']}", f"draft {draft_id!r} is not an ok draft of this build"))
-            return
+            wrong = f"draft {draft_id!r} is not an ok draft of this build"
+        else:
+            wrong = rewritten(data, row, pushed_hash)
         for annotation in task.get("annotations") or []:
-            if annotation.get("was_cancelled"):
+            if not isinstance(annotation, dict):
+                self._problem(task, {}, draft_id, f"annotation {annotation!r} is not an object")
+            elif annotation.get("was_cancelled"):
                 self.report.skipped += 1
-            elif (annotation["id"], annotation["updated_at"]) in self.stored:
+            elif (annotation.get("id"), annotation.get("updated_at")) in self.stored:
                 self.report.known_events += 1  # pulled before: nothing to build or validate
+            elif wrong or row is None:
+                self._problem(task, annotation, draft_id, wrong)
             else:
                 self._add_annotation(task, annotation, row)
+
+    def _problem(self, task: dict, annotation: dict, draft_id: object, problem: str) -> None:
+        ann_id, revision, user = annotation.get("id"), annotation.get("updated_at"), _user_id(annotation)
+        self.problems.append({
+            "project": self.project,
+            "task_id": task["id"],
+            "annotation_id": ann_id if isinstance(ann_id, int) and not isinstance(ann_id, bool) else 0,
+            "revision": revision if isinstance(revision, str) else "",
+            "reviewer": reviewer_id(self.server_identity, user) if user is not None else "",
+            "draft_id": draft_id if isinstance(draft_id, str) else "",
+            "problem": problem,
+        })
 
     def _add_annotation(self, task: dict, annotation: dict, row: DraftRow) -> None:
         try:
             rec = event_record(task, annotation, row, self.project, self.project_id, self.server_identity)
-        except (ValueError, KeyError, TypeError) as exc:
-            self.problems.append((f"draft {row.id}", f"task {task['id']}: {exc}"))
+        except ValueError as exc:
+            self._problem(task, annotation, row.id, str(exc))
             return
         errors = schema_errors("review", rec)
         if errors:
-            self.problems.append((f"draft {row.id}", f"annotation {annotation['id']}: " + "; ".join(errors)))
+            self._problem(task, annotation, row.id, "; ".join(errors))
             return
         self.events.append(rec)
 
@@ -143,6 +218,43 @@ def _exports(catalog: Catalog, client, project: str, project_id: int, concurrenc
     return api.export_annotated(client, project_id, ids, concurrency), len(ids), mark
 
 
+def _store(catalog: Catalog, project: str, collector: Collector, mark: str | None) -> None:
+    """Store the collected events and problems in one transaction; with ``mark`` (the export finished),
+    also the pull marks, so a pull that broke off is taken up again from the previous mark."""
+    report = collector.report
+    pulled_at = now_iso()
+    with catalog.transaction() as c:
+        for rec in collector.events:
+            if catalog.add_review_event(c, project, rec, pulled_at):
+                report.new_events += 1
+            else:
+                report.known_events += 1
+        for problem in collector.problems:
+            report.new_problems += catalog.add_review_problem(c, problem, pulled_at)
+        if mark is not None:
+            catalog.set_state(last_pull_key(project), pulled_at, conn=c)
+            catalog.set_state(pull_since_key(project), mark, conn=c)
+    for problem in collector.problems:
+        log.warning("review pull: %s", problem_line(problem))
+        report.errors.append(problem_line(problem))
+    collector.events, collector.problems = [], []
+
+
+def _project_exists(client, project_id: int) -> bool:
+    """False only when the server says the project is not there (404): a pull that failed for that reason
+    gets its own message; any other answer keeps the original error."""
+    import httpx
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        client.projects.get(project_id)
+    except ApiError as exc:
+        return exc.status_code != 404
+    except (httpx.HTTPError, ValueError):  # the server cannot tell us now: the original error stands
+        return True
+    return True
+
+
 def pull(
     catalog: Catalog,
     server: ServerInfo,
@@ -155,7 +267,8 @@ def pull(
     ``concurrency``: export requests in flight at once (see ``api.export_annotated``). After the
     first pull only tasks saved since the previous pull are exported; ``full`` exports every task.
     """
-    client = connect(server)
+    with api.step(server.url, "connecting"):
+        client = connect(server)
     drafts = {r.id: r for r in load_drafts(catalog)}
     report = PullReport()
     states = {name: project_state(catalog, name) for name in PROJECTS}
@@ -166,26 +279,27 @@ def pull(
             continue
         if state["server"] != server.identity:
             raise LabelStudioError(f"this build's {project} project lives on {state['url']}; pass --url {state['url']}")
-        stored = catalog.review_event_keys(project)
-        batches, total, mark = _exports(catalog, client, project, state["id"], concurrency, full)
-        collector = _Collector(drafts, stored, project, state["id"], server.identity, report)
-        with tqdm(total=total, desc=f"pull {project}", unit="task", disable=not progress) as bar:
-            for asked, tasks in batches:
-                for task in tasks:
-                    collector.add(task)
-                bar.update(asked)
-        events, problems = collector.events, collector.problems
-        pulled_at = now_iso()
-        with catalog.transaction() as c:
-            for rec in events:
-                if catalog.add_review_event(c, project, rec, pulled_at):
-                    report.new_events += 1
-                else:
-                    report.known_events += 1
-            catalog.set_state(last_pull_key(project), pulled_at, conn=c)
-            catalog.set_state(pull_since_key(project), mark, conn=c)
-        for item, message in problems:
-            log.warning("review pull: %s: %s", item, message)
-            catalog.record_error("review", item, message)
-            report.errors.append(f"{item}: {message}")
+        tasks = {t: (d, h) for d, (t, h) in catalog.review_tasks(project).items()}
+        collector = Collector(
+            drafts, tasks, catalog.review_event_keys(project), project, state["id"], server.identity, report
+        )
+        try:
+            with api.step(server.url, f"exporting the {project} project ({state['id']}) for review pull"):
+                batches, total, mark = _exports(catalog, client, project, state["id"], concurrency, full)
+                with tqdm(total=total, desc=f"pull {project}", unit="task", disable=not progress) as bar:
+                    for asked, exported in batches:
+                        for task in exported:
+                            collector.add(task)
+                        bar.update(asked)
+        except BaseException as exc:
+            _store(catalog, project, collector, None)  # what arrived whole is kept; the marks stay
+            if isinstance(exc, LabelStudioError) and not _project_exists(client, state["id"]):
+                raise LabelStudioError(
+                    f"this build's {project} project (id {state['id']}) is gone from {server.url} (deleted?): the "
+                    f"{len(catalog.review_event_keys(project))} review event(s) pulled from it are kept in the "
+                    "catalog; `vgmed-build review push` makes a new project for the drafts (pulling again cannot "
+                    "succeed)"
+                ) from None
+            raise
+        _store(catalog, project, collector, mark)
     return report

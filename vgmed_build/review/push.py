@@ -108,7 +108,8 @@ def ensure_project(catalog: Catalog, client, server: ServerInfo, name: str, titl
             log.warning("adopting %s project %s: a push was interrupted after creating it", name, project_id)
             current = client.projects.get(project_id)
     if project_id is None:
-        project_id = client.projects.create(title=title, description=marker, label_config=config, **settings).id
+        with api.step(server.url, f"creating the {name} project"):
+            project_id = client.projects.create(title=title, description=marker, label_config=config, **settings).id
     else:
         changes = {k: v for k, v in settings.items() if getattr(current, k) != v}
         if current.label_config != config:
@@ -266,18 +267,26 @@ def push(
         raise ValueError(f"unknown review project {project!r}; expected one of {PROJECTS}")
     if reviewers_per_item < 1:
         raise ValueError("reviewers_per_item must be at least 1")
-    client = connect(server)
+    def step(what: str):
+        return api.step(server.url, what)
+
+    with step("connecting"):
+        client = connect(server)
     notes = notes or {}
     title = title or f"vgmed {project} ({catalog.build_dir.resolve().name})"
-    project_id = ensure_project(catalog, client, server, project, title, reviewers_per_item)
+    with step(f"setting up the {project} project"):
+        project_id = ensure_project(catalog, client, server, project, title, reviewers_per_item)
     mode = _image_mode(catalog, server, images)
-    resolver = (_local_resolver if mode == "local" else _upload_resolver)(catalog, client, server, project_id)
+    with step(f"setting up the image {'storage' if mode == 'local' else 'uploads'} of project {project_id}"):
+        resolver = (_local_resolver if mode == "local" else _upload_resolver)(catalog, client, server, project_id)
     report = PushReport(project=project, project_id=project_id, images=mode)
-    report.withdrawn = delete_withdrawn_tasks(catalog, client)
+    with step("deleting the tasks of withdrawn source items"):
+        report.withdrawn = delete_withdrawn_tasks(catalog, client)
 
     known = catalog.review_tasks(project)
-    if client.projects.get(project_id).task_number > len(known):
-        report.adopted = _adopt_orphans(catalog, client, project, project_id, known)
+    with step(f"recovering the tasks of an interrupted push in project {project_id}"):
+        if client.projects.get(project_id).task_number > len(known):
+            report.adopted = _adopt_orphans(catalog, client, project, project_id, known)
 
     rows = load_drafts(catalog, draft_ids, with_rejected)
     new = [r for r in rows if r.id not in known]
@@ -288,14 +297,14 @@ def push(
     with tqdm(total=len(new) + len(changed), desc=f"push {project}", unit="task", disable=not progress) as bar:
         for n, start in enumerate(range(0, len(new), batch_size), start=1):
             batch = new[start : start + batch_size]
-            urls = resolver(batch)
+            with step(f"uploading the images of import request {n}"):
+                urls = resolver(batch)
             payload = [task_payload(r, urls[r.draft["image"]], notes.get(r.id, "")) for r in batch]
-            answer = client.projects.import_tasks(id=project_id, request=payload, return_task_ids=True)
-            task_ids = list(answer.task_ids or [])
-            if len(task_ids) != len(batch):
-                raise LabelStudioError(
-                    f"import into project {project_id}: sent {len(batch)} tasks, got {len(task_ids)} ids"
-                )
+            with step(f"importing tasks into project {project_id} (request {n}, {len(batch)} tasks)"):
+                answer = client.projects.import_tasks(id=project_id, request=payload, return_task_ids=True)
+                task_ids = list(answer.task_ids or [])
+                if len(task_ids) != len(batch):
+                    raise api.ServerFailure(f"sent {len(batch)} tasks, got {len(task_ids)} task ids back")
             if fail_after and n >= fail_after:
                 raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: simulated crash after import request {n}")
             pushed_at = now_iso()
@@ -310,8 +319,10 @@ def push(
             report.created += len(batch)
             bar.update(len(batch))
         for row in changed:
-            note = notes.get(row.id, "")
-            if _update_task(client, known[row.id][0], task_payload(row, resolver([row])[row.draft["image"]], note)):
+            note, task_id = notes.get(row.id, ""), known[row.id][0]
+            with step(f"updating task {task_id} of project {project_id}"):
+                updated = _update_task(client, task_id, task_payload(row, resolver([row])[row.draft["image"]], note))
+            if updated:
                 catalog.update_review_task(row.id, project, content_hash(row, note))
                 report.updated += 1
             else:

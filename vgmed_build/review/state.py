@@ -43,6 +43,14 @@ def load_drafts(catalog: Catalog, ids: Iterable[str] | None = None, with_rejecte
     return out
 
 
+def problem_line(problem: dict) -> str:
+    """An annotation review pull could not store (a ``review_problem_records`` row) as one line: the
+    task, the annotation and its reviewer, what is wrong."""
+    who = problem["reviewer"] or "an unknown reviewer"
+    what = f"annotation {problem['annotation_id']}" if problem["annotation_id"] else "an annotation"
+    return f"{problem['project']} task {problem['task_id']}: {what} by {who}: {problem['problem']}"
+
+
 def pull_since_key(name: str) -> str:
     """Catalog state key: the server time up to which ``review pull`` has seen project ``name``."""
     return f"review.pull_since.{name}"

@@ -13,7 +13,7 @@ from vgmed_build.catalog import Catalog
 from vgmed_build.review import agreement
 from vgmed_build.review.calibration import calibrate, clinician_flags
 from vgmed_build.review.decision import STATUSES, Decision, decide, review_events
-from vgmed_build.review.state import REVIEW, last_pull_key, project_state
+from vgmed_build.review.state import REVIEW, last_pull_key, problem_line, project_state
 
 
 def adjudication_notes(catalog: Catalog, decisions: Mapping[str, Decision]) -> dict[str, str]:
@@ -55,6 +55,19 @@ def checks_vs_clinicians(catalog: Catalog, decisions: Mapping[str, Decision], ju
     }
 
 
+def open_problems(catalog: Catalog) -> list[dict]:
+    """The annotations review pull could not store (task, reviewer, what is wrong) that no later stored
+    revision of the same annotation has replaced: a reviewer who fixed one in Label Studio closes it."""
+    latest: dict[tuple[str, int], str] = {}
+    for _, project, rec in catalog.review_event_records():
+        key = (project, rec["annotation_id"])
+        latest[key] = max(latest.get(key, ""), rec["revision"])
+    return [
+        p for p in catalog.review_problem_records()
+        if not p["annotation_id"] or latest.get((p["project"], p["annotation_id"]), "") <= p["revision"]
+    ]
+
+
 def summary(catalog: Catalog, policy: str = "majority", adjudicator: str | None = None, limit: int = 20,
             judge: bool = False, judge_model: str | None = None) -> dict:
     """Progress, decisions and agreement of the build's review, from the catalog alone; with ``judge``,
@@ -73,6 +86,7 @@ def summary(catalog: Catalog, policy: str = "majority", adjudicator: str | None 
     disputed = [{"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "disputed"]
     unusable = [{"draft_id": k, "verdicts": d.verdicts} for k, d in decisions.items() if d.status == "unusable"]
     state = project_state(catalog, REVIEW) or {}
+    problems = open_problems(catalog)
     out = {
         "policy": policy,
         "adjudicator": adjudicator,
@@ -88,6 +102,9 @@ def summary(catalog: Catalog, policy: str = "majority", adjudicator: str | None 
         "agreement_accept_reject": agreement.summarize(binary),
         "disputed": disputed[:limit] if limit else disputed,
         "unusable": unusable[:limit] if limit else unusable,
+        # annotations review pull could not store and no later revision replaced: never counted above
+        "invalid_annotation_count": len(problems),
+        "invalid_annotations": problems[:limit] if limit else problems,
         "last_pull": catalog.get_state(last_pull_key(REVIEW)),
     }
     if judge:
@@ -145,6 +162,10 @@ def status_lines(s: dict) -> Iterator[str]:
         yield f"{key}: {s['decisions'][key]}{why if s['decisions'][key] else ''}"
         for d in s[key]:
             yield f"  {d['draft_id']}: " + ", ".join(f"{r} {v}" for r, v in sorted(d["verdicts"].items()))
+    n = s["invalid_annotation_count"]
+    yield f"invalid annotations: {n}" + (" (not stored: fix them in Label Studio, then pull again)" if n else "")
+    for p in s["invalid_annotations"]:
+        yield "  " + problem_line(p)
 
 
 def _ci(c: dict, key: str) -> str:

@@ -1,0 +1,189 @@
+"""A small local HTTP server that answers the few Label Studio API endpoints review push and pull use,
+and fails on request the way a real server or network does: a 500, a connection closed mid-answer,
+a truncated or garbage export.
+
+It keeps projects and tasks in memory. Tests reach it through the real SDK client (real HTTP), so the
+failures arrive exactly as they would from Label Studio: an ``ApiError``, an ``httpx`` transport error,
+an unreadable body. Starting the real server for each failure would cost a minute per test on a small
+machine; the successful exchange is tested against the real one (tests/test_review_labelstudio.py).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+ORG_CREATED = "2026-01-01T00:00:00Z"
+
+
+@dataclass
+class MimicState:
+    """What the mimic holds, and the faults it plays: ``faults[name]`` is (kind, how many more times)."""
+
+    projects: dict[int, dict] = field(default_factory=dict)
+    tasks: dict[int, dict] = field(default_factory=dict)
+    faults: dict[str, list] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    next_id: int = 1
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def fault(self, name: str) -> str | None:
+        """The fault to play on this request to endpoint ``name`` (counting it down), or None."""
+        with self.lock:
+            entry = self.faults.get(name)
+            if not entry or entry[1] <= 0:
+                return None
+            entry[1] -= 1
+            return entry[0]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: MimicState  # set on the subclass made per server
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    # ------------------------------------------------------------ plumbing
+    def _body(self) -> object:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        return json.loads(raw) if raw else None
+
+    def _send(self, status: int, payload: object = None, raw: bytes | None = None) -> None:
+        body = raw if raw is not None else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _cut(self, payload: object) -> None:
+        """Announce the whole answer, send half of it, close the connection."""
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(2)
+
+    def _play(self, name: str, payload_fn) -> None:
+        """Answer endpoint ``name`` with ``payload_fn()`` unless a fault is set for it."""
+        kind = self.state.fault(name)
+        if kind == "500":
+            self._send(500, raw=b"<h1>Server Error (500)</h1>")
+        elif kind == "close":  # the work is done, the answer never arrives
+            payload_fn()
+            self.close_connection = True
+            self.connection.shutdown(2)
+        elif kind == "cut":
+            self._cut(payload_fn())
+        elif kind == "truncated":  # a complete HTTP answer whose JSON is cut short
+            body = json.dumps(payload_fn()).encode()
+            self._send(200, raw=body[: len(body) // 2])
+        elif kind == "garbage":
+            self._send(200, {"detail": "not an export", "tasks": "none"})
+        else:
+            self._send(200 if self.command != "POST" else 201, payload_fn())
+
+    def _route(self) -> None:
+        url = urlparse(self.path)
+        path, query = url.path.rstrip("/"), parse_qs(url.query)
+        self.state.requests.append(f"{self.command} {path}")
+        parts = path.split("/")
+        s = self.state
+        if path == "/health":
+            return self._send(200, {"status": "UP"})
+        if path == "/api/current-user/whoami":
+            return self._send(200, {"id": 1, "email": "admin@mimic.local", "active_organization": 1})
+        if path == "/api/organizations":
+            return self._send(200, [{"id": 1, "title": "mimic", "created_at": ORG_CREATED}])
+        if path == "/api/projects" and self.command == "GET":
+            title = (query.get("title") or [""])[0]
+            page = int((query.get("page") or ["1"])[0])
+            found = [self._project(p) for p in s.projects.values() if title in p["title"]] if page == 1 else []
+            return self._send(200, {"count": len(found), "next": None, "previous": None, "results": found})
+        if path == "/api/projects" and self.command == "POST":
+            body = self._body()
+
+            def create() -> dict:
+                pid = s.new_id()
+                s.projects[pid] = {**body, "id": pid}
+                return self._project(s.projects[pid])
+
+            return self._play("create_project", create)
+        if len(parts) == 4 and parts[2] == "projects":
+            pid = int(parts[3])
+            if self.command == "PATCH":
+                s.projects[pid].update(self._body())
+            return self._send(200, self._project(s.projects[pid]))
+        if len(parts) == 5 and parts[2] == "projects" and parts[4] == "import":
+            body = self._body()
+
+            def store() -> dict:
+                ids = []
+                for t in body:
+                    tid = s.new_id()
+                    s.tasks[tid] = {"id": tid, "project": pid, "data": t["data"], "annotations": []}
+                    ids.append(tid)
+                return {"task_count": len(ids), "task_ids": ids}
+
+            pid = int(parts[3])
+            return self._play("import", store)
+        if len(parts) == 5 and parts[2] == "projects" and parts[4] == "export":
+            pid, ids = int(parts[3]), {int(i) for i in query.get("ids[]", [])}
+            every = (query.get("download_all_tasks") or ["false"])[0] == "true"
+
+            def export() -> list[dict]:
+                return [
+                    t for t in s.tasks.values()
+                    if t["project"] == pid and (not ids or t["id"] in ids) and (every or t["annotations"])
+                ]
+
+            return self._play("export", export)
+        if path == "/api/storages/localfiles":
+            return self._send(200, [] if self.command == "GET" else {"id": 1, **(self._body() or {})})
+        if len(parts) == 4 and parts[2] == "tasks" and self.command == "DELETE":
+            s.tasks.pop(int(parts[3]), None)
+            return self._send(204, raw=b"")
+        return self._send(404, {"detail": f"mimic: no {self.command} {path}"})
+
+    def _project(self, p: dict) -> dict:
+        n = sum(t["project"] == p["id"] for t in self.state.tasks.values())
+        return {**p, "task_number": n}
+
+    do_GET = do_POST = do_PATCH = do_DELETE = lambda self: self._route()  # noqa: E731
+
+
+class Mimic:
+    """The running mimic: ``url``, ``state`` (projects, tasks, faults), ``stop()``."""
+
+    def __init__(self) -> None:
+        self.state = MimicState()
+        handler = type("Handler", (_Handler,), {"state": self.state})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def fail(self, endpoint: str, kind: str, times: int = 99) -> None:
+        """Fail the next ``times`` requests to ``endpoint`` ("create_project", "import", "export") with
+        ``kind`` ("500", "close", "cut", "truncated", "garbage")."""
+        self.state.faults[endpoint] = [kind, times]
+
+    def heal(self) -> None:
+        self.state.faults.clear()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

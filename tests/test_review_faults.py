@@ -1,0 +1,236 @@
+"""Bad annotations and a failing Label Studio (issue 30).
+
+Annotations a reviewer or an API client saved that cannot be a review (no verdict, an unknown one, a box
+without a coordinate or with text for a number, task data rewritten on the server) are reported with
+their task, reviewer and problem, stored in the catalog and listed by `review status`, while the valid
+ones are stored. A server that fails (a 500 creating the project, a connection closed during import or
+export, a truncated or garbage export) stops push / pull with one error naming the server and the step,
+exit 2, and the next run resumes. The failures come from a small local HTTP server through the real SDK
+client (tests/labelstudio_mimic.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from labelstudio_fixture import dump, make_build
+from labelstudio_mimic import Mimic
+
+from vgmed_build.cli import main
+from vgmed_build.review.convert import InvalidAnnotation, draft_prediction, read_annotation
+from vgmed_build.review.pull import Collector, PullReport, reviewer_id
+from vgmed_build.review.state import load_drafts
+from vgmed_build.review.tasks import task_payload
+
+IDENTITY = "label-studio-org:1:2026-01-01T00:00:00Z"  # the mimic's organisation
+VERDICT_ACCEPT = {"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": ["accept"]}}
+
+
+def rect(**value) -> dict:
+    return {"from_name": "bbox", "to_name": "image", "type": "rectanglelabels", "value": value}
+
+
+BOX = {"x": 10, "y": 10, "width": 20, "height": 20, "rotation": 0}
+
+
+@pytest.mark.parametrize(
+    ("results", "problem"),
+    [
+        ([], "no verdict"),
+        ([rect(**BOX)], "no verdict"),
+        ([{**VERDICT_ACCEPT, "value": {"choices": ["maybe"]}}], "unknown verdict 'maybe' (expected one of accept,"),
+        ([{**VERDICT_ACCEPT, "value": {"choices": "accept"}}], "verdict: choices 'accept' is not a list of text"),
+        ([{**VERDICT_ACCEPT, "value": {"choices": ["accept", "reject"]}}], "verdict: 2 choices"),
+        ([VERDICT_ACCEPT, rect(x=10, y=10, width=20)], "box 1: coordinate 'height' is missing"),
+        ([VERDICT_ACCEPT, rect(**BOX), rect(**{**BOX, "x": "10"})], "box 2: x is '10', not a number"),
+        ([VERDICT_ACCEPT, rect(**{**BOX, "width": math.nan})], "box 1: width is nan, not a number"),
+        ([VERDICT_ACCEPT, rect(**{**BOX, "y": math.inf})], "box 1: y is inf, not a number"),
+        ([VERDICT_ACCEPT, rect(**{**BOX, "y": True})], "box 1: y is True, not a number"),
+        ([VERDICT_ACCEPT, rect(**{**BOX, "rotation": "90"})], "box 1: rotation is '90', not a number"),
+        ([VERDICT_ACCEPT, {"from_name": "question", "value": {"text": [3]}}], "question: text [3] is not a list"),
+        ([VERDICT_ACCEPT, {"from_name": "question"}], "result 2 has no value object"),
+        ([VERDICT_ACCEPT, "accept"], "result 2 has no value object"),
+        ({"verdict": "accept"}, "result is dict, not a list"),
+    ],
+)
+def test_an_unreadable_annotation_names_its_problem(results, problem):
+    with pytest.raises(InvalidAnnotation) as info:
+        read_annotation(results, 200, 100)
+    assert problem in str(info.value)
+
+
+def test_every_problem_of_an_annotation_is_named_and_good_ones_still_read():
+    bad = [{**VERDICT_ACCEPT, "value": {"choices": ["ok"]}}, rect(x=1, y=1, width="5", height=5)]
+    with pytest.raises(InvalidAnnotation, match="unknown verdict 'ok'.*; box 1: width is '5', not a number"):
+        read_annotation(bad, 200, 100)
+    results = draft_prediction("Where?", "here", [[20, 10, 60, 30]], 200, 100) + [VERDICT_ACCEPT]
+    good = read_annotation(results, 200, 100)
+    assert (good.verdict, good.question, good.answer, good.boxes) == ("accept", "Where?", "here", [[20, 10, 60, 30]])
+
+
+def _annotation(ann_id: int, user: object, results: list, when: str = "2026-12-07T10:00:00.000000Z") -> dict:
+    return {"id": ann_id, "completed_by": user, "result": results, "created_at": when, "updated_at": when,
+            "lead_time": 3.5, "was_cancelled": False}
+
+
+def test_the_collector_keeps_the_valid_annotations_and_reports_each_bad_one(tmp_path):
+    catalog = make_build(tmp_path / "b", n_images=1)
+    rows = load_drafts(catalog)
+    a, b, c = rows[0], rows[1], rows[2]
+    data = {r.id: task_payload(r, f"/data/{r.id}.png")["data"] for r in (a, b, c)}
+    hashes = {r.id: data[r.id]["vgmed_hash"] for r in (a, b, c)}
+    accept = draft_prediction(a.draft["question"], a.draft["answer"], a.draft["boxes"], a.width, a.height)
+    tampered_b = {**data[b.id], "draft_text": "as drafted: <img src=x onerror=alert(1)> | answer: yes"}
+    tampered_c = {**data[c.id], "draft_id": a.id}  # points the task at another draft
+    tasks = [
+        {"id": 11, "data": data[a.id], "annotations": [
+            _annotation(101, 7, accept + [VERDICT_ACCEPT]),  # valid
+            _annotation(102, {"id": 8}, [{**VERDICT_ACCEPT, "value": {"choices": ["maybe"]}}]),
+            _annotation(103, 9, [rect(x=1, y=1, width="wide", height=4), VERDICT_ACCEPT]),
+            _annotation(104, None, [VERDICT_ACCEPT]),
+            {**_annotation(105, 7, []), "was_cancelled": True},  # skipped: no verdict to keep, not a problem
+        ]},
+        {"id": 12, "data": tampered_b, "annotations": [_annotation(106, 7, [VERDICT_ACCEPT])]},
+        {"id": 13, "data": tampered_c, "annotations": [_annotation(107, 8, [VERDICT_ACCEPT])]},
+        {"id": 14, "data": {"draft_id": "0" * 16}, "annotations": [_annotation(108, 9, [VERDICT_ACCEPT])]},
+    ]
+    recorded = {11: (a.id, hashes[a.id]), 12: (b.id, hashes[b.id]), 13: (c.id, hashes[c.id])}
+    report = PullReport()
+    collector = Collector({r.id: r for r in rows}, recorded, set(), "review", 5, IDENTITY, report)
+    for task in tasks:
+        collector.add(task)
+    assert [(e["task_id"], e["annotation_id"], e["verdict"]) for e in collector.events] == [(11, 101, "accept")]
+    assert collector.events[0]["reviewer"] == reviewer_id(IDENTITY, 7) and report.skipped == 1
+    got = {p["annotation_id"]: p for p in collector.problems}
+    assert sorted(got) == [102, 103, 104, 106, 107, 108]
+    expect = {
+        102: (11, reviewer_id(IDENTITY, 8), a.id, "unknown verdict 'maybe'"),
+        103: (11, reviewer_id(IDENTITY, 9), a.id, "box 1: width is 'wide', not a number"),
+        104: (11, "", a.id, "completed_by None names no user"),
+        106: (12, reviewer_id(IDENTITY, 7), b.id, "task data rewritten on the server: draft_text differ"),
+        107: (13, reviewer_id(IDENTITY, 8), c.id, f"task data rewritten on the server: draft_id {a.id!r}"),
+        108: (14, reviewer_id(IDENTITY, 9), "0" * 16, "is not an ok draft of this build"),
+    }
+    for ann_id, (task_id, reviewer, draft_id, problem) in expect.items():
+        p = got[ann_id]
+        assert (p["task_id"], p["reviewer"], p["draft_id"]) == (task_id, reviewer, draft_id), p
+        assert problem in p["problem"], p
+        assert p["revision"] == "2026-12-07T10:00:00.000000Z" and p["project"] == "review"
+
+
+# ---------------------------------------------------------------- a failing server
+
+
+@pytest.fixture
+def mimic():
+    server = Mimic()
+    yield server
+    server.stop()
+
+
+def _cli(capsys, mimic, monkeypatch, *args: str) -> tuple[int, str, str]:
+    """Run ``vgmed-build review ...`` against the mimic, which "serves" the build's images from disk."""
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "mimic-token-0123456789")
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    build = args[args.index("--build") + 1]
+    code = main([*args[:2], "--no-progress", *args[2:], "--url", mimic.url, "--document-root", build])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_push_survives_a_500_and_a_connection_closed_during_import(tmp_path, mimic, capsys, monkeypatch):
+    catalog = make_build(tmp_path / "b", n_images=2)
+    build = str(catalog.build_dir)
+    n = len(load_drafts(catalog))
+    catalog.build_id()  # made on first need (the project's marker), a fixture of the build
+    before = dump(catalog)
+
+    mimic.fail("create_project", "500")
+    code, _, err = _cli(capsys, mimic, monkeypatch, "review", "push", "--build", build)
+    assert code == 2 and "Traceback" not in err
+    assert f"error: Label Studio at {mimic.url}: creating the review project failed: HTTP 500" in err
+    assert "rerun the same command to resume" in err
+    assert dump(catalog) == before and mimic.state.projects == {}
+
+    mimic.heal()
+    mimic.fail("import", "close")  # the server stores the tasks, the answer never arrives (every retry too)
+    code, _, err = _cli(capsys, mimic, monkeypatch, "review", "push", "--build", build, "--batch-size", "4")
+    assert code == 2 and "Traceback" not in err
+    assert "importing tasks into project" in err and "(request 1, 4 tasks) failed" in err
+    assert "the server closed the connection before answering in full" in err
+    assert len(mimic.state.tasks) >= 4  # on the server, not in the catalog
+    assert catalog.review_tasks("review") == {}
+
+    mimic.heal()
+    code, out, err = _cli(capsys, mimic, monkeypatch, "review", "push", "--build", build, "--batch-size", "4")
+    assert code == 0, err
+    assert f"{n - 4} new" in out and "4 recovered" in out
+    on_server = sorted(t["data"]["draft_id"] for t in mimic.state.tasks.values())
+    assert on_server == sorted(r.id for r in load_drafts(catalog))  # one task per draft, twins deleted
+    recorded = catalog.review_tasks("review")
+    assert {d: t for d, (t, _) in recorded.items()} == {
+        t["data"]["draft_id"]: t["id"] for t in mimic.state.tasks.values()
+    }
+
+
+def test_pull_survives_a_broken_export_and_reports_bad_annotations(tmp_path, mimic, capsys, monkeypatch):
+    catalog = make_build(tmp_path / "b", n_images=1)
+    build = str(catalog.build_dir)
+    assert _cli(capsys, mimic, monkeypatch, "review", "push", "--build", build)[0] == 0
+    tasks = sorted(mimic.state.tasks.values(), key=lambda t: t["id"])
+    rows = {r.id: r for r in load_drafts(catalog)}
+    good, bad, rewritten = tasks[0], tasks[1], tasks[2]
+    row = rows[good["data"]["draft_id"]]
+    edit = draft_prediction("Where is it?", "yes", [[5, 5, 40, 30]], row.width, row.height)
+    good["annotations"] = [_annotation(501, 7, edit + [{**VERDICT_ACCEPT, "value": {"choices": ["edit"]}}])]
+    bad["annotations"] = [
+        _annotation(502, 8, [VERDICT_ACCEPT]),  # valid beside the bad one
+        _annotation(503, 9, [{**VERDICT_ACCEPT, "value": {"choices": ["definitely"]}}]),
+        _annotation(504, 9, [VERDICT_ACCEPT, rect(x=5, y=5, width=10)]),
+    ]
+    rewritten["data"]["facts_what"] = "liver · <b>ignore the image and accept</b>"
+    rewritten["annotations"] = [_annotation(505, 7, [VERDICT_ACCEPT])]
+    before = dump(catalog)
+
+    for kind, words in (
+        ("cut", "the server closed the connection before answering in full"),
+        ("close", "the server closed the connection before answering in full"),
+        ("truncated", "the answer is not valid JSON (cut short?)"),
+        ("garbage", "the export is dict, not a list of tasks"),
+    ):
+        mimic.fail("export", kind)
+        code, _, err = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build)
+        assert code == 2 and "Traceback" not in err, (kind, err)
+        assert f"error: Label Studio at {mimic.url}: exporting the review project" in err and words in err, kind
+        assert dump(catalog) == before, kind  # nothing stored, no mark moved
+
+    mimic.heal()
+    code, out, err = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build)
+    assert code == 1, err  # the run went on; some annotations could not be stored
+    assert "pulled 2 new review event(s)" in out and "3 invalid annotation(s) not stored (3 new" in out
+    stored = {rec["annotation_id"]: rec for _, _, rec in catalog.review_event_records()}
+    assert sorted(stored) == [501, 502] and stored[501]["question"] == "Where is it?"
+
+    assert main(["review", "status", "--build", build, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["invalid_annotation_count"] == 3
+    listed = {p["annotation_id"]: p for p in status["invalid_annotations"]}
+    assert listed[503]["task_id"] == bad["id"] and listed[503]["reviewer"] == reviewer_id(IDENTITY, 9)
+    assert "unknown verdict 'definitely'" in listed[503]["problem"]
+    assert "box 1: coordinate 'height' is missing" in listed[504]["problem"]
+    assert listed[505]["task_id"] == rewritten["id"] and "facts_what differ" in listed[505]["problem"]
+    main(["review", "status", "--build", build])
+    text = capsys.readouterr().out
+    assert "invalid annotations: 3 (not stored" in text
+    assert f"review task {bad['id']}: annotation 503 by {reviewer_id(IDENTITY, 9)}: unknown verdict" in text
+
+    # The reviewer fixes 503 in Label Studio: the new revision is stored, the problem closes, its row stays.
+    bad["annotations"][1] = _annotation(503, 9, [VERDICT_ACCEPT], when="2026-12-07T11:00:00.000000Z")
+    code, out, _ = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build, "--full")
+    assert code == 1 and "pulled 1 new review event(s)" in out and "(0 new" in out
+    main(["review", "status", "--build", build, "--json"])
+    status = json.loads(capsys.readouterr().out)
+    assert sorted(p["annotation_id"] for p in status["invalid_annotations"]) == [504, 505]
+    assert len(catalog.review_problem_records()) == 3  # nothing stored is ever dropped

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,14 @@ from typing import Any
 import tomllib
 
 from vgmed_build.errors import VgmedError
-from vgmed_build.modality import CT_WINDOWS
+from vgmed_build.modality import CT_WINDOWS, modality_problem
 from vgmed_build.sources import SourceError, SourceSpec, get_adapter
-from vgmed_build.sources.base import OPTION_TYPES
+from vgmed_build.sources.base import MAX_SIDE_PX, OPTION_TYPES
 
 PLANES = ("axial", "coronal", "sagittal")
+# Rendered pixel sizes a sources file may ask for: finer than 10 micrometres is no radiology image (and
+# renders a slice of a few hundred mm to millions of pixels a side), coarser than 100 mm no anatomy.
+SPACING_RANGE_MM = (0.01, 100.0)
 SLICE_POLICIES = ("largest", "all", "every_n")
 # Rendering / selection options shared by every source kind, with their defaults (see docs/ingest.md).
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -69,6 +73,11 @@ def load_sources_file(path: str | Path) -> list[SourceSpec]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read sources file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the sources file as UTF-8"
+        ) from exc
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
@@ -133,6 +142,9 @@ def parse_source_flag(
     kind, sep, raw_path = flag.partition(":")
     if not sep or not kind or not raw_path:
         raise ConfigError(f"--source {flag!r}: expected KIND:PATH, e.g. msd:/data/Task03_Liver")
+    problem = modality_problem(modality) if modality else None
+    if problem:
+        raise ConfigError(f"--modality: {problem}")
     path = Path(raw_path).expanduser()
     if kind == "dicom":
         name = f"dicom-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
@@ -161,6 +173,10 @@ def _spec_from_entry(entry: Any, file: Path | None, index: int, where: str | Non
         adapter = get_adapter(kind)
     except SourceError as exc:
         raise ConfigError(f"{where}: key 'kind': {exc}") from exc
+    modality = _opt_str(entry, "modality", where)
+    problem = modality_problem(modality) if modality else None
+    if problem:
+        raise ConfigError(f"{where}: key 'modality': {problem}")
     path = Path(entry["path"]).expanduser()
     if file is not None and not path.is_absolute():
         path = file.parent / path
@@ -171,7 +187,7 @@ def _spec_from_entry(entry: Any, file: Path | None, index: int, where: str | Non
         name=name,
         kind=kind,
         path=path,
-        modality=_opt_str(entry, "modality", where) or None,
+        modality=modality or None,
         body_part=_opt_str(entry, "body_part", where),
         labels=_str_map(entry, "labels", where),
         display_names=_str_map(entry, "display_names", where),
@@ -222,8 +238,8 @@ def normalise_options(options: Any, where: str, adapter_types: dict[str, str] | 
         raise bad("max_area_ratio", "a number in (0, 1]")
     window = out["window"]
     if isinstance(window, list):
-        if len(window) != 2 or not all(_is_number(v) for v in window) or window[1] <= 0:
-            raise bad("window", "[level, width] with width > 0")
+        if len(window) != 2 or not all(_is_finite(v) for v in window) or window[1] <= 0:
+            raise bad("window", "[level, width], finite numbers with width > 0")
         out["window"] = [float(v) for v in window]
     elif window not in ("auto", "percentile", *CT_WINDOWS):
         raise bad("window", f"auto | percentile | [level, width] | one of {', '.join(CT_WINDOWS)}")
@@ -236,14 +252,16 @@ def normalise_options(options: Any, where: str, adapter_types: dict[str, str] | 
     ):
         raise bad("percentiles", "[low, high] with 0 <= low < high <= 100")
     out["percentiles"] = [float(v) for v in pct]
-    for key in ("spacing_mm",):
-        if out[key] is not None and (not _is_number(out[key]) or out[key] <= 0):
-            raise bad(key, "a positive number of millimetres")
-    if not isinstance(out["min_side_px"], int) or isinstance(out["min_side_px"], bool) or out["min_side_px"] < 0:
-        raise bad("min_side_px", "a whole number of pixels, 0 or more (0: never enlarge)")
-    for key in ("midline_mm", "midline_margin_mm"):
-        if out[key] is not None and not _is_number(out[key]):
-            raise bad(key, "a number of millimetres")
+    low, high = SPACING_RANGE_MM
+    if out["spacing_mm"] is not None and (not _is_finite(out["spacing_mm"]) or not low <= out["spacing_mm"] <= high):
+        raise bad("spacing_mm", f"a number of millimetres from {low} to {high:g}")
+    side = out["min_side_px"]
+    if not isinstance(side, int) or isinstance(side, bool) or not 0 <= side <= MAX_SIDE_PX:
+        raise bad("min_side_px", f"a whole number of pixels from 0 (never enlarge) to {MAX_SIDE_PX}")
+    if out["midline_mm"] is not None and not _is_finite(out["midline_mm"]):
+        raise bad("midline_mm", "a finite number of millimetres")
+    if not _is_finite(out["midline_margin_mm"]) or out["midline_margin_mm"] < 0:
+        raise bad("midline_margin_mm", "a finite number of millimetres, 0 or more")
     if out["channel"] is not None and (not isinstance(out["channel"], int) or out["channel"] < 0):
         raise bad("channel", "a non-negative integer")
     return out
@@ -268,6 +286,11 @@ def check_unique_names(specs: list[SourceSpec], where: str) -> None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    """A number that is not NaN or infinite (TOML reads ``nan`` and ``inf`` as floats)."""
+    return _is_number(value) and math.isfinite(value)
 
 
 def _opt_str(entry: dict, key: str, where: str) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vgmed_build import cli
+from vgmed_build.catalog.base import CatalogError, check_build_dir
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, fail
 
 DEFAULT_BUILD = Path("build/demo")
@@ -54,6 +55,10 @@ Step = tuple[str, list[str], Callable[[list[str]], int]]  # title, argv, the com
 
 def cmd_demo(args: argparse.Namespace) -> int:
     build: Path = args.build
+    try:
+        check_build_dir(build)
+    except CatalogError as exc:
+        return fail(str(exc))
     for title, argv, main in _steps(args):
         print(f"\n=== {title}: vgmed-{'build' if main is cli.main else 'eval'} {' '.join(argv)}", flush=True)
         code = main(argv)

@@ -27,7 +27,7 @@ from PIL import Image
 from scipy import ndimage
 
 from vgmed_build.modality import CT_WINDOWS
-from vgmed_build.sources.base import Volume
+from vgmed_build.sources.base import MAX_SIDE_PX, SourceError, Volume
 
 SLICE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 # In-plane voxel axes (row axis, column axis) of each plane; both are displayed reversed (see above).
@@ -97,9 +97,15 @@ def slice_geometry(
     spacing = voxel_spacing(affine)
     target = float(spacing_mm or min(spacing[r_axis], spacing[c_axis]))
     n_r, n_c = shape[r_axis], shape[c_axis]
-    if min_side_px:
-        target = min(target, min(n_r * spacing[r_axis], n_c * spacing[c_axis]) / min_side_px)
-    out = (max(1, round(n_r * spacing[r_axis] / target)), max(1, round(n_c * spacing[c_axis] / target)))
+    extent = (n_r * spacing[r_axis], n_c * spacing[c_axis])
+    if min_side_px:  # enlarged towards min_side_px, never past MAX_SIDE_PX on the long side
+        target = min(target, max(min(extent) / min_side_px, max(extent) / MAX_SIDE_PX))
+    out = (max(1, round(extent[0] / target)), max(1, round(extent[1] / target)))
+    if max(out) > MAX_SIDE_PX:
+        raise SourceError(
+            f"a {plane} slice would be rendered at {out[1]} x {out[0]} pixels ({target:.3g} mm each), more than "
+            f"{MAX_SIDE_PX} a side; give a larger spacing_mm"
+        )
     # Rendered pixel centre (r', c') -> display pixel index -> voxel index -> world.
     scale_r, scale_c = n_r / out[0], n_c / out[1]
     to_display = np.array([[scale_r, 0, 0.5 * scale_r - 0.5], [0, scale_c, 0.5 * scale_c - 0.5], [0, 0, 1]])
@@ -133,10 +139,13 @@ def resample(arr: np.ndarray, shape: tuple[int, int], labels: bool) -> np.ndarra
 
 def enlargement(shape: tuple[int, int], min_side_px: int) -> int:
     """Whole-number factor a 2D image is enlarged by: the largest that keeps the short side within
-    ``min_side_px`` (1 when the image is already at least half that). A 2D source is published as
-    given, so it is only ever enlarged by whole pixels: every box is exactly ``factor`` times its own."""
+    ``min_side_px`` and the long side within MAX_SIDE_PX (1 when the image is already at least half
+    that). A 2D source is published as given, so it is only ever enlarged by whole pixels: every box
+    is exactly ``factor`` times its own."""
     short = min(shape)
-    return max(1, min_side_px // short) if min_side_px and short else 1
+    if not (min_side_px and short):
+        return 1
+    return max(1, min(min_side_px // short, MAX_SIDE_PX // max(shape)))
 
 
 def ct_window(name: str) -> tuple[float, float]:

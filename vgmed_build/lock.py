@@ -182,5 +182,9 @@ def hold(path: Path, what: str, wait: bool = False) -> Iterator[Held]:
 
 
 def stage_lock(build_dir: Path, stage: str, wait: bool = False):
-    """The lock of ``stage`` ('ingest', 'review push', ...) on ``build_dir`` (see :func:`hold`)."""
+    """The lock of ``stage`` ('ingest', 'review push', ...) on ``build_dir`` (see :func:`hold`); a
+    ``build_dir`` that is a file is a CatalogError naming it, before anything is created."""
+    from vgmed_build.catalog.base import check_build_dir
+
+    check_build_dir(Path(build_dir))
     return hold(stage_lock_path(build_dir, stage), f"`vgmed-build {stage}` on {build_dir}", wait)

@@ -37,6 +37,7 @@ _NAMES = {
     "DERMOSCOPY": DERMOSCOPY,
     "FUNDUS": FUNDUS,
     "OP": FUNDUS,
+    "NATURAL": NATURAL,
 }
 # DICOM codes of modalities outside the benchmark's own set, named as they are read from headers
 # only (a sources file's "MG" stays "MG").
@@ -54,6 +55,18 @@ def normalise(name: str | None) -> str:
     if not name:
         return ""
     return _NAMES.get(name.strip().upper(), name.strip())
+
+
+def modality_problem(name: str) -> str | None:
+    """Why a modality a user gave (sources file, ``--modality``) is not one vgmed knows, or None.
+
+    A typo ("MIR") would otherwise become a modality of its own, with no templates and no file in
+    the release; a spelling, DICOM code or a name of the DICOM-only set (Mammography, ...) is fine.
+    """
+    known = {*_NAMES.values(), *_DICOM_ONLY.values()}
+    if normalise(name) in known or name.strip().upper() in _DICOM_ONLY:
+        return None
+    return f"unknown modality {name!r}; use one of {', '.join(sorted(known))} (or a DICOM code: CT, MR, PT, US, ...)"
 
 
 def from_dicom(code: str) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from vgmed_build.catalog.base import CATALOG_NAME, IMAGES_DIR, CatalogError, now_iso
+from vgmed_build.catalog.base import CATALOG_NAME, IMAGES_DIR, CatalogError, check_build_dir, now_iso
 from vgmed_build.catalog.drafting import DraftingQueries
 from vgmed_build.catalog.ingest import IngestQueries, Withdrawn
 from vgmed_build.catalog.judge import JudgeQueries
@@ -45,6 +45,7 @@ class Catalog(IngestQueries, DraftingQueries, JudgeQueries, ReviewQueries, Relea
 def open_catalog(build_dir: str | Path, create: bool = True) -> Catalog:
     """Open (and create or migrate) the catalog of ``build_dir``."""
     build_dir = Path(build_dir)
+    check_build_dir(build_dir)
     path = build_dir / CATALOG_NAME
     if not path.exists() and not create:
         raise CatalogError(f"{build_dir}: no build catalog ({CATALOG_NAME}) here; run `vgmed-build ingest` first")

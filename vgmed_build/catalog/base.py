@@ -22,6 +22,16 @@ class CatalogError(VgmedError, RuntimeError):
     """The build directory or its catalog cannot be used."""
 
 
+def check_build_dir(build_dir: Path) -> None:
+    """Refuse a ``--build`` that names something other than a folder (a file, a dangling link) before
+    any stage writes under it; a path that does not exist yet is fine (ingest creates it)."""
+    if build_dir.is_dir() or not (build_dir.exists() or build_dir.is_symlink()):
+        return
+    what = "a file" if build_dir.is_file() else "a broken symbolic link" if not build_dir.exists() else "not a folder"
+    raise CatalogError(f"{build_dir}: is {what}, not a build directory; give --build a folder (new or of an earlier "
+                       "build)")
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from vgmed_build.catalog.base import CatalogError, check_build_dir
 from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
 
@@ -228,6 +229,10 @@ def start_server(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise LabelStudioError(f"--workers must be at least 1 (got {workers})")
+    try:
+        check_build_dir(Path(build_dir))
+    except CatalogError as exc:
+        raise LabelStudioError(str(exc)) from None
     running = server_status(build_dir)
     if running:
         return running

@@ -9,6 +9,7 @@ driver stores it as an error record and goes on with the next item.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,13 +145,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# The longest side a rendered image may have: a slice resampled to a tiny pixel size (or enlarged
+# towards min_side_px from an extreme aspect ratio) would otherwise allocate without bound.
+MAX_SIDE_PX = 8192
+
 # The types a source kind's own options may have, each with its check (TOML "false" is a string, not
 # a boolean: a string never passes for a boolean or a number).
 OPTION_TYPES: dict[str, Callable[[Any], bool]] = {
     "a string": lambda v: isinstance(v, str),
     "a boolean (true or false, unquoted)": lambda v: isinstance(v, bool),
     "an integer": _is_int,
-    "a number": lambda v: _is_int(v) or isinstance(v, float),
+    "a number": lambda v: _is_int(v) or (isinstance(v, float) and math.isfinite(v)),  # not NaN / inf
     "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
     "a list of integers": lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
 }

@@ -96,7 +96,7 @@ def real_size_adapter(shape: str, max_layers: int | None = None):
     )
 
     if shape == "llava-7b":  # llava-hf/llava-1.5-7b-hf: CLIP ViT-L/14-336 + Llama-2-7B
-        tiny = MODEL_ADAPTERS["llava"].tiny()
+        tiny = MODEL_ADAPTERS.get("llava").tiny()
         vision = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
                                   num_hidden_layers=depth(24), num_attention_heads=16, projection_dim=768)
         text = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=depth(32),
@@ -112,7 +112,7 @@ def real_size_adapter(shape: str, max_layers: int | None = None):
         return type(tiny)(LlavaForConditionalGeneration(config).eval(), tiny.tokenizer, ip, tiny.chat_template,
                           proc, name="random llava-1.5-7b shape")
     if shape == "qwen2vl-7b":  # Qwen/Qwen2-VL-7B-Instruct, 1024 image tokens for an 896 x 896 image
-        tiny = MODEL_ADAPTERS["qwen2_vl"].tiny()
+        tiny = MODEL_ADAPTERS.get("qwen2_vl").tiny()
         cfg = tiny.model.config
         text = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=depth(28), num_attention_heads=28,
                     num_key_value_heads=4, vocab_size=152064, pad_token_id=tiny.tokenizer.pad_token_id,
@@ -158,7 +158,7 @@ def internvl_shape_adapter(shape: str, depth):
     )
 
     kind, vision, text, tile, select = INTERNVL_SHAPES[shape]
-    tiny = MODEL_ADAPTERS["internvl"].tiny()
+    tiny = MODEL_ADAPTERS.get("internvl").tiny()
     vision_cls = InternVLVisionConfig if kind == "internvit" else SiglipVisionConfig
     vision = vision_cls(**{**vision, "num_hidden_layers": depth(vision["num_hidden_layers"])}, image_size=tile,
                         patch_size=14)

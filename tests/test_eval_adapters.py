@@ -11,10 +11,10 @@ from vgmed_eval.adapters import MODEL_ADAPTERS, load_adapter
 from vgmed_eval.attention import capture
 
 
-@pytest.mark.parametrize("family", sorted(MODEL_ADAPTERS))
+@pytest.mark.parametrize("family", MODEL_ADAPTERS.names())
 def test_checkpoint_round_trip(family, tmp_path):
     """save_pretrained -> load_adapter(path): same adapter class, same tokens, same maps."""
-    tiny = MODEL_ADAPTERS[family].tiny()
+    tiny = MODEL_ADAPTERS.get(family).tiny()
     tiny.model.save_pretrained(tmp_path)
     if tiny.processor is not None:
         tiny.processor.save_pretrained(tmp_path)

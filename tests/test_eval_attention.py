@@ -9,7 +9,7 @@ from PIL import Image
 from vgmed_eval.adapters import MODEL_ADAPTERS, load_adapter
 from vgmed_eval.attention import ATTN_NAME, blocked_positions, capture, install, knockout
 
-FAMILIES = sorted(MODEL_ADAPTERS)
+FAMILIES = MODEL_ADAPTERS.names()
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -145,7 +145,7 @@ def _random_boxes(rng, w, h, n):
 def test_cells_match_real_processor(setup, size_name):
     family, ip, config = SETUPS[setup]
     w, h = SIZES[size_name]
-    geom = MODEL_ADAPTERS[family].grid_geometry(ip, config, w, h)
+    geom = MODEL_ADAPTERS.get(family).grid_geometry(ip, config, w, h)
     refs = []
     for value in (0, 255):
         refs.append(cell_values(family, ip, config, Image.fromarray(np.full((h, w, 3), value, np.uint8)), geom))
@@ -177,7 +177,7 @@ def _naive_cells(box, w, h, rows, cols):
 def test_published_pad_to_square_mistake_not_reproduced():
     family, ip, config = SETUPS["llava-pad-336"]
     w, h = SIZES["wide"]
-    geom = MODEL_ADAPTERS[family].grid_geometry(ip, config, w, h)
+    geom = MODEL_ADAPTERS.get(family).grid_geometry(ip, config, w, h)
     refs = [cell_values(family, ip, config, Image.fromarray(np.full((h, w, 3), v, np.uint8)), geom)
             for v in (0, 255)]
     box = (40, 10, 120, 50)
@@ -191,7 +191,7 @@ def test_published_pad_to_square_mistake_not_reproduced():
 
 def test_box_errors():
     family, ip, config = SETUPS["llava-hf-clip-336"]
-    geom = MODEL_ADAPTERS[family].grid_geometry(ip, config, 300, 120)
+    geom = MODEL_ADAPTERS.get(family).grid_geometry(ip, config, 300, 120)
     with pytest.raises(BoxOutsideError):
         geom.boxes_to_cells([(310, 0, 320, 10)])
     with pytest.raises(NoCellError, match="cover no cell"):  # the centre crop cuts the left edge away
@@ -203,9 +203,9 @@ def test_box_errors():
 def test_224_patch16_grid_known_cells():
     """The notebook's 224 px / 14 x 14 grid (16 px patches): cells worked out by hand."""
     family, ip, config = SETUPS["llava-224-patch16"]
-    geom = MODEL_ADAPTERS[family].grid_geometry(ip, config, 224, 224)
+    geom = MODEL_ADAPTERS.get(family).grid_geometry(ip, config, 224, 224)
     assert geom.shape == (14, 14) and geom.cell_w == 16
     cells = geom.box_to_cells((32, 48, 80, 64))  # columns 2-4, row 3
     assert cells[3, 2:5].all() and cells.sum() == 3
-    big = MODEL_ADAPTERS[family].grid_geometry(ip, config, 448, 448)  # resized by 1/2: same cells for 2x boxes
+    big = MODEL_ADAPTERS.get(family).grid_geometry(ip, config, 448, 448)  # resized by 1/2: same cells for 2x boxes
     assert np.array_equal(big.box_to_cells((64, 96, 160, 128)), cells)

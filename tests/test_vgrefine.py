@@ -24,7 +24,7 @@ from vgmed_eval.vgrefine import (
 )
 from vgmed_eval.vqa.reference import greedy, published_vgrefine, reference_attention
 
-FAMILIES = sorted(MODEL_ADAPTERS)
+FAMILIES = MODEL_ADAPTERS.names()
 QUESTIONS = ["is there a mass in the liver ?", "what organ is shown ?", "is the lung normal ? answer yes or no ."]
 MAX_NEW = 3
 

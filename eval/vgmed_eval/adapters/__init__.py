@@ -29,10 +29,7 @@ def load_adapter(spec: str, dtype: str = "auto", device: str = "cpu", chat_templ
         raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
     template = read_template(chat_template) if chat_template is not None else None
     if spec.startswith(TINY_PREFIX):
-        family = spec[len(TINY_PREFIX):]
-        if family not in MODEL_ADAPTERS:
-            raise ValueError(f"unknown tiny family {family!r}; available: {', '.join(sorted(MODEL_ADAPTERS))}")
-        adapter = MODEL_ADAPTERS[family].tiny()
+        adapter = MODEL_ADAPTERS.get(spec[len(TINY_PREFIX):]).tiny()
         adapter.model.to(dtype=DTYPES.get(dtype, None) or adapter.model.dtype)
         adapter.model = dispatch(adapter.model, placement) if placement else adapter.model.to(device)
         adapter.chat_template = template or adapter.chat_template
@@ -42,8 +39,8 @@ def load_adapter(spec: str, dtype: str = "auto", device: str = "cpu", chat_templ
     model_type = AutoConfig.from_pretrained(spec).model_type
     if model_type not in MODEL_TYPES:
         raise ValueError(f"{spec}: model_type {model_type!r} has no adapter; supported: "
-                         f"{', '.join(sorted(MODEL_TYPES))}")
-    return MODEL_TYPES[model_type].from_pretrained(spec, dtype=DTYPES.get(dtype, "auto"), device=device,
+                         f"{', '.join(MODEL_TYPES.names())}")
+    return MODEL_TYPES.get(model_type).from_pretrained(spec, dtype=DTYPES.get(dtype, "auto"), device=device,
                                                    chat_template=template, placement=placement)
 
 

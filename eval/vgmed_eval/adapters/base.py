@@ -18,20 +18,23 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vgmed_build.registry import Registry
 from vgmed_eval.attention import install, llm_layers
 from vgmed_eval.geometry import GridGeometry
 from vgmed_eval.placement import Placement, input_device
 
-MODEL_ADAPTERS: dict[str, type[Adapter]] = {}  # family name -> class
-MODEL_TYPES: dict[str, type[Adapter]] = {}  # config.model_type -> class
+# family name (``builtin:tiny-<family>``) -> class, and config.model_type -> class; :func:`register` fills both
+MODEL_ADAPTERS: Registry[type[Adapter]] = Registry("tiny family", ValueError, known="available")
+MODEL_TYPES: Registry[type[Adapter]] = Registry("model_type", ValueError, known="supported")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def register(cls: type[Adapter]) -> type[Adapter]:
-    MODEL_ADAPTERS[cls.family] = cls
+    """Class decorator: the family under its name and each of its config ``model_types``."""
+    MODEL_ADAPTERS.register(cls.family, cls)
     for model_type in cls.model_types:
-        MODEL_TYPES[model_type] = cls
+        MODEL_TYPES.register(model_type, cls)
     return cls
 
 

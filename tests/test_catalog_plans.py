@@ -35,7 +35,8 @@ from vgmed_build.review.server import connect
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
 # Tables whose row count grows with the dataset (sources and state hold a few rows per build).
-GROWING = {"items", "images", "regions", "drafts", "errors", "llm_cache", "review_tasks", "review_events"}
+GROWING = {"items", "images", "regions", "drafts", "errors", "llm_cache", "review_tasks", "review_events",
+           "review_problems"}
 
 # Whole-table reads, each done a fixed number of times per run: (start of the query, why it reads all).
 WHOLE_TABLE = {
@@ -63,6 +64,8 @@ WHOLE_TABLE = {
     "before, loaded once",
     "SELECT draft_id, project, record_json FROM review_events": "decisions: every review event, once",
     "SELECT id, record_json FROM drafts": "decisions: every draft, once",
+    "SELECT project, task_id, annotation_id, revision, reviewer, draft_id, problem, pulled_at FROM review_problems":
+    "review status: every annotation pull could not store, listed once",
 }
 
 _LITERAL = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")

@@ -30,9 +30,18 @@ def label_config() -> str:
 def instructions_html() -> str:
     """The written instructions (``prompts/review_instructions.md``, a team edits it), as the HTML
     Label Studio shows before the first task and from the labeling screen's instructions button."""
+    return markdown_html((resource_dir("prompts") / INSTRUCTIONS_FILE).read_text(encoding="utf-8"))
+
+
+def markdown_html(text: str) -> str:
+    """Markdown as HTML with any HTML in the text escaped, and links only to safe schemes.
+
+    Label Studio inserts the project's instructions into the page as raw HTML (unlike task data,
+    which every tag our config uses, ``Header`` and the task list's cells, shows as text), so this
+    is the one place where escaping is ours to do.
+    """
     from markdown_it import MarkdownIt
 
-    text = (resource_dir("prompts") / INSTRUCTIONS_FILE).read_text(encoding="utf-8")
     return MarkdownIt("commonmark", {"html": False}).render(text)
 
 

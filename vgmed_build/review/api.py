@@ -11,6 +11,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from vgmed_build.errors import VgmedError
+from vgmed_build.review.client import LabelStudioClient
 
 
 class LabelStudioError(VgmedError, RuntimeError):
@@ -75,7 +76,7 @@ EXPORT_SLICE = 200
 EXPORT_CONCURRENCY = 3  # parallel slices: on two cores, 2-3 beat both 1 and 4 (benchmarks/RESULTS.md)
 
 
-def _send(client, method: str, path: str, **kwargs):
+def _send(client: LabelStudioClient, method: str, path: str, **kwargs):
     resp = client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
     if resp.status_code >= 400:
         text = " ".join(resp.text.split())[:300]
@@ -83,13 +84,13 @@ def _send(client, method: str, path: str, **kwargs):
     return resp
 
 
-def request(client, method: str, path: str, **kwargs) -> object:
+def request(client: LabelStudioClient, method: str, path: str, **kwargs) -> object:
     """Call ``path`` with the client's authentication; the JSON answer, or a clear error."""
     resp = _send(client, method, path, **kwargs)
     return resp.json() if resp.content else None
 
 
-def task_count_and_clock(client, project_id: int) -> tuple[int, datetime]:
+def task_count_and_clock(client: LabelStudioClient, project_id: int) -> tuple[int, datetime]:
     """The project's number of tasks, and the server's own clock now (its HTTP ``Date`` header).
 
     Task timestamps are the server's, so "changed since" must be measured on its clock, not ours.
@@ -98,7 +99,7 @@ def task_count_and_clock(client, project_id: int) -> tuple[int, datetime]:
     return int(resp.json()["task_number"]), parsedate_to_datetime(resp.headers["date"])
 
 
-def changed_task_ids(client, project_id: int, since: datetime, limit: int) -> list[int] | None:
+def changed_task_ids(client: LabelStudioClient, project_id: int, since: datetime, limit: int) -> list[int] | None:
     """Ids of the project's tasks saved after ``since`` (an annotation saved or revised updates its
     task); None when more than ``limit`` changed, since exporting them all is then no dearer.
 
@@ -120,7 +121,8 @@ def changed_task_ids(client, project_id: int, since: datetime, limit: int) -> li
     return [t["id"] for t in request(client, "GET", "api/tasks/", params={**params, "page_size": total})["tasks"]]
 
 
-def export_tasks(client, project_id: int, all_tasks: bool = False, ids: Sequence[int] | None = None) -> list[dict]:
+def export_tasks(client: LabelStudioClient,
+                 project_id: int, all_tasks: bool = False, ids: Sequence[int] | None = None) -> list[dict]:
     """The project's tasks with their annotations in one JSON export (far faster than paging tasks).
 
     ``all_tasks=False`` returns only tasks that have at least one annotation; ``ids`` only those tasks.
@@ -172,7 +174,7 @@ def export_annotated(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def upload_images(client, project_id: int, paths: list[Path]) -> list[str]:
+def upload_images(client: LabelStudioClient, project_id: int, paths: list[Path]) -> list[str]:
     """Upload image files (at most 100 per request) without creating tasks; their ``/data/upload/`` URLs."""
     urls: list[str] = []
     for start in range(0, len(paths), MAX_FILES_PER_UPLOAD):

@@ -28,6 +28,7 @@ from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.resources import schema_errors
 from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
+from vgmed_build.review.client import LabelStudioClient
 from vgmed_build.review.convert import read_annotation
 from vgmed_build.review.server import ServerInfo, connect
 from vgmed_build.review.state import (
@@ -197,7 +198,7 @@ class Collector:
         self.events.append(rec)
 
 
-def _exports(catalog: Catalog, client, project: str, project_id: int, concurrency: int, full: bool):
+def _exports(catalog: Catalog, client: LabelStudioClient, project: str, project_id: int, concurrency: int, full: bool):
     """What to pull from one project: (tasks asked for, exported tasks) batches, their total, and the
     mark to store once they are in: the server's clock before the export, less a safety margin."""
     known = catalog.review_task_ids(project)
@@ -240,7 +241,7 @@ def _store(catalog: Catalog, project: str, collector: Collector, mark: str | Non
     collector.events, collector.problems = [], []
 
 
-def _project_exists(client, project_id: int) -> bool:
+def _project_exists(client: LabelStudioClient, project_id: int) -> bool:
     """False only when the server says the project is not there (404): a pull that failed for that reason
     gets its own message; any other answer keeps the original error."""
     import httpx

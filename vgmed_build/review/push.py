@@ -26,6 +26,7 @@ from tqdm import tqdm
 from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
+from vgmed_build.review.client import LabelStudioClient
 from vgmed_build.review.images import review_image
 from vgmed_build.review.server import ServerInfo, connect
 from vgmed_build.review.state import (
@@ -67,13 +68,14 @@ def project_marker(catalog: Catalog, name: str) -> str:
     return f"vgmed build {catalog.build_id()}: {name} project"
 
 
-def _find_project(client, title: str, marker: str) -> int | None:
+def _find_project(client: LabelStudioClient, title: str, marker: str) -> int | None:
     """The oldest project with ``title`` and ``marker`` on the server, or None."""
     found = [p.id for p in client.projects.list(title=title) if p.title == title and p.description == marker]
     return min(found) if found else None
 
 
-def ensure_project(catalog: Catalog, client, server: ServerInfo, name: str, title: str, reviewers_per_item: int) -> int:
+def ensure_project(catalog: Catalog, client: LabelStudioClient,
+                   server: ServerInfo, name: str, title: str, reviewers_per_item: int) -> int:
     """Create the project on first push; later keep its config and overlap settings current."""
     from label_studio_sdk.core.api_error import ApiError
 
@@ -142,7 +144,8 @@ def _image_mode(catalog: Catalog, server: ServerInfo, images: str) -> str:
     return images
 
 
-def _local_resolver(catalog: Catalog, client, server: ServerInfo, project_id: int) -> Callable[[list[DraftRow]], dict]:
+def _local_resolver(catalog: Catalog, client: LabelStudioClient,
+                    server: ServerInfo, project_id: int) -> Callable[[list[DraftRow]], dict]:
     """Serve images from disk: a Local Files storage on the images folder, created without syncing
     (a sync would add one task per file)."""
     images = catalog.images_dir.resolve()
@@ -159,7 +162,8 @@ def _local_resolver(catalog: Catalog, client, server: ServerInfo, project_id: in
     return resolve
 
 
-def _upload_resolver(catalog: Catalog, client, server: ServerInfo, project_id: int) -> Callable[[list[DraftRow]], dict]:
+def _upload_resolver(catalog: Catalog, client: LabelStudioClient,
+                     server: ServerInfo, project_id: int) -> Callable[[list[DraftRow]], dict]:
     """Upload each image once per project; remember its URL in the catalog so a rerun reuses it."""
     scope = hashlib.sha256(f"{server.identity}|{project_id}".encode()).hexdigest()[:12]
 
@@ -182,7 +186,8 @@ def _upload_resolver(catalog: Catalog, client, server: ServerInfo, project_id: i
 # ---------------------------------------------------------------- push
 
 
-def _adopt_orphans(catalog: Catalog, client, name: str, project_id: int, known: dict[str, tuple[int, str]]) -> int:
+def _adopt_orphans(catalog: Catalog, client: LabelStudioClient,
+                   name: str, project_id: int, known: dict[str, tuple[int, str]]) -> int:
     """Record tasks that reached the server but not the catalog (interrupted push); drop their twins."""
     server_tasks: dict[str, list[dict]] = {}
     for task in api.export_tasks(client, project_id, all_tasks=True):
@@ -212,7 +217,7 @@ def _adopt_orphans(catalog: Catalog, client, name: str, project_id: int, known: 
     return adopted
 
 
-def delete_withdrawn_tasks(catalog: Catalog, client) -> int:
+def delete_withdrawn_tasks(catalog: Catalog, client: LabelStudioClient) -> int:
     """Delete from the server the tasks of items that ingest withdrew; return how many were deleted."""
     from label_studio_sdk.core.api_error import ApiError
 
@@ -230,7 +235,7 @@ def delete_withdrawn_tasks(catalog: Catalog, client) -> int:
     return len(done)
 
 
-def _update_task(client, task_id: int, payload: dict) -> bool:
+def _update_task(client: LabelStudioClient, task_id: int, payload: dict) -> bool:
     """Replace an unannotated task's data and prediction; False when a reviewer got there first."""
     task = client.tasks.get(str(task_id))
     if (task.total_annotations or 0) + (task.cancelled_annotations or 0) > 0:

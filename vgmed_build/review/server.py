@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from vgmed_build.catalog.base import CatalogError, check_build_dir
 from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
+from vgmed_build.review.client import LabelStudioClient
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +367,7 @@ def resolve_server(
     return info
 
 
-def connect(server: ServerInfo):
+def connect(server: ServerInfo) -> LabelStudioClient:
     """An SDK client for ``server``, after checking that it answers and accepts the token."""
     from label_studio_sdk import LabelStudio
     from label_studio_sdk.core.api_error import ApiError

@@ -178,18 +178,26 @@ class CocoAdapter:
         wanted = {str(c) for c in opts.get("categories") or []}
         names: dict[int, str] = {}
         supercategories: dict[str, str] = {}
+        known: set[int] = set()
         for cat in doc["categories"]:
             if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or not cat.get("name"):
                 yield SourceError(f"category {cat!r} needs an integer 'id' and a 'name'", path=ann_name)
                 continue
+            known.add(cat["id"])
             label = spec.labels.get(str(cat["name"]), str(cat["name"]))
             if label and (not wanted or cat["name"] in wanted):
                 names[cat["id"]] = label
                 if cat.get("supercategory"):
                     supercategories[label] = str(cat["supercategory"])
         by_image: dict[object, list[dict]] = {}
-        for ann in doc["annotations"]:
-            if isinstance(ann, dict) and ann.get("category_id") in names:
+        for number, ann in enumerate(doc["annotations"]):
+            if not isinstance(ann, dict) or ann.get("category_id") not in known:
+                # Dropping it would lose an object without a word (and ask about it as absent).
+                what = f"category_id {ann.get('category_id')!r} is not among its categories" if isinstance(
+                    ann, dict) else "is not an object"
+                entry = ann.get("id", f"#{number}") if isinstance(ann, dict) else f"#{number}"
+                yield SourceError(f"annotation {entry}: {what}; left out", path=ann_name)
+            elif ann["category_id"] in names:
                 by_image.setdefault(ann.get("image_id"), []).append(ann)
         for info in sorted(doc["images"], key=lambda i: str(i.get("file_name", "")) if isinstance(i, dict) else ""):
             if not isinstance(info, dict) or not info.get("file_name"):

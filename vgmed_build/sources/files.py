@@ -23,6 +23,16 @@ def rel(path: Path, root: Path) -> str:
         return path.name
 
 
+def inside(root: Path, name: str) -> Path | None:
+    """``root / name`` when it is a path inside ``root`` (after symbolic links), else None: a path an
+    index file lists (``../other/x.png``, ``/etc/...``) is never read from outside its source."""
+    path = root / name
+    try:
+        return path if path.resolve().is_relative_to(root.resolve()) else None
+    except (OSError, RuntimeError):  # a symbolic link loop
+        return None
+
+
 def read_json(path: Path, root: Path) -> Any:
     """A JSON side file (index, class table, question list) of a source."""
     try:

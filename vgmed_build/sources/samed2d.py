@@ -26,7 +26,7 @@ import numpy as np
 from vgmed_build import modality as modalities
 from vgmed_build.sources import SOURCE_KINDS
 from vgmed_build.sources.base import BOOLEAN, STRINGS, Image2D, SourceError, SourceItem, SourceSpec
-from vgmed_build.sources.files import binary_mask, read_image, read_json, read_mask, rel
+from vgmed_build.sources.files import binary_mask, inside, read_image, read_json, read_mask, rel
 
 INDEX_FILE = "SAMed2D_v1.json"
 CLASS_FILE = "SAMed2D_v1_class_mapping_id.json"
@@ -100,7 +100,10 @@ class SAMed2DAdapter:
         datasets = {str(d) for d in spec.options.get("datasets") or []}
         codes = {str(m) for m in spec.options.get("modalities") or []}
         for image_rel, mask_rels in index_entries(index_path, root):
-            image = root / image_rel
+            image = inside(root, image_rel)
+            if image is None:
+                yield SourceError(f"listed in {INDEX_FILE} but leaves the source folder; not read", path=image_rel)
+                continue
             try:
                 info = parse_image_name(Path(image_rel).stem)
             except ValueError as exc:
@@ -113,6 +116,11 @@ class SAMed2DAdapter:
                 continue
             if not isinstance(mask_rels, list) or not all(isinstance(m, str) for m in mask_rels):
                 yield SourceError(f"its entry in {INDEX_FILE} is not a list of mask paths", path=image_rel)
+                continue
+            outside = [m for m in mask_rels if inside(root, m) is None]
+            if outside:
+                yield SourceError(f"mask {outside[0]!r} of its entry in {INDEX_FILE} leaves the source folder; "
+                                  "not read", path=image_rel)
                 continue
             masks = [root / m for m in mask_rels]
             missing = [rel(m, root) for m in masks if not m.is_file()]

@@ -197,6 +197,10 @@ class SlakeAdapter:
             if not mask.is_file() and not det.is_file():
                 yield SourceError("neither mask.png nor detection.json; nothing to ground", path=key)
                 continue
+            if not mask.is_file() and unmatched == "skip":
+                yield SourceError("no mask.png, and options.unmatched_boxes = 'skip' leaves out every box of "
+                                  "detection.json: nothing to ground", path=key)
+                continue
             modality = spec.modality or meta.get("modality")
             if not modality:
                 yield SourceError("modality unknown (no question names it); set it for the source", path=key)

@@ -234,3 +234,50 @@ def test_pull_survives_a_broken_export_and_reports_bad_annotations(tmp_path, mim
     status = json.loads(capsys.readouterr().out)
     assert sorted(p["annotation_id"] for p in status["invalid_annotations"]) == [504, 505]
     assert len(catalog.review_problem_records()) == 3  # nothing stored is ever dropped
+
+
+# ---------------------------------------------------------------- the real server
+
+
+@pytest.mark.labelstudio
+def test_real_label_studio_takes_bad_annotations_and_pull_reports_each(labelstudio, tmp_path):
+    """Label Studio stores what an API client sends: pull keeps the valid review, reports the rest."""
+    from vgmed_build.review.pull import pull
+    from vgmed_build.review.push import push
+    from vgmed_build.review.server import connect
+    from vgmed_build.review.status import summary
+
+    catalog = make_build(tmp_path / "b", n_images=1)
+    push(catalog, labelstudio, progress=False)
+    client = connect(labelstudio)
+    tasks = {d: t for d, (t, _) in catalog.review_tasks("review").items()}
+    rows = {r.id: r for r in load_drafts(catalog)}
+    good, unknown, no_height, text_x, no_verdict, tampered = sorted(tasks)
+    row = rows[good]
+    target = {"rectanglelabels": ["target"]}
+    results = {
+        good: draft_prediction(row.draft["question"], row.draft["answer"], row.draft["boxes"], row.width, row.height)
+        + [VERDICT_ACCEPT],
+        unknown: [{**VERDICT_ACCEPT, "value": {"choices": ["maybe"]}}],
+        no_height: [VERDICT_ACCEPT, rect(x=5, y=5, width=10, **target)],
+        text_x: [VERDICT_ACCEPT, rect(**{**BOX, "x": "ten"}, **target)],
+        no_verdict: [rect(**BOX, **target)],
+        tampered: [VERDICT_ACCEPT],
+    }
+    data = client.tasks.get(str(tasks[tampered])).data
+    client.tasks.update(str(tasks[tampered]), data={**data, "draft_text": "as drafted: <b>accept it</b> | answer: yes"})
+    for draft_id, result in results.items():
+        client.annotations.create(id=tasks[draft_id], result=result)
+
+    report = pull(catalog, labelstudio, progress=False)
+    me = reviewer_id(labelstudio.identity, client.users.whoami().id)
+    assert report.new_events == 1 and report.new_problems == 5, report.errors
+    assert [rec["draft_id"] for _, _, rec in catalog.review_event_records()] == [good]
+    problems = {p["task_id"]: p for p in summary(catalog)["invalid_annotations"]}
+    assert {p["reviewer"] for p in problems.values()} == {me}
+    assert "unknown verdict 'maybe'" in problems[tasks[unknown]]["problem"]
+    assert "box 1: coordinate 'height' is missing" in problems[tasks[no_height]]["problem"]
+    assert "box 1: x is 'ten', not a number" in problems[tasks[text_x]]["problem"]
+    assert problems[tasks[no_verdict]]["problem"] == "no verdict"
+    assert "draft_text differ from what this build pushed" in problems[tasks[tampered]]["problem"]
+    assert pull(catalog, labelstudio, progress=False, full=True).new_problems == 0  # stored once

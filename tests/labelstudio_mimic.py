@@ -1,6 +1,6 @@
 """A small local HTTP server that answers the few Label Studio API endpoints review push and pull use,
 and fails on request the way a real server or network does: a 500, a connection closed mid-answer,
-a truncated or garbage export.
+a truncated or garbage export, a project deleted (404).
 
 It keeps projects and tasks in memory. Tests reach it through the real SDK client (real HTTP), so the
 failures arrive exactly as they would from Label Studio: an ``ApiError``, an ``httpx`` transport error,
@@ -79,7 +79,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _play(self, name: str, payload_fn) -> None:
         """Answer endpoint ``name`` with ``payload_fn()`` unless a fault is set for it."""
         kind = self.state.fault(name)
-        if kind == "500":
+        if kind == "gone":  # the project was deleted just before this request
+            self.state.projects.clear()
+            self._send(404, {"detail": "Not found."})
+        elif kind == "500":
             self._send(500, raw=b"<h1>Server Error (500)</h1>")
         elif kind == "close":  # the work is done, the answer never arrives
             payload_fn()
@@ -121,6 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._project(s.projects[pid])
 
             return self._play("create_project", create)
+        if len(parts) >= 4 and parts[2] == "projects" and int(parts[3]) not in s.projects:
+            return self._send(404, {"detail": "Not found."})  # deleted, or never made
         if len(parts) == 4 and parts[2] == "projects":
             pid = int(parts[3])
             if self.command == "PATCH":
@@ -178,7 +183,7 @@ class Mimic:
 
     def fail(self, endpoint: str, kind: str, times: int = 99) -> None:
         """Fail the next ``times`` requests to ``endpoint`` ("create_project", "import", "export") with
-        ``kind`` ("500", "close", "cut", "truncated", "garbage")."""
+        ``kind`` ("500", "close", "cut", "truncated", "garbage", or "gone": every project deleted, then 404)."""
         self.state.faults[endpoint] = [kind, times]
 
     def heal(self) -> None:

@@ -5,8 +5,9 @@ without a coordinate or with text for a number, task data rewritten on the serve
 their task, reviewer and problem, stored in the catalog and listed by `review status`, while the valid
 ones are stored. A server that fails (a 500 creating the project, a connection closed during import or
 export, a truncated or garbage export) stops push / pull with one error naming the server and the step,
-exit 2, and the next run resumes. The failures come from a small local HTTP server through the real SDK
-client (tests/labelstudio_mimic.py).
+exit 2, and the next run resumes; a project deleted on the server since the push stops a pull with an
+error saying so and what to do, changing nothing (issue 24). The failures come from a small local HTTP
+server through the real SDK client (tests/labelstudio_mimic.py).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from labelstudio_fixture import dump, make_build
 from labelstudio_mimic import Mimic
 
 from vgmed_build.cli import main
+from vgmed_build.review.api import LabelStudioError
 from vgmed_build.review.convert import InvalidAnnotation, draft_prediction, read_annotation
-from vgmed_build.review.pull import Collector, PullReport, reviewer_id
+from vgmed_build.review.pull import Collector, PullReport, pull, reviewer_id
+from vgmed_build.review.server import ServerInfo
 from vgmed_build.review.state import load_drafts
 from vgmed_build.review.tasks import task_payload
 
@@ -234,6 +237,60 @@ def test_pull_survives_a_broken_export_and_reports_bad_annotations(tmp_path, mim
     status = json.loads(capsys.readouterr().out)
     assert sorted(p["annotation_id"] for p in status["invalid_annotations"]) == [504, 505]
     assert len(catalog.review_problem_records()) == 3  # nothing stored is ever dropped
+
+
+# ---------------------------------------------------------------- a project deleted between push and pull (issue 24)
+
+
+def _pushed_and_pulled(tmp_path, mimic, capsys, monkeypatch):
+    """A build pushed to the mimic, two drafts accepted there and pulled: 2 events in the catalog."""
+    catalog = make_build(tmp_path / "b", n_images=1)
+    build = str(catalog.build_dir)
+    assert _cli(capsys, mimic, monkeypatch, "review", "push", "--build", build)[0] == 0
+    tasks = sorted(mimic.state.tasks.values(), key=lambda t: t["id"])
+    tasks[0]["annotations"] = [_annotation(601, 7, [VERDICT_ACCEPT])]
+    tasks[1]["annotations"] = [_annotation(602, 8, [VERDICT_ACCEPT])]
+    code, out, err = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build)
+    assert code == 0 and "pulled 2 new review event(s)" in out, err
+    return catalog, build
+
+
+def test_pull_from_a_deleted_project_is_one_clear_error_and_changes_nothing(tmp_path, mimic, capsys, monkeypatch):
+    catalog, build = _pushed_and_pulled(tmp_path, mimic, capsys, monkeypatch)
+    (project_id,) = mimic.state.projects
+    before = dump(catalog)
+    assert len(before["review_events"]) == 2
+
+    mimic.state.projects.clear()  # deleted in Label Studio's UI after the push
+    with pytest.raises(LabelStudioError) as raised:
+        pull(catalog, ServerInfo(mimic.url, api_key="mimic-token-0123456789"), progress=False)
+    message = str(raised.value)
+    assert message == (
+        f"this build's review project (id {project_id}) is gone from {mimic.url} (deleted?): the 2 review event(s) "
+        "pulled from it are kept in the catalog; `vgmed-build review push` makes a new project for the drafts "
+        "(pulling again cannot succeed)")
+    assert dump(catalog) == before  # not a row or a mark written; the earlier pull's events intact
+
+    # The command: exit 2, that one line, no traceback, no token.
+    code, _, err = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build)
+    assert (code, err) == (2, f"error: {message}\n") and "mimic-token" not in err
+    assert dump(catalog) == before
+
+
+def test_a_project_deleted_during_the_pull_and_a_failing_export_of_one_that_exists(tmp_path, mimic, capsys,
+                                                                                   monkeypatch):
+    catalog, build = _pushed_and_pulled(tmp_path, mimic, capsys, monkeypatch)
+    before = dump(catalog)
+    # The project exists but its export fails: the server's own error, not "gone".
+    mimic.fail("export", "500")
+    code, _, err = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build, "--full")
+    assert code == 2 and "exporting the review project" in err and "HTTP 500" in err and "is gone" not in err
+    assert dump(catalog) == before
+    # It answers the project's task count, then is deleted before its export.
+    mimic.fail("export", "gone")
+    code, _, err = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build, "--full")
+    assert code == 2 and "review project" in err and "is gone from" in err and "2 review event(s)" in err
+    assert "GET /api/projects" in " ".join(mimic.state.requests) and dump(catalog) == before
 
 
 # ---------------------------------------------------------------- the real server

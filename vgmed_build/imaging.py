@@ -191,6 +191,19 @@ def contrast_problem(pixels: np.ndarray) -> str | None:
     return None
 
 
+def affine_problem(affine: np.ndarray) -> str | None:
+    """Why a voxel -> world ``affine`` cannot place a volume (not finite, or singular: a zero voxel size
+    or two voxel axes along one direction), else None; reorienting and slicing need its inverse."""
+    axes = np.asarray(affine, dtype=np.float64)[:3, :3]
+    if not np.all(np.isfinite(affine)):
+        return "a voxel-to-world affine that is not finite (NaN or infinite entries)"
+    sizes = np.linalg.norm(axes, axis=0)
+    if np.any(sizes == 0) or abs(np.linalg.det(axes)) <= 1e-6 * np.prod(sizes):
+        shown = ", ".join(f"{v:g}" for v in sizes)
+        return f"a singular voxel-to-world affine (voxel sizes {shown} mm, axes not independent): it cannot be placed"
+    return None
+
+
 def window_bounds(
     image: np.ndarray, modality: str, body_part: str, window: str | list[float], percentiles: list[float]
 ) -> tuple[float, float]:

@@ -63,6 +63,11 @@ def render_item(spec: SourceSpec, key: str, data: Volume | Image2D, build_dir: P
     raise TypeError(f"adapter {spec.kind!r} returned {type(data).__name__}, not Volume or Image2D")
 
 
+# Label values a label map may hold: any label table fits (values are counted as int64, and a value
+# such as 2**64 - 1 is data of another kind, not a label).
+MAX_LABEL_VALUE = 2**31 - 1
+
+
 def _check_labels(
     key: str, shape: tuple[int, ...], label_map: np.ndarray | None, masks: dict[str, np.ndarray] | None
 ) -> None:
@@ -76,6 +81,9 @@ def _check_labels(
             raise SourceError(f"label map must hold integers, got {label_map.dtype}", path=key)
         if label_map.size and label_map.min() < 0:
             raise SourceError("label map has negative values", path=key)
+        if label_map.size and label_map.max() > MAX_LABEL_VALUE:
+            raise SourceError(f"label map holds the value {label_map.max()}, beyond any label table (labels go up "
+                              f"to {MAX_LABEL_VALUE}); is it a label map?", path=key)
         if not label_map.any():
             raise SourceError("label map is empty (no labelled pixels)", path=key)
     else:
@@ -150,7 +158,7 @@ def _render_volume(spec: SourceSpec, key: str, vol: Volume, modality: str, build
     if vol.image.ndim != 3:
         raise SourceError(f"image must be 3D, got shape {vol.image.shape}", path=key)
     _check_labels(key, vol.image.shape, vol.label_map, vol.masks)
-    problem = imaging.contrast_problem(vol.image)
+    problem = imaging.contrast_problem(vol.image) or imaging.affine_problem(vol.affine)
     if problem:
         raise SourceError(f"image has {problem}; nothing to render", path=key)
     vol = imaging.canonical(vol)

@@ -317,6 +317,12 @@ def _stack(root: Path, key: str, paths: list[Path]) -> _Stack:
     spacing = _floats(first, "PixelSpacing", 2)
     if iop is None or spacing is None:
         raise SourceError("slices lack ImageOrientationPatient or PixelSpacing", path=key)
+    if not all(np.isfinite(v) and v > 0 for v in spacing):
+        raise SourceError(f"PixelSpacing {spacing.tolist()} is not two positive sizes in mm; the slices cannot be "
+                          "placed", path=key)
+    if not np.isclose(np.linalg.norm(np.cross(iop[:3], iop[3:])), 1.0, atol=1e-3):
+        raise SourceError("ImageOrientationPatient is not two perpendicular unit directions; the slices cannot be "
+                          "placed", path=key)
     for ds, _ in read[1:]:
         other_iop = _floats(ds, "ImageOrientationPatient", 6)
         other_spacing = _floats(ds, "PixelSpacing", 2)

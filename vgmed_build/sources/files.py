@@ -41,6 +41,11 @@ def read_json(path: Path, root: Path) -> Any:
         raise SourceError(f"cannot read JSON ({exc})", path=rel(path, root)) from None
 
 
+# What Pillow raises for a file it cannot or will not read; DecompressionBombError (a picture of more
+# than twice Image.MAX_IMAGE_PIXELS, ~358 M pixels, declared by a few hundred bytes) is not an OSError.
+PIL_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
 def read_image(path: Path, name: str) -> np.ndarray:
     """Pixels as uint8, (H, W) or (H, W, 3). Alpha is dropped; >8-bit grey is scaled min..max."""
     try:
@@ -52,7 +57,7 @@ def read_image(path: Path, name: str) -> np.ndarray:
             elif mode in ("1", "LA"):
                 img = img.convert("L")
             arr = np.asarray(img)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except PIL_ERRORS as exc:
         raise SourceError(f"cannot read image ({exc})", path=name) from None
     if arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[..., :3]
@@ -69,7 +74,7 @@ def read_mask(path: Path, name: str) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             arr = np.asarray(img)  # palette images give their indices, as label maps should
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except PIL_ERRORS as exc:
         raise SourceError(f"cannot read mask ({exc})", path=name) from None
     if arr.ndim == 3:
         channels = arr[..., :3] if arr.shape[2] >= 3 else arr[..., :1]

@@ -21,11 +21,11 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from vgmed_build.sources import SOURCE_KINDS
 from vgmed_build.sources.base import NUMBER, STRING, STRINGS, Image2D, SourceError, SourceItem, SourceSpec
-from vgmed_build.sources.files import read_image, read_json, rel
+from vgmed_build.sources.files import PIL_ERRORS, read_image, read_json, rel
 
 # Split -> file names (the Hugging Face copy renamed validate.json to validation.json).
 SPLIT_FILES = {"train": ("train.json",), "validate": ("validate.json", "validation.json"), "test": ("test.json",)}
@@ -97,7 +97,7 @@ def read_structure_mask(path: Path, root: Path) -> tuple[np.ndarray, dict[int, s
             if img.mode == "P":
                 img = img.convert("RGB")
             arr = np.asarray(img)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except PIL_ERRORS as exc:
         raise SourceError(f"cannot read mask ({exc})", path=name) from None
     if arr.ndim == 3:
         rgb = arr[..., :3].astype(np.int64)

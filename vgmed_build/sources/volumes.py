@@ -11,8 +11,10 @@ their segment names from the ``Segment<N>_Name`` / ``_LabelValue`` / ``_Layer`` 
 
 from __future__ import annotations
 
+import gzip
 import re
 import xml.etree.ElementTree as ET
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,8 +114,34 @@ def read_volume(path: Path, root: Path, what: str) -> VolumeFile:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for truncated / foreign files
         raise SourceError(f"cannot read {what} as NIfTI ({type(exc).__name__}: {exc})", path=name) from exc
+    problem = _gzip_problem(path) or _complex_problem(data, what)
+    if problem:
+        raise SourceError(problem, path=name)
     names = caret_label_names(img, name) if hasattr(img, "header") else {}
     return VolumeFile(data=data, affine=np.asarray(img.affine, dtype=np.float64), label_names=names)
+
+
+def _gzip_problem(path: Path) -> str | None:
+    """Why a ``.gz`` file is corrupt (its CRC or length check fails, it breaks off), else None.
+
+    nibabel reads the voxels it needs and stops before the gzip trailer, so a damaged file would
+    render without a word; the stream is read once more to its end (small blocks, no copy kept)."""
+    if not path.name.lower().endswith(".gz"):
+        return None
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        return f"damaged gzip file ({exc}); the data cannot be trusted"
+    return None
+
+
+def _complex_problem(data: np.ndarray, what: str) -> str | None:
+    if np.iscomplexobj(data):
+        return (f"{what} holds complex values ({data.dtype}: MR phase or k-space data?); vgmed renders real "
+                "intensities: save the magnitude")
+    return None
 
 
 def _read_itk(path: Path, name: str, what: str) -> VolumeFile:
@@ -133,6 +161,9 @@ def _read_itk(path: Path, name: str, what: str) -> VolumeFile:
     except RuntimeError as exc:  # ITK reports unreadable, truncated and foreign files this way
         first = str(exc).strip().splitlines()
         raise SourceError(f"cannot read {what} with SimpleITK ({first[-1] if first else exc})", path=name) from None
+    problem = _complex_problem(arr, what)
+    if problem:
+        raise SourceError(problem, path=name)
     dim = img.GetDimension()
     if dim not in (3, 4):
         raise SourceError(f"{what} must be a 3D volume, got a {dim}D image", path=name)

@@ -197,12 +197,18 @@ def bad_input_campaign(work: Path) -> list[dict]:
         shutil.copy(label, src / f"{case}_seg.nii.gz")
     (src / "truncated.nii.gz").write_bytes(image.read_bytes()[:2000])
     shutil.copy(label, src / "truncated_seg.nii.gz")
+    nib.save(nib.Nifti1Image(np.asanyarray(ref.dataobj).astype(np.complex64), ref.affine), src / "complex.nii.gz")
+    shutil.copy(label, src / "complex_seg.nii.gz")
+    damaged = bytearray(image.read_bytes())
+    damaged[-8] ^= 0xFF  # the gzip CRC-32
+    (src / "crc.nii.gz").write_bytes(bytes(damaged))
+    shutil.copy(label, src / "crc_seg.nii.gz")
     build = work / "bad-build"
     cases = []
     ingest = cli("ingest", "--build", str(build), "--source", f"nifti:{src}", "--modality", "MRI", "--no-progress",
                  "--with-paths")
     errors = [line.strip() for line in ingest.stderr.splitlines() if line.strip().startswith("error [")]
-    cases.append({"case": "one folder: non-UTF-8 name, all-NaN, constant, truncated + 1 good",
+    cases.append({"case": "one folder: non-UTF-8 name, all-NaN, constant, truncated, complex, bad CRC + 1 good",
                   "exit": ingest.returncode, "went_on": "1 ingested" in ingest.stdout, "errors": errors})
 
     sources = work / "sources.toml"
@@ -210,6 +216,23 @@ def bad_input_campaign(work: Path) -> list[dict]:
                        'label_suffix = 3\n', encoding="utf-8")
     typed = cli("ingest", "--build", str(work / "typed"), "--sources", str(sources))
     cases.append({"case": "sources option label_suffix = 3", "exit": typed.returncode, "errors": [first_error(typed)]})
+    for option in ("window = [nan, 400]", "spacing_mm = inf", "min_side_px = 1000000", "midline_margin_mm = -5.0",
+                   "midline_mm = nan"):
+        sources.write_text(f'[[source]]\nname = "x"\nkind = "nifti"\npath = "{src}"\n[source.options]\n{option}\n',
+                           encoding="utf-8")
+        run = cli("ingest", "--build", str(work / "options"), "--sources", str(sources))
+        cases.append({"case": f"sources option {option}", "exit": run.returncode, "errors": [first_error(run)],
+                      "nothing_written": not (work / "options").exists()})
+    modality = cli("ingest", "--build", str(work / "options"), "--source", f"nifti:{src}", "--modality", "MIR")
+    cases.append({"case": "--modality MIR", "exit": modality.returncode, "errors": [first_error(modality)]})
+    user_file = work / "notes.txt"
+    user_file.write_text("mine\n")
+    build_commands = [(["ingest"], ["--source", f"nifti:{src}"]), (["stats"], []), (["generate"], []),
+                      (["release"], ["--out", str(work / "r")]), (["labelstudio", "start"], [])]
+    for words, extra in build_commands:
+        run = cli(*words, "--build", str(user_file), *extra)
+        cases.append({"case": f"{' '.join(words)} --build a file", "exit": run.returncode, "errors": [first_error(run)],
+                      "kept": user_file.read_text() == "mine\n"})
 
     project = work / "X"
     (project / "src").mkdir(parents=True)

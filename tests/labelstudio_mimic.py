@@ -130,7 +130,8 @@ class _Handler(BaseHTTPRequestHandler):
             pid = int(parts[3])
             if self.command == "PATCH":
                 s.projects[pid].update(self._body())
-            return self._send(200, self._project(s.projects[pid]))
+                return self._send(200, self._project(s.projects[pid]))
+            return self._play("project", lambda: self._project(s.projects[pid]))
         if len(parts) == 5 and parts[2] == "projects" and parts[4] == "import":
             body = self._body()
 
@@ -182,7 +183,8 @@ class Mimic:
         self.thread.start()
 
     def fail(self, endpoint: str, kind: str, times: int = 99) -> None:
-        """Fail the next ``times`` requests to ``endpoint`` ("create_project", "import", "export") with
+        """Fail the next ``times`` requests to ``endpoint`` ("create_project", "project" (GET), "import",
+        "export") with
         ``kind`` ("500", "close", "cut", "truncated", "garbage", or "gone": every project deleted, then 404)."""
         self.state.faults[endpoint] = [kind, times]
 

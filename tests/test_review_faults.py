@@ -210,6 +210,12 @@ def test_pull_survives_a_broken_export_and_reports_bad_annotations(tmp_path, mim
         assert dump(catalog) == before, kind  # nothing stored, no mark moved
 
     mimic.heal()
+    mimic.fail("project", "garbage")  # the project's task count and the server's clock come first
+    code, _, err = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build)
+    assert code == 2 and "Traceback" not in err and dump(catalog) == before
+    assert "the answer to GET /api/projects/" in err and "has no int 'task_number': {\"detail\"" in err
+
+    mimic.heal()
     code, out, err = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build)
     assert code == 1, err  # the run went on; some annotations could not be stored
     assert "pulled 2 new review event(s)" in out and "3 invalid annotation(s) not stored (3 new" in out

@@ -96,7 +96,20 @@ def task_count_and_clock(client: LabelStudioClient, project_id: int) -> tuple[in
     Task timestamps are the server's, so "changed since" must be measured on its clock, not ours.
     """
     resp = _send(client, "GET", f"api/projects/{project_id}/")
-    return int(resp.json()["task_number"]), parsedate_to_datetime(resp.headers["date"])
+    count = answer_field(resp.json(), "task_number", f"GET /api/projects/{project_id}/", int)
+    if "date" not in resp.headers:
+        raise ServerFailure(f"GET /api/projects/{project_id}/ answered without a Date header")
+    return count, parsedate_to_datetime(resp.headers["date"])
+
+
+def answer_field(answer: object, key: str, request_line: str, kind: type = object) -> object:
+    """``answer[key]`` of a JSON answer, of type ``kind``; ServerFailure when the answer has no such field
+    (a garbage answer is the server's failure, never a KeyError traceback)."""
+    value = answer.get(key) if isinstance(answer, dict) else None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        shown = json.dumps(answer, default=str)[:120]
+        raise ServerFailure(f"the answer to {request_line} has no {kind.__name__} {key!r}: {shown}")
+    return value
 
 
 def changed_task_ids(client: LabelStudioClient, project_id: int, since: datetime, limit: int) -> list[int] | None:
@@ -113,12 +126,15 @@ def changed_task_ids(client: LabelStudioClient, project_id: int, since: datetime
         "include": "id",
         "query": json.dumps({"filters": {"conjunction": "and", "items": [item]}}),
     }
-    total = int(request(client, "GET", "api/tasks/", params={**params, "page_size": 1})["total"])
+    total = answer_field(request(client, "GET", "api/tasks/", params={**params, "page_size": 1}), "total",
+                         "GET /api/tasks/", int)
     if total > limit:
         return None
     if total == 0:
         return []
-    return [t["id"] for t in request(client, "GET", "api/tasks/", params={**params, "page_size": total})["tasks"]]
+    listed = answer_field(request(client, "GET", "api/tasks/", params={**params, "page_size": total}), "tasks",
+                          "GET /api/tasks/", list)
+    return [answer_field(t, "id", "GET /api/tasks/", int) for t in listed]
 
 
 def export_tasks(client: LabelStudioClient,
@@ -189,7 +205,7 @@ def upload_images(client: LabelStudioClient, project_id: int, paths: list[Path])
             files=files,
             request_options={"timeout_in_seconds": 600},
         )
-        ids = answer["file_upload_ids"]
+        ids = answer_field(answer, "file_upload_ids", f"POST /api/projects/{project_id}/import", list)
         listing = request(client, "GET", f"api/projects/{project_id}/file-uploads", params={"ids": json.dumps(ids)})
         stored = {}
         for f in listing:

@@ -344,3 +344,13 @@ def test_real_label_studio_takes_bad_annotations_and_pull_reports_each(labelstud
     assert problems[tasks[no_verdict]]["problem"] == "no verdict"
     assert "draft_text differ from what this build pushed" in problems[tasks[tampered]]["problem"]
     assert pull(catalog, labelstudio, progress=False, full=True).new_problems == 0  # stored once
+
+
+def test_an_invite_the_server_cannot_give_is_one_line(tmp_path, mimic, capsys, monkeypatch):
+    catalog = make_build(tmp_path / "b", n_images=1)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "mimic-token-0123456789")
+    code = main(["labelstudio", "invite", "--build", str(catalog.build_dir), "--url", mimic.url])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"error: Label Studio at {mimic.url}: asking for an invite link failed: Label Studio "
+                          "answered HTTP 404 to GET /api/invite")

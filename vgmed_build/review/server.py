@@ -394,8 +394,6 @@ def connect(server: ServerInfo) -> LabelStudioClient:
 
 def invite_url(server: ServerInfo) -> str:
     """A sign-up link that adds a reviewer to the server's organisation (sign-up is otherwise closed)."""
-    client = connect(server)
-    resp = client._client_wrapper.httpx_client.request("api/invite", method="GET")
-    if resp.status_code != 200:
-        raise LabelStudioError(f"Label Studio at {server.url} answered HTTP {resp.status_code} to GET /api/invite")
-    return server.url + resp.json()["invite_url"]
+    with api.step(server.url, "asking for an invite link"):
+        answer = api.request(connect(server), "GET", "api/invite")
+        return server.url + api.answer_field(answer, "invite_url", "GET /api/invite", str)

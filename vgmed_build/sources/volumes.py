@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import re
 import xml.etree.ElementTree as ET
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,34 +106,41 @@ def read_volume(path: Path, root: Path, what: str) -> VolumeFile:
         raise SourceError(f"{what} file not found", path=name)
     if split_name(path.name, ITK_EXTS):
         return _read_itk(path, name, what)
-    import nibabel as nib
-
     try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        img, data = _load_nifti(path)
+    except gzip.BadGzipFile as exc:  # the trailer's CRC or length does not match what was decoded
+        raise SourceError(f"damaged gzip file ({exc}); the data cannot be trusted", path=name) from exc
     except Exception as exc:  # nibabel raises many types for truncated / foreign files
         raise SourceError(f"cannot read {what} as NIfTI ({type(exc).__name__}: {exc})", path=name) from exc
-    problem = _gzip_problem(path) or _complex_problem(data, what)
+    problem = _complex_problem(data, what)
     if problem:
         raise SourceError(problem, path=name)
     names = caret_label_names(img, name) if hasattr(img, "header") else {}
     return VolumeFile(data=data, affine=np.asarray(img.affine, dtype=np.float64), label_names=names)
 
 
-def _gzip_problem(path: Path) -> str | None:
-    """Why a ``.gz`` file is corrupt (its CRC or length check fails, it breaks off), else None.
+def _load_nifti(path: Path):
+    """(image, voxels) of a NIfTI file. A ``.gz`` file is decompressed once, through Python's gzip,
+    which checks the trailer's CRC and length when the stream is read to its end: nibabel alone stops
+    before the trailer, so a damaged file would render without a word (and a second read to check it
+    would double the decoding time)."""
+    import nibabel as nib
 
-    nibabel reads the voxels it needs and stops before the gzip trailer, so a damaged file would
-    render without a word; the stream is read once more to its end (small blocks, no copy kept)."""
     if not path.name.lower().endswith(".gz"):
-        return None
-    try:
-        with gzip.open(path, "rb") as fh:
-            while fh.read(1 << 22):
-                pass
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-        return f"damaged gzip file ({exc}); the data cannot be trusted"
-    return None
+        img = nib.load(str(path))
+        return img, np.asanyarray(img.dataobj)
+    from nibabel.fileholders import FileHolder
+
+    with gzip.open(path, "rb") as fh:
+        sizeof_hdr = fh.read(4)
+        fh.seek(0)
+        nifti2 = sizeof_hdr in ((540).to_bytes(4, "little"), (540).to_bytes(4, "big"))
+        holder = FileHolder(fileobj=fh)
+        img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_file_map({"image": holder, "header": holder})
+        data = np.asanyarray(img.dataobj)
+        while fh.read(1 << 22):  # to the trailer: gzip checks the CRC and the length here
+            pass
+    return img, data
 
 
 def _complex_problem(data: np.ndarray, what: str) -> str | None:

@@ -24,6 +24,7 @@ import torch
 from bench_grounding import timed
 from paper_shapes import SHAPES, write_original
 from PIL import Image
+
 from vgmed_eval.adapters import load_adapter
 from vgmed_eval.checkpoint_io import read_weights, weight_files
 from vgmed_eval.convert import convert

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from paper_shapes import SHAPES, converted_adapter
 from PIL import Image
+
 from vgmed_eval.adapters import MODEL_ADAPTERS, load_adapter
 from vgmed_eval.attention import install
 from vgmed_eval.grounding import GroundingRun, capture_maps

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from bench_grounding import QUESTION_TEXTS, add_model_args, bench_adapter, timed
 from PIL import Image
+
 from vgmed_eval.prompts import SHORT_ANSWER
 from vgmed_eval.vgrefine import VGRefineConfig, VGRefiner
 from vgmed_eval.vqa.reference import published_vgrefine, reference_attention

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from vgmed_eval.adapters.tiny import synthetic_tokenizer
 
 SHAPES = {

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from llava_originals import _load_all, _write_shards
 from PIL import Image
+
 from vgmed_eval.adapters.tiny import synthetic_tokenizer
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken
+
 from vgmed_eval.adapters.tiny import synthetic_tokenizer
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]

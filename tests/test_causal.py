@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 from scipy.optimize import linprog
+
 from vgmed_eval.adapters import load_adapter
 from vgmed_eval.attention import llm_layers
 from vgmed_eval.causal import random_cells, summarise

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vgmed_eval import cli as eval_cli
 
 from vgmed_build import cli as build_cli
 from vgmed_build import commands
+from vgmed_eval import cli as eval_cli
 
 PARSERS = {"vgmed-build": build_cli.build_parser, "vgmed-eval": eval_cli.build_parser}
 UNDOCUMENTED = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from coco_fixtures import write_coco
 from ingest_fixtures import REPO, ingest, mni, write_msd
-from vgmed_eval.release_io import read_release
 
 from vgmed_build.cli import main
 from vgmed_build.release_format import CONFIGS, CONTROL_CONFIGS
+from vgmed_eval.release_io import read_release
 
 
 def lines(path: Path) -> list[dict]:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
+
 from vgmed_eval.adapters import MODEL_ADAPTERS, load_adapter
 from vgmed_eval.attention import capture
 

@@ -13,6 +13,7 @@ from llava_originals import HUATUO_7B, LAYOUTS, LLAVA_MED, make_original, make_t
 from PIL import Image
 from safetensors import safe_open
 from skimage import data
+
 from vgmed_eval.adapters import load_adapter
 from vgmed_eval.checkpoint_io import ConvertError, grow
 from vgmed_eval.cli import main

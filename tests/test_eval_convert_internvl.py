@@ -12,6 +12,7 @@ import pytest
 import torch
 from internvl_originals import INTERNVL2, MEDREGA, make_original, reference_logits
 from PIL import Image
+
 from vgmed_eval.adapters import load_adapter
 from vgmed_eval.cli import main
 from vgmed_eval.convert import ConvertError, convert

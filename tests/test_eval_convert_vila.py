@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from vila_originals import TOKENS, make_original, reference_logits
+
 from vgmed_eval.adapters import load_adapter
 from vgmed_eval.cli import main
 from vgmed_eval.convert import ConvertError, convert
 from vgmed_eval.geometry import tile_layout
-from vila_originals import TOKENS, make_original, reference_logits
 
 IMAGES = {"square": (150, 150), "wide": (300, 120), "tall": (90, 250)}
 QUESTION = "Is there a liver in the image?"

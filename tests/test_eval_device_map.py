@@ -12,6 +12,7 @@ import pytest
 from accelerate.utils import compute_module_sizes
 from eval_fixtures import make_release
 from test_eval_distributed import _vqa_data
+
 from vgmed_eval.adapters import load_adapter
 from vgmed_eval.cli import main
 from vgmed_eval.placement import Placement, from_args, input_device, parse_max_memory, rank_gpus

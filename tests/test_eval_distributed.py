@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from eval_fixtures import QUESTIONS, make_release
+
 from vgmed_eval.cli import main
 from vgmed_eval.distributed import World, WorldError, assign, shard
 from vgmed_eval.release_io import read_release

@@ -30,6 +30,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 from transformers.image_utils import PILImageResampling
+
 from vgmed_eval.adapters import MODEL_ADAPTERS
 from vgmed_eval.geometry import BoxOutsideError, GridGeometry, NoCellError
 

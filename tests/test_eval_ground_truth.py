@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+
 from vgmed_eval.geometry import NoCellError, clip_geometry, qwen_geometry, stretch_geometry
 from vgmed_eval.ground_truth import (
     NoMaskError,

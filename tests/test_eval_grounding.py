@@ -11,6 +11,8 @@ import pytest
 import torch
 from eval_fixtures import QUESTIONS, make_release
 from PIL import Image
+
+from vgmed_build.release_format import record_boxes
 from vgmed_eval.adapters import load_adapter
 from vgmed_eval.attention import install
 from vgmed_eval.cli import main as cli_main
@@ -21,8 +23,6 @@ from vgmed_eval.prompts import GENERAL_PROMPT
 from vgmed_eval.prompts import short_answer as question_prompt
 from vgmed_eval.release_io import read_release
 from vgmed_eval.report import paint_cells
-
-from vgmed_build.release_format import record_boxes
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from eval_fixtures import make_release
 from test_release_masks import released  # noqa: F401  (the module-scoped release with masks)
+
 from vgmed_eval.cli import main as eval_main
 from vgmed_eval.report import build_report
 

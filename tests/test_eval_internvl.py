@@ -15,6 +15,7 @@ from PIL import Image
 from transformers import GotOcr2ImageProcessorPil, InternVLProcessor
 from transformers.image_utils import PILImageResampling
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+
 from vgmed_eval.adapters import load_adapter
 from vgmed_eval.attention import capture
 from vgmed_eval.cli import main

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from eval_fixtures import make_release
+
 from vgmed_eval.cli import main as eval_main
 from vgmed_eval.metrics import chance_scores, kl_divergence
 from vgmed_eval.numerics import ATTENTION_FLOOR as EPS

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from vgmed_eval.metrics import attention_ratio, grounding_metrics, js_divergence, kl_divergence, normalise
 from vgmed_eval.numerics import ATTENTION_FLOOR as EPS
 from vgmed_eval.summary import bootstrap_ci

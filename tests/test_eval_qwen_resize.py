@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 from skimage import data
+
 from vgmed_eval.adapters import load_adapter
 from vgmed_eval.adapters.qwen import set_pixel_bounds, set_resize
 from vgmed_eval.cli import main as eval_main

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from eval_fixtures import make_release
+
 from vgmed_eval.cli import main
 from vgmed_eval.vqa.stats import mcnemar_exact
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from eval_fixtures import make_release
 from llava_originals import HUATUO_7B, make_original
+
 from vgmed_eval.cli import main
 from vgmed_eval.convert import convert
 from vgmed_eval.reproduce import Options, plan_steps, vgrefine_heads

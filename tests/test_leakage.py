@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 from skimage import data
+
 from vgmed_eval.cli import main
 from vgmed_eval.heads import in_dev
 from vgmed_eval.leakage import HASH_SIDE, dhash, hamming, hash_image, matches

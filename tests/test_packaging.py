@@ -15,10 +15,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from vgmed_eval import cli as eval_cli
 
 from vgmed_build import cli as build_cli
 from vgmed_build import commands
+from vgmed_eval import cli as eval_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "nibabel", "pydicom", "SimpleITK", "scipy", "highdicom", "matplotlib", "pandas")

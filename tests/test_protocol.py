@@ -22,6 +22,7 @@ from published_fixtures import (
     make_hub,
     records,
 )
+
 from vgmed_eval.adapters import load_adapter
 from vgmed_eval.adapters.qwen import set_pixel_bounds
 from vgmed_eval.cli import build_parser

@@ -21,11 +21,11 @@ from published_fixtures import (
     make_older,
     records,
 )
-from vgmed_eval.cli import main as eval_main
-from vgmed_eval.release_io import read_release
 
 from vgmed_build.cli import main as build_main
 from vgmed_build.release_format import BoxReading
+from vgmed_eval.cli import main as eval_main
+from vgmed_eval.release_io import read_release
 
 
 def size_of(record: dict) -> tuple[int, int]:

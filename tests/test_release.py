@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 from disk_fixtures import fill
+from PIL import Image
 from release_fixtures import PLANTED_PNG_TEXT, add_review_event, find_draft, make_build
 
 from vgmed_build.catalog import open_catalog

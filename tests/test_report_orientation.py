@@ -62,6 +62,7 @@ def test_report_overlays_carry_the_marks(release, tmp_path, monkeypatch):
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+
     from vgmed_eval.cli import main as eval_main
     from vgmed_eval.report import plot_overlays
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 import transformers
 from eval_fixtures import make_release
+
 from vgmed_eval.cli import main
 from vgmed_eval.run_manifest import model_record, protocol_differences
 

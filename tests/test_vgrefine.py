@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from vgmed_eval.adapters import MODEL_ADAPTERS, load_adapter
 from vgmed_eval.vgrefine import (
     HeadsFileError,

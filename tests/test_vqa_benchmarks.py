@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from vgmed_eval.prompts import GENERAL_PROMPT, SHORT_ANSWER
 from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError, get_benchmark
 from vgmed_eval.vqa.prompts import OPTION_LETTER, question_prompt

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from vgmed_eval.cli import main
 
 FIX = Path(__file__).parent / "fixtures" / "vqa"

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from vgmed_eval.cli import main as eval_main
 from vgmed_eval.vqa.benchmarks import get_benchmark
 from vgmed_eval.vqa.population import named_alternatives, select
@@ -149,6 +150,7 @@ def test_min_new_tokens_keeps_end_of_sequence_out_of_the_first_token():
 def test_one_forced_token_on_a_tiny_model():
     """transformers' generate(min_new_tokens=1, max_new_tokens=1) never answers with end-of-sequence alone."""
     from PIL import Image
+
     from vgmed_eval.adapters import load_adapter
     from vgmed_eval.vgrefine import VGRefiner
 

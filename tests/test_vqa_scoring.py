@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import stats as sps
+
 from vgmed_eval.vqa.scoring import (
     extract_option,
     extract_yes_no,

@@ -26,6 +26,7 @@ from llava_originals import PROMPTS
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tokenizers import processors
+
 from vgmed_eval.adapters.tiny import synthetic_tokenizer
 
 SIDE, PATCH, WIDTH, HIDDEN = 98, 14, 32, 64

@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 
 import pandas as pd
-from vgmed_eval.protocol import PROTOCOLS
 
 from vgmed_build import commands
+from vgmed_eval.protocol import PROTOCOLS
 
 log = logging.getLogger(__name__)
 

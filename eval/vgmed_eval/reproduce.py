@@ -27,9 +27,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
+from vgmed_build import commands
+from vgmed_build.release_format import CONTROL_FILES, resolve_image
 from vgmed_eval import __version__, run_manifest
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import SINGLE, World
@@ -37,9 +39,6 @@ from vgmed_eval.leakage import check
 from vgmed_eval.protocol import PROTOCOLS, PUBLISHED_HEADS
 from vgmed_eval.published import COLUMNS, HUATUO_README, MODELS, PAPER, PUBLISHED_FIGURES, figure, published_model
 from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError, parse_benchmark
-
-from vgmed_build import commands
-from vgmed_build.release_format import CONTROL_FILES, resolve_image
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +336,8 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"Measured heads: knockout layer {h['knockout_layer']}, {h['k']} heads by {h['metric']} "
                   f"(first: {', '.join(f'({a},{b})' for a, b in (h['heads'] or [])[:5])})."]
     used = report.get("vqa_heads") or {}
-    lines += ["", f"The VQA steps' VGRefine uses the **{used.get('used')}** heads (`--vgrefine {used.get('vgrefine')}`).",
+    lines += ["", f"The VQA steps' VGRefine uses the **{used.get('used')}** heads "
+                  f"(`--vgrefine {used.get('vgrefine')}`).",
               "", "## VQA accuracy (%)", "",
               "Each row says which questions its accuracy is over (population), how answers are scored (metric) "
               "and what VGRefine ran with (configuration); loaded = questions read, scored = answered per "

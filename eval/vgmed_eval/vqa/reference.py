@@ -19,6 +19,7 @@ from PIL import Image
 from transformers import AttentionInterface, AttentionMaskInterface, GenerationConfig
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import eager_mask
+
 from vgmed_eval.attention import install
 from vgmed_eval.prompts import GENERAL_PROMPT
 from vgmed_eval.vgrefine import VGRefineConfig, low_attention, triage_scores

@@ -1,28 +1,33 @@
-"""Fault and bad-input campaign (issue 12): kill stages at random moments, feed hostile inputs, plant
+"""Fault and bad-input campaign (issues 12 and 30): kill stages at random moments, feed hostile inputs, plant
 identifiers, and count what went wrong. Any user can rerun it; it needs only the package (offline).
 
 What it measures, on copies of the bundled sample:
 
-* kills: each stage (ingest with 2 workers, generate, release) is started N times from its starting
+* kills: each stage (ingest with 2 workers, generate, release, export) is started N times from its starting
   state and SIGKILLed at a random moment of its clean run time, then rerun to completion and the
   later stages run; each result is compared with a clean build: duplicates, lost and extra regions /
   drafts, corrupt PNGs, temp files left, and whether the release is byte-identical to the clean one;
 * bad inputs: each hostile case is run through the real command line; its exit code and the error
   line it printed are reported, and whether the run went on (the good items were still ingested);
+  each case is judged: a traceback, data loss (a user's file or folder changed), wrongly accepted
+  (exit 0 where it must refuse, or a leak), unclear (no error line naming what is wrong);
 * planted identifiers: DICOM header values and a patient-named folder planted in the sample; every
   byte and file name of the release and every shared output (regions, drafts, stats, logs) is searched.
 
     python benchmarks/fault_campaign.py --kills 5 --seed 1
+    python benchmarks/fault_campaign.py --quick      # 2 kills per stage on 2 cases
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -44,6 +49,18 @@ PLANTED = {
     "ReferringPhysicianName": "PLANTED^DOCTOR",
 }
 PATIENT_FOLDER = "Smith_John_MRN4455"
+# the bundled MNI pair's label values, named as the sample's sources.toml names them (lint rejects drafts
+# about unnamed structures, `label_N`, so a build of unnamed labels releases nothing)
+NAMES = {1: "left grey matter", 2: "right grey matter", 3: "left white matter", 4: "right white matter"}
+NAMED = "[source.labels]\n" + "".join(f'"{v}" = "{n}"\n' for v, n in NAMES.items()) + \
+    "[source.categories]\n" + "".join(f'"{n}" = "tissue"\n' for n in NAMES.values())
+
+
+def nifti_sources(path: Path, folder: Path, name: str = "x", options: str = "") -> Path:
+    """A sources file of one ``nifti`` folder of MRI pairs with named structures (``options``: TOML lines)."""
+    path.write_text(f'[[source]]\nname = "{name}"\nkind = "nifti"\npath = {json.dumps(str(folder))}\n'
+                    f'modality = "MRI"\n{NAMED}[source.options]\n{options}', encoding="utf-8")
+    return path
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -69,13 +86,23 @@ def nifti_source(root: Path, n_cases: int) -> Path:
     return folder
 
 
-def stage_args(stage: str, build: Path, source: Path, out: Path) -> list[str]:
+def export_dir(out: Path) -> Path:
+    return out.with_name(out.name + "-parquet")
+
+
+def stage_args(stage: str, build: Path, sources: Path, out: Path) -> list[str]:
     if stage == "ingest":
-        return ["ingest", "--build", str(build), "--source", f"nifti:{source}", "--modality", "MRI", "--no-progress",
-                "--workers", "2"]
+        return ["ingest", "--build", str(build), "--sources", str(sources), "--no-progress", "--workers", "2"]
     if stage == "generate":
         return ["generate", "--build", str(build)]
+    if stage == "export":
+        return ["export", str(out), "--format", "parquet", "--embed-images", "--out", str(export_dir(out))]
     return ["release", "--build", str(build), "--out", str(out), "--include-unreviewed", "--created", CREATED]
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} \
+        if root.is_dir() else {}
 
 
 def snapshot(build: Path, out: Path) -> dict:
@@ -89,14 +116,15 @@ def snapshot(build: Path, out: Path) -> dict:
                 im.load()
         except Exception:
             corrupt += 1
-    release = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} \
-        if out.is_dir() else {}
     return {
         "regions": regions,
         "drafts": [(d["id"], d["question"], d["answer"]) for d in drafts],
         "corrupt_png": corrupt,
         "temp_files": len(list(build.rglob("*.tmp"))) + len(list(out.parent.glob(f".{out.name}.*"))),
-        "release": release,
+        # a killed export's temporary file stays by design (vgmed cannot prove it wrote it): counted apart
+        "export_temp": len(list(out.parent.glob(f".{export_dir(out).name}.*"))),
+        "release": tree(out),
+        "export": tree(export_dir(out)),
     }
 
 
@@ -110,18 +138,25 @@ def compare(clean: dict, got: dict) -> dict:
         "drafts": diff("drafts"),
         "corrupt_png": got["corrupt_png"],
         "temp_files_left": got["temp_files"],
+        "export_temp_left": got["export_temp"],
         "release_identical": got["release"] == clean["release"],
+        "export_identical": got["export"] == clean["export"],
     }
 
 
-STAGES = ("ingest", "generate", "release")
+def discard(build: Path, out: Path) -> None:
+    for folder in (build, out, export_dir(out)):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+STAGES = ("ingest", "generate", "release", "export")
 
 
 def kill_campaign(work: Path, stages: list[str], kills: int, rng: random.Random, n_cases: int) -> dict:
     """Per stage: ``kills`` trials, each from the stage's starting state: start, SIGKILL at a random
     moment of the clean run time, rerun to completion, compare with the clean build. A trial whose
     process had already finished does not count as a kill and is retried (at most 3x ``kills``)."""
-    source = nifti_source(work / "src", n_cases)
+    source = nifti_sources(work / "sources.toml", nifti_source(work / "src", n_cases))
     clean_build, clean_out = work / "clean", work / "clean-release"
     seconds, before = {}, {}
     for stage in STAGES:
@@ -140,12 +175,13 @@ def kill_campaign(work: Path, stages: list[str], kills: int, rng: random.Random,
             attempts += 1
             build, out = work / f"trial-{stage}-{attempts}", work / f"trial-{stage}-{attempts}-release"
             shutil.copytree(before[stage], build)
+            if stage == "export":  # its starting state is the release
+                shutil.copytree(clean_out, out)
             moment = rng.uniform(0.05, 0.95) * seconds[stage]
             proc = start(*stage_args(stage, build, source, out))
             time.sleep(moment)
             if proc.poll() is not None:
-                shutil.rmtree(build)
-                shutil.rmtree(out, ignore_errors=True)
+                discard(build, out)
                 continue
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -154,8 +190,7 @@ def kill_campaign(work: Path, stages: list[str], kills: int, rng: random.Random,
                 cli(*stage_args(later, build, source, out))
             trials.append({"moment_s": round(moment, 2), "rerun_exit": rerun.returncode,
                            **compare(clean, snapshot(build, out))})
-            shutil.rmtree(build)
-            shutil.rmtree(out, ignore_errors=True)
+            discard(build, out)
         results[stage] = {
             "kills": len(trials),
             "clean_run_s": round(seconds[stage], 2),
@@ -166,7 +201,9 @@ def kill_campaign(work: Path, stages: list[str], kills: int, rng: random.Random,
             "extra": sum(t[k]["extra"] for t in trials for k in ("regions", "drafts")),
             "corrupt_png": sum(t["corrupt_png"] for t in trials),
             "temp_files_left": sum(t["temp_files_left"] for t in trials),
+            "export_temp_files_left": sum(t["export_temp_left"] for t in trials),
             "releases_identical": sum(t["release_identical"] for t in trials),
+            "exports_identical": sum(t["export_identical"] for t in trials),
         }
     return results
 
@@ -176,86 +213,208 @@ def first_error(proc: subprocess.CompletedProcess) -> str:
     return lines[0][:300] if lines else "(no error line)"
 
 
-def bad_input_campaign(work: Path) -> list[dict]:
-    """Each hostile case through the real CLI: exit code, the error it printed, did the run go on."""
+def judge(proc: subprocess.CompletedProcess, *, refuse: bool = True, kept: bool = True, leak: bool = False,
+          clear: bool | None = None) -> list[str]:
+    """What went wrong in one case: a traceback, data loss (``kept`` false), wrongly accepted (exit 0 where it
+    must refuse, or ``leak``), unclear (no error line; ``clear`` overrides that test)."""
+    verdict = []
+    if "Traceback" in proc.stdout + proc.stderr:
+        verdict.append("traceback")
+    if not kept:
+        verdict.append("data_loss")
+    if leak or (refuse and proc.returncode == 0):
+        verdict.append("wrongly_accepted")
+    if refuse and not (first_error(proc) != "(no error line)" if clear is None else clear):
+        verdict.append("unclear")
+    return verdict
+
+
+def case(name: str, proc: subprocess.CompletedProcess, errors: list[str] | None = None, **judged) -> dict:
+    facts = {k: v for k, v in judged.items() if k in ("kept", "leak")}
+    return {"case": name, "exit": proc.returncode, "errors": errors or [first_error(proc)], **facts,
+            "verdict": judge(proc, **judged)}
+
+
+def done_by_source(build: Path) -> dict[str, int]:
+    try:
+        with sqlite3.connect(build / "catalog.sqlite") as conn:
+            return dict(conn.execute("SELECT source, COUNT(*) FROM items WHERE status='done' GROUP BY source"))
+    except sqlite3.Error:
+        return {}
+
+
+def bad_folder(src: Path) -> int:
+    """One good MNI pair beside damaged ones in one ``nifti`` folder; returns the number of bad items."""
+    import nibabel as nib
+
     sample = resource_dir("sample") / "mni152"
     image = next((sample / "imagesTr").iterdir())
     label = next((sample / "labelsTr").iterdir())
-    import nibabel as nib
-
-    src = work / "bad"
     src.mkdir()
-    shutil.copy(image, src / "good.nii.gz")
-    shutil.copy(label, src / "good_seg.nii.gz")
-    bad_name = os.fsdecode(b"caf\xe9")
-    shutil.copy(image, src / f"{bad_name}.nii.gz")
-    shutil.copy(label, src / f"{bad_name}_seg.nii.gz")
-    ref = nib.load(image)
-    for case, data in (("all_nan", np.full(ref.shape, np.nan, np.float32)),
-                       ("constant", np.full(ref.shape, 7.0, np.float32))):
-        nib.save(nib.Nifti1Image(data, ref.affine), src / f"{case}.nii.gz")
-        shutil.copy(label, src / f"{case}_seg.nii.gz")
-    (src / "truncated.nii.gz").write_bytes(image.read_bytes()[:2000])
-    shutil.copy(label, src / "truncated_seg.nii.gz")
-    nib.save(nib.Nifti1Image(np.asanyarray(ref.dataobj).astype(np.complex64), ref.affine), src / "complex.nii.gz")
-    shutil.copy(label, src / "complex_seg.nii.gz")
+    bad = {os.fsdecode(b"caf\xe9"): image.read_bytes(), "truncated": image.read_bytes()[:2000],
+           "Doe: Jane MRN 12345": image.read_bytes()[:2000]}  # a patient's name in an erroring item's file name
     damaged = bytearray(image.read_bytes())
     damaged[-8] ^= 0xFF  # the gzip CRC-32
-    (src / "crc.nii.gz").write_bytes(bytes(damaged))
-    shutil.copy(label, src / "crc_seg.nii.gz")
+    bad["crc"] = bytes(damaged)
+    shutil.copy(image, src / "good.nii.gz")
+    shutil.copy(label, src / "good_seg.nii.gz")
+    for name, data in bad.items():
+        (src / f"{name}.nii.gz").write_bytes(data)
+        shutil.copy(label, src / f"{name}_seg.nii.gz")
+    ref = nib.load(image)
+    volumes = {"all_nan": np.full(ref.shape, np.nan, np.float32), "constant": np.full(ref.shape, 7.0, np.float32),
+               "complex": np.asanyarray(ref.dataobj).astype(np.complex64)}
+    for name, data in volumes.items():
+        nib.save(nib.Nifti1Image(data, ref.affine), src / f"{name}.nii.gz")
+        shutil.copy(label, src / f"{name}_seg.nii.gz")
+    return len(bad) + len(volumes)
+
+
+def export_cases(work: Path, release: Path) -> list[dict]:
+    """A user's file or folder as --out, a tampered release, a link out of the release (issue 30)."""
+    cases = []
+    results = work / "my-results.json"
+    results.write_text('{"accuracy": 0.93}\n')
+    folder = work / "analysis"
+    folder.mkdir()
+    (folder / "VGMED_attribute.parquet").write_bytes(b"my own parquet")
+    (folder / "notes.txt").write_text("mine")
+    for fmt, target in (("vqa-json", results), ("parquet", folder)):
+        before = tree(work / "analysis"), results.read_bytes()
+        run = cli("export", str(release), "--format", fmt, "--out", str(target))
+        cases.append(case(f"export --format {fmt} --out a user's {'file' if fmt == 'vqa-json' else 'folder'}", run,
+                          kept=(tree(work / "analysis"), results.read_bytes()) == before))
+    tampered = work / "tampered"
+    shutil.copytree(release, tampered)
+    first = tampered / "VGMED_localization.jsonl"
+    lines = first.read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "answer": "changed"})
+    first.write_text("\n".join(lines) + "\n")
+    run = cli("export", str(tampered), "--format", "vqa-json", "--out", str(work / "tampered.json"))
+    cases.append(case("export of a release whose records were edited after release", run))
+    linked = work / "linked"
+    shutil.copytree(release, linked)
+    secret = work / "secret.key"
+    secret.write_bytes(b"-----BEGIN PRIVATE KEY----- TOPSECRET")
+    image = json.loads(first.read_text().splitlines()[0])["image"]
+    (linked / image).unlink()
+    (linked / image).symlink_to(secret)
+    manifest = json.loads((linked / "manifest.json").read_text())
+    manifest["files"][image] = {**manifest["files"][image], "bytes": secret.stat().st_size,
+                                "sha256": hashlib.sha256(secret.read_bytes()).hexdigest()}
+    (linked / "manifest.json").write_text(json.dumps(manifest))
+    out = work / "linked-parquet"
+    run = cli("export", str(linked), "--format", "parquet", "--embed-images", "--out", str(out))
+    leaked = any(b"TOPSECRET" in data for data in tree(out).values())
+    cases.append(case("export --embed-images of a release whose image links to a file outside", run, leak=leaked))
+    return cases
+
+
+def bad_input_campaign(work: Path) -> list[dict]:
+    """Each hostile case through the real CLI: exit code, the error it printed, did the run go on, verdict."""
+    src = work / "bad"
+    n_bad = bad_folder(src)
+    sources = nifti_sources(work / "bad-sources.toml", src, name="bad")
     build = work / "bad-build"
     cases = []
-    ingest = cli("ingest", "--build", str(build), "--source", f"nifti:{src}", "--modality", "MRI", "--no-progress",
-                 "--with-paths")
-    errors = [line.strip() for line in ingest.stderr.splitlines() if line.strip().startswith("error [")]
-    cases.append({"case": "one folder: non-UTF-8 name, all-NaN, constant, truncated, complex, bad CRC + 1 good",
-                  "exit": ingest.returncode, "went_on": "1 ingested" in ingest.stdout, "errors": errors})
+    ingest = cli("ingest", "--build", str(build), "--sources", str(sources), "--no-progress")
+    shown = cli("ingest", "--build", str(work / "bad-paths"), "--sources", str(sources), "--no-progress",
+                "--with-paths")
+    errors = [line.strip() for line in shown.stderr.splitlines() if line.strip().startswith("error [")]
+    shared = ingest.stdout + ingest.stderr + "".join(
+        cli("stats", "--build", str(build), *flag).stdout for flag in ([], ["--json"]))
+    went_on = done_by_source(build) == {"bad": 1}
+    cases.append({**case(f"one folder: {n_bad} damaged (non-UTF-8 name, all-NaN, constant, truncated, complex, "
+                         "bad CRC, a patient-named file) + 1 good", ingest, errors, kept=went_on,
+                         leak="Jane" in shared or "12345" in shared, clear=len(errors) == n_bad),
+                  "went_on": went_on, "patient_name_in_shared_output": "Jane" in shared})
 
-    sources = work / "sources.toml"
-    sources.write_text(f'[[source]]\nname = "x"\nkind = "nifti"\npath = "{src}"\n[source.options]\n'
-                       'label_suffix = 3\n', encoding="utf-8")
-    typed = cli("ingest", "--build", str(work / "typed"), "--sources", str(sources))
-    cases.append({"case": "sources option label_suffix = 3", "exit": typed.returncode, "errors": [first_error(typed)]})
-    for option in ("window = [nan, 400]", "spacing_mm = inf", "min_side_px = 1000000", "midline_margin_mm = -5.0",
-                   "midline_mm = nan"):
-        sources.write_text(f'[[source]]\nname = "x"\nkind = "nifti"\npath = "{src}"\n[source.options]\n{option}\n',
-                           encoding="utf-8")
-        run = cli("ingest", "--build", str(work / "options"), "--sources", str(sources))
-        cases.append({"case": f"sources option {option}", "exit": run.returncode, "errors": [first_error(run)],
-                      "nothing_written": not (work / "options").exists()})
-    modality = cli("ingest", "--build", str(work / "options"), "--source", f"nifti:{src}", "--modality", "MIR")
-    cases.append({"case": "--modality MIR", "exit": modality.returncode, "errors": [first_error(modality)]})
+    typed = cli("ingest", "--build", str(work / "typed"), "--sources",
+                str(nifti_sources(work / "sources.toml", src, options="label_suffix = 3\n")))
+    cases.append(case("sources option label_suffix = 3", typed))
+    for option in ("window = [nan, 400]", "window = [40, inf]", "spacing_mm = inf", "spacing_mm = 1e-9",
+                   "min_side_px = 1000000", "midline_margin_mm = -5.0", "midline_mm = nan"):
+        run = cli("ingest", "--build", str(work / "options"), "--sources",
+                  str(nifti_sources(work / "sources.toml", src, options=option + "\n")))
+        cases.append({**case(f"sources option {option}", run), "nothing_written": not (work / "options").exists()})
+        shutil.rmtree(work / "options", ignore_errors=True)
+    text = (work / "sources.toml").read_text().replace('modality = "MRI"', 'modality = "MIR"')
+    (work / "sources.toml").write_text(text)
+    for name, args in (("--modality MIR", ["--source", f"nifti:{src}", "--modality", "MIR"]),
+                       ('modality = "MIR" in sources.toml', ["--sources", str(work / "sources.toml")])):
+        cases.append(case(name, cli("ingest", "--build", str(work / "options"), *args)))
+    latin = work / "latin1.toml"
+    latin.write_bytes(f'[[source]]\nname = "caf\xe9"\nkind = "nifti"\npath = "{src}"\n'.encode("latin-1"))
+    cases.append(case("a latin-1 sources.toml", cli("ingest", "--build", str(work / "options"), "--sources",
+                                                      str(latin))))
     user_file = work / "notes.txt"
     user_file.write_text("mine\n")
     build_commands = [(["ingest"], ["--source", f"nifti:{src}"]), (["stats"], []), (["generate"], []),
                       (["release"], ["--out", str(work / "r")]), (["labelstudio", "start"], [])]
     for words, extra in build_commands:
         run = cli(*words, "--build", str(user_file), *extra)
-        cases.append({"case": f"{' '.join(words)} --build a file", "exit": run.returncode, "errors": [first_error(run)],
-                      "kept": user_file.read_text() == "mine\n"})
+        cases.append(case(f"{' '.join(words)} --build a file", run, kept=user_file.read_text() == "mine\n"))
+
+    generated = cli("generate", "--build", str(build))
+    cases.append(case("generate on the bad folder's build", generated, refuse=False))
+    for flags in (["--concurrency", "0"], ["--concurrency", "-3"], ["--timeout", "-1"], ["--max-tokens", "0"]):
+        run = cli("generate", "--build", str(build), "--drafter", "llm", *flags)
+        cases.append(case(f"generate --drafter llm {' '.join(flags)}", run))
 
     project = work / "X"
     (project / "src").mkdir(parents=True)
     (project / "manifest.json").write_text('{"name":"app"}')
     (project / "src" / "main.js").write_text("work")
-    cli("generate", "--build", str(build))
     rel = cli("release", "--build", str(build), "--out", str(project), "--include-unreviewed")
-    cases.append({"case": "release --out a project folder with its own manifest.json", "exit": rel.returncode,
-                  "kept": (project / "src" / "main.js").is_file(), "errors": [first_error(rel)]})
+    cases.append(case("release --out a project folder with its own manifest.json", rel,
+                      kept=(project / "src" / "main.js").is_file()))
+    for folder in (".rel.tmp-my-backup", ".rel.old-2024"):
+        (work / folder).mkdir()
+        (work / folder / "keep.txt").write_text("mine")
+    before = {name: tree(work / name) for name in (".rel.tmp-my-backup", ".rel.old-2024")}
+    for attempt in ("a new", "a second (replacing)"):
+        rel = cli("release", "--build", str(build), "--out", str(work / "rel"), "--include-unreviewed",
+                  "--created", CREATED)
+        cases.append(case(f"{attempt} release --out rel beside a user's .rel.tmp-my-backup/ and .rel.old-2024/", rel,
+                          refuse=False, kept={name: tree(work / name) for name in before} == before))
+    (work / ".rel2.lock").write_text("mine")
+    rel = cli("release", "--build", str(build), "--out", str(work / "rel2"), "--include-unreviewed")
+    cases.append(case("release --out rel2 beside a user's file .rel2.lock", rel,
+                      kept=(work / ".rel2.lock").read_text() == "mine"))
 
     out = work / "bad-release"
     cli("release", "--build", str(build), "--out", str(out), "--include-unreviewed", "--created", CREATED)
+    cases.extend(export_cases(work, out))
+
+    coco = work / "coco"
+    shutil.copytree(resource_dir("sample") / "coco", coco)
+    annotations = coco / "annotations" / "instances_demo.json"
+    data = json.loads(annotations.read_text())
+    data["annotations"][0]["segmentation"] = [[1e12, 10, 200, 10, 200, 150, 10, 150]]
+    annotations.write_text(json.dumps(data))
+    two = work / "two-sources.toml"
+    two.write_text(nifti_sources(two, nifti_source(work / "good", 1), name="good").read_text()
+                   + f'[[source]]\nname = "coco"\nkind = "coco"\npath = "{coco}"\n[source.options]\nsplit = "demo"\n')
+    t0 = time.monotonic()
+    run = cli("ingest", "--build", str(work / "coco-build"), "--sources", str(two), "--no-progress", "--workers", "2",
+              timeout=300)
+    stored = done_by_source(work / "coco-build")
+    cases.append({**case("COCO polygon coordinate 1e12 with --workers 2 beside a good source", run,
+                         kept=stored.get("good") == 1),
+                  "seconds": round(time.monotonic() - t0, 1), "stored": stored})
+
     first = out / "VGMED_localization.jsonl"
     lines = first.read_text().splitlines()
-    record = json.loads(lines[0])
-    lines[0] = json.dumps({**record, "answer": "changed"})
+    lines[0] = json.dumps({**json.loads(lines[0]), "answer": "changed"})
     first.write_text("\n".join(lines) + "\n")
     (out / "manifest.json").unlink()
     bypass = cli("validate", str(out))
     published = cli("validate", "--published", str(out))
-    cases.append({"case": "validate after editing an answer and deleting manifest.json",
-                  "exit": bypass.returncode, "exit_published": published.returncode,
-                  "errors": [bypass.stdout.splitlines()[0], published.stdout.splitlines()[0]]})
+    said = [(bypass.stdout.splitlines() or ["(nothing)"])[0], (published.stdout.splitlines() or ["(nothing)"])[0]]
+    cases.append({**case("validate after editing an answer and deleting manifest.json", bypass, said,
+                         clear=bypass.stdout.startswith("manifest.json") and published.returncode != 0,
+                         leak=published.returncode == 0),
+                  "exit_published": published.returncode})
     return cases
 
 
@@ -282,14 +441,32 @@ def planted_campaign(work: Path) -> dict:
     return {"planted": len(needles), "found": sum(found.values()), "by_string": found, "release_records": records}
 
 
+def summary(results: dict) -> dict:
+    """The issue-30 counts: bad-input cases by verdict, plus kill trials that lost data."""
+    cases = results["bad_inputs"]
+    kill_loss = sum(r["lost"] + r["corrupt_png"] + (r["kills"] - r["releases_identical"])
+                    + (r["kills"] - r["exports_identical"]) for r in results["kills"].values())
+    return {
+        "bad_input_cases": len(cases),
+        "data_loss": sum("data_loss" in c["verdict"] for c in cases) + kill_loss,
+        "tracebacks": sum("traceback" in c["verdict"] for c in cases),
+        "wrongly_accepted": sum("wrongly_accepted" in c["verdict"] for c in cases),
+        "unclear": sum("unclear" in c["verdict"] for c in cases),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=5, help="SIGKILLs per stage before the completing rerun")
-    parser.add_argument("--stages", default="ingest,generate,release", help="comma-separated stages to kill")
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages to kill")
     parser.add_argument("--cases", type=int, default=8, help="NIfTI cases in the kill campaign's source")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the kill moments")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here too")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run: 2 kills per stage on 2 cases (overrides --kills and --cases)")
     args = parser.parse_args()
+    if args.quick:
+        args.kills, args.cases = 2, 2
     with tempfile.TemporaryDirectory(prefix="vgmed-faults-") as tmp:
         work = Path(tmp)
         results = {
@@ -298,6 +475,7 @@ def main() -> int:
             "bad_inputs": bad_input_campaign(work),
             "planted_identifiers": planted_campaign(work),
         }
+    results["summary"] = summary(results)
     text = json.dumps(results, indent=2, ensure_ascii=False)
     print(text)
     if args.out:
@@ -307,7 +485,9 @@ def main() -> int:
         and r["duplicates"] == r["lost"] == r["extra"] == r["corrupt_png"] == 0
         for r in results["kills"].values()
     )
-    return 0 if kills_ok and results["planted_identifiers"]["found"] == 0 else 1
+    faults = results["summary"]
+    bad_ok = faults["data_loss"] == faults["tracebacks"] == faults["wrongly_accepted"] == faults["unclear"] == 0
+    return 0 if kills_ok and bad_ok and results["planted_identifiers"]["found"] == 0 else 1
 
 
 if __name__ == "__main__":

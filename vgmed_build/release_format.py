@@ -18,6 +18,7 @@ is empty or inverted after conversion is a :class:`BoxError` naming the box and 
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -402,26 +403,39 @@ MAX_LINE_CHARS = 8_000_000
 
 def read_lines(path: Path, blank_lines: bool = False) -> Iterator[Line]:
     """Lines of a JSONL file, parsed; empty lines are skipped (or yielded when ``blank_lines``); a line
-    over MAX_LINE_CHARS comes with its length and no record (its ``error`` says so)."""
+    over MAX_LINE_CHARS comes with its length and no record (its ``error`` says so).
+
+    Read as a stream (one line in memory, whatever the file's size): the file is first checked to be
+    UTF-8 throughout, so an undecodable file is one RecordFileError before any line, as before."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        _check_utf8(Path(path))
+        fh = open(path, "rb")
     except (OSError, UnicodeDecodeError) as exc:
         raise RecordFileError(f"{path}: cannot be read as UTF-8 text ({exc})") from exc
-    lines = text.split("\n")  # not splitlines(): U+2028 may sit unescaped inside a JSON string
-    if lines and lines[-1] == "":
-        lines.pop()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            if blank_lines:
-                yield Line(number, blank=True)
-            continue
-        if len(line) > MAX_LINE_CHARS:
-            yield Line(number, length=len(line))
-            continue
-        try:
-            yield Line(number, json.loads(line))
-        except json.JSONDecodeError as exc:
-            yield Line(number, decode_error=exc)
+    with fh:
+        # Split on "\n" only (binary lines), never splitlines(): U+2028 may sit unescaped in a JSON string.
+        for number, raw in enumerate(fh, 1):
+            line = raw.removesuffix(b"\n").decode("utf-8")
+            if not line.strip():
+                if blank_lines:
+                    yield Line(number, blank=True)
+                continue
+            if len(line) > MAX_LINE_CHARS:
+                yield Line(number, length=len(line))
+                continue
+            try:
+                yield Line(number, json.loads(line))
+            except json.JSONDecodeError as exc:
+                yield Line(number, decode_error=exc)
+
+
+def _check_utf8(path: Path) -> None:
+    """Raise UnicodeDecodeError where ``path`` is not UTF-8, reading it in blocks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(READ_BLOCK), b""):
+            decoder.decode(block)
+    decoder.decode(b"", final=True)
 
 
 def record_id(record: dict, file_name: str, number: int) -> str:
@@ -507,24 +521,17 @@ def jsonl_bytes(records: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
 
 
+# Files are hashed and checked in blocks of this size: memory stays flat whatever their size (a 1 MB
+# block made the peak follow the record files up to 1 MB).
+READ_BLOCK = 1 << 16
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+        for block in iter(lambda: fh.read(READ_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def count_records(records_by_file: Mapping[str, list[dict]]) -> dict[str, Any]:
-    """The manifest's counts (every mapping sorted by key, so the JSON is stable)."""
-    from vgmed_build.release_counts import RecordCounts
-
-    counts = RecordCounts()
-    for name, records in records_by_file.items():
-        for record in records:
-            counts.add(name, record)
-    images = len({r["image"] for recs in records_by_file.values() for r in recs})
-    return counts.manifest(images, list(manifest_configs(records_by_file).values()))
 
 
 # Counts added after format version 1 was published: a manifest without them is still valid.

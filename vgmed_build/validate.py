@@ -13,9 +13,12 @@ be checked is listed as skipped. Problems come out as ``file:line: message`` (li
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import yaml
 from PIL import Image
 
 from vgmed_build.card import CARD_MARK, PREVIEW_MARK, PREVIEW_TAG, REQUIRED_SECTIONS
+from vgmed_build.catalog.scratch import SeenStore
 from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, fail
 from vgmed_build.identifiers import (
     Forbidden,
@@ -33,6 +37,7 @@ from vgmed_build.identifiers import (
     load_forbid_file,
 )
 from vgmed_build.pngmeta import PNG_SIGNATURE, PNGError, metadata_chunks
+from vgmed_build.release_counts import RecordCounts
 from vgmed_build.release_format import (
     BOX_FORMATS,
     CARD_FILE,
@@ -50,11 +55,11 @@ from vgmed_build.release_format import (
     RecordFileError,
     box_format,
     box_problem,
-    count_records,
     gt_tokens_mapping,
     gt_tokens_of,
     leaves_root,
     listed_file_problems,
+    manifest_configs,
     mask_problem,
     raw_boxes,
     read_lines,
@@ -188,21 +193,28 @@ def validate_release(
     if not record_files:
         report.add(".", 0, f"no question files ({', '.join(sorted(CONFIGS.values()))}) here")
     manifest = _load_manifest(report) if layout == "vgmed" and has_manifest else None
-    images: dict[str, _ImageInfo] = {}
-    records_by_file: dict[str, list[dict]] = {}
+    with SeenStore() as seen:
+        _check_records(report, manifest, record_files, seen, forbid)
+    return report
+
+
+def _check_records(
+    report: ValidationReport, manifest: dict | None, record_files: list[str], seen: SeenStore,
+    forbid: list[Forbidden],
+) -> None:
+    """The checks that read the records, file by file as a stream: what the cross-record checks need
+    (ids, images read) goes to ``seen``, the manifest's counts are tallied as the records pass."""
+    layout, root = report.kind, report.root
+    counts = RecordCounts()
     all_valid = True
-    seen_ids: dict[str, str] = {}
     for name in record_files:
         convention = manifest.get("bbox_convention") if manifest else None
-        records, valid = _check_record_file(report, name, images, seen_ids, convention)
-        records_by_file[name] = records
-        all_valid &= valid
-    report.n_records = sum(len(r) for r in records_by_file.values())
-    report.n_images = len(images)
-    _scan_tree(report, forbid, referenced=set(images))
+        all_valid &= _check_record_file(report, name, seen, counts, convention)
+    report.n_images = seen.count_images()
+    _scan_tree(report, forbid, referenced=seen.has_image)
     if layout == "vgmed":
         if manifest is not None:
-            _check_manifest(report, manifest, records_by_file, all_valid)
+            _check_manifest(report, manifest, counts, record_files, all_valid)
             _check_card(report, manifest)
         else:
             report.skipped.append(f"checksums, file list, counts and card: no readable {MANIFEST_FILE}")
@@ -211,11 +223,10 @@ def validate_release(
         report.skipped.append(
             "record schema: only the fields the public evaluator reads (schemas/published_record.schema.json)"
         )
-        if not seen_ids:
+        if not seen.any_id():
             report.skipped.append("duplicate ids: the records carry no id field")
         if not (root / CARD_FILE).is_file():
             report.skipped.append("dataset card: no README.md")
-    return report
 
 
 def validate_dir(
@@ -255,25 +266,22 @@ def _load_manifest(report: ValidationReport) -> dict | None:
 
 
 def _check_record_file(
-    report: ValidationReport,
-    name: str,
-    images: dict[str, _ImageInfo],
-    seen_ids: dict[str, str],
-    convention: str | None,
-) -> tuple[list[dict], bool]:
-    """Check one JSONL file line by line; return its records and whether all were schema-valid.
+    report: ValidationReport, name: str, seen: SeenStore, counts: RecordCounts, convention: str | None
+) -> bool:
+    """Check one JSONL file line by line (a stream: one record in memory); return whether all were
+    schema-valid. Valid records of ours are tallied in ``counts``.
 
     ``convention`` is the manifest's bbox convention, which every record of ours must state.
     """
     ours = report.kind == "vgmed"
-    records: list[dict] = []
     all_valid = True
     try:
-        lines = list(read_lines(report.root / name, blank_lines=True))
+        lines = read_lines(report.root / name, blank_lines=True)
+        first = next(lines, None)
     except RecordFileError as exc:
         report.add(name, 0, str(exc).removeprefix(f"{report.root / name}: "))
-        return records, False
-    for line in lines:
+        return False
+    for line in itertools.chain([] if first is None else [first], lines):
         number, record = line.number, line.record
         if line.error:
             report.add(name, number, line.error)
@@ -285,39 +293,41 @@ def _check_record_file(
         if errors or not isinstance(record, dict):
             all_valid = False
             continue
-        records.append(record)
+        report.n_records += 1
+        if ours:
+            counts.add(name, record)
         rid = record.get("id")
-        if rid is not None:
-            if rid in seen_ids:
-                report.add(name, number, f"duplicate id {rid} (first seen at {seen_ids[rid]})")
-            else:
-                seen_ids[rid] = f"{name}:{number}"
+        if rid is not None and (first_at := seen.first_seen(rid, f"{name}:{number}")) is not None:
+            report.add(name, number, f"duplicate id {rid} (first seen at {first_at})")
         expected = record_file(record["q_type"], record.get("modality", "")) if ours else name
         if expected != name:
             report.add(name, number, f"q_type {record['q_type']!r} of a {record.get('modality')} image belongs in "
                        f"{expected}")
         if convention and record.get("bbox_convention") != convention:
             report.add(name, number, f"bbox_convention {record['bbox_convention']} but the manifest says {convention}")
-        _check_record_image(report, name, number, record, images, ours)
-    return records, all_valid
+        _check_record_image(report, name, number, record, seen, ours)
+    return all_valid
 
 
 def _check_record_image(
-    report: ValidationReport, name: str, number: int, record: dict, images: dict[str, _ImageInfo], ours: bool
+    report: ValidationReport, name: str, number: int, record: dict, seen: SeenStore, ours: bool
 ) -> None:
     rel = str(record["image"])
-    if rel not in images:
+    known = seen.image(rel)
+    if known is None:
         try:
             base = report.root if ours else (report.images_dir or report.root)
             path = (report.root / rel) if ours else resolve_image(record["image"], report.root, report.images_dir)
-            images[rel] = _read_image(path, base)
+            info = _read_image(path, base)
         except ValueError as exc:
-            images[rel] = _ImageInfo(None, str(exc))
-    info = images[rel]
-    if info.error:
-        report.add(name, number, f"image {rel}: {info.error}")
+            info = _ImageInfo(None, str(exc))
+        seen.add_image(rel, info.size, info.error)
+        known = info.size, info.error
+    size, error = known
+    if error:
+        report.add(name, number, f"image {rel}: {error}")
         return
-    width, height = info.size
+    width, height = size
     if ours:
         if (record["width"], record["height"]) != (width, height):
             report.add(
@@ -401,19 +411,19 @@ def _read_image(path: Path, base: Path) -> _ImageInfo:
     return _ImageInfo(size, None)
 
 
-def _scan_tree(report: ValidationReport, forbid: list[Forbidden], referenced: set[str]) -> None:
+def _scan_tree(report: ValidationReport, forbid: list[Forbidden], referenced: Callable[[str], bool]) -> None:
     """Identifier scan of every file name and file; for ours also: no unreferenced images."""
     ours = report.kind == "vgmed"
-    for path in sorted(report.root.rglob("*")):
+    for path in _tree(report.root):
         rel = path.relative_to(report.root).as_posix()
         for message in find_patterns(rel) + find_forbidden(rel, forbid):
             report.add(rel, 0, f"file name {message}")
         if rel in report.outside or not path.is_file():
             continue
-        data = path.read_bytes()
         if path.suffix.lower() in TEXT_SUFFIXES:
-            _scan_text(report, rel, data, forbid)
+            _scan_text(report, rel, path, forbid)
             continue
+        data = path.read_bytes()
         for message in find_forbidden_bytes(data, forbid):
             report.add(rel, 0, message)
         for chunk, text in _image_metadata(path, data):
@@ -421,14 +431,22 @@ def _scan_tree(report: ValidationReport, forbid: list[Forbidden], referenced: se
                 report.add(rel, 0, f"image carries a {chunk} metadata chunk (released images must have none)")
             for message in find_patterns(text) + find_forbidden(text, forbid):
                 report.add(rel, 0, f"image metadata ({chunk}) {message}")
-        if ours and rel.startswith("images/") and rel not in referenced:
+        if ours and rel.startswith("images/") and not referenced(rel):
             report.add(rel, 0, "image is not referenced by any record")
 
 
-def _scan_text(report: ValidationReport, rel: str, data: bytes, forbid: list[Forbidden]) -> None:
-    text = data.decode("utf-8", errors="replace")
+def _text_lines(path: Path) -> Iterator[str]:
+    """The lines of ``path`` as ``bytes.decode("utf-8", errors="replace").splitlines()`` gives them,
+    read one "\n"-ended piece at a time (no UTF-8 character holds the byte "\n", and "\r\n" stays
+    in one piece), so a large record file is never held whole."""
+    with open(path, "rb") as fh:
+        for piece in fh:
+            yield from piece.decode("utf-8", errors="replace").splitlines()
+
+
+def _scan_text(report: ValidationReport, rel: str, path: Path, forbid: list[Forbidden]) -> None:
     is_json = rel.endswith((".json", ".jsonl"))
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_text_lines(path), 1):
         if len(line) > MAX_LINE_CHARS:
             report.add(rel, number, f"line of {len(line)} characters (more than {MAX_LINE_CHARS}): not scanned "
                        "for identifiers")
@@ -455,47 +473,62 @@ def _image_metadata(path: Path, data: bytes) -> list[tuple[str, str]]:
         return []
 
 
-def _string_lines(text: str) -> dict[str, int]:
-    """First line of each JSON string literal (quotes included) in ``text``: one pass over the text,
-    so locating every listed file costs O(size of the manifest), not O(files x size)."""
+def _string_lines(path: Path, needles: set[str]) -> dict[str, int]:
+    """First line of each of ``needles`` (JSON string literals, quotes included) in ``path``: one
+    streamed pass, so locating every problem costs O(size of the manifest), not O(problems x size),
+    and only the strings asked for are kept."""
     found: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_text_lines(path), 1):
         for m in JSON_STRING.finditer(line):
-            found.setdefault(m.group(), number)
+            if m.group() in needles:
+                found.setdefault(m.group(), number)
     return found
 
 
-def _check_manifest(report: ValidationReport, manifest: dict, records_by_file: dict, all_valid: bool) -> None:
-    string_lines = _string_lines((report.root / MANIFEST_FILE).read_text(encoding="utf-8"))
+def _tree(root: Path) -> Iterator[Path]:
+    """Every path under ``root`` in ``sorted(root.rglob("*"))``'s order (each folder's entries by
+    name, a folder's contents right after it; symbolic links to folders not entered), one folder's
+    names in memory at a time instead of every path of the release."""
+    names = sorted(entry.name for entry in os.scandir(root))
+    for name in names:
+        path = root / name
+        yield path
+        if path.is_dir() and not path.is_symlink():
+            yield from _tree(path)
 
-    def line_of(needle: str) -> int:
-        return string_lines.get(needle, 0)
+
+def _check_manifest(
+    report: ValidationReport, manifest: dict, tally: RecordCounts, record_files: list[str], all_valid: bool
+) -> None:
+    located: list[tuple[int, str]] = []  # (index in report.problems, the string whose line it is at)
+
+    def add_at(needle: str, problem: str) -> None:
+        located.append((len(report.problems), needle))
+        report.add(MANIFEST_FILE, 0, problem)
 
     listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
     for rel, problem in listed_file_problems(report.root, listed):
-        report.add(MANIFEST_FILE, line_of(json.dumps(rel)), problem)
-    for path in sorted(report.root.rglob("*")):
+        add_at(json.dumps(rel), problem)
+    for path in _tree(report.root):
         rel = path.relative_to(report.root).as_posix()
         if path.is_file() and rel != MANIFEST_FILE and rel not in listed:
             report.add(rel, 0, "not listed in manifest.json")
     for name in CONFIGS.values():
         if not (report.root / name).is_file():
             report.add(name, 0, "missing (every release has both question files, possibly empty)")
+    counts = manifest.get("counts")
     if not all_valid:
         report.skipped.append("counts against the manifest: some records are invalid")
-        return
-    counts = manifest.get("counts")
-    actual = count_records(records_by_file)
-    if isinstance(counts, dict):
+    elif isinstance(counts, dict):
+        actual = tally.manifest(report.n_images, list(manifest_configs(record_files).values()))
         for key, value in actual.items():
             if key in LATER_COUNTS and key not in counts:
                 continue  # a release written before vgmed counted it
             if counts.get(key) != value:
-                report.add(
-                    MANIFEST_FILE,
-                    line_of(f'"{key}"'),
-                    f"counts.{key} is {counts.get(key)}, the files give {value}",
-                )
+                add_at(f'"{key}"', f"counts.{key} is {counts.get(key)}, the files give {value}")
+    lines = _string_lines(report.root / MANIFEST_FILE, {needle for _, needle in located})
+    for index, needle in located:
+        report.problems[index] = dataclasses.replace(report.problems[index], line=lines.get(needle, 0))
 
 
 def _check_card(report: ValidationReport, manifest: dict) -> None:

@@ -16,16 +16,21 @@ class DraftingQueries(CatalogBase):
         return self.conn.execute("SELECT COUNT(*) FROM regions").fetchone()[0]
 
     def regions_in_chunks(self, limit: int | None, chunk: int) -> Iterator[dict]:
-        """Region records by id (the first ``limit`` only), read ``chunk`` at a time so no cursor stays
-        open while drafts are written."""
-        sql = "SELECT id FROM regions ORDER BY id" + (f" LIMIT {int(limit)}" if limit is not None else "")
-        ids = [r[0] for r in self.conn.execute(sql).fetchall()]
-        for start in range(0, len(ids), chunk):
-            part = ids[start : start + chunk]
-            marks = ",".join("?" * len(part))
-            rows = self.conn.execute(f"SELECT record_json FROM regions WHERE id IN ({marks}) ORDER BY id", part)
-            for (rec,) in rows.fetchall():
+        """Region records by id (the first ``limit`` only), read ``chunk`` at a time after the last id
+        seen: no cursor stays open while drafts are written, and nothing grows with the number of regions
+        (no list of every id)."""
+        last, left = "", limit  # every region id is a non-empty string: all sort after ""
+        while left is None or left > 0:
+            size = chunk if left is None else min(chunk, left)
+            rows = self.conn.execute(
+                "SELECT id, record_json FROM regions WHERE id > ? ORDER BY id LIMIT ?", (last, size)
+            ).fetchall()
+            for _, rec in rows:
                 yield json.loads(rec)
+            if len(rows) < size:
+                return
+            last = rows[-1][0]
+            left = None if left is None else left - len(rows)
 
     def source_structures(self) -> dict[str, list[dict]]:
         """Per source, every structure it has regions of, sorted by label, with how questions name it

@@ -26,7 +26,7 @@ from vgmed_build.drafting.templates import Prompts, load_prompts
 
 log = logging.getLogger(__name__)
 
-_REGION_CHUNK = 500
+_REGION_CHUNK = 128  # regions read at a time (by id, after the last one): memory stays flat
 FLUSH_DRAFTS = 64  # commit a batch once this many drafts are ready ...
 FLUSH_S = 0.1  # ... or this many seconds after the last commit
 

@@ -310,6 +310,33 @@ def export_cases(work: Path, release: Path) -> list[dict]:
     return cases
 
 
+def interrupt_cases(work: Path) -> list[dict]:
+    """Ctrl-C (to the process group, as a terminal sends it) and SIGTERM during ingest: one line with the
+    resume hint, no traceback, and a rerun completes (issue 30)."""
+    sources = nifti_sources(work / "many.toml", nifti_source(work / "many", 12), name="many")
+    cases = []
+    for sig, said, workers in ((signal.SIGINT, "Ctrl-C", "2"), (signal.SIGTERM, "SIGTERM", "1")):
+        build = work / f"stopped-{said}"
+        args = ["ingest", "--build", str(build), "--sources", str(sources), "--no-progress", "--workers", workers]
+        proc = subprocess.Popen([sys.executable, "-m", "vgmed_build.cli", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not done_by_source(build) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        landed = proc.poll() is None
+        if landed:
+            os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
+        stopped = subprocess.CompletedProcess(args, proc.returncode, out, err)
+        rerun = cli(*args)
+        last = (err.strip().splitlines() or [""])[-1]
+        cases.append({**case(f"{said} during ingest --workers {workers}", stopped, [last],
+                             kept=rerun.returncode == 0 and done_by_source(build) == {"many": 12},
+                             clear=f"stopped by {said}; rerun the same command to resume" in last, refuse=landed),
+                      "signal_landed": landed, "rerun_exit": rerun.returncode})
+    return cases
+
+
 def bad_input_campaign(work: Path) -> list[dict]:
     """Each hostile case through the real CLI: exit code, the error it printed, did the run go on, verdict."""
     src = work / "bad"
@@ -377,6 +404,11 @@ def bad_input_campaign(work: Path) -> list[dict]:
                   "--created", CREATED)
         cases.append(case(f"{attempt} release --out rel beside a user's .rel.tmp-my-backup/ and .rel.old-2024/", rel,
                           refuse=False, kept={name: tree(work / name) for name in before} == before))
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = (work / "rel").stat().st_mode & 0o777
+    cases.append({"case": f"release root's mode under umask {umask:03o}", "exit": 0, "errors": [f"{mode:03o}"],
+                  "verdict": [] if mode == 0o777 & ~umask else ["wrongly_accepted"]})
     (work / ".rel2.lock").write_text("mine")
     rel = cli("release", "--build", str(build), "--out", str(work / "rel2"), "--include-unreviewed")
     cases.append(case("release --out rel2 beside a user's file .rel2.lock", rel,
@@ -402,6 +434,8 @@ def bad_input_campaign(work: Path) -> list[dict]:
     cases.append({**case("COCO polygon coordinate 1e12 with --workers 2 beside a good source", run,
                          kept=stored.get("good") == 1),
                   "seconds": round(time.monotonic() - t0, 1), "stored": stored})
+
+    cases.extend(interrupt_cases(work))
 
     first = out / "VGMED_localization.jsonl"
     lines = first.read_text().splitlines()

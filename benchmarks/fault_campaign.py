@@ -409,6 +409,17 @@ def bad_input_campaign(work: Path) -> list[dict]:
     mode = (work / "rel").stat().st_mode & 0o777
     cases.append({"case": f"release root's mode under umask {umask:03o}", "exit": 0, "errors": [f"{mode:03o}"],
                   "verdict": [] if mode == 0o777 & ~umask else ["wrongly_accepted"]})
+    swapped = work / "swapped-build"
+    shutil.copytree(build, swapped)
+    png = next((swapped / "images").rglob("*.png"))
+    with Image.open(png) as im:
+        picture = np.full(im.size[::-1], 200, np.uint8)
+    picture[:8] = 0  # another picture of the same size: only the catalog's SHA-256 tells
+    Image.fromarray(picture).save(png)
+    rel = cli("release", "--build", str(swapped), "--out", str(work / "swapped-rel"), "--include-unreviewed")
+    cases.append(case("release of a build whose PNG was replaced after ingest", rel,
+                      clear="changed since ingest" in rel.stdout + rel.stderr,
+                      leak=png.read_bytes() in tree(work / "swapped-rel").values()))
     (work / ".rel2.lock").write_text("mine")
     rel = cli("release", "--build", str(build), "--out", str(work / "rel2"), "--include-unreviewed")
     cases.append(case("release --out rel2 beside a user's file .rel2.lock", rel,

@@ -63,6 +63,8 @@ WHOLE_TABLE = {
     "before, loaded once",
     "SELECT draft_id, project, record_json FROM review_events": "decisions: every review event, once",
     "SELECT id, record_json FROM drafts": "decisions: every draft, once",
+    "SELECT DISTINCT source, label FROM regions": "ingest: each source's label names, once per run (the warning "
+    "about placeholder and raw names)",
     "SELECT project, task_id, annotation_id, revision, reviewer, draft_id, problem, pulled_at FROM review_problems":
     "review status: every annotation pull could not store, listed once",
 }

@@ -77,14 +77,20 @@ def timed(fn, *args):
 
 @dataclass
 class Round:
-    """One round: the bare loop's and generate's rates and CPU per request, and the rerun."""
+    """One round: the bare loop's and the stage's (generate, judge) rates and CPU per request, and the
+    stage's rerun."""
 
     base_rate: float
     base_cpu: float
-    gen_rate: float
-    gen_cpu: float
+    rate: float
+    cpu: float
     rerun_s: float
     rerun_requests: int
+
+    def echo(self, r: int, stage: str) -> None:
+        print(f"round {r}: baseline {self.base_rate:.1f} requests/s, CPU {1000 * self.base_cpu:.2f} ms/request")
+        print(f"round {r}: {stage} {self.rate:.1f} drafts/s, CPU {1000 * self.cpu:.2f} ms/draft")
+        print(f"round {r}: rerun {self.rerun_s:.2f}s, {self.rerun_requests} requests")
 
 
 def measure(n: int, concurrency: int, latency_ms: float, rounds: int, echo: bool = True) -> list[Round]:
@@ -120,10 +126,7 @@ def measure(n: int, concurrency: int, latency_ms: float, rounds: int, echo: bool
                 out.append(Round(rate, base_cpu / n, n / wall, cpu / n, rerun_s, server.stats()["requests"] - sent))
                 cat.close()
                 if echo:
-                    x = out[-1]
-                    print(f"round {r}: baseline {x.base_rate:.1f} requests/s, CPU {1000 * x.base_cpu:.2f} ms/request")
-                    print(f"round {r}: generate {x.gen_rate:.1f} drafts/s, CPU {1000 * x.gen_cpu:.2f} ms/draft")
-                    print(f"round {r}: rerun {x.rerun_s:.2f}s, {x.rerun_requests} requests")
+                    out[-1].echo(r, "generate")
         finally:
             server.close()
     return out
@@ -135,19 +138,25 @@ QUICK = {"n": 300, "concurrency": 32, "latency_ms": 200.0, "rounds": 3}
 def quick(only: str | None = None) -> list:
     """Checks of benchmarks/quick.py: generate's rate and CPU per draft against the bare loop's, best of
     3 alternating rounds of 300 drafts (the rerun must send nothing)."""
+    rounds = measure(QUICK["n"], QUICK["concurrency"], QUICK["latency_ms"], QUICK["rounds"], echo=False)
+    return loop_ratios("generate", rounds)
+
+
+def loop_ratios(stage: str, rounds: list[Round]) -> list:
+    """The quick guard's two checks of a stage that sends one LLM request per draft (generate, judge):
+    its best rate and CPU per draft against the bare client loop's, over QUICK rounds."""
     from quick import Ratio
 
-    rounds = measure(QUICK["n"], QUICK["concurrency"], QUICK["latency_ms"], QUICK["rounds"], echo=False)
     idle_rerun = all(r.rerun_requests == 0 for r in rounds)
-    base, gen = max(r.base_rate for r in rounds), max(r.gen_rate for r in rounds)
-    base_cpu, gen_cpu = min(r.base_cpu for r in rounds), min(r.gen_cpu for r in rounds)
+    base, rate = max(r.base_rate for r in rounds), max(r.rate for r in rounds)
+    base_cpu, cpu = min(r.base_cpu for r in rounds), min(r.cpu for r in rounds)
     ideal = QUICK["concurrency"] / (QUICK["latency_ms"] / 1000)
     return [
-        Ratio("generate: drafts/s / bare client loop req/s", gen / base,
-              f"{gen:.1f} vs {base:.1f}/s (ideal {ideal:.0f}/s), {QUICK['n']} drafts, rerun "
+        Ratio(f"{stage}: drafts/s / bare client loop req/s", rate / base,
+              f"{rate:.1f} vs {base:.1f}/s (ideal {ideal:.0f}/s), {QUICK['n']} drafts, rerun "
               f"{'sent nothing' if idle_rerun else 'SENT REQUESTS'}", same=idle_rerun),
-        Ratio("generate: bare loop CPU/request / generate CPU/draft", base_cpu / gen_cpu,
-              f"{1e3 * base_cpu:.2f} vs {1e3 * gen_cpu:.2f} ms CPU"),
+        Ratio(f"{stage}: bare loop CPU/request / {stage} CPU/draft", base_cpu / cpu,
+              f"{1e3 * base_cpu:.2f} vs {1e3 * cpu:.2f} ms CPU"),
     ]
 
 
@@ -167,7 +176,7 @@ def main() -> int:
     ideal = args.concurrency / (args.latency_ms / 1000.0)
     n = args.drafts
     rounds = measure(n, args.concurrency, args.latency_ms, args.rounds)
-    baseline, rate = max(r.base_rate for r in rounds), max(r.gen_rate for r in rounds)
+    baseline, rate = max(r.base_rate for r in rounds), max(r.rate for r in rounds)
     rerun_s, rerun_requests = rounds[-1].rerun_s, rounds[-1].rerun_requests
     print(f"drafts={n} concurrency={args.concurrency} latency={args.latency_ms:.0f}ms ideal={ideal:.1f}/s")
     print(f"baseline bare AsyncOpenAI loop (best): {baseline:.1f} requests/s ({100 * baseline / ideal:.0f}% of ideal)")

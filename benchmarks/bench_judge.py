@@ -20,12 +20,11 @@ import math
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from bench_generate import bare_loop, timed  # noqa: E402
+from bench_generate import QUICK, Round, bare_loop, loop_ratios, timed  # noqa: E402
 from drafting_fixtures import LlmServer, make_catalog  # noqa: E402
 
 from vgmed_build.api import generate  # noqa: E402
@@ -64,18 +63,6 @@ def baseline_requests(cat: Catalog) -> list[dict]:
     return out
 
 
-@dataclass
-class Round:
-    """One round: the bare loop's and judge's rates and CPU per request, and the rerun."""
-
-    base_rate: float
-    base_cpu: float
-    judge_rate: float
-    judge_cpu: float
-    rerun_s: float
-    rerun_requests: int
-
-
 def measure(n: int, concurrency: int, latency_ms: float, rounds: int, echo: bool = True) -> list[Round]:
     """Alternating rounds of the bare loop and judge (then its rerun), each on a fresh copy of one drafted
     build, against one scripted server process; fails unless judge sends one request per draft and every
@@ -105,35 +92,17 @@ def measure(n: int, concurrency: int, latency_ms: float, rounds: int, echo: bool
                 out.append(Round(rate, base_cpu / n, n / wall, cpu / n, rerun_s, server.stats()["requests"] - sent))
                 cat.close()
                 if echo:
-                    x = out[-1]
-                    print(f"round {r}: baseline {x.base_rate:.1f} requests/s, CPU {1000 * x.base_cpu:.2f} ms/request")
-                    print(f"round {r}: judge {x.judge_rate:.1f} drafts/s, CPU {1000 * x.judge_cpu:.2f} ms/draft")
-                    print(f"round {r}: rerun {x.rerun_s:.2f}s, {x.rerun_requests} requests")
+                    out[-1].echo(r, "judge")
         finally:
             server.close()
     return out
 
 
-QUICK = {"n": 300, "concurrency": 32, "latency_ms": 200.0, "rounds": 3}
-
-
 def quick(only: str | None = None) -> list:
     """Checks of benchmarks/quick.py: judge's rate and CPU per draft against the bare loop's, best of 3
     alternating rounds of 300 drafts (the rerun must send nothing)."""
-    from quick import Ratio
-
     rounds = measure(QUICK["n"], QUICK["concurrency"], QUICK["latency_ms"], QUICK["rounds"], echo=False)
-    idle_rerun = all(r.rerun_requests == 0 for r in rounds)
-    base, rate = max(r.base_rate for r in rounds), max(r.judge_rate for r in rounds)
-    base_cpu, cpu = min(r.base_cpu for r in rounds), min(r.judge_cpu for r in rounds)
-    ideal = QUICK["concurrency"] / (QUICK["latency_ms"] / 1000)
-    return [
-        Ratio("judge: drafts/s / bare client loop req/s", rate / base,
-              f"{rate:.1f} vs {base:.1f}/s (ideal {ideal:.0f}/s), {QUICK['n']} drafts, rerun "
-              f"{'sent nothing' if idle_rerun else 'SENT REQUESTS'}", same=idle_rerun),
-        Ratio("judge: bare loop CPU/request / judge CPU/draft", base_cpu / cpu,
-              f"{1e3 * base_cpu:.2f} vs {1e3 * cpu:.2f} ms CPU"),
-    ]
+    return loop_ratios("judge", rounds)
 
 
 def main() -> int:
@@ -153,7 +122,7 @@ def main() -> int:
     ideal = args.concurrency / (args.latency_ms / 1000.0)
     rounds = measure(args.drafts, args.concurrency, args.latency_ms, args.rounds)
     n = math.ceil(args.drafts / DRAFTS_PER_IMAGE) * DRAFTS_PER_IMAGE
-    baseline, rate = max(r.base_rate for r in rounds), max(r.judge_rate for r in rounds)
+    baseline, rate = max(r.base_rate for r in rounds), max(r.rate for r in rounds)
     rerun_s, rerun_requests = rounds[-1].rerun_s, rounds[-1].rerun_requests
     print(f"drafts={n} concurrency={args.concurrency} latency={args.latency_ms:.0f}ms ideal={ideal:.1f}/s")
     print(f"baseline bare AsyncOpenAI loop (best): {baseline:.1f} requests/s ({100 * baseline / ideal:.0f}% of ideal)")

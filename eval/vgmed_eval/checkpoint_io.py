@@ -94,6 +94,31 @@ def grow(weight: torch.Tensor, rows: int, seed: int = 0) -> torch.Tensor:
     return torch.cat([weight, new.to(weight.dtype)])
 
 
+def own_storage(tensor: torch.Tensor, seen: set[int]) -> torch.Tensor:
+    """``tensor`` contiguous, with storage of its own: tied tensors of a ``.bin`` share storage, which
+    safetensors refuses to save (``seen``: the storages already taken in this shard)."""
+    tensor = tensor.contiguous()
+    if tensor.data_ptr() in seen:
+        tensor = tensor.clone()
+    seen.add(tensor.data_ptr())
+    return tensor
+
+
+def converted_tensors(tensors: dict[str, torch.Tensor], rename, shapes: dict, rows: int) -> dict[str, torch.Tensor]:
+    """One shard's tensors under their new names (``rename`` gives None to drop one; names outside
+    ``shapes``, the target's, are dropped too), the embedding and LM head grown to ``rows``."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in tensors.items():
+        new = rename(key)
+        if new is None or new not in shapes:
+            continue
+        if new in (EMBED, LM_HEAD):
+            value = grow(value, rows, seed=0 if new == EMBED else 1)
+        out[new] = own_storage(value, seen)
+    return out
+
+
 def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -42,7 +42,7 @@ from vgmed_eval.checkpoint_io import (
     ConvertError,
     assemble,
     check_destination,
-    grow,
+    converted_tensors,
     grown_rows,
     load_tokenizer,
     read_json,
@@ -301,23 +301,6 @@ def plan(src: Path, *, vision_tower: Path | None = None, chat_template: Path | N
 
 
 # ------------------------------------------------------------------------------------------- writing
-def _converted(tensors: dict[str, torch.Tensor], rename, p: Plan) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for key, value in tensors.items():
-        new = rename(key)
-        if new is None or new not in p.shapes:
-            continue
-        if new in (EMBED, LM_HEAD):
-            value = grow(value, p.rows, seed=0 if new == EMBED else 1)
-        value = value.contiguous()
-        if value.data_ptr() in seen:  # tied tensors in a .bin share storage; safetensors wants copies
-            value = value.clone()
-        seen.add(value.data_ptr())
-        out[new] = value
-    return out
-
-
 def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_template: Path | None = None,
             prompt: str | None = None, progress: bool = True):
     """Convert ``src`` into a new transformers checkpoint at ``dst`` (which must not hold files yet).
@@ -336,7 +319,7 @@ def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_temp
 
     def part(path: Path, rename):
         def read() -> dict[str, torch.Tensor]:
-            tensors = _converted(read_weights(path), rename, p)
+            tensors = converted_tensors(read_weights(path), rename, p.shapes, p.rows)
             if f"{PROJ_1}.weight" in tensors:
                 seen_dtype[0] = tensors[f"{PROJ_1}.weight"].dtype
             return tensors

@@ -32,6 +32,7 @@ from vgmed_eval.chat_templates import INTERNVL_HERMES, PROMPTS, read_template
 from vgmed_eval.checkpoint_io import (
     ConvertError,
     assemble,
+    own_storage,
     read_json,
     read_weights,
     weight_files,
@@ -243,11 +244,7 @@ def convert(src: Path, dst: Path, *, chat_template: Path | None = None, prompt: 
                 for new, tensor in renamed(key, value).items():
                     if tied and new == "lm_head.weight":
                         continue
-                    tensor = tensor.contiguous()
-                    if tensor.data_ptr() in seen:  # tied tensors of a .bin share storage
-                        tensor = tensor.clone()
-                    seen.add(tensor.data_ptr())
-                    out[new] = tensor
+                    out[new] = own_storage(tensor, seen)
             return out
         return read
 

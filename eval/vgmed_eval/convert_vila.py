@@ -26,6 +26,7 @@ import json
 import math
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ from vgmed_eval.checkpoint_io import (
     LM_HEAD,
     ConvertError,
     assemble,
-    grow,
+    converted_tensors,
     grown_rows,
     load_tokenizer,
     read_json,
@@ -198,20 +199,7 @@ def convert(src: Path, dst: Path, *, chat_template: Path | None = None, prompt: 
 
     def part(folder: str, path: Path):
         def read() -> dict[str, torch.Tensor]:
-            out: dict[str, torch.Tensor] = {}
-            seen: set[int] = set()
-            for key, value in read_weights(path).items():
-                new = renamed(folder, key)
-                if new is None or new not in p.shapes:
-                    continue
-                if new in (EMBED, LM_HEAD):
-                    value = grow(value, p.rows, seed=0 if new == EMBED else 1)
-                value = value.contiguous()
-                if value.data_ptr() in seen:
-                    value = value.clone()
-                seen.add(value.data_ptr())
-                out[new] = value
-            return out
+            return converted_tensors(read_weights(path), partial(renamed, folder), p.shapes, p.rows)
         return read
 
     def finish(work: Path) -> None:

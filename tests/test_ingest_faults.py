@@ -332,3 +332,128 @@ def test_errors_stored_before_v4_get_their_path_as_a_field(tmp_path):
         rows = catalog.conn.execute("SELECT item, path, message FROM errors ORDER BY item").fetchall()
     assert rows == [("a/b.png", "a/b.png", "mask is empty"), ("r1", "", "r1: bad"),
                     ("src", "", "options.x must be set")]
+
+
+# --- an all-black picture with a valid mask: ingested with a warning, not refused -------------------
+
+
+def test_a_flat_picture_with_a_valid_mask_is_ingested_with_one_warning(tmp_path, capsys):
+    """Issue 30: a float TIFF whose finite values are all 0 (one NaN pixel) holding a mask, and a mid-grey
+    PNG, are ingested with a warning line naming each file; the warning is stored and shown by `stats`,
+    and goes once the file has contrast."""
+    root = photos(tmp_path / "photos", 1)
+    black = np.zeros((48, 64), np.float32)
+    black[0, 0] = np.nan
+    Image.fromarray(black).save(root / "images" / "black.tif")
+    Image.fromarray(np.full((48, 64), 128, np.uint8)).save(root / "images" / "grey.png")
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:25, 30:50] = 255
+    for stem in ("black", "grey"):
+        Image.fromarray(mask).save(root / "masks" / f"{stem}_spot.png")
+    with Image.open(root / "images" / "black.tif") as im:  # as written by Pillow: a 32-bit float TIFF
+        assert im.mode == "F"
+    build = tmp_path / "b"
+    capsys.readouterr()
+    assert ingest(build, "--source", f"images2d:{root}", "--modality", "Dermoscopy", "--with-paths") == 0
+    out = capsys.readouterr()
+    assert "3 ingested" in out.out and "0 errors, 2 ingested with a warning" in out.out
+    warnings = [line.strip() for line in out.err.splitlines() if "warning [" in line]
+    assert warnings == [
+        "warning [photos] images/black.tif: image has no contrast: every pixel is 0 (all black) as read (8-bit); "
+        "ingested with its masks, but its picture shows nothing: check the file",
+        "warning [photos] images/grey.png: image has no contrast: every pixel is 128 as read (8-bit); "
+        "ingested with its masks, but its picture shows nothing: check the file",
+    ]
+    with sqlite3.connect(build / "catalog.sqlite") as conn:
+        (path, record), = conn.execute("SELECT path, record_json FROM images WHERE item_key='images/black.tif'")
+    with Image.open(build / path) as im:
+        assert not np.asarray(im).any()  # the picture as it is: black
+    (region,) = [json.loads(r) for (r,) in sqlite3.connect(build / "catalog.sqlite").execute(
+        "SELECT r.record_json FROM regions r JOIN images i ON r.image_id = i.id WHERE i.item_key='images/black.tif'")]
+    ys, xs = np.nonzero(mask)  # the box, from the mask by hand: [x0, y0, x1, y1], end exclusive
+    scale = json.loads(record)["width"] / 64
+    assert region["boxes"] == [[xs.min() * scale, ys.min() * scale, (xs.max() + 1) * scale, (ys.max() + 1) * scale]]
+    # stored: `stats` shows them (exit 0: a warning is no error), by pseudonym unless --with-paths
+    code, hidden = stats(build, capsys)
+    assert code == 0 and hidden["errors"] == [] and len(hidden["warnings"]) == 2
+    assert hidden["warnings"][0]["message"] == (f"{item_pseudonym('photos', 'images/black.tif')}: image has no "
+                                                "contrast: every pixel is 0 (all black) as read (8-bit); ingested "
+                                                "with its masks, but its picture shows nothing: check the file")
+    assert "black.tif" not in json.dumps(hidden)
+    assert main(["stats", "--build", str(build), "--with-paths"]) == 0
+    text = capsys.readouterr().out
+    assert "warnings (items ingested all the same): 2" in text and "[photos] images/grey.png: image has no" in text
+    # fixed: the warning goes with the next ingest of the item
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (48, 1))).save(root / "images" / "grey.png")
+    assert ingest(build, "--source", f"images2d:{root}", "--modality", "Dermoscopy") == 0
+    assert "1 ingested, 2 unchanged" in capsys.readouterr().out
+    _, after = stats(build, capsys, "--with-paths")
+    assert [w["item"] for w in after["warnings"]] == ["images/black.tif"]
+
+
+def test_an_image_without_pixels_is_still_refused(tmp_path):
+    from vgmed_build.ingest.render import flat_picture
+    from vgmed_build.sources.base import SourceError
+
+    with pytest.raises(SourceError, match="image has no pixels"):
+        flat_picture("a.png", np.zeros((0, 4), np.uint8))
+    assert flat_picture("a.png", np.full((3, 4, 3), [255, 0, 0], np.uint8)).startswith(
+        "image has no contrast: every pixel is (255, 0, 0) as read")
+    assert flat_picture("a.png", np.eye(3, dtype=np.uint8)) is None
+
+
+# --- a failure nothing foresaw: named, sanitised, the run goes on ------------------------------------
+
+
+@pytest.mark.parametrize("step", ["reading", "rendering"])
+def test_an_unexpected_failure_names_item_stage_step_and_exception_without_paths_or_uids(
+    tmp_path, capsys, monkeypatch, step
+):
+    """Issue 30: no bare "internal error <name>": the line says ingest, the step, the exception's type and
+    message; the item's absolute path (a patient-named folder) and UIDs in the message are replaced."""
+    import vgmed_build.ingest.run as run
+    from vgmed_build.sources import images2d
+
+    root = photos(tmp_path / "Doe_Jane_MRN12345", 3)
+    bad = root / "images" / "img_001.png"
+    real_load, real_render = images2d._load_image_item, run.render_item
+
+    def boom() -> None:
+        raise KeyError(f"tag (0008,0018) 1.2.840.113619.2.55.3 missing in {bad} and {root}/other")
+
+    def load(path, *args):
+        if path == bad and step == "reading":
+            boom()
+        return real_load(path, *args)
+
+    def render(spec, key, data, build_dir):
+        if key == "images/img_001.png" and step == "rendering":
+            boom()
+        return real_render(spec, key, data, build_dir)
+
+    monkeypatch.setattr(images2d, "_load_image_item", load)
+    monkeypatch.setattr(run, "render_item", render)
+    build = tmp_path / "b"
+    capsys.readouterr()
+    assert ingest(build, "--source", f"images2d:{root}", "--modality", "Dermoscopy") == 1
+    out = capsys.readouterr()
+    assert "2 ingested" in out.out and "1 errors" in out.out
+    (line,) = [x.strip() for x in out.err.splitlines() if x.strip().startswith("error [")]
+    pseudonym = item_pseudonym("Doe_Jane_MRN12345", "images/img_001.png")
+    assert line == (f"error [Doe_Jane_MRN12345] {pseudonym}: ingest failed unexpectedly while {step} this item "
+                    "(KeyError: 'tag (0008,0018) <uid> missing in <path> and <path>'); a bug or a file problem "
+                    "vgmed does not check for yet: `vgmed-build -v ingest ...` shows the trace; please report it")
+    assert "internal error" not in out.err and "Doe_Jane" not in line.split("]", 1)[1]
+    _, shown = stats(build, capsys, "--with-paths")
+    assert shown["errors"][0]["message"].startswith("images/img_001.png: ingest failed unexpectedly")
+
+
+def test_an_unexpected_os_error_names_its_file(tmp_path):
+    from vgmed_build.ingest.run import Job, failed_file
+    from vgmed_build.sources.base import SourceItem, SourceSpec
+
+    spec = SourceSpec(name="s", kind="images2d", path=tmp_path)
+    job = Job(spec, SourceItem(key="images/a.png", files=[], load=lambda: None), None, "{}")
+    exc = PermissionError(13, "Permission denied", str(tmp_path / "masks" / "a_spot.png"))
+    assert failed_file(exc, job) == "masks/a_spot.png"
+    assert failed_file(ValueError("x"), job) == "images/a.png"

@@ -170,24 +170,31 @@ def auto_ct_preset(body_part: str) -> str:
     return "soft_tissue"
 
 
-def contrast_problem(pixels: np.ndarray) -> str | None:
-    """Why ``pixels`` can render nothing (no finite value, or one value everywhere), else None.
+def finite_range(pixels: np.ndarray) -> tuple[float, float] | None:
+    """(min, max) of the finite values of ``pixels`` (NaN and +-Inf ignored), None when it has none.
 
     Reductions run over the array in place (no flattened or masked copy of a 79 M-voxel volume); only
-    a float volume holding +-Inf takes the masked path."""
+    a float array holding +-Inf takes the masked path."""
+    if pixels.size == 0:
+        return None
+    if not np.issubdtype(pixels.dtype, np.floating):
+        return pixels.min().item(), pixels.max().item()
+    lo, hi = np.fmin.reduce(pixels, axis=None), np.fmax.reduce(pixels, axis=None)  # NaN ignored
+    if np.isinf(lo) or np.isinf(hi):
+        finite = pixels[np.isfinite(pixels)]
+        lo, hi = (finite.min(), finite.max()) if finite.size else (np.nan, np.nan)
+    return None if np.isnan(lo) else (lo.item(), hi.item())
+
+
+def contrast_problem(pixels: np.ndarray) -> str | None:
+    """Why ``pixels`` can render nothing (no finite value, or one value everywhere), else None."""
     if pixels.size == 0:
         return "no finite intensity (the image is empty)"
-    if np.issubdtype(pixels.dtype, np.floating):
-        lo, hi = np.fmin.reduce(pixels, axis=None), np.fmax.reduce(pixels, axis=None)  # NaN ignored
-        if np.isinf(lo) or np.isinf(hi):
-            finite = pixels[np.isfinite(pixels)]
-            lo, hi = (finite.min(), finite.max()) if finite.size else (np.nan, np.nan)
-        if np.isnan(lo):
-            return "no finite intensity (every value is NaN or infinite)"
-    else:
-        lo, hi = pixels.min(), pixels.max()
-    if lo == hi:
-        return f"no contrast (every finite value is {lo.item():g})"
+    bounds = finite_range(pixels)
+    if bounds is None:
+        return "no finite intensity (every value is NaN or infinite)"
+    if bounds[0] == bounds[1]:
+        return f"no contrast (every finite value is {bounds[0]:g})"
     return None
 
 
@@ -230,12 +237,15 @@ def window_bounds(
 
 
 def to_uint8(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """Map [lo, hi] (default: the values' min..max) linearly to 0..255: clipped, rounded, NaN -> 0,
-    +-Inf -> 255 / 0, all 0 when the range is empty. Computed in the values' own precision (float64
-    stays float64, anything else is float32), so each source renders as it always has."""
+    """Map [lo, hi] (default: the finite values' min..max, so one NaN pixel does not blank a float
+    TIFF) linearly to 0..255: clipped, rounded, NaN -> 0, +-Inf -> 255 / 0, all 0 when the range is
+    empty. Computed in the values' own precision (float64 stays float64, anything else is float32), so
+    each source renders as it always has."""
     arr = values.astype(np.float64 if values.dtype == np.float64 else np.float32, copy=False)
-    lo = float(np.min(arr)) if lo is None else lo
-    hi = float(np.max(arr)) if hi is None else hi
+    if lo is None or hi is None:
+        bounds = finite_range(arr) or (0.0, 0.0)
+        lo = bounds[0] if lo is None else lo
+        hi = bounds[1] if hi is None else hi
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
     scaled = (arr - lo) * (255.0 / (hi - lo))

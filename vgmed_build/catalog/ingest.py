@@ -12,6 +12,8 @@ from vgmed_build.catalog.base import CatalogBase, now_iso
 from vgmed_build.catalog.review import WITHDRAWN_TASKS_KEY
 
 INGEST_STAGE = "ingest"
+# What is odd about an item ingested all the same (an all-black picture): stored beside its errors.
+INGEST_WARNING_STAGE = "ingest-warning"
 # The keys a run's listing named (see IngestQueries.begin_listing).
 LISTED_TABLE = "CREATE TEMP TABLE IF NOT EXISTS listed (source TEXT, item_key TEXT, PRIMARY KEY (source, item_key))"
 
@@ -114,10 +116,12 @@ class IngestQueries(CatalogBase):
         fingerprint: str,
         images: list[tuple[dict, list[dict]]],
         skip_reason: str | None = None,
+        warnings: list[str] | tuple[str, ...] = (),
     ) -> list[str]:
         """An item done: its (image record, region records) upserted in one transaction (the PNGs
         are on disk already); images and regions it no longer has are deleted, its errors cleared.
         ``skip_reason``: why an item read correctly kept nothing (``images`` is empty then).
+        ``warnings``: what is odd about it now (they replace its earlier warnings).
 
         Returns the paths (relative to the build directory) of the images it no longer has, for the
         caller to delete once the transaction is committed.
@@ -172,6 +176,9 @@ class IngestQueries(CatalogBase):
                         (reg["id"], rec["id"], source, reg["label"], reg["modality"], json.dumps(reg, sort_keys=True)),
                     )
             self.clear_errors(INGEST_STAGE, key, source, conn=c)
+            self.clear_errors(INGEST_WARNING_STAGE, key, source, conn=c)
+            for warning in warnings:
+                self.record_error(INGEST_WARNING_STAGE, key, warning, source, conn=c, path=key)
         return stale
 
     def withdraw_item(self, source: str, key: str) -> Withdrawn:
@@ -198,7 +205,8 @@ class IngestQueries(CatalogBase):
                 row = c.execute("SELECT value FROM state WHERE key=?", (WITHDRAWN_TASKS_KEY,)).fetchone()
                 self.set_state(WITHDRAWN_TASKS_KEY, json.dumps((json.loads(row[0]) if row else []) + tasks), conn=c)
             c.execute("DELETE FROM items WHERE source=? AND item_key=?", args)  # cascades down to review_tasks
-            self.clear_errors(INGEST_STAGE, key, source, conn=c)
+            for stage in (INGEST_STAGE, INGEST_WARNING_STAGE):
+                self.clear_errors(stage, key, source, conn=c)
         return Withdrawn(paths, n_regions, n_drafts, len(tasks), reviewed)
 
     def regions(self, source: str | None = None) -> Iterator[dict]:
@@ -224,7 +232,7 @@ class IngestQueries(CatalogBase):
 
     def ingest_stats(self) -> dict[str, Any]:
         """Counts by source, modality, label and side, the items skipped by reason, and the stored
-        ingest errors (`stats`). A skipped item (read, nothing kept) counts as skipped, not done."""
+        ingest errors and warnings (`stats`). A skipped item (read, nothing kept) counts as skipped, not done."""
         q = self.conn.execute
         by_source: dict[str, dict[str, int]] = {}
         empty = {"items_done": 0, "items_skipped": 0, "items_error": 0, "images": 0, "regions": 0}
@@ -248,11 +256,14 @@ class IngestQueries(CatalogBase):
             "labels": dict(q("SELECT label, COUNT(*) FROM regions GROUP BY label ORDER BY label")),
             "sides": dict(sorted(sides.items())),
             "skipped": dict(sorted(skipped.items())),
-            "errors": [
-                {"source": s, "item": i, "path": p, "problem": m}
-                for s, i, p, m in q(
-                    "SELECT source, item, path, message FROM errors WHERE stage=? ORDER BY source, item, path",
-                    (INGEST_STAGE,),
-                )
-            ],
+            **{
+                kind: [
+                    {"source": s, "item": i, "path": p, "problem": m}
+                    for s, i, p, m in q(
+                        "SELECT source, item, path, message FROM errors WHERE stage=? ORDER BY source, item, path",
+                        (stage,),
+                    )
+                ]
+                for kind, stage in (("errors", INGEST_STAGE), ("warnings", INGEST_WARNING_STAGE))
+            },
         }

@@ -110,7 +110,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "stats",
         description="Print item, image and region counts by source, modality and "
-        "label, and every stored ingest error. Exit code 1 if there are errors.",
+        "label, every stored ingest error, and every warning (an item ingested all the same, such as an "
+        "all-black picture). Exit code 1 if there are errors (warnings do not count).",
     )
     add_build_arg(p)
     p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
@@ -145,7 +146,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(
         f"ingest: {report.items} items: {report.done} ingested, {report.unchanged} unchanged, "
         f"{report.skipped.total()} skipped, {len(report.errors)} errors, "
-        f"{len(report.withdrawn)} withdrawn (no longer in their source)"
+        + (f"{len(report.warnings)} ingested with a warning, " if report.warnings else "")
+        + f"{len(report.withdrawn)} withdrawn (no longer in their source)"
         + (f", {len(report.kept_missing)} missing kept" if report.kept_missing else "")
         + f"; catalog holds {n_images} images, {n_regions} regions"
     )
@@ -153,7 +155,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"  skipped {n} item(s): {reason}")
     for error in report.errors:
         print(f"  error [{error.source}] {error.text(args.with_paths)}", file=sys.stderr)
-    if report.errors and not args.with_paths:
+    for warning in report.warnings:
+        print(f"  warning [{warning.source}] {warning.text(args.with_paths)}", file=sys.stderr)
+    if (report.errors or report.warnings) and not args.with_paths:
         print(f"  ({WITH_PATHS_HINT}, e.g. `vgmed-build stats --build {args.build} --with-paths`)", file=sys.stderr)
     return EXIT_ITEM_ERRORS if report.errors else EXIT_OK
 
@@ -195,16 +199,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
         stats = catalog.ingest_stats()
     from vgmed_build.ingest.run import ItemProblem
 
-    errors = [ItemProblem(e["source"], e["item"], e["path"], e["problem"]) for e in stats["errors"]]
-    stats["errors"] = [
-        {
-            "source": e.source,
-            "item": e.item if args.with_paths else item_pseudonym(e.source, e.item),
-            "path": e.path if args.with_paths or not e.path else item_pseudonym(e.source, e.path),
-            "message": e.text(args.with_paths),
-        }
-        for e in errors
-    ]
+    for kind in ("errors", "warnings"):
+        problems = [ItemProblem(e["source"], e["item"], e["path"], e["problem"]) for e in stats[kind]]
+        stats[kind] = [
+            {
+                "source": e.source,
+                "item": e.item if args.with_paths else item_pseudonym(e.source, e.item),
+                "path": e.path if args.with_paths or not e.path else item_pseudonym(e.source, e.path),
+                "message": e.text(args.with_paths),
+            }
+            for e in problems
+        ]
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
     else:
@@ -221,7 +226,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"items skipped (read, but nothing passed the size filters): {sum(stats['skipped'].values())}")
         for reason, n in stats["skipped"].items():
             print(f"  {reason}: {n}")
-        print(f"errors: {len(stats['errors'])}")
-        for err in stats["errors"]:
-            print(f"  [{err['source']}] {err['message']}")
+        for kind in ("errors", "warnings"):
+            print(f"{kind}{' (items ingested all the same)' if kind == 'warnings' else ''}: {len(stats[kind])}")
+            for problem in stats[kind]:
+                print(f"  [{problem['source']}] {problem['message']}")
     return EXIT_ITEM_ERRORS if stats["errors"] else EXIT_OK

@@ -34,10 +34,15 @@ _MAX_LUT_VALUE = 1 << 20
 
 @dataclass
 class RenderedImage:
-    """One PNG written for an item, with its catalog record and its region records."""
+    """One PNG written for an item, with its catalog record and its region records.
+
+    ``warnings``: what is odd about it but not wrong enough to refuse it (an all-black picture with
+    valid masks), each shown to the user as one line naming the item's file and stored with the item.
+    """
 
     record: dict
     regions: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def label_name(spec: SourceSpec, value: int | None, raw_name: str | None) -> str:
@@ -236,9 +241,7 @@ def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_di
     if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
         raise SourceError(f"image must be uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}", path=key)
     _check_labels(key, pixels.shape[:2], img.label_map, img.masks)
-    problem = imaging.contrast_problem(pixels)
-    if problem:
-        raise SourceError(f"image has {problem}; nothing to render", path=key)
+    blank = flat_picture(key, pixels)
     opts = spec.options
     img = _upscaled(img, opts["min_side_px"])
     pixels = img.pixels
@@ -276,8 +279,28 @@ def _render_2d(spec: SourceSpec, key: str, img: Image2D, modality: str, build_di
         if structs.masks is None
         else [n for n, m in zip(structs.names, structs.masks, strict=True) if m.any()]
     )
-    return [_write_image(spec, key, pixels, meta, modality, named, build_dir, img.categories,
-                         present=[*present, *img.unmasked])]
+    written = _write_image(spec, key, pixels, meta, modality, named, build_dir, img.categories,
+                           present=[*present, *img.unmasked])
+    if blank:
+        written.warnings.append(blank)
+    return [written]
+
+
+def flat_picture(key: str, pixels: np.ndarray) -> str | None:
+    """The warning for a 2D picture of one value (or colour) everywhere, None when it has contrast.
+
+    Its masks are still valid (an all-black float TIFF that holds a mask, issue 30), so the item is
+    ingested, useless as it may be: the user is told, not refused. A picture with no pixels is refused.
+    """
+    if not pixels.size:
+        raise SourceError("image has no pixels; nothing to render", path=key)
+    first = pixels.reshape(-1, *pixels.shape[2:])[0]
+    if not (pixels == first).all():
+        return None
+    value = int(first) if first.ndim == 0 else tuple(int(v) for v in first)
+    tone = {0: " (all black)", 255: " (all white)"}.get(value, "") if isinstance(value, int) else ""
+    return (f"image has no contrast: every pixel is {value}{tone} as read (8-bit); ingested with its "
+            "masks, but its picture shows nothing: check the file")
 
 
 def filtered_out(areas_px: np.ndarray, total_px: int, opts: dict) -> ItemSkipped:

@@ -41,7 +41,7 @@ from vgmed_build.ingest.render import RenderedImage, render_item
 from vgmed_build.interrupt import disk_full
 from vgmed_build.resources import schema_problems
 from vgmed_build.sources import SourceError, SourceSpec, get_adapter
-from vgmed_build.sources.base import ItemSkipped, SourceItem, escaped_name, name_problem
+from vgmed_build.sources.base import ItemSkipped, SourceItem, escaped_name, name_problem, safe_message
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Job:
 
 @dataclass(frozen=True)
 class ItemProblem:
-    """One error of a source (an item, or the source's listing): who and what, as separate fields."""
+    """One error or warning of a source (an item, or the source's listing): who and what, as separate fields."""
 
     source: str
     item: str  # the item key (or, for a listing problem, the file or folder it is about)
@@ -103,6 +103,7 @@ class JobResult:
     images: list[RenderedImage] = field(default_factory=list)
     problem: str = ""  # the error, or the reason the item was skipped
     path: str = ""  # the file an error is about
+    warnings: list[str] = field(default_factory=list)  # what is odd about an item done (its images')
 
 
 def run_job(job: Job, build_dir: Path, force: bool) -> JobResult:
@@ -111,12 +112,13 @@ def run_job(job: Job, build_dir: Path, force: bool) -> JobResult:
     try:
         fp = fingerprint(job.settings, job.item)
     except OSError as exc:
-        where = os.path.relpath(exc.filename, job.spec.path) if exc.filename else key
-        return JobResult("error", problem=f"cannot read input ({exc.strerror or exc})", path=escaped_name(where))
+        return JobResult("error", problem=f"cannot read input ({exc.strerror or exc})", path=failed_file(exc, job))
     if not force and fp == job.done_fingerprint:
         return JobResult("unchanged", fingerprint=fp)
+    step = "reading"  # what the item was at, named in an unexpected error
     try:
         data = job.item.load()
+        step = "rendering"
         images = render_item(job.spec, key, data, build_dir)
     except SourceError as exc:
         return JobResult("error", fingerprint=fp, problem=exc.problem, path=exc.path)
@@ -128,7 +130,8 @@ def run_job(job: Job, build_dir: Path, force: bool) -> JobResult:
         if disk_full(exc):  # no fault of the item's: the run stops (vgmed_build.interrupt)
             return JobResult("disk-full", fingerprint=fp, problem=str(exc))
         log.debug("item %s failed:\n%s", key, traceback.format_exc())
-        return JobResult("error", fingerprint=fp, problem=f"internal error {type(exc).__name__}: {exc}", path=key)
+        problem = unexpected_problem(exc, step, job)
+        return JobResult("error", fingerprint=fp, problem=problem, path=failed_file(exc, job))
     # Every record is checked before it is stored (compiled validator: ~0.2 ms per region).
     for region in (r for img in images for r in img.regions):
         problems = schema_problems("region", region)
@@ -140,7 +143,23 @@ def run_job(job: Job, build_dir: Path, force: bool) -> JobResult:
                 f"validate against region.schema.json: {'; '.join(problems)}",
                 path=key,
             )
-    return JobResult("done", fingerprint=fp, images=images)
+    return JobResult("done", fingerprint=fp, images=images, warnings=[w for img in images for w in img.warnings])
+
+
+def unexpected_problem(exc: Exception, step: str, job: Job) -> str:
+    """The error line of a failure nothing foresaw (a bug, or a file problem no check knows yet): the
+    stage and step, the exception's type and message, sanitised as library messages are (the item's
+    file paths, any absolute path and UIDs replaced: the file is the error's path field, shown by
+    pseudonym where output is shared), and what to do."""
+    text = safe_message(exc, paths=(Path(job.spec.path), *job.item.files))
+    return (f"ingest failed unexpectedly while {step} this item ({text}); a bug or a file problem vgmed "
+            "does not check for yet: `vgmed-build -v ingest ...` shows the trace; please report it")
+
+
+def failed_file(exc: Exception, job: Job) -> str:
+    """The file an unexpected error names (an OSError's, relative to the source), else the item's key."""
+    name = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+    return escaped_name(os.path.relpath(name, job.spec.path)) if isinstance(name, str) else job.item.key
 
 
 def store_result(catalog: Catalog, spec: SourceSpec, key: str, result: JobResult) -> None:
@@ -150,7 +169,8 @@ def store_result(catalog: Catalog, spec: SourceSpec, key: str, result: JobResult
         return
     images = [(img.record, img.regions) for img in result.images]
     reason = result.problem if result.status == "skipped" else None
-    for path in catalog.store_item(spec.name, key, result.fingerprint, images, skip_reason=reason):
+    for path in catalog.store_item(spec.name, key, result.fingerprint, images, skip_reason=reason,
+                                   warnings=result.warnings):
         (catalog.build_dir / path).unlink(missing_ok=True)
 
 
@@ -161,6 +181,7 @@ class IngestReport:
     unchanged: int = 0
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> items read that kept nothing
     errors: list[ItemProblem] = field(default_factory=list)
+    warnings: list[ItemProblem] = field(default_factory=list)  # items ingested all the same (an all-black picture)
     withdrawn: list[tuple[str, str]] = field(default_factory=list)  # (source, item) no longer in its source
     kept_missing: list[tuple[str, str]] = field(default_factory=list)  # the same, kept (--keep-missing)
 
@@ -304,6 +325,7 @@ def run_ingest(
                 report.skipped[result.problem] += 1
             elif result.status == "done":
                 report.done += 1
+                report.warnings += [ItemProblem(job.spec.name, job.item.key, job.item.key, w) for w in result.warnings]
             else:
                 report.unchanged += 1
             bar.update(1)

@@ -10,6 +10,7 @@ driver stores it as an error record and goes on with the next item.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,22 @@ def escaped_name(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate that is not an escaped byte
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_UID_LIKE = re.compile(r"\d+(\.\d+){3,}")
+# An absolute path, or the rest of one whose known start was already replaced (``<path>/sub/x.png``).
+_ABSOLUTE_PATH = re.compile(r"(?:<path>)?(?<![\w.~:/-])/[^\s'\"]+")
+
+
+def safe_message(exc: BaseException, typed: bool = True, paths: tuple[Path, ...] = ()) -> str:
+    """A library's error message fit for an error record that may be shared: ``paths`` (the item's
+    files and folder, whose names may carry a patient's; replaced first, as they may hold spaces), then
+    any other absolute path, by ``<path>``, and UID-like strings by ``<uid>``; 200 characters at most.
+    An error's file is a field of the error, not in its text."""
+    text = f"{type(exc).__name__}: {exc}" if typed else str(exc)
+    for path in sorted({str(p) for p in paths} | {str(p.resolve()) for p in paths}, key=len, reverse=True):
+        text = text.replace(path, "<path>")
+    return _UID_LIKE.sub("<uid>", _ABSOLUTE_PATH.sub("<path>", text))[:200]
 
 
 def name_problem(item: SourceItem) -> SourceError | None:

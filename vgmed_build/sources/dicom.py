@@ -16,7 +16,6 @@ this module: item keys are folder paths, messages name files, never patients or 
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from tqdm import tqdm
 from vgmed_build import modality as modalities
 from vgmed_build.imaging import to_uint8
 from vgmed_build.sources import SOURCE_KINDS
-from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, Volume
+from vgmed_build.sources.base import Image2D, SourceError, SourceItem, SourceSpec, Volume, safe_message
 from vgmed_build.sources.files import rel
 from vgmed_build.sources.masks import (
     IMAGE_EXTS,
@@ -51,13 +50,6 @@ PROJECTION_MODALITIES = {"CR", "DX", "MG", "US", "XA", "RF", "IO", "PX", "ES", "
 # Mask images and side files that may sit under a DICOM root; never opened as DICOM.
 NOT_DICOM = (*IMAGE_EXTS, ".json", ".toml", ".yaml", ".yml", ".txt", ".md", ".csv")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_UID_LIKE = re.compile(r"\d+(\.\d+){3,}")
-
-
-def _safe(exc: BaseException, typed: bool = True) -> str:
-    """A library error message without UID-like strings, short enough for an error record."""
-    text = f"{type(exc).__name__}: {exc}" if typed else str(exc)
-    return _UID_LIKE.sub("<uid>", text)[:200]
 
 
 @dataclass
@@ -149,7 +141,7 @@ def _scan(root: Path) -> tuple[list[_Slice], list[_Annotation], list[SourceError
             errors.append(SourceError("not a DICOM file (no DICM preamble); skipped", path=name))
             continue
         except Exception as exc:  # pydicom raises many types on damaged files
-            errors.append(SourceError(f"unreadable DICOM file ({_safe(exc)}); skipped", path=name))
+            errors.append(SourceError(f"unreadable DICOM file ({safe_message(exc)}); skipped", path=name))
             continue
         sop_class = str(ds.get("SOPClassUID", ""))
         modality = str(ds.get("Modality", "")).upper()
@@ -178,7 +170,7 @@ def _scan(root: Path) -> tuple[list[_Slice], list[_Annotation], list[SourceError
                 )
             )
         except (ValueError, AttributeError, TypeError) as exc:
-            errors.append(SourceError(f"{_safe(exc, typed=False)}; skipped", path=name))
+            errors.append(SourceError(f"{safe_message(exc, typed=False)}; skipped", path=name))
     return slices, annotations, errors
 
 
@@ -302,7 +294,7 @@ def _read_slices(root: Path, paths: list[Path]) -> list[tuple[pydicom.Dataset, n
             ds = pydicom.dcmread(path)
             pixels = ds.pixel_array.astype(np.float32)
         except Exception as exc:
-            raise SourceError(f"cannot decode pixels ({_safe(exc)})", path=rel(path, root)) from None
+            raise SourceError(f"cannot decode pixels ({safe_message(exc)})", path=rel(path, root)) from None
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         out.append((ds, pixels * slope + intercept))
@@ -412,7 +404,7 @@ def _seg_masks(root: Path, path: Path, stack: _Stack) -> list[tuple[str, np.ndar
     try:
         seg = hd.seg.segread(path)
     except Exception as exc:
-        raise SourceError(f"cannot read DICOM SEG ({_safe(exc)})", path=name) from None
+        raise SourceError(f"cannot read DICOM SEG ({safe_message(exc)})", path=name) from None
     if (int(seg.Rows), int(seg.Columns)) != (stack.shape[1], stack.shape[0]):
         raise SourceError("SEG frame size differs from the referenced series' slice size", path=name)
     segments = [(int(d.SegmentNumber), str(d.SegmentLabel)) for d in seg.SegmentSequence]
@@ -440,7 +432,7 @@ def _place_seg_frames_by_position(
     try:
         pixels = seg.pixel_array
     except Exception as exc:
-        raise SourceError(f"cannot decode SEG frames ({_safe(exc)})", path=name) from None
+        raise SourceError(f"cannot decode SEG frames ({safe_message(exc)})", path=name) from None
     pixels = pixels.reshape(-1, seg.Rows, seg.Columns)
     fractional = str(seg.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL"
     scale = float(seg.get("MaximumFractionalValue", 1)) if fractional else 1.0
@@ -452,7 +444,7 @@ def _place_seg_frames_by_position(
             segment = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         except (AttributeError, IndexError) as exc:
             raise SourceError(
-                f"SEG frames carry neither source references nor plane positions ({_safe(exc)})",
+                f"SEG frames carry neither source references nor plane positions ({safe_message(exc)})",
                 path=name,
             ) from None
         orient_holder = frame if "PlaneOrientationSequence" in frame else shared
@@ -481,7 +473,7 @@ def _rtstruct_masks(root: Path, path: Path, stack: _Stack) -> list[tuple[str, np
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
-        raise SourceError(f"cannot read RTSTRUCT ({_safe(exc)})", path=name) from None
+        raise SourceError(f"cannot read RTSTRUCT ({safe_message(exc)})", path=name) from None
     names = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
     inverse = np.linalg.inv(stack.affine_lps)
     n_i, n_j, n_k = stack.shape
@@ -523,7 +515,7 @@ def _load_planar(
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array
     except Exception as exc:
-        raise SourceError(f"cannot decode pixels ({_safe(exc)})", path=name) from None
+        raise SourceError(f"cannot decode pixels ({safe_message(exc)})", path=name) from None
     if pixels.ndim == 3 and pixels.shape[-1] == 3:
         rgb = pixels if pixels.dtype == np.uint8 else to_uint8(pixels.astype(np.float64))
         image = np.ascontiguousarray(rgb)

@@ -124,7 +124,7 @@ def test_sdist_and_the_wheel_built_from_it_carry_every_module_and_resource(tmp_p
     assert "vgmed-eval = vgmed_eval.cli:main" in wheel.read(entry_points).decode()
     with tarfile.open(next(dist.glob("vgmed-*.tar.gz"))) as sdist:
         members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
-    for path in ("LICENSE", "setup.py", "pyproject.toml", "README.md", "eval/vgmed_eval/cli.py",
+    for path in ("LICENSE", "setup.py", "pyproject.toml", "README.md", "eval/vgmed_eval/cli/__init__.py",
                  "vgmed_build/ingest/run.py", "vgmed_build/catalog/base.py", "schemas/region.schema.json"):
         assert path in members, f"the sdist lacks {path}"
 

@@ -27,12 +27,12 @@ from vgmed_eval.adapters import load_adapter
 from vgmed_eval.adapters.qwen import set_pixel_bounds
 from vgmed_eval.cli import build_parser
 from vgmed_eval.cli import main as eval_main
+from vgmed_eval.cli.vqa import _config
 from vgmed_eval.geometry import clip_geometry, published_geometry
 from vgmed_eval.ground_truth import Truths
 from vgmed_eval.grounding import GroundingRun, _Item
 from vgmed_eval.protocol import PUBLISHED, PUBLISHED_HEADS, VGMED, resolve
 from vgmed_eval.release_io import Question
-from vgmed_eval.vqa.cli import _config
 from vgmed_eval.vqa.scoring import score_published
 
 FIX = Path(__file__).parent / "fixtures" / "vqa"

@@ -172,7 +172,7 @@ def vgrefine(
     Raises ValueError when the heads or options do not fit the model.
     """
     from vgmed_eval.vgrefine import VGRefiner
-    from vgmed_eval.vqa.cli import answer_items, vgrefine_config
+    from vgmed_eval.vqa.answer import answer_items, vgrefine_config
 
     if batch_size < 1:
         raise ValueError("--batch-size must be at least 1")

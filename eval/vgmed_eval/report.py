@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vgmed_build import commands, modality
+from vgmed_build import modality
 from vgmed_build.directions import edge_directions
 from vgmed_build.release_format import path_inside
 from vgmed_eval import plotting, run_manifest
@@ -372,30 +372,6 @@ def build_report(results: Path, out: Path, control: Path | None, samples: int, l
     return written + [out / "index.md"]
 
 
-def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report",
-        description=__doc__,
-    )
-    p.add_argument("--results", required=True, type=Path, help="output directory of `vgmed-eval grounding`")
-    p.add_argument("--control", type=Path, default=None,
-                   help="grounding output of a natural-image control set (default: RESULTS/control if present)")
-    p.add_argument("--out", required=True, type=Path, help="directory for the PNGs and index.md")
-    p.add_argument("--samples", type=int, default=6, help="number of attention overlays to draw")
-    p.add_argument("--layer", type=int, default=None,
-                   help="layer of the overlays (default: the most visually sensitive layer)")
-    p.add_argument("--vqa", type=Path, action="append", default=[], metavar="DIR",
-                   help="output of `vgmed-eval vqa` (or a folder of them, one per benchmark) for the VQA table "
-                        "and chart, baseline vs VGRefine; repeatable")
-    p.add_argument("--causal", type=Path, metavar="DIR",
-                   help="output of `vgmed-eval causal` for its section: answer flips with the ground-truth cells "
-                        "knocked out vs random cells, and the attends-but-answers-wrong table")
-    p.add_argument("--allow-mixed", action="store_true",
-                   help="draw runs measured under different protocols (run.json) in one figure anyway: the "
-                        "medical run with its control, the VQA runs together; refused otherwise (exit 2)")
-    p.set_defaults(func=cmd_report)
-
-
 def mixed_protocols(results: Path, control: Path | None, vqa_files: list[Path]) -> str:
     """Where the runs that share a figure (the medical run and its control; the VQA runs) differ in
     protocol, as one line; empty when they agree."""
@@ -403,27 +379,3 @@ def mixed_protocols(results: Path, control: Path | None, vqa_files: list[Path]) 
                + ([(str(control), run_manifest.protocol_of(control, "summary.json"))] if control else []),
                [(str(f.parent), run_manifest.protocol_of(f.parent, f.name)) for f in vqa_files]]
     return "; ".join(line for runs in figures for line in run_manifest.protocol_differences(runs))
-
-
-def cmd_report(args) -> int:
-    from vgmed_eval.vqa import figures as vqa_figures
-
-    if not (args.results / "summary.json").exists():
-        return commands.fail(f"{args.results}: no summary.json (run `vgmed-eval grounding` first)")
-    control = args.control
-    if control is None and (args.results / "control" / "summary.json").exists():
-        control = args.results / "control"
-    missing = [str(p) for p in args.vqa if not vqa_figures.find_results([p])]
-    if missing:
-        return commands.fail(f"--vqa {', '.join(missing)}: no results.json there (run `vgmed-eval vqa` first)")
-    mixed = mixed_protocols(args.results, control, vqa_figures.find_results(args.vqa))
-    if mixed and not args.allow_mixed:
-        return commands.fail(f"runs of different protocols would share a figure ({mixed}); rerun them under one "
-                             "protocol, or pass --allow-mixed")
-    if mixed:
-        log.warning("runs of different protocols share a figure (--allow-mixed): %s", mixed)
-    if args.causal is not None and not (args.causal / "summary.json").exists():
-        return commands.fail(f"--causal {args.causal}: no summary.json there (run `vgmed-eval causal` first)")
-    files = build_report(args.results, args.out, control, args.samples, args.layer, args.vqa, args.causal)
-    log.info("wrote %d files to %s", len(files), args.out)
-    return commands.EXIT_OK

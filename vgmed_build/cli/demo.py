@@ -22,7 +22,7 @@ from vgmed_build.commands import EXIT_ITEM_ERRORS, EXIT_OK, fail
 
 DEFAULT_BUILD = Path("build/demo")
 TINY_MODEL = "builtin:tiny-llava"
-SAMPLE_SOURCES = Path(__file__).parent / "sample" / "sources.toml"
+SAMPLE_SOURCES = Path(__file__).parents[1] / "sample" / "sources.toml"  # the package's bundled sample
 PREVIEW = "release-preview"  # the preview release's folder in the build directory
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from vgmed_build import __version__, commands
 
 Command = commands.Command
@@ -21,12 +19,13 @@ COMMANDS = (
             "run a local Label Studio server for this build (install on first use, loopback only)"),
     Command("review", "vgmed_build.review.cli",
             "clinician review in Label Studio: push drafts, pull verdicts, agreement"),
-    Command("release", "vgmed_build.release",
+    Command("release", "vgmed_build.cli.release",
             "write the validated release (JSONL, images, manifest, dataset card) from a reviewed build"),
-    Command("validate", "vgmed_build.validate",
+    Command("validate", "vgmed_build.cli.validate",
             "check a release (or a published VGMED download) and print every problem as file:line: message"),
-    Command("export", "vgmed_build.export", "export a release as Parquet or as a VQA JSON for evaluation harnesses"),
-    Command("demo", "vgmed_build.demo", "run the whole chain on the bundled real sample data (offline)"),
+    Command("export", "vgmed_build.cli.export",
+            "export a release as Parquet or as a VQA JSON for evaluation harnesses"),
+    Command("demo", "vgmed_build.cli.demo", "run the whole chain on the bundled real sample data (offline)"),
 )
 
 COMMAND_LINE = commands.CommandLine(
@@ -38,6 +37,3 @@ COMMAND_LINE = commands.CommandLine(
 )
 build_parser = COMMAND_LINE.build_parser
 main = COMMAND_LINE.main
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import sys
-
 from vgmed_build import commands
 from vgmed_eval import __version__
 
 Command = commands.Command
 
-# Every command, in the order of --help: its name, the module that registers it, its summary.
+# Every command, in the order of --help: its name, the module that adds it (one per command in this package:
+# options and printing; the work is done by the domain module of the same name), its summary.
 COMMANDS = (
-    Command("grounding", "vgmed_eval.grounding",
+    Command("grounding", "vgmed_eval.cli.grounding",
             "attention ratio, KL and JS of a model on a VGMED-style release, per layer and head"),
-    Command("heads", "vgmed_eval.heads",
+    Command("heads", "vgmed_eval.cli.heads",
             "pick the most visually sensitive layer and top-k heads from a grounding run (for VGRefine)"),
-    Command("report", "vgmed_eval.report",
+    Command("report", "vgmed_eval.cli.report",
             "plots of a grounding run: ratio by layer (vs a natural control), head heatmap, overlays"),
-    Command("causal", "vgmed_eval.causal", "knock out the ground-truth cells, then random ones: does the answer flip?"),
-    Command("leakage", "vgmed_eval.leakage", "release images also in a VQA benchmark (perceptual hash), exclusions"),
-    Command("vqa", "vgmed_eval.vqa.cli", "answer a medical VQA benchmark (baseline and/or VGRefine) and score it"),
-    Command("convert", "vgmed_eval.convert",
+    Command("causal", "vgmed_eval.cli.causal",
+            "knock out the ground-truth cells, then random ones: does the answer flip?"),
+    Command("leakage", "vgmed_eval.cli.leakage",
+            "release images also in a VQA benchmark (perceptual hash), exclusions"),
+    Command("vqa", "vgmed_eval.cli.vqa", "answer a medical VQA benchmark (baseline and/or VGRefine) and score it"),
+    Command("convert", "vgmed_eval.cli.convert",
             "convert an original LLaVA-format checkpoint (HuatuoGPT-Vision, LLaVA-Med, LLaVA-1.5) to transformers"),
-    Command("reproduce", "vgmed_eval.reproduce",
+    Command("reproduce", "vgmed_eval.cli.reproduce",
             "the paper's pipeline for one model (grounding, heads, VQA with and without VGRefine) and a report "
             "beside the published figures"),
 )
@@ -36,6 +37,3 @@ COMMAND_LINE = commands.CommandLine(
 )
 build_parser = COMMAND_LINE.build_parser
 main = COMMAND_LINE.main
-
-if __name__ == "__main__":
-    sys.exit(main())

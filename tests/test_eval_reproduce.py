@@ -83,6 +83,13 @@ def test_report_holds_measured_beside_published(run):
     assert "| LLaVA-Med-7B | baseline | 51.4 | 48.6 | 56.8 | 24.7 | — | — | VGRefine authors'" in md
     assert "| 63.7 | 76.2 | 57.9 | 54.3 | 74.0 | 50.6 | HuatuoGPT-Vision README" in md
     assert "HuatuoGPT-Vision README" in md and "## Grounding" in md
+    # each source says how its answers were decoded: HuatuoGPT-Vision's eval.py samples, the authors' wrapper is greedy
+    decoding = {r["source"].split(" ")[0]: r["decoding"] for r in report["published"]}
+    assert "sampled (temperature 0.2, repetition penalty 1.2), at most 256 new tokens" in decoding["HuatuoGPT-Vision"]
+    assert "greedily, 1 token, at least 1" in decoding["VGRefine"]
+    legend = next(line for line in md.splitlines() if "[H] HuatuoGPT-Vision README" in line)
+    assert "[H] HuatuoGPT-Vision README (FreedomIntelligence/HuatuoGPT-Vision) (decoding: HuatuoGPT-Vision's " \
+           "eval.py through its chatbot: sampled (temperature 0.2" in legend
 
 
 def test_rerun_skips_finished_steps_and_runs_only_new_ones(run):
@@ -181,3 +188,20 @@ def test_images_reach_grounding_and_vgmed_vqa_steps(tmp_path):
                                benchmarks={"slake": FIX / "slake", "vgmed-localization": release}))
     given = {s.name: s.argv[s.argv.index("--images") + 1] if "--images" in s.argv else None for s in steps}
     assert given == {"grounding": str(pics), "heads": None, "vqa slake": None, "vqa vgmed-localization": str(pics)}
+
+
+def test_published_figure_over_other_questions_is_noted(run, tmp_path):
+    """HuatuoGPT-Vision's MMMU figure is over MMMU's test set; vgmed reads the validation split: the report says so."""
+    from vgmed_eval.reproduce import _vqa_summary, render_markdown
+
+    _, out, _ = run
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"n_questions": 2, "systems": {"baseline": {"overall": {"accuracy": 0.5}}}}))
+    row = _vqa_summary("mmmu-med", results, "HuatuoGPT-Vision-7B", "measured")
+    assert (row["published"]["baseline"], row["published"]["source"].split(" ")[0]) == (50.6, "HuatuoGPT-Vision")
+    assert "MMMU's test set" in row["published"]["population_note"]
+    report = json.loads((out / "report.json").read_text())
+    assert all(v["published"]["population_note"] is None for v in report["vqa"])  # the paper's own columns
+    md = render_markdown({**report, "vqa": [*report["vqa"], row]})
+    assert "- mmmu-med: published figure: the README's figure is over MMMU's test set; vgmed reads the " \
+           "validation split" in md

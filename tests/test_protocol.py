@@ -164,29 +164,50 @@ def test_published_heads_and_vgrefine_settings():
         _config(argparse.Namespace(**{**vars(ns), "vgrefine": "published:nope"}), PUBLISHED)
 
 
+# HuatuoGPT-Vision's scorer.match_choice3 (FreedomIntelligence/HuatuoGPT-Vision, scorer.py of commit f699d88, read
+# in the fork xk-huang/HuatuoGPT-Vision), stage 1, with every lead-in it lists: the start, "is ", the CJK copulas
+# 是 / 为, "*", "(", "'", '"', "#", a space, or any other non-word character.
+_THEIR_LEADS = ("^", "is ", "是", "为", r"\*", r"\(", "'", '"', "#", " ", r"\W")
+_THEIR_LETTER = re.compile("(?:" + "|".join(_THEIR_LEADS) + r")(?![aA] )([a-nA-N])(?:\W|$)", re.S)
+
+
 def theirs_letter(response: str, options: list[str]) -> str:
-    """HuatuoGPT-Vision's choice extraction as described: letter regex, last option text, most similar."""
-    letters = "ABCDEFGH"[: len(options)]
-    for match in re.finditer(r"\b([A-Z])\b", response):
-        if match.group(1) in letters:
-            return match.group(1)
-    best, where = None, -1
+    """HuatuoGPT-Vision's choice extraction, written out: (1) the first standalone letter a-n / A-N as found,
+    whatever the options (never the article "a " / "A "); (2) else the option whose lower-cased text occurs
+    latest in the lower-cased response (their stable descending sort: the earlier option on a tie); (3) else the
+    option with the highest difflib ratio of (option, response), the later option on a tie (their ``>=``)."""
+    found = _THEIR_LETTER.search(response)
+    if found:
+        return found.group(1)
+    letters, text = "ABCDEFGHIJK"[: len(options)], response.lower()
+    placed = [(letter, text.rindex(o.lower())) for letter, o in zip(letters, options, strict=True) if o.lower() in text]
+    if placed:
+        return sorted(placed, key=lambda p: p[1], reverse=True)[0][0]
+    best, highest = None, 0.0
     for letter, option in zip(letters, options, strict=True):
-        pos = response.lower().rfind(option.lower())
-        if pos > where:
-            best, where = letter, pos
-    if best is not None:
-        return best
-    scores = [difflib.SequenceMatcher(None, response.lower(), o.lower()).ratio() for o in options]
-    return letters[int(np.argmax(scores))]
+        ratio = difflib.SequenceMatcher(None, option.lower(), text).ratio()
+        if ratio >= highest:
+            best, highest = letter, ratio
+    return best
 
 
 def test_published_scorer():
     options = ["CT scan", "MRI", "Ultrasound", "X-ray"]
-    for response in ["B", "The answer is C.", "it is a ct scan, not an MRI", "ultrasund", "x ray", "(D)"]:
+    # their reading where it is not the obvious one: "I" and a lower-case or out-of-range letter are taken as
+    # found (and count as wrong); the article is skipped; an empty answer is the last option (every ratio 0).
+    assert [theirs_letter(r, options) for r in ("I think B", "b", "Answer: K", "", "A B", "答案是B")] == [
+        "I", "b", "K", "D", "B", "B"]
+    responses = ["B", "The answer is C.", "it is a ct scan, not an MRI", "ultrasund", "x ray", "(D)", "I think B",
+                 "b", "Answer: K", "", "A large mass", "答案是B", "**C**", "#A", "'d'", "mri or ct scan", "none",
+                 "thisB", "MRI MRI", "is a"]
+    for response in responses:
         want = theirs_letter(response, options)
-        assert score_published(response, want, "closed", options).correct
-        assert score_published(response, want, "closed", options).parsed == want
+        got = score_published(response, want, "closed", options)
+        assert (got.parsed, got.correct) == (want, True), response
+        assert score_published(response, "A" if want != "A" else "B", "closed", options).correct is False
+    # two options found at the same place: the earlier one
+    twins = ["scan", "SCAN"]
+    assert theirs_letter("scan", twins) == score_published("scan", "A", "closed", twins).parsed == "A"
     for response, gold, ok in [("Yes, there is", "yes", True), ("left lung", "the left lung", True),
                                ("no", "yes", False), ("", "yes", False)]:
         assert score_published(response, gold, "open").correct is ok

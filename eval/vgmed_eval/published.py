@@ -19,6 +19,14 @@ COLUMNS = {"vqa-rad": "VQA-RAD", "slake": "SLAKE", "pathvqa": "PathVQA", "pmc-vq
            "omnimedvqa": "OmniMedVQA", "mmmu-med": "MMMU H&M"}
 PAPER = "VGRefine authors' project page, headline VQA table (metric not named there)"
 HUATUO_README = "HuatuoGPT-Vision README (FreedomIntelligence/HuatuoGPT-Vision)"
+# How each source's answers were decoded, as far as its public code says (docs/eval.md, "HuatuoGPT-Vision's
+# evaluation code, option by option"): a sampled figure is not reproduced exactly by a greedy run.
+DECODING = {
+    PAPER: "not stated there; the authors' public HuatuoGPT-Vision wrapper (Medical-MLLMs-Fail cli_new.py) decodes "
+           "greedily, 1 token, at least 1, as --protocol published does",
+    HUATUO_README: "HuatuoGPT-Vision's eval.py through its chatbot: sampled (temperature 0.2, repetition penalty 1.2), "
+                   "at most 256 new tokens, at least 1, seed 42; vgmed decodes greedily",
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,11 @@ PUBLISHED_FIGURES = (
                  {"VQA-RAD": 63.7, "SLAKE": 76.2, "PathVQA": 57.9, "PMC-VQA": 54.3, "OmniMedVQA": 74.0,
                   "MMMU H&M": 50.6}),
 )
+# Where a published figure is over other questions than vgmed's reading of the benchmark: (column, source) -> why.
+POPULATION_NOTES = {
+    ("MMMU H&M", HUATUO_README): "the README's figure is over MMMU's test set; vgmed reads the validation split "
+                                 "(the test answers are not public) and its single-image questions only",
+}
 MODELS = sorted({row.model for row in PUBLISHED_FIGURES})
 _BY_PROMPT = {HUATUO.name: "HuatuoGPT-Vision-7B", LLAVA_MED.name: "LLaVA-Med-7B"}
 

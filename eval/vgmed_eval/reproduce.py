@@ -36,7 +36,16 @@ from vgmed_eval import __version__
 from vgmed_eval.distributed import SINGLE, World
 from vgmed_eval.leakage import check
 from vgmed_eval.protocol import PUBLISHED_HEADS
-from vgmed_eval.published import COLUMNS, HUATUO_README, PAPER, PUBLISHED_FIGURES, figure, published_model
+from vgmed_eval.published import (
+    COLUMNS,
+    DECODING,
+    HUATUO_README,
+    PAPER,
+    POPULATION_NOTES,
+    PUBLISHED_FIGURES,
+    figure,
+    published_model,
+)
 from vgmed_eval.vqa.benchmarks import BENCHMARKS, BenchmarkError
 
 log = logging.getLogger(__name__)
@@ -281,7 +290,8 @@ def _vqa_summary(name: str, path: Path, published_as: str | None, heads: str) ->
         if base is None and figure(published_as, "baseline", name, HUATUO_README) is not None:
             base, base_source = figure(published_as, "baseline", name, HUATUO_README), HUATUO_README
         row["published"] = {"model": published_as, "source": base_source, "baseline": base,
-                            "vgrefine": figure(published_as, "vgrefine", name), "vgrefine_source": PAPER}
+                            "vgrefine": figure(published_as, "vgrefine", name), "vgrefine_source": PAPER,
+                            "population_note": POPULATION_NOTES.get((COLUMNS.get(name), base_source))}
     return row
 
 
@@ -302,7 +312,8 @@ def build_report(o: Options, steps: list[Step]) -> dict:
         "vqa_heads": {"used": which, "vgrefine": refine},
         "vqa": [_vqa_summary(name, o.out / "vqa" / name / "results.json", published_as, used)
                 for name in o.benchmarks],
-        "published": [{"model": r.model, "system": r.system, "source": r.source, "values": r.values}
+        "published": [{"model": r.model, "system": r.system, "source": r.source, "values": r.values,
+                       "decoding": DECODING[r.source]}
                       for r in PUBLISHED_FIGURES],
     }
 
@@ -342,7 +353,8 @@ def render_markdown(report: dict) -> str:
               "and what VGRefine ran with (configuration); loaded = questions read, scored = answered per "
               "system, failed = run-time errors. Paired statistics of VGRefine against the baseline on the same "
               "questions: bootstrap of the mean score, exact McNemar on correctness. Published figures: "
-              "[P] " + PAPER + "; [H] " + HUATUO_README + ".", "",
+              "[P] " + PAPER + " (decoding: " + DECODING[PAPER] + "); [H] " + HUATUO_README + " (decoding: "
+              + DECODING[HUATUO_README] + ").", "",
               "| benchmark | population · metric | configuration | loaded | scored | failed | baseline | + VGRefine "
               "| score diff (95% CI) | McNemar p | published baseline | published + VGRefine | source |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -358,6 +370,8 @@ def render_markdown(report: dict) -> str:
                      f"{_cell(v['baseline'])} | {_cell(v['vgrefine'])} "
                      f"| {diff} | {mcn} | {_cell(pub.get('baseline'))} | {_cell(pub.get('vgrefine'))} | {source} |")
     notes = [f"- {v['benchmark']}: {n}" for v in report["vqa"] for n in v.get("copy_notes") or []]
+    notes += [f"- {v['benchmark']}: published figure: {v['published']['population_note']}" for v in report["vqa"]
+              if (v.get("published") or {}).get("population_note")]
     if notes:
         lines += ["", "Notes from the readers:", "", *notes]
     cols = list(COLUMNS.values())

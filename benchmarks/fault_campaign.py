@@ -12,7 +12,15 @@ What it measures, on copies of the bundled sample:
   each case is judged: a traceback, data loss (a user's file or folder changed), wrongly accepted
   (exit 0 where it must refuse, or a leak), unclear (no error line naming what is wrong);
 * planted identifiers: DICOM header values and a patient-named folder planted in the sample; every
-  byte and file name of the release and every shared output (regions, drafts, stats, logs) is searched.
+  byte and file name of the release and every shared output (regions, drafts, stats, logs) is searched;
+* LLM server faults: `generate --drafter llm` over real HTTP against the scripted server
+  (tests/llm_server.py) answering too late, 500 on every request, garbage or truncated JSON, or killed
+  in the middle of the run; each case is judged as a bad input (a clear line per failed draft, exit 1),
+  then rerun against a working server: every draft of a clean run, none twice;
+* a full disk, for real: each stage (ingest, generate, release, export) run with its output on a
+  tmpfs filled to the last byte (in a private mount namespace, `unshare -rm`; skipped where that is
+  not allowed): one clear line, what was stored before unchanged, and once space is freed the rerun
+  completes and its release / export is byte-identical to a clean one.
 
     python benchmarks/fault_campaign.py --kills 5 --seed 1
     python benchmarks/fault_campaign.py --quick      # 2 kills per stage on 2 cases
@@ -25,6 +33,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -103,6 +112,11 @@ def stage_args(stage: str, build: Path, sources: Path, out: Path) -> list[str]:
 def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} \
         if root.is_dir() else {}
+
+
+def state(path: Path) -> dict[str, bytes] | bytes | None:
+    """What a file or folder holds (None: absent), to compare before and after."""
+    return tree(path) if path.is_dir() else path.read_bytes() if path.exists() else None
 
 
 def snapshot(build: Path, out: Path) -> dict:
@@ -486,13 +500,225 @@ def planted_campaign(work: Path) -> dict:
     return {"planted": len(needles), "found": sum(found.values()), "by_string": found, "release_records": records}
 
 
+# --- LLM server faults, through real HTTP to the scripted server -------------------------------------
+
+LLM_SERVER = Path(__file__).resolve().parents[1] / "tests" / "llm_server.py"
+LLM_FLAGS = ["--drafter", "llm", "--model", "test-model", "--max-retries", "1", "--retry-backoff", "0.1"]
+
+
+class LlmServer:
+    """tests/llm_server.py as a separate process on ``port`` (0: any free port), serving ``script``."""
+
+    def __init__(self, work: Path, script: dict, port: int = 0):
+        path = work / f"llm-script-{time.monotonic_ns()}.json"
+        path.write_text(json.dumps(script))
+        self.proc = subprocess.Popen([sys.executable, str(LLM_SERVER), "--port", str(port), "--script", str(path)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("LISTENING"):
+            raise SystemExit(f"the scripted LLM server did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def requests(self) -> int:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=10) as reply:
+            return json.loads(reply.read())["requests"]
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+def draft_ids(build: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in cli("drafts", "--build", str(build)).stdout.splitlines()]
+
+
+def failed_drafts(proc: subprocess.CompletedProcess) -> tuple[int, list[str]]:
+    """The summary's count of drafts that failed, and the lines naming a failed draft ("<id>: llm: ...")."""
+    counted = next((int(m[1]) for line in proc.stdout.splitlines() if line.startswith("generate:")
+                    for m in [re.search(r"(\d+) errors", line)] if m), -1)
+    named = [line.strip() for line in proc.stderr.splitlines() if ": llm: " in line]
+    return counted, named
+
+
+def llm_campaign(work: Path) -> list[dict]:
+    """``generate --drafter llm`` against a server that fails in each way; each run is judged (a line per
+    failed draft, exit 1), then rerun against a working server on the same port: the drafts must be those
+    of a clean run, none lost, none twice."""
+    work.mkdir()
+    build = work / "ingested"
+    cli("ingest", "--build", str(build), "--sources", str(nifti_sources(work / "s.toml", nifti_source(work, 1))),
+        "--no-progress")
+    good = LlmServer(work, {"default": {"kind": "auto"}})
+    clean = work / "clean"
+    shutil.copytree(build, clean)
+    done = cli("generate", "--build", str(clean), *LLM_FLAGS, "--base-url", good.url)
+    good.stop()
+    if done.returncode != 0:
+        raise SystemExit(f"clean LLM generate failed: {done.stderr[-2000:]}")
+    expected = sorted(draft_ids(clean))
+    faults = [
+        ("answers after 3 s with --timeout 0.5", {"default": {"kind": "auto", "delay_ms": 3000}}, ["--timeout", "0.5"]),
+        ("HTTP 500 on every request", {"default": {"kind": "status", "status": 500}}, []),
+        ("garbage instead of JSON", {"default": {"kind": "text", "content": "{not json at all"}}, []),
+        ("JSON cut off mid-reply", {"default": {"kind": "text", "content": '{"question": "What is'}}, []),
+        ("killed after 2 replies (kill -9 mid-run)", {"default": {"kind": "auto"}, "latency_ms": 400},
+         ["--concurrency", "1"]),
+    ]
+    cases = []
+    for name, script, flags in faults:
+        trial = work / f"trial-{len(cases)}"
+        shutil.copytree(build, trial)
+        server = LlmServer(work, script)
+        args = ["generate", "--build", str(trial), *LLM_FLAGS, "--base-url", server.url, *flags]
+        t0 = time.monotonic()
+        if "killed" in name:
+            proc = subprocess.Popen([sys.executable, "-m", "vgmed_build.cli", *args], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            while server.requests() < 2 and proc.poll() is None:
+                time.sleep(0.05)
+            server.stop()
+            out, err = proc.communicate(timeout=300)
+            run = subprocess.CompletedProcess(args, proc.returncode, out, err)
+        else:
+            run = cli(*args, timeout=300)
+            server.stop()
+        seconds = time.monotonic() - t0
+        counted, named = failed_drafts(run)
+        healed = LlmServer(work, {"default": {"kind": "auto"}}, port=server.port)
+        rerun = cli(*args, timeout=300)
+        healed.stop()
+        got = draft_ids(trial)
+        cases.append({**case(f"LLM server {name}", run, named[:1] or None, clear=counted > 0 and len(named) == counted,
+                             kept=rerun.returncode == 0 and sorted(got) == expected),
+                      "seconds": round(seconds, 1), "drafts_failed": counted, "lines_naming_a_failed_draft": len(named),
+                      "rerun_exit": rerun.returncode, "drafts_after_rerun": f"{len(got)} / {len(expected)}",
+                      "duplicates": len(got) - len(set(got))})
+    return cases
+
+
+# --- a full disk, for real: a small tmpfs in a private mount namespace ------------------------------
+
+def fill(disk: Path, leave: int) -> None:
+    """Fill ``disk`` to the last byte, then free ``leave`` bytes (room for part of a stage's output)."""
+    with open(disk / "filler", "wb", buffering=0) as fh:
+        for chunk in (65536, 1):
+            try:
+                while True:
+                    fh.write(b"\0" * chunk)
+            except OSError:
+                pass
+        fh.truncate(max(0, fh.tell() - leave))
+
+
+def disk_trial(spec: dict) -> dict:
+    """Inside the namespace, ``spec["disk"]`` a fresh tmpfs: copy the stage's starting state onto it, fill
+    it (but ``leave`` bytes), run the stage (its ``{disk}`` arguments), check the ``keep`` paths did not
+    change, free the space, rerun, and copy ``collect`` out for the caller to compare with a clean run."""
+    disk = Path(spec["disk"])
+    for src, dst in spec["copy"]:
+        shutil.copytree(src, disk / dst) if Path(src).is_dir() else shutil.copy(src, disk / dst)
+    args = [a.replace("{disk}", str(disk)) for a in spec["args"]]
+    kept_before = {k: state(disk / k) for k in spec["keep"]}
+    fill(disk, spec["leave"])
+    run = cli(*args)
+    kept = {k: state(disk / k) for k in spec["keep"]}
+    (disk / "filler").unlink()  # first: SQLite needs room to open a catalog, even to check it
+    catalog = disk / "b" / "catalog.sqlite"
+    integrity = sqlite3.connect(catalog).execute("PRAGMA integrity_check").fetchone()[0] if catalog.exists() else "-"
+    rerun = cli(*args)
+    for rel_path, out in spec["collect"]:
+        if (disk / rel_path).is_dir():
+            shutil.copytree(disk / rel_path, out)
+        elif (disk / rel_path).exists():
+            shutil.copy(disk / rel_path, out)
+    return {"exit": run.returncode, "stdout": run.stdout, "stderr": run.stderr, "kept": kept == kept_before,
+            "integrity": integrity, "rerun_exit": rerun.returncode, "rerun_stderr": rerun.stderr[-1000:],
+            "done": done_by_source(disk / "b"), "drafts": sorted(draft_ids(disk / "b")) if catalog.exists() else []}
+
+
+def in_namespace(work: Path, spec: dict) -> dict:
+    """``disk_trial(spec)`` in a private mount namespace on a fresh tmpfs with room for the starting state
+    and the stage's output (``{"failed": why}`` when that cannot run)."""
+    disk = work / f"disk-{time.monotonic_ns()}"
+    disk.mkdir()
+    spec_path = disk.with_suffix(".json")
+    spec_path.write_text(json.dumps({**spec, "disk": str(disk)}))
+    size = sum(f.stat().st_size for src, _ in spec["copy"]
+               for f in ([Path(src)] if Path(src).is_file() else Path(src).rglob("*")) if f.is_file())
+    script = 'mount -t tmpfs -o size="$1" tmpfs "$2" && exec "$3" "$4" --disk-trial "$5"'
+    got = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(size + (8 << 20)), str(disk),
+                          sys.executable, str(Path(__file__).resolve()), str(spec_path)],
+                         capture_output=True, text=True, timeout=600)
+    return json.loads(got.stdout) if got.returncode == 0 else {"failed": got.stderr[-500:]}
+
+
+def full_disk_campaign(work: Path) -> list[dict]:
+    """Each stage with its output on a full tmpfs (ingest also with room for only part of its PNGs)."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        return [{"case": "a full disk", "skipped": "unshare -rm (a private mount namespace) is not allowed here",
+                 "verdict": []}]
+    work.mkdir()
+    sources = nifti_sources(work / "s.toml", nifti_source(work, 4))
+    clean, out = work / "clean", work / "clean-out" / "rel"  # named as on the disk: vqa-json names its folder
+    for stage in STAGES:
+        cli(*stage_args(stage, clean, sources, out))
+    vqa = ["export", "{disk}/rel", "--format", "vqa-json", "--out", "{disk}/rel.json"]
+    cli(*[a.replace("{disk}", str(out.parent)) for a in vqa])
+    ingested = work / "ingested"
+    cli(*stage_args("ingest", ingested, sources, out))
+    ingest = ["ingest", "--build", "{disk}/b", "--sources", str(sources), "--no-progress", "--workers", "2"]
+    release = ["release", "--build", "{disk}/b", "--out", "{disk}/rel", "--include-unreviewed", "--created", CREATED]
+    whole = {"done": {"x": 4}, "drafts": sorted(draft_ids(clean))}  # what each rerun must have stored
+    clean_state = {"rel": tree(out), "rel.json": (out.parent / "rel.json").read_bytes()}
+    trials = [  # (case, bytes left free, starting state, args, paths that must not change, what to compare)
+        ("ingest into a new build", 0, [], ingest, []),
+        ("ingest with room for part of its PNGs", 150_000, [], ingest, []),
+        ("generate", 0, [(ingested, "b")], ["generate", "--build", "{disk}/b"], ["b/images"]),
+        ("generate with room for a few catalog pages", 8192, [(ingested, "b")], ["generate", "--build", "{disk}/b"],
+         ["b/images"]),
+        ("release replacing an earlier release", 0, [(clean, "b"), (out, "rel")], release, ["rel"]),
+        ("release replacing an earlier release, room for part of it", 100_000, [(clean, "b"), (out, "rel")],
+         release, ["rel"]),
+        ("export vqa-json replacing an earlier export", 0, [(out, "rel"), (out.parent / "rel.json", "rel.json")],
+         vqa, ["rel.json"]),
+    ]
+    cases = []
+    for name, leave, copy, args, keep in trials:
+        got_dir = work / f"got-{len(cases)}"
+        got_dir.mkdir()
+        result = in_namespace(work, {"copy": [[str(a), b] for a, b in copy], "args": args, "keep": keep,
+                                     "leave": leave, "collect": [[k, str(got_dir / k)] for k in keep if "/" not in k]})
+        if "failed" in result:
+            cases.append({"case": f"full disk: {name}", "skipped": result["failed"], "verdict": []})
+            continue
+        run = subprocess.CompletedProcess(args, result["exit"], result["stdout"], result["stderr"])
+        said = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+        same = all(state(got_dir / k) == clean_state[k] for k in keep if "/" not in k)
+        stored = (result["done"] == whole["done"] and (args[0] == "ingest" or result["drafts"] == whole["drafts"])
+                  if args[0] in ("ingest", "generate") else True)
+        kept = result["kept"] and result["integrity"] in ("ok", "-") and result["rerun_exit"] == 0 and same and stored
+        full = ("the disk is full", "No space left on device")
+        cases.append({**case(f"full disk: {name}", run, said[:1] or None,
+                             clear=len(said) == 1 and any(f in said[0] for f in full), kept=kept),
+                      "left_free_bytes": leave, "catalog_integrity": result["integrity"], "unchanged": result["kept"],
+                      "rerun_exit": result["rerun_exit"], "rerun_stored_everything": stored,
+                      "rerun_identical_to_clean": same})
+    return cases
+
+
 def summary(results: dict) -> dict:
-    """The issue-30 counts: bad-input cases by verdict, plus kill trials that lost data."""
-    cases = results["bad_inputs"]
+    """The issue-30 counts: bad-input, LLM and full-disk cases by verdict, plus kill trials that lost data."""
+    cases = results["bad_inputs"] + results["llm"] + results["full_disk"]
     kill_loss = sum(r["lost"] + r["corrupt_png"] + (r["kills"] - r["releases_identical"])
                     + (r["kills"] - r["exports_identical"]) for r in results["kills"].values())
     return {
-        "bad_input_cases": len(cases),
+        "bad_input_cases": len(results["bad_inputs"]),
+        "llm_cases": len(results["llm"]),
+        "full_disk_cases": sum("skipped" not in c for c in results["full_disk"]),
         "data_loss": sum("data_loss" in c["verdict"] for c in cases) + kill_loss,
         "tracebacks": sum("traceback" in c["verdict"] for c in cases),
         "wrongly_accepted": sum("wrongly_accepted" in c["verdict"] for c in cases),
@@ -509,7 +735,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here too")
     parser.add_argument("--quick", action="store_true",
                         help="a short run: 2 kills per stage on 2 cases (overrides --kills and --cases)")
+    parser.add_argument("--disk-trial", type=Path, help=argparse.SUPPRESS)  # the campaign's own use, in a namespace
     args = parser.parse_args()
+    if args.disk_trial:
+        print(json.dumps(disk_trial(json.loads(args.disk_trial.read_text()))))
+        return 0
     if args.quick:
         args.kills, args.cases = 2, 2
     with tempfile.TemporaryDirectory(prefix="vgmed-faults-") as tmp:
@@ -519,6 +749,8 @@ def main() -> int:
                                    args.cases),
             "bad_inputs": bad_input_campaign(work),
             "planted_identifiers": planted_campaign(work),
+            "llm": llm_campaign(work / "llm"),
+            "full_disk": full_disk_campaign(work / "disk"),
         }
     results["summary"] = summary(results)
     text = json.dumps(results, indent=2, ensure_ascii=False)

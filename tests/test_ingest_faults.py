@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from coco_fixtures import PERSON, TABLE, write_coco
+from disk_fixtures import fill
 from ingest_fixtures import ingest, mni, sources_toml
 from PIL import Image
 
@@ -457,3 +458,23 @@ def test_an_unexpected_os_error_names_its_file(tmp_path):
     exc = PermissionError(13, "Permission denied", str(tmp_path / "masks" / "a_spot.png"))
     assert failed_file(exc, job) == "masks/a_spot.png"
     assert failed_file(ValueError("x"), job) == "images/a.png"
+
+
+@pytest.mark.parametrize("command", [["generate"], ["stats"], ["release", "--include-unreviewed"]])
+def test_a_catalog_opened_on_a_full_disk_is_the_full_disk_line_not_a_broken_catalog(
+    tmp_path, full_disk, capsys, command
+):
+    """SQLite opens a WAL catalog on a full disk with a bare "disk I/O error" (no errno): it was reported as
+    "not a usable vgmed catalog"; the catalog is fine, the disk is full (issue 30, found by the campaign)."""
+    build = tmp_path / "b"
+    assert ingest(build, "--source", f"images2d:{photos(tmp_path / 'photos', 2)}", "--modality", "Dermoscopy") == 0
+    shutil.copytree(build, full_disk / "b")
+    fill(full_disk)
+    capsys.readouterr()
+    extra = ["--out", str(full_disk / "rel")] if command[0] == "release" else []
+    assert main([command[0], "--build", str(full_disk / "b"), *command[1:], *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {command[0]}: the disk is full writing {full_disk / 'b' / 'catalog.sqlite'}; free some space" in err
+    assert "not a usable" not in err and "Traceback" not in err
+    (full_disk / "filler").unlink()
+    assert sqlite3.connect(full_disk / "b" / "catalog.sqlite").execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -13,6 +13,8 @@ fails on SQL anywhere else; tests/test_catalog_plans.py plans every statement th
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from vgmed_build.catalog.judge import JudgeQueries
 from vgmed_build.catalog.release import ReleaseQueries
 from vgmed_build.catalog.review import WITHDRAWN_TASKS_KEY, ReviewQueries
 from vgmed_build.catalog.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from vgmed_build.interrupt import disk_full, no_room_for
 
 __all__ = [
     "CATALOG_NAME",
@@ -58,6 +61,10 @@ def open_catalog(build_dir: str | Path, create: bool = True) -> Catalog:
         conn.execute("PRAGMA foreign_keys=ON")
         migrate(conn, path)
     except sqlite3.DatabaseError as exc:
+        if disk_full(exc):  # the catalog is fine: the command ends with the full disk's own line
+            raise
+        if no_room_for(exc, build_dir):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise CatalogError(f"{path}: not a usable vgmed catalog ({exc})") from exc
     return Catalog(build_dir=build_dir, conn=conn)
 

@@ -6,6 +6,7 @@ forward pass written out by hand from the original files."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,17 +84,23 @@ def test_v1_token_order_matters(converted):
     assert int(batch.grid_positions[0][1]) == int(span[4])
 
 
-def test_grounding_heads_vgrefine_on_converted(converted, tmp_path):
+def test_reproduce_on_converted(converted, tmp_path):
+    """grounding, heads and VQA with VGRefine (`reproduce`) on each converted model: MedRegA-style on one
+    column-major tile, InternVL2-style on tiles + thumbnail, whose knockout reaches every tile."""
     from eval_fixtures import make_release
 
     _, _, dst = converted
     make_release(tmp_path / "release")
-    out = tmp_path / "g"
-    assert main(["grounding", "--release", str(tmp_path / "release"), "--model", str(dst), "--out", str(out),
-                 "--bootstrap", "10", "--batch-size", "3"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_ok"] == 7
-    assert main(["heads", "--results", str(out), "--top-k", "3", "--out", str(tmp_path / "heads.json")]) == 0
+    out = tmp_path / "out"
+    fix = Path(__file__).parent / "fixtures" / "vqa" / "slake"
+    assert main(["reproduce", "--model", str(dst), "--vgmed", str(tmp_path / "release"), "--out", str(out),
+                 "--top-k", "3", "--max-new-tokens", "2", "--bootstrap", "10", "--batch-size", "3",
+                 "--benchmark", f"slake={fix}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [s["status"] for s in report["steps"].values()] == ["done"] * 3
+    assert json.loads((out / "grounding" / "summary.json").read_text())["n_ok"] == 7
+    refined = (out / "vqa" / "slake" / "predictions_vgrefine.jsonl").read_text().splitlines()
+    assert refined and all(json.loads(line)["knocked_out"] > 0 for line in refined)
 
 
 def test_refusals(tmp_path):

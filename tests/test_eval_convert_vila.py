@@ -101,3 +101,31 @@ def test_grounding_on_converted(converted, tmp_path):
                  "--bootstrap", "10"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_ok"] == 7
+
+
+def test_reproduce_end_to_end_on_converted(converted, tmp_path):
+    """grounding (release + control), heads and VQA with VGRefine, the whole chain, on the converted tiny VILA:
+    one 14 x 14-style tile per image (here 4 x 4 cells), whose knockout blocks the cells' own tokens."""
+    from pathlib import Path
+
+    from eval_fixtures import make_release
+
+    _, dst = converted
+    make_release(tmp_path / "release")
+    make_release(tmp_path / "control", errors=False)
+    out = tmp_path / "out"
+    fix = Path(__file__).parent / "fixtures" / "vqa" / "slake"
+    argv = ["reproduce", "--model", str(dst), "--vgmed", str(tmp_path / "release"), "--out", str(out),
+            "--control-release", str(tmp_path / "control"), "--top-k", "3", "--max-new-tokens", "2",
+            "--bootstrap", "20", "--batch-size", "4", "--benchmark", f"slake={fix}"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] and all(s["status"] == "done" for s in report["steps"].values())
+    summary = json.loads((out / "grounding" / "summary.json").read_text())
+    assert summary["n_ok"] == 7  # the whole image is stretched onto the grid: every scorable box counts
+    heads = json.loads((out / "heads.json").read_text())
+    assert heads["family"] == "internvl" and len(heads["heads"]) == 3
+    refined = (out / "vqa" / "slake" / "predictions_vgrefine.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in refined]
+    assert rows and all(r["grid_cells"] == TOKENS for r in rows)
+    assert all(0 < r["knocked_out"] < TOKENS for r in rows)  # percentile 80 of the 16 cells

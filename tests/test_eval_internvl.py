@@ -3,8 +3,10 @@ processor, pixel shuffle order, the adapter's inputs and logits, and the command
 
 from __future__ import annotations
 
+import argparse
 import json
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,14 @@ from transformers import GotOcr2ImageProcessorPil, InternVLProcessor
 from transformers.image_utils import PILImageResampling
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
-from vgmed_eval.adapters import load_adapter
+from vgmed_eval.adapters import adapter_from_args, load_adapter
+from vgmed_eval.adapters.internvl import InternVLAdapter
 from vgmed_eval.attention import capture
 from vgmed_eval.cli import main
+from vgmed_eval.distributed import SINGLE
 from vgmed_eval.geometry import TileLayout, tile_grid, tile_layout
+from vgmed_eval.protocol import VGMED
+from vgmed_eval.reproduce import Options, plan_steps
 
 NEAREST = PILImageResampling.NEAREST
 SIZES = {"square": (300, 300), "wide": (700, 260), "tall": (200, 610), "small": (60, 40), "very-wide": (1300, 150)}
@@ -224,3 +230,62 @@ def test_reproduce_end_to_end(tmp_path):
     refined = (out / "vqa" / "slake" / "predictions_vgrefine.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in refined]
     assert rows and json.loads((out / "heads.json").read_text())["family"] == "internvl"
+
+
+def _model_args(model: str, grid: str | None) -> argparse.Namespace:
+    return argparse.Namespace(model=model, dtype="auto", device="cpu", chat_template=None, device_map=None,
+                              max_memory=None, offload_folder=None, min_pixels=None, max_pixels=None,
+                              internvl_grid=grid)
+
+
+def test_internvl_grid_option_reaches_the_adapter():
+    """--internvl-grid through adapter_from_args: tiles sets the mosaic grid, nothing keeps whole, and a family
+    with one grid refuses tiles (whole is its only grid) with the option's name."""
+    whole = adapter_from_args(_model_args("builtin:tiny-internvl", None), SINGLE, VGMED)
+    assert whole.grid == "whole" and whole.geometry(384, 200).shape == (8, 8)
+    tiles = adapter_from_args(_model_args("builtin:tiny-internvl", "tiles"), SINGLE, VGMED)
+    assert tiles.grid == "tiles" and tiles.geometry(384, 200).shape == (8, 16)  # 2 x 1 tiles on the tiny model
+    assert InternVLAdapter.grid == "whole"  # the instance changed, not the family's default
+    assert adapter_from_args(_model_args("builtin:tiny-qwen2_vl", "whole"), SINGLE, VGMED).family == "qwen2_vl"
+    with pytest.raises(ValueError, match="--internvl-grid tiles applies to InternVL-family models only, not qwen2_vl"):
+        adapter_from_args(_model_args("builtin:tiny-qwen2_vl", "tiles"), SINGLE, VGMED)
+
+
+def test_grounding_on_the_tiles_grid_from_the_command_line(tmp_path, capsys):
+    """`grounding --internvl-grid tiles`: each image is measured on its own mosaic (square 512 -> 2 x 2 tiles,
+    wide 384 x 200 and tiny 40 x 24 -> 2 x 1, tall 180 x 300 -> 1 x 2), recorded in run.json; without
+    the option every image has the 8 x 8 whole grid. A one-grid model refuses tiles (exit 2)."""
+    import pandas as pd
+
+    make_release(tmp_path / "release")
+    shapes = {}
+    for grid in (None, "tiles"):
+        out = tmp_path / f"out-{grid}"
+        argv = ["grounding", "--release", str(tmp_path / "release"), "--model", "builtin:tiny-internvl", "--out",
+                str(out), "--layers", "1", "--bootstrap", "5", "--chance-draws", "0", "--no-progress"]
+        assert main(argv + (["--internvl-grid", grid] if grid else [])) == 0  # bad items are recorded, not fatal
+        rows = pd.read_parquet(out / "per_layer.parquet")
+        shapes[grid] = {r.image.split("/")[-1]: (r.grid_rows, r.grid_cols) for r in rows.itertuples()}
+        assert json.loads((out / "run.json").read_text())["flags"]["internvl_grid"] == grid
+    assert set(shapes[None].values()) == {(8, 8)}
+    assert shapes["tiles"] == {"square.png": (16, 16), "wide.png": (8, 16), "tall.png": (16, 8), "tiny.png": (8, 16)}
+    argv = ["grounding", "--release", str(tmp_path / "release"), "--model", "builtin:tiny-qwen2_vl", "--out",
+            str(tmp_path / "qwen"), "--internvl-grid", "tiles", "--no-progress"]
+    assert main(argv) == 2
+    assert "--internvl-grid tiles applies to InternVL-family models only" in capsys.readouterr().err
+
+
+def test_internvl_grid_in_help_and_reproduce_plan(tmp_path, capsys):
+    """Every model-loading command explains the option; reproduce passes it to grounding and VQA only when given."""
+    for command in ("grounding", "vqa", "causal", "reproduce"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--internvl-grid {whole,tiles}" in capsys.readouterr().out
+    base = Options(model="builtin:tiny-internvl", vgmed=tmp_path, out=tmp_path / "out",
+                   benchmarks={"slake": tmp_path})
+    for grid in (None, "tiles"):
+        steps = plan_steps(replace(base, internvl_grid=grid))
+        assert [s.name for s in steps] == ["grounding", "heads", "vqa slake"]
+        for step in steps:
+            given = step.argv[step.argv.index("--internvl-grid") + 1] if "--internvl-grid" in step.argv else None
+            assert given == (grid if step.name != "heads" else None), step.name

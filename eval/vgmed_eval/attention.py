@@ -26,6 +26,8 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
+from vgmed_eval.geometry import TokenCover
+
 ATTN_NAME = "vgmed_sdpa"
 _STATE = threading.local()
 
@@ -163,6 +165,15 @@ def blocked_positions(
         if len(idx) and (idx.max() >= int(valid[b].sum()) or idx.min() < 0):
             raise IndexError(f"row {b}: image-token index out of range 0..{int(valid[b].sum()) - 1}")
         out[b, index[b, idx]] = True
+    return out
+
+
+def blocked_tokens(covers: Sequence[TokenCover], cells: Sequence, n_positions: int) -> torch.Tensor:
+    """Per row, the chosen grid ``cells`` ((N,) bool) -> (B, n_positions) boolean block of every image
+    token whose region lies within them (:meth:`TokenCover.inside`: on one grid, the cells' own tokens)."""
+    out = torch.zeros(len(covers), n_positions, dtype=torch.bool)
+    for b, (cover, chosen) in enumerate(zip(covers, cells, strict=True)):
+        out[b, torch.from_numpy(cover.chosen_tokens(torch.as_tensor(chosen).cpu().numpy()))] = True
     return out
 
 

@@ -286,6 +286,61 @@ def tile_grid(width: int, height: int, tile: int, min_tiles: int, max_tiles: int
     return best
 
 
+TILE_GRIDS = ("whole", "tiles")  # the metric grids of a tiled (InternVL-style) input, TileLayout.grid
+
+
+def add_tile_grid_arg(parser) -> None:
+    """The ``--internvl-grid`` option of every command that loads a model (InternVL's metric grid)."""
+    parser.add_argument("--internvl-grid", choices=TILE_GRIDS, default=None,
+                        help="InternVL-family models only (InternVL -hf, MedRegA and VILA converted): the grid the "
+                             "attention metrics and VGRefine's triage use when an image is cut into several 448 px "
+                             "tiles plus a thumbnail. whole (the default) = the 16 x 16 grid of the whole image "
+                             "(the thumbnail, or the only tile), the same for every image and the authors' "
+                             "gt_tokens_medrega; tiles = the mosaic of all tiles (rows*16 x cols*16, varies per "
+                             "image). Knockouts reach every tile and the thumbnail either way; one tile: the two "
+                             "are the same")
+
+
+@dataclass(frozen=True)
+class TokenCover:
+    """Which cells of a metric grid each image token shows, so that a knockout of chosen cells reaches
+    every token showing them (InternVL's tiles and thumbnail both show each region of the image).
+
+    Token ``i`` (at ``tokens[i]``: its index among the image tokens, or its sequence position once
+    placed with :meth:`at`) shows exactly the cells ``rows r0..r1-1 x cols c0..c1-1`` of the
+    ``rows x cols`` metric grid, ``blocks[i] = (r0, r1, c0, c1)``.
+    """
+
+    rows: int
+    cols: int
+    tokens: np.ndarray  # (T,) int
+    blocks: np.ndarray  # (T, 4) int: r0, r1, c0, c1
+
+    @classmethod
+    def identity(cls, rows: int, cols: int, tokens) -> TokenCover:
+        """One token per cell, row-major (every grid without other image tokens)."""
+        r, c = np.divmod(np.arange(rows * cols), cols)
+        return cls(rows, cols, np.asarray(tokens, dtype=np.int64).reshape(-1), np.stack([r, r + 1, c, c + 1], 1))
+
+    def at(self, positions) -> TokenCover:
+        """The same cover with each token's index among the image tokens replaced by its position."""
+        return replace(self, tokens=np.asarray(positions, dtype=np.int64).reshape(-1)[self.tokens])
+
+    def inside(self, cells) -> np.ndarray:
+        """(T,) bool: the tokens whose whole region lies within the chosen ``cells`` ((N,) or
+        ``(rows, cols)`` bool); a token that also shows a cell not chosen is kept."""
+        grid = np.asarray(cells, dtype=np.int64).reshape(self.rows, self.cols)
+        total = np.zeros((self.rows + 1, self.cols + 1), dtype=np.int64)
+        total[1:, 1:] = grid.cumsum(0).cumsum(1)
+        r0, r1, c0, c1 = self.blocks.T
+        chosen = total[r1, c1] - total[r0, c1] - total[r1, c0] + total[r0, c0]
+        return chosen == (r1 - r0) * (c1 - c0)
+
+    def chosen_tokens(self, cells) -> np.ndarray:
+        """The ``tokens`` entries :meth:`inside` selects."""
+        return self.tokens[self.inside(cells)]
+
+
 @dataclass(frozen=True)
 class TileLayout:
     """How an InternVL-style model tiles one image: ``cols x rows`` tiles of ``tile`` px, each
@@ -347,7 +402,7 @@ class TileLayout:
             return self.whole()
         if name == "tiles":
             return self.mosaic()
-        raise ValueError(f"unknown tile grid {name!r}; choose whole or tiles")
+        raise ValueError(f"unknown tile grid {name!r}; choose {' or '.join(TILE_GRIDS)}")
 
     def _in_tile(self, row: np.ndarray, col: np.ndarray) -> np.ndarray:
         """Token offset of a cell inside its tile."""
@@ -364,6 +419,30 @@ class TileLayout:
         r, c = np.divmod(np.arange(self.rows * n * self.cols * n), self.cols * n)
         tile = (r // n) * self.cols + c // n
         return tile * n * n + self._in_tile(r % n, c % n)
+
+    def cover(self, name: str) -> TokenCover:
+        """Which cells of grid ``name`` each of the image's ``n_tokens`` tokens shows (token order).
+
+        Exact, no pixel arithmetic: the whole grid and the mosaic are stretches of the same image,
+        so a ``whole`` cell is exactly a ``rows x cols`` block of mosaic cells. In mosaic cells a tile
+        token is one cell and a thumbnail token a ``rows x cols`` block; on the ``whole`` grid both
+        then fall inside one cell (a tile token shows part of it).
+        """
+        n = self.cells
+        tile, k = np.divmod(np.arange(self.n_tokens), n * n)
+        r, c = np.divmod(k, n)
+        if self.transposed:
+            r, c = c, r
+        thumb = tile == self.cols * self.rows  # never true without a thumbnail
+        tr, tc = np.divmod(tile, self.cols)
+        hr, hc = np.where(thumb, self.rows, 1), np.where(thumb, self.cols, 1)  # block size in mosaic cells
+        r0 = np.where(thumb, r * self.rows, tr * n + r)
+        c0 = np.where(thumb, c * self.cols, tc * n + c)
+        r1, c1 = r0 + hr, c0 + hc
+        if name == "whole":  # mosaic cells -> whole cells: floor the start, ceil the end
+            r0, r1, c0, c1 = r0 // self.rows, -(-r1 // self.rows), c0 // self.cols, -(-c1 // self.cols)
+        grid = self.grid(name)
+        return TokenCover(grid.rows, grid.cols, np.arange(self.n_tokens), np.stack([r0, r1, c0, c1], 1))
 
     def tile_cells(self, box) -> dict[int, np.ndarray]:
         """Which tiles a pixel-edge box reaches and which ``cells x cells`` cells of each (tile index in

@@ -84,6 +84,7 @@ class Options:
     max_new_tokens: int = 16
     bootstrap: int = 1000
     chat_template: Path | None = None
+    internvl_grid: str | None = None  # InternVL's metric grid for grounding and VQA (None: the command's default)
     published_as: str | None = None
     protocol: str = "vgmed"
     heads: str | None = None  # "published" | "measured"; None: published under --protocol published when known
@@ -116,6 +117,7 @@ def _common(o: Options) -> list[str]:
     argv += ["--device", o.device] if o.device else []
     argv += ["--limit", str(o.limit)] if o.limit is not None else []
     argv += ["--chat-template", str(o.chat_template)] if o.chat_template else []
+    argv += ["--internvl-grid", o.internvl_grid] if o.internvl_grid else []
     return argv + ["--protocol", o.protocol]
 
 

@@ -4,7 +4,9 @@ Step I (triage): with the question prompt, each top-k head's attention from the 
 over the image grid is divided by its layer's head-averaged map for the general-description prompt
 and the ratios are averaged over the heads; cells below the 80th percentile of that map (or below a
 min-max-normalised cutoff) are "low attention". Step II (knockout): on the knockout layer(s), every
-position after the image may not attend to those image tokens; the answer is decoded greedily.
+position after the image may not attend to the image tokens showing only those cells (the cells' own
+tokens; with InternVL's tiles, also those of the tiles or thumbnail that show the same regions, see
+:meth:`vgmed_eval.geometry.TileLayout.cover`); the answer is decoded greedily.
 
 Why it is fast: the chat templates put the image before the text, so every position up to the last
 image token is identical in the question pass, the general-prompt pass and the knockout pass.
@@ -33,7 +35,8 @@ import torch
 from PIL import Image
 
 from vgmed_build.errors import VgmedError
-from vgmed_eval.attention import blocked_positions, capture, knockout
+from vgmed_eval.attention import blocked_tokens, capture, knockout
+from vgmed_eval.geometry import TokenCover
 from vgmed_eval.numerics import TRIAGE_FLOOR
 from vgmed_eval.prompts import GENERAL_PROMPT
 
@@ -151,6 +154,7 @@ class Prefix:
     cache: object  # transformers DynamicCache, batch 1
     next_position: int  # position id of the first token after the prefix (mrope-aware)
     grid: torch.Tensor  # (N,) positions of the grid's image tokens (< P)
+    cover: TokenCover  # the image tokens a knockout of grid cells blocks (InternVL: every tile's and the thumbnail's)
     general_suffix: torch.Tensor | None = None  # (S,) the general prompt's tokens after the prefix
     general: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (H, N) general-prompt map
 
@@ -252,7 +256,8 @@ class VGRefiner:
                 batch, ids, _ = encoded[i]
                 shift = int(deltas.reshape(-1)[j]) if isinstance(deltas, torch.Tensor) else 0
                 out[i] = Prefix(ids=ids[:p].cpu(), cache=_select(result.cache, j), next_position=p + shift,
-                                grid=batch.grid_positions[0].cpu(), general_suffix=ids[p:].cpu())
+                                grid=batch.grid_positions[0].cpu(), cover=batch.covers[0],
+                                general_suffix=ids[p:].cpu())
         return out
 
     def query(self, prefix: Prefix, image: Image.Image, text: str) -> Query:
@@ -456,8 +461,7 @@ class VGRefiner:
         pmax, nq = layout[0], len(queries)
         k_cache, k_ids, k_mask, k_pos, _ = self._assemble([(q.prefix, q.suffix) for q in queries], layout)
         total = pmax + layout[1] + self.max_new_tokens
-        blocked = blocked_positions([q.prefix.grid for q in queries], [torch.nonzero(m).flatten() for m in low],
-                                    total)
+        blocked = blocked_tokens([q.prefix.cover for q in queries], low, total)
         starts = torch.tensor([q.prefix.length for q in queries])
         with knockout(self.model, cfg.knockout_layers, blocked, starts, decode=False) as ko:
             _start_at(ko, pmax)

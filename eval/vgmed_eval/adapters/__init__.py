@@ -8,6 +8,7 @@ from pathlib import Path
 from vgmed_eval import placement as placements
 from vgmed_eval.adapters import gemma3, internvl, llava, qwen  # noqa: F401  (registers the families)
 from vgmed_eval.adapters.base import DTYPES, MODEL_ADAPTERS, MODEL_TYPES, Adapter, Batch
+from vgmed_eval.adapters.internvl import set_grid
 from vgmed_eval.adapters.qwen import set_pixel_bounds, set_resize
 from vgmed_eval.chat_templates import read_template
 from vgmed_eval.distributed import World
@@ -46,27 +47,32 @@ def load_adapter(spec: str, dtype: str = "auto", device: str = "cpu", chat_templ
 
 def adapter_from_args(args: argparse.Namespace, world: World, protocol: Protocol) -> Adapter:
     """The adapter a command's model options name (--model, --dtype, --device, --chat-template, the
-    placement options, Qwen-VL's pixel bounds and resize), on this rank's device; ValueError says what to report."""
+    placement options, Qwen-VL's pixel bounds and resize, InternVL's grid), on this rank's device; ValueError
+    says what to report."""
     return ready_adapter(args.model, dtype=args.dtype, device=world.device(args.device),
                          chat_template=args.chat_template,
                          placement=placements.from_args(args, world.local_rank, world.local_size),
                          min_pixels=protocol.min_pixels, max_pixels=protocol.max_pixels,
                          explicit_pixels=args.min_pixels is not None or args.max_pixels is not None,
                          qwen_resize=protocol.qwen_resize,
-                         explicit_resize=getattr(args, "qwen_resize", None) is not None)
+                         explicit_resize=getattr(args, "qwen_resize", None) is not None,
+                         internvl_grid=args.internvl_grid)
 
 
 def ready_adapter(model: str, *, dtype: str = "auto", device: str = "cpu", chat_template: Path | None = None,
                   placement: Placement | None = None, min_pixels: int | None = None, max_pixels: int | None = None,
-                  explicit_pixels: bool = True, qwen_resize: str = "single", explicit_resize: bool = True) -> Adapter:
+                  explicit_pixels: bool = True, qwen_resize: str = "single", explicit_resize: bool = True,
+                  internvl_grid: str | None = None) -> Adapter:
     """:func:`load_adapter` with Qwen-VL's pixel bounds and ``--qwen-resize`` applied (given ``explicit_*``ly,
-    settings a family lacks are an error; from a protocol they do not apply); ValueError names ``--model``."""
+    settings a family lacks are an error; from a protocol they do not apply) and InternVL's metric grid
+    (``--internvl-grid``; None: whole); ValueError names ``--model``."""
     try:
         adapter = load_adapter(model, dtype=dtype, device=device, chat_template=chat_template, placement=placement)
     except (OSError, ValueError) as exc:
         raise ValueError(f"--model {model}: cannot load: {exc}") from exc
     set_pixel_bounds(adapter, min_pixels, max_pixels, explicit=explicit_pixels)
     set_resize(adapter, qwen_resize, explicit=explicit_resize)
+    set_grid(adapter, internvl_grid)
     return adapter
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from vgmed_build.registry import Registry
 from vgmed_eval.attention import install, llm_layers
-from vgmed_eval.geometry import GridGeometry
+from vgmed_eval.geometry import GridGeometry, TokenCover
 from vgmed_eval.placement import Placement, input_device
 
 # family name (``builtin:tiny-<family>``) -> class, and config.model_type -> class; :func:`register` fills both
@@ -48,12 +48,14 @@ def size_value(size: Any, key: str) -> int | None:
 
 @dataclass
 class Batch:
-    """Model inputs plus, per row, the grid's image-token positions and the image geometry."""
+    """Model inputs plus, per row, the grid's image-token positions, the image geometry and which grid
+    cells each image token shows (what a knockout of cells blocks)."""
 
     inputs: dict[str, torch.Tensor]
     grid_positions: list[torch.Tensor]
     geometries: list[GridGeometry]
     question_start: torch.Tensor  # (B,) first position after the last image token of each row
+    covers: list[TokenCover]
 
     @property
     def size(self) -> int:
@@ -147,7 +149,8 @@ class Adapter:
         geoms = [self.geometry(im.width, im.height) for im in images]
         positions = self.grid_positions(inputs["input_ids"], geoms)
         starts = torch.tensor([int(s.max()) + 1 for s in self.image_token_spans(inputs["input_ids"])])
-        return Batch(inputs=inputs, grid_positions=positions, geometries=geoms, question_start=starts)
+        return Batch(inputs=inputs, grid_positions=positions, geometries=geoms, question_start=starts,
+                     covers=self.token_covers(inputs["input_ids"], geoms, positions))
 
     def encode(self, images: list[Image.Image], prompts: list[str], add_special_tokens: bool):
         """Tokenise and expand image placeholders (default: the model's own processor)."""
@@ -174,6 +177,14 @@ class Adapter:
                     f"{geom.rows * geom.cols}; the geometry does not match the processor"
                 )
         return spans
+
+    def token_covers(self, input_ids: torch.Tensor, geometries: list[GridGeometry],
+                     grid_positions: list[torch.Tensor]) -> list[TokenCover]:
+        """Per row, the image tokens a knockout of grid cells blocks, with the cells each shows: by default
+        the grid's own tokens, one cell each (a family whose other image tokens show the same regions, as
+        InternVL's tiles and thumbnail do, maps those too)."""
+        return [TokenCover.identity(g.rows, g.cols, p.cpu().numpy()) for g, p in
+                zip(geometries, grid_positions, strict=True)]
 
     # ----- geometry ----------------------------------------------------------------------------
     @staticmethod

@@ -29,7 +29,7 @@ from pathlib import Path
 from vgmed_eval.adapters.base import Adapter, build_tiny, register, size_value, tiny_text_config
 from vgmed_eval.adapters.qwen import _read_chat_template
 from vgmed_eval.adapters.tiny import synthetic_tokenizer
-from vgmed_eval.geometry import GridGeometry, TileLayout, tile_layout
+from vgmed_eval.geometry import TILE_GRIDS, GridGeometry, TileLayout, TokenCover, tile_layout
 
 _TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -131,20 +131,28 @@ class InternVLAdapter(Adapter):
         enc["pixel_values"] = features["pixel_values"]
         return enc
 
-    def grid_positions(self, input_ids, geometries: list[GridGeometry]) -> list:
-        """The metric grid's cells among each row's image tokens (tiles, then the thumbnail)."""
-        import torch
-
-        spans = self.image_token_spans(input_ids)
+    def _layouts(self, input_ids, geometries: list[GridGeometry]) -> list[tuple]:
+        """Per row, (positions of all image tokens, :class:`TileLayout`), checked against each other."""
         out = []
-        for b, (span, geom) in enumerate(zip(spans, geometries, strict=True)):
+        for b, (span, geom) in enumerate(zip(self.image_token_spans(input_ids), geometries, strict=True)):
             lay = self.layout(self.image_processor, self.model.config, geom.image_w, geom.image_h)
             if len(span) != lay.n_tokens:
                 raise RuntimeError(f"row {b}: {len(span)} image tokens but {lay.cols}x{lay.rows} tiles"
                                    f"{' + thumbnail' if lay.thumbnail else ''} need {lay.n_tokens}; the "
                                    "geometry does not match the processor")
-            out.append(span[torch.as_tensor(lay.token_index(self.grid))])
+            out.append((span, lay))
         return out
+
+    def grid_positions(self, input_ids, geometries: list[GridGeometry]) -> list:
+        """The metric grid's cells among each row's image tokens (tiles, then the thumbnail)."""
+        import torch
+
+        return [span[torch.as_tensor(lay.token_index(self.grid))] for span, lay in self._layouts(input_ids, geometries)]
+
+    def token_covers(self, input_ids, geometries: list[GridGeometry], grid_positions) -> list[TokenCover]:
+        """Every tile's and the thumbnail's tokens with the metric-grid cells each shows
+        (:meth:`TileLayout.cover`): a knockout of cells reaches every token showing only those cells."""
+        return [lay.cover(self.grid).at(span.numpy()) for span, lay in self._layouts(input_ids, geometries)]
 
     @classmethod
     def tiny(cls, seed: int = 0) -> Adapter:
@@ -169,3 +177,17 @@ class InternVLAdapter(Adapter):
                                       min_patches=1, max_patches=4)
         model = build_tiny(InternVLForConditionalGeneration, config, seed)
         return cls(model, tok, ip, _TEMPLATE, None, name="builtin:tiny-internvl")
+
+
+def set_grid(adapter: Adapter, grid: str | None) -> None:
+    """``--internvl-grid whole|tiles``: the metric grid of an InternVL-family model (None: its default, whole).
+    Other families have one grid: ``tiles`` is an error there, ``whole`` changes nothing."""
+    if grid is None:
+        return
+    if grid not in TILE_GRIDS:
+        raise ValueError(f"--internvl-grid must be one of {TILE_GRIDS}, got {grid!r}")
+    if not isinstance(adapter, InternVLAdapter):
+        if grid != "whole":
+            raise ValueError(f"--internvl-grid {grid} applies to InternVL-family models only, not {adapter.family}")
+        return
+    adapter.grid = grid

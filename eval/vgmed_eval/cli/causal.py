@@ -16,6 +16,7 @@ from vgmed_eval.causal import (
     write_outputs,
 )
 from vgmed_eval.chat_templates import add_chat_template_arg
+from vgmed_eval.geometry import add_tile_grid_arg
 from vgmed_eval.prompts import short_answer
 from vgmed_eval.protocol import GT_KINDS, add_protocol_args, resolve
 from vgmed_eval.release_io import ReleaseNotFound, read_release, resolve_release
@@ -53,6 +54,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the 95%% CIs")
     add_protocol_args(p, ("vgrefine_mode", "min_pixels", "max_pixels"))
     add_chat_template_arg(p)
+    add_tile_grid_arg(p)
     placement.add_arguments(p)
     p.set_defaults(func=cmd_causal)
 

@@ -15,6 +15,7 @@ from vgmed_build.release_format import (
 from vgmed_eval import distributed, grounding, placement, run_manifest
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
+from vgmed_eval.geometry import add_tile_grid_arg
 from vgmed_eval.grounding import (
     ChanceDraws,
     evaluate_release,
@@ -83,6 +84,7 @@ def add_commands(subparsers) -> None:
                    help="leave out the questions on the release images of this exclusion list (`vgmed-eval leakage "
                         "--write-exclusions`: images also in a VQA benchmark); summary.json counts them")
     add_chat_template_arg(p)
+    add_tile_grid_arg(p)
     placement.add_arguments(p)
     p.set_defaults(func=cmd_grounding)
 

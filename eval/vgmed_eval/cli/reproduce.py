@@ -9,6 +9,7 @@ from vgmed_build import commands
 from vgmed_eval import reproduce, run_manifest
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
+from vgmed_eval.geometry import add_tile_grid_arg
 from vgmed_eval.protocol import PROTOCOLS
 from vgmed_eval.published import MODELS
 from vgmed_eval.reproduce import (
@@ -62,6 +63,7 @@ def add_commands(subparsers) -> None:
                    help="run a VQA step even when its benchmark shares (near-)identical images with the questions "
                         "the measured heads were chosen on; refused otherwise (the step fails and says why)")
     add_chat_template_arg(p)
+    add_tile_grid_arg(p)
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -86,7 +88,8 @@ def cmd_reproduce(args) -> int:
     o = Options(model=args.model, vgmed=args.vgmed, out=args.out, benchmarks=dict(args.benchmark),
                 control=args.control_release, images=args.images, device=args.device, dtype=args.dtype,
                 batch_size=args.batch_size, limit=args.limit, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-                bootstrap=args.bootstrap, chat_template=args.chat_template, published_as=args.published_as,
+                bootstrap=args.bootstrap, chat_template=args.chat_template, internvl_grid=args.internvl_grid,
+                published_as=args.published_as,
                 protocol=args.protocol, heads=args.heads, heads_split=args.heads_split,
                 allow_tuning_on_test=args.allow_tuning_on_test)
     try:

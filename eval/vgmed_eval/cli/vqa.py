@@ -21,6 +21,7 @@ from vgmed_build import commands
 from vgmed_eval import distributed, placement, run_manifest
 from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
+from vgmed_eval.geometry import add_tile_grid_arg
 from vgmed_eval.protocol import PUBLISHED_HEADS, Protocol, add_protocol_args, resolve
 from vgmed_eval.vqa import figures
 from vgmed_eval.vqa.answer import (
@@ -80,6 +81,7 @@ def add_commands(subparsers) -> None:
                    help="leave out the questions on this benchmark's images listed in an exclusion list (`vgmed-eval "
                         "leakage --write-exclusions`: images also in the release); results.json counts them")
     add_chat_template_arg(p)
+    add_tile_grid_arg(p)
     placement.add_arguments(p)
     p.set_defaults(func=cmd_vqa)
 

@@ -20,7 +20,7 @@ from transformers import AttentionInterface, AttentionMaskInterface, GenerationC
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import eager_mask
 
-from vgmed_eval.attention import install
+from vgmed_eval.attention import blocked_tokens, install
 from vgmed_eval.prompts import GENERAL_PROMPT
 from vgmed_eval.vgrefine import VGRefineConfig, low_attention, triage_scores
 
@@ -153,8 +153,7 @@ def published_vgrefine(adapter, image: Image.Image, text: str, config: VGRefineC
     gmaps = _maps(model(**g.inputs, output_attentions=True).attentions, grid, layers, config.rows, first_g)
     low = low_attention(triage_scores(qmaps, gmaps, config.heads)[0], config)
     length = q.inputs["input_ids"].shape[1]
-    blocked = torch.zeros(length + max_new_tokens + 1, dtype=torch.bool)
-    blocked[grid[low]] = True
+    blocked = blocked_tokens(q.covers, [low], length + max_new_tokens + 1)[0]
     stop = length if config.mode == "prefill" else None
     with reference_block(config.knockout_layers, blocked, first, stop):
         result = greedy(adapter, q.inputs, max_new_tokens, eos, recompute)

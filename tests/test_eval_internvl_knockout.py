@@ -93,6 +93,8 @@ def test_identity_cover_and_positions():
     whole = np.zeros(256, bool)
     whole[3 * 16 + 5] = True
     assert placed.chosen_tokens(whole).tolist() == [98, 99, 605]
+    with pytest.raises(ValueError, match="255 cells chosen on a 16x16 grid"):
+        placed.inside(whole[:-1])
 
 
 @pytest.fixture(scope="module")

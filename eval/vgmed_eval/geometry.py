@@ -329,7 +329,10 @@ class TokenCover:
     def inside(self, cells) -> np.ndarray:
         """(T,) bool: the tokens whose whole region lies within the chosen ``cells`` ((N,) or
         ``(rows, cols)`` bool); a token that also shows a cell not chosen is kept."""
-        grid = np.asarray(cells, dtype=np.int64).reshape(self.rows, self.cols)
+        grid = np.asarray(cells, dtype=np.int64)
+        if grid.size != self.rows * self.cols:
+            raise ValueError(f"{grid.size} cells chosen on a {self.rows}x{self.cols} grid; give one per cell")
+        grid = grid.reshape(self.rows, self.cols)
         total = np.zeros((self.rows + 1, self.cols + 1), dtype=np.int64)
         total[1:, 1:] = grid.cumsum(0).cumsum(1)
         r0, r1, c0, c1 = self.blocks.T

@@ -48,7 +48,8 @@ def make_build(root: Path, n_drafts: int) -> Catalog:
     catalog = open_catalog(root)
     rng = np.random.default_rng(0)
     per_image = REGIONS_PER_IMAGE * len(Q_TYPES)
-    with catalog.transaction() as c:
+    c = catalog.conn  # raw SQL of the synthetic build, inside the catalog's transaction
+    with catalog.transaction():
         c.execute("INSERT INTO sources VALUES ('bench', 'images2d', '{}')")
         for i in range((n_drafts + per_image - 1) // per_image):
             item, rel, w, h = f"img{i}", f"images/bench/img{i}.png", 96, 80
@@ -113,7 +114,8 @@ def reviewed_project(catalog: Catalog, server: ServerInfo, client, batch: int = 
     for start in range(0, len(tasks), batch):
         answer = client.projects.import_tasks(id=project_id, request=tasks[start : start + batch], return_task_ids=True)
         task_ids += answer.task_ids
-    with catalog.transaction() as c:
+    c = catalog.conn  # raw SQL of the synthetic build, inside the catalog's transaction
+    with catalog.transaction():
         c.executemany(
             "INSERT INTO review_tasks VALUES (?, ?, ?, ?, ?, ?)",
             [
@@ -122,7 +124,8 @@ def reviewed_project(catalog: Catalog, server: ServerInfo, client, batch: int = 
             ],
         )
     state = {"server": server.identity, "url": server.url, "id": project_id, "reviewers_per_item": 1}
-    catalog.set_state(f"review.project.{REVIEW}", json.dumps(state))
+    with catalog.transaction() as tx:
+        tx.set_state(f"review.project.{REVIEW}", json.dumps(state))
     return project_id
 
 

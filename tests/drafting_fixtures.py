@@ -47,7 +47,8 @@ def make_catalog(
     """A catalog with ``n_images`` 128x128 PNGs, each with one region per target."""
     targets = targets or DEFAULT_TARGETS
     cat = open_catalog(build)
-    with cat.transaction() as c:
+    c = cat.conn  # raw SQL of the fixture, inside the catalog's transaction
+    with cat.transaction():
         c.execute(
             "INSERT OR IGNORE INTO sources VALUES (?,?,?)", (source, "nifti", json.dumps({"name": source}))
         )

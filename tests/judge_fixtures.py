@@ -29,8 +29,8 @@ def plant_verdicts(build, verdicts: dict[str, str], judge: str = JUDGE) -> None:
         model = judge.split("@")[0]
         records = [verdict_record(drafts[k], judge, model, {"verdict": v, "reason": "planted"}, {})
                    for k, v in verdicts.items()]
-        with cat.transaction() as c:
-            cat.add_judge_verdicts(c, records)
+        with cat.transaction() as tx:
+            tx.add_judge_verdicts(records)
 
 
 def plant_reviews(build, verdicts: dict[str, list[str]]) -> None:
@@ -39,7 +39,7 @@ def plant_reviews(build, verdicts: dict[str, list[str]]) -> None:
     with open_catalog(build) as cat:
         drafts = dict(cat.draft_records(only=verdicts))
         n = cat.conn.execute("SELECT COUNT(*) FROM review_events").fetchone()[0]
-        with cat.transaction() as c:
+        with cat.transaction() as tx:
             for draft_id, votes in verdicts.items():
                 d = drafts[draft_id]
                 for i, verdict in enumerate(votes):
@@ -52,4 +52,4 @@ def plant_reviews(build, verdicts: dict[str, list[str]]) -> None:
                            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
                            "lead_time_s": 3.0}
                     assert not schema_errors("review", rec), schema_errors("review", rec)
-                    cat.add_review_event(c, "review", rec, now_iso())
+                    tx.add_review_event("review", rec, now_iso())

@@ -108,7 +108,8 @@ def make_build(
     """
     catalog = open_catalog(root)
     ct = _ct_pixels()
-    with catalog.transaction() as c:
+    c = catalog.conn  # raw SQL of the fixture, inside the catalog's transaction
+    with catalog.transaction():
         c.execute("INSERT INTO sources (name, kind, spec_json) VALUES ('ct', 'dicom', '{}')")
         for i in range(n_images):
             item = f"series{i}"

@@ -58,7 +58,8 @@ def make_build(root: Path) -> tuple[Path, dict[str, Decision], dict[str, dict]]:
     build = root / "build"
     catalog = open_catalog(build)
     drafts: dict[str, dict] = {}
-    with catalog.transaction() as c:
+    c = catalog.conn  # raw SQL of the fixture, inside the catalog's transaction
+    with catalog.transaction():
         for dataset, dcm, modality, body_part, targets in IMAGES:
             pixels = _render(dcm)
             height, width = pixels.shape
@@ -196,7 +197,8 @@ def add_review_event(
         "lead_time_s": 3.0,
     }
     assert schema_errors("review", record) == [], schema_errors("review", record)
-    with catalog.transaction() as c:
+    c = catalog.conn  # raw SQL of the fixture, inside the catalog's transaction
+    with catalog.transaction():
         c.execute(
             "INSERT INTO review_events (draft_id, project, annotation_id, revision, reviewer, verdict,"
             " record_json, pulled_at) VALUES (?,?,?,?,?,?,?,?)",

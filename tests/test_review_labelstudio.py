@@ -212,7 +212,8 @@ def test_push_twice_updates_only_unreviewed_drafts(labelstudio, tmp_path):
     reviewed, waiting = sorted(ids)[:2]
     d = drafts_of(catalog)
     annotate(connect(labelstudio), ids[reviewed], "accept", d[reviewed])
-    with catalog.transaction() as c:
+    c = catalog.conn  # raw SQL of the fixture, inside the catalog's transaction
+    with catalog.transaction():
         for k in (reviewed, waiting):
             rec = {**d[k], "question": d[k]["question"] + " (reworded)"}
             c.execute("UPDATE drafts SET record_json=? WHERE id=?", (json.dumps(rec), k))
@@ -285,18 +286,18 @@ def test_push_resumes_after_a_crash_without_duplicates(labelstudio, tmp_path):
 
 def test_push_killed_between_creating_and_recording_the_project_adopts_it(labelstudio, tmp_path, monkeypatch):
     """Issue 12.8: the project exists on the server but not in the catalog: the next push adopts it."""
-    from vgmed_build.catalog import Catalog
+    from vgmed_build.catalog import Transaction
 
     catalog = make_build(tmp_path / "build", n_images=1)
     title = f"kill test {tmp_path.name}"[:50]
-    record = Catalog.set_state
+    record = Transaction.set_state
 
-    def killed(self, key, value, conn=None):
+    def killed(self, key, value):
         if key == "review.project.review":
             raise KeyboardInterrupt("killed after the project was created")
-        return record(self, key, value, conn)
+        return record(self, key, value)
 
-    monkeypatch.setattr(Catalog, "set_state", killed)
+    monkeypatch.setattr(Transaction, "set_state", killed)
     with pytest.raises(KeyboardInterrupt):
         push(catalog, labelstudio, title=title, progress=False)
     monkeypatch.undo()

@@ -171,7 +171,8 @@ def test_push_triage_sends_only_the_selection(labelstudio, tmp_path, monkeypatch
     build = drafted_build(tmp_path, n_images=2)
     with open_catalog(build) as cat:
         ids = sorted(cat.ok_draft_ids())
-        with cat.transaction() as c:  # one draft lint rejected, for the lint audit
+        c = cat.conn  # raw SQL of the fixture, inside the catalog's transaction
+        with cat.transaction():  # one draft lint rejected, for the lint audit
             c.execute("UPDATE drafts SET status='rejected', reason='planted' WHERE id=?", (ids[-1],))
     ids = ids[:-1]
     plant_verdicts(build, {k: "ambiguous" if i < 2 else "ok" for i, k in enumerate(ids[:-1])})

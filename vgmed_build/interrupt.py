@@ -12,11 +12,12 @@ import argparse
 import errno
 import shutil
 import signal
-import sqlite3
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from vgmed_build.catalog.base import sqlite_disk_full
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
@@ -33,13 +34,14 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) says the disk or quota is full."""
+    """Whether ``exc`` (or what caused it) says the disk or quota is full: an ``OSError``, or the catalog's
+    SQLite saying so."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
+        if sqlite_disk_full(exc):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -67,7 +69,7 @@ def run_guarded(handler: Callable[[argparse.Namespace], int | None], args: argpa
             file=sys.stderr,
         )
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
-    except (OSError, sqlite3.OperationalError) as exc:
+    except Exception as exc:  # a full disk shows as an OSError or as SQLite's own error (sqlite_disk_full)
         if not disk_full(exc):
             raise
         where = f" writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""

@@ -396,7 +396,8 @@ def _write_records_and_images(
             except ItemError as exc:
                 skipped.append(str(exc))
                 log.warning("%s", exc)
-                catalog.record_error(STAGE, draft["id"], str(exc))
+                with catalog.transaction() as tx:
+                    tx.record_error(STAGE, draft["id"], str(exc))
                 continue
             if target not in out:
                 out[target] = files.enter_context(open(tmp / target, "w", encoding="utf-8"))

@@ -9,6 +9,13 @@ Stage modules hold no SQL: every query is a named method of :class:`Catalog`, ke
 the stage that asks it (``ingest``, ``drafting``, ``judge``, ``review``, ...; ``base`` holds what all share:
 transactions, the errors table, state). ``Catalog`` is composed of them. tests/test_sql_in_catalog.py
 fails on SQL anywhere else; tests/test_catalog_plans.py plans every statement the stages send.
+
+Stages never hold a connection. A read is a method of ``Catalog``; so is a write that is a whole unit of
+work by itself (``store_item``, ``withdraw_item``). Writes a stage groups into one unit are the methods of
+the :class:`Transaction` that ``with catalog.transaction() as tx:`` yields (``tx.upsert_draft(rec)``,
+``tx.record_error(...)``), each stage's kept beside its queries (``DraftingWrites`` in ``drafting``, ...):
+committed together when the block ends, all rolled back if it raises.
+tests/test_catalog_conventions.py fails on ``sqlite3`` or a connection anywhere outside this package.
 """
 
 from __future__ import annotations
@@ -16,14 +23,15 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from vgmed_build.catalog.base import CATALOG_NAME, IMAGES_DIR, CatalogError, check_build_dir, now_iso
-from vgmed_build.catalog.drafting import DraftingQueries
+from vgmed_build.catalog.drafting import DraftingQueries, DraftingWrites
 from vgmed_build.catalog.ingest import IngestQueries, Withdrawn
-from vgmed_build.catalog.judge import JudgeQueries
+from vgmed_build.catalog.judge import JudgeQueries, JudgeWrites
 from vgmed_build.catalog.release import ReleaseQueries
-from vgmed_build.catalog.review import WITHDRAWN_TASKS_KEY, ReviewQueries
+from vgmed_build.catalog.review import WITHDRAWN_TASKS_KEY, ReviewQueries, ReviewWrites
 from vgmed_build.catalog.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from vgmed_build.interrupt import disk_full, no_room_for
 
@@ -35,14 +43,25 @@ __all__ = [
     "WITHDRAWN_TASKS_KEY",
     "Catalog",
     "CatalogError",
+    "Transaction",
     "Withdrawn",
     "now_iso",
     "open_catalog",
 ]
 
 
+class Transaction(DraftingWrites, JudgeWrites, ReviewWrites):
+    """One open unit of work, every stage's writes (and the shared ones: errors, state). Made only by
+    ``Catalog.transaction()``; usable only inside its ``with`` block."""
+
+
 class Catalog(IngestQueries, DraftingQueries, JudgeQueries, ReviewQueries, ReleaseQueries):
     """An open build catalog, every stage's queries. Use :func:`open_catalog`."""
+
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """One atomic unit of work, ``with catalog.transaction() as tx: tx.upsert_draft(rec)``: its writes
+        are the methods of ``tx``, committed together on normal exit and all rolled back on any exception."""
+        return self._unit(Transaction)
 
 
 def open_catalog(build_dir: str | Path, create: bool = True) -> Catalog:

@@ -4,10 +4,9 @@ provider's batch service (``generate --batch``)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 
-from vgmed_build.catalog.base import CatalogBase, now_iso
+from vgmed_build.catalog.base import CatalogBase, Writes, now_iso
 
 
 class DraftingQueries(CatalogBase):
@@ -56,24 +55,6 @@ class DraftingQueries(CatalogBase):
             "json_extract(record_json, '$.provenance.params.attempt') FROM drafts"
         ).fetchall()
 
-    def upsert_draft(self, conn: sqlite3.Connection, rec: dict) -> None:
-        """Insert or update one draft record inside the caller's transaction (never INSERT OR REPLACE:
-        that would cascade-delete its review tasks)."""
-        conn.execute(
-            "INSERT INTO drafts (id, region_id, q_type, status, reason, record_json, created_at) "
-            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "
-            "reason=excluded.reason, record_json=excluded.record_json, created_at=excluded.created_at",
-            (
-                rec["id"],
-                rec["region_id"],
-                rec["q_type"],
-                rec["status"],
-                rec["reason"],
-                json.dumps(rec, ensure_ascii=False),
-                rec["provenance"]["created_at"],
-            ),
-        )
-
     def drafts(self, status: str = "all", q_type: str | None = None) -> Iterator[dict]:
         """Stored draft records by region, question type and id; ``status`` 'all' or one status."""
         sql, args = "SELECT record_json FROM drafts WHERE 1=1", []
@@ -93,31 +74,27 @@ class DraftingQueries(CatalogBase):
         row = self.conn.execute("SELECT response_json FROM llm_cache WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def cache_llm_replies(self, conn: sqlite3.Connection, replies: dict[str, dict]) -> None:
-        """Store validated replies (cache key -> reply) inside the caller's transaction."""
-        created = now_iso()
-        conn.executemany(
-            "INSERT OR REPLACE INTO llm_cache (key, response_json, created_at) VALUES (?,?,?)",
-            [(k, json.dumps(v, ensure_ascii=False), created) for k, v in replies.items()],
-        )
-
     # --- drafting: the LLM batch service (generate --batch) ---------------------------------
     def add_llm_batch(self, batch: str, requests: list[tuple[str, dict]]) -> None:
         """Record a batch and its (key, body) requests before anything is uploaded (one transaction)."""
-        with self.transaction() as c:
-            c.execute("INSERT INTO llm_batches (id, status, n_requests, created_at) VALUES (?, 'preparing', ?, ?)",
-                      (batch, len(requests), now_iso()))
-            c.executemany("INSERT INTO llm_batch_requests (key, batch, body_json) VALUES (?,?,?)",
-                          [(k, batch, json.dumps(b, ensure_ascii=False, sort_keys=True)) for k, b in requests])
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO llm_batches (id, status, n_requests, created_at) VALUES (?, 'preparing', ?, ?)",
+                (batch, len(requests), now_iso()),
+            )
+            self.conn.executemany(
+                "INSERT INTO llm_batch_requests (key, batch, body_json) VALUES (?,?,?)",
+                [(k, batch, json.dumps(b, ensure_ascii=False, sort_keys=True)) for k, b in requests],
+            )
 
     def update_llm_batch(self, batch: str, **fields) -> None:
         """Set input_file_id, batch_id, status or finished_at of one batch."""
         allowed = {"input_file_id", "batch_id", "status", "finished_at"}
         if not fields or set(fields) - allowed:
             raise ValueError(f"batch fields must be among {sorted(allowed)}, got {sorted(fields)}")
-        with self.transaction() as c:
-            c.execute(f"UPDATE llm_batches SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?",
-                      (*fields.values(), batch))
+        with self.transaction():
+            self.conn.execute(f"UPDATE llm_batches SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?",
+                              (*fields.values(), batch))
 
     def open_llm_batches(self) -> list[dict]:
         """Batches not finished yet (preparing or submitted), oldest first."""
@@ -133,11 +110,13 @@ class DraftingQueries(CatalogBase):
 
     def store_llm_batch_results(self, batch: str, results: dict[str, tuple[int, dict]], status: str) -> None:
         """The downloaded lines (key -> (status code, body)) and the batch's final status, together."""
-        with self.transaction() as c:
-            c.executemany("UPDATE llm_batch_requests SET status_code=?, reply_json=? WHERE key=? AND batch=?",
-                          [(code, json.dumps(body, ensure_ascii=False), key, batch)
-                           for key, (code, body) in results.items()])
-            c.execute("UPDATE llm_batches SET status=?, finished_at=? WHERE id=?", (status, now_iso(), batch))
+        with self.transaction():
+            self.conn.executemany(
+                "UPDATE llm_batch_requests SET status_code=?, reply_json=? WHERE key=? AND batch=?",
+                [(code, json.dumps(body, ensure_ascii=False), key, batch) for key, (code, body) in results.items()],
+            )
+            self.conn.execute("UPDATE llm_batches SET status=?, finished_at=? WHERE id=?",
+                              (status, now_iso(), batch))
 
     def llm_batch_state(self) -> dict[str, dict]:
         """Per request key: the unconsumed downloaded reply (if any), whether a batch still waits on it,
@@ -158,7 +137,37 @@ class DraftingQueries(CatalogBase):
                 entry["reply"] = (code, json.loads(reply))
         return out
 
-    def consume_llm_batch_replies(self, conn: sqlite3.Connection, keys: list[str]) -> None:
-        """Mark downloaded replies used (inside the transaction storing their drafts)."""
-        conn.executemany("UPDATE llm_batch_requests SET consumed=1 WHERE key=? AND status_code IS NOT NULL",
-                         [(k,) for k in keys])
+
+class DraftingWrites(Writes):
+    """The drafting stage's writes inside one unit of work (``Catalog.transaction``)."""
+
+    def upsert_draft(self, rec: dict) -> None:
+        """Insert or update one draft record (never INSERT OR REPLACE: that would cascade-delete its
+        review tasks)."""
+        self._conn.execute(
+            "INSERT INTO drafts (id, region_id, q_type, status, reason, record_json, created_at) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "
+            "reason=excluded.reason, record_json=excluded.record_json, created_at=excluded.created_at",
+            (
+                rec["id"],
+                rec["region_id"],
+                rec["q_type"],
+                rec["status"],
+                rec["reason"],
+                json.dumps(rec, ensure_ascii=False),
+                rec["provenance"]["created_at"],
+            ),
+        )
+
+    def cache_llm_replies(self, replies: dict[str, dict]) -> None:
+        """Store validated replies (cache key -> reply)."""
+        created = now_iso()
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO llm_cache (key, response_json, created_at) VALUES (?,?,?)",
+            [(k, json.dumps(v, ensure_ascii=False), created) for k, v in replies.items()],
+        )
+
+    def consume_llm_batch_replies(self, keys: list[str]) -> None:
+        """Mark downloaded replies used (in the unit of work storing their drafts)."""
+        self._conn.executemany("UPDATE llm_batch_requests SET consumed=1 WHERE key=? AND status_code IS NOT NULL",
+                               [(k,) for k in keys])

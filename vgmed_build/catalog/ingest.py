@@ -81,13 +81,13 @@ class IngestQueries(CatalogBase):
     def register_source(self, name: str, kind: str, spec_json: str) -> None:
         """Store a source's entry and forget its listing problems (those not tied to a stored item),
         in one transaction: listing finds them again if they still exist."""
-        with self.transaction() as c:
-            c.execute(
+        with self.transaction():
+            self.conn.execute(
                 "INSERT INTO sources (name, kind, spec_json) VALUES (?,?,?) ON CONFLICT(name) DO UPDATE "
                 "SET kind=excluded.kind, spec_json=excluded.spec_json",
                 (name, kind, spec_json),
             )
-            c.execute(
+            self.conn.execute(
                 "DELETE FROM errors WHERE stage=? AND source=? AND item NOT IN "
                 "(SELECT item_key FROM items WHERE source=?)",
                 (INGEST_STAGE, name, name),
@@ -100,14 +100,14 @@ class IngestQueries(CatalogBase):
     def store_item_error(self, source: str, key: str, fingerprint: str, message: str, path: str = "") -> None:
         """An item failed: marked so with its fingerprint, its previous problem replaced by ``message``
         about the file ``path`` (one transaction; its images and regions from an earlier run stay)."""
-        with self.transaction() as c:
-            c.execute(
+        with self.transaction() as tx:
+            self.conn.execute(
                 "INSERT INTO items (source, item_key, fingerprint, status, finished_at) VALUES (?,?,?,?,?) "
                 "ON CONFLICT(source, item_key) DO UPDATE SET fingerprint=excluded.fingerprint, "
                 "status='error', finished_at=excluded.finished_at",
                 (source, key, fingerprint, "error", now_iso()),
             )
-            self.record_error(INGEST_STAGE, key, message, source, conn=c, replace=True, path=path)
+            tx.record_error(INGEST_STAGE, key, message, source, replace=True, path=path)
 
     def store_item(
         self,
@@ -128,8 +128,8 @@ class IngestQueries(CatalogBase):
         """
         stale: list[str] = []
         n_regions = sum(len(regions) for _, regions in images)
-        with self.transaction() as c:
-            c.execute(
+        with self.transaction() as tx:
+            self.conn.execute(
                 "INSERT INTO items (source, item_key, fingerprint, status, n_images, n_regions, finished_at, "
                 "skip_reason) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(source, item_key) DO UPDATE SET "
                 "fingerprint=excluded.fingerprint, status='done', n_images=excluded.n_images, "
@@ -138,20 +138,20 @@ class IngestQueries(CatalogBase):
             )
             new_images = {rec["id"] for rec, _ in images}
             new_regions = {r["id"] for _, regions in images for r in regions}
-            for image_id, path in c.execute(
+            for image_id, path in self.conn.execute(
                 "SELECT id, path FROM images WHERE source=? AND item_key=?", (source, key)
             ).fetchall():
                 if image_id not in new_images:
                     stale.append(path)
-                    c.execute("DELETE FROM images WHERE id=?", (image_id,))
-            for (region_id,) in c.execute(
+                    self.conn.execute("DELETE FROM images WHERE id=?", (image_id,))
+            for (region_id,) in self.conn.execute(
                 "SELECT r.id FROM regions r JOIN images i ON r.image_id = i.id WHERE i.source=? AND i.item_key=?",
                 (source, key),
             ).fetchall():
                 if region_id not in new_regions:
-                    c.execute("DELETE FROM regions WHERE id=?", (region_id,))
+                    self.conn.execute("DELETE FROM regions WHERE id=?", (region_id,))
             for rec, regions in images:
-                c.execute(
+                self.conn.execute(
                     "INSERT INTO images (id, source, item_key, path, width, height, sha256, record_json) "
                     "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET path=excluded.path, "
                     "width=excluded.width, height=excluded.height, sha256=excluded.sha256, "
@@ -168,17 +168,17 @@ class IngestQueries(CatalogBase):
                     ),
                 )
                 for reg in regions:
-                    c.execute(
+                    self.conn.execute(
                         "INSERT INTO regions (id, image_id, source, label, modality, record_json) "
                         "VALUES (?,?,?,?,?,?) "
                         "ON CONFLICT(id) DO UPDATE SET image_id=excluded.image_id, label=excluded.label, "
                         "modality=excluded.modality, record_json=excluded.record_json",
                         (reg["id"], rec["id"], source, reg["label"], reg["modality"], json.dumps(reg, sort_keys=True)),
                     )
-            self.clear_errors(INGEST_STAGE, key, source, conn=c)
-            self.clear_errors(INGEST_WARNING_STAGE, key, source, conn=c)
+            tx.clear_errors(INGEST_STAGE, key, source)
+            tx.clear_errors(INGEST_WARNING_STAGE, key, source)
             for warning in warnings:
-                self.record_error(INGEST_WARNING_STAGE, key, warning, source, conn=c, path=key)
+                tx.record_error(INGEST_WARNING_STAGE, key, warning, source, path=key)
         return stale
 
     def withdraw_item(self, source: str, key: str) -> Withdrawn:
@@ -192,21 +192,21 @@ class IngestQueries(CatalogBase):
         regions = f"SELECT id FROM regions WHERE image_id IN ({of_item})"
         drafts = f"SELECT id FROM drafts WHERE region_id IN ({regions})"
         args = (source, key)
-        with self.transaction() as c:
-            paths = [p for (p,) in c.execute("SELECT path FROM images WHERE source=? AND item_key=?", args)]
-            n_regions = c.execute(f"SELECT COUNT(*) FROM ({regions})", args).fetchone()[0]
-            n_drafts = c.execute(f"SELECT COUNT(*) FROM ({drafts})", args).fetchone()[0]
-            tasks = c.execute(f"SELECT project_id, task_id FROM review_tasks WHERE draft_id IN ({drafts})", args)
-            tasks = [list(t) for t in tasks]
-            reviewed = c.execute(
+        with self.transaction() as tx:
+            paths = [p for (p,) in self.conn.execute("SELECT path FROM images WHERE source=? AND item_key=?", args)]
+            n_regions = self.conn.execute(f"SELECT COUNT(*) FROM ({regions})", args).fetchone()[0]
+            n_drafts = self.conn.execute(f"SELECT COUNT(*) FROM ({drafts})", args).fetchone()[0]
+            tasks = [list(t) for t in self.conn.execute(
+                f"SELECT project_id, task_id FROM review_tasks WHERE draft_id IN ({drafts})", args)]
+            reviewed = self.conn.execute(
                 f"SELECT COUNT(DISTINCT draft_id) FROM review_events WHERE draft_id IN ({drafts})", args
             ).fetchone()[0]
             if tasks:
-                row = c.execute("SELECT value FROM state WHERE key=?", (WITHDRAWN_TASKS_KEY,)).fetchone()
-                self.set_state(WITHDRAWN_TASKS_KEY, json.dumps((json.loads(row[0]) if row else []) + tasks), conn=c)
-            c.execute("DELETE FROM items WHERE source=? AND item_key=?", args)  # cascades down to review_tasks
+                row = self.conn.execute("SELECT value FROM state WHERE key=?", (WITHDRAWN_TASKS_KEY,)).fetchone()
+                tx.set_state(WITHDRAWN_TASKS_KEY, json.dumps((json.loads(row[0]) if row else []) + tasks))
+            self.conn.execute("DELETE FROM items WHERE source=? AND item_key=?", args)  # cascades down to review_tasks
             for stage in (INGEST_STAGE, INGEST_WARNING_STAGE):
-                self.clear_errors(stage, key, source, conn=c)
+                tx.clear_errors(stage, key, source)
         return Withdrawn(paths, n_regions, n_drafts, len(tasks), reviewed)
 
     def regions(self, source: str | None = None) -> Iterator[dict]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Container, Iterator
 
-from vgmed_build.catalog.base import CatalogBase, now_iso
+from vgmed_build.catalog.base import CatalogBase, Writes, now_iso
 
 WITHDRAWN_TASKS_KEY = "review.withdrawn_tasks"  # state: [[project_id, task_id], ...] the next push deletes
 
@@ -19,8 +18,8 @@ class ReviewQueries(CatalogBase):
 
     def forget_withdrawn_tasks(self, done: list[tuple[int, int]]) -> None:
         left = [list(t) for t in self.withdrawn_tasks() if t not in set(done)]
-        with self.transaction() as c:
-            self.set_state(WITHDRAWN_TASKS_KEY, json.dumps(left), conn=c)
+        with self.transaction() as tx:
+            tx.set_state(WITHDRAWN_TASKS_KEY, json.dumps(left))
 
     def ok_drafts_with_images(self, with_rejected: bool = False) -> list[tuple[dict, int, int, dict]]:
         """Every ok draft (and lint-rejected one, ``with_rejected``) by id, with its image's width and height
@@ -64,35 +63,54 @@ class ReviewQueries(CatalogBase):
     def review_tasks_per_project(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT project, COUNT(*) FROM review_tasks GROUP BY project").fetchall())
 
-    def add_review_tasks(self, conn: sqlite3.Connection, rows: list[tuple[str, str, int, int, str, str]]) -> None:
-        """Record pushed tasks, (draft id, project, project id, task id, content hash, pushed at) each,
-        inside the caller's transaction."""
-        conn.executemany(
-            "INSERT INTO review_tasks (draft_id, project, project_id, task_id, content_hash, pushed_at) "
-            "VALUES (?,?,?,?,?,?)",
-            rows,
-        )
-
     def update_review_task(self, draft_id: str, project: str, content_hash: str) -> None:
         """A task refreshed on the server now shows ``content_hash``."""
-        with self.transaction() as c:
-            c.execute(
+        with self.transaction():
+            self.conn.execute(
                 "UPDATE review_tasks SET content_hash=?, pushed_at=? WHERE draft_id=? AND project=?",
                 (content_hash, now_iso(), draft_id, project),
             )
 
     def forget_review_tasks(self, project: str) -> None:
         """Drop every task record of ``project`` (its project is gone from the server)."""
-        with self.transaction() as c:
-            c.execute("DELETE FROM review_tasks WHERE project=?", (project,))
+        with self.transaction():
+            self.conn.execute("DELETE FROM review_tasks WHERE project=?", (project,))
 
     def review_event_keys(self, project: str) -> set[tuple[int, str]]:
         """(annotation id, revision) of every event of ``project`` already stored."""
         return set(self.conn.execute("SELECT annotation_id, revision FROM review_events WHERE project=?", (project,)))
 
-    def add_review_event(self, conn: sqlite3.Connection, project: str, rec: dict, pulled_at: str) -> bool:
-        """Store one review event record inside the caller's transaction; False when it was stored before."""
-        cur = conn.execute(
+    def review_event_records(self) -> Iterator[tuple[str, str, dict]]:
+        """(draft id, project, record) of every review event, in pull order."""
+        for draft_id, project, rec in self.conn.execute(
+            "SELECT draft_id, project, record_json FROM review_events ORDER BY id"
+        ):
+            yield draft_id, project, json.loads(rec)
+
+    def review_problem_records(self) -> list[dict]:
+        """Every annotation review pull could not use, in the order they were first found."""
+        cur = self.conn.execute(
+            "SELECT project, task_id, annotation_id, revision, reviewer, draft_id, problem, pulled_at "
+            "FROM review_problems ORDER BY id"
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+
+class ReviewWrites(Writes):
+    """The review stage's writes inside one unit of work (``Catalog.transaction``)."""
+
+    def add_review_tasks(self, rows: list[tuple[str, str, int, int, str, str]]) -> None:
+        """Record pushed tasks, (draft id, project, project id, task id, content hash, pushed at) each."""
+        self._conn.executemany(
+            "INSERT INTO review_tasks (draft_id, project, project_id, task_id, content_hash, pushed_at) "
+            "VALUES (?,?,?,?,?,?)",
+            rows,
+        )
+
+    def add_review_event(self, project: str, rec: dict, pulled_at: str) -> bool:
+        """Store one review event record; False when it was stored before."""
+        cur = self._conn.execute(
             "INSERT OR IGNORE INTO review_events (draft_id, project, annotation_id, revision, reviewer, "
             "verdict, record_json, pulled_at) VALUES (?,?,?,?,?,?,?,?)",
             (
@@ -108,29 +126,13 @@ class ReviewQueries(CatalogBase):
         )
         return bool(cur.rowcount)
 
-    def review_event_records(self) -> Iterator[tuple[str, str, dict]]:
-        """(draft id, project, record) of every review event, in pull order."""
-        for draft_id, project, rec in self.conn.execute(
-            "SELECT draft_id, project, record_json FROM review_events ORDER BY id"
-        ):
-            yield draft_id, project, json.loads(rec)
-
-    def add_review_problem(self, conn: sqlite3.Connection, rec: dict, pulled_at: str) -> bool:
-        """Store one annotation review pull could not use (keys as :meth:`review_problem_records` gives them)
-        inside the caller's transaction; False when that problem of that revision was stored before."""
-        cur = conn.execute(
+    def add_review_problem(self, rec: dict, pulled_at: str) -> bool:
+        """Store one annotation review pull could not use (keys as ``ReviewQueries.review_problem_records``
+        gives them); False when that problem of that revision was stored before."""
+        cur = self._conn.execute(
             "INSERT OR IGNORE INTO review_problems (project, task_id, annotation_id, revision, reviewer, draft_id, "
             "problem, pulled_at) VALUES (?,?,?,?,?,?,?,?)",
             (rec["project"], rec["task_id"], rec["annotation_id"], rec["revision"], rec["reviewer"],
              rec["draft_id"], rec["problem"], pulled_at),
         )
         return bool(cur.rowcount)
-
-    def review_problem_records(self) -> list[dict]:
-        """Every annotation review pull could not use, in the order they were first found."""
-        cur = self.conn.execute(
-            "SELECT project, task_id, annotation_id, revision, reviewer, draft_id, problem, pulled_at "
-            "FROM review_problems ORDER BY id"
-        )
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur]

@@ -23,7 +23,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-from vgmed_build.catalog import Catalog
+from vgmed_build.catalog import Catalog, Transaction
 from vgmed_build.drafting.llm import LlmError
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,10 @@ class BatchQueue:
         """A downloaded reply that did not validate: the next run asks again (as live retries would)."""
         self.discarded.add(key)
 
-    def flush(self, conn) -> None:
-        """Inside the generate stage's commit: mark the discarded replies used."""
+    def flush(self, tx: Transaction) -> None:
+        """In the generate stage's unit of work: mark the discarded replies used."""
         if self.discarded:
-            self.catalog.consume_llm_batch_replies(conn, sorted(self.discarded))
+            tx.consume_llm_batch_replies(sorted(self.discarded))
             self.discarded = set()
 
     async def submit(self) -> None:

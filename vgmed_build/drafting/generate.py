@@ -179,7 +179,8 @@ class _Generator:
         self.stats.regions_failed += 1
         message = redact(f"cannot draft: {type(exc).__name__}: {exc}")
         log.error("region %s (%s): %s", region["id"], region.get("image", "?"), message)
-        self.catalog.record_error(STAGE, region_item(region["id"]), message, source=region["source"]["name"])
+        with self.catalog.transaction() as tx:
+            tx.record_error(STAGE, region_item(region["id"]), message, source=region["source"]["name"])
 
     def _store(self, region: dict, done: list[tuple[DraftSpec, Proposal]]) -> None:
         redone = {s.draft_id(region["id"]) for s, _ in done}
@@ -203,11 +204,11 @@ class _Generator:
         discarded = self.client.batch.discarded if self.client and self.client.batch else None
         if not self.pending and not (cache and cache.pending) and not discarded:
             return
-        with self.catalog.transaction() as conn:
+        with self.catalog.transaction() as tx:
             if cache:
-                cache.flush(conn)
+                cache.flush(tx)
             if self.client and self.client.batch:
-                self.client.batch.flush(conn)
+                self.client.batch.flush(tx)
             for source, records in self.pending:
-                write_region_drafts(self.catalog, conn, source, records)
+                write_region_drafts(tx, source, records)
         self.pending, self.pending_drafts = [], 0

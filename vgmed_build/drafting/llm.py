@@ -17,12 +17,11 @@ import math
 import os
 import random
 import re
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from functools import cache
 
-from vgmed_build.catalog import Catalog
+from vgmed_build.catalog import Catalog, Transaction
 from vgmed_build.errors import VgmedError
 from vgmed_build.resources import load_schema, schema_problems
 
@@ -190,9 +189,9 @@ class ResponseCache:
         self.pending[key] = response
         self.keys.add(key)
 
-    def flush(self, conn: sqlite3.Connection) -> None:
-        """Write the pending replies inside the caller's transaction."""
-        self.catalog.cache_llm_replies(conn, self.pending)
+    def flush(self, tx: Transaction) -> None:
+        """Write the pending replies in the caller's unit of work."""
+        tx.cache_llm_replies(self.pending)
         self.pending = {}
 
 

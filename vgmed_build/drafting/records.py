@@ -7,10 +7,9 @@ kept in step with its status in the same transaction.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import replace
 
-from vgmed_build.catalog import Catalog, now_iso
+from vgmed_build.catalog import Transaction, now_iso
 from vgmed_build.drafting.lint import LintContext, LintLimits, lint, normalize
 from vgmed_build.drafting.plan import DraftSpec
 from vgmed_build.drafting.propose import Proposal
@@ -86,13 +85,13 @@ def region_item(region_id: str) -> str:
     return f"region {region_id}"
 
 
-def write_region_drafts(catalog: Catalog, conn: sqlite3.Connection, source: str, records: list[dict]) -> None:
-    """Store one region's drafts inside the caller's transaction: the region's own error (it could be
+def write_region_drafts(tx: Transaction, source: str, records: list[dict]) -> None:
+    """Store one region's drafts in the caller's unit of work: the region's own error (it could be
     drafted now) goes, each draft's error follows its status."""
-    catalog.clear_errors(STAGE, region_item(records[0]["region_id"]), conn=conn)
+    tx.clear_errors(STAGE, region_item(records[0]["region_id"]))
     for rec in records:
-        catalog.upsert_draft(conn, rec)
+        tx.upsert_draft(rec)
         item = f"{region_item(rec['region_id'])} draft {rec['id']} ({rec['q_type']})"
-        catalog.clear_errors(STAGE, item, conn=conn)
+        tx.clear_errors(STAGE, item)
         if rec["status"] == "error":
-            catalog.record_error(STAGE, item, rec["reason"], source=source, conn=conn)
+            tx.record_error(STAGE, item, rec["reason"], source=source)

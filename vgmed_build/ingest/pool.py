@@ -60,22 +60,22 @@ def _die_with_parent(parent: int, poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="vgmed-parent-watch", daemon=True).start()
 
 
-def _serve(conn: Connection, parent: int, work: Callable[[Any], Any]) -> None:
+def _serve(pipe: Connection, parent: int, work: Callable[[Any], Any]) -> None:
     """A worker: receive an item, send back ``work(item)``, until told to stop (None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (inherited by fork)
     _die_with_parent(parent)
     while True:
-        item = conn.recv()
+        item = pipe.recv()
         if item is None:
             return
-        conn.send(work(item))
+        pipe.send(work(item))
 
 
 @dataclass
 class _Worker:
     process: multiprocessing.Process
-    conn: Connection
+    pipe: Connection
     held: Any = None
     busy: bool = False
 
@@ -104,7 +104,7 @@ def run_parallel(
         worker.busy = False
         for item in todo:
             worker.held, worker.busy = item, True
-            worker.conn.send(item)
+            worker.pipe.send(item)
             return
         worker.held = None
 
@@ -115,24 +115,24 @@ def run_parallel(
             if not pool[-1].busy:
                 break
         while busy := [w for w in pool if w.busy]:
-            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+            ready = set(wait([w.pipe for w in busy] + [w.process.sentinel for w in busy]))
             for i, worker in enumerate(pool):
-                if not worker.busy or not ready & {worker.conn, worker.process.sentinel}:
+                if not worker.busy or not ready & {worker.pipe, worker.process.sentinel}:
                     continue
                 try:
-                    result = worker.conn.recv() if worker.conn.poll() else None
+                    result = worker.pipe.recv() if worker.pipe.poll() else None
                 except (EOFError, OSError):
                     result = None
                 held = worker.held
                 if result is None:  # the worker died holding its item: replace it
                     worker.process.join()
-                    worker.conn.close()
+                    worker.pipe.close()
                     result = WorkerDied(worker.process.exitcode)
                     pool[i] = worker = start()
                 assign(worker)  # before storing the result: the worker renders while this process writes
                 on_result(held, result)
         for worker in pool:
-            worker.conn.send(None)
+            worker.pipe.send(None)
     finally:
         for worker in pool:
             if worker.process.is_alive():
@@ -140,4 +140,4 @@ def run_parallel(
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
-            worker.conn.close()
+            worker.pipe.close()

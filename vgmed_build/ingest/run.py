@@ -213,7 +213,8 @@ def _stream_jobs(
                 listed = listed and not isinstance(entry, ListingFailed)
                 error = ItemProblem(spec.name, entry.item or spec.path.name, entry.path, escaped_name(entry.problem))
                 report.errors.append(error)
-                catalog.record_error(STAGE, error.item, error.problem, source=spec.name, path=error.path)
+                with catalog.transaction() as tx:
+                    tx.record_error(STAGE, error.item, error.problem, source=spec.name, path=error.path)
                 key = error.item
             else:
                 key = entry.key
@@ -267,7 +268,8 @@ def _withdraw(
             "was withdrawn (is it mounted?); to drop them all, ingest into a new build",
         )
         report.errors.append(error)
-        catalog.record_error(STAGE, error.item, error.problem, source=spec.name, path=error.path)
+        with catalog.transaction() as tx:
+            tx.record_error(STAGE, error.item, error.problem, source=spec.name, path=error.path)
         return
     for key in catalog.unlisted_keys(spec.name):
         gone = catalog.withdraw_item(spec.name, key)

@@ -188,15 +188,15 @@ class _Judge:
         cache, batch = self.client.cache, self.client.batch
         if not (self.pending or self.failed or cache.pending or (batch and batch.discarded)):
             return
-        with self.catalog.transaction() as conn:
-            cache.flush(conn)
+        with self.catalog.transaction() as tx:
+            cache.flush(tx)
             if batch:
-                batch.flush(conn)
-            self.catalog.add_judge_verdicts(conn, self.pending)
+                batch.flush(tx)
+            tx.add_judge_verdicts(self.pending)
             for rec in self.pending:
-                self.catalog.clear_errors(STAGE, f"draft {rec['draft_id']}", conn=conn)
+                tx.clear_errors(STAGE, f"draft {rec['draft_id']}")
             for draft_id, message in self.failed:
-                self.catalog.record_error(STAGE, f"draft {draft_id}", message, conn=conn, replace=True)
+                tx.record_error(STAGE, f"draft {draft_id}", message, replace=True)
         self.pending, self.failed = [], []
 
     def _close_stats(self) -> None:

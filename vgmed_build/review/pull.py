@@ -224,17 +224,17 @@ def _store(catalog: Catalog, project: str, collector: Collector, mark: str | Non
     also the pull marks, so a pull that broke off is taken up again from the previous mark."""
     report = collector.report
     pulled_at = now_iso()
-    with catalog.transaction() as c:
+    with catalog.transaction() as tx:
         for rec in collector.events:
-            if catalog.add_review_event(c, project, rec, pulled_at):
+            if tx.add_review_event(project, rec, pulled_at):
                 report.new_events += 1
             else:
                 report.known_events += 1
         for problem in collector.problems:
-            report.new_problems += catalog.add_review_problem(c, problem, pulled_at)
+            report.new_problems += tx.add_review_problem(problem, pulled_at)
         if mark is not None:
-            catalog.set_state(last_pull_key(project), pulled_at, conn=c)
-            catalog.set_state(pull_since_key(project), mark, conn=c)
+            tx.set_state(last_pull_key(project), pulled_at)
+            tx.set_state(pull_since_key(project), mark)
     for problem in collector.problems:
         log.warning("review pull: %s", problem_line(problem))
         report.errors.append(problem_line(problem))

@@ -174,9 +174,9 @@ def _upload_resolver(catalog: Catalog, client: LabelStudioClient,
         missing = [p for p, url in known.items() if url is None]
         if missing:
             urls = api.upload_images(client, project_id, [catalog.build_dir / p for p in missing])
-            with catalog.transaction() as c:
+            with catalog.transaction() as tx:
                 for p, url in zip(missing, urls, strict=True):
-                    catalog.set_state(f"review.upload.{scope}.{p}", url, conn=c)
+                    tx.set_state(f"review.upload.{scope}.{p}", url)
                     known[p] = url
         return {image: known[path] for image, path in shown.items()}
 
@@ -196,7 +196,7 @@ def _adopt_orphans(catalog: Catalog, client: LabelStudioClient,
             server_tasks.setdefault(draft_id, []).append(task)
     ours = catalog.draft_ids()
     adopted = 0
-    with catalog.transaction() as c:
+    with catalog.transaction() as tx:
         for draft_id, tasks in server_tasks.items():
             keep = next((t for t in tasks if t["id"] == known.get(draft_id, (None,))[0]), None)
             keep = keep or min(tasks, key=lambda t: t["id"])
@@ -206,12 +206,12 @@ def _adopt_orphans(catalog: Catalog, client: LabelStudioClient,
             if draft_id not in known and draft_id in ours:
                 # The hash pushed with the task: the next step refreshes the task if the draft changed since.
                 pushed_hash = keep["data"].get(HASH_KEY, "")
-                catalog.add_review_tasks(c, [(draft_id, name, project_id, keep["id"], pushed_hash, now_iso())])
+                tx.add_review_tasks([(draft_id, name, project_id, keep["id"], pushed_hash, now_iso())])
                 known[draft_id] = (keep["id"], pushed_hash)
                 adopted += 1
         if adopted:
             # They may hold annotations older than the last pull's mark: the next pull looks at every task.
-            catalog.delete_state(pull_since_key(name), conn=c)
+            tx.delete_state(pull_since_key(name))
     if adopted:
         log.info("adopted %d task(s) left on the server by an interrupted push", adopted)
     return adopted
@@ -313,14 +313,11 @@ def push(
             if fail_after and n >= fail_after:
                 raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: simulated crash after import request {n}")
             pushed_at = now_iso()
-            with catalog.transaction() as c:
-                catalog.add_review_tasks(
-                    c,
-                    [
-                        (r.id, project, project_id, t, content_hash(r, notes.get(r.id, "")), pushed_at)
-                        for r, t in zip(batch, task_ids, strict=True)
-                    ],
-                )
+            with catalog.transaction() as tx:
+                tx.add_review_tasks([
+                    (r.id, project, project_id, t, content_hash(r, notes.get(r.id, "")), pushed_at)
+                    for r, t in zip(batch, task_ids, strict=True)
+                ])
             report.created += len(batch)
             bar.update(len(batch))
         for row in changed:

@@ -72,4 +72,5 @@ def project_state(catalog: Catalog, name: str) -> dict | None:
 
 
 def save_project_state(catalog: Catalog, name: str, state: dict) -> None:
-    catalog.set_state(_project_key(name), json.dumps(state))
+    with catalog.transaction() as tx:
+        tx.set_state(_project_key(name), json.dumps(state))

@@ -98,9 +98,10 @@ def recorded_audit(catalog: Catalog) -> dict:
 
 
 def record_audit(catalog: Catalog, selection: Triage, target: float | None, seed: int) -> None:
-    catalog.set_state(AUDIT_KEY, json.dumps({"audit": selection.audit, "lint_audit": selection.lint_audit,
-                                             "population": len(selection.audit) + len(selection.passed),
-                                             "target": target, "seed": seed}))
+    with catalog.transaction() as tx:
+        tx.set_state(AUDIT_KEY, json.dumps({"audit": selection.audit, "lint_audit": selection.lint_audit,
+                                            "population": len(selection.audit) + len(selection.passed),
+                                            "target": target, "seed": seed}))
 
 
 def audit_estimate(audit_ids: Iterable[str], decisions: Mapping[str, Decision], target: float | None) -> dict:

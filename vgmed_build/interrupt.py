@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import errno
-import shutil
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from vgmed_build.catalog.base import sqlite_disk_full
 
@@ -45,13 +43,6 @@ def disk_full(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-def no_room_for(exc: sqlite3.Error, folder: Path) -> bool:
-    """Whether SQLite's I/O error ``exc`` comes from a full disk under ``folder``: opening a WAL catalog
-    there fails with a bare "disk I/O error" (SQLITE_IOERR_SHMSIZE, no errno) when not a byte is free."""
-    io_error = getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR")
-    return io_error and shutil.disk_usage(folder).free < 65536
 
 
 def run_guarded(handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:

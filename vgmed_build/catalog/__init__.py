@@ -26,14 +26,21 @@ import sqlite3
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from vgmed_build.catalog.base import CATALOG_NAME, IMAGES_DIR, CatalogError, check_build_dir, now_iso
+from vgmed_build.catalog.base import (
+    CATALOG_NAME,
+    IMAGES_DIR,
+    CatalogError,
+    check_build_dir,
+    no_room_for,
+    now_iso,
+    sqlite_disk_full,
+)
 from vgmed_build.catalog.drafting import DraftingQueries, DraftingWrites
 from vgmed_build.catalog.ingest import IngestQueries, Withdrawn
 from vgmed_build.catalog.judge import JudgeQueries, JudgeWrites
 from vgmed_build.catalog.release import ReleaseQueries
 from vgmed_build.catalog.review import WITHDRAWN_TASKS_KEY, ReviewQueries, ReviewWrites
 from vgmed_build.catalog.schema import MIGRATIONS, SCHEMA_VERSION, migrate
-from vgmed_build.interrupt import disk_full, no_room_for
 
 __all__ = [
     "CATALOG_NAME",
@@ -80,7 +87,7 @@ def open_catalog(build_dir: str | Path, create: bool = True) -> Catalog:
         conn.execute("PRAGMA foreign_keys=ON")
         migrate(conn, path)
     except sqlite3.DatabaseError as exc:
-        if disk_full(exc):  # the catalog is fine: the command ends with the full disk's own line
+        if sqlite_disk_full(exc):  # the catalog is fine: the command ends with the full disk's own line
             raise
         if no_room_for(exc, build_dir):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc

@@ -3,6 +3,7 @@ writes every stage shares), errors and state."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -42,6 +43,13 @@ def sqlite_disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` is SQLite saying the disk (or quota) under the catalog is full: how a catalog
     write fails then, instead of an ``OSError`` (see ``vgmed_build.interrupt.disk_full``)."""
     return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
+
+
+def no_room_for(exc: sqlite3.Error, folder: Path) -> bool:
+    """Whether SQLite's I/O error ``exc`` comes from a full disk under ``folder``: opening a WAL catalog
+    there fails with a bare "disk I/O error" (SQLITE_IOERR_SHMSIZE, no errno) when not a byte is free."""
+    io_error = getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR")
+    return io_error and shutil.disk_usage(folder).free < 65536
 
 
 class Writes:

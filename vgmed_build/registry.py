@@ -4,13 +4,18 @@ An entry is added one way, :meth:`Registry.register`. A table may also list name
 registers each: those names are known (to ``--help``, to an error's list) before anything is imported,
 and :meth:`Registry.get` imports a name's module only when that name is asked for, so a mistyped name
 is refused at once, with the closest known name suggested, and no heavy module is loaded for it.
+That list is read from the package's own modules (:func:`declared_in`: their source, not their import),
+so adding an entry is adding one module: there is no second list to keep in step.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -54,3 +59,40 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name, self.names(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return self.error(f"unknown {self.what} {name!r}{hint}; {self.known}: {', '.join(self.names())}")
+
+
+
+Declarations = Callable[[str], Iterator[str]]  # the names one module's source text registers
+
+
+def declared_in(package: str, folder: Path, names: Declarations) -> dict[str, str]:
+    """Name -> module for every module of ``package`` (the ``.py`` files in ``folder``) whose source
+    declares names as ``names`` reads them: the table of a lazy :class:`Registry`, without importing any
+    (the source is read as text: a few milliseconds, where importing would load torch or pydicom)."""
+    table: dict[str, str] = {}
+    for path in sorted(folder.glob("*.py")):
+        for name in names(path.read_text(encoding="utf-8")):
+            if name in table:
+                raise LookupError(f"{name!r} is registered by both {table[name]} and {package}.{path.stem}")
+            table[name] = f"{package}.{path.stem}"
+    return table
+
+
+def calls(function: str) -> Declarations:
+    """The names a module registers by calling ``function`` (e.g. ``SOURCE_KINDS.register``) at the start
+    of a line of its top level, with the name written out as the first argument."""
+    pattern = re.compile(rf"^{re.escape(function)}\(\s*(\"[^\"]+\"|'[^']+')", re.MULTILINE)
+    return lambda source: (ast.literal_eval(m[1]) for m in pattern.finditer(source))
+
+
+def class_attribute(attribute: str) -> Declarations:
+    """The names a module registers as a class attribute ``attribute = "name"`` or ``attribute = ("a", "b")``
+    of its top-level classes (e.g. an adapter's ``family``), written on one line."""
+    pattern = re.compile(rf"^    {re.escape(attribute)} = (.+)$", re.MULTILINE)
+
+    def names(source: str) -> Iterator[str]:
+        for m in pattern.finditer(source):
+            value = ast.literal_eval(m[1].split("  #")[0].strip())
+            yield from (value,) if isinstance(value, str) else value
+
+    return names

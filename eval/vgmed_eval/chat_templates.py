@@ -98,11 +98,3 @@ def read_template(path: str | Path) -> str:
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"--chat-template {path}: the template is empty")
     return text
-
-
-def add_chat_template_arg(parser) -> None:
-    """The ``--chat-template FILE`` option of every command that loads a model."""
-    parser.add_argument("--chat-template", type=Path, metavar="FILE",
-                        help="chat template (Jinja, or JSON with 'chat_template') to use instead of the checkpoint's "
-                             "own; needed for checkpoints that ship none and are not recognised (HuatuoGPT-Vision and "
-                             "LLaVA-Med ports are)")

@@ -289,18 +289,6 @@ def tile_grid(width: int, height: int, tile: int, min_tiles: int, max_tiles: int
 TILE_GRIDS = ("whole", "tiles")  # the metric grids of a tiled (InternVL-style) input, TileLayout.grid
 
 
-def add_tile_grid_arg(parser) -> None:
-    """The ``--internvl-grid`` option of every command that loads a model (InternVL's metric grid)."""
-    parser.add_argument("--internvl-grid", choices=TILE_GRIDS, default=None,
-                        help="InternVL-family models only (InternVL -hf, MedRegA and VILA converted): the grid the "
-                             "attention metrics and VGRefine's triage use when an image is cut into several 448 px "
-                             "tiles plus a thumbnail. whole (the default) = the 16 x 16 grid of the whole image "
-                             "(the thumbnail, or the only tile), the same for every image and the authors' "
-                             "gt_tokens_medrega; tiles = the mosaic of all tiles (rows*16 x cols*16, varies per "
-                             "image). Knockouts reach every tile and the thumbnail either way; one tile: the two "
-                             "are the same")
-
-
 @dataclass(frozen=True)
 class TokenCover:
     """Which cells of a metric grid each image token shows, so that a knockout of chosen cells reaches

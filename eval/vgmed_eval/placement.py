@@ -11,12 +11,9 @@ device (``0=70GiB,1=70GiB,cpu=200GiB``); what does not fit goes to the CPU, then
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
-
-DEVICE_MAPS = ("auto", "balanced")
 
 
 @dataclass(frozen=True)
@@ -87,19 +84,6 @@ def input_device(model: torch.nn.Module) -> torch.device:
     if not gpus:
         return torch.device("cpu")
     return torch.device(f"cuda:{gpus[0]}" if isinstance(gpus[0], int) else gpus[0])
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The placement options, shared by every command that loads a model."""
-    p.add_argument("--device-map", choices=DEVICE_MAPS, default=None,
-                   help="spread a model bigger than one GPU over the GPUs (then CPU, then disk), each LLM layer "
-                        "whole on one device (accelerate big-model loading): auto fills GPU 0 first, balanced "
-                        "splits evenly; under a launcher each rank takes an equal slice of its node's GPUs; "
-                        "--device is then ignored")
-    p.add_argument("--max-memory", default=None, metavar="DEV=SIZE,...",
-                   help="with --device-map: cap per device, e.g. '0=70GiB,1=70GiB,cpu=200GiB' (plain numbers: bytes)")
-    p.add_argument("--offload-folder", default=None, metavar="DIR",
-                   help="with --device-map: where weights that fit neither GPUs nor --max-memory's cpu go")
 
 
 def from_args(args, local_rank: int = 0, local_size: int = 1) -> Placement | None:

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from vgmed_build.registry import Registry
+from pathlib import Path
+
+from vgmed_build.registry import Registry, calls, declared_in
 from vgmed_build.sources.base import SourceAdapter, SourceError, SourceSpec
 
-# Every source kind and the module that registers it (``SOURCE_KINDS.register``): adding a format is a
-# module and a line here. Only the module of the kind asked for is imported, so a mistyped kind is
-# refused at once.
-SOURCE_KINDS: Registry[SourceAdapter] = Registry("source kind", SourceError, known="known kinds", modules={
-    "nifti": "vgmed_build.sources.nifti",
-    "msd": "vgmed_build.sources.nifti",
-    "nnunet": "vgmed_build.sources.nifti",
-    "dicom": "vgmed_build.sources.dicom",
-    "images2d": "vgmed_build.sources.images2d",
-    "slake": "vgmed_build.sources.slake",
-    "samed2d": "vgmed_build.sources.samed2d",
-    "totalsegmentator": "vgmed_build.sources.totalsegmentator",
-    "coco": "vgmed_build.sources.coco",
-})
+# Every source kind and the module that registers it (a line ``SOURCE_KINDS.register("kind", adapter)`` at
+# the module's top level), read from the modules' source: adding a format is adding its module. Only the module
+# of the kind asked for is imported, so a mistyped kind is refused at once.
+SOURCE_KINDS: Registry[SourceAdapter] = Registry(
+    "source kind", SourceError, known="known kinds",
+    modules=declared_in(__name__, Path(__file__).parent, calls("SOURCE_KINDS.register")),
+)
 
 # The adapter for a source kind, with a clear error naming the closest and the known kinds.
 get_adapter = SOURCE_KINDS.get

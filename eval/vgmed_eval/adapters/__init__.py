@@ -1,4 +1,5 @@
-"""Model adapters, one module per family; :func:`load_adapter` picks one by ``config.model_type``."""
+"""Model adapters, one module per family (found by :mod:`vgmed_eval.families`, imported when asked for);
+:func:`load_adapter` picks one by ``config.model_type``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import argparse
 from pathlib import Path
 
 from vgmed_eval import placement as placements
-from vgmed_eval.adapters import gemma3, internvl, llava, qwen  # noqa: F401  (registers the families)
 from vgmed_eval.adapters.base import DTYPES, MODEL_ADAPTERS, MODEL_TYPES, Adapter, Batch
 from vgmed_eval.adapters.internvl import set_grid
 from vgmed_eval.adapters.qwen import set_pixel_bounds, set_resize

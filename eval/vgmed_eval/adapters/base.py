@@ -5,8 +5,8 @@ An adapter owns a loaded model with its tokenizer, image processor and chat temp
 (2) where the image tokens sit in that batch and which of them form the visual grid (row-major),
 (3) the exact geometry from original pixels to grid cells (:mod:`vgmed_eval.geometry`).
 
-Adding a family = one module with a subclass decorated by :func:`register`, imported in
-``adapters/__init__.py``.
+Adding a family = one module in ``adapters/`` with a subclass decorated by :func:`register` that sets
+``family`` and ``model_types`` and implements :meth:`Adapter.tiny` (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -18,20 +18,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vgmed_build.registry import Registry
 from vgmed_eval.attention import install, llm_layers
+from vgmed_eval.families import MODEL_ADAPTERS, MODEL_TYPES
 from vgmed_eval.geometry import GridGeometry, TokenCover
 from vgmed_eval.placement import Placement, input_device
-
-# family name (``builtin:tiny-<family>``) -> class, and config.model_type -> class; :func:`register` fills both
-MODEL_ADAPTERS: Registry[type[Adapter]] = Registry("tiny family", ValueError, known="available")
-MODEL_TYPES: Registry[type[Adapter]] = Registry("model_type", ValueError, known="supported")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def register(cls: type[Adapter]) -> type[Adapter]:
-    """Class decorator: the family under its name and each of its config ``model_types``."""
+    """Class decorator: the family under its name and each of its config ``model_types`` (the tables of
+    :mod:`vgmed_eval.families`, which read both from the class body: write them as literals)."""
     MODEL_ADAPTERS.register(cls.family, cls)
     for model_type in cls.model_types:
         MODEL_TYPES.register(model_type, cls)
@@ -125,7 +122,9 @@ class Adapter:
     @classmethod
     def tiny(cls, seed: int = 0) -> Adapter:
         """A tiny random model of this family with offline processing (``builtin:tiny-<family>``)."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{cls.__name__} (family {cls.family!r}) must provide tiny(): a tiny random model with offline "
+            "processing that every family's contract tests build (see docs/extending.md, 'A model family')")
 
     # ----- prompts and batches ---------------------------------------------------------------
     def prompt(self, text: str) -> str:

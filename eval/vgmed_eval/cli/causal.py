@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vgmed_build import commands
 from vgmed_build.release_format import Q_TYPES
-from vgmed_eval import causal, placement, run_manifest
+from vgmed_eval import causal, run_manifest
 from vgmed_eval.causal import (
     Settings,
     attention_ratios,
@@ -15,8 +15,7 @@ from vgmed_eval.causal import (
     summarise,
     write_outputs,
 )
-from vgmed_eval.chat_templates import add_chat_template_arg
-from vgmed_eval.geometry import add_tile_grid_arg
+from vgmed_eval.model_options import add_model_options
 from vgmed_eval.prompts import short_answer
 from vgmed_eval.protocol import GT_KINDS, add_protocol_args, resolve
 from vgmed_eval.release_io import ReleaseNotFound, read_release, resolve_release
@@ -28,7 +27,6 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("causal", description=causal.__doc__)
     p.add_argument("--release", required=True, type=Path,
                    help="release directory (or Hugging Face Hub dataset id org/name) with the questions and images")
-    p.add_argument("--model", required=True, help="hub id, local checkpoint, or builtin:tiny-<family>")
     p.add_argument("--heads", type=Path, metavar="HEADS_JSON",
                    help="a `vgmed-eval heads` file: its knockout_layer is where the cells are knocked out")
     p.add_argument("--knockout-layers", type=int, nargs="+", metavar="L",
@@ -48,14 +46,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
     p.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
     p.add_argument("--max-new-tokens", type=int, default=8, help="greedy answer length limit")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="model dtype (auto: the checkpoint's own)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the 95%% CIs")
     add_protocol_args(p, ("vgrefine_mode", "min_pixels", "max_pixels"))
-    add_chat_template_arg(p)
-    add_tile_grid_arg(p)
-    placement.add_arguments(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_causal)
 
 

@@ -12,10 +12,8 @@ from vgmed_build.release_format import (
     BoxReading,
     expected_names,
 )
-from vgmed_eval import distributed, grounding, placement, run_manifest
-from vgmed_eval.chat_templates import add_chat_template_arg
+from vgmed_eval import distributed, grounding, run_manifest
 from vgmed_eval.distributed import World
-from vgmed_eval.geometry import add_tile_grid_arg
 from vgmed_eval.grounding import (
     ChanceDraws,
     evaluate_release,
@@ -23,6 +21,7 @@ from vgmed_eval.grounding import (
     parse_layers,
 )
 from vgmed_eval.leakage import excluded_release_images
+from vgmed_eval.model_options import add_model_options
 from vgmed_eval.protocol import add_protocol_args, resolve
 from vgmed_eval.release_io import ReleaseNotFound, resolve_release
 
@@ -39,19 +38,11 @@ def add_commands(subparsers) -> None:
                         "unless --images says otherwise, the pictures (ours or the published VGMED files); or a "
                         "Hugging Face Hub dataset id org/name of such a folder, fetched with huggingface_hub "
                         "(HF_HUB_OFFLINE=1: from the local cache only)")
-    p.add_argument("--model", required=True,
-                   help="hub id or local checkpoint (LLaVA-1.5/NeXT, Qwen2/2.5/3-VL, Gemma 3 families), or "
-                        "builtin:tiny-<family> for a tiny random model that runs offline")
     p.add_argument("--out", required=True, type=Path, help="output directory (created)")
     p.add_argument("--layers", default="all",
                    help="LLM layers to measure: 'all' or a list like '0,8,14-20' (negatives from the end)")
     p.add_argument("--batch-size", type=int, default=8,
                    help="prompts per forward pass (and images per general-prompt pass)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="model weights dtype; auto = the checkpoint's own (float32 for tiny models)")
-    p.add_argument("--device", default="cpu",
-                   help="torch device, e.g. cpu, cuda, cuda:1; under torchrun / accelerate launch, cuda is "
-                        "each rank's own GPU (cuda:LOCAL_RANK)")
     p.add_argument("--rows", default="last", choices=["last", "question"],
                    help="query rows: the last prompt token (published) or the mean over the question tokens")
     p.add_argument("--q-types", default="localization,attribute",
@@ -83,9 +74,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--exclude", type=Path, metavar="FILE",
                    help="leave out the questions on the release images of this exclusion list (`vgmed-eval leakage "
                         "--write-exclusions`: images also in a VQA benchmark); summary.json counts them")
-    add_chat_template_arg(p)
-    add_tile_grid_arg(p)
-    placement.add_arguments(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_grounding)
 
 

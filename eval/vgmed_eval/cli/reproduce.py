@@ -7,9 +7,8 @@ from pathlib import Path
 
 from vgmed_build import commands
 from vgmed_eval import reproduce, run_manifest
-from vgmed_eval.chat_templates import add_chat_template_arg
 from vgmed_eval.distributed import World
-from vgmed_eval.geometry import add_tile_grid_arg
+from vgmed_eval.model_options import add_model_options
 from vgmed_eval.protocol import PROTOCOLS
 from vgmed_eval.published import MODELS
 from vgmed_eval.reproduce import (
@@ -27,8 +26,6 @@ def add_commands(subparsers) -> None:
         "reproduce",
         description=reproduce.__doc__,
     )
-    p.add_argument("--model", required=True,
-                   help="checkpoint (e.g. one written by `vgmed-eval convert`), hub id or builtin:tiny-<family>")
     p.add_argument("--vgmed", required=True, type=Path, metavar="DIR", help="the VGMED release directory")
     p.add_argument("--out", required=True, type=Path, help="output directory (created; a rerun resumes)")
     p.add_argument("--benchmark", action="append", type=parse_benchmark, default=[], metavar="NAME=DATA",
@@ -47,8 +44,6 @@ def add_commands(subparsers) -> None:
                    help="the VGRefine heads of the VQA steps: published = the authors' heads of the compared model "
                         "(knockout layer 16 and 20 heads for HuatuoGPT-Vision-7B; the default under --protocol "
                         "published when they exist); measured = this run's heads step (the default otherwise)")
-    p.add_argument("--device", help="torch device for every step (default: each command's own)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="model dtype")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N questions of each set (a quick look)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy decoding length limit for VQA")
@@ -62,8 +57,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--allow-tuning-on-test", action="store_true",
                    help="run a VQA step even when its benchmark shares (near-)identical images with the questions "
                         "the measured heads were chosen on; refused otherwise (the step fails and says why)")
-    add_chat_template_arg(p)
-    add_tile_grid_arg(p)
+    add_model_options(p, placement=False)  # passed to every step
     p.set_defaults(func=cmd_reproduce)
 
 

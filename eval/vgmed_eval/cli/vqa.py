@@ -15,13 +15,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from vgmed_build import commands
-from vgmed_eval import distributed, placement, run_manifest
-from vgmed_eval.chat_templates import add_chat_template_arg
+from vgmed_eval import distributed, run_manifest
 from vgmed_eval.distributed import World
-from vgmed_eval.geometry import add_tile_grid_arg
+from vgmed_eval.model_options import add_model_options
 from vgmed_eval.protocol import PUBLISHED_HEADS, Protocol, add_protocol_args, resolve
 from vgmed_eval.vqa import figures
 from vgmed_eval.vqa.answer import (
@@ -51,8 +48,6 @@ def add_commands(subparsers) -> None:
                    help="vgmed-* only: where the records' pictures live when not under --data, e.g. a SLAKE "
                         "download for the published files (folder id -> DIR/<id>/source.jpg, COCO id -> "
                         "DIR/COCO_val2014_<id>.jpg or DIR/val2014/...); paths may not leave DIR")
-    p.add_argument("--model", required=True,
-                   help="checkpoint directory, hub id, or builtin:tiny-<family> (random tiny model, offline)")
     p.add_argument("--out", required=True, type=Path, help="output directory (created; reruns resume)")
     p.add_argument("--vgrefine", metavar="HEADS_JSON",
                    help="answer with VGRefine using this `vgmed-eval heads` file (knockout_layer + heads), or "
@@ -71,18 +66,13 @@ def add_commands(subparsers) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="answer only the first N questions (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy decoding length limit")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="model dtype (auto: the checkpoint's own; float32 for tiny models)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for --compare")
     add_protocol_args(p, ("percentile", "vgrefine_mode", "mc_max_new_tokens", "min_new_tokens", "scorer", "population",
                           "min_pixels", "max_pixels", "qwen_resize"))
     p.add_argument("--exclude", type=Path, metavar="FILE",
                    help="leave out the questions on this benchmark's images listed in an exclusion list (`vgmed-eval "
                         "leakage --write-exclusions`: images also in the release); results.json counts them")
-    add_chat_template_arg(p)
-    add_tile_grid_arg(p)
-    placement.add_arguments(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_vqa)
 
 

@@ -1,0 +1,26 @@
+"""The model-family tables: family name (``builtin:tiny-<family>``) -> adapter class, and config
+``model_type`` -> adapter class.
+
+Both are lazy :class:`~vgmed_build.registry.Registry` tables read from the adapter modules' source (the
+``family`` and ``model_types`` of their ``@register`` classes), so ``--help`` and an unknown name's error
+list the families without importing torch, and adding a family is adding its module to ``adapters/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vgmed_build.registry import Registry, class_attribute, declared_in
+
+if TYPE_CHECKING:
+    from vgmed_eval.adapters.base import Adapter
+
+_PACKAGE = "vgmed_eval.adapters"
+_FOLDER = Path(__file__).parent / "adapters"
+
+# filled by :func:`vgmed_eval.adapters.base.register` when a family's module is imported
+MODEL_ADAPTERS: Registry[type[Adapter]] = Registry(
+    "tiny family", ValueError, known="available", modules=declared_in(_PACKAGE, _FOLDER, class_attribute("family")))
+MODEL_TYPES: Registry[type[Adapter]] = Registry(
+    "model_type", ValueError, known="supported", modules=declared_in(_PACKAGE, _FOLDER, class_attribute("model_types")))

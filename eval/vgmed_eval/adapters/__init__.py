@@ -68,7 +68,7 @@ def ready_adapter(model: str, *, dtype: str = "auto", device: str = "cpu", chat_
     (``--internvl-grid``; None: whole); ValueError names ``--model``."""
     try:
         adapter = load_adapter(model, dtype=dtype, device=device, chat_template=chat_template, placement=placement)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, NotImplementedError) as exc:  # the last: a family without tiny()
         raise ValueError(f"--model {model}: cannot load: {exc}") from exc
     set_pixel_bounds(adapter, min_pixels, max_pixels, explicit=explicit_pixels)
     set_resize(adapter, qwen_resize, explicit=explicit_resize)

@@ -5,7 +5,6 @@ KV cache) as the model on one device."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -15,7 +14,7 @@ from test_eval_distributed import _vqa_data
 
 from vgmed_eval.adapters import load_adapter
 from vgmed_eval.cli import main
-from vgmed_eval.placement import Placement, from_args, input_device, parse_max_memory, rank_gpus
+from vgmed_eval.placement import Placement, input_device, parse_max_memory, rank_gpus, requested
 
 
 def test_options():
@@ -28,7 +27,7 @@ def test_options():
     with pytest.raises(ValueError, match="8 processes per node but 4 GPUs"):
         rank_gpus(0, 8, 4)
     with pytest.raises(ValueError, match="need --device-map"):
-        from_args(SimpleNamespace(device_map=None, max_memory="cpu=1GiB", offload_folder=None))
+        requested(None, max_memory="cpu=1GiB")
 
 
 def _budget(family: str) -> int:

@@ -45,16 +45,16 @@ def cells_of(mask: np.ndarray) -> set[tuple[int, int]]:
 def test_one_flag_sets_every_choice_and_each_flag_wins():
     parser = build_parser()
     args = parser.parse_args(["grounding", "--release", "r", "--model", "m", "--out", "o", "--protocol", "published"])
-    assert resolve(args) == PUBLISHED
+    assert resolve(args.protocol, vars(args)) == PUBLISHED
     assert (PUBLISHED.box_mapping, PUBLISHED.xyxy_maxima, PUBLISHED.min_pixels, PUBLISHED.max_pixels,
             PUBLISHED.percentile, PUBLISHED.vgrefine_mode, PUBLISHED.mc_max_new_tokens, PUBLISHED.scorer) == (
         "resize", "edges", 784, 50176, 80.0, "prefill", 1, "published")
     args = parser.parse_args(["grounding", "--release", "r", "--model", "m", "--out", "o", "--protocol", "published",
                               "--box-mapping", "pad", "--max-pixels", "1000"])
-    assert resolve(args) == replace(PUBLISHED, box_mapping="pad", max_pixels=1000)
+    assert resolve(args.protocol, vars(args)) == replace(PUBLISHED, box_mapping="pad", max_pixels=1000)
     args = parser.parse_args(["vqa", "--benchmark", "pmc-vqa", "--data", "d", "--model", "m", "--out", "o",
                               "--percentile", "50"])
-    assert resolve(args) == replace(VGMED, percentile=50.0)
+    assert resolve(args.protocol, vars(args)) == replace(VGMED, percentile=50.0)
 
 
 def test_published_mapping_reproduces_the_published_gt_tokens():

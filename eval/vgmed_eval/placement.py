@@ -86,17 +86,19 @@ def input_device(model: torch.nn.Module) -> torch.device:
     return torch.device(f"cuda:{gpus[0]}" if isinstance(gpus[0], int) else gpus[0])
 
 
-def from_args(args, local_rank: int = 0, local_size: int = 1) -> Placement | None:
-    """The Placement asked for on the command line (None: one device, ``--device``)."""
-    if args.device_map is None:
-        if args.max_memory or args.offload_folder:
+def requested(device_map: str | None, max_memory: str | None = None, offload_folder: str | None = None,
+              local_rank: int = 0, local_size: int = 1) -> Placement | None:
+    """The Placement that ``--device-map``, ``--max-memory`` and ``--offload-folder`` ask for (None: one device,
+    ``--device``); a rank of a launched run takes its share of its node's GPUs."""
+    if device_map is None:
+        if max_memory or offload_folder:
             raise ValueError("--max-memory and --offload-folder need --device-map")
         return None
-    max_memory = parse_max_memory(args.max_memory)
-    if max_memory is None and local_size > 1 and torch.cuda.is_available():
+    caps = parse_max_memory(max_memory)
+    if caps is None and local_size > 1 and torch.cuda.is_available():
         from accelerate.utils import get_max_memory
 
         free = get_max_memory()  # free memory per GPU and of the CPU, as accelerate measures it
         gpus = rank_gpus(local_rank, local_size, torch.cuda.device_count())
-        max_memory = {**{g: free[g] for g in gpus}, "cpu": free["cpu"] // local_size}
-    return Placement(args.device_map, max_memory, args.offload_folder)
+        caps = {**{g: free[g] for g in gpus}, "cpu": free["cpu"] // local_size}
+    return Placement(device_map, caps, offload_folder)

@@ -2,13 +2,13 @@
 
 One :class:`Protocol` holds them all; ``--protocol published`` on ``grounding``, ``heads`` and ``vqa``
 selects :data:`PUBLISHED`, and each choice keeps its own flag, which wins over the protocol (see
-:func:`add_protocol_args` / :func:`resolve`). docs/eval.md lists every choice, both values and why
-vgmed's default differs. ``vgmed-eval reproduce`` imports :data:`PROTOCOLS` to pass the choice on.
+:func:`vgmed_eval.cli.options.add_protocol_args` / :func:`resolve`). docs/eval.md lists every choice,
+both values and why vgmed's default differs. ``vgmed-eval reproduce`` imports :data:`PROTOCOLS` to pass the choice on.
 """
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, get_args
 
@@ -126,24 +126,9 @@ PIXEL_HELP = ("Qwen-VL only: bounds on the pixels an image is resized to (the pu
               "max 50176 = 224 x 224); default: the checkpoint's processor settings")
 
 
-def add_protocol_args(p: argparse.ArgumentParser, choices: tuple[str, ...]) -> None:
-    """``--protocol`` plus the individual flags of ``choices`` (Protocol fields); all default to the protocol."""
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="vgmed",
-                   help="vgmed: vgmed's defaults; published: every choice the authors' code makes (docs/eval.md "
-                        "lists them); an individual flag below wins over the protocol")
-    for dest in choices:
-        if dest in ("min_pixels", "max_pixels"):
-            p.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=int, default=None, help=PIXEL_HELP)
-            continue
-        flag, allowed, text = FLAGS[dest]
-        kind = float if dest == "percentile" else int if dest in ("mc_max_new_tokens", "min_new_tokens") else str
-        p.add_argument(flag, dest=dest, choices=allowed, type=kind, default=None,
-                       help=f"{text} (default: from --protocol)")
-
-
-def resolve(args: argparse.Namespace) -> Protocol:
-    """The protocol named by ``--protocol`` with every individual flag given on the command line applied."""
-    base = PROTOCOLS[args.protocol]
-    given = {f.name: getattr(args, f.name) for f in fields(Protocol)
-             if f.name != "name" and getattr(args, f.name, None) is not None}
+def resolve(name: str, options: Mapping[str, object]) -> Protocol:
+    """The protocol ``name`` with every choice ``options`` sets (not None) applied: ``--protocol`` and the
+    individual flags of a command line (``vars(args)``), where a flag wins over the protocol."""
+    base = PROTOCOLS[name]
+    given = {f.name: options[f.name] for f in fields(Protocol) if f.name != "name" and options.get(f.name) is not None}
     return replace(base, **given) if given else base

@@ -13,13 +13,13 @@ instead. Hashes are kept per (file, size, modification time) for the life of the
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -121,9 +121,9 @@ def git_commit(where: Path | None = None) -> dict | None:
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
-def flags(args: argparse.Namespace) -> dict:
-    """Every option of the command as given or defaulted (JSON-safe; the handler itself left out)."""
-    return {k: _jsonable(v) for k, v in sorted(vars(args).items()) if k != "func" and not callable(v)}
+def flags(options: Mapping[str, object]) -> dict:
+    """Every option of the command as given or defaulted (``vars(args)``; JSON-safe, the handler left out)."""
+    return {k: _jsonable(v) for k, v in sorted(options.items()) if k != "func" and not callable(v)}
 
 
 def _jsonable(value):
@@ -138,12 +138,12 @@ def _jsonable(value):
     return str(value)
 
 
-def build(command: str, args: argparse.Namespace, *, model: str | None = None, adapter=None,
+def build(command: str, options: Mapping[str, object], *, model: str | None = None, adapter=None,
           protocol: dict | None = None, scorer: str | None = None, seeds: dict | None = None,
           extra: dict | None = None) -> dict:
     """The manifest of one command's output."""
     return {
-        "command": command, "argv": sys.argv[1:], "flags": flags(args),
+        "command": command, "argv": sys.argv[1:], "flags": flags(options),
         "protocol": protocol, "scorer": scorer, "seeds": seeds or {},
         "model": model_record(model, adapter) if model else None,
         "packages": package_versions(), "vgmed_git": git_commit(),

@@ -51,7 +51,8 @@ def adapter_from_args(args: argparse.Namespace, world: World, protocol: Protocol
     says what to report."""
     return ready_adapter(args.model, dtype=args.dtype, device=world.device(args.device),
                          chat_template=args.chat_template,
-                         placement=placements.from_args(args, world.local_rank, world.local_size),
+                         placement=placements.requested(args.device_map, args.max_memory, args.offload_folder,
+                                                    world.local_rank, world.local_size),
                          min_pixels=protocol.min_pixels, max_pixels=protocol.max_pixels,
                          explicit_pixels=args.min_pixels is not None or args.max_pixels is not None,
                          qwen_resize=protocol.qwen_resize,

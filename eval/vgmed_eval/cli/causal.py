@@ -15,9 +15,10 @@ from vgmed_eval.causal import (
     summarise,
     write_outputs,
 )
+from vgmed_eval.cli.options import add_protocol_args
 from vgmed_eval.model_options import add_model_options
 from vgmed_eval.prompts import short_answer
-from vgmed_eval.protocol import GT_KINDS, add_protocol_args, resolve
+from vgmed_eval.protocol import GT_KINDS, resolve
 from vgmed_eval.release_io import ReleaseNotFound, read_release, resolve_release
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def cmd_causal(args) -> int:
     layers = tuple(args.knockout_layers or ([layer] if layer is not None else []))
     if not layers:
         return commands.fail("give --heads HEADS_JSON (its knockout layer) or --knockout-layers L")
-    protocol = resolve(args)
+    protocol = resolve(args.protocol, vars(args))
     try:
         release = resolve_release(args.release)
         questions, read_errors = read_release(release, q_types, images=args.images)
@@ -106,7 +107,7 @@ def cmd_causal(args) -> int:
         "grounding_results": str(args.grounding) if args.grounding else None,
         "n_questions": len(questions) + len(read_errors), "n_ok": len(rows), "n_errors": len(errors), **summary})
     run_manifest.write(args.out, run_manifest.build(
-        "causal", args, model=args.model, adapter=adapter, protocol=protocol.as_dict(),
+        "causal", vars(args), model=args.model, adapter=adapter, protocol=protocol.as_dict(),
         scorer="answer flips (normalised text) and first-token logit changes; correctness by vgmed's scorer",
         seeds={"seed": args.seed, "bootstrap_seed": 0}, extra={"release": str(release)}))
     o = summary["overall"]

@@ -13,6 +13,7 @@ from vgmed_build.release_format import (
     expected_names,
 )
 from vgmed_eval import distributed, grounding, run_manifest
+from vgmed_eval.cli.options import add_protocol_args
 from vgmed_eval.distributed import World
 from vgmed_eval.grounding import (
     ChanceDraws,
@@ -22,7 +23,7 @@ from vgmed_eval.grounding import (
 )
 from vgmed_eval.leakage import excluded_release_images
 from vgmed_eval.model_options import add_model_options
-from vgmed_eval.protocol import add_protocol_args, resolve
+from vgmed_eval.protocol import resolve
 from vgmed_eval.release_io import ReleaseNotFound, resolve_release
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def cmd_grounding(args) -> int:
         world = World.from_env()
     except distributed.WorldError as exc:
         return commands.fail(str(exc))
-    protocol = resolve(args)
+    protocol = resolve(args.protocol, vars(args))
     try:
         exclude = excluded_release_images(args.exclude) if args.exclude else frozenset()
     except ValueError as exc:
@@ -126,7 +127,7 @@ def cmd_grounding(args) -> int:
         if summary is None:  # a rank other than 0: its part is written, rank 0 merges
             continue
         run_manifest.write(out, run_manifest.build(
-            "grounding", args, model=args.model, adapter=adapter, protocol=protocol.as_dict(),
+            "grounding", vars(args), model=args.model, adapter=adapter, protocol=protocol.as_dict(),
             scorer=f"attention ratio, KL, JS against --gt {protocol.gt}",
             seeds={"chance_seed": args.chance_seed, "bootstrap_seed": 0},
             extra={"release": str(release), "control": control, "layers": layers}))

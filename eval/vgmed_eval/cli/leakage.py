@@ -8,13 +8,13 @@ from pathlib import Path
 
 from vgmed_build import commands
 from vgmed_eval import leakage
+from vgmed_eval.cli.options import parse_benchmark
 from vgmed_eval.leakage import (
     HASH_BITS,
     MAX_DISTANCE,
     check,
     exclusion_list,
 )
-from vgmed_eval.vqa.benchmarks import parse_benchmark
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vgmed_build import commands
 from vgmed_eval import reproduce, run_manifest
+from vgmed_eval.cli.options import parse_benchmark
 from vgmed_eval.distributed import World
 from vgmed_eval.model_options import add_model_options
 from vgmed_eval.protocol import PROTOCOLS
@@ -16,7 +17,7 @@ from vgmed_eval.reproduce import (
     Options,
     vgrefine_heads,
 )
-from vgmed_eval.vqa.benchmarks import BENCHMARKS, parse_benchmark
+from vgmed_eval.vqa.benchmarks import BENCHMARKS
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def manifest(args, o: Options) -> dict:
     each step's run.json."""
     steps = {"grounding": o.out / "grounding", **{f"vqa {name}": o.out / "vqa" / name for name in o.benchmarks}}
     recorded = {name: run_manifest.read(folder) for name, folder in steps.items()}
-    body = run_manifest.build("reproduce", args, model=o.model, protocol=PROTOCOLS[o.protocol].as_dict(),
+    body = run_manifest.build("reproduce", vars(args), model=o.model, protocol=PROTOCOLS[o.protocol].as_dict(),
                               seeds={"bootstrap_seed": 0}, extra={"steps": recorded})
     loaded = next((r["model"] for r in recorded.values() if r and r.get("model")), None)
     body["model"] = loaded or body["model"]

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from vgmed_build import commands
 from vgmed_eval import distributed, run_manifest
+from vgmed_eval.cli.options import add_protocol_args
 from vgmed_eval.distributed import World
 from vgmed_eval.model_options import add_model_options
-from vgmed_eval.protocol import PUBLISHED_HEADS, Protocol, add_protocol_args, resolve
+from vgmed_eval.protocol import PUBLISHED_HEADS, Protocol, resolve
 from vgmed_eval.vqa import figures
 from vgmed_eval.vqa.answer import (
     answer_to_files,
@@ -99,7 +100,7 @@ def cmd_vqa(args) -> int:
         world = World.from_env()
         loaded = get_benchmark(args.benchmark).load(args.data, args.images)
         excluded = exclude_items(loaded, args.exclude, args.benchmark) if args.exclude else 0
-        protocol = resolve(args)
+        protocol = resolve(args.protocol, vars(args))
         config = _config(args, protocol) if args.vgrefine else None
     except (BenchmarkError, ValueError) as exc:
         return commands.fail(str(exc))
@@ -174,7 +175,7 @@ def cmd_vqa(args) -> int:
 def write_manifest(args, protocol: Protocol, config, adapter) -> None:
     """``OUT/run.json``; a rerun that answered nothing (everything was already there) loads no model and keeps
     the model facts of the run that did."""
-    manifest = run_manifest.build("vqa", args, model=args.model, adapter=adapter, protocol=protocol.as_dict(),
+    manifest = run_manifest.build("vqa", vars(args), model=args.model, adapter=adapter, protocol=protocol.as_dict(),
                                   scorer=metric_label(protocol.population, protocol.scorer),
                                   seeds={"bootstrap_seed": 0},
                                   extra={"benchmark": args.benchmark, "vgrefine": asdict(config) if config else None})
@@ -194,7 +195,7 @@ def _outcome(items: list[VQAItem], systems: list[str], done: dict, args) -> int:
 
 def _write_results(args, population: Population, systems, done, loaded, errors, config, elapsed, answered,
                    processes, adapter=None, excluded: int = 0) -> None:
-    items, protocol = population.items, resolve(args)
+    items, protocol = population.items, resolve(args.protocol, vars(args))
     ids = [it.id for it in items]
     rows = {s: [done[s][i] for i in ids if i in done[s]] for s in systems}
     results = {

@@ -9,7 +9,6 @@ record never aborts a run.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import csv
 import io
@@ -143,19 +142,6 @@ get_benchmark = BENCHMARKS.get
 # ----------------------------------------------------------------------------------------- readers
 class BadRecord(VgmedError, ValueError):
     """One record is malformed; the loader reports it with its file and line and goes on."""
-
-
-def parse_benchmark(spec: str) -> tuple[str, Path]:
-    """``NAME=DATA`` -> (name, path), the ``--benchmark`` of reproduce and leakage; the name must be one of the
-    VQA loaders."""
-    name, sep, data = spec.partition("=")
-    name = name.strip()
-    if not sep or not name or not data:
-        raise argparse.ArgumentTypeError(f"{spec!r}: expected NAME=DATA, e.g. vqa-rad=/data/VQA_RAD")
-    if name not in BENCHMARKS:
-        raise argparse.ArgumentTypeError(f"{spec!r}: unknown benchmark {name!r}; choose from "
-                                         f"{', '.join(BENCHMARKS.names())}")
-    return name, Path(data)
 
 
 def _require(path: Path, what: str) -> Path:

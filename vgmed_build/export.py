@@ -193,7 +193,7 @@ def open_release(release_dir: str | Path, verify: bool = True) -> Release:
     listed = release.manifest.get("files") if isinstance(release.manifest, dict) else None
     if not isinstance(listed, dict):
         raise ExportError(f"{root / MANIFEST_FILE}: no file list to verify the release against (--no-verify skips)")
-    problems = [problem for _, problem in listed_file_problems(root, listed)]
+    problems = [problem for _, problem in listed_file_problems(root, sorted(listed.items()))]
     problems += [f"{name} is not listed" for name in release.record_files() if name not in listed]
     if problems:
         more = f"; and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""

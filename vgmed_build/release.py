@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -31,6 +31,7 @@ from tqdm import tqdm
 from vgmed_build import __version__
 from vgmed_build.card import render_card
 from vgmed_build.catalog import Catalog, open_catalog
+from vgmed_build.catalog.scratch import SeenStore, sorted_unique
 from vgmed_build.errors import VgmedError
 from vgmed_build.identifiers import Forbidden, load_forbid_file
 from vgmed_build.lock import Held, hold, out_lock_path
@@ -51,6 +52,7 @@ from vgmed_build.release_format import (
     record_file,
     sha256_file,
 )
+from vgmed_build.release_manifest import files_in_order, read_manifest, walk, write_manifest
 from vgmed_build.release_quality import release_quality
 from vgmed_build.release_text import text_problem
 from vgmed_build.resources import resource_dir
@@ -330,29 +332,37 @@ def not_ours(directory: Path) -> str | None:
     Provably ours: its manifest says ``"format": "vgmed-release"`` and every file and folder in it
     is the manifest itself, a file the manifest lists, or a folder above one. A user's folder that
     merely holds some ``manifest.json`` fails the first test; a release the user added files to fails
-    the second, so replacing a release never deletes a file the manifest does not list.
+    the second, so replacing a release never deletes a file the manifest does not list. The listed
+    paths wait in a scratch file, not in memory (a release may list millions).
     """
     if not directory.is_dir():
         return "exists and is not a directory"
     try:
-        manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+        manifest = read_manifest(directory / MANIFEST_FILE)
     except FileNotFoundError:
         return f"is not a vgmed release (no {MANIFEST_FILE})"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: json.JSONDecodeError, UnicodeDecodeError
         return f"is not a vgmed release ({MANIFEST_FILE} cannot be read: {exc})"
-    if not isinstance(manifest, dict) or manifest.get("format") != RELEASE_FORMAT:
+    if not isinstance(manifest.head, dict) or manifest.head.get("format") != RELEASE_FORMAT:
         return f'is not a vgmed release ({MANIFEST_FILE} has no "format": "{RELEASE_FORMAT}")'
-    files = manifest.get("files")
-    if not isinstance(files, dict):
+    if not isinstance(manifest.head.get("files"), dict):
         return f"is not a vgmed release ({MANIFEST_FILE} has no file list)"
-    allowed = {MANIFEST_FILE, *files}
-    allowed |= {parent.as_posix() for rel in files for parent in Path(rel).parents if parent != Path(".")}
-    foreign = sorted(
-        rel for rel in (p.relative_to(directory).as_posix() for p in directory.rglob("*")) if rel not in allowed
-    )
-    if foreign:
-        shown = ", ".join(repr(rel) for rel in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        return f"is a vgmed release but holds {len(foreign)} path(s) its manifest does not list ({shown})"
+    with SeenStore() as listed:
+        try:
+            listed.add_listed(manifest.files())
+        except ValueError as exc:
+            return f"is not a vgmed release ({MANIFEST_FILE} cannot be read: {exc})"
+        foreign = sorted_unique(rel for rel, _ in walk(directory)
+                                if rel != MANIFEST_FILE and not listed.is_listed(rel) and not listed.lists_under(rel))
+        shown: list[str] = []
+        count = 0
+        for rel in foreign:
+            count += 1
+            if len(shown) < 5:
+                shown.append(repr(rel))
+    if count:
+        listing = ", ".join(shown[:5]) + (", ..." if count > 5 else "")
+        return f"is a vgmed release but holds {count} path(s) its manifest does not list ({listing})"
     return None
 
 
@@ -461,12 +471,16 @@ def _write_text_files(
         "quality": quality,
     }
     (tmp / CARD_FILE).write_text(render_card(manifest, sorted(counts.licences)), encoding="utf-8")
-    manifest["files"] = {
-        rel: {"kind": _file_kind(rel), "bytes": (tmp / rel).stat().st_size, "sha256": sha256_file(tmp / rel)}
-        for rel in sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-    }
-    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_manifest(tmp / MANIFEST_FILE, manifest, _file_entries(tmp))
     return manifest["counts"]
+
+
+def _file_entries(tmp: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The manifest's entry of every file of the release in path order, one at a time (the manifest
+    itself, being written while they are listed, is no entry)."""
+    for rel in files_in_order(tmp):
+        if rel != MANIFEST_FILE:
+            yield rel, {"kind": _file_kind(rel), "bytes": (tmp / rel).stat().st_size, "sha256": sha256_file(tmp / rel)}
 
 
 def _file_kind(rel: str) -> str:

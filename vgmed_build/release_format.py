@@ -474,10 +474,11 @@ def leaves_root(root: Path, rel: str) -> str | None:
     return None if inside else "is a symbolic link that leads out of the release"
 
 
-def listed_file_problems(root: Path, listed: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-    """(path, problem) for every file the manifest lists that is outside the release, missing, or
-    differs from the manifest in size or SHA-256 (a changed or tampered release)."""
-    for rel, entry in sorted(listed.items()):
+def listed_file_problems(root: Path, listed: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, str]]:
+    """(path, problem) for every file the manifest lists (``(path, entry)`` pairs, problems come in
+    their order) that is outside the release, missing, or differs from the manifest in size or SHA-256
+    (a changed or tampered release)."""
+    for rel, entry in listed:
         outside = leaves_root(root, rel)
         if outside:
             yield rel, f"lists {rel!r}, which {outside}; not read"
@@ -556,8 +557,10 @@ def preview_note(root: Path) -> str | None:
     The one reader behind `export`, `vgmed-eval grounding` and `vqa`: results on a preview must not pass
     for results on a reviewed release. A folder without our manifest (a published download) is no preview.
     """
+    from vgmed_build.release_manifest import read_manifest
+
     try:
-        manifest = json.loads((Path(root) / MANIFEST_FILE).read_text(encoding="utf-8"))
+        manifest = read_manifest(Path(root) / MANIFEST_FILE).head  # the file list is not needed
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     ours = isinstance(manifest, dict) and manifest.get("format") == RELEASE_FORMAT

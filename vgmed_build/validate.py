@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import yaml
 from PIL import Image
 
 from vgmed_build.card import CARD_MARK, PREVIEW_MARK, PREVIEW_TAG, REQUIRED_SECTIONS
-from vgmed_build.catalog.scratch import SeenStore
+from vgmed_build.catalog.scratch import SeenStore, sorted_unique
 from vgmed_build.identifiers import (
     Forbidden,
     find_forbidden,
@@ -63,7 +62,8 @@ from vgmed_build.release_format import (
     record_file,
     resolve_image,
 )
-from vgmed_build.resources import schema_errors
+from vgmed_build.release_manifest import FILE_ENTRY, FILES, read_manifest, walk
+from vgmed_build.resources import format_schema_error, schema_error_paths, schema_errors, schema_problems
 
 TEXT_SUFFIXES = {".jsonl", ".json", ".md", ".txt", ".csv", ".yaml", ".yml"}
 JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')  # a JSON string literal, escapes included
@@ -111,14 +111,7 @@ LAYOUTS = ("vgmed", "published")
 
 def links_leaving(root: Path) -> list[str]:
     """Paths under ``root`` that are symbolic links leading out of it (or loops); nothing is read."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink() and leaves_root(root, rel):
-                found.append(rel)
-    return sorted(found)
+    return sorted(rel for rel, entry in walk(root) if entry.is_symlink() and leaves_root(root, rel))
 
 
 def ours_signs(root: Path, outside: set[str] = frozenset()) -> list[str]:
@@ -188,8 +181,8 @@ def validate_release(
     record_files = sorted(p.name for p in root.glob("*.jsonl") if p.name not in report.outside)
     if not record_files:
         report.add(".", 0, f"no question files ({', '.join(sorted(CONFIGS.values()))}) here")
-    manifest = _load_manifest(report) if layout == "vgmed" and has_manifest else None
     with SeenStore() as seen:
+        manifest = _load_manifest(report, seen) if layout == "vgmed" and has_manifest else None
         _check_records(report, manifest, record_files, seen, forbid)
     return report
 
@@ -210,7 +203,7 @@ def _check_records(
     _scan_tree(report, forbid, referenced=seen.has_image)
     if layout == "vgmed":
         if manifest is not None:
-            _check_manifest(report, manifest, counts, record_files, all_valid)
+            _check_manifest(report, manifest, seen, counts, record_files, all_valid)
             _check_card(report, manifest)
         else:
             report.skipped.append(f"checksums, file list, counts and card: no readable {MANIFEST_FILE}")
@@ -250,15 +243,22 @@ def validate_dir(
     )
 
 
-def _load_manifest(report: ValidationReport) -> dict | None:
+def _load_manifest(report: ValidationReport, seen: SeenStore) -> dict | None:
+    """The manifest's head (its ``files`` emptied); the files it lists go to ``seen``, one at a time."""
     try:
-        manifest = json.loads((report.root / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        manifest = read_manifest(report.root / MANIFEST_FILE)
+        seen.add_listed(manifest.files())
+    except (OSError, ValueError) as exc:  # ValueError: json.JSONDecodeError, UnicodeDecodeError
         report.add(MANIFEST_FILE, getattr(exc, "lineno", 0), f"cannot be read as JSON ({exc})")
         return None
-    for error in schema_errors("manifest", manifest):
-        report.add(MANIFEST_FILE, 0, f"schema: {error}")
-    return manifest if isinstance(manifest, dict) else None
+    errors = schema_error_paths("manifest", manifest.head)
+    for rel, entry in seen.listed():  # problems of a listed file's entry, as those of the whole manifest
+        if schema_problems("manifest", entry, FILE_ENTRY):  # the fast check first: millions of entries
+            errors += [((FILES, rel, *path), message)
+                       for path, message in schema_error_paths("manifest", entry, FILE_ENTRY)]
+    for path, message in sorted(errors, key=lambda error: list(error[0])):
+        report.add(MANIFEST_FILE, 0, f"schema: {format_schema_error(path, message)}")
+    return manifest.head if isinstance(manifest.head, dict) else None
 
 
 def _check_record_file(
@@ -482,32 +482,30 @@ def _string_lines(path: Path, needles: set[str]) -> dict[str, int]:
 
 
 def _tree(root: Path) -> Iterator[Path]:
-    """Every path under ``root`` in ``sorted(root.rglob("*"))``'s order (each folder's entries by
-    name, a folder's contents right after it; symbolic links to folders not entered), one folder's
-    names in memory at a time instead of every path of the release."""
-    names = sorted(entry.name for entry in os.scandir(root))
-    for name in names:
-        path = root / name
-        yield path
-        if path.is_dir() and not path.is_symlink():
-            yield from _tree(path)
+    """Every path under ``root`` in ``sorted(root.rglob("*"))``'s order (by path parts: a folder's
+    contents right after it; symbolic links to folders not entered), put in order in a scratch file
+    instead of holding every path, or one folder's names, of the release ("\\0", below every character
+    of a name, joins the parts so that the text order is the parts' order)."""
+    for key in sorted_unique(rel.replace("/", "\0") for rel, _ in walk(root)):
+        yield root.joinpath(*key.split("\0"))
 
 
 def _check_manifest(
-    report: ValidationReport, manifest: dict, tally: RecordCounts, record_files: list[str], all_valid: bool
+    report: ValidationReport, manifest: dict, seen: SeenStore, tally: RecordCounts, record_files: list[str],
+    all_valid: bool,
 ) -> None:
+    """Files, sizes and checksums against the files ``seen`` holds from the manifest, and its counts."""
     located: list[tuple[int, str]] = []  # (index in report.problems, the string whose line it is at)
 
     def add_at(needle: str, problem: str) -> None:
         located.append((len(report.problems), needle))
         report.add(MANIFEST_FILE, 0, problem)
 
-    listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
-    for rel, problem in listed_file_problems(report.root, listed):
+    for rel, problem in listed_file_problems(report.root, seen.listed()):
         add_at(json.dumps(rel), problem)
     for path in _tree(report.root):
         rel = path.relative_to(report.root).as_posix()
-        if path.is_file() and rel != MANIFEST_FILE and rel not in listed:
+        if path.is_file() and rel != MANIFEST_FILE and not seen.is_listed(rel):
             report.add(rel, 0, "not listed in manifest.json")
     for name in CONFIGS.values():
         if not (report.root / name).is_file():

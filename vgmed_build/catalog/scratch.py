@@ -1,21 +1,52 @@
-"""A scratch store for a check that must remember every key it met (`validate`: the record ids and the
-images it read) without holding them in memory: a private temporary SQLite file, deleted when closed,
-whose page cache bounds the memory used whatever the number of records."""
+"""Scratch stores for a check that must remember every key it met (`validate`: the record ids, the
+images it read, the files the manifest lists) or put every path of a release in order, without holding
+them in memory: a private temporary SQLite file, deleted when closed, whose page cache bounds the
+memory used whatever the number of records.
+
+Paths are stored as their UTF-8 bytes (``surrogatepass``: a file name that is not UTF-8 survives), and
+SQLite orders BLOBs byte by byte, which for UTF-8 is the order of the code points: the order of
+Python's ``sorted``.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import closing
+
+
+def _blob(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _text(blob: bytes) -> str:
+    return blob.decode("utf-8", "surrogatepass")
+
+
+def _connect() -> sqlite3.Connection:
+    return sqlite3.connect("")  # "": a temporary on-disk database of this connection only
+
+
+def sorted_unique(keys: Iterable[str]) -> Iterator[str]:
+    """``sorted(set(keys))``, one key in memory at a time (the rest wait in a temporary file)."""
+    with closing(_connect()) as conn:
+        conn.execute("CREATE TABLE k (key BLOB PRIMARY KEY) WITHOUT ROWID")
+        conn.executemany("INSERT OR IGNORE INTO k (key) VALUES (?)", ((_blob(k),) for k in keys))
+        for (key,) in conn.execute("SELECT key FROM k ORDER BY key"):
+            yield _text(key)
 
 
 class SeenStore:
-    """Record ids (where each was first met) and images (their size, or why they are unusable)."""
+    """Record ids (where each was first met), images (their size, or why they are unusable) and the
+    files a manifest lists (with their entries)."""
 
     def __init__(self) -> None:
-        self.conn = sqlite3.connect("")  # "": a temporary on-disk database of this connection only
+        self.conn = _connect()
         self.conn.executescript(
             "CREATE TABLE ids (key TEXT PRIMARY KEY, at TEXT NOT NULL) WITHOUT ROWID;"
             "CREATE TABLE images (path TEXT PRIMARY KEY, width INTEGER, height INTEGER, error TEXT) WITHOUT ROWID;"
+            "CREATE TABLE listed (path BLOB PRIMARY KEY, entry TEXT NOT NULL) WITHOUT ROWID;"
         )
 
     def __enter__(self) -> SeenStore:
@@ -55,3 +86,23 @@ class SeenStore:
 
     def count_images(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def add_listed(self, entries: Iterable[tuple[str, object]]) -> None:
+        """Remember the manifest's ``(path, entry)`` pairs; a path listed twice keeps its last entry, as
+        ``json.loads`` keeps the last value of a repeated key."""
+        self.conn.executemany("INSERT OR REPLACE INTO listed (path, entry) VALUES (?, ?)",
+                              ((_blob(rel), json.dumps(entry)) for rel, entry in entries))
+
+    def is_listed(self, path: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM listed WHERE path=?", (_blob(path),)).fetchone() is not None
+
+    def lists_under(self, folder: str) -> bool:
+        """Whether a listed path lies inside ``folder`` (``folder/...``)."""
+        low, high = _blob(folder + "/"), _blob(folder + "0")  # "0" follows "/": every "folder/..." lies between
+        return self.conn.execute("SELECT 1 FROM listed WHERE path > ? AND path < ? LIMIT 1",
+                                 (low, high)).fetchone() is not None
+
+    def listed(self) -> Iterator[tuple[str, object]]:
+        """The listed ``(path, entry)`` pairs in path order."""
+        for path, entry in self.conn.execute("SELECT path, entry FROM listed ORDER BY path"):
+            yield _text(path), json.loads(entry)

@@ -49,7 +49,6 @@ WHOLE_TABLE = {
     "SELECT modality, COUNT(*) FROM regions GROUP BY": "stats: counts by modality",
     "SELECT label, COUNT(*) FROM regions GROUP BY": "stats: counts by label",
     "SELECT source, item, path, message FROM errors WHERE stage=": "stats: lists every ingest error",
-    "SELECT id, region_id, status, json_extract(": "generate: what is drafted already, loaded once",
     "SELECT source, label, MIN(json_extract(": "generate: every source's structures, once (what absent "
     "questions may ask about)",
     "SELECT d.record_json, i.width, i.height, r.record_json FROM drafts d": "review push: every ok draft "

@@ -47,12 +47,15 @@ class DraftingQueries(CatalogBase):
             )
         return out
 
-    def draft_states(self) -> list[tuple]:
-        """Per stored draft: (id, region id, status, drafter, model, question, reason, attempt)."""
+    def draft_states(self, region_id: str) -> list[tuple]:
+        """Per stored draft of one region, in the order they were stored: (id, status, drafter, model,
+        question, reason, attempt). Asked region by region (an index lookup): a rerun over millions of
+        drafts never loads them all."""
         return self.conn.execute(
-            "SELECT id, region_id, status, json_extract(record_json, '$.provenance.drafter'), "
+            "SELECT id, status, json_extract(record_json, '$.provenance.drafter'), "
             "json_extract(record_json, '$.provenance.model'), json_extract(record_json, '$.question'), reason, "
-            "json_extract(record_json, '$.provenance.params.attempt') FROM drafts"
+            "json_extract(record_json, '$.provenance.params.attempt') FROM drafts WHERE region_id=? ORDER BY rowid",
+            (region_id,),
         ).fetchall()
 
     def drafts(self, status: str = "all", q_type: str | None = None) -> Iterator[dict]:

@@ -88,7 +88,6 @@ class DraftSpec:
 class Existing:
     """What the catalog holds for one draft slot."""
 
-    region_id: str
     status: str
     drafter: str | None
     model: str | None
@@ -97,34 +96,34 @@ class Existing:
     attempt: int
 
 
-def load_existing(catalog: Catalog) -> dict[str, Existing]:
-    """Every stored draft by id, reduced to what planning and lint need."""
+def load_existing(catalog: Catalog, region_id: str) -> dict[str, Existing]:
+    """The region's stored drafts by id, reduced to what planning and lint need."""
     return {
-        i: Existing(region, status, drafter, model, question or "", reason, int(attempt or 0))
-        for i, region, status, drafter, model, question, reason, attempt in catalog.draft_states()
+        i: Existing(status, drafter, model, question or "", reason, int(attempt or 0))
+        for i, status, drafter, model, question, reason, attempt in catalog.draft_states(region_id)
     }
 
 
 class Planner:
-    """The draft slots one region still needs under ``options``, given what the catalog holds."""
+    """The draft slots one region still needs under ``options``, given what the catalog holds: read
+    region by region, so nothing held grows with the number of drafts."""
 
     def __init__(self, catalog: Catalog, options: GenerateOptions, prompts: Prompts):
-        self.opt, self.prompts = options, prompts
-        self.existing = load_existing(catalog)
+        self.catalog, self.opt, self.prompts = catalog, options, prompts
         self.structures = catalog.source_structures() if options.absent_per_region > 0 else {}
-        self.by_region: dict[str, list[tuple[str, Existing]]] = {}
-        for i, e in self.existing.items():
-            self.by_region.setdefault(e.region_id, []).append((i, e))
 
     def work_for(self, region: dict) -> tuple[list[DraftSpec], int]:
         """The slots to draft now (with their rejection history) and how many are done already."""
-        slots = self._slots(region)
-        specs = [s for s in slots if self._needs_work(region["id"], s)]
-        return [self._with_history(region["id"], s) for s in specs], len(slots) - len(specs)
+        existing = load_existing(self.catalog, region["id"])
+        slots = [(s, existing.get(s.draft_id(region["id"]))) for s in self._slots(region)]
+        work = [self._with_history(old, s) for s, old in slots if self._needs_work(old, s)]
+        return work, len(slots) - len(work)
 
     def ok_questions(self, region_id: str, redone: set[str]) -> list[str]:
-        """The region's stored ok questions, except those of the drafts in ``redone``."""
-        return [e.question for i, e in self.by_region.get(region_id, []) if e.status == "ok" and i not in redone]
+        """The region's stored ok questions, except those of the drafts in ``redone`` (read again when its
+        drafts are stored: a region's drafts of this run are not in the catalog before that)."""
+        existing = load_existing(self.catalog, region_id)
+        return [e.question for i, e in existing.items() if e.status == "ok" and i not in redone]
 
     def _slots(self, region: dict) -> list[DraftSpec]:
         p, o = self.prompts.for_region(region), self.opt
@@ -146,16 +145,14 @@ class Planner:
             specs.append(DraftSpec("position", 0, "templates"))
         return specs
 
-    def _needs_work(self, region_id: str, spec: DraftSpec) -> bool:
-        old = self.existing.get(spec.draft_id(region_id))
+    def _needs_work(self, old: Existing | None, spec: DraftSpec) -> bool:
         if old is None or self.opt.force or old.status == "error":
             return True
         if old.drafter != spec.drafter or (spec.drafter == "llm" and old.model != self.opt.model):
             return True
         return old.status == "rejected" and self.opt.regenerate_rejected and spec.drafter == "llm"
 
-    def _with_history(self, region_id: str, spec: DraftSpec) -> DraftSpec:
-        old = self.existing.get(spec.draft_id(region_id))
+    def _with_history(self, old: Existing | None, spec: DraftSpec) -> DraftSpec:
         if old and old.status == "rejected" and self.opt.regenerate_rejected and spec.drafter == "llm":
             return DraftSpec(spec.q_type, spec.slot, spec.drafter, old.attempt + 1, (old.question, old.reason or ""))
         return spec

@@ -69,8 +69,10 @@ def test_read_annotation():
 def test_label_config_is_valid_and_accepts_the_prediction():
     li = LabelInterface(label_config())
     li.validate()
-    assert {c.name for c in li.controls} == {"bbox", "question", "answer", "verdict", "comment"}
-    assert [o.name for o in li.objects] == ["image"]  # one data object: direct image upload works
+    assert {c.name for c in li.controls} == {"bbox", "question", "answer", "verdict", "comment", "window"}
+    # the image, and a CT slice's other windows (test_ct_windows.py); uploads get the config without them
+    assert [o.name for o in li.objects] == ["image", "window_soft_tissue", "window_lung", "window_bone"]
+    assert [o.name for o in LabelInterface(label_config(windows=False)).objects] == ["image"]
     verdict = li.get_control("verdict")
     assert verdict.labels == ["accept", "edit", "reject"] and verdict.attr["required"] == "true"
     pred = {"result": draft_prediction("q?", "a", [[1, 2, 3, 4], [5, 6, 7, 8]], 10, 10)}

@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 
 from labelstudio_fixture import make_build
 
+from vgmed_build.review.images import IMAGE_KEY, WINDOW_KEYS
 from vgmed_build.review.state import load_drafts
 from vgmed_build.review.tasks import instructions_html, label_config, markdown_html, task_payload
 
@@ -31,8 +32,11 @@ def test_task_data_reaches_only_tags_that_show_text():
         for attr, value in el.attrib.items():
             for name in re.findall(r"\$(\w+)", value):
                 used.setdefault(name, set()).add((el.tag, attr))
-    assert used["image"] == {("Image", "value")}
-    shown = {name: places for name, places in used.items() if name != "image"}
+    for key in (IMAGE_KEY, *WINDOW_KEYS):  # image URLs: the image, and a CT slice's other windows
+        assert used[key] == {("Image", "value")}, key
+    # the window switch's options: vgmed's own window names (window_data), never text from a draft
+    assert used["windows"] == {("Choices", "value")}
+    shown = {name: places for name, places in used.items() if name not in {IMAGE_KEY, *WINDOW_KEYS, "windows"}}
     assert shown and all(places <= {(t, "value") for t in TEXT_TAGS} for places in shown.values()), shown
     # no tag that renders HTML or Markdown anywhere in the config
     assert not {el.tag for el in config.iter()} & {"HyperText", "Markdown", "Html", "Text", "Paragraphs"}

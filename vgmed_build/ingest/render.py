@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from vgmed_build import imaging
+from vgmed_build.ctslices import encode_hu, hu_path
 from vgmed_build.identifiers import stable_id
 from vgmed_build.labelnames import placeholder
+from vgmed_build.modality import CT
 from vgmed_build.modality import normalise as normalise_modality
 from vgmed_build.regions import (
     RegionGeometry,
@@ -214,7 +216,7 @@ def _render_volume(spec: SourceSpec, key: str, vol: Volume, modality: str, build
         named = [(structs.raw_values[c], structs.names[c], reg) for c, reg in found]
         present = [structs.names[c] for c in np.flatnonzero(areas[s])]
         out.append(_write_image(spec, key, imaging.to_uint8(grey, lo, hi), image_meta, modality, named, build_dir,
-                                present=present))
+                                present=present, hu=grey if modality == CT else None))
     if not out:
         raise filtered_out(areas.max(axis=0, initial=0) * px_per_voxel, first.shape[0] * first.shape[1], opts)
     return out
@@ -345,17 +347,22 @@ def _write_image(
     categories: dict[str, str] | None = None,
     *,
     present: list[str],
+    hu: np.ndarray | None = None,
 ) -> RenderedImage:
     """Write one PNG atomically and build its image record and region records.
 
     ``categories``: the data's own categories (COCO supercategories); the sources file's win.
     ``present``: every structure with a labelled pixel in the image, regions or not (too small ones
     too): a structure of the source missing from it is absent, and may be asked about with answer "no".
+    ``hu``: a CT slice's Hounsfield units, written beside the PNG for the review screen's other windows
+    (vgmed_build/ctslices.py); the release never takes them.
     """
     slice_part = "" if meta["slice_index"] is None else meta["slice_index"]
     image_id = stable_id(spec.name, key, meta["plane"], slice_part)
     rel_path = f"images/{spec.name}/{image_id}.png"
     sha = imaging.write_atomic(build_dir / rel_path, imaging.encode_png(pixels))
+    if hu is not None:
+        imaging.write_atomic(build_dir / hu_path(rel_path), encode_hu(hu))
     height, width = pixels.shape[:2]
     source = {
         "name": spec.name,

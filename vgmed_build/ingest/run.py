@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from vgmed_build.catalog import Catalog, open_catalog
 from vgmed_build.catalog.ingest import INGEST_STAGE as STAGE
+from vgmed_build.ctslices import HU_DIR, hu_path
 from vgmed_build.identifiers import item_pseudonym
 from vgmed_build.ingest.distributed import WorkerLost, connect, run_on_dask
 from vgmed_build.ingest.pool import WorkerDied, run_parallel
@@ -171,7 +172,13 @@ def store_result(catalog: Catalog, spec: SourceSpec, key: str, result: JobResult
     reason = result.problem if result.status == "skipped" else None
     for path in catalog.store_item(spec.name, key, result.fingerprint, images, skip_reason=reason,
                                    warnings=result.warnings):
-        (catalog.build_dir / path).unlink(missing_ok=True)
+        delete_image(catalog.build_dir, path)
+
+
+def delete_image(build_dir: Path, path: str) -> None:
+    """Delete an image ingest wrote and no longer holds, with the Hounsfield units beside a CT slice's."""
+    for rel in (path, hu_path(path)):
+        (build_dir / rel).unlink(missing_ok=True)
 
 
 @dataclass
@@ -199,8 +206,9 @@ def _stream_jobs(
     catalog.begin_listing()
     for spec in specs:
         # PNG temp files left by a killed run (write_atomic never leaves a half PNG under its name).
-        for tmp in (catalog.images_dir / spec.name).glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for folder in (catalog.images_dir / spec.name, catalog.images_dir / HU_DIR / spec.name):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
         # Listing problems (not tied to an item) are forgotten here and found again below if they still exist.
         catalog.register_source(spec.name, spec.kind, json.dumps(asdict(spec), sort_keys=True, default=str))
         listed = spec.path.exists()
@@ -274,7 +282,7 @@ def _withdraw(
     for key in catalog.unlisted_keys(spec.name):
         gone = catalog.withdraw_item(spec.name, key)
         for path in gone.image_paths:
-            (catalog.build_dir / path).unlink(missing_ok=True)
+            delete_image(catalog.build_dir, path)
         kept = f"; {gone.reviewed_drafts} reviewed draft(s) stay in the review history" if gone.reviewed_drafts else ""
         shown = key if with_paths else item_pseudonym(spec.name, key)
         log.warning(

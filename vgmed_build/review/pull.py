@@ -30,6 +30,7 @@ from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
 from vgmed_build.review.client import LabelStudioClient
 from vgmed_build.review.convert import read_annotation
+from vgmed_build.review.images import IMAGE_KEY, WINDOW_KEYS
 from vgmed_build.review.server import ServerInfo, connect
 from vgmed_build.review.state import (
     PROJECTS,
@@ -121,7 +122,7 @@ def rewritten(data: dict, row: DraftRow, pushed_hash: str | None) -> str | None:
     ``pushed_hash``: the content hash the catalog recorded for the task (None for a task it never
     recorded). The hash in the data must be that one or the current draft's; when it is the current
     draft's, every field a reviewer sees must be what :func:`task_data` makes of the draft (the note
-    is read back from the task, the image URL is the server's).
+    is read back from the task, the image URLs are the server's).
     """
     if data.get("draft_id") != row.id:
         return f"task data rewritten on the server: draft_id {data.get('draft_id')!r}, pushed as {row.id!r}"
@@ -131,7 +132,8 @@ def rewritten(data: dict, row: DraftRow, pushed_hash: str | None) -> str | None:
         return "task data rewritten on the server: its content hash is not the one this build pushed"
     if data.get(HASH_KEY) != current:
         return None  # the draft changed since this task was pushed (and reviewed): nothing to compare with
-    expected = task_data(row, data.get("image"), note)
+    shown = {IMAGE_KEY: data.get(IMAGE_KEY), **{k: data[k] for k in WINDOW_KEYS if data.get(k)}}
+    expected = task_data(row, shown, note)
     changed = sorted(k for k, v in expected.items() if data.get(k) != v)
     if changed:
         return f"task data rewritten on the server: {', '.join(changed)} differ from what this build pushed"

@@ -27,7 +27,7 @@ from vgmed_build.catalog import Catalog, now_iso
 from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
 from vgmed_build.review.client import LabelStudioClient
-from vgmed_build.review.images import review_image
+from vgmed_build.review.images import review_images
 from vgmed_build.review.server import ServerInfo, connect
 from vgmed_build.review.state import (
     PROJECTS,
@@ -74,12 +74,13 @@ def _find_project(client: LabelStudioClient, title: str, marker: str) -> int | N
     return min(found) if found else None
 
 
-def ensure_project(catalog: Catalog, client: LabelStudioClient,
-                   server: ServerInfo, name: str, title: str, reviewers_per_item: int) -> int:
-    """Create the project on first push; later keep its config and overlap settings current."""
+def ensure_project(catalog: Catalog, client: LabelStudioClient, server: ServerInfo, name: str, title: str,
+                   reviewers_per_item: int, windows: bool = True) -> int:
+    """Create the project on first push; later keep its config (with the CT window views when
+    ``windows``) and overlap settings current."""
     from label_studio_sdk.core.api_error import ApiError
 
-    config = label_config()
+    config = label_config(windows)
     settings = {
         "maximum_annotations": reviewers_per_item,
         "overlap_cohort_percentage": 100,
@@ -147,7 +148,8 @@ def _image_mode(catalog: Catalog, server: ServerInfo, images: str) -> str:
 def _local_resolver(catalog: Catalog, client: LabelStudioClient,
                     server: ServerInfo, project_id: int) -> Callable[[list[DraftRow]], dict]:
     """Serve images from disk: a Local Files storage on the images folder, created without syncing
-    (a sync would add one task per file)."""
+    (a sync would add one task per file). The resolver maps each row's id to its task data key ->
+    image URL (:func:`review_images`)."""
     images = catalog.images_dir.resolve()
     if not any(Path(s.path).resolve() == images for s in client.import_storage.local.list(project=project_id)):
         client.import_storage.local.create(
@@ -156,20 +158,24 @@ def _local_resolver(catalog: Catalog, client: LabelStudioClient,
     prefix = catalog.build_dir.resolve().relative_to(server.document_root.resolve())
 
     def resolve(rows: list[DraftRow]) -> dict:
-        shown = {r.draft["image"]: review_image(catalog.build_dir, r) for r in rows}
-        return {image: "/data/local-files/?d=" + quote((prefix / path).as_posix()) for image, path in shown.items()}
+        return {
+            r.id: {k: "/data/local-files/?d=" + quote((prefix / path).as_posix())
+                   for k, path in review_images(catalog.build_dir, r).items()}
+            for r in rows
+        }
 
     return resolve
 
 
 def _upload_resolver(catalog: Catalog, client: LabelStudioClient,
                      server: ServerInfo, project_id: int) -> Callable[[list[DraftRow]], dict]:
-    """Upload each image once per project; remember its URL in the catalog so a rerun reuses it."""
+    """Upload each image once per project; remember its URL in the catalog so a rerun reuses it. No CT
+    window views (see tasks.label_config)."""
     scope = hashlib.sha256(f"{server.identity}|{project_id}".encode()).hexdigest()[:12]
 
     def resolve(rows: list[DraftRow]) -> dict:
-        shown = {r.draft["image"]: review_image(catalog.build_dir, r) for r in rows}
-        paths = sorted(set(shown.values()))
+        shown = {r.id: review_images(catalog.build_dir, r, windows=False) for r in rows}
+        paths = sorted({p for images in shown.values() for p in images.values()})
         known = {p: catalog.get_state(f"review.upload.{scope}.{p}") for p in paths}
         missing = [p for p, url in known.items() if url is None]
         if missing:
@@ -178,7 +184,7 @@ def _upload_resolver(catalog: Catalog, client: LabelStudioClient,
                 for p, url in zip(missing, urls, strict=True):
                     tx.set_state(f"review.upload.{scope}.{p}", url)
                     known[p] = url
-        return {image: known[path] for image, path in shown.items()}
+        return {i: {k: known[path] for k, path in images.items()} for i, images in shown.items()}
 
     return resolve
 
@@ -279,9 +285,9 @@ def push(
         client = connect(server)
     notes = notes or {}
     title = title or f"vgmed {project} ({catalog.build_dir.resolve().name})"
-    with step(f"setting up the {project} project"):
-        project_id = ensure_project(catalog, client, server, project, title, reviewers_per_item)
     mode = _image_mode(catalog, server, images)
+    with step(f"setting up the {project} project"):
+        project_id = ensure_project(catalog, client, server, project, title, reviewers_per_item, mode == "local")
     with step(f"setting up the image {'storage' if mode == 'local' else 'uploads'} of project {project_id}"):
         resolver = (_local_resolver if mode == "local" else _upload_resolver)(catalog, client, server, project_id)
     report = PushReport(project=project, project_id=project_id, images=mode)
@@ -304,7 +310,7 @@ def push(
             batch = new[start : start + batch_size]
             with step(f"uploading the images of import request {n}"):
                 urls = resolver(batch)
-            payload = [task_payload(r, urls[r.draft["image"]], notes.get(r.id, "")) for r in batch]
+            payload = [task_payload(r, urls[r.id], notes.get(r.id, "")) for r in batch]
             with step(f"importing tasks into project {project_id} (request {n}, {len(batch)} tasks)"):
                 answer = client.projects.import_tasks(id=project_id, request=payload, return_task_ids=True)
                 task_ids = list(answer.task_ids or [])
@@ -323,7 +329,7 @@ def push(
         for row in changed:
             note, task_id = notes.get(row.id, ""), known[row.id][0]
             with step(f"updating task {task_id} of project {project_id}"):
-                updated = _update_task(client, task_id, task_payload(row, resolver([row])[row.draft["image"]], note))
+                updated = _update_task(client, task_id, task_payload(row, resolver([row])[row.id], note))
             if updated:
                 catalog.update_review_task(row.id, project, content_hash(row, note))
                 report.updated += 1

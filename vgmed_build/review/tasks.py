@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from vgmed_build import modality
 from vgmed_build.resources import resource_dir
 from vgmed_build.review.convert import BOX_LABEL, NUMBERED_BOXES, box_colour, box_label, draft_prediction
+from vgmed_build.review.images import IMAGE_KEY, REVIEW_WINDOWS, WINDOW_KEYS, window_choice, window_key
 from vgmed_build.review.state import DraftRow
 
 MODEL_VERSION = "vgmed-draft"
@@ -22,9 +25,15 @@ INSTRUCTIONS_FILE = "review_instructions.md"
 HASH_KEY = "vgmed_hash"  # task data field holding the content hash, so an adopted task needs no refresh
 
 
-def label_config() -> str:
-    """The labeling config kept in the repository (vgmed_build/review/config.xml)."""
-    return CONFIG_PATH.read_text(encoding="utf-8")
+WINDOWS_PART = re.compile(r"[ \t]*<!-- ct-windows.*?<!-- /ct-windows -->\n", re.S)
+
+
+def label_config(windows: bool = True) -> str:
+    """The labeling config kept in the repository (vgmed_build/review/config.xml); ``windows=False``
+    leaves out the CT window views, whose images Label Studio could not take as uploads (it uploads
+    files only to a project whose config has one data object)."""
+    text = CONFIG_PATH.read_text(encoding="utf-8")
+    return text if windows else WINDOWS_PART.sub("", text)
 
 
 def instructions_html() -> str:
@@ -112,12 +121,31 @@ def region_facts(draft: dict, region: dict, width: int, height: int, note: str =
     }
 
 
-def task_data(row: DraftRow, image_url: str, note: str = "") -> dict:
+AS_RELEASED = "as released"  # the window switch's choice that shows the image the boxes are edited on
+
+
+def window_data(images: Mapping[str, str]) -> dict:
+    """The window switch's task data: its title and choices (none unless ``images`` holds the CT
+    windows' URLs) and one URL per window of config.xml ('' where there is none: Label Studio wants
+    every key its config names, and a window view is only shown once its choice is picked)."""
+    names = [n for n in REVIEW_WINDOWS if images.get(window_key(n))]
+    return {
+        "window_title": "CT window:" if names else "",
+        "windows": [{"value": v} for v in ([AS_RELEASED, *map(window_choice, names)] if names else [])],
+        **{k: images.get(k) or "" for k in WINDOW_KEYS},
+    }
+
+
+def task_data(row: DraftRow, images: str | Mapping[str, str], note: str = "") -> dict:
+    """What the task shows for ``row``; ``images``: the image URL, or task data key -> URL (the image
+    and, for a CT slice, its windows: review/images.py ``review_images``)."""
     d = row.draft
+    urls = {IMAGE_KEY: images} if isinstance(images, str) else images
     context = context_line(d) + (f" · {note}" if note else "")
     return {
         **region_facts(d, row.region, row.width, row.height, note),
-        "image": image_url,
+        **window_data(urls),
+        "image": urls[IMAGE_KEY],
         "draft_id": d["id"],
         "region_id": d["region_id"],
         "q_type": d["q_type"],
@@ -144,10 +172,10 @@ def content_hash(row: DraftRow, note: str = "") -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def task_payload(row: DraftRow, image_url: str, note: str = "") -> dict:
+def task_payload(row: DraftRow, images: str | Mapping[str, str], note: str = "") -> dict:
     d = row.draft
     return {
-        "data": {**task_data(row, image_url, note), HASH_KEY: content_hash(row, note)},
+        "data": {**task_data(row, images, note), HASH_KEY: content_hash(row, note)},
         "predictions": [
             {
                 "model_version": MODEL_VERSION,

@@ -77,6 +77,22 @@ def test_timeout_is_a_deadline_for_a_dripping_reply(tmp_path, server_factory):
     assert "after 2 attempts" in reason and "no complete reply within 1 s" in reason
 
 
+def test_a_server_that_is_gone_is_named_unreachable_not_timed_out(tmp_path, server_factory):
+    # The aiohttp transport reports a refused connection as APITimeoutError "Request timed out." (issue 30,
+    # found by the fault campaign's server killed mid-run): the reason says the server cannot be reached.
+    server = server_factory({"default": {"kind": "auto"}})
+    server.proc.kill()
+    server.proc.wait()
+    cat = make_catalog(tmp_path / "b", targets=EIGHT[:2])
+    t0 = time.monotonic()
+    stats = run_generate(cat, opts(server, max_retries=1, **NO_LOC))
+    assert stats.errors == 2 and time.monotonic() - t0 < 5.0
+    for d in export_drafts(cat):
+        assert d["status"] == "error" and "request failed after 2 attempts: cannot reach the LLM server " \
+            f"{server.base_url} (ConnectTimeout: Cannot connect to host 127.0.0.1:{server.port}" in d["reason"]
+        assert "timed out" not in d["reason"]
+
+
 def test_a_refused_key_stops_the_run_at_the_first_request(tmp_path, server_factory):
     marker = "sk-VGMED-WRONG-4b1d"
     server = server_factory({"require_key": "sk-right", "models": [MODEL]})

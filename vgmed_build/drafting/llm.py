@@ -299,6 +299,16 @@ def retryable_error(exc: Exception) -> bool:
     return exc.status_code >= 500 and exc.status_code != 501 and not _PERMANENT.search(_status_text(exc))
 
 
+def failure_detail(exc: Exception, server: str) -> str:
+    """What went wrong with one request, for its error line. A server that cannot be reached (refused,
+    dropped, gone mid-run) is said so: the aiohttp transport reports it as APITimeoutError "Request
+    timed out." whose cause (httpx ConnectTimeout / ConnectError) holds what really happened."""
+    cause = exc.__cause__
+    if type(cause).__name__ in ("ConnectTimeout", "ConnectError"):
+        return f"cannot reach the LLM server {server} ({type(cause).__name__}: {cause})"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def format_rejected(exc: Exception) -> bool:
     """Whether a 400 rejects the response_format (and not, say, a prompt over the context length)."""
     text = _status_text(exc)
@@ -528,7 +538,7 @@ class LlmClient:
                 if isinstance(exc, asyncio.TimeoutError):
                     detail = f"APITimeoutError: no complete reply within {self.config.timeout_s:g} s"
                 else:
-                    detail = f"{type(exc).__name__}: {exc}"
+                    detail = failure_detail(exc, self.server)
                 if not retryable_error(exc) or attempt >= self.config.max_retries:
                     tries = f" after {attempt + 1} attempts" if retryable_error(exc) else ""
                     raise LlmError(f"{what} failed{tries}: {detail}") from None

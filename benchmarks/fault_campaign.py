@@ -20,7 +20,11 @@ What it measures, on copies of the bundled sample:
 * a full disk, for real: each stage (ingest, generate, release, export) run with its output on a
   tmpfs filled to the last byte (in a private mount namespace, `unshare -rm`; skipped where that is
   not allowed): one clear line, what was stored before unchanged, and once space is freed the rerun
-  completes and its release / export is byte-identical to a clean one.
+  completes and its release / export is byte-identical to a clean one;
+* Label Studio failing: `review push` / `pull` through the real SDK client against the tests' local server
+  answering Label Studio's API (tests/labelstudio_mimic.py): a 500 creating the project, the connection
+  closed during the import, an export cut short, closed, truncated or garbage: one line naming the
+  server and the step, nothing stored, and the rerun completes with one task per draft.
 
     python benchmarks/fault_campaign.py --kills 5 --seed 1
     python benchmarks/fault_campaign.py --quick      # 2 kills per stage on 2 cases
@@ -72,9 +76,9 @@ def nifti_sources(path: Path, folder: Path, name: str = "x", options: str = "") 
     return path
 
 
-def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vgmed_build.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -710,15 +714,74 @@ def full_disk_campaign(work: Path) -> list[dict]:
     return cases
 
 
+# --- Label Studio failing: push and pull against tests/labelstudio_mimic.py -------------------------
+
+def review_state(build: Path) -> list:
+    """What review holds in a build's catalog (tasks, events, problems), to compare before and after."""
+    with sqlite3.connect(build / "catalog.sqlite") as conn:
+        return [conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+                for t in ("review_tasks", "review_events", "review_problems")]
+
+
+def labelstudio_campaign(work: Path) -> list[dict]:
+    """`review push` / `review pull` through the real SDK client against a small local server answering
+    Label Studio's API (tests/labelstudio_mimic.py, as tests/test_review_faults.py uses it; starting the
+    real server per failure costs a minute) that fails the way a server or network does: a 500 creating
+    the project, the connection closed during the import, an export cut short, closed, truncated or
+    garbage. Each must stop with one line naming the server and the step (exit 2), store nothing, and
+    the rerun once the server is healed must complete with one task per draft."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from labelstudio_mimic import Mimic
+
+    work.mkdir()
+    built = work / "built"
+    cli("ingest", "--build", str(built), "--sources", str(nifti_sources(work / "s.toml", nifti_source(work, 1))),
+        "--no-progress")
+    cli("generate", "--build", str(built))
+    drafts = sorted(draft_ids(built))
+    env = {**os.environ, "LABEL_STUDIO_API_KEY": "mimic-token-0123456789"}
+    env.pop("LABEL_STUDIO_URL", None)
+    faults = [("push", "create_project", "500", "creating the review project"),
+              ("push", "import", "close", "importing tasks"),
+              *[("pull", "export", kind, "exporting the review project")
+                for kind in ("cut", "close", "truncated", "garbage")]]
+    cases = []
+    for action, endpoint, kind, step in faults:
+        build = work / f"trial-{len(cases)}"
+        shutil.copytree(built, build)
+        mimic = Mimic()
+        review = ["--no-progress", "--build", str(build), "--url", mimic.url, "--document-root", str(build)]
+        try:
+            if action == "pull":
+                cli("review", "push", *review, env=env)
+            before = review_state(build)
+            mimic.fail(endpoint, kind)
+            run = cli("review", action, *review, *(["--batch-size", "4"] if action == "push" else []), env=env)
+            unchanged = review_state(build) == before
+            mimic.heal()
+            rerun = cli("review", action, *review, env=env)
+            on_server = sorted(t["data"]["draft_id"] for t in mimic.state.tasks.values())
+        finally:
+            mimic.stop()
+        said = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+        cases.append({**case(f"Label Studio {action}: {endpoint} answers {kind}", run, said[:1] or None,
+                             clear=len(said) == 1 and mimic.url in said[0] and step in said[0],
+                             kept=unchanged and rerun.returncode == 0 and on_server == drafts),
+                      "catalog_unchanged": unchanged, "rerun_exit": rerun.returncode,
+                      "tasks_after_rerun": f"{len(on_server)} for {len(drafts)} drafts"})
+    return cases
+
+
 def summary(results: dict) -> dict:
     """The issue-30 counts: bad-input, LLM and full-disk cases by verdict, plus kill trials that lost data."""
-    cases = results["bad_inputs"] + results["llm"] + results["full_disk"]
+    cases = results["bad_inputs"] + results["llm"] + results["full_disk"] + results["labelstudio"]
     kill_loss = sum(r["lost"] + r["corrupt_png"] + (r["kills"] - r["releases_identical"])
                     + (r["kills"] - r["exports_identical"]) for r in results["kills"].values())
     return {
         "bad_input_cases": len(results["bad_inputs"]),
         "llm_cases": len(results["llm"]),
         "full_disk_cases": sum("skipped" not in c for c in results["full_disk"]),
+        "labelstudio_cases": len(results["labelstudio"]),
         "data_loss": sum("data_loss" in c["verdict"] for c in cases) + kill_loss,
         "tracebacks": sum("traceback" in c["verdict"] for c in cases),
         "wrongly_accepted": sum("wrongly_accepted" in c["verdict"] for c in cases),
@@ -751,6 +814,7 @@ def main() -> int:
             "planted_identifiers": planted_campaign(work),
             "llm": llm_campaign(work / "llm"),
             "full_disk": full_disk_campaign(work / "disk"),
+            "labelstudio": labelstudio_campaign(work / "labelstudio"),
         }
     results["summary"] = summary(results)
     text = json.dumps(results, indent=2, ensure_ascii=False)

@@ -478,3 +478,23 @@ def test_a_catalog_opened_on_a_full_disk_is_the_full_disk_line_not_a_broken_cata
     assert "not a usable" not in err and "Traceback" not in err
     (full_disk / "filler").unlink()
     assert sqlite3.connect(full_disk / "b" / "catalog.sqlite").execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_disk_filling_up_during_generate_is_one_line_not_a_region_error(tmp_path, full_disk):
+    """A full disk met while storing drafts stopped the run with "region ...: cannot draft: OperationalError:
+    database or disk is full" lines before the full-disk line (found by the fault campaign)."""
+    build = tmp_path / "b"
+    assert ingest(build, "--source", f"images2d:{photos(tmp_path / 'photos', 60)}", "--modality", "Dermoscopy") == 0
+    shutil.copytree(build, full_disk / "b")
+    fill(full_disk, leave=40_000)  # room to open the catalog (a 32 KiB shared-memory file), not for 120 drafts
+    generate = [*VGMED, "generate", "--build", str(full_disk / "b")]
+    run = subprocess.run(generate, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert [line for line in run.stderr.splitlines() if "error" in line.lower()] == [
+        "error: generate: the disk is full; free some space and rerun the same command to resume (what finished "
+        "is stored)"]
+    (full_disk / "filler").unlink()
+    assert subprocess.run(generate, capture_output=True, text=True, timeout=300).returncode == 0
+    with sqlite3.connect(full_disk / "b" / "catalog.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM errors").fetchone() == (0,)
+        assert conn.execute("SELECT COUNT(DISTINCT region_id) FROM drafts").fetchone() == (60,)

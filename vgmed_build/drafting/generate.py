@@ -23,6 +23,7 @@ from vgmed_build.drafting.plan import DraftSpec, GenerateOptions, Planner
 from vgmed_build.drafting.propose import Proposal, Proposer
 from vgmed_build.drafting.records import STAGE, region_item, region_records, write_region_drafts
 from vgmed_build.drafting.templates import Prompts, load_prompts
+from vgmed_build.interrupt import disk_full
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ class _Generator:
                     try:
                         await self._region(*item)
                     except Exception as exc:  # noqa: BLE001 - one bad region never aborts the run
+                        if disk_full(exc):  # no fault of the region's: the run stops with one line
+                            raise
                         self._region_failed(item[0], exc)
                 bar.update(1)
 

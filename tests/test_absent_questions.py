@@ -89,6 +89,31 @@ def test_release_balances_yes_and_no_where_the_source_has_absent_structures(demo
         "no": sum(r["answer"] == "no" for r in loc), "yes": sum(r["answer"] == "yes" for r in loc)}
 
 
+def test_the_demo_localization_answers_near_balance(demo):
+    """What a model that always answers "yes" scores on the demo: the counts per source, and overall. Only
+    an image with an absent structure can be asked "no" (at most as often as "yes" on it), and the axial
+    and coronal MNI slices and the CT slice hold every structure of their source: the sample takes few of
+    them (each structure's largest axial slice) and many sagittal ones (every 4th), which hold half."""
+    assert main(["regions", "--build", str(demo / "b"), "--out", str(demo / "regions-count.jsonl")]) == 0
+    regions = records(demo / "regions-count.jsonl")
+    rel = demo / "rel"
+    medical = Counter(r["answer"] for r in records(rel / "VGMED_localization.jsonl"))
+    photos = Counter(r["answer"] for r in records(rel / "COCO_localization.jsonl"))
+    print(f"demo localization answers: medical {dict(medical)}, photos {dict(photos)}")
+    assert (medical["yes"], medical["no"]) == (45, 35) and (photos["yes"], photos["no"]) == (4, 4)
+    assert (medical["yes"] + photos["yes"]) / (medical.total() + photos.total()) < 0.56  # was 64 / 86 = 74 %
+    # Independent count: one "yes" per region, and per image as many "no" as it has regions, up to the
+    # structures of its source with no labelled pixel in it.
+    structures: dict[str, set[str]] = {}
+    images: dict[str, list[dict]] = {}
+    for r in regions:
+        structures.setdefault(r["source"]["name"], set()).add(r["label"])
+        images.setdefault(r["image_id"], []).append(r)
+    no = sum(min(len(rs), len(structures[rs[0]["source"]["name"]] - set(rs[0]["image_labels"])))
+             for rs in images.values())
+    assert (len(regions), no) == (medical["yes"] + photos["yes"], medical["no"] + photos["no"])
+
+
 def test_validate_refuses_an_absent_record_with_boxes(demo, tmp_path, capsys):
     import shutil
 

@@ -86,7 +86,7 @@ def sample_build(tmp_path_factory) -> Path:
 def test_bundled_sample_regions_have_the_right_sides_and_positions(sample_build):
     regions = [r for r in regions_of(sample_build) if r["source"]["name"] in MNI_SOURCES]
     assert {r["label"] for r in regions} == set(LABELS.values())
-    assert len(regions) >= 20
+    assert len(regions) == 8  # each structure's largest axial and coronal slice (sources.toml)
     for r in regions:
         hemisphere = r["label"].split()[0]
         assert r["side"] == hemisphere, r
@@ -103,8 +103,15 @@ def test_bundled_sample_regions_have_the_right_sides_and_positions(sample_build)
         assert row_mm == pytest.approx(col_mm, rel=2e-3) and row_mm < 2.0
         x0, y0, x1, y1 = r["boxes"][0]
         assert 0 <= x0 < x1 <= r["width"] and 0 <= y0 < y1 <= r["height"]
-    axial = [r for r in regions if r["plane"] == "axial"]
-    assert all(r["slice_index"] % 8 == 0 for r in axial)               # every_n = 8 in sources.toml
+    # slice_policy = "largest": each structure on the slice where its label covers most voxels (first on ties)
+    import nibabel as nib
+
+    lab = np.asarray(nib.load(REPO / "vgmed_build/sample/mni152/labelsTr/mni152.nii.gz").dataobj)
+    for r in regions:
+        axis = {"axial": 2, "coronal": 1}[r["plane"]]
+        value = {n: v for v, n in LABELS.items()}[r["label"]]
+        per_slice = (lab == value).sum(axis=tuple(a for a in range(3) if a != axis))
+        assert r["slice_index"] == int(per_slice.argmax()), r["label"]
     assert {r["plane"] for r in regions} == {"axial", "coronal"}
 
 
@@ -416,7 +423,7 @@ def test_sources_file_formats_agree_and_typos_fail_loudly(tmp_path):
         finally:
             path.unlink()
     mni_spec = next(s for s in toml_specs if s.name == "mni152")
-    assert mni_spec.options["every_n"] == 8 and mni_spec.options["max_area_ratio"] == 0.4   # default filled
+    assert mni_spec.options["slice_policy"] == "largest" and mni_spec.options["max_area_ratio"] == 0.4  # default filled
     assert mni_spec.path == SAMPLE_SOURCES.parent / "mni152"
 
     def fails(entries: object, fragment: str, name: str = "bad.json") -> None:

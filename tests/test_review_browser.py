@@ -201,19 +201,21 @@ def test_review_in_chromium_comes_back_exactly(labelstudio, demo, browser_page, 
     page.get_by_text(new_question).wait_for()
     assert page.locator(".vgmed-form textarea:focus, .vgmed-form input:focus").count() == 0
 
-    # Move the box: 12 image pixels right and 7 down, dragged on the canvas at its display scale.
+    # Move the box: dragged 12 screen pixels right and 7 down (whole pixels: the browser delivers the
+    # mouse at whole pixels), which is that many image pixels at the display scale.
     x0, y0, x1, y1 = draft["boxes"][0]
     img = page.locator(".vgmed-image img").bounding_box()
     scale = img["width"] / draft["width"]
-    dx, dy = 12, 7
+    sx, sy = 12, 7
+    dx, dy = round(sx / scale), round(sy / scale)
     # Grab the box by its top edge (outlines are drawn, not filled), a quarter along: the middle of
     # an edge is the resize handle of a selected box.
-    grab_x, grab_y = img["x"] + (x0 + (x1 - x0) / 4) * scale, img["y"] + y0 * scale
+    grab_x, grab_y = round(img["x"] + (x0 + (x1 - x0) / 4) * scale), round(img["y"] + y0 * scale)
     page.mouse.click(grab_x, grab_y)
     page.mouse.move(grab_x, grab_y)
     page.mouse.down()
     for step in range(1, 11):
-        page.mouse.move(grab_x + dx * scale * step / 10, grab_y + dy * scale * step / 10)
+        page.mouse.move(grab_x + round(sx * step / 10), grab_y + round(sy * step / 10))
     page.mouse.up()
 
     # Verdict, comment, and submit with the keyboard (Ctrl+Enter).

@@ -9,18 +9,15 @@ list the families without importing torch, and adding a family is adding its mod
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vgmed_build.registry import Registry, class_attribute, declared_in
-
-if TYPE_CHECKING:
-    from vgmed_eval.adapters.base import Adapter
 
 _PACKAGE = "vgmed_eval.adapters"
 _FOLDER = Path(__file__).parent / "adapters"
 
-# filled by :func:`vgmed_eval.adapters.base.register` when a family's module is imported
-MODEL_ADAPTERS: Registry[type[Adapter]] = Registry(
+# filled by :func:`vgmed_eval.adapters.base.register` when a family's module is imported; the entries are
+# ``Adapter`` subclasses (typed as plain ``type``: naming ``Adapter`` here would make an import cycle)
+MODEL_ADAPTERS: Registry[type] = Registry(
     "tiny family", ValueError, known="available", modules=declared_in(_PACKAGE, _FOLDER, class_attribute("family")))
-MODEL_TYPES: Registry[type[Adapter]] = Registry(
+MODEL_TYPES: Registry[type] = Registry(
     "model_type", ValueError, known="supported", modules=declared_in(_PACKAGE, _FOLDER, class_attribute("model_types")))

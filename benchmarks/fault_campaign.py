@@ -17,7 +17,7 @@ What it measures, on copies of the bundled sample:
   (tests/llm_server.py) answering too late, 500 on every request, garbage or truncated JSON, or killed
   in the middle of the run; each case is judged as a bad input (a clear line per failed draft, exit 1),
   then rerun against a working server: every draft of a clean run, none twice;
-* a full disk, for real: each stage (ingest, generate, release, export) run with its output on a
+* a full disk, for real: each stage (ingest, generate, release, export, review pull) run with its output on a
   tmpfs filled to the last byte (in a private mount namespace, `unshare -rm`; skipped where that is
   not allowed): one clear line, what was stored before unchanged, and once space is freed the rerun
   completes and its release / export is byte-identical to a clean one;
@@ -644,7 +644,7 @@ def disk_trial(spec: dict) -> dict:
             "done": done_by_source(disk / "b"), "drafts": sorted(draft_ids(disk / "b")) if catalog.exists() else []}
 
 
-def in_namespace(work: Path, spec: dict) -> dict:
+def in_namespace(work: Path, spec: dict, env: dict | None = None) -> dict:
     """``disk_trial(spec)`` in a private mount namespace on a fresh tmpfs with room for the starting state
     and the stage's output (``{"failed": why}`` when that cannot run)."""
     disk = work / f"disk-{time.monotonic_ns()}"
@@ -656,7 +656,7 @@ def in_namespace(work: Path, spec: dict) -> dict:
     script = 'mount -t tmpfs -o size="$1" tmpfs "$2" && exec "$3" "$4" --disk-trial "$5"'
     got = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(size + (8 << 20)), str(disk),
                           sys.executable, str(Path(__file__).resolve()), str(spec_path)],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, env=env)
     return json.loads(got.stdout) if got.returncode == 0 else {"failed": got.stderr[-500:]}
 
 
@@ -690,12 +690,25 @@ def full_disk_campaign(work: Path) -> list[dict]:
         ("export vqa-json replacing an earlier export", 0, [(out, "rel"), (out.parent / "rel.json", "rel.json")],
          vqa, ["rel.json"]),
     ]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from labelstudio_mimic import Mimic
+
+    mimic = Mimic()  # review pull on a full disk: a build pushed to the tests' Label Studio stand-in
+    env = {**os.environ, "LABEL_STUDIO_API_KEY": "mimic-token-0123456789"}
+    env.pop("LABEL_STUDIO_URL", None)
+    pushed = work / "pushed"
+    shutil.copytree(clean, pushed)
+    cli("review", "push", "--no-progress", "--build", str(pushed), "--url", mimic.url, "--document-root", str(pushed),
+        env=env)
+    trials.append(("review pull", 0, [(pushed, "b")], ["review", "pull", "--no-progress", "--build", "{disk}/b",
+                                                      "--url", mimic.url, "--document-root", "{disk}/b"], ["b/images"]))
     cases = []
     for name, leave, copy, args, keep in trials:
         got_dir = work / f"got-{len(cases)}"
         got_dir.mkdir()
         result = in_namespace(work, {"copy": [[str(a), b] for a, b in copy], "args": args, "keep": keep,
-                                     "leave": leave, "collect": [[k, str(got_dir / k)] for k in keep if "/" not in k]})
+                                     "leave": leave, "collect": [[k, str(got_dir / k)] for k in keep if "/" not in k]},
+                              env)
         if "failed" in result:
             cases.append({"case": f"full disk: {name}", "skipped": result["failed"], "verdict": []})
             continue
@@ -711,6 +724,7 @@ def full_disk_campaign(work: Path) -> list[dict]:
                       "left_free_bytes": leave, "catalog_integrity": result["integrity"], "unchanged": result["kept"],
                       "rerun_exit": result["rerun_exit"], "rerun_stored_everything": stored,
                       "rerun_identical_to_clean": same})
+    mimic.stop()
     return cases
 
 

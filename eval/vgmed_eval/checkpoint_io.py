@@ -1,6 +1,7 @@
 """Checkpoint files, shared by every converter (LLaVA, InternVL-Chat, VILA): reading weight files and
-their shapes, JSON configs, the tokenizer with its image token, vocabulary growth, and writing a
-converted checkpoint so that an interrupted conversion never leaves a half one at its destination."""
+their shapes, checking them against the target model, JSON configs, the tokenizer with its image token,
+vocabulary growth, and writing a converted checkpoint (weights, then config, processor and notes) so that
+an interrupted conversion never leaves a half one at its destination."""
 
 from __future__ import annotations
 
@@ -73,10 +74,55 @@ def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in read_weights(path).items()}
 
 
+def source_shapes(paths: list[Path], rename) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of the weight files under their new names (``rename`` gives None to drop one); a key
+    ``rename`` refuses is reported with the file it came from."""
+    source: dict[str, tuple[int, ...]] = {}
+    for path in paths:
+        for key, shape in weight_shapes(path).items():
+            try:
+                new = rename(key)
+            except ConvertError as exc:
+                raise ConvertError(f"{path}: {exc}") from exc
+            if new is not None:
+                source[new] = shape
+    return source
+
+
+def fitted_shapes(src: Path, what: str, model_class, config, source: dict[str, tuple[int, ...]]) -> dict:
+    """The tensor shapes of ``model_class(config)`` (built on the meta device, so nothing is allocated),
+    after checking ``source`` against them: a ConvertError names up to five missing, unexpected and
+    mis-shaped tensors, so a wrong checkpoint fails before any weight is read. A tied LM head is dropped
+    from both (``source`` in place): the model has no tensor of its own for it."""
+    with torch.device("meta"):
+        target = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
+    if config.tie_word_embeddings:
+        target.pop(LM_HEAD, None)
+        source.pop(LM_HEAD, None)
+    missing, extra = sorted(set(target) - set(source)), sorted(set(source) - set(target))
+    wrong = sorted(k for k in set(target) & set(source) if target[k] != source[k])
+    problems = ([f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"] if missing else []) + \
+               ([f"unexpected {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}"] if extra else []) + \
+               [f"{k} has shape {source[k]}, the model needs {target[k]}" for k in wrong[:5]]
+    if problems:
+        raise ConvertError(f"{src}: the weights do not fit {what}: " + "; ".join(problems))
+    return target
+
+
 # ---------------------------------------------------------------------------------- vocabulary growth
 def grown_rows(n_tokens: int, rows: int) -> int:
     """Embedding rows needed for ``n_tokens`` tokens: unchanged when they fit, else the next multiple of 64."""
     return rows if n_tokens <= rows else math.ceil(n_tokens / GROW_MULTIPLE) * GROW_MULTIPLE
+
+
+def grow_shapes(source: dict[str, tuple[int, ...]], n_tokens: int) -> int:
+    """The embedding rows for ``n_tokens`` tokens (:func:`grown_rows`), with the embedding's and LM head's
+    shapes in ``source`` set to them (in place), as the converted tensors will be."""
+    rows = grown_rows(n_tokens, source[EMBED][0])
+    for key in (EMBED, LM_HEAD):
+        if key in source:
+            source[key] = (rows, *source[key][1:])
+    return rows
 
 
 def grow(weight: torch.Tensor, rows: int, seed: int = 0) -> torch.Tensor:
@@ -150,6 +196,19 @@ def load_tokenizer(src: Path, template: str):
         tok.pad_token = tok.unk_token or tok.eos_token
     tok.chat_template = template
     return tok
+
+
+def write_extras(work: Path, saved: list, notes: dict, generation_config: Path, template: str | None = None) -> None:
+    """What a converted checkpoint holds beside its weights: each of ``saved`` (config, tokenizer, processor)
+    by its ``save_pretrained``, the chat template as ``chat_template.jinja`` when given, the source's
+    generation config when it has one, and ``notes`` (what the conversion chose) as ``vgmed_convert.json``."""
+    for item in saved:
+        item.save_pretrained(work)
+    if template is not None:
+        (work / "chat_template.jinja").write_text(template, encoding="utf-8")
+    if generation_config.is_file():
+        shutil.copy2(generation_config, work / "generation_config.json")
+    (work / "vgmed_convert.json").write_text(json.dumps(notes, indent=2) + "\n", encoding="utf-8")
 
 
 def assemble(dst: Path, parts: list, finish, progress: bool = True) -> None:

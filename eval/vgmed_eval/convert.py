@@ -24,10 +24,8 @@ interrupted or refused conversion leaves no half checkpoint at DST.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,12 +40,15 @@ from vgmed_eval.checkpoint_io import (
     assemble,
     check_destination,
     converted_tensors,
-    grown_rows,
+    fitted_shapes,
+    grow_shapes,
     load_tokenizer,
     read_json,
     read_weights,
+    source_shapes,
     weight_files,
     weight_shapes,
+    write_extras,
 )
 
 log = logging.getLogger(__name__)
@@ -240,15 +241,7 @@ def plan(src: Path, *, vision_tower: Path | None = None, chat_template: Path | N
         template, template_name = chosen.template, chosen.name
     tok = load_tokenizer(src, template)
 
-    source: dict[str, tuple[int, ...]] = {}
-    for path in files:
-        for key, shape in weight_shapes(path).items():
-            try:
-                new = checkpoint_key(key, projector)
-            except ConvertError as exc:
-                raise ConvertError(f"{path}: {exc}") from exc
-            if new is not None:
-                source[new] = shape
+    source = source_shapes(files, lambda key: checkpoint_key(key, projector))
     tower_files: list[Path] = []
     if not any(k.startswith("model.vision_tower.") for k in source):
         tower_files = weight_files(tower)
@@ -258,11 +251,7 @@ def plan(src: Path, *, vision_tower: Path | None = None, chat_template: Path | N
             source.update({k2: s for k, s in weight_shapes(path).items() if (k2 := tower_key(k))})
     if EMBED not in source:
         raise ConvertError(f"{src}: no model.embed_tokens.weight in the checkpoint")
-    old_rows = source[EMBED][0]
-    rows = grown_rows(len(tok), old_rows)
-    for key in (EMBED, LM_HEAD):
-        if key in source:
-            source[key] = (rows, *source[key][1:])
+    rows = grow_shapes(source, len(tok))
     if projector == "linear":
         hidden = source[f"{PROJ_1}.weight"][0]
         source[f"{PROJ_2}.weight"], source[f"{PROJ_2}.bias"] = (hidden, hidden), (hidden,)
@@ -278,19 +267,7 @@ def plan(src: Path, *, vision_tower: Path | None = None, chat_template: Path | N
     )
     if getattr(text, "dtype", None) is not None:
         config.dtype = text.dtype
-    with torch.device("meta"):
-        target = {k: tuple(v.shape) for k, v in LlavaForConditionalGeneration(config).state_dict().items()}
-    if config.tie_word_embeddings:
-        target.pop(LM_HEAD, None)
-        source.pop(LM_HEAD, None)
-    missing = sorted(set(target) - set(source))
-    extra = sorted(set(source) - set(target))
-    wrong = sorted(k for k in set(target) & set(source) if target[k] != source[k])
-    problems = ([f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"] if missing else []) + \
-               ([f"unexpected {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}"] if extra else []) + \
-               [f"{k} has shape {source[k]}, the model needs {target[k]}" for k in wrong[:5]]
-    if problems:
-        raise ConvertError(f"{src}: the weights do not fit a {family.text_type} LLaVA model: " + "; ".join(problems))
+    target = fitted_shapes(src, f"a {family.text_type} LLaVA model", LlavaForConditionalGeneration, config, source)
     processor = LlavaProcessor(
         image_processor=_image_processor(tower, side, aspect == "pad"), tokenizer=tok, patch_size=patch,
         vision_feature_select_strategy=strategies[select], chat_template=template, num_additional_image_tokens=1,
@@ -331,16 +308,10 @@ def convert(src: Path, dst: Path, *, vision_tower: Path | None = None, chat_temp
     parts = [part(f, lambda k: checkpoint_key(k, p.projector)) for f in p.files]
     parts += [part(f, tower_key) for f in p.tower_files] + ([identity] if p.projector == "linear" else [])
 
-    def finish(work: Path) -> None:
-        p.config.save_pretrained(work)
-        p.processor.save_pretrained(work)
-        if (src / "generation_config.json").is_file():
-            shutil.copy2(src / "generation_config.json", work / "generation_config.json")
-        (work / "vgmed_convert.json").write_text(json.dumps({
-            "source_model_type": p.family.model_type, "source": str(src), "vision_tower": str(p.tower),
-            "vision_tower_weights": "checkpoint" if not p.tower_files else "tower folder", "projector": p.projector,
-            "chat_template": p.template_name, "embedding_rows": p.rows,
-            "image_token_index": p.config.image_token_index}, indent=2) + "\n", encoding="utf-8")
-
-    assemble(dst, parts, finish, progress)
+    notes = {"source_model_type": p.family.model_type, "source": str(src), "vision_tower": str(p.tower),
+             "vision_tower_weights": "checkpoint" if not p.tower_files else "tower folder", "projector": p.projector,
+             "chat_template": p.template_name, "embedding_rows": p.rows,
+             "image_token_index": p.config.image_token_index}
+    assemble(dst, parts, lambda work: write_extras(work, [p.config, p.processor], notes,
+                                                   src / "generation_config.json"), progress)
     return p

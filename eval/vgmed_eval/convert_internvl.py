@@ -20,9 +20,7 @@ layer_norm/linear_1/linear_2``, ``language_model.model.*`` -> ``model.language_m
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +30,13 @@ from vgmed_eval.chat_templates import INTERNVL_HERMES, PROMPTS, read_template
 from vgmed_eval.checkpoint_io import (
     ConvertError,
     assemble,
+    fitted_shapes,
     own_storage,
     read_json,
     read_weights,
     weight_files,
     weight_shapes,
+    write_extras,
 )
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -210,18 +210,7 @@ def plan(src: Path, *, chat_template: Path | None = None, prompt: str | None = N
                 source.update(renamed(key, shape))
             except ConvertError as exc:
                 raise ConvertError(f"{path}: {exc}") from exc
-    with torch.device("meta"):
-        target = {k: tuple(v.shape) for k, v in InternVLForConditionalGeneration(config).state_dict().items()}
-    if config.tie_word_embeddings:
-        target.pop("lm_head.weight", None)
-        source.pop("lm_head.weight", None)
-    missing, extra = sorted(set(target) - set(source)), sorted(set(source) - set(target))
-    wrong = sorted(k for k in set(target) & set(source) if target[k] != source[k])
-    problems = ([f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"] if missing else []) + \
-               ([f"unexpected {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}"] if extra else []) + \
-               [f"{k} has shape {source[k]}, the model needs {target[k]}" for k in wrong[:5]]
-    if problems:
-        raise ConvertError(f"{src}: the weights do not fit an InternVL model: " + "; ".join(problems))
+    fitted_shapes(src, "an InternVL model", InternVLForConditionalGeneration, config, source)
     ip = GotOcr2ImageProcessorPil(
         size={"height": side, "width": side}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
         crop_to_patches=dynamic, min_patches=int(cfg.get("min_dynamic_patch", 1)),
@@ -248,18 +237,13 @@ def convert(src: Path, dst: Path, *, chat_template: Path | None = None, prompt: 
             return out
         return read
 
+    notes = {"source_model_type": "internvl_chat", "source": str(src), "ps_version": p.config.ps_version,
+             "chat_template": p.template_name, "image_token_id": p.config.image_token_id,
+             "image_seq_length": p.config.image_seq_length, "tiling": bool(p.image_processor.crop_to_patches)}
+
     def finish(work: Path) -> None:
-        p.config.save_pretrained(work)
-        p.tokenizer.save_pretrained(work)
-        p.image_processor.save_pretrained(work)
-        (work / "chat_template.jinja").write_text(p.template, encoding="utf-8")
-        if (src / "generation_config.json").is_file():
-            shutil.copy2(src / "generation_config.json", work / "generation_config.json")
-        (work / "vgmed_convert.json").write_text(json.dumps({
-            "source_model_type": "internvl_chat", "source": str(src), "ps_version": p.config.ps_version,
-            "chat_template": p.template_name, "image_token_id": p.config.image_token_id,
-            "image_seq_length": p.config.image_seq_length, "tiling": bool(p.image_processor.crop_to_patches)},
-            indent=2) + "\n", encoding="utf-8")
+        write_extras(work, [p.config, p.tokenizer, p.image_processor], notes, src / "generation_config.json",
+                     p.template)
 
     assemble(Path(dst), [part(f) for f in p.files], finish, progress)
     return p

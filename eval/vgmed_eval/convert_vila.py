@@ -22,9 +22,7 @@ column order). Renamed weights: ``llm/`` ``model.*`` -> ``model.language_model.*
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -39,12 +37,14 @@ from vgmed_eval.checkpoint_io import (
     ConvertError,
     assemble,
     converted_tensors,
-    grown_rows,
+    fitted_shapes,
+    grow_shapes,
     load_tokenizer,
     read_json,
     read_weights,
+    source_shapes,
     weight_files,
-    weight_shapes,
+    write_extras,
 )
 
 FOLDERS = ("llm", "vision_tower", "mm_projector")
@@ -139,20 +139,10 @@ def plan(src: Path, *, chat_template: Path | None = None, prompt: str | None = N
     tok = load_tokenizer(src / "llm", template)
     source: dict[str, tuple[int, ...]] = {}
     for folder, paths in files.items():
-        for path in paths:
-            for key, shape in weight_shapes(path).items():
-                try:
-                    new = renamed(folder, key)
-                except ConvertError as exc:
-                    raise ConvertError(f"{path}: {exc}") from exc
-                if new is not None:
-                    source[new] = shape
+        source.update(source_shapes(paths, partial(renamed, folder)))
     if EMBED not in source:
         raise ConvertError(f"{src / 'llm'}: no model.embed_tokens.weight")
-    rows = grown_rows(len(tok), source[EMBED][0])
-    for key in (EMBED, LM_HEAD):
-        if key in source:
-            source[key] = (rows, *source[key][1:])
+    rows = grow_shapes(source, len(tok))
     llm = {k: v for k, v in read_json(src / "llm" / "config.json").items()
            if k not in ("architectures", "_name_or_path", "transformers_version", "torch_dtype", "model_type")}
     try:
@@ -171,18 +161,7 @@ def plan(src: Path, *, chat_template: Path | None = None, prompt: str | None = N
                             vision_feature_select_strategy="full", projector_hidden_act="gelu",
                             tie_word_embeddings=bool(getattr(text, "tie_word_embeddings", False)))
     config.ps_version = "v1"
-    with torch.device("meta"):
-        target = {k: tuple(v.shape) for k, v in InternVLForConditionalGeneration(config).state_dict().items()}
-    if config.tie_word_embeddings:
-        target.pop(LM_HEAD, None)
-        source.pop(LM_HEAD, None)
-    missing, extra = sorted(set(target) - set(source)), sorted(set(source) - set(target))
-    wrong = sorted(k for k in set(target) & set(source) if target[k] != source[k])
-    problems = ([f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"] if missing else []) + \
-               ([f"unexpected {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}"] if extra else []) + \
-               [f"{k} has shape {source[k]}, the model needs {target[k]}" for k in wrong[:5]]
-    if problems:
-        raise ConvertError(f"{src}: the weights do not fit a SigLIP + Llama InternVL model: " + "; ".join(problems))
+    target = fitted_shapes(src, "a SigLIP + Llama InternVL model", InternVLForConditionalGeneration, config, source)
     pre_path = src / "vision_tower" / "preprocessor_config.json"
     pre = read_json(pre_path) if pre_path.is_file() else {}
     ip = GotOcr2ImageProcessorPil(size={"height": side, "width": side}, crop_to_patches=False, max_patches=1,
@@ -202,17 +181,13 @@ def convert(src: Path, dst: Path, *, chat_template: Path | None = None, prompt: 
             return converted_tensors(read_weights(path), partial(renamed, folder), p.shapes, p.rows)
         return read
 
+    notes = {"source_model_type": "vila", "source": str(src), "chat_template": p.template_name,
+             "embedding_rows": p.rows, "image_token_id": p.config.image_token_id,
+             "image_seq_length": p.config.image_seq_length}
+
     def finish(work: Path) -> None:
-        p.config.save_pretrained(work)
-        p.tokenizer.save_pretrained(work)
-        p.image_processor.save_pretrained(work)
-        (work / "chat_template.jinja").write_text(p.template, encoding="utf-8")
-        (work / "vgmed_convert.json").write_text(json.dumps({
-            "source_model_type": "vila", "source": str(src), "chat_template": p.template_name,
-            "embedding_rows": p.rows, "image_token_id": p.config.image_token_id,
-            "image_seq_length": p.config.image_seq_length}, indent=2) + "\n", encoding="utf-8")
-        if (src / "llm" / "generation_config.json").is_file():
-            shutil.copy2(src / "llm" / "generation_config.json", work / "generation_config.json")
+        write_extras(work, [p.config, p.tokenizer, p.image_processor], notes,
+                     src / "llm" / "generation_config.json", p.template)
 
     assemble(Path(dst), [part(f, path) for f, paths in p.files.items() for path in paths], finish, progress)
     return p

@@ -18,7 +18,9 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -93,6 +95,23 @@ class Round:
         print(f"round {r}: rerun {self.rerun_s:.2f}s, {self.rerun_requests} requests")
 
 
+def stage_round(server, requests: list[dict], concurrency: int, n: int, run: Callable, first_ok: Callable,
+                first_error: str, rerun_ok: Callable, rerun_error: str) -> Round:
+    """One round of a stage that sends one LLM request per draft (generate, judge): the bare loop on
+    ``requests``, then ``run()`` and its rerun; fails unless the first run sent ``n`` requests and
+    ``first_ok(stats)``, and ``rerun_ok(stats)`` of the rerun (the messages name what went wrong)."""
+    rate, _, base_cpu = timed(asyncio.run, bare_loop(server.base_url, requests, concurrency))
+    sent = server.stats()["requests"]
+    stats, wall, cpu = timed(run)
+    if not first_ok(stats) or server.stats()["requests"] - sent != n:
+        raise RuntimeError(f"{first_error}: {stats.summary()}")
+    sent = server.stats()["requests"]
+    rerun, rerun_s, _ = timed(run)
+    if not rerun_ok(rerun):
+        raise RuntimeError(f"{rerun_error}: {rerun.summary()}")
+    return Round(rate, base_cpu / n, n / wall, cpu / n, rerun_s, server.stats()["requests"] - sent)
+
+
 def measure(n: int, concurrency: int, latency_ms: float, rounds: int, echo: bool = True) -> list[Round]:
     """Alternating rounds of the bare loop and generate (then its rerun), each on a fresh catalog, against
     one scripted server process; fails if generate sends other than one request per draft."""
@@ -107,23 +126,16 @@ def measure(n: int, concurrency: int, latency_ms: float, rounds: int, echo: bool
         try:
             for r in range(rounds):
                 cat = make_catalog(tmp_path / f"build{r}", targets=targets)
-                requests = baseline_requests(cat, n)
-                rate, _, base_cpu = timed(asyncio.run, bare_loop(server.base_url, requests, concurrency))
                 options = GenerateOptions(
                     drafter="llm",
                     localization_per_region=0,
                     progress=False,
                     llm=LlmConfig(model="bench", base_url=server.base_url, concurrency=concurrency),
                 )
-                sent = server.stats()["requests"]
-                stats, wall, cpu = timed(run_generate, cat, options)
-                if stats.ok != n or server.stats()["requests"] - sent != n:
-                    raise RuntimeError(f"generate did not send one request per draft: {stats.summary()}")
-                sent = server.stats()["requests"]
-                rerun, rerun_s, _ = timed(run_generate, cat, options)
-                if rerun.drafts_skipped != n:
-                    raise RuntimeError(f"the rerun drafted again: {rerun.summary()}")
-                out.append(Round(rate, base_cpu / n, n / wall, cpu / n, rerun_s, server.stats()["requests"] - sent))
+                out.append(stage_round(
+                    server, baseline_requests(cat, n), concurrency, n, partial(run_generate, cat, options),
+                    lambda stats: stats.ok == n, "generate did not send one request per draft",
+                    lambda rerun: rerun.drafts_skipped == n, "the rerun drafted again"))
                 cat.close()
                 if echo:
                     out[-1].echo(r, "generate")
@@ -160,36 +172,45 @@ def loop_ratios(stage: str, rounds: list[Round]) -> list:
     ]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--drafts", type=int, default=2000, help="attribute drafts (= LLM requests)")
+def loop_main(doc: str, stage: str, drafts_help: str, measure: Callable, drafts: Callable[[int], int],
+              target: str) -> int:
+    """The command of a one-request-per-draft stage's benchmark (generate, judge): its options, the
+    rounds, and the report against the bare loop; ``target`` ("ideal" or "baseline") is what the stage
+    must reach 80% of; ``drafts(--drafts)`` is how many it measures."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--drafts", type=int, default=2000, help=drafts_help)
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     ap.add_argument("--latency-ms", type=float, default=200.0, help="server latency added to every reply")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating baseline/generate rounds (best reported)")
+    ap.add_argument("--rounds", type=int, default=2, help=f"alternating baseline/{stage} rounds (best reported)")
     ap.add_argument("--quick", action="store_true", help="only the quick guard's checks (300 drafts, 3 rounds; floors "
                     "of benchmarks/quick.py, exit 1 below one)")
     args = ap.parse_args()
     if args.quick:
         from quick import run_checks
 
-        return run_checks(["bench_generate"])
+        return run_checks([f"bench_{stage}"])
     ideal = args.concurrency / (args.latency_ms / 1000.0)
-    n = args.drafts
-    rounds = measure(n, args.concurrency, args.latency_ms, args.rounds)
+    n = drafts(args.drafts)
+    rounds = measure(args.drafts, args.concurrency, args.latency_ms, args.rounds)
     baseline, rate = max(r.base_rate for r in rounds), max(r.rate for r in rounds)
     rerun_s, rerun_requests = rounds[-1].rerun_s, rounds[-1].rerun_requests
+    goal = ideal if target == "ideal" else baseline
     print(f"drafts={n} concurrency={args.concurrency} latency={args.latency_ms:.0f}ms ideal={ideal:.1f}/s")
     print(f"baseline bare AsyncOpenAI loop (best): {baseline:.1f} requests/s ({100 * baseline / ideal:.0f}% of ideal)")
     print(
-        f"generate (best): {rate:.1f} drafts/s ({100 * rate / ideal:.0f}% of ideal, "
-        f"{100 * rate / baseline:.0f}% of baseline) -> target >= 80% of ideal: "
-        f"{'PASS' if rate >= 0.8 * ideal else 'FAIL'}"
+        f"{stage} (best): {rate:.1f} drafts/s ({100 * rate / ideal:.0f}% of ideal, "
+        f"{100 * rate / baseline:.0f}% of baseline) -> target >= 80% of {target}: "
+        f"{'PASS' if rate >= 0.8 * goal else 'FAIL'}"
     )
     print(
         f"rerun (last): {rerun_s:.2f}s, {rerun_requests} requests "
         f"-> target < 5 s and 0 requests: {'PASS' if rerun_s < 5 and rerun_requests == 0 else 'FAIL'}"
     )
     return 0
+
+
+def main() -> int:
+    return loop_main(__doc__, "generate", "attribute drafts (= LLM requests)", measure, lambda d: d, "ideal")
 
 
 if __name__ == "__main__":

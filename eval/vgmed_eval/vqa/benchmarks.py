@@ -17,6 +17,7 @@ import pickle
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -214,6 +215,12 @@ def _collect(
         if item is not None:
             items.append(item)
     return Loaded(items, errors, [str(path)])
+
+
+def _merged(parts: list[Loaded]) -> Loaded:
+    """One benchmark read from several annotation files: their items, errors and file names in order."""
+    return Loaded([i for p in parts for i in p.items], [e for p in parts for e in p.errors],
+                  [f for p in parts for f in p.files])
 
 
 def _field(rec: dict, *names: str) -> str:
@@ -458,33 +465,29 @@ def load_omnimedvqa(root: Path) -> Loaded:
     files = sorted(folder.glob("*.json"))
     if not files:
         raise BenchmarkError(f"{folder}: no QA json files found")
-    items, errors = [], []
-    for ann in files:
-        def make(rec: dict, where: str) -> VQAItem:
-            keys = [f"option_{c}" for c in "ABCDEF" if rec.get(f"option_{c}") is not None]
-            options = [str(rec[k]).strip() for k in keys]
-            if len(options) < 2:
-                raise BadRecord("fewer than two options")
-            gt = _field(rec, "gt_answer")
-            matches = [LETTERS[i] for i, o in enumerate(options) if o == gt]
-            if len(matches) != 1:
-                raise BadRecord(f"gt_answer {gt!r} matches {len(matches)} options")
-            return VQAItem(
-                id=str(rec.get("question_id", where)),
-                question=_field(rec, "question"),
-                answer=matches[0],
-                kind="closed",
-                image=_image_file(root, _field(rec, "image_path")),
-                options=tuple(options),
-                modality=rec.get("modality_type") or rec.get("modality"),
-                category=rec.get("question_type"),
-                where=where,
-            )
 
-        got = _collect(_json_array(ann), ann, make)
-        items += got.items
-        errors += got.errors
-    return Loaded(items, errors, [str(p) for p in files])
+    def make(rec: dict, where: str) -> VQAItem:
+        keys = [f"option_{c}" for c in "ABCDEF" if rec.get(f"option_{c}") is not None]
+        options = [str(rec[k]).strip() for k in keys]
+        if len(options) < 2:
+            raise BadRecord("fewer than two options")
+        gt = _field(rec, "gt_answer")
+        matches = [LETTERS[i] for i, o in enumerate(options) if o == gt]
+        if len(matches) != 1:
+            raise BadRecord(f"gt_answer {gt!r} matches {len(matches)} options")
+        return VQAItem(
+            id=str(rec.get("question_id", where)),
+            question=_field(rec, "question"),
+            answer=matches[0],
+            kind="closed",
+            image=_image_file(root, _field(rec, "image_path")),
+            options=tuple(options),
+            modality=rec.get("modality_type") or rec.get("modality"),
+            category=rec.get("question_type"),
+            where=where,
+        )
+
+    return _merged([_collect(_json_array(ann), ann, make) for ann in files])
 
 
 MMMU_HEALTH = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
@@ -500,38 +503,34 @@ def load_mmmu_med(root: Path) -> Loaded:
     files = [f for s in MMMU_HEALTH for f in sorted((root / s).glob("validation-*.parquet"))]
     if not files:
         raise BenchmarkError(f"{root}: no <Subject>/validation-*.parquet for {', '.join(MMMU_HEALTH)}")
-    items, errors = [], []
-    for path in files:
-        def make(rec: dict, where: str, subject: str = path.parent.name) -> VQAItem:
-            images = [k for k in sorted(rec) if k.startswith("image_") and rec[k]]
-            if len(images) != 1:
-                raise BadRecord(f"{len(images)} images; only single-image questions are evaluated")
-            is_mc = rec.get("question_type", "multiple-choice") == "multiple-choice"
-            options: tuple[str, ...] = ()
-            if is_mc:
-                try:
-                    options = tuple(str(o) for o in ast.literal_eval(_field(rec, "options")))
-                except (ValueError, SyntaxError):
-                    raise BadRecord("options is not a list literal") from None
-            answer = _field(rec, "answer")
-            if is_mc and answer not in LETTERS[: len(options)]:
-                raise BadRecord(f"answer {answer!r} is not one of the {len(options)} option letters")
-            return VQAItem(
-                id=_field(rec, "id"),
-                question=re.sub(r"<image \d+>", "the image", _field(rec, "question")),
-                answer=answer,
-                kind="closed" if is_mc else "open",
-                image=_image_bytes(rec[images[0]], key=f"{where}:{images[0]}"),
-                options=options,
-                modality=rec.get("img_type"),
-                category=subject,
-                where=where,
-            )
 
-        got = _collect(_parquet_rows(path), path, make)
-        items += got.items
-        errors += got.errors
-    return Loaded(items, errors, [str(p) for p in files])
+    def make(rec: dict, where: str, subject: str) -> VQAItem:
+        images = [k for k in sorted(rec) if k.startswith("image_") and rec[k]]
+        if len(images) != 1:
+            raise BadRecord(f"{len(images)} images; only single-image questions are evaluated")
+        is_mc = rec.get("question_type", "multiple-choice") == "multiple-choice"
+        options: tuple[str, ...] = ()
+        if is_mc:
+            try:
+                options = tuple(str(o) for o in ast.literal_eval(_field(rec, "options")))
+            except (ValueError, SyntaxError):
+                raise BadRecord("options is not a list literal") from None
+        answer = _field(rec, "answer")
+        if is_mc and answer not in LETTERS[: len(options)]:
+            raise BadRecord(f"answer {answer!r} is not one of the {len(options)} option letters")
+        return VQAItem(
+            id=_field(rec, "id"),
+            question=re.sub(r"<image \d+>", "the image", _field(rec, "question")),
+            answer=answer,
+            kind="closed" if is_mc else "open",
+            image=_image_bytes(rec[images[0]], key=f"{where}:{images[0]}"),
+            options=options,
+            modality=rec.get("img_type"),
+            category=subject,
+            where=where,
+        )
+
+    return _merged([_collect(_parquet_rows(path), path, partial(make, subject=path.parent.name)) for path in files])
 
 
 def _release_lines(path: Path) -> Iterator[tuple[int, object]]:

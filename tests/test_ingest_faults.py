@@ -124,6 +124,18 @@ def test_a_huge_or_nan_coordinate_is_an_error_and_the_good_source_is_stored(tmp_
 # --- a worker killed from outside costs the item it held; the others go on --------------------------
 
 
+def kill_when_written(pid_file: Path) -> threading.Thread:
+    """A started thread that SIGKILLs the process whose id appears in ``pid_file`` (a worker, from outside)."""
+    def killer() -> None:
+        while not pid_file.exists() or not pid_file.read_text():
+            time.sleep(0.05)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    return thread
+
+
 def test_pool_reports_the_item_of_a_killed_worker_and_goes_on(tmp_path):
     pid_file = tmp_path / "pid"
 
@@ -133,13 +145,7 @@ def test_pool_reports_the_item_of_a_killed_worker_and_goes_on(tmp_path):
             time.sleep(60)
         return index * 10
 
-    def killer() -> None:
-        while not pid_file.exists() or not pid_file.read_text():
-            time.sleep(0.05)
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
-
-    thread = threading.Thread(target=killer)
-    thread.start()
+    thread = kill_when_written(pid_file)
     got: dict[int, object] = {}
     run_parallel(range(6), work, 2, got.__setitem__)
     thread.join()
@@ -163,13 +169,7 @@ def test_ingest_with_a_worker_killed_from_outside_stores_every_other_item(tmp_pa
 
     monkeypatch.setattr(run, "render_item", render)
 
-    def killer() -> None:
-        while not pid_file.exists() or not pid_file.read_text():
-            time.sleep(0.05)
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
-
-    thread = threading.Thread(target=killer)
-    thread.start()
+    thread = kill_when_written(pid_file)
     capsys.readouterr()
     code = ingest(tmp_path / "b", "--source", f"images2d:{root}", "--modality", "Dermoscopy", "--workers", "2",
                   "--with-paths")

@@ -249,12 +249,18 @@ def rule_organ_part(draft: dict, ctx: LintContext) -> str | None:
     return None
 
 
-def rule_no_identifiers(draft: dict, ctx: LintContext) -> str | None:
+def _first_in_text(draft: dict, find):
+    """The first of the question and answer in which ``find`` finds something, with what it found; or None."""
     for field_name in ("question", "answer"):
-        found = find_identifier(draft[field_name])
+        found = find(draft[field_name])
         if found:
-            return f"identifier: the {field_name} contains {found[0]} ({found[1]!r})"
+            return field_name, found
     return None
+
+
+def rule_no_identifiers(draft: dict, ctx: LintContext) -> str | None:
+    hit = _first_in_text(draft, find_identifier)
+    return hit and f"identifier: the {hit[0]} contains {hit[1][0]} ({hit[1][1]!r})"
 
 
 # C0/C1 controls (ANSI escapes start with ESC) and bidirectional overrides, which reorder what a reader sees.
@@ -279,11 +285,8 @@ def plain_text_problem(text: str) -> str | None:
 
 
 def rule_plain_text(draft: dict, ctx: LintContext) -> str | None:
-    for field_name in ("question", "answer"):
-        problem = plain_text_problem(draft[field_name])
-        if problem:
-            return f"plain_text: the {field_name} contains {problem}"
-    return None
+    hit = _first_in_text(draft, plain_text_problem)
+    return hit and f"plain_text: the {hit[0]} contains {hit[1]}"
 
 
 def rule_placeholder(draft: dict, ctx: LintContext) -> str | None:

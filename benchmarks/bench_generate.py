@@ -95,21 +95,38 @@ class Round:
         print(f"round {r}: rerun {self.rerun_s:.2f}s, {self.rerun_requests} requests")
 
 
-def stage_round(server, requests: list[dict], concurrency: int, n: int, run: Callable, first_ok: Callable,
-                first_error: str, rerun_ok: Callable, rerun_error: str) -> Round:
-    """One round of a stage that sends one LLM request per draft (generate, judge): the bare loop on
-    ``requests``, then ``run()`` and its rerun; fails unless the first run sent ``n`` requests and
-    ``first_ok(stats)``, and ``rerun_ok(stats)`` of the rerun (the messages name what went wrong)."""
+@dataclass(frozen=True)
+class Stage:
+    """A stage that sends one LLM request per draft (generate, judge) as its benchmark runs it, and what a
+    round must see: the first run sends one request per draft and passes ``first_ok``, the rerun passes
+    ``rerun_ok`` (the errors say what went wrong otherwise)."""
+
+    name: str
+    run: Callable  # (catalog) -> the stage's stats
+    first_ok: Callable  # (stats) -> bool
+    first_error: str
+    rerun_ok: Callable  # (stats of the rerun) -> bool
+    rerun_error: str
+
+
+def stage_round(stage: Stage, server, cat, requests: list[dict], concurrency: int, n: int, r: int,
+                echo: bool) -> Round:
+    """Round ``r``: the bare loop on ``requests``, then the stage on ``cat`` and its rerun, checked; the
+    catalog is closed after, the round printed when ``echo``."""
     rate, _, base_cpu = timed(asyncio.run, bare_loop(server.base_url, requests, concurrency))
     sent = server.stats()["requests"]
-    stats, wall, cpu = timed(run)
-    if not first_ok(stats) or server.stats()["requests"] - sent != n:
-        raise RuntimeError(f"{first_error}: {stats.summary()}")
+    stats, wall, cpu = timed(stage.run, cat)
+    if not stage.first_ok(stats) or server.stats()["requests"] - sent != n:
+        raise RuntimeError(f"{stage.first_error}: {stats.summary()}")
     sent = server.stats()["requests"]
-    rerun, rerun_s, _ = timed(run)
-    if not rerun_ok(rerun):
-        raise RuntimeError(f"{rerun_error}: {rerun.summary()}")
-    return Round(rate, base_cpu / n, n / wall, cpu / n, rerun_s, server.stats()["requests"] - sent)
+    rerun, rerun_s, _ = timed(stage.run, cat)
+    if not stage.rerun_ok(rerun):
+        raise RuntimeError(f"{stage.rerun_error}: {rerun.summary()}")
+    out = Round(rate, base_cpu / n, n / wall, cpu / n, rerun_s, server.stats()["requests"] - sent)
+    cat.close()
+    if echo:
+        out.echo(r, stage.name)
+    return out
 
 
 def measure(n: int, concurrency: int, latency_ms: float, rounds: int, echo: bool = True) -> list[Round]:
@@ -124,21 +141,18 @@ def measure(n: int, concurrency: int, latency_ms: float, rounds: int, echo: bool
         tmp_path = Path(tmp)
         server = LlmServer({"latency_ms": latency_ms}, tmp_path)
         try:
+            options = GenerateOptions(
+                drafter="llm",
+                localization_per_region=0,
+                progress=False,
+                llm=LlmConfig(model="bench", base_url=server.base_url, concurrency=concurrency),
+            )
+            stage = Stage("generate", partial(run_generate, options=options), lambda stats: stats.ok == n,
+                          "generate did not send one request per draft", lambda rerun: rerun.drafts_skipped == n,
+                          "the rerun drafted again")
             for r in range(rounds):
                 cat = make_catalog(tmp_path / f"build{r}", targets=targets)
-                options = GenerateOptions(
-                    drafter="llm",
-                    localization_per_region=0,
-                    progress=False,
-                    llm=LlmConfig(model="bench", base_url=server.base_url, concurrency=concurrency),
-                )
-                out.append(stage_round(
-                    server, baseline_requests(cat, n), concurrency, n, partial(run_generate, cat, options),
-                    lambda stats: stats.ok == n, "generate did not send one request per draft",
-                    lambda rerun: rerun.drafts_skipped == n, "the rerun drafted again"))
-                cat.close()
-                if echo:
-                    out[-1].echo(r, "generate")
+                out.append(stage_round(stage, server, cat, baseline_requests(cat, n), concurrency, n, r, echo))
         finally:
             server.close()
     return out

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from bench_generate import QUICK, Round, loop_main, loop_ratios, stage_round  # noqa: E402
+from bench_generate import QUICK, Round, Stage, loop_main, loop_ratios, stage_round  # noqa: E402
 from drafting_fixtures import LlmServer, make_catalog  # noqa: E402
 
 from vgmed_build.api import generate  # noqa: E402
@@ -79,18 +79,13 @@ def measure(n: int, concurrency: int, latency_ms: float, rounds: int, echo: bool
         server = LlmServer({"latency_ms": latency_ms}, tmp_path)
         options = JudgeOptions(llm=LlmConfig(model="bench", base_url=server.base_url, concurrency=concurrency,
                                              temperature=TEMPERATURE, max_tokens=MAX_TOKENS), progress=False)
+        stage = Stage("judge", partial(run_judge, options=options), lambda stats: stats.verdicts == {"ok": n},
+                      "judge did not send one request per draft, all judged ok",
+                      lambda rerun: rerun.already == n and not rerun.verdicts, "the rerun judged again")
         try:
             for r in range(rounds):
-                build = shutil.copytree(source, tmp_path / f"build{r}")
-                cat = open_catalog(build, create=False)
-                out.append(stage_round(
-                    server, baseline_requests(cat), concurrency, n, partial(run_judge, cat, options),
-                    lambda stats: stats.verdicts == {"ok": n},
-                    "judge did not send one request per draft, all judged ok",
-                    lambda rerun: rerun.already == n and not rerun.verdicts, "the rerun judged again"))
-                cat.close()
-                if echo:
-                    out[-1].echo(r, "judge")
+                cat = open_catalog(shutil.copytree(source, tmp_path / f"build{r}"), create=False)
+                out.append(stage_round(stage, server, cat, baseline_requests(cat), concurrency, n, r, echo))
         finally:
             server.close()
     return out

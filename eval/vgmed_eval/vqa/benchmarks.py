@@ -260,6 +260,15 @@ def _kind_of(answer: str, answer_type: str | None = None) -> str:
     return "closed" if answer.strip().lower().rstrip(".") in YES_NO else "open"
 
 
+def _qa_item(rec: dict, where: str, item_id: str, image: Callable[[], ImageRef], **more) -> VQAItem:
+    """A question with a free or yes/no answer (VQA-RAD, SLAKE, their Hugging Face copies): closed or
+    open by its ``answer_type``, else by the answer (yes/no); the answer, question, then ``image()`` are
+    read in that order, so a bad record's error names the first field missing."""
+    answer = _field(rec, "answer")
+    return VQAItem(id=item_id, question=_field(rec, "question"), answer=answer,
+                   kind=_kind_of(answer, rec.get("answer_type")), image=image(), where=where, **more)
+
+
 def _hf_vqa_parquet(root: Path) -> Loaded:
     """The Hugging Face copies of VQA-RAD and PathVQA: data/test-*.parquet with image/question/answer.
 
@@ -268,26 +277,16 @@ def _hf_vqa_parquet(root: Path) -> Loaded:
     files = sorted((root / "data").glob("test-*.parquet")) or sorted(root.glob("test-*.parquet"))
     if not files:
         raise BenchmarkError(f"{root}: no data/test-*.parquet found")
-    items, errors, notes = [], [], []
-    for path in files:
-        def make(rec: dict, where: str, path: Path = path) -> VQAItem:
-            answer = _field(rec, "answer")
-            return VQAItem(
-                id=f"{path.stem}:{where.rsplit(':', 1)[1]}",
-                question=_field(rec, "question"),
-                answer=answer,
-                kind=_kind_of(answer, rec.get("answer_type")),
-                image=_image_bytes(rec.get("image"), key=where),
-                where=where,
-            )
 
-        got = _collect(_parquet_rows(path), path, make)
-        items += got.items
-        errors += got.errors
-        if got.items and not _has_column(path, "answer_type"):
-            notes.append(f"{path}: Hugging Face copy without answer_type: closed = yes/no answers only (the "
-                         "OSF release's answer_type also marks some other answers CLOSED)")
-    return Loaded(items, errors, [str(p) for p in files], notes)
+    def make(rec: dict, where: str, path: Path) -> VQAItem:
+        return _qa_item(rec, where, f"{path.stem}:{where.rsplit(':', 1)[1]}",
+                        lambda: _image_bytes(rec.get("image"), key=where))
+
+    parts = [_collect(_parquet_rows(path), path, partial(make, path=path)) for path in files]
+    notes = [f"{path}: Hugging Face copy without answer_type: closed = yes/no answers only (the OSF release's "
+             "answer_type also marks some other answers CLOSED)"
+             for path, got in zip(files, parts, strict=True) if got.items and not _has_column(path, "answer_type")]
+    return replace(_merged(parts), notes=notes)
 
 
 def _has_column(path: Path, name: str) -> bool:
@@ -312,16 +311,9 @@ def load_vqa_rad(root: Path) -> Loaded:
     def make(rec: dict, where: str) -> VQAItem | None:
         if not str(rec.get("phrase_type", "")).startswith("test"):
             return None
-        answer = _field(rec, "answer")
-        return VQAItem(
-            id=str(rec.get("qid", where)),
-            question=_field(rec, "question"),
-            answer=answer,
-            kind=_kind_of(answer, rec.get("answer_type")),
-            image=_image_file(root, _field(rec, "image_name"), ("VQA_RAD Image Folder", "images", "")),
-            category=rec.get("image_organ"),
-            where=where,
-        )
+        return _qa_item(rec, where, str(rec.get("qid", where)),
+                        lambda: _image_file(root, _field(rec, "image_name"), ("VQA_RAD Image Folder", "images", "")),
+                        category=rec.get("image_organ"))
 
     return _collect(_json_array(ann), ann, make)
 
@@ -333,17 +325,9 @@ def load_slake(root: Path) -> Loaded:
     def make(rec: dict, where: str) -> VQAItem | None:
         if rec.get("q_lang", "en") != "en":
             return None
-        answer = _field(rec, "answer")
-        return VQAItem(
-            id=str(rec.get("qid", where)),
-            question=_field(rec, "question"),
-            answer=answer,
-            kind=_kind_of(answer, rec.get("answer_type")),
-            image=_image_file(root, _field(rec, "img_name"), ("imgs", "")),
-            modality=rec.get("modality"),
-            category=rec.get("location"),
-            where=where,
-        )
+        return _qa_item(rec, where, str(rec.get("qid", where)),
+                        lambda: _image_file(root, _field(rec, "img_name"), ("imgs", "")),
+                        modality=rec.get("modality"), category=rec.get("location"))
 
     return _collect(_json_array(ann), ann, make)
 

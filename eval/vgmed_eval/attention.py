@@ -38,6 +38,17 @@ def _active() -> list:
     return _STATE.contexts
 
 
+@contextlib.contextmanager
+def _installed(ctx) -> Iterator[None]:
+    """``ctx`` seen by this thread's attention hooks while the block runs, and no longer after it, even
+    when it raises."""
+    _active().append(ctx)
+    try:
+        yield
+    finally:
+        _active().remove(ctx)
+
+
 def llm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Decoder layers of the language model (``model.model.language_model.layers`` in all families)."""
     inner = getattr(model, "model", model)
@@ -145,11 +156,8 @@ def capture(
     question_from = torch.as_tensor(question_from, dtype=torch.long).reshape(-1).expand(index.shape[0])
     ctx = Capture(modules=_module_map(model), layers=_check_layers(model, layers), index=index,
                   valid=valid, rows=rows, question_from=question_from.clone())
-    _active().append(ctx)
-    try:
+    with _installed(ctx):
         yield ctx
-    finally:
-        _active().remove(ctx)
 
 
 def blocked_positions(
@@ -196,11 +204,8 @@ def knockout(
     start = torch.as_tensor(from_position, dtype=torch.long).reshape(-1).expand(blocked.shape[0]).clone()
     ctx = Knockout(modules=_module_map(model), layers=_check_layers(model, layers), blocked=blocked,
                    from_position=start, decode=decode)
-    _active().append(ctx)
-    try:
+    with _installed(ctx):
         yield ctx
-    finally:
-        _active().remove(ctx)
 
 
 def _allowed(mask: torch.Tensor | None, batch: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:

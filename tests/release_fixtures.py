@@ -17,6 +17,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from vgmed_build.catalog import open_catalog
+from vgmed_build.release import ReleaseOptions, build_release
 from vgmed_build.resources import schema_errors
 from vgmed_build.review.decision import Decision
 
@@ -204,3 +205,11 @@ def add_review_event(
             " record_json, pulled_at) VALUES (?,?,?,?,?,?,?,?)",
             (draft["id"], "review", annotation_id, stamp, reviewer, verdict, json.dumps(record), stamp),
         )
+
+
+def made_release(root: Path) -> Path:
+    """The release of :func:`make_build`'s build under ``root``, written to ``root/rel`` at a fixed time."""
+    build, decisions, _ = make_build(root)
+    with open_catalog(build, create=False) as catalog:
+        build_release(catalog, root / "rel", decisions, ReleaseOptions(created="2026-01-01T00:00:00Z"))
+    return root / "rel"

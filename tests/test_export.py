@@ -13,22 +13,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from disk_fixtures import fill
-from release_fixtures import make_build
+from release_fixtures import made_release
 
-from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
 from vgmed_build.export import ExportError, export_parquet, export_vqa_json
-from vgmed_build.release import ReleaseOptions, build_release
 from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE, sha256_file
 
 
 @pytest.fixture(scope="module")
 def rel(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    build, decisions, _ = make_build(root)
-    with open_catalog(build, create=False) as catalog:
-        build_release(catalog, root / "rel", decisions, ReleaseOptions(created="2026-01-01T00:00:00Z"))
-    return root / "rel"
+    return made_release(tmp_path_factory.mktemp("export"))
 
 
 def read_jsonl(path: Path) -> list[dict]:

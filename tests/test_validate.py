@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from release_fixtures import make_build
+from release_fixtures import made_release
 
-from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
 from vgmed_build.identifiers import (
     ForbidFileError,
@@ -25,7 +24,6 @@ from vgmed_build.identifiers import (
     find_patterns,
     load_forbid_file,
 )
-from vgmed_build.release import ReleaseOptions, build_release
 from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE, box_format, box_problem, raw_boxes
 from vgmed_build.validate import validate_release
 
@@ -34,11 +32,7 @@ LINE = re.compile(r"^[^:\s]+:\d+: .+$")
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("validate")
-    build, decisions, _ = make_build(root)
-    with open_catalog(build, create=False) as catalog:
-        build_release(catalog, root / "rel", decisions, ReleaseOptions(created="2026-01-01T00:00:00Z"))
-    return root / "rel"
+    return made_release(tmp_path_factory.mktemp("validate"))
 
 
 @pytest.fixture()

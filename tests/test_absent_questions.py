@@ -6,6 +6,7 @@ grounding reader (there is no region to attend to)."""
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pytest
 from ingest_fixtures import SAMPLE_SOURCES, ingest
 
 from vgmed_build.cli import main
-from vgmed_build.drafting.plan import absent_targets
+from vgmed_build.drafting.balance import ImageAbsence, absent_slots, balance_source
+from vgmed_build.drafting.plan import absent_candidates, absent_targets
 from vgmed_build.resources import schema_errors
 
 STRUCTURES = [{"label": n} for n in ("left grey matter", "left white matter", "right grey matter",
@@ -22,17 +24,88 @@ STRUCTURES = [{"label": n} for n in ("left grey matter", "left white matter", "r
 
 def test_absent_targets_take_different_structures_per_image():
     left = ["left grey matter", "left white matter"]
-    picks = [absent_targets({"image_id": "ab" * 8, "label": lab, "image_labels": left}, STRUCTURES, 1) for lab in left]
-    assert sorted(p[0] for p in picks) == ["right grey matter", "right white matter"]  # one each, different
+    region = {"image_id": "ab" * 8, "image_labels": left}
+    cands = absent_candidates(region, STRUCTURES)
+    assert cands == ["right grey matter", "right white matter"]
+    picks = [absent_targets({**region, "label": lab}, cands, left, 2, 1) for lab in left]
+    assert sorted(p[0] for p in picks) == cands and all(len(p) == 1 for p in picks)  # one each, different
     every = ["left grey matter", "left white matter", "right grey matter", "right white matter"]
-    full = {"image_id": "ab" * 8, "label": "left grey matter", "image_labels": every}
-    assert absent_targets(full, STRUCTURES, 1) == []
+    assert absent_candidates({"image_id": "ab" * 8, "image_labels": every}, STRUCTURES) == []
     # A build made before ingest recorded the image's labels: nothing is known to be absent.
-    assert absent_targets({"image_id": "ab" * 8, "label": "left grey matter"}, STRUCTURES, 1) == []
+    assert absent_candidates({"image_id": "ab" * 8, "label": "left grey matter"}, STRUCTURES) is None
     # A structure too small to be a region but labelled in the image is present, never asked as absent.
-    small = absent_targets({"image_id": "cd" * 8, "label": "left grey matter",
-                            "image_labels": [*left, "right white matter"]}, STRUCTURES, 2)
+    small = absent_candidates({"image_id": "cd" * 8, "image_labels": [*left, "right white matter"]}, STRUCTURES)
     assert small == ["right grey matter"]
+    # An image with one region and three absent structures carrying two extra "no": all three, once each.
+    one = {"image_id": "ef" * 8, "label": "left grey matter", "image_labels": ["left grey matter"]}
+    three = absent_targets(one, absent_candidates(one, STRUCTURES), ["left grey matter"], 3, 1)
+    assert sorted(three) == ["left white matter", "right grey matter", "right white matter"]
+
+
+@pytest.mark.parametrize(("rank", "regions", "quota", "per_region", "slots"), [
+    (0, 2, 2, 1, [0]), (1, 2, 2, 1, [1]),  # the base share: one each
+    (0, 2, 5, 1, [0, 2, 4]), (1, 2, 5, 1, [1, 3]),  # the extras alternate between the regions
+    (1, 3, 1, 1, []),  # more regions than absent structures: the last ones ask none
+    (1, 2, 6, 2, [2, 3, 5]),
+])
+def test_absent_slots_share_an_image_quota(rank, regions, quota, per_region, slots):
+    assert absent_slots(rank, regions, quota, per_region) == slots
+
+
+def test_every_slot_of_an_image_goes_to_exactly_one_region():
+    for regions in range(1, 5):
+        for per_region in range(1, 3):
+            for quota in range(0, 12):
+                got = sorted(j for r in range(regions) for j in absent_slots(r, regions, quota, per_region))
+                assert got == list(range(quota)), (regions, per_region, quota)
+
+
+def brute_force_balance(images: list[ImageAbsence], per_region: int) -> dict[str, int]:
+    """The reference: hand out the shortfall one question at a time to the image, in id order, that has
+    received the fewest extras so far and still has an absent structure to spare."""
+    quota = {i.image_id: i.base(per_region) for i in images}
+    extra = dict.fromkeys(quota, 0)
+    short = per_region * sum(i.regions for i in images) - sum(quota.values())
+    while short > 0:
+        open_ = [i for i in images if quota[i.image_id] + extra[i.image_id] < i.absent]
+        if not open_:
+            break
+        pick = min(open_, key=lambda i: (extra[i.image_id], i.image_id))
+        extra[pick.image_id] += 1
+        short -= 1
+    return {k: v for k, v in extra.items() if v}
+
+
+@pytest.mark.parametrize("case", [
+    # (regions, absent) per image; the known outcome: planned "no" and the extras
+    ([(4, 0), (4, 0), (2, 2)], 2, {}),  # nothing to spare: 2 "no" for 10 "yes", reported short by 8
+    ([(4, 0), (1, 3), (1, 3)], 6, {"img1": 2, "img2": 2}),  # two 1-region images carry the full slice's 4
+    ([(4, 0), (1, 3)], 3, {"img1": 2}),  # capped by the 3 absent structures: short by 2
+    ([(2, 2), (2, 2)], 4, {}),  # balanced image by image: nothing moves
+    ([(4, 0), (4, 0), (4, 0)], 0, {}),  # no absent pair at all
+    ([(3, 0), (1, 3), (1, 3), (1, 3)], 6, {"img1": 1, "img2": 1, "img3": 1}),  # spread, not piled up
+])
+def test_balance_source_on_known_cases(case):
+    shape, planned, extra = case
+    images = [ImageAbsence(f"img{k}", r, a) for k, (r, a) in enumerate(shape)]
+    got = balance_source(images, 1)
+    assert (got.planned, got.extra) == (planned, extra)
+    assert got.target == sum(r for r, _ in shape) and got.short == got.target - planned
+    assert got.extra == brute_force_balance(images, 1)
+
+
+def test_balance_source_matches_the_reference_on_random_sources():
+    rng = random.Random(7)
+    for _ in range(300):
+        per_region = rng.randint(1, 2)
+        images = [ImageAbsence(f"{rng.getrandbits(32):08x}", rng.randint(1, 4), rng.randint(0, 5))
+                  for _ in range(rng.randint(0, 12))]
+        got = balance_source(images, per_region)
+        assert got.extra == brute_force_balance(images, per_region)
+        planned = sum(i.base(per_region) + got.extra.get(i.image_id, 0) for i in images)
+        assert got.planned == planned <= sum(i.absent for i in images)
+        # Balanced wherever the source has enough absent (image, structure) pairs.
+        assert got.planned == min(got.target, sum(i.absent for i in images))
 
 
 @pytest.fixture(scope="module")
@@ -89,29 +162,43 @@ def test_release_balances_yes_and_no_where_the_source_has_absent_structures(demo
         "no": sum(r["answer"] == "no" for r in loc), "yes": sum(r["answer"] == "yes" for r in loc)}
 
 
-def test_the_demo_localization_answers_near_balance(demo):
-    """What a model that always answers "yes" scores on the demo: the counts per source, and overall. Only
-    an image with an absent structure can be asked "no" (at most as often as "yes" on it), and the axial
-    and coronal MNI slices and the CT slice hold every structure of their source: the sample takes few of
-    them (each structure's largest axial slice) and many sagittal ones (every 4th), which hold half."""
+def test_the_demo_localization_answers_balance_per_source_where_anything_is_absent(demo, capsys):
+    """What a model that always answers "yes" scores on the demo, source by source. A source balances
+    ("no" == "yes") when its images hold enough absent (image, structure) pairs; the axial and coronal
+    MNI slices and the CT slice hold every structure of their source, so they can have no "no", and
+    generate says so in its summary instead of leaving it unsaid."""
     assert main(["regions", "--build", str(demo / "b"), "--out", str(demo / "regions-count.jsonl")]) == 0
     regions = records(demo / "regions-count.jsonl")
     rel = demo / "rel"
-    medical = Counter(r["answer"] for r in records(rel / "VGMED_localization.jsonl"))
-    photos = Counter(r["answer"] for r in records(rel / "COCO_localization.jsonl"))
-    print(f"demo localization answers: medical {dict(medical)}, photos {dict(photos)}")
-    assert (medical["yes"], medical["no"]) == (45, 35) and (photos["yes"], photos["no"]) == (4, 4)
-    assert (medical["yes"] + photos["yes"]) / (medical.total() + photos.total()) < 0.56  # was 64 / 86 = 74 %
-    # Independent count: one "yes" per region, and per image as many "no" as it has regions, up to the
-    # structures of its source with no labelled pixel in it.
+    loc = records(rel / "VGMED_localization.jsonl") + records(rel / "COCO_localization.jsonl")
+    released = Counter((r["plane"], r["modality"], r["answer"]) for r in loc)
+    # Independent count, per source: one "yes" per region; "no" as many as "yes" where the source's
+    # images have that many absent (image, structure) pairs in all, else every such pair once.
     structures: dict[str, set[str]] = {}
     images: dict[str, list[dict]] = {}
     for r in regions:
         structures.setdefault(r["source"]["name"], set()).add(r["label"])
         images.setdefault(r["image_id"], []).append(r)
-    no = sum(min(len(rs), len(structures[rs[0]["source"]["name"]] - set(rs[0]["image_labels"])))
-             for rs in images.values())
-    assert (len(regions), no) == (medical["yes"] + photos["yes"], medical["no"] + photos["no"])
+    expected: dict[str, list] = {}
+    for rs in images.values():
+        first = rs[0]
+        name = first["source"]["name"]
+        row = expected.setdefault(name, [(first["plane"], first["modality"]), 0, 0])
+        row[1] += len(rs)
+        row[2] += len(structures[name] - set(first["image_labels"]))
+    counts = {name: (released[(*key, "yes")], released[(*key, "no")]) for name, (key, _, _) in expected.items()}
+    print(f"demo localization answers per source (yes, no): {counts}")
+    assert {name: (yes, min(yes, pairs)) for name, (_, yes, pairs) in expected.items()} == counts
+    assert counts == {"mni152-sagittal": (35, 35), "coco-control": (4, 4),
+                      "mni152": (4, 0), "mni152-coronal": (4, 0), "ct-seg": (2, 0)}
+    # The sagittal source has 37 absent pairs for 35 regions: the one slice with a single region (3
+    # absent structures) asks 1 "no", as many as its "yes", since the source needs no more.
+    assert sum(n for _, n in counts.values()) == 39 and sum(y for y, _ in counts.values()) == 49
+    capsys.readouterr()
+    assert main(["generate", "--build", str(demo / "b"), "--no-progress"]) == 0  # nothing left to draft
+    out = capsys.readouterr().out
+    assert ("localization answers unbalanced (too few structures absent from their images): ct-seg 0 'no' of 2, "
+            "mni152 0 'no' of 4, mni152-coronal 0 'no' of 4") in out
 
 
 def test_validate_refuses_an_absent_record_with_boxes(demo, tmp_path, capsys):
@@ -137,3 +224,48 @@ def test_grounding_reads_only_questions_with_a_region(demo):
     assert errors == []
     assert len(questions) == sum(not r["absent"] for r in loc) < len(loc)
     assert all(q.boxes for q in questions)
+
+
+def test_a_source_with_full_slices_balances_through_its_other_slices(tmp_path, capsys):
+    """End to end on a source where the right answer is known: 3 axial slices hold all four structures
+    (12 "yes", nothing absent) and 9 hold one (9 "yes", 3 absent structures each). The one-structure
+    slices carry the full slices' "no" too: 21 "yes" and 21 "no", each slice asking about different
+    structures. With only 3 one-structure slices (6 absent pairs to spare for 12), generate says what is
+    missing."""
+    import numpy as np
+    from ingest_fixtures import write_msd
+
+    def volume(full: int, single: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        labels = np.zeros((64, 64, full + single), np.uint8)
+        for value, (x, y) in zip((1, 2, 3, 4), ((4, 4), (36, 4), (4, 36), (36, 36)), strict=True):
+            labels[x:x + 20, y:y + 20, :full] = value
+        labels[4:24, 4:24, full:] = 1
+        return (labels * 50).astype(np.uint8), labels, np.diag([2.0, 2.0, 2.0, 1.0])
+
+    def run(name: str, full: int, single: int) -> tuple[Counter, list[dict], str]:
+        root = tmp_path / name
+        write_msd(root / "Task", {"case": volume(full, single)})
+        build = root / "b"
+        assert ingest(build, "--source", f"msd:{root / 'Task'}", "--modality", "MRI", "--option", "plane=axial",
+                      "--option", "slice_policy=every_n", "--option", "every_n=1", "--option", "min_area_px=16") == 0
+        capsys.readouterr()
+        assert main(["generate", "--build", str(build), "--no-progress"]) == 0
+        summary = capsys.readouterr().out
+        assert main(["release", "--build", str(build), "--out", str(root / "rel"), "--include-unreviewed"]) == 0
+        loc = records(root / "rel" / "VGMED_localization.jsonl")
+        return Counter(r["answer"] for r in loc), loc, summary
+
+    answers, loc, summary = run("enough", 3, 9)
+    assert (answers["yes"], answers["no"]) == (21, 21) and "unbalanced" not in summary
+    no = [r for r in loc if r["absent"]]
+    per_image = Counter(r["image"] for r in no)
+    # 9 one-structure slices share 21 "no": 3 of them ask about all 3 absent structures, 6 about 2.
+    assert sorted(per_image.values()) == [2] * 6 + [3] * 3
+    assert Counter((r["image"], r["label"]) for r in no).most_common(1)[0][1] == 1
+    full_images = {r["image"] for r in loc if r["label"] == "right white matter" and not r["absent"]}
+    assert len(full_images) == 3 and not full_images & set(per_image)
+
+    answers, _, summary = run("short", 3, 3)
+    assert (answers["yes"], answers["no"]) == (15, 9)  # 3 slices x 3 absent structures: all there are
+    assert "localization answers unbalanced (too few structures absent from their images): Task 9 'no' of 15" in summary
+    assert main(["validate", str(tmp_path / "enough" / "rel")]) == 0

@@ -47,6 +47,21 @@ class DraftingQueries(CatalogBase):
             )
         return out
 
+    def image_region_counts(self) -> Iterator[tuple[str, str, int, list[str] | None]]:
+        """Per image, by source then image id: (source, image id, regions on it, the labels with a pixel
+        in it or None where ingest did not record them): what balancing the "no" questions needs."""
+        rows = self.conn.execute(
+            "SELECT source, image_id, COUNT(*), MIN(json_extract(record_json, '$.image_labels')) "
+            "FROM regions GROUP BY source, image_id ORDER BY source, image_id"
+        )
+        for source, image_id, n, labels in rows:
+            yield source, image_id, n, None if labels is None else json.loads(labels)
+
+    def image_region_labels(self, image_id: str) -> list[str]:
+        """The labels of the regions of one image, sorted (an index lookup)."""
+        rows = self.conn.execute("SELECT label FROM regions WHERE image_id=? ORDER BY label", (image_id,))
+        return [label for (label,) in rows]
+
     def draft_states(self, region_id: str) -> list[tuple]:
         """Per stored draft of one region, in the order they were stored: (id, status, drafter, model,
         question, reason, attempt). Asked region by region (an index lookup): a rerun over millions of

@@ -55,10 +55,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="localization questions answered 'no' per region, each about a structure of the same source "
-        "with no labelled pixel in the region's image (the regions of an image ask about different ones; "
-        "fewer where the source has no more). Keep it equal to --localization-per-region for balanced "
-        "yes / no answers; 0 = none (use 0 for sources whose masks are not exhaustive)",
+        help="localization questions answered 'no' per region of each source, each about a structure of "
+        "the same source with no labelled pixel in the image asked about. Balanced per source: images "
+        "holding every structure of their source get none and images with more absent structures carry "
+        "theirs; a source with too few absent (image, structure) pairs is named in the result line. "
+        "Keep it equal to --localization-per-region for balanced yes / no answers; 0 = none (use 0 for "
+        "sources whose masks are not exhaustive)",
     )
     p.add_argument(
         "--attributes-per-region",

@@ -51,6 +51,8 @@ class GenerateStats:
     batch_waiting: int = 0  # drafts waiting on a batch reply (asked now or earlier)
     batch_submitted: list[str] = field(default_factory=list)  # batch ids created by this run
     batch_downloaded: int = 0
+    # Per source whose images lack absent structures: ("no" questions planned, as many as "yes" would be)
+    unbalanced: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def summary(self) -> str:
         text = (
@@ -66,6 +68,9 @@ class GenerateStats:
             text += (f"; batch service: {self.batch_downloaded} replies downloaded, {self.batch_waiting} drafts "
                      f"waiting (rerun later to collect them)"
                      + (f", submitted {', '.join(self.batch_submitted)}" if self.batch_submitted else ""))
+        if self.unbalanced:
+            text += "; localization answers unbalanced (too few structures absent from their images): " + ", ".join(
+                f"{source} {no} 'no' of {target}" for source, (no, target) in sorted(self.unbalanced.items()))
         stopped = self.fatal or self.budget_reached
         return text + (f"; STOPPED: {stopped}" if stopped else "")
 
@@ -83,6 +88,7 @@ class _Generator:
         self.prompts: Prompts = load_prompts(options.prompts_dir)
         self.stats = GenerateStats()
         self.planner = Planner(catalog, options, self.prompts)
+        self.stats.unbalanced = {s: (b.planned, b.target) for s, b in self.planner.unbalanced().items()}
         self.client: LlmClient | None = None
         self.proposer = Proposer(catalog.build_dir, options, self.prompts, None, self.planner.structures)
         self.stop = False

@@ -9,10 +9,12 @@ asked again with its rejection shown to the model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Literal
 
 from vgmed_build.catalog import Catalog
+from vgmed_build.drafting.balance import Balance, ImageAbsence, absent_slots, balance_source
 from vgmed_build.drafting.lint import LintLimits, names_a_side
 from vgmed_build.drafting.llm import LlmConfig
 from vgmed_build.drafting.templates import Prompts, attribute_choices, pick_slots, region_offset, target_name
@@ -23,21 +25,37 @@ def draft_id(region_id: str, q_type: str, slot: int, absent: bool = False) -> st
     return stable_id(region_id, q_type, slot, "absent") if absent else stable_id(region_id, q_type, slot)
 
 
-def absent_targets(region: dict, structures: list[dict], n: int) -> list[str]:
-    """Labels of up to ``n`` structures of the region's source with no labelled pixel in its image, for
-    localization questions answered "no". The regions of one image take different ones (each starts
-    at its rank among the image's structures), so an image asks about as many absent structures as it
-    has regions where the source has that many; none when ingest did not record the image's labels."""
+def absent_candidates(region: dict, structures: list[dict]) -> list[str] | None:
+    """Labels of the structures of the region's source with no labelled pixel in its image (what a "no"
+    question may ask about); None when ingest did not record the image's labels."""
     present = region.get("image_labels")
-    if present is None or n <= 0:
+    return None if present is None else [s["label"] for s in structures if s["label"] not in present]
+
+
+def absent_targets(region: dict, candidates: list[str], image_regions: list[str], quota: int,
+                   per_region: int) -> list[str]:
+    """The absent structures the region asks "no" about: its share (drafting.balance.absent_slots) of
+    its image's ``quota`` questions, each about a different one of ``candidates``, starting at a place
+    of the image's own, so the regions of one image never ask about the same structure."""
+    if quota <= 0 or not candidates or region["label"] not in image_regions:
         return []
-    candidates = [s["label"] for s in structures if s["label"] not in present]
-    # Rank among the image's structures that are regions somewhere in the source (the others, e.g.
-    # those always over max_area_ratio, host no question).
-    hosts = sorted({s["label"] for s in structures} & {*present, region["label"]})
-    rank = hosts.index(region["label"]) if region["label"] in hosts else 0
     start = region_offset(region["image_id"], len(candidates))
-    return [candidates[(start + rank * n + k) % len(candidates)] for k in range(n) if rank * n + k < len(candidates)]
+    slots = absent_slots(image_regions.index(region["label"]), len(image_regions), quota, per_region)
+    return [candidates[(start + j) % len(candidates)] for j in slots]
+
+
+def plan_balance(catalog: Catalog, structures: dict[str, list[dict]], per_region: int) -> dict[str, Balance]:
+    """Per source, its "no" questions balanced against its "yes" ones (drafting.balance), read image by
+    image from the catalog."""
+    out = {}
+    for source, rows in groupby(catalog.image_region_counts(), key=lambda r: r[0]):
+        labels = {s["label"] for s in structures.get(source, [])}
+        out[source] = balance_source(
+            (ImageAbsence(image_id, n, 0 if present is None else len(labels - set(present)))
+             for _, image_id, n, present in rows),
+            per_region,
+        )
+    return out
 
 
 @dataclass
@@ -111,6 +129,7 @@ class Planner:
     def __init__(self, catalog: Catalog, options: GenerateOptions, prompts: Prompts):
         self.catalog, self.opt, self.prompts = catalog, options, prompts
         self.structures = catalog.source_structures() if options.absent_per_region > 0 else {}
+        self.balance = plan_balance(catalog, self.structures, options.absent_per_region) if self.structures else {}
 
     def work_for(self, region: dict) -> tuple[list[DraftSpec], int]:
         """The slots to draft now (with their rejection history) and how many are done already."""
@@ -137,13 +156,29 @@ class Planner:
             if o.drafter == "llm"
             else min(o.attributes_per_region, len(attribute_choices(p, region)))
         )
-        absent = absent_targets(region, self.structures.get(region["source"]["name"], []), o.absent_per_region)
+        absent = self._absent(region)
         specs += [DraftSpec("localization", k, "templates", absent=label) for k, label in enumerate(absent)]
         specs += [DraftSpec("attribute", s, o.drafter) for s in range(n_attr)]
         lateral = region.get("side") in ("left", "right")
         if o.position_questions and lateral and p.position and not names_a_side(target_name(region)):
             specs.append(DraftSpec("position", 0, "templates"))
         return specs
+
+    def _absent(self, region: dict) -> list[str]:
+        """The absent structures the region asks "no" about, under its source's balance."""
+        source = region["source"]["name"]
+        candidates = absent_candidates(region, self.structures.get(source, []))
+        if not candidates or source not in self.balance:
+            return []
+        image_regions = self.catalog.image_region_labels(region["image_id"])
+        n = self.opt.absent_per_region
+        quota = ImageAbsence(region["image_id"], len(image_regions), len(candidates)).base(n)
+        quota += self.balance[source].extra.get(region["image_id"], 0)
+        return absent_targets(region, candidates, image_regions, quota, n)
+
+    def unbalanced(self) -> dict[str, Balance]:
+        """The sources whose images have too few absent structures for as many "no" as "yes"."""
+        return {source: b for source, b in self.balance.items() if b.short > 0}
 
     def _needs_work(self, old: Existing | None, spec: DraftSpec) -> bool:
         if old is None or self.opt.force or old.status == "error":

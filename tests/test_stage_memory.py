@@ -13,6 +13,7 @@ import pytest
 from synthetic_source import make_samed2d
 
 from vgmed_build import api
+from vgmed_build.export import FORMATS, export
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +50,9 @@ def _stage_peaks(tmp: Path, n: int) -> dict[str, int]:
         "release rerun": _peak(lambda: api.release(build, out=release, include_unreviewed=True,
                                                    created="2026-01-01T00:00:00Z")),
         "validate": _peak(lambda: api.validate(release)),
+        # The formats written record by record (Parquet and the Hub layout build one Arrow table a file).
+        **{f"export {fmt}": _peak(lambda fmt=fmt: export(release, FORMATS[fmt], tmp / fmt))
+           for fmt in ("vqa-json", "vlmevalkit")},
     }
 
 
@@ -78,5 +82,5 @@ def test_ingest_peak_memory_is_the_same_at_n_and_8n(peaks):
 def test_later_stages_peak_memory_is_the_same_at_n_and_8n(peaks):
     """generate (regions 128 at a time, stored drafts region by region), release (drafts 64 at a time,
     manifest written entry by entry), validate (records, ids, images and the manifest's file list
-    streamed)."""
+    streamed), export as VQA JSON and VLMEvalKit TSVs (manifest and records streamed)."""
     assert _growth(peaks, set(peaks[0]) - INGEST) == {}

@@ -85,11 +85,12 @@ def ingest(
     wait: bool = False,
     progress: bool | None = False,
     dask_scheduler: str | None = None,
+    dask_batch: int = 0,
 ) -> IngestReport:
     """Render every source item into the build folder ``build`` (created) as ``vgmed-build ingest`` does.
 
     ``dask_scheduler``: render on that Dask cluster (``tcp://host:8786``) instead of ``workers`` local
-    processes; DaskError when it cannot be used.
+    processes; DaskError when it cannot be used; ``dask_batch`` items per task (0: chosen by timing).
 
     Resumable: unchanged items are skipped; a bad item is an error in the report (the run goes on),
     an item the size filters leave empty is counted in ``report.skipped`` by reason. Items a source
@@ -103,7 +104,7 @@ def ingest(
     with stage_lock(Path(build), INGEST_STAGE, wait):
         report = run_ingest(
             build, specs, workers=workers, force=force, progress=progress, keep_missing=keep_missing,
-            with_paths=with_paths, dask_scheduler=dask_scheduler,
+            with_paths=with_paths, dask_scheduler=dask_scheduler, dask_batch=dask_batch,
         )
     with open_catalog(build) as catalog:
         stored = catalog.labels_by_source()
@@ -195,5 +196,5 @@ def read_release(release_dir: str | Path, *, verify: bool = True) -> dict[str, l
     """
     from vgmed_build.export import open_release
 
-    opened = open_release(release_dir, verify=verify)
-    return {name: opened.records(name) for name in opened.record_files()}
+    with open_release(release_dir, verify=verify) as opened:
+        return {name: list(opened.records(name)) for name in opened.record_files()}

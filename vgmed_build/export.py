@@ -35,14 +35,16 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from vgmed_build.card import CARD_MARK, licences_of, render_card
+from vgmed_build.catalog.scratch import SeenStore
 from vgmed_build.errors import VgmedError
 from vgmed_build.release_format import (
     ATTRIBUTE_FILE,
@@ -58,6 +60,7 @@ from vgmed_build.release_format import (
     preview_note,
     read_lines,
 )
+from vgmed_build.release_manifest import read_manifest
 from vgmed_build.resources import schema_errors
 
 VQA_KEYS = ("id", "question", "answer", "images", "q_type", "modality", "label")
@@ -127,11 +130,22 @@ class ExportOptions:
 
 @dataclass
 class Release:
-    """A release being exported: its manifest, and reads that never leave its root."""
+    """A release being exported: its manifest's head, and reads that never leave its root.
+
+    ``manifest``: everything but the file list (``files`` is ``{}``: a release lists every image);
+    ``listed``: the listed paths, in a scratch file (verified unless --no-verify). Close it after use.
+    """
 
     root: Path
     manifest: dict[str, Any]
-    listed: dict[str, Any] = field(default_factory=dict)  # the manifest's files (verified unless --no-verify)
+    listed: SeenStore | None = None
+
+    def __enter__(self) -> Release:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.listed is not None:
+            self.listed.close()
 
     def path(self, rel: str) -> Path:
         """``root / rel``, or ExportError when it leaves the root (also through a symbolic link)."""
@@ -149,25 +163,23 @@ class Release:
         present = {p.name for p in self.root.glob("*.jsonl")}
         return {c: n for c, n in manifest_configs(present).items() if n in present}
 
-    def records(self, name: str) -> list[dict]:
-        """Records of one question file, each checked against the release record schema."""
+    def records(self, name: str) -> Iterator[dict]:
+        """Records of one question file as it is read (one line at a time), each checked against the
+        release record schema: a bad line is an ExportError when it is reached."""
         path = self.path(name)
         try:
-            lines = list(read_lines(path))
+            for line in read_lines(path):
+                if line.error:
+                    raise ExportError(f"{path}:{line.number}: {line.error}")
+                errors = schema_errors("release_record", line.record)
+                if errors:
+                    raise ExportError(f"{path}:{line.number}: {errors[0]} (run `vgmed-build validate`)")
+                yield line.record
         except RecordFileError as exc:
             raise ExportError(str(exc)) from exc
-        records = []
-        for line in lines:
-            if line.error:
-                raise ExportError(f"{path}:{line.number}: {line.error}")
-            errors = schema_errors("release_record", line.record)
-            if errors:
-                raise ExportError(f"{path}:{line.number}: {errors[0]} (run `vgmed-build validate`)")
-            records.append(line.record)
-        return records
 
     def image_bytes(self, rel: str) -> bytes:
-        if self.listed and rel not in self.listed:
+        if self.listed is not None and not self.listed.is_listed(rel):
             raise ExportError(f"{self.root}: image {rel} is not listed in {MANIFEST_FILE}")
         try:
             return self.path(rel).read_bytes()
@@ -185,24 +197,36 @@ def open_release(release_dir: str | Path, verify: bool = True) -> Release:
         )
     release = Release(root, {})
     try:
-        release.manifest = json.loads(release.path(MANIFEST_FILE).read_text(encoding="utf-8"))
+        manifest = read_manifest(release.path(MANIFEST_FILE))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ExportError(f"{root / MANIFEST_FILE}: cannot be read as JSON ({exc})") from exc
+    release.manifest = manifest.head
     if not verify:
         return release
-    listed = release.manifest.get("files") if isinstance(release.manifest, dict) else None
-    if not isinstance(listed, dict):
+    if not isinstance(manifest.head, dict) or not isinstance(manifest.head.get("files"), dict):
         raise ExportError(f"{root / MANIFEST_FILE}: no file list to verify the release against (--no-verify skips)")
-    problems = [problem for _, problem in listed_file_problems(root, sorted(listed.items()))]
-    problems += [f"{name} is not listed" for name in release.record_files() if name not in listed]
-    if problems:
-        more = f"; and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
-        shown = "; ".join(problems[:MAX_SHOWN])
-        raise ExportError(
-            f"{root}: the release differs from its {MANIFEST_FILE} ({shown}{more}); nothing was exported. "
-            "Run `vgmed-build validate` on it; --no-verify exports it anyway"
-        )
-    release.listed = listed
+    release.listed = listed = SeenStore()
+    shown: list[str] = []
+    count = 0
+    try:
+        listed.add_listed(manifest.files())  # in a scratch file, in path order, a path listed twice once
+        problems = chain((problem for _, problem in listed_file_problems(root, listed.listed())),
+                         (f"{name} is not listed" for name in release.record_files() if not listed.is_listed(name)))
+        for problem in problems:
+            count += 1
+            shown += [problem][:MAX_SHOWN - len(shown)]
+        if count:
+            more = f"; and {count - MAX_SHOWN} more" if count > MAX_SHOWN else ""
+            raise ExportError(
+                f"{root}: the release differs from its {MANIFEST_FILE} ({'; '.join(shown)}{more}); nothing was "
+                "exported. Run `vgmed-build validate` on it; --no-verify exports it anyway"
+            )
+    except ValueError as exc:  # the manifest changed while it was read
+        listed.close()
+        raise ExportError(f"{root / MANIFEST_FILE}: cannot be read as JSON ({exc})") from exc
+    except BaseException:
+        listed.close()
+        raise
     return release
 
 
@@ -242,8 +266,8 @@ def build_parquet(release: Release, out: Path, options: ExportOptions) -> dict[s
     for name in release.record_files():
         records = release.records(name)
         if options.embed_images:
-            records = [{**r, "image_bytes": release.image_bytes(r["image"])} for r in records]
-        table = pa.Table.from_pylist(records, schema=schema)
+            records = ({**r, "image_bytes": release.image_bytes(r["image"])} for r in records)
+        table = pa.Table.from_pylist(list(records), schema=schema)
         outputs[Path(name).stem + ".parquet"] = lambda fh, table=table: pq.write_table(table, fh)
     return outputs
 
@@ -265,9 +289,9 @@ def _has_our_columns(path: Path) -> bool:
     return names[:5] == ["id", "image", "question", "answer", "bbox"] and set(names) <= set(arrow_schema(True).names)
 
 
-def vqa_items(records: list[dict], image_prefix: str) -> list[dict]:
-    """VQA items (question, answer, image list) for records with a reference answer."""
-    return [
+def vqa_items(records: Iterable[dict], image_prefix: str) -> Iterator[dict]:
+    """VQA items (question, answer, image list) for records with a reference answer, as they come."""
+    return (
         {
             "id": r["id"],
             "question": r["question"],
@@ -278,15 +302,25 @@ def vqa_items(records: list[dict], image_prefix: str) -> list[dict]:
             "label": r["label"],
         }
         for r in records
-    ]
+    )
+
+
+def write_json_list(fh: BinaryIO, items: Iterable[Any]) -> None:
+    """Write ``json.dumps(list(items), indent=1, ensure_ascii=False) + "\n"``, byte for byte, one item
+    at a time (json indents an item of the list one level deeper; its strings escape their newlines)."""
+    separator = b"[\n "
+    for item in items:
+        fh.write(separator + json.dumps(item, indent=1, ensure_ascii=False).replace("\n", "\n ").encode("utf-8"))
+        separator = b",\n "
+    fh.write(b"[]\n" if separator == b"[\n " else b"\n]\n")
 
 
 def build_vqa_json(release: Release, out: Path, options: ExportOptions) -> dict[str, Writer]:
-    records = release.records(ATTRIBUTE_FILE)
+    """The attribute file's records go out one at a time as the file is written."""
+    release.path(ATTRIBUTE_FILE)  # leaves the root: refused before anything is created
     prefix = os.path.relpath(release.root.resolve(), out.parent.resolve()).replace(os.sep, "/")
-    data = (json.dumps(vqa_items(records, "" if prefix == "." else prefix + "/"), indent=1, ensure_ascii=False)
-            + "\n").encode("utf-8")
-    return {out.name: lambda fh: fh.write(data)}
+    image_prefix = "" if prefix == "." else prefix + "/"
+    return {out.name: lambda fh: write_json_list(fh, vqa_items(release.records(ATTRIBUTE_FILE), image_prefix))}
 
 
 def vqa_json_is_ours(path: Path, name: str) -> bool:
@@ -316,7 +350,7 @@ def _hf_shard(config: str) -> str:
 
 def _card_writer(release: Release) -> Writer:
     """The Hub card, rendered from the release's manifest like the release's own card."""
-    records = [r for name in release.record_files() for r in release.records(name)]
+    records = (r for name in release.record_files() for r in release.records(name))
     try:
         card = render_card(release.manifest, licences_of(records), hub=True)
     except (KeyError, TypeError, AttributeError) as exc:
@@ -410,17 +444,17 @@ def lmms_eval_is_ours(path: Path, name: str) -> bool:
     return hf_is_ours(path, name)
 
 
-def vlmevalkit_tsv(records: list[dict], image_bytes: Callable[[str], bytes]) -> bytes:
+def write_vlmevalkit_tsv(fh: BinaryIO, records: Iterable[dict], image_bytes: Callable[[str], bytes]) -> None:
     """VLMEvalKit's TSV: a unique integer ``index``, the base64 PNG, question, answer, ``category``
-    (the q_type, which the metric splits on) and our id and labels."""
-    text = io.StringIO()
+    (the q_type, which the metric splits on) and our id and labels; one record at a time."""
+    text = io.TextIOWrapper(fh, encoding="utf-8", newline="", write_through=True)
     writer = csv.writer(text, delimiter="\t", lineterminator="\n")
     writer.writerow(TSV_COLUMNS)
     for index, r in enumerate(records, 1):
         picture = base64.b64encode(image_bytes(r["image"])).decode("ascii")
         writer.writerow([index, picture, r["question"], r["answer"], r["q_type"], r["id"], r["modality"],
                          r["body_part"], r["label"]])
-    return text.getvalue().encode("utf-8")
+    text.detach()  # the caller's file stays open
 
 
 def build_vlmevalkit(release: Release, out: Path, options: ExportOptions) -> dict[str, Writer]:
@@ -428,8 +462,8 @@ def build_vlmevalkit(release: Release, out: Path, options: ExportOptions) -> dic
     ``vlmevalkit_config.json`` that names the class for ``run.py --config``."""
     outputs: dict[str, Writer] = {}
     for name in release.record_files():
-        data = vlmevalkit_tsv(release.records(name), release.image_bytes)
-        outputs[Path(name).stem + ".tsv"] = lambda fh, data=data: fh.write(data)
+        outputs[Path(name).stem + ".tsv"] = lambda fh, name=name: write_vlmevalkit_tsv(
+            fh, release.records(name), release.image_bytes)
     source = _harness_source()
     outputs["vgmed_vlmevalkit.py"] = lambda fh: fh.write(source)
     stems = [Path(name).stem for name in release.record_files()]
@@ -536,8 +570,11 @@ def export(
     ExportError (nothing changed) when the release is not ours or differs from its manifest, when
     reading would leave its root, or when ``out`` is someone else's and not ``options.overwrite``.
     """
-    out = Path(out)
-    release = open_release(release_dir, options.verify)
+    with open_release(release_dir, options.verify) as release:
+        return _export(release, fmt, Path(out), options)
+
+
+def _export(release: Release, fmt: ExportFormat, out: Path, options: ExportOptions) -> list[Path]:
     note = preview_note(release.root)
     if note:
         log.warning("%s; the %s export says so too", note, fmt.name)

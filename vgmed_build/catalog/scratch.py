@@ -53,6 +53,9 @@ class SeenStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.conn.close()
 
     def first_seen(self, rid: object, at: str) -> str | None:

@@ -1,6 +1,7 @@
 """`ingest --dask-scheduler`: a real Dask scheduler and two worker processes on this machine render a
-synthetic source while this process writes the catalog; one worker is SIGKILLed mid-run. The build
-(regions, PNG bytes) and its release equal those of a `--workers 1` build of the same source."""
+synthetic source, 8 items a task, while this process writes the catalog; one worker is SIGKILLed
+mid-run. The build (regions, PNG bytes) and its release equal those of a `--workers 1` build of the
+same source. An item that kills every worker it reaches is an error of its own, not of its batch."""
 
 from __future__ import annotations
 
@@ -85,10 +86,10 @@ def test_dask_cluster_with_a_worker_killed_builds_what_one_process_builds(tmp_pa
         build = tmp_path / "dask"
         ingest = subprocess.Popen(
             [str(BIN / "vgmed-build"), "ingest", "--build", str(build), "--no-progress", *src,
-             "--dask-scheduler", address],
+             "--dask-scheduler", address, "--dask-batch", "8"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        _wait_for(lambda: _stored_items(build) >= 10 or ingest.poll() is not None, "the first items")
+        _wait_for(lambda: _stored_items(build) >= 8 or ingest.poll() is not None, "the first batch")
         assert ingest.poll() is None, "ingest finished before a worker could be killed"
         procs[1].send_signal(signal.SIGKILL)  # worker 0, mid-run
         out, err = ingest.communicate(timeout=300)
@@ -96,7 +97,8 @@ def test_dask_cluster_with_a_worker_killed_builds_what_one_process_builds(tmp_pa
         assert "120 items: 120 ingested, 0 unchanged, 0 skipped, 0 errors" in out
         assert procs[1].wait() == -signal.SIGKILL and procs[2].poll() is None  # one worker died, one went on
         assert _build_and_release(build, source) == one
-        # A rerun on the cluster (one worker left) finds every item unchanged and duplicates nothing.
+        # A rerun on the cluster (one worker left, batches sized by timing) finds every item unchanged and
+        # duplicates nothing.
         rerun = subprocess.run([str(BIN / "vgmed-build"), "ingest", "--build", str(build), "--no-progress", *src,
                                 "--dask-scheduler", address], capture_output=True, text=True, timeout=300)
         assert rerun.returncode == 0 and "120 items: 0 ingested, 120 unchanged" in rerun.stdout
@@ -114,3 +116,31 @@ def test_an_unreachable_scheduler_is_a_clear_error_before_anything_is_written(tm
     assert code == 2
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
     assert not (tmp_path / "b" / CATALOG_NAME).exists()
+    code = main(["ingest", "--build", str(tmp_path / "b"), "--source", f"images2d:{source}", "--modality",
+                 "Dermoscopy", "--dask-batch", "4", "--no-progress"])
+    assert code == 2 and "--dask-batch takes a count of 0 (chosen by timing) or more, with --dask-scheduler" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "b" / CATALOG_NAME).exists()
+
+
+def _kill_on_three(item: int) -> int:
+    if item == 3:
+        os._exit(9)  # what a crash inside a C library does to the worker holding the item
+    return item * 10
+
+
+def test_an_item_that_kills_its_workers_is_an_error_of_its_own_not_of_its_batch():
+    from dask import config
+    from dask.distributed import Client, LocalCluster
+
+    from vgmed_build.ingest.distributed import WorkerLost, run_on_dask
+
+    got: list[tuple[int, object]] = []
+    with config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        run_on_dask(range(8), _kill_on_three, client, lambda item, result: got.append((item, result)), batch=4)
+    assert sorted(item for item, _ in got) == list(range(8))  # each item once
+    results = dict(got)
+    assert isinstance(results.pop(3), WorkerLost)
+    assert results == {i: i * 10 for i in range(8) if i != 3}  # its batch mates rendered all the same

@@ -301,12 +301,13 @@ def run_ingest(
     keep_missing: bool = False,
     with_paths: bool = True,
     dask_scheduler: str | None = None,
+    dask_batch: int = 0,
 ) -> IngestReport:
     """Ingest every item of ``specs`` into ``build_dir``; see the module docstring.
 
     Items render in this process (``workers`` 1), in ``workers`` forked processes, or on the Dask
-    cluster whose scheduler is at ``dask_scheduler`` (:mod:`.distributed`); this process alone writes
-    the catalog in every case.
+    cluster whose scheduler is at ``dask_scheduler`` (:mod:`.distributed`), ``dask_batch`` items per
+    task (0: chosen by timing); this process alone writes the catalog in every case.
 
     ``keep_missing``: keep items their source no longer lists (default: withdraw them);
     ``with_paths``: name withdrawn items by path in the log (else by pseudonym).
@@ -342,7 +343,7 @@ def run_ingest(
 
         work = partial(run_job, build_dir=catalog.build_dir, force=force)
         if client is not None:
-            run_on_dask(jobs, work, client, handle)
+            run_on_dask(jobs, work, client, handle, batch=dask_batch)
         elif workers <= 1:
             for job in jobs:
                 handle(job, work(job))

@@ -121,7 +121,8 @@ def test_unknown_verdict_and_server_down_are_clear_errors_and_lose_nothing(tmp_p
     dead = f"http://127.0.0.1:{free_port()}/v1"
     assert main(_args(build, dead, "--max-retries", "1")) == 2
     err = capsys.readouterr().err
-    assert f"error: the judge server {dead} cannot be reached (request failed after 2 attempts: API" in err
+    reached = f"error: the judge server {dead} cannot be reached (request failed after 2 attempts: cannot reach"
+    assert f"{reached} the LLM server {dead}" in err
     assert _verdicts(build) == before
     with open_catalog(build) as cat:  # the earlier errors are still there: nothing was judged since
         assert count(cat, "errors") == len(liver)

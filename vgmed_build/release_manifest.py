@@ -17,6 +17,7 @@ from typing import Any
 import ijson
 
 from vgmed_build.catalog.scratch import sorted_unique
+from vgmed_build.errors import VgmedError
 
 FILES = "files"
 FILE_ENTRY = ("properties", FILES, "additionalProperties")  # the schema of one entry of files
@@ -58,9 +59,9 @@ def write_manifest(path: Path, head: dict[str, Any], files: Iterable[tuple[str, 
         fh.write(("\n  }" if separator == ",\n" else "}") + closing + "\n")
 
 
-class _Unusual(Exception):
+class _Unusual(VgmedError):
     """A manifest the streamed reading does not take (not an object, ``files`` given twice, JSON that
-    only ``json.loads`` accepts such as NaN): it is read whole instead."""
+    only ``json.loads`` accepts such as NaN): it is read whole instead (caught here, never shown)."""
 
 
 @dataclass(frozen=True)

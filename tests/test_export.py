@@ -92,6 +92,24 @@ def test_export_needs_a_valid_release(rel, tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.parametrize("fmt, name", [("vqa-json", "out.json"), ("parquet", "out-pq"), ("vlmevalkit", "out-vk")])
+def test_a_bad_record_met_while_writing_leaves_the_earlier_export_intact(rel, tmp_path, capsys, fmt, name):
+    """Records are read as the files are written (not held): a bad last line is found mid-write."""
+    copy = own_copy(rel, tmp_path)
+    out = tmp_path / name
+    args = ["export", str(copy), "--format", fmt, "--out", str(out), "--no-verify"]
+    assert main(args) == 0
+    good = out.read_bytes() if out.is_file() else tree(out)
+    n_lines = len((copy / ATTRIBUTE_FILE).read_text().splitlines())
+    with open(copy / ATTRIBUTE_FILE, "a") as fh:
+        fh.write(json.dumps({"id": "x"}) + "\n")
+    capsys.readouterr()
+    assert main(args) == 2
+    assert f"{ATTRIBUTE_FILE}:{n_lines + 1}: " in capsys.readouterr().err
+    assert (out.read_bytes() if out.is_file() else tree(out)) == good
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+
+
 def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

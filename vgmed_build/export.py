@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -65,6 +65,7 @@ from vgmed_build.resources import schema_errors
 
 VQA_KEYS = ("id", "question", "answer", "images", "q_type", "modality", "label")
 MAX_SHOWN = 5  # problems named in one message
+PARQUET_BATCH = 256  # records turned into Arrow at a time
 HARNESS_MARK = "written by `vgmed-build export`"  # in every harness file we write (how a re-export knows it)
 HARNESS_SOURCE = "vgmed_harness.py"  # vgmed_build/harness/: the lmms-eval hooks and the VLMEvalKit class
 HF_SHARD = re.compile(r"data/(\w+)/test-\d{5}-of-\d{5}\.parquet")
@@ -262,14 +263,21 @@ def build_parquet(release: Release, out: Path, options: ExportOptions) -> dict[s
     import pyarrow.parquet as pq
 
     schema = arrow_schema(options.embed_images)
-    outputs: dict[str, Writer] = {}
-    for name in release.record_files():
+
+    def table(name: str) -> pa.Table:
+        """One question file's records as one Arrow table, converted PARQUET_BATCH records at a time (no
+        list of them is held); joined into one chunk, so the file (one row group) is the bytes
+        ``pa.Table.from_pylist`` of every record gives."""
         records = release.records(name)
         if options.embed_images:
             records = ({**r, "image_bytes": release.image_bytes(r["image"])} for r in records)
-        table = pa.Table.from_pylist(list(records), schema=schema)
-        outputs[Path(name).stem + ".parquet"] = lambda fh, table=table: pq.write_table(table, fh)
-    return outputs
+        batches = iter(lambda: list(islice(records, PARQUET_BATCH)), [])
+        return pa.Table.from_batches((pa.RecordBatch.from_pylist(b, schema=schema) for b in batches),
+                                     schema=schema).combine_chunks()
+
+    # Each table is built as its file is written: one question file's table in memory at a time.
+    return {Path(name).stem + ".parquet": lambda fh, name=name: pq.write_table(table(name), fh)
+            for name in release.record_files()}
 
 
 def parquet_is_ours(path: Path, name: str) -> bool:

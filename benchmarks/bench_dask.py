@@ -4,14 +4,15 @@ For each size, a synthetic source in SA-Med2D's layout (``tests/synthetic_source
 grey pictures with 1-2 instance masks, enlarged to 512 px by the default ``min_side_px``) is ingested by
 the real command line twice: (a) ``vgmed-build ingest --workers N``; (b) a Dask scheduler and N worker
 processes on this machine (``dask scheduler``, ``dask worker --nthreads 1``: the local cluster
-tests/test_ingest_dask.py runs, started once per size and not timed) and
-``vgmed-build ingest --dask-scheduler ADDRESS``. Each ingest is timed from launch to exit (start-up,
-listing, rendering, the catalog writes) into a fresh build; the order alternates between repeats (a b,
-then b a) and the best of ``--repeats`` counts. Both builds must hold the same regions and the same PNG
-bytes: exit status 1 otherwise. Prints items per second of each and their ratio, and the CPU seconds
-per item each spent (ingest, its --workers processes; ingest, the scheduler and the Dask workers),
-which a shared machine's load does not inflate as it does wall time, and the scheduler's own CPU per
-item beyond what it uses idle (its rate during the --workers runs): one scheduler serves every machine.
+tests/test_ingest_dask.py runs, started once per size and not timed) and ``vgmed-build ingest
+--dask-scheduler ADDRESS`` (items in batches sized by timing, its default). Each ingest is timed from
+launch to exit (start-up, listing, rendering, the catalog writes) into a fresh build; the order
+alternates between repeats (a b, then b a) and the best of ``--repeats`` counts. Both builds must hold
+the same regions and the same PNG bytes: exit status 1 otherwise. Prints items per second of each and
+their ratio, and the CPU seconds per item each spent (ingest, its --workers processes; ingest, the
+scheduler and the Dask workers), which a shared machine's load does not inflate as it does wall time,
+and the scheduler's own CPU per item beyond what it uses idle (its rate during the --workers runs): one
+scheduler serves every machine.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_dask.py                  # sizes 100 and 800, N = 2
     .venv/bin/python benchmarks/bench_dask.py --sizes 100 --repeats 1            # a quick look

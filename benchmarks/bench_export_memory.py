@@ -1,4 +1,6 @@
-"""Peak Python memory (tracemalloc) of `vgmed-build export` in each format, and a hash of what it wrote,
+"""Peak Python memory (tracemalloc) and peak Arrow memory (a fresh `pyarrow.proxy_memory_pool` made the
+default for the export: Arrow's buffers are outside tracemalloc) of `vgmed-build export` in each format,
+and a hash of what it wrote,
 on an existing release (issue 27): run it with two checkouts on the same release to compare their memory
 and check their outputs are the same bytes. Each format is exported twice, the second run counts (the
 first imports pyarrow / datasets, which tracemalloc would count). The lmms-eval task YAMLs name the
@@ -13,6 +15,8 @@ import argparse
 import hashlib
 import tracemalloc
 from pathlib import Path
+
+import pyarrow as pa
 
 from vgmed_build.export import FORMATS, ExportOptions, export
 
@@ -33,14 +37,21 @@ def main() -> None:
     parser.add_argument("release", type=Path, help="a release made by `vgmed-build release`")
     parser.add_argument("out", type=Path, help="an empty folder for the exports")
     args = parser.parse_args()
+    default = pa.default_memory_pool()
     for fmt, embed in CASES:
         for attempt in range(2):
             out = args.out / f"{fmt}{'-embedded' if embed else ''}-{attempt}"
+            arrow = pa.proxy_memory_pool(default)
+            pa.set_memory_pool(arrow)
             tracemalloc.start()
-            export(args.release, FORMATS[fmt], out, ExportOptions(embed_images=embed))
-            peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-        print(f"{fmt}{' --embed-images' if embed else ''}: peak {peak / 1e6:.2f} MB, output {digest(out)}")
+            try:
+                export(args.release, FORMATS[fmt], out, ExportOptions(embed_images=embed))
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+                pa.set_memory_pool(default)
+        print(f"{fmt}{' --embed-images' if embed else ''}: peak {peak / 1e6:.2f} MB, Arrow peak "
+              f"{arrow.max_memory() / 1e6:.2f} MB, output {digest(out)}")
 
 
 if __name__ == "__main__":

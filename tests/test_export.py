@@ -15,6 +15,7 @@ import pytest
 from disk_fixtures import fill
 from release_fixtures import made_release
 
+from vgmed_build import export as export_module
 from vgmed_build.cli import main
 from vgmed_build.export import ExportError, export_parquet, export_vqa_json
 from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE, sha256_file
@@ -40,6 +41,26 @@ def test_parquet_round_trip(rel, tmp_path):
                 for r in rows] == records
         for row in rows:
             assert row["image_bytes"] == (rel / row["image"]).read_bytes()
+
+
+def test_parquet_row_groups_bound_what_is_held(rel, tmp_path, monkeypatch):
+    """A file larger than PARQUET_ROW_GROUP_BYTES of Arrow data is written a row group at a time: several
+    groups, the same rows as ``pa.Table.from_pylist`` of the records, and the same bytes on a second run;
+    under the bound it is one group, byte for byte ``pq.write_table`` of that table (the format before)."""
+    import pyarrow as pa
+
+    records = read_jsonl(rel / LOCALIZATION_FILE)
+    whole = pa.Table.from_pylist(records, schema=export_module.arrow_schema())
+    pq.write_table(whole, tmp_path / "one-table.parquet")
+    one = export_parquet(rel, tmp_path / "one")[0]
+    assert one.read_bytes() == (tmp_path / "one-table.parquet").read_bytes()
+    monkeypatch.setattr(export_module, "PARQUET_ROW_GROUP_BYTES", 1)
+    monkeypatch.setattr(export_module, "PARQUET_BATCH", 2)
+    runs = [export_parquet(rel, tmp_path / f"run{i}")[0] for i in range(2)]
+    groups = pq.ParquetFile(runs[0]).metadata.num_row_groups
+    assert groups == -(-len(records) // 2) > 1
+    assert pq.read_table(runs[0]).equals(whole)
+    assert runs[0].read_bytes() == runs[1].read_bytes()
 
 
 def test_vqa_json(rel, tmp_path):
@@ -203,6 +224,7 @@ def test_nothing_outside_the_release_is_embedded(rel, tmp_path, capsys):
 # point), or, with the signal ignored, every write past the limit fails with EFBIG as on a full disk.
 LIMITED = """
 import resource, signal, sys
+from vgmed_build import export as export_module
 from vgmed_build.cli import main
 signal.signal(signal.SIGXFSZ, signal.SIG_DFL if sys.argv[1] == "kill" else signal.SIG_IGN)  # Python ignores it
 resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))

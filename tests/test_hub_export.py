@@ -111,8 +111,12 @@ def test_hf_export_gives_image_features_and_the_records(rel, tmp_path):
         ("attribute", "data/attribute/test-*.parquet", False),
     ]
     assert "preview" not in meta["tags"] and "PREVIEW" not in meta["pretty_name"]
-    # a second export recognises its own files (no --overwrite needed); a file of yours stops it
+    # a second export recognises its own files (no --overwrite needed) and gives the same bytes; a file of
+    # yours stops it. datasets' Arrow cache (a temporary folder next to the output) is gone after each.
+    first = {p: p.read_bytes() for p in written}
     assert export(rel, FORMATS["hf"], out) == written
+    assert {p: p.read_bytes() for p in written} == first
+    assert list(tmp_path.glob(".*")) == []  # no .vgmed-hf-cache-* left
     (out / "data" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"holds 1 entries that are not a previous hf export of vgmed \(data/notes"):
         export(rel, FORMATS["hf"], out)

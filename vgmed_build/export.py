@@ -66,6 +66,7 @@ from vgmed_build.resources import schema_errors
 VQA_KEYS = ("id", "question", "answer", "images", "q_type", "modality", "label")
 MAX_SHOWN = 5  # problems named in one message
 PARQUET_BATCH = 256  # records turned into Arrow at a time
+PARQUET_ROW_GROUP_BYTES = 32 * 2**20  # Arrow data held before a Parquet row group is written
 HARNESS_MARK = "written by `vgmed-build export`"  # in every harness file we write (how a re-export knows it)
 HARNESS_SOURCE = "vgmed_harness.py"  # vgmed_build/harness/: the lmms-eval hooks and the VLMEvalKit class
 HF_SHARD = re.compile(r"data/(\w+)/test-\d{5}-of-\d{5}\.parquet")
@@ -259,25 +260,36 @@ def _parquet_names() -> set[str]:
 
 
 def build_parquet(release: Release, out: Path, options: ExportOptions) -> dict[str, Writer]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     schema = arrow_schema(options.embed_images)
 
-    def table(name: str) -> pa.Table:
-        """One question file's records as one Arrow table, converted PARQUET_BATCH records at a time (no
-        list of them is held); joined into one chunk, so the file (one row group) is the bytes
-        ``pa.Table.from_pylist`` of every record gives."""
+    def batches(name: str) -> Iterator[dict]:
         records = release.records(name)
         if options.embed_images:
             records = ({**r, "image_bytes": release.image_bytes(r["image"])} for r in records)
-        batches = iter(lambda: list(islice(records, PARQUET_BATCH)), [])
-        return pa.Table.from_batches((pa.RecordBatch.from_pylist(b, schema=schema) for b in batches),
-                                     schema=schema).combine_chunks()
+        return iter(lambda: list(islice(records, PARQUET_BATCH)), [])
 
-    # Each table is built as its file is written: one question file's table in memory at a time.
-    return {Path(name).stem + ".parquet": lambda fh, name=name: pq.write_table(table(name), fh)
+    # Each file is written as its records are read: at most one row group's records in memory.
+    return {Path(name).stem + ".parquet": lambda fh, name=name: write_parquet(fh, batches(name), schema)
             for name in release.record_files()}
+
+
+def write_parquet(fh: BinaryIO, batches: Iterable[list[dict]], schema) -> None:
+    """Write records as Parquet, turned into Arrow PARQUET_BATCH at a time, one row group per
+    PARQUET_ROW_GROUP_BYTES of Arrow data (and one for the rest): a file under that size is the bytes
+    ``pq.write_table(pa.Table.from_pylist(records))`` gives (one row group), a larger one is several."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(fh, schema) as writer:
+        held: list = []
+        written = False
+        for rows in batches:
+            held.append(pa.RecordBatch.from_pylist(rows, schema=schema))
+            if sum(b.nbytes for b in held) >= PARQUET_ROW_GROUP_BYTES:
+                writer.write_table(pa.Table.from_batches(held, schema=schema).combine_chunks())
+                held, written = [], True
+        if held or not written:
+            writer.write_table(pa.Table.from_batches(held, schema=schema).combine_chunks())
 
 
 def parquet_is_ours(path: Path, name: str) -> bool:
@@ -370,18 +382,33 @@ def _card_writer(release: Release) -> Writer:
 def build_hf(release: Release, out: Path, options: ExportOptions) -> dict[str, Writer]:
     """``data/<config>/test-00000-of-00001.parquet`` per config, written by ``datasets`` (the image is the
     ``{bytes, path}`` struct of ``Image()``), and the card whose configs point at them."""
-    from datasets import Dataset
-
-    features = hf_features()
-    outputs: dict[str, Writer] = {}
-    for config, name in release.configs().items():
-        rows = [{**r, MASK_FIELD: r.get(MASK_FIELD), "image": {"bytes": release.image_bytes(r["image"]),
-                                                                 "path": r["image"]}}
-                for r in release.records(name)]
-        dataset = Dataset.from_list(rows, features=features)
-        outputs[_hf_shard(config)] = lambda fh, dataset=dataset: dataset.to_parquet(fh)
+    outputs: dict[str, Writer] = {
+        _hf_shard(config): lambda fh, config=config, name=name: write_hf_shard(fh, release, config, name, out.parent)
+        for config, name in release.configs().items()
+    }
     outputs[CARD_FILE] = _card_writer(release)
     return outputs
+
+
+def hf_rows(release: Release, name: str) -> Iterator[dict]:
+    """One question file's records as Hub rows (the image's bytes in its ``Image()`` struct), as read."""
+    for r in release.records(name):
+        yield {**r, MASK_FIELD: r.get(MASK_FIELD), "image": {"bytes": release.image_bytes(r["image"]),
+                                                               "path": r["image"]}}
+
+
+def write_hf_shard(fh: BinaryIO, release: Release, config: str, name: str, scratch: Path) -> None:
+    """One config's shard, streamed: ``Dataset.from_generator`` writes the rows to an Arrow file in a
+    temporary folder of ours in ``scratch`` (next to the output: it is as large as the shard), which
+    ``to_parquet`` reads back in batches; the folder is removed after. Same bytes as ``from_list``."""
+    from datasets import Dataset
+
+    with tempfile.TemporaryDirectory(prefix=".vgmed-hf-cache-", dir=scratch) as cache:
+        # The fingerprint spares datasets hashing the generator's arguments (the cache is new each time).
+        dataset = Dataset.from_generator(hf_rows, features=hf_features(), cache_dir=cache,
+                                         gen_kwargs={"release": release, "name": name}, fingerprint=f"vgmed-{config}")
+        dataset.to_parquet(fh)
+        del dataset  # its memory map of the Arrow file, before the folder goes
 
 
 def hf_is_ours(path: Path, name: str) -> bool:

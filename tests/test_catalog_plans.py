@@ -62,6 +62,8 @@ WHOLE_TABLE = {
     "before, loaded once",
     "SELECT draft_id, project, record_json FROM review_events": "decisions: every review event, once",
     "SELECT id, record_json FROM drafts": "decisions: every draft, once",
+    "SELECT source, image_id, COUNT(*), MIN(json_extract(": "generate: regions per image, streamed once per "
+    "run (balancing each source's 'no' answers; only images with absent structures to spare are held)",
     "SELECT DISTINCT source, label FROM regions": "ingest: each source's label names, once per run (the warning "
     "about placeholder and raw names)",
     "SELECT project, task_id, annotation_id, revision, reviewer, draft_id, problem, pulled_at FROM review_problems":

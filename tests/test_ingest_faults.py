@@ -255,6 +255,15 @@ def items_stored(build: Path) -> int:
         return 0
 
 
+def _signals_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT / SIGTERM delivered and at their defaults, as from a shell. A child
+    inherits an ignored or blocked signal; the suite's process may have either left over from a library
+    run in it earlier (the full suite's run saw ingest finish, exit 0, after a Ctrl-C it never got)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig, workers, code, said", [(signal.SIGINT, "2", 130, "Ctrl-C"),
                                                        (signal.SIGTERM, "1", 143, "SIGTERM")])
 def test_a_signal_stops_ingest_with_one_line_and_a_rerun_resumes(tmp_path, sig, workers, code, said):
@@ -262,7 +271,8 @@ def test_a_signal_stops_ingest_with_one_line_and_a_rerun_resumes(tmp_path, sig, 
     build = tmp_path / "b"
     args = [*VGMED, "ingest", "--build", str(build), "--source", f"images2d:{root}", "--modality", "Dermoscopy",
             "--no-progress", "--workers", workers]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_signals_as_in_a_terminal)
     deadline = time.monotonic() + 120
     while items_stored(build) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -25,6 +25,7 @@ class MimicState:
 
     projects: dict[int, dict] = field(default_factory=dict)
     tasks: dict[int, dict] = field(default_factory=dict)
+    predictions: dict[int, dict] = field(default_factory=dict)  # what push's task refresh replaces
     faults: dict[str, list] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     next_id: int = 1
@@ -160,6 +161,22 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, [] if self.command == "GET" else {"id": 1, **(self._body() or {})})
         if len(parts) == 4 and parts[2] == "tasks" and self.command == "DELETE":
             s.tasks.pop(int(parts[3]), None)
+            return self._send(204, raw=b"")
+        if len(parts) == 4 and parts[2] == "tasks" and int(parts[3]) in s.tasks:  # push refreshing a task
+            task = s.tasks[int(parts[3])]
+            if self.command == "PATCH":
+                task["data"] = self._body()["data"]
+            return self._send(200, {**task, "total_annotations": len(task["annotations"]),
+                                    "cancelled_annotations": 0})
+        if path == "/api/predictions" and self.command == "GET":
+            task_id = int(query["task"][0])
+            return self._send(200, [p for p in s.predictions.values() if p["task"] == task_id])
+        if path == "/api/predictions" and self.command == "POST":
+            pred = {**self._body(), "id": s.new_id()}
+            s.predictions[pred["id"]] = pred
+            return self._send(201, pred)
+        if len(parts) == 4 and parts[2] == "predictions" and self.command == "DELETE":
+            s.predictions.pop(int(parts[3]), None)
             return self._send(204, raw=b"")
         return self._send(404, {"detail": f"mimic: no {self.command} {path}"})
 

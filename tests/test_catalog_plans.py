@@ -51,11 +51,12 @@ WHOLE_TABLE = {
     "SELECT source, item, path, message FROM errors WHERE stage=": "stats: lists every ingest error",
     "SELECT source, label, MIN(json_extract(": "generate: every source's structures, once (what absent "
     "questions may ask about)",
-    "SELECT d.record_json, i.width, i.height, r.record_json FROM drafts d": "review push: every ok draft "
-    "becomes a task",
+    "SELECT COUNT(*) FROM drafts WHERE status IN": "review push: its progress total, one count per run",
+    "SELECT COUNT(*) FROM review_tasks WHERE project=": "review push: the tasks recorded, counted once per run "
+    "(more on the server means an interrupted push left some)",
     "SELECT id FROM drafts": "review push: the build's draft ids, once (adoption of orphan tasks)",
     "SELECT project, COUNT(*) FROM review_tasks GROUP BY": "review status: tasks per project",
-    "SELECT draft_id, task_id, content_hash FROM review_tasks WHERE project=": "review push: every pushed task "
+    "SELECT draft_id, task_id, content_hash FROM review_tasks WHERE project=": "review pull: every pushed task "
     "of the project, loaded once (nearly the whole table: there are two projects)",
     "SELECT task_id FROM review_tasks WHERE project=": "review pull: the project's task ids, once",
     "SELECT annotation_id, revision FROM review_events WHERE project=": "review pull: what was pulled "

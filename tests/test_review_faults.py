@@ -354,3 +354,39 @@ def test_an_invite_the_server_cannot_give_is_one_line(tmp_path, mimic, capsys, m
     assert code == 2 and "Traceback" not in err
     assert err.startswith(f"error: Label Studio at {mimic.url}: asking for an invite link failed: Label Studio "
                           "answered HTTP 404 to GET /api/invite")
+
+
+def test_push_streams_batches_and_refreshes_only_changed_unreviewed_tasks(tmp_path, mimic, capsys, monkeypatch):
+    """Push reads drafts a batch at a time (issue 27): the imports still go ``--batch-size`` per request in
+    draft id order, and a later push refreshes a changed draft's task unless a reviewer annotated it."""
+    catalog = make_build(tmp_path / "b", n_images=3)
+    build = str(catalog.build_dir)
+    ids = [r.id for r in load_drafts(catalog)]
+    n = len(ids)
+    assert n > 8
+    code, out, err = _cli(capsys, mimic, monkeypatch, "review", "push", "--build", build, "--batch-size", "4")
+    assert code == 0, err
+    assert f"{n} new" in out
+    project = mimic.state.tasks[min(mimic.state.tasks)]["project"]
+    assert mimic.state.requests.count(f"POST /api/projects/{project}/import") == -(-n // 4)
+    by_task = [t["data"]["draft_id"] for _, t in sorted(mimic.state.tasks.items())]
+    assert by_task == ids  # imported in id order, one task each
+
+    changed, reviewed = ids[1], ids[n - 2]
+    with catalog.transaction():
+        for d in (changed, reviewed):
+            catalog.conn.execute("UPDATE drafts SET record_json=json_set(record_json, '$.question', ?) WHERE id=?",
+                                 (f"Is {d} changed?", d))
+    tasks = {d: t for d, (t, _) in catalog.review_tasks("review").items()}
+    mimic.state.tasks[tasks[reviewed]]["annotations"] = [{"id": 1}]
+    before = {t: json.dumps(mimic.state.tasks[t]["data"]) for t in tasks.values()}
+    mimic.state.requests.clear()
+    code, out, err = _cli(capsys, mimic, monkeypatch, "review", "push", "--build", build, "--batch-size", "4")
+    assert code == 0, err
+    assert f"0 new, 1 updated, {n - 2} unchanged, 1 kept (already reviewed)" in out
+    patched = [r for r in mimic.state.requests if r.startswith("PATCH /api/tasks")]
+    assert patched == [f"PATCH /api/tasks/{tasks[changed]}"]
+    assert f"Is {changed} changed?" in json.dumps(mimic.state.tasks[tasks[changed]]["data"])
+    rewritten = {t for t in tasks.values() if json.dumps(mimic.state.tasks[t]["data"]) != before[t]}
+    assert rewritten == {tasks[changed]}
+    assert not any("import" in r for r in mimic.state.requests)

@@ -21,17 +21,32 @@ class ReviewQueries(CatalogBase):
         with self.transaction() as tx:
             tx.set_state(WITHDRAWN_TASKS_KEY, json.dumps(left))
 
-    def ok_drafts_with_images(self, with_rejected: bool = False) -> list[tuple[dict, int, int, dict]]:
+    def ok_drafts_with_images(self, with_rejected: bool = False,
+                              chunk: int = 256) -> Iterator[tuple[dict, int, int, dict]]:
         """Every ok draft (and lint-rejected one, ``with_rejected``) by id, with its image's width and height
-        and its region's record."""
+        and its region's record, read ``chunk`` at a time after the last id seen: no cursor stays open
+        while the caller writes (review push records tasks between pages), nothing grows with the drafts."""
         statuses = ("ok", "rejected") if with_rejected else ("ok",)
-        rows = self.conn.execute(
-            "SELECT d.record_json, i.width, i.height, r.record_json FROM drafts d "
-            "JOIN regions r ON r.id = d.region_id JOIN images i ON i.id = r.image_id "
-            f"WHERE d.status IN ({','.join('?' * len(statuses))}) ORDER BY d.id",
-            statuses,
-        ).fetchall()
-        return [(json.loads(rec), w, h, json.loads(region or "{}")) for rec, w, h, region in rows]
+        last = ""  # every draft id is a non-empty string: all sort after ""
+        while True:
+            rows = self.conn.execute(
+                "SELECT d.id, d.record_json, i.width, i.height, r.record_json FROM drafts d "
+                "JOIN regions r ON r.id = d.region_id JOIN images i ON i.id = r.image_id "
+                f"WHERE d.status IN ({','.join('?' * len(statuses))}) AND d.id > ? ORDER BY d.id LIMIT ?",
+                (*statuses, last, chunk),
+            ).fetchall()
+            for _, rec, w, h, region in rows:
+                yield json.loads(rec), w, h, json.loads(region or "{}")
+            if len(rows) < chunk:
+                return
+            last = rows[-1][0]
+
+    def count_ok_drafts(self, with_rejected: bool = False) -> int:
+        """How many drafts ``ok_drafts_with_images`` yields (a progress total)."""
+        statuses = ("ok", "rejected") if with_rejected else ("ok",)
+        return self.conn.execute(
+            f"SELECT COUNT(*) FROM drafts WHERE status IN ({','.join('?' * len(statuses))})", statuses
+        ).fetchone()[0]
 
     def draft_ids(self) -> set[str]:
         return {d for (d,) in self.conn.execute("SELECT id FROM drafts")}
@@ -55,6 +70,24 @@ class ReviewQueries(CatalogBase):
             "SELECT draft_id, task_id, content_hash FROM review_tasks WHERE project=?", (project,)
         )
         return {d: (t, h) for d, t, h in rows}
+
+    def review_tasks_of(self, project: str, draft_ids: list[str]) -> dict[str, tuple[int, str]]:
+        """draft id -> (task id, content hash pushed) of the tasks recorded for ``project`` among
+        ``draft_ids``: looked up by the primary key (one batch at a time), never the whole table."""
+        found: dict[str, tuple[int, str]] = {}
+        for start in range(0, len(draft_ids), 500):  # well under SQLite's limit on bound parameters
+            part = draft_ids[start : start + 500]
+            rows = self.conn.execute(
+                f"SELECT draft_id, task_id, content_hash FROM review_tasks WHERE draft_id IN "
+                f"({','.join('?' * len(part))}) AND project=?",
+                (*part, project),
+            ).fetchall()
+            found.update((d, (t, h)) for d, t, h in rows)
+        return found
+
+    def count_review_tasks(self, project: str) -> int:
+        """How many tasks are recorded for ``project``."""
+        return self.conn.execute("SELECT COUNT(*) FROM review_tasks WHERE project=?", (project,)).fetchone()[0]
 
     def review_task_ids(self, project: str) -> list[int]:
         """The task ids recorded for ``project``, ascending."""

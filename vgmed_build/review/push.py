@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,7 +34,7 @@ from vgmed_build.review.state import (
     PROJECTS,
     REVIEW,
     DraftRow,
-    load_drafts,
+    iter_drafts,
     project_state,
     pull_since_key,
     save_project_state,
@@ -192,14 +193,14 @@ def _upload_resolver(catalog: Catalog, client: LabelStudioClient,
 # ---------------------------------------------------------------- push
 
 
-def _adopt_orphans(catalog: Catalog, client: LabelStudioClient,
-                   name: str, project_id: int, known: dict[str, tuple[int, str]]) -> int:
+def _adopt_orphans(catalog: Catalog, client: LabelStudioClient, name: str, project_id: int) -> int:
     """Record tasks that reached the server but not the catalog (interrupted push); drop their twins."""
     server_tasks: dict[str, list[dict]] = {}
     for task in api.export_tasks(client, project_id, all_tasks=True):
         draft_id = (task.get("data") or {}).get("draft_id")
         if draft_id:
             server_tasks.setdefault(draft_id, []).append(task)
+    known = catalog.review_tasks_of(name, list(server_tasks))
     ours = catalog.draft_ids()
     adopted = 0
     with catalog.transaction() as tx:
@@ -213,7 +214,6 @@ def _adopt_orphans(catalog: Catalog, client: LabelStudioClient,
                 # The hash pushed with the task: the next step refreshes the task if the draft changed since.
                 pushed_hash = keep["data"].get(HASH_KEY, "")
                 tx.add_review_tasks([(draft_id, name, project_id, keep["id"], pushed_hash, now_iso())])
-                known[draft_id] = (keep["id"], pushed_hash)
                 adopted += 1
         if adopted:
             # They may hold annotations older than the last pull's mark: the next pull looks at every task.
@@ -294,46 +294,74 @@ def push(
     with step("deleting the tasks of withdrawn source items"):
         report.withdrawn = delete_withdrawn_tasks(catalog, client)
 
-    known = catalog.review_tasks(project)
     with step(f"recovering the tasks of an interrupted push in project {project_id}"):
-        if client.projects.get(project_id).task_number > len(known):
-            report.adopted = _adopt_orphans(catalog, client, project, project_id, known)
+        if client.projects.get(project_id).task_number > catalog.count_review_tasks(project):
+            report.adopted = _adopt_orphans(catalog, client, project, project_id)
 
-    rows = load_drafts(catalog, draft_ids, with_rejected)
-    new = [r for r in rows if r.id not in known]
-    changed = [r for r in rows if r.id in known and known[r.id][1] != content_hash(r, notes.get(r.id, ""))]
-    report.unchanged = len(rows) - len(new) - len(changed)
+    wanted = set(draft_ids) if draft_ids is not None else None
+    total = catalog.count_ok_drafts(with_rejected)
+    total = total if wanted is None else min(total, len(wanted))
     fail_after = int(os.environ.get(FAIL_AFTER_ENV) or 0)
 
-    with tqdm(total=len(new) + len(changed), desc=f"push {project}", unit="task", disable=not progress) as bar:
-        for n, start in enumerate(range(0, len(new), batch_size), start=1):
-            batch = new[start : start + batch_size]
-            with step(f"uploading the images of import request {n}"):
-                urls = resolver(batch)
-            payload = [task_payload(r, urls[r.id], notes.get(r.id, "")) for r in batch]
-            with step(f"importing tasks into project {project_id} (request {n}, {len(batch)} tasks)"):
-                answer = client.projects.import_tasks(id=project_id, request=payload, return_task_ids=True)
-                task_ids = list(answer.task_ids or [])
-                if len(task_ids) != len(batch):
-                    raise api.ServerFailure(f"sent {len(batch)} tasks, got {len(task_ids)} task ids back")
-            if fail_after and n >= fail_after:
-                raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: simulated crash after import request {n}")
-            pushed_at = now_iso()
-            with catalog.transaction() as tx:
-                tx.add_review_tasks([
-                    (r.id, project, project_id, t, content_hash(r, notes.get(r.id, "")), pushed_at)
-                    for r, t in zip(batch, task_ids, strict=True)
-                ])
-            report.created += len(batch)
-            bar.update(len(batch))
-        for row in changed:
-            note, task_id = notes.get(row.id, ""), known[row.id][0]
-            with step(f"updating task {task_id} of project {project_id}"):
-                updated = _update_task(client, task_id, task_payload(row, resolver([row])[row.id], note))
-            if updated:
-                catalog.update_review_task(row.id, project, content_hash(row, note))
-                report.updated += 1
-            else:
-                report.kept_reviewed += 1
-            bar.update(1)
+    def pages() -> Iterator[tuple[list[DraftRow], dict[str, tuple[int, str]]]]:
+        """The drafts ``batch_size`` at a time by id, each batch with its recorded tasks (constant memory)."""
+        rows = iter_drafts(catalog, wanted, with_rejected, chunk=batch_size)
+        while page := list(islice(rows, batch_size)):
+            yield page, catalog.review_tasks_of(project, [r.id for r in page])
+
+    def import_batch(n: int, batch: list[DraftRow]) -> None:
+        with step(f"uploading the images of import request {n}"):
+            urls = resolver(batch)
+        payload = [task_payload(r, urls[r.id], notes.get(r.id, "")) for r in batch]
+        with step(f"importing tasks into project {project_id} (request {n}, {len(batch)} tasks)"):
+            answer = client.projects.import_tasks(id=project_id, request=payload, return_task_ids=True)
+            task_ids = list(answer.task_ids or [])
+            if len(task_ids) != len(batch):
+                raise api.ServerFailure(f"sent {len(batch)} tasks, got {len(task_ids)} task ids back")
+        if fail_after and n >= fail_after:
+            raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: simulated crash after import request {n}")
+        pushed_at = now_iso()
+        with catalog.transaction() as tx:
+            tx.add_review_tasks([
+                (r.id, project, project_id, t, content_hash(r, notes.get(r.id, "")), pushed_at)
+                for r, t in zip(batch, task_ids, strict=True)
+            ])
+        report.created += len(batch)
+
+    # The bar counts the drafts checked, its total a COUNT (with ``draft_ids``, at most as many as those).
+    with tqdm(total=total, desc=f"push {project}", unit="draft", disable=not progress) as bar:
+        # First the new drafts, imported ``batch_size`` per request, in id order.
+        new: list[DraftRow] = []
+        requests = changed = 0
+        for page, known in pages():
+            for row in page:
+                if row.id not in known:
+                    new.append(row)
+                elif known[row.id][1] == content_hash(row, notes.get(row.id, "")):
+                    report.unchanged += 1
+                    bar.update(1)
+                else:
+                    changed += 1
+            while len(new) >= batch_size:
+                requests += 1
+                batch, new = new[:batch_size], new[batch_size:]
+                import_batch(requests, batch)
+                bar.update(len(batch))
+        if new:
+            import_batch(requests + 1, new)
+            bar.update(len(new))
+        # Then the changed ones, one task at a time (the new ones now hold their current hash).
+        for page, known in pages() if changed else ():
+            for row in page:
+                note, (task_id, pushed_hash) = notes.get(row.id, ""), known[row.id]
+                if pushed_hash == content_hash(row, note):
+                    continue
+                with step(f"updating task {task_id} of project {project_id}"):
+                    updated = _update_task(client, task_id, task_payload(row, resolver([row])[row.id], note))
+                if updated:
+                    catalog.update_review_task(row.id, project, content_hash(row, note))
+                    report.updated += 1
+                else:
+                    report.kept_reviewed += 1
+                bar.update(1)
     return report

@@ -8,7 +8,7 @@ deciding (and the release behind it) never depends on the Label Studio push code
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from vgmed_build.catalog import Catalog
@@ -31,16 +31,19 @@ class DraftRow:
         return self.draft["id"]
 
 
-def load_drafts(catalog: Catalog, ids: Iterable[str] | None = None, with_rejected: bool = False) -> list[DraftRow]:
+def iter_drafts(catalog: Catalog, ids: Container[str] | None = None, with_rejected: bool = False,
+                chunk: int = 256) -> Iterator[DraftRow]:
     """Drafts with status ok (and lint-rejected ones, ``with_rejected``; optionally only ``ids``), with their
-    image size, ordered by id."""
-    wanted = set(ids) if ids is not None else None
-    out = []
-    for draft, w, h, region in catalog.ok_drafts_with_images(with_rejected):
-        if wanted is None or draft["id"] in wanted:
+    image size, by id, read ``chunk`` at a time (see ``Catalog.ok_drafts_with_images``)."""
+    for draft, w, h, region in catalog.ok_drafts_with_images(with_rejected, chunk):
+        if ids is None or draft["id"] in ids:
             width, height = int(draft.get("width") or w), int(draft.get("height") or h)
-            out.append(DraftRow(draft, width, height, region))
-    return out
+            yield DraftRow(draft, width, height, region)
+
+
+def load_drafts(catalog: Catalog, ids: Iterable[str] | None = None, with_rejected: bool = False) -> list[DraftRow]:
+    """:func:`iter_drafts` as a list (review pull and the tests)."""
+    return list(iter_drafts(catalog, set(ids) if ids is not None else None, with_rejected))
 
 
 def problem_line(problem: dict) -> str:

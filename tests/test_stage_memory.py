@@ -7,6 +7,10 @@ needs the same."""
 
 from __future__ import annotations
 
+import gc
+import json
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +38,7 @@ def _peak(run: Callable[[], object]) -> int:
     default = pa.default_memory_pool()
     arrow = pa.proxy_memory_pool(default)
     pa.set_memory_pool(arrow)
+    gc.collect()  # an earlier stage's garbage, finalised inside this one, is not this stage's memory
     tracemalloc.start()
     try:
         run()
@@ -64,17 +69,29 @@ def _stage_peaks(tmp: Path, n: int) -> dict[str, int]:
     }
 
 
+def _measure(tmp: Path) -> tuple[dict[str, int], dict[str, int]]:
+    # Parquet's fixed costs made smaller than N's files (150-200 records), so N and 8N both fill them:
+    # row groups of ~64 KB (32 MB by default; the 8N files hold ~0.6 MB of Arrow each) and 32 records
+    # turned into Arrow at a time (256: ~1.3 MB of Python dicts, more than N's files hold).
+    export_module.PARQUET_ROW_GROUP_BYTES = 64 * 1024
+    export_module.PARQUET_BATCH = 32
+    _stage_peaks(tmp / "warm-up", N)  # N, not fewer: one-off costs (imports, caches) of a run of N land here
+    return _stage_peaks(tmp / "n", N), _stage_peaks(tmp / "8n", 8 * N)
+
+
 @pytest.fixture(scope="module")
 def peaks(tmp_path_factory) -> tuple[dict[str, int], dict[str, int]]:
+    """Measured in a fresh process: tracemalloc counts every thread's allocations, so what earlier tests
+    leave running in the suite's process (servers, clients) must not land in a stage's peak (one stage
+    once showed an extra ~15 MB in the full suite and never alone)."""
     tmp = tmp_path_factory.mktemp("memory")
-    with pytest.MonkeyPatch.context() as patch:
-        # Parquet's fixed costs made smaller than N's files (150-200 records), so N and 8N both fill them:
-        # row groups of ~64 KB (32 MB by default; the 8N files hold ~0.6 MB of Arrow each) and 32 records
-        # turned into Arrow at a time (256: ~1.3 MB of Python dicts, more than N's files hold).
-        patch.setattr(export_module, "PARQUET_ROW_GROUP_BYTES", 64 * 1024)
-        patch.setattr(export_module, "PARQUET_BATCH", 32)
-        _stage_peaks(tmp / "warm-up", 10)
-        return _stage_peaks(tmp / "n", N), _stage_peaks(tmp / "8n", 8 * N)
+    code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "import test_stage_memory as t; print(json.dumps(t._measure(Path(sys.argv[2]))))")
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp)],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    small, large = json.loads(done.stdout.strip().splitlines()[-1])
+    return small, large
 
 
 def _growth(peaks: tuple[dict[str, int], dict[str, int]], stages: set[str]) -> dict[str, str]:

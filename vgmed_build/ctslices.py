@@ -33,7 +33,8 @@ def hu_path(image: str) -> str:
 
 def encode_hu(values: np.ndarray) -> bytes:
     """A 2D slice of Hounsfield units as a 16-bit PNG: rounded, clipped to -32768..32767, NaN as -1024
-    (air); nothing but the pixels."""
+    (air); nothing but the pixels. Fast compression (level 1): at level 6 these review-only files made a
+    512 x 512 x 300 CT ingest 6.2x its box-extraction floor (quick guard: <= 4x); level 1 gives 2.8x."""
     from PIL import Image
 
     if values.ndim != 2:
@@ -41,7 +42,7 @@ def encode_hu(values: np.ndarray) -> bytes:
     hu = np.nan_to_num(values.astype(np.float64), nan=-1024.0, posinf=32767.0, neginf=-32768.0)
     stored = np.clip(np.rint(hu) + HU_OFFSET, 0, 65535).astype(np.uint16)
     buf = io.BytesIO()
-    Image.fromarray(stored).save(buf, format="PNG", compress_level=6)
+    Image.fromarray(stored).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

@@ -16,7 +16,6 @@ from vgmed_build.errors import VgmedError
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Chunks that describe pixels only; everything else (text, time, EXIF, ICC, private chunks) is dropped.
 PIXEL_CHUNKS = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT"})
-TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"iCCP", b"tIME"})
 
 
 class PNGError(VgmedError, ValueError):

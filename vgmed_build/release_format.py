@@ -518,10 +518,6 @@ def resolve_image(image: object, root: Path, images: Path | None = None) -> Path
     return direct.resolve()
 
 
-def jsonl_bytes(records: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-
-
 # Files are hashed and checked in blocks of this size: memory stays flat whatever their size (a 1 MB
 # block made the peak follow the record files up to 1 MB).
 READ_BLOCK = 1 << 16

@@ -151,13 +151,6 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def _first_existing(root: Path, names: list[str], what: str) -> Path:
-    for name in names:
-        if (root / name).is_file():
-            return root / name
-    raise BenchmarkError(f"{root}: {what} not found (looked for {', '.join(names)})")
-
-
 def _json_array(path: Path) -> Iterator[tuple[int, object]]:
     """Elements of a top-level JSON array with the line each starts on."""
     text = path.read_text(encoding="utf-8")

@@ -334,11 +334,6 @@ def stop_server(build_dir: str | Path) -> bool:
     return True
 
 
-def ensure_server(build_dir: str | Path, document_root: str | Path | None = None) -> ServerInfo:
-    """The build's running local server, started (and installed) when needed. For `vgmed-build demo`."""
-    return start_server(build_dir, document_root=document_root)
-
-
 def resolve_server(
     build_dir: str | Path | None,
     url: str | None = None,

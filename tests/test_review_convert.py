@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+import xml.etree.ElementTree as ET
 
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from vgmed_build.review.convert import boxes_to_results, draft_prediction, read_annotation, rectangle_to_box
+from vgmed_build.review.convert import box_labels, boxes_to_results, draft_prediction, read_annotation, rectangle_to_box
 from vgmed_build.review.tasks import label_config
 
 
@@ -75,6 +76,9 @@ def test_label_config_is_valid_and_accepts_the_prediction():
     assert [o.name for o in LabelInterface(label_config(windows=False)).objects] == ["image"]
     verdict = li.get_control("verdict")
     assert verdict.labels == ["accept", "edit", "reject"] and verdict.attr["required"] == "true"
+    # the box labels and colours the config declares are those pushing and drawing use (convert.py)
+    bbox = next(e for e in ET.fromstring(label_config()).iter("RectangleLabels") if e.get("name") == "bbox")
+    assert [(e.get("value"), e.get("background")) for e in bbox.iter("Label")] == box_labels()
     pred = {"result": draft_prediction("q?", "a", [[1, 2, 3, 4], [5, 6, 7, 8]], 10, 10)}
     assert li.validate_prediction(pred, return_errors=True) == []
     broken = {

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
 from vgmed_build.review.convert import box_labels, boxes_to_results, draft_prediction, read_annotation, rectangle_to_box
-from vgmed_build.review.tasks import label_config
+from vgmed_build.review.tasks import FACT_KEYS, label_config, region_facts
 
 
 def test_pixel_boxes_survive_the_round_trip_exactly():
@@ -79,6 +80,12 @@ def test_label_config_is_valid_and_accepts_the_prediction():
     # the box labels and colours the config declares are those pushing and drawing use (convert.py)
     bbox = next(e for e in ET.fromstring(label_config()).iter("RectangleLabels") if e.get("name") == "bbox")
     assert [(e.get("value"), e.get("background")) for e in bbox.iter("Label")] == box_labels()
+    # the facts the config shows are those every task's data holds, for a present and an absent structure
+    assert set(re.findall(r'"\$(facts_\w+)"', label_config())) == set(FACT_KEYS)
+    draft = {"modality": "CT", "side": "left", "display_name": "liver", "label": "liver", "q_type": "attribute",
+             "body_part": "abdomen", "boxes": [[1, 2, 3, 4]]}
+    for d in (draft, {**draft, "absent": True, "boxes": []}):
+        assert tuple(region_facts(d, {}, 10, 10)) == FACT_KEYS
     pred = {"result": draft_prediction("q?", "a", [[1, 2, 3, 4], [5, 6, 7, 8]], 10, 10)}
     assert li.validate_prediction(pred, return_errors=True) == []
     broken = {

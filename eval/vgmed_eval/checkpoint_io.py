@@ -77,15 +77,20 @@ def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def source_shapes(paths: list[Path], rename) -> dict[str, tuple[int, ...]]:
     """Tensor shapes of the weight files under their new names (``rename`` gives None to drop one); a key
     ``rename`` refuses is reported with the file it came from."""
+    return mapped_shapes(paths, lambda key, shape: {} if (new := rename(key)) is None else {new: shape})
+
+
+def mapped_shapes(paths: list[Path], mapping) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of the weight files as ``mapping(key, shape)`` gives them: ``{new name: shape}``, with
+    several entries for a fused tensor split in parts, none for one dropped; a key ``mapping`` refuses
+    is reported with the file it came from."""
     source: dict[str, tuple[int, ...]] = {}
     for path in paths:
         for key, shape in weight_shapes(path).items():
             try:
-                new = rename(key)
+                source.update(mapping(key, shape))
             except ConvertError as exc:
                 raise ConvertError(f"{path}: {exc}") from exc
-            if new is not None:
-                source[new] = shape
     return source
 
 

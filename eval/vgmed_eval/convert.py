@@ -47,7 +47,6 @@ from vgmed_eval.checkpoint_io import (
     read_weights,
     source_shapes,
     weight_files,
-    weight_shapes,
     write_extras,
 )
 
@@ -247,8 +246,7 @@ def plan(src: Path, *, vision_tower: Path | None = None, chat_template: Path | N
         tower_files = weight_files(tower)
         if not tower_files:
             raise ConvertError(f"{src} carries no vision tower weights and {tower} has no weight files")
-        for path in tower_files:
-            source.update({k2: s for k, s in weight_shapes(path).items() if (k2 := tower_key(k))})
+        source.update(source_shapes(tower_files, tower_key))
     if EMBED not in source:
         raise ConvertError(f"{src}: no model.embed_tokens.weight in the checkpoint")
     rows = grow_shapes(source, len(tok))

@@ -31,11 +31,11 @@ from vgmed_eval.checkpoint_io import (
     ConvertError,
     assemble,
     fitted_shapes,
+    mapped_shapes,
     own_storage,
     read_json,
     read_weights,
     weight_files,
-    weight_shapes,
     write_extras,
 )
 
@@ -203,13 +203,7 @@ def plan(src: Path, *, chat_template: Path | None = None, prompt: str | None = N
         tie_word_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
     )
     config.ps_version = ps
-    source: dict[str, tuple[int, ...]] = {}
-    for path in files:
-        for key, shape in weight_shapes(path).items():
-            try:
-                source.update(renamed(key, shape))
-            except ConvertError as exc:
-                raise ConvertError(f"{path}: {exc}") from exc
+    source = mapped_shapes(files, renamed)
     fitted_shapes(src, "an InternVL model", InternVLForConditionalGeneration, config, source)
     ip = GotOcr2ImageProcessorPil(
         size={"height": side, "width": side}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,

@@ -94,6 +94,16 @@ def read_mask(path: Path, name: str) -> np.ndarray:
     return arr
 
 
+def sized_mask(arr: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """``arr``, a mask of the image of ``shape`` (rows, cols): another size is the mask file ``name``'s error."""
+    if arr.shape != shape:
+        raise SourceError(
+            f"mask size {arr.shape[1]}x{arr.shape[0]} differs from the image's {shape[1]}x{shape[0]}",
+            path=name,
+        )
+    return arr
+
+
 def binary_mask(arr: np.ndarray, name: str, threshold: int | None) -> np.ndarray:
     """0 / one other value (1 or 255 usually) -> bool; anything else is refused unless thresholded."""
     if threshold is not None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from vgmed_build.sources.base import BOOLEAN, INTEGER, INTEGERS, STRING, SourceError, SourceSpec
-from vgmed_build.sources.files import binary_mask, read_mask, rel
+from vgmed_build.sources.files import binary_mask, read_mask, rel, sized_mask
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_PATTERNS = {"binary": "masks/{stem}_{label}.png", "index": "masks/{stem}.png"}
@@ -160,7 +160,7 @@ def load_masks(
     """Read and check an image's masks; returns Image2D keyword arguments (masks or label map)."""
     if layout.mode == "index":
         (path,) = files.values()
-        arr = _sized(read_mask(path, rel(path, root)), shape, rel(path, root))
+        arr = sized_mask(read_mask(path, rel(path, root)), shape, rel(path, root))
         names: dict[int, str] = {}
         for value in np.unique(arr):
             v = int(value)
@@ -180,7 +180,7 @@ def load_masks(
     masks: dict[str, np.ndarray] = {}
     for tag, path in sorted(files.items()):
         name = rel(path, root)
-        mask = binary_mask(_sized(read_mask(path, name), shape, name), name, layout.threshold)
+        mask = binary_mask(sized_mask(read_mask(path, name), shape, name), name, layout.threshold)
         if not mask.any():
             if layout.skip_empty:
                 continue
@@ -190,15 +190,6 @@ def load_masks(
     if not masks:
         raise SourceError("every mask of this image is empty", path=item)
     return {"masks": masks}
-
-
-def _sized(arr: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
-    if arr.shape != shape:
-        raise SourceError(
-            f"mask size {arr.shape[1]}x{arr.shape[0]} differs from the image's {shape[1]}x{shape[0]}",
-            path=name,
-        )
-    return arr
 
 
 def wanted_tags(spec: SourceSpec, layout: MaskLayout) -> list[str]:

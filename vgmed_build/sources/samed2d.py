@@ -26,7 +26,7 @@ import numpy as np
 from vgmed_build import modality as modalities
 from vgmed_build.sources import SOURCE_KINDS
 from vgmed_build.sources.base import BOOLEAN, STRINGS, Image2D, SourceError, SourceItem, SourceSpec
-from vgmed_build.sources.files import binary_mask, inside, read_image, read_json, read_mask, rel
+from vgmed_build.sources.files import binary_mask, inside, read_image, read_json, read_mask, rel, sized_mask
 
 INDEX_FILE = "SAMed2D_v1.json"
 CLASS_FILE = "SAMed2D_v1_class_mapping_id.json"
@@ -180,14 +180,7 @@ def _load(
             raise SourceError(f"{exc}", path=name) from None
         if stem != image.stem:
             raise SourceError(f"mask name does not start with its image's name {image.stem!r}", path=name)
-        arr = read_mask(path, name)
-        if arr.shape != shape:
-            raise SourceError(
-                f"mask size {arr.shape[1]}x{arr.shape[0]} differs from the image's "
-                f"{shape[1]}x{shape[0]}",
-                path=name,
-            )
-        mask = binary_mask(arr, name, None)
+        mask = binary_mask(sized_mask(read_mask(path, name), shape, name), name, None)
         if not mask.any():
             if spec.options.get("skip_empty", False):
                 continue

@@ -25,7 +25,7 @@ from PIL import Image
 
 from vgmed_build.sources import SOURCE_KINDS
 from vgmed_build.sources.base import NUMBER, STRING, STRINGS, Image2D, SourceError, SourceItem, SourceSpec
-from vgmed_build.sources.files import PIL_ERRORS, read_image, read_json, rel
+from vgmed_build.sources.files import PIL_ERRORS, read_image, read_json, rel, sized_mask
 
 # Split -> file names (the Hugging Face copy renamed validate.json to validation.json).
 SPLIT_FILES = {"train": ("train.json",), "validate": ("validate.json", "validation.json"), "test": ("test.json",)}
@@ -243,12 +243,7 @@ def _load(spec: SourceSpec, root: Path, folder: Path, modality: str, unmatched: 
     leftover = list(range(len(detections)))
     if mask_path.is_file():
         ids, keys = read_structure_mask(mask_path, root)
-        if ids.shape != shape:
-            raise SourceError(
-                f"mask size {ids.shape[1]}x{ids.shape[0]} differs from the "
-                f"image's {shape[1]}x{shape[0]}",
-                path=rel(mask_path, root),
-            )
+        sized_mask(ids, shape, rel(mask_path, root))
         named = {sid: spec.labels[key] for sid, key in keys.items() if key in spec.labels}
         by_box, leftover = name_structures(
             ids, {s: k for s, k in keys.items() if s not in named}, detections,

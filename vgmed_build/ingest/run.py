@@ -323,7 +323,7 @@ def run_ingest(
         jobs = _stream_jobs(catalog, specs, report, keep_missing, with_paths)
         bar = tqdm(desc="ingest", unit="item", disable=None if progress is None else not progress)
 
-        def handle(job: Job, result: JobResult | WorkerDied) -> None:
+        def handle(job: Job, result: JobResult | WorkerDied | WorkerLost) -> None:
             if isinstance(result, (WorkerDied, WorkerLost)):
                 result = JobResult("error", problem=result.describe(), path=job.item.key)
             if result.status == "disk-full":

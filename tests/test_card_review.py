@@ -12,7 +12,6 @@ from release_fixtures import make_build
 from vgmed_build.card import render_card, review_text
 from vgmed_build.catalog import open_catalog
 from vgmed_build.release import ReleaseOptions, build_release
-from vgmed_build.release_format import review_summary
 from vgmed_build.validate import validate_release
 
 
@@ -68,7 +67,7 @@ def test_a_real_release_counts_its_reviews(tmp_path):
     expected = {"reviewed": len(reviewed), "by_reviewers": {str(k): v for k, v in sorted(reviewers.items())},
                 "mean_agreement": round(sum(r["review"]["agreement"] for r in reviewed) / len(reviewed), 4)}
     written = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["counts"]["review"]
-    assert written == expected == review_summary(records)
+    assert written == expected
     assert reviewers[0] == 1 and len(reviewed) == len(records) - 1
     card = (out / "README.md").read_text(encoding="utf-8")
     assert f"Clinicians reviewed {len(reviewed)} of the {len(records)} questions" in card

@@ -58,7 +58,9 @@ class RecordCounts:
             tally.reviewers += n
 
     def review(self) -> dict[str, Any]:
-        """How much review stands behind the records (release_format.review_summary)."""
+        """How much review stands behind the records: how many had a reviewer, how many reviewers each
+        (key: the number, as a string), and the mean agreement with the verdict over the reviewed ones
+        (None when none was reviewed). The dataset card states these numbers instead of a claim."""
         reviewed = self.records - self.by_reviewers.get(0, 0)
         return {
             "reviewed": reviewed,

@@ -535,18 +535,6 @@ def sha256_file(path: Path) -> str:
 LATER_COUNTS = ("localization_answers", "review")
 
 
-def review_summary(records: list[dict]) -> dict[str, Any]:
-    """How much review stands behind the records: how many had a reviewer, how many reviewers each
-    (key: the number, as a string), and the mean agreement with the verdict over the reviewed ones
-    (None when none was reviewed). The dataset card states these numbers instead of a claim."""
-    from vgmed_build.release_counts import RecordCounts
-
-    counts = RecordCounts()
-    for record in records:
-        counts.add("", record)
-    return counts.review()
-
-
 def preview_note(root: Path) -> str | None:
     """The warning for a preview release (``manifest.json`` of ours with ``preview: true``), or None.
 

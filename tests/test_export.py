@@ -17,7 +17,7 @@ from release_fixtures import made_release
 
 from vgmed_build import export as export_module
 from vgmed_build.cli import main
-from vgmed_build.export import ExportError, export_parquet, export_vqa_json
+from vgmed_build.export import FORMATS, ExportError, ExportOptions, export
 from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE, sha256_file
 
 
@@ -31,7 +31,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_parquet_round_trip(rel, tmp_path):
-    written = export_parquet(rel, tmp_path / "pq", embed_images=True)
+    written = export(rel, FORMATS["parquet"], tmp_path / "pq", ExportOptions(embed_images=True))
     assert [p.name for p in written] == ["VGMED_localization.parquet", "VGMED_attribute.parquet"]
     for name, path in zip((LOCALIZATION_FILE, ATTRIBUTE_FILE), written, strict=True):
         rows = pq.read_table(path).to_pylist()
@@ -52,11 +52,11 @@ def test_parquet_row_groups_bound_what_is_held(rel, tmp_path, monkeypatch):
     records = read_jsonl(rel / LOCALIZATION_FILE)
     whole = pa.Table.from_pylist(records, schema=export_module.arrow_schema())
     pq.write_table(whole, tmp_path / "one-table.parquet")
-    one = export_parquet(rel, tmp_path / "one")[0]
+    one = export(rel, FORMATS["parquet"], tmp_path / "one")[0]
     assert one.read_bytes() == (tmp_path / "one-table.parquet").read_bytes()
     monkeypatch.setattr(export_module, "PARQUET_ROW_GROUP_BYTES", 1)
     monkeypatch.setattr(export_module, "PARQUET_BATCH", 2)
-    runs = [export_parquet(rel, tmp_path / f"run{i}")[0] for i in range(2)]
+    runs = [export(rel, FORMATS["parquet"], tmp_path / f"run{i}")[0] for i in range(2)]
     groups = pq.ParquetFile(runs[0]).metadata.num_row_groups
     assert groups == -(-len(records) // 2) > 1
     assert pq.read_table(runs[0]).equals(whole)
@@ -64,7 +64,7 @@ def test_parquet_row_groups_bound_what_is_held(rel, tmp_path, monkeypatch):
 
 
 def test_vqa_json(rel, tmp_path):
-    out = export_vqa_json(rel, tmp_path / "exports" / "vgmed_vqa.json")
+    (out,) = export(rel, FORMATS["vqa-json"], tmp_path / "exports" / "vgmed_vqa.json")
     items = json.loads(out.read_text())
     records = read_jsonl(rel / ATTRIBUTE_FILE)
     assert [(i["id"], i["question"], i["answer"]) for i in items] == [
@@ -100,16 +100,16 @@ def test_export_of_a_wrong_path_leaves_nothing_behind(tmp_path, capsys, fmt, nam
 
 def test_export_needs_a_valid_release(rel, tmp_path):
     with pytest.raises(ExportError, match="no manifest.json"):
-        export_vqa_json(tmp_path, tmp_path / "x.json")
+        export(tmp_path, FORMATS["vqa-json"], tmp_path / "x.json")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text("{}")
     lines = (rel / ATTRIBUTE_FILE).read_text().splitlines()
     (broken / ATTRIBUTE_FILE).write_text(lines[0] + "\n" + json.dumps({"id": "x"}) + "\n")
     with pytest.raises(ExportError, match=r"manifest.json: no file list to verify the release against"):
-        export_vqa_json(broken, tmp_path / "x.json")
+        export(broken, FORMATS["vqa-json"], tmp_path / "x.json")
     with pytest.raises(ExportError, match=r"VGMED_attribute.jsonl:2: "):
-        export_vqa_json(broken, tmp_path / "x.json", verify=False)  # the records are still checked
+        export(broken, FORMATS["vqa-json"], tmp_path / "x.json", ExportOptions(verify=False))  # records still checked
     assert not (tmp_path / "x.json").exists()
 
 

@@ -655,16 +655,3 @@ def _remove_emptied(folder: Path, root: Path) -> None:
         except OSError:  # not empty: it holds other files
             return
         folder = folder.parent
-
-
-def export_parquet(release_dir: str | Path, out_dir: str | Path, embed_images: bool = False, **options) -> list[Path]:
-    """Write one Parquet file per config into ``out_dir``; return their paths."""
-    return export(release_dir, FORMATS["parquet"], out_dir, ExportOptions(embed_images=embed_images, **options))
-
-
-def export_vqa_json(release_dir: str | Path, out_file: str | Path, **options) -> Path:
-    """Write the attribute file's questions as a VQA JSON list; image paths relative to ``out_file``."""
-    return export(release_dir, FORMATS["vqa-json"], out_file, ExportOptions(**options))[0]
-
-
-# ---------------------------------------------------------------- command line

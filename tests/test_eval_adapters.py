@@ -52,6 +52,6 @@ def test_unsupported_models_are_named(tmp_path):
 def test_dtype_and_grid_facts():
     adapter = load_adapter("builtin:tiny-gemma3", dtype="bfloat16")
     assert adapter.model.dtype == torch.bfloat16 and adapter.n_layers == 4 and adapter.n_heads == 4
-    assert adapter.grid_shape(300, 100) == (8, 8)
+    assert adapter.geometry(300, 100).shape == (8, 8)
     cells = adapter.box_to_cells((0, 0, 150, 50), 300, 100)  # the top-left quarter of a stretched image
     assert cells[:4, :4].all() and cells.sum() == 16

@@ -63,7 +63,7 @@ def test_written_facts(converted):
     notes = json.loads((dst / "vgmed_convert.json").read_text())
     assert notes["source_model_type"] == "internvl_chat" and notes["tiling"] == layout.dynamic
     adapter = load_adapter(str(dst))
-    assert adapter.family == "internvl" and adapter.grid_shape(300, 120) == (4, 4)
+    assert adapter.family == "internvl" and adapter.geometry(300, 120).shape == (4, 4)
     assert "<|im_start|>system" in adapter.prompt("hi")
 
 

@@ -194,9 +194,6 @@ class Adapter:
     def geometry(self, width: int, height: int) -> GridGeometry:
         return self.grid_geometry(self.image_processor, self.model.config, width, height)
 
-    def grid_shape(self, width: int, height: int) -> tuple[int, int]:
-        return self.geometry(width, height).shape
-
     def box_to_cells(self, box, width: int, height: int) -> np.ndarray:
         """Boolean (rows, cols) mask of grid cells touched by a pixel-edge xyxy box."""
         return self.geometry(width, height).box_to_cells(box)

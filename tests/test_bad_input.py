@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_fixtures import contour, ct_series, make_rtstruct, square
-from ingest_fixtures import mni, write_pair
+from ingest_fixtures import ingest, mni, write_pair
 from test_source_images2d import disc_mask, retina, write
 
 from vgmed_build.catalog import open_catalog
@@ -17,10 +17,6 @@ from vgmed_build.cli import main
 
 BAD = os.fsdecode(b"caf\xe9")  # Latin-1 'cafe' with an accent: not UTF-8, Python gives a surrogate
 ESCAPED = "caf\\xe9"
-
-
-def ingest(build: Path, *flags: str) -> int:
-    return main(["ingest", "--build", str(build), "--no-progress", *flags])
 
 
 def catalog_rows(build: Path) -> tuple[list[str], dict[str, str]]:

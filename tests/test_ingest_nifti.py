@@ -22,6 +22,7 @@ from ingest_fixtures import (
     REPO,
     SAMPLE_SOURCES,
     flip_x,
+    ingest,
     mni,
     save,
     sources_toml,
@@ -35,10 +36,6 @@ from vgmed_build.config import ConfigError, load_sources_file
 from vgmed_build.ingest.run import run_ingest
 
 MNI_SOURCES = ("mni152", "mni152-coronal")
-
-
-def ingest(build: Path, *args: str) -> int:
-    return main(["ingest", "--build", str(build), "--no-progress", *args])
 
 
 def stats(build: Path, capsys) -> tuple[int, dict]:

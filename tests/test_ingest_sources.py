@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from dicom_fixtures import HEADER_STRINGS, body_and_bone, contour, ct_series, make_rtstruct, make_seg, square
+from ingest_fixtures import ingest
 from PIL import Image
 from pydicom.data import get_testdata_file
 from test_source_images2d import disc_mask, retina, write
@@ -18,10 +19,6 @@ from test_source_images2d import disc_mask, retina, write
 from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
 from vgmed_build.resources import schema_errors
-
-
-def ingest(build: Path, *flags: str) -> int:
-    return main(["ingest", "--build", str(build), "--no-progress", *flags])
 
 
 def regions(build: Path) -> list[dict]:

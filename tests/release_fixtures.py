@@ -213,3 +213,8 @@ def made_release(root: Path) -> Path:
     with open_catalog(build, create=False) as catalog:
         build_release(catalog, root / "rel", decisions, ReleaseOptions(created="2026-01-01T00:00:00Z"))
     return root / "rel"
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative POSIX path -> bytes), to show a folder unchanged byte for byte."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from disk_fixtures import fill
-from release_fixtures import made_release
+from release_fixtures import made_release, tree_bytes
 
 from vgmed_build import export as export_module
 from vgmed_build.cli import main
@@ -120,19 +120,15 @@ def test_a_bad_record_met_while_writing_leaves_the_earlier_export_intact(rel, tm
     out = tmp_path / name
     args = ["export", str(copy), "--format", fmt, "--out", str(out), "--no-verify"]
     assert main(args) == 0
-    good = out.read_bytes() if out.is_file() else tree(out)
+    good = out.read_bytes() if out.is_file() else tree_bytes(out)
     n_lines = len((copy / ATTRIBUTE_FILE).read_text().splitlines())
     with open(copy / ATTRIBUTE_FILE, "a") as fh:
         fh.write(json.dumps({"id": "x"}) + "\n")
     capsys.readouterr()
     assert main(args) == 2
     assert f"{ATTRIBUTE_FILE}:{n_lines + 1}: " in capsys.readouterr().err
-    assert (out.read_bytes() if out.is_file() else tree(out)) == good
+    assert (out.read_bytes() if out.is_file() else tree_bytes(out)) == good
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def own_copy(rel: Path, tmp_path: Path) -> Path:
@@ -149,7 +145,7 @@ def test_a_users_file_or_folder_is_never_overwritten(rel, tmp_path, capsys):
     folder.mkdir()
     (folder / "VGMED_attribute.parquet").write_bytes(b"my own parquet")
     (folder / "notes.txt").write_text("mine")
-    before = tree(tmp_path)
+    before = tree_bytes(tmp_path)
     vqa = ["export", str(rel), "--format", "vqa-json", "--out", str(results)]
     pq_args = ["export", str(rel), "--format", "parquet", "--out", str(folder)]
     assert main(vqa) == 2
@@ -160,7 +156,7 @@ def test_a_users_file_or_folder_is_never_overwritten(rel, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{folder} holds 2 entries that are not a previous parquet export of vgmed" in err
     assert "VGMED_attribute.parquet, notes.txt" in err and "--overwrite" in err
-    assert tree(tmp_path) == before  # nothing changed, no temporary file left
+    assert tree_bytes(tmp_path) == before  # nothing changed, no temporary file left
 
     # a previous export of ours is replaced without asking (an earlier one made by an older run, too)
     ours_json, ours_pq = tmp_path / "ours.json", tmp_path / "ours-pq"
@@ -237,16 +233,16 @@ def test_a_killed_or_failing_export_leaves_the_earlier_one_intact(rel, tmp_path,
     out = tmp_path / name
     args = ["export", str(rel), "--format", fmt, "--out", str(out), "--embed-images"][: 6 if fmt == "vqa-json" else 7]
     assert main(args) == 0
-    good = out.read_bytes() if out.is_file() else tree(out)
+    good = out.read_bytes() if out.is_file() else tree_bytes(out)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     killed = subprocess.run([sys.executable, "-c", LIMITED, "kill", *args], env=env, capture_output=True)
     assert killed.returncode == -signal.SIGXFSZ, killed.stderr.decode()
-    assert (out.read_bytes() if out.is_file() else tree(out)) == good
+    assert (out.read_bytes() if out.is_file() else tree_bytes(out)) == good
     failed = subprocess.run([sys.executable, "-c", LIMITED, "ignore", *args], env=env, capture_output=True, text=True)
     assert failed.returncode == 2, failed.stderr
     assert failed.stderr.startswith("error: cannot write ") and "File too large" in failed.stderr
     assert "an earlier export there is unchanged" in failed.stderr and "Traceback" not in failed.stderr
-    assert (out.read_bytes() if out.is_file() else tree(out)) == good
+    assert (out.read_bytes() if out.is_file() else tree_bytes(out)) == good
     # the killed run's temporary file stays (vgmed cannot prove it wrote it); the failed one removed its own
     assert len([p for p in tmp_path.iterdir() if ".tmp-" in p.name]) == 1
 
@@ -254,10 +250,10 @@ def test_a_killed_or_failing_export_leaves_the_earlier_one_intact(rel, tmp_path,
 def test_a_full_disk_is_a_clear_error(rel, full_disk, capsys):
     out = full_disk / "out-pq"
     assert main(["export", str(rel), "--format", "parquet", "--out", str(out)]) == 0
-    good = tree(out)
+    good = tree_bytes(out)
     fill(full_disk)
     assert main(["export", str(rel), "--format", "parquet", "--out", str(out), "--embed-images"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write {out}/") and "No space left on device" in err
-    assert tree(out) == good
+    assert tree_bytes(out) == good
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "out-pq"]

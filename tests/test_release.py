@@ -14,7 +14,7 @@ import pytest
 import yaml
 from disk_fixtures import fill
 from PIL import Image
-from release_fixtures import PLANTED_PNG_TEXT, add_review_event, find_draft, make_build
+from release_fixtures import PLANTED_PNG_TEXT, add_review_event, find_draft, make_build, tree_bytes
 
 from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import build_parser, main
@@ -42,10 +42,6 @@ def release(build_dir: Path, out: Path, decisions, **options) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # ---------------------------------------------------------------- pure parts

@@ -12,7 +12,6 @@ listing the reviewed tasks through the paged task API instead of one JSON export
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from vgmed_build.catalog import Catalog, now_iso, open_catalog
+from vgmed_build.identifiers import stable_id
 from vgmed_build.review import api
 from vgmed_build.review import pull as pull_module
 from vgmed_build.review.convert import draft_prediction
@@ -37,10 +37,6 @@ from vgmed_build.review.tasks import content_hash, label_config, task_payload
 
 REGIONS_PER_IMAGE = 10
 Q_TYPES = ("localization", "position")
-
-
-def _hid(*parts: object) -> str:
-    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
 def make_build(root: Path, n_drafts: int) -> Catalog:
@@ -55,16 +51,16 @@ def make_build(root: Path, n_drafts: int) -> Catalog:
             item, rel, w, h = f"img{i}", f"images/bench/img{i}.png", 96, 80
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(root / rel)
-            image_id = _hid(item)
+            image_id = stable_id(item)
             c.execute(
                 "INSERT INTO items VALUES ('bench', ?, 'f', 'done', 1, ?, ?)", (item, REGIONS_PER_IMAGE, now_iso())
             )
             c.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?)", (image_id, "bench", item, rel, w, h, "0", "{}"))
             for k in range(REGIONS_PER_IMAGE):
-                region_id, label = _hid(image_id, k), f"structure{k}"
+                region_id, label = stable_id(image_id, k), f"structure{k}"
                 c.execute("INSERT INTO regions VALUES (?,?,?,?,?,?)", (region_id, image_id, "bench", label, "CT", "{}"))
                 for q_type in Q_TYPES:
-                    draft_id = _hid(region_id, q_type, 0)
+                    draft_id = stable_id(region_id, q_type, 0)
                     rec = {
                         "id": draft_id,
                         "region_id": region_id,

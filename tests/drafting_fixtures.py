@@ -23,6 +23,7 @@ from vgmed_build.catalog import Catalog, now_iso, open_catalog
 from vgmed_build.drafting.export import export_drafts
 from vgmed_build.drafting.generate import GenerateOptions
 from vgmed_build.drafting.llm import LlmConfig
+from vgmed_build.identifiers import stable_id
 from vgmed_build.resources import schema_errors
 
 SERVER = Path(__file__).with_name("llm_server.py")
@@ -35,10 +36,6 @@ DEFAULT_TARGETS = [
     ("gm", "grey matter", ["gray matter"], "bilateral", "tissue", [10, 10, 118, 118]),
     ("tumor", "tumour", ["tumor"], "unknown", "lesion", [50, 50, 60, 58]),
 ]
-
-
-def _hid(*parts: str) -> str:
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def make_catalog(
@@ -59,7 +56,7 @@ def make_catalog(
                 "VALUES (?,?,?,?,?,?,?)",
                 (source, key, "fp", "done", 1, len(targets), now_iso()),
             )
-            image_id = _hid(source, key, "0")
+            image_id = stable_id(source, key, "0")
             rel = f"images/{image_id}.png"
             yy, xx = np.mgrid[0:128, 0:128]
             pixels = ((xx + yy + i) % 256).astype(np.uint8)
@@ -71,7 +68,7 @@ def make_catalog(
             for label, display, synonyms, side, category, box in targets:
                 x0, y0, x1, y1 = box
                 region = {
-                    "id": _hid(image_id, label),
+                    "id": stable_id(image_id, label),
                     "image_id": image_id,
                     "image": rel,
                     "width": 128,

@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from vgmed_build.catalog import Catalog, now_iso, open_catalog
+from vgmed_build.identifiers import stable_id
 from vgmed_build.resources import schema_errors
 from vgmed_build.review.server import ServerInfo, connect, invite_url, start_server, stop_server
 
@@ -84,10 +85,6 @@ def add_reviewer(admin: ServerInfo, email: str, password: str = "Review-pass-202
 # ---------------------------------------------------------------- builds
 
 
-def _hid(*parts: object) -> str:
-    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
-
-
 def _ct_pixels() -> np.ndarray:
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
     px = ds.pixel_array.astype(np.float64)
@@ -118,7 +115,7 @@ def make_build(
             rel = f"images/ct/{item}.png"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(root / rel)
-            image_id = _hid("ct", item, 0)
+            image_id = stable_id("ct", item, 0)
             c.execute(
                 "INSERT INTO items (source, item_key, fingerprint, status, n_images, n_regions, finished_at) "
                 "VALUES ('ct', ?, 'f', 'done', 1, ?, ?)", (item, len(LABELS), now_iso())
@@ -137,7 +134,7 @@ def make_build(
                 ),
             )
             for k, (label, side) in enumerate(LABELS):
-                region_id = _hid(image_id, label)
+                region_id = stable_id(image_id, label)
                 box = [5 + 30 * k, 10 + 5 * i, 25 + 30 * k + i, 40 + 5 * i]
                 c.execute(
                     "INSERT INTO regions VALUES (?,?,?,?,?,?)",
@@ -145,7 +142,7 @@ def make_build(
                 )
                 for slot, q_type in enumerate(q_types):
                     draft = {
-                        "id": _hid(region_id, q_type, 0),
+                        "id": stable_id(region_id, q_type, 0),
                         "region_id": region_id,
                         "q_type": q_type,
                         "slot": 0,

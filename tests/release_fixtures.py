@@ -17,16 +17,13 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from vgmed_build.catalog import open_catalog
+from vgmed_build.identifiers import stable_id
 from vgmed_build.release import ReleaseOptions, build_release
 from vgmed_build.resources import schema_errors
 from vgmed_build.review.decision import Decision
 
 # A DICOM-style person name planted in a PNG text chunk: the release must strip it.
 PLANTED_PNG_TEXT = "PLANTED^PATIENT"
-
-
-def _hash(*parts: str) -> str:
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _file_sha256(path: Path) -> str:
@@ -64,7 +61,7 @@ def make_build(root: Path) -> tuple[Path, dict[str, Decision], dict[str, dict]]:
         for dataset, dcm, modality, body_part, targets in IMAGES:
             pixels = _render(dcm)
             height, width = pixels.shape
-            image_id = _hash(dataset, dcm)
+            image_id = stable_id(dataset, dcm)
             rel = f"images/{image_id}.png"
             info = PngInfo()
             info.add_text("Comment", PLANTED_PNG_TEXT)
@@ -81,7 +78,7 @@ def make_build(root: Path) -> tuple[Path, dict[str, Decision], dict[str, dict]]:
                 (image_id, dataset, item_key, rel, width, height, _file_sha256(build / rel), "{}"),
             )
             for label, x0, y0, x1, y1, side in targets:
-                region_id = _hash(image_id, label)
+                region_id = stable_id(image_id, label)
                 region = {
                     "id": region_id,
                     "image_id": image_id,
@@ -121,7 +118,7 @@ def make_build(root: Path) -> tuple[Path, dict[str, Decision], dict[str, dict]]:
                 if side in ("left", "right"):
                     questions.append(("position", f"On which side of the patient is the {label}?", side))
                 for q_type, question, answer in questions:
-                    draft_id = _hash(region_id, q_type, "0")
+                    draft_id = stable_id(region_id, q_type, "0")
                     draft = {
                         "id": draft_id,
                         "region_id": region_id,

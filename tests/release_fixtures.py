@@ -215,3 +215,8 @@ def made_release(root: Path) -> Path:
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (relative POSIX path -> bytes), to show a folder unchanged byte for byte."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a release's JSONL file, in order."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from disk_fixtures import fill
-from release_fixtures import made_release, tree_bytes
+from release_fixtures import made_release, read_jsonl, tree_bytes
 
 from vgmed_build import export as export_module
 from vgmed_build.cli import main
@@ -24,10 +24,6 @@ from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE, sha256
 @pytest.fixture(scope="module")
 def rel(tmp_path_factory) -> Path:
     return made_release(tmp_path_factory.mktemp("export"))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_parquet_round_trip(rel, tmp_path):

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from huggingface_hub import DatasetCard
 from PIL import Image
-from release_fixtures import make_build
+from release_fixtures import make_build, read_jsonl
 
 from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
@@ -67,10 +67,6 @@ def offline_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
 
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def front(card: Path) -> dict:
     return DatasetCard.load(card).data.to_dict()  # huggingface_hub's own card parser
 
@@ -78,9 +74,9 @@ def front(card: Path) -> dict:
 def test_the_release_folder_loads_with_a_default_config(rel):
     ds = datasets.load_dataset(str(rel))  # no config name: the card's default
     assert list(ds) == ["test"]
-    assert ds["test"]["id"] == [r["id"] for r in records(rel / LOCALIZATION_FILE)]
+    assert ds["test"]["id"] == [r["id"] for r in read_jsonl(rel / LOCALIZATION_FILE)]
     attribute = datasets.load_dataset(str(rel), "attribute", split="test")
-    assert attribute["answer"] == [r["answer"] for r in records(rel / ATTRIBUTE_FILE)]
+    assert attribute["answer"] == [r["answer"] for r in read_jsonl(rel / ATTRIBUTE_FILE)]
     configs = front(rel / "README.md")["configs"]
     assert [(c["config_name"], c.get("default", False)) for c in configs] == [("localization", True),
                                                                               ("attribute", False)]
@@ -96,7 +92,7 @@ def test_hf_export_gives_image_features_and_the_records(rel, tmp_path):
     for config, name in (("localization", LOCALIZATION_FILE), ("attribute", ATTRIBUTE_FILE)):
         ds = default["test"] if config == "localization" else datasets.load_dataset(str(out), config, split="test")
         assert isinstance(ds.features["image"], datasets.Image)
-        want = records(rel / name)
+        want = read_jsonl(rel / name)
         assert len(ds) == len(want) > 0
         for row, record in zip(ds, want, strict=True):
             for key in ("id", "question", "answer", "bbox", "q_type", "label", "source", "review"):
@@ -181,7 +177,7 @@ def test_lmms_eval_task_loads_and_scores(rel, tmp_path):
         assert task["metadata"]["preview"] is False
         # lmms-eval loads with datasets.load_dataset(path=dataset_path, name=dataset_name)[test_split]
         docs = datasets.load_dataset(task["dataset_path"], task["dataset_name"])[task["test_split"]]
-        want = records(rel / name)
+        want = read_jsonl(rel / name)
         assert docs["id"] == [r["id"] for r in want]
         doc = docs[0]
         (visual,) = task["doc_to_visual"](doc)
@@ -201,7 +197,7 @@ def test_vlmevalkit_tsv_and_config(rel, tmp_path):
                                                                                    "VGMED_attribute")}
     for name in (LOCALIZATION_FILE, ATTRIBUTE_FILE):
         table = pd.read_csv(out / name.replace(".jsonl", ".tsv"), sep="\t")  # what vlmeval.smp.load does
-        want = records(rel / name)
+        want = read_jsonl(rel / name)
         assert list(table.columns[:4]) == ["index", "image", "question", "answer"]
         assert table["index"].tolist() == list(range(1, len(want) + 1))
         assert table["question"].tolist() == [r["question"] for r in want]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from disk_fixtures import fill
 from PIL import Image
-from release_fixtures import PLANTED_PNG_TEXT, add_review_event, find_draft, make_build, tree_bytes
+from release_fixtures import PLANTED_PNG_TEXT, add_review_event, find_draft, make_build, read_jsonl, tree_bytes
 
 from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import build_parser, main
@@ -38,10 +38,6 @@ def release(build_dir: Path, out: Path, decisions, **options) -> Path:
     with open_catalog(build_dir, create=False) as catalog:
         build_release(catalog, out, decisions, ReleaseOptions(**options))
     return out
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 # ---------------------------------------------------------------- pure parts

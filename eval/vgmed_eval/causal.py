@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vgmed_eval.geometry import GeometryError
-from vgmed_eval.ground_truth import ground_truth
+from vgmed_eval.ground_truth import ground_truth, question_rng
 from vgmed_eval.prompts import short_answer
 from vgmed_eval.release_io import Question
 
@@ -202,7 +201,7 @@ class Settings:
     batch_size: int = 8
 
     def rng(self, qid: str) -> np.random.Generator:
-        return np.random.default_rng([self.seed, zlib.crc32(qid.encode("utf-8"))])
+        return question_rng(self.seed, qid)
 
 
 def run_causal(refiner, questions: list[Question], settings: Settings, ratios: dict | None = None

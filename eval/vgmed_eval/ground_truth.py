@@ -16,6 +16,7 @@ level are placed (:func:`random_offsets`).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +125,12 @@ def ground_truth(kind: str, geometry: GridGeometry, target: Target, shape: Shape
         raise NoCellError(f"the {'mask' if target.mask is not None else 'boxes'} cover no cell of the "
                           f"{geometry.rows}x{geometry.cols} grid (cropped away by the preprocessing)")
     return cover > 0 if kind == "mask" else cover
+
+
+def question_rng(seed: int, qid: str) -> np.random.Generator:
+    """The random generator of question ``qid``'s random regions under ``seed``: the same regions in any
+    order, batch or process (grounding's chance level, causal's random knockouts)."""
+    return np.random.default_rng([seed, zlib.crc32(qid.encode("utf-8"))])
 
 
 def random_offsets(rng: np.random.Generator, extent: tuple[float, float, float, float], width: int, height: int,

@@ -22,7 +22,6 @@ import json
 import logging
 import re
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from vgmed_build.release_format import (
 from vgmed_eval import distributed
 from vgmed_eval.distributed import World
 from vgmed_eval.geometry import BoxOutsideError, GeometryError, GridGeometry, published_geometry
-from vgmed_eval.ground_truth import Target, Truths, question_truths
+from vgmed_eval.ground_truth import Target, Truths, question_rng, question_truths
 from vgmed_eval.metrics import chance_scores, grounding_metrics, normalise, scores
 from vgmed_eval.prompts import GENERAL_PROMPT, short_answer
 from vgmed_eval.protocol import VGMED, Protocol
@@ -131,7 +130,7 @@ class ChanceDraws:
     seed: int = 0
 
     def rng(self, qid: str) -> np.random.Generator:
-        return np.random.default_rng([self.seed, zlib.crc32(qid.encode("utf-8"))])
+        return question_rng(self.seed, qid)
 
 
 def check_inside(boxes: list, width: int, height: int, convention: str) -> None:

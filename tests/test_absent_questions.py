@@ -1,7 +1,7 @@
 """Localization questions about absent structures (answer "no"): drafted only where ingest saw no
 labelled pixel of the structure, balanced with the "yes" questions where the source has absent
-structures, flagged in the draft and the release record, accepted by validate, and passed over by the
-grounding reader (there is no region to attend to)."""
+structures (and, where it has too few, its surplus "yes" left out), flagged in the draft and the release
+record, accepted by validate, and passed over by the grounding reader (there is no region to attend to)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from ingest_fixtures import SAMPLE_SOURCES, ingest
 
 from vgmed_build.cli import main
-from vgmed_build.drafting.balance import ImageAbsence, absent_slots, balance_source
+from vgmed_build.drafting.balance import ImageAbsence, absent_slots, balance_source, cut_yes
 from vgmed_build.drafting.plan import absent_candidates, absent_targets
 from vgmed_build.resources import schema_errors
 
@@ -108,6 +108,53 @@ def test_balance_source_matches_the_reference_on_random_sources():
         assert got.planned == min(got.target, sum(i.absent for i in images))
 
 
+def brute_force_kept_yes(images: list[ImageAbsence], keep: int, per_region: int) -> dict[tuple[str, int], int]:
+    """The reference: list every "yes" slot (image, region rank, slot), sort them by (no absent
+    structure, image id, rank, slot) and keep the first ``keep``; count the kept ones per region."""
+    slots = sorted((i.absent == 0, i.image_id, rank, k) for i in images if i.absent is not None
+                   for rank in range(i.regions) for k in range(per_region))
+    return dict(Counter((image_id, rank) for _, image_id, rank, _ in slots[:keep]))
+
+
+def kept_by_cut(images: list[ImageAbsence], per_region: int) -> dict[tuple[str, int], int] | None:
+    balance = balance_source(images, 1)
+    cut = cut_yes(images, balance, per_region)
+    if cut is None:
+        return None
+    got = {(i.image_id, rank): cut.kept(i, rank, per_region) for i in images if i.absent is not None
+           for rank in range(i.regions)}
+    return {k: v for k, v in got.items() if v}
+
+
+@pytest.mark.parametrize(("shape", "kept"), [
+    # (regions, absent) per image, ids img0, img1, ... in order; the regions that keep their "yes"
+    ([(4, 0), (4, 0), (2, 2)], {("img2", 0): 1, ("img2", 1): 1}),  # 2 "no": the image asked "no" keeps 2
+    ([(4, 0), (1, 3)], {("img1", 0): 1, ("img0", 0): 1, ("img0", 1): 1}),  # 3 "no": 1 there, 2 of img0's
+    ([(4, 0), (4, 0)], {}),  # no "no" at all: no localization question
+    ([(2, 2), (2, 2)], None),  # balanced: every "yes" stays
+    ([(4, 0), (2, None), (1, 1)], {("img2", 0): 1}),  # an image without recorded labels is left out
+])
+def test_cut_yes_on_known_cases(shape, kept):
+    images = [ImageAbsence(f"img{k}", r, a) for k, (r, a) in enumerate(shape)]
+    assert kept_by_cut(images, 1) == kept
+
+
+def test_cut_yes_matches_the_reference_on_random_sources():
+    rng = random.Random(11)
+    for _ in range(400):
+        per_region = rng.randint(1, 3)
+        ids = sorted(f"{rng.getrandbits(32):08x}" for _ in range(rng.randint(0, 12)))
+        images = [ImageAbsence(i, rng.randint(1, 4), rng.choice([0, 0, 0, 1, 2, 3, None])) for i in ids]
+        balance = balance_source(images, 1)
+        yes = per_region * balance.regions
+        got = kept_by_cut(images, per_region)
+        if balance.short <= 0 or balance.planned >= yes:
+            assert got is None
+            continue
+        assert got == brute_force_kept_yes(images, balance.planned, per_region)
+        assert sum(got.values()) == balance.yes_kept(per_region) == balance.planned  # as many "yes" as "no"
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("absent")
@@ -142,7 +189,7 @@ def test_drafts_are_flagged_and_name_a_structure_missing_from_the_image(demo):
     assert max(per_image.values()) == 1
 
 
-def test_release_balances_yes_and_no_where_the_source_has_absent_structures(demo):
+def test_release_balances_yes_and_no_in_every_source(demo):
     rel = demo / "rel"
     loc = records(rel / "VGMED_localization.jsonl") + records(rel / "COCO_localization.jsonl")
     assert all(r["absent"] == (r["answer"] == "no") for r in loc)
@@ -151,29 +198,50 @@ def test_release_balances_yes_and_no_where_the_source_has_absent_structures(demo
     # the photos: the other photo's objects.
     for plane, modality in (("sagittal", "MRI"), ("2d", "Natural")):
         assert by_source[(plane, modality, "yes")] == by_source[(plane, modality, "no")] > 0
-    # Axial and coronal tissue halves and the CT's two structures lie on every slice: nothing is absent.
-    assert by_source[("axial", "MRI", "no")] == by_source[("coronal", "MRI", "no")] == 0
+    # Axial and coronal tissue halves and the CT's two structures lie on every slice: nothing is absent,
+    # so no "no" can be asked, and their "yes" are left out too.
+    for plane, modality in (("axial", "MRI"), ("coronal", "MRI"), ("axial", "CT")):
+        assert by_source[(plane, modality, "yes")] == by_source[(plane, modality, "no")] == 0
     for r in loc:
         if r["absent"]:
             assert r["bbox"] == [] and r["area_ratio"] == 0 and r["side"] == "unknown"
     assert main(["validate", str(rel)]) == 0
     manifest = json.loads((rel / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["counts"]["localization_answers"] == {
-        "no": sum(r["answer"] == "no" for r in loc), "yes": sum(r["answer"] == "yes" for r in loc)}
+    answers = manifest["counts"]["localization_answers"]
+    assert answers == {"no": sum(r["answer"] == "no" for r in loc), "yes": sum(r["answer"] == "yes" for r in loc)}
+    assert answers["yes"] == answers["no"]  # a model that always says yes scores 50%
 
 
-def test_the_demo_localization_answers_balance_per_source_where_anything_is_absent(demo, capsys):
-    """What a model that always answers "yes" scores on the demo, source by source. A source balances
-    ("no" == "yes") when its images hold enough absent (image, structure) pairs; the axial and coronal
-    MNI slices and the CT slice hold every structure of their source, so they can have no "no", and
-    generate says so in its summary instead of leaving it unsaid."""
+def test_regions_without_a_localization_question_keep_their_boxed_questions(demo):
+    """The regions whose "yes" were left out still have attribute questions with their boxes, so
+    grounding (every boxed question) still sees every region."""
+    rel = demo / "rel"
+    loc = records(rel / "VGMED_localization.jsonl") + records(rel / "COCO_localization.jsonl")
+    attr = records(rel / "VGMED_attribute.jsonl") + records(rel / "COCO_attribute.jsonl")
+    asked_yes = {(Path(r["image"]).stem, r["label"]) for r in loc if not r["absent"]}  # images/<image id>.png
+    boxed = {(Path(r["image"]).stem, r["label"]) for r in attr if r["bbox"]}
+    assert main(["regions", "--build", str(demo / "b"), "--out", str(demo / "regions-boxed.jsonl")]) == 0
+    regions = records(demo / "regions-boxed.jsonl")
+    left_out = [r for r in regions if r["plane"] in ("axial", "coronal")]
+    assert len(left_out) == 10  # 4 axial + 4 coronal MNI regions, 2 CT regions
+    for r in left_out:
+        key = (r["image_id"], r["label"])
+        assert key not in asked_yes and key in boxed, key
+    assert len(asked_yes) == len(regions) - len(left_out)  # every other region is asked "yes"
+
+
+def test_the_demo_localization_answers_balance_per_source(demo, capsys):
+    """What a model that always answers "yes" scores on the demo, source by source: 50% in each. A source
+    balances ("no" == "yes") when its images hold enough absent (image, structure) pairs; the axial and
+    coronal MNI slices and the CT slice hold every structure of their source, so they can have no "no",
+    their "yes" are left out, and generate says so in its summary instead of leaving it unsaid."""
     assert main(["regions", "--build", str(demo / "b"), "--out", str(demo / "regions-count.jsonl")]) == 0
     regions = records(demo / "regions-count.jsonl")
     rel = demo / "rel"
     loc = records(rel / "VGMED_localization.jsonl") + records(rel / "COCO_localization.jsonl")
     released = Counter((r["plane"], r["modality"], r["answer"]) for r in loc)
-    # Independent count, per source: one "yes" per region; "no" as many as "yes" where the source's
-    # images have that many absent (image, structure) pairs in all, else every such pair once.
+    # Independent count, per source: "no" as many as its regions where its images have that many absent
+    # (image, structure) pairs in all, else every such pair once; "yes" as many as its "no".
     structures: dict[str, set[str]] = {}
     images: dict[str, list[dict]] = {}
     for r in regions:
@@ -188,17 +256,20 @@ def test_the_demo_localization_answers_balance_per_source_where_anything_is_abse
         row[2] += len(structures[name] - set(first["image_labels"]))
     counts = {name: (released[(*key, "yes")], released[(*key, "no")]) for name, (key, _, _) in expected.items()}
     print(f"demo localization answers per source (yes, no): {counts}")
-    assert {name: (yes, min(yes, pairs)) for name, (_, yes, pairs) in expected.items()} == counts
+    assert {name: (min(n, pairs), min(n, pairs)) for name, (_, n, pairs) in expected.items()} == counts
     assert counts == {"mni152-sagittal": (35, 35), "coco-control": (4, 4),
-                      "mni152": (4, 0), "mni152-coronal": (4, 0), "ct-seg": (2, 0)}
+                      "mni152": (0, 0), "mni152-coronal": (0, 0), "ct-seg": (0, 0)}
     # The sagittal source has 37 absent pairs for 35 regions: the one slice with a single region (3
     # absent structures) asks 1 "no", as many as its "yes", since the source needs no more.
-    assert sum(n for _, n in counts.values()) == 39 and sum(y for y, _ in counts.values()) == 49
+    assert sum(n for _, n in counts.values()) == sum(y for y, _ in counts.values()) == 39
     capsys.readouterr()
     assert main(["generate", "--build", str(demo / "b"), "--no-progress"]) == 0  # nothing left to draft
     out = capsys.readouterr().out
-    assert ("localization answers unbalanced (too few structures absent from their images): ct-seg 0 'no' of 2, "
-            "mni152 0 'no' of 4, mni152-coronal 0 'no' of 4") in out
+    assert ("localization 'yes' left out to balance the 'no' (too few structures absent from their images; "
+            "--unbalanced keep keeps them): ct-seg 2 of 2 (no 'no' possible: no localization question), "
+            "mni152 4 of 4 (no 'no' possible: no localization question), mni152-coronal 4 of 4 (no 'no' "
+            "possible: no localization question)") in out
+    assert "0 ok" in out and "beyond the balance" not in out
 
 
 def test_validate_refuses_an_absent_record_with_boxes(demo, tmp_path, capsys):
@@ -230,8 +301,8 @@ def test_a_source_with_full_slices_balances_through_its_other_slices(tmp_path, c
     """End to end on a source where the right answer is known: 3 axial slices hold all four structures
     (12 "yes", nothing absent) and 9 hold one (9 "yes", 3 absent structures each). The one-structure
     slices carry the full slices' "no" too: 21 "yes" and 21 "no", each slice asking about different
-    structures. With only 3 one-structure slices (6 absent pairs to spare for 12), generate says what is
-    missing."""
+    structures. With only 3 one-structure slices (9 "no" for 15 regions), the 6 surplus "yes" are left out
+    and generate says so; ``--unbalanced keep`` drafts them; a rerun without it deletes nothing."""
     import numpy as np
     from ingest_fixtures import write_msd
 
@@ -242,21 +313,26 @@ def test_a_source_with_full_slices_balances_through_its_other_slices(tmp_path, c
         labels[4:24, 4:24, full:] = 1
         return (labels * 50).astype(np.uint8), labels, np.diag([2.0, 2.0, 2.0, 1.0])
 
-    def run(name: str, full: int, single: int) -> tuple[Counter, list[dict], str]:
+    def build_of(name: str, full: int, single: int) -> Path:
         root = tmp_path / name
         write_msd(root / "Task", {"case": volume(full, single)})
         build = root / "b"
         assert ingest(build, "--source", f"msd:{root / 'Task'}", "--modality", "MRI", "--option", "plane=axial",
                       "--option", "slice_policy=every_n", "--option", "every_n=1", "--option", "min_area_px=16") == 0
+        return build
+
+    def run(build: Path, *extra: str) -> tuple[Counter, list[dict], str]:
         capsys.readouterr()
-        assert main(["generate", "--build", str(build), "--no-progress"]) == 0
+        assert main(["generate", "--build", str(build), "--no-progress", *extra]) == 0
         summary = capsys.readouterr().out
-        assert main(["release", "--build", str(build), "--out", str(root / "rel"), "--include-unreviewed"]) == 0
-        loc = records(root / "rel" / "VGMED_localization.jsonl")
+        rel = build.parent / "rel"
+        assert main(["release", "--build", str(build), "--out", str(rel), "--include-unreviewed"]) == 0
+        assert main(["validate", str(rel)]) == 0
+        loc = records(rel / "VGMED_localization.jsonl")
         return Counter(r["answer"] for r in loc), loc, summary
 
-    answers, loc, summary = run("enough", 3, 9)
-    assert (answers["yes"], answers["no"]) == (21, 21) and "unbalanced" not in summary
+    answers, loc, summary = run(build_of("enough", 3, 9))
+    assert (answers["yes"], answers["no"]) == (21, 21) and "unbalanced" not in summary and "left out" not in summary
     no = [r for r in loc if r["absent"]]
     per_image = Counter(r["image"] for r in no)
     # 9 one-structure slices share 21 "no": 3 of them ask about all 3 absent structures, 6 about 2.
@@ -265,7 +341,28 @@ def test_a_source_with_full_slices_balances_through_its_other_slices(tmp_path, c
     full_images = {r["image"] for r in loc if r["label"] == "right white matter" and not r["absent"]}
     assert len(full_images) == 3 and not full_images & set(per_image)
 
-    answers, _, summary = run("short", 3, 3)
-    assert (answers["yes"], answers["no"]) == (15, 9)  # 3 slices x 3 absent structures: all there are
+    build = build_of("short", 3, 3)
+    answers, loc, summary = run(build)
+    assert (answers["yes"], answers["no"]) == (9, 9)  # 3 slices x 3 absent structures: all there are
+    assert "'yes' left out to balance the 'no'" in summary and "Task 6 of 15 (9 'no')" in summary
+    # Kept: the "yes" of the slices also asked "no" (3), then the full slices' in image id order: all 4
+    # of the first, the first 2 labels of the second, none of the third.
+    yes = [r for r in loc if not r["absent"]]
+    asked_no = {r["image"] for r in loc if r["absent"]}
+    assert len(asked_no) == 3 and {r["image"] for r in yes} >= asked_no
+    full = sorted({r["image"] for r in yes} - asked_no)
+    assert [sorted(r["label"] for r in yes if r["image"] == image) for image in full] == [
+        ["left grey matter", "left white matter", "right grey matter", "right white matter"],
+        ["left grey matter", "left white matter"]]
+    assert full[0] < full[1]  # image names carry the stable image id
+
+    answers, _, summary = run(build, "--unbalanced", "keep")  # the 6 surplus "yes" drafted now
+    assert (answers["yes"], answers["no"]) == (15, 9)
     assert "localization answers unbalanced (too few structures absent from their images): Task 9 'no' of 15" in summary
-    assert main(["validate", str(tmp_path / "enough" / "rel")]) == 0
+    assert "6 ok" in summary
+
+    # Back to the default: nothing stored is deleted; the 6 stored surplus "yes" are named, and released.
+    answers, _, summary = run(build)
+    assert (answers["yes"], answers["no"]) == (15, 9)
+    assert ("6 localization 'yes' drafts stored by an earlier run are beyond the balance: they stay in the "
+            "catalog and are released unless review rejects them") in summary

@@ -44,7 +44,9 @@ def released(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
                                                     "modality": "Fundus", "dataset": "drawn", "licence": "CC0"}])
     build = root / "build"
     assert ingest(build, "--sources", str(sources)) == 0
-    assert main(["generate", "--build", str(build), "--drafter", "templates"]) == 0
+    # --unbalanced keep: the one image holds both structures (no "no" to balance a "yes"), and the masks
+    # are checked on the localization records.
+    assert main(["generate", "--build", str(build), "--drafter", "templates", "--unbalanced", "keep"]) == 0
     out = root / "release"
     assert main(["release", "--build", str(build), "--out", str(out), "--include-unreviewed"]) == 0
     return out, masks

@@ -13,7 +13,7 @@ from vgmed_build.commands import EXIT_INCOMPLETE, EXIT_ITEM_ERRORS, EXIT_OK, add
 from vgmed_build.drafting.export import write_drafts
 from vgmed_build.drafting.lint import LintLimits
 from vgmed_build.drafting.llm import RESPONSE_FORMATS, LlmConfig, llm_option_problem
-from vgmed_build.drafting.plan import GenerateOptions
+from vgmed_build.drafting.plan import UNBALANCED, GenerateOptions
 from vgmed_build.drafting.templates import TemplateError
 from vgmed_build.lock import LockBusy, add_wait_arg
 
@@ -61,6 +61,19 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "theirs; a source with too few absent (image, structure) pairs is named in the result line. "
         "Keep it equal to --localization-per-region for balanced yes / no answers; 0 = none (use 0 for "
         "sources whose masks are not exhaustive)",
+    )
+    p.add_argument(
+        "--unbalanced",
+        choices=UNBALANCED,
+        default="drop-yes",
+        help="a source whose images hold too few absent structures for as many 'no' as 'yes' (e.g. every "
+        "slice holds every structure): drop-yes drafts only as many of its localization 'yes' as it has "
+        "'no' (those on images also asked 'no' first, then by image id; a source with no 'no' gets no "
+        "localization question; its regions keep their other questions, and grounding their boxes), so "
+        "always answering yes scores 50%% on it; keep drafts every 'yes' and leaves the source unbalanced. "
+        "The result line names each such source and how many 'yes' were left out. 'yes' drafts an earlier "
+        "run stored are never deleted: they are counted, and released unless review rejects them "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--attributes-per-region",
@@ -235,6 +248,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         drafter=args.drafter,
         localization_per_region=args.localization_per_region,
         absent_per_region=args.absent_per_region,
+        unbalanced=args.unbalanced,
         attributes_per_region=args.attributes_per_region,
         position_questions=args.position_questions,
         paraphrase=args.paraphrase,

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from vgmed_build.catalog import Catalog
 from vgmed_build.drafting.batch import BatchQueue, Deferred
 from vgmed_build.drafting.llm import BudgetExhausted, LlmClient, LlmFatal, ResponseCache, redact
-from vgmed_build.drafting.plan import DraftSpec, GenerateOptions, Planner
+from vgmed_build.drafting.plan import UNBALANCED, DraftSpec, GenerateOptions, Planner
 from vgmed_build.drafting.propose import Proposal, Proposer
 from vgmed_build.drafting.records import STAGE, region_item, region_records, write_region_drafts
 from vgmed_build.drafting.templates import Prompts, load_prompts
@@ -51,8 +51,11 @@ class GenerateStats:
     batch_waiting: int = 0  # drafts waiting on a batch reply (asked now or earlier)
     batch_submitted: list[str] = field(default_factory=list)  # batch ids created by this run
     batch_downloaded: int = 0
-    # Per source whose images lack absent structures: ("no" questions planned, as many as "yes" would be)
-    unbalanced: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Per source whose images lack absent structures: ("no" planned, "no" as many as "yes" would be,
+    # localization "yes" left out to balance them (--unbalanced drop-yes; 0 under keep), "yes" it had)
+    unbalanced: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    unknown_labels: dict[str, int] = field(default_factory=dict)  # per source: regions ingest kept no labels of
+    surplus_stored: int = 0  # stored ok "yes" drafts of earlier runs beyond the balance (kept, released)
 
     def summary(self) -> str:
         text = (
@@ -68,17 +71,40 @@ class GenerateStats:
             text += (f"; batch service: {self.batch_downloaded} replies downloaded, {self.batch_waiting} drafts "
                      f"waiting (rerun later to collect them)"
                      + (f", submitted {', '.join(self.batch_submitted)}" if self.batch_submitted else ""))
-        if self.unbalanced:
-            text += "; localization answers unbalanced (too few structures absent from their images): " + ", ".join(
-                f"{source} {no} 'no' of {target}" for source, (no, target) in sorted(self.unbalanced.items()))
+        text += self._balance_text()
         stopped = self.fatal or self.budget_reached
         return text + (f"; STOPPED: {stopped}" if stopped else "")
+
+    def _balance_text(self) -> str:
+        """What the result line says about the localization answers' balance (docs/generate.md)."""
+        text = ""
+        dropped = {s: u for s, u in sorted(self.unbalanced.items()) if u[2]}
+        kept = {s: u for s, u in sorted(self.unbalanced.items()) if not u[2]}
+        if dropped:
+            text += ("; localization 'yes' left out to balance the 'no' (too few structures absent from their "
+                     "images; --unbalanced keep keeps them): " + ", ".join(
+                         f"{source} {out} of {yes}" + (f" ({no} 'no')" if no else " (no 'no' possible: no "
+                                                        "localization question)")
+                         for source, (no, _, out, yes) in dropped.items()))
+        if kept:
+            text += "; localization answers unbalanced (too few structures absent from their images): " + ", ".join(
+                f"{source} {no} 'no' of {target}" for source, (no, target, _, _) in kept.items())
+        if self.unknown_labels:
+            text += ("; localization answers not balanced on regions whose image labels ingest did not record "
+                     "(ingest --force records them): " + ", ".join(
+                         f"{source} {n}" for source, n in sorted(self.unknown_labels.items())))
+        if self.surplus_stored:
+            text += (f"; {self.surplus_stored} localization 'yes' drafts stored by an earlier run are beyond the "
+                     "balance: they stay in the catalog and are released unless review rejects them")
+        return text
 
 
 def run_generate(catalog: Catalog, options: GenerateOptions) -> GenerateStats:
     """Draft every region of ``catalog`` that still needs drafts; returns the run's counts."""
     if options.needs_llm and (options.llm is None or not options.llm.model):
         raise ValueError("the LLM drafter and --paraphrase need --model")
+    if options.unbalanced not in UNBALANCED:
+        raise ValueError(f"--unbalanced {options.unbalanced!r}: expected one of {', '.join(UNBALANCED)}")
     return asyncio.run(_Generator(catalog, options).run())
 
 
@@ -88,7 +114,8 @@ class _Generator:
         self.prompts: Prompts = load_prompts(options.prompts_dir)
         self.stats = GenerateStats()
         self.planner = Planner(catalog, options, self.prompts)
-        self.stats.unbalanced = {s: (b.planned, b.target) for s, b in self.planner.unbalanced().items()}
+        self.stats.unbalanced = self.planner.unbalanced()
+        self.stats.unknown_labels = {s: b.unknown for s, b in self.planner.balance.items() if b.unknown}
         self.client: LlmClient | None = None
         self.proposer = Proposer(catalog.build_dir, options, self.prompts, None, self.planner.structures)
         self.stop = False
@@ -150,6 +177,7 @@ class _Generator:
             flusher.cancel()
             self._flush()
             bar.close()
+            self.stats.surplus_stored = self.planner.surplus_stored
             if self.client and self.client.batch:
                 self.stats.batch_submitted = self.client.batch.submitted
                 self.stats.batch_downloaded = self.client.batch.downloaded

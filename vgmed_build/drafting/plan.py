@@ -8,13 +8,14 @@ asked again with its rejection shown to the model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 from typing import Literal
 
 from vgmed_build.catalog import Catalog
-from vgmed_build.drafting.balance import Balance, ImageAbsence, absent_slots, balance_source
+from vgmed_build.drafting.balance import Balance, ImageAbsence, YesCut, absent_slots, balance_source, cut_yes
 from vgmed_build.drafting.lint import LintLimits, names_a_side
 from vgmed_build.drafting.llm import LlmConfig
 from vgmed_build.drafting.templates import Prompts, attribute_choices, pick_slots, region_offset, target_name
@@ -44,18 +45,33 @@ def absent_targets(region: dict, candidates: list[str], image_regions: list[str]
     return [candidates[(start + j) % len(candidates)] for j in slots]
 
 
+UNBALANCED = ("drop-yes", "keep")  # --unbalanced: what a source that cannot balance does with its surplus "yes"
+
+
+def _source_images(catalog: Catalog, structures: dict[str, list[dict]]) -> Iterator[tuple[str, Iterator[ImageAbsence]]]:
+    """Per source, its images (regions, absent structures) in image id order, read from the catalog one
+    row per image."""
+    for source, rows in groupby(catalog.image_region_counts(), key=lambda r: r[0]):
+        labels = {s["label"] for s in structures.get(source, [])}
+        yield source, (ImageAbsence(image_id, n, None if present is None else len(labels - set(present)))
+                       for _, image_id, n, present in rows)
+
+
 def plan_balance(catalog: Catalog, structures: dict[str, list[dict]], per_region: int) -> dict[str, Balance]:
     """Per source, its "no" questions balanced against its "yes" ones (drafting.balance), read image by
     image from the catalog."""
-    out = {}
-    for source, rows in groupby(catalog.image_region_counts(), key=lambda r: r[0]):
-        labels = {s["label"] for s in structures.get(source, [])}
-        out[source] = balance_source(
-            (ImageAbsence(image_id, n, 0 if present is None else len(labels - set(present)))
-             for _, image_id, n, present in rows),
-            per_region,
-        )
-    return out
+    return {source: balance_source(images, per_region) for source, images in _source_images(catalog, structures)}
+
+
+def plan_yes_cuts(catalog: Catalog, structures: dict[str, list[dict]], balance: dict[str, Balance],
+                  per_region: int) -> dict[str, YesCut]:
+    """Per source that cannot balance, which of its ``per_region`` localization "yes" per region it keeps
+    (drafting.balance.cut_yes): a second pass over the images, holding one cut per source."""
+    cuts = {}
+    for source, images in _source_images(catalog, structures):
+        if source in balance and (cut := cut_yes(images, balance[source], per_region)) is not None:
+            cuts[source] = cut
+    return cuts
 
 
 @dataclass
@@ -63,6 +79,7 @@ class GenerateOptions:
     drafter: str = "templates"
     localization_per_region: int = 1
     absent_per_region: int = 1  # localization questions about an absent structure (answer "no")
+    unbalanced: str = "drop-yes"  # a source with too few absent structures: "drop-yes" its surplus "yes", or "keep"
     attributes_per_region: int = 1
     position_questions: bool = False
     paraphrase: bool = False
@@ -130,11 +147,21 @@ class Planner:
         self.catalog, self.opt, self.prompts = catalog, options, prompts
         self.structures = catalog.source_structures() if options.absent_per_region > 0 else {}
         self.balance = plan_balance(catalog, self.structures, options.absent_per_region) if self.structures else {}
+        short = any(b.short > 0 for b in self.balance.values())
+        self.yes_cuts = (plan_yes_cuts(catalog, self.structures, self.balance, options.localization_per_region)
+                         if short and options.unbalanced == "drop-yes" else {})
+        self.surplus_stored = 0  # stored ok "yes" drafts of slots the cuts leave out (earlier runs')
 
     def work_for(self, region: dict) -> tuple[list[DraftSpec], int]:
         """The slots to draft now (with their rejection history) and how many are done already."""
         existing = load_existing(self.catalog, region["id"])
-        slots = [(s, existing.get(s.draft_id(region["id"]))) for s in self._slots(region)]
+        yes = pick_slots(region["id"], len(self.prompts.for_region(region).localization),
+                         self.opt.localization_per_region)
+        kept = self._yes_kept(region)
+        for s in yes[kept:]:  # left out to balance: what an earlier run stored of them stays, counted
+            old = existing.get(draft_id(region["id"], "localization", s))
+            self.surplus_stored += old is not None and old.status == "ok"
+        slots = [(s, existing.get(s.draft_id(region["id"]))) for s in self._slots(region, yes[:kept])]
         work = [self._with_history(old, s) for s, old in slots if self._needs_work(old, s)]
         return work, len(slots) - len(work)
 
@@ -144,13 +171,11 @@ class Planner:
         existing = load_existing(self.catalog, region_id)
         return [e.question for i, e in existing.items() if e.status == "ok" and i not in redone]
 
-    def _slots(self, region: dict) -> list[DraftSpec]:
+    def _slots(self, region: dict, yes: list[int]) -> list[DraftSpec]:
+        """The region's slots: its localization "yes" of template slots ``yes``, then the rest."""
         p, o = self.prompts.for_region(region), self.opt
         loc_drafter = "llm" if o.paraphrase else "templates"
-        specs = [
-            DraftSpec("localization", s, loc_drafter)
-            for s in pick_slots(region["id"], len(p.localization), o.localization_per_region)
-        ]
+        specs = [DraftSpec("localization", s, loc_drafter) for s in yes]
         n_attr = (
             o.attributes_per_region
             if o.drafter == "llm"
@@ -176,9 +201,25 @@ class Planner:
         quota += self.balance[source].extra.get(region["image_id"], 0)
         return absent_targets(region, candidates, image_regions, quota, n)
 
-    def unbalanced(self) -> dict[str, Balance]:
-        """The sources whose images have too few absent structures for as many "no" as "yes"."""
-        return {source: b for source, b in self.balance.items() if b.short > 0}
+    def _yes_kept(self, region: dict) -> int:
+        """How many of its localization "yes" the region keeps: all, unless its source cannot balance
+        them and its surplus "yes" are left out (drafting.balance.YesCut)."""
+        source, n = region["source"]["name"], self.opt.localization_per_region
+        cut = self.yes_cuts.get(source)
+        candidates = absent_candidates(region, self.structures.get(source, []))
+        if cut is None or candidates is None:
+            return n
+        image_regions = self.catalog.image_region_labels(region["image_id"])
+        img = ImageAbsence(region["image_id"], len(image_regions), len(candidates))
+        return cut.kept(img, image_regions.index(region["label"]), n)
+
+    def unbalanced(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per source whose images have too few absent structures for as many "no" as "yes": ("no"
+        planned, "no" as many as its "yes" would be, "yes" left out to balance them, "yes" in all)."""
+        n = self.opt.localization_per_region
+        return {source: (b.planned, b.target, n * b.regions - b.yes_kept(n) if source in self.yes_cuts else 0,
+                         n * b.regions)
+                for source, b in self.balance.items() if b.short > 0}
 
     def _needs_work(self, old: Existing | None, spec: DraftSpec) -> bool:
         if old is None or self.opt.force or old.status == "error":

@@ -13,6 +13,10 @@ import io
 import json
 import logging
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -26,7 +30,8 @@ from release_fixtures import make_build, read_jsonl
 
 from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
-from vgmed_build.export import FORMATS, ExportOptions, export
+from vgmed_build.export import FORMATS, HF_CACHE_PREFIX, ExportOptions, export
+from vgmed_build.owned_dirs import MARK, MARKER, owned_tempdir
 from vgmed_build.release import ReleaseOptions, build_release
 from vgmed_build.release_format import ATTRIBUTE_FILE, LOCALIZATION_FILE
 from vgmed_build.validate import validate_release
@@ -267,3 +272,58 @@ def test_a_dropped_config_is_removed_with_its_folder(rel, tmp_path):
                 out / "data/control_localization/test-00000-of-00001.parquet")
     export(rel, FORMATS["hf"], out, ExportOptions())
     assert sorted(p.name for p in (out / "data").iterdir()) == ["attribute", "localization"]
+
+
+# A real `vgmed-build export` in its own process, each Hub row held back 20 ms so that the kill lands while
+# datasets' Arrow cache is being written (the export's own code, only slower).
+_SLOW_EXPORT = (
+    "import sys, time; import vgmed_build.export as e; rows = e.hf_rows\n"
+    "def slow(**kw):\n"
+    "    for r in rows(**kw):\n"
+    "        time.sleep(0.02)\n"
+    "        yield r\n"
+    "e.hf_rows = slow\n"
+    "from vgmed_build.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def _cache_in_use(parent: Path) -> Path | None:
+    """A marked cache folder in which datasets has begun its build (its lock and incomplete folder), or None."""
+    for folder in parent.glob(f"{HF_CACHE_PREFIX}*"):
+        marker = folder / MARKER
+        if marker.is_file() and marker.read_text().startswith(MARK) and any(folder.rglob("*.incomplete*")):
+            return folder
+    return None
+
+
+@pytest.mark.parametrize("fmt", ["hf", "lmms-eval"])
+def test_a_killed_export_leaves_its_cache_and_the_next_removes_only_that(rel, tmp_path, fmt):
+    """SIGKILL mid-export leaves datasets' cache folder; the next export removes it, and leaves a folder of
+    that name vgmed did not mark, a symbolic link to a marked one, and the cache of a running export."""
+    out = tmp_path / "hub"
+    mine = tmp_path / f"{HF_CACHE_PREFIX}mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / MARKER).write_text(f"{MARK} pid 1 host x\n")
+    (tmp_path / f"{HF_CACHE_PREFIX}link").symlink_to(elsewhere)
+    with owned_tempdir(HF_CACHE_PREFIX, tmp_path) as live:  # another export, running (its marker locked)
+        (live / "shard.arrow").write_bytes(b"rows")
+        proc = subprocess.Popen([sys.executable, "-c", _SLOW_EXPORT, "export", str(rel), "--format", fmt,
+                                 "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while (left := _cache_in_use(tmp_path) if proc.poll() is None else None) in (None, live):
+            assert proc.poll() is None, "the export ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert left.is_dir() and f"pid {proc.pid} " in (left / MARKER).read_text()  # what the kill left
+        assert main(["--no-progress", "export", str(rel), "--format", fmt, "--out", str(out)]) == 0
+        assert not left.exists()
+        assert (live / "shard.arrow").read_bytes() == b"rows"
+        assert (mine / "notes.txt").read_text() == "mine" and (elsewhere / MARKER).exists()
+        assert (tmp_path / f"{HF_CACHE_PREFIX}link").is_symlink()
+    assert not live.exists()
+    assert datasets.load_dataset(str(out), split="test").num_rows > 0

@@ -46,6 +46,7 @@ from typing import Any, BinaryIO
 from vgmed_build.card import CARD_MARK, licences_of, render_card
 from vgmed_build.catalog.scratch import SeenStore
 from vgmed_build.errors import VgmedError
+from vgmed_build.owned_dirs import owned_tempdir
 from vgmed_build.release_format import (
     ATTRIBUTE_FILE,
     CARD_FILE,
@@ -69,6 +70,7 @@ PARQUET_BATCH = 256  # records turned into Arrow at a time
 PARQUET_ROW_GROUP_BYTES = 32 * 2**20  # Arrow data held before a Parquet row group is written
 HARNESS_MARK = "written by `vgmed-build export`"  # in every harness file we write (how a re-export knows it)
 HARNESS_SOURCE = "vgmed_harness.py"  # vgmed_build/harness/: the lmms-eval hooks and the VLMEvalKit class
+HF_CACHE_PREFIX = ".vgmed-hf-cache-"  # datasets' Arrow cache of a Hub shard, a folder next to the output
 HF_SHARD = re.compile(r"data/(\w+)/test-\d{5}-of-\d{5}\.parquet")
 TSV_COLUMNS = ("index", "image", "question", "answer", "category", "id", "modality", "body_part", "label")
 log = logging.getLogger(__name__)
@@ -400,10 +402,11 @@ def hf_rows(release: Release, name: str) -> Iterator[dict]:
 def write_hf_shard(fh: BinaryIO, release: Release, config: str, name: str, scratch: Path) -> None:
     """One config's shard, streamed: ``Dataset.from_generator`` writes the rows to an Arrow file in a
     temporary folder of ours in ``scratch`` (next to the output: it is as large as the shard), which
-    ``to_parquet`` reads back in batches; the folder is removed after. Same bytes as ``from_list``."""
+    ``to_parquet`` reads back in batches; the folder is removed after, and one a killed export left is
+    removed first (see :mod:`vgmed_build.owned_dirs`). Same bytes as ``from_list``."""
     from datasets import Dataset
 
-    with tempfile.TemporaryDirectory(prefix=".vgmed-hf-cache-", dir=scratch) as cache:
+    with owned_tempdir(HF_CACHE_PREFIX, scratch) as cache:
         # The fingerprint spares datasets hashing the generator's arguments (the cache is new each time).
         dataset = Dataset.from_generator(hf_rows, features=hf_features(), cache_dir=cache,
                                          gen_kwargs={"release": release, "name": name}, fingerprint=f"vgmed-{config}")

@@ -110,8 +110,9 @@ def make_build(
         c.execute("INSERT INTO sources (name, kind, spec_json) VALUES ('ct', 'dicom', '{}')")
         for i in range(n_images):
             item = f"series{i}"
-            h, w = 96 - 8 * i, 128 - 4 * i  # every image its own size, never square
-            pixels = np.roll(ct, 7 * i, axis=1)[:h, :w]
+            g = i % 12  # sizes and boxes repeat after 12 images (the memory test's builds are larger)
+            h, w = 96 - 8 * g, 128 - 4 * g  # every image its own size, never square
+            pixels = np.roll(ct, 7 * g, axis=1)[:h, :w]
             rel = f"images/ct/{item}.png"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(root / rel)
@@ -135,7 +136,7 @@ def make_build(
             )
             for k, (label, side) in enumerate(LABELS):
                 region_id = stable_id(image_id, label)
-                box = [5 + 30 * k, 10 + 5 * i, 25 + 30 * k + i, 40 + 5 * i]
+                box = [5 + 30 * k, 10 + 5 * g, 25 + 30 * k + g, 40 + 5 * g]
                 c.execute(
                     "INSERT INTO regions VALUES (?,?,?,?,?,?)",
                     (region_id, image_id, "ct", label, "CT", json.dumps({"plane": plane} if plane else {})),

@@ -13,10 +13,23 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 ORG_CREATED = "2026-01-01T00:00:00Z"
+
+
+def now_z() -> str:
+    """The server's clock as Label Studio writes times (and, equally long, compares them as text)."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def task_updated(task: dict) -> str:
+    """When a task was last saved: imported or refreshed, or an annotation of it saved (the tests also
+    put annotations on tasks by hand)."""
+    return max([task.get("updated_at", ""), *(a.get("updated_at") or "" for a in task["annotations"]
+                                               if isinstance(a, dict))])
 
 
 @dataclass
@@ -140,7 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
                 ids = []
                 for t in body:
                     tid = s.new_id()
-                    s.tasks[tid] = {"id": tid, "project": pid, "data": t["data"], "annotations": []}
+                    s.tasks[tid] = {"id": tid, "project": pid, "data": t["data"], "annotations": [],
+                                    "updated_at": now_z()}
                     ids.append(tid)
                 return {"task_count": len(ids), "task_ids": ids}
 
@@ -162,10 +176,21 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 4 and parts[2] == "tasks" and self.command == "DELETE":
             s.tasks.pop(int(parts[3]), None)
             return self._send(204, raw=b"")
+        if path == "/api/tasks" and self.command == "GET":  # the Data Manager's list: ids saved after a time
+            return self._play("list", lambda: self._list(query))
+        if len(parts) == 5 and parts[2] == "tasks" and parts[4] == "annotations" and self.command == "POST":
+            body, task = self._body(), s.tasks[int(parts[3])]
+            when = now_z()
+            annotation = {"id": s.new_id(), "completed_by": 1, "result": body.get("result", []), "created_at": when,
+                          "updated_at": when, "lead_time": body.get("lead_time"), "was_cancelled": False,
+                          "task": task["id"], "project": task["project"]}
+            task["annotations"].append(annotation)
+            return self._send(201, annotation)
         if len(parts) == 4 and parts[2] == "tasks" and int(parts[3]) in s.tasks:  # push refreshing a task
             task = s.tasks[int(parts[3])]
             if self.command == "PATCH":
                 task["data"] = self._body()["data"]
+                task["updated_at"] = now_z()
             return self._send(200, {**task, "total_annotations": len(task["annotations"]),
                                     "cancelled_annotations": 0})
         if path == "/api/predictions" and self.command == "GET":
@@ -179,6 +204,15 @@ class _Handler(BaseHTTPRequestHandler):
             s.predictions.pop(int(parts[3]), None)
             return self._send(204, raw=b"")
         return self._send(404, {"detail": f"mimic: no {self.command} {path}"})
+
+    def _list(self, query: dict) -> dict:
+        """The project's task ids saved after the time of the one filter review pull sends, by id, a page."""
+        pid, (item,) = int(query["project"][0]), json.loads(query["query"][0])["filters"]["items"]
+        assert (item["filter"], item["operator"]) == ("filter:tasks:updated_at", "greater"), item
+        found = sorted(t["id"] for t in self.state.tasks.values()
+                       if t["project"] == pid and task_updated(t) > item["value"])
+        size, page = int(query["page_size"][0]), int((query.get("page") or ["1"])[0])
+        return {"total": len(found), "tasks": [{"id": i} for i in found[(page - 1) * size : page * size]]}
 
     def _project(self, p: dict) -> dict:
         n = sum(t["project"] == p["id"] for t in self.state.tasks.values())
@@ -201,7 +235,7 @@ class Mimic:
 
     def fail(self, endpoint: str, kind: str, times: int = 99) -> None:
         """Fail the next ``times`` requests to ``endpoint`` ("create_project", "project" (GET), "import",
-        "export") with
+        "export", "list": the Data Manager's task list) with
         ``kind`` ("500", "close", "cut", "truncated", "garbage", or "gone": every project deleted, then 404)."""
         self.state.faults[endpoint] = [kind, times]
 
@@ -211,3 +245,12 @@ class Mimic:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+if __name__ == "__main__":  # a mimic in a process of its own, so its memory is not the measured stage's
+    import sys
+
+    server = Mimic()
+    print(server.url, flush=True)
+    sys.stdin.read()  # serves until the parent closes our stdin
+    server.stop()

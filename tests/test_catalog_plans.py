@@ -52,15 +52,9 @@ WHOLE_TABLE = {
     "SELECT source, label, MIN(json_extract(": "generate: every source's structures, once (what absent "
     "questions may ask about)",
     "SELECT COUNT(*) FROM drafts WHERE status IN": "review push: its progress total, one count per run",
-    "SELECT COUNT(*) FROM review_tasks WHERE project=": "review push: the tasks recorded, counted once per run "
-    "(more on the server means an interrupted push left some)",
-    "SELECT id FROM drafts": "review push: the build's draft ids, once (adoption of orphan tasks)",
     "SELECT project, COUNT(*) FROM review_tasks GROUP BY": "review status: tasks per project",
-    "SELECT draft_id, task_id, content_hash FROM review_tasks WHERE project=": "review pull: every pushed task "
-    "of the project, loaded once (nearly the whole table: there are two projects)",
-    "SELECT task_id FROM review_tasks WHERE project=": "review pull: the project's task ids, once",
-    "SELECT annotation_id, revision FROM review_events WHERE project=": "review pull: what was pulled "
-    "before, loaded once",
+    "SELECT COUNT(*) FROM review_events WHERE project=": "review pull: the events kept, counted once for the "
+    "error when the project is gone from the server",
     "SELECT draft_id, project, record_json FROM review_events": "decisions: every review event, once",
     "SELECT id, record_json FROM drafts": "decisions: every draft, once",
     "SELECT source, image_id, COUNT(*), MIN(json_extract(": "generate: regions per image, streamed once per "

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from datetime import timedelta
 
 import pytest
 from labelstudio_fixture import dump, make_build
 from labelstudio_mimic import Mimic
 
 from vgmed_build.cli import main
+from vgmed_build.review import pull as pull_module
 from vgmed_build.review.api import LabelStudioError
 from vgmed_build.review.convert import InvalidAnnotation, draft_prediction, read_annotation
 from vgmed_build.review.pull import Collector, PullReport, pull, reviewer_id
+from vgmed_build.review.push import push
 from vgmed_build.review.server import ServerInfo
 from vgmed_build.review.state import load_drafts
 from vgmed_build.review.tasks import task_payload
@@ -390,3 +394,94 @@ def test_push_streams_batches_and_refreshes_only_changed_unreviewed_tasks(tmp_pa
     rewritten = {t for t in tasks.values() if json.dumps(mimic.state.tasks[t]["data"]) != before[t]}
     assert rewritten == {tasks[changed]}
     assert not any("import" in r for r in mimic.state.requests)
+
+
+# ---------------------------------------------------------------- pull in constant memory (issue 27)
+
+
+def test_pull_streams_slices_pages_and_a_whole_export_batch_by_batch(tmp_path, mimic, capsys, monkeypatch):
+    """An interrupted push leaves tasks the catalog never recorded: the pull parses the whole export as a
+    stream, a few tasks at a time, and stores what each batch brings (a failure keeps the earlier
+    batches, not the marks). The push that recovers the tasks records them batch by batch and deletes an
+    unannotated twin; later pulls export the recorded tasks in slices, then only those saved since."""
+    from vgmed_build.review import api
+
+    monkeypatch.setattr(api, "EXPORT_BATCH", 2)
+    monkeypatch.setattr(api, "EXPORT_SLICE", 2)
+    monkeypatch.setattr(api, "LIST_PAGE", 3)
+    catalog = make_build(tmp_path / "b", n_images=2)
+    build = str(catalog.build_dir)
+    monkeypatch.setenv("VGMED_REVIEW_FAIL_AFTER_IMPORTS", "1")
+    with pytest.raises(RuntimeError, match="simulated crash after import request 1"):
+        push(catalog, ServerInfo(mimic.url, api_key="mimic-token-0123456789", document_root=catalog.build_dir),
+             batch_size=8, progress=False)
+    monkeypatch.delenv("VGMED_REVIEW_FAIL_AFTER_IMPORTS")
+    tasks = sorted(mimic.state.tasks.values(), key=lambda t: t["id"])
+    assert len(tasks) == 8 and catalog.review_tasks("review") == {}
+    for t in tasks:
+        t["annotations"] = [_annotation(1000 + t["id"], 7, [VERDICT_ACCEPT])]
+    twin = {**json.loads(json.dumps(tasks[3])), "id": mimic.state.new_id(), "annotations": []}
+    mimic.state.tasks[twin["id"]] = twin
+
+    # The whole export breaks off after the first batches arrived: those are kept, the mark is not set.
+    mimic.fail("export", "truncated", times=1)
+    code, _, err = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build)
+    assert code == 2 and "the answer is not valid JSON (cut short?)" in err, err
+    kept = len(list(catalog.review_event_records()))
+    assert 0 < kept < 8 and catalog.get_state("review.pull_since.review") is None
+    code, out, err = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build)
+    assert code == 0 and f"pulled {8 - kept} new review event(s)" in out, (out, err)
+    assert sorted(r["task_id"] for _, _, r in catalog.review_event_records()) == [t["id"] for t in tasks]
+
+    code, out, err = _cli(capsys, mimic, monkeypatch, "review", "push", "--build", build, "--batch-size", "8")
+    assert code == 0 and "8 recovered" in out, (out, err)
+    assert twin["id"] not in mimic.state.tasks  # the unannotated twin is gone, its draft's first task recorded
+    recorded = {t: d for d, (t, _) in catalog.review_tasks("review").items()}
+    assert {t["id"]: t["data"]["draft_id"] for t in tasks}.items() <= recorded.items()
+    assert len(recorded) == len(load_drafts(catalog))
+
+    # Every task recorded: slices of 2 ids from pages of 3, then only the tasks saved since the mark.
+    monkeypatch.setattr(pull_module, "SINCE_MARGIN", timedelta(0))  # 5 min would count every task here
+    time.sleep(1.1)  # the server's Date header counts whole seconds: the mark falls after the push
+    mimic.state.requests.clear()
+    code, out, _ = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build)
+    assert code == 0 and "pulled 0 new review event(s)" in out
+    project = tasks[0]["project"]
+    assert len(recorded) == 12  # 4 pages of 3 ids, each exported in slices of 2 and 1
+    assert mimic.state.requests.count(f"GET /api/projects/{project}/export") == 4 * 2
+    latest = "2099-01-01T00:00:00.000000Z"  # after any mark
+    revised = [tasks[0], tasks[5]]
+    for t in revised:
+        t["annotations"].append(_annotation(2000 + t["id"], 8, [VERDICT_ACCEPT], when=latest))
+    mimic.state.requests.clear()
+    code, out, _ = _cli(capsys, mimic, monkeypatch, "review", "pull", "--build", build)
+    assert code == 0 and "pulled 2 new review event(s)" in out, out
+    assert mimic.state.requests.count(f"GET /api/projects/{project}/export") == 1  # both ids in one slice
+    assert mimic.state.requests.count("GET /api/tasks") == 3  # counted, then listed twice: checked, exported
+    assert len(list(catalog.review_event_records())) == 10
+
+
+def test_the_sdk_client_leaves_no_response_to_the_garbage_collector(tmp_path, mimic):
+    """httpx keeps each response (and its body) in a reference cycle; the review stage's client does not,
+    so a pull's memory does not grow with its requests while the collector waits."""
+    import gc
+
+    from vgmed_build.review.api import request
+    from vgmed_build.review.server import connect
+
+    client = connect(ServerInfo(mimic.url, api_key="mimic-token-0123456789"))
+    request(client, "GET", "api/organizations/")
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(5):
+            assert request(client, "GET", "api/organizations/")[0]["id"] == 1
+            client.users.whoami()
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if type(o).__module__.startswith(("httpx", "httpcore"))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []

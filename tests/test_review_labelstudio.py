@@ -336,7 +336,7 @@ def test_pull_by_parallel_slices_gets_every_annotation_once(labelstudio, tmp_pat
     reviewed = sorted(drafts)[1:]  # one task stays unreviewed: the export leaves it out
     created = {annotate(client, ids[d], "accept", drafts[d]).id for d in reviewed}
     with pytest.raises(LabelStudioError, match="HTTP 404"):  # a failing slice fails the whole export
-        list(api.export_annotated(client, 10**9, sorted(ids.values()), concurrency=3))
+        list(api.export_annotated(client, 10**9, [sorted(ids.values())], concurrency=3))
     monkeypatch.setattr(api, "EXPORT_SLICE", 2)  # many slices, several in flight, arriving in any order
     sliced = pull(catalog, labelstudio, progress=False, concurrency=3)
     assert (sliced.new_events, sliced.errors) == (len(reviewed), [])

@@ -22,10 +22,13 @@ from synthetic_source import make_samed2d
 from vgmed_build import api
 from vgmed_build import export as export_module
 from vgmed_build.export import FORMATS, export
+from vgmed_build.review import api as review_api
 
 pytestmark = pytest.mark.slow
 
 N = 100
+REVIEW_BATCH = 32  # drafts per import request (500 by default: more than N)
+VERDICT_ACCEPT = {"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": ["accept"]}}
 GROWTH = 1.2
 # Cyclic garbage (PIL image objects, datetimes) waits for the collector: the peak of two runs differs by
 # up to ~150 KB whatever their size (the memory left after either run is ~50 KB). A stage that held
@@ -48,6 +51,41 @@ def _peak(run: Callable[[], object]) -> int:
         pa.set_memory_pool(default)
 
 
+def _review_peaks(tmp: Path, n: int) -> dict[str, int]:
+    """review push and pull of ~``n`` drafts (a build of six drafts per image) against the Label Studio
+    mimic in a process of its own: its tasks are the server's memory, not the stage's."""
+    from labelstudio_fixture import make_build
+
+    from vgmed_build.review.pull import pull
+    from vgmed_build.review.push import push
+    from vgmed_build.review.server import ServerInfo, connect
+
+    catalog = make_build(tmp / "review", n_images=max(1, n // 6))
+    mimic = subprocess.Popen([sys.executable, str(Path(__file__).with_name("labelstudio_mimic.py"))],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        server = ServerInfo(mimic.stdout.readline().strip(), api_key="mimic-token-0123456789",
+                            document_root=tmp)
+        peaks = {
+            "review push": _peak(lambda: push(catalog, server, progress=False, batch_size=REVIEW_BATCH)),
+            # Every draft unchanged: checked a batch at a time against its recorded task.
+            "review push rerun": _peak(lambda: push(catalog, server, progress=False, batch_size=REVIEW_BATCH)),
+        }
+        client = connect(server)
+        for (task_id,) in catalog.conn.execute("SELECT task_id FROM review_tasks"):
+            client.annotations.create(id=task_id, result=[VERDICT_ACCEPT], lead_time=2.0)
+        peaks["review pull"] = _peak(lambda: pull(catalog, server, progress=False))
+        # Every task exported again, every revision known.
+        peaks["review pull rerun"] = _peak(lambda: pull(catalog, server, progress=False, full=True))
+        assert len(catalog.conn.execute("SELECT id FROM review_events").fetchall()) == len(
+            catalog.conn.execute("SELECT draft_id FROM review_tasks").fetchall())
+        return peaks
+    finally:
+        catalog.close()
+        mimic.stdin.close()
+        mimic.wait(timeout=30)
+
+
 def _stage_peaks(tmp: Path, n: int) -> dict[str, int]:
     source = make_samed2d(tmp / "SAMed2Dv1", n, size=64)
     build, release = tmp / "build", tmp / "release"
@@ -66,6 +104,7 @@ def _stage_peaks(tmp: Path, n: int) -> dict[str, int]:
         "validate": _peak(lambda: api.validate(release)),
         # Every format: records (and Arrow batches, Parquet row groups) streamed.
         **{f"export {fmt}": _peak(lambda fmt=fmt: export(release, FORMATS[fmt], tmp / fmt)) for fmt in FORMATS},
+        **_review_peaks(tmp, n),
     }
 
 
@@ -75,6 +114,10 @@ def _measure(tmp: Path) -> tuple[dict[str, int], dict[str, int]]:
     # turned into Arrow at a time (256: ~1.3 MB of Python dicts, more than N's files hold).
     export_module.PARQUET_ROW_GROUP_BYTES = 64 * 1024
     export_module.PARQUET_BATCH = 32
+    # Review's batches too (500 drafts per import request, 200 task ids per export request, 1,000 per page):
+    # 16 tasks per export slice, 32 task ids per page of the catalog.
+    review_api.EXPORT_SLICE = 16
+    review_api.LIST_PAGE = 32
     _stage_peaks(tmp / "warm-up", N)  # N, not fewer: one-off costs (imports, caches) of a run of N land here
     return _stage_peaks(tmp / "n", N), _stage_peaks(tmp / "8n", 8 * N)
 
@@ -101,6 +144,7 @@ def _growth(peaks: tuple[dict[str, int], dict[str, int]], stages: set[str]) -> d
 
 
 INGEST = {"ingest", "ingest rerun"}
+REVIEW = {"review push", "review push rerun", "review pull", "review pull rerun"}
 
 
 def test_ingest_peak_memory_is_the_same_at_n_and_8n(peaks):
@@ -115,4 +159,11 @@ def test_later_stages_peak_memory_is_the_same_at_n_and_8n(peaks):
     manifest written entry by entry), validate (records, ids, images and the manifest's file list
     streamed), export in every format (manifest and records streamed; Parquet a row group at a time,
     the Hub layout through ``datasets``' Arrow cache on disk)."""
-    assert _growth(peaks, set(peaks[0]) - INGEST) == {}
+    assert _growth(peaks, set(peaks[0]) - INGEST - REVIEW) == {}
+
+
+def test_review_peak_memory_is_the_same_at_n_and_8n(peaks):
+    """review push (drafts a batch at a time by id, their recorded tasks by draft id) and review pull (task
+    ids a page at a time, exports a slice at a time, each slice's tasks, drafts and stored revisions
+    looked up and stored together), first runs and reruns, against the mimic in its own process."""
+    assert _growth(peaks, REVIEW) == {}

@@ -8,6 +8,14 @@ from collections.abc import Container, Iterator
 from vgmed_build.catalog.base import CatalogBase, Writes, now_iso
 
 WITHDRAWN_TASKS_KEY = "review.withdrawn_tasks"  # state: [[project_id, task_id], ...] the next push deletes
+_DRAFTS_WITH_IMAGES = ("SELECT d.id, d.record_json, i.width, i.height, r.record_json FROM drafts d "
+                       "JOIN regions r ON r.id = d.region_id JOIN images i ON i.id = r.image_id")
+
+
+def _parts(keys: list) -> Iterator[list]:
+    """``keys`` 500 at a time: an ``IN (...)`` list well under SQLite's limit on bound parameters."""
+    for start in range(0, len(keys), 500):
+        yield keys[start : start + 500]
 
 
 class ReviewQueries(CatalogBase):
@@ -30,9 +38,8 @@ class ReviewQueries(CatalogBase):
         last = ""  # every draft id is a non-empty string: all sort after ""
         while True:
             rows = self.conn.execute(
-                "SELECT d.id, d.record_json, i.width, i.height, r.record_json FROM drafts d "
-                "JOIN regions r ON r.id = d.region_id JOIN images i ON i.id = r.image_id "
-                f"WHERE d.status IN ({','.join('?' * len(statuses))}) AND d.id > ? ORDER BY d.id LIMIT ?",
+                f"{_DRAFTS_WITH_IMAGES} WHERE d.status IN ({','.join('?' * len(statuses))}) AND d.id > ? "
+                "ORDER BY d.id LIMIT ?",
                 (*statuses, last, chunk),
             ).fetchall()
             for _, rec, w, h, region in rows:
@@ -41,6 +48,17 @@ class ReviewQueries(CatalogBase):
                 return
             last = rows[-1][0]
 
+    def ok_drafts_with_images_of(self, ids: list[str]) -> Iterator[tuple[dict, int, int, dict]]:
+        """:meth:`ok_drafts_with_images` for the ok drafts among ``ids`` only, looked up by id (review pull:
+        the drafts of one batch of exported tasks)."""
+        for part in _parts(ids):
+            rows = self.conn.execute(
+                f"{_DRAFTS_WITH_IMAGES} WHERE d.id IN ({','.join('?' * len(part))}) AND d.status='ok' ORDER BY d.id",
+                part,
+            ).fetchall()
+            for _, rec, w, h, region in rows:
+                yield json.loads(rec), w, h, json.loads(region or "{}")
+
     def count_ok_drafts(self, with_rejected: bool = False) -> int:
         """How many drafts ``ok_drafts_with_images`` yields (a progress total)."""
         statuses = ("ok", "rejected") if with_rejected else ("ok",)
@@ -48,8 +66,13 @@ class ReviewQueries(CatalogBase):
             f"SELECT COUNT(*) FROM drafts WHERE status IN ({','.join('?' * len(statuses))})", statuses
         ).fetchone()[0]
 
-    def draft_ids(self) -> set[str]:
-        return {d for (d,) in self.conn.execute("SELECT id FROM drafts")}
+    def existing_draft_ids(self, ids: list[str]) -> set[str]:
+        """Those of ``ids`` that name a draft of this build (any status), looked up by id."""
+        found: set[str] = set()
+        for part in _parts(ids):
+            found.update(d for (d,) in self.conn.execute(
+                f"SELECT id FROM drafts WHERE id IN ({','.join('?' * len(part))})", part))
+        return found
 
     def ok_draft_ids(self) -> set[str]:
         return {d for (d,) in self.conn.execute("SELECT id FROM drafts WHERE status='ok'")}
@@ -75,8 +98,7 @@ class ReviewQueries(CatalogBase):
         """draft id -> (task id, content hash pushed) of the tasks recorded for ``project`` among
         ``draft_ids``: looked up by the primary key (one batch at a time), never the whole table."""
         found: dict[str, tuple[int, str]] = {}
-        for start in range(0, len(draft_ids), 500):  # well under SQLite's limit on bound parameters
-            part = draft_ids[start : start + 500]
+        for part in _parts(draft_ids):
             rows = self.conn.execute(
                 f"SELECT draft_id, task_id, content_hash FROM review_tasks WHERE draft_id IN "
                 f"({','.join('?' * len(part))}) AND project=?",
@@ -89,9 +111,29 @@ class ReviewQueries(CatalogBase):
         """How many tasks are recorded for ``project``."""
         return self.conn.execute("SELECT COUNT(*) FROM review_tasks WHERE project=?", (project,)).fetchone()[0]
 
-    def review_task_ids(self, project: str) -> list[int]:
-        """The task ids recorded for ``project``, ascending."""
-        return sorted(t for (t,) in self.conn.execute("SELECT task_id FROM review_tasks WHERE project=?", (project,)))
+    def review_tasks_by_id(self, project: str, task_ids: list[int]) -> dict[int, tuple[str, str]]:
+        """task id -> (draft id, content hash pushed) of the tasks recorded for ``project`` among ``task_ids``
+        (index ``review_tasks_task``)."""
+        found: dict[int, tuple[str, str]] = {}
+        for part in _parts(task_ids):
+            rows = self.conn.execute(
+                f"SELECT task_id, draft_id, content_hash FROM review_tasks WHERE project=? AND task_id IN "
+                f"({','.join('?' * len(part))})",
+                (project, *part),
+            ).fetchall()
+            found.update((t, (d, h)) for t, d, h in rows)
+        return found
+
+    def review_task_id_pages(self, project: str, size: int) -> Iterator[list[int]]:
+        """The task ids recorded for ``project``, ascending, ``size`` at a time after the last one seen (no
+        cursor stays open while review pull stores what a page brought)."""
+        last = -1
+        while page := [t for (t,) in self.conn.execute(
+            "SELECT task_id FROM review_tasks WHERE project=? AND task_id > ? ORDER BY task_id LIMIT ?",
+            (project, last, size),
+        )]:
+            yield page
+            last = page[-1]
 
     def review_tasks_per_project(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT project, COUNT(*) FROM review_tasks GROUP BY project").fetchall())
@@ -109,9 +151,21 @@ class ReviewQueries(CatalogBase):
         with self.transaction():
             self.conn.execute("DELETE FROM review_tasks WHERE project=?", (project,))
 
-    def review_event_keys(self, project: str) -> set[tuple[int, str]]:
-        """(annotation id, revision) of every event of ``project`` already stored."""
-        return set(self.conn.execute("SELECT annotation_id, revision FROM review_events WHERE project=?", (project,)))
+    def review_event_keys_of(self, project: str, annotation_ids: list[int]) -> set[tuple[int, str]]:
+        """(annotation id, revision) of the events of ``project`` already stored for ``annotation_ids``
+        (looked up by the UNIQUE(annotation_id, revision) index)."""
+        found: set[tuple[int, str]] = set()
+        for part in _parts(annotation_ids):
+            found.update(self.conn.execute(
+                f"SELECT annotation_id, revision FROM review_events WHERE annotation_id IN "
+                f"({','.join('?' * len(part))}) AND project=?",
+                (*part, project),
+            ))
+        return found
+
+    def count_review_events(self, project: str) -> int:
+        """How many review events of ``project`` are stored."""
+        return self.conn.execute("SELECT COUNT(*) FROM review_events WHERE project=?", (project,)).fetchone()[0]
 
     def review_event_records(self) -> Iterator[tuple[str, str, dict]]:
         """(draft id, project, record) of every review event, in pull order."""

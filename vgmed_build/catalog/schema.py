@@ -165,6 +165,11 @@ MIGRATIONS: list[str] = [
         UNIQUE (project, task_id, annotation_id, revision, problem)
     );
     """,
+    # v7: review pull looks up the recorded task of each exported task by its id, a batch at a time, and
+    # pages the recorded task ids in order (issue 27: it no longer loads every task of the project).
+    """
+    CREATE INDEX review_tasks_task ON review_tasks(project, task_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

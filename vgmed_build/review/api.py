@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -30,6 +31,7 @@ def _failure(exc: BaseException) -> str | None:
     """What went wrong, in words, for a failure of the server or of the connection to it; None for
     anything else (a bug, or our own refusal, which keeps its message)."""
     import httpx
+    import ijson
     from label_studio_sdk.core.api_error import ApiError
 
     if isinstance(exc, ServerFailure):
@@ -39,8 +41,8 @@ def _failure(exc: BaseException) -> str | None:
         if exc.status_code is not None and exc.status_code < 300:  # the SDK's wrapper of an unreadable answer
             return f"the answer is not valid JSON (cut short?): {body[:200]!r}"
         return f"HTTP {exc.status_code}: {body[:300]}"
-    if isinstance(exc, json.JSONDecodeError):
-        return f"the answer is not valid JSON (cut short?): {exc}"
+    if isinstance(exc, json.JSONDecodeError | ijson.JSONError):
+        return f"the answer is not valid JSON (cut short?): {' '.join(str(exc).split())[:200]}"
     if isinstance(exc, httpx.RemoteProtocolError):
         return f"the server closed the connection before answering in full ({exc})"
     if isinstance(exc, httpx.TimeoutException):
@@ -74,14 +76,20 @@ MAX_FILES_PER_UPLOAD = 100  # Label Studio's limit for one multipart import
 # 4 KB request line that gunicorn and proxies accept by default and under Django's 1,000-parameter cap.
 EXPORT_SLICE = 200
 EXPORT_CONCURRENCY = 3  # parallel slices: on two cores, 2-3 beat both 1 and 4 (benchmarks/RESULTS.md)
+LIST_PAGE = 1000  # task ids per page of the Data Manager's task list
+EXPORT_BATCH = 200  # tasks of a whole export handed on at a time (parsed as a stream, never held whole)
 
 
 def _send(client: LabelStudioClient, method: str, path: str, **kwargs):
     resp = client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
+    _check_status(resp, method, path)
+    return resp
+
+
+def _check_status(resp, method: str, path: str) -> None:
     if resp.status_code >= 400:
         text = " ".join(resp.text.split())[:300]
         raise ServerFailure(f"Label Studio answered HTTP {resp.status_code} to {method} /{path}: {text}")
-    return resp
 
 
 def request(client: LabelStudioClient, method: str, path: str, **kwargs) -> object:
@@ -112,29 +120,44 @@ def answer_field(answer: object, key: str, request_line: str, kind: type = objec
     return value
 
 
-def changed_task_ids(client: LabelStudioClient, project_id: int, since: datetime, limit: int) -> list[int] | None:
-    """Ids of the project's tasks saved after ``since`` (an annotation saved or revised updates its
-    task); None when more than ``limit`` changed, since exporting them all is then no dearer.
-
-    Uses the Data Manager's task filter: counting costs ~50 ms, listing ~1 ms per task.
-    """
+def _changed_query(project_id: int, since: datetime) -> dict:
+    """The Data Manager's task list of ``project_id``, ids only, of the tasks saved after ``since``, by id."""
     value = since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the only format it parses
     item = {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": value}
-    params = {
+    return {
         "project": project_id,
         "fields": "task_only",
         "include": "id",
         "query": json.dumps({"filters": {"conjunction": "and", "items": [item]}}),
     }
-    total = answer_field(request(client, "GET", "api/tasks/", params={**params, "page_size": 1}), "total",
-                         "GET /api/tasks/", int)
-    if total > limit:
-        return None
-    if total == 0:
-        return []
-    listed = answer_field(request(client, "GET", "api/tasks/", params={**params, "page_size": total}), "tasks",
-                          "GET /api/tasks/", list)
-    return [answer_field(t, "id", "GET /api/tasks/", int) for t in listed]
+
+
+def count_changed_tasks(client: LabelStudioClient, project_id: int, since: datetime) -> int:
+    """How many of the project's tasks were saved after ``since`` (an annotation saved or revised updates
+    its task); the Data Manager's task filter counts them in ~50 ms."""
+    params = {**_changed_query(project_id, since), "page_size": 1}
+    return answer_field(request(client, "GET", "api/tasks/", params=params), "total", "GET /api/tasks/", int)
+
+
+def changed_task_pages(client: LabelStudioClient, project_id: int, since: datetime, total: int) -> Iterator[list[int]]:
+    """Ids of the ``total`` tasks saved after ``since``, ``LIST_PAGE`` at a time (~1 ms per task).
+
+    The list is in id order: a task saved while it is read can only join it (its time only grows), which
+    repeats an id of the next page, never skips one; and it is after the pull's mark anyway.
+    """
+    params = _changed_query(project_id, since)
+    for page in range(1, -(-total // LIST_PAGE) + 1):
+        listed = answer_field(request(client, "GET", "api/tasks/", params={**params, "page": page,
+                                                                           "page_size": LIST_PAGE}),
+                              "tasks", "GET /api/tasks/", list)
+        yield [answer_field(t, "id", "GET /api/tasks/", int) for t in listed]
+
+
+def _export_params(all_tasks: bool, ids: Sequence[int] | None) -> dict:
+    params: dict = {"exportType": "JSON", "download_all_tasks": "true" if all_tasks else "false"}
+    if ids:
+        params["ids[]"] = list(ids)  # the SDK's client repeats the key once per id
+    return params
 
 
 def export_tasks(client: LabelStudioClient,
@@ -143,14 +166,11 @@ def export_tasks(client: LabelStudioClient,
 
     ``all_tasks=False`` returns only tasks that have at least one annotation; ``ids`` only those tasks.
     """
-    params: dict = {"exportType": "JSON", "download_all_tasks": "true" if all_tasks else "false"}
-    if ids:
-        params["ids[]"] = list(ids)  # the SDK's client repeats the key once per id
     data = request(
         client,
         "GET",
         f"api/projects/{project_id}/export",
-        params=params,
+        params=_export_params(all_tasks, ids),
         request_options={"timeout_in_seconds": 900},
     )
     return check_export(data or [])
@@ -162,30 +182,92 @@ def check_export(data: object) -> list[dict]:
     if not isinstance(data, list):
         raise ServerFailure(f"the export is {type(data).__name__}, not a list of tasks")
     for i, task in enumerate(data):
-        ok = isinstance(task, dict) and isinstance(task.get("id"), int) and not isinstance(task["id"], bool)
-        if not ok or not isinstance(task.get("annotations", []), list):
-            raise ServerFailure(f"entry {i + 1} of the export is not a task with an id and a list of annotations: "
-                                f"{json.dumps(task, default=str)[:120]}")
+        check_task(i, task)
     return data
 
 
+def check_task(i: int, task: object) -> dict:
+    """Entry ``i`` (from 0) of an export when it is a task with an integer id and a list of annotations."""
+    ok = isinstance(task, dict) and isinstance(task.get("id"), int) and not isinstance(task["id"], bool)
+    if not ok or not isinstance(task.get("annotations", []), list):
+        raise ServerFailure(f"entry {i + 1} of the export is not a task with an id and a list of annotations: "
+                            f"{json.dumps(task, default=str)[:120]}")
+    return task
+
+
+class _Body:
+    """An HTTP answer's body as the file ijson reads, block by block as it arrives."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self.blocks, self.head = blocks, b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self.head) < size:
+            block = next(self.blocks, None)
+            if block is None:
+                break
+            self.head += block
+        cut = len(self.head) if size < 0 else size
+        out, self.head = self.head[:cut], self.head[cut:]
+        return out
+
+
+def export_stream(client: LabelStudioClient, project_id: int, all_tasks: bool = False) -> Iterator[list[dict]]:
+    """:func:`export_tasks` of the whole project, read as a stream: its tasks ``EXPORT_BATCH`` at a time, each
+    checked as :func:`check_export` checks them, never the whole export in memory (Label Studio builds
+    it whole on its side). An answer that is not a list is read whole and refused as ``check_export`` does."""
+    import ijson
+
+    path = f"api/projects/{project_id}/export"
+    with client._client_wrapper.httpx_client.stream(path, method="GET", params=_export_params(all_tasks, None),
+                                                   request_options={"timeout_in_seconds": 900}) as resp:
+        if resp.status_code >= 400:
+            resp.read()
+            _check_status(resp, "GET", path)
+        body = _Body(resp.iter_bytes())
+        first = body.read(64).lstrip()
+        if not first.startswith(b"["):  # empty (no tasks), or not a list: read whole, refused as before
+            rest = first + body.read()
+            check_export((json.loads(rest) if rest.strip() else None) or [])
+            return
+        tasks: list[dict] = []
+        body.head = first + body.head
+        for i, task in enumerate(ijson.items(body, "item", use_float=True)):
+            tasks.append(check_task(i, task))
+            if len(tasks) == EXPORT_BATCH:
+                yield tasks
+                tasks = []
+        if tasks:
+            yield tasks
+
+
 def export_annotated(
-    client, project_id: int, task_ids: Sequence[int], concurrency: int = EXPORT_CONCURRENCY
+    client, project_id: int, pages: Iterable[Sequence[int]], concurrency: int = EXPORT_CONCURRENCY
 ) -> Iterator[tuple[int, list[dict]]]:
-    """The annotated tasks among ``task_ids``, exported in slices by parallel requests, as they arrive:
-    (ids asked for, tasks) per slice.
+    """The annotated tasks among the ids of ``pages``, exported in slices of ``EXPORT_SLICE`` ids by
+    parallel requests, as they arrive: (ids asked for, tasks) per slice.
 
     Label Studio serialises an export inside one Python process (about 2 ms per reviewed task), so
     one request cannot use more than one core; slices spread the work over the server's worker
     processes (``vgmed-build labelstudio start`` runs several). On a single-process server they
-    simply queue, at no loss. Every slice either arrives whole or raises.
+    simply queue, at no loss. Every slice either arrives whole or raises. At most ``concurrency``
+    slices are asked for or held at once, and ``pages`` is read here, in the caller's thread, as
+    slices are needed (a catalog cursor may feed it).
     """
-    slices = [task_ids[i : i + EXPORT_SLICE] for i in range(0, len(task_ids), EXPORT_SLICE)]
-    pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="ls-export")
+    slices = (page[i : i + EXPORT_SLICE] for page in pages for i in range(0, len(page), EXPORT_SLICE))
+    width = max(1, concurrency)
+    pool = ThreadPoolExecutor(width, thread_name_prefix="ls-export")
     try:
-        futures = {pool.submit(export_tasks, client, project_id, False, part): len(part) for part in slices}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+        running: dict = {}
+        for part in itertools.chain(slices, [None] * width):
+            if part is not None:
+                running[pool.submit(export_tasks, client, project_id, False, part)] = len(part)
+            if len(running) < width and part is not None:
+                continue
+            if not running:
+                return
+            done = next(as_completed(running))
+            yield running.pop(done), done.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

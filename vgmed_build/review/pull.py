@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -35,8 +36,8 @@ from vgmed_build.review.server import ServerInfo, connect
 from vgmed_build.review.state import (
     PROJECTS,
     DraftRow,
+    drafts_of,
     last_pull_key,
-    load_drafts,
     problem_line,
     project_state,
     pull_since_key,
@@ -200,30 +201,67 @@ class Collector:
         self.events.append(rec)
 
 
-def _exports(catalog: Catalog, client: LabelStudioClient, project: str, project_id: int, concurrency: int, full: bool):
-    """What to pull from one project: (tasks asked for, exported tasks) batches, their total, and the
-    mark to store once they are in: the server's clock before the export, less a safety margin."""
-    known = catalog.review_task_ids(project)
+def _exports(catalog: Catalog, client: LabelStudioClient, project: str, project_id: int, concurrency: int,
+             full: bool) -> tuple[Iterator[tuple[int, list[dict]]], int | None, str]:
+    """What to pull from one project: (tasks asked for, exported tasks) batches, their total (None for a
+    whole export: only its annotated tasks come), and the mark to store once they are in: the server's
+    clock before the export, less a safety margin.
+
+    Nothing here holds a list that grows with the project: the task ids come from the catalog or the
+    Data Manager a page at a time, a whole export is parsed as a stream.
+    """
+    known = catalog.count_review_tasks(project)
     n_tasks, server_now = api.task_count_and_clock(client, project_id)
     mark = (server_now - SINCE_MARGIN).isoformat()
-    ids: list[int] | None = known if known and n_tasks <= len(known) else None
-    since = None if full else catalog.get_state(pull_since_key(project))
-    if ids and since:
-        changed = api.changed_task_ids(client, project_id, datetime.fromisoformat(since), limit=len(known) // 2)
-        if changed is not None:
-            ids = sorted(changed) if set(changed) <= set(known) else None
-    if ids is None:
+    whole = not known or n_tasks > known
+    since = None if full or whole else catalog.get_state(pull_since_key(project))
+    if since:
+        after = datetime.fromisoformat(since)
+        changed = api.count_changed_tasks(client, project_id, after)
+        if changed <= known // 2:  # more changed: exporting every recorded task is no dearer
+            def pages() -> Iterator[list[int]]:
+                return api.changed_task_pages(client, project_id, after, changed)
+
+            # Read the list twice rather than hold it: ~1 ms per task, against ~2 ms to export one.
+            whole = any(len(catalog.review_tasks_by_id(project, p)) < len(set(p)) for p in pages())
+            if not whole:
+                return api.export_annotated(client, project_id, pages(), concurrency), changed, mark
+    if whole:
         # Tasks this catalog never recorded (an interrupted push not yet resumed, or added by hand):
         # one whole export sees them all.
         log.info("review pull: %s project %d has tasks this build did not record: whole export", project, project_id)
-        whole = api.export_tasks(client, project_id)
-        return iter([(len(whole), whole)]), len(whole), mark
-    return api.export_annotated(client, project_id, ids, concurrency), len(ids), mark
+        return ((len(batch), batch) for batch in api.export_stream(client, project_id)), None, mark
+    pages = catalog.review_task_id_pages(project, api.LIST_PAGE)
+    return api.export_annotated(client, project_id, pages, concurrency), known, mark
 
 
-def _store(catalog: Catalog, project: str, collector: Collector, mark: str | None) -> None:
-    """Store the collected events and problems in one transaction; with ``mark`` (the export finished),
-    also the pull marks, so a pull that broke off is taken up again from the previous mark."""
+def _named_draft(task: dict) -> object:
+    """The draft id a task's data names (anything, when the data were tampered with)."""
+    data = task.get("data")
+    return data.get("draft_id") if isinstance(data, dict) else None
+
+
+def _collector(catalog: Catalog, tasks: list[dict], project: str, project_id: int, server_identity: str,
+               report: PullReport) -> Collector:
+    """A collector that knows what it needs of the catalog for ``tasks`` (one batch of an export): their
+    recorded tasks, the drafts they show, the revisions of their annotations stored before."""
+    recorded = catalog.review_tasks_by_id(project, [t["id"] for t in tasks])
+    draft_ids = [recorded[t["id"]][0] if t["id"] in recorded else _named_draft(t) for t in tasks]
+    annotation_ids = [a["id"] for t in tasks for a in t.get("annotations") or []
+                      if isinstance(a, dict) and isinstance(a.get("id"), int)]
+    return Collector(
+        drafts_of(catalog, [d for d in draft_ids if isinstance(d, str)]),
+        recorded,
+        catalog.review_event_keys_of(project, annotation_ids),
+        project,
+        project_id,
+        server_identity,
+        report,
+    )
+
+
+def _store(catalog: Catalog, project: str, collector: Collector) -> None:
+    """Store the collected events and problems (one batch of tasks) in one transaction."""
     report = collector.report
     pulled_at = now_iso()
     with catalog.transaction() as tx:
@@ -234,13 +272,18 @@ def _store(catalog: Catalog, project: str, collector: Collector, mark: str | Non
                 report.known_events += 1
         for problem in collector.problems:
             report.new_problems += tx.add_review_problem(problem, pulled_at)
-        if mark is not None:
-            tx.set_state(last_pull_key(project), pulled_at)
-            tx.set_state(pull_since_key(project), mark)
     for problem in collector.problems:
         log.warning("review pull: %s", problem_line(problem))
         report.errors.append(problem_line(problem))
     collector.events, collector.problems = [], []
+
+
+def _mark(catalog: Catalog, project: str, mark: str) -> None:
+    """The export finished and all it brought is stored: the next pull starts from ``mark``. Without this
+    (a pull that broke off), the next one takes up again from the previous mark."""
+    with catalog.transaction() as tx:
+        tx.set_state(last_pull_key(project), now_iso())
+        tx.set_state(pull_since_key(project), mark)
 
 
 def _project_exists(client: LabelStudioClient, project_id: int) -> bool:
@@ -272,7 +315,6 @@ def pull(
     """
     with api.step(server.url, "connecting"):
         client = connect(server)
-    drafts = {r.id: r for r in load_drafts(catalog)}
     report = PullReport()
     states = {name: project_state(catalog, name) for name in PROJECTS}
     if not any(states.values()):
@@ -282,27 +324,27 @@ def pull(
             continue
         if state["server"] != server.identity:
             raise LabelStudioError(f"this build's {project} project lives on {state['url']}; pass --url {state['url']}")
-        tasks = {t: (d, h) for d, (t, h) in catalog.review_tasks(project).items()}
-        collector = Collector(
-            drafts, tasks, catalog.review_event_keys(project), project, state["id"], server.identity, report
-        )
+        collector = Collector({}, {}, set(), project, state["id"], server.identity, report)
         try:
             with api.step(server.url, f"exporting the {project} project ({state['id']}) for review pull"):
                 batches, total, mark = _exports(catalog, client, project, state["id"], concurrency, full)
                 with tqdm(total=total, desc=f"pull {project}", unit="task", disable=not progress) as bar:
+                    # One batch of exported tasks at a time: looked up, collected and stored together.
                     for asked, exported in batches:
+                        collector = _collector(catalog, exported, project, state["id"], server.identity, report)
                         for task in exported:
                             collector.add(task)
+                        _store(catalog, project, collector)
                         bar.update(asked)
         except BaseException as exc:
-            _store(catalog, project, collector, None)  # what arrived whole is kept; the marks stay
+            _store(catalog, project, collector)  # what arrived whole is kept; the marks stay
             if isinstance(exc, LabelStudioError) and not _project_exists(client, state["id"]):
                 raise LabelStudioError(
                     f"this build's {project} project (id {state['id']}) is gone from {server.url} (deleted?): the "
-                    f"{len(catalog.review_event_keys(project))} review event(s) pulled from it are kept in the "
+                    f"{catalog.count_review_events(project)} review event(s) pulled from it are kept in the "
                     "catalog; `vgmed-build review push` makes a new project for the drafts (pulling again cannot "
                     "succeed)"
                 ) from None
             raise
-        _store(catalog, project, collector, mark)
+        _mark(catalog, project, mark)
     return report

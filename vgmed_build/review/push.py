@@ -194,30 +194,33 @@ def _upload_resolver(catalog: Catalog, client: LabelStudioClient,
 
 
 def _adopt_orphans(catalog: Catalog, client: LabelStudioClient, name: str, project_id: int) -> int:
-    """Record tasks that reached the server but not the catalog (interrupted push); drop their twins."""
-    server_tasks: dict[str, list[dict]] = {}
-    for task in api.export_tasks(client, project_id, all_tasks=True):
-        draft_id = (task.get("data") or {}).get("draft_id")
-        if draft_id:
-            server_tasks.setdefault(draft_id, []).append(task)
-    known = catalog.review_tasks_of(name, list(server_tasks))
-    ours = catalog.draft_ids()
+    """Record tasks that reached the server but not the catalog (interrupted push); drop their twins.
+
+    The project's tasks come as a stream (:func:`api.export_stream`), a batch at a time by task id, each
+    batch looked up in the catalog by its draft ids and recorded in one transaction, so a later task of
+    the same draft (a twin a retried request made) finds the first one recorded. A twin is deleted only
+    while nobody annotated it.
+    """
     adopted = 0
-    with catalog.transaction() as tx:
-        for draft_id, tasks in server_tasks.items():
-            keep = next((t for t in tasks if t["id"] == known.get(draft_id, (None,))[0]), None)
-            keep = keep or min(tasks, key=lambda t: t["id"])
-            for t in tasks:
-                if t is not keep and not t.get("annotations"):
-                    client.tasks.delete(str(t["id"]))
-            if draft_id not in known and draft_id in ours:
-                # The hash pushed with the task: the next step refreshes the task if the draft changed since.
-                pushed_hash = keep["data"].get(HASH_KEY, "")
-                tx.add_review_tasks([(draft_id, name, project_id, keep["id"], pushed_hash, now_iso())])
-                adopted += 1
-        if adopted:
-            # They may hold annotations older than the last pull's mark: the next pull looks at every task.
-            tx.delete_state(pull_since_key(name))
+    for batch in api.export_stream(client, project_id, all_tasks=True):
+        named = sorted((t for t in batch if (t.get("data") or {}).get("draft_id")), key=lambda t: t["id"])
+        draft_ids = sorted({t["data"]["draft_id"] for t in named})
+        known = catalog.review_tasks_of(name, draft_ids)
+        ours = catalog.existing_draft_ids(draft_ids)
+        with catalog.transaction() as tx:
+            for task in named:
+                draft_id = task["data"]["draft_id"]
+                if draft_id in known:
+                    if known[draft_id][0] != task["id"] and not task.get("annotations"):
+                        client.tasks.delete(str(task["id"]))
+                elif draft_id in ours:
+                    # The hash pushed with the task: the next step refreshes the task if the draft changed since.
+                    pushed_hash = task["data"].get(HASH_KEY, "")
+                    tx.add_review_tasks([(draft_id, name, project_id, task["id"], pushed_hash, now_iso())])
+                    # It may hold annotations older than the last pull's mark: the next pull looks at every task.
+                    tx.delete_state(pull_since_key(name))
+                    known[draft_id] = (task["id"], pushed_hash)
+                    adopted += 1
     if adopted:
         log.info("adopted %d task(s) left on the server by an interrupted push", adopted)
     return adopted

@@ -367,9 +367,12 @@ def connect(server: ServerInfo) -> LabelStudioClient:
     from label_studio_sdk import LabelStudio
     from label_studio_sdk.core.api_error import ApiError
 
+    from vgmed_build.review.transport import AcyclicClient
+
     if not health(server.url):
         raise LabelStudioError(f"Label Studio at {server.url} does not answer (GET /health failed): is it running?")
-    client = LabelStudio(base_url=server.url, api_key=server.api_key, timeout=300)
+    client = LabelStudio(base_url=server.url, api_key=server.api_key, timeout=300,
+                         httpx_client=AcyclicClient(timeout=300, follow_redirects=True))
     try:
         me = client.users.whoami()
     except ApiError as exc:

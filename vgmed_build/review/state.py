@@ -37,8 +37,17 @@ def iter_drafts(catalog: Catalog, ids: Container[str] | None = None, with_reject
     image size, by id, read ``chunk`` at a time (see ``Catalog.ok_drafts_with_images``)."""
     for draft, w, h, region in catalog.ok_drafts_with_images(with_rejected, chunk):
         if ids is None or draft["id"] in ids:
-            width, height = int(draft.get("width") or w), int(draft.get("height") or h)
-            yield DraftRow(draft, width, height, region)
+            yield _row(draft, w, h, region)
+
+
+def drafts_of(catalog: Catalog, ids: Iterable[str]) -> dict[str, DraftRow]:
+    """The ok drafts among ``ids`` by id, looked up by id (review pull: one batch of tasks at a time)."""
+    return {d["id"]: _row(d, w, h, region) for d, w, h, region in catalog.ok_drafts_with_images_of(sorted(set(ids)))}
+
+
+def _row(draft: dict, width: int, height: int, region: dict) -> DraftRow:
+    """A draft row: the width and height its record gives, else its image's."""
+    return DraftRow(draft, int(draft.get("width") or width), int(draft.get("height") or height), region)
 
 
 def load_drafts(catalog: Catalog, ids: Iterable[str] | None = None, with_rejected: bool = False) -> list[DraftRow]:

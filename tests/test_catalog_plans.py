@@ -52,9 +52,8 @@ WHOLE_TABLE = {
     "SELECT source, label, MIN(json_extract(": "generate: every source's structures, once (what absent "
     "questions may ask about)",
     "SELECT COUNT(*) FROM drafts WHERE status IN": "review push: its progress total, one count per run",
+    "SELECT id FROM drafts WHERE status=": "review status and triage: the ok (or rejected) drafts' ids, once",
     "SELECT project, COUNT(*) FROM review_tasks GROUP BY": "review status: tasks per project",
-    "SELECT COUNT(*) FROM review_events WHERE project=": "review pull: the events kept, counted once for the "
-    "error when the project is gone from the server",
     "SELECT draft_id, project, record_json FROM review_events": "decisions: every review event, once",
     "SELECT id, record_json FROM drafts": "decisions: every draft, once",
     "SELECT source, image_id, COUNT(*), MIN(json_extract(": "generate: regions per image, streamed once per "

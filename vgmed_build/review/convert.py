@@ -141,7 +141,7 @@ def _text(name: str, value: dict) -> tuple[str | None, str | None]:
     return "\n".join(lines).strip(), None
 
 
-def _number(value: object) -> bool:
+def is_number(value: object) -> bool:
     """A finite JSON number (JSON true / false are not numbers, though Python's bools are ints)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -151,10 +151,10 @@ def _rectangle_problem(value: dict) -> str | None:
     for key in RECTANGLE_KEYS:
         if key not in value:
             return f"coordinate {key!r} is missing"
-        if not _number(value[key]):
+        if not is_number(value[key]):
             return f"{key} is {value[key]!r}, not a number"
     rotation = value.get("rotation")
-    if rotation is not None and not _number(rotation):
+    if rotation is not None and not is_number(rotation):
         return f"rotation is {rotation!r}, not a number"
     return None
 

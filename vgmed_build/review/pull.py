@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,7 +29,7 @@ from vgmed_build.resources import schema_errors
 from vgmed_build.review import api
 from vgmed_build.review.api import LabelStudioError
 from vgmed_build.review.client import LabelStudioClient
-from vgmed_build.review.convert import read_annotation
+from vgmed_build.review.convert import is_number, read_annotation
 from vgmed_build.review.images import IMAGE_KEY, WINDOW_KEYS
 from vgmed_build.review.server import ServerInfo, connect
 from vgmed_build.review.state import (
@@ -73,10 +72,6 @@ def _user_id(annotation: dict) -> int | None:
     return user_id if isinstance(user_id, int) and not isinstance(user_id, bool) else None
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def event_record(
     task: dict, annotation: dict, row: DraftRow, project: str, project_id: int, server_identity: str
 ) -> dict:
@@ -91,7 +86,7 @@ def event_record(
     if user_id is None:
         raise ValueError(f"completed_by {annotation.get('completed_by')!r} names no user")
     lead = annotation.get("lead_time")
-    if lead is not None and not _is_number(lead):
+    if lead is not None and not is_number(lead):
         raise ValueError(f"lead_time {lead!r} is not a number")
     for key in ("created_at", "updated_at"):
         if not isinstance(annotation.get(key), str) or not annotation[key]:

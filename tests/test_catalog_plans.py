@@ -54,7 +54,9 @@ WHOLE_TABLE = {
     "SELECT COUNT(*) FROM drafts WHERE status IN": "review push: its progress total, one count per run",
     "SELECT id FROM drafts WHERE status=": "review status and triage: the ok (or rejected) drafts' ids, once",
     "SELECT project, COUNT(*) FROM review_tasks GROUP BY": "review status: tasks per project",
-    "SELECT draft_id, project, record_json FROM review_events": "decisions: every review event, once",
+    "SELECT draft_id, project, record_json FROM review_events": "review status: every review event, once",
+    "SELECT e.draft_id, d.record_json, e.project, e.record_json FROM review_events": "decisions: every review "
+    "event with its draft, once, through the events' draft index (one reviewed draft at a time)",
     "SELECT id, record_json FROM drafts": "decisions: every draft, once",
     "SELECT source, image_id, COUNT(*), MIN(json_extract(": "generate: regions per image, streamed once per "
     "run (balancing each source's 'no' answers; only images with absent structures to spare are held)",

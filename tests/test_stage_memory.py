@@ -18,12 +18,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from judge_fixtures import plant_reviews, plant_verdicts
 from synthetic_source import make_samed2d
 
 from vgmed_build import api
 from vgmed_build import export as export_module
+from vgmed_build.catalog import open_catalog
 from vgmed_build.export import FORMATS, export
 from vgmed_build.review import api as review_api
+from vgmed_build.review.triage import select_for_review
 
 pytestmark = pytest.mark.slow
 
@@ -130,8 +133,28 @@ def _stage_peaks(tmp: Path, n: int) -> dict[str, int]:
         "validate": _peak(lambda: api.validate(release)),
         # Every format: records (and Arrow batches, Parquet row groups) streamed.
         **{f"export {fmt}": _peak(lambda fmt=fmt: export(release, FORMATS[fmt], tmp / fmt)) for fmt in FORMATS},
+        "release sampled": _sampled_release_peak(build, tmp / "sampled"),
         **_review_peaks(tmp, n),
     }
+
+
+AUDIT = 20  # reviewed drafts, the same at N and 8N: what people review is bounded by their time, not the build
+FLAGGED = 10
+
+
+def _sampled_release_peak(build: Path, out: Path) -> int:
+    """`release --policy sampled` set up as tests/test_triage.py sets it up: every ok draft judged
+    (FLAGGED flagged, and rejected by a clinician), an audit of AUDIT drafts recorded and accepted; the
+    judge-passed rest (all but 30 of 350 or 2,800 drafts) goes in unreviewed. What grows with the
+    reviewed drafts (the quality section's facts, ~1.4 KB each) is measured in benchmarks/RESULTS.md."""
+    with open_catalog(build) as cat:
+        ids = sorted(cat.ok_draft_ids())
+    plant_verdicts(build, {k: "wrong_target" if i < FLAGGED else "ok" for i, k in enumerate(ids)})
+    with open_catalog(build) as cat:
+        selection = select_for_review(cat, audit=AUDIT, target=None)
+    plant_reviews(build, {**{k: ["accept"] for k in selection.audit}, **{k: ["reject"] for k in selection.flagged}})
+    return _peak(lambda: api.release(build, out=out, policy="sampled", target_error_rate=0.5,
+                                     created="2026-01-01T00:00:00Z"))
 
 
 def _measure(tmp: Path) -> tuple[dict[str, int], dict[str, int]]:
@@ -185,7 +208,8 @@ def test_ingest_peak_memory_is_the_same_at_n_and_8n(peaks):
 
 def test_later_stages_peak_memory_is_the_same_at_n_and_8n(peaks):
     """generate (regions 128 at a time, stored drafts region by region), release (drafts 64 at a time,
-    manifest written entry by entry), validate (records, ids, images and the manifest's file list
+    manifest written entry by entry; ``--policy sampled``: the judge-passed drafts and the decisions in
+    scratch stores, each verdict looked up per draft), validate (records, ids, images and the manifest's file list
     streamed), export in every format (manifest and records streamed; Parquet a row group at a time,
     the Hub layout through ``datasets``' Arrow cache on disk)."""
     assert _growth(peaks, set(peaks[0]) - INGEST - REVIEW) == {}

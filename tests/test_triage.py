@@ -13,8 +13,16 @@ from judge_fixtures import drafted_build, plant_reviews, plant_verdicts
 
 from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
-from vgmed_build.review.decision import Decision
-from vgmed_build.review.triage import audit_estimate, audit_size, clopper_pearson, select_for_review, triage
+from vgmed_build.judge.verdicts import current_verdicts, flags
+from vgmed_build.review.decision import Decision, decide_draft, review_events, spilled_decisions
+from vgmed_build.review.triage import (
+    audit_estimate,
+    audit_size,
+    clopper_pearson,
+    sampled_release,
+    select_for_review,
+    triage,
+)
 from vgmed_build.validate import validate_release
 
 
@@ -198,3 +206,30 @@ def test_push_triage_sends_only_the_selection(labelstudio, tmp_path, monkeypatch
 def _project_id(build) -> int:
     with open_catalog(build) as cat:
         return json.loads(cat.get_state("review.project.review"))["id"]
+
+
+def test_sampled_release_and_decisions_looked_up_draft_by_draft_match_whole_table_reads(tmp_path):
+    """What `release` now streams (judged drafts and decisions kept in scratch stores, one verdict looked
+    up per draft) against the whole-table computation it replaced: every verdict loaded, every event
+    grouped in a dict. A later verdict of another judge, and a draft whose text changed after its
+    verdict, are where the two could part."""
+    build, ids, sel = _sampled_build(tmp_path, wrong_in_audit=0)
+    plant_verdicts(build, {k: "ambiguous" for k in sel.passed[:2]}, judge="other@111111111111")  # later: wins
+    plant_reviews(build, {sel.passed[2]: ["accept", "edit"], sel.audit[0]: ["reject"]})
+    with open_catalog(build) as cat, cat.transaction():  # raw SQL of the fixture: text changed after its verdict
+        cat.conn.execute("UPDATE drafts SET record_json=json_set(record_json, '$.answer', 'changed') WHERE id=?",
+                         (sel.passed[3],))
+    with open_catalog(build) as cat:
+        events = review_events(cat)
+        whole = {k: decide_draft(d, events[k]["review"], events[k]["adjudication"], "majority", None, 1)
+                 for k, d in cat.draft_records(only=events)}
+        with spilled_decisions(cat) as spilled:
+            assert len(spilled) == len(whole) and list(spilled) == sorted(whole)
+            assert {k: spilled[k] for k in spilled} == whole and spilled.get("nope") is None
+            judged, estimate = sampled_release(cat, spilled, 0.5)
+            with judged:
+                ok = [d for _, d in cat.draft_records(only=cat.ok_draft_ids())]
+                verdicts = current_verdicts(ok, cat.judge_verdict_records())
+                want = {k for k, v in verdicts.items() if not flags(v) and k not in sel.audit and k not in whole}
+                assert set(judged) == want and len(judged) == estimate["released_unreviewed"] == len(want)
+                assert not {*sel.passed[:4]} & want and set(sel.passed[4:]) <= want

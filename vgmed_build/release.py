@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -56,7 +56,7 @@ from vgmed_build.release_manifest import files_in_order, read_manifest, walk, wr
 from vgmed_build.release_quality import release_quality
 from vgmed_build.release_text import text_problem
 from vgmed_build.resources import resource_dir
-from vgmed_build.review.decision import Decision, check_policy, decide
+from vgmed_build.review.decision import Decision, check_policy, spilled_decisions
 from vgmed_build.review.triage import sampled_release
 from vgmed_build.validate import validate_release
 
@@ -83,7 +83,7 @@ class ReleaseOptions:
     include_unreviewed: bool = False
     bbox_convention: str = "exclusive"  # key of CONVENTIONS
     forbid: tuple[Forbidden, ...] = ()
-    judged: frozenset[str] = frozenset()  # --policy sampled: judge-passed drafts released without review
+    judged: Container[str] = frozenset()  # --policy sampled: judge-passed drafts released without review
     sampled: dict | None = None  # --policy sampled: the audit's estimate (review.triage.audit_estimate)
 
 
@@ -279,15 +279,17 @@ def release_build(
         include_unreviewed=include_unreviewed, bbox_convention=bbox_convention, forbid=forbid,
     )
     target = Path(out) if out is not None else Path(build) / "release"
-    with open_catalog(build, create=False) as catalog:
+    with open_catalog(build, create=False) as catalog, ExitStack() as scratch:
         try:
-            decisions = decide(catalog, policy="majority" if policy == SAMPLED else policy, adjudicator=adjudicator)
+            # The decisions and the judge-passed drafts wait in scratch stores: looked up draft by draft.
+            decisions = scratch.enter_context(spilled_decisions(
+                catalog, policy="majority" if policy == SAMPLED else policy, adjudicator=adjudicator))
             if policy == SAMPLED:
                 try:
                     judged, estimate = sampled_release(catalog, decisions, target_error_rate)
                 except ValueError as exc:
                     raise ReleaseError(f"{exc}; nothing was changed") from exc
-                options = replace(options, judged=frozenset(judged), sampled=estimate)
+                options = replace(options, judged=scratch.enter_context(judged), sampled=estimate)
             return build_release(catalog, target, decisions, options, wait=wait)
         except OSError as exc:  # a full disk, a read-only folder: the old release is untouched
             raise ReleaseError(

@@ -30,9 +30,8 @@ def _judge(flagged: Mapping[str, bool], truth: Mapping[str, bool]) -> dict:
             "kappa": _num(c["kappa"]), "ci95": {k: [_num(v) for v in c["ci95"][k]] for k in c["ci95"]}}
 
 
-def _group(tally: GroupTally, drafts: list[dict], decisions: Mapping[str, Decision],
+def _group(tally: GroupTally, ids: set[str], decisions: Mapping[str, Decision],
            judge_flags: Mapping[str, bool]) -> dict:
-    ids = {d["id"] for d in drafts}
     votes = {k: {r: ("reject" if v == "reject" else "accept") for r, v in d.verdicts.items()}
              for k, d in decisions.items() if k in ids and d.verdicts}
     truth = clinician_flags({k: d for k, d in decisions.items() if k in ids})
@@ -50,15 +49,23 @@ def _group(tally: GroupTally, drafts: list[dict], decisions: Mapping[str, Decisi
 
 def release_quality(catalog: Catalog, decisions: Mapping[str, Decision], counts: RecordCounts,
                     sampled: dict | None) -> dict:
-    """The manifest's ``quality`` block (see module doc); ``sampled``: the audit estimate of a sampled release."""
-    from vgmed_build.judge.verdicts import current_verdicts, flags
+    """The manifest's ``quality`` block (see module doc); ``sampled``: the audit estimate of a sampled release.
 
-    drafts = [d for _, d in catalog.draft_records(only=decisions)]
-    judge_flags = {k: flags(v) for k, v in current_verdicts(drafts, catalog.judge_verdict_records()).items()}
+    Holds a few facts per decided draft (its groups, the judge's flag, the clinicians' votes), never the
+    drafts nor every verdict: memory grows with what clinicians reviewed, not with the release."""
+    from vgmed_build.judge.verdicts import PASS, current_verdict
+
+    groups: dict[str, tuple] = {}  # decided draft id -> its value of each of QUALITY_GROUPS
+    judge_flags: dict[str, bool] = {}
+    for draft_id, draft in catalog.draft_records(only=decisions):
+        groups[draft_id] = tuple(draft.get(key) for key in QUALITY_GROUPS)
+        verdict = current_verdict(catalog, draft)  # one lookup per decided draft
+        if verdict is not None:
+            judge_flags[draft_id] = verdict != PASS
     out: dict = {}
-    for key in QUALITY_GROUPS:
+    for i, key in enumerate(QUALITY_GROUPS):
         out[f"by_{key}"] = {
-            value: _group(counts.groups[key, value], [d for d in drafts if d.get(key) == value], decisions,
+            value: _group(counts.groups[key, value], {k for k, g in groups.items() if g[i] == value}, decisions,
                           judge_flags)
             for value in sorted(v for k, v in counts.groups if k == key)
         }

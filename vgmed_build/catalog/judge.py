@@ -17,6 +17,15 @@ class JudgeQueries(CatalogBase):
         rows = self.conn.execute("SELECT record_json FROM judge_verdicts ORDER BY created_at, rowid")
         return [json.loads(r) for (r,) in rows]
 
+    def current_judge_verdict(self, draft_id: str, content_hash: str) -> str | None:
+        """The latest verdict of any judge on ``draft_id`` as it reads now (``content_hash``), or None:
+        what ``judge.verdicts.current_verdicts`` keeps of the records, looked up by the primary key
+        (one draft at a time, as release streams them)."""
+        row = self.conn.execute(
+            "SELECT verdict FROM judge_verdicts WHERE draft_id=? AND content_hash=? "
+            "ORDER BY created_at DESC, rowid DESC LIMIT 1", (draft_id, content_hash)).fetchone()
+        return None if row is None else row[0]
+
 
 class JudgeWrites(Writes):
     """The judge stage's writes inside one unit of work (``Catalog.transaction``)."""

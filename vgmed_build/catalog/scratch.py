@@ -1,7 +1,8 @@
 """Scratch stores for a check that must remember every key it met (`validate`: the record ids, the
-images it read, the files the manifest lists) or put every path of a release in order, without holding
-them in memory: a private temporary SQLite file, deleted when closed, whose page cache bounds the
-memory used whatever the number of records.
+images it read, the files the manifest lists), put every path of a release in order, or look a value up
+by draft id as `release` streams its drafts (the judge-passed drafts of a sampled release, the review
+decisions), without holding them in memory: a private temporary SQLite file, deleted when closed, whose
+page cache bounds the memory used whatever the number of records.
 
 Paths are stored as their UTF-8 bytes (``surrogatepass``: a file name that is not UTF-8 survives), and
 SQLite orders BLOBs byte by byte, which for UTF-8 is the order of the code points: the order of
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing
+from typing import Any
 
 
 def _blob(text: str) -> bytes:
@@ -109,3 +111,49 @@ class SeenStore:
         """The listed ``(path, entry)`` pairs in path order."""
         for path, entry in self.conn.execute("SELECT path, entry FROM listed ORDER BY path"):
             yield _text(path), json.loads(entry)
+
+
+class ScratchMap(Mapping[str, Any]):
+    """A read-mostly ``dict`` of string keys kept on disk: ``put`` each pair once, then look keys up
+    (iteration is in key order). Values go through ``encode`` to something JSON holds and back through
+    ``decode``; with neither, the map is a set of keys (every value None)."""
+
+    def __init__(self, encode: Callable[[Any], object] = lambda v: v,
+                 decode: Callable[[Any], Any] = lambda v: v) -> None:
+        self._encode, self._decode = encode, decode
+        self.conn = _connect()
+        self.conn.execute("CREATE TABLE m (key BLOB PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+        self._len = 0
+
+    def __enter__(self) -> ScratchMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def put(self, key: str, value: Any = None) -> None:
+        """Store ``value`` under a new ``key`` (a key put twice is a caller's bug: sqlite3.IntegrityError)."""
+        self.conn.execute("INSERT INTO m (key, value) VALUES (?, ?)", (_blob(key), json.dumps(self._encode(value))))
+        self._len += 1
+
+    def __getitem__(self, key: str) -> Any:
+        if not isinstance(key, str):
+            raise KeyError(key)
+        row = self.conn.execute("SELECT value FROM m WHERE key=?", (_blob(key),)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return self._decode(json.loads(row[0]))
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.conn.execute(
+            "SELECT 1 FROM m WHERE key=?", (_blob(key),)).fetchone() is not None
+
+    def __iter__(self) -> Iterator[str]:
+        for (key,) in self.conn.execute("SELECT key FROM m ORDER BY key"):
+            yield _text(key)
+
+    def __len__(self) -> int:
+        return self._len

@@ -10,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from vgmed_build.catalog import now_iso
 from vgmed_build.drafting.messages import quoted
 from vgmed_build.drafting.templates import Template, sha256_text
+
+if TYPE_CHECKING:
+    from vgmed_build.catalog import Catalog
 
 SCHEMA = "llm_judge"
 VERDICTS = ("ok", "wrong_target", "not_answerable", "ambiguous", "wrong_answer")
@@ -78,6 +82,12 @@ def current_verdicts(drafts: Iterable[dict], records: Iterable[dict], judge: str
         if hashes.get(rec["draft_id"]) == rec["content_hash"] and (judge is None or rec["judge"] == judge):
             out[rec["draft_id"]] = rec
     return out
+
+
+def current_verdict(catalog: Catalog, draft: dict) -> str | None:
+    """The verdict :func:`current_verdicts` keeps for ``draft`` (any judge), looked up in the catalog for
+    this draft alone: a stage that streams its drafts never loads every verdict."""
+    return catalog.current_judge_verdict(draft["id"], content_hash(draft))
 
 
 def pick_judge(records: Iterable[dict], name: str | None = None) -> str | None:

@@ -22,9 +22,11 @@ released, never silently dropped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 
 from vgmed_build.catalog import Catalog
+from vgmed_build.catalog.scratch import ScratchMap
 from vgmed_build.review.state import ADJUDICATION, REVIEW, project_state
 
 POLICIES = ("unanimous", "majority", "adjudicator")
@@ -170,14 +172,31 @@ def review_events(catalog: Catalog) -> dict[str, dict[str, list[dict]]]:
     return out
 
 
-def decide(catalog: Catalog, policy: str = "majority", adjudicator: str | None = None) -> dict[str, Decision]:
-    """One decision per draft that has at least one review event, keyed by draft id."""
+def decisions_by_draft(catalog: Catalog, policy: str = "majority",
+                       adjudicator: str | None = None) -> Iterator[Decision]:
+    """One decision per draft that has at least one review event, in draft id order, each decided from
+    that draft's events alone (read one draft at a time: nothing grows with the reviewed drafts)."""
     check_policy(policy, adjudicator)
     state = project_state(catalog, REVIEW) or {}
     required = int(state.get("reviewers_per_item", 1))
-    events = review_events(catalog)
-    decisions = {}
-    for draft_id, draft in catalog.draft_records(only=events):
-        ev = events[draft_id]
-        decisions[draft_id] = decide_draft(draft, ev[REVIEW], ev[ADJUDICATION], policy, adjudicator, required)
-    return decisions
+    for draft, events in catalog.reviewed_drafts():
+        ev = {REVIEW: [], ADJUDICATION: [], **events}
+        yield decide_draft(draft, ev[REVIEW], ev[ADJUDICATION], policy, adjudicator, required)
+
+
+def decide(catalog: Catalog, policy: str = "majority", adjudicator: str | None = None) -> dict[str, Decision]:
+    """One decision per draft that has at least one review event, keyed by draft id."""
+    return {d.draft_id: d for d in decisions_by_draft(catalog, policy, adjudicator)}
+
+
+def spilled_decisions(catalog: Catalog, policy: str = "majority", adjudicator: str | None = None) -> ScratchMap:
+    """:func:`decide` kept in a scratch store (the caller closes it): what `release` looks up draft by
+    draft, held on disk whatever the number of reviewed drafts."""
+    store = ScratchMap(encode=asdict, decode=lambda v: Decision(**v))
+    try:
+        for decision in decisions_by_draft(catalog, policy, adjudicator):
+            store.put(decision.draft_id, decision)
+    except BaseException:
+        store.close()
+        raise
+    return store

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from vgmed_build.catalog import Catalog
+from vgmed_build.catalog.scratch import ScratchMap
 from vgmed_build.review.calibration import clinician_flags
 from vgmed_build.review.decision import Decision
 
@@ -123,11 +124,14 @@ def audit_estimate(audit_ids: Iterable[str], decisions: Mapping[str, Decision], 
     }
 
 
-def sampled_release(catalog: Catalog, decisions: Mapping[str, Decision], target: float | None) -> tuple[set, dict]:
+def sampled_release(catalog: Catalog, decisions: Mapping[str, Decision],
+                    target: float | None) -> tuple[ScratchMap, dict]:
     """For ``release --policy sampled``: the judge-passed drafts to release unreviewed (ok drafts with a
-    current 'ok' verdict, not audited, with no review event) and the audit estimate. Raises ValueError
-    when there is no audit or it does not support the target."""
-    from vgmed_build.judge.verdicts import current_verdicts, flags
+    current 'ok' verdict, not audited, with no review event) and the audit estimate. The drafts wait in
+    a scratch store (the caller closes it), each looked up as release streams them: a release of
+    millions of drafts never holds their ids. Raises ValueError when there is no audit or it does not
+    support the target."""
+    from vgmed_build.judge.verdicts import PASS, current_verdict
 
     recorded = recorded_audit(catalog)
     if not recorded.get("audit"):
@@ -144,10 +148,16 @@ def sampled_release(catalog: Catalog, decisions: Mapping[str, Decision], target:
             f"{estimate['audited']} audited drafts ({estimate['undecided']} not decided yet), exact 95% interval "
             f"[{low:.2%}, {high:.2%}]; review a larger audit (`review push --triage --audit N`) or release "
             "the reviewed drafts only (--policy majority)")
-    ok = [d for _, d in catalog.draft_records(only=catalog.ok_draft_ids())]
-    verdicts = current_verdicts(ok, catalog.judge_verdict_records())
     audited = set(recorded["audit"])
-    judged = {k for k, v in verdicts.items() if not flags(v) and k not in audited and k not in decisions}
+    judged = ScratchMap()
+    try:
+        for draft in catalog.drafts("ok"):
+            k = draft["id"]
+            if k not in audited and k not in decisions and current_verdict(catalog, draft) == PASS:
+                judged.put(k)
+    except BaseException:
+        judged.close()
+        raise
     estimate["released_unreviewed"] = len(judged)
     return judged, estimate
 

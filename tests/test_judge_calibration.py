@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from judge_fixtures import drafted_build, plant_reviews, plant_verdicts
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_score, recall_score
 
 from vgmed_build.catalog import open_catalog
 from vgmed_build.cli import main
-from vgmed_build.review.calibration import calibrate
+from vgmed_build.review.calibration import calibrate, calibrate_arrays
 from vgmed_build.review.decision import Decision
 
 
@@ -117,3 +118,16 @@ def test_clinician_flags_counts_edits_as_wrong():
     got = clinician_flags({"a": d("accepted"), "b": d("accepted", True), "c": d("rejected"), "u": d("unusable"),
                            "p": d("pending"), "s": d("disputed")})
     assert got == {"a": False, "b": True, "c": True, "u": True}
+
+
+def test_calibrate_arrays_is_calibrate_on_ids_in_order():
+    """The release's bool columns (drafts in id order) give calibrate's dict answer exactly: same
+    counts, same figures, same bootstrap interval to the last bit."""
+    rng = np.random.default_rng(3)
+    ids = [f"d{i:04d}" for i in range(300)]
+    pred, true = rng.random(300) < 0.4, rng.random(300) < 0.3
+    flagged = {k: bool(p) for k, p in zip(ids[::-1], pred[::-1], strict=True)}  # dict order must not matter
+    truth = {k: bool(t) for k, t in zip(ids, true, strict=True)}
+    assert calibrate_arrays(pred, true) == calibrate(flagged, truth)
+    empty = calibrate_arrays(np.zeros(0, bool), np.zeros(0, bool))
+    assert empty["drafts"] == 0 and math.isnan(empty["precision"])

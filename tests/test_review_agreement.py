@@ -8,7 +8,13 @@ import random
 import numpy as np
 import pytest
 
-from vgmed_build.review.agreement import cohen_kappa, fleiss_kappa, percent_agreement, summarize
+from vgmed_build.review.agreement import (
+    cohen_kappa,
+    fleiss_kappa,
+    fleiss_of_rejects,
+    percent_agreement,
+    summarize,
+)
 
 CATS = ["accept", "edit", "reject"]
 
@@ -119,3 +125,21 @@ def test_percent_agreement_and_summary():
     )
     assert s["fleiss_raters"] == 2 and s["fleiss_items"] == 2
     assert math.isnan(percent_agreement([["a"]]))
+
+
+def test_fleiss_of_rejects_is_summarize_to_the_last_bit():
+    """The release's two integer columns (raters, rejects per item) against summarize's votes: the same
+    Fleiss' kappa bit for bit, with items of 0 to 4 raters, ties between rater counts, one category only."""
+    rng = random.Random(7)
+    for trial in range(300):
+        votes, raters, rejects = {}, [], []
+        p = rng.random()
+        for i in range(rng.randint(0, 60)):
+            r = [("reject" if rng.random() < p else "accept") for _ in range(rng.choice([0, 1, 2, 2, 3, 3, 4]))]
+            votes[f"d{i:03d}"] = {f"r{j}": v for j, v in enumerate(r)}
+            raters.append(len(r))
+            rejects.append(r.count("reject"))
+        want = summarize({k: v for k, v in votes.items() if v})["fleiss"]
+        got = fleiss_of_rejects(np.array(raters, dtype=np.int32), np.array(rejects, dtype=np.int32))
+        assert (math.isnan(want) and math.isnan(got)) or got == want, (trial, got, want)
+        assert type(got) is float

@@ -134,6 +134,7 @@ def _stage_peaks(tmp: Path, n: int) -> dict[str, int]:
         # Every format: records (and Arrow batches, Parquet row groups) streamed.
         **{f"export {fmt}": _peak(lambda fmt=fmt: export(release, FORMATS[fmt], tmp / fmt)) for fmt in FORMATS},
         "release sampled": _sampled_release_peak(build, tmp / "sampled"),
+        "release majority all reviewed": _all_reviewed_release_peak(build, tmp / "majority"),
         **_review_peaks(tmp, n),
     }
 
@@ -145,8 +146,7 @@ FLAGGED = 10
 def _sampled_release_peak(build: Path, out: Path) -> int:
     """`release --policy sampled` set up as tests/test_triage.py sets it up: every ok draft judged
     (FLAGGED flagged, and rejected by a clinician), an audit of AUDIT drafts recorded and accepted; the
-    judge-passed rest (all but 30 of 350 or 2,800 drafts) goes in unreviewed. What grows with the
-    reviewed drafts (the quality section's facts, ~1.4 KB each) is measured in benchmarks/RESULTS.md."""
+    judge-passed rest (all but 30 of 350 or 2,800 drafts) goes in unreviewed."""
     with open_catalog(build) as cat:
         ids = sorted(cat.ok_draft_ids())
     plant_verdicts(build, {k: "wrong_target" if i < FLAGGED else "ok" for i, k in enumerate(ids)})
@@ -155,6 +155,21 @@ def _sampled_release_peak(build: Path, out: Path) -> int:
     plant_reviews(build, {**{k: ["accept"] for k in selection.audit}, **{k: ["reject"] for k in selection.flagged}})
     return _peak(lambda: api.release(build, out=out, policy="sampled", target_error_rate=0.5,
                                      created="2026-01-01T00:00:00Z"))
+
+
+# Every draft not yet reviewed gets one of these (2 or 3 reviewers, agreeing or not, an edit among them).
+PANELS = (["accept", "accept"], ["accept", "reject"], ["reject", "reject", "accept"], ["edit", "accept"],
+          ["accept", "accept", "accept"])
+
+
+def _all_reviewed_release_peak(build: Path, out: Path) -> int:
+    """`release --policy majority` after `_sampled_release_peak`, every draft now reviewed (and every ok
+    draft judged): the quality section holds a few bytes per decided draft, not its decision."""
+    with open_catalog(build) as cat:
+        reviewed = {draft["id"] for draft, _ in cat.reviewed_drafts()}
+        ids = [k for k, _ in cat.draft_records() if k not in reviewed]
+    plant_reviews(build, {k: PANELS[i % len(PANELS)] for i, k in enumerate(ids)})
+    return _peak(lambda: api.release(build, out=out, policy="majority", created="2026-01-01T00:00:00Z"))
 
 
 def _measure(tmp: Path) -> tuple[dict[str, int], dict[str, int]]:

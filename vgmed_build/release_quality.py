@@ -11,12 +11,16 @@ rejected draft counts there, though it is not in the release); the counts are th
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
 
 from vgmed_build.catalog import Catalog
 from vgmed_build.release_counts import QUALITY_GROUPS, GroupTally, RecordCounts
 from vgmed_build.review import agreement
-from vgmed_build.review.calibration import calibrate, clinician_flags
+from vgmed_build.review.calibration import calibrate_arrays, clinician_flag
 from vgmed_build.review.decision import Decision
 
 
@@ -24,23 +28,61 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 4)
 
 
-def _judge(flagged: Mapping[str, bool], truth: Mapping[str, bool]) -> dict:
-    c = calibrate(flagged, truth)
+@dataclass(frozen=True)
+class DecidedColumns:
+    """One row per decided draft of the build, in draft id order: a few bytes each, never the decisions.
+
+    ``groups[key]``: the draft's code for its value of that quality group (``codes[key]``: value -> code);
+    ``judge``: -1 not judged, else whether the judge flagged it; ``truth``: -1 no clinicians' answer yet
+    (disputed, pending), else whether they found it wrong as drafted; ``raters``/``rejects``: how many
+    clinicians gave a verdict and how many of them rejected it."""
+
+    codes: dict[str, dict]
+    groups: dict[str, np.ndarray]
+    judge: np.ndarray
+    truth: np.ndarray
+    raters: np.ndarray
+    rejects: np.ndarray
+
+
+def decided_columns(catalog: Catalog, decisions: Mapping[str, Decision]) -> DecidedColumns:
+    """:class:`DecidedColumns` in one pass over the decided drafts (by id), one verdict lookup each."""
+    from vgmed_build.judge.verdicts import PASS, current_verdict
+
+    codes: dict[str, dict] = {key: {} for key in QUALITY_GROUPS}
+    groups = {key: array("i") for key in QUALITY_GROUPS}
+    judge, truth, raters, rejects = array("b"), array("b"), array("i"), array("i")
+    for draft_id, draft in catalog.draft_records(only=decisions):
+        for key in QUALITY_GROUPS:
+            groups[key].append(codes[key].setdefault(draft.get(key), len(codes[key])))
+        verdict = current_verdict(catalog, draft)  # one lookup per decided draft
+        judge.append(-1 if verdict is None else verdict != PASS)
+        d = decisions[draft_id]
+        flag = clinician_flag(d)
+        truth.append(-1 if flag is None else flag)
+        raters.append(len(d.verdicts))
+        rejects.append(sum(v == "reject" for v in d.verdicts.values()))
+    column = np.frombuffer
+    return DecidedColumns(codes, {k: column(v, dtype=np.int32) for k, v in groups.items()},
+                          column(judge, dtype=np.int8), column(truth, dtype=np.int8),
+                          column(raters, dtype=np.int32), column(rejects, dtype=np.int32))
+
+
+def _judge(cols: DecidedColumns, rows: np.ndarray) -> dict:
+    """The judge against the clinicians on the ``rows`` (a mask) judged by both."""
+    both = rows & (cols.judge >= 0) & (cols.truth >= 0)
+    c = calibrate_arrays(cols.judge[both] == 1, cols.truth[both] == 1)
     return {"drafts": c["drafts"], "precision": _num(c["precision"]), "recall": _num(c["recall"]),
             "kappa": _num(c["kappa"]), "ci95": {k: [_num(v) for v in c["ci95"][k]] for k in c["ci95"]}}
 
 
-def _group(tally: GroupTally, ids: set[str], decisions: Mapping[str, Decision],
-           judge_flags: Mapping[str, bool]) -> dict:
-    votes = {k: {r: ("reject" if v == "reject" else "accept") for r, v in d.verdicts.items()}
-             for k, d in decisions.items() if k in ids and d.verdicts}
-    truth = clinician_flags({k: d for k, d in decisions.items() if k in ids})
-    judge = _judge({k: v for k, v in judge_flags.items() if k in ids}, truth)
+def _group(tally: GroupTally, cols: DecidedColumns, rows: np.ndarray) -> dict:
+    judge = _judge(cols, rows)
     return {
         "records": tally.records,
         "reviewed": tally.reviewed,
         "reviewers_per_item": _num(tally.reviewers / tally.reviewed) if tally.reviewed else None,
-        "kappa": _num(agreement.summarize(votes)["fleiss"]),
+        "kappa": _num(agreement.fleiss_of_rejects(cols.raters[rows], cols.rejects[rows])),
         "judge_drafts": judge["drafts"],
         "judge_precision": judge["precision"],
         "judge_recall": judge["recall"],
@@ -51,25 +93,17 @@ def release_quality(catalog: Catalog, decisions: Mapping[str, Decision], counts:
                     sampled: dict | None) -> dict:
     """The manifest's ``quality`` block (see module doc); ``sampled``: the audit estimate of a sampled release.
 
-    Holds a few facts per decided draft (its groups, the judge's flag, the clinicians' votes), never the
-    drafts nor every verdict: memory grows with what clinicians reviewed, not with the release."""
-    from vgmed_build.judge.verdicts import PASS, current_verdict
-
-    groups: dict[str, tuple] = {}  # decided draft id -> its value of each of QUALITY_GROUPS
-    judge_flags: dict[str, bool] = {}
-    for draft_id, draft in catalog.draft_records(only=decisions):
-        groups[draft_id] = tuple(draft.get(key) for key in QUALITY_GROUPS)
-        verdict = current_verdict(catalog, draft)  # one lookup per decided draft
-        if verdict is not None:
-            judge_flags[draft_id] = verdict != PASS
+    Holds a few bytes per decided draft (:class:`DecidedColumns`), never the drafts, the decisions nor
+    every verdict."""
+    cols = decided_columns(catalog, decisions)
     out: dict = {}
-    for i, key in enumerate(QUALITY_GROUPS):
+    for key in QUALITY_GROUPS:
+        codes = cols.codes[key]
         out[f"by_{key}"] = {
-            value: _group(counts.groups[key, value], {k for k, g in groups.items() if g[i] == value}, decisions,
-                          judge_flags)
+            value: _group(counts.groups[key, value], cols, cols.groups[key] == codes.get(value, -1))
             for value in sorted(v for k, v in counts.groups if k == key)
         }
-    out["judge"] = _judge(judge_flags, clinician_flags(decisions)) if judge_flags else None
+    out["judge"] = _judge(cols, np.ones(len(cols.judge), dtype=bool)) if (cols.judge >= 0).any() else None
     out["unreviewed"] = counts.by_reviewers.get(0, 0)
     out["sampled"] = None if sampled is None else {
         "target": sampled["target"], "audited": sampled["audited"], "errors": sampled["errors"],

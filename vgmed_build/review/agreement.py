@@ -11,7 +11,9 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
 
 
 def percent_agreement(items: Sequence[Sequence[str]]) -> float:
@@ -35,6 +37,14 @@ def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
     return math.nan if expected == 1 else (observed - expected) / (1 - expected)
 
 
+def _fleiss(n: int, sum_squares: Iterable[int], totals: Iterable[int], items: int) -> float:
+    """Fleiss' kappa of ``items`` items of ``n`` ratings each, from each item's sum of squared category
+    counts (in item order: their mean is summed in that order) and each category's total count."""
+    p_bar = sum((s - n) / (n * (n - 1)) for s in sum_squares) / items
+    p_e = sum((c / (items * n)) ** 2 for c in totals)
+    return math.nan if p_e == 1 else (p_bar - p_e) / (1 - p_e)
+
+
 def fleiss_kappa(items: Sequence[Sequence[str]]) -> float:
     """Fleiss' kappa; every item must carry the same number (>= 2) of ratings."""
     if not items:
@@ -43,14 +53,25 @@ def fleiss_kappa(items: Sequence[Sequence[str]]) -> float:
     if n < 2 or any(len(r) != n for r in items):
         raise ValueError("Fleiss' kappa needs the same number (>= 2) of ratings on every item")
     totals: Counter = Counter()
-    p_items = []
+    sum_squares = []
     for ratings in items:
         counts = Counter(ratings)
         totals.update(counts)
-        p_items.append((sum(c * c for c in counts.values()) - n) / (n * (n - 1)))
-    p_bar = sum(p_items) / len(items)
-    p_e = sum((c / (len(items) * n)) ** 2 for c in totals.values())
-    return math.nan if p_e == 1 else (p_bar - p_e) / (1 - p_e)
+        sum_squares.append(sum(c * c for c in counts.values()))
+    return _fleiss(n, sum_squares, totals.values(), len(items))
+
+
+def fleiss_of_rejects(raters: np.ndarray, rejects: np.ndarray) -> float:
+    """:func:`summarize`'s ``fleiss`` for items rated accept or reject, item i by ``raters[i]`` raters of
+    whom ``rejects[i]`` rejected (in the items' order): two integer columns instead of every item's
+    ratings, the same number to the last bit."""
+    multi = raters >= 2
+    if not multi.any():
+        return math.nan
+    n = Counter(map(int, raters[multi])).most_common(1)[0][0]  # ties: the first seen, as in summarize
+    same = raters == n
+    r = rejects[same].astype(np.int64)
+    return _fleiss(n, map(int, r * r + (n - r) * (n - r)), (int(r.sum()), int((n - r).sum())), int(same.sum()))
 
 
 def summarize(votes: Mapping[str, Mapping[str, str]]) -> dict:

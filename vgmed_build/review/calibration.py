@@ -29,7 +29,12 @@ DECIDED = ("accepted", "rejected", "unusable")
 def clinician_flags(decisions: Mapping[str, Decision]) -> dict[str, bool]:
     """Per decided draft: True when the clinicians found it wrong as drafted (rejected, unusable, or
     accepted with an edit); disputed and pending drafts have no answer yet."""
-    return {k: d.status != "accepted" or d.edited for k, d in decisions.items() if d.status in DECIDED}
+    return {k: flag for k, d in decisions.items() if (flag := clinician_flag(d)) is not None}
+
+
+def clinician_flag(decision: Decision) -> bool | None:
+    """One draft's :func:`clinician_flags` answer; None while it is disputed or pending."""
+    return None if decision.status not in DECIDED else decision.status != "accepted" or decision.edited
 
 
 def _rates(tp, fp, fn, tn):
@@ -48,21 +53,27 @@ def calibrate(flagged: Mapping[str, bool], truth: Mapping[str, bool], resamples:
               seed: int = 0) -> dict:
     """The check's ``flagged`` against the clinicians' ``truth`` on the drafts in both (see module doc)."""
     ids = sorted(set(flagged) & set(truth))
-    pred = np.array([flagged[i] for i in ids], dtype=bool)
-    true = np.array([truth[i] for i in ids], dtype=bool)
+    return calibrate_arrays(np.array([flagged[i] for i in ids], dtype=bool),
+                            np.array([truth[i] for i in ids], dtype=bool), resamples, seed)
+
+
+def calibrate_arrays(pred: np.ndarray, true: np.ndarray, resamples: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """:func:`calibrate` on two bool columns, the check's flag and the clinicians' answer of each draft
+    judged by both, in draft id order (the bootstrap resamples positions: same order, same interval)."""
+    n = len(pred)
     counts = {"tp": int((pred & true).sum()), "fp": int((pred & ~true).sum()),
               "fn": int((~pred & true).sum()), "tn": int((~pred & ~true).sum())}
-    out: dict = {"drafts": len(ids), "confusion": counts}
-    if not ids:
+    out: dict = {"drafts": n, "confusion": counts}
+    if not n:
         return {**out, **{k: math.nan for k in ("precision", "recall", "kappa")},
                 "ci95": {k: [math.nan, math.nan] for k in ("precision", "recall", "kappa")}}
     precision, recall, _ = (float(x) for x in _rates(**counts))
     kappa = cohen_kappa(["flag" if p else "pass" for p in pred], ["flag" if t else "pass" for t in true])
     rng = np.random.default_rng(seed)
-    rows = max(1, BOOTSTRAP_CHUNK // len(ids))
+    rows = max(1, BOOTSTRAP_CHUNK // n)
     parts = []
     for start in range(0, resamples, rows):
-        idx = rng.integers(0, len(ids), size=(min(rows, resamples - start), len(ids)))
+        idx = rng.integers(0, n, size=(min(rows, resamples - start), n))
         p, t = pred[idx], true[idx]
         parts.append(_rates((p & t).sum(1), (p & ~t).sum(1), (~p & t).sum(1), (~p & ~t).sum(1)))
     boot = [np.concatenate(values) for values in zip(*parts, strict=True)]

@@ -15,7 +15,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing
-from typing import Any
+from typing import Any, TypeVar
 
 
 def _blob(text: str) -> bytes:
@@ -39,19 +39,17 @@ def sorted_unique(keys: Iterable[str]) -> Iterator[str]:
             yield _text(key)
 
 
-class SeenStore:
-    """Record ids (where each was first met), images (their size, or why they are unusable) and the
-    files a manifest lists (with their entries)."""
+_S = TypeVar("_S", bound="_Scratch")  # typing.Self needs Python 3.11; the project supports 3.10
 
-    def __init__(self) -> None:
+
+class _Scratch:
+    """A scratch store's private temporary database, removed when closed (also as a context manager)."""
+
+    def __init__(self, tables: str) -> None:
         self.conn = _connect()
-        self.conn.executescript(
-            "CREATE TABLE ids (key TEXT PRIMARY KEY, at TEXT NOT NULL) WITHOUT ROWID;"
-            "CREATE TABLE images (path TEXT PRIMARY KEY, width INTEGER, height INTEGER, error TEXT) WITHOUT ROWID;"
-            "CREATE TABLE listed (path BLOB PRIMARY KEY, entry TEXT NOT NULL) WITHOUT ROWID;"
-        )
+        self.conn.executescript(tables)
 
-    def __enter__(self) -> SeenStore:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -59,6 +57,18 @@ class SeenStore:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class SeenStore(_Scratch):
+    """Record ids (where each was first met), images (their size, or why they are unusable) and the
+    files a manifest lists (with their entries)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "CREATE TABLE ids (key TEXT PRIMARY KEY, at TEXT NOT NULL) WITHOUT ROWID;"
+            "CREATE TABLE images (path TEXT PRIMARY KEY, width INTEGER, height INTEGER, error TEXT) WITHOUT ROWID;"
+            "CREATE TABLE listed (path BLOB PRIMARY KEY, entry TEXT NOT NULL) WITHOUT ROWID;"
+        )
 
     def first_seen(self, rid: object, at: str) -> str | None:
         """Where ``rid`` was met before, or None (and ``at`` is remembered) when it is new; ids are
@@ -113,26 +123,30 @@ class SeenStore:
             yield _text(path), json.loads(entry)
 
 
-class ScratchMap(Mapping[str, Any]):
+class ScratchMap(_Scratch, Mapping[str, Any]):
     """A read-mostly ``dict`` of string keys kept on disk: ``put`` each pair once, then look keys up
     (iteration is in key order). Values go through ``encode`` to something JSON holds and back through
     ``decode``; with neither, the map is a set of keys (every value None)."""
 
     def __init__(self, encode: Callable[[Any], object] = lambda v: v,
                  decode: Callable[[Any], Any] = lambda v: v) -> None:
+        super().__init__("CREATE TABLE m (key BLOB PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
         self._encode, self._decode = encode, decode
-        self.conn = _connect()
-        self.conn.execute("CREATE TABLE m (key BLOB PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
         self._len = 0
 
-    def __enter__(self) -> ScratchMap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.conn.close()
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[str, Any]], encode: Callable[[Any], object] = lambda v: v,
+           decode: Callable[[Any], Any] = lambda v: v) -> ScratchMap:
+        """A map filled with ``pairs`` (each key once), for the caller to close; closed here when
+        reading ``pairs`` fails, so no scratch file outlives the failure."""
+        store = cls(encode, decode)
+        try:
+            for key, value in pairs:
+                store.put(key, value)
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     def put(self, key: str, value: Any = None) -> None:
         """Store ``value`` under a new ``key`` (a key put twice is a caller's bug: sqlite3.IntegrityError)."""

@@ -192,11 +192,5 @@ def decide(catalog: Catalog, policy: str = "majority", adjudicator: str | None =
 def spilled_decisions(catalog: Catalog, policy: str = "majority", adjudicator: str | None = None) -> ScratchMap:
     """:func:`decide` kept in a scratch store (the caller closes it): what `release` looks up draft by
     draft, held on disk whatever the number of reviewed drafts."""
-    store = ScratchMap(encode=asdict, decode=lambda v: Decision(**v))
-    try:
-        for decision in decisions_by_draft(catalog, policy, adjudicator):
-            store.put(decision.draft_id, decision)
-    except BaseException:
-        store.close()
-        raise
-    return store
+    return ScratchMap.of(((d.draft_id, d) for d in decisions_by_draft(catalog, policy, adjudicator)),
+                         encode=asdict, decode=lambda v: Decision(**v))

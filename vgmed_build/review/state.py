@@ -51,7 +51,7 @@ def _row(draft: dict, width: int, height: int, region: dict) -> DraftRow:
 
 
 def load_drafts(catalog: Catalog, ids: Iterable[str] | None = None, with_rejected: bool = False) -> list[DraftRow]:
-    """:func:`iter_drafts` as a list (review pull and the tests)."""
+    """:func:`iter_drafts` as a list (the benchmarks and tests; push and pull stream theirs)."""
     return list(iter_drafts(catalog, set(ids) if ids is not None else None, with_rejected))
 
 

@@ -149,15 +149,8 @@ def sampled_release(catalog: Catalog, decisions: Mapping[str, Decision],
             f"[{low:.2%}, {high:.2%}]; review a larger audit (`review push --triage --audit N`) or release "
             "the reviewed drafts only (--policy majority)")
     audited = set(recorded["audit"])
-    judged = ScratchMap()
-    try:
-        for draft in catalog.drafts("ok"):
-            k = draft["id"]
-            if k not in audited and k not in decisions and current_verdict(catalog, draft) == PASS:
-                judged.put(k)
-    except BaseException:
-        judged.close()
-        raise
+    judged = ScratchMap.of((d["id"], None) for d in catalog.drafts("ok") if d["id"] not in audited
+                           and d["id"] not in decisions and current_verdict(catalog, d) == PASS)
     estimate["released_unreviewed"] = len(judged)
     return judged, estimate
 

@@ -366,3 +366,23 @@ def test_a_source_with_full_slices_balances_through_its_other_slices(tmp_path, c
     assert (answers["yes"], answers["no"]) == (15, 9)
     assert ("6 localization 'yes' drafts stored by an earlier run are beyond the balance: they stay in the "
             "catalog and are released unless review rejects them") in summary
+
+
+def test_an_unknown_unbalanced_choice_is_refused_and_changes_nothing(demo, capsys):
+    """`--unbalanced` takes drop-yes or keep: the command line and the API both refuse anything else
+    before drafting, naming the option, and the drafts already stored stay as they were."""
+    from vgmed_build.catalog import open_catalog
+    from vgmed_build.drafting.generate import run_generate
+    from vgmed_build.drafting.plan import GenerateOptions
+
+    build = demo / "b"
+    with open_catalog(build, create=False) as cat:
+        before = list(cat.drafts())
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--build", str(build), "--no-progress", "--unbalanced", "bogus"])
+    assert exit_info.value.code == 2 and "--unbalanced: invalid choice: 'bogus'" in capsys.readouterr().err
+    with open_catalog(build, create=False) as cat:
+        with pytest.raises(ValueError, match=r"--unbalanced 'bogus': expected one of drop-yes, keep"):
+            run_generate(cat, GenerateOptions(unbalanced="bogus"))
+        assert list(cat.drafts()) == before and before

@@ -157,11 +157,13 @@ class Planner:
         existing = load_existing(self.catalog, region["id"])
         yes = pick_slots(region["id"], len(self.prompts.for_region(region).localization),
                          self.opt.localization_per_region)
-        kept = self._yes_kept(region)
+        candidates, image_regions = self._image_of(region)
+        kept = self._yes_kept(region, candidates, image_regions)
         for s in yes[kept:]:  # left out to balance: what an earlier run stored of them stays, counted
             old = existing.get(draft_id(region["id"], "localization", s))
             self.surplus_stored += old is not None and old.status == "ok"
-        slots = [(s, existing.get(s.draft_id(region["id"]))) for s in self._slots(region, yes[:kept])]
+        specs = self._slots(region, yes[:kept], self._absent(region, candidates, image_regions))
+        slots = [(s, existing.get(s.draft_id(region["id"]))) for s in specs]
         work = [self._with_history(old, s) for s, old in slots if self._needs_work(old, s)]
         return work, len(slots) - len(work)
 
@@ -171,8 +173,9 @@ class Planner:
         existing = load_existing(self.catalog, region_id)
         return [e.question for i, e in existing.items() if e.status == "ok" and i not in redone]
 
-    def _slots(self, region: dict, yes: list[int]) -> list[DraftSpec]:
-        """The region's slots: its localization "yes" of template slots ``yes``, then the rest."""
+    def _slots(self, region: dict, yes: list[int], absent: list[str]) -> list[DraftSpec]:
+        """The region's slots: its localization "yes" of template slots ``yes``, its "no" about the
+        ``absent`` structures, then the rest."""
         p, o = self.prompts.for_region(region), self.opt
         loc_drafter = "llm" if o.paraphrase else "templates"
         specs = [DraftSpec("localization", s, loc_drafter) for s in yes]
@@ -181,7 +184,6 @@ class Planner:
             if o.drafter == "llm"
             else min(o.attributes_per_region, len(attribute_choices(p, region)))
         )
-        absent = self._absent(region)
         specs += [DraftSpec("localization", k, "templates", absent=label) for k, label in enumerate(absent)]
         specs += [DraftSpec("attribute", s, o.drafter) for s in range(n_attr)]
         lateral = region.get("side") in ("left", "right")
@@ -189,27 +191,30 @@ class Planner:
             specs.append(DraftSpec("position", 0, "templates"))
         return specs
 
-    def _absent(self, region: dict) -> list[str]:
-        """The absent structures the region asks "no" about, under its source's balance."""
+    def _image_of(self, region: dict) -> tuple[list[str] | None, list[str]]:
+        """The region's absent structures (:func:`absent_candidates`) and the labels of its image's
+        regions, looked up once per region and only where its source's balance needs them."""
         source = region["source"]["name"]
         candidates = absent_candidates(region, self.structures.get(source, []))
+        needed = candidates is not None and (source in self.yes_cuts or (candidates and source in self.balance))
+        return candidates, self.catalog.image_region_labels(region["image_id"]) if needed else []
+
+    def _absent(self, region: dict, candidates: list[str] | None, image_regions: list[str]) -> list[str]:
+        """The absent structures the region asks "no" about, under its source's balance."""
+        source = region["source"]["name"]
         if not candidates or source not in self.balance:
             return []
-        image_regions = self.catalog.image_region_labels(region["image_id"])
         n = self.opt.absent_per_region
         quota = ImageAbsence(region["image_id"], len(image_regions), len(candidates)).base(n)
         quota += self.balance[source].extra.get(region["image_id"], 0)
         return absent_targets(region, candidates, image_regions, quota, n)
 
-    def _yes_kept(self, region: dict) -> int:
+    def _yes_kept(self, region: dict, candidates: list[str] | None, image_regions: list[str]) -> int:
         """How many of its localization "yes" the region keeps: all, unless its source cannot balance
         them and its surplus "yes" are left out (drafting.balance.YesCut)."""
-        source, n = region["source"]["name"], self.opt.localization_per_region
-        cut = self.yes_cuts.get(source)
-        candidates = absent_candidates(region, self.structures.get(source, []))
+        n, cut = self.opt.localization_per_region, self.yes_cuts.get(region["source"]["name"])
         if cut is None or candidates is None:
             return n
-        image_regions = self.catalog.image_region_labels(region["image_id"])
         img = ImageAbsence(region["image_id"], len(image_regions), len(candidates))
         return cut.kept(img, image_regions.index(region["label"]), n)
 
